@@ -1,0 +1,97 @@
+//! The [`Transport`] trait: what every protocol needs from a network.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::Codec;
+use crate::error::TransportError;
+use crate::identity::PeerId;
+
+/// One received message and who sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The authenticated sender.
+    pub from: PeerId,
+    /// The message payload (a frame's contents, without its header).
+    pub payload: Bytes,
+}
+
+/// Moves framed messages between peers.
+///
+/// Implementations: [`sim::SimEndpoint`](crate::sim::SimEndpoint) (in-process, virtual time) and
+/// [`quic::Endpoint`](crate::quic::Endpoint) (real network). Both are cheap to clone and can be used from
+/// many tasks at once. Delivery is at most once and, per pair of peers, in order on the simulated network
+/// (QUIC sends each message on its own stream, so messages may overtake each other).
+///
+/// `recv` is cancellation-safe: if its future is dropped before completing, no message is lost.
+pub trait Transport: Clone + Send + Sync + 'static {
+    /// This endpoint's own id.
+    fn local_peer(&self) -> PeerId;
+
+    /// The codec (and so the frame limit) this transport uses.
+    fn codec(&self) -> Codec;
+
+    /// Sends `payload` to `to`. Returns once the message is handed to the network, not when it arrives.
+    fn send(&self, to: PeerId, payload: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// The next message for this endpoint, waiting until one arrives.
+    fn recv(&self) -> impl Future<Output = Result<Envelope, TransportError>> + Send;
+
+    /// Sends the same payload to every peer in `to` (the payload's buffer is shared, not copied).
+    /// Stops at the first error.
+    fn broadcast(
+        &self,
+        to: &[PeerId],
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        async move {
+            for &peer in to {
+                self.send(peer, payload.clone()).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Typed messages over any [`Transport`]: encode with the transport's [`Codec`] on send, decode on receive.
+pub trait TransportExt: Transport {
+    /// Encodes and sends a message.
+    fn send_msg<M: Serialize + Sync>(
+        &self,
+        to: PeerId,
+        message: &M,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let payload = self.codec().encode(message);
+        async move { self.send(to, payload?).await }
+    }
+
+    /// Encodes once and sends to every peer in `to`.
+    fn broadcast_msg<M: Serialize + Sync>(
+        &self,
+        to: &[PeerId],
+        message: &M,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        let payload = self.codec().encode(message);
+        async move { self.broadcast(to, payload?).await }
+    }
+
+    /// Receives the next message and decodes it as an `M`. A message that does not decode is returned as
+    /// [`TransportError::Decode`] naming its sender; the next call receives the next message.
+    fn recv_msg<M: DeserializeOwned>(
+        &self,
+    ) -> impl Future<Output = Result<(PeerId, M), TransportError>> + Send {
+        async move {
+            let envelope = self.recv().await?;
+            let message = self
+                .codec()
+                .decode(&envelope.payload)
+                .map_err(|source| TransportError::Decode { from: envelope.from, source })?;
+            Ok((envelope.from, message))
+        }
+    }
+}
+
+impl<T: Transport> TransportExt for T {}
