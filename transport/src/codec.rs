@@ -6,7 +6,10 @@
 //! a 4 GiB frame costs us four bytes of reading and an error.
 //!
 //! Decoding is strict: the payload must decode completely as the expected type (no bytes left over), and
-//! any failure is a [`CodecError`], never a panic. Byte blobs inside messages ([`RawBytes`], and the
+//! any failure is a [`CodecError`], never a panic. Lengths claimed inside a payload are bounded by the
+//! payload's own size before anything is allocated for them, so decoding a frame of `n` bytes allocates
+//! at most about `4n` (plus serde's cautious pre-allocation of at most 1 MiB per container), whatever the
+//! frame claims. Byte blobs inside messages ([`RawBytes`], and the
 //! data of a [`TensorBytes`](crate::TensorBytes)) are not copied on decode: they become slices of the
 //! received frame.
 
@@ -100,8 +103,7 @@ impl Codec {
         self.check_len(payload.len() as u64)?;
         let _frame = CurrentFrame::enter(payload.clone());
         let (message, read): (M, usize) =
-            bincode::serde::borrow_decode_from_slice(payload, bincode_config())
-                .map_err(|e| CodecError::Malformed { reason: e.to_string() })?;
+            decode_bounded(payload).map_err(|e| CodecError::Malformed { reason: e.to_string() })?;
         if read != payload.len() {
             return Err(CodecError::TrailingBytes { extra: payload.len() - read });
         }
@@ -131,6 +133,34 @@ impl Codec {
     pub fn header(&self, len: usize) -> Result<[u8; FRAME_HEADER_LEN], CodecError> {
         let len = self.check_len(len as u64)?;
         Ok((len as u32).to_le_bytes())
+    }
+}
+
+/// Decodes with bincode's claim limit set just above the payload's length.
+///
+/// Every length a valid message claims (a string's, a byte buffer's) is backed by bytes of the payload,
+/// so a limit of at least `payload.len()` rejects nothing valid; and it stops a claim of, say, 2^63 bytes
+/// from being allocated before the decoder notices the bytes are not there. bincode takes the limit as
+/// a const generic, so it is picked from buckets growing by 4x: allocations while decoding stay within
+/// 4x the frame's length (at least 4 KiB), plus serde's cautious pre-allocation (at most 1 MiB) per container.
+fn decode_bounded<'de, M: Deserialize<'de>>(payload: &'de [u8]) -> Result<(M, usize), bincode::error::DecodeError> {
+    fn with<'de, M: Deserialize<'de>, const LIMIT: usize>(
+        payload: &'de [u8],
+    ) -> Result<(M, usize), bincode::error::DecodeError> {
+        bincode::serde::borrow_decode_from_slice(payload, bincode_config().with_limit::<LIMIT>())
+    }
+    match payload.len() {
+        0..=0x1000 => with::<M, 0x1000>(payload),
+        0..=0x4000 => with::<M, 0x4000>(payload),
+        0..=0x1_0000 => with::<M, 0x1_0000>(payload),
+        0..=0x4_0000 => with::<M, 0x4_0000>(payload),
+        0..=0x10_0000 => with::<M, 0x10_0000>(payload),
+        0..=0x40_0000 => with::<M, 0x40_0000>(payload),
+        0..=0x100_0000 => with::<M, 0x100_0000>(payload),
+        0..=0x400_0000 => with::<M, 0x400_0000>(payload),
+        0..=0x1000_0000 => with::<M, 0x1000_0000>(payload),
+        0..=0x4000_0000 => with::<M, 0x4000_0000>(payload),
+        _ => with::<M, MAX_FRAME_CEILING>(payload),
     }
 }
 

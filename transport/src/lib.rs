@@ -36,6 +36,7 @@
 pub mod codec;
 pub mod error;
 mod fsutil;
+mod fxhash;
 pub mod identity;
 pub mod peers;
 pub mod quic;

@@ -40,6 +40,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::{Notify, oneshot};
 
 use crate::codec::{Codec, FRAME_HEADER_LEN};
+use crate::fxhash::FastMap;
 use crate::error::TransportError;
 use crate::identity::PeerId;
 use crate::transport::{Envelope, Transport};
@@ -153,8 +154,9 @@ impl NetworkBuilder {
                 rng: ChaCha8Rng::seed_from_u64(self.seed),
                 now: Duration::ZERO,
                 seq: 0,
-                peers: HashMap::new(),
-                links: HashMap::new(),
+                peers: Vec::new(),
+                index: FastMap::default(),
+                links: FastMap::default(),
                 overrides: self.overrides,
                 default_link: self.default_link,
                 regions: self.regions,
@@ -225,6 +227,7 @@ impl Drop for Shared {
 }
 
 struct PeerSlot {
+    id: PeerId,
     alive: bool,
     epoch: u64,
     region: Option<usize>,
@@ -243,8 +246,8 @@ struct LinkState {
 }
 
 struct Message {
-    from: PeerId,
-    to: PeerId,
+    from: usize,
+    to: usize,
     epoch: u64,
     payload: Bytes,
 }
@@ -282,8 +285,9 @@ struct Inner {
     rng: ChaCha8Rng,
     now: Duration,
     seq: u64,
-    peers: HashMap<PeerId, PeerSlot>,
-    links: HashMap<(PeerId, PeerId), LinkState>,
+    peers: Vec<PeerSlot>,
+    index: FastMap<PeerId, usize>,
+    links: FastMap<(usize, usize), LinkState>,
     overrides: HashMap<(PeerId, PeerId), LinkSpec>,
     default_link: LinkSpec,
     regions: Option<RegionTable>,
@@ -295,8 +299,14 @@ struct Inner {
 }
 
 impl Inner {
-    fn link_spec(&self, from: &PeerSlot, to: &PeerSlot, key: (PeerId, PeerId)) -> LinkSpec {
-        let base = self.overrides.get(&key).copied().or_else(|| {
+    fn slot(&self, id: PeerId) -> Result<usize, TransportError> {
+        self.index.get(&id).copied().ok_or(TransportError::UnknownPeer(id))
+    }
+
+    fn link_spec(&self, from: usize, to: usize) -> LinkSpec {
+        let (from, to) = (&self.peers[from], &self.peers[to]);
+        let explicit = if self.overrides.is_empty() { None } else { self.overrides.get(&(from.id, to.id)).copied() };
+        let base = explicit.or_else(|| {
             let table = self.regions.as_ref()?;
             table.link(from.region?, to.region?)
         });
@@ -304,17 +314,20 @@ impl Inner {
     }
 
     fn partitioned(&self, from: PeerId, to: PeerId) -> bool {
-        self.partitions
+        !self.partitions.is_empty()
+            && self
+                .partitions
             .values()
             .any(|(x, y)| (x.contains(&from) && y.contains(&to)) || (y.contains(&from) && x.contains(&to)))
     }
 
-    fn check_handle(&self, id: PeerId, epoch: u64) -> Result<&PeerSlot, TransportError> {
-        match self.peers.get(&id) {
-            Some(slot) if slot.alive && slot.epoch == epoch => Ok(slot),
-            Some(_) => Err(TransportError::PeerDown(id)),
-            None => Err(TransportError::UnknownPeer(id)),
-        }
+    fn check_handle(&self, slot: usize, epoch: u64) -> Result<&PeerSlot, TransportError> {
+        let peer = &self.peers[slot];
+        if peer.alive && peer.epoch == epoch { Ok(peer) } else { Err(TransportError::PeerDown(peer.id)) }
+    }
+
+    fn stats_by_id(&self) -> impl Iterator<Item = ((PeerId, PeerId), LinkStats)> + '_ {
+        self.links.iter().map(|(&(f, t), l)| ((self.peers[f].id, self.peers[t].id), l.stats))
     }
 
     /// Advances the clock to the earliest event and fires every event due then. False if none is queued.
@@ -338,20 +351,20 @@ impl Inner {
         self.in_flight -= 1;
         let bytes = (m.payload.len() + FRAME_HEADER_LEN) as u64;
         let (from, to) = (m.from, m.to);
-        let delivered = match self.peers.get_mut(&to) {
-            Some(slot) if slot.alive && slot.epoch == m.epoch => {
-                slot.inbox.push_back(Envelope { from, payload: m.payload });
-                slot.notify.notify_waiters();
-                true
-            }
-            _ => false,
-        };
+        let from_id = self.peers[from].id;
+        let slot = &mut self.peers[to];
+        let delivered = slot.alive && slot.epoch == m.epoch;
+        if delivered {
+            slot.inbox.push_back(Envelope { from: from_id, payload: m.payload });
+            slot.notify.notify_waiters();
+        }
+        let to_id = slot.id;
         let stats = &mut self.links.entry((from, to)).or_default().stats;
         if delivered {
             stats.delivered_messages += 1;
             stats.delivered_bytes += bytes;
             if let Some(trace) = &mut self.trace {
-                trace.push(Delivery { at, seq, from, to, bytes });
+                trace.push(Delivery { at, seq, from: from_id, to: to_id, bytes });
             }
         } else {
             stats.crashed_messages += 1;
@@ -412,13 +425,15 @@ impl Network {
 
     fn insert_peer(&self, id: PeerId, region: Option<usize>) -> Result<SimEndpoint, TransportError> {
         let mut inner = self.shared.lock();
-        if inner.peers.contains_key(&id) {
+        if inner.index.contains_key(&id) {
             return Err(TransportError::config("peer", format!("peer {id} is already on the network")));
         }
         let now = inner.now;
-        inner.peers.insert(
-            id,
+        let slot = inner.peers.len();
+        inner.index.insert(id, slot);
+        inner.peers.push(
             PeerSlot {
+                id,
                 alive: true,
                 epoch: 0,
                 region,
@@ -429,7 +444,7 @@ impl Network {
                 notify: Arc::new(Notify::new()),
             },
         );
-        Ok(SimEndpoint { shared: self.shared.clone(), id, epoch: 0 })
+        Ok(SimEndpoint { shared: self.shared.clone(), id, slot, epoch: 0 })
     }
 
     /// The network's virtual clock.
@@ -444,14 +459,15 @@ impl Network {
 
     /// The ids of all peers, alive or not, in order.
     pub fn peers(&self) -> Vec<PeerId> {
-        let mut ids: Vec<_> = self.shared.lock().peers.keys().copied().collect();
+        let mut ids: Vec<_> = self.shared.lock().peers.iter().map(|p| p.id).collect();
         ids.sort();
         ids
     }
 
     /// Whether `peer` is on the network and alive.
     pub fn is_alive(&self, peer: PeerId) -> bool {
-        self.shared.lock().peers.get(&peer).is_some_and(|s| s.alive)
+        let inner = self.shared.lock();
+        inner.slot(peer).is_ok_and(|i| inner.peers[i].alive)
     }
 
     /// Sets the link between `a` and `b` (both directions) from now on.
@@ -466,9 +482,8 @@ impl Network {
     /// The link currently used from `from` to `to` (slowdowns applied).
     pub fn link_spec(&self, from: PeerId, to: PeerId) -> Result<LinkSpec, TransportError> {
         let inner = self.shared.lock();
-        let a = inner.peers.get(&from).ok_or(TransportError::UnknownPeer(from))?;
-        let b = inner.peers.get(&to).ok_or(TransportError::UnknownPeer(to))?;
-        Ok(inner.link_spec(a, b, (from, to)))
+        let (a, b) = (inner.slot(from)?, inner.slot(to)?);
+        Ok(inner.link_spec(a, b))
     }
 
     /// Limits how fast `peer` can send in total, over all its links (`None`: only the links limit it).
@@ -478,7 +493,8 @@ impl Network {
                 return Err(TransportError::config("egress", format!("{b} is not a positive bandwidth")));
             }
         let mut inner = self.shared.lock();
-        inner.peers.get_mut(&peer).ok_or(TransportError::UnknownPeer(peer))?.egress = bytes_per_s;
+        let slot = inner.slot(peer)?;
+        inner.peers[slot].egress = bytes_per_s;
         Ok(())
     }
 
@@ -488,7 +504,8 @@ impl Network {
             return Err(TransportError::config("slowdown", format!("{factor} is not a positive factor")));
         }
         let mut inner = self.shared.lock();
-        inner.peers.get_mut(&peer).ok_or(TransportError::UnknownPeer(peer))?.slowdown = factor;
+        let slot = inner.slot(peer)?;
+        inner.peers[slot].slowdown = factor;
         Ok(())
     }
 
@@ -515,7 +532,8 @@ impl Network {
     /// Crashing a crashed peer does nothing.
     pub fn crash(&self, peer: PeerId) -> Result<(), TransportError> {
         let mut inner = self.shared.lock();
-        let slot = inner.peers.get_mut(&peer).ok_or(TransportError::UnknownPeer(peer))?;
+        let index = inner.slot(peer)?;
+        let slot = &mut inner.peers[index];
         if !slot.alive {
             return Ok(());
         }
@@ -524,7 +542,9 @@ impl Network {
         let lost: Vec<PeerId> = slot.inbox.drain(..).map(|e| e.from).collect();
         slot.notify.notify_waiters();
         for from in lost {
-            inner.links.entry((from, peer)).or_default().stats.crashed_messages += 1;
+            if let Ok(from) = inner.slot(from) {
+                inner.links.entry((from, index)).or_default().stats.crashed_messages += 1;
+            }
         }
         Ok(())
     }
@@ -533,31 +553,36 @@ impl Network {
     pub fn rejoin(&self, peer: PeerId) -> Result<SimEndpoint, TransportError> {
         let mut inner = self.shared.lock();
         let now = inner.now;
-        let slot = inner.peers.get_mut(&peer).ok_or(TransportError::UnknownPeer(peer))?;
+        let index = inner.slot(peer)?;
+        let slot = &mut inner.peers[index];
         if slot.alive {
             return Err(TransportError::config("rejoin", format!("peer {peer} has not crashed")));
         }
         slot.alive = true;
         slot.egress_free_at = now;
-        Ok(SimEndpoint { shared: self.shared.clone(), id: peer, epoch: slot.epoch })
+        Ok(SimEndpoint { shared: self.shared.clone(), id: peer, slot: index, epoch: slot.epoch })
     }
 
     /// Counters of the link from `from` to `to`.
     pub fn link_stats(&self, from: PeerId, to: PeerId) -> LinkStats {
-        self.shared.lock().links.get(&(from, to)).map(|l| l.stats).unwrap_or_default()
+        let inner = self.shared.lock();
+        let (Ok(f), Ok(t)) = (inner.slot(from), inner.slot(to)) else { return LinkStats::default() };
+        inner.links.get(&(f, t)).map(|l| l.stats).unwrap_or_default()
     }
 
     /// Counters of every link that carried traffic, keyed by (from, to).
     pub fn stats(&self) -> BTreeMap<(PeerId, PeerId), LinkStats> {
-        self.shared.lock().links.iter().map(|(k, v)| (*k, v.stats)).collect()
+        self.shared.lock().stats_by_id().collect()
     }
 
     /// Totals over every link out of `peer`.
     pub fn sent_by(&self, peer: PeerId) -> LinkStats {
         let inner = self.shared.lock();
         let mut total = LinkStats::default();
-        for (_, link) in inner.links.iter().filter(|((from, _), _)| *from == peer) {
-            total.add(&link.stats);
+        for ((from, _), stats) in inner.stats_by_id() {
+            if from == peer {
+                total.add(&stats);
+            }
         }
         total
     }
@@ -648,6 +673,7 @@ impl SimClock {
 pub struct SimEndpoint {
     shared: Arc<Shared>,
     id: PeerId,
+    slot: usize,
     epoch: u64,
 }
 
@@ -674,14 +700,22 @@ impl SimEndpoint {
         let bytes = payload.len() + FRAME_HEADER_LEN;
         let mut guard = self.shared.lock();
         let inner = &mut *guard;
-        let sender = inner.check_handle(self.id, self.epoch)?;
-        let receiver = inner.peers.get(&to).ok_or(TransportError::UnknownPeer(to))?;
-        let spec = inner.link_spec(sender, receiver, (self.id, to));
-        let (egress, egress_free_at, to_epoch) = (sender.egress, sender.egress_free_at, receiver.epoch);
+        let (from, from_epoch) = (self.slot, self.epoch);
+        let sender = inner.check_handle(from, from_epoch)?;
+        let (egress, egress_free_at) = (sender.egress, sender.egress_free_at);
+        let to_slot = inner.slot(to)?;
+        let to_epoch = inner.peers[to_slot].epoch;
+        let spec = inner.link_spec(from, to_slot);
         let partitioned = inner.partitioned(self.id, to);
         let now = inner.now;
+        let lost = spec.loss > 0.0 && inner.rng.random::<f64>() < spec.loss;
+        let jitter = if spec.jitter > Duration::ZERO && !partitioned {
+            spec.jitter.mul_f64(inner.rng.random::<f64>())
+        } else {
+            Duration::ZERO
+        };
 
-        let link = inner.links.entry((self.id, to)).or_default();
+        let link = inner.links.entry((from, to_slot)).or_default();
         link.stats.sent_messages += 1;
         link.stats.sent_bytes += bytes as u64;
         if partitioned {
@@ -695,41 +729,32 @@ impl SimEndpoint {
             done = done.max(start + Duration::from_secs_f64(bytes as f64 / rate));
         }
         link.free_at = done;
-        let last_arrival = link.last_arrival;
-        let lost = spec.loss > 0.0 && inner.rng.random::<f64>() < spec.loss;
-        let jitter = if spec.jitter > Duration::ZERO {
-            spec.jitter.mul_f64(inner.rng.random::<f64>())
-        } else {
-            Duration::ZERO
-        };
-        if egress.is_some()
-            && let Some(sender) = inner.peers.get_mut(&self.id) {
-                sender.egress_free_at = done;
-            }
-        let link = inner.links.entry((self.id, to)).or_default();
         if lost {
             link.stats.lost_messages += 1;
-            return Ok(());
+        } else {
+            // Per link, messages arrive in the order they were sent, even with jitter.
+            let arrival = (done + spec.latency + jitter).max(link.last_arrival);
+            link.last_arrival = arrival;
+            inner.in_flight += 1;
+            let message = Message { from, to: to_slot, epoch: to_epoch, payload };
+            self.shared.schedule(inner, arrival, EventKind::Deliver(message));
         }
-        // Per link, messages arrive in the order they were sent, even with jitter.
-        let arrival = (done + spec.latency + jitter).max(last_arrival);
-        link.last_arrival = arrival;
-        inner.in_flight += 1;
-        let message = Message { from: self.id, to, epoch: to_epoch, payload };
-        self.shared.schedule(inner, arrival, EventKind::Deliver(message));
+        if egress.is_some() {
+            inner.peers[from].egress_free_at = done;
+        }
         Ok(())
     }
 
     /// Takes the next message if one is waiting, without waiting.
     pub fn try_recv(&self) -> Result<Option<Envelope>, TransportError> {
         let mut inner = self.shared.lock();
-        inner.check_handle(self.id, self.epoch)?;
-        Ok(inner.peers.get_mut(&self.id).and_then(|s| s.inbox.pop_front()))
+        inner.check_handle(self.slot, self.epoch)?;
+        Ok(inner.peers[self.slot].inbox.pop_front())
     }
 
     /// Messages waiting in this peer's inbox.
     pub fn pending(&self) -> usize {
-        self.shared.lock().peers.get(&self.id).map_or(0, |s| s.inbox.len())
+        self.shared.lock().peers[self.slot].inbox.len()
     }
 }
 
@@ -749,7 +774,7 @@ impl Transport for SimEndpoint {
     async fn recv(&self) -> Result<Envelope, TransportError> {
         let notify = {
             let inner = self.shared.lock();
-            inner.check_handle(self.id, self.epoch)?.notify.clone()
+            inner.check_handle(self.slot, self.epoch)?.notify.clone()
         };
         loop {
             let notified = notify.notified();
