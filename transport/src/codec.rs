@@ -150,16 +150,16 @@ fn decode_bounded<'de, M: Deserialize<'de>>(payload: &'de [u8]) -> Result<(M, us
         bincode::serde::borrow_decode_from_slice(payload, bincode_config().with_limit::<LIMIT>())
     }
     match payload.len() {
-        0..=0x1000 => with::<M, 0x1000>(payload),
-        0..=0x4000 => with::<M, 0x4000>(payload),
-        0..=0x1_0000 => with::<M, 0x1_0000>(payload),
-        0..=0x4_0000 => with::<M, 0x4_0000>(payload),
-        0..=0x10_0000 => with::<M, 0x10_0000>(payload),
-        0..=0x40_0000 => with::<M, 0x40_0000>(payload),
-        0..=0x100_0000 => with::<M, 0x100_0000>(payload),
-        0..=0x400_0000 => with::<M, 0x400_0000>(payload),
-        0..=0x1000_0000 => with::<M, 0x1000_0000>(payload),
-        0..=0x4000_0000 => with::<M, 0x4000_0000>(payload),
+        n if n <= 0x1000 => with::<M, 0x1000>(payload),
+        n if n <= 0x4000 => with::<M, 0x4000>(payload),
+        n if n <= 0x1_0000 => with::<M, 0x1_0000>(payload),
+        n if n <= 0x4_0000 => with::<M, 0x4_0000>(payload),
+        n if n <= 0x10_0000 => with::<M, 0x10_0000>(payload),
+        n if n <= 0x40_0000 => with::<M, 0x40_0000>(payload),
+        n if n <= 0x100_0000 => with::<M, 0x100_0000>(payload),
+        n if n <= 0x400_0000 => with::<M, 0x400_0000>(payload),
+        n if n <= 0x1000_0000 => with::<M, 0x1000_0000>(payload),
+        n if n <= 0x4000_0000 => with::<M, 0x4000_0000>(payload),
         _ => with::<M, MAX_FRAME_CEILING>(payload),
     }
 }
