@@ -1,0 +1,46 @@
+//! Rotary position embeddings (the "rotate half" layout of Llama).
+//!
+//! For a row at position `t` and `i < d/2`, with `(x1, x2) = (x_i, x_{i+d/2})`:
+//! `y_i = x1·cos − x2·sin`, `y_{i+d/2} = x1·sin + x2·cos`, each product and sum rounded separately.
+//! Tables use `θ = t · base^(−2i/d)`, computed with this crate's own `exp`, `ln` and `sin_cos`.
+
+use rayon::prelude::*;
+
+use super::math::{exp, ln, sin_cos};
+
+/// `(cos, sin)` tables, each `positions × d/2`.
+pub fn table(positions: usize, d: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
+    let half = d / 2;
+    let lb = ln(base);
+    let inv_freq: Vec<f32> = (0..half).map(|i| exp(-((2 * i) as f32 / d as f32) * lb)).collect();
+    let mut cos = vec![0f32; positions * half];
+    let mut sin = vec![0f32; positions * half];
+    for t in 0..positions {
+        for (i, &f) in inv_freq.iter().enumerate() {
+            let (s, c) = sin_cos(t as f32 * f);
+            cos[t * half + i] = c;
+            sin[t * half + i] = s;
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotates `x` (`rows` rows of `d`, row `r` at position `r mod positions`) into `y`. With `inverse`,
+/// rotates by −θ (the backward pass).
+pub fn apply(x: &[f32], cos: &[f32], sin: &[f32], y: &mut [f32], d: usize, positions: usize, inverse: bool) {
+    let half = d / 2;
+    if d == 0 || positions == 0 {
+        return;
+    }
+    y.par_chunks_mut(d).enumerate().for_each(|(r, yr)| {
+        let t = r % positions;
+        let xr = &x[r * d..(r + 1) * d];
+        let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+        for i in 0..half {
+            let (x1, x2) = (xr[i], xr[i + half]);
+            let si = if inverse { -s[i] } else { s[i] };
+            yr[i] = x1 * c[i] - x2 * si;
+            yr[i + half] = x1 * si + x2 * c[i];
+        }
+    });
+}

@@ -1,0 +1,181 @@
+//! The op tape: an optional record of every repops op a thread runs — op, attributes, shapes, and a
+//! blake3 hash of every input and output — and, if asked, the inputs themselves, so that any single op
+//! can be re-executed later and checked against its recorded output. Verde's referee builds on it.
+
+use std::cell::RefCell;
+
+use crate::error::{Error, Result};
+use crate::op::{HostData, HostSlice, HostTensor, HostView, OpKind, execute};
+use crate::simd::SimdLevel;
+
+/// A blake3 digest.
+pub type Hash = [u8; 32];
+
+/// The hash of a tensor: blake3 over a dtype tag, the shape (u64 little-endian per dimension) and the
+/// elements' little-endian bytes.
+pub fn hash_view(view: &HostView<'_>) -> Hash {
+    let mut h = blake3::Hasher::new();
+    let tag: &[u8] = match view.data {
+        HostSlice::F32(_) => b"f32",
+        HostSlice::U32(_) => b"u32",
+    };
+    h.update(tag);
+    h.update(&(view.shape.len() as u64).to_le_bytes());
+    for &d in view.shape {
+        h.update(&(d as u64).to_le_bytes());
+    }
+    if cfg!(target_endian = "little") {
+        let bytes: &[u8] = match view.data {
+            HostSlice::F32(v) => bytemuck::cast_slice(v),
+            HostSlice::U32(v) => bytemuck::cast_slice(v),
+        };
+        h.update(bytes);
+    } else {
+        match view.data {
+            HostSlice::F32(v) => v.iter().for_each(|x| {
+                h.update(&x.to_le_bytes());
+            }),
+            HostSlice::U32(v) => v.iter().for_each(|x| {
+                h.update(&x.to_le_bytes());
+            }),
+        }
+    }
+    *h.finalize().as_bytes()
+}
+
+/// What the tape keeps of one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorRecord {
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its hash ([`hash_view`]).
+    pub hash: Hash,
+    /// Its elements, if the tape keeps inputs.
+    pub data: Option<HostTensor>,
+}
+
+/// One recorded op invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TapeEntry {
+    /// Position on the tape (0-based, in execution order).
+    pub index: usize,
+    /// The op and its attributes.
+    pub op: OpKind,
+    /// Its inputs, in order.
+    pub inputs: Vec<TensorRecord>,
+    /// Its output.
+    pub output: TensorRecord,
+}
+
+impl TapeEntry {
+    /// Re-executes the op from the recorded inputs (which must have been kept, and must still match
+    /// their hashes) and returns the output.
+    pub fn replay(&self, level: SimdLevel) -> Result<HostTensor> {
+        let mut views = Vec::with_capacity(self.inputs.len());
+        for input in &self.inputs {
+            let data = input.data.as_ref().ok_or(Error::NoInputs { index: self.index })?;
+            let view = data.view();
+            if hash_view(&view) != input.hash {
+                return Err(Error::ReplayMismatch { index: self.index, op: self.op.name() });
+            }
+            views.push(view);
+        }
+        execute(&self.op, &views, level)
+    }
+
+    /// Replays the op and checks that the output hashes to the recorded value.
+    pub fn verify(&self, level: SimdLevel) -> Result<()> {
+        let out = self.replay(level)?;
+        if hash_view(&out.view()) == self.output.hash {
+            Ok(())
+        } else {
+            Err(Error::ReplayMismatch { index: self.index, op: self.op.name() })
+        }
+    }
+}
+
+/// A recording of ops, in execution order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tape {
+    entries: Vec<TapeEntry>,
+    keep_inputs: bool,
+}
+
+impl Tape {
+    /// The recorded ops.
+    pub fn entries(&self) -> &[TapeEntry] {
+        &self.entries
+    }
+
+    /// Number of recorded ops.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The output hashes in order: a compact fingerprint of the whole computation.
+    pub fn output_hashes(&self) -> Vec<Hash> {
+        self.entries.iter().map(|e| e.output.hash).collect()
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Tape>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, recording every repops op this thread runs meanwhile (forward and backward alike).
+/// With `keep_inputs`, each entry also keeps copies of its inputs so it can be replayed.
+/// Recordings nest: an inner `record` gets its own tape and the outer one resumes afterwards.
+pub fn record<R>(keep_inputs: bool, f: impl FnOnce() -> R) -> (R, Tape) {
+    let outer = CURRENT.with(|c| c.replace(Some(Tape { entries: Vec::new(), keep_inputs })));
+    struct Restore(Option<Option<Tape>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                CURRENT.with(|c| *c.borrow_mut() = outer);
+            }
+        }
+    }
+    let mut restore = Restore(Some(outer));
+    let out = f();
+    let tape = CURRENT.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    if let Some(outer) = restore.0.take() {
+        CURRENT.with(|c| *c.borrow_mut() = outer);
+    }
+    (out, tape)
+}
+
+/// Whether a tape is recording on this thread.
+pub fn is_recording() -> bool {
+    CURRENT.with(|c| c.borrow().is_some())
+}
+
+/// Appends an op to this thread's tape, if one is recording.
+pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &HostTensor) {
+    CURRENT.with(|c| {
+        let mut current = c.borrow_mut();
+        let Some(tape) = current.as_mut() else { return };
+        let keep = tape.keep_inputs;
+        let inputs = inputs
+            .iter()
+            .map(|v| TensorRecord {
+                shape: v.shape.to_vec(),
+                hash: hash_view(v),
+                data: keep.then(|| HostTensor {
+                    shape: v.shape.to_vec(),
+                    data: match v.data {
+                        HostSlice::F32(x) => HostData::F32(x.to_vec()),
+                        HostSlice::U32(x) => HostData::U32(x.to_vec()),
+                    },
+                }),
+            })
+            .collect();
+        let output = TensorRecord { shape: output.shape.clone(), hash: hash_view(&output.view()), data: None };
+        let index = tape.entries.len();
+        tape.entries.push(TapeEntry { index, op: *op, inputs, output });
+    });
+}
