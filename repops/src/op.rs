@@ -268,8 +268,10 @@ pub fn execute(op: &OpKind, inputs: &[HostView<'_>], level: SimdLevel) -> Result
             }
             let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
             let mut out = Vec::with_capacity(v.len());
-            for m in v.chunks_exact((r * c).max(1)).take(if r * c == 0 { 0 } else { v.len() / (r * c) }) {
-                out.extend(matmul::transpose(m, r, c));
+            if r * c > 0 {
+                for m in v.chunks_exact(r * c) {
+                    out.extend(matmul::transpose(m, r, c));
+                }
             }
             let mut shape = s.to_vec();
             let l = shape.len();
@@ -291,7 +293,7 @@ pub fn execute(op: &OpKind, inputs: &[HostView<'_>], level: SimdLevel) -> Result
         OpKind::RowReduce(kind) => {
             let n = x.last(name)?;
             let v = x.f32(name)?;
-            let rows = if n == 0 { x.shape[..x.shape.len() - 1].iter().product() } else { v.len() / n };
+            let rows: usize = x.shape[..x.shape.len() - 1].iter().product();
             let mut y = vec![0f32; rows];
             rows::row_reduce(v, &mut y, n, kind, level);
             let mut shape = x.shape.to_vec();

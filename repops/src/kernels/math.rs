@@ -6,8 +6,8 @@
 //! documented ranges; `tanh` within 4e-7 absolute; `sigmoid` within 3e-7 absolute.
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_359_4; // 0x3f317200: ln 2 with 16 significant bits, so k * LN2_HI is exact
-const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 - LN2_HI
+const LN2_HI: f32 = f32::from_bits(0x3f31_8000); // 0.693359375: ln 2 to 9 bits, so k * LN2_HI is exact
+const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI, rounded
 const SQRT2: f32 = std::f32::consts::SQRT_2;
 
 /// `2^k` for `k` in `-126..=127`, built from its bits.
@@ -127,10 +127,10 @@ pub fn rsqrt(x: f32) -> f32 {
     1.0 / x.sqrt()
 }
 
-// Cody–Waite split of pi/2 into three parts; k * PIO2_HI and k * PIO2_MID are exact for |k| < 2^12.
-const PIO2_HI: f32 = 1.570_312_5; // 0x3fc90000
-const PIO2_MID: f32 = 4.837_513e-4; // 0x39fdaa20
-const PIO2_LO: f32 = 7.549_790e-8; // 0x33a22169
+// Cody–Waite split of pi/2 into three parts; each `fma(-k, part, r)` rounds once.
+const PIO2_HI: f32 = f32::from_bits(0x3fc9_0000); // 1.5703125
+const PIO2_MID: f32 = f32::from_bits(0x39fd_a000); // 4.8375130e-4
+const PIO2_LO: f32 = f32::from_bits(0x33a2_2169); // 7.5497899e-8 = pi/2 − HI − MID, rounded
 const TWO_OVER_PI: f32 = std::f32::consts::FRAC_2_PI;
 
 /// Reduces `x` to `r` in about [-pi/4, pi/4] and the quadrant `k mod 4`. Accurate for |x| <= 8192.

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 /// `n` values in [-1, 1) from a seeded xorshift.
-pub fn data(n: usize, seed: u64) -> Vec<f32> {
+pub(crate) fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..n)
         .map(|_| {
@@ -15,6 +15,6 @@ pub fn data(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Runs `f` on a rayon pool of `threads` threads.
-pub fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool").install(f)
 }
