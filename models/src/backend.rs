@@ -1,0 +1,148 @@
+//! The op backend switch: the same model code on candle's native kernels or on repops.
+//!
+//! `Native` is fastest; `RepOps` makes every op of the forward pass, the backward pass and the optimizer
+//! bitwise reproducible across thread counts, SIMD levels and machines (and records them on a
+//! [`repops::Tape`] when one is active). Both compute the same functions; their results agree to
+//! floating-point tolerance, not bit for bit.
+
+use candle_core::{D, DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// Which kernels run a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// candle's own kernels.
+    #[default]
+    Native,
+    /// repops' bitwise-reproducible kernels.
+    #[serde(rename = "repops")]
+    RepOps,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::RepOps => "repops",
+        })
+    }
+}
+
+impl Backend {
+    /// `x [.., in] · wᵀ` for `w [out, in]`.
+    pub fn linear(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => x.broadcast_matmul(&w.t()?)?,
+            Self::RepOps => repops::tensor::linear(x, w)?,
+        })
+    }
+
+    /// Batched matrix product of equal-rank contiguous tensors.
+    pub fn matmul(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => a.contiguous()?.matmul(&b.contiguous()?)?,
+            Self::RepOps => repops::tensor::matmul(a, b)?,
+        })
+    }
+
+    /// `a [.., m, n]` transposed in its last two dimensions (contiguous).
+    pub fn transpose(self, a: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => a.t()?.contiguous()?,
+            Self::RepOps => repops::tensor::transpose(a)?,
+        })
+    }
+
+    /// Element-wise sum of equal shapes.
+    pub fn add(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => (a + b)?,
+            Self::RepOps => repops::tensor::add(a, b)?,
+        })
+    }
+
+    /// `x · c`.
+    pub fn scale(self, x: &Tensor, c: f32) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => (x * f64::from(c))?,
+            Self::RepOps => repops::tensor::scale(x, c)?,
+        })
+    }
+
+    /// RMSNorm over the last dimension.
+    pub fn rms_norm(self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => {
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_div(&(ms + f64::from(eps))?.sqrt()?)?.broadcast_mul(w)?
+            }
+            Self::RepOps => repops::tensor::rms_norm(x, w, eps)?,
+        })
+    }
+
+    /// Softmax over the last dimension.
+    pub fn softmax_last_dim(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => candle_nn::ops::softmax(x, D::Minus1)?,
+            Self::RepOps => repops::tensor::softmax_last_dim(x)?,
+        })
+    }
+
+    /// SwiGLU gate `silu(a) · b`.
+    pub fn swiglu(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => (a.silu()? * b)?,
+            Self::RepOps => repops::tensor::swiglu(a, b)?,
+        })
+    }
+
+    /// Rotary embedding of `x [.., t, d]` with tables `[t, d/2]` (the "rotate half" layout).
+    pub fn rope(self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => {
+                let d = x.dim(D::Minus1)?;
+                let (x1, x2) = (x.narrow(D::Minus1, 0, d / 2)?, x.narrow(D::Minus1, d / 2, d / 2)?);
+                let y1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+                let y2 = (x1.broadcast_mul(sin)? + x2.broadcast_mul(cos)?)?;
+                Tensor::cat(&[y1, y2], D::Minus1)?
+            }
+            Self::RepOps => repops::tensor::rope(x, cos, sin)?,
+        })
+    }
+
+    /// Rows of `table` for `ids` (u32).
+    pub fn embedding(self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => {
+                let dims = ids.dims().to_vec();
+                let flat = table.index_select(&ids.flatten_all()?, 0)?;
+                let mut shape = dims;
+                shape.push(table.dim(1)?);
+                flat.reshape(shape)?
+            }
+            Self::RepOps => repops::tensor::embedding(table, ids)?,
+        })
+    }
+
+    /// Mean cross-entropy of `logits [N, V]` against `targets [N]` (u32).
+    pub fn cross_entropy(self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => candle_nn::loss::cross_entropy(logits, targets)?,
+            Self::RepOps => repops::tensor::cross_entropy(logits, targets)?,
+        })
+    }
+
+    /// Sum of squares of every element, as an f32 on the host (for gradient norms).
+    pub fn sum_sq(self, x: &Tensor) -> Result<f32> {
+        Ok(match self {
+            Self::Native => x.sqr()?.sum_all()?.to_dtype(DType::F32)?.to_vec0::<f32>()?,
+            Self::RepOps => {
+                let flat = x.flatten_all()?.unsqueeze(0)?;
+                repops::tensor::sum_last(&repops::tensor::square(&flat)?)?.flatten_all()?.to_vec1::<f32>()?[0]
+            }
+        })
+    }
+}

@@ -1,0 +1,365 @@
+//! A Llama-style decoder LM that splits into pipeline stages by layer ranges.
+//!
+//! The first stage owns the token embedding, the last the final norm and the output head; every stage
+//! owns a contiguous range of transformer blocks. Parameters are initialised from `(init_seed, name)`
+//! alone, so a model split into stages holds exactly the weights of the unsplit model, and chaining the
+//! stages computes exactly what the unsplit model computes.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// Standard deviation of the weight initialisation.
+const INIT_STD: f32 = 0.02;
+
+/// Named trainable tensors, iterated in name order.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    vars: BTreeMap<String, Var>,
+}
+
+impl Params {
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.vars.get(name).map(Var::as_tensor).ok_or_else(|| Error::Input(format!("no parameter {name:?}")))
+    }
+
+    /// The variable called `name`.
+    pub fn var(&self, name: &str) -> Option<&Var> {
+        self.vars.get(name)
+    }
+
+    /// `(name, variable)` in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.vars.iter()
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    /// Total number of scalars.
+    pub fn numel(&self) -> usize {
+        self.vars.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// The gradient of each parameter from a backward pass, by name (parameters without one are left out).
+    pub fn grads(&self, store: &candle_core::backprop::GradStore) -> BTreeMap<String, Tensor> {
+        self.vars.iter().filter_map(|(n, v)| store.get(v).map(|g| (n.clone(), g.clone()))).collect()
+    }
+
+    /// Replaces the value of `name` (same shape and dtype).
+    pub fn set(&self, name: &str, value: &Tensor) -> Result<()> {
+        let var = self.vars.get(name).ok_or_else(|| Error::Input(format!("no parameter {name:?}")))?;
+        if var.dims() != value.dims() {
+            return Err(Error::Input(format!("{name}: shape {:?} does not match {:?}", value.dims(), var.dims())));
+        }
+        var.set(value)?;
+        Ok(())
+    }
+
+    /// A snapshot of every tensor (cheap handles; later `set`s do not change it).
+    pub fn snapshot(&self) -> BTreeMap<String, Tensor> {
+        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap_or_else(|_| v.as_tensor().clone()))).collect()
+    }
+
+    fn insert(&mut self, name: String, t: Tensor) -> Result<()> {
+        self.vars.insert(name, Var::from_tensor(&t)?);
+        Ok(())
+    }
+}
+
+/// Which part of the model a stage holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSpec {
+    /// Transformer blocks of this stage.
+    pub layers: Range<usize>,
+    /// Holds the embedding (takes tokens).
+    pub first: bool,
+    /// Holds the final norm and head (returns logits).
+    pub last: bool,
+}
+
+/// Splits `n_layers` blocks into `n_stages` contiguous ranges, as evenly as possible.
+pub fn split_layers(n_layers: usize, n_stages: usize) -> Result<Vec<StageSpec>> {
+    if n_stages == 0 || n_stages > n_layers {
+        return Err(Error::config(
+            "pipeline.stages",
+            format!("{n_stages} stages cannot split {n_layers} layers (need 1..={n_layers})"),
+        ));
+    }
+    let mut specs = Vec::with_capacity(n_stages);
+    let mut start = 0;
+    for s in 0..n_stages {
+        let len = n_layers / n_stages + usize::from(s < n_layers % n_stages);
+        specs.push(StageSpec { layers: start..start + len, first: s == 0, last: s + 1 == n_stages });
+        start += len;
+    }
+    Ok(specs)
+}
+
+/// What a stage receives.
+#[derive(Debug, Clone, Copy)]
+pub enum StageInput<'a> {
+    /// Token ids `[B, T]` (u32), for the first stage.
+    Tokens(&'a Tensor),
+    /// Hidden states `[B, T, d_model]`, for the others.
+    Hidden(&'a Tensor),
+}
+
+/// A deterministic normal sample from basic operations and repops' own `ln`/`sin_cos` (Box–Muller), so
+/// initial weights are the same bits on every platform.
+fn normal(rng: &mut ChaCha8Rng) -> f32 {
+    let u1 = (rng.random::<u32>() >> 8) as f32 / (1u32 << 24) as f32 + 1.0 / (1u32 << 25) as f32;
+    let u2 = (rng.random::<u32>() >> 8) as f32 / (1u32 << 24) as f32;
+    let r = (-2.0 * repops::kernels::math::ln(u1)).sqrt();
+    r * repops::kernels::math::sin_cos(std::f32::consts::TAU * u2).1
+}
+
+fn name_seed(seed: u64, name: &str) -> u64 {
+    // FNV-1a over the name, mixed with the seed.
+    name.bytes().fold(0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn init_matrix(cfg: &ModelConfig, name: &str, rows: usize, cols: usize, std: f32, device: &Device) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(name_seed(cfg.init_seed, name));
+    let v: Vec<f32> = (0..rows * cols).map(|_| normal(&mut rng) * std).collect();
+    Ok(Tensor::from_vec(v, (rows, cols), device)?)
+}
+
+/// One pipeline stage of the model.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    cfg: ModelConfig,
+    spec: StageSpec,
+    params: Params,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Stage {
+    /// A stage with freshly initialised weights (the same weights the unsplit model has there).
+    pub fn new(cfg: &ModelConfig, spec: StageSpec, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        if spec.layers.end > cfg.n_layers {
+            return Err(Error::config("stage.layers", format!("{:?} exceeds {} layers", spec.layers, cfg.n_layers)));
+        }
+        if cfg.tie_embeddings && !(spec.first && spec.last) {
+            return Err(Error::config("model.tie_embeddings", "a tied head needs the whole model in one stage"));
+        }
+        let (d, f) = (cfg.d_model, cfg.d_ff);
+        let out_std = INIT_STD / (2.0 * cfg.n_layers as f32).sqrt();
+        let mut params = Params::default();
+        if spec.first {
+            params.insert("embed".into(), init_matrix(cfg, "embed", cfg.vocab, d, INIT_STD, device)?)?;
+        }
+        for l in spec.layers.clone() {
+            let p = |n: &str| format!("layers.{l}.{n}");
+            params.insert(p("attn_norm"), Tensor::ones(d, DType::F32, device)?)?;
+            for w in ["wq", "wk", "wv"] {
+                params.insert(p(w), init_matrix(cfg, &p(w), d, d, INIT_STD, device)?)?;
+            }
+            params.insert(p("wo"), init_matrix(cfg, &p("wo"), d, d, out_std, device)?)?;
+            params.insert(p("mlp_norm"), Tensor::ones(d, DType::F32, device)?)?;
+            params.insert(p("w1"), init_matrix(cfg, &p("w1"), f, d, INIT_STD, device)?)?;
+            params.insert(p("w3"), init_matrix(cfg, &p("w3"), f, d, INIT_STD, device)?)?;
+            params.insert(p("w2"), init_matrix(cfg, &p("w2"), d, f, out_std, device)?)?;
+        }
+        if spec.last {
+            params.insert("final_norm".into(), Tensor::ones(d, DType::F32, device)?)?;
+            if !cfg.tie_embeddings {
+                params.insert("head".into(), init_matrix(cfg, "head", cfg.vocab, d, INIT_STD, device)?)?;
+            }
+        }
+        let (cos, sin) = repops::kernels::rope::table(cfg.max_seq, cfg.head_dim(), cfg.rope_base);
+        let half = cfg.head_dim() / 2;
+        Ok(Self {
+            cfg: cfg.clone(),
+            spec,
+            params,
+            cos: Tensor::from_vec(cos, (cfg.max_seq, half), device)?,
+            sin: Tensor::from_vec(sin, (cfg.max_seq, half), device)?,
+        })
+    }
+
+    /// The model configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Which part of the model this is.
+    pub fn spec(&self) -> &StageSpec {
+        &self.spec
+    }
+
+    /// The stage's parameters.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// FLOPs of one forward pass over `batch × seq` tokens: `2 · weights · tokens` for the matrix
+    /// products plus `4 · layers · seq · d_model · tokens` for attention (the embedding lookup is free).
+    pub fn forward_flops(&self, batch: usize, seq: usize) -> f64 {
+        let tokens = (batch * seq) as f64;
+        let matmul_params = self.params.iter().filter(|(_, v)| v.rank() == 2).map(|(_, v)| v.elem_count()).sum::<usize>()
+            - if self.spec.first { self.cfg.vocab * self.cfg.d_model } else { 0 };
+        let attention = 4.0 * (self.spec.layers.len() * seq * self.cfg.d_model) as f64 * tokens;
+        2.0 * matmul_params as f64 * tokens + attention
+    }
+
+    /// Runs the stage: tokens or hidden states in; hidden states out, or logits `[B, T, vocab]` from
+    /// the last stage.
+    pub fn forward(&self, input: StageInput<'_>) -> Result<Tensor> {
+        let be = self.cfg.backend;
+        let mut x = match (input, self.spec.first) {
+            (StageInput::Tokens(ids), true) => be.embedding(self.params.get("embed")?, ids)?,
+            (StageInput::Hidden(h), false) => h.clone(),
+            (StageInput::Tokens(_), false) => return Err(Error::Input("only the first stage takes tokens".into())),
+            (StageInput::Hidden(_), true) => return Err(Error::Input("the first stage takes tokens, not hidden states".into())),
+        };
+        let dims = x.dims().to_vec();
+        let [b, t, d] = dims[..] else {
+            return Err(Error::Input(format!("expected [batch, seq, d_model], got {dims:?}")));
+        };
+        if d != self.cfg.d_model || t > self.cfg.max_seq || t == 0 {
+            return Err(Error::Input(format!("hidden states {dims:?} do not fit d_model {} and max_seq {}", self.cfg.d_model, self.cfg.max_seq)));
+        }
+        let mask = causal_mask(b, self.cfg.n_heads, t, x.device())?;
+        let (cos, sin) = (self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?);
+        for l in self.spec.layers.clone() {
+            x = self.block(l, &x, &mask, &cos, &sin)?;
+        }
+        if self.spec.last {
+            let h = be.rms_norm(&x, self.params.get("final_norm")?, self.cfg.norm_eps)?;
+            let head = if self.cfg.tie_embeddings { self.params.get("embed")? } else { self.params.get("head")? };
+            return be.linear(&h, head);
+        }
+        Ok(x)
+    }
+
+    fn block(&self, l: usize, x: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let be = self.cfg.backend;
+        let p = |n: &str| self.params.get(&format!("layers.{l}.{n}"));
+        let (b, t, d) = x.dims3()?;
+        let (nh, dh) = (self.cfg.n_heads, self.cfg.head_dim());
+        let heads = |y: Tensor| -> Result<Tensor> { Ok(y.reshape((b, t, nh, dh))?.transpose(1, 2)?.contiguous()?) };
+        let h = be.rms_norm(x, p("attn_norm")?, self.cfg.norm_eps)?;
+        let q = be.rope(&heads(be.linear(&h, p("wq")?)?)?, cos, sin)?;
+        let k = be.rope(&heads(be.linear(&h, p("wk")?)?)?, cos, sin)?;
+        let v = heads(be.linear(&h, p("wv")?)?)?;
+        let scores = be.scale(&be.matmul(&q, &be.transpose(&k)?)?, 1.0 / (dh as f32).sqrt())?;
+        let att = be.softmax_last_dim(&be.add(&scores, mask)?)?;
+        let ctx = be.matmul(&att, &v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, d))?;
+        let x = be.add(x, &be.linear(&ctx, p("wo")?)?)?;
+        let h = be.rms_norm(&x, p("mlp_norm")?, self.cfg.norm_eps)?;
+        let gate = be.swiglu(&be.linear(&h, p("w1")?)?, &be.linear(&h, p("w3")?)?)?;
+        be.add(&x, &be.linear(&gate, p("w2")?)?)
+    }
+
+    /// Mean next-token cross-entropy of `logits [B, T, V]` against `targets [B, T]`, in nats.
+    pub fn loss(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let (b, t, v) = logits.dims3()?;
+        self.cfg.backend.cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
+    }
+}
+
+/// `[B, H, T, T]` with 0 on and below the diagonal and −inf above.
+fn causal_mask(b: usize, h: usize, t: usize, device: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+    Ok(Tensor::from_vec(m, (1, 1, t, t), device)?.broadcast_as((b, h, t, t))?.contiguous()?)
+}
+
+/// The whole model as a chain of stages.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    stages: Vec<Stage>,
+}
+
+impl Llama {
+    /// The model split into `n_stages` stages (1 = unsplit).
+    pub fn new(cfg: &ModelConfig, n_stages: usize, device: &Device) -> Result<Self> {
+        let stages = split_layers(cfg.n_layers, n_stages)?
+            .into_iter()
+            .map(|spec| Stage::new(cfg, spec, device))
+            .collect::<Result<_>>()?;
+        Ok(Self { stages })
+    }
+
+    /// The stages, first to last.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    /// Logits `[B, T, vocab]` for tokens `[B, T]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut x = None;
+        for stage in &self.stages {
+            x = Some(match &x {
+                None => stage.forward(StageInput::Tokens(ids))?,
+                Some(h) => stage.forward(StageInput::Hidden(h))?,
+            });
+        }
+        x.ok_or_else(|| Error::Input("model has no stages".into()))
+    }
+
+    /// Mean next-token loss of `ids` against `targets`.
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.forward(ids)?;
+        let last = self.stages.last().ok_or_else(|| Error::Input("model has no stages".into()))?;
+        last.loss(&logits, targets)
+    }
+
+    /// Every parameter of every stage, by name.
+    pub fn params(&self) -> Params {
+        let mut all = Params::default();
+        for s in &self.stages {
+            for (n, v) in s.params.iter() {
+                all.vars.insert(n.clone(), v.clone());
+            }
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_splits_are_contiguous_and_balanced() -> Result<()> {
+        let specs = split_layers(5, 3)?;
+        assert_eq!(specs.iter().map(|s| s.layers.clone()).collect::<Vec<_>>(), vec![0..2, 2..4, 4..5]);
+        assert!(specs[0].first && !specs[0].last && specs[2].last);
+        assert!(split_layers(2, 3).is_err());
+        assert!(split_layers(2, 0).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn init_is_deterministic_and_normal() -> Result<()> {
+        let cfg = ModelConfig::default();
+        let a = init_matrix(&cfg, "x", 64, 64, 1.0, &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let b = init_matrix(&cfg, "x", 64, 64, 1.0, &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let c = init_matrix(&cfg, "y", 64, 64, 1.0, &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mean = a.iter().sum::<f32>() / a.len() as f32;
+        let var = a.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / a.len() as f32;
+        assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.1, "mean {mean} var {var}");
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! The model: stage splits compute exactly what the unsplit model computes; the two backends agree;
+//! training on the synthetic language approaches its entropy floor; checkpoints round-trip; and the
+//! repops backend reproduces a committed golden run bit for bit.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use models::data::{SyntheticConfig, SyntheticLanguage, sample_batch};
+use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig, Result, checkpoint};
+
+fn cfg(backend: Backend) -> ModelConfig {
+    ModelConfig { n_layers: 4, d_model: 32, n_heads: 2, d_ff: 64, max_seq: 32, backend, ..ModelConfig::default() }
+}
+
+fn small_lang() -> Result<SyntheticLanguage> {
+    SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 16, val_tokens: 4096, ..SyntheticConfig::default() })
+}
+
+fn bits(t: &Tensor) -> Result<Vec<u32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
+}
+
+#[test]
+fn stage_split_model_equals_the_unsplit_model_bit_for_bit() -> Result<()> {
+    let dev = Device::Cpu;
+    let corpus = small_lang()?.corpus();
+    let (ids, targets) = sample_batch(&corpus.train, 3, 24, 5, 0, 0, &dev)?;
+    for backend in [Backend::Native, Backend::RepOps] {
+        let whole = Llama::new(&cfg(backend), 1, &dev)?;
+        let reference = bits(&whole.forward(&ids)?)?;
+        for stages in [2, 3, 4] {
+            let split = Llama::new(&cfg(backend), stages, &dev)?;
+            assert_eq!(split.stages().len(), stages);
+            assert_eq!(bits(&split.forward(&ids)?)?, reference, "{backend} with {stages} stages");
+        }
+        // Gradients too: the same parameters get the same gradients.
+        let split = Llama::new(&cfg(backend), 2, &dev)?;
+        let gw = whole.params().grads(&whole.loss(&ids, &targets)?.backward()?);
+        let gs = split.params().grads(&split.loss(&ids, &targets)?.backward()?);
+        assert_eq!(gw.len(), gs.len());
+        for (name, g) in &gw {
+            assert_eq!(bits(g)?, bits(&gs[name])?, "{backend} gradient of {name}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn native_and_repops_backends_agree_within_tolerance() -> Result<()> {
+    let dev = Device::Cpu;
+    let corpus = small_lang()?.corpus();
+    let (ids, targets) = sample_batch(&corpus.train, 2, 16, 1, 0, 0, &dev)?;
+    let native = Llama::new(&cfg(Backend::Native), 2, &dev)?;
+    let repops = Llama::new(&cfg(Backend::RepOps), 2, &dev)?;
+    let (ln, lr) = (native.forward(&ids)?, repops.forward(&ids)?);
+    let diff = (ln - lr)?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
+    assert!(diff < 1e-4, "logits differ by {diff}");
+    let gn = native.params().grads(&native.loss(&ids, &targets)?.backward()?);
+    let gr = repops.params().grads(&repops.loss(&ids, &targets)?.backward()?);
+    for (name, g) in &gn {
+        let scale = g.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?.max(1e-6);
+        let d = (g - &gr[name])?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
+        assert!(d <= 1e-3 * scale + 1e-6, "{name}: gradients differ by {d} (scale {scale})");
+    }
+    Ok(())
+}
+
+/// Trains `steps` AdamW steps; returns (first loss, last validation loss, final weights).
+fn train(backend: Backend, steps: u64, seed: u64) -> Result<(f32, f32, BTreeMap<String, Tensor>)> {
+    let dev = Device::Cpu;
+    let lang = small_lang()?;
+    let corpus = lang.corpus();
+    let mc = ModelConfig { n_layers: 2, d_model: 32, n_heads: 2, d_ff: 64, max_seq: 32, backend, ..ModelConfig::default() };
+    let model = Llama::new(&mc, 1, &dev)?;
+    let params = model.params();
+    let mut opt = AdamW::new(OptimConfig { lr: 1e-2, min_lr: 1e-3, warmup_steps: 5, total_steps: steps, ..OptimConfig::default() }, backend)?;
+    let mut first = None;
+    for step in 0..steps {
+        let (ids, targets) = sample_batch(&corpus.train, 8, 32, seed, step, 0, &dev)?;
+        let loss = model.loss(&ids, &targets)?;
+        first.get_or_insert(loss.to_vec0::<f32>()?);
+        opt.step(&params, &params.grads(&loss.backward()?))?;
+    }
+    let (ids, targets) = sample_batch(&corpus.val, 16, 32, 99, 0, 0, &dev)?;
+    let val = model.loss(&ids, &targets)?.to_vec0::<f32>()?;
+    Ok((first.unwrap_or(f32::NAN), val, params.snapshot()))
+}
+
+#[test]
+fn training_approaches_the_entropy_floor() -> Result<()> {
+    let floor = small_lang()?.entropy_rate() as f32;
+    let (first, val, _) = train(Backend::Native, 400, 3)?;
+    println!("loss {first:.3} -> validation {val:.3}; floor {floor:.3}");
+    assert!(first > 5.0, "untrained loss {first} should be near ln 256");
+    assert!(val < 0.5 * first && val > floor, "validation {val} vs first {first} and floor {floor}");
+    assert!(val - floor < 1.5, "gap to the floor {} is too large", val - floor);
+    Ok(())
+}
+
+/// blake3 of the final weights after 20 repops steps (see `golden_hash`).
+const GOLDEN: &str = "d93e3afd41a57a1f4e536559d5989e9b42d901e19d64f9b24ee5205ea048a34a";
+
+fn golden_hash() -> Result<String> {
+    let (_, _, weights) = train(Backend::RepOps, 20, 11)?;
+    let mut h = repops_blake3::Hasher::new();
+    for (name, t) in weights {
+        h.update(name.as_bytes());
+        for x in t.flatten_all()?.to_vec1::<f32>()? {
+            h.update(&x.to_le_bytes());
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+mod repops_blake3 {
+    pub(crate) use blake3::Hasher;
+}
+
+#[test]
+fn repops_training_reproduces_the_golden_weights() -> Result<()> {
+    let reference = golden_hash()?;
+    println!("golden: {reference}");
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| models::Error::Input(e.to_string()))?;
+        assert_eq!(pool.install(golden_hash)?, reference, "{threads} threads");
+    }
+    assert_eq!(reference, GOLDEN, "the repops training run changed: update GOLDEN only on purpose");
+    Ok(())
+}
+
+#[test]
+fn checkpoints_round_trip_and_refuse_foreign_files() -> Result<()> {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().map_err(|e| models::Error::Input(e.to_string()))?;
+    let path = dir.path().join("stage0.safetensors");
+    let model = Llama::new(&cfg(Backend::Native), 1, &dev)?;
+    let params = model.params();
+    let mut opt = AdamW::new(OptimConfig::default(), Backend::Native)?;
+    let corpus = small_lang()?.corpus();
+    let (ids, targets) = sample_batch(&corpus.train, 2, 16, 0, 0, 0, &dev)?;
+    opt.step(&params, &params.grads(&model.loss(&ids, &targets)?.backward()?))?;
+    let saved = params.snapshot();
+    checkpoint::save(&path, &params, &opt)?;
+    opt.step(&params, &params.grads(&model.loss(&ids, &targets)?.backward()?))?;
+    assert_ne!(bits(&params.snapshot()["embed"])?, bits(&saved["embed"])?);
+    let mut restored = AdamW::new(OptimConfig::default(), Backend::Native)?;
+    checkpoint::load(&path, &params, &mut restored, &dev)?;
+    assert_eq!(restored.steps(), 1);
+    for (name, t) in &saved {
+        assert_eq!(bits(&params.snapshot()[name])?, bits(t)?, "{name}");
+    }
+    // A truncated file, a missing file and another model's checkpoint are errors; nothing changes.
+    let bytes = std::fs::read(&path).map_err(|e| models::Error::Input(e.to_string()))?;
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).map_err(|e| models::Error::Input(e.to_string()))?;
+    assert!(checkpoint::load(&cut, &params, &mut restored, &dev).unwrap_err().to_string().contains("cut.safetensors"));
+    assert!(checkpoint::load(dir.path().join("nope"), &params, &mut restored, &dev).is_err());
+    let other = Llama::new(&ModelConfig { d_model: 64, ..cfg(Backend::Native) }, 1, &dev)?;
+    let err = checkpoint::load(&path, &other.params(), &mut restored, &dev).unwrap_err().to_string();
+    assert!(err.contains("does not match"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn bad_inputs_are_errors() -> Result<()> {
+    let dev = Device::Cpu;
+    let model = Llama::new(&cfg(Backend::RepOps), 2, &dev)?;
+    let too_long = Tensor::zeros((1, 64), candle_core::DType::U32, &dev)?;
+    assert!(model.forward(&too_long).is_err());
+    let bad_token = Tensor::from_vec(vec![300u32; 4], (1, 4), &dev)?;
+    assert!(model.forward(&bad_token).is_err());
+    assert!(Llama::new(&cfg(Backend::Native), 5, &dev).is_err());
+    let tied = ModelConfig { tie_embeddings: true, ..cfg(Backend::Native) };
+    assert!(Llama::new(&tied, 2, &dev).is_err());
+    assert!(Llama::new(&tied, 1, &dev).is_ok());
+    Ok(())
+}
