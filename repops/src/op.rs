@@ -281,13 +281,13 @@ pub fn execute(op: &OpKind, inputs: &[HostView<'_>], level: SimdLevel) -> Result
         OpKind::Unary(f) => {
             let v = x.f32(name)?;
             let mut y = vec![0f32; v.len()];
-            elementwise::unary(v, &mut y, f);
+            elementwise::unary(v, &mut y, f, level);
             Ok(HostTensor::f32(x.shape.to_vec(), y))
         }
         OpKind::Binary(b) => {
             same_shape(name, &x, &inputs[1])?;
             let mut y = vec![0f32; x.numel()];
-            elementwise::binary(x.f32(name)?, inputs[1].f32(name)?, &mut y, b);
+            elementwise::binary(x.f32(name)?, inputs[1].f32(name)?, &mut y, b, level);
             Ok(HostTensor::f32(x.shape.to_vec(), y))
         }
         OpKind::RowReduce(kind) => {
@@ -377,7 +377,7 @@ pub fn execute(op: &OpKind, inputs: &[HostView<'_>], level: SimdLevel) -> Result
                 ));
             }
             let mut y = vec![0f32; x.numel()];
-            rope::apply(x.f32(name)?, inputs[1].f32(name)?, inputs[2].f32(name)?, &mut y, d, t, inverse);
+            rope::apply(x.f32(name)?, inputs[1].f32(name)?, inputs[2].f32(name)?, &mut y, d, t, inverse, level);
             Ok(HostTensor::f32(s.to_vec(), y))
         }
         OpKind::Embedding => {

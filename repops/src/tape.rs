@@ -3,6 +3,9 @@
 //! can be re-executed later and checked against its recorded output. Verde's referee builds on it.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+
+use candle_core::TensorId;
 
 use crate::error::{Error, Result};
 use crate::op::{HostData, HostSlice, HostTensor, HostView, OpKind, execute};
@@ -123,16 +126,34 @@ impl Tape {
     }
 }
 
+/// Per-thread recording state: the tape, and the hashes of tensors that recorded ops produced, so that
+/// a tensor is hashed once however many ops read it. candle tensors are immutable and their ids are
+/// never reused, so an op output's hash stays valid; variables, which `Var::set` changes in place, are
+/// never op outputs and are hashed afresh on every use. (Writing into an op's output in place with
+/// `slice_set` during a recording would defeat this: repops itself never does.)
+struct Recording {
+    tape: Tape,
+    known: HashMap<TensorId, Hash>,
+    /// The running op's inputs: id, whether it is a variable, and its hash if known.
+    pending: Option<Vec<(TensorId, bool, Option<Hash>)>>,
+    /// Hashes computed by the op just run: inputs, then output.
+    last: Vec<Hash>,
+}
+
 thread_local! {
-    static CURRENT: RefCell<Option<Tape>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<Option<Recording>> = const { RefCell::new(None) };
+}
+
+fn recording(tape: Tape) -> Recording {
+    Recording { tape, known: HashMap::new(), pending: None, last: Vec::new() }
 }
 
 /// Runs `f`, recording every repops op this thread runs meanwhile (forward and backward alike).
 /// With `keep_inputs`, each entry also keeps copies of its inputs so it can be replayed.
 /// Recordings nest: an inner `record` gets its own tape and the outer one resumes afterwards.
 pub fn record<R>(keep_inputs: bool, f: impl FnOnce() -> R) -> (R, Tape) {
-    let outer = CURRENT.with(|c| c.replace(Some(Tape { entries: Vec::new(), keep_inputs })));
-    struct Restore(Option<Option<Tape>>);
+    let outer = CURRENT.with(|c| c.replace(Some(recording(Tape { entries: Vec::new(), keep_inputs }))));
+    struct Restore(Option<Option<Recording>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             if let Some(outer) = self.0.take() {
@@ -142,7 +163,7 @@ pub fn record<R>(keep_inputs: bool, f: impl FnOnce() -> R) -> (R, Tape) {
     }
     let mut restore = Restore(Some(outer));
     let out = f();
-    let tape = CURRENT.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    let tape = CURRENT.with(|c| c.borrow_mut().take()).map(|r| r.tape).unwrap_or_default();
     if let Some(outer) = restore.0.take() {
         CURRENT.with(|c| *c.borrow_mut() = outer);
     }
@@ -154,17 +175,62 @@ pub fn is_recording() -> bool {
     CURRENT.with(|c| c.borrow().is_some())
 }
 
+/// Before an op runs on candle tensors: the hashes already known for its inputs (by tensor id).
+pub(crate) fn before_op(inputs: &[&candle_core::Tensor]) {
+    CURRENT.with(|c| {
+        if let Some(r) = c.borrow_mut().as_mut() {
+            r.pending = Some(
+                inputs
+                    .iter()
+                    .map(|t| {
+                        let var = t.is_variable();
+                        (t.id(), var, if var { None } else { r.known.get(&t.id()).copied() })
+                    })
+                    .collect(),
+            );
+        }
+    });
+}
+
+/// After an op ran on candle tensors: remember the hashes of its output and of its inputs that are not
+/// variables, under their tensor ids.
+pub(crate) fn after_op(output: &candle_core::Tensor) {
+    CURRENT.with(|c| {
+        if let Some(r) = c.borrow_mut().as_mut() {
+            let pending = r.pending.take().unwrap_or_default();
+            let last = std::mem::take(&mut r.last);
+            if last.len() == pending.len() + 1 {
+                for ((id, var, _), h) in pending.iter().zip(&last) {
+                    if !var {
+                        r.known.insert(*id, *h);
+                    }
+                }
+                r.known.insert(output.id(), last[pending.len()]);
+            }
+        }
+    });
+}
+
 /// Appends an op to this thread's tape, if one is recording.
 pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &HostTensor) {
     CURRENT.with(|c| {
         let mut current = c.borrow_mut();
-        let Some(tape) = current.as_mut() else { return };
-        let keep = tape.keep_inputs;
+        let Some(r) = current.as_mut() else { return };
+        let pending: Vec<Option<Hash>> = r.pending.as_ref().map(|p| p.iter().map(|e| e.2).collect()).unwrap_or_default();
+        let keep = r.tape.keep_inputs;
+        let out_view = output.view();
+        let mut all: Vec<(&HostView<'_>, Option<Hash>)> =
+            inputs.iter().enumerate().map(|(i, v)| (v, pending.get(i).copied().flatten())).collect();
+        all.push((&out_view, None));
+        let hashes: Vec<Hash> = all.iter().map(|(v, known)| known.unwrap_or_else(|| hash_view(v))).collect();
+        r.last = hashes.clone();
+        let tape = &mut r.tape;
         let inputs = inputs
             .iter()
-            .map(|v| TensorRecord {
+            .zip(&hashes)
+            .map(|(v, &hash)| TensorRecord {
                 shape: v.shape.to_vec(),
-                hash: hash_view(v),
+                hash,
                 data: keep.then(|| HostTensor {
                     shape: v.shape.to_vec(),
                     data: match v.data {
@@ -174,7 +240,7 @@ pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &HostTensor) {
                 }),
             })
             .collect();
-        let output = TensorRecord { shape: output.shape.clone(), hash: hash_view(&output.view()), data: None };
+        let output = TensorRecord { shape: output.shape.clone(), hash: hashes[hashes.len() - 1], data: None };
         let index = tape.entries.len();
         tape.entries.push(TapeEntry { index, op: *op, inputs, output });
     });

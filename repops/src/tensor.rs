@@ -161,19 +161,35 @@ fn check_device(t: &Tensor) -> Result<()> {
     }
 }
 
+/// Runs `op` with the tape told which inputs it already knows (see [`crate::tape`]).
+fn taped(inputs: &[&Tensor], op: impl FnOnce() -> candle_core::Result<Tensor>) -> Result<Tensor> {
+    let recording = crate::tape::is_recording();
+    if recording {
+        crate::tape::before_op(inputs);
+    }
+    let out = op()?;
+    if recording {
+        crate::tape::after_op(&out);
+    }
+    Ok(out)
+}
+
 fn apply1(kind: OpKind, x: &Tensor) -> Result<Tensor> {
     check_device(x)?;
-    Ok(x.contiguous()?.apply_op1(Op(kind))?)
+    let x = x.contiguous()?;
+    taped(&[&x], || x.apply_op1(Op(kind)))
 }
 
 fn apply2(kind: OpKind, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_device(a)?;
-    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, Op(kind))?)
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    taped(&[&a, &b], || a.apply_op2(&b, Op(kind)))
 }
 
 fn apply3(kind: OpKind, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
     check_device(a)?;
-    Ok(a.contiguous()?.apply_op3(&b.contiguous()?, &c.contiguous()?, Op(kind))?)
+    let (a, b, c) = (a.contiguous()?, b.contiguous()?, c.contiguous()?);
+    taped(&[&a, &b, &c], || a.apply_op3(&b, &c, Op(kind)))
 }
 
 fn broadcast_last(g: &Tensor, x: &Tensor) -> Result<Tensor> {

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::math;
+use crate::simd::{self, SimdLevel};
 
 const CHUNK: usize = 1 << 14;
 
@@ -36,7 +37,7 @@ pub enum Unary {
 
 impl Unary {
     /// Applies the function to one value.
-    #[inline]
+    #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         match self {
             Self::Exp => math::exp(x),
@@ -74,7 +75,7 @@ pub enum Binary {
 
 impl Binary {
     /// Applies the operation to one pair.
-    #[inline]
+    #[inline(always)]
     pub fn apply(self, a: f32, b: f32) -> f32 {
         match self {
             Self::Add => a + b,
@@ -87,19 +88,23 @@ impl Binary {
 }
 
 /// `y_i = f(x_i)`.
-pub fn unary(x: &[f32], y: &mut [f32], f: Unary) {
+pub fn unary(x: &[f32], y: &mut [f32], f: Unary, level: SimdLevel) {
     y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(yc, xc)| {
-        for (o, &v) in yc.iter_mut().zip(xc) {
-            *o = f.apply(v);
-        }
+        simd::dispatch(level, || {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = f.apply(v);
+            }
+        })
     });
 }
 
 /// `y_i = op(a_i, b_i)`.
-pub fn binary(a: &[f32], b: &[f32], y: &mut [f32], op: Binary) {
+pub fn binary(a: &[f32], b: &[f32], y: &mut [f32], op: Binary, level: SimdLevel) {
     y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(yc, (ac, bc))| {
-        for ((o, &u), &v) in yc.iter_mut().zip(ac).zip(bc) {
-            *o = op.apply(u, v);
-        }
+        simd::dispatch(level, || {
+            for ((o, &u), &v) in yc.iter_mut().zip(ac).zip(bc) {
+                *o = op.apply(u, v);
+            }
+        })
     });
 }

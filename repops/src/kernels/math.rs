@@ -11,13 +11,13 @@ const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI, rounded
 const SQRT2: f32 = std::f32::consts::SQRT_2;
 
 /// `2^k` for `k` in `-126..=127`, built from its bits.
-#[inline]
+#[inline(always)]
 fn pow2i(k: i32) -> f32 {
     f32::from_bits(((k + 127) as u32) << 23)
 }
 
 /// e^x. Overflows to +inf above 88.7228, underflows (through subnormals) to 0 below −103.97.
-#[inline]
+#[inline(always)]
 pub fn exp(x: f32) -> f32 {
     if x.is_nan() {
         return x;
@@ -53,7 +53,7 @@ pub fn exp(x: f32) -> f32 {
 }
 
 /// Natural logarithm. `ln(0) = -inf`, `ln(x<0) = NaN`, `ln(inf) = inf`; subnormals are handled.
-#[inline]
+#[inline(always)]
 pub fn ln(x: f32) -> f32 {
     if x.is_nan() || x < 0.0 {
         return f32::NAN;
@@ -88,7 +88,7 @@ pub fn ln(x: f32) -> f32 {
 }
 
 /// Hyperbolic tangent.
-#[inline]
+#[inline(always)]
 pub fn tanh(x: f32) -> f32 {
     if x.is_nan() {
         return x;
@@ -110,19 +110,19 @@ pub fn tanh(x: f32) -> f32 {
 }
 
 /// The logistic function 1 / (1 + e^-x).
-#[inline]
+#[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
 /// SiLU (swish): x · sigmoid(x).
-#[inline]
+#[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x * sigmoid(x)
 }
 
 /// 1/√x, as two correctly rounded operations.
-#[inline]
+#[inline(always)]
 pub fn rsqrt(x: f32) -> f32 {
     1.0 / x.sqrt()
 }
@@ -134,7 +134,7 @@ const PIO2_LO: f32 = f32::from_bits(0x33a2_2169); // 7.5497899e-8 = pi/2 − HI 
 const TWO_OVER_PI: f32 = std::f32::consts::FRAC_2_PI;
 
 /// Reduces `x` to `r` in about [-pi/4, pi/4] and the quadrant `k mod 4`. Accurate for |x| <= 8192.
-#[inline]
+#[inline(always)]
 fn reduce_quadrant(x: f32) -> (f32, i32) {
     let k = (x * TWO_OVER_PI).round_ties_even();
     let r = (-k).mul_add(PIO2_HI, x);
@@ -143,7 +143,7 @@ fn reduce_quadrant(x: f32) -> (f32, i32) {
     (r, (k as i64).rem_euclid(4) as i32)
 }
 
-#[inline]
+#[inline(always)]
 fn sin_poly(r: f32) -> f32 {
     let z = r * r;
     let mut p: f32 = -1.0 / 39_916_800.0;
@@ -154,7 +154,7 @@ fn sin_poly(r: f32) -> f32 {
     r.mul_add(z * p, r)
 }
 
-#[inline]
+#[inline(always)]
 fn cos_poly(r: f32) -> f32 {
     let z = r * r;
     let mut p: f32 = 1.0 / 479_001_600.0;
@@ -167,7 +167,7 @@ fn cos_poly(r: f32) -> f32 {
 }
 
 /// Sine and cosine of `x` for |x| <= 8192 (rotary positions times frequencies stay far below that).
-#[inline]
+#[inline(always)]
 pub fn sin_cos(x: f32) -> (f32, f32) {
     let (r, q) = reduce_quadrant(x);
     let (s, c) = (sin_poly(r), cos_poly(r));

@@ -7,6 +7,7 @@
 use rayon::prelude::*;
 
 use super::math::{exp, ln, sin_cos};
+use crate::simd::{self, SimdLevel};
 
 /// `(cos, sin)` tables, each `positions × d/2`.
 pub fn table(positions: usize, d: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
@@ -27,12 +28,13 @@ pub fn table(positions: usize, d: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
 
 /// Rotates `x` (`rows` rows of `d`, row `r` at position `r mod positions`) into `y`. With `inverse`,
 /// rotates by −θ (the backward pass).
-pub fn apply(x: &[f32], cos: &[f32], sin: &[f32], y: &mut [f32], d: usize, positions: usize, inverse: bool) {
+#[allow(clippy::too_many_arguments)]
+pub fn apply(x: &[f32], cos: &[f32], sin: &[f32], y: &mut [f32], d: usize, positions: usize, inverse: bool, level: SimdLevel) {
     let half = d / 2;
     if d == 0 || positions == 0 {
         return;
     }
-    y.par_chunks_mut(d).enumerate().for_each(|(r, yr)| {
+    y.par_chunks_mut(d).enumerate().for_each(|(r, yr)| simd::dispatch(level, || {
         let t = r % positions;
         let xr = &x[r * d..(r + 1) * d];
         let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
@@ -42,5 +44,5 @@ pub fn apply(x: &[f32], cos: &[f32], sin: &[f32], y: &mut [f32], d: usize, posit
             yr[i] = x1 * c[i] - x2 * si;
             yr[i + half] = x1 * si + x2 * c[i];
         }
-    });
+    }));
 }

@@ -6,12 +6,12 @@ use rayon::prelude::*;
 
 use super::math::{exp, ln, rsqrt};
 use super::reduce::{dot, max, sum, sum_sq};
-use crate::simd::SimdLevel;
+use crate::simd::{self, SimdLevel};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 16;
 
-fn par_rows<F>(out: &mut [f32], n: usize, f: F)
+fn par_rows<F>(out: &mut [f32], n: usize, level: SimdLevel, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync,
 {
@@ -19,15 +19,17 @@ where
         return;
     }
     out.par_chunks_mut(n * ROWS_PER_TASK).enumerate().for_each(|(t, block)| {
-        for (r, row) in block.chunks_exact_mut(n).enumerate() {
-            f(t * ROWS_PER_TASK + r, row);
-        }
+        simd::dispatch(level, || {
+            for (r, row) in block.chunks_exact_mut(n).enumerate() {
+                f(t * ROWS_PER_TASK + r, row);
+            }
+        })
     });
 }
 
 /// `y = softmax(x)` per row: `m = max(x)`, `e_i = exp(x_i − m)`, `y_i = e_i / sum(e)`.
 pub fn softmax(x: &[f32], y: &mut [f32], n: usize, level: SimdLevel) {
-    par_rows(y, n, |r, row| {
+    par_rows(y, n, level, |r, row| {
         let xr = &x[r * n..(r + 1) * n];
         let m = max(xr);
         for (o, &v) in row.iter_mut().zip(xr) {
@@ -42,7 +44,7 @@ pub fn softmax(x: &[f32], y: &mut [f32], n: usize, level: SimdLevel) {
 
 /// `y = log_softmax(x)` per row: `y_i = (x_i − m) − ln(sum(exp(x − m)))`.
 pub fn log_softmax(x: &[f32], y: &mut [f32], n: usize, level: SimdLevel) {
-    par_rows(y, n, |r, row| {
+    par_rows(y, n, level, |r, row| {
         let xr = &x[r * n..(r + 1) * n];
         let m = max(xr);
         for (o, &v) in row.iter_mut().zip(xr) {
@@ -57,7 +59,7 @@ pub fn log_softmax(x: &[f32], y: &mut [f32], n: usize, level: SimdLevel) {
 
 /// Softmax backward from its output `y`: `dx_i = y_i · (dy_i − dot(dy, y))`.
 pub fn softmax_backward(y: &[f32], dy: &[f32], dx: &mut [f32], n: usize, level: SimdLevel) {
-    par_rows(dx, n, |r, row| {
+    par_rows(dx, n, level, |r, row| {
         let (yr, gr) = (&y[r * n..(r + 1) * n], &dy[r * n..(r + 1) * n]);
         let d = dot(gr, yr, level);
         for ((o, &yi), &gi) in row.iter_mut().zip(yr).zip(gr) {
@@ -68,7 +70,7 @@ pub fn softmax_backward(y: &[f32], dy: &[f32], dx: &mut [f32], n: usize, level: 
 
 /// Log-softmax backward from its output `y`: `dx_i = dy_i − exp(y_i) · sum(dy)`.
 pub fn log_softmax_backward(y: &[f32], dy: &[f32], dx: &mut [f32], n: usize, level: SimdLevel) {
-    par_rows(dx, n, |r, row| {
+    par_rows(dx, n, level, |r, row| {
         let (yr, gr) = (&y[r * n..(r + 1) * n], &dy[r * n..(r + 1) * n]);
         let s = sum(gr, level);
         for ((o, &yi), &gi) in row.iter_mut().zip(yr).zip(gr) {
@@ -84,7 +86,7 @@ pub fn cross_entropy(logits: &[f32], targets: &[u32], n: usize, level: SimdLevel
     let mut losses = vec![0f32; rows];
     losses.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, block)| {
         let mut e = vec![0f32; n];
-        for (i, loss) in block.iter_mut().enumerate() {
+        simd::dispatch(level, || for (i, loss) in block.iter_mut().enumerate() {
             let r = t * ROWS_PER_TASK + i;
             let xr = &logits[r * n..(r + 1) * n];
             let m = max(xr);
@@ -92,7 +94,7 @@ pub fn cross_entropy(logits: &[f32], targets: &[u32], n: usize, level: SimdLevel
                 *o = exp(v - m);
             }
             *loss = ln(sum(&e, level)) - (xr[targets[r] as usize] - m);
-        }
+        })
     });
     sum(&losses, level) / rows as f32
 }
@@ -101,7 +103,7 @@ pub fn cross_entropy(logits: &[f32], targets: &[u32], n: usize, level: SimdLevel
 pub fn cross_entropy_backward(logits: &[f32], targets: &[u32], dloss: f32, dx: &mut [f32], n: usize, level: SimdLevel) {
     let g = dloss / targets.len() as f32;
     softmax(logits, dx, n, level);
-    par_rows(dx, n, |r, row| {
+    par_rows(dx, n, level, |r, row| {
         let t = targets[r] as usize;
         for (i, o) in row.iter_mut().enumerate() {
             let onehot = if i == t { 1.0 } else { 0.0 };
@@ -112,7 +114,7 @@ pub fn cross_entropy_backward(logits: &[f32], targets: &[u32], dloss: f32, dx: &
 
 /// RMSNorm: `r = rsqrt(sum_sq(x)/n + eps)`, `y_i = (x_i · r) · w_i`.
 pub fn rms_norm(x: &[f32], w: &[f32], y: &mut [f32], n: usize, eps: f32, level: SimdLevel) {
-    par_rows(y, n, |r, row| {
+    par_rows(y, n, level, |r, row| {
         let xr = &x[r * n..(r + 1) * n];
         let inv = rsqrt(sum_sq(xr, level) / n as f32 + eps);
         for ((o, &xi), &wi) in row.iter_mut().zip(xr).zip(w) {
@@ -124,7 +126,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], y: &mut [f32], n: usize, eps: f32, level: 
 /// RMSNorm backward for `x`: with `g_i = dy_i · w_i`, `c = dot(g, x)/n`, `k = ((r·r)·r)·c`:
 /// `dx_i = r · g_i − x_i · k`.
 pub fn rms_norm_backward_x(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], n: usize, eps: f32, level: SimdLevel) {
-    par_rows(dx, n, |r, row| {
+    par_rows(dx, n, level, |r, row| {
         let (xr, gr) = (&x[r * n..(r + 1) * n], &dy[r * n..(r + 1) * n]);
         let inv = rsqrt(sum_sq(xr, level) / n as f32 + eps);
         let g: Vec<f32> = gr.iter().zip(w).map(|(&d, &wi)| d * wi).collect();
@@ -147,12 +149,14 @@ pub fn rms_norm_backward_w(x: &[f32], dy: &[f32], dw: &mut [f32], n: usize, eps:
     dw.par_chunks_mut(COLS).enumerate().for_each(|(t, cols)| {
         let c0 = t * COLS;
         cols.fill(0.0);
-        for (r, &ir) in inv.iter().enumerate() {
-            for (j, o) in cols.iter_mut().enumerate() {
-                let i = r * n + c0 + j;
-                *o = dy[i].mul_add(x[i] * ir, *o);
+        simd::dispatch(level, || {
+            for (r, &ir) in inv.iter().enumerate() {
+                for (j, o) in cols.iter_mut().enumerate() {
+                    let i = r * n + c0 + j;
+                    *o = dy[i].mul_add(x[i] * ir, *o);
+                }
             }
-        }
+        })
     });
 }
 
