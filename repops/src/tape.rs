@@ -32,7 +32,12 @@ pub fn hash_view(view: &HostView<'_>) -> Hash {
             HostSlice::F32(v) => bytemuck::cast_slice(v),
             HostSlice::U32(v) => bytemuck::cast_slice(v),
         };
-        h.update(bytes);
+        if bytes.len() >= 1 << 20 {
+            // Large tensors are hashed by all threads (blake3's digest does not depend on how).
+            h.update_rayon(bytes);
+        } else {
+            h.update(bytes);
+        }
     } else {
         match view.data {
             HostSlice::F32(v) => v.iter().for_each(|x| {
@@ -142,10 +147,15 @@ struct Recording {
 
 thread_local! {
     static CURRENT: RefCell<Option<Recording>> = const { RefCell::new(None) };
+    /// The hashes known at the end of the last recording on this thread, handed to the next one, so
+    /// that state carried from one training step to the next (optimizer moments) is not hashed again.
+    /// Only one recording's worth is kept.
+    static CARRY: RefCell<HashMap<TensorId, Hash>> = RefCell::new(HashMap::new());
 }
 
 fn recording(tape: Tape) -> Recording {
-    Recording { tape, known: HashMap::new(), pending: None, last: Vec::new() }
+    let known = CARRY.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    Recording { tape, known, pending: None, last: Vec::new() }
 }
 
 /// Runs `f`, recording every repops op this thread runs meanwhile (forward and backward alike).
@@ -163,7 +173,13 @@ pub fn record<R>(keep_inputs: bool, f: impl FnOnce() -> R) -> (R, Tape) {
     }
     let mut restore = Restore(Some(outer));
     let out = f();
-    let tape = CURRENT.with(|c| c.borrow_mut().take()).map(|r| r.tape).unwrap_or_default();
+    let tape = match CURRENT.with(|c| c.borrow_mut().take()) {
+        Some(r) => {
+            CARRY.with(|c| *c.borrow_mut() = r.known);
+            r.tape
+        }
+        None => Tape::default(),
+    };
     if let Some(outer) = restore.0.take() {
         CURRENT.with(|c| *c.borrow_mut() = outer);
     }
