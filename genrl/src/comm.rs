@@ -1,0 +1,206 @@
+//! Swarm communication: GenRL's `all_gather` over any [`Transport`].
+//!
+//! Each round, every agent broadcasts its payload to its peers and collects theirs until it has one
+//! from every peer or the round's deadline passes; peers that miss the deadline are simply absent
+//! from that round's result (a slow agent skips a round rather than blocking everyone), and the event
+//! is returned so it can be logged. Payloads for later rounds are kept for when those rounds come;
+//! payloads for rounds already closed are dropped. Undecodable messages are counted and ignored.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use transport::{PeerId, RawBytes, Transport, TransportExt};
+
+use crate::clock::{Clock, timeout};
+use crate::error::Result;
+
+/// What one [`all_gather`](CommunicationBackend::all_gather) returned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Gathered {
+    /// Payloads by sender, this agent's own included.
+    pub payloads: BTreeMap<PeerId, Bytes>,
+    /// Peers whose payload did not arrive in time.
+    pub missing: Vec<PeerId>,
+    /// Messages that could not be decoded (dropped).
+    pub rejected: usize,
+}
+
+/// The seam through which a game exchanges state with the swarm.
+pub trait CommunicationBackend: Send {
+    /// This agent's id.
+    fn local_peer(&self) -> PeerId;
+
+    /// Shares `payload` for `round` and collects everyone else's.
+    fn all_gather(&mut self, round: u64, payload: Bytes) -> impl Future<Output = Result<Gathered>> + Send;
+}
+
+#[derive(Serialize, Deserialize)]
+struct RoundPayload {
+    round: u64,
+    payload: RawBytes,
+}
+
+/// [`CommunicationBackend`] by direct broadcast to every peer, with a per-round deadline.
+#[derive(Debug)]
+pub struct BroadcastGather<T: Transport, C: Clock> {
+    transport: T,
+    clock: C,
+    peers: Vec<PeerId>,
+    deadline: Duration,
+    early: BTreeMap<u64, BTreeMap<PeerId, Bytes>>,
+    closed_before: u64,
+}
+
+impl<T: Transport, C: Clock> BroadcastGather<T, C> {
+    /// Gathers from `peers` (the local peer may be among them), waiting at most `deadline` per round.
+    pub fn new(transport: T, clock: C, peers: Vec<PeerId>, deadline: Duration) -> Self {
+        let me = transport.local_peer();
+        let peers = peers.into_iter().filter(|p| *p != me).collect();
+        Self { transport, clock, peers, deadline, early: BTreeMap::new(), closed_before: 0 }
+    }
+
+    /// The peers gathered from (without this agent).
+    pub fn peers(&self) -> &[PeerId] {
+        &self.peers
+    }
+}
+
+impl<T: Transport, C: Clock> CommunicationBackend for BroadcastGather<T, C> {
+    fn local_peer(&self) -> PeerId {
+        self.transport.local_peer()
+    }
+
+    async fn all_gather(&mut self, round: u64, payload: Bytes) -> Result<Gathered> {
+        let me = self.transport.local_peer();
+        let message = RoundPayload { round, payload: RawBytes(payload.clone()) };
+        self.transport.broadcast_msg(&self.peers, &message).await?;
+        let mut got = self.early.remove(&round).unwrap_or_default();
+        got.insert(me, payload);
+        let mut rejected = 0;
+        let start = self.clock.now();
+        let want = self.peers.len() + 1;
+        while got.len() < want {
+            let left = self.deadline.saturating_sub(self.clock.now() - start);
+            if left.is_zero() {
+                break;
+            }
+            match timeout(&self.clock, left, self.transport.recv_msg::<RoundPayload>()).await {
+                Err(_) => break,
+                Ok(Ok((from, msg))) => {
+                    if msg.round == round {
+                        got.insert(from, msg.payload.0);
+                    } else if msg.round > round {
+                        self.early.entry(msg.round).or_default().insert(from, msg.payload.0);
+                    }
+                    // Payloads for closed rounds arrive too late to matter: dropped.
+                }
+                Ok(Err(transport::TransportError::Decode { from, source })) => {
+                    tracing::warn!(peer = %from.short(), %source, "undecodable gather message dropped");
+                    rejected += 1;
+                }
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        self.closed_before = self.closed_before.max(round + 1);
+        self.early.retain(|r, _| *r >= self.closed_before);
+        let missing = self.peers.iter().filter(|p| !got.contains_key(p)).copied().collect();
+        Ok(Gathered { payloads: got, missing, rejected })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use transport::sim::{LinkSpec, Network};
+
+    async fn swarm(n: u64, net: &Network) -> Result<Vec<BroadcastGather<transport::sim::SimEndpoint, transport::sim::SimClock>>> {
+        let ids: Vec<PeerId> = (0..n).map(PeerId::simulated).collect();
+        let mut out = Vec::new();
+        for &id in &ids {
+            let ep = net.add_peer(id)?;
+            out.push(BroadcastGather::new(ep, net.clock(), ids.clone(), Duration::from_millis(500)));
+        }
+        Ok(out)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn everyone_gets_everyone() -> Result<()> {
+        let net = Network::builder(1).default_link(LinkSpec::mbit(20.0, 100.0)).build()?;
+        let agents = swarm(4, &net).await?;
+        let mut tasks = Vec::new();
+        for (i, mut a) in agents.into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                let mut results = Vec::new();
+                for round in 0..3u64 {
+                    results.push(a.all_gather(round, Bytes::from(vec![i as u8, round as u8])).await?);
+                }
+                Ok::<_, crate::Error>(results)
+            }));
+        }
+        for t in tasks {
+            let results = t.await.expect("task")?;
+            for (round, g) in results.iter().enumerate() {
+                assert_eq!(g.payloads.len(), 4);
+                assert!(g.missing.is_empty());
+                assert!(g.payloads.values().all(|p| p[1] == round as u8));
+            }
+        }
+        // Three rounds of 20 ms one-way latency, nobody waited for a deadline.
+        assert!(net.now() < Duration::from_millis(100), "{:?}", net.now());
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_peer_is_skipped_after_the_deadline() -> Result<()> {
+        let net = Network::builder(2).default_link(LinkSpec::mbit(10.0, 1000.0)).build()?;
+        let mut agents = swarm(3, &net).await?;
+        let slow = agents.pop().expect("three agents");
+        let dead_id = slow.local_peer();
+        net.crash(dead_id)?;
+        let mut tasks = Vec::new();
+        for mut a in agents {
+            tasks.push(tokio::spawn(async move { a.all_gather(0, Bytes::from_static(b"x")).await }));
+        }
+        for t in tasks {
+            let g = t.await.expect("task")?;
+            assert_eq!(g.payloads.len(), 2);
+            assert_eq!(g.missing, vec![dead_id]);
+        }
+        assert_eq!(net.now(), Duration::from_millis(500), "waited exactly the deadline");
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_peer_skips_rounds_and_its_late_payloads_are_dropped() -> Result<()> {
+        let net = Network::builder(3).default_link(LinkSpec::mbit(10.0, 1000.0)).build()?;
+        let agents = swarm(3, &net).await?;
+        let slow = agents[2].local_peer();
+        for other in [agents[0].local_peer(), agents[1].local_peer()] {
+            net.set_link(slow, other, LinkSpec::mbit(1000.0, 1000.0))?;
+        }
+        let mut tasks = Vec::new();
+        for mut a in agents {
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for round in 0..3u64 {
+                    out.push(a.all_gather(round, Bytes::from(vec![round as u8])).await?);
+                }
+                Ok::<_, crate::Error>(out)
+            }));
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.expect("task")?);
+        }
+        for g in &results[0] {
+            assert_eq!(g.missing, vec![slow]);
+            // Only this round's payloads: the slow peer's late ones never leak into a later round.
+            assert!(g.payloads.values().all(|p| p.len() == 1));
+        }
+        assert!(results[2].iter().all(|g| g.missing.len() == 2));
+        Ok(())
+    }
+}

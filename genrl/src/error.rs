@@ -1,0 +1,26 @@
+//! The crate's error type.
+
+/// Why a genrl operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is invalid; the message names the field and what is allowed.
+    #[error("invalid {field}: {reason}")]
+    Config {
+        /// The field, e.g. `device.flops`.
+        field: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// A transport error.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Config { field: field.into(), reason: reason.into() }
+    }
+}

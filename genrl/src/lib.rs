@@ -1,0 +1,24 @@
+//! # swarmlab genrl
+//!
+//! The composition layer every swarmlab experiment is built from, after Gensyn's GenRL: agents on a
+//! [`Transport`](transport::Transport), the clock they live on, what their hardware costs in time, what
+//! they measure, and how they exchange state with the swarm.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`device`] | [`DeviceProfile`] presets and the compute cost model (FLOPs → time) |
+//! | [`clock`] | [`Clock`]: the simulated network's virtual clock or real time; [`clock::timeout`] |
+//! | [`metrics`] | [`Metrics`]: scalar series per agent and step, and events |
+//! | [`comm`] | [`CommunicationBackend`] and [`comm::BroadcastGather`], GenRL's `all_gather` with deadlines |
+
+pub mod clock;
+pub mod comm;
+pub mod device;
+pub mod error;
+pub mod metrics;
+
+pub use clock::{Clock, WallClock};
+pub use comm::{CommunicationBackend, Gathered};
+pub use device::{DeviceProfile, training_flops};
+pub use error::{Error, Result};
+pub use metrics::{Event, EventKind, Metrics, MetricsLog, Sample};
