@@ -179,41 +179,294 @@ impl HostTensor {
 }
 
 impl<'a> HostView<'a> {
-    fn f32(&self, op: &'static str) -> Result<&'a [f32]> {
-        match self.data {
-            HostSlice::F32(v) => Ok(v),
-            HostSlice::U32(_) => Err(Error::DType { op, dtype: "u32".into(), expected: "f32" }),
-        }
-    }
-
-    fn u32(&self, op: &'static str) -> Result<&'a [u32]> {
-        match self.data {
-            HostSlice::U32(v) => Ok(v),
-            HostSlice::F32(_) => Err(Error::DType { op, dtype: "f32".into(), expected: "u32" }),
-        }
-    }
-
-    fn last(&self, op: &'static str) -> Result<usize> {
-        self.shape.last().copied().ok_or_else(|| Error::shape(op, "needs at least one dimension"))
-    }
-
     fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 }
 
-fn same_shape(op: &'static str, a: &HostView<'_>, b: &HostView<'_>) -> Result<()> {
-    if a.shape == b.shape {
-        Ok(())
-    } else {
-        Err(Error::shape(op, format!("{:?} vs {:?}", a.shape, b.shape)))
+/// Element type of an op input, as far as shapes and dtypes are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElemType {
+    /// 32-bit float.
+    F32,
+    /// 32-bit unsigned integer (ids, targets).
+    U32,
+}
+
+/// The sizes an op works with, derived from its input shapes alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dims {
+    /// `batch` products of `m×k` by `k×n`; `shared_b`: one right-hand side for the whole batch.
+    MatMul {
+        /// Leading dimensions, multiplied.
+        batch: usize,
+        /// Rows.
+        m: usize,
+        /// Inner dimension.
+        k: usize,
+        /// Columns.
+        n: usize,
+        /// One `k×n` right-hand side for every batch entry.
+        shared_b: bool,
+    },
+    /// `batch` matrices of `r×c`.
+    Transpose {
+        /// Leading dimensions, multiplied.
+        batch: usize,
+        /// Rows.
+        r: usize,
+        /// Columns.
+        c: usize,
+    },
+    /// `len` independent elements.
+    Elementwise {
+        /// Elements.
+        len: usize,
+    },
+    /// `rows` rows of `n` (reductions, softmax, norms, cross-entropy with `n` classes).
+    Rows {
+        /// Rows.
+        rows: usize,
+        /// Row length.
+        n: usize,
+    },
+    /// Rotary embedding of `rows` rows of `d` at `positions` positions.
+    Rope {
+        /// Rows (all leading dimensions).
+        rows: usize,
+        /// Positions (the second-to-last dimension).
+        positions: usize,
+        /// Row width.
+        d: usize,
+    },
+    /// `tokens` lookups in a `vocab × d` table.
+    Embedding {
+        /// Ids.
+        tokens: usize,
+        /// Table rows.
+        vocab: usize,
+        /// Table width.
+        d: usize,
+    },
+}
+
+/// What an op will do with inputs of given shapes: its output shape and sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Output shape.
+    pub shape: Vec<usize>,
+    /// Sizes for the kernels.
+    pub dims: Dims,
+}
+
+fn last(op: &'static str, s: &[usize]) -> Result<usize> {
+    s.last().copied().ok_or_else(|| Error::shape(op, "needs at least one dimension"))
+}
+
+fn rows_of(s: &[usize]) -> usize {
+    s[..s.len().saturating_sub(1)].iter().product()
+}
+
+/// Checks an op's input shapes and dtypes and derives its [`Plan`]. The same checks guard every device.
+pub fn plan(op: &OpKind, inputs: &[(&[usize], ElemType)]) -> Result<Plan> {
+    let name = op.name();
+    if inputs.len() != op.arity() {
+        return Err(Error::Arity { op: name, expected: op.arity(), got: inputs.len() });
+    }
+    let want = |i: usize, t: ElemType| -> Result<()> {
+        if inputs[i].1 == t {
+            Ok(())
+        } else {
+            let (dtype, expected) = match t {
+                ElemType::F32 => ("u32", "f32"),
+                ElemType::U32 => ("f32", "u32"),
+            };
+            Err(Error::DType { op: name, dtype: dtype.into(), expected })
+        }
+    };
+    let same = |a: usize, b: usize| -> Result<()> {
+        if inputs[a].0 == inputs[b].0 {
+            Ok(())
+        } else {
+            Err(Error::shape(name, format!("{:?} vs {:?}", inputs[a].0, inputs[b].0)))
+        }
+    };
+    let s = inputs[0].0;
+    let elementwise = || Plan { shape: s.to_vec(), dims: Dims::Elementwise { len: s.iter().product() } };
+    match *op {
+        OpKind::MatMul => {
+            want(0, ElemType::F32)?;
+            want(1, ElemType::F32)?;
+            let (sa, sb) = (s, inputs[1].0);
+            if sa.len() < 2 || sb.len() < 2 {
+                return Err(Error::shape(name, format!("needs matrices, got {sa:?} and {sb:?}")));
+            }
+            let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+            let (kb, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+            if k != kb {
+                return Err(Error::shape(name, format!("{sa:?} · {sb:?}: inner dimensions differ")));
+            }
+            let shared_b = sb.len() == 2;
+            if !shared_b && sb[..sb.len() - 2] != sa[..sa.len() - 2] {
+                return Err(Error::shape(name, format!("batch dimensions of {sa:?} and {sb:?} differ")));
+            }
+            let batch = sa[..sa.len() - 2].iter().product();
+            let mut shape = sa[..sa.len() - 2].to_vec();
+            shape.extend([m, n]);
+            Ok(Plan { shape, dims: Dims::MatMul { batch, m, k, n, shared_b } })
+        }
+        OpKind::Transpose => {
+            want(0, ElemType::F32)?;
+            if s.len() < 2 {
+                return Err(Error::shape(name, format!("needs at least 2 dimensions, got {s:?}")));
+            }
+            let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
+            let mut shape = s.to_vec();
+            let l = shape.len();
+            shape.swap(l - 1, l - 2);
+            Ok(Plan { shape, dims: Dims::Transpose { batch: s[..l - 2].iter().product(), r, c } })
+        }
+        OpKind::Unary(_) => {
+            want(0, ElemType::F32)?;
+            Ok(elementwise())
+        }
+        OpKind::Binary(_) | OpKind::AdamMoment1 { .. } | OpKind::AdamMoment2 { .. } => {
+            want(0, ElemType::F32)?;
+            want(1, ElemType::F32)?;
+            same(0, 1)?;
+            Ok(elementwise())
+        }
+        OpKind::AdamParam { .. } => {
+            for i in 0..3 {
+                want(i, ElemType::F32)?;
+            }
+            same(0, 1)?;
+            same(0, 2)?;
+            Ok(elementwise())
+        }
+        OpKind::RowReduce(_) => {
+            want(0, ElemType::F32)?;
+            let n = last(name, s)?;
+            let mut shape = s.to_vec();
+            if let Some(l) = shape.last_mut() {
+                *l = 1;
+            }
+            Ok(Plan { shape, dims: Dims::Rows { rows: rows_of(s), n } })
+        }
+        OpKind::Softmax | OpKind::LogSoftmax => {
+            want(0, ElemType::F32)?;
+            let n = last(name, s)?;
+            Ok(Plan { shape: s.to_vec(), dims: Dims::Rows { rows: rows_of(s), n } })
+        }
+        OpKind::SoftmaxBackward | OpKind::LogSoftmaxBackward => {
+            want(0, ElemType::F32)?;
+            want(1, ElemType::F32)?;
+            same(0, 1)?;
+            let n = last(name, s)?;
+            Ok(Plan { shape: s.to_vec(), dims: Dims::Rows { rows: rows_of(s), n } })
+        }
+        OpKind::CrossEntropy | OpKind::CrossEntropyBackward => {
+            want(0, ElemType::F32)?;
+            want(1, ElemType::U32)?;
+            if s.len() != 2 || inputs[1].0 != [s[0]] || s[0] == 0 {
+                return Err(Error::shape(name, format!("logits {s:?} with targets {:?}", inputs[1].0)));
+            }
+            let dims = Dims::Rows { rows: s[0], n: s[1] };
+            if *op == OpKind::CrossEntropy {
+                return Ok(Plan { shape: vec![], dims });
+            }
+            want(2, ElemType::F32)?;
+            if inputs[2].0.iter().product::<usize>() != 1 {
+                return Err(Error::shape(name, "dloss must be a scalar"));
+            }
+            Ok(Plan { shape: s.to_vec(), dims })
+        }
+        OpKind::RmsNorm { .. } | OpKind::RmsNormBackwardX { .. } => {
+            want(0, ElemType::F32)?;
+            want(1, ElemType::F32)?;
+            let n = last(name, s)?;
+            if inputs[1].0 != [n] {
+                return Err(Error::shape(name, format!("weight {:?} for rows of {n}", inputs[1].0)));
+            }
+            if matches!(op, OpKind::RmsNormBackwardX { .. }) {
+                want(2, ElemType::F32)?;
+                same(0, 2)?;
+            }
+            Ok(Plan { shape: s.to_vec(), dims: Dims::Rows { rows: rows_of(s), n } })
+        }
+        OpKind::RmsNormBackwardW { .. } => {
+            want(0, ElemType::F32)?;
+            want(1, ElemType::F32)?;
+            same(0, 1)?;
+            let n = last(name, s)?;
+            Ok(Plan { shape: vec![n], dims: Dims::Rows { rows: rows_of(s), n } })
+        }
+        OpKind::Rope { .. } => {
+            for i in 0..3 {
+                want(i, ElemType::F32)?;
+            }
+            if s.len() < 2 {
+                return Err(Error::shape(name, format!("needs [.., t, d], got {s:?}")));
+            }
+            let (t, d) = (s[s.len() - 2], s[s.len() - 1]);
+            if d % 2 != 0 || inputs[1].0 != [t, d / 2] || inputs[2].0 != [t, d / 2] {
+                return Err(Error::shape(name, format!("x {s:?} with tables {:?} and {:?}", inputs[1].0, inputs[2].0)));
+            }
+            Ok(Plan { shape: s.to_vec(), dims: Dims::Rope { rows: rows_of(s), positions: t, d } })
+        }
+        OpKind::Embedding => {
+            want(0, ElemType::F32)?;
+            want(1, ElemType::U32)?;
+            if s.len() != 2 {
+                return Err(Error::shape(name, format!("table must be [vocab, d], got {s:?}")));
+            }
+            let (vocab, d) = (s[0], s[1]);
+            let mut shape = inputs[1].0.to_vec();
+            shape.push(d);
+            Ok(Plan { shape, dims: Dims::Embedding { tokens: inputs[1].0.iter().product(), vocab, d } })
+        }
+        OpKind::EmbeddingBackward { vocab } => {
+            want(0, ElemType::F32)?;
+            want(1, ElemType::U32)?;
+            let d = last(name, s)?;
+            if s[..s.len() - 1] != *inputs[1].0 {
+                return Err(Error::shape(name, format!("dy {s:?} for ids {:?}", inputs[1].0)));
+            }
+            Ok(Plan { shape: vec![vocab, d], dims: Dims::Embedding { tokens: inputs[1].0.iter().product(), vocab, d } })
+        }
     }
 }
 
-fn check_ids(op: &'static str, ids: &[u32], bound: usize) -> Result<()> {
+/// Checks that every id is below `bound`.
+pub fn check_ids(op: &'static str, ids: &[u32], bound: usize) -> Result<()> {
     match ids.iter().find(|&&i| i as usize >= bound) {
         Some(&value) => Err(Error::Index { op, value, bound }),
         None => Ok(()),
+    }
+}
+
+impl<'a> HostView<'a> {
+    fn elem_type(&self) -> ElemType {
+        match self.data {
+            HostSlice::F32(_) => ElemType::F32,
+            HostSlice::U32(_) => ElemType::U32,
+        }
+    }
+
+    /// The f32 data (the plan has checked the dtype).
+    fn f(&self) -> &'a [f32] {
+        match self.data {
+            HostSlice::F32(v) => v,
+            HostSlice::U32(_) => &[],
+        }
+    }
+
+    /// The u32 data (the plan has checked the dtype).
+    fn u(&self) -> &'a [u32] {
+        match self.data {
+            HostSlice::U32(v) => v,
+            HostSlice::F32(_) => &[],
+        }
     }
 }
 
@@ -221,9 +474,6 @@ fn check_ids(op: &'static str, ids: &[u32], bound: usize) -> Result<()> {
 /// [`Error`], never a panic.
 pub fn execute(op: &OpKind, inputs: &[HostView<'_>], level: SimdLevel) -> Result<HostTensor> {
     let name = op.name();
-    if inputs.len() != op.arity() {
-        return Err(Error::Arity { op: name, expected: op.arity(), got: inputs.len() });
-    }
     for input in inputs {
         let len = match input.data {
             HostSlice::F32(v) => v.len(),
@@ -233,196 +483,74 @@ pub fn execute(op: &OpKind, inputs: &[HostView<'_>], level: SimdLevel) -> Result
             return Err(Error::shape(name, format!("{len} elements for shape {:?}", input.shape)));
         }
     }
-    let x = inputs[0];
-    match *op {
-        OpKind::MatMul => {
-            let (a, b) = (x.f32(name)?, inputs[1].f32(name)?);
-            let (sa, sb) = (x.shape, inputs[1].shape);
-            if sa.len() < 2 || sb.len() < 2 {
-                return Err(Error::shape(name, format!("needs matrices, got {sa:?} and {sb:?}")));
-            }
-            let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
-            let (kb, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
-            if k != kb {
-                return Err(Error::shape(name, format!("{sa:?} · {sb:?}: inner dimensions differ")));
-            }
-            let batch: usize = sa[..sa.len() - 2].iter().product();
-            let mut shape = sa[..sa.len() - 2].to_vec();
-            shape.extend([m, n]);
-            let mut c = vec![0f32; batch * m * n];
-            if sb.len() == 2 {
+    let shapes: Vec<(&[usize], ElemType)> = inputs.iter().map(|v| (v.shape, v.elem_type())).collect();
+    let Plan { shape, dims } = plan(op, &shapes)?;
+    let numel: usize = shape.iter().product();
+    let mut y = vec![0f32; numel];
+    let x = inputs[0].f();
+    let arg = |i: usize| inputs[i].f();
+    match (*op, dims) {
+        (OpKind::MatMul, Dims::MatMul { batch, m, k, n, shared_b }) => {
+            if shared_b {
                 // A shared right-hand side: one product over all batch rows at once.
-                matmul::matmul(a, b, &mut c, batch * m, k, n, level);
-            } else if sb[..sb.len() - 2] == sa[..sa.len() - 2] {
-                matmul::batched_matmul(a, b, &mut c, batch, m, k, n, k * n, level);
+                matmul::matmul(x, arg(1), &mut y, batch * m, k, n, level);
             } else {
-                return Err(Error::shape(name, format!("batch dimensions of {sa:?} and {sb:?} differ")));
+                matmul::batched_matmul(x, arg(1), &mut y, batch, m, k, n, k * n, level);
             }
-            Ok(HostTensor::f32(shape, c))
         }
-        OpKind::Transpose => {
-            let v = x.f32(name)?;
-            let s = x.shape;
-            if s.len() < 2 {
-                return Err(Error::shape(name, format!("needs at least 2 dimensions, got {s:?}")));
-            }
-            let (r, c) = (s[s.len() - 2], s[s.len() - 1]);
-            let mut out = Vec::with_capacity(v.len());
+        (OpKind::Transpose, Dims::Transpose { r, c, .. }) => {
             if r * c > 0 {
-                for m in v.chunks_exact(r * c) {
-                    out.extend(matmul::transpose(m, r, c));
+                for (src, dst) in x.chunks_exact(r * c).zip(y.chunks_exact_mut(r * c)) {
+                    dst.copy_from_slice(&matmul::transpose(src, r, c));
                 }
             }
-            let mut shape = s.to_vec();
-            let l = shape.len();
-            shape.swap(l - 1, l - 2);
-            Ok(HostTensor::f32(shape, out))
         }
-        OpKind::Unary(f) => {
-            let v = x.f32(name)?;
-            let mut y = vec![0f32; v.len()];
-            elementwise::unary(v, &mut y, f, level);
-            Ok(HostTensor::f32(x.shape.to_vec(), y))
+        (OpKind::Unary(f), _) => elementwise::unary(x, &mut y, f, level),
+        (OpKind::Binary(b), _) => elementwise::binary(x, arg(1), &mut y, b, level),
+        (OpKind::RowReduce(kind), Dims::Rows { n, .. }) => rows::row_reduce(x, &mut y, n, kind, level),
+        (OpKind::Softmax, Dims::Rows { n, .. }) => rows::softmax(x, &mut y, n, level),
+        (OpKind::LogSoftmax, Dims::Rows { n, .. }) => rows::log_softmax(x, &mut y, n, level),
+        (OpKind::SoftmaxBackward, Dims::Rows { n, .. }) => rows::softmax_backward(x, arg(1), &mut y, n, level),
+        (OpKind::LogSoftmaxBackward, Dims::Rows { n, .. }) => rows::log_softmax_backward(x, arg(1), &mut y, n, level),
+        (OpKind::CrossEntropy, Dims::Rows { n, .. }) => {
+            check_ids(name, inputs[1].u(), n)?;
+            y[0] = rows::cross_entropy(x, inputs[1].u(), n, level);
         }
-        OpKind::Binary(b) => {
-            same_shape(name, &x, &inputs[1])?;
-            let mut y = vec![0f32; x.numel()];
-            elementwise::binary(x.f32(name)?, inputs[1].f32(name)?, &mut y, b, level);
-            Ok(HostTensor::f32(x.shape.to_vec(), y))
+        (OpKind::CrossEntropyBackward, Dims::Rows { n, .. }) => {
+            check_ids(name, inputs[1].u(), n)?;
+            rows::cross_entropy_backward(x, inputs[1].u(), arg(2)[0], &mut y, n, level);
         }
-        OpKind::RowReduce(kind) => {
-            let n = x.last(name)?;
-            let v = x.f32(name)?;
-            let rows: usize = x.shape[..x.shape.len() - 1].iter().product();
-            let mut y = vec![0f32; rows];
-            rows::row_reduce(v, &mut y, n, kind, level);
-            let mut shape = x.shape.to_vec();
-            if let Some(l) = shape.last_mut() {
-                *l = 1;
-            }
-            Ok(HostTensor::f32(shape, y))
+        (OpKind::RmsNorm { eps }, Dims::Rows { n, .. }) => rows::rms_norm(x, arg(1), &mut y, n, eps, level),
+        (OpKind::RmsNormBackwardX { eps }, Dims::Rows { n, .. }) => {
+            rows::rms_norm_backward_x(x, arg(1), arg(2), &mut y, n, eps, level);
         }
-        OpKind::Softmax | OpKind::LogSoftmax => {
-            let n = x.last(name)?;
-            let v = x.f32(name)?;
-            let mut y = vec![0f32; v.len()];
-            if *op == OpKind::Softmax {
-                rows::softmax(v, &mut y, n, level);
-            } else {
-                rows::log_softmax(v, &mut y, n, level);
-            }
-            Ok(HostTensor::f32(x.shape.to_vec(), y))
+        (OpKind::RmsNormBackwardW { eps }, Dims::Rows { n, .. }) => rows::rms_norm_backward_w(x, arg(1), &mut y, n, eps, level),
+        (OpKind::Rope { inverse }, Dims::Rope { positions, d, .. }) => {
+            rope::apply(x, arg(1), arg(2), &mut y, d, positions, inverse, level);
         }
-        OpKind::SoftmaxBackward | OpKind::LogSoftmaxBackward => {
-            same_shape(name, &x, &inputs[1])?;
-            let n = x.last(name)?;
-            let mut dx = vec![0f32; x.numel()];
-            let (y, dy) = (x.f32(name)?, inputs[1].f32(name)?);
-            if *op == OpKind::SoftmaxBackward {
-                rows::softmax_backward(y, dy, &mut dx, n, level);
-            } else {
-                rows::log_softmax_backward(y, dy, &mut dx, n, level);
-            }
-            Ok(HostTensor::f32(x.shape.to_vec(), dx))
+        (OpKind::Embedding, Dims::Embedding { vocab, d, .. }) => {
+            check_ids(name, inputs[1].u(), vocab)?;
+            embed::lookup(x, inputs[1].u(), &mut y, d);
         }
-        OpKind::CrossEntropy | OpKind::CrossEntropyBackward => {
-            let (logits, targets) = (x.f32(name)?, inputs[1].u32(name)?);
-            if x.shape.len() != 2 || inputs[1].shape != [x.shape[0]] || x.shape[0] == 0 {
-                return Err(Error::shape(name, format!("logits {:?} with targets {:?}", x.shape, inputs[1].shape)));
-            }
-            let v = x.shape[1];
-            check_ids(name, targets, v)?;
-            if *op == OpKind::CrossEntropy {
-                Ok(HostTensor::f32(vec![], vec![rows::cross_entropy(logits, targets, v, level)]))
-            } else {
-                let dloss = inputs[2].f32(name)?;
-                let &[g] = dloss else { return Err(Error::shape(name, "dloss must be a scalar")) };
-                let mut dx = vec![0f32; logits.len()];
-                rows::cross_entropy_backward(logits, targets, g, &mut dx, v, level);
-                Ok(HostTensor::f32(x.shape.to_vec(), dx))
+        (OpKind::EmbeddingBackward { vocab }, Dims::Embedding { d, .. }) => {
+            check_ids(name, inputs[1].u(), vocab)?;
+            embed::scatter_add(x, inputs[1].u(), &mut y, vocab, d);
+        }
+        (OpKind::AdamMoment1 { beta1 }, _) => {
+            for ((o, &m), &g) in y.iter_mut().zip(x).zip(arg(1)) {
+                *o = beta1 * m + (1.0 - beta1) * g;
             }
         }
-        OpKind::RmsNorm { eps } | OpKind::RmsNormBackwardX { eps } => {
-            let n = x.last(name)?;
-            let w = inputs[1].f32(name)?;
-            if inputs[1].shape != [n] {
-                return Err(Error::shape(name, format!("weight {:?} for rows of {n}", inputs[1].shape)));
+        (OpKind::AdamMoment2 { beta2 }, _) => {
+            for ((o, &v), &g) in y.iter_mut().zip(x).zip(arg(1)) {
+                *o = beta2 * v + (1.0 - beta2) * (g * g);
             }
-            let mut y = vec![0f32; x.numel()];
-            if matches!(op, OpKind::RmsNorm { .. }) {
-                rows::rms_norm(x.f32(name)?, w, &mut y, n, eps, level);
-            } else {
-                same_shape(name, &x, &inputs[2])?;
-                rows::rms_norm_backward_x(x.f32(name)?, w, inputs[2].f32(name)?, &mut y, n, eps, level);
-            }
-            Ok(HostTensor::f32(x.shape.to_vec(), y))
         }
-        OpKind::RmsNormBackwardW { eps } => {
-            same_shape(name, &x, &inputs[1])?;
-            let n = x.last(name)?;
-            let mut dw = vec![0f32; n];
-            rows::rms_norm_backward_w(x.f32(name)?, inputs[1].f32(name)?, &mut dw, n, eps, level);
-            Ok(HostTensor::f32(vec![n], dw))
+        (OpKind::AdamParam { h, t }, _) => {
+            y.copy_from_slice(x);
+            crate::kernels::adamw::apply_update(&mut y, arg(1), arg(2), t, h);
         }
-        OpKind::Rope { inverse } => {
-            let s = x.shape;
-            if s.len() < 2 {
-                return Err(Error::shape(name, format!("needs [.., t, d], got {s:?}")));
-            }
-            let (t, d) = (s[s.len() - 2], s[s.len() - 1]);
-            if d % 2 != 0 || inputs[1].shape != [t, d / 2] || inputs[2].shape != [t, d / 2] {
-                return Err(Error::shape(
-                    name,
-                    format!("x {s:?} with tables {:?} and {:?}", inputs[1].shape, inputs[2].shape),
-                ));
-            }
-            let mut y = vec![0f32; x.numel()];
-            rope::apply(x.f32(name)?, inputs[1].f32(name)?, inputs[2].f32(name)?, &mut y, d, t, inverse, level);
-            Ok(HostTensor::f32(s.to_vec(), y))
-        }
-        OpKind::Embedding => {
-            let (table, ids) = (x.f32(name)?, inputs[1].u32(name)?);
-            if x.shape.len() != 2 {
-                return Err(Error::shape(name, format!("table must be [vocab, d], got {:?}", x.shape)));
-            }
-            let (vocab, d) = (x.shape[0], x.shape[1]);
-            check_ids(name, ids, vocab)?;
-            let mut out = vec![0f32; ids.len() * d];
-            embed::lookup(table, ids, &mut out, d);
-            let mut shape = inputs[1].shape.to_vec();
-            shape.push(d);
-            Ok(HostTensor::f32(shape, out))
-        }
-        OpKind::EmbeddingBackward { vocab } => {
-            let (dy, ids) = (x.f32(name)?, inputs[1].u32(name)?);
-            let d = x.last(name)?;
-            if x.shape[..x.shape.len() - 1] != *inputs[1].shape {
-                return Err(Error::shape(name, format!("dy {:?} for ids {:?}", x.shape, inputs[1].shape)));
-            }
-            check_ids(name, ids, vocab)?;
-            let mut grad = vec![0f32; vocab * d];
-            embed::scatter_add(dy, ids, &mut grad, vocab, d);
-            Ok(HostTensor::f32(vec![vocab, d], grad))
-        }
-        OpKind::AdamMoment1 { beta1 } => {
-            same_shape(name, &x, &inputs[1])?;
-            let (m, g) = (x.f32(name)?, inputs[1].f32(name)?);
-            let out = m.iter().zip(g).map(|(&m, &g)| beta1 * m + (1.0 - beta1) * g).collect();
-            Ok(HostTensor::f32(x.shape.to_vec(), out))
-        }
-        OpKind::AdamMoment2 { beta2 } => {
-            same_shape(name, &x, &inputs[1])?;
-            let (v, g) = (x.f32(name)?, inputs[1].f32(name)?);
-            let out = v.iter().zip(g).map(|(&v, &g)| beta2 * v + (1.0 - beta2) * (g * g)).collect();
-            Ok(HostTensor::f32(x.shape.to_vec(), out))
-        }
-        OpKind::AdamParam { h, t } => {
-            same_shape(name, &x, &inputs[1])?;
-            same_shape(name, &x, &inputs[2])?;
-            let (p, m, v) = (x.f32(name)?, inputs[1].f32(name)?, inputs[2].f32(name)?);
-            let mut out = p.to_vec();
-            crate::kernels::adamw::apply_update(&mut out, m, v, t, h);
-            Ok(HostTensor::f32(x.shape.to_vec(), out))
-        }
+        (op, dims) => return Err(Error::shape(op.name(), format!("internal: plan {dims:?} does not fit the op"))),
     }
+    Ok(HostTensor::f32(shape, y))
 }
