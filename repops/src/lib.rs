@@ -36,6 +36,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 pub mod kernels;
 pub mod op;
@@ -47,3 +49,28 @@ pub use error::{Error, Result};
 pub use kernels::adamw::AdamW;
 pub use op::{HostData, HostTensor, HostView, OpKind, execute};
 pub use tape::{Tape, TapeEntry};
+
+/// What to do to get GPU support, for error messages of CPU-only builds.
+#[cfg(not(feature = "cuda"))]
+pub(crate) const CUDA_HINT: &str = " (rebuild with `--features cuda` for the GPU)";
+#[cfg(feature = "cuda")]
+pub(crate) const CUDA_HINT: &str = "";
+
+/// The CUDA device `ordinal`, or an error that says what is missing: the `cuda` feature in this build,
+/// or a GPU and driver on this machine. CPU work is unaffected either way.
+pub fn cuda_device(ordinal: usize) -> Result<candle_core::Device> {
+    #[cfg(feature = "cuda")]
+    {
+        candle_core::Device::new_cuda(ordinal).map_err(|e| Error::Unsupported {
+            op: "cuda",
+            what: format!("no usable CUDA device {ordinal} (is there a GPU and an NVIDIA driver?): {e}"),
+        })
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(Error::Unsupported {
+            op: "cuda",
+            what: format!("device cuda:{ordinal} requested, but this build has no CUDA support{CUDA_HINT}"),
+        })
+    }
+}

@@ -67,6 +67,15 @@ impl CustomOp1 for Op {
         run(&self.0, &[view(self.0.name(), 0, s, l)?])
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::run(&self.0, &[(s, l)])
+    }
+
     fn bwd(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let dx = match self.0 {
             OpKind::Transpose => transpose(g),
@@ -91,6 +100,17 @@ impl CustomOp2 for Op {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         run(&self.0, &[view(self.0.name(), 0, s1, l1)?, view(self.0.name(), 1, s2, l2)?])
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::run(&self.0, &[(s1, l1), (s2, l2)])
     }
 
     fn bwd(&self, a: &Tensor, b: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -131,6 +151,19 @@ impl CustomOp3 for Op {
         run(&self.0, &[view(n, 0, s1, l1)?, view(n, 1, s2, l2)?, view(n, 2, s3, l3)?])
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::run(&self.0, &[(s1, l1), (s2, l2), (s3, l3)])
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -154,9 +187,11 @@ impl CustomOp3 for Op {
 fn check_device(t: &Tensor) -> Result<()> {
     match t.device() {
         Device::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => Ok(()),
         other => Err(Error::Unsupported {
             op: "repops",
-            what: format!("tensors on {other:?}: repops kernels run on the CPU in this build"),
+            what: format!("tensors on {other:?}: this build runs repops on the CPU{}", crate::CUDA_HINT),
         }),
     }
 }
@@ -237,6 +272,17 @@ fn binary_backward(op: Binary, a: &Tensor, b: &Tensor, y: &Tensor, g: &Tensor) -
             let db = mul(g, &unary(a, Unary::Silu)?)?;
             Ok((da, db))
         }
+    }
+}
+
+/// Runs any op on candle tensors (CPU, or CUDA in a `cuda` build), e.g. to re-execute a taped op
+/// on another device. Inputs must number [`OpKind::arity`].
+pub fn apply_op(kind: OpKind, inputs: &[&Tensor]) -> Result<Tensor> {
+    match *inputs {
+        [a] => apply1(kind, a),
+        [a, b] => apply2(kind, a, b),
+        [a, b, c] => apply3(kind, a, b, c),
+        _ => Err(Error::Arity { op: kind.name(), expected: kind.arity(), got: inputs.len() }),
     }
 }
 

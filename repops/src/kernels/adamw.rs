@@ -36,12 +36,15 @@ fn powi(base: f32, mut exp: u64) -> f32 {
     acc as f32
 }
 
+/// The scalars of step `t`: bias corrections `1 − β1^t`, `1 − β2^t`, and the decay factor `lr · wd`.
+pub fn corrections(t: u64, h: AdamW) -> (f32, f32, f32) {
+    (1.0 - powi(h.beta1, t), 1.0 - powi(h.beta2, t), h.lr * h.weight_decay)
+}
+
 /// The parameter half of step `t`, from moments already updated:
 /// `p = p − (lr·wd)·p`, then `p = p − lr · ((m/bc1) / (√(v/bc2) + eps))`.
 pub fn apply_update(params: &mut [f32], m: &[f32], v: &[f32], t: u64, h: AdamW) {
-    let bc1 = 1.0 - powi(h.beta1, t);
-    let bc2 = 1.0 - powi(h.beta2, t);
-    let decay = h.lr * h.weight_decay;
+    let (bc1, bc2, decay) = corrections(t, h);
     for i in 0..params.len() {
         params[i] -= decay * params[i];
         params[i] -= h.lr * ((m[i] / bc1) / ((v[i] / bc2).sqrt() + h.eps));

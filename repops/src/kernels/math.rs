@@ -9,6 +9,41 @@ const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = f32::from_bits(0x3f31_8000); // 0.693359375: ln 2 to 9 bits, so k * LN2_HI is exact
 const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI, rounded
 const SQRT2: f32 = std::f32::consts::SQRT_2;
+/// Above this, `exp` overflows to infinity.
+const EXP_OVERFLOW: f32 = 88.722_84;
+/// Below this, `exp` underflows to zero.
+const EXP_UNDERFLOW: f32 = -103.972_08;
+/// Taylor coefficients of e^r, highest degree first (Horner order).
+const EXP_POLY: [f32; 9] =
+    [1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+/// Coefficients of ln(1+f) = s · (2 + z · P(z)), highest degree first.
+const LN_POLY: [f32; 6] = [2.0 / 13.0, 2.0 / 11.0, 2.0 / 9.0, 2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0];
+/// Above this |x|, tanh(x) is ±1 in f32.
+const TANH_SATURATE: f32 = 9.0;
+/// Below this |x|, tanh uses its odd series.
+const TANH_SERIES: f32 = 0.25;
+/// Odd-series coefficients of tanh, highest degree first.
+const TANH_POLY: [f32; 3] = [-17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0];
+
+/// Every constant the functions above use, by the name the CUDA kernels give it, so that the GPU
+/// code is compiled with exactly these bits.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn constants() -> Vec<(String, f32)> {
+    let mut c = vec![
+        ("LOG2E".to_owned(), LOG2E),
+        ("LN2_HI".to_owned(), LN2_HI),
+        ("LN2_LO".to_owned(), LN2_LO),
+        ("SQRT2".to_owned(), SQRT2),
+        ("EXP_OVERFLOW".to_owned(), EXP_OVERFLOW),
+        ("EXP_UNDERFLOW".to_owned(), EXP_UNDERFLOW),
+        ("TANH_SATURATE".to_owned(), TANH_SATURATE),
+        ("TANH_SERIES".to_owned(), TANH_SERIES),
+    ];
+    for (name, poly) in [("EXP_POLY", &EXP_POLY[..]), ("LN_POLY", &LN_POLY[..]), ("TANH_POLY", &TANH_POLY[..])] {
+        c.extend(poly.iter().enumerate().map(|(i, &v)| (format!("{name}_{i}"), v)));
+    }
+    c
+}
 
 /// `2^k` for `k` in `-126..=127`, built from its bits.
 #[inline(always)]
@@ -22,25 +57,20 @@ pub fn exp(x: f32) -> f32 {
     if x.is_nan() {
         return x;
     }
-    if x > 88.722_84 {
+    if x > EXP_OVERFLOW {
         return f32::INFINITY;
     }
-    if x < -103.972_08 {
+    if x < EXP_UNDERFLOW {
         return 0.0;
     }
     let k = (x * LOG2E).round_ties_even();
     let r = (-k).mul_add(LN2_HI, x);
     let r = (-k).mul_add(LN2_LO, r);
     // Taylor series of e^r on |r| <= ln2/2, Horner with fused multiply-adds.
-    let mut p: f32 = 1.0 / 40320.0;
-    p = p.mul_add(r, 1.0 / 5040.0);
-    p = p.mul_add(r, 1.0 / 720.0);
-    p = p.mul_add(r, 1.0 / 120.0);
-    p = p.mul_add(r, 1.0 / 24.0);
-    p = p.mul_add(r, 1.0 / 6.0);
-    p = p.mul_add(r, 0.5);
-    p = p.mul_add(r, 1.0);
-    p = p.mul_add(r, 1.0);
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
+        p = p.mul_add(r, c);
+    }
     let k = k as i32;
     if k > 127 {
         p * pow2i(127) * pow2i(k - 127)
@@ -76,12 +106,10 @@ pub fn ln(x: f32) -> f32 {
     let s = f / (2.0 + f);
     let z = s * s;
     // ln(1+f) = 2 atanh(s) = s (2 + 2z/3 + 2z^2/5 + ...)
-    let mut p: f32 = 2.0 / 13.0;
-    p = p.mul_add(z, 2.0 / 11.0);
-    p = p.mul_add(z, 2.0 / 9.0);
-    p = p.mul_add(z, 2.0 / 7.0);
-    p = p.mul_add(z, 2.0 / 5.0);
-    p = p.mul_add(z, 2.0 / 3.0);
+    let mut p = LN_POLY[0];
+    for &c in &LN_POLY[1..] {
+        p = p.mul_add(z, c);
+    }
     let log1pf = s.mul_add(z * p, 2.0 * s);
     let e = e as f32;
     e.mul_add(LN2_HI, e.mul_add(LN2_LO, log1pf))
@@ -94,14 +122,15 @@ pub fn tanh(x: f32) -> f32 {
         return x;
     }
     let a = x.abs();
-    let t = if a > 9.0 {
+    let t = if a > TANH_SATURATE {
         1.0
-    } else if a < 0.25 {
+    } else if a < TANH_SERIES {
         // Odd Taylor series: avoids the cancellation of 1 - 2/(e^2a + 1) near zero.
         let z = a * a;
-        let mut p: f32 = -17.0 / 315.0;
-        p = p.mul_add(z, 2.0 / 15.0);
-        p = p.mul_add(z, -1.0 / 3.0);
+        let mut p = TANH_POLY[0];
+        for &c in &TANH_POLY[1..] {
+            p = p.mul_add(z, c);
+        }
         a.mul_add(z * p, a)
     } else {
         1.0 - 2.0 / (exp(2.0 * a) + 1.0)
