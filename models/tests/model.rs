@@ -67,7 +67,11 @@ fn native_and_repops_backends_agree_within_tolerance() -> Result<()> {
 
 /// Trains `steps` AdamW steps; returns (first loss, last validation loss, final weights).
 fn train(backend: Backend, steps: u64, seed: u64) -> Result<(f32, f32, BTreeMap<String, Tensor>)> {
-    let dev = Device::Cpu;
+    train_on(&Device::Cpu, backend, steps, seed)
+}
+
+fn train_on(dev: &Device, backend: Backend, steps: u64, seed: u64) -> Result<(f32, f32, BTreeMap<String, Tensor>)> {
+    let dev = dev.clone();
     let lang = small_lang()?;
     let corpus = lang.corpus();
     let mc = ModelConfig { n_layers: 2, d_model: 32, n_heads: 2, d_ff: 64, max_seq: 32, backend, ..ModelConfig::default() };
@@ -101,7 +105,11 @@ fn training_approaches_the_entropy_floor() -> Result<()> {
 const GOLDEN: &str = "d93e3afd41a57a1f4e536559d5989e9b42d901e19d64f9b24ee5205ea048a34a";
 
 fn golden_hash() -> Result<String> {
-    let (_, _, weights) = train(Backend::RepOps, 20, 11)?;
+    golden_hash_on(&Device::Cpu)
+}
+
+fn golden_hash_on(dev: &Device) -> Result<String> {
+    let (_, _, weights) = train_on(dev, Backend::RepOps, 20, 11)?;
     let mut h = repops_blake3::Hasher::new();
     for (name, t) in weights {
         h.update(name.as_bytes());
@@ -125,6 +133,21 @@ fn repops_training_reproduces_the_golden_weights() -> Result<()> {
         assert_eq!(pool.install(golden_hash)?, reference, "{threads} threads");
     }
     assert_eq!(reference, GOLDEN, "the repops training run changed: update GOLDEN only on purpose");
+    Ok(())
+}
+
+/// The same 20 repops steps on the GPU must give the CPU's golden weights, bit for bit.
+#[cfg(feature = "cuda")]
+#[test]
+fn repops_training_on_the_gpu_reproduces_the_golden_weights() -> Result<()> {
+    let dev = match repops::cuda_device(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIPPED (no GPU): {e}");
+            return Ok(());
+        }
+    };
+    assert_eq!(golden_hash_on(&dev)?, GOLDEN);
     Ok(())
 }
 

@@ -196,6 +196,12 @@ fn bad_input_is_a_typed_error() {
     let lying = HostTensor { shape: vec![4, 4], data: HostData::F32(vec![0.0; 3]) };
     assert!(matches!(err(OpKind::Softmax, vec![lying]), Error::Shape { .. }));
     assert!(matches!(err(OpKind::Rope { inverse: false }, vec![f32t(&[2, 3], 1), f32t(&[2, 1], 2), f32t(&[2, 1], 3)]), Error::Shape { .. }));
+    // Asking for a GPU where there is none (or in a CPU-only build) says what is missing.
+    #[cfg(not(feature = "cuda"))]
+    {
+        let e = repops::cuda_device(0).expect_err("no CUDA in this build").to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+    }
     // Through candle: wrong dtypes and shapes are errors, not panics; empty tensors are fine.
     let dev = Device::Cpu;
     let x = Tensor::zeros((2, 3), candle_core::DType::F64, &dev).expect("tensor");
