@@ -10,15 +10,18 @@
 //! | [`clock`] | [`Clock`]: the simulated network's virtual clock or real time; [`clock::timeout`] |
 //! | [`metrics`] | [`Metrics`]: scalar series per agent and step, and events |
 //! | [`comm`] | [`CommunicationBackend`] and [`comm::BroadcastGather`], GenRL's `all_gather` with deadlines |
+//! | [`swarm`] | [`SimSwarm`]: agents with their contexts on the simulated network, run concurrently |
 
 pub mod clock;
 pub mod comm;
 pub mod device;
 pub mod error;
 pub mod metrics;
+pub mod swarm;
 
 pub use clock::{Clock, WallClock};
 pub use comm::{CommunicationBackend, Gathered};
 pub use device::{DeviceProfile, training_flops};
 pub use error::{Error, Result};
 pub use metrics::{Event, EventKind, Metrics, MetricsLog, Sample};
+pub use swarm::{AgentCtx, SimSwarm, SwarmSpec, run_simulation};

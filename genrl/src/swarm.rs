@@ -1,0 +1,224 @@
+//! A swarm of agents on the simulated network: one task per agent, each with its endpoint, clock,
+//! device profile and metrics handle. The same agent function runs over QUIC with a
+//! [`WallClock`](crate::WallClock); here the whole swarm is one process in virtual time, a pure
+//! function of its seed.
+
+use std::future::Future;
+use std::time::Duration;
+
+use transport::sim::{LinkSpec, Network, RegionTable, SimClock, SimEndpoint};
+use transport::{PeerId, Transport};
+
+use crate::clock::Clock;
+use crate::device::DeviceProfile;
+use crate::error::{Error, Result};
+use crate::metrics::{EventKind, Metrics};
+
+/// What one agent gets to work with.
+#[derive(Debug, Clone)]
+pub struct AgentCtx<T: Transport, C: Clock> {
+    /// Position in the swarm (0-based), stable for the run.
+    pub index: u32,
+    /// Its network endpoint.
+    pub transport: T,
+    /// Its clock.
+    pub clock: C,
+    /// Its hardware.
+    pub device: DeviceProfile,
+    /// Where it records measurements.
+    pub metrics: Metrics,
+    /// Every agent's id, by index.
+    pub peers: Vec<PeerId>,
+}
+
+impl<T: Transport, C: Clock> AgentCtx<T, C> {
+    /// Spends the time `flops` take on this agent's device; returns that time.
+    pub async fn compute(&self, flops: f64) -> Duration {
+        let d = self.device.compute_time(flops);
+        self.clock.sleep(d).await;
+        d
+    }
+
+    /// Records `value` of `name` for this agent at `step`, stamped with the current time.
+    pub fn record(&self, name: &str, step: u64, value: f64) {
+        self.metrics.record(name, Some(self.index), step, self.clock.now(), value);
+    }
+}
+
+/// How to build a simulated swarm.
+#[derive(Debug, Clone)]
+pub struct SwarmSpec {
+    /// Seed of the network's randomness.
+    pub seed: u64,
+    /// One device profile per agent.
+    pub devices: Vec<DeviceProfile>,
+    /// The link between agents (unless regions are given).
+    pub link: LinkSpec,
+    /// Regions and each agent's region, for geo-distributed swarms.
+    pub regions: Option<(RegionTable, Vec<String>)>,
+}
+
+impl SwarmSpec {
+    /// `n` identical agents on identical links.
+    pub fn uniform(seed: u64, n: usize, device: DeviceProfile, link: LinkSpec) -> Self {
+        Self { seed, devices: vec![device; n], link, regions: None }
+    }
+}
+
+/// A built swarm: the network and the agents' contexts.
+#[derive(Debug)]
+pub struct SimSwarm {
+    network: Network,
+    metrics: Metrics,
+    contexts: Vec<AgentCtx<SimEndpoint, SimClock>>,
+}
+
+impl SimSwarm {
+    /// Builds the network and the agents (inside a tokio runtime, see [`run_simulation`]).
+    pub fn build(spec: &SwarmSpec) -> Result<Self> {
+        if spec.devices.is_empty() {
+            return Err(Error::config("swarm.agents", "a swarm needs at least one agent"));
+        }
+        for d in &spec.devices {
+            d.validate()?;
+        }
+        let mut builder = Network::builder(spec.seed).default_link(spec.link);
+        if let Some((table, placement)) = &spec.regions {
+            if placement.len() != spec.devices.len() {
+                return Err(Error::config(
+                    "swarm.regions",
+                    format!("{} placements for {} agents", placement.len(), spec.devices.len()),
+                ));
+            }
+            builder = builder.regions(table.clone());
+        }
+        let network = builder.build()?;
+        let peers: Vec<PeerId> = (0..spec.devices.len() as u64).map(PeerId::simulated).collect();
+        let metrics = Metrics::new();
+        let mut contexts = Vec::with_capacity(peers.len());
+        for (i, (&id, device)) in peers.iter().zip(&spec.devices).enumerate() {
+            let transport = match &spec.regions {
+                Some((_, placement)) => network.add_peer_in_region(id, &placement[i])?,
+                None => network.add_peer(id)?,
+            };
+            contexts.push(AgentCtx {
+                index: i as u32,
+                transport,
+                clock: network.clock(),
+                device: device.clone(),
+                metrics: metrics.clone(),
+                peers: peers.clone(),
+            });
+        }
+        Ok(Self { network, metrics, contexts })
+    }
+
+    /// The simulated network (for faults and link statistics).
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// The shared metrics sink.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The agents' contexts, by index.
+    pub fn contexts(&self) -> &[AgentCtx<SimEndpoint, SimClock>] {
+        &self.contexts
+    }
+
+    /// Runs `agent` once per agent, concurrently, and returns each one's result by index. An agent
+    /// that fails or panics yields an error for its slot (and an event); the others run on.
+    pub async fn run<F, Fut, R>(&self, agent: F) -> Vec<Result<R>>
+    where
+        F: Fn(AgentCtx<SimEndpoint, SimClock>) -> Fut,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: Send + 'static,
+    {
+        let handles: Vec<_> = self.contexts.iter().map(|ctx| tokio::spawn(agent(ctx.clone()))).collect();
+        let mut out = Vec::with_capacity(handles.len());
+        for (i, h) in handles.into_iter().enumerate() {
+            let result = match h.await {
+                Ok(r) => r,
+                Err(e) => Err(Error::config(format!("agent[{i}]"), format!("task failed: {e}"))),
+            };
+            if let Err(e) = &result {
+                self.metrics.event(self.network.now(), Some(i as u32), EventKind::Failure, e.to_string());
+            }
+            out.push(result);
+        }
+        out
+    }
+}
+
+/// Runs `f` on a fresh single-threaded runtime with the clock paused: the way to drive a [`SimSwarm`].
+pub fn run_simulation<R>(f: impl Future<Output = R>) -> Result<R> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| Error::config("runtime", e.to_string()))?;
+    Ok(rt.block_on(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::comm::{BroadcastGather, CommunicationBackend};
+    use bytes::Bytes;
+
+    fn heterogeneous() -> SwarmSpec {
+        let devices = vec![DeviceProfile::h100(), DeviceProfile::a10(), DeviceProfile::cpu32(), DeviceProfile::a10()];
+        SwarmSpec { seed: 5, devices, link: LinkSpec::mbit(25.0, 1000.0), regions: None }
+    }
+
+    /// Each agent computes 1 TFLOP, then all gather: returns each agent's finishing time.
+    async fn one_round(swarm: &SimSwarm) -> Vec<Result<Duration>> {
+        swarm
+            .run(|ctx| async move {
+                ctx.compute(1e12).await;
+                ctx.record("computed", 0, ctx.clock.now().as_secs_f64());
+                let mut comm = BroadcastGather::new(ctx.transport.clone(), ctx.clock.clone(), ctx.peers.clone(), Duration::from_secs(10));
+                let g = comm.all_gather(0, Bytes::from(vec![ctx.index as u8])).await?;
+                assert_eq!(g.payloads.len(), 4);
+                Ok(ctx.clock.now())
+            })
+            .await
+    }
+
+    #[test]
+    fn the_slowest_device_sets_the_pace_deterministically() -> Result<()> {
+        let run = || -> Result<Vec<Duration>> {
+            run_simulation(async {
+                let swarm = SimSwarm::build(&heterogeneous())?;
+                one_round(&swarm).await.into_iter().collect::<Result<Vec<_>>>()
+            })?
+        };
+        let a = run()?;
+        assert_eq!(a, run()?, "same seed, same virtual times");
+        // The CPU node computes 1 TFLOP in 2 s; its payload then needs 25 ms (plus transfer) to arrive.
+        let slowest = DeviceProfile::cpu32().compute_time(1e12);
+        assert!(a.iter().all(|&t| t >= slowest && t < slowest + Duration::from_millis(30)), "{a:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn failures_are_reported_per_agent() -> Result<()> {
+        run_simulation(async {
+            let swarm = SimSwarm::build(&SwarmSpec::uniform(1, 3, DeviceProfile::a10(), LinkSpec::default()))?;
+            let results = swarm
+                .run(|ctx| async move {
+                    if ctx.index == 1 {
+                        return Err(Error::config("agent", "gave up"));
+                    }
+                    Ok(ctx.index)
+                })
+                .await;
+            assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
+            assert_eq!(swarm.metrics().snapshot().events_of(&EventKind::Failure).len(), 1);
+            assert!(SimSwarm::build(&SwarmSpec::uniform(1, 0, DeviceProfile::a10(), LinkSpec::default())).is_err());
+            Ok(())
+        })?
+    }
+}
