@@ -109,10 +109,6 @@ fn ids_on_host(dev: &CudaDevice, input: &Input<'_>) -> candle_core::Result<Vec<u
     dev.clone_dtoh(&input.u32()?)
 }
 
-fn func(dev: &CudaDevice, name: &str) -> candle_core::Result<candle_core::cuda_backend::CudaFunc> {
-    dev.get_or_load_custom_func(name, MODULE, ptx()?)
-}
-
 fn unary_code(f: Unary) -> (i32, f32) {
     match f {
         Unary::Exp => (0, 0.0),
@@ -144,7 +140,7 @@ fn launch(op: &OpKind, dims: Dims, ins: &[Input<'_>], dev: &CudaDevice, out: &mu
     let n64 = |x: usize| x as i64;
     macro_rules! go {
         ($kernel:expr, $work:expr, $($arg:expr),* $(,)?) => {{
-            let f = func(dev, $kernel)?;
+            let f = dev.get_or_load_custom_func($kernel, MODULE, ptx()?)?;
             let mut b = f.builder();
             $( b.arg($arg); )*
             // SAFETY: the kernel's parameters are exactly these, in this order, with these types
