@@ -4,15 +4,16 @@
 #   source scripts/cuda-build-env.sh      # once per shell; first run installs ~1.2 GB of wheels
 #   cargo build --release --features cuda ...     # first build ~8 min on 2 cores (candle-kernels runs nvcc)
 #
-# What it does: installs NVIDIA's CUDA 13.0 compiler and libraries from PyPI into a venv (13.0 matches the
-# GPU machines' driver 580; a newer nvcc emits PTX that driver cannot load), makes unversioned .so links and a
+# What it does: installs NVIDIA's CUDA 13.0 compiler and libraries from PyPI into a venv (13.0 runs on drivers
+# from 580 on; a newer nvcc emits PTX that such a driver cannot load), makes unversioned .so links and a
 # stub libcuda.so (SONAME libcuda.so.1, every function returns CUDA_ERROR_NO_DEVICE) to link against, and
 # exports PATH, CUDA_HOME, NVCC, CUDA_COMPUTE_CAP (90 = H100/H200, sm_90a) and RUSTFLAGS.
 #
 # Running the binary:
-#   - on the GPU machine: LD_LIBRARY_PATH=<python site-packages>/nvidia/cu13/lib ./binary   (the torch venv
-#     there has these libraries); NEVER ship the stub there, it would hide the real driver.
-#   - here, without a GPU: LD_LIBRARY_PATH="$SWARMLAB_CUDA_STUB_RUNTIME:$SWARMLAB_CUDA_LIBS" ./binary
+#   - on a machine with a GPU: LD_LIBRARY_PATH=<python site-packages>/nvidia/cu13/lib ./binary (any Python
+#     environment with NVIDIA's cu13 wheels has these libraries); NEVER ship the stub there, it would hide the
+#     real driver.
+#   - without a GPU: LD_LIBRARY_PATH="$SWARMLAB_CUDA_STUB_RUNTIME:$SWARMLAB_CUDA_LIBS" ./binary
 #     (the program must then fall back to CPU with a clear message).
 # Changing these variables rebuilds everything: keep a separate target dir, e.g. CARGO_TARGET_DIR=target/cuda.
 
@@ -36,7 +37,7 @@ if [ ! -e "$_lnk/libcuda.so" ]; then
   # the stub exports every driver function that cudarc declares
   _cudarc=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.* 2>/dev/null | sort | tail -1)
   if [ -z "$_cudarc" ]; then
-    echo "cuda-build-env: cudarc sources not found; run 'cargo fetch' in the project first" >&2
+    echo "cuda-build-env: cudarc sources not found; run 'cargo fetch' first" >&2
     return 1 2>/dev/null || exit 1
   fi
   grep -ohE '^\s+fn (cu[A-Za-z0-9_]+)\(' "$_cudarc/src/driver/sys/mod.rs" | sed -E 's/^\s+fn //; s/\($//' | sort -u \
