@@ -2,7 +2,8 @@
 //!
 //! - **Identity.** Every endpoint presents a certificate made from its [`Identity`]; a dial succeeds only
 //!   if the remote proves the dialled [`PeerId`], and an accept only if the remote proves an id in the
-//!   [`PeerBook`] (unless the endpoint is configured to accept anyone). See [`tls`](self) for the binding.
+//!   [`PeerBook`] (unless the endpoint is configured to accept anyone). A certificate carries its node's
+//!   own identity key, so proving the id means holding the key.
 //! - **Connections** are made on first send and reused; either side's connection carries traffic both
 //!   ways. A dead connection (peer restarted, idle timeout) is replaced on the next send, which retries once.
 //!   The acceptor confirms every connection with an empty frame on its first stream, so a dialler whose

@@ -1,0 +1,28 @@
+//! # swarmlab pipeline
+//!
+//! Pre-training on a grid of `stages × replicas` genrl agents. Each micro-batch's activations travel
+//! forward from stage to stage and its gradients back, as real messages over the transport (so their
+//! bytes and transfer times count); the replicas of each stage then synchronise. Plug points: the
+//! [`Router`] (which replica of the next stage a micro-batch visits) and the [`OuterSync`] (how replicas
+//! agree); the defaults — a fixed path and a ring all-reduce of gradients every step — are the
+//! baselines the protocol crates compare against.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`spec`] | [`PipelineSpec`]: grid, batches, model, optimizer, network |
+//! | [`plug`] | [`Router`], [`FixedRouter`], [`OuterSync`] |
+//! | [`worker`] | one worker's loop: forward, backward, all-reduce, optimizer step |
+//! | [`run`] | [`run_simulated`]: a whole grid on the simulated network |
+//! | [`wire`] | the messages and tensors on the wire |
+
+pub mod error;
+pub mod plug;
+pub mod run;
+pub mod spec;
+pub mod wire;
+pub mod worker;
+
+pub use error::{Error, Result};
+pub use plug::{FixedRouter, OuterSync, Router};
+pub use run::{RunReport, run_simulated};
+pub use spec::PipelineSpec;

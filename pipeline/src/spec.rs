@@ -1,0 +1,75 @@
+//! What a pipeline run is: grid, batch, model, optimizer, data, network and synchronisation.
+
+use std::time::Duration;
+
+use genrl::DeviceProfile;
+use models::{ModelConfig, OptimConfig};
+use transport::sim::LinkSpec;
+
+use crate::error::{Error, Result};
+use crate::plug::OuterSync;
+
+/// A pipeline-parallel, data-parallel training run: `stages × replicas` workers.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    /// Pipeline stages (the model's layers are split among them).
+    pub stages: usize,
+    /// Replicas of every stage (data parallelism).
+    pub replicas: usize,
+    /// Micro-batches per step per replica.
+    pub micro_batches: usize,
+    /// Sequences per micro-batch.
+    pub micro_batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Training steps.
+    pub steps: u64,
+    /// The model.
+    pub model: ModelConfig,
+    /// The optimizer.
+    pub optim: OptimConfig,
+    /// How the replicas of a stage agree.
+    pub sync: OuterSync,
+    /// Seed of the data order.
+    pub seed: u64,
+    /// Every worker's device.
+    pub device: DeviceProfile,
+    /// Every link.
+    pub link: LinkSpec,
+    /// Longest a worker waits for a message its protocol needs before giving up with an error.
+    pub peer_timeout: Duration,
+}
+
+impl PipelineSpec {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("pipeline.stages", self.stages),
+            ("pipeline.replicas", self.replicas),
+            ("pipeline.micro_batches", self.micro_batches),
+            ("pipeline.micro_batch", self.micro_batch),
+            ("pipeline.seq", self.seq),
+        ] {
+            if v == 0 {
+                return Err(Error::config(field, "must be at least 1"));
+            }
+        }
+        if self.stages > self.model.n_layers {
+            return Err(Error::config(
+                "pipeline.stages",
+                format!("{} stages for {} layers (need stages <= layers)", self.stages, self.model.n_layers),
+            ));
+        }
+        if self.seq > self.model.max_seq {
+            return Err(Error::config("pipeline.seq", format!("{} exceeds model.max_seq {}", self.seq, self.model.max_seq)));
+        }
+        if self.peer_timeout.is_zero() {
+            return Err(Error::config("pipeline.peer_timeout", "must be positive"));
+        }
+        self.model.validate()?;
+        self.optim.validate()?;
+        self.device.validate()?;
+        self.link.validate("pipeline.link")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,67 @@
+//! What pipeline workers say to each other, and tensors to and from the wire.
+
+use bytes::Bytes;
+use candle_core::{DType as CDType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use transport::{DType, TensorBytes};
+
+use crate::error::{Error, Result};
+
+/// A pipeline message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Msg {
+    /// Activations of micro-batch `micro` of `step`, with its next-token targets, for the next stage.
+    Forward {
+        /// Training step.
+        step: u64,
+        /// Micro-batch within the step.
+        micro: u32,
+        /// Hidden states `[batch, seq, d_model]`.
+        hidden: TensorBytes,
+        /// Targets `[batch, seq]` (u32), carried to the last stage.
+        targets: TensorBytes,
+    },
+    /// The gradient of the loss with respect to the activations a stage sent.
+    Backward {
+        /// Training step.
+        step: u64,
+        /// Micro-batch within the step.
+        micro: u32,
+        /// Gradient, shaped like the activations.
+        grad: TensorBytes,
+    },
+    /// One chunk of a ring all-reduce among the replicas of a stage.
+    Reduce {
+        /// Training step.
+        step: u64,
+        /// Ring round (reduce-scatter rounds first, then all-gather rounds).
+        round: u32,
+        /// The chunk's values.
+        data: TensorBytes,
+    },
+}
+
+/// A tensor (f32 or u32) as wire bytes.
+pub fn to_wire(t: &Tensor) -> Result<TensorBytes> {
+    let shape = t.dims().to_vec();
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        CDType::U32 => {
+            let v = flat.to_vec1::<u32>()?;
+            TensorBytes::new(DType::U32, shape, Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()))?
+        }
+        _ => TensorBytes::from_f32(shape, &flat.to_dtype(CDType::F32)?.to_vec1::<f32>()?)?,
+    })
+}
+
+/// Wire bytes back to a tensor on `device`.
+pub fn from_wire(t: &TensorBytes, device: &Device) -> Result<Tensor> {
+    Ok(match t.dtype() {
+        DType::F32 => Tensor::from_vec(t.to_f32_vec()?, t.shape(), device)?,
+        DType::U32 => {
+            let v: Vec<u32> = t.data().chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            Tensor::from_vec(v, t.shape(), device)?
+        }
+        other => return Err(Error::config("wire", format!("unexpected tensor dtype {other:?}"))),
+    })
+}

@@ -1,0 +1,271 @@
+//! One pipeline worker: stage `s` of replica `r`, as a genrl agent.
+//!
+//! Per step, GPipe-style: all micro-batches forward (activations sent on to the next stage, the last
+//! stage computing the loss and starting the backward pass at once), then the backward passes as their
+//! gradients come back; then the outer synchronisation and one optimizer step. Compute time is charged
+//! to the agent's clock from the stage's FLOPs and the agent's device profile.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{Device, Tensor, Var};
+use genrl::{AgentCtx, Clock};
+use models::data::{Corpus, sample_batch};
+use models::{AdamW, Stage, StageInput};
+use transport::{PeerId, Transport, TransportExt};
+
+use crate::error::{Error, Result};
+use crate::plug::{OuterSync, Router};
+use crate::spec::PipelineSpec;
+use crate::wire::{Msg, from_wire, to_wire};
+
+/// What a worker returns at the end.
+#[derive(Debug)]
+pub struct WorkerResult {
+    /// Stage index.
+    pub stage: usize,
+    /// Replica index.
+    pub replica: usize,
+    /// Final weights of this stage, by name.
+    pub weights: BTreeMap<String, Tensor>,
+}
+
+/// Messages that arrived before anyone asked for them.
+struct Mailbox<T: Transport, C: Clock> {
+    transport: T,
+    clock: C,
+    waiting: VecDeque<(PeerId, Msg)>,
+    timeout: Duration,
+    name: String,
+}
+
+impl<T: Transport, C: Clock> Mailbox<T, C> {
+    async fn send(&self, to: PeerId, msg: &Msg) -> Result<()> {
+        Ok(self.transport.send_msg(to, msg).await?)
+    }
+
+    /// The first message (waiting or arriving) that `wanted` accepts; others are kept for later.
+    async fn take(&mut self, what: &str, wanted: impl Fn(&PeerId, &Msg) -> bool) -> Result<(PeerId, Msg)> {
+        if let Some(i) = self.waiting.iter().position(|(p, m)| wanted(p, m)) {
+            return self.waiting.remove(i).ok_or_else(|| self.stalled(what));
+        }
+        let deadline = self.clock.now() + self.timeout;
+        loop {
+            let left = deadline.saturating_sub(self.clock.now());
+            let got = genrl::clock::timeout(&self.clock, left, self.transport.recv_msg::<Msg>()).await;
+            match got {
+                Err(_) => return Err(self.stalled(what)),
+                Ok(Ok((from, msg))) => {
+                    if wanted(&from, &msg) {
+                        return Ok((from, msg));
+                    }
+                    self.waiting.push_back((from, msg));
+                }
+                Ok(Err(transport::TransportError::Decode { from, source })) => {
+                    tracing::warn!(worker = %self.name, peer = %from.short(), %source, "undecodable message dropped");
+                }
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn stalled(&self, what: &str) -> Error {
+        Error::Stalled { worker: self.name.clone(), what: format!("no {what} within {:?}", self.timeout) }
+    }
+}
+
+/// Flattens gradients in parameter-name order.
+fn flatten(names: &[String], grads: &BTreeMap<String, Tensor>, shapes: &BTreeMap<String, Vec<usize>>) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for n in names {
+        match grads.get(n) {
+            Some(g) => out.extend(g.flatten_all()?.to_vec1::<f32>()?),
+            None => out.extend(std::iter::repeat_n(0f32, shapes[n].iter().product())),
+        }
+    }
+    Ok(out)
+}
+
+fn unflatten(names: &[String], flat: &[f32], shapes: &BTreeMap<String, Vec<usize>>, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    let mut out = BTreeMap::new();
+    let mut at = 0;
+    for n in names {
+        let len: usize = shapes[n].iter().product();
+        out.insert(n.clone(), Tensor::from_vec(flat[at..at + len].to_vec(), shapes[n].as_slice(), device)?);
+        at += len;
+    }
+    Ok(out)
+}
+
+fn accumulate(into: &mut BTreeMap<String, Tensor>, from: BTreeMap<String, Tensor>) -> Result<()> {
+    for (n, g) in from {
+        let sum = match into.remove(&n) {
+            Some(acc) => (acc + g)?,
+            None => g,
+        };
+        into.insert(n, sum);
+    }
+    Ok(())
+}
+
+/// Runs worker `ctx.index` (stage `index / replicas`, replica `index % replicas`) for the whole run.
+pub async fn run_worker<T: Transport, C: Clock>(
+    ctx: AgentCtx<T, C>,
+    spec: Arc<PipelineSpec>,
+    corpus: Arc<Corpus>,
+    router: Arc<dyn Router>,
+) -> Result<WorkerResult> {
+    let replicas = spec.replicas;
+    let (s, r) = (ctx.index as usize / replicas, ctx.index as usize % replicas);
+    let peer = |stage: usize, replica: usize| ctx.peers[stage * replicas + replica];
+    let device = Device::Cpu;
+    let specs = models::split_layers(spec.model.n_layers, spec.stages)?;
+    let stage = Stage::new(&spec.model, specs[s].clone(), &device)?;
+    let params = stage.params().clone();
+    let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+    let shapes: BTreeMap<String, Vec<usize>> = params.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+    let mut optim = AdamW::new(spec.optim.clone(), spec.model.backend)?;
+    let mut mail = Mailbox {
+        transport: ctx.transport.clone(),
+        clock: ctx.clock.clone(),
+        waiting: VecDeque::new(),
+        timeout: spec.peer_timeout,
+        name: format!("s{s}r{r}"),
+    };
+    let (mb, seq, m) = (spec.micro_batch, spec.seq, spec.micro_batches as u32);
+    let fwd_flops = stage.forward_flops(mb, seq);
+    let last = s + 1 == spec.stages;
+
+    for step in 0..spec.steps {
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        // Kept for the backward pass of each micro-batch: its input variable, output and sender.
+        let mut saved: BTreeMap<u32, (Option<Var>, Tensor, Option<PeerId>)> = BTreeMap::new();
+        let mut losses = Vec::new();
+        for micro in 0..m {
+            let (input, targets, sender) = if s == 0 {
+                let draw = step * u64::from(m) + u64::from(micro);
+                let (ids, targets) = sample_batch(&corpus.train, mb, seq, spec.seed, draw, r as u64, &device)?;
+                (Input::Tokens(ids), targets, None)
+            } else {
+                let wanted = |_: &PeerId, msg: &Msg| matches!(msg, Msg::Forward { step: st, micro: mi, .. } if *st == step && *mi == micro);
+                let (from, msg) = mail.take("activations", wanted).await?;
+                let Msg::Forward { hidden, targets, .. } = msg else { return Err(unexpected()) };
+                let h = Var::from_tensor(&from_wire(&hidden, &device)?)?;
+                (Input::Hidden(h), from_wire(&targets, &device)?, Some(from))
+            };
+            let out = match &input {
+                Input::Tokens(ids) => stage.forward(StageInput::Tokens(ids))?,
+                Input::Hidden(h) => stage.forward(StageInput::Hidden(h.as_tensor()))?,
+            };
+            ctx.compute(fwd_flops).await;
+            let input_var = match input {
+                Input::Hidden(h) => Some(h),
+                Input::Tokens(_) => None,
+            };
+            if last {
+                let loss = stage.loss(&out, &targets)?;
+                losses.push(f64::from(loss.to_vec0::<f32>()?));
+                // Each micro-batch's loss is a mean over its tokens: scale so the step's gradient is the
+                // mean over all micro-batches.
+                let store = (loss / f64::from(m))?.backward()?;
+                ctx.compute(2.0 * fwd_flops).await;
+                accumulate(&mut grads, params.grads(&store))?;
+                if let (Some(h), Some(from)) = (&input_var, sender) {
+                    let g = store.get(h.as_tensor()).ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
+                    mail.send(from, &Msg::Backward { step, micro, grad: to_wire(g)? }).await?;
+                }
+            } else {
+                let next = router.next_replica(step, micro, s, r, replicas);
+                mail.send(peer(s + 1, next), &Msg::Forward { step, micro, hidden: to_wire(&out)?, targets: to_wire(&targets)? }).await?;
+                saved.insert(micro, (input_var, out, sender));
+            }
+        }
+        // Backward passes of the earlier stages, in the order their gradients arrive.
+        for _ in 0..saved.len() {
+            let wanted = |_: &PeerId, msg: &Msg| matches!(msg, Msg::Backward { step: st, .. } if *st == step);
+            let (_, msg) = mail.take("gradients", wanted).await?;
+            let Msg::Backward { micro, grad, .. } = msg else { return Err(unexpected()) };
+            let (input_var, out, sender) = saved.remove(&micro).ok_or_else(|| Error::config("pipeline", format!("gradient for unknown micro-batch {micro}")))?;
+            let g = from_wire(&grad, &device)?;
+            let store = (out * g)?.sum_all()?.backward()?;
+            ctx.compute(2.0 * fwd_flops).await;
+            accumulate(&mut grads, params.grads(&store))?;
+            if let (Some(h), Some(from)) = (&input_var, sender) {
+                let gh = store.get(h.as_tensor()).ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
+                mail.send(from, &Msg::Backward { step, micro, grad: to_wire(gh)? }).await?;
+            }
+        }
+        if !losses.is_empty() {
+            ctx.record("train_loss", step, losses.iter().sum::<f64>() / losses.len() as f64);
+        }
+        let grads = match spec.sync {
+            OuterSync::AllReduce if replicas > 1 => {
+                let ring: Vec<PeerId> = (0..replicas).map(|q| peer(s, q)).collect();
+                let flat = flatten(&names, &grads, &shapes)?;
+                let mut summed = ring_all_reduce(&mut mail, &ring, r, step, flat).await?;
+                let scale = 1.0 / replicas as f32;
+                summed.iter_mut().for_each(|x| *x *= scale);
+                unflatten(&names, &summed, &shapes, &device)?
+            }
+            _ => grads,
+        };
+        let stats = optim.step(&params, &grads)?;
+        if last && r == 0 {
+            ctx.record("lr", step, f64::from(stats.lr));
+            ctx.record("grad_norm", step, f64::from(stats.grad_norm));
+        }
+    }
+    Ok(WorkerResult { stage: s, replica: r, weights: params.snapshot() })
+}
+
+enum Input {
+    Tokens(Tensor),
+    Hidden(Var),
+}
+
+fn unexpected() -> Error {
+    Error::config("message", "unexpected message kind")
+}
+
+/// Ring all-reduce (sum) of `data` among `ring`, this worker at `me`: R−1 reduce-scatter rounds, then
+/// R−1 all-gather rounds, each sending one chunk of about `len / R` values to the next replica. Every
+/// replica ends with the same bits (the all-gather copies the reduced chunks).
+async fn ring_all_reduce<T: Transport, C: Clock>(
+    mail: &mut Mailbox<T, C>,
+    ring: &[PeerId],
+    me: usize,
+    step: u64,
+    mut data: Vec<f32>,
+) -> Result<Vec<f32>> {
+    let n = ring.len();
+    let len = data.len();
+    let chunk = |i: usize| (i * len / n)..((i + 1) * len / n);
+    let (next, prev) = (ring[(me + 1) % n], ring[(me + n - 1) % n]);
+    for round in 0..2 * (n - 1) {
+        let (send_idx, recv_idx) = if round < n - 1 {
+            ((me + n - round) % n, (me + n - round - 1) % n)
+        } else {
+            let k = round - (n - 1);
+            ((me + 1 + n - k) % n, (me + n - k) % n)
+        };
+        let out = transport::TensorBytes::from_f32(vec![chunk(send_idx).len()], &data[chunk(send_idx)])?;
+        mail.send(next, &Msg::Reduce { step, round: round as u32, data: out }).await?;
+        let wanted = |from: &PeerId, msg: &Msg| *from == prev && matches!(msg, Msg::Reduce { step: st, round: rd, .. } if *st == step && *rd == round as u32);
+        let (_, msg) = mail.take("all-reduce chunk", wanted).await?;
+        let Msg::Reduce { data: incoming, .. } = msg else { return Err(unexpected()) };
+        let incoming = incoming.to_f32_vec()?;
+        let range = chunk(recv_idx);
+        if incoming.len() != range.len() {
+            return Err(Error::config("all-reduce", format!("chunk of {} values, expected {}", incoming.len(), range.len())));
+        }
+        if round < n - 1 {
+            for (d, x) in data[range].iter_mut().zip(incoming) {
+                *d += x;
+            }
+        } else {
+            data[range].copy_from_slice(&incoming);
+        }
+    }
+    Ok(data)
+}
