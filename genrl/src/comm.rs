@@ -116,7 +116,10 @@ mod tests {
     use super::*;
     use transport::sim::{LinkSpec, Network};
 
-    async fn swarm(n: u64, net: &Network) -> Result<Vec<BroadcastGather<transport::sim::SimEndpoint, transport::sim::SimClock>>> {
+    async fn swarm(
+        n: u64,
+        net: &Network,
+    ) -> Result<Vec<BroadcastGather<transport::sim::SimEndpoint, transport::sim::SimClock>>> {
         let ids: Vec<PeerId> = (0..n).map(PeerId::simulated).collect();
         let mut out = Vec::new();
         for &id in &ids {

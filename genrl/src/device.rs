@@ -81,7 +81,12 @@ impl DeviceProfile {
         } else {
             Err(Error::config(
                 "device.memory",
-                format!("{what} needs {:.2} GiB but {} has {:.2} GiB", bytes as f64 / GIB as f64, self.name, self.memory as f64 / GIB as f64),
+                format!(
+                    "{what} needs {:.2} GiB but {} has {:.2} GiB",
+                    bytes as f64 / GIB as f64,
+                    self.name,
+                    self.memory as f64 / GIB as f64
+                ),
             ))
         }
     }

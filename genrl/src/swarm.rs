@@ -179,7 +179,12 @@ mod tests {
             .run(|ctx| async move {
                 ctx.compute(1e12).await;
                 ctx.record("computed", 0, ctx.clock.now().as_secs_f64());
-                let mut comm = BroadcastGather::new(ctx.transport.clone(), ctx.clock.clone(), ctx.peers.clone(), Duration::from_secs(10));
+                let mut comm = BroadcastGather::new(
+                    ctx.transport.clone(),
+                    ctx.clock.clone(),
+                    ctx.peers.clone(),
+                    Duration::from_secs(10),
+                );
                 let g = comm.all_gather(0, Bytes::from(vec![ctx.index as u8])).await?;
                 assert_eq!(g.payloads.len(), 4);
                 Ok(ctx.clock.now())

@@ -20,10 +20,16 @@ struct Setup {
 fn setup(preset: &str, backend: Backend) -> Setup {
     let dev = Device::Cpu;
     let cfg = ModelConfig { backend, ..ModelConfig::preset(preset).expect("preset") };
-    let lang = SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 14, val_tokens: 1024, ..Default::default() })
-        .expect("language");
+    let lang =
+        SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 14, val_tokens: 1024, ..Default::default() })
+            .expect("language");
     let (ids, targets) = sample_batch(&lang.corpus().train, 8, 64, 0, 0, 0, &dev).expect("batch");
-    Setup { model: Llama::new(&cfg, 1, &dev).expect("model"), opt: AdamW::new(OptimConfig::default(), backend).expect("optim"), ids, targets }
+    Setup {
+        model: Llama::new(&cfg, 1, &dev).expect("model"),
+        opt: AdamW::new(OptimConfig::default(), backend).expect("optim"),
+        ids,
+        targets,
+    }
 }
 
 fn step(s: &mut Setup) {
@@ -56,7 +62,8 @@ fn mean_ns(group: &str, bench: &str) -> Option<f64> {
     let dir = std::env::var("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let text = std::fs::read_to_string(dir.join("criterion").join(group).join(bench).join("new/estimates.json")).ok()?;
+    let text =
+        std::fs::read_to_string(dir.join("criterion").join(group).join(bench).join("new/estimates.json")).ok()?;
     let at = text.find("\"mean\"")?;
     let rest = &text[at..];
     let p = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
@@ -71,9 +78,19 @@ fn main() {
     c.final_summary();
     for preset in PRESETS {
         let g = format!("training_step_{preset}");
-        if let (Some(n), Some(r), Some(t)) = (mean_ns(&g, "native"), mean_ns(&g, "repops"), mean_ns(&g, "repops_with_tape")) {
-            println!("RATIO {preset} training step: repops takes {:.2}x the time of native ({:.1} ms vs {:.1} ms)", r / n, r / 1e6, n / 1e6);
-            println!("RATIO {preset} tape recording: +{:.1}% of the repops step time (target < 10%)", (t / r - 1.0) * 100.0);
+        if let (Some(n), Some(r), Some(t)) =
+            (mean_ns(&g, "native"), mean_ns(&g, "repops"), mean_ns(&g, "repops_with_tape"))
+        {
+            println!(
+                "RATIO {preset} training step: repops takes {:.2}x the time of native ({:.1} ms vs {:.1} ms)",
+                r / n,
+                r / 1e6,
+                n / 1e6
+            );
+            println!(
+                "RATIO {preset} tape recording: +{:.1}% of the repops step time (target < 10%)",
+                (t / r - 1.0) * 100.0
+            );
         }
     }
 }

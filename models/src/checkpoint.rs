@@ -45,12 +45,22 @@ pub fn load(path: impl AsRef<Path>, params: &Params, optim: &mut AdamW, device: 
     if !path.exists() {
         return Err(ck_err(path, "does not exist"));
     }
-    let tensors = candle_core::safetensors::load(path, device).map_err(|e| ck_err(path, format!("not a readable safetensors file: {e}")))?;
+    let tensors = candle_core::safetensors::load(path, device)
+        .map_err(|e| ck_err(path, format!("not a readable safetensors file: {e}")))?;
     // Check everything before changing anything.
     for (name, var) in params.iter() {
         let t = tensors.get(name).ok_or_else(|| ck_err(path, format!("lacks parameter {name:?}")))?;
         if t.dims() != var.dims() || t.dtype() != var.dtype() {
-            return Err(ck_err(path, format!("{name}: {:?} {:?} does not match the model's {:?} {:?}", t.dtype(), t.dims(), var.dtype(), var.dims())));
+            return Err(ck_err(
+                path,
+                format!(
+                    "{name}: {:?} {:?} does not match the model's {:?} {:?}",
+                    t.dtype(),
+                    t.dims(),
+                    var.dtype(),
+                    var.dims()
+                ),
+            ));
         }
     }
     let step = tensors

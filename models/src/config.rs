@@ -65,7 +65,10 @@ impl ModelConfig {
             "medium" => (384, 6, 6, 1024),
             "large" => (640, 10, 10, 1728),
             other => {
-                return Err(Error::config("model.preset", format!("{other:?} is not one of tiny, small, medium, large")));
+                return Err(Error::config(
+                    "model.preset",
+                    format!("{other:?} is not one of tiny, small, medium, large"),
+                ));
             }
         };
         Ok(Self { d_model, n_layers, n_heads, d_ff, ..base })
@@ -105,10 +108,16 @@ impl ModelConfig {
             ));
         }
         if !self.head_dim().is_multiple_of(2) {
-            return Err(Error::config("model.n_heads", format!("head width {} must be even for rotary positions", self.head_dim())));
+            return Err(Error::config(
+                "model.n_heads",
+                format!("head width {} must be even for rotary positions", self.head_dim()),
+            ));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
-            return Err(Error::config("model.rope_base", format!("{} must be a finite number above 1", self.rope_base)));
+            return Err(Error::config(
+                "model.rope_base",
+                format!("{} must be a finite number above 1", self.rope_base),
+            ));
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
             return Err(Error::config("model.norm_eps", format!("{} must be a small positive number", self.norm_eps)));

@@ -72,7 +72,10 @@ impl Params {
 
     /// A snapshot of every tensor (cheap handles; later `set`s do not change it).
     pub fn snapshot(&self) -> BTreeMap<String, Tensor> {
-        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap_or_else(|_| v.as_tensor().clone()))).collect()
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap_or_else(|_| v.as_tensor().clone())))
+            .collect()
     }
 
     fn insert(&mut self, name: String, t: Tensor) -> Result<()> {
@@ -215,8 +218,9 @@ impl Stage {
     /// products plus `4 · layers · seq · d_model · tokens` for attention (the embedding lookup is free).
     pub fn forward_flops(&self, batch: usize, seq: usize) -> f64 {
         let tokens = (batch * seq) as f64;
-        let matmul_params = self.params.iter().filter(|(_, v)| v.rank() == 2).map(|(_, v)| v.elem_count()).sum::<usize>()
-            - if self.spec.first { self.cfg.vocab * self.cfg.d_model } else { 0 };
+        let matmul_params =
+            self.params.iter().filter(|(_, v)| v.rank() == 2).map(|(_, v)| v.elem_count()).sum::<usize>()
+                - if self.spec.first { self.cfg.vocab * self.cfg.d_model } else { 0 };
         let attention = 4.0 * (self.spec.layers.len() * seq * self.cfg.d_model) as f64 * tokens;
         2.0 * matmul_params as f64 * tokens + attention
     }
@@ -229,14 +233,19 @@ impl Stage {
             (StageInput::Tokens(ids), true) => be.embedding(self.params.get("embed")?, ids)?,
             (StageInput::Hidden(h), false) => h.clone(),
             (StageInput::Tokens(_), false) => return Err(Error::Input("only the first stage takes tokens".into())),
-            (StageInput::Hidden(_), true) => return Err(Error::Input("the first stage takes tokens, not hidden states".into())),
+            (StageInput::Hidden(_), true) => {
+                return Err(Error::Input("the first stage takes tokens, not hidden states".into()));
+            }
         };
         let dims = x.dims().to_vec();
         let [b, t, d] = dims[..] else {
             return Err(Error::Input(format!("expected [batch, seq, d_model], got {dims:?}")));
         };
         if d != self.cfg.d_model || t > self.cfg.max_seq || t == 0 {
-            return Err(Error::Input(format!("hidden states {dims:?} do not fit d_model {} and max_seq {}", self.cfg.d_model, self.cfg.max_seq)));
+            return Err(Error::Input(format!(
+                "hidden states {dims:?} do not fit d_model {} and max_seq {}",
+                self.cfg.d_model, self.cfg.max_seq
+            )));
         }
         let mask = causal_mask(b, self.cfg.n_heads, t, x.device())?;
         let (cos, sin) = (self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?);

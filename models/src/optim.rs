@@ -56,7 +56,12 @@ impl Default for OptimConfig {
 impl OptimConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
-        let finite_nonneg = [("optim.lr", self.lr), ("optim.min_lr", self.min_lr), ("optim.weight_decay", self.weight_decay), ("optim.grad_clip", self.grad_clip)];
+        let finite_nonneg = [
+            ("optim.lr", self.lr),
+            ("optim.min_lr", self.min_lr),
+            ("optim.weight_decay", self.weight_decay),
+            ("optim.grad_clip", self.grad_clip),
+        ];
         for (field, v) in finite_nonneg {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(Error::config(field, format!("{v} must be a finite number >= 0")));
@@ -183,7 +188,9 @@ impl AdamW {
         let mut moments = BTreeMap::new();
         for (key, m) in state {
             let Some(name) = key.strip_suffix(".m") else { continue };
-            let v = state.get(&format!("{name}.v")).ok_or_else(|| Error::Input(format!("optimizer state lacks {name}.v")))?;
+            let v = state
+                .get(&format!("{name}.v"))
+                .ok_or_else(|| Error::Input(format!("optimizer state lacks {name}.v")))?;
             moments.insert(name.to_owned(), (m.clone(), v.clone()));
         }
         self.moments = moments;
@@ -197,7 +204,14 @@ impl AdamW {
     }
 }
 
-fn native_adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, t: u64, h: repops::AdamW) -> Result<(Tensor, Tensor, Tensor)> {
+fn native_adamw(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    t: u64,
+    h: repops::AdamW,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let m = ((m * f64::from(h.beta1))? + (g * f64::from(1.0 - h.beta1))?)?;
     let v = ((v * f64::from(h.beta2))? + (g.sqr()? * f64::from(1.0 - h.beta2))?)?;
     let bc1 = 1.0 - f64::from(h.beta1).powi(t as i32);

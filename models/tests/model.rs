@@ -74,10 +74,14 @@ fn train_on(dev: &Device, backend: Backend, steps: u64, seed: u64) -> Result<(f3
     let dev = dev.clone();
     let lang = small_lang()?;
     let corpus = lang.corpus();
-    let mc = ModelConfig { n_layers: 2, d_model: 32, n_heads: 2, d_ff: 64, max_seq: 32, backend, ..ModelConfig::default() };
+    let mc =
+        ModelConfig { n_layers: 2, d_model: 32, n_heads: 2, d_ff: 64, max_seq: 32, backend, ..ModelConfig::default() };
     let model = Llama::new(&mc, 1, &dev)?;
     let params = model.params();
-    let mut opt = AdamW::new(OptimConfig { lr: 1e-2, min_lr: 1e-3, warmup_steps: 5, total_steps: steps, ..OptimConfig::default() }, backend)?;
+    let mut opt = AdamW::new(
+        OptimConfig { lr: 1e-2, min_lr: 1e-3, warmup_steps: 5, total_steps: steps, ..OptimConfig::default() },
+        backend,
+    )?;
     let mut first = None;
     for step in 0..steps {
         let (ids, targets) = sample_batch(&corpus.train, 8, 32, seed, step, 0, &dev)?;
@@ -129,7 +133,10 @@ fn repops_training_reproduces_the_golden_weights() -> Result<()> {
     let reference = golden_hash()?;
     println!("golden: {reference}");
     for threads in [1, 3] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| models::Error::Input(e.to_string()))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| models::Error::Input(e.to_string()))?;
         assert_eq!(pool.install(golden_hash)?, reference, "{threads} threads");
     }
     assert_eq!(reference, GOLDEN, "the repops training run changed: update GOLDEN only on purpose");

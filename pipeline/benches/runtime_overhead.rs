@@ -34,8 +34,9 @@ fn spec() -> PipelineSpec {
 }
 
 fn main() {
-    let lang = SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 16, val_tokens: 1024, ..Default::default() })
-        .expect("language");
+    let lang =
+        SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 16, val_tokens: 1024, ..Default::default() })
+            .expect("language");
     let corpus = Arc::new(lang.corpus());
     let spec = spec();
     let plain = || {
@@ -45,7 +46,8 @@ fn main() {
         let mut opt = AdamW::new(spec.optim.clone(), spec.model.backend).expect("optim");
         let start = Instant::now();
         for step in 0..STEPS {
-            let (ids, t) = sample_batch(&corpus.train, spec.micro_batch, spec.seq, spec.seed, step, 0, &dev).expect("batch");
+            let (ids, t) =
+                sample_batch(&corpus.train, spec.micro_batch, spec.seq, spec.seed, step, 0, &dev).expect("batch");
             let loss = model.loss(&ids, &t).expect("loss");
             opt.step(&params, &params.grads(&loss.backward().expect("backward"))).expect("step");
         }
@@ -66,7 +68,11 @@ fn main() {
     a.sort_by(f64::total_cmp);
     b.sort_by(f64::total_cmp);
     let (pa, pb) = (a[a.len() / 2], b[b.len() / 2]);
-    println!("plain model: {:.1} ms per step; pipeline runtime (S=1, R=1, sim network): {:.1} ms per step", pa * 1e3 / STEPS as f64, pb * 1e3 / STEPS as f64);
+    println!(
+        "plain model: {:.1} ms per step; pipeline runtime (S=1, R=1, sim network): {:.1} ms per step",
+        pa * 1e3 / STEPS as f64,
+        pb * 1e3 / STEPS as f64
+    );
     println!("RATIO pipeline runtime overhead: {:+.1}% (target < 10%)", (pb / pa - 1.0) * 100.0);
 
     // A wide swarm: 64 data-parallel agents of the ~0.9M-parameter model, ring all-reduce every step.
@@ -87,6 +93,8 @@ fn main() {
 fn peak_rss_gib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kib| kib / (1024.0 * 1024.0))
 }

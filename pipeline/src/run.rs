@@ -29,7 +29,11 @@ pub struct RunReport {
 
 /// Trains `spec` on `corpus` on a simulated network (inside a paused tokio runtime; see
 /// [`genrl::run_simulation`]). `router` defaults to [`FixedRouter`].
-pub async fn run_simulated(spec: &PipelineSpec, corpus: Arc<Corpus>, router: Option<Arc<dyn Router>>) -> Result<RunReport> {
+pub async fn run_simulated(
+    spec: &PipelineSpec,
+    corpus: Arc<Corpus>,
+    router: Option<Arc<dyn Router>>,
+) -> Result<RunReport> {
     spec.validate()?;
     corpus.check_fits(spec.seq)?;
     let workers = spec.stages * spec.replicas;
@@ -39,7 +43,11 @@ pub async fn run_simulated(spec: &PipelineSpec, corpus: Arc<Corpus>, router: Opt
     let results = swarm
         .run(move |ctx| {
             let (spec, corpus, router) = (spec_arc.clone(), corpus.clone(), router.clone());
-            async move { run_worker(ctx, spec, corpus, router).await.map_err(|e| genrl::Error::Config { field: "worker".into(), reason: e.to_string() }) }
+            async move {
+                run_worker(ctx, spec, corpus, router)
+                    .await
+                    .map_err(|e| genrl::Error::Config { field: "worker".into(), reason: e.to_string() })
+            }
         })
         .await;
     let mut replica_weights = vec![BTreeMap::new(); spec.replicas];

@@ -61,7 +61,10 @@ impl PipelineSpec {
             ));
         }
         if self.seq > self.model.max_seq {
-            return Err(Error::config("pipeline.seq", format!("{} exceeds model.max_seq {}", self.seq, self.model.max_seq)));
+            return Err(Error::config(
+                "pipeline.seq",
+                format!("{} exceeds model.max_seq {}", self.seq, self.model.max_seq),
+            ));
         }
         if self.peer_timeout.is_zero() {
             return Err(Error::config("pipeline.peer_timeout", "must be positive"));

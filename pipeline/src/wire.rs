@@ -48,7 +48,11 @@ pub fn to_wire(t: &Tensor) -> Result<TensorBytes> {
     Ok(match t.dtype() {
         CDType::U32 => {
             let v = flat.to_vec1::<u32>()?;
-            TensorBytes::new(DType::U32, shape, Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()))?
+            TensorBytes::new(
+                DType::U32,
+                shape,
+                Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()),
+            )?
         }
         _ => TensorBytes::from_f32(shape, &flat.to_dtype(CDType::F32)?.to_vec1::<f32>()?)?,
     })

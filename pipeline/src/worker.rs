@@ -76,7 +76,11 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
 }
 
 /// Flattens gradients in parameter-name order.
-fn flatten(names: &[String], grads: &BTreeMap<String, Tensor>, shapes: &BTreeMap<String, Vec<usize>>) -> Result<Vec<f32>> {
+fn flatten(
+    names: &[String],
+    grads: &BTreeMap<String, Tensor>,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<Vec<f32>> {
     let mut out = Vec::new();
     for n in names {
         match grads.get(n) {
@@ -87,7 +91,12 @@ fn flatten(names: &[String], grads: &BTreeMap<String, Tensor>, shapes: &BTreeMap
     Ok(out)
 }
 
-fn unflatten(names: &[String], flat: &[f32], shapes: &BTreeMap<String, Vec<usize>>, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+fn unflatten(
+    names: &[String],
+    flat: &[f32],
+    shapes: &BTreeMap<String, Vec<usize>>,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
     let mut at = 0;
     for n in names {
@@ -172,12 +181,18 @@ pub async fn run_worker<T: Transport, C: Clock>(
                 ctx.compute(2.0 * fwd_flops).await;
                 accumulate(&mut grads, params.grads(&store))?;
                 if let (Some(h), Some(from)) = (&input_var, sender) {
-                    let g = store.get(h.as_tensor()).ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
+                    let g = store
+                        .get(h.as_tensor())
+                        .ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
                     mail.send(from, &Msg::Backward { step, micro, grad: to_wire(g)? }).await?;
                 }
             } else {
                 let next = router.next_replica(step, micro, s, r, replicas);
-                mail.send(peer(s + 1, next), &Msg::Forward { step, micro, hidden: to_wire(&out)?, targets: to_wire(&targets)? }).await?;
+                mail.send(
+                    peer(s + 1, next),
+                    &Msg::Forward { step, micro, hidden: to_wire(&out)?, targets: to_wire(&targets)? },
+                )
+                .await?;
                 saved.insert(micro, (input_var, out, sender));
             }
         }
@@ -186,13 +201,17 @@ pub async fn run_worker<T: Transport, C: Clock>(
             let wanted = |_: &PeerId, msg: &Msg| matches!(msg, Msg::Backward { step: st, .. } if *st == step);
             let (_, msg) = mail.take("gradients", wanted).await?;
             let Msg::Backward { micro, grad, .. } = msg else { return Err(unexpected()) };
-            let (input_var, out, sender) = saved.remove(&micro).ok_or_else(|| Error::config("pipeline", format!("gradient for unknown micro-batch {micro}")))?;
+            let (input_var, out, sender) = saved
+                .remove(&micro)
+                .ok_or_else(|| Error::config("pipeline", format!("gradient for unknown micro-batch {micro}")))?;
             let g = from_wire(&grad, &device)?;
             let store = (out * g)?.sum_all()?.backward()?;
             ctx.compute(2.0 * fwd_flops).await;
             accumulate(&mut grads, params.grads(&store))?;
             if let (Some(h), Some(from)) = (&input_var, sender) {
-                let gh = store.get(h.as_tensor()).ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
+                let gh = store
+                    .get(h.as_tensor())
+                    .ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
                 mail.send(from, &Msg::Backward { step, micro, grad: to_wire(gh)? }).await?;
             }
         }
@@ -251,13 +270,19 @@ async fn ring_all_reduce<T: Transport, C: Clock>(
         };
         let out = transport::TensorBytes::from_f32(vec![chunk(send_idx).len()], &data[chunk(send_idx)])?;
         mail.send(next, &Msg::Reduce { step, round: round as u32, data: out }).await?;
-        let wanted = |from: &PeerId, msg: &Msg| *from == prev && matches!(msg, Msg::Reduce { step: st, round: rd, .. } if *st == step && *rd == round as u32);
+        let wanted = |from: &PeerId, msg: &Msg| {
+            *from == prev
+                && matches!(msg, Msg::Reduce { step: st, round: rd, .. } if *st == step && *rd == round as u32)
+        };
         let (_, msg) = mail.take("all-reduce chunk", wanted).await?;
         let Msg::Reduce { data: incoming, .. } = msg else { return Err(unexpected()) };
         let incoming = incoming.to_f32_vec()?;
         let range = chunk(recv_idx);
         if incoming.len() != range.len() {
-            return Err(Error::config("all-reduce", format!("chunk of {} values, expected {}", incoming.len(), range.len())));
+            return Err(Error::config(
+                "all-reduce",
+                format!("chunk of {} values, expected {}", incoming.len(), range.len()),
+            ));
         }
         if round < n - 1 {
             for (d, x) in data[range].iter_mut().zip(incoming) {

@@ -12,8 +12,12 @@ use pipeline::{OuterSync, PipelineSpec, Result, run_simulated};
 use transport::sim::LinkSpec;
 
 fn corpus() -> Arc<Corpus> {
-    let lang = SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 15, val_tokens: 2048, ..SyntheticConfig::default() })
-        .expect("language");
+    let lang = SyntheticLanguage::new(&SyntheticConfig {
+        train_tokens: 1 << 15,
+        val_tokens: 2048,
+        ..SyntheticConfig::default()
+    })
+    .expect("language");
     Arc::new(lang.corpus())
 }
 
@@ -25,7 +29,15 @@ fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
         micro_batch: 2,
         seq: 16,
         steps,
-        model: ModelConfig { n_layers: 2, d_model: 32, n_heads: 2, d_ff: 64, max_seq: 16, backend: Backend::Native, ..ModelConfig::default() },
+        model: ModelConfig {
+            n_layers: 2,
+            d_model: 32,
+            n_heads: 2,
+            d_ff: 64,
+            max_seq: 16,
+            backend: Backend::Native,
+            ..ModelConfig::default()
+        },
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, grad_clip: 0.0, ..OptimConfig::default() },
         sync: OuterSync::AllReduce,
         seed: 9,
@@ -48,7 +60,8 @@ fn single_process_losses(spec: &PipelineSpec, corpus: &Corpus) -> models::Result
         for r in 0..spec.replicas {
             for micro in 0..spec.micro_batches as u64 {
                 let draw = step * spec.micro_batches as u64 + micro;
-                let (ids, t) = sample_batch(&corpus.train, spec.micro_batch, spec.seq, spec.seed, draw, r as u64, &dev)?;
+                let (ids, t) =
+                    sample_batch(&corpus.train, spec.micro_batch, spec.seq, spec.seed, draw, r as u64, &dev)?;
                 losses.push(model.loss(&ids, &t)?);
             }
         }

@@ -113,7 +113,9 @@ impl OpKind {
     pub fn arity(&self) -> usize {
         match self {
             Self::Transpose | Self::Unary(_) | Self::RowReduce(_) | Self::Softmax | Self::LogSoftmax => 1,
-            Self::RmsNormBackwardX { .. } | Self::Rope { .. } | Self::CrossEntropyBackward | Self::AdamParam { .. } => 3,
+            Self::RmsNormBackwardX { .. } | Self::Rope { .. } | Self::CrossEntropyBackward | Self::AdamParam { .. } => {
+                3
+            }
             _ => 2,
         }
     }
@@ -524,7 +526,9 @@ pub fn execute(op: &OpKind, inputs: &[HostView<'_>], level: SimdLevel) -> Result
         (OpKind::RmsNormBackwardX { eps }, Dims::Rows { n, .. }) => {
             rows::rms_norm_backward_x(x, arg(1), arg(2), &mut y, n, eps, level);
         }
-        (OpKind::RmsNormBackwardW { eps }, Dims::Rows { n, .. }) => rows::rms_norm_backward_w(x, arg(1), &mut y, n, eps, level),
+        (OpKind::RmsNormBackwardW { eps }, Dims::Rows { n, .. }) => {
+            rows::rms_norm_backward_w(x, arg(1), &mut y, n, eps, level)
+        }
         (OpKind::Rope { inverse }, Dims::Rope { positions, d, .. }) => {
             rope::apply(x, arg(1), arg(2), &mut y, d, positions, inverse, level);
         }

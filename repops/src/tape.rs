@@ -232,7 +232,8 @@ pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &HostTensor) {
     CURRENT.with(|c| {
         let mut current = c.borrow_mut();
         let Some(r) = current.as_mut() else { return };
-        let pending: Vec<Option<Hash>> = r.pending.as_ref().map(|p| p.iter().map(|e| e.2).collect()).unwrap_or_default();
+        let pending: Vec<Option<Hash>> =
+            r.pending.as_ref().map(|p| p.iter().map(|e| e.2).collect()).unwrap_or_default();
         let keep = r.tape.keep_inputs;
         let out_view = output.view();
         let mut all: Vec<(&HostView<'_>, Option<Hash>)> =

@@ -18,10 +18,14 @@ use crate::simd;
 #[derive(Debug, Clone, Copy)]
 struct Op(OpKind);
 
-fn view<'a>(op: &'static str, index: usize, storage: &'a CpuStorage, layout: &'a Layout) -> candle_core::Result<HostView<'a>> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::wrap(Error::NonContiguous { op, index }))?;
+fn view<'a>(
+    op: &'static str,
+    index: usize,
+    storage: &'a CpuStorage,
+    layout: &'a Layout,
+) -> candle_core::Result<HostView<'a>> {
+    let (start, end) =
+        layout.contiguous_offsets().ok_or_else(|| candle_core::Error::wrap(Error::NonContiguous { op, index }))?;
     let data = match storage {
         CpuStorage::F32(v) => HostSlice::F32(&v[start..end]),
         CpuStorage::U32(v) => HostSlice::U32(&v[start..end]),
@@ -98,7 +102,13 @@ impl CustomOp2 for Op {
         self.0.name()
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         run(&self.0, &[view(self.0.name(), 0, s1, l1)?, view(self.0.name(), 1, s2, l2)?])
     }
 
@@ -113,7 +123,13 @@ impl CustomOp2 for Op {
         crate::cuda::run(&self.0, &[(s1, l1), (s2, l2)])
     }
 
-    fn bwd(&self, a: &Tensor, b: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grads = match self.0 {
             OpKind::MatMul => matmul_backward(a, b, g).map(|(da, db)| (Some(da), Some(db))),
             OpKind::Binary(op) => binary_backward(op, a, b, y, g).map(|(da, db)| (Some(da), Some(db))),
@@ -415,7 +431,14 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 
 /// One AdamW step for a parameter: returns `(param, m, v)` updated, each through a repops op (so the
 /// update is on the tape too). `t` is the 1-based step.
-pub fn adamw_step(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, t: u64, h: AdamW) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn adamw_step(
+    param: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    t: u64,
+    h: AdamW,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let m = apply2(OpKind::AdamMoment1 { beta1: h.beta1 }, m, grad)?;
     let v = apply2(OpKind::AdamMoment2 { beta2: h.beta2 }, v, grad)?;
     let p = apply3(OpKind::AdamParam { h, t }, param, &m, &v)?;

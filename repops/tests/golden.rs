@@ -63,8 +63,18 @@ impl Model {
 
     fn vars(&self) -> Vec<&Var> {
         vec![
-            &self.emb, &self.norm1, &self.wq, &self.wk, &self.wv, &self.wo, &self.norm2, &self.w1, &self.w3,
-            &self.w2, &self.norm_f, &self.head,
+            &self.emb,
+            &self.norm1,
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.norm2,
+            &self.w1,
+            &self.w3,
+            &self.w2,
+            &self.norm_f,
+            &self.head,
         ]
     }
 
@@ -122,7 +132,9 @@ fn train() -> Result<(Vec<f32>, String)> {
         losses.push(loss.to_vec0::<f32>()?);
         let grads = loss.backward()?;
         for (var, (m, v)) in model.vars().into_iter().zip(moments.iter_mut()) {
-            let g = grads.get(var).ok_or_else(|| repops::Error::Unsupported { op: "golden", what: "missing gradient".into() })?;
+            let g = grads
+                .get(var)
+                .ok_or_else(|| repops::Error::Unsupported { op: "golden", what: "missing gradient".into() })?;
             let (p, m2, v2) = ops::adamw_step(var.as_tensor(), g, m, v, step, h)?;
             var.set(&p)?;
             *m = m2;
@@ -153,6 +165,9 @@ fn twenty_steps_reproduce_the_golden_weights_on_every_thread_count_and_simd_leve
         simd::force(None)?;
         assert_eq!(hash, reference, "{level:?}");
     }
-    assert_eq!(reference, GOLDEN, "the final weights changed: update GOLDEN only if the op definitions changed on purpose");
+    assert_eq!(
+        reference, GOLDEN,
+        "the final weights changed: update GOLDEN only if the op definitions changed on purpose"
+    );
     Ok(())
 }

@@ -195,7 +195,10 @@ fn bad_input_is_a_typed_error() {
     assert!(matches!(err(OpKind::Softmax, vec![]), Error::Arity { expected: 1, got: 0, .. }));
     let lying = HostTensor { shape: vec![4, 4], data: HostData::F32(vec![0.0; 3]) };
     assert!(matches!(err(OpKind::Softmax, vec![lying]), Error::Shape { .. }));
-    assert!(matches!(err(OpKind::Rope { inverse: false }, vec![f32t(&[2, 3], 1), f32t(&[2, 1], 2), f32t(&[2, 1], 3)]), Error::Shape { .. }));
+    assert!(matches!(
+        err(OpKind::Rope { inverse: false }, vec![f32t(&[2, 3], 1), f32t(&[2, 1], 2), f32t(&[2, 1], 3)]),
+        Error::Shape { .. }
+    ));
     // Asking for a GPU where there is none (or in a CPU-only build) says what is missing.
     #[cfg(not(feature = "cuda"))]
     {
@@ -214,7 +217,10 @@ fn bad_input_is_a_typed_error() {
     // A transposed (non-contiguous) view gives the same result as its contiguous copy.
     let m = Tensor::from_vec(data(12, 3), (3, 4), &dev).expect("tensor");
     let a = ops::softmax_last_dim(&m.t().expect("t")).expect("softmax").to_vec2::<f32>().expect("vec");
-    let b = ops::softmax_last_dim(&m.t().expect("t").contiguous().expect("c")).expect("softmax").to_vec2::<f32>().expect("vec");
+    let b = ops::softmax_last_dim(&m.t().expect("t").contiguous().expect("c"))
+        .expect("softmax")
+        .to_vec2::<f32>()
+        .expect("vec");
     assert_eq!(a, b);
 }
 

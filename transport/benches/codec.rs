@@ -20,11 +20,8 @@ const BYTES: usize = 16 << 20;
 
 fn bench(c: &mut Criterion) {
     let values: Vec<f32> = (0..BYTES / 4).map(|i| i as f32 * 0.5).collect();
-    let message = Gradients {
-        step: 7,
-        stage: 1,
-        tensor: TensorBytes::from_f32(vec![BYTES / 4], &values).expect("tensor"),
-    };
+    let message =
+        Gradients { step: 7, stage: 1, tensor: TensorBytes::from_f32(vec![BYTES / 4], &values).expect("tensor") };
     let codec = Codec::default();
     let source = message.tensor.data().to_vec();
     let mut group = c.benchmark_group("codec_16MiB");

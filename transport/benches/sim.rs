@@ -84,12 +84,8 @@ fn bench(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("sim_1000_peers");
     group.throughput(Throughput::Elements(MESSAGES)).sample_size(10);
-    group.bench_function("tokio_channels", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| channel_exchange(&rt)).sum())
-    });
-    group.bench_function("sim_network", |b| {
-        b.iter_custom(|iters| (0..iters).map(|i| sim_exchange(&rt, i)).sum())
-    });
+    group.bench_function("tokio_channels", |b| b.iter_custom(|iters| (0..iters).map(|_| channel_exchange(&rt)).sum()));
+    group.bench_function("sim_network", |b| b.iter_custom(|iters| (0..iters).map(|i| sim_exchange(&rt, i)).sum()));
     group.finish();
 }
 

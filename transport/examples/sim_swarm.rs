@@ -10,14 +10,18 @@
 use std::time::{Duration, Instant};
 
 use transport::sim::{Network, RegionTable, SimEndpoint};
-use transport::{PeerId, TensorBytes, Transport, TransportExt, TransportError};
+use transport::{PeerId, TensorBytes, Transport, TransportError, TransportExt};
 
 const PARAMS: usize = 4 << 20;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// Ring all-reduce (reduce-scatter then all-gather): 2(N-1) steps, each sending 1/N of the tensor.
-async fn ring_all_reduce(ep: &SimEndpoint, ring: &[PeerId], mut data: Vec<f32>) -> std::result::Result<Vec<f32>, TransportError> {
+async fn ring_all_reduce(
+    ep: &SimEndpoint,
+    ring: &[PeerId],
+    mut data: Vec<f32>,
+) -> std::result::Result<Vec<f32>, TransportError> {
     let n = ring.len();
     let me = ring.iter().position(|p| *p == ep.local_peer()).ok_or(TransportError::UnknownPeer(ep.local_peer()))?;
     let next = ring[(me + 1) % n];
@@ -60,8 +64,11 @@ async fn run() -> Result<()> {
     let regions = table.names().to_vec();
     let net = Network::builder(2024).regions(table).build()?;
     let ids: Vec<PeerId> = (0..regions.len() as u64).map(PeerId::simulated).collect();
-    let eps: Vec<SimEndpoint> =
-        ids.iter().zip(&regions).map(|(id, r)| net.add_peer_in_region(*id, r)).collect::<std::result::Result<_, _>>()?;
+    let eps: Vec<SimEndpoint> = ids
+        .iter()
+        .zip(&regions)
+        .map(|(id, r)| net.add_peer_in_region(*id, r))
+        .collect::<std::result::Result<_, _>>()?;
     println!("{} peers, one per region: {}", ids.len(), regions.join(", "));
     println!("each holds {PARAMS} f32 parameters ({} MiB)\n", (PARAMS * 4) >> 20);
     let exact_mean: Vec<f32> = {
@@ -90,8 +97,11 @@ async fn run() -> Result<()> {
     }
     let ring_time = net.now() - start;
     let ring_bytes = net.total().sent_bytes - before.sent_bytes;
-    println!("ring all-reduce : {:>9.3} s virtual, {:>7.1} MiB sent per peer, max |error| vs exact mean {max_err:.2e}",
-        ring_time.as_secs_f64(), ring_bytes as f64 / ids.len() as f64 / (1 << 20) as f64);
+    println!(
+        "ring all-reduce : {:>9.3} s virtual, {:>7.1} MiB sent per peer, max |error| vs exact mean {max_err:.2e}",
+        ring_time.as_secs_f64(),
+        ring_bytes as f64 / ids.len() as f64 / (1 << 20) as f64
+    );
 
     // One gossip round with a partner from a seeded permutation.
     let start = net.now();
@@ -123,10 +133,16 @@ async fn run() -> Result<()> {
     }
     let gossip_time = net.now() - start;
     let gossip_bytes = net.total().sent_bytes - before.sent_bytes;
-    println!("gossip (1 peer) : {:>9.3} s virtual, {:>7.1} MiB sent per peer, pair averages exact",
-        gossip_time.as_secs_f64(), gossip_bytes as f64 / ids.len() as f64 / (1 << 20) as f64);
-    println!("\ngossip synchronised {:.1}x faster than the ring over these links (wall clock for both: {:.2?})",
-        ring_time.as_secs_f64() / gossip_time.as_secs_f64().max(1e-9), wall.elapsed());
+    println!(
+        "gossip (1 peer) : {:>9.3} s virtual, {:>7.1} MiB sent per peer, pair averages exact",
+        gossip_time.as_secs_f64(),
+        gossip_bytes as f64 / ids.len() as f64 / (1 << 20) as f64
+    );
+    println!(
+        "\ngossip synchronised {:.1}x faster than the ring over these links (wall clock for both: {:.2?})",
+        ring_time.as_secs_f64() / gossip_time.as_secs_f64().max(1e-9),
+        wall.elapsed()
+    );
     let slowest = net
         .stats()
         .into_iter()

@@ -76,11 +76,7 @@ impl Codec {
         self.encode_with_header(message, FRAME_HEADER_LEN)
     }
 
-    fn encode_with_header<M: Serialize + ?Sized>(
-        &self,
-        message: &M,
-        header: usize,
-    ) -> Result<Bytes, CodecError> {
+    fn encode_with_header<M: Serialize + ?Sized>(&self, message: &M, header: usize) -> Result<Bytes, CodecError> {
         let encode_err = |e: bincode::error::EncodeError| CodecError::Encode { reason: e.to_string() };
         // Two passes: measure, then write into a buffer of exactly the right size (one copy of any blob).
         let mut size = bincode::enc::write::SizeWriter::default();
@@ -339,8 +335,7 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..2000).prop_map(|v| Message::Blob(v.into())),
             proptest::collection::vec(any::<f32>().prop_filter("nan", |x| !x.is_nan()), 0..300)
                 .prop_map(Message::Numbers),
-            proptest::collection::vec((any::<u8>(), proptest::option::of(".{0,8}")), 0..20)
-                .prop_map(Message::Nested),
+            proptest::collection::vec((any::<u8>(), proptest::option::of(".{0,8}")), 0..20).prop_map(Message::Nested),
         ]
     }
 
@@ -397,10 +392,7 @@ mod tests {
         let codec = Codec::new(1024).expect("limit");
         let mut decoder = FrameDecoder::new(codec);
         decoder.extend(&u32::MAX.to_le_bytes());
-        assert_eq!(
-            decoder.next_frame(),
-            Err(CodecError::FrameTooLarge { claimed: u64::from(u32::MAX), limit: 1024 })
-        );
+        assert_eq!(decoder.next_frame(), Err(CodecError::FrameTooLarge { claimed: u64::from(u32::MAX), limit: 1024 }));
         assert!(decoder.buf.capacity() < 4096, "no allocation for the claimed size");
     }
 
@@ -437,9 +429,7 @@ mod tests {
     fn blobs_share_the_frame_buffer() {
         let codec = Codec::default();
         let payload = codec.encode(&Message::Blob(vec![5u8; 1000].into())).expect("encode");
-        let Message::Blob(blob) = codec.decode::<Message>(&payload).expect("decode") else {
-            panic!("wrong variant")
-        };
+        let Message::Blob(blob) = codec.decode::<Message>(&payload).expect("decode") else { panic!("wrong variant") };
         let start = payload.as_ptr() as usize;
         let at = blob.0.as_ptr() as usize;
         assert!(at >= start && at < start + payload.len(), "blob was copied");

@@ -120,8 +120,7 @@ pub struct Identity {
 impl Identity {
     /// A fresh identity from the operating system's random source.
     pub fn generate() -> Result<Self, IdentityError> {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| IdentityError::Random)?;
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| IdentityError::Random)?;
         Self::from_pkcs8_der(pkcs8.as_ref().to_vec())
     }
 
@@ -167,8 +166,7 @@ impl Identity {
             path: path.to_owned(),
             source: Box::new(IdentityError::NotPem { reason: "file is not UTF-8 text".into() }),
         })?;
-        Self::from_pem(&text)
-            .map_err(|e| IdentityError::KeyFile { path: path.to_owned(), source: Box::new(e) })
+        Self::from_pem(&text).map_err(|e| IdentityError::KeyFile { path: path.to_owned(), source: Box::new(e) })
     }
 
     /// Writes the key file atomically (a temporary file in the same directory, then a rename), readable by
@@ -225,9 +223,7 @@ impl fmt::Debug for Identity {
 
 /// Checks an ed25519 `signature` of `message` by the holder of `public_key`.
 pub fn verify_signature(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
-        .verify(message, signature)
-        .is_ok()
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key).verify(message, signature).is_ok()
 }
 
 #[cfg(test)]

@@ -97,10 +97,8 @@ impl PeerBook {
             toml::from_str(text).map_err(|e| TransportError::config("peers file", e.message().to_owned()))?;
         let mut book = Self::new();
         for (i, entry) in file.peer.into_iter().enumerate() {
-            let id: PeerId = entry
-                .id
-                .parse()
-                .map_err(|e| TransportError::config(format!("peer[{i}].id"), format!("{e}")))?;
+            let id: PeerId =
+                entry.id.parse().map_err(|e| TransportError::config(format!("peer[{i}].id"), format!("{e}")))?;
             let addr: SocketAddr = entry.addr.parse().map_err(|_| {
                 TransportError::config(format!("peer[{i}].addr"), format!("{:?} is not an IP:port address", entry.addr))
             })?;
@@ -127,8 +125,8 @@ impl PeerBook {
     /// Loads a peers file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, TransportError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| TransportError::Io { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TransportError::Io { path: path.to_owned(), source })?;
         Self::from_toml(&text).map_err(|e| match e {
             TransportError::Config { field, reason } => {
                 TransportError::Config { field: format!("{}: {field}", path.display()), reason }

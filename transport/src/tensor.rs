@@ -64,11 +64,7 @@ impl TensorBytes {
         match byte_len(dtype, &shape) {
             Some(n) if n == data.len() => Ok(Self { dtype, shape, data }),
             _ => Err(CodecError::Malformed {
-                reason: format!(
-                    "{:?} tensor of shape {shape:?} cannot hold {} bytes",
-                    dtype,
-                    data.len()
-                ),
+                reason: format!("{:?} tensor of shape {shape:?} cannot hold {} bytes", dtype, data.len()),
             }),
         }
     }
@@ -86,9 +82,7 @@ impl TensorBytes {
     /// The elements as f32, or an error if the dtype is not `F32`.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>, CodecError> {
         if self.dtype != DType::F32 {
-            return Err(CodecError::Malformed {
-                reason: format!("expected an F32 tensor, got {:?}", self.dtype),
-            });
+            return Err(CodecError::Malformed { reason: format!("expected an F32 tensor, got {:?}", self.dtype) });
         }
         let mut out = vec![0f32; self.numel()];
         if cfg!(target_endian = "little") {

@@ -42,11 +42,7 @@ pub trait Transport: Clone + Send + Sync + 'static {
 
     /// Sends the same payload to every peer in `to` (the payload's buffer is shared, not copied).
     /// Stops at the first error.
-    fn broadcast(
-        &self,
-        to: &[PeerId],
-        payload: Bytes,
-    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+    fn broadcast(&self, to: &[PeerId], payload: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send {
         async move {
             for &peer in to {
                 self.send(peer, payload.clone()).await?;
@@ -80,9 +76,7 @@ pub trait TransportExt: Transport {
 
     /// Receives the next message and decodes it as an `M`. A message that does not decode is returned as
     /// [`TransportError::Decode`] naming its sender; the next call receives the next message.
-    fn recv_msg<M: DeserializeOwned>(
-        &self,
-    ) -> impl Future<Output = Result<(PeerId, M), TransportError>> + Send {
+    fn recv_msg<M: DeserializeOwned>(&self) -> impl Future<Output = Result<(PeerId, M), TransportError>> + Send {
         async move {
             let envelope = self.recv().await?;
             let message = self

@@ -35,7 +35,11 @@ impl Corpus {
             if tokens.len() < seq + 1 {
                 return Err(Error::Corpus {
                     path: self.name.clone().into(),
-                    reason: format!("{split} split has {} tokens, fewer than one sequence of {}", tokens.len(), seq + 1),
+                    reason: format!(
+                        "{split} split has {} tokens, fewer than one sequence of {}",
+                        tokens.len(),
+                        seq + 1
+                    ),
                 });
             }
         }
@@ -53,7 +57,15 @@ fn mix(seed: u64, a: u64, b: u64) -> u64 {
 /// A batch of `batch` random windows of `seq + 1` tokens from `tokens`, as inputs and next-token targets
 /// (`[batch, seq]` u32 each). The windows are a pure function of `(seed, step, stream)`: replicas that
 /// use different `stream`s see different data, and a rerun sees the same.
-pub fn sample_batch(tokens: &[u32], batch: usize, seq: usize, seed: u64, step: u64, stream: u64, device: &Device) -> Result<(Tensor, Tensor)> {
+pub fn sample_batch(
+    tokens: &[u32],
+    batch: usize,
+    seq: usize,
+    seed: u64,
+    step: u64,
+    stream: u64,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     if tokens.len() < seq + 1 {
         return Err(Error::Input(format!("{} tokens cannot fill a window of {}", tokens.len(), seq + 1)));
     }
@@ -63,7 +75,13 @@ pub fn sample_batch(tokens: &[u32], batch: usize, seq: usize, seed: u64, step: u
 }
 
 /// `count` evenly spaced windows over `tokens` (the same every call): a fixed validation set.
-pub fn eval_batches(tokens: &[u32], count: usize, batch: usize, seq: usize, device: &Device) -> Result<Vec<(Tensor, Tensor)>> {
+pub fn eval_batches(
+    tokens: &[u32],
+    count: usize,
+    batch: usize,
+    seq: usize,
+    device: &Device,
+) -> Result<Vec<(Tensor, Tensor)>> {
     if tokens.len() < seq + 1 {
         return Err(Error::Input(format!("{} tokens cannot fill a window of {}", tokens.len(), seq + 1)));
     }

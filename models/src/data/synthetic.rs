@@ -46,7 +46,11 @@ impl SyntheticConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         let range = |field: &str, v: usize, lo: usize, hi: usize| {
-            if (lo..=hi).contains(&v) { Ok(()) } else { Err(Error::config(field, format!("{v} is outside {lo}..={hi}"))) }
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::config(field, format!("{v} is outside {lo}..={hi}")))
+            }
         };
         range("corpus.alphabet", self.alphabet, 2, 26)?;
         range("corpus.order", self.order, 1, 4)?;

@@ -60,8 +60,9 @@ pub fn load_text(path: impl AsRef<Path>, val_fraction: f64) -> Result<Corpus> {
         if let Some(at) = bytes.iter().position(|&b| b == 0) {
             return Err(corpus_err(&file, format!("is not text (NUL byte at offset {at})")));
         }
-        let s = String::from_utf8(bytes)
-            .map_err(|e| corpus_err(&file, format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
+        let s = String::from_utf8(bytes).map_err(|e| {
+            corpus_err(&file, format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+        })?;
         if !text.is_empty() {
             text.push('\n');
         }

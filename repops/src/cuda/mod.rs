@@ -46,7 +46,10 @@ fn ptx() -> candle_core::Result<&'static str> {
         compile_ptx_with_opts(source(), opts).map(|p| p.to_src()).map_err(|e| e.to_string())
     });
     compiled.as_deref().map_err(|e| {
-        candle_core::Error::wrap(Error::Unsupported { op: "repops", what: format!("CUDA kernels did not compile: {e}") })
+        candle_core::Error::wrap(Error::Unsupported {
+            op: "repops",
+            what: format!("CUDA kernels did not compile: {e}"),
+        })
     })
 }
 
@@ -88,7 +91,11 @@ pub(crate) fn run(op: &OpKind, inputs: &[(&CudaStorage, &Layout)]) -> candle_cor
             DType::F32 => ElemType::F32,
             DType::U32 => ElemType::U32,
             other => {
-                return Err(wrap(Error::DType { op: name, dtype: format!("{other:?}"), expected: "f32 (or u32 for ids)" }));
+                return Err(wrap(Error::DType {
+                    op: name,
+                    dtype: format!("{other:?}"),
+                    expected: "f32 (or u32 for ids)",
+                }));
             }
         };
         ins.push(Input { storage, start, end, dims: layout.shape().dims() });
@@ -135,7 +142,13 @@ fn binary_code(b: Binary) -> i32 {
     }
 }
 
-fn launch(op: &OpKind, dims: Dims, ins: &[Input<'_>], dev: &CudaDevice, out: &mut CudaSlice<f32>) -> candle_core::Result<()> {
+fn launch(
+    op: &OpKind,
+    dims: Dims,
+    ins: &[Input<'_>],
+    dev: &CudaDevice,
+    out: &mut CudaSlice<f32>,
+) -> candle_core::Result<()> {
     let name = op.name();
     let n64 = |x: usize| x as i64;
     macro_rules! go {
@@ -253,13 +266,21 @@ fn launch(op: &OpKind, dims: Dims, ins: &[Input<'_>], dev: &CudaDevice, out: &mu
             let n = n64(len);
             go!("rp_adam_param", len, &p, &m, &v, out, &n, &h.lr, &h.eps, &decay, &bc1, &bc2);
         }
-        (op, dims) => return Err(wrap(Error::shape(op.name(), format!("internal: plan {dims:?} does not fit the op")))),
+        (op, dims) => {
+            return Err(wrap(Error::shape(op.name(), format!("internal: plan {dims:?} does not fit the op"))));
+        }
     }
     Ok(())
 }
 
 /// Records a CUDA op on the tape: its inputs and output are copied to the host and hashed there.
-fn note(op: &OpKind, ins: &[Input<'_>], dev: &CudaDevice, out: &CudaSlice<f32>, shape: &[usize]) -> candle_core::Result<()> {
+fn note(
+    op: &OpKind,
+    ins: &[Input<'_>],
+    dev: &CudaDevice,
+    out: &CudaSlice<f32>,
+    shape: &[usize],
+) -> candle_core::Result<()> {
     let mut hosts = Vec::with_capacity(ins.len());
     for input in ins {
         let data = match input.storage.dtype() {

@@ -29,20 +29,31 @@ pub fn table(positions: usize, d: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
 /// Rotates `x` (`rows` rows of `d`, row `r` at position `r mod positions`) into `y`. With `inverse`,
 /// rotates by −θ (the backward pass).
 #[allow(clippy::too_many_arguments)]
-pub fn apply(x: &[f32], cos: &[f32], sin: &[f32], y: &mut [f32], d: usize, positions: usize, inverse: bool, level: SimdLevel) {
+pub fn apply(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    y: &mut [f32],
+    d: usize,
+    positions: usize,
+    inverse: bool,
+    level: SimdLevel,
+) {
     let half = d / 2;
     if d == 0 || positions == 0 {
         return;
     }
-    y.par_chunks_mut(d).enumerate().for_each(|(r, yr)| simd::dispatch(level, || {
-        let t = r % positions;
-        let xr = &x[r * d..(r + 1) * d];
-        let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
-        for i in 0..half {
-            let (x1, x2) = (xr[i], xr[i + half]);
-            let si = if inverse { -s[i] } else { s[i] };
-            yr[i] = x1 * c[i] - x2 * si;
-            yr[i + half] = x1 * si + x2 * c[i];
-        }
-    }));
+    y.par_chunks_mut(d).enumerate().for_each(|(r, yr)| {
+        simd::dispatch(level, || {
+            let t = r % positions;
+            let xr = &x[r * d..(r + 1) * d];
+            let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            for i in 0..half {
+                let (x1, x2) = (xr[i], xr[i + half]);
+                let si = if inverse { -s[i] } else { s[i] };
+                yr[i] = x1 * c[i] - x2 * si;
+                yr[i + half] = x1 * si + x2 * c[i];
+            }
+        })
+    });
 }

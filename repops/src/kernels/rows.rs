@@ -86,14 +86,16 @@ pub fn cross_entropy(logits: &[f32], targets: &[u32], n: usize, level: SimdLevel
     let mut losses = vec![0f32; rows];
     losses.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, block)| {
         let mut e = vec![0f32; n];
-        simd::dispatch(level, || for (i, loss) in block.iter_mut().enumerate() {
-            let r = t * ROWS_PER_TASK + i;
-            let xr = &logits[r * n..(r + 1) * n];
-            let m = max(xr);
-            for (o, &v) in e.iter_mut().zip(xr) {
-                *o = exp(v - m);
+        simd::dispatch(level, || {
+            for (i, loss) in block.iter_mut().enumerate() {
+                let r = t * ROWS_PER_TASK + i;
+                let xr = &logits[r * n..(r + 1) * n];
+                let m = max(xr);
+                for (o, &v) in e.iter_mut().zip(xr) {
+                    *o = exp(v - m);
+                }
+                *loss = ln(sum(&e, level)) - (xr[targets[r] as usize] - m);
             }
-            *loss = ln(sum(&e, level)) - (xr[targets[r] as usize] - m);
         })
     });
     sum(&losses, level) / rows as f32

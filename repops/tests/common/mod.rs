@@ -31,7 +31,10 @@ pub(crate) fn f32t(shape: &[usize], seed: u64) -> HostTensor {
 
 pub(crate) fn positive(shape: &[usize], seed: u64) -> HostTensor {
     let n = shape.iter().product();
-    HostTensor { shape: shape.to_vec(), data: HostData::F32(data(n, seed).into_iter().map(|x| x.abs() + 0.1).collect()) }
+    HostTensor {
+        shape: shape.to_vec(),
+        data: HostData::F32(data(n, seed).into_iter().map(|x| x.abs() + 0.1).collect()),
+    }
 }
 
 pub(crate) fn ids(shape: &[usize], bound: u32, seed: u64) -> HostTensor {
@@ -71,7 +74,10 @@ pub(crate) fn cases() -> Vec<(OpKind, Vec<HostTensor>)> {
         (OpKind::RmsNorm { eps: 1e-5 }, vec![f32t(&[13, 99], 17), f32t(&[99], 18)]),
         (OpKind::RmsNormBackwardX { eps: 1e-5 }, vec![f32t(&[13, 99], 17), f32t(&[99], 18), f32t(&[13, 99], 19)]),
         (OpKind::RmsNormBackwardW { eps: 1e-5 }, vec![f32t(&[13, 99], 17), f32t(&[13, 99], 19)]),
-        (OpKind::Rope { inverse: false }, vec![f32t(&[3, 7, 10], 20), table(rope_cos.clone()), table(rope_sin.clone())]),
+        (
+            OpKind::Rope { inverse: false },
+            vec![f32t(&[3, 7, 10], 20), table(rope_cos.clone()), table(rope_sin.clone())],
+        ),
         (OpKind::Rope { inverse: true }, vec![f32t(&[3, 7, 10], 20), table(rope_cos), table(rope_sin)]),
         (OpKind::Embedding, vec![f32t(&[50, 19], 21), ids(&[4, 9], 50, 22)]),
         (OpKind::EmbeddingBackward { vocab: 50 }, vec![f32t(&[4, 9, 19], 23), ids(&[4, 9], 50, 22)]),
@@ -79,7 +85,16 @@ pub(crate) fn cases() -> Vec<(OpKind, Vec<HostTensor>)> {
         (OpKind::AdamMoment2 { beta2: 0.999 }, vec![positive(&[333], 24), f32t(&[333], 25)]),
         (OpKind::AdamParam { h, t: 7 }, vec![f32t(&[333], 24), f32t(&[333], 25), positive(&[333], 26)]),
     ];
-    for u in [Unary::Exp, Unary::Tanh, Unary::Silu, Unary::SiluGrad, Unary::Neg, Unary::Scale(0.3), Unary::AddScalar(2.0), Unary::Square] {
+    for u in [
+        Unary::Exp,
+        Unary::Tanh,
+        Unary::Silu,
+        Unary::SiluGrad,
+        Unary::Neg,
+        Unary::Scale(0.3),
+        Unary::AddScalar(2.0),
+        Unary::Square,
+    ] {
         cases.push((OpKind::Unary(u), vec![f32t(&[7, 333], 27)]));
     }
     for u in [Unary::Ln, Unary::Sqrt, Unary::Rsqrt] {
@@ -87,4 +102,3 @@ pub(crate) fn cases() -> Vec<(OpKind, Vec<HostTensor>)> {
     }
     cases
 }
-

@@ -315,9 +315,10 @@ impl Endpoint {
         let slot = self.slot(peer);
         let mut guard = slot.lock().await;
         if let Some(conn) = guard.as_ref()
-            && conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
+            && conn.close_reason().is_none()
+        {
+            return Ok(conn.clone());
+        }
         let conn = self.dial(peer).await?;
         *guard = Some(conn.clone());
         tokio::spawn(serve_connection(conn.clone(), peer, self.inner.shared.clone()));
@@ -416,9 +417,10 @@ async fn accept_loop(
             if let Some(slots) = slots.upgrade() {
                 let slot = slots.lock().unwrap_or_else(|e| e.into_inner()).entry(peer).or_default().clone();
                 if let Ok(mut current) = slot.try_lock()
-                    && current.as_ref().is_none_or(|c| c.close_reason().is_some()) {
-                        *current = Some(conn.clone());
-                    }
+                    && current.as_ref().is_none_or(|c| c.close_reason().is_some())
+                {
+                    *current = Some(conn.clone());
+                }
             }
             serve_connection(conn, peer, shared).await;
         });
@@ -492,7 +494,8 @@ async fn read_stream(mut stream: quinn::RecvStream, peer: PeerId, shared: Arc<Sh
             }
         }
         Ok(Err(ReadFailure::Frame(e))) => {
-            let code = if matches!(e, CodecError::FrameTooLarge { .. }) { CODE_FRAME_TOO_LARGE } else { CODE_BAD_FRAME };
+            let code =
+                if matches!(e, CodecError::FrameTooLarge { .. }) { CODE_FRAME_TOO_LARGE } else { CODE_BAD_FRAME };
             let _ = stream.stop(code.into());
             shared.fault(Some(peer), FaultKind::BadFrame(e));
         }

@@ -11,7 +11,10 @@ fn quick_config() -> EndpointConfig {
 
 /// `n` endpoints that all know each other.
 fn swarm(n: usize, config: EndpointConfig) -> Result<(Vec<Identity>, Vec<Endpoint>), TransportError> {
-    let ids: Vec<Identity> = (0..n).map(|_| Identity::generate()).collect::<Result<_, _>>().map_err(|e| TransportError::Setup(e.to_string()))?;
+    let ids: Vec<Identity> = (0..n)
+        .map(|_| Identity::generate())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TransportError::Setup(e.to_string()))?;
     let endpoints: Vec<Endpoint> =
         ids.iter().map(|id| Endpoint::bind(id, PeerBook::new(), config.clone())).collect::<Result<_, _>>()?;
     for a in &endpoints {
@@ -104,7 +107,11 @@ async fn unlisted_peer_is_refused_at_the_handshake() -> Result<(), Box<dyn std::
 }
 
 /// A raw connection that speaks for `identity` to `ep`, bypassing the endpoint's own sending code.
-async fn raw_connection(identity: &Identity, ep: &Endpoint, expected: PeerId) -> Result<quinn::Connection, Box<dyn std::error::Error>> {
+async fn raw_connection(
+    identity: &Identity,
+    ep: &Endpoint,
+    expected: PeerId,
+) -> Result<quinn::Connection, Box<dyn std::error::Error>> {
     let creds = Credentials::new(identity)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config(expected)?)?;
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;

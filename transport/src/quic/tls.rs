@@ -42,11 +42,7 @@ impl Credentials {
             rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()]).map_err(|e| setup("certificate", &e))?;
         params.distinguished_name.push(rcgen::DnType::CommonName, identity.peer_id().to_string());
         let cert = params.self_signed(&key_pair).map_err(|e| setup("certificate", &e))?;
-        Ok(Self {
-            cert: cert.der().clone(),
-            key,
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-        })
+        Ok(Self { cert: cert.der().clone(), key, provider: Arc::new(rustls::crypto::ring::default_provider()) })
     }
 
     fn key(&self) -> PrivateKeyDer<'static> {

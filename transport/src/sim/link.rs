@@ -135,8 +135,18 @@ impl RegionTable {
     pub fn geo_distributed() -> Self {
         // (name, continent, longitude-ish position used only for readability below)
         const REGIONS: [&str; 12] = [
-            "belgium", "netherlands", "london", "germany", "canada", "iowa", "oregon", "los-angeles",
-            "japan", "taiwan", "singapore", "australia",
+            "belgium",
+            "netherlands",
+            "london",
+            "germany",
+            "canada",
+            "iowa",
+            "oregon",
+            "los-angeles",
+            "japan",
+            "taiwan",
+            "singapore",
+            "australia",
         ];
         // Approximate round-trip times in ms (upper triangle, same order as REGIONS).
         const RTT: [[u16; 12]; 12] = [

@@ -40,8 +40,8 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::{Notify, oneshot};
 
 use crate::codec::{Codec, FRAME_HEADER_LEN};
-use crate::fxhash::FastMap;
 use crate::error::TransportError;
+use crate::fxhash::FastMap;
 use crate::identity::PeerId;
 use crate::transport::{Envelope, Transport};
 
@@ -317,8 +317,8 @@ impl Inner {
         !self.partitions.is_empty()
             && self
                 .partitions
-            .values()
-            .any(|(x, y)| (x.contains(&from) && y.contains(&to)) || (y.contains(&from) && x.contains(&to)))
+                .values()
+                .any(|(x, y)| (x.contains(&from) && y.contains(&to)) || (y.contains(&from) && x.contains(&to)))
     }
 
     fn check_handle(&self, slot: usize, epoch: u64) -> Result<&PeerSlot, TransportError> {
@@ -431,19 +431,17 @@ impl Network {
         let now = inner.now;
         let slot = inner.peers.len();
         inner.index.insert(id, slot);
-        inner.peers.push(
-            PeerSlot {
-                id,
-                alive: true,
-                epoch: 0,
-                region,
-                slowdown: 1.0,
-                egress: None,
-                egress_free_at: now,
-                inbox: VecDeque::new(),
-                notify: Arc::new(Notify::new()),
-            },
-        );
+        inner.peers.push(PeerSlot {
+            id,
+            alive: true,
+            epoch: 0,
+            region,
+            slowdown: 1.0,
+            egress: None,
+            egress_free_at: now,
+            inbox: VecDeque::new(),
+            notify: Arc::new(Notify::new()),
+        });
         Ok(SimEndpoint { shared: self.shared.clone(), id, slot, epoch: 0 })
     }
 
@@ -489,9 +487,10 @@ impl Network {
     /// Limits how fast `peer` can send in total, over all its links (`None`: only the links limit it).
     pub fn set_egress(&self, peer: PeerId, bytes_per_s: Option<f64>) -> Result<(), TransportError> {
         if let Some(b) = bytes_per_s
-            && !(b.is_finite() && b > 0.0) {
-                return Err(TransportError::config("egress", format!("{b} is not a positive bandwidth")));
-            }
+            && !(b.is_finite() && b > 0.0)
+        {
+            return Err(TransportError::config("egress", format!("{b} is not a positive bandwidth")));
+        }
         let mut inner = self.shared.lock();
         let slot = inner.slot(peer)?;
         inner.peers[slot].egress = bytes_per_s;
