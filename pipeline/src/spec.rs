@@ -36,6 +36,10 @@ pub struct PipelineSpec {
     pub device: DeviceProfile,
     /// Every link.
     pub link: LinkSpec,
+    /// Evaluate the validation loss every this many steps (and after the last); 0 disables it.
+    pub eval_every: u64,
+    /// Validation batches (of `micro_batch` sequences) per evaluation.
+    pub eval_batches: usize,
     /// Longest a worker waits for a message its protocol needs before giving up with an error.
     pub peer_timeout: Duration,
 }

@@ -30,6 +30,17 @@ pub enum Msg {
         /// Gradient, shaped like the activations.
         grad: TensorBytes,
     },
+    /// Activations of validation batch `index`, evaluated before training step `step` (forward only).
+    Eval {
+        /// The step the evaluation belongs to.
+        step: u64,
+        /// Validation batch.
+        index: u32,
+        /// Hidden states.
+        hidden: TensorBytes,
+        /// Targets (u32).
+        targets: TensorBytes,
+    },
     /// One chunk of a ring all-reduce among the replicas of a stage.
     Reduce {
         /// Training step.

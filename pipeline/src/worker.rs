@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor, Var};
 use genrl::{AgentCtx, Clock};
-use models::data::{Corpus, sample_batch};
+use models::data::{Corpus, eval_batches, sample_batch};
 use models::{AdamW, Stage, StageInput};
 use transport::{PeerId, Transport, TransportExt};
 
@@ -145,8 +145,20 @@ pub async fn run_worker<T: Transport, C: Clock>(
     let (mb, seq, m) = (spec.micro_batch, spec.seq, spec.micro_batches as u32);
     let fwd_flops = stage.forward_flops(mb, seq);
     let last = s + 1 == spec.stages;
+    let eval_set = if spec.eval_every > 0 && r == 0 && s == 0 {
+        eval_batches(&corpus.val, spec.eval_batches, mb, seq, &device)?
+    } else {
+        Vec::new()
+    };
 
-    for step in 0..spec.steps {
+    for step in 0..=spec.steps {
+        if spec.eval_every > 0 && r == 0 && (step % spec.eval_every == 0 || step == spec.steps) {
+            let next = (!last).then(|| peer(s + 1, 0));
+            evaluate(&ctx, &stage, &mut mail, &eval_set, spec.eval_batches, step, fwd_flops, next).await?;
+        }
+        if step == spec.steps {
+            break;
+        }
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         // Kept for the backward pass of each micro-batch: its input variable, output and sender.
         let mut saved: BTreeMap<u32, (Option<Var>, Tensor, Option<PeerId>)> = BTreeMap::new();
@@ -236,6 +248,49 @@ pub async fn run_worker<T: Transport, C: Clock>(
         }
     }
     Ok(WorkerResult { stage: s, replica: r, weights: params.snapshot() })
+}
+
+/// Runs the validation batches forward through replica 0's row of stages (`next`: the next stage's
+/// replica 0, if any); the last stage records `val_loss`, the mean over the batches, at `step`.
+#[allow(clippy::too_many_arguments)]
+async fn evaluate<T: Transport, C: Clock>(
+    ctx: &AgentCtx<T, C>,
+    stage: &Stage,
+    mail: &mut Mailbox<T, C>,
+    eval_set: &[(Tensor, Tensor)],
+    count: usize,
+    step: u64,
+    fwd_flops: f64,
+    next: Option<PeerId>,
+) -> Result<()> {
+    let device = Device::Cpu;
+    let mut losses = Vec::with_capacity(count);
+    for index in 0..count as u32 {
+        let (out, targets) = if stage.spec().first {
+            let (ids, targets) = eval_set
+                .get(index as usize)
+                .ok_or_else(|| Error::config("pipeline.eval_batches", "validation set too small"))?;
+            (stage.forward(StageInput::Tokens(ids))?, targets.clone())
+        } else {
+            let wanted =
+                |_: &PeerId, m: &Msg| matches!(m, Msg::Eval { step: st, index: i, .. } if *st == step && *i == index);
+            let (_, msg) = mail.take("validation activations", wanted).await?;
+            let Msg::Eval { hidden, targets, .. } = msg else { return Err(unexpected()) };
+            (stage.forward(StageInput::Hidden(&from_wire(&hidden, &device)?))?, from_wire(&targets, &device)?)
+        };
+        ctx.compute(fwd_flops).await;
+        match next {
+            Some(to) => {
+                let msg = Msg::Eval { step, index, hidden: to_wire(&out)?, targets: to_wire(&targets)? };
+                mail.send(to, &msg).await?;
+            }
+            None => losses.push(f64::from(stage.loss(&out, &targets)?.to_vec0::<f32>()?)),
+        }
+    }
+    if !losses.is_empty() {
+        ctx.record("val_loss", step, losses.iter().sum::<f64>() / losses.len() as f64);
+    }
+    Ok(())
 }
 
 enum Input {

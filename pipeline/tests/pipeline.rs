@@ -43,6 +43,8 @@ fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
         seed: 9,
         device: DeviceProfile::a10(),
         link: LinkSpec::mbit(10.0, 1000.0),
+        eval_every: 0,
+        eval_batches: 2,
         peer_timeout: Duration::from_secs(60),
     }
 }
@@ -115,13 +117,20 @@ fn ddp_equals_one_process_with_the_replicas_batch_and_keeps_replicas_identical()
 #[test]
 fn a_2x2_grid_learns_and_is_deterministic() -> Result<()> {
     let corpus = corpus();
-    let spec = spec(2, 2, 30);
+    let spec = PipelineSpec { eval_every: 10, ..spec(2, 2, 30) };
     let a = run_simulation(run_simulated(&spec, corpus.clone(), None))??;
     let b = run_simulation(run_simulated(&spec, corpus, None))??;
     let (la, lb) = (pipeline_losses(&a), pipeline_losses(&b));
     assert_eq!(la, lb, "same seed, same losses");
     assert_eq!(a.virtual_time, b.virtual_time);
     assert!(la[29] < la[0] - 1.0, "loss did not fall: {la:?}");
+    let val: Vec<(u64, f64)> = a.metrics.mean_by_step("val_loss");
+    assert_eq!(
+        val.iter().map(|v| v.0).collect::<Vec<_>>(),
+        vec![0, 10, 20, 30],
+        "evaluated every 10 steps and at the end"
+    );
+    assert!(val[3].1 < val[0].1 - 1.0, "validation loss did not fall: {val:?}");
     Ok(())
 }
 
