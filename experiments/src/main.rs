@@ -1,0 +1,129 @@
+//! `swarmlab`: train on simulated swarms and write the results.
+
+mod config;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use models::data::{Corpus, SyntheticLanguage, load_text};
+
+use crate::config::{EXAMPLE, RunConfig};
+use crate::report::{ArmResult, write_run};
+
+/// swarmlab — decentralized-training protocols on simulated and real swarms.
+///
+/// Start with `swarmlab run`: it trains the baseline study (one replica, four data-parallel replicas,
+/// and a 2 x 2 pipeline) on the built-in synthetic language, whose loss floor is known exactly, and
+/// writes a report.
+#[derive(Parser)]
+#[command(name = "swarmlab", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the arms of a configuration (the built-in baseline study if none is given) and write
+    /// config.toml, metrics.csv, summary.json and report.md into the output folder.
+    Run {
+        /// A TOML configuration (see `swarmlab init`).
+        config: Option<PathBuf>,
+        /// Output folder [default: runs/<name>-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The same study, shortened to a smoke check (at most 40 steps, a smaller corpus).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Write a commented example configuration (all the defaults) to PATH.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "swarmlab.toml")]
+        path: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run { config, out, quick } => run(config.as_deref(), out, quick),
+        Command::Init { path } => init(&path),
+    }
+}
+
+fn init(path: &Path) -> Result<()> {
+    if path.exists() {
+        bail!("{} already exists; not overwriting it", path.display());
+    }
+    report::write_atomic(path, EXAMPLE.as_bytes())?;
+    println!("wrote {}: edit it, then `swarmlab run {}`", path.display(), path.display());
+    Ok(())
+}
+
+fn corpus(cfg: &RunConfig) -> Result<Corpus> {
+    Ok(match &cfg.corpus.path {
+        Some(path) => load_text(path, cfg.corpus.val_fraction)?,
+        None => SyntheticLanguage::new(&cfg.corpus.synthetic)?.corpus(),
+    })
+}
+
+fn run(config: Option<&Path>, out: Option<PathBuf>, quick: bool) -> Result<()> {
+    let mut cfg = match config {
+        Some(path) => RunConfig::load(path)?,
+        None => RunConfig::default(),
+    };
+    if quick {
+        cfg = cfg.quick();
+        cfg.validate()?;
+    }
+    let out = out.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!("{}-{secs}", cfg.name))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let corpus = Arc::new(corpus(&cfg)?);
+    corpus.check_fits(cfg.seq)?;
+    let floor = corpus.entropy_floor.map_or(String::new(), |h| format!(", loss floor {h:.3} nats/token"));
+    eprintln!(
+        "swarmlab run {:?}: {} arms, {} steps each, corpus {}{floor}",
+        cfg.name,
+        cfg.arms.len(),
+        cfg.steps,
+        corpus.name
+    );
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for (i, arm) in cfg.arms.iter().enumerate() {
+        let spec = cfg.spec(i)?;
+        eprint!(
+            "[{}/{}] {:<24} training {} workers ... ",
+            i + 1,
+            cfg.arms.len(),
+            arm.label,
+            spec.stages * spec.replicas
+        );
+        let t = Instant::now();
+        let report = genrl::run_simulation(pipeline::run_simulated(&spec, corpus.clone(), None))?
+            .with_context(|| format!("arm {:?}", arm.label))?;
+        let result = ArmResult::new(arm.clone(), &report, t.elapsed());
+        eprintln!(
+            "val loss {:.3} after {} steps, {:.3} s virtual, {:.1} s wall",
+            result.final_val_loss.unwrap_or(f64::NAN),
+            cfg.steps,
+            result.virtual_time_s,
+            result.wall_s
+        );
+        results.push(result);
+    }
+    write_run(&out, &cfg, &corpus, &results, started.elapsed())?;
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! What a run leaves behind: config.toml, metrics.csv, summary.json and report.md, each written atomically.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use models::data::Corpus;
+use pipeline::RunReport;
+use serde::Serialize;
+
+use crate::config::{ArmConfig, RunConfig};
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
+}
+
+/// The headline figures of one arm.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ArmResult {
+    pub(crate) label: String,
+    pub(crate) stages: usize,
+    pub(crate) replicas: usize,
+    pub(crate) first_val_loss: Option<f64>,
+    pub(crate) final_val_loss: Option<f64>,
+    pub(crate) final_train_loss: Option<f64>,
+    pub(crate) virtual_time_s: f64,
+    pub(crate) wall_s: f64,
+    pub(crate) bytes_sent: u64,
+    #[serde(skip)]
+    pub(crate) train: Vec<(u64, f64)>,
+    #[serde(skip)]
+    pub(crate) val: Vec<(u64, f64)>,
+}
+
+impl ArmResult {
+    pub(crate) fn new(arm: ArmConfig, report: &RunReport, wall: Duration) -> Self {
+        let train = report.metrics.mean_by_step("train_loss");
+        let val = report.metrics.mean_by_step("val_loss");
+        Self {
+            label: arm.label,
+            stages: arm.stages,
+            replicas: arm.replicas,
+            first_val_loss: val.first().map(|v| v.1),
+            final_val_loss: val.last().map(|v| v.1),
+            final_train_loss: train.last().map(|v| v.1),
+            virtual_time_s: report.virtual_time.as_secs_f64(),
+            wall_s: wall.as_secs_f64(),
+            bytes_sent: report.bytes_sent,
+            train,
+            val,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Claim {
+    claim: String,
+    ours: String,
+    reproduced: bool,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    name: &'a str,
+    corpus: &'a str,
+    entropy_floor: Option<f64>,
+    steps: u64,
+    wall_s: f64,
+    arms: &'a [ArmResult],
+    claims: Vec<Claim>,
+}
+
+fn claims(results: &[ArmResult]) -> Vec<Claim> {
+    let find = |stages: usize, replicas: usize| results.iter().find(|r| r.stages == stages && r.replicas == replicas);
+    let mut out = Vec::new();
+    if let (Some(one), Some(four)) = (find(1, 1), find(1, 4))
+        && let (Some(a), Some(b)) = (one.final_val_loss, four.final_val_loss) {
+            out.push(Claim {
+                claim: "data parallelism over 4 replicas beats 1 replica at equal steps (4x the data per step)".into(),
+                ours: format!("val loss {b:.3} (R=4) vs {a:.3} (R=1)"),
+                reproduced: b < a,
+            });
+        }
+    out
+}
+
+/// Writes every output file of a run into `out`.
+pub(crate) fn write_run(
+    out: &Path,
+    cfg: &RunConfig,
+    corpus: &Corpus,
+    results: &[ArmResult],
+    wall: Duration,
+) -> Result<()> {
+    write_atomic(&out.join("config.toml"), toml::to_string(cfg).context("cannot serialise the config")?.as_bytes())?;
+
+    let mut csv = String::from("arm,step,train_loss,val_loss\n");
+    for r in results {
+        let steps: std::collections::BTreeSet<u64> = r.train.iter().chain(&r.val).map(|v| v.0).collect();
+        for step in steps {
+            let t = r.train.iter().find(|v| v.0 == step).map_or(String::new(), |v| format!("{:.6}", v.1));
+            let v = r.val.iter().find(|v| v.0 == step).map_or(String::new(), |v| format!("{:.6}", v.1));
+            let _ = writeln!(csv, "{},{step},{t},{v}", r.label.replace(',', ";"));
+        }
+    }
+    write_atomic(&out.join("metrics.csv"), csv.as_bytes())?;
+
+    let summary = Summary {
+        name: &cfg.name,
+        corpus: &corpus.name,
+        entropy_floor: corpus.entropy_floor,
+        steps: cfg.steps,
+        wall_s: wall.as_secs_f64(),
+        arms: results,
+        claims: claims(results),
+    };
+    write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_atomic(&out.join("report.md"), markdown(cfg, corpus, results, &summary.claims, wall).as_bytes())
+}
+
+fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[Claim], wall: Duration) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# swarmlab run `{}`\n", cfg.name);
+    let _ = writeln!(md, "Corpus: {}  ", corpus.name);
+    match corpus.entropy_floor {
+        Some(h) => {
+            let _ = writeln!(md, "Loss floor (the source's exact entropy rate): **{h:.3} nats/token**  ");
+        }
+        None => {
+            let _ = writeln!(md, "Loss floor: unknown for a text corpus  ");
+        }
+    }
+    let _ = writeln!(
+        md,
+        "Model: `{}` ({} parameters), {} steps of {} micro-batches x {} sequences x {} tokens per replica, device `{}`, links {} ms / {} Mbit/s.\n",
+        cfg.model_preset,
+        cfg.spec(0).map(|s| s.model.param_count()).unwrap_or(0),
+        cfg.steps,
+        cfg.micro_batches,
+        cfg.micro_batch,
+        cfg.seq,
+        cfg.device,
+        cfg.network.latency_ms,
+        cfg.network.mbit_per_s
+    );
+    let _ = writeln!(
+        md,
+        "| arm | stages x replicas | val loss: first → last | gap to floor | virtual time | sent | wall |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for r in results {
+        let gap = match (r.final_val_loss, corpus.entropy_floor) {
+            (Some(v), Some(h)) => format!("{:.3}", v - h),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} x {} | {:.3} → {:.3} | {gap} | {:.3} s | {:.1} MiB | {:.1} s |",
+            r.label,
+            r.stages,
+            r.replicas,
+            r.first_val_loss.unwrap_or(f64::NAN),
+            r.final_val_loss.unwrap_or(f64::NAN),
+            r.virtual_time_s,
+            r.bytes_sent as f64 / (1 << 20) as f64,
+            r.wall_s
+        );
+    }
+    if !claims.is_empty() {
+        let _ = writeln!(md, "\n## Claims\n\n| claim | ours | reproduced |\n|---|---|---|");
+        for c in claims {
+            let _ = writeln!(md, "| {} | {} | {} |", c.claim, c.ours, if c.reproduced { "yes" } else { "no" });
+        }
+    }
+    let _ = writeln!(md, "\n## Validation loss by step\n");
+    let _ = write!(md, "| step |");
+    for r in results {
+        let _ = write!(md, " {} |", r.label);
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in results {
+        let _ = write!(md, "---|");
+    }
+    let _ = writeln!(md);
+    let steps: std::collections::BTreeSet<u64> = results.iter().flat_map(|r| r.val.iter().map(|v| v.0)).collect();
+    for step in steps {
+        let _ = write!(md, "| {step} |");
+        for r in results {
+            let v = r.val.iter().find(|v| v.0 == step).map_or("–".to_string(), |v| format!("{:.3}", v.1));
+            let _ = write!(md, " {v} |");
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(
+        md,
+        "\nRaw data: `metrics.csv` (per step), `summary.json` (headline figures). Total wall time {:.1} s.",
+        wall.as_secs_f64()
+    );
+    md
+}

@@ -1,0 +1,72 @@
+//! The `swarmlab` binary end to end, on a tiny configuration.
+
+use std::process::Command;
+
+const TINY: &str = r#"
+name = "tiny"
+steps = 3
+micro_batches = 1
+micro_batch = 2
+seq = 16
+eval_every = 2
+eval_batches = 1
+[optim]
+total_steps = 3
+warmup_steps = 1
+[corpus.synthetic]
+train_tokens = 4096
+val_tokens = 512
+[[arms]]
+label = "R=1"
+stages = 1
+replicas = 1
+[[arms]]
+label = "DDP R=2"
+stages = 1
+replicas = 2
+"#;
+
+fn swarmlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_swarmlab"))
+}
+
+#[test]
+fn run_writes_the_report_files() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, TINY)?;
+    let out = dir.path().join("run");
+    let status = swarmlab().arg("run").arg(&config).arg("--out").arg(&out).status()?;
+    assert!(status.success());
+    for file in ["config.toml", "metrics.csv", "summary.json", "report.md"] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+    assert_eq!(summary["arms"].as_array().map(Vec::len), Some(2));
+    assert!(summary["entropy_floor"].as_f64().is_some_and(|h| h > 0.5));
+    assert!(summary["arms"][1]["final_val_loss"].as_f64().is_some());
+    let report = std::fs::read_to_string(out.join("report.md"))?;
+    assert!(report.contains("Loss floor") && report.contains("DDP R=2"));
+    Ok(())
+}
+
+#[test]
+fn bad_config_and_init_behave() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "steps = 0\n")?;
+    let output = swarmlab().arg("run").arg(&bad).arg("--out").arg(dir.path().join("x")).output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("steps") && stderr.contains("bad.toml"), "{stderr}");
+
+    let example = dir.path().join("swarmlab.toml");
+    assert!(swarmlab().arg("init").arg(&example).status()?.success());
+    assert!(std::fs::read_to_string(&example)?.contains("[[arms]]"));
+    let again = swarmlab().arg("init").arg(&example).output()?;
+    assert!(!again.status.success(), "init must not overwrite");
+
+    let help = swarmlab().arg("--help").output()?;
+    assert!(String::from_utf8_lossy(&help.stdout).contains("run"));
+    Ok(())
+}
