@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the arms of a configuration (the built-in baseline study if none is given) and write
-    /// config.toml, metrics.csv, summary.json and report.md into the output folder.
+    /// config.toml, metrics.csv, summary.json, run.h5 and report.md into the output folder.
     Run {
         /// A TOML configuration (see `swarmlab init`).
         config: Option<PathBuf>,

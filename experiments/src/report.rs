@@ -1,4 +1,5 @@
-//! What a run leaves behind: config.toml, metrics.csv, summary.json and report.md, each written atomically.
+//! What a run leaves behind: config.toml, metrics.csv, summary.json, run.h5 and report.md, each written
+//! atomically (a temporary file, then a rename).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -79,13 +80,14 @@ fn claims(results: &[ArmResult]) -> Vec<Claim> {
     let find = |stages: usize, replicas: usize| results.iter().find(|r| r.stages == stages && r.replicas == replicas);
     let mut out = Vec::new();
     if let (Some(one), Some(four)) = (find(1, 1), find(1, 4))
-        && let (Some(a), Some(b)) = (one.final_val_loss, four.final_val_loss) {
-            out.push(Claim {
-                claim: "data parallelism over 4 replicas beats 1 replica at equal steps (4x the data per step)".into(),
-                ours: format!("val loss {b:.3} (R=4) vs {a:.3} (R=1)"),
-                reproduced: b < a,
-            });
-        }
+        && let (Some(a), Some(b)) = (one.final_val_loss, four.final_val_loss)
+    {
+        out.push(Claim {
+            claim: "data parallelism over 4 replicas beats 1 replica at equal steps (4x the data per step)".into(),
+            ours: format!("val loss {b:.3} (R=4) vs {a:.3} (R=1)"),
+            reproduced: b < a,
+        });
+    }
     out
 }
 
@@ -120,6 +122,7 @@ pub(crate) fn write_run(
         claims: claims(results),
     };
     write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_hdf5(out, cfg, corpus, results)?;
     write_atomic(&out.join("report.md"), markdown(cfg, corpus, results, &summary.claims, wall).as_bytes())
 }
 
@@ -202,4 +205,46 @@ fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[C
         wall.as_secs_f64()
     );
     md
+}
+
+/// Writes `run.h5`: the config and corpus as attributes, and per arm its label, grid and the train and
+/// validation loss series (steps and values). Written to a temporary file and renamed, so an
+/// interrupted run never leaves a half-written log.
+pub(crate) fn write_hdf5(out: &Path, cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult]) -> Result<()> {
+    let path = out.join("run.h5");
+    let tmp = out.join(format!(".run.h5.tmp-{}", std::process::id()));
+    {
+        let file = hdf5::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let text = |s: &str| -> Result<hdf5::types::VarLenUnicode> {
+            s.parse().map_err(|e| anyhow::anyhow!("not storable as HDF5 text: {e:?}"))
+        };
+        file.new_attr::<hdf5::types::VarLenUnicode>().create("name")?.write_scalar(&text(&cfg.name)?)?;
+        file.new_attr::<hdf5::types::VarLenUnicode>().create("corpus")?.write_scalar(&text(&corpus.name)?)?;
+        let config = toml::to_string(cfg).context("cannot serialise the config")?;
+        file.new_attr::<hdf5::types::VarLenUnicode>().create("config_toml")?.write_scalar(&text(&config)?)?;
+        file.new_attr::<f64>().create("entropy_floor")?.write_scalar(&corpus.entropy_floor.unwrap_or(f64::NAN))?;
+        let arms = file.create_group("arms")?;
+        for (i, r) in results.iter().enumerate() {
+            let g = arms.create_group(&i.to_string())?;
+            g.new_attr::<hdf5::types::VarLenUnicode>().create("label")?.write_scalar(&text(&r.label)?)?;
+            g.new_attr::<u64>().create("stages")?.write_scalar(&(r.stages as u64))?;
+            g.new_attr::<u64>().create("replicas")?.write_scalar(&(r.replicas as u64))?;
+            g.new_attr::<f64>().create("virtual_time_s")?.write_scalar(&r.virtual_time_s)?;
+            g.new_attr::<u64>().create("bytes_sent")?.write_scalar(&r.bytes_sent)?;
+            for (name, series) in [("train", &r.train), ("val", &r.val)] {
+                if series.is_empty() {
+                    continue;
+                }
+                let steps: Vec<u64> = series.iter().map(|v| v.0).collect();
+                let values: Vec<f64> = series.iter().map(|v| v.1).collect();
+                g.new_dataset::<u64>().shape(steps.len()).create(format!("{name}_step").as_str())?.write_raw(&steps)?;
+                g.new_dataset::<f64>()
+                    .shape(values.len())
+                    .create(format!("{name}_loss").as_str())?
+                    .write_raw(&values)?;
+            }
+        }
+        file.flush()?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot move {} into place", path.display()))
 }

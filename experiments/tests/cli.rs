@@ -38,13 +38,21 @@ fn run_writes_the_report_files() -> Result<(), Box<dyn std::error::Error>> {
     let out = dir.path().join("run");
     let status = swarmlab().arg("run").arg(&config).arg("--out").arg(&out).status()?;
     assert!(status.success());
-    for file in ["config.toml", "metrics.csv", "summary.json", "report.md"] {
+    for file in ["config.toml", "metrics.csv", "summary.json", "report.md", "run.h5"] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
     assert_eq!(summary["arms"].as_array().map(Vec::len), Some(2));
     assert!(summary["entropy_floor"].as_f64().is_some_and(|h| h > 0.5));
     assert!(summary["arms"][1]["final_val_loss"].as_f64().is_some());
+    // The HDF5 log reads back: config, and the validation series of each arm.
+    let h5 = hdf5::File::open(out.join("run.h5"))?;
+    let name: hdf5::types::VarLenUnicode = h5.attr("name")?.read_scalar()?;
+    assert_eq!(name.as_str(), "tiny");
+    let val: Vec<f64> = h5.dataset("arms/1/val_loss")?.read_raw()?;
+    let steps: Vec<u64> = h5.dataset("arms/1/val_step")?.read_raw()?;
+    assert_eq!(steps, vec![0, 2, 3]);
+    assert_eq!(val.len(), 3);
     let report = std::fs::read_to_string(out.join("report.md"))?;
     assert!(report.contains("Loss floor") && report.contains("DDP R=2"));
     Ok(())
