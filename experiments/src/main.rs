@@ -1,6 +1,7 @@
 //! `swarmlab`: train on simulated swarms and write the results.
 
 mod config;
+mod plots;
 mod report;
 
 use std::path::{Path, PathBuf};

@@ -123,6 +123,7 @@ pub(crate) fn write_run(
     };
     write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     write_hdf5(out, cfg, corpus, results)?;
+    crate::plots::write_plots(out, results, corpus.entropy_floor)?;
     write_atomic(&out.join("report.md"), markdown(cfg, corpus, results, &summary.claims, wall).as_bytes())
 }
 
@@ -181,6 +182,10 @@ fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[C
         }
     }
     let _ = writeln!(md, "\n## Validation loss by step\n");
+    let _ = writeln!(
+        md,
+        "![validation loss by step](val_loss_by_step.svg) ![validation loss by virtual time](val_loss_by_time.svg)\n"
+    );
     let _ = write!(md, "| step |");
     for r in results {
         let _ = write!(md, " {} |", r.label);

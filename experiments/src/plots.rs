@@ -1,0 +1,96 @@
+//! Plots of a run as SVG: validation and training loss against steps and against virtual time, with the
+//! loss floor when it is known.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use crate::report::ArmResult;
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// One line of a plot.
+struct Line<'a> {
+    label: &'a str,
+    points: Vec<(f64, f64)>,
+}
+
+fn plot(path: &Path, title: &str, x_label: &str, lines: &[Line<'_>], floor: Option<f64>) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| anyhow!("plot {}: {e}", path.display());
+    let all = lines.iter().flat_map(|l| l.points.iter());
+    let (mut x_max, mut y_min, mut y_max) = (0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in all {
+        x_max = x_max.max(x);
+        y_min = y_min.min(y);
+        y_max = y_max.max(y);
+    }
+    if !y_min.is_finite() {
+        return Ok(());
+    }
+    if let Some(h) = floor {
+        y_min = y_min.min(h);
+    }
+    let pad = ((y_max - y_min) * 0.05).max(1e-3);
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max.max(1e-9), (y_min - pad)..(y_max + pad))
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(x_label).y_desc("loss (nats/token)").draw().map_err(|e| err(&e))?;
+    for (i, line) in lines.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(line.label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    if let Some(h) = floor {
+        chart
+            .draw_series(LineSeries::new([(0.0, h), (x_max, h)], BLACK.stroke_width(1)))
+            .map_err(|e| err(&e))?
+            .label(format!("entropy floor {h:.3}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Writes `val_loss_by_step.svg`, `val_loss_by_time.svg` and `train_loss_by_step.svg` into `out`.
+pub(crate) fn write_plots(out: &Path, results: &[ArmResult], floor: Option<f64>) -> Result<()> {
+    let by_step = |pick: fn(&ArmResult) -> &Vec<(u64, f64)>| -> Vec<Line<'_>> {
+        results
+            .iter()
+            .map(|r| Line { label: &r.label, points: pick(r).iter().map(|&(s, v)| (s as f64, v)).collect() })
+            .collect()
+    };
+    plot(&out.join("val_loss_by_step.svg"), "Validation loss by step", "step", &by_step(|r| &r.val), floor)?;
+    plot(&out.join("train_loss_by_step.svg"), "Training loss by step", "step", &by_step(|r| &r.train), floor)?;
+    // Virtual time of each evaluation, assuming steps take equal time within an arm.
+    let by_time: Vec<Line<'_>> = results
+        .iter()
+        .map(|r| {
+            let per_step = r.virtual_time_s / r.train.len().max(1) as f64;
+            Line { label: &r.label, points: r.val.iter().map(|&(s, v)| (s as f64 * per_step, v)).collect() }
+        })
+        .collect();
+    plot(&out.join("val_loss_by_time.svg"), "Validation loss by virtual time", "virtual time (s)", &by_time, floor)
+}
