@@ -6,6 +6,7 @@ mod report;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -41,6 +42,11 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Rewrite report.md and the plots of a run folder from its run.h5 (e.g. after editing the report code).
+    Report {
+        /// A folder written by `swarmlab run`.
+        run_dir: PathBuf,
+    },
     /// Write a commented example configuration (all the defaults) to PATH.
     Init {
         /// Where to write it.
@@ -57,6 +63,11 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run { config, out, quick } => run(config.as_deref(), out, quick),
         Command::Init { path } => init(&path),
+        Command::Report { run_dir } => {
+            report::rewrite(&run_dir)?;
+            println!("report: {}", run_dir.join("report.md").display());
+            Ok(())
+        }
     }
 }
 
@@ -101,8 +112,25 @@ fn run(config: Option<&Path>, out: Option<PathBuf>, quick: bool) -> Result<()> {
         corpus.name
     );
     let started = Instant::now();
+    // Ctrl-C: finish the current arm and write everything so far; a second Ctrl-C stops at once (every
+    // file already written stays complete: they are replaced atomically).
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\ninterrupted again: stopping now; the files written so far are complete");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing the current arm, then writing the results (Ctrl-C again to stop now)");
+        });
+    }
     let mut results = Vec::new();
     for (i, arm) in cfg.arms.iter().enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            eprintln!("skipping the remaining {} arms", cfg.arms.len() - i);
+            break;
+        }
         let spec = cfg.spec(i)?;
         eprint!(
             "[{}/{}] {:<24} training {} workers ... ",
@@ -123,8 +151,9 @@ fn run(config: Option<&Path>, out: Option<PathBuf>, quick: bool) -> Result<()> {
             result.wall_s
         );
         results.push(result);
+        // Written after every arm, so an interrupted study keeps what it finished.
+        write_run(&out, &cfg, &corpus, &results, started.elapsed())?;
     }
-    write_run(&out, &cfg, &corpus, &results, started.elapsed())?;
     println!("report: {}", out.join("report.md").display());
     Ok(())
 }

@@ -253,3 +253,72 @@ pub(crate) fn write_hdf5(out: &Path, cfg: &RunConfig, corpus: &Corpus, results: 
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot move {} into place", path.display()))
 }
+
+/// Reads the arms back from a run's `run.h5`.
+fn read_hdf5(path: &Path) -> Result<(RunConfig, Corpus, Vec<ArmResult>)> {
+    let file = hdf5::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let text = |name: &str| -> Result<String> {
+        let v: hdf5::types::VarLenUnicode = file
+            .attr(name)
+            .and_then(|a| a.read_scalar())
+            .with_context(|| format!("{}: no attribute {name:?}", path.display()))?;
+        Ok(v.as_str().to_owned())
+    };
+    let cfg =
+        RunConfig::from_toml(&text("config_toml")?).with_context(|| format!("{}: config_toml", path.display()))?;
+    let floor: f64 = file.attr("entropy_floor")?.read_scalar()?;
+    let corpus =
+        Corpus { name: text("corpus")?, train: vec![], val: vec![], entropy_floor: floor.is_finite().then_some(floor) };
+    let arms = file.group("arms").with_context(|| format!("{}: no arms", path.display()))?;
+    let mut results = Vec::new();
+    for i in 0.. {
+        let Ok(g) = arms.group(&i.to_string()) else { break };
+        let label: hdf5::types::VarLenUnicode = g.attr("label")?.read_scalar()?;
+        let series = |name: &str| -> Result<Vec<(u64, f64)>> {
+            let (Ok(steps), Ok(values)) = (g.dataset(&format!("{name}_step")), g.dataset(&format!("{name}_loss")))
+            else {
+                return Ok(vec![]);
+            };
+            let (steps, values): (Vec<u64>, Vec<f64>) = (steps.read_raw()?, values.read_raw()?);
+            Ok(steps.into_iter().zip(values).collect())
+        };
+        let (train, val) = (series("train")?, series("val")?);
+        let stages: u64 = g.attr("stages")?.read_scalar()?;
+        let replicas: u64 = g.attr("replicas")?.read_scalar()?;
+        results.push(ArmResult {
+            label: label.as_str().to_owned(),
+            stages: stages as usize,
+            replicas: replicas as usize,
+            first_val_loss: val.first().map(|v| v.1),
+            final_val_loss: val.last().map(|v| v.1),
+            final_train_loss: train.last().map(|v| v.1),
+            virtual_time_s: g.attr("virtual_time_s")?.read_scalar()?,
+            wall_s: f64::NAN,
+            bytes_sent: g.attr("bytes_sent")?.read_scalar()?,
+            train,
+            val,
+        });
+    }
+    Ok((cfg, corpus, results))
+}
+
+/// Rewrites `report.md`, `summary.json` and the plots of a run folder from its `run.h5`.
+pub(crate) fn rewrite(run_dir: &Path) -> Result<()> {
+    let (cfg, corpus, results) = read_hdf5(&run_dir.join("run.h5"))?;
+    let claims = claims(&results);
+    let summary = Summary {
+        name: &cfg.name,
+        corpus: &corpus.name,
+        entropy_floor: corpus.entropy_floor,
+        steps: cfg.steps,
+        wall_s: f64::NAN,
+        arms: &results,
+        claims,
+    };
+    write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    crate::plots::write_plots(run_dir, &results, corpus.entropy_floor)?;
+    write_atomic(
+        &run_dir.join("report.md"),
+        markdown(&cfg, &corpus, &results, &summary.claims, Duration::ZERO).as_bytes(),
+    )
+}

@@ -55,6 +55,12 @@ fn run_writes_the_report_files() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(val.len(), 3);
     let report = std::fs::read_to_string(out.join("report.md"))?;
     assert!(report.contains("Loss floor") && report.contains("DDP R=2"));
+    // `swarmlab report` rebuilds the report from run.h5 alone.
+    std::fs::remove_file(out.join("report.md"))?;
+    assert!(swarmlab().arg("report").arg(&out).status()?.success());
+    let rebuilt = std::fs::read_to_string(out.join("report.md"))?;
+    assert!(rebuilt.contains("DDP R=2") && rebuilt.contains("1.065"), "{rebuilt}");
+    assert!(!swarmlab().arg("report").arg(dir.path().join("nowhere")).status()?.success());
     Ok(())
 }
 
