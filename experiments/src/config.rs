@@ -39,7 +39,7 @@ pub(crate) struct ArmConfig {
     pub(crate) stages: usize,
     /// Data-parallel replicas.
     pub(crate) replicas: usize,
-    /// `all_reduce` (DDP) or `none`.
+    /// `all_reduce` (DDP, ring), `tree_all_reduce` (DDP, binary tree) or `none`.
     #[serde(default = "default_sync")]
     pub(crate) sync: String,
 }
@@ -159,8 +159,8 @@ impl RunConfig {
             bail!("invalid arms: list at least one arm");
         }
         for (i, arm) in self.arms.iter().enumerate() {
-            if !matches!(arm.sync.as_str(), "all_reduce" | "none") {
-                bail!("invalid arms[{i}].sync: {:?} is not one of all_reduce, none", arm.sync);
+            if !matches!(arm.sync.as_str(), "all_reduce" | "tree_all_reduce" | "none") {
+                bail!("invalid arms[{i}].sync: {:?} is not one of all_reduce, tree_all_reduce, none", arm.sync);
             }
         }
         DeviceProfile::preset(&self.device)?;
@@ -185,7 +185,11 @@ impl RunConfig {
             steps: self.steps,
             model,
             optim: self.optim.clone(),
-            sync: if arm.sync == "none" { OuterSync::None } else { OuterSync::AllReduce },
+            sync: match arm.sync.as_str() {
+                "none" => OuterSync::None,
+                "tree_all_reduce" => OuterSync::TreeAllReduce,
+                _ => OuterSync::AllReduce,
+            },
             seed: self.seed,
             device: DeviceProfile::preset(&self.device)?,
             link: LinkSpec::mbit(self.network.latency_ms, self.network.mbit_per_s),

@@ -25,6 +25,10 @@ pub enum OuterSync {
     /// all-reduce (2·(R−1) messages of 1/R of the gradients per replica), then all take the same step.
     #[default]
     AllReduce,
+    /// Data parallelism with a binary-tree all-reduce: full gradients are summed up the tree to
+    /// replica 0 (⌈log2 R⌉ levels) and the sum is sent back down. Fewer rounds than the ring, but each
+    /// message carries the whole gradient and the root's links carry the most.
+    TreeAllReduce,
     /// No synchronisation: replicas train independently (the lower bound for communication).
     None,
 }

@@ -239,6 +239,14 @@ pub async fn run_worker<T: Transport, C: Clock>(
                 summed.iter_mut().for_each(|x| *x *= scale);
                 unflatten(&names, &summed, &shapes, &device)?
             }
+            OuterSync::TreeAllReduce if replicas > 1 => {
+                let group: Vec<PeerId> = (0..replicas).map(|q| peer(s, q)).collect();
+                let flat = flatten(&names, &grads, &shapes)?;
+                let mut summed = tree_all_reduce(&mut mail, &group, r, step, flat).await?;
+                let scale = 1.0 / replicas as f32;
+                summed.iter_mut().for_each(|x| *x *= scale);
+                unflatten(&names, &summed, &shapes, &device)?
+            }
             _ => grads,
         };
         let stats = optim.step(&params, &grads)?;
@@ -300,6 +308,67 @@ enum Input {
 
 fn unexpected() -> Error {
     Error::config("message", "unexpected message kind")
+}
+
+/// Binary-tree all-reduce (sum) of `data` among `group`, this worker at `me`: at level `d = 1, 2, 4…`
+/// rank `k·2d + d` sends its partial sum to rank `k·2d`, which adds it; then the total goes back down the
+/// same edges. Every replica ends with the root's bits.
+async fn tree_all_reduce<T: Transport, C: Clock>(
+    mail: &mut Mailbox<T, C>,
+    group: &[PeerId],
+    me: usize,
+    step: u64,
+    mut data: Vec<f32>,
+) -> Result<Vec<f32>> {
+    let n = group.len();
+    let mut levels = Vec::new();
+    let mut d = 1;
+    while d < n {
+        levels.push(d);
+        d *= 2;
+    }
+    const DOWN: u32 = 1 << 16;
+    let tagged = |round: u32, from: PeerId| {
+        move |f: &PeerId, m: &Msg| {
+            *f == from && matches!(m, Msg::Reduce { step: st, round: rd, .. } if *st == step && *rd == round)
+        }
+    };
+    // Up: sum into the lower rank of each pair.
+    for (level, &d) in levels.iter().enumerate() {
+        if me % (2 * d) == d {
+            let out = transport::TensorBytes::from_f32(vec![data.len()], &data)?;
+            mail.send(group[me - d], &Msg::Reduce { step, round: level as u32, data: out }).await?;
+            break;
+        }
+        if me % (2 * d) == 0 && me + d < n {
+            let (_, msg) = mail.take("tree all-reduce partial sum", tagged(level as u32, group[me + d])).await?;
+            let Msg::Reduce { data: incoming, .. } = msg else { return Err(unexpected()) };
+            let incoming = incoming.to_f32_vec()?;
+            if incoming.len() != data.len() {
+                return Err(Error::config("all-reduce", format!("{} values, expected {}", incoming.len(), data.len())));
+            }
+            for (x, y) in data.iter_mut().zip(incoming) {
+                *x += y;
+            }
+        }
+    }
+    // Down: the total travels back along the same edges, highest level first.
+    for (level, &d) in levels.iter().enumerate().rev() {
+        let round = DOWN + level as u32;
+        if me % (2 * d) == 0 && me + d < n {
+            let out = transport::TensorBytes::from_f32(vec![data.len()], &data)?;
+            mail.send(group[me + d], &Msg::Reduce { step, round, data: out }).await?;
+        } else if me % (2 * d) == d {
+            let (_, msg) = mail.take("tree all-reduce total", tagged(round, group[me - d])).await?;
+            let Msg::Reduce { data: incoming, .. } = msg else { return Err(unexpected()) };
+            let incoming = incoming.to_f32_vec()?;
+            if incoming.len() != data.len() {
+                return Err(Error::config("all-reduce", format!("{} values, expected {}", incoming.len(), data.len())));
+            }
+            data = incoming;
+        }
+    }
+    Ok(data)
 }
 
 /// Ring all-reduce (sum) of `data` among `ring`, this worker at `me`: R−1 reduce-scatter rounds, then

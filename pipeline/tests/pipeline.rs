@@ -115,6 +115,26 @@ fn ddp_equals_one_process_with_the_replicas_batch_and_keeps_replicas_identical()
 }
 
 #[test]
+fn tree_all_reduce_trains_like_the_ring_and_keeps_replicas_identical() -> Result<()> {
+    let corpus = corpus();
+    for replicas in [2, 3, 5] {
+        let ring = run_simulation(run_simulated(&spec(1, replicas, 3), corpus.clone(), None))??;
+        let tree_spec = PipelineSpec { sync: OuterSync::TreeAllReduce, ..spec(1, replicas, 3) };
+        let tree = run_simulation(run_simulated(&tree_spec, corpus.clone(), None))??;
+        for (a, b) in pipeline_losses(&ring).iter().zip(pipeline_losses(&tree)) {
+            assert!((a - b).abs() < 1e-4, "R={replicas}: ring {a} vs tree {b}");
+        }
+        for other in &tree.replica_weights[1..] {
+            for (name, t) in &tree.replica_weights[0] {
+                let (x, y) = (t.flatten_all()?.to_vec1::<f32>()?, other[name].flatten_all()?.to_vec1::<f32>()?);
+                assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "R={replicas}: {name} diverged");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn a_2x2_grid_learns_and_is_deterministic() -> Result<()> {
     let corpus = corpus();
     let spec = PipelineSpec { eval_every: 10, ..spec(2, 2, 30) };
