@@ -340,7 +340,7 @@ async fn tree_all_reduce<T: Transport, C: Clock>(
             mail.send(group[me - d], &Msg::Reduce { step, round: level as u32, data: out }).await?;
             break;
         }
-        if me % (2 * d) == 0 && me + d < n {
+        if me.is_multiple_of(2 * d) && me + d < n {
             let (_, msg) = mail.take("tree all-reduce partial sum", tagged(level as u32, group[me + d])).await?;
             let Msg::Reduce { data: incoming, .. } = msg else { return Err(unexpected()) };
             let incoming = incoming.to_f32_vec()?;
@@ -355,7 +355,7 @@ async fn tree_all_reduce<T: Transport, C: Clock>(
     // Down: the total travels back along the same edges, highest level first.
     for (level, &d) in levels.iter().enumerate().rev() {
         let round = DOWN + level as u32;
-        if me % (2 * d) == 0 && me + d < n {
+        if me.is_multiple_of(2 * d) && me + d < n {
             let out = transport::TensorBytes::from_f32(vec![data.len()], &data)?;
             mail.send(group[me + d], &Msg::Reduce { step, round, data: out }).await?;
         } else if me % (2 * d) == d {
