@@ -193,6 +193,8 @@ impl RunConfig {
             seed: self.seed,
             device: DeviceProfile::preset(&self.device)?,
             link: LinkSpec::mbit(self.network.latency_ms, self.network.mbit_per_s),
+            recovery: pipeline::Recovery::default(),
+            failures: pipeline::FailurePlan::default(),
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
             peer_timeout: Duration::from_secs(600),

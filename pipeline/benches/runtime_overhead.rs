@@ -29,6 +29,8 @@ fn spec() -> PipelineSpec {
         seed: 1,
         device: DeviceProfile::a10(),
         link: LinkSpec::default(),
+        recovery: pipeline::Recovery::default(),
+        failures: pipeline::FailurePlan::default(),
         eval_every: 0,
         eval_batches: 0,
         peer_timeout: Duration::from_secs(60),

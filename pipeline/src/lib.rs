@@ -3,14 +3,15 @@
 //! Pre-training on a grid of `stages × replicas` genrl agents. Each micro-batch's activations travel
 //! forward from stage to stage and its gradients back, as real messages over the transport (so their
 //! bytes and transfer times count); the replicas of each stage then synchronise. Plug points: the
-//! [`Router`] (which replica of the next stage a micro-batch visits) and the [`OuterSync`] (how replicas
-//! agree); the defaults — a fixed path and a ring all-reduce of gradients every step — are the
-//! baselines the protocol crates compare against.
+//! [`Router`] (which replica of the next stage a micro-batch visits), the [`OuterSync`] (how replicas
+//! agree) and the [`Recovery`] (what happens when a worker fails); the defaults — a fixed path, a ring
+//! all-reduce of gradients every step, and restarting from periodic checkpoints — are the baselines the
+//! protocol crates compare against.
 //!
 //! | module | what |
 //! |---|---|
 //! | [`spec`] | [`PipelineSpec`]: grid, batches, model, optimizer, network |
-//! | [`plug`] | [`Router`], [`FixedRouter`], [`OuterSync`] |
+//! | [`plug`] | [`Router`], [`FixedRouter`], [`OuterSync`], [`Recovery`], [`FailurePlan`] |
 //! | [`worker`] | one worker's loop: forward, backward, all-reduce, optimizer step |
 //! | [`run`] | [`run_simulated`]: a whole grid on the simulated network |
 //! | [`wire`] | the messages and tensors on the wire |
@@ -23,6 +24,6 @@ pub mod wire;
 pub mod worker;
 
 pub use error::{Error, Result};
-pub use plug::{FixedRouter, OuterSync, Router};
+pub use plug::{FailurePlan, FixedRouter, OuterSync, Recovery, Router};
 pub use run::{RunReport, run_simulated};
 pub use spec::PipelineSpec;

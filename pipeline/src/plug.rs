@@ -32,3 +32,30 @@ pub enum OuterSync {
     /// No synchronisation: replicas train independently (the lower bound for communication).
     None,
 }
+
+/// What the swarm does when a worker fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Recovery {
+    /// The baseline: every `every` steps each worker writes a checkpoint of its stage (weights and
+    /// optimizer state) to storage at `bytes_per_s`; when any worker fails, every worker restores its
+    /// last checkpoint (reading it back at the same speed) and the steps since are trained again.
+    CheckpointRestart {
+        /// Steps between checkpoints.
+        every: u64,
+        /// Storage bandwidth in bytes per second (write and read).
+        bytes_per_s: f64,
+    },
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Self::CheckpointRestart { every: 50, bytes_per_s: 500e6 }
+    }
+}
+
+/// When workers fail: `(step, worker index)` pairs. Each failure happens once, at the start of its step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailurePlan {
+    /// The failures, in any order.
+    pub failures: Vec<(u64, usize)>,
+}

@@ -7,7 +7,7 @@ use models::{ModelConfig, OptimConfig};
 use transport::sim::LinkSpec;
 
 use crate::error::{Error, Result};
-use crate::plug::OuterSync;
+use crate::plug::{FailurePlan, OuterSync, Recovery};
 
 /// A pipeline-parallel, data-parallel training run: `stages × replicas` workers.
 #[derive(Debug, Clone)]
@@ -36,6 +36,10 @@ pub struct PipelineSpec {
     pub device: DeviceProfile,
     /// Every link.
     pub link: LinkSpec,
+    /// What happens when a worker fails.
+    pub recovery: Recovery,
+    /// Which workers fail, and when.
+    pub failures: FailurePlan,
     /// Evaluate the validation loss every this many steps (and after the last); 0 disables it.
     pub eval_every: u64,
     /// Validation batches (of `micro_batch` sequences) per evaluation.
@@ -68,6 +72,19 @@ impl PipelineSpec {
             return Err(Error::config(
                 "pipeline.seq",
                 format!("{} exceeds model.max_seq {}", self.seq, self.model.max_seq),
+            ));
+        }
+        let Recovery::CheckpointRestart { every, bytes_per_s } = self.recovery;
+        if every == 0 || !(bytes_per_s.is_finite() && bytes_per_s > 0.0) {
+            return Err(Error::config(
+                "pipeline.recovery",
+                "checkpoint interval must be at least 1 step and storage bandwidth positive",
+            ));
+        }
+        if let Some(&(step, w)) = self.failures.failures.iter().find(|(_, w)| *w >= self.stages * self.replicas) {
+            return Err(Error::config(
+                "pipeline.failures",
+                format!("worker {w} (at step {step}) does not exist: there are {}", self.stages * self.replicas),
             ));
         }
         if self.peer_timeout.is_zero() {

@@ -16,7 +16,7 @@ use models::{AdamW, Stage, StageInput};
 use transport::{PeerId, Transport, TransportExt};
 
 use crate::error::{Error, Result};
-use crate::plug::{OuterSync, Router};
+use crate::plug::{OuterSync, Recovery, Router};
 use crate::spec::PipelineSpec;
 use crate::wire::{Msg, from_wire, to_wire};
 
@@ -151,7 +151,57 @@ pub async fn run_worker<T: Transport, C: Clock>(
         Vec::new()
     };
 
-    for step in 0..=spec.steps {
+    let Recovery::CheckpointRestart { every: ckpt_every, bytes_per_s } = spec.recovery;
+    let state_bytes = 3 * 4 * params.numel(); // weights and two Adam moments, f32
+    let io_time = Duration::from_secs_f64(state_bytes as f64 / bytes_per_s);
+    let mut checkpoint: Option<(u64, BTreeMap<String, Tensor>, AdamW)> = None;
+    let mut pending_failures: Vec<(u64, usize)> = spec.failures.failures.clone();
+    let mut step = 0u64;
+    while step <= spec.steps {
+        // A failure anywhere stops the swarm; everyone rolls back to its last checkpoint. (Every worker
+        // knows the plan, as a coordinator would announce it.)
+        if let Some(i) = pending_failures.iter().position(|&(at, _)| at == step) {
+            let (_, failed) = pending_failures.remove(i);
+            let (at, weights, saved_optim) = match &checkpoint {
+                Some((at, w, o)) => (*at, w.clone(), o.clone()),
+                None => (0, BTreeMap::new(), AdamW::new(spec.optim.clone(), spec.model.backend)?),
+            };
+            if ctx.index == 0 {
+                ctx.metrics.event(
+                    ctx.clock.now(),
+                    Some(failed as u32),
+                    genrl::EventKind::Failure,
+                    format!("worker {failed} failed at step {step}"),
+                );
+            }
+            if weights.is_empty() {
+                // No checkpoint yet: start over from the initial weights.
+                let fresh = Stage::new(&spec.model, specs[s].clone(), &device)?;
+                for (name, t) in fresh.params().snapshot() {
+                    params.set(&name, &t)?;
+                }
+            } else {
+                for (name, t) in &weights {
+                    params.set(name, t)?;
+                }
+            }
+            optim = saved_optim;
+            ctx.clock.sleep(io_time).await;
+            if ctx.index == 0 {
+                ctx.metrics.event(
+                    ctx.clock.now(),
+                    None,
+                    genrl::EventKind::Recovery,
+                    format!("restored the step-{at} checkpoint; redoing {} steps", step - at),
+                );
+            }
+            step = at;
+            continue;
+        }
+        if step % ckpt_every == 0 && step < spec.steps {
+            checkpoint = Some((step, params.snapshot(), optim.clone()));
+            ctx.clock.sleep(io_time).await;
+        }
         if spec.eval_every > 0 && r == 0 && (step % spec.eval_every == 0 || step == spec.steps) {
             let next = (!last).then(|| peer(s + 1, 0));
             evaluate(&ctx, &stage, &mut mail, &eval_set, spec.eval_batches, step, fwd_flops, next).await?;
@@ -254,6 +304,7 @@ pub async fn run_worker<T: Transport, C: Clock>(
             ctx.record("lr", step, f64::from(stats.lr));
             ctx.record("grad_norm", step, f64::from(stats.grad_norm));
         }
+        step += 1;
     }
     Ok(WorkerResult { stage: s, replica: r, weights: params.snapshot() })
 }

@@ -43,6 +43,8 @@ fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
         seed: 9,
         device: DeviceProfile::a10(),
         link: LinkSpec::mbit(10.0, 1000.0),
+        recovery: pipeline::Recovery::default(),
+        failures: pipeline::FailurePlan::default(),
         eval_every: 0,
         eval_batches: 2,
         peer_timeout: Duration::from_secs(60),
@@ -155,7 +157,33 @@ fn a_2x2_grid_learns_and_is_deterministic() -> Result<()> {
 }
 
 #[test]
+fn checkpoint_restart_puts_back_the_saved_state_and_costs_time() -> Result<()> {
+    let corpus = corpus();
+    let clean_spec = PipelineSpec {
+        recovery: pipeline::Recovery::CheckpointRestart { every: 3, bytes_per_s: 1e6 },
+        ..spec(2, 2, 8)
+    };
+    let clean = run_simulation(run_simulated(&clean_spec, corpus.clone(), None))??;
+    let failing_spec =
+        PipelineSpec { failures: pipeline::FailurePlan { failures: vec![(5, 3)] }, ..clean_spec.clone() };
+    let failed = run_simulation(run_simulated(&failing_spec, corpus, None))??;
+    // Restored weights and optimizer state, then the same steps on the same data: the same final bits.
+    for (name, t) in &clean.weights {
+        let (a, b) = (t.flatten_all()?.to_vec1::<f32>()?, failed.weights[name].flatten_all()?.to_vec1::<f32>()?);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs after recovery");
+    }
+    // Steps 3 and 4 were trained twice, plus the restore: the run took longer in virtual time.
+    assert!(failed.virtual_time > clean.virtual_time, "{:?} vs {:?}", failed.virtual_time, clean.virtual_time);
+    let events = &failed.metrics.events;
+    assert!(events.iter().any(|e| e.kind == genrl::EventKind::Failure && e.detail.contains("worker 3")));
+    assert!(events.iter().any(|e| e.kind == genrl::EventKind::Recovery && e.detail.contains("step-3")));
+    Ok(())
+}
+
+#[test]
 fn bad_specs_are_named() {
+    let s = PipelineSpec { failures: pipeline::FailurePlan { failures: vec![(1, 9)] }, ..spec(1, 2, 3) };
+    assert!(s.validate().unwrap_err().to_string().contains("pipeline.failures"));
     let s = PipelineSpec { stages: 3, ..spec(1, 1, 1) };
     assert!(s.validate().unwrap_err().to_string().contains("pipeline.stages"));
     let s = PipelineSpec { seq: 64, ..spec(1, 1, 1) };
