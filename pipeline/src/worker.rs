@@ -198,11 +198,11 @@ pub async fn run_worker<T: Transport, C: Clock>(
             step = at;
             continue;
         }
-        if step % ckpt_every == 0 && step < spec.steps {
+        if step.is_multiple_of(ckpt_every) && step < spec.steps {
             checkpoint = Some((step, params.snapshot(), optim.clone()));
             ctx.clock.sleep(io_time).await;
         }
-        if spec.eval_every > 0 && r == 0 && (step % spec.eval_every == 0 || step == spec.steps) {
+        if spec.eval_every > 0 && r == 0 && (step.is_multiple_of(spec.eval_every) || step == spec.steps) {
             let next = (!last).then(|| peer(s + 1, 0));
             evaluate(&ctx, &stage, &mut mail, &eval_set, spec.eval_batches, step, fwd_flops, next).await?;
         }
