@@ -1,5 +1,5 @@
-//! Plots of a run as SVG: validation and training loss against steps and against virtual time, with the
-//! loss floor when it is known.
+//! Plots of a run as SVG: validation and training loss against steps and against virtual time (with the
+//! loss floor when it is known), and the bytes sent.
 
 use std::path::Path;
 
@@ -24,6 +24,17 @@ struct Line<'a> {
 }
 
 fn plot(path: &Path, title: &str, x_label: &str, lines: &[Line<'_>], floor: Option<f64>) -> Result<()> {
+    plot_with(path, title, x_label, "loss (nats/token)", lines, floor)
+}
+
+fn plot_with(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    lines: &[Line<'_>],
+    floor: Option<f64>,
+) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("plot {}: {e}", path.display());
     let all = lines.iter().flat_map(|l| l.points.iter());
     let (mut x_max, mut y_min, mut y_max) = (0f64, f64::INFINITY, f64::NEG_INFINITY);
@@ -48,7 +59,7 @@ fn plot(path: &Path, title: &str, x_label: &str, lines: &[Line<'_>], floor: Opti
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..x_max.max(1e-9), (y_min - pad)..(y_max + pad))
         .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc(x_label).y_desc("loss (nats/token)").draw().map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
     for (i, line) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
@@ -74,7 +85,8 @@ fn plot(path: &Path, title: &str, x_label: &str, lines: &[Line<'_>], floor: Opti
     Ok(())
 }
 
-/// Writes `val_loss_by_step.svg`, `val_loss_by_time.svg` and `train_loss_by_step.svg` into `out`.
+/// Writes `val_loss_by_step.svg`, `val_loss_by_time.svg`, `train_loss_by_step.svg` and `bytes_sent.svg`
+/// into `out`.
 pub(crate) fn write_plots(out: &Path, results: &[ArmResult], floor: Option<f64>) -> Result<()> {
     let by_step = |pick: fn(&ArmResult) -> &Vec<(u64, f64)>| -> Vec<Line<'_>> {
         results
@@ -92,5 +104,13 @@ pub(crate) fn write_plots(out: &Path, results: &[ArmResult], floor: Option<f64>)
             Line { label: &r.label, points: r.val.iter().map(|&(s, v)| (s as f64 * per_step, v)).collect() }
         })
         .collect();
-    plot(&out.join("val_loss_by_time.svg"), "Validation loss by virtual time", "virtual time (s)", &by_time, floor)
+    plot(&out.join("val_loss_by_time.svg"), "Validation loss by virtual time", "virtual time (s)", &by_time, floor)?;
+    let bytes: Vec<Line<'_>> = results
+        .iter()
+        .map(|r| Line {
+            label: &r.label,
+            points: r.bytes.iter().map(|&(s, b)| (s as f64, b / (1u64 << 20) as f64)).collect(),
+        })
+        .collect();
+    plot_with(&out.join("bytes_sent.svg"), "Bytes sent by all workers", "step", "MiB sent (cumulative)", &bytes, None)
 }

@@ -36,12 +36,33 @@ pub(crate) struct ArmResult {
     pub(crate) train: Vec<(u64, f64)>,
     #[serde(skip)]
     pub(crate) val: Vec<(u64, f64)>,
+    /// Bytes sent by all workers together by the end of each step.
+    #[serde(skip)]
+    pub(crate) bytes: Vec<(u64, f64)>,
+    /// Events (failures, recoveries…) as `time_s`, `kind`, `detail`.
+    #[serde(skip)]
+    pub(crate) events: Vec<(f64, String, String)>,
 }
 
 impl ArmResult {
     pub(crate) fn new(arm: ArmConfig, report: &RunReport, wall: Duration) -> Self {
         let train = report.metrics.mean_by_step("train_loss");
         let val = report.metrics.mean_by_step("val_loss");
+        let bytes = report
+            .metrics
+            .mean_by_step("bytes_sent")
+            .into_iter()
+            .map(|(step, mean)| {
+                let workers = report.metrics.series("bytes_sent").iter().filter(|s| s.step == step).count();
+                (step, mean * workers as f64)
+            })
+            .collect();
+        let events = report
+            .metrics
+            .events
+            .iter()
+            .map(|e| (e.time.as_secs_f64(), format!("{:?}", e.kind), e.detail.clone()))
+            .collect();
         Self {
             label: arm.label,
             stages: arm.stages,
@@ -54,6 +75,8 @@ impl ArmResult {
             bytes_sent: report.bytes_sent,
             train,
             val,
+            bytes,
+            events,
         }
     }
 }
@@ -184,7 +207,7 @@ fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[C
     let _ = writeln!(md, "\n## Validation loss by step\n");
     let _ = writeln!(
         md,
-        "![validation loss by step](val_loss_by_step.svg) ![validation loss by virtual time](val_loss_by_time.svg)\n"
+        "![validation loss by step](val_loss_by_step.svg) ![validation loss by virtual time](val_loss_by_time.svg) ![bytes sent](bytes_sent.svg)\n"
     );
     let _ = write!(md, "| step |");
     for r in results {
@@ -236,7 +259,15 @@ pub(crate) fn write_hdf5(out: &Path, cfg: &RunConfig, corpus: &Corpus, results: 
             g.new_attr::<u64>().create("replicas")?.write_scalar(&(r.replicas as u64))?;
             g.new_attr::<f64>().create("virtual_time_s")?.write_scalar(&r.virtual_time_s)?;
             g.new_attr::<u64>().create("bytes_sent")?.write_scalar(&r.bytes_sent)?;
-            for (name, series) in [("train", &r.train), ("val", &r.val)] {
+            if !r.events.is_empty() {
+                let lines: Vec<hdf5::types::VarLenUnicode> = r
+                    .events
+                    .iter()
+                    .map(|(t, kind, detail)| text(&format!("{t:.6}\t{kind}\t{detail}")))
+                    .collect::<Result<_>>()?;
+                g.new_dataset::<hdf5::types::VarLenUnicode>().shape(lines.len()).create("events")?.write_raw(&lines)?;
+            }
+            for (name, series) in [("train", &r.train), ("val", &r.val), ("bytes", &r.bytes)] {
                 if series.is_empty() {
                     continue;
                 }
@@ -283,6 +314,13 @@ fn read_hdf5(path: &Path) -> Result<(RunConfig, Corpus, Vec<ArmResult>)> {
             Ok(steps.into_iter().zip(values).collect())
         };
         let (train, val) = (series("train")?, series("val")?);
+        let bytes = match (g.dataset("bytes_step"), g.dataset("bytes_sent")) {
+            (Ok(st), Ok(v)) => {
+                let (st, v): (Vec<u64>, Vec<f64>) = (st.read_raw()?, v.read_raw()?);
+                st.into_iter().zip(v).collect()
+            }
+            _ => vec![],
+        };
         let stages: u64 = g.attr("stages")?.read_scalar()?;
         let replicas: u64 = g.attr("replicas")?.read_scalar()?;
         results.push(ArmResult {
@@ -297,6 +335,8 @@ fn read_hdf5(path: &Path) -> Result<(RunConfig, Corpus, Vec<ArmResult>)> {
             bytes_sent: g.attr("bytes_sent")?.read_scalar()?,
             train,
             val,
+            bytes,
+            events: vec![],
         });
     }
     Ok((cfg, corpus, results))

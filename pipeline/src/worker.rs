@@ -38,11 +38,15 @@ struct Mailbox<T: Transport, C: Clock> {
     waiting: VecDeque<(PeerId, Msg)>,
     timeout: Duration,
     name: String,
+    /// Bytes this worker has sent (frames, headers included).
+    sent: u64,
 }
 
 impl<T: Transport, C: Clock> Mailbox<T, C> {
-    async fn send(&self, to: PeerId, msg: &Msg) -> Result<()> {
-        Ok(self.transport.send_msg(to, msg).await?)
+    async fn send(&mut self, to: PeerId, msg: &Msg) -> Result<()> {
+        let payload = self.transport.codec().encode(msg)?;
+        self.sent += (payload.len() + transport::FRAME_HEADER_LEN) as u64;
+        Ok(self.transport.send(to, payload).await?)
     }
 
     /// The first message (waiting or arriving) that `wanted` accepts; others are kept for later.
@@ -141,6 +145,7 @@ pub async fn run_worker<T: Transport, C: Clock>(
         waiting: VecDeque::new(),
         timeout: spec.peer_timeout,
         name: format!("s{s}r{r}"),
+        sent: 0,
     };
     let (mb, seq, m) = (spec.micro_batch, spec.seq, spec.micro_batches as u32);
     let fwd_flops = stage.forward_flops(mb, seq);
@@ -280,6 +285,7 @@ pub async fn run_worker<T: Transport, C: Clock>(
         if !losses.is_empty() {
             ctx.record("train_loss", step, losses.iter().sum::<f64>() / losses.len() as f64);
         }
+        ctx.record("bytes_sent", step, mail.sent as f64);
         let grads = match spec.sync {
             OuterSync::AllReduce if replicas > 1 => {
                 let ring: Vec<PeerId> = (0..replicas).map(|q| peer(s, q)).collect();
