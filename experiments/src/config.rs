@@ -197,6 +197,7 @@ impl RunConfig {
             failures: pipeline::FailurePlan::default(),
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
+            progress: None,
             peer_timeout: Duration::from_secs(600),
         })
     }

@@ -6,7 +6,7 @@ mod report;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -131,18 +131,35 @@ fn run(config: Option<&Path>, out: Option<PathBuf>, quick: bool) -> Result<()> {
             eprintln!("skipping the remaining {} arms", cfg.arms.len() - i);
             break;
         }
-        let spec = cfg.spec(i)?;
-        eprint!(
-            "[{}/{}] {:<24} training {} workers ... ",
-            i + 1,
-            cfg.arms.len(),
-            arm.label,
-            spec.stages * spec.replicas
+        let mut spec = cfg.spec(i)?;
+        let progress = Arc::new(AtomicU64::new(0));
+        spec.progress = Some(progress.clone());
+        let bar = indicatif::ProgressBar::new(spec.steps).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ~{eta} left",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        bar.set_prefix(format!("[{}/{}] {:<20}", i + 1, cfg.arms.len(), arm.label));
         let t = Instant::now();
-        let report = genrl::run_simulation(pipeline::run_simulated(&spec, corpus.clone(), None))?
-            .with_context(|| format!("arm {:?}", arm.label))?;
+        let done = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let (bar, progress, done) = (bar.clone(), progress.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    bar.set_position(progress.load(Ordering::Relaxed));
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            })
+        };
+        let outcome = genrl::run_simulation(pipeline::run_simulated(&spec, corpus.clone(), None));
+        done.store(true, Ordering::Relaxed);
+        let _ = ticker.join();
+        bar.finish_and_clear();
+        let report = outcome?.with_context(|| format!("arm {:?}", arm.label))?;
         let result = ArmResult::new(arm.clone(), &report, t.elapsed());
+        eprint!("[{}/{}] {:<24} {} workers: ", i + 1, cfg.arms.len(), arm.label, spec.stages * spec.replicas);
         eprintln!(
             "val loss {:.3} after {} steps, {:.3} s virtual, {:.1} s wall",
             result.final_val_loss.unwrap_or(f64::NAN),

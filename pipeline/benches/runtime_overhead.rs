@@ -33,6 +33,7 @@ fn spec() -> PipelineSpec {
         failures: pipeline::FailurePlan::default(),
         eval_every: 0,
         eval_batches: 0,
+        progress: None,
         peer_timeout: Duration::from_secs(60),
     }
 }

@@ -309,6 +309,9 @@ pub async fn run_worker<T: Transport, C: Clock>(
         if last && r == 0 {
             ctx.record("lr", step, f64::from(stats.lr));
             ctx.record("grad_norm", step, f64::from(stats.grad_norm));
+            if let Some(progress) = &spec.progress {
+                progress.store(step + 1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         step += 1;
     }

@@ -47,6 +47,7 @@ fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
         failures: pipeline::FailurePlan::default(),
         eval_every: 0,
         eval_batches: 2,
+        progress: None,
         peer_timeout: Duration::from_secs(60),
     }
 }
