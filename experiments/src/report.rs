@@ -229,7 +229,7 @@ fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[C
     }
     let _ = writeln!(
         md,
-        "\nRaw data: `metrics.csv` (per step), `summary.json` (headline figures). Total wall time {:.1} s.",
+        "\nRaw data: `run.h5` (config, loss and bytes series, events), `metrics.csv` (per step), `summary.json` (headline figures). Plots: the `.svg` files. Total wall time {:.1} s.",
         wall.as_secs_f64()
     );
     md
