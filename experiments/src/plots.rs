@@ -1,10 +1,28 @@
-//! Plots of a run as SVG: validation and training loss against steps and against virtual time (with the
-//! loss floor when it is known), and the bytes sent.
+//! Plots of a run, each as SVG and PNG: validation and training loss against steps and against virtual
+//! time (with the loss floor when it is known), and the bytes sent. PNG text is drawn with the DejaVu Sans
+//! font bundled in `assets/fonts` (its licence beside it), so no system font is needed.
 
 use std::path::Path;
 
+use std::sync::OnceLock;
+
 use anyhow::{Result, anyhow};
+use plotters::coord::Shift;
 use plotters::prelude::*;
+
+/// Registers the bundled font as "sans-serif" once per process.
+fn font() -> Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            include_bytes!("../assets/fonts/DejaVuSans.ttf"),
+        )
+        .is_ok()
+    });
+    if ok { Ok(()) } else { Err(anyhow!("the bundled plot font could not be loaded")) }
+}
 
 use crate::report::ArmResult;
 
@@ -36,9 +54,26 @@ fn plot_with(
     floor: Option<f64>,
 ) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("plot {}: {e}", path.display());
-    let all = lines.iter().flat_map(|l| l.points.iter());
+    font()?;
+    let svg = path.with_extension("svg");
+    draw(SVGBackend::new(&svg, (900, 560)).into_drawing_area(), title, x_label, y_label, lines, floor)
+        .map_err(|e| err(&e))?;
+    let png = path.with_extension("png");
+    draw(BitMapBackend::new(&png, (900, 560)).into_drawing_area(), title, x_label, y_label, lines, floor)
+        .map_err(|e| err(&e))
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    lines: &[Line<'_>],
+    floor: Option<f64>,
+) -> std::result::Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
     let (mut x_max, mut y_min, mut y_max) = (0f64, f64::INFINITY, f64::NEG_INFINITY);
-    for &(x, y) in all {
+    for &(x, y) in lines.iter().flat_map(|l| l.points.iter()) {
         x_max = x_max.max(x);
         y_min = y_min.min(y);
         y_max = y_max.max(y);
@@ -50,43 +85,37 @@ fn plot_with(
         y_min = y_min.min(h);
     }
     let pad = ((y_max - y_min) * 0.05).max(1e-3);
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
+    root.fill(&WHITE).map_err(|x| e(&x))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..x_max.max(1e-9), (y_min - pad)..(y_max + pad))
-        .map_err(|e| err(&e))?;
-    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| err(&e))?;
+        .map_err(|x| e(&x))?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|x| e(&x))?;
     for (i, line) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| err(&e))?
+            .map_err(|x| e(&x))?
             .label(line.label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     if let Some(h) = floor {
         chart
             .draw_series(LineSeries::new([(0.0, h), (x_max, h)], BLACK.stroke_width(1)))
-            .map_err(|e| err(&e))?
+            .map_err(|x| e(&x))?
             .label(format!("entropy floor {h:.3}"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))?;
     Ok(())
 }
 
-/// Writes `val_loss_by_step.svg`, `val_loss_by_time.svg`, `train_loss_by_step.svg` and `bytes_sent.svg`
-/// into `out`.
+/// Writes `val_loss_by_step`, `val_loss_by_time`, `train_loss_by_step` and `bytes_sent`, each as `.svg`
+/// and `.png`, into `out`.
 pub(crate) fn write_plots(out: &Path, results: &[ArmResult], floor: Option<f64>) -> Result<()> {
     let by_step = |pick: fn(&ArmResult) -> &Vec<(u64, f64)>| -> Vec<Line<'_>> {
         results

@@ -38,7 +38,15 @@ fn run_writes_the_report_files() -> Result<(), Box<dyn std::error::Error>> {
     let out = dir.path().join("run");
     let status = swarmlab().arg("run").arg(&config).arg("--out").arg(&out).status()?;
     assert!(status.success());
-    for file in ["config.toml", "metrics.csv", "summary.json", "report.md", "run.h5", "val_loss_by_step.svg"] {
+    for file in [
+        "config.toml",
+        "metrics.csv",
+        "summary.json",
+        "report.md",
+        "run.h5",
+        "val_loss_by_step.svg",
+        "val_loss_by_step.png",
+    ] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
