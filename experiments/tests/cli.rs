@@ -92,3 +92,28 @@ fn bad_config_and_init_behave() -> Result<(), Box<dyn std::error::Error>> {
     assert!(String::from_utf8_lossy(&help.stdout).contains("run"));
     Ok(())
 }
+
+/// A run killed outright (not even Ctrl-C) after its first arm still leaves a complete, readable run.h5.
+#[test]
+fn a_killed_run_leaves_a_readable_log() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("long.toml");
+    // Both arms train 400 steps: the first finishes in seconds, the second is killed on its way.
+    let long = TINY.replace("steps = 3", "steps = 400").replace("total_steps = 3", "total_steps = 400");
+    std::fs::write(&config, long)?;
+    let out = dir.path().join("run");
+    let mut child =
+        swarmlab().arg("run").arg(&config).arg("--out").arg(&out).stderr(std::process::Stdio::null()).spawn()?;
+    let h5 = out.join("run.h5");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !h5.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill()?;
+    child.wait()?;
+    assert!(h5.exists(), "the first arm never finished");
+    let file = hdf5::File::open(&h5)?;
+    let val: Vec<f64> = file.dataset("arms/0/val_loss")?.read_raw()?;
+    assert!(!val.is_empty() && val.iter().all(|v| v.is_finite()));
+    Ok(())
+}
