@@ -25,6 +25,18 @@ fn swarm(n: usize, config: EndpointConfig) -> Result<(Vec<Identity>, Vec<Endpoin
     Ok((ids, endpoints))
 }
 
+/// Polls `check` until it holds, for at most 10 s: what happens on real sockets takes a moment to land.
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 async fn recv_within(ep: &Endpoint, d: Duration) -> Option<Envelope> {
     tokio::time::timeout(d, ep.recv()).await.ok().and_then(Result::ok)
 }
@@ -101,8 +113,7 @@ async fn unlisted_peer_is_refused_at_the_handshake() -> Result<(), Box<dyn std::
     assert!(matches!(err, TransportError::Connection { .. }), "{err}");
     assert!(recv_within(&eps[0], Duration::from_millis(300)).await.is_none());
     // The refusal is recorded on the listening side.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(eps[0].faults().iter().any(|f| matches!(f.kind, FaultKind::HandshakeRejected(_))));
+    assert!(eventually(|| eps[0].faults().iter().any(|f| matches!(f.kind, FaultKind::HandshakeRejected(_)))).await);
     Ok(())
 }
 
@@ -169,7 +180,15 @@ async fn hostile_streams_are_faults_and_the_endpoint_keeps_serving() -> Result<(
     let (from, text): (PeerId, String) = tokio::time::timeout(Duration::from_secs(5), server.recv_msg()).await??;
     assert_eq!((from, text.as_str()), (honest.local_peer(), "still here"));
 
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The stalled stream times out after 500 ms; wait for all four faults to be recorded.
+    let kinds = |faults: &[Fault]| {
+        let has = |pred: &dyn Fn(&FaultKind) -> bool| faults.iter().any(|f| pred(&f.kind));
+        has(&|k| matches!(k, FaultKind::BadFrame(CodecError::FrameTooLarge { .. })))
+            && has(&|k| matches!(k, FaultKind::BadFrame(CodecError::Truncated { .. })))
+            && has(&|k| matches!(k, FaultKind::StreamTimeout))
+            && has(&|k| matches!(k, FaultKind::StreamBroken(_)))
+    };
+    assert!(eventually(|| kinds(&server.faults())).await, "{:?}", server.faults());
     let faults = server.faults();
     let has = |pred: &dyn Fn(&FaultKind) -> bool| faults.iter().any(|f| pred(&f.kind));
     assert!(has(&|k| matches!(k, FaultKind::BadFrame(CodecError::FrameTooLarge { .. }))), "{faults:?}");
@@ -205,8 +224,13 @@ async fn oversized_send_is_refused_locally_and_the_receiver_limit_holds() -> Res
     big.send(ids[0].peer_id(), Bytes::from_static(b"small")).await?;
     let got = recv_within(&eps[0], Duration::from_secs(5)).await.ok_or("small message lost")?;
     assert_eq!(&got.payload[..], b"small");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(eps[0].faults().iter().any(|f| matches!(f.kind, FaultKind::BadFrame(CodecError::FrameTooLarge { .. }))));
+    assert!(
+        eventually(|| eps[0]
+            .faults()
+            .iter()
+            .any(|f| matches!(f.kind, FaultKind::BadFrame(CodecError::FrameTooLarge { .. }))))
+        .await
+    );
     Ok(())
 }
 
@@ -235,7 +259,10 @@ async fn reconnects_after_the_peer_restarts() -> Result<(), Box<dyn std::error::
     }
     let b = restarted.ok_or("could not rebind")?;
     b.add_peer(ids[0].peer_id(), a.local_addr()?, None);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // `a` learns that its old connection closed (the restarted peer's close reached it).
+    let slot = a.slot(ids[1].peer_id());
+    let closed = || slot.try_lock().map(|c| c.as_ref().is_none_or(|c| c.close_reason().is_some())).unwrap_or(false);
+    assert!(eventually(closed).await, "the old connection never closed");
     a.send(ids[1].peer_id(), Bytes::from_static(b"two")).await?;
     assert_eq!(&recv_within(&b, Duration::from_secs(5)).await.ok_or("lost after restart")?.payload[..], b"two");
     Ok(())
