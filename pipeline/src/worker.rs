@@ -74,6 +74,33 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
         }
     }
 
+    /// Sends `values` as round `round` of `step`'s all-reduce.
+    async fn send_values(&mut self, to: PeerId, step: u64, round: u32, values: &[f32]) -> Result<()> {
+        let data = transport::TensorBytes::from_f32(vec![values.len()], values)?;
+        self.send(to, &Msg::Reduce { step, round, data }).await
+    }
+
+    /// Takes round `round` of `step`'s all-reduce from `from`: exactly `expected` values, or an error.
+    async fn take_values(
+        &mut self,
+        what: &str,
+        from: PeerId,
+        step: u64,
+        round: u32,
+        expected: usize,
+    ) -> Result<Vec<f32>> {
+        let wanted = |f: &PeerId, m: &Msg| {
+            *f == from && matches!(m, Msg::Reduce { step: st, round: rd, .. } if *st == step && *rd == round)
+        };
+        let (_, msg) = self.take(what, wanted).await?;
+        let Msg::Reduce { data, .. } = msg else { return Err(unexpected()) };
+        let values = data.to_f32_vec()?;
+        if values.len() != expected {
+            return Err(Error::config("all-reduce", format!("{what} of {} values, expected {expected}", values.len())));
+        }
+        Ok(values)
+    }
+
     fn stalled(&self, what: &str) -> Error {
         Error::Stalled { worker: self.name.clone(), what: format!("no {what} within {:?}", self.timeout) }
     }
@@ -287,18 +314,14 @@ pub async fn run_worker<T: Transport, C: Clock>(
         }
         ctx.record("bytes_sent", step, mail.sent as f64);
         let grads = match spec.sync {
-            OuterSync::AllReduce if replicas > 1 => {
-                let ring: Vec<PeerId> = (0..replicas).map(|q| peer(s, q)).collect();
-                let flat = flatten(&names, &grads, &shapes)?;
-                let mut summed = ring_all_reduce(&mut mail, &ring, r, step, flat).await?;
-                let scale = 1.0 / replicas as f32;
-                summed.iter_mut().for_each(|x| *x *= scale);
-                unflatten(&names, &summed, &shapes, &device)?
-            }
-            OuterSync::TreeAllReduce if replicas > 1 => {
+            sync @ (OuterSync::AllReduce | OuterSync::TreeAllReduce) if replicas > 1 => {
                 let group: Vec<PeerId> = (0..replicas).map(|q| peer(s, q)).collect();
                 let flat = flatten(&names, &grads, &shapes)?;
-                let mut summed = tree_all_reduce(&mut mail, &group, r, step, flat).await?;
+                let mut summed = if sync == OuterSync::AllReduce {
+                    ring_all_reduce(&mut mail, &group, r, step, flat).await?
+                } else {
+                    tree_all_reduce(&mut mail, &group, r, step, flat).await?
+                };
                 let scale = 1.0 / replicas as f32;
                 summed.iter_mut().for_each(|x| *x *= scale);
                 unflatten(&names, &summed, &shapes, &device)?
@@ -388,25 +411,14 @@ async fn tree_all_reduce<T: Transport, C: Clock>(
         d *= 2;
     }
     const DOWN: u32 = 1 << 16;
-    let tagged = |round: u32, from: PeerId| {
-        move |f: &PeerId, m: &Msg| {
-            *f == from && matches!(m, Msg::Reduce { step: st, round: rd, .. } if *st == step && *rd == round)
-        }
-    };
     // Up: sum into the lower rank of each pair.
     for (level, &d) in levels.iter().enumerate() {
         if me % (2 * d) == d {
-            let out = transport::TensorBytes::from_f32(vec![data.len()], &data)?;
-            mail.send(group[me - d], &Msg::Reduce { step, round: level as u32, data: out }).await?;
+            mail.send_values(group[me - d], step, level as u32, &data).await?;
             break;
         }
         if me.is_multiple_of(2 * d) && me + d < n {
-            let (_, msg) = mail.take("tree all-reduce partial sum", tagged(level as u32, group[me + d])).await?;
-            let Msg::Reduce { data: incoming, .. } = msg else { return Err(unexpected()) };
-            let incoming = incoming.to_f32_vec()?;
-            if incoming.len() != data.len() {
-                return Err(Error::config("all-reduce", format!("{} values, expected {}", incoming.len(), data.len())));
-            }
+            let incoming = mail.take_values("tree partial sum", group[me + d], step, level as u32, data.len()).await?;
             for (x, y) in data.iter_mut().zip(incoming) {
                 *x += y;
             }
@@ -416,16 +428,9 @@ async fn tree_all_reduce<T: Transport, C: Clock>(
     for (level, &d) in levels.iter().enumerate().rev() {
         let round = DOWN + level as u32;
         if me.is_multiple_of(2 * d) && me + d < n {
-            let out = transport::TensorBytes::from_f32(vec![data.len()], &data)?;
-            mail.send(group[me + d], &Msg::Reduce { step, round, data: out }).await?;
+            mail.send_values(group[me + d], step, round, &data).await?;
         } else if me % (2 * d) == d {
-            let (_, msg) = mail.take("tree all-reduce total", tagged(round, group[me - d])).await?;
-            let Msg::Reduce { data: incoming, .. } = msg else { return Err(unexpected()) };
-            let incoming = incoming.to_f32_vec()?;
-            if incoming.len() != data.len() {
-                return Err(Error::config("all-reduce", format!("{} values, expected {}", incoming.len(), data.len())));
-            }
-            data = incoming;
+            data = mail.take_values("tree total", group[me - d], step, round, data.len()).await?;
         }
     }
     Ok(data)
@@ -452,22 +457,9 @@ async fn ring_all_reduce<T: Transport, C: Clock>(
             let k = round - (n - 1);
             ((me + 1 + n - k) % n, (me + n - k) % n)
         };
-        let out = transport::TensorBytes::from_f32(vec![chunk(send_idx).len()], &data[chunk(send_idx)])?;
-        mail.send(next, &Msg::Reduce { step, round: round as u32, data: out }).await?;
-        let wanted = |from: &PeerId, msg: &Msg| {
-            *from == prev
-                && matches!(msg, Msg::Reduce { step: st, round: rd, .. } if *st == step && *rd == round as u32)
-        };
-        let (_, msg) = mail.take("all-reduce chunk", wanted).await?;
-        let Msg::Reduce { data: incoming, .. } = msg else { return Err(unexpected()) };
-        let incoming = incoming.to_f32_vec()?;
+        mail.send_values(next, step, round as u32, &data[chunk(send_idx)]).await?;
         let range = chunk(recv_idx);
-        if incoming.len() != range.len() {
-            return Err(Error::config(
-                "all-reduce",
-                format!("chunk of {} values, expected {}", incoming.len(), range.len()),
-            ));
-        }
+        let incoming = mail.take_values("ring chunk", prev, step, round as u32, range.len()).await?;
         if round < n - 1 {
             for (d, x) in data[range].iter_mut().zip(incoming) {
                 *d += x;
