@@ -1,10 +1,11 @@
 //! Decoding untrusted bytes allocates in proportion to the bytes received, never to the sizes they claim.
 //!
-//! A counting global allocator measures the peak of live heap bytes while hostile frames are decoded.
+//! A counting global allocator measures, per thread, the peak of live heap bytes while hostile frames
+//! are decoded.
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -12,19 +13,34 @@ use transport::{Codec, FrameDecoder, RawBytes, TensorBytes};
 
 struct Counting;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+// Counted per thread, so allocations by the test harness's other threads never enter a measurement.
+thread_local! {
+    static TRACKING: Cell<bool> = const { Cell::new(false) };
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn on_this_thread(delta: isize) {
+    // `try_with`: thread-locals may already be gone while a thread shuts down.
+    let _ = TRACKING.try_with(|t| {
+        if t.get() {
+            let _ = LIVE.try_with(|l| {
+                l.set(l.get() + delta);
+                let _ = PEAK.try_with(|p| p.set(p.get().max(l.get())));
+            });
+        }
+    });
+}
 
 // SAFETY: forwards to the system allocator and only keeps counters.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-        PEAK.fetch_max(now, Ordering::Relaxed);
+        on_this_thread(layout.size() as isize);
         // SAFETY: same layout contract as the caller's.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        on_this_thread(-(layout.size() as isize));
         // SAFETY: `ptr` was allocated by `System` with `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -43,12 +59,14 @@ enum Message {
     Tensor(TensorBytes),
 }
 
-/// Peak live bytes above the starting level while running `f` (tests in this file run one at a time).
+/// Peak bytes allocated and not yet freed by this thread while running `f`.
 fn peak_during(f: impl FnOnce()) -> usize {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    TRACKING.with(|t| t.set(true));
     f();
-    PEAK.load(Ordering::Relaxed).saturating_sub(base)
+    TRACKING.with(|t| t.set(false));
+    PEAK.with(|p| p.get()).max(0) as usize
 }
 
 /// bincode's varint encoding of a huge length: marker 253, then a u64.
@@ -77,7 +95,6 @@ fn xorshift_garbage(count: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn hostile_frames_allocate_little() {
-    let _serial = SERIAL.lock();
     let codec = Codec::default(); // 64 MiB limit
     let mut hostile: Vec<Vec<u8>> = Vec::new();
     for variant in 0u8..5 {
@@ -111,7 +128,6 @@ fn hostile_frames_allocate_little() {
 
 #[test]
 fn a_header_claiming_four_gib_costs_nothing() {
-    let _serial = SERIAL.lock();
     let codec = Codec::default();
     let peak = peak_during(|| {
         let mut decoder = FrameDecoder::new(codec);
@@ -124,7 +140,6 @@ fn a_header_claiming_four_gib_costs_nothing() {
 
 #[test]
 fn a_header_within_the_limit_reserves_at_most_the_limit() {
-    let _serial = SERIAL.lock();
     let codec = Codec::new(1 << 20).expect("limit");
     let peak = peak_during(|| {
         let mut decoder = FrameDecoder::new(codec);
@@ -133,6 +148,3 @@ fn a_header_within_the_limit_reserves_at_most_the_limit() {
     });
     assert!(peak <= (1 << 20) + 4096, "peak {peak} bytes");
 }
-
-/// The allocator counters are global: measure one test at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
