@@ -12,12 +12,9 @@ use serde::Serialize;
 
 use crate::config::{ArmConfig, RunConfig};
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
+/// Writes `bytes` to `path` atomically.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
+    transport::fsutil::write_atomic(path, bytes, false).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The headline figures of one arm.
@@ -240,9 +237,8 @@ fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[C
 /// interrupted run never leaves a half-written log.
 pub(crate) fn write_hdf5(out: &Path, cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult]) -> Result<()> {
     let path = out.join("run.h5");
-    let tmp = out.join(format!(".run.h5.tmp-{}", std::process::id()));
-    {
-        let file = hdf5::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    transport::fsutil::replace_with(&path, |tmp| -> Result<()> {
+        let file = hdf5::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let text = |s: &str| -> Result<hdf5::types::VarLenUnicode> {
             s.parse().map_err(|e| anyhow::anyhow!("not storable as HDF5 text: {e:?}"))
         };
@@ -281,8 +277,9 @@ pub(crate) fn write_hdf5(out: &Path, cfg: &RunConfig, corpus: &Corpus, results: 
             }
         }
         file.flush()?;
-    }
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot move {} into place", path.display()))
+        Ok(())
+    })
+    .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads the arms back from a run's `run.h5`.

@@ -11,6 +11,7 @@
 //! | [`sim`] | [`sim::Network`]: all peers in one process, virtual time, seeded faults |
 //! | [`quic`] | [`quic::Endpoint`]: QUIC with mutual TLS bound to peer ids |
 //! | [`peers`] | [`PeerBook`]: the peers file a real node bootstraps from |
+//! | [`fsutil`] | atomic file replacement (key files, peers files, run logs) |
 //!
 //! The same protocol code runs on both networks:
 //!
@@ -35,7 +36,7 @@
 
 pub mod codec;
 pub mod error;
-mod fsutil;
+pub mod fsutil;
 mod fxhash;
 pub mod identity;
 pub mod peers;
