@@ -1,13 +1,14 @@
 //! Run configurations: TOML, every field defaulted, validated on load with errors that name the field.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use genrl::DeviceProfile;
 use models::data::SyntheticConfig;
 use models::{Backend, ModelConfig, OptimConfig};
-use pipeline::{OuterSync, PipelineSpec};
+use pipeline::{DataParallel, FixedRouter, Independent, PipelineSpec};
 use serde::{Deserialize, Serialize};
 use transport::sim::LinkSpec;
 
@@ -186,10 +187,11 @@ impl RunConfig {
             model,
             optim: self.optim.clone(),
             sync: match arm.sync.as_str() {
-                "none" => OuterSync::None,
-                "tree_all_reduce" => OuterSync::TreeAllReduce,
-                _ => OuterSync::AllReduce,
+                "none" => Arc::new(Independent),
+                "tree_all_reduce" => Arc::new(DataParallel::TREE),
+                _ => Arc::new(DataParallel::RING),
             },
+            router: Arc::new(FixedRouter),
             seed: self.seed,
             device: DeviceProfile::preset(&self.device)?,
             link: LinkSpec::mbit(self.network.latency_ms, self.network.mbit_per_s),

@@ -153,7 +153,7 @@ fn run(config: Option<&Path>, out: Option<PathBuf>, quick: bool) -> Result<()> {
                 }
             })
         };
-        let outcome = genrl::run_simulation(pipeline::run_simulated(&spec, corpus.clone(), None));
+        let outcome = genrl::run_simulation(pipeline::run_simulated(&spec, corpus.clone()));
         done.store(true, Ordering::Relaxed);
         let _ = ticker.join();
         bar.finish_and_clear();

@@ -10,7 +10,7 @@ use candle_core::Device;
 use genrl::{DeviceProfile, run_simulation};
 use models::data::{SyntheticConfig, SyntheticLanguage, sample_batch};
 use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
-use pipeline::{OuterSync, PipelineSpec, run_simulated};
+use pipeline::{DataParallel, FixedRouter, PipelineSpec, run_simulated};
 use transport::sim::LinkSpec;
 
 const STEPS: u64 = 20;
@@ -25,7 +25,8 @@ fn spec() -> PipelineSpec {
         steps: STEPS,
         model: ModelConfig { backend: Backend::Native, ..ModelConfig::preset("small").expect("preset") },
         optim: OptimConfig { total_steps: STEPS, ..OptimConfig::default() },
-        sync: OuterSync::AllReduce,
+        sync: Arc::new(DataParallel::RING),
+        router: Arc::new(FixedRouter),
         seed: 1,
         device: DeviceProfile::a10(),
         link: LinkSpec::default(),
@@ -60,7 +61,7 @@ fn main() {
     };
     let through_pipeline = || {
         let start = Instant::now();
-        let report = run_simulation(run_simulated(&spec, corpus.clone(), None)).expect("runtime").expect("run");
+        let report = run_simulation(run_simulated(&spec, corpus.clone())).expect("runtime").expect("run");
         black_box(report.metrics);
         start.elapsed()
     };
@@ -83,7 +84,7 @@ fn main() {
     // A wide swarm: 64 data-parallel agents of the ~0.9M-parameter model, ring all-reduce every step.
     let wide = PipelineSpec { replicas: 64, steps: 3, micro_batch: 2, seq: 32, ..spec.clone() };
     let start = Instant::now();
-    let report = run_simulation(run_simulated(&wide, corpus.clone(), None)).expect("runtime").expect("run");
+    let report = run_simulation(run_simulated(&wide, corpus.clone())).expect("runtime").expect("run");
     let wall = start.elapsed().as_secs_f64() / wide.steps as f64;
     println!(
         "R=64 agents x {} params: {:.2} s wall-clock per simulated step ({:.2} s virtual per step), peak memory {:.2} GiB (target: fits in 4 GiB)",

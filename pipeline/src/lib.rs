@@ -11,19 +11,27 @@
 //! | module | what |
 //! |---|---|
 //! | [`spec`] | [`PipelineSpec`]: grid, batches, model, optimizer, network |
-//! | [`plug`] | [`Router`], [`FixedRouter`], [`OuterSync`], [`Recovery`], [`FailurePlan`] |
-//! | [`worker`] | one worker's loop: forward, backward, all-reduce, optimizer step |
+//! | [`plug`] | [`Router`], [`FixedRouter`], [`Recovery`], [`FailurePlan`] |
+//! | [`sync`] | [`OuterSync`] / [`OuterState`] (sans-IO), [`Collective`], [`DataParallel`], [`Independent`] |
+//! | [`collective`] | the mailbox; ring and tree all-reduce, gather-average-broadcast with deadlines |
+//! | [`worker`] | one worker's loop: forward, backward, gradient all-reduce, optimizer step, outer round |
+//! | [`probe`] | [`WeightProbe`]: across-replica weight variance during a run |
 //! | [`run`] | [`run_simulated`]: a whole grid on the simulated network |
 //! | [`wire`] | the messages and tensors on the wire |
 
+pub mod collective;
 pub mod error;
 pub mod plug;
+pub mod probe;
 pub mod run;
 pub mod spec;
+pub mod sync;
 pub mod wire;
 pub mod worker;
 
 pub use error::{Error, Result};
-pub use plug::{FailurePlan, FixedRouter, OuterSync, Recovery, Router};
+pub use plug::{FailurePlan, FixedRouter, Recovery, Router};
+pub use probe::WeightProbe;
 pub use run::{RunReport, run_simulated};
 pub use spec::PipelineSpec;
+pub use sync::{Collective, DataParallel, Independent, OuterRound, OuterState, OuterSync};

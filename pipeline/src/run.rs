@@ -8,7 +8,7 @@ use genrl::{MetricsLog, SimSwarm, SwarmSpec};
 use models::data::Corpus;
 
 use crate::error::{Error, Result};
-use crate::plug::{FixedRouter, Router};
+use crate::probe::WeightProbe;
 use crate::spec::PipelineSpec;
 use crate::worker::run_worker;
 
@@ -28,23 +28,20 @@ pub struct RunReport {
 }
 
 /// Trains `spec` on `corpus` on a simulated network (inside a paused tokio runtime; see
-/// [`genrl::run_simulation`]). `router` defaults to [`FixedRouter`].
-pub async fn run_simulated(
-    spec: &PipelineSpec,
-    corpus: Arc<Corpus>,
-    router: Option<Arc<dyn Router>>,
-) -> Result<RunReport> {
+/// [`genrl::run_simulation`]).
+pub async fn run_simulated(spec: &PipelineSpec, corpus: Arc<Corpus>) -> Result<RunReport> {
     spec.validate()?;
     corpus.check_fits(spec.seq)?;
     let workers = spec.stages * spec.replicas;
     let swarm = SimSwarm::build(&SwarmSpec::uniform(spec.seed, workers, spec.device.clone(), spec.link))?;
     let spec_arc = Arc::new(spec.clone());
-    let router: Arc<dyn Router> = router.unwrap_or_else(|| Arc::new(FixedRouter));
+    let probe = (spec.replicas > 1).then(|| Arc::new(WeightProbe::new(spec.replicas)));
+    let worker_probe = probe.clone();
     let results = swarm
         .run(move |ctx| {
-            let (spec, corpus, router) = (spec_arc.clone(), corpus.clone(), router.clone());
+            let (spec, corpus, probe) = (spec_arc.clone(), corpus.clone(), worker_probe.clone());
             async move {
-                run_worker(ctx, spec, corpus, router)
+                run_worker(ctx, spec, corpus, probe)
                     .await
                     .map_err(|e| genrl::Error::Config { field: "worker".into(), reason: e.to_string() })
             }
@@ -55,9 +52,18 @@ pub async fn run_simulated(
         let w = result?;
         replica_weights[w.replica].extend(w.weights);
     }
+    let mut metrics = swarm.metrics().snapshot();
+    for (step, variance) in probe.map(|p| p.variance_by_step()).unwrap_or_default() {
+        metrics.series.entry("weight_variance".into()).or_default().push(genrl::metrics::Sample {
+            agent: None,
+            step,
+            time: std::time::Duration::ZERO,
+            value: variance,
+        });
+    }
     let weights = replica_weights.first().cloned().ok_or_else(|| Error::config("pipeline", "no replicas"))?;
     Ok(RunReport {
-        metrics: swarm.metrics().snapshot(),
+        metrics,
         weights,
         replica_weights,
         virtual_time: swarm.network().now(),

@@ -7,7 +7,10 @@ use models::{ModelConfig, OptimConfig};
 use transport::sim::LinkSpec;
 
 use crate::error::{Error, Result};
-use crate::plug::{FailurePlan, OuterSync, Recovery};
+use std::sync::Arc;
+
+use crate::plug::{FailurePlan, FixedRouter, Recovery, Router};
+use crate::sync::{DataParallel, OuterSync};
 
 /// A pipeline-parallel, data-parallel training run: `stages × replicas` workers.
 #[derive(Debug, Clone)]
@@ -29,7 +32,9 @@ pub struct PipelineSpec {
     /// The optimizer.
     pub optim: OptimConfig,
     /// How the replicas of a stage agree.
-    pub sync: OuterSync,
+    pub sync: Arc<dyn OuterSync>,
+    /// Which replica of the next stage each micro-batch visits.
+    pub router: Arc<dyn Router>,
     /// Seed of the data order.
     pub seed: u64,
     /// Every worker's device.
@@ -51,6 +56,11 @@ pub struct PipelineSpec {
 }
 
 impl PipelineSpec {
+    /// The data-parallel baseline (ring all-reduce every step) on a fixed path.
+    pub fn baseline_plugs() -> (Arc<dyn OuterSync>, Arc<dyn Router>) {
+        (Arc::new(DataParallel::RING), Arc::new(FixedRouter))
+    }
+
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         for (field, v) in [
@@ -89,6 +99,7 @@ impl PipelineSpec {
                 format!("worker {w} (at step {step}) does not exist: there are {}", self.stages * self.replicas),
             ));
         }
+        self.sync.validate(self.replicas)?;
         if self.peer_timeout.is_zero() {
             return Err(Error::config("pipeline.peer_timeout", "must be positive"));
         }

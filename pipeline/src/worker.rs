@@ -5,7 +5,7 @@
 //! gradients come back; then the outer synchronisation and one optimizer step. Compute time is charged
 //! to the agent's clock from the stage's FLOPs and the agent's device profile.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,14 @@ use candle_core::{Device, Tensor, Var};
 use genrl::{AgentCtx, Clock};
 use models::data::{Corpus, eval_batches, sample_batch};
 use models::{AdamW, Stage, StageInput};
-use transport::{PeerId, Transport, TransportExt};
+use transport::{PeerId, Transport};
 
+use crate::collective::{Mailbox, gather_mean, ring_all_reduce, tree_all_reduce};
 use crate::error::{Error, Result};
-use crate::plug::{OuterSync, Recovery, Router};
+use crate::plug::Recovery;
+use crate::probe::WeightProbe;
 use crate::spec::PipelineSpec;
+use crate::sync::{Collective, OuterRound, OuterState};
 use crate::wire::{Msg, from_wire, to_wire};
 
 /// What a worker returns at the end.
@@ -29,81 +32,6 @@ pub struct WorkerResult {
     pub replica: usize,
     /// Final weights of this stage, by name.
     pub weights: BTreeMap<String, Tensor>,
-}
-
-/// Messages that arrived before anyone asked for them.
-struct Mailbox<T: Transport, C: Clock> {
-    transport: T,
-    clock: C,
-    waiting: VecDeque<(PeerId, Msg)>,
-    timeout: Duration,
-    name: String,
-    /// Bytes this worker has sent (frames, headers included).
-    sent: u64,
-}
-
-impl<T: Transport, C: Clock> Mailbox<T, C> {
-    async fn send(&mut self, to: PeerId, msg: &Msg) -> Result<()> {
-        let payload = self.transport.codec().encode(msg)?;
-        self.sent += (payload.len() + transport::FRAME_HEADER_LEN) as u64;
-        Ok(self.transport.send(to, payload).await?)
-    }
-
-    /// The first message (waiting or arriving) that `wanted` accepts; others are kept for later.
-    async fn take(&mut self, what: &str, wanted: impl Fn(&PeerId, &Msg) -> bool) -> Result<(PeerId, Msg)> {
-        if let Some(i) = self.waiting.iter().position(|(p, m)| wanted(p, m)) {
-            return self.waiting.remove(i).ok_or_else(|| self.stalled(what));
-        }
-        let deadline = self.clock.now() + self.timeout;
-        loop {
-            let left = deadline.saturating_sub(self.clock.now());
-            let got = genrl::clock::timeout(&self.clock, left, self.transport.recv_msg::<Msg>()).await;
-            match got {
-                Err(_) => return Err(self.stalled(what)),
-                Ok(Ok((from, msg))) => {
-                    if wanted(&from, &msg) {
-                        return Ok((from, msg));
-                    }
-                    self.waiting.push_back((from, msg));
-                }
-                Ok(Err(transport::TransportError::Decode { from, source })) => {
-                    tracing::warn!(worker = %self.name, peer = %from.short(), %source, "undecodable message dropped");
-                }
-                Ok(Err(e)) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Sends `values` as round `round` of `step`'s all-reduce.
-    async fn send_values(&mut self, to: PeerId, step: u64, round: u32, values: &[f32]) -> Result<()> {
-        let data = transport::TensorBytes::from_f32(vec![values.len()], values)?;
-        self.send(to, &Msg::Reduce { step, round, data }).await
-    }
-
-    /// Takes round `round` of `step`'s all-reduce from `from`: exactly `expected` values, or an error.
-    async fn take_values(
-        &mut self,
-        what: &str,
-        from: PeerId,
-        step: u64,
-        round: u32,
-        expected: usize,
-    ) -> Result<Vec<f32>> {
-        let wanted = |f: &PeerId, m: &Msg| {
-            *f == from && matches!(m, Msg::Reduce { step: st, round: rd, .. } if *st == step && *rd == round)
-        };
-        let (_, msg) = self.take(what, wanted).await?;
-        let Msg::Reduce { data, .. } = msg else { return Err(unexpected()) };
-        let values = data.to_f32_vec()?;
-        if values.len() != expected {
-            return Err(Error::config("all-reduce", format!("{what} of {} values, expected {expected}", values.len())));
-        }
-        Ok(values)
-    }
-
-    fn stalled(&self, what: &str) -> Error {
-        Error::Stalled { worker: self.name.clone(), what: format!("no {what} within {:?}", self.timeout) }
-    }
 }
 
 /// Flattens gradients in parameter-name order.
@@ -154,7 +82,7 @@ pub async fn run_worker<T: Transport, C: Clock>(
     ctx: AgentCtx<T, C>,
     spec: Arc<PipelineSpec>,
     corpus: Arc<Corpus>,
-    router: Arc<dyn Router>,
+    probe: Option<Arc<WeightProbe>>,
 ) -> Result<WorkerResult> {
     let replicas = spec.replicas;
     let (s, r) = (ctx.index as usize / replicas, ctx.index as usize % replicas);
@@ -166,14 +94,8 @@ pub async fn run_worker<T: Transport, C: Clock>(
     let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
     let shapes: BTreeMap<String, Vec<usize>> = params.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
     let mut optim = AdamW::new(spec.optim.clone(), spec.model.backend)?;
-    let mut mail = Mailbox {
-        transport: ctx.transport.clone(),
-        clock: ctx.clock.clone(),
-        waiting: VecDeque::new(),
-        timeout: spec.peer_timeout,
-        name: format!("s{s}r{r}"),
-        sent: 0,
-    };
+    let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), spec.peer_timeout, format!("s{s}r{r}"));
+    let mut outer = spec.sync.start(&flatten(&names, &params.snapshot(), &shapes)?);
     let (mb, seq, m) = (spec.micro_batch, spec.seq, spec.micro_batches as u32);
     let fwd_flops = stage.forward_flops(mb, seq);
     let last = s + 1 == spec.stages;
@@ -186,7 +108,7 @@ pub async fn run_worker<T: Transport, C: Clock>(
     let Recovery::CheckpointRestart { every: ckpt_every, bytes_per_s } = spec.recovery;
     let state_bytes = 3 * 4 * params.numel(); // weights and two Adam moments, f32
     let io_time = Duration::from_secs_f64(state_bytes as f64 / bytes_per_s);
-    let mut checkpoint: Option<(u64, BTreeMap<String, Tensor>, AdamW)> = None;
+    let mut checkpoint: Option<Checkpoint> = None;
     let mut pending_failures: Vec<(u64, usize)> = spec.failures.failures.clone();
     let mut step = 0u64;
     while step <= spec.steps {
@@ -194,9 +116,9 @@ pub async fn run_worker<T: Transport, C: Clock>(
         // knows the plan, as a coordinator would announce it.)
         if let Some(i) = pending_failures.iter().position(|&(at, _)| at == step) {
             let (_, failed) = pending_failures.remove(i);
-            let (at, weights, saved_optim) = match &checkpoint {
-                Some((at, w, o)) => (*at, w.clone(), o.clone()),
-                None => (0, BTreeMap::new(), AdamW::new(spec.optim.clone(), spec.model.backend)?),
+            let (at, weights, saved_optim, saved_outer) = match &checkpoint {
+                Some(c) => (c.step, c.weights.clone(), c.optim.clone(), c.outer.as_ref().map(|o| o.snapshot())),
+                None => (0, BTreeMap::new(), AdamW::new(spec.optim.clone(), spec.model.backend)?, None),
             };
             if ctx.index == 0 {
                 ctx.metrics.event(
@@ -212,10 +134,12 @@ pub async fn run_worker<T: Transport, C: Clock>(
                 for (name, t) in fresh.params().snapshot() {
                     params.set(&name, &t)?;
                 }
+                outer = spec.sync.start(&flatten(&names, &params.snapshot(), &shapes)?);
             } else {
                 for (name, t) in &weights {
                     params.set(name, t)?;
                 }
+                outer = saved_outer;
             }
             optim = saved_optim;
             ctx.clock.sleep(io_time).await;
@@ -231,12 +155,23 @@ pub async fn run_worker<T: Transport, C: Clock>(
             continue;
         }
         if step.is_multiple_of(ckpt_every) && step < spec.steps {
-            checkpoint = Some((step, params.snapshot(), optim.clone()));
+            checkpoint = Some(Checkpoint {
+                step,
+                weights: params.snapshot(),
+                optim: optim.clone(),
+                outer: outer.as_ref().map(|o| o.snapshot()),
+            });
             ctx.clock.sleep(io_time).await;
         }
         if spec.eval_every > 0 && r == 0 && (step.is_multiple_of(spec.eval_every) || step == spec.steps) {
             let next = (!last).then(|| peer(s + 1, 0));
             evaluate(&ctx, &stage, &mut mail, &eval_set, spec.eval_batches, step, fwd_flops, next).await?;
+        }
+        if let Some(probe) = &probe
+            && spec.eval_every > 0
+            && (step.is_multiple_of(spec.eval_every) || step == spec.steps)
+        {
+            probe.add(step, s, &flatten(&names, &params.snapshot(), &shapes)?);
         }
         if step == spec.steps {
             break;
@@ -245,6 +180,7 @@ pub async fn run_worker<T: Transport, C: Clock>(
         // Kept for the backward pass of each micro-batch: its input variable, output and sender.
         let mut saved: BTreeMap<u32, (Option<Var>, Tensor, Option<PeerId>)> = BTreeMap::new();
         let mut losses = Vec::new();
+        let waited_before = mail.waited();
         for micro in 0..m {
             let (input, targets, sender) = if s == 0 {
                 let draw = step * u64::from(m) + u64::from(micro);
@@ -281,7 +217,10 @@ pub async fn run_worker<T: Transport, C: Clock>(
                     mail.send(from, &Msg::Backward { step, micro, grad: to_wire(g)? }).await?;
                 }
             } else {
-                let next = router.next_replica(step, micro, s, r, replicas);
+                let next = spec.router.next_replica(step, micro, s, r, replicas);
+                if next >= replicas {
+                    return Err(Error::config("router", format!("replica {next} of {replicas} does not exist")));
+                }
                 mail.send(
                     peer(s + 1, next),
                     &Msg::Forward { step, micro, hidden: to_wire(&out)?, targets: to_wire(&targets)? },
@@ -312,19 +251,16 @@ pub async fn run_worker<T: Transport, C: Clock>(
         if !losses.is_empty() {
             ctx.record("train_loss", step, losses.iter().sum::<f64>() / losses.len() as f64);
         }
-        ctx.record("bytes_sent", step, mail.sent as f64);
-        let grads = match spec.sync {
-            sync @ (OuterSync::AllReduce | OuterSync::TreeAllReduce) if replicas > 1 => {
+        let grads = match spec.sync.gradient_collective() {
+            Some(collective) if replicas > 1 => {
+                let (t0, b0) = (ctx.clock.now(), mail.sent());
                 let group: Vec<PeerId> = (0..replicas).map(|q| peer(s, q)).collect();
+                let round = OuterRound { group: (0..replicas).collect(), collective, timeout: spec.peer_timeout };
                 let flat = flatten(&names, &grads, &shapes)?;
-                let mut summed = if sync == OuterSync::AllReduce {
-                    ring_all_reduce(&mut mail, &group, r, step, flat).await?
-                } else {
-                    tree_all_reduce(&mut mail, &group, r, step, flat).await?
-                };
-                let scale = 1.0 / replicas as f32;
-                summed.iter_mut().for_each(|x| *x *= scale);
-                unflatten(&names, &summed, &shapes, &device)?
+                let mean = all_reduce_mean(&mut mail, &round, &group, r, step, GRADIENT_TAG, flat).await?;
+                ctx.record("sync_time", step, (ctx.clock.now() - t0).as_secs_f64());
+                ctx.record("sync_bytes", step, (mail.sent() - b0) as f64);
+                unflatten(&names, &mean, &shapes, &device)?
             }
             _ => grads,
         };
@@ -336,6 +272,17 @@ pub async fn run_worker<T: Transport, C: Clock>(
                 progress.store(step + 1, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        if let Some(state) = outer.as_mut()
+            && let Some(round) = spec.sync.round(step + 1, r, replicas)
+        {
+            let (t0, b0) = (ctx.clock.now(), mail.sent());
+            let at = (s, r, replicas);
+            outer_round(&ctx, &mut mail, state.as_mut(), &round, at, step, &params, &names, &shapes).await?;
+            ctx.record("sync_time", step, (ctx.clock.now() - t0).as_secs_f64());
+            ctx.record("sync_bytes", step, (mail.sent() - b0) as f64);
+        }
+        ctx.record("idle_time", step, (mail.waited() - waited_before).as_secs_f64());
+        ctx.record("bytes_sent", step, mail.sent() as f64);
         step += 1;
     }
     Ok(WorkerResult { stage: s, replica: r, weights: params.snapshot() })
@@ -384,6 +331,97 @@ async fn evaluate<T: Transport, C: Clock>(
     Ok(())
 }
 
+/// What a checkpoint holds: the step it was taken before, the stage's weights, optimizer and outer state.
+struct Checkpoint {
+    step: u64,
+    weights: BTreeMap<String, Tensor>,
+    optim: AdamW,
+    outer: Option<Box<dyn OuterState>>,
+}
+
+/// The mean of `data` over `round`'s group through an all-reduce (ring or tree) that needs every
+/// member; `group` are the members' peer ids, this worker at `me`.
+async fn all_reduce_mean<T: Transport, C: Clock>(
+    mail: &mut Mailbox<T, C>,
+    round: &OuterRound,
+    group: &[PeerId],
+    me: usize,
+    step: u64,
+    tag: u32,
+    data: Vec<f32>,
+) -> Result<Vec<f32>> {
+    let mut sum = match round.collective {
+        Collective::Tree => tree_all_reduce(mail, group, me, step, tag, data).await?,
+        _ => ring_all_reduce(mail, group, me, step, tag, data).await?,
+    };
+    let scale = 1.0 / group.len() as f32;
+    sum.iter_mut().for_each(|x| *x *= scale);
+    Ok(sum)
+}
+
+/// Round numbers of the per-step gradient all-reduce and of the outer rounds (kept apart).
+const GRADIENT_TAG: u32 = 0;
+const OUTER_TAG: u32 = 1 << 20;
+
+/// One outer round of this worker (stage `s`, replica `r`) after inner step `step`: contribute, reach
+/// the group's mean through the round's collective, let the protocol update its state and the weights.
+#[allow(clippy::too_many_arguments)]
+async fn outer_round<T: Transport, C: Clock>(
+    ctx: &AgentCtx<T, C>,
+    mail: &mut Mailbox<T, C>,
+    state: &mut dyn OuterState,
+    round: &OuterRound,
+    (s, r, replicas): (usize, usize, usize),
+    step: u64,
+    params: &models::Params,
+    names: &[String],
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<()> {
+    let me = round
+        .group
+        .iter()
+        .position(|&q| q == r)
+        .ok_or_else(|| Error::config("sync", format!("replica {r} is not in its own group {:?}", round.group)))?;
+    if let Some(&bad) = round.group.iter().find(|&&q| q >= replicas) {
+        return Err(Error::config("sync", format!("group member {bad} of {replicas} replicas does not exist")));
+    }
+    let group: Vec<PeerId> = round.group.iter().map(|&q| ctx.peers[s * replicas + q]).collect();
+    let mut theta = flatten(names, &params.snapshot(), shapes)?;
+    let own = state.contribution(&theta);
+    mail.discard_reduce_before(step);
+    let mean = match round.collective {
+        Collective::Gather => {
+            let outcome =
+                gather_mean(mail, &group, me, step, OUTER_TAG, own, round.timeout, |a, b| state.admissible(a, b))
+                    .await?;
+            let now = ctx.clock.now();
+            for peer in &outcome.missing {
+                let detail = format!("stage {s} replica {r}, step {step}: no contribution from {} in time", peer.short());
+                ctx.metrics.event(now, Some(ctx.index), genrl::EventKind::Timeout, detail);
+            }
+            for (peer, why) in &outcome.rejected {
+                let detail = format!("stage {s} replica {r}, step {step}: contribution of {} rejected: {why}", peer.short());
+                ctx.metrics.event(now, Some(ctx.index), genrl::EventKind::Rejected, detail);
+            }
+            if outcome.root_lost {
+                let detail = format!("stage {s} replica {r}, step {step}: no mean from the group root; continuing alone");
+                ctx.metrics.event(now, Some(ctx.index), genrl::EventKind::Timeout, detail);
+            }
+            outcome.mean
+        }
+        _ => {
+            let mean = all_reduce_mean(mail, round, &group, me, step, OUTER_TAG, own.clone()).await?;
+            crate::sync::check_finite(&own, &mean).map_err(|why| Error::config("sync", format!("all-reduce: {why}")))?;
+            mean
+        }
+    };
+    state.finish(&mut theta, &mean);
+    for (name, t) in unflatten(names, &theta, shapes, &Device::Cpu)? {
+        params.set(&name, &t)?;
+    }
+    Ok(())
+}
+
 enum Input {
     Tokens(Tensor),
     Hidden(Var),
@@ -391,82 +429,4 @@ enum Input {
 
 fn unexpected() -> Error {
     Error::config("message", "unexpected message kind")
-}
-
-/// Binary-tree all-reduce (sum) of `data` among `group`, this worker at `me`: at level `d = 1, 2, 4…`
-/// rank `k·2d + d` sends its partial sum to rank `k·2d`, which adds it; then the total goes back down the
-/// same edges. Every replica ends with the root's bits.
-async fn tree_all_reduce<T: Transport, C: Clock>(
-    mail: &mut Mailbox<T, C>,
-    group: &[PeerId],
-    me: usize,
-    step: u64,
-    mut data: Vec<f32>,
-) -> Result<Vec<f32>> {
-    let n = group.len();
-    let mut levels = Vec::new();
-    let mut d = 1;
-    while d < n {
-        levels.push(d);
-        d *= 2;
-    }
-    const DOWN: u32 = 1 << 16;
-    // Up: sum into the lower rank of each pair.
-    for (level, &d) in levels.iter().enumerate() {
-        if me % (2 * d) == d {
-            mail.send_values(group[me - d], step, level as u32, &data).await?;
-            break;
-        }
-        if me.is_multiple_of(2 * d) && me + d < n {
-            let incoming = mail.take_values("tree partial sum", group[me + d], step, level as u32, data.len()).await?;
-            for (x, y) in data.iter_mut().zip(incoming) {
-                *x += y;
-            }
-        }
-    }
-    // Down: the total travels back along the same edges, highest level first.
-    for (level, &d) in levels.iter().enumerate().rev() {
-        let round = DOWN + level as u32;
-        if me.is_multiple_of(2 * d) && me + d < n {
-            mail.send_values(group[me + d], step, round, &data).await?;
-        } else if me % (2 * d) == d {
-            data = mail.take_values("tree total", group[me - d], step, round, data.len()).await?;
-        }
-    }
-    Ok(data)
-}
-
-/// Ring all-reduce (sum) of `data` among `ring`, this worker at `me`: R−1 reduce-scatter rounds, then
-/// R−1 all-gather rounds, each sending one chunk of about `len / R` values to the next replica. Every
-/// replica ends with the same bits (the all-gather copies the reduced chunks).
-async fn ring_all_reduce<T: Transport, C: Clock>(
-    mail: &mut Mailbox<T, C>,
-    ring: &[PeerId],
-    me: usize,
-    step: u64,
-    mut data: Vec<f32>,
-) -> Result<Vec<f32>> {
-    let n = ring.len();
-    let len = data.len();
-    let chunk = |i: usize| (i * len / n)..((i + 1) * len / n);
-    let (next, prev) = (ring[(me + 1) % n], ring[(me + n - 1) % n]);
-    for round in 0..2 * (n - 1) {
-        let (send_idx, recv_idx) = if round < n - 1 {
-            ((me + n - round) % n, (me + n - round - 1) % n)
-        } else {
-            let k = round - (n - 1);
-            ((me + 1 + n - k) % n, (me + n - k) % n)
-        };
-        mail.send_values(next, step, round as u32, &data[chunk(send_idx)]).await?;
-        let range = chunk(recv_idx);
-        let incoming = mail.take_values("ring chunk", prev, step, round as u32, range.len()).await?;
-        if round < n - 1 {
-            for (d, x) in data[range].iter_mut().zip(incoming) {
-                *d += x;
-            }
-        } else {
-            data[range].copy_from_slice(&incoming);
-        }
-    }
-    Ok(data)
 }

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use genrl::{DeviceProfile, run_simulation};
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage, sample_batch};
 use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
-use pipeline::{OuterSync, PipelineSpec, Result, run_simulated};
+use pipeline::{DataParallel, FixedRouter, PipelineSpec, Result, run_simulated};
 use transport::sim::LinkSpec;
 
 fn corpus() -> Arc<Corpus> {
@@ -39,7 +39,8 @@ fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
             ..ModelConfig::default()
         },
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, grad_clip: 0.0, ..OptimConfig::default() },
-        sync: OuterSync::AllReduce,
+        sync: Arc::new(DataParallel::RING),
+        router: Arc::new(FixedRouter),
         seed: 9,
         device: DeviceProfile::a10(),
         link: LinkSpec::mbit(10.0, 1000.0),
@@ -86,7 +87,7 @@ fn pipeline_losses(report: &pipeline::RunReport) -> Vec<f64> {
 fn a_two_stage_pipeline_trains_like_one_process() -> Result<()> {
     let corpus = corpus();
     let spec = spec(2, 1, 4);
-    let report = run_simulation(run_simulated(&spec, corpus.clone(), None))??;
+    let report = run_simulation(run_simulated(&spec, corpus.clone()))??;
     let want = single_process_losses(&spec, &corpus)?;
     let got = pipeline_losses(&report);
     assert_eq!(got.len(), want.len());
@@ -101,7 +102,7 @@ fn a_two_stage_pipeline_trains_like_one_process() -> Result<()> {
 fn ddp_equals_one_process_with_the_replicas_batch_and_keeps_replicas_identical() -> Result<()> {
     let corpus = corpus();
     let spec = spec(1, 3, 4);
-    let report = run_simulation(run_simulated(&spec, corpus.clone(), None))??;
+    let report = run_simulation(run_simulated(&spec, corpus.clone()))??;
     let want = single_process_losses(&spec, &corpus)?;
     let got = pipeline_losses(&report);
     for (g, w) in got.iter().zip(&want) {
@@ -121,9 +122,9 @@ fn ddp_equals_one_process_with_the_replicas_batch_and_keeps_replicas_identical()
 fn tree_all_reduce_trains_like_the_ring_and_keeps_replicas_identical() -> Result<()> {
     let corpus = corpus();
     for replicas in [2, 3, 5] {
-        let ring = run_simulation(run_simulated(&spec(1, replicas, 3), corpus.clone(), None))??;
-        let tree_spec = PipelineSpec { sync: OuterSync::TreeAllReduce, ..spec(1, replicas, 3) };
-        let tree = run_simulation(run_simulated(&tree_spec, corpus.clone(), None))??;
+        let ring = run_simulation(run_simulated(&spec(1, replicas, 3), corpus.clone()))??;
+        let tree_spec = PipelineSpec { sync: Arc::new(DataParallel::TREE), ..spec(1, replicas, 3) };
+        let tree = run_simulation(run_simulated(&tree_spec, corpus.clone()))??;
         for (a, b) in pipeline_losses(&ring).iter().zip(pipeline_losses(&tree)) {
             assert!((a - b).abs() < 1e-4, "R={replicas}: ring {a} vs tree {b}");
         }
@@ -141,8 +142,8 @@ fn tree_all_reduce_trains_like_the_ring_and_keeps_replicas_identical() -> Result
 fn a_2x2_grid_learns_and_is_deterministic() -> Result<()> {
     let corpus = corpus();
     let spec = PipelineSpec { eval_every: 10, ..spec(2, 2, 30) };
-    let a = run_simulation(run_simulated(&spec, corpus.clone(), None))??;
-    let b = run_simulation(run_simulated(&spec, corpus, None))??;
+    let a = run_simulation(run_simulated(&spec, corpus.clone()))??;
+    let b = run_simulation(run_simulated(&spec, corpus))??;
     let (la, lb) = (pipeline_losses(&a), pipeline_losses(&b));
     assert_eq!(la, lb, "same seed, same losses");
     assert_eq!(a.virtual_time, b.virtual_time);
@@ -164,10 +165,10 @@ fn checkpoint_restart_puts_back_the_saved_state_and_costs_time() -> Result<()> {
         recovery: pipeline::Recovery::CheckpointRestart { every: 3, bytes_per_s: 1e6 },
         ..spec(2, 2, 8)
     };
-    let clean = run_simulation(run_simulated(&clean_spec, corpus.clone(), None))??;
+    let clean = run_simulation(run_simulated(&clean_spec, corpus.clone()))??;
     let failing_spec =
         PipelineSpec { failures: pipeline::FailurePlan { failures: vec![(5, 3)] }, ..clean_spec.clone() };
-    let failed = run_simulation(run_simulated(&failing_spec, corpus, None))??;
+    let failed = run_simulation(run_simulated(&failing_spec, corpus))??;
     // Restored weights and optimizer state, then the same steps on the same data: the same final bits.
     for (name, t) in &clean.weights {
         let (a, b) = (t.flatten_all()?.to_vec1::<f32>()?, failed.weights[name].flatten_all()?.to_vec1::<f32>()?);

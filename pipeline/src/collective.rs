@@ -1,0 +1,310 @@
+//! A worker's mailbox and the collectives built on it: ring and tree all-reduce (every member needed)
+//! and gather-average-broadcast within a small group (members may be missing or rejected).
+//!
+//! Every collective is keyed by `(step, round)`, so rounds of different steps never mix, and a message
+//! that arrives before it is wanted waits in the mailbox.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use genrl::Clock;
+use transport::{PeerId, Transport, TransportExt};
+
+use crate::error::{Error, Result};
+use crate::wire::Msg;
+
+/// Messages that arrived before anyone asked for them, and what this worker has sent and waited.
+pub struct Mailbox<T: Transport, C: Clock> {
+    transport: T,
+    clock: C,
+    waiting: VecDeque<(PeerId, Msg)>,
+    timeout: Duration,
+    name: String,
+    sent: u64,
+    waited: Duration,
+}
+
+impl<T: Transport, C: Clock> Mailbox<T, C> {
+    /// A mailbox on `transport`, giving up on any awaited message after `timeout`; `name` labels errors.
+    pub fn new(transport: T, clock: C, timeout: Duration, name: impl Into<String>) -> Self {
+        Self { transport, clock, waiting: VecDeque::new(), timeout, name: name.into(), sent: 0, waited: Duration::ZERO }
+    }
+
+    /// Bytes sent so far (frames, headers included).
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Time spent so far waiting for messages.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// Sends `msg` to `to`.
+    pub async fn send(&mut self, to: PeerId, msg: &Msg) -> Result<()> {
+        let payload = self.transport.codec().encode(msg)?;
+        self.sent += (payload.len() + transport::FRAME_HEADER_LEN) as u64;
+        Ok(self.transport.send(to, payload).await?)
+    }
+
+    /// The first message (waiting or arriving) that `wanted` accepts; others are kept for later. Fails
+    /// with [`Error::Stalled`] after the mailbox's timeout.
+    pub async fn take(&mut self, what: &str, wanted: impl Fn(&PeerId, &Msg) -> bool) -> Result<(PeerId, Msg)> {
+        let deadline = self.clock.now() + self.timeout;
+        self.take_until(deadline, &wanted).await?.ok_or_else(|| self.stalled(what))
+    }
+
+    /// Like [`take`](Self::take), but waits only until `deadline` (on the mailbox's clock) and then
+    /// answers `None`.
+    pub async fn take_until(
+        &mut self,
+        deadline: Duration,
+        wanted: impl Fn(&PeerId, &Msg) -> bool,
+    ) -> Result<Option<(PeerId, Msg)>> {
+        if let Some(i) = self.waiting.iter().position(|(p, m)| wanted(p, m)) {
+            return Ok(self.waiting.remove(i));
+        }
+        let started = self.clock.now();
+        let out = loop {
+            let left = deadline.saturating_sub(self.clock.now());
+            match genrl::clock::timeout(&self.clock, left, self.transport.recv_msg::<Msg>()).await {
+                Err(_) => break None,
+                Ok(Ok((from, msg))) => {
+                    if wanted(&from, &msg) {
+                        break Some((from, msg));
+                    }
+                    self.waiting.push_back((from, msg));
+                }
+                Ok(Err(transport::TransportError::Decode { from, source })) => {
+                    tracing::warn!(worker = %self.name, peer = %from.short(), %source, "undecodable message dropped");
+                }
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        };
+        self.waited += self.clock.now().saturating_sub(started);
+        Ok(out)
+    }
+
+    /// Drops waiting collective messages of steps before `step` (late arrivals from peers that a
+    /// deadline already left out).
+    pub fn discard_reduce_before(&mut self, step: u64) {
+        self.waiting.retain(|(_, m)| !matches!(m, Msg::Reduce { step: s, .. } if *s < step));
+    }
+
+    /// Sends `values` as round `round` of `step`'s collective.
+    pub async fn send_values(&mut self, to: PeerId, step: u64, round: u32, values: &[f32]) -> Result<()> {
+        let data = transport::TensorBytes::from_f32(vec![values.len()], values)?;
+        self.send(to, &Msg::Reduce { step, round, data }).await
+    }
+
+    /// Takes round `round` of `step`'s collective from `from`: exactly `expected` values, or an error.
+    pub async fn take_values(
+        &mut self,
+        what: &str,
+        from: PeerId,
+        step: u64,
+        round: u32,
+        expected: usize,
+    ) -> Result<Vec<f32>> {
+        let deadline = self.clock.now() + self.timeout;
+        self.take_values_until(deadline, from, step, round).await?.ok_or_else(|| self.stalled(what)).and_then(|v| {
+            if v.len() == expected {
+                Ok(v)
+            } else {
+                Err(Error::config("collective", format!("{what} of {} values, expected {expected}", v.len())))
+            }
+        })
+    }
+
+    /// Round `round` of `step` from `from` if it arrives before `deadline` (any length: the caller checks).
+    async fn take_values_until(
+        &mut self,
+        deadline: Duration,
+        from: PeerId,
+        step: u64,
+        round: u32,
+    ) -> Result<Option<Vec<f32>>> {
+        let wanted = |f: &PeerId, m: &Msg| {
+            *f == from && matches!(m, Msg::Reduce { step: st, round: rd, .. } if *st == step && *rd == round)
+        };
+        match self.take_until(deadline, wanted).await? {
+            Some((_, Msg::Reduce { data, .. })) => Ok(Some(data.to_f32_vec()?)),
+            Some(_) => Err(Error::config("message", "unexpected message kind")),
+            None => Ok(None),
+        }
+    }
+
+    fn stalled(&self, what: &str) -> Error {
+        Error::Stalled { worker: self.name.clone(), what: format!("no {what} within {:?}", self.timeout) }
+    }
+}
+
+/// Ring all-reduce (sum) of `data` among `ring`, this worker at `me`: R−1 reduce-scatter rounds, then
+/// R−1 all-gather rounds, each sending one chunk of about `len / R` values to the next member. Every
+/// member ends with the same bits (the all-gather copies the reduced chunks). Rounds are numbered from
+/// `tag`.
+pub async fn ring_all_reduce<T: Transport, C: Clock>(
+    mail: &mut Mailbox<T, C>,
+    ring: &[PeerId],
+    me: usize,
+    step: u64,
+    tag: u32,
+    mut data: Vec<f32>,
+) -> Result<Vec<f32>> {
+    let n = ring.len();
+    let len = data.len();
+    let chunk = |i: usize| (i * len / n)..((i + 1) * len / n);
+    let (next, prev) = (ring[(me + 1) % n], ring[(me + n - 1) % n]);
+    for round in 0..2 * (n - 1) {
+        let (send_idx, recv_idx) = if round < n - 1 {
+            ((me + n - round) % n, (me + n - round - 1) % n)
+        } else {
+            let k = round - (n - 1);
+            ((me + 1 + n - k) % n, (me + n - k) % n)
+        };
+        let tagged = tag + round as u32;
+        mail.send_values(next, step, tagged, &data[chunk(send_idx)]).await?;
+        let range = chunk(recv_idx);
+        let incoming = mail.take_values("ring chunk", prev, step, tagged, range.len()).await?;
+        if round < n - 1 {
+            for (d, x) in data[range].iter_mut().zip(incoming) {
+                *d += x;
+            }
+        } else {
+            data[range].copy_from_slice(&incoming);
+        }
+    }
+    Ok(data)
+}
+
+/// Binary-tree all-reduce (sum) of `data` among `group`, this worker at `me`: at level `d = 1, 2, 4…`
+/// rank `k·2d + d` sends its partial sum to rank `k·2d`, which adds it; then the total goes back down the
+/// same edges. Every member ends with the root's bits. Rounds are numbered from `tag`.
+pub async fn tree_all_reduce<T: Transport, C: Clock>(
+    mail: &mut Mailbox<T, C>,
+    group: &[PeerId],
+    me: usize,
+    step: u64,
+    tag: u32,
+    mut data: Vec<f32>,
+) -> Result<Vec<f32>> {
+    let n = group.len();
+    let mut levels = Vec::new();
+    let mut d = 1;
+    while d < n {
+        levels.push(d);
+        d *= 2;
+    }
+    let down = tag + 64;
+    // Up: sum into the lower rank of each pair.
+    for (level, &d) in levels.iter().enumerate() {
+        let round = tag + level as u32;
+        if me % (2 * d) == d {
+            mail.send_values(group[me - d], step, round, &data).await?;
+            break;
+        }
+        if me.is_multiple_of(2 * d) && me + d < n {
+            let incoming = mail.take_values("tree partial sum", group[me + d], step, round, data.len()).await?;
+            for (x, y) in data.iter_mut().zip(incoming) {
+                *x += y;
+            }
+        }
+    }
+    // Down: the total travels back along the same edges, highest level first.
+    for (level, &d) in levels.iter().enumerate().rev() {
+        let round = down + level as u32;
+        if me.is_multiple_of(2 * d) && me + d < n {
+            mail.send_values(group[me + d], step, round, &data).await?;
+        } else if me % (2 * d) == d {
+            data = mail.take_values("tree total", group[me - d], step, round, data.len()).await?;
+        }
+    }
+    Ok(data)
+}
+
+/// What a [`gather_mean`] produced, and who was left out of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatherOutcome {
+    /// The mean of the admitted contributions (this worker's own alone if its root went silent).
+    pub mean: Vec<f32>,
+    /// How many contributions the mean averages.
+    pub members: usize,
+    /// (Root only) members whose contribution did not arrive before the deadline.
+    pub missing: Vec<PeerId>,
+    /// (Root only) members whose contribution was rejected, and why.
+    pub rejected: Vec<(PeerId, String)>,
+    /// (Member only) the root sent no usable mean before the deadline; `mean` is this worker's own.
+    pub root_lost: bool,
+}
+
+/// Gather-average-broadcast within `group` (this worker at `me`; the root is `group[0]`): members send
+/// `own` to the root; the root waits up to `timeout`, keeps the contributions `admissible` accepts
+/// (judged against its own), sums them in group order and sends the mean back to every member it heard
+/// from. A member waits up to `2 · timeout` for the mean; without it, it carries on with its own
+/// contribution. A missing or misbehaving peer therefore never stalls the group.
+#[allow(clippy::too_many_arguments)]
+pub async fn gather_mean<T: Transport, C: Clock>(
+    mail: &mut Mailbox<T, C>,
+    group: &[PeerId],
+    me: usize,
+    step: u64,
+    tag: u32,
+    own: Vec<f32>,
+    timeout: Duration,
+    admissible: impl Fn(&[f32], &[f32]) -> std::result::Result<(), String>,
+) -> Result<GatherOutcome> {
+    let (up, down) = (tag, tag + 1);
+    let mut outcome =
+        GatherOutcome { mean: Vec::new(), members: 1, missing: Vec::new(), rejected: Vec::new(), root_lost: false };
+    if me != 0 {
+        mail.send_values(group[0], step, up, &own).await?;
+        let deadline = mail.clock.now() + 2 * timeout;
+        match mail.take_values_until(deadline, group[0], step, down).await? {
+            Some(mean) if crate::sync::check_finite(&own, &mean).is_ok() => {
+                outcome.mean = mean;
+                outcome.members = group.len();
+            }
+            _ => {
+                outcome.mean = own;
+                outcome.root_lost = true;
+            }
+        }
+        return Ok(outcome);
+    }
+    let deadline = mail.clock.now() + timeout;
+    let mut arrived: Vec<Option<Vec<f32>>> = vec![None; group.len()];
+    for (i, &peer) in group.iter().enumerate().skip(1) {
+        arrived[i] = mail.take_values_until(deadline, peer, step, up).await?;
+    }
+    let mut sum = own.clone();
+    let mut heard = Vec::new();
+    for (i, contribution) in arrived.into_iter().enumerate().skip(1) {
+        let peer = group[i];
+        let Some(values) = contribution else {
+            outcome.missing.push(peer);
+            continue;
+        };
+        heard.push(peer);
+        match admissible(&own, &values) {
+            Ok(()) => {
+                for (s, v) in sum.iter_mut().zip(&values) {
+                    *s += v;
+                }
+                outcome.members += 1;
+            }
+            Err(why) => outcome.rejected.push((peer, why)),
+        }
+    }
+    let count = outcome.members as f32;
+    sum.iter_mut().for_each(|s| *s /= count);
+    for peer in heard {
+        mail.send_values(peer, step, down, &sum).await?;
+    }
+    outcome.mean = sum;
+    Ok(outcome)
+}

@@ -1,0 +1,176 @@
+//! How the replicas of a stage agree: the [`OuterSync`] plug point, the [`Collective`]s a protocol can
+//! ask the runtime for, and the data-parallel baselines ([`DataParallel`], [`Independent`]).
+//!
+//! A protocol is sans-IO: it says *when* a worker synchronises, *with whom* and *through which
+//! collective* ([`OuterSync::round`]), *what* the worker contributes ([`OuterState::contribution`]) and
+//! *what it does with the group's mean* ([`OuterState::finish`]). The runtime moves the bytes (over the
+//! simulated network or QUIC), enforces deadlines, and drops contributions the protocol finds
+//! inadmissible ([`OuterState::admissible`]).
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How a group turns its members' contributions into their mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Collective {
+    /// Ring all-reduce: 2·(n−1) rounds, each sending 1/n of the vector to the next member.
+    Ring,
+    /// Binary-tree all-reduce: partial sums up ⌈log2 n⌉ levels to the first member, the total back down.
+    Tree,
+    /// The first member gathers every contribution, averages those that arrive in time and are
+    /// admissible, and sends the mean back (2·(n−1) whole-vector messages, all through the root). Members
+    /// that miss the deadline are left out; a member whose root goes silent carries on with its own
+    /// contribution as the mean. The only collective that tolerates a missing peer.
+    Gather,
+}
+
+/// One synchronisation round of one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OuterRound {
+    /// The replicas taking part (this worker's among them), listed in the same order by every member;
+    /// the first is the root of a [`Collective::Gather`].
+    pub group: Vec<usize>,
+    /// How the mean is computed.
+    pub collective: Collective,
+    /// For [`Collective::Gather`]: how long the root waits for contributions (members wait twice as long
+    /// for the mean). The other collectives need every member and fail after the run's `peer_timeout`.
+    pub timeout: Duration,
+}
+
+/// How the replicas of a stage synchronise: the plug point of DDP, DiLoCo, NoLoCo and their variants.
+pub trait OuterSync: Send + Sync + Debug {
+    /// A short name for logs and reports.
+    fn name(&self) -> String;
+
+    /// Checks the protocol's settings against the number of replicas per stage.
+    fn validate(&self, replicas: usize) -> Result<()>;
+
+    /// If the replicas average their gradients before every inner optimizer step (data parallelism),
+    /// the collective they use.
+    fn gradient_collective(&self) -> Option<Collective> {
+        None
+    }
+
+    /// The round replica `replica` of `replicas` takes part in after its `steps_done`-th inner step, if
+    /// any. Every member of a group must return the same group for the same step.
+    fn round(&self, _steps_done: u64, _replica: usize, _replicas: usize) -> Option<OuterRound> {
+        None
+    }
+
+    /// A worker's outer state, from its stage's initial weights (flattened in parameter-name order);
+    /// `None` if the protocol has no outer rounds.
+    fn start(&self, _initial: &[f32]) -> Option<Box<dyn OuterState>> {
+        None
+    }
+}
+
+/// One worker's side of an outer protocol between rounds (outer weights, momentum…).
+pub trait OuterState: Send + Sync {
+    /// What this worker puts into its group's mean, given its current (inner, "fast") weights `theta`.
+    fn contribution(&self, theta: &[f32]) -> Vec<f32>;
+
+    /// Whether a peer's contribution may be averaged in, judged against this worker's own; the error
+    /// says why not. The default accepts any finite vector of the right length.
+    fn admissible(&self, own: &[f32], peer: &[f32]) -> std::result::Result<(), String> {
+        check_finite(own, peer)
+    }
+
+    /// Applies the group's `mean` contribution: updates the outer state and overwrites `theta` with the
+    /// weights to train on next.
+    fn finish(&mut self, theta: &mut [f32], mean: &[f32]);
+
+    /// A copy of the state (checkpoints save it beside the weights).
+    fn snapshot(&self) -> Box<dyn OuterState>;
+}
+
+/// The check every contribution must pass: the right length and only finite values.
+pub fn check_finite(own: &[f32], peer: &[f32]) -> std::result::Result<(), String> {
+    if peer.len() != own.len() {
+        return Err(format!("{} values, expected {}", peer.len(), own.len()));
+    }
+    match peer.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(format!("non-finite value {} at index {i}", peer[i])),
+        None => Ok(()),
+    }
+}
+
+/// The data-parallel baseline: every step the replicas of a stage average their gradients with an
+/// all-reduce, then all take the same inner optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataParallel {
+    /// [`Collective::Ring`] (2·(R−1) messages of 1/R of the gradients per replica) or
+    /// [`Collective::Tree`] (fewer rounds, whole-gradient messages, the root's links carry the most).
+    pub collective: Collective,
+}
+
+impl DataParallel {
+    /// DDP with a ring all-reduce.
+    pub const RING: Self = Self { collective: Collective::Ring };
+    /// DDP with a binary-tree all-reduce.
+    pub const TREE: Self = Self { collective: Collective::Tree };
+}
+
+impl Default for DataParallel {
+    fn default() -> Self {
+        Self::RING
+    }
+}
+
+impl OuterSync for DataParallel {
+    fn name(&self) -> String {
+        match self.collective {
+            Collective::Ring => "ddp-ring".into(),
+            Collective::Tree => "ddp-tree".into(),
+            Collective::Gather => "ddp-gather".into(),
+        }
+    }
+
+    fn validate(&self, _replicas: usize) -> Result<()> {
+        if self.collective == Collective::Gather {
+            return Err(Error::config("sync", "data parallelism needs every gradient: use the ring or tree all-reduce"));
+        }
+        Ok(())
+    }
+
+    fn gradient_collective(&self) -> Option<Collective> {
+        Some(self.collective)
+    }
+}
+
+/// No synchronisation at all: replicas train independently (the lower bound for communication).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Independent;
+
+impl OuterSync for Independent {
+    fn name(&self) -> String {
+        "none".into()
+    }
+
+    fn validate(&self, _replicas: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contributions_must_be_finite_and_the_right_length() {
+        assert!(check_finite(&[1.0, 2.0], &[3.0, 4.0]).is_ok());
+        assert!(check_finite(&[1.0, 2.0], &[3.0]).unwrap_err().contains("expected 2"));
+        assert!(check_finite(&[1.0, 2.0], &[3.0, f32::NAN]).unwrap_err().contains("index 1"));
+        assert!(check_finite(&[1.0], &[f32::INFINITY]).is_err());
+    }
+
+    #[test]
+    fn data_parallel_rejects_a_lossy_collective() {
+        assert!(DataParallel::RING.validate(4).is_ok());
+        assert!(DataParallel { collective: Collective::Gather }.validate(4).is_err());
+        assert_eq!(DataParallel::TREE.gradient_collective(), Some(Collective::Tree));
+        assert_eq!(Independent.gradient_collective(), None);
+    }
+}

@@ -1,0 +1,105 @@
+//! The collectives on the simulated network: all-reduces agree with a plain sum, and a gather round
+//! neither stalls on a silent peer nor averages in a poisoned contribution.
+
+use std::time::Duration;
+
+use genrl::{DeviceProfile, SimSwarm, SwarmSpec, run_simulation};
+use pipeline::collective::{GatherOutcome, Mailbox, gather_mean, ring_all_reduce, tree_all_reduce};
+use pipeline::sync::check_finite;
+use transport::sim::LinkSpec;
+
+fn swarm(n: usize) -> SimSwarm {
+    SimSwarm::build(&SwarmSpec::uniform(3, n, DeviceProfile::a10(), LinkSpec::mbit(20.0, 100.0))).expect("swarm")
+}
+
+fn values(agent: usize) -> Vec<f32> {
+    (0..10).map(|i| (agent * 10 + i) as f32 * 0.25).collect()
+}
+
+#[test]
+fn ring_and_tree_all_reduce_sum_every_members_values() {
+    for n in [1, 2, 3, 5, 8] {
+        let out = run_simulation(async move {
+            let swarm = swarm(n);
+            swarm
+                .run(move |ctx| async move {
+                    let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock, Duration::from_secs(30), "t");
+                    let me = ctx.index as usize;
+                    let ring = ring_all_reduce(&mut mail, &ctx.peers, me, 1, 0, values(me)).await;
+                    let tree = tree_all_reduce(&mut mail, &ctx.peers, me, 1, 100, values(me)).await;
+                    Ok((ring.expect("ring"), tree.expect("tree")))
+                })
+                .await
+        })
+        .expect("runtime");
+        let want: Vec<f32> = (0..10).map(|i| (0..n).map(|a| values(a)[i]).sum()).collect();
+        for result in out {
+            let (ring, tree) = result.expect("agent");
+            for ((r, t), w) in ring.iter().zip(&tree).zip(&want) {
+                assert!((r - w).abs() < 1e-3 && (t - w).abs() < 1e-3, "n={n}: ring {r}, tree {t}, want {w}");
+            }
+        }
+    }
+}
+
+/// Agent 3 never shows up; agent 2 sends NaNs. The root averages agents 0 and 1 only, logs both, and
+/// nobody waits longer than the deadlines.
+#[test]
+fn a_gather_round_leaves_out_silent_and_poisoned_peers() {
+    let timeout = Duration::from_secs(5);
+    let (outcomes, finished) = run_simulation(async move {
+        let swarm = swarm(4);
+        let out = swarm
+            .run(move |ctx| async move {
+                let me = ctx.index as usize;
+                if me == 3 {
+                    return Ok(None);
+                }
+                let own = if me == 2 { vec![f32::NAN; 10] } else { values(me) };
+                let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), Duration::from_secs(600), "t");
+                let outcome = gather_mean(&mut mail, &ctx.peers, me, 7, 0, own, timeout, check_finite)
+                    .await
+                    .expect("gather");
+                Ok(Some((outcome, ctx.clock.now())))
+            })
+            .await;
+        (out, swarm.network().now())
+    })
+    .expect("runtime");
+    let outcomes: Vec<Option<(GatherOutcome, Duration)>> = outcomes.into_iter().map(|r| r.expect("agent")).collect();
+    let want: Vec<f32> = (0..10).map(|i| (values(0)[i] + values(1)[i]) / 2.0).collect();
+    let (root, root_done) = outcomes[0].clone().expect("root");
+    assert_eq!(root.mean, want);
+    assert_eq!(root.members, 2);
+    assert_eq!(root.missing.len(), 1, "agent 3 is missing");
+    assert_eq!(root.rejected.len(), 1, "agent 2 is rejected");
+    assert!(root.rejected[0].1.contains("non-finite"));
+    assert!(root_done < timeout + Duration::from_secs(1), "the root waited only its deadline: {root_done:?}");
+    let (member, _) = outcomes[1].clone().expect("member");
+    assert_eq!(member.mean, want, "the member gets the root's mean");
+    assert!(!member.root_lost);
+    assert!(finished < 3 * timeout, "nobody hangs: {finished:?}");
+}
+
+#[test]
+fn a_member_whose_root_is_silent_carries_on_alone() {
+    let timeout = Duration::from_secs(2);
+    let outcomes = run_simulation(async move {
+        swarm(2)
+            .run(move |ctx| async move {
+                let me = ctx.index as usize;
+                if me == 0 {
+                    return Ok(None);
+                }
+                let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), Duration::from_secs(600), "t");
+                let outcome =
+                    gather_mean(&mut mail, &ctx.peers, me, 1, 0, values(me), timeout, check_finite).await.expect("gather");
+                Ok(Some(outcome))
+            })
+            .await
+    })
+    .expect("runtime");
+    let member = outcomes[1].as_ref().expect("agent").clone().expect("member");
+    assert!(member.root_lost);
+    assert_eq!(member.mean, values(1));
+}
