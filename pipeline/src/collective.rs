@@ -7,10 +7,11 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use genrl::Clock;
+use genrl::{AgentCtx, Clock, EventKind};
 use transport::{PeerId, Transport, TransportExt};
 
 use crate::error::{Error, Result};
+use crate::sync::{Collective, OuterRound, OuterState, check_finite};
 use crate::wire::Msg;
 
 /// Messages that arrived before anyone asked for them, and what this worker has sent and waited.
@@ -227,6 +228,20 @@ pub async fn tree_all_reduce<T: Transport, C: Clock>(
     Ok(data)
 }
 
+/// The element-wise mean of `first` and `others` (all of one length), summed in the order given and
+/// computed in `first`'s buffer: the same inputs in the same order give the same bits on every machine.
+pub fn mean_in_order(first: Vec<f32>, others: &[&[f32]]) -> Vec<f32> {
+    let mut sum = first;
+    for v in others {
+        for (s, x) in sum.iter_mut().zip(v.iter()) {
+            *s += x;
+        }
+    }
+    let count = (others.len() + 1) as f32;
+    sum.iter_mut().for_each(|s| *s /= count);
+    sum
+}
+
 /// What a [`gather_mean`] produced, and who was left out of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatherOutcome {
@@ -265,7 +280,7 @@ pub async fn gather_mean<T: Transport, C: Clock>(
         mail.send_values(group[0], step, up, &own).await?;
         let deadline = mail.clock.now() + 2 * timeout;
         match mail.take_values_until(deadline, group[0], step, down).await? {
-            Some(mean) if crate::sync::check_finite(&own, &mean).is_ok() => {
+            Some(mean) if check_finite(&own, &mean).is_ok() => {
                 outcome.mean = mean;
                 outcome.members = group.len();
             }
@@ -281,30 +296,106 @@ pub async fn gather_mean<T: Transport, C: Clock>(
     for (i, &peer) in group.iter().enumerate().skip(1) {
         arrived[i] = mail.take_values_until(deadline, peer, step, up).await?;
     }
-    let mut sum = own.clone();
+    let mut admitted: Vec<&[f32]> = Vec::new();
     let mut heard = Vec::new();
-    for (i, contribution) in arrived.into_iter().enumerate().skip(1) {
+    for (i, contribution) in arrived.iter().enumerate().skip(1) {
         let peer = group[i];
         let Some(values) = contribution else {
             outcome.missing.push(peer);
             continue;
         };
         heard.push(peer);
-        match admissible(&own, &values) {
-            Ok(()) => {
-                for (s, v) in sum.iter_mut().zip(&values) {
-                    *s += v;
-                }
-                outcome.members += 1;
-            }
+        match admissible(&own, values) {
+            Ok(()) => admitted.push(values),
             Err(why) => outcome.rejected.push((peer, why)),
         }
     }
-    let count = outcome.members as f32;
-    sum.iter_mut().for_each(|s| *s /= count);
+    outcome.members = admitted.len() + 1;
+    let sum = mean_in_order(own, &admitted);
     for peer in heard {
         mail.send_values(peer, step, down, &sum).await?;
     }
     outcome.mean = sum;
     Ok(outcome)
+}
+
+/// The mean of `data` over `round`'s group through an all-reduce (ring or tree) that needs every
+/// member; `group` are the members' peer ids, this worker at `me`.
+pub async fn all_reduce_mean<T: Transport, C: Clock>(
+    mail: &mut Mailbox<T, C>,
+    round: &OuterRound,
+    group: &[PeerId],
+    me: usize,
+    step: u64,
+    tag: u32,
+    data: Vec<f32>,
+) -> Result<Vec<f32>> {
+    let mut sum = match round.collective {
+        Collective::Tree => tree_all_reduce(mail, group, me, step, tag, data).await?,
+        _ => ring_all_reduce(mail, group, me, step, tag, data).await?,
+    };
+    let scale = 1.0 / group.len() as f32;
+    sum.iter_mut().for_each(|x| *x *= scale);
+    Ok(sum)
+}
+
+/// First round number of the per-step gradient all-reduce.
+pub const GRADIENT_TAG: u32 = 0;
+/// First round number of an outer round (kept apart from the gradient all-reduce's).
+pub const OUTER_TAG: u32 = 1 << 20;
+
+/// One outer round on flat weights `theta` (this worker is replica `r` of stage `s`; `row` holds the
+/// peer ids of the stage's replicas): contribute, reach the group's mean through the round's
+/// collective, let the protocol update its state and `theta`. Peers left out of a gather round are
+/// logged as events; an all-reduce that yields non-finite values is an error.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_outer_round<T: Transport, C: Clock>(
+    ctx: &AgentCtx<T, C>,
+    mail: &mut Mailbox<T, C>,
+    state: &mut dyn OuterState,
+    round: &OuterRound,
+    row: &[PeerId],
+    (s, r): (usize, usize),
+    step: u64,
+    theta: &mut [f32],
+) -> Result<()> {
+    let me = round
+        .group
+        .iter()
+        .position(|&q| q == r)
+        .ok_or_else(|| Error::config("sync", format!("replica {r} is not in its own group {:?}", round.group)))?;
+    let group = round.group.iter().map(|&q| row.get(q).copied()).collect::<Option<Vec<PeerId>>>().ok_or_else(|| {
+        Error::config("sync", format!("group {:?} names a replica beyond {}", round.group, row.len()))
+    })?;
+    let own = state.contribution(theta);
+    mail.discard_reduce_before(step);
+    let mean = match round.collective {
+        Collective::Gather => {
+            let outcome =
+                gather_mean(mail, &group, me, step, OUTER_TAG, own, round.timeout, |a, b| state.admissible(a, b))
+                    .await?;
+            let now = ctx.clock.now();
+            let at = format!("stage {s} replica {r}, step {step}");
+            for peer in &outcome.missing {
+                let detail = format!("{at}: no contribution from {} in time; averaged without it", peer.short());
+                ctx.metrics.event(now, Some(ctx.index), EventKind::Timeout, detail);
+            }
+            for (peer, why) in &outcome.rejected {
+                let detail = format!("{at}: contribution of {} rejected: {why}", peer.short());
+                ctx.metrics.event(now, Some(ctx.index), EventKind::Rejected, detail);
+            }
+            if outcome.root_lost {
+                let detail = format!("{at}: no mean from the group root in time; continuing alone");
+                ctx.metrics.event(now, Some(ctx.index), EventKind::Timeout, detail);
+            }
+            outcome.mean
+        }
+        _ => {
+            let mean = all_reduce_mean(mail, round, &group, me, step, OUTER_TAG, own.clone()).await?;
+            check_finite(&own, &mean).map_err(|why| Error::config("sync", format!("all-reduce: {why}")))?;
+            mean
+        }
+    };
+    state.finish(theta, &mean);
+    Ok(())
 }

@@ -41,9 +41,7 @@ pub async fn run_simulated(spec: &PipelineSpec, corpus: Arc<Corpus>) -> Result<R
         .run(move |ctx| {
             let (spec, corpus, probe) = (spec_arc.clone(), corpus.clone(), worker_probe.clone());
             async move {
-                run_worker(ctx, spec, corpus, probe)
-                    .await
-                    .map_err(|e| genrl::Error::Config { field: "worker".into(), reason: e.to_string() })
+                run_worker(ctx, spec, corpus, probe).await.map_err(|e| genrl::Error::config("worker", e.to_string()))
             }
         })
         .await;

@@ -130,7 +130,10 @@ impl OuterSync for DataParallel {
 
     fn validate(&self, _replicas: usize) -> Result<()> {
         if self.collective == Collective::Gather {
-            return Err(Error::config("sync", "data parallelism needs every gradient: use the ring or tree all-reduce"));
+            return Err(Error::config(
+                "sync",
+                "data parallelism needs every gradient: use the ring or tree all-reduce",
+            ));
         }
         Ok(())
     }

@@ -15,12 +15,12 @@ use models::data::{Corpus, eval_batches, sample_batch};
 use models::{AdamW, Stage, StageInput};
 use transport::{PeerId, Transport};
 
-use crate::collective::{Mailbox, gather_mean, ring_all_reduce, tree_all_reduce};
+use crate::collective::{GRADIENT_TAG, Mailbox, all_reduce_mean, run_outer_round};
 use crate::error::{Error, Result};
 use crate::plug::Recovery;
 use crate::probe::WeightProbe;
 use crate::spec::PipelineSpec;
-use crate::sync::{Collective, OuterRound, OuterState};
+use crate::sync::{OuterRound, OuterState};
 use crate::wire::{Msg, from_wire, to_wire};
 
 /// What a worker returns at the end.
@@ -339,32 +339,7 @@ struct Checkpoint {
     outer: Option<Box<dyn OuterState>>,
 }
 
-/// The mean of `data` over `round`'s group through an all-reduce (ring or tree) that needs every
-/// member; `group` are the members' peer ids, this worker at `me`.
-async fn all_reduce_mean<T: Transport, C: Clock>(
-    mail: &mut Mailbox<T, C>,
-    round: &OuterRound,
-    group: &[PeerId],
-    me: usize,
-    step: u64,
-    tag: u32,
-    data: Vec<f32>,
-) -> Result<Vec<f32>> {
-    let mut sum = match round.collective {
-        Collective::Tree => tree_all_reduce(mail, group, me, step, tag, data).await?,
-        _ => ring_all_reduce(mail, group, me, step, tag, data).await?,
-    };
-    let scale = 1.0 / group.len() as f32;
-    sum.iter_mut().for_each(|x| *x *= scale);
-    Ok(sum)
-}
-
-/// Round numbers of the per-step gradient all-reduce and of the outer rounds (kept apart).
-const GRADIENT_TAG: u32 = 0;
-const OUTER_TAG: u32 = 1 << 20;
-
-/// One outer round of this worker (stage `s`, replica `r`) after inner step `step`: contribute, reach
-/// the group's mean through the round's collective, let the protocol update its state and the weights.
+/// One outer round of this worker after inner step `step`, on its stage's weights.
 #[allow(clippy::too_many_arguments)]
 async fn outer_round<T: Transport, C: Clock>(
     ctx: &AgentCtx<T, C>,
@@ -377,45 +352,9 @@ async fn outer_round<T: Transport, C: Clock>(
     names: &[String],
     shapes: &BTreeMap<String, Vec<usize>>,
 ) -> Result<()> {
-    let me = round
-        .group
-        .iter()
-        .position(|&q| q == r)
-        .ok_or_else(|| Error::config("sync", format!("replica {r} is not in its own group {:?}", round.group)))?;
-    if let Some(&bad) = round.group.iter().find(|&&q| q >= replicas) {
-        return Err(Error::config("sync", format!("group member {bad} of {replicas} replicas does not exist")));
-    }
-    let group: Vec<PeerId> = round.group.iter().map(|&q| ctx.peers[s * replicas + q]).collect();
     let mut theta = flatten(names, &params.snapshot(), shapes)?;
-    let own = state.contribution(&theta);
-    mail.discard_reduce_before(step);
-    let mean = match round.collective {
-        Collective::Gather => {
-            let outcome =
-                gather_mean(mail, &group, me, step, OUTER_TAG, own, round.timeout, |a, b| state.admissible(a, b))
-                    .await?;
-            let now = ctx.clock.now();
-            for peer in &outcome.missing {
-                let detail = format!("stage {s} replica {r}, step {step}: no contribution from {} in time", peer.short());
-                ctx.metrics.event(now, Some(ctx.index), genrl::EventKind::Timeout, detail);
-            }
-            for (peer, why) in &outcome.rejected {
-                let detail = format!("stage {s} replica {r}, step {step}: contribution of {} rejected: {why}", peer.short());
-                ctx.metrics.event(now, Some(ctx.index), genrl::EventKind::Rejected, detail);
-            }
-            if outcome.root_lost {
-                let detail = format!("stage {s} replica {r}, step {step}: no mean from the group root; continuing alone");
-                ctx.metrics.event(now, Some(ctx.index), genrl::EventKind::Timeout, detail);
-            }
-            outcome.mean
-        }
-        _ => {
-            let mean = all_reduce_mean(mail, round, &group, me, step, OUTER_TAG, own.clone()).await?;
-            crate::sync::check_finite(&own, &mean).map_err(|why| Error::config("sync", format!("all-reduce: {why}")))?;
-            mean
-        }
-    };
-    state.finish(&mut theta, &mean);
+    let row: Vec<PeerId> = (0..replicas).map(|q| ctx.peers[s * replicas + q]).collect();
+    run_outer_round(ctx, mail, state, round, &row, (s, r), step, &mut theta).await?;
     for (name, t) in unflatten(names, &theta, shapes, &Device::Cpu)? {
         params.set(&name, &t)?;
     }

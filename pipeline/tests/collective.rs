@@ -57,9 +57,8 @@ fn a_gather_round_leaves_out_silent_and_poisoned_peers() {
                 }
                 let own = if me == 2 { vec![f32::NAN; 10] } else { values(me) };
                 let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), Duration::from_secs(600), "t");
-                let outcome = gather_mean(&mut mail, &ctx.peers, me, 7, 0, own, timeout, check_finite)
-                    .await
-                    .expect("gather");
+                let outcome =
+                    gather_mean(&mut mail, &ctx.peers, me, 7, 0, own, timeout, check_finite).await.expect("gather");
                 Ok(Some((outcome, ctx.clock.now())))
             })
             .await;
@@ -92,8 +91,9 @@ fn a_member_whose_root_is_silent_carries_on_alone() {
                     return Ok(None);
                 }
                 let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), Duration::from_secs(600), "t");
-                let outcome =
-                    gather_mean(&mut mail, &ctx.peers, me, 1, 0, values(me), timeout, check_finite).await.expect("gather");
+                let outcome = gather_mean(&mut mail, &ctx.peers, me, 1, 0, values(me), timeout, check_finite)
+                    .await
+                    .expect("gather");
                 Ok(Some(outcome))
             })
             .await
