@@ -8,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use genrl::DeviceProfile;
 use models::data::SyntheticConfig;
 use models::{Backend, ModelConfig, OptimConfig};
+use noloco::scale::{ScaleSpec, SyncMethod};
+use noloco::{DiLoCo, NoLoCo, RandomRouter};
 use pipeline::{DataParallel, FixedRouter, Independent, PipelineSpec};
 use serde::{Deserialize, Serialize};
 use transport::sim::LinkSpec;
@@ -30,6 +32,20 @@ impl Default for CorpusConfig {
     }
 }
 
+/// The ways an arm's replicas can synchronise.
+pub(crate) const SYNC_KINDS: [&str; 5] = ["all_reduce", "tree_all_reduce", "none", "diloco", "noloco"];
+
+/// Which replica of the next stage a micro-batch visits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Routing {
+    /// Always its own replica's row.
+    #[default]
+    Fixed,
+    /// A random replica, re-drawn per micro-batch and stage (NoLoCo).
+    Random,
+}
+
 /// One arm of a study: a grid and how it synchronises.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,13 +56,96 @@ pub(crate) struct ArmConfig {
     pub(crate) stages: usize,
     /// Data-parallel replicas.
     pub(crate) replicas: usize,
-    /// `all_reduce` (DDP, ring), `tree_all_reduce` (DDP, binary tree) or `none`.
+    /// `all_reduce` (DDP, ring), `tree_all_reduce` (DDP, binary tree), `none`, `diloco` or `noloco`.
     #[serde(default = "default_sync")]
     pub(crate) sync: String,
+    /// `fixed` or `random` (NoLoCo's random pipeline routing).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub(crate) routing: Routing,
+    /// DiLoCo's settings (for `sync = "diloco"`; defaults if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) diloco: Option<DiLoCo>,
+    /// NoLoCo's settings (for `sync = "noloco"`; defaults if absent). Its seed is combined with the run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) noloco: Option<NoLoCo>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl ArmConfig {
+    /// An arm with the baseline synchronisation (DDP, ring all-reduce) on a fixed path.
+    pub(crate) fn new(label: &str, stages: usize, replicas: usize) -> Self {
+        Self {
+            label: label.into(),
+            stages,
+            replicas,
+            sync: default_sync(),
+            routing: Routing::Fixed,
+            diloco: None,
+            noloco: None,
+        }
+    }
 }
 
 fn default_sync() -> String {
     "all_reduce".into()
+}
+
+/// The synchronisation-scaling part of a study: one outer round of a stage shard among R replicas on
+/// internet-like links, for each swarm size and method (see `noloco::scale`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ScaleConfig {
+    /// Swarm sizes.
+    pub(crate) replicas: Vec<usize>,
+    /// Parameters of one stage shard of the modelled model.
+    pub(crate) shard_params: usize,
+    /// Floats actually simulated per shard (bandwidths are scaled to match).
+    pub(crate) simulated_values: usize,
+    /// Pair latency range, ms.
+    pub(crate) latency_ms: (f64, f64),
+    /// Access bandwidth range, Mbit/s.
+    pub(crate) mbit_per_s: (f64, f64),
+    /// Replicas reach the round within this many seconds of each other.
+    pub(crate) arrival_spread_s: f64,
+    /// NoLoCo group size.
+    pub(crate) group_size: usize,
+}
+
+impl Default for ScaleConfig {
+    fn default() -> Self {
+        let links = noloco::scale::InternetLinks::default();
+        Self {
+            replicas: vec![8, 32, 128, 512, 1024],
+            shard_params: 25_000_000,
+            simulated_values: 1 << 18,
+            latency_ms: links.latency_ms,
+            mbit_per_s: links.mbit_per_s,
+            arrival_spread_s: 2.0,
+            group_size: 2,
+        }
+    }
+}
+
+impl ScaleConfig {
+    /// The measurement of `replicas` replicas with `method`.
+    pub(crate) fn spec(&self, replicas: usize, method: SyncMethod, seed: u64) -> ScaleSpec {
+        ScaleSpec {
+            shard_params: self.shard_params,
+            simulated_values: self.simulated_values,
+            links: noloco::scale::InternetLinks { latency_ms: self.latency_ms, mbit_per_s: self.mbit_per_s },
+            arrival_spread_s: self.arrival_spread_s,
+            seed,
+            ..ScaleSpec::new(replicas, method)
+        }
+    }
+
+    /// The methods compared.
+    pub(crate) fn methods(&self) -> [SyncMethod; 3] {
+        [SyncMethod::RingAllReduce, SyncMethod::TreeAllReduce, SyncMethod::Gossip { group_size: self.group_size }]
+    }
 }
 
 /// The network every worker sits on.
@@ -99,6 +198,9 @@ pub(crate) struct RunConfig {
     pub(crate) network: NetworkConfig,
     /// The arms, run one after the other on the same data.
     pub(crate) arms: Vec<ArmConfig>,
+    /// If set, also measure how synchronisation scales with the swarm size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) scale: Option<ScaleConfig>,
 }
 
 impl Default for RunConfig {
@@ -119,10 +221,11 @@ impl Default for RunConfig {
             corpus: CorpusConfig::default(),
             network: NetworkConfig::default(),
             arms: vec![
-                ArmConfig { label: "R=1".into(), stages: 1, replicas: 1, sync: default_sync() },
-                ArmConfig { label: "DDP R=4".into(), stages: 1, replicas: 4, sync: default_sync() },
-                ArmConfig { label: "pipeline S=2 x R=2".into(), stages: 2, replicas: 2, sync: default_sync() },
+                ArmConfig::new("R=1", 1, 1),
+                ArmConfig::new("DDP R=4", 1, 4),
+                ArmConfig::new("pipeline S=2 x R=2", 2, 2),
             ],
+            scale: None,
         }
     }
 }
@@ -141,13 +244,33 @@ impl RunConfig {
         Self::from_toml(&text).with_context(|| format!("config {}", path.display()))
     }
 
-    /// A shorter version of the same study (for smoke checks).
+    /// A shorter version of the same study (for smoke checks): at most 40 steps (120 when arms have
+    /// outer rounds, whose interval `H` shrinks in proportion so the number of rounds stays), a smaller
+    /// corpus, and swarm sizes up to 64 in the scaling part.
     pub(crate) fn quick(mut self) -> Self {
-        self.steps = self.steps.min(40);
+        let outer = self.arms.iter().any(|a| matches!(a.sync.as_str(), "diloco" | "noloco"));
+        let old = self.steps;
+        self.steps = self.steps.min(if outer { 120 } else { 40 });
+        let shrink = |every: u64| (every * self.steps / old.max(1)).max(1);
+        for arm in &mut self.arms {
+            if let Some(d) = &mut arm.diloco {
+                d.every = shrink(d.every);
+            }
+            if let Some(n) = &mut arm.noloco {
+                n.every = shrink(n.every);
+            }
+        }
         self.optim.total_steps = self.steps;
         self.optim.warmup_steps = self.optim.warmup_steps.min(5);
         self.eval_every = (self.steps / 4).max(1);
         self.corpus.synthetic.train_tokens = self.corpus.synthetic.train_tokens.min(1 << 16);
+        if let Some(scale) = &mut self.scale {
+            scale.replicas.retain(|&r| r <= 64);
+            if scale.replicas.is_empty() {
+                scale.replicas.push(8);
+            }
+            scale.simulated_values = scale.simulated_values.min(1 << 16);
+        }
         self
     }
 
@@ -160,8 +283,30 @@ impl RunConfig {
             bail!("invalid arms: list at least one arm");
         }
         for (i, arm) in self.arms.iter().enumerate() {
-            if !matches!(arm.sync.as_str(), "all_reduce" | "tree_all_reduce" | "none") {
-                bail!("invalid arms[{i}].sync: {:?} is not one of all_reduce, tree_all_reduce, none", arm.sync);
+            if !SYNC_KINDS.contains(&arm.sync.as_str()) {
+                bail!("invalid arms[{i}].sync: {:?} is not one of {}", arm.sync, SYNC_KINDS.join(", "));
+            }
+            if arm.diloco.is_some() && arm.sync != "diloco" {
+                bail!("invalid arms[{i}].diloco: settings given but sync is {:?}", arm.sync);
+            }
+            if arm.noloco.is_some() && arm.sync != "noloco" {
+                bail!("invalid arms[{i}].noloco: settings given but sync is {:?}", arm.sync);
+            }
+        }
+        if let Some(scale) = &self.scale {
+            if scale.replicas.is_empty() {
+                bail!("invalid scale.replicas: list at least one swarm size");
+            }
+            if let Some(&r) = scale.replicas.iter().find(|&&r| r < 2 || !r.is_multiple_of(scale.group_size.max(1))) {
+                bail!(
+                    "invalid scale.replicas: {r} must be at least 2 and a multiple of group_size {}",
+                    scale.group_size
+                );
+            }
+            for &r in &scale.replicas {
+                for method in scale.methods() {
+                    scale.spec(r, method, self.seed).check().context("invalid scale")?;
+                }
             }
         }
         DeviceProfile::preset(&self.device)?;
@@ -189,9 +334,17 @@ impl RunConfig {
             sync: match arm.sync.as_str() {
                 "none" => Arc::new(Independent),
                 "tree_all_reduce" => Arc::new(DataParallel::TREE),
+                "diloco" => Arc::new(arm.diloco.unwrap_or_default()),
+                "noloco" => {
+                    let n = arm.noloco.unwrap_or_default();
+                    Arc::new(NoLoCo { seed: n.seed ^ self.seed, ..n })
+                }
                 _ => Arc::new(DataParallel::RING),
             },
-            router: Arc::new(FixedRouter),
+            router: match arm.routing {
+                Routing::Fixed => Arc::new(FixedRouter),
+                Routing::Random => Arc::new(RandomRouter { seed: self.seed }),
+            },
             seed: self.seed,
             device: DeviceProfile::preset(&self.device)?,
             link: LinkSpec::mbit(self.network.latency_ms, self.network.mbit_per_s),
@@ -246,6 +399,21 @@ mbit_per_s = 1000.0
 label = "R=1"
 stages = 1
 replicas = 1
+# sync = "all_reduce"  # all_reduce | tree_all_reduce | none | diloco | noloco
+# routing = "fixed"    # fixed | random (NoLoCo's random pipeline routing)
+# [arms.noloco]        # with sync = "noloco" (defaults shown)
+# every = 50           # H: inner steps between outer steps
+# group_size = 2       # n: replicas per gossip group; must divide replicas
+# outer_lr = 0.7
+# momentum = 0.5
+# pull = true          # the pull-to-group-mean term
+# timeout_s = 60.0     # a group's root waits this long for its members
+# [arms.diloco]        # with sync = "diloco" (defaults shown)
+# every = 100
+# outer_lr = 0.7
+# momentum = 0.9
+# nesterov = true      # false: heavy-ball momentum
+# collective = "ring"  # ring | tree
 
 [[arms]]
 label = "DDP R=4"
@@ -256,6 +424,14 @@ replicas = 4
 label = "pipeline S=2 x R=2"
 stages = 2
 replicas = 2
+
+# [scale]              # also measure one outer round's sync latency vs swarm size
+# replicas = [8, 32, 128, 512, 1024]
+# shard_params = 25000000
+# latency_ms = [20.0, 200.0]
+# mbit_per_s = [100.0, 1000.0]
+# arrival_spread_s = 2.0
+# group_size = 2
 "#;
 
 #[cfg(test)]
@@ -280,5 +456,14 @@ mod tests {
         assert!(err("[[arms]]\nlabel = \"x\"\nstages = 1\nreplicas = 1\nsync = \"gossip\"").contains("arms[0].sync"));
         assert!(err("[optim]\nbeta1 = 2.0").contains("optim.beta1"));
         assert!(err("backend = \"fast\"").contains("backend"));
+        let arm = "[[arms]]\nlabel = \"x\"\nstages = 1\nreplicas = 3\n";
+        assert!(err(&format!("{arm}sync = \"noloco\"")).contains("noloco.group_size"));
+        assert!(
+            err(&format!("{arm}sync = \"noloco\"\n[arms.noloco]\ngroup_size = 3\nevery = 0")).contains("noloco.every")
+        );
+        assert!(err(&format!("{arm}sync = \"diloco\"\n[arms.diloco]\nouter_lr = -1.0")).contains("diloco.outer_lr"));
+        assert!(err(&format!("{arm}[arms.noloco]\ngroup_size = 3")).contains("arms[0].noloco"));
+        assert!(err(&format!("{arm}routing = \"sideways\"")).contains("routing"));
+        assert!(err("[scale]\nreplicas = [7]").contains("scale.replicas"));
     }
 }

@@ -3,6 +3,7 @@
 mod config;
 mod plots;
 mod report;
+mod studies;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +43,23 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Reproduce a paper's study on simulated swarms and write its report beside the paper's claims.
+    ///
+    /// `noloco`: DDP, DiLoCo and NoLoCo on one 2 x 8 grid (val loss by step and by virtual time), the
+    /// ablations (no pull term, no random routing: weight variance across replicas), and the sync
+    /// latency and bytes of ring / tree all-reduce vs NoLoCo gossip for 8 to 1024 replicas on
+    /// internet-like links. The output folder's config.toml runs the same study with `swarmlab run`.
+    Reproduce {
+        /// The study.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(studies::STUDIES))]
+        study: String,
+        /// Output folder [default: runs/<study>-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The same study at a smaller scale (a few minutes; for smoke checks).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Rewrite report.md and the plots of a run folder from its run.h5 (e.g. after editing the report code).
     Report {
         /// A folder written by `swarmlab run`.
@@ -61,7 +79,14 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Run { config, out, quick } => run(config.as_deref(), out, quick),
+        Command::Run { config, out, quick } => {
+            let cfg = match config {
+                Some(path) => RunConfig::load(&path)?,
+                None => RunConfig::default(),
+            };
+            run(cfg, out, quick)
+        }
+        Command::Reproduce { study, out, quick } => run(studies::preset(&study)?, out, quick),
         Command::Init { path } => init(&path),
         Command::Report { run_dir } => {
             report::rewrite(&run_dir)?;
@@ -87,11 +112,7 @@ fn corpus(cfg: &RunConfig) -> Result<Corpus> {
     })
 }
 
-fn run(config: Option<&Path>, out: Option<PathBuf>, quick: bool) -> Result<()> {
-    let mut cfg = match config {
-        Some(path) => RunConfig::load(path)?,
-        None => RunConfig::default(),
-    };
+fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Result<()> {
     if quick {
         cfg = cfg.quick();
         cfg.validate()?;
@@ -158,7 +179,7 @@ fn run(config: Option<&Path>, out: Option<PathBuf>, quick: bool) -> Result<()> {
         let _ = ticker.join();
         bar.finish_and_clear();
         let report = outcome?.with_context(|| format!("arm {:?}", arm.label))?;
-        let result = ArmResult::new(arm.clone(), &report, t.elapsed());
+        let result = ArmResult::new(arm.clone(), spec.sync.name(), &report, t.elapsed());
         eprint!("[{}/{}] {:<24} {} workers: ", i + 1, cfg.arms.len(), arm.label, spec.stages * spec.replicas);
         eprintln!(
             "val loss {:.3} after {} steps, {:.3} s virtual, {:.1} s wall",
@@ -169,7 +190,31 @@ fn run(config: Option<&Path>, out: Option<PathBuf>, quick: bool) -> Result<()> {
         );
         results.push(result);
         // Written after every arm, so an interrupted study keeps what it finished.
-        write_run(&out, &cfg, &corpus, &results, started.elapsed())?;
+        write_run(&out, &cfg, &corpus, &results, &[], started.elapsed())?;
+    }
+    let mut scale = Vec::new();
+    if let Some(sc) = &cfg.scale {
+        for &replicas in &sc.replicas {
+            if stop.load(Ordering::SeqCst) {
+                eprintln!("skipping the remaining swarm sizes");
+                break;
+            }
+            for method in sc.methods() {
+                let t = Instant::now();
+                let point = genrl::run_simulation(noloco::scale::measure(&sc.spec(replicas, method, cfg.seed)))?
+                    .with_context(|| format!("sync scaling, R={replicas}, {}", method.label()))?;
+                eprintln!(
+                    "[scale] R={replicas:<5} {:<22} sync latency mean {:>7.2} s, p90 {:>7.2} s, {:>6.0} MB/worker ({:.1} s wall)",
+                    point.method,
+                    point.mean_latency_s,
+                    point.p90_latency_s,
+                    point.bytes_per_worker / 1e6,
+                    t.elapsed().as_secs_f64()
+                );
+                scale.push(point);
+            }
+            write_run(&out, &cfg, &corpus, &results, &scale, started.elapsed())?;
+        }
     }
     println!("report: {}", out.join("report.md").display());
     Ok(())

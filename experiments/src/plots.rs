@@ -24,6 +24,8 @@ fn font() -> Result<()> {
     if ok { Ok(()) } else { Err(anyhow!("the bundled plot font could not be loaded")) }
 }
 
+use noloco::scale::ScalePoint;
+
 use crate::report::ArmResult;
 
 const COLORS: [RGBColor; 6] = [
@@ -114,9 +116,9 @@ fn draw<DB: DrawingBackend>(
     Ok(())
 }
 
-/// Writes `val_loss_by_step`, `val_loss_by_time`, `train_loss_by_step` and `bytes_sent`, each as `.svg`
-/// and `.png`, into `out`.
-pub(crate) fn write_plots(out: &Path, results: &[ArmResult], floor: Option<f64>) -> Result<()> {
+/// Writes `val_loss_by_step`, `val_loss_by_time`, `train_loss_by_step` and `bytes_sent`, and when the
+/// run measured them `weight_variance` and `sync_scale`, each as `.svg` and `.png`, into `out`.
+pub(crate) fn write_plots(out: &Path, results: &[ArmResult], scale: &[ScalePoint], floor: Option<f64>) -> Result<()> {
     let by_step = |pick: fn(&ArmResult) -> &Vec<(u64, f64)>| -> Vec<Line<'_>> {
         results
             .iter()
@@ -125,14 +127,7 @@ pub(crate) fn write_plots(out: &Path, results: &[ArmResult], floor: Option<f64>)
     };
     plot(&out.join("val_loss_by_step.svg"), "Validation loss by step", "step", &by_step(|r| &r.val), floor)?;
     plot(&out.join("train_loss_by_step.svg"), "Training loss by step", "step", &by_step(|r| &r.train), floor)?;
-    // Virtual time of each evaluation, assuming steps take equal time within an arm.
-    let by_time: Vec<Line<'_>> = results
-        .iter()
-        .map(|r| {
-            let per_step = r.virtual_time_s / r.train.len().max(1) as f64;
-            Line { label: &r.label, points: r.val.iter().map(|&(s, v)| (s as f64 * per_step, v)).collect() }
-        })
-        .collect();
+    let by_time: Vec<Line<'_>> = results.iter().map(|r| Line { label: &r.label, points: r.val_time.clone() }).collect();
     plot(&out.join("val_loss_by_time.svg"), "Validation loss by virtual time", "virtual time (s)", &by_time, floor)?;
     let bytes: Vec<Line<'_>> = results
         .iter()
@@ -141,5 +136,43 @@ pub(crate) fn write_plots(out: &Path, results: &[ArmResult], floor: Option<f64>)
             points: r.bytes.iter().map(|&(s, b)| (s as f64, b / (1u64 << 20) as f64)).collect(),
         })
         .collect();
-    plot_with(&out.join("bytes_sent.svg"), "Bytes sent by all workers", "step", "MiB sent (cumulative)", &bytes, None)
+    plot_with(&out.join("bytes_sent.svg"), "Bytes sent by all workers", "step", "MiB sent (cumulative)", &bytes, None)?;
+    if results.iter().any(|r| !r.weight_variance.is_empty()) {
+        let lines: Vec<Line<'_>> =
+            by_step(|r| &r.weight_variance).into_iter().filter(|l| !l.points.is_empty()).collect();
+        plot_with(
+            &out.join("weight_variance.svg"),
+            "Weight variance across replicas",
+            "step",
+            "variance per weight",
+            &lines,
+            None,
+        )?;
+    }
+    if !scale.is_empty() {
+        let mut methods: Vec<&str> = scale.iter().map(|p| p.method.as_str()).collect();
+        methods.dedup();
+        methods.sort_unstable();
+        methods.dedup();
+        let lines: Vec<Line<'_>> = methods
+            .iter()
+            .map(|&m| Line {
+                label: m,
+                points: scale
+                    .iter()
+                    .filter(|p| p.method == m)
+                    .map(|p| ((p.replicas as f64).log2(), p.mean_latency_s))
+                    .collect(),
+            })
+            .collect();
+        plot_with(
+            &out.join("sync_scale.svg"),
+            "Sync latency of one outer round vs swarm size",
+            "log2 replicas",
+            "mean sync latency (s)",
+            &lines,
+            None,
+        )?;
+    }
+    Ok(())
 }

@@ -10,7 +10,9 @@ use models::data::Corpus;
 use pipeline::RunReport;
 use serde::Serialize;
 
-use crate::config::{ArmConfig, RunConfig};
+use noloco::scale::ScalePoint;
+
+use crate::config::{ArmConfig, Routing, RunConfig};
 
 /// Writes `bytes` to `path` atomically.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -21,6 +23,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ArmResult {
     pub(crate) label: String,
+    /// The synchronisation protocol, as it names itself.
+    pub(crate) sync: String,
     pub(crate) stages: usize,
     pub(crate) replicas: usize,
     pub(crate) first_val_loss: Option<f64>,
@@ -33,18 +37,47 @@ pub(crate) struct ArmResult {
     pub(crate) train: Vec<(u64, f64)>,
     #[serde(skip)]
     pub(crate) val: Vec<(u64, f64)>,
+    /// Mean sync latency per round (s), sync bytes per worker per round, idle seconds per worker per
+    /// step, and the across-replica weight variance at the end and averaged over the evaluations after
+    /// step 0.
+    pub(crate) sync_latency_s: Option<f64>,
+    pub(crate) sync_bytes_per_round: Option<f64>,
+    pub(crate) idle_s_per_step: Option<f64>,
+    pub(crate) final_weight_variance: Option<f64>,
+    pub(crate) mean_weight_variance: Option<f64>,
+    /// Validation loss by virtual time (seconds) of the evaluation.
+    #[serde(skip)]
+    pub(crate) val_time: Vec<(f64, f64)>,
     /// Bytes sent by all workers together by the end of each step.
     #[serde(skip)]
     pub(crate) bytes: Vec<(u64, f64)>,
+    /// Across-replica weight variance at each evaluation.
+    #[serde(skip)]
+    pub(crate) weight_variance: Vec<(u64, f64)>,
+    /// Mean over workers of the sync latency at each step with a round.
+    #[serde(skip)]
+    pub(crate) sync_time: Vec<(u64, f64)>,
+    /// Mean over workers of the bytes sent in each step's round.
+    #[serde(skip)]
+    pub(crate) sync_bytes: Vec<(u64, f64)>,
+    /// Mean over workers of the time spent waiting for messages in each step.
+    #[serde(skip)]
+    pub(crate) idle: Vec<(u64, f64)>,
     /// Events (failures, recoveries…) as `time_s`, `kind`, `detail`.
     #[serde(skip)]
     pub(crate) events: Vec<(f64, String, String)>,
 }
 
+fn mean(series: &[(u64, f64)]) -> Option<f64> {
+    (!series.is_empty()).then(|| series.iter().map(|v| v.1).sum::<f64>() / series.len() as f64)
+}
+
 impl ArmResult {
-    pub(crate) fn new(arm: ArmConfig, report: &RunReport, wall: Duration) -> Self {
-        let train = report.metrics.mean_by_step("train_loss");
-        let val = report.metrics.mean_by_step("val_loss");
+    pub(crate) fn new(arm: ArmConfig, sync: String, report: &RunReport, wall: Duration) -> Self {
+        let m = &report.metrics;
+        let train = m.mean_by_step("train_loss");
+        let val = m.mean_by_step("val_loss");
+        let val_time = m.series("val_loss").iter().map(|s| (s.time.as_secs_f64(), s.value)).collect();
         let bytes = report
             .metrics
             .mean_by_step("bytes_sent")
@@ -60,21 +93,101 @@ impl ArmResult {
             .iter()
             .map(|e| (e.time.as_secs_f64(), format!("{:?}", e.kind), e.detail.clone()))
             .collect();
+        Self::from_series(
+            arm,
+            sync,
+            Series {
+                train,
+                val,
+                val_time,
+                bytes,
+                weight_variance: m.mean_by_step("weight_variance"),
+                sync_time: m.mean_by_step("sync_time"),
+                sync_bytes: m.mean_by_step("sync_bytes"),
+                idle: m.mean_by_step("idle_time"),
+            },
+            (report.virtual_time.as_secs_f64(), wall.as_secs_f64(), report.bytes_sent),
+            events,
+        )
+    }
+
+    /// Derives the headline figures from the series (also used when reading `run.h5` back).
+    fn from_series(
+        arm: ArmConfig,
+        sync: String,
+        s: Series,
+        (virtual_time_s, wall_s, bytes_sent): (f64, f64, u64),
+        events: Vec<(f64, String, String)>,
+    ) -> Self {
         Self {
             label: arm.label,
+            sync,
             stages: arm.stages,
             replicas: arm.replicas,
-            first_val_loss: val.first().map(|v| v.1),
-            final_val_loss: val.last().map(|v| v.1),
-            final_train_loss: train.last().map(|v| v.1),
-            virtual_time_s: report.virtual_time.as_secs_f64(),
-            wall_s: wall.as_secs_f64(),
-            bytes_sent: report.bytes_sent,
-            train,
-            val,
-            bytes,
+            first_val_loss: s.val.first().map(|v| v.1),
+            final_val_loss: s.val.last().map(|v| v.1),
+            final_train_loss: s.train.last().map(|v| v.1),
+            virtual_time_s,
+            wall_s,
+            bytes_sent,
+            sync_latency_s: mean(&s.sync_time),
+            sync_bytes_per_round: mean(&s.sync_bytes),
+            idle_s_per_step: mean(&s.idle),
+            final_weight_variance: s.weight_variance.last().map(|v| v.1),
+            mean_weight_variance: mean(&s.weight_variance.iter().copied().filter(|v| v.0 > 0).collect::<Vec<_>>()),
+            train: s.train,
+            val: s.val,
+            val_time: s.val_time,
+            bytes: s.bytes,
+            weight_variance: s.weight_variance,
+            sync_time: s.sync_time,
+            sync_bytes: s.sync_bytes,
+            idle: s.idle,
             events,
         }
+    }
+
+    /// The step series, by the names `run.h5` stores them under.
+    fn step_series(&self) -> [(&'static str, &Vec<(u64, f64)>); 7] {
+        [
+            ("train", &self.train),
+            ("val", &self.val),
+            ("bytes", &self.bytes),
+            ("weight_variance", &self.weight_variance),
+            ("sync_time", &self.sync_time),
+            ("sync_bytes", &self.sync_bytes),
+            ("idle", &self.idle),
+        ]
+    }
+}
+
+/// Everything an arm measured over time.
+struct Series {
+    train: Vec<(u64, f64)>,
+    val: Vec<(u64, f64)>,
+    val_time: Vec<(f64, f64)>,
+    bytes: Vec<(u64, f64)>,
+    weight_variance: Vec<(u64, f64)>,
+    sync_time: Vec<(u64, f64)>,
+    sync_bytes: Vec<(u64, f64)>,
+    idle: Vec<(u64, f64)>,
+}
+
+/// How far a paper's claim held in our run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Verdict {
+    /// It held.
+    Yes,
+    /// The effect is there but smaller than claimed.
+    Partly,
+    /// It did not hold.
+    No,
+}
+
+impl Verdict {
+    fn from(held: bool) -> Self {
+        if held { Self::Yes } else { Self::No }
     }
 }
 
@@ -82,7 +195,7 @@ impl ArmResult {
 struct Claim {
     claim: String,
     ours: String,
-    reproduced: bool,
+    reproduced: Verdict,
 }
 
 #[derive(Serialize)]
@@ -93,20 +206,86 @@ struct Summary<'a> {
     steps: u64,
     wall_s: f64,
     arms: &'a [ArmResult],
+    scale: &'a [ScalePoint],
     claims: Vec<Claim>,
 }
 
-fn claims(results: &[ArmResult]) -> Vec<Claim> {
-    let find = |stages: usize, replicas: usize| results.iter().find(|r| r.stages == stages && r.replicas == replicas);
+/// The papers' claims this run can speak to, each beside what we measured. Which ones apply follows
+/// from the arms and parts the config has.
+fn claims(cfg: &RunConfig, results: &[ArmResult], scale: &[ScalePoint]) -> Vec<Claim> {
+    let find = |pred: &dyn Fn(&ArmConfig) -> bool| {
+        cfg.arms.iter().position(pred).and_then(|i| results.iter().find(|r| r.label == cfg.arms[i].label))
+    };
     let mut out = Vec::new();
-    if let (Some(one), Some(four)) = (find(1, 1), find(1, 4))
+    let plain = |a: &ArmConfig, s: usize, r: usize| a.stages == s && a.replicas == r && a.sync == "all_reduce";
+    if let (Some(one), Some(four)) = (find(&|a| plain(a, 1, 1)), find(&|a| plain(a, 1, 4)))
         && let (Some(a), Some(b)) = (one.final_val_loss, four.final_val_loss)
     {
         out.push(Claim {
             claim: "data parallelism over 4 replicas beats 1 replica at equal steps (4x the data per step)".into(),
             ours: format!("val loss {b:.3} (R=4) vs {a:.3} (R=1)"),
-            reproduced: b < a,
+            reproduced: Verdict::from(b < a),
         });
+    }
+    let noloco_main = find(&|a| a.sync == "noloco" && a.routing == Routing::Random && a.noloco.is_none_or(|n| n.pull));
+    let diloco = find(&|a| a.sync == "diloco");
+    if let (Some(n), Some(d)) = (noloco_main, diloco)
+        && let (Some(ln), Some(ld)) = (n.final_val_loss, d.final_val_loss)
+    {
+        let (pn, pd) = (ln.exp(), ld.exp());
+        let better = (pd - pn) / pd * 100.0;
+        out.push(Claim {
+            claim: "NoLoCo converges up to 4% faster than DiLoCo (lower validation perplexity at equal steps)".into(),
+            ours: format!("final val perplexity {pn:.3} (NoLoCo) vs {pd:.3} (DiLoCo): {better:+.2}%"),
+            reproduced: Verdict::from(pn <= pd),
+        });
+        if let (Some(sn), Some(sd)) = (n.sync_latency_s, d.sync_latency_s) {
+            out.push(Claim {
+                claim:
+                    "NoLoCo's outer step needs no global blocking collective (shorter sync than DiLoCo's all-reduce)"
+                        .into(),
+                ours: format!("mean sync latency per round {sn:.3} s (NoLoCo) vs {sd:.3} s (DiLoCo), training grid"),
+                reproduced: Verdict::from(sn < sd),
+            });
+        }
+    }
+    let variance = |r: Option<&ArmResult>| r.and_then(|r| r.mean_weight_variance);
+    if let (Some(with), Some(without)) =
+        (variance(noloco_main), variance(find(&|a| a.sync == "noloco" && a.noloco.is_some_and(|n| !n.pull))))
+    {
+        out.push(Claim {
+            claim: "without the pull-to-mean term, NoLoCo replicas drift further apart".into(),
+            ours: format!("mean weight variance {without:.3e} without vs {with:.3e} with the pull term"),
+            reproduced: Verdict::from(without > with),
+        });
+    }
+    if let (Some(random), Some(fixed)) =
+        (variance(noloco_main), variance(find(&|a| a.sync == "noloco" && a.routing == Routing::Fixed)))
+    {
+        out.push(Claim {
+            claim: "random pipeline routing reduces the weight variance across replicas".into(),
+            ours: format!("mean weight variance {random:.3e} with vs {fixed:.3e} without random routing"),
+            reproduced: Verdict::from(random < fixed),
+        });
+    }
+    if let Some(&r) = scale.iter().map(|p| p.replicas).filter(|&r| r >= 128).collect::<Vec<_>>().iter().max() {
+        let at = |m: &str| scale.iter().find(|p| p.replicas == r && p.method.starts_with(m)).map(|p| p.mean_latency_s);
+        if let (Some(ring), Some(tree), Some(gossip)) = (at("ring"), at("tree"), at("NoLoCo")) {
+            let best = ring.min(tree);
+            out.push(Claim {
+                claim: "NoLoCo synchronises about 10x faster than all-reduce with a few hundred replicas over the internet"
+                    .into(),
+                ours: format!(
+                    "R={r}: {:.1}x faster than the faster all-reduce ({gossip:.1} s vs ring {ring:.1} s, tree {tree:.1} s)",
+                    best / gossip
+                ),
+                reproduced: match best / gossip {
+                    x if x >= 8.0 => Verdict::Yes,
+                    x if x >= 2.0 => Verdict::Partly,
+                    _ => Verdict::No,
+                },
+            });
+        }
     }
     out
 }
@@ -117,6 +296,7 @@ pub(crate) fn write_run(
     cfg: &RunConfig,
     corpus: &Corpus,
     results: &[ArmResult],
+    scale: &[ScalePoint],
     wall: Duration,
 ) -> Result<()> {
     write_atomic(&out.join("config.toml"), toml::to_string(cfg).context("cannot serialise the config")?.as_bytes())?;
@@ -131,7 +311,17 @@ pub(crate) fn write_run(
         }
     }
     write_atomic(&out.join("metrics.csv"), csv.as_bytes())?;
-
+    if !scale.is_empty() {
+        let mut csv = String::from("replicas,method,mean_latency_s,p90_latency_s,max_latency_s,bytes_per_worker\n");
+        for p in scale {
+            let _ = writeln!(
+                csv,
+                "{},{},{:.6},{:.6},{:.6},{:.0}",
+                p.replicas, p.method, p.mean_latency_s, p.p90_latency_s, p.max_latency_s, p.bytes_per_worker
+            );
+        }
+        write_atomic(&out.join("scale.csv"), csv.as_bytes())?;
+    }
     let summary = Summary {
         name: &cfg.name,
         corpus: &corpus.name,
@@ -139,15 +329,27 @@ pub(crate) fn write_run(
         steps: cfg.steps,
         wall_s: wall.as_secs_f64(),
         arms: results,
-        claims: claims(results),
+        scale,
+        claims: claims(cfg, results, scale),
     };
     write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    write_hdf5(out, cfg, corpus, results)?;
-    crate::plots::write_plots(out, results, corpus.entropy_floor)?;
-    write_atomic(&out.join("report.md"), markdown(cfg, corpus, results, &summary.claims, wall).as_bytes())
+    write_hdf5(out, cfg, corpus, results, scale)?;
+    crate::plots::write_plots(out, results, scale, corpus.entropy_floor)?;
+    write_atomic(&out.join("report.md"), markdown(cfg, corpus, results, scale, &summary.claims, wall).as_bytes())
 }
 
-fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[Claim], wall: Duration) -> String {
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or_else(|| "–".into(), f)
+}
+
+fn markdown(
+    cfg: &RunConfig,
+    corpus: &Corpus,
+    results: &[ArmResult],
+    scale: &[ScalePoint],
+    claims: &[Claim],
+    wall: Duration,
+) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# swarmlab run `{}`\n", cfg.name);
     let _ = writeln!(md, "Corpus: {}  ", corpus.name);
@@ -174,9 +376,9 @@ fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[C
     );
     let _ = writeln!(
         md,
-        "| arm | stages x replicas | val loss: first → last | gap to floor | virtual time | sent | wall |"
+        "| arm | stages x replicas | val loss: first → last | val perplexity | gap to floor | virtual time | sent | wall |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for r in results {
         let gap = match (r.final_val_loss, corpus.entropy_floor) {
             (Some(v), Some(h)) => format!("{:.3}", v - h),
@@ -184,12 +386,13 @@ fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[C
         };
         let _ = writeln!(
             md,
-            "| {} | {} x {} | {:.3} → {:.3} | {gap} | {:.3} s | {:.1} MiB | {:.1} s |",
+            "| {} | {} x {} | {:.3} → {:.3} | {} | {gap} | {:.3} s | {:.1} MiB | {:.1} s |",
             r.label,
             r.stages,
             r.replicas,
             r.first_val_loss.unwrap_or(f64::NAN),
             r.final_val_loss.unwrap_or(f64::NAN),
+            opt(r.final_val_loss, |v| format!("{:.3}", v.exp())),
             r.virtual_time_s,
             r.bytes_sent as f64 / (1 << 20) as f64,
             r.wall_s
@@ -198,7 +401,12 @@ fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[C
     if !claims.is_empty() {
         let _ = writeln!(md, "\n## Claims\n\n| claim | ours | reproduced |\n|---|---|---|");
         for c in claims {
-            let _ = writeln!(md, "| {} | {} | {} |", c.claim, c.ours, if c.reproduced { "yes" } else { "no" });
+            let verdict = match c.reproduced {
+                Verdict::Yes => "yes",
+                Verdict::Partly => "partly (smaller effect)",
+                Verdict::No => "no",
+            };
+            let _ = writeln!(md, "| {} | {} | {verdict} |", c.claim, c.ours);
         }
     }
     let _ = writeln!(md, "\n## Validation loss by step\n");
@@ -224,46 +432,119 @@ fn markdown(cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult], claims: &[C
         }
         let _ = writeln!(md);
     }
+    let _ = writeln!(md, "\n## Synchronisation\n");
     let _ = writeln!(
         md,
-        "\nRaw data: `run.h5` (config, loss and bytes series, events), `metrics.csv` (per step), `summary.json` (headline figures). Plots: the `.svg` files. Total wall time {:.1} s.",
+        "Sync latency: virtual time from the start of a worker's synchronisation (gradient all-reduce or outer round) until it may continue. Idle: time a worker waited for any message, per step. Weight variance: across the replicas of a stage, per weight, averaged over the evaluations after step 0 (and at the last one).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| arm | protocol | rounds | sync latency / round | sent / worker / round | idle / step | weight variance: mean (last) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for r in results {
+        let _ = writeln!(
+            md,
+            "| {} | `{}` | {} | {} | {} | {} | {} |",
+            r.label,
+            r.sync,
+            r.sync_time.len(),
+            opt(r.sync_latency_s, |v| format!("{v:.3} s")),
+            opt(r.sync_bytes_per_round, |v| format!("{:.2} MiB", v / (1 << 20) as f64)),
+            opt(r.idle_s_per_step, |v| format!("{v:.3} s")),
+            match (r.mean_weight_variance, r.final_weight_variance) {
+                (Some(m), Some(f)) => format!("{m:.3e} ({f:.3e})"),
+                _ => "–".into(),
+            },
+        );
+    }
+    if results.iter().any(|r| !r.weight_variance.is_empty()) {
+        let _ = writeln!(md, "\n![weight variance across replicas](weight_variance.svg)");
+    }
+    if !scale.is_empty() {
+        let _ = writeln!(md, "\n## Synchronisation vs swarm size\n");
+        if let Some(sc) = &cfg.scale {
+            let _ = writeln!(
+                md,
+                "One outer round of a {:.0}M-parameter stage shard among R replicas; pair latency {}–{} ms, access bandwidth {}–{} Mbit/s (log-uniform), arrivals spread over {} s. All-reduce: DiLoCo's pseudo-gradient (one shard); gossip: NoLoCo's `[φ, θ−φ]` (two shards) within groups of {}. Simulated with {} floats per shard and bandwidths scaled to match.\n",
+                sc.shard_params as f64 / 1e6,
+                sc.latency_ms.0,
+                sc.latency_ms.1,
+                sc.mbit_per_s.0,
+                sc.mbit_per_s.1,
+                sc.arrival_spread_s,
+                sc.group_size,
+                sc.simulated_values
+            );
+        }
+        let _ = writeln!(md, "![sync latency vs swarm size](sync_scale.svg)\n");
+        let _ = writeln!(md, "| R | method | mean latency | p90 | max | sent / worker |\n|---|---|---|---|---|---|");
+        for p in scale {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} s | {:.2} s | {:.2} s | {:.0} MB |",
+                p.replicas,
+                p.method,
+                p.mean_latency_s,
+                p.p90_latency_s,
+                p.max_latency_s,
+                p.bytes_per_worker / 1e6
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nRaw data: `run.h5` (config, every series, events, scaling points), `metrics.csv` (per step), `summary.json` (headline figures and claims){}. Plots: the `.svg` files. Total wall time {:.1} s.",
+        if scale.is_empty() { "" } else { ", `scale.csv`" },
         wall.as_secs_f64()
     );
     md
 }
 
-/// Writes `run.h5`: the config and corpus as attributes, and per arm its label, grid and the train and
-/// validation loss series (steps and values). Written to a temporary file and renamed, so an
-/// interrupted run never leaves a half-written log.
-pub(crate) fn write_hdf5(out: &Path, cfg: &RunConfig, corpus: &Corpus, results: &[ArmResult]) -> Result<()> {
+fn h5_text(s: &str) -> Result<hdf5::types::VarLenUnicode> {
+    s.parse().map_err(|e| anyhow::anyhow!("not storable as HDF5 text: {e:?}"))
+}
+
+/// Writes `run.h5`: the config and corpus as attributes; per arm its label, protocol, grid, every series
+/// (`<name>_step`, `<name>_value`; the validation loss also by `val_time_s`) and its events; the scaling
+/// points. Written to a temporary file and renamed, so an interrupted run never leaves a half-written log.
+pub(crate) fn write_hdf5(
+    out: &Path,
+    cfg: &RunConfig,
+    corpus: &Corpus,
+    results: &[ArmResult],
+    scale: &[ScalePoint],
+) -> Result<()> {
     let path = out.join("run.h5");
     transport::fsutil::replace_with(&path, |tmp| -> Result<()> {
         let file = hdf5::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let text = |s: &str| -> Result<hdf5::types::VarLenUnicode> {
-            s.parse().map_err(|e| anyhow::anyhow!("not storable as HDF5 text: {e:?}"))
+        let text_attr = |loc: &hdf5::Location, name: &str, value: &str| -> Result<()> {
+            loc.new_attr::<hdf5::types::VarLenUnicode>().create(name)?.write_scalar(&h5_text(value)?)?;
+            Ok(())
         };
-        file.new_attr::<hdf5::types::VarLenUnicode>().create("name")?.write_scalar(&text(&cfg.name)?)?;
-        file.new_attr::<hdf5::types::VarLenUnicode>().create("corpus")?.write_scalar(&text(&corpus.name)?)?;
-        let config = toml::to_string(cfg).context("cannot serialise the config")?;
-        file.new_attr::<hdf5::types::VarLenUnicode>().create("config_toml")?.write_scalar(&text(&config)?)?;
+        text_attr(&file, "name", &cfg.name)?;
+        text_attr(&file, "corpus", &corpus.name)?;
+        text_attr(&file, "config_toml", &toml::to_string(cfg).context("cannot serialise the config")?)?;
         file.new_attr::<f64>().create("entropy_floor")?.write_scalar(&corpus.entropy_floor.unwrap_or(f64::NAN))?;
         let arms = file.create_group("arms")?;
         for (i, r) in results.iter().enumerate() {
             let g = arms.create_group(&i.to_string())?;
-            g.new_attr::<hdf5::types::VarLenUnicode>().create("label")?.write_scalar(&text(&r.label)?)?;
+            text_attr(&g, "label", &r.label)?;
+            text_attr(&g, "sync", &r.sync)?;
             g.new_attr::<u64>().create("stages")?.write_scalar(&(r.stages as u64))?;
             g.new_attr::<u64>().create("replicas")?.write_scalar(&(r.replicas as u64))?;
             g.new_attr::<f64>().create("virtual_time_s")?.write_scalar(&r.virtual_time_s)?;
+            g.new_attr::<f64>().create("wall_s")?.write_scalar(&r.wall_s)?;
             g.new_attr::<u64>().create("bytes_sent")?.write_scalar(&r.bytes_sent)?;
             if !r.events.is_empty() {
                 let lines: Vec<hdf5::types::VarLenUnicode> = r
                     .events
                     .iter()
-                    .map(|(t, kind, detail)| text(&format!("{t:.6}\t{kind}\t{detail}")))
+                    .map(|(t, kind, detail)| h5_text(&format!("{t:.6}\t{kind}\t{detail}")))
                     .collect::<Result<_>>()?;
                 g.new_dataset::<hdf5::types::VarLenUnicode>().shape(lines.len()).create("events")?.write_raw(&lines)?;
             }
-            for (name, series) in [("train", &r.train), ("val", &r.val), ("bytes", &r.bytes)] {
+            for (name, series) in r.step_series() {
                 if series.is_empty() {
                     continue;
                 }
@@ -272,9 +553,29 @@ pub(crate) fn write_hdf5(out: &Path, cfg: &RunConfig, corpus: &Corpus, results: 
                 g.new_dataset::<u64>().shape(steps.len()).create(format!("{name}_step").as_str())?.write_raw(&steps)?;
                 g.new_dataset::<f64>()
                     .shape(values.len())
-                    .create(format!("{name}_loss").as_str())?
+                    .create(format!("{name}_value").as_str())?
                     .write_raw(&values)?;
             }
+            if !r.val_time.is_empty() {
+                let times: Vec<f64> = r.val_time.iter().map(|v| v.0).collect();
+                g.new_dataset::<f64>().shape(times.len()).create("val_time_s")?.write_raw(&times)?;
+            }
+        }
+        if !scale.is_empty() {
+            let g = file.create_group("scale")?;
+            let column = |name: &str, values: Vec<f64>| -> Result<()> {
+                g.new_dataset::<f64>().shape(values.len()).create(name)?.write_raw(&values)?;
+                Ok(())
+            };
+            column("replicas", scale.iter().map(|p| p.replicas as f64).collect())?;
+            column("mean_latency_s", scale.iter().map(|p| p.mean_latency_s).collect())?;
+            column("p90_latency_s", scale.iter().map(|p| p.p90_latency_s).collect())?;
+            column("max_latency_s", scale.iter().map(|p| p.max_latency_s).collect())?;
+            column("bytes_per_worker", scale.iter().map(|p| p.bytes_per_worker).collect())?;
+            column("events", scale.iter().map(|p| p.events as f64).collect())?;
+            let methods: Vec<hdf5::types::VarLenUnicode> =
+                scale.iter().map(|p| h5_text(&p.method)).collect::<Result<_>>()?;
+            g.new_dataset::<hdf5::types::VarLenUnicode>().shape(methods.len()).create("method")?.write_raw(&methods)?;
         }
         file.flush()?;
         Ok(())
@@ -282,80 +583,109 @@ pub(crate) fn write_hdf5(out: &Path, cfg: &RunConfig, corpus: &Corpus, results: 
     .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Reads the arms back from a run's `run.h5`.
-fn read_hdf5(path: &Path) -> Result<(RunConfig, Corpus, Vec<ArmResult>)> {
+/// Reads a run back from its `run.h5`.
+fn read_hdf5(path: &Path) -> Result<(RunConfig, Corpus, Vec<ArmResult>, Vec<ScalePoint>)> {
     let file = hdf5::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let text = |name: &str| -> Result<String> {
-        let v: hdf5::types::VarLenUnicode = file
+    let text = |loc: &hdf5::Location, name: &str| -> Result<String> {
+        let v: hdf5::types::VarLenUnicode = loc
             .attr(name)
             .and_then(|a| a.read_scalar())
             .with_context(|| format!("{}: no attribute {name:?}", path.display()))?;
         Ok(v.as_str().to_owned())
     };
-    let cfg =
-        RunConfig::from_toml(&text("config_toml")?).with_context(|| format!("{}: config_toml", path.display()))?;
+    let cfg = RunConfig::from_toml(&text(&file, "config_toml")?)
+        .with_context(|| format!("{}: config_toml", path.display()))?;
     let floor: f64 = file.attr("entropy_floor")?.read_scalar()?;
-    let corpus =
-        Corpus { name: text("corpus")?, train: vec![], val: vec![], entropy_floor: floor.is_finite().then_some(floor) };
+    let corpus = Corpus {
+        name: text(&file, "corpus")?,
+        train: vec![],
+        val: vec![],
+        entropy_floor: floor.is_finite().then_some(floor),
+    };
     let arms = file.group("arms").with_context(|| format!("{}: no arms", path.display()))?;
     let mut results = Vec::new();
     for i in 0.. {
         let Ok(g) = arms.group(&i.to_string()) else { break };
-        let label: hdf5::types::VarLenUnicode = g.attr("label")?.read_scalar()?;
         let series = |name: &str| -> Result<Vec<(u64, f64)>> {
-            let (Ok(steps), Ok(values)) = (g.dataset(&format!("{name}_step")), g.dataset(&format!("{name}_loss")))
+            let (Ok(steps), Ok(values)) = (g.dataset(&format!("{name}_step")), g.dataset(&format!("{name}_value")))
             else {
                 return Ok(vec![]);
             };
             let (steps, values): (Vec<u64>, Vec<f64>) = (steps.read_raw()?, values.read_raw()?);
             Ok(steps.into_iter().zip(values).collect())
         };
-        let (train, val) = (series("train")?, series("val")?);
-        let bytes = match (g.dataset("bytes_step"), g.dataset("bytes_sent")) {
-            (Ok(st), Ok(v)) => {
-                let (st, v): (Vec<u64>, Vec<f64>) = (st.read_raw()?, v.read_raw()?);
-                st.into_iter().zip(v).collect()
-            }
-            _ => vec![],
+        let val = series("val")?;
+        let val_time = match g.dataset("val_time_s") {
+            Ok(d) => d.read_raw::<f64>()?.into_iter().zip(val.iter().map(|v| v.1)).collect(),
+            Err(_) => vec![],
         };
-        let stages: u64 = g.attr("stages")?.read_scalar()?;
-        let replicas: u64 = g.attr("replicas")?.read_scalar()?;
-        results.push(ArmResult {
-            label: label.as_str().to_owned(),
-            stages: stages as usize,
-            replicas: replicas as usize,
-            first_val_loss: val.first().map(|v| v.1),
-            final_val_loss: val.last().map(|v| v.1),
-            final_train_loss: train.last().map(|v| v.1),
-            virtual_time_s: g.attr("virtual_time_s")?.read_scalar()?,
-            wall_s: f64::NAN,
-            bytes_sent: g.attr("bytes_sent")?.read_scalar()?,
-            train,
+        let events = match g.dataset("events") {
+            Ok(d) => d
+                .read_raw::<hdf5::types::VarLenUnicode>()?
+                .iter()
+                .filter_map(|line| {
+                    let mut parts = line.as_str().splitn(3, '\t');
+                    let t = parts.next()?.parse().ok()?;
+                    Some((t, parts.next()?.to_owned(), parts.next()?.to_owned()))
+                })
+                .collect(),
+            Err(_) => vec![],
+        };
+        let label = text(&g, "label")?;
+        let arm = cfg
+            .arms
+            .iter()
+            .find(|a| a.label == label)
+            .cloned()
+            .with_context(|| format!("{}: arm {label:?} is not in the config", path.display()))?;
+        let s = Series {
+            train: series("train")?,
             val,
-            bytes,
-            events: vec![],
-        });
+            val_time,
+            bytes: series("bytes")?,
+            weight_variance: series("weight_variance")?,
+            sync_time: series("sync_time")?,
+            sync_bytes: series("sync_bytes")?,
+            idle: series("idle")?,
+        };
+        let totals = (
+            g.attr("virtual_time_s")?.read_scalar()?,
+            g.attr("wall_s")?.read_scalar()?,
+            g.attr("bytes_sent")?.read_scalar()?,
+        );
+        results.push(ArmResult::from_series(arm, text(&g, "sync")?, s, totals, events));
     }
-    Ok((cfg, corpus, results))
+    let mut scale = Vec::new();
+    if let Ok(g) = file.group("scale") {
+        let column = |name: &str| -> Result<Vec<f64>> { Ok(g.dataset(name)?.read_raw::<f64>()?) };
+        let methods: Vec<hdf5::types::VarLenUnicode> = g.dataset("method")?.read_raw()?;
+        let (replicas, mean, p90, max, bytes, events) = (
+            column("replicas")?,
+            column("mean_latency_s")?,
+            column("p90_latency_s")?,
+            column("max_latency_s")?,
+            column("bytes_per_worker")?,
+            column("events")?,
+        );
+        for (i, method) in methods.iter().enumerate() {
+            let at = |c: &[f64]| c.get(i).copied().unwrap_or(f64::NAN);
+            scale.push(ScalePoint {
+                replicas: at(&replicas) as usize,
+                method: method.as_str().to_owned(),
+                mean_latency_s: at(&mean),
+                p90_latency_s: at(&p90),
+                max_latency_s: at(&max),
+                bytes_per_worker: at(&bytes),
+                events: at(&events) as usize,
+            });
+        }
+    }
+    Ok((cfg, corpus, results, scale))
 }
 
-/// Rewrites `report.md`, `summary.json` and the plots of a run folder from its `run.h5`.
+/// Rewrites `report.md`, `summary.json`, `scale.csv` and the plots of a run folder from its `run.h5`.
 pub(crate) fn rewrite(run_dir: &Path) -> Result<()> {
-    let (cfg, corpus, results) = read_hdf5(&run_dir.join("run.h5"))?;
-    let claims = claims(&results);
-    let summary = Summary {
-        name: &cfg.name,
-        corpus: &corpus.name,
-        entropy_floor: corpus.entropy_floor,
-        steps: cfg.steps,
-        wall_s: f64::NAN,
-        arms: &results,
-        claims,
-    };
-    write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    crate::plots::write_plots(run_dir, &results, corpus.entropy_floor)?;
-    write_atomic(
-        &run_dir.join("report.md"),
-        markdown(&cfg, &corpus, &results, &summary.claims, Duration::ZERO).as_bytes(),
-    )
+    let (cfg, corpus, results, scale) = read_hdf5(&run_dir.join("run.h5"))?;
+    let wall = results.iter().map(|r| r.wall_s).filter(|w| w.is_finite()).sum::<f64>();
+    write_run(run_dir, &cfg, &corpus, &results, &scale, Duration::from_secs_f64(wall))
 }

@@ -57,7 +57,7 @@ fn run_writes_the_report_files() -> Result<(), Box<dyn std::error::Error>> {
     let h5 = hdf5::File::open(out.join("run.h5"))?;
     let name: hdf5::types::VarLenUnicode = h5.attr("name")?.read_scalar()?;
     assert_eq!(name.as_str(), "tiny");
-    let val: Vec<f64> = h5.dataset("arms/1/val_loss")?.read_raw()?;
+    let val: Vec<f64> = h5.dataset("arms/1/val_value")?.read_raw()?;
     let steps: Vec<u64> = h5.dataset("arms/1/val_step")?.read_raw()?;
     assert_eq!(steps, vec![0, 2, 3]);
     assert_eq!(val.len(), 3);
@@ -113,7 +113,74 @@ fn a_killed_run_leaves_a_readable_log() -> Result<(), Box<dyn std::error::Error>
     child.wait()?;
     assert!(h5.exists(), "the first arm never finished");
     let file = hdf5::File::open(&h5)?;
-    let val: Vec<f64> = file.dataset("arms/0/val_loss")?.read_raw()?;
+    let val: Vec<f64> = file.dataset("arms/0/val_value")?.read_raw()?;
     assert!(!val.is_empty() && val.iter().all(|v| v.is_finite()));
+    Ok(())
+}
+
+/// A study with outer-sync arms and a scaling part goes through the same run path as `reproduce`.
+#[test]
+fn outer_sync_arms_and_the_scaling_part_are_reported() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("noloco.toml");
+    let arms = r#"
+[[arms]]
+label = "DiLoCo"
+stages = 2
+replicas = 2
+sync = "diloco"
+[arms.diloco]
+every = 2
+nesterov = false
+momentum = 0.3
+
+[[arms]]
+label = "NoLoCo"
+stages = 2
+replicas = 2
+sync = "noloco"
+routing = "random"
+[arms.noloco]
+every = 2
+
+[scale]
+replicas = [4]
+simulated_values = 1024
+"#;
+    let text = TINY.replace("steps = 3", "steps = 4").replace("total_steps = 3", "total_steps = 4");
+    let text = format!("{}{arms}", &text[..text.find("[[arms]]").expect("arms")]);
+    std::fs::write(&config, text)?;
+    let out = dir.path().join("run");
+    let status = swarmlab().arg("run").arg(&config).arg("--out").arg(&out).status()?;
+    assert!(status.success());
+    for file in ["scale.csv", "sync_scale.svg", "weight_variance.svg", "val_loss_by_time.svg"] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+    assert_eq!(summary["scale"].as_array().map(Vec::len), Some(3), "ring, tree and gossip at R=4");
+    assert!(summary["arms"][1]["sync"].as_str().is_some_and(|s| s.starts_with("noloco")));
+    assert!(summary["arms"][1]["sync_latency_s"].as_f64().is_some_and(|s| s > 0.0));
+    assert!(
+        summary["claims"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["claim"].as_str().unwrap_or("").contains("DiLoCo")))
+    );
+    let report = std::fs::read_to_string(out.join("report.md"))?;
+    assert!(report.contains("Synchronisation vs swarm size") && report.contains("NoLoCo gossip n=2"));
+    // Rebuilt from run.h5 alone, the report keeps the scaling table and the protocols.
+    std::fs::remove_file(out.join("report.md"))?;
+    assert!(swarmlab().arg("report").arg(&out).status()?.success());
+    let rebuilt = std::fs::read_to_string(out.join("report.md"))?;
+    assert!(rebuilt.contains("NoLoCo gossip n=2") && rebuilt.contains("heavy-ball"), "{rebuilt}");
+    Ok(())
+}
+
+#[test]
+fn reproduce_names_its_studies() -> Result<(), Box<dyn std::error::Error>> {
+    let help = swarmlab().args(["reproduce", "--help"]).output()?;
+    assert!(String::from_utf8_lossy(&help.stdout).contains("noloco"));
+    let bad = swarmlab().args(["reproduce", "nothing"]).output()?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("noloco"), "the error lists the studies");
     Ok(())
 }

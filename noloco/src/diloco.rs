@@ -8,7 +8,9 @@
 //! θ_i ← φ            (every replica restarts from the same outer weights; inner AdamW state stays local)
 //! ```
 //!
-//! With `μ = 0, η = 1` this is exact averaging of the replicas' weights (FedAvg).
+//! With `nesterov = false` the step is the heavy-ball form of Gensyn's pipeline DiLoCo
+//! (`pipeline_diloco_optimizer.py`), the baseline of the NoLoCo paper: `v ← μ·v + Δ`, `φ ← φ − η·v`.
+//! Either way, `μ = 0, η = 1` is exact averaging of the replicas' weights (FedAvg).
 
 use std::time::Duration;
 
@@ -25,8 +27,10 @@ pub struct DiLoCo {
     pub every: u64,
     /// `η`: outer learning rate.
     pub outer_lr: f32,
-    /// `μ`: outer Nesterov momentum.
+    /// `μ`: outer momentum.
     pub momentum: f32,
+    /// Nesterov momentum (the DiLoCo paper) or heavy-ball momentum (the NoLoCo paper's baseline).
+    pub nesterov: bool,
     /// The all-reduce: [`Collective::Ring`] or [`Collective::Tree`].
     pub collective: Collective,
 }
@@ -34,7 +38,7 @@ pub struct DiLoCo {
 impl Default for DiLoCo {
     /// The paper's outer optimizer (η = 0.7, μ = 0.9) with `H = 100` and a ring all-reduce.
     fn default() -> Self {
-        Self { every: 100, outer_lr: 0.7, momentum: 0.9, collective: Collective::Ring }
+        Self { every: 100, outer_lr: 0.7, momentum: 0.9, nesterov: true, collective: Collective::Ring }
     }
 }
 
@@ -54,7 +58,8 @@ pub(crate) fn validate_outer(field: &str, every: u64, lr: f32, momentum: f32) ->
 
 impl OuterSync for DiLoCo {
     fn name(&self) -> String {
-        format!("diloco(H={}, lr={}, momentum={})", self.every, self.outer_lr, self.momentum)
+        let kind = if self.nesterov { "nesterov" } else { "heavy-ball" };
+        format!("diloco(H={}, lr={}, {kind} momentum={})", self.every, self.outer_lr, self.momentum)
     }
 
     fn validate(&self, _replicas: usize) -> pipeline::Result<()> {
@@ -102,10 +107,10 @@ impl OuterState for DiLoCoState {
     }
 
     fn finish(&mut self, theta: &mut [f32], mean: &[f32]) {
-        let (lr, mu) = (self.config.outer_lr, self.config.momentum);
+        let (lr, mu, nesterov) = (self.config.outer_lr, self.config.momentum, self.config.nesterov);
         for (((phi, v), t), &delta) in self.outer.iter_mut().zip(&mut self.velocity).zip(theta.iter_mut()).zip(mean) {
             *v = mu * *v + delta;
-            *phi -= lr * (delta + mu * *v);
+            *phi -= lr * if nesterov { delta + mu * *v } else { *v };
             *t = *phi;
         }
     }
@@ -142,6 +147,16 @@ mod tests {
         assert!((theta[0] + 0.95).abs() < 1e-6);
         state.finish(&mut theta, &[1.0]); // v = 1.9, φ = −0.95 − 0.5·(1 + 1.71) = −2.305
         assert!((theta[0] + 2.305).abs() < 1e-5, "{}", theta[0]);
+    }
+
+    #[test]
+    fn heavy_ball_follows_the_released_pipeline_code() {
+        let cfg = DiLoCo { outer_lr: 0.5, momentum: 0.5, nesterov: false, ..DiLoCo::default() };
+        let mut state = DiLoCoState::new(cfg, &[0.0]);
+        let mut theta = [0.0];
+        state.finish(&mut theta, &[1.0]); // v = 1, φ = −0.5
+        state.finish(&mut theta, &[1.0]); // v = 1.5, φ = −0.5 − 0.75
+        assert!((theta[0] + 1.25).abs() < 1e-6, "{}", theta[0]);
     }
 
     #[test]

@@ -111,7 +111,8 @@ impl ScaleSpec {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the settings; the error names the first bad one.
+    pub fn check(&self) -> Result<()> {
         if self.replicas < 2 {
             return Err(Error::config("scale.replicas", "need at least 2 replicas"));
         }
@@ -175,7 +176,7 @@ pub struct ScalePoint {
 
 /// Runs one round as `spec` says (inside [`genrl::run_simulation`]).
 pub async fn measure(spec: &ScaleSpec) -> Result<ScalePoint> {
-    spec.validate()?;
+    spec.check()?;
     let n = spec.replicas;
     let sync = spec.sync();
     sync.validate(n)?;
@@ -308,6 +309,6 @@ mod tests {
         assert!(point.events >= 1, "the missing peer is logged: {point:?}");
         assert!(point.max_latency_s < 3.0 * 30.0, "nobody waits past the deadlines: {point:?}");
         let ring = ScaleSpec { absent: vec![3], ..small(4, SyncMethod::RingAllReduce) };
-        assert!(ring.validate().is_ok(), "the ring accepts the spec but would wait for replica 3");
+        assert!(ring.check().is_ok(), "the ring accepts the spec but would wait for replica 3");
     }
 }
