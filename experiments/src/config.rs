@@ -354,6 +354,7 @@ impl RunConfig {
             eval_batches: self.eval_batches,
             progress: None,
             peer_timeout: Duration::from_secs(600),
+            edge_stages: false,
         })
     }
 }

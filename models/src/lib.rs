@@ -37,5 +37,5 @@ pub mod optim;
 pub use backend::Backend;
 pub use config::ModelConfig;
 pub use error::{Error, Result};
-pub use llama::{Llama, Params, Stage, StageInput, StageSpec, split_layers};
+pub use llama::{Llama, Params, Stage, StageInput, StageSpec, split_layers, split_layers_with_edges};
 pub use optim::{AdamW, OptimConfig, StepStats};

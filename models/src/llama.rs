@@ -113,6 +113,51 @@ pub fn split_layers(n_layers: usize, n_stages: usize) -> Result<Vec<StageSpec>> 
     Ok(specs)
 }
 
+/// Splits the model into `n_stages` with the embedding alone in the first stage and the final norm and
+/// head alone in the last, and the `n_layers` blocks spread over the `n_stages − 2` stages between, as
+/// evenly as possible (the layout of CheckFree, where the transformer stages are interchangeable).
+pub fn split_layers_with_edges(n_layers: usize, n_stages: usize) -> Result<Vec<StageSpec>> {
+    if n_stages < 3 || n_stages - 2 > n_layers {
+        return Err(Error::config(
+            "pipeline.stages",
+            format!("{n_stages} stages with edge stages need 3..={} for {n_layers} layers", n_layers + 2),
+        ));
+    }
+    let mut specs = vec![StageSpec { layers: 0..0, first: true, last: false }];
+    for mut middle in split_layers(n_layers, n_stages - 2)? {
+        middle.first = false;
+        middle.last = false;
+        specs.push(middle);
+    }
+    specs.push(StageSpec { layers: n_layers..n_layers, first: false, last: true });
+    Ok(specs)
+}
+
+impl StageSpec {
+    /// The stage-local name of parameter `name`: `layers.<l>.<w>` becomes `blocks.<l − first layer>.<w>`,
+    /// so stages holding different layers can be matched block by block; other names are unchanged.
+    pub fn local_name(&self, name: &str) -> String {
+        match name.strip_prefix("layers.").and_then(|rest| rest.split_once('.')) {
+            Some((l, w)) => match l.parse::<usize>() {
+                Ok(l) if l >= self.layers.start => format!("blocks.{}.{w}", l - self.layers.start),
+                _ => name.to_owned(),
+            },
+            None => name.to_owned(),
+        }
+    }
+
+    /// The inverse of [`local_name`](Self::local_name) for this stage.
+    pub fn global_name(&self, local: &str) -> String {
+        match local.strip_prefix("blocks.").and_then(|rest| rest.split_once('.')) {
+            Some((k, w)) => match k.parse::<usize>() {
+                Ok(k) => format!("layers.{}.{w}", self.layers.start + k),
+                Err(_) => local.to_owned(),
+            },
+            None => local.to_owned(),
+        }
+    }
+}
+
 /// What a stage receives.
 #[derive(Debug, Clone, Copy)]
 pub enum StageInput<'a> {
@@ -354,6 +399,14 @@ mod tests {
         assert_eq!(specs.iter().map(|s| s.layers.clone()).collect::<Vec<_>>(), vec![0..2, 2..4, 4..5]);
         assert!(specs[0].first && !specs[0].last && specs[2].last);
         assert!(split_layers(2, 3).is_err());
+        let edged = split_layers_with_edges(4, 6)?;
+        assert_eq!(edged.len(), 6);
+        assert!(edged[0].first && edged[0].layers.is_empty() && edged[5].last && edged[5].layers.is_empty());
+        assert_eq!(edged[1..5].iter().map(|s| s.layers.clone()).collect::<Vec<_>>(), vec![0..1, 1..2, 2..3, 3..4]);
+        assert!(split_layers_with_edges(2, 5).is_err() && split_layers_with_edges(4, 2).is_err());
+        assert_eq!(edged[3].local_name("layers.2.wq"), "blocks.0.wq");
+        assert_eq!(edged[3].global_name("blocks.0.wq"), "layers.2.wq");
+        assert_eq!(edged[0].local_name("embed"), "embed");
         assert!(split_layers(2, 0).is_err());
         Ok(())
     }

@@ -108,6 +108,8 @@ pub struct AdamW {
     cfg: OptimConfig,
     backend: Backend,
     step: u64,
+    /// Steps since the moments started (the bias correction's `t`); equals `step` unless reset.
+    moment_steps: u64,
     moments: BTreeMap<String, (Tensor, Tensor)>,
 }
 
@@ -115,7 +117,7 @@ impl AdamW {
     /// A fresh optimizer (zero moments, step 0).
     pub fn new(cfg: OptimConfig, backend: Backend) -> Result<Self> {
         cfg.validate()?;
-        Ok(Self { cfg, backend, step: 0, moments: BTreeMap::new() })
+        Ok(Self { cfg, backend, step: 0, moment_steps: 0, moments: BTreeMap::new() })
     }
 
     /// Steps taken so far.
@@ -149,6 +151,7 @@ impl AdamW {
         };
         let lr = self.cfg.lr_at(self.step);
         self.step += 1;
+        self.moment_steps += 1;
         let h = repops::AdamW {
             lr,
             beta1: self.cfg.beta1,
@@ -164,8 +167,8 @@ impl AdamW {
                 None => (var.zeros_like()?, var.zeros_like()?),
             };
             let (p, m, v) = match be {
-                Backend::RepOps => repops::tensor::adamw_step(var.as_tensor(), &g, &m, &v, self.step, h)?,
-                Backend::Native => native_adamw(var.as_tensor(), &g, &m, &v, self.step, h)?,
+                Backend::RepOps => repops::tensor::adamw_step(var.as_tensor(), &g, &m, &v, self.moment_steps, h)?,
+                Backend::Native => native_adamw(var.as_tensor(), &g, &m, &v, self.moment_steps, h)?,
             };
             var.set(&p)?;
             self.moments.insert(name.clone(), (m, v));
@@ -195,12 +198,20 @@ impl AdamW {
         }
         self.moments = moments;
         self.step = step;
+        self.moment_steps = step;
         Ok(())
     }
 
     /// Forgets the moments of the parameters whose names start with `prefix` (a fresh optimizer for them).
     pub fn reset(&mut self, prefix: &str) {
         self.moments.retain(|n, _| !n.starts_with(prefix));
+    }
+
+    /// A fresh optimizer state that keeps the learning-rate schedule's position: zero moments, and the
+    /// bias correction starts again from step 1, as a newly created optimizer's would.
+    pub fn restart_moments(&mut self) {
+        self.moments.clear();
+        self.moment_steps = 0;
     }
 }
 

@@ -4,7 +4,7 @@
 //! replica of the next stage still receives exactly one copy of each micro-batch index, so the load
 //! stays balanced, while each replica's weights see data that passed through the others.
 
-use pipeline::Router;
+use pipeline::{Hop, Router};
 
 use crate::groups::shared_permutation;
 
@@ -15,10 +15,23 @@ pub struct RandomRouter {
     pub seed: u64,
 }
 
-impl Router for RandomRouter {
-    fn next_replica(&self, step: u64, micro: u32, stage: usize, replica: usize, replicas: usize) -> usize {
+impl RandomRouter {
+    /// The replica of stage `stage + 1` that micro-batch `micro` of `step` goes to from replica
+    /// `replica` of `stage`.
+    pub fn next_replica(&self, step: u64, micro: u32, stage: usize, replica: usize, replicas: usize) -> usize {
         let counter = step.wrapping_mul(1 << 20) ^ (u64::from(micro) << 8) ^ stage as u64;
         shared_permutation(self.seed ^ 0x5EED_0FD1_FAC0, counter, replicas)[replica]
+    }
+}
+
+impl Router for RandomRouter {
+    fn path(&self, step: u64, micro: u32, origin: usize, stages: usize, replicas: usize) -> Vec<Hop> {
+        let mut path = vec![(0, origin)];
+        for stage in 1..stages {
+            let (_, at) = path[stage - 1];
+            path.push((stage, self.next_replica(step, micro, stage - 1, at, replicas)));
+        }
+        path
     }
 }
 
@@ -39,5 +52,7 @@ mod tests {
             }
         }
         assert!(moved > 20 * 3 * 8 / 2, "most micro-batches change replica: {moved}");
+        let path = router.path(3, 1, 5, 4, 8);
+        assert!(pipeline::check_path(&path, 5, 4, 8).is_ok(), "{path:?}");
     }
 }

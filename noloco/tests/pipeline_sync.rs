@@ -47,6 +47,7 @@ fn spec(stages: usize, replicas: usize, steps: u64, sync: Arc<dyn OuterSync>, ro
         eval_batches: 2,
         progress: None,
         peer_timeout: Duration::from_secs(600),
+        edge_stages: false,
     }
 }
 

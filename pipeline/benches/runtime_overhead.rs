@@ -36,6 +36,7 @@ fn spec() -> PipelineSpec {
         eval_batches: 0,
         progress: None,
         peer_timeout: Duration::from_secs(60),
+        edge_stages: false,
     }
 }
 

@@ -11,7 +11,8 @@
 //! | module | what |
 //! |---|---|
 //! | [`spec`] | [`PipelineSpec`]: grid, batches, model, optimizer, network |
-//! | [`plug`] | [`Router`], [`FixedRouter`], [`Recovery`], [`FailurePlan`] |
+//! | [`plug`] | [`Router`] (paths), [`FixedRouter`], [`Recovery`], [`Fallback`], [`FailurePlan`] |
+//! | [`rebuild`] | [`StageRebuild`]: rebuilding a lost stage from others (sans-IO) |
 //! | [`sync`] | [`OuterSync`] / [`OuterState`] (sans-IO), [`Collective`], [`DataParallel`], [`Independent`] |
 //! | [`collective`] | the mailbox; ring and tree all-reduce, gather-average-broadcast with deadlines |
 //! | [`worker`] | one worker's loop: forward, backward, gradient all-reduce, optimizer step, outer round |
@@ -23,6 +24,7 @@ pub mod collective;
 pub mod error;
 pub mod plug;
 pub mod probe;
+pub mod rebuild;
 pub mod run;
 pub mod spec;
 pub mod sync;
@@ -30,8 +32,9 @@ pub mod wire;
 pub mod worker;
 
 pub use error::{Error, Result};
-pub use plug::{FailurePlan, FixedRouter, Recovery, Router};
+pub use plug::{FailurePlan, Fallback, FixedRouter, Hop, Recovery, Router, check_path};
 pub use probe::WeightProbe;
+pub use rebuild::{Donor, DonorWeights, StageRebuild};
 pub use run::{RunReport, run_simulated};
 pub use spec::PipelineSpec;
 pub use sync::{Collective, DataParallel, Independent, OuterRound, OuterState, OuterSync};

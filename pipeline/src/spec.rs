@@ -53,9 +53,21 @@ pub struct PipelineSpec {
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Longest a worker waits for a message its protocol needs before giving up with an error.
     pub peer_timeout: Duration,
+    /// Put the embedding alone in the first stage and the head alone in the last, the transformer blocks
+    /// in the stages between (CheckFree's layout); otherwise the blocks are spread over all stages.
+    pub edge_stages: bool,
 }
 
 impl PipelineSpec {
+    /// Which part of the model each stage holds.
+    pub fn stage_specs(&self) -> Result<Vec<models::StageSpec>> {
+        Ok(if self.edge_stages {
+            models::split_layers_with_edges(self.model.n_layers, self.stages)?
+        } else {
+            models::split_layers(self.model.n_layers, self.stages)?
+        })
+    }
+
     /// The data-parallel baseline (ring all-reduce every step) on a fixed path.
     pub fn baseline_plugs() -> (Arc<dyn OuterSync>, Arc<dyn Router>) {
         (Arc::new(DataParallel::RING), Arc::new(FixedRouter))
@@ -74,7 +86,7 @@ impl PipelineSpec {
                 return Err(Error::config(field, "must be at least 1"));
             }
         }
-        if self.stages > self.model.n_layers {
+        if self.stages > self.model.n_layers + 2 * usize::from(self.edge_stages) {
             return Err(Error::config(
                 "pipeline.stages",
                 format!("{} stages for {} layers (need stages <= layers)", self.stages, self.model.n_layers),
@@ -86,12 +98,19 @@ impl PipelineSpec {
                 format!("{} exceeds model.max_seq {}", self.seq, self.model.max_seq),
             ));
         }
-        let Recovery::CheckpointRestart { every, bytes_per_s } = self.recovery;
-        if every == 0 || !(bytes_per_s.is_finite() && bytes_per_s > 0.0) {
+        let specs = self.stage_specs()?;
+        if let Some((every, bytes_per_s)) = self.recovery.checkpoints()
+            && (every == 0 || !(bytes_per_s.is_finite() && bytes_per_s > 0.0))
+        {
             return Err(Error::config(
                 "pipeline.recovery",
                 "checkpoint interval must be at least 1 step and storage bandwidth positive",
             ));
+        }
+        if let Recovery::Rebuild { protocol, .. } = &self.recovery {
+            let middle = if self.edge_stages { &specs[1..specs.len() - 1] } else { &specs[..] };
+            let blocks = middle.first().map(|f| f.layers.len()).filter(|&b| middle.iter().all(|m| m.layers.len() == b));
+            protocol.validate(self.stages, self.edge_stages, blocks)?;
         }
         if let Some(&(step, w)) = self.failures.failures.iter().find(|(_, w)| *w >= self.stages * self.replicas) {
             return Err(Error::config(

@@ -10,10 +10,12 @@ use crate::error::{Error, Result};
 /// A pipeline message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Msg {
-    /// Activations of micro-batch `micro` of `step`, with its next-token targets, for the next stage.
+    /// Activations of micro-batch `micro` of `step`, with its next-token targets, for the next hop.
     Forward {
         /// Training step.
         step: u64,
+        /// The replica of stage 0 whose data this micro-batch is.
+        origin: u32,
         /// Micro-batch within the step.
         micro: u32,
         /// Hidden states `[batch, seq, d_model]`.
@@ -25,6 +27,8 @@ pub enum Msg {
     Backward {
         /// Training step.
         step: u64,
+        /// The replica of stage 0 whose data this micro-batch is.
+        origin: u32,
         /// Micro-batch within the step.
         micro: u32,
         /// Gradient, shaped like the activations.
@@ -41,6 +45,19 @@ pub enum Msg {
         /// Targets (u32).
         targets: TensorBytes,
     },
+    /// A stage's weights, by stage-local name, sent before training step `step`.
+    Weights {
+        /// The step they are sent before (or after which, for [`WeightsKind::Shadow`]).
+        step: u64,
+        /// Why.
+        kind: WeightsKind,
+        /// The stage the weights belong to.
+        stage: u32,
+        /// The sender's gradient norm after clipping at its last step.
+        grad_norm: f32,
+        /// `(stage-local name, tensor)` pairs.
+        tensors: Vec<(String, TensorBytes)>,
+    },
     /// One chunk of a ring all-reduce among the replicas of a stage.
     Reduce {
         /// Training step.
@@ -50,6 +67,17 @@ pub enum Msg {
         /// The chunk's values.
         data: TensorBytes,
     },
+}
+
+/// Why a stage's weights are on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WeightsKind {
+    /// For the replacement of a failed worker.
+    Donor,
+    /// A redundant copy of the sender's stage, kept by its predecessor.
+    Shadow,
+    /// A copy of an edge stage (embedding or head), kept by its neighbour.
+    EdgeCopy,
 }
 
 /// A tensor (f32 or u32) as wire bytes.

@@ -1,27 +1,30 @@
 //! One pipeline worker: stage `s` of replica `r`, as a genrl agent.
 //!
-//! Per step, GPipe-style: all micro-batches forward (activations sent on to the next stage, the last
-//! stage computing the loss and starting the backward pass at once), then the backward passes as their
-//! gradients come back; then the outer synchronisation and one optimizer step. Compute time is charged
-//! to the agent's clock from the stage's FLOPs and the agent's device profile.
+//! Per step, GPipe-style: every micro-batch whose path (from the [`Router`](crate::Router)) visits this
+//! worker goes forward as its activations arrive (sent on to the next hop; the last hop computes the loss
+//! and starts the backward pass at once), then the backward passes run as their gradients come back;
+//! then the gradient synchronisation, one optimizer step and the outer round, if any. Failures planned
+//! for a step are handled before it ([`Recovery`]). Compute time is charged to the agent's clock from
+//! the stage's FLOPs and the agent's device profile.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor, Var};
-use genrl::{AgentCtx, Clock};
+use genrl::{AgentCtx, Clock, EventKind};
 use models::data::{Corpus, eval_batches, sample_batch};
-use models::{AdamW, Stage, StageInput};
-use transport::{PeerId, Transport};
+use models::{AdamW, Stage, StageInput, StageSpec};
+use transport::{PeerId, TensorBytes, Transport};
 
 use crate::collective::{GRADIENT_TAG, Mailbox, all_reduce_mean, run_outer_round};
 use crate::error::{Error, Result};
-use crate::plug::Recovery;
+use crate::plug::{Fallback, Hop, Recovery, check_path};
 use crate::probe::WeightProbe;
+use crate::rebuild::{Donor, DonorWeights};
 use crate::spec::PipelineSpec;
 use crate::sync::{OuterRound, OuterState};
-use crate::wire::{Msg, from_wire, to_wire};
+use crate::wire::{Msg, WeightsKind, from_wire, to_wire};
 
 /// What a worker returns at the end.
 #[derive(Debug)]
@@ -84,208 +87,591 @@ pub async fn run_worker<T: Transport, C: Clock>(
     corpus: Arc<Corpus>,
     probe: Option<Arc<WeightProbe>>,
 ) -> Result<WorkerResult> {
-    let replicas = spec.replicas;
-    let (s, r) = (ctx.index as usize / replicas, ctx.index as usize % replicas);
-    let peer = |stage: usize, replica: usize| ctx.peers[stage * replicas + replica];
-    let device = Device::Cpu;
-    let specs = models::split_layers(spec.model.n_layers, spec.stages)?;
-    let stage = Stage::new(&spec.model, specs[s].clone(), &device)?;
-    let params = stage.params().clone();
-    let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
-    let shapes: BTreeMap<String, Vec<usize>> = params.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
-    let mut optim = AdamW::new(spec.optim.clone(), spec.model.backend)?;
-    let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), spec.peer_timeout, format!("s{s}r{r}"));
-    let mut outer = spec.sync.start(&flatten(&names, &params.snapshot(), &shapes)?);
-    let (mb, seq, m) = (spec.micro_batch, spec.seq, spec.micro_batches as u32);
-    let fwd_flops = stage.forward_flops(mb, seq);
-    let last = s + 1 == spec.stages;
+    let mut w = Worker::new(ctx, spec, corpus)?;
+    let spec = w.spec.clone();
+    let (s, r) = (w.s, w.r);
     let eval_set = if spec.eval_every > 0 && r == 0 && s == 0 {
-        eval_batches(&corpus.val, spec.eval_batches, mb, seq, &device)?
+        eval_batches(&w.corpus.val, spec.eval_batches, spec.micro_batch, spec.seq, &w.device)?
     } else {
         Vec::new()
     };
-
-    let Recovery::CheckpointRestart { every: ckpt_every, bytes_per_s } = spec.recovery;
-    let state_bytes = 3 * 4 * params.numel(); // weights and two Adam moments, f32
-    let io_time = Duration::from_secs_f64(state_bytes as f64 / bytes_per_s);
-    let mut checkpoint: Option<Checkpoint> = None;
-    let mut pending_failures: Vec<(u64, usize)> = spec.failures.failures.clone();
+    let checkpoints = spec.recovery.checkpoints();
     let mut step = 0u64;
     while step <= spec.steps {
-        // A failure anywhere stops the swarm; everyone rolls back to its last checkpoint. (Every worker
-        // knows the plan, as a coordinator would announce it.)
-        if let Some(i) = pending_failures.iter().position(|&(at, _)| at == step) {
-            let (_, failed) = pending_failures.remove(i);
-            let (at, weights, saved_optim, saved_outer) = match &checkpoint {
-                Some(c) => (c.step, c.weights.clone(), c.optim.clone(), c.outer.as_ref().map(|o| o.snapshot())),
-                None => (0, BTreeMap::new(), AdamW::new(spec.optim.clone(), spec.model.backend)?, None),
-            };
-            if ctx.index == 0 {
-                ctx.metrics.event(
-                    ctx.clock.now(),
-                    Some(failed as u32),
-                    genrl::EventKind::Failure,
-                    format!("worker {failed} failed at step {step}"),
-                );
-            }
-            if weights.is_empty() {
-                // No checkpoint yet: start over from the initial weights.
-                let fresh = Stage::new(&spec.model, specs[s].clone(), &device)?;
-                for (name, t) in fresh.params().snapshot() {
-                    params.set(&name, &t)?;
-                }
-                outer = spec.sync.start(&flatten(&names, &params.snapshot(), &shapes)?);
-            } else {
-                for (name, t) in &weights {
-                    params.set(name, t)?;
-                }
-                outer = saved_outer;
-            }
-            optim = saved_optim;
-            ctx.clock.sleep(io_time).await;
-            if ctx.index == 0 {
-                ctx.metrics.event(
-                    ctx.clock.now(),
-                    None,
-                    genrl::EventKind::Recovery,
-                    format!("restored the step-{at} checkpoint; redoing {} steps", step - at),
-                );
-            }
-            step = at;
+        if let Some(rollback) = w.handle_failures(step).await? {
+            step = rollback;
             continue;
         }
-        if step.is_multiple_of(ckpt_every) && step < spec.steps {
-            checkpoint = Some(Checkpoint {
+        if let Some((every, bytes_per_s)) = checkpoints
+            && step.is_multiple_of(every)
+            && step < spec.steps
+        {
+            w.checkpoint = Some(Checkpoint {
                 step,
-                weights: params.snapshot(),
-                optim: optim.clone(),
-                outer: outer.as_ref().map(|o| o.snapshot()),
+                weights: w.params.snapshot(),
+                optim: w.optim.clone(),
+                outer: w.outer.as_ref().map(|o| o.snapshot()),
             });
-            ctx.clock.sleep(io_time).await;
+            w.ctx.clock.sleep(w.state_io_time(bytes_per_s)).await;
         }
-        if spec.eval_every > 0 && r == 0 && (step.is_multiple_of(spec.eval_every) || step == spec.steps) {
-            let next = (!last).then(|| peer(s + 1, 0));
-            evaluate(&ctx, &stage, &mut mail, &eval_set, spec.eval_batches, step, fwd_flops, next).await?;
+        let evaluating = spec.eval_every > 0 && (step.is_multiple_of(spec.eval_every) || step == spec.steps);
+        if evaluating && r == 0 {
+            let next = (!w.last).then(|| w.peer(s + 1, 0));
+            evaluate(&w.ctx, &w.stage, &mut w.mail, &eval_set, spec.eval_batches, step, w.fwd_flops, next).await?;
         }
         if let Some(probe) = &probe
-            && spec.eval_every > 0
-            && (step.is_multiple_of(spec.eval_every) || step == spec.steps)
+            && evaluating
         {
-            probe.add(step, s, &flatten(&names, &params.snapshot(), &shapes)?);
+            probe.add(step, s, &flatten(&w.names, &w.params.snapshot(), &w.shapes)?);
         }
         if step == spec.steps {
             break;
         }
-        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
-        // Kept for the backward pass of each micro-batch: its input variable, output and sender.
-        let mut saved: BTreeMap<u32, (Option<Var>, Tensor, Option<PeerId>)> = BTreeMap::new();
-        let mut losses = Vec::new();
-        let waited_before = mail.waited();
-        for micro in 0..m {
-            let (input, targets, sender) = if s == 0 {
-                let draw = step * u64::from(m) + u64::from(micro);
-                let (ids, targets) = sample_batch(&corpus.train, mb, seq, spec.seed, draw, r as u64, &device)?;
-                (Input::Tokens(ids), targets, None)
-            } else {
-                let wanted = |_: &PeerId, msg: &Msg| matches!(msg, Msg::Forward { step: st, micro: mi, .. } if *st == step && *mi == micro);
-                let (from, msg) = mail.take("activations", wanted).await?;
-                let Msg::Forward { hidden, targets, .. } = msg else { return Err(unexpected()) };
-                let h = Var::from_tensor(&from_wire(&hidden, &device)?)?;
-                (Input::Hidden(h), from_wire(&targets, &device)?, Some(from))
-            };
-            let out = match &input {
-                Input::Tokens(ids) => stage.forward(StageInput::Tokens(ids))?,
-                Input::Hidden(h) => stage.forward(StageInput::Hidden(h.as_tensor()))?,
-            };
-            ctx.compute(fwd_flops).await;
-            let input_var = match input {
-                Input::Hidden(h) => Some(h),
-                Input::Tokens(_) => None,
-            };
-            if last {
-                let loss = stage.loss(&out, &targets)?;
-                losses.push(f64::from(loss.to_vec0::<f32>()?));
-                // Each micro-batch's loss is a mean over its tokens: scale so the step's gradient is the
-                // mean over all micro-batches.
-                let store = (loss / f64::from(m))?.backward()?;
-                ctx.compute(2.0 * fwd_flops).await;
-                accumulate(&mut grads, params.grads(&store))?;
-                if let (Some(h), Some(from)) = (&input_var, sender) {
-                    let g = store
-                        .get(h.as_tensor())
-                        .ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
-                    mail.send(from, &Msg::Backward { step, micro, grad: to_wire(g)? }).await?;
-                }
-            } else {
-                let next = spec.router.next_replica(step, micro, s, r, replicas);
-                if next >= replicas {
-                    return Err(Error::config("router", format!("replica {next} of {replicas} does not exist")));
-                }
-                mail.send(
-                    peer(s + 1, next),
-                    &Msg::Forward { step, micro, hidden: to_wire(&out)?, targets: to_wire(&targets)? },
-                )
-                .await?;
-                saved.insert(micro, (input_var, out, sender));
-            }
-        }
-        // Backward passes of the earlier stages, in the order their gradients arrive.
-        for _ in 0..saved.len() {
-            let wanted = |_: &PeerId, msg: &Msg| matches!(msg, Msg::Backward { step: st, .. } if *st == step);
-            let (_, msg) = mail.take("gradients", wanted).await?;
-            let Msg::Backward { micro, grad, .. } = msg else { return Err(unexpected()) };
-            let (input_var, out, sender) = saved
-                .remove(&micro)
-                .ok_or_else(|| Error::config("pipeline", format!("gradient for unknown micro-batch {micro}")))?;
-            let g = from_wire(&grad, &device)?;
-            let store = (out * g)?.sum_all()?.backward()?;
-            ctx.compute(2.0 * fwd_flops).await;
-            accumulate(&mut grads, params.grads(&store))?;
-            if let (Some(h), Some(from)) = (&input_var, sender) {
-                let gh = store
-                    .get(h.as_tensor())
-                    .ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
-                mail.send(from, &Msg::Backward { step, micro, grad: to_wire(gh)? }).await?;
-            }
-        }
-        if !losses.is_empty() {
-            ctx.record("train_loss", step, losses.iter().sum::<f64>() / losses.len() as f64);
-        }
-        let grads = match spec.sync.gradient_collective() {
-            Some(collective) if replicas > 1 => {
-                let (t0, b0) = (ctx.clock.now(), mail.sent());
-                let group: Vec<PeerId> = (0..replicas).map(|q| peer(s, q)).collect();
-                let round = OuterRound { group: (0..replicas).collect(), collective, timeout: spec.peer_timeout };
-                let flat = flatten(&names, &grads, &shapes)?;
-                let mean = all_reduce_mean(&mut mail, &round, &group, r, step, GRADIENT_TAG, flat).await?;
-                ctx.record("sync_time", step, (ctx.clock.now() - t0).as_secs_f64());
-                ctx.record("sync_bytes", step, (mail.sent() - b0) as f64);
-                unflatten(&names, &mean, &shapes, &device)?
-            }
-            _ => grads,
-        };
-        let stats = optim.step(&params, &grads)?;
-        if last && r == 0 {
-            ctx.record("lr", step, f64::from(stats.lr));
-            ctx.record("grad_norm", step, f64::from(stats.grad_norm));
+        let waited_before = w.mail.waited();
+        let grads = w.train_step(step).await?;
+        let grads = w.sync_gradients(step, grads).await?;
+        let stats = w.optim.step(&w.params, &grads)?;
+        let clip = w.optim.config().grad_clip;
+        w.last_grad_norm = if clip > 0.0 { stats.grad_norm.min(clip) } else { stats.grad_norm };
+        if w.last && r == 0 {
+            w.ctx.record("lr", step, f64::from(stats.lr));
+            w.ctx.record("grad_norm", step, f64::from(stats.grad_norm));
             if let Some(progress) = &spec.progress {
                 progress.store(step + 1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        if let Some(state) = outer.as_mut()
-            && let Some(round) = spec.sync.round(step + 1, r, replicas)
+        if let Some(state) = w.outer.as_mut()
+            && let Some(round) = spec.sync.round(step + 1, r, w.replicas)
         {
-            let (t0, b0) = (ctx.clock.now(), mail.sent());
-            let at = (s, r, replicas);
-            outer_round(&ctx, &mut mail, state.as_mut(), &round, at, step, &params, &names, &shapes).await?;
-            ctx.record("sync_time", step, (ctx.clock.now() - t0).as_secs_f64());
-            ctx.record("sync_bytes", step, (mail.sent() - b0) as f64);
+            let (t0, b0) = (w.ctx.clock.now(), w.mail.sent());
+            let at = (s, r, w.replicas);
+            outer_round(&w.ctx, &mut w.mail, state.as_mut(), &round, at, step, &w.params, &w.names, &w.shapes).await?;
+            w.ctx.record("sync_time", step, (w.ctx.clock.now() - t0).as_secs_f64());
+            w.ctx.record("sync_bytes", step, (w.mail.sent() - b0) as f64);
         }
-        ctx.record("idle_time", step, (mail.waited() - waited_before).as_secs_f64());
-        ctx.record("bytes_sent", step, mail.sent() as f64);
+        w.keep_copies(step).await?;
+        w.ctx.record("idle_time", step, (w.mail.waited() - waited_before).as_secs_f64());
+        w.ctx.record("bytes_sent", step, w.mail.sent() as f64);
         step += 1;
     }
-    Ok(WorkerResult { stage: s, replica: r, weights: params.snapshot() })
+    Ok(WorkerResult { stage: s, replica: r, weights: w.params.snapshot() })
+}
+
+/// One worker's state between steps.
+struct Worker<T: Transport, C: Clock> {
+    ctx: AgentCtx<T, C>,
+    spec: Arc<PipelineSpec>,
+    corpus: Arc<Corpus>,
+    device: Device,
+    /// Stage and replica.
+    s: usize,
+    r: usize,
+    replicas: usize,
+    /// Every stage's part of the model.
+    specs: Vec<StageSpec>,
+    stage: Stage,
+    params: models::Params,
+    names: Vec<String>,
+    shapes: BTreeMap<String, Vec<usize>>,
+    optim: AdamW,
+    mail: Mailbox<T, C>,
+    outer: Option<Box<dyn OuterState>>,
+    fwd_flops: f64,
+    /// Forward FLOPs of the successor stage (charged again under redundant computation).
+    successor_flops: f64,
+    last: bool,
+    checkpoint: Option<Checkpoint>,
+    /// This stage's gradient norm after clipping, at the last step.
+    last_grad_norm: f32,
+    /// Redundant computation: the successor's weights after the step given.
+    shadow: Option<(u64, Vec<(String, TensorBytes)>)>,
+    /// An edge stage's weights that this worker keeps for it (CheckFree+).
+    edge_copy: Option<(f32, Vec<(String, TensorBytes)>)>,
+    pending_failures: Vec<(u64, usize)>,
+}
+
+/// Where a failed worker's state comes back from.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// A surviving replica of its stage.
+    Replica(usize),
+    /// The rebuild protocol's donors (same replica row).
+    Donors(Vec<Donor>),
+    /// Its predecessor's redundant copy.
+    Shadow,
+    /// Fresh weights.
+    ReInit,
+    /// Everyone restores a checkpoint.
+    Checkpoint,
+}
+
+impl<T: Transport, C: Clock> Worker<T, C> {
+    fn new(ctx: AgentCtx<T, C>, spec: Arc<PipelineSpec>, corpus: Arc<Corpus>) -> Result<Self> {
+        let replicas = spec.replicas;
+        let (s, r) = (ctx.index as usize / replicas, ctx.index as usize % replicas);
+        let device = Device::Cpu;
+        let specs = spec.stage_specs()?;
+        let stage = Stage::new(&spec.model, specs[s].clone(), &device)?;
+        let successor = Stage::new(&spec.model, specs[(s + 1) % spec.stages].clone(), &device)?;
+        let params = stage.params().clone();
+        let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+        let shapes = params.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+        let optim = AdamW::new(spec.optim.clone(), spec.model.backend)?;
+        let mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), spec.peer_timeout, format!("s{s}r{r}"));
+        let mut w = Self {
+            fwd_flops: stage.forward_flops(spec.micro_batch, spec.seq),
+            successor_flops: successor.forward_flops(spec.micro_batch, spec.seq),
+            last: s + 1 == spec.stages,
+            pending_failures: spec.failures.failures.clone(),
+            ctx,
+            corpus,
+            device,
+            s,
+            r,
+            replicas,
+            specs,
+            stage,
+            params,
+            names,
+            shapes,
+            optim,
+            mail,
+            outer: None,
+            checkpoint: None,
+            last_grad_norm: 0.0,
+            shadow: None,
+            edge_copy: None,
+            spec,
+        };
+        w.outer = w.spec.sync.start(&flatten(&w.names, &w.params.snapshot(), &w.shapes)?);
+        Ok(w)
+    }
+
+    fn peer(&self, stage: usize, replica: usize) -> PeerId {
+        self.ctx.peers[stage * self.replicas + replica]
+    }
+
+    /// Time to write or read this stage's weights and Adam moments at `bytes_per_s`.
+    fn state_io_time(&self, bytes_per_s: f64) -> Duration {
+        Duration::from_secs_f64((3 * 4 * self.params.numel()) as f64 / bytes_per_s)
+    }
+
+    /// Handles the failures planned for `step`; `Some(step)` if every worker must roll back to the
+    /// checkpoint taken before that step.
+    async fn handle_failures(&mut self, step: u64) -> Result<Option<u64>> {
+        let now: Vec<usize> = self.pending_failures.iter().filter(|f| f.0 == step).map(|f| f.1).collect();
+        if now.is_empty() {
+            return Ok(None);
+        }
+        self.pending_failures.retain(|f| f.0 != step);
+        let failed: Vec<(usize, usize)> = now.iter().map(|&w| (w / self.replicas, w % self.replicas)).collect();
+        let sources: Vec<Source> = failed.iter().map(|&hit| self.source(hit, &failed)).collect();
+        if sources.contains(&Source::Checkpoint) {
+            return self.roll_back(step, &failed).await.map(Some);
+        }
+        // First send what others need from us, then (if we failed) rebuild from what arrives.
+        for (&(fs, fr), source) in failed.iter().zip(&sources) {
+            let to = self.peer(fs, fr);
+            match source {
+                Source::Replica(q) if (self.s, self.r) == (fs, *q) => {
+                    let tensors = self.local_weights()?;
+                    self.send_weights(to, step, WeightsKind::Donor, fs, tensors).await?;
+                }
+                Source::Donors(donors) if self.r == fr => {
+                    let me = self.s;
+                    for donor in donors.iter().filter(|d| d.stage() == me) {
+                        let tensors = match donor {
+                            Donor::Stage(_) => self.local_weights()?,
+                            Donor::CopyHeldBy(_) => self.edge_copy.as_ref().map(|c| c.1.clone()).unwrap_or_default(),
+                        };
+                        self.send_weights(to, step, WeightsKind::Donor, fs, tensors).await?;
+                    }
+                }
+                Source::Shadow if (self.s, self.r) == ((fs + self.spec.stages - 1) % self.spec.stages, fr) => {
+                    let tensors = self.shadow_of(step).await?;
+                    self.send_weights(to, step, WeightsKind::Shadow, fs, tensors).await?;
+                }
+                _ => {}
+            }
+        }
+        let Some(i) = failed.iter().position(|&hit| hit == (self.s, self.r)) else { return Ok(None) };
+        self.recover(step, &sources[i]).await?;
+        Ok(None)
+    }
+
+    /// How the failed worker `(fs, fr)` gets its state back, given everything failing now.
+    fn source(&self, (fs, fr): (usize, usize), failed: &[(usize, usize)]) -> Source {
+        let stages = self.spec.stages;
+        match &self.spec.recovery {
+            Recovery::CheckpointRestart { .. } => Source::Checkpoint,
+            Recovery::Redundant => {
+                let pred = ((fs + stages - 1) % stages, fr);
+                if stages > 1 && !failed.contains(&pred) { Source::Shadow } else { Source::ReInit }
+            }
+            Recovery::Rebuild { protocol, fallback } => {
+                if let Some(q) = (0..self.replicas).find(|&q| !failed.contains(&(fs, q))) {
+                    return Source::Replica(q);
+                }
+                match protocol.donors(fs, stages) {
+                    Some(donors) if donors.iter().all(|d| !failed.contains(&(d.stage(), fr))) => Source::Donors(donors),
+                    _ => match fallback {
+                        Fallback::ReInit => Source::ReInit,
+                        Fallback::Checkpoint { .. } => Source::Checkpoint,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Every worker restores its last checkpoint; returns the step to continue from.
+    async fn roll_back(&mut self, step: u64, failed: &[(usize, usize)]) -> Result<u64> {
+        let bytes_per_s = self.spec.recovery.checkpoints().map_or(f64::INFINITY, |c| c.1);
+        let (at, weights, optim, outer) = match &self.checkpoint {
+            Some(c) => (c.step, c.weights.clone(), c.optim.clone(), c.outer.as_ref().map(|o| o.snapshot())),
+            None => (0, self.fresh_weights()?, AdamW::new(self.spec.optim.clone(), self.spec.model.backend)?, None),
+        };
+        for (name, t) in &weights {
+            self.params.set(name, t)?;
+        }
+        self.optim = optim;
+        self.outer = match outer {
+            Some(o) => Some(o),
+            None => self.spec.sync.start(&flatten(&self.names, &self.params.snapshot(), &self.shapes)?),
+        };
+        self.ctx.clock.sleep(self.state_io_time(bytes_per_s)).await;
+        if self.ctx.index == 0 {
+            let who: Vec<String> = failed.iter().map(|(s, r)| format!("s{s}r{r}")).collect();
+            let now = self.ctx.clock.now();
+            let detail = format!("{} failed at step {step}", who.join(", "));
+            self.ctx.metrics.event(now, None, EventKind::Failure, detail);
+            let detail = format!("restored the step-{at} checkpoint; redoing {} steps", step - at);
+            self.ctx.metrics.event(now, None, EventKind::Recovery, detail);
+        }
+        self.ctx.record("recovery", step, 1.0);
+        Ok(at)
+    }
+
+    /// This worker failed at `step`: it loses its weights and optimizer state and gets them back from
+    /// `source`.
+    async fn recover(&mut self, step: u64, source: &Source) -> Result<()> {
+        let t0 = self.ctx.clock.now();
+        let fresh = self.fresh_weights()?;
+        for (name, t) in &fresh {
+            self.params.set(name, t)?;
+        }
+        self.optim.restart_moments();
+        let (s, r) = (self.s, self.r);
+        let detail = match source {
+            Source::Replica(q) => {
+                let got = self.take_weights(step, WeightsKind::Donor, self.peer(s, *q)).await?;
+                self.install(&got.2)?;
+                format!("copied the weights of replica {q}")
+            }
+            Source::Donors(donors) => {
+                let Recovery::Rebuild { protocol, .. } = &self.spec.recovery else { return Err(unexpected()) };
+                let protocol = protocol.clone();
+                let mut received = Vec::with_capacity(donors.len());
+                for &donor in donors {
+                    let (_, grad_norm, tensors) =
+                        self.take_weights(step, WeightsKind::Donor, self.peer(donor.stage(), r)).await?;
+                    received.push(DonorWeights { donor, grad_norm, weights: self.to_tensors(&tensors)? });
+                }
+                let local_fresh: BTreeMap<String, Tensor> =
+                    fresh.iter().map(|(n, t)| (self.stage.spec().local_name(n), t.clone())).collect();
+                let rebuilt = protocol.rebuild(s, &received, &local_fresh)?;
+                self.install_tensors(&rebuilt)?;
+                self.optim.scale_lr(protocol.lr_scale());
+                let from: Vec<String> = donors.iter().map(|d| format!("{d:?}")).collect();
+                format!("rebuilt by {} from {}", protocol.name(), from.join(" + "))
+            }
+            Source::Shadow => {
+                let pred = (s + self.spec.stages - 1) % self.spec.stages;
+                let got = self.take_weights(step, WeightsKind::Shadow, self.peer(pred, r)).await?;
+                if got.2.is_empty() {
+                    "no redundant copy yet: started from the initial weights".to_owned()
+                } else {
+                    self.install(&got.2)?;
+                    format!("restored from stage {pred}'s redundant copy")
+                }
+            }
+            Source::ReInit => "no source to rebuild from: re-initialised".to_owned(),
+            Source::Checkpoint => return Err(unexpected()),
+        };
+        let now = self.ctx.clock.now();
+        let index = Some(self.ctx.index);
+        self.ctx.metrics.event(now, index, EventKind::Failure, format!("s{s}r{r} failed at step {step}"));
+        let took = (now - t0).as_secs_f64();
+        self.ctx.metrics.event(now, index, EventKind::Recovery, format!("s{s}r{r}: {detail} in {took:.3} s"));
+        self.ctx.record("recovery", step, 1.0);
+        Ok(())
+    }
+
+    /// The stage's initial weights (what a replacement node starts from).
+    fn fresh_weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        Ok(Stage::new(&self.spec.model, self.specs[self.s].clone(), &self.device)?.params().snapshot())
+    }
+
+    /// This stage's weights under stage-local names, as wire tensors.
+    fn local_weights(&self) -> Result<Vec<(String, TensorBytes)>> {
+        self.params.snapshot().iter().map(|(n, t)| Ok((self.stage.spec().local_name(n), to_wire(t)?))).collect()
+    }
+
+    fn to_tensors(&self, tensors: &[(String, TensorBytes)]) -> Result<BTreeMap<String, Tensor>> {
+        tensors.iter().map(|(n, t)| Ok((n.clone(), from_wire(t, &self.device)?))).collect()
+    }
+
+    /// Sets this stage's weights from stage-local wire tensors.
+    fn install(&self, tensors: &[(String, TensorBytes)]) -> Result<()> {
+        self.install_tensors(&self.to_tensors(tensors)?)
+    }
+
+    /// Sets this stage's weights from stage-local tensors; every parameter must be there, shaped right.
+    fn install_tensors(&self, local: &BTreeMap<String, Tensor>) -> Result<()> {
+        for name in &self.names {
+            let key = self.stage.spec().local_name(name);
+            let t = local.get(&key).ok_or_else(|| Error::config("recovery", format!("no weights for {key}")))?;
+            if t.dims() != self.shapes[name].as_slice() {
+                return Err(Error::config(
+                    "recovery",
+                    format!("{key}: shape {:?}, expected {:?}", t.dims(), self.shapes[name]),
+                ));
+            }
+            self.params.set(name, t)?;
+        }
+        Ok(())
+    }
+
+    async fn send_weights(
+        &mut self,
+        to: PeerId,
+        step: u64,
+        kind: WeightsKind,
+        stage: usize,
+        tensors: Vec<(String, TensorBytes)>,
+    ) -> Result<()> {
+        let msg = Msg::Weights { step, kind, stage: stage as u32, grad_norm: self.last_grad_norm, tensors };
+        self.mail.send(to, &msg).await
+    }
+
+    /// Takes the `kind` weights for `step` from `from`: `(stage, grad_norm, tensors)`.
+    async fn take_weights(
+        &mut self,
+        step: u64,
+        kind: WeightsKind,
+        from: PeerId,
+    ) -> Result<(u32, f32, Vec<(String, TensorBytes)>)> {
+        let wanted = |f: &PeerId, m: &Msg| {
+            *f == from && matches!(m, Msg::Weights { step: st, kind: k, .. } if *st == step && *k == kind)
+        };
+        match self.mail.take("recovery weights", wanted).await? {
+            (_, Msg::Weights { stage, grad_norm, tensors, .. }) => Ok((stage, grad_norm, tensors)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// The successor's weights as of the end of step `step − 1` (what this worker's redundant copy
+    /// holds), waiting for the last refresh if it is still on its way. Empty before the first step.
+    async fn shadow_of(&mut self, step: u64) -> Result<Vec<(String, TensorBytes)>> {
+        if step == 0 {
+            return Ok(Vec::new());
+        }
+        self.refresh_shadow(step - 1, true).await?;
+        Ok(self.shadow.as_ref().map(|s| s.1.clone()).unwrap_or_default())
+    }
+
+    /// Takes the successor's shadow refreshes up to the one sent after `step` (waiting for that one only
+    /// if `wait`).
+    async fn refresh_shadow(&mut self, step: u64, wait: bool) -> Result<()> {
+        let from = self.peer((self.s + 1) % self.spec.stages, self.r);
+        if self.shadow.as_ref().is_some_and(|s| s.0 >= step) {
+            return Ok(());
+        }
+        let wanted = |f: &PeerId, m: &Msg| {
+            *f == from && matches!(m, Msg::Weights { step: st, kind: WeightsKind::Shadow, .. } if *st <= step)
+        };
+        loop {
+            let got = if wait {
+                Some(self.mail.take("redundant copy", wanted).await?)
+            } else {
+                let now = self.ctx.clock.now();
+                self.mail.take_until(now, wanted).await?
+            };
+            let Some((_, Msg::Weights { step: at, tensors, .. })) = got else { return Ok(()) };
+            if self.shadow.as_ref().is_none_or(|s| s.0 < at) {
+                self.shadow = Some((at, tensors));
+            }
+            if at >= step {
+                return Ok(());
+            }
+        }
+    }
+
+    /// After a step: redundant copies (send ours to the predecessor, pick up the successor's) and
+    /// CheckFree+'s edge copies.
+    async fn keep_copies(&mut self, step: u64) -> Result<()> {
+        let stages = self.spec.stages;
+        match &self.spec.recovery {
+            Recovery::Redundant if stages > 1 => {
+                let to = self.peer((self.s + stages - 1) % stages, self.r);
+                let tensors = self.local_weights()?;
+                self.send_weights(to, step, WeightsKind::Shadow, self.s, tensors).await?;
+                self.refresh_shadow(step, false).await?;
+            }
+            Recovery::Rebuild { protocol, .. } if stages > 2 => {
+                let Some(every) = protocol.edge_copies_every() else { return Ok(()) };
+                if !(step + 1).is_multiple_of(every) {
+                    return Ok(());
+                }
+                // The embedding stage keeps its copy at stage 1, the head stage at stage S − 2.
+                if self.s == 0 || self.last {
+                    let holder = if self.s == 0 { 1 } else { stages - 2 };
+                    let tensors = self.local_weights()?;
+                    self.send_weights(self.peer(holder, self.r), step, WeightsKind::EdgeCopy, self.s, tensors).await?;
+                }
+                if self.s == 1 || self.s == stages - 2 {
+                    let edges: Vec<usize> = [0, stages - 1]
+                        .into_iter()
+                        .filter(|&e| (e == 0 && self.s == 1) || (e == stages - 1 && self.s == stages - 2))
+                        .collect();
+                    for edge in edges {
+                        let (_, grad_norm, tensors) =
+                            self.take_weights(step, WeightsKind::EdgeCopy, self.peer(edge, self.r)).await?;
+                        self.edge_copy = Some((grad_norm, tensors));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Forward and backward passes of every micro-batch whose path visits this worker; returns the
+    /// stage's summed gradients.
+    async fn train_step(&mut self, step: u64) -> Result<BTreeMap<String, Tensor>> {
+        let spec = self.spec.clone();
+        let (s, r, replicas, stages) = (self.s, self.r, self.replicas, spec.stages);
+        let m = spec.micro_batches as u32;
+        // Every micro-batch's path this step; which of them visit this worker, and at which hop.
+        let mut mine: BTreeMap<(u32, u32), (Vec<Hop>, usize)> = BTreeMap::new();
+        for origin in 0..replicas {
+            for micro in 0..m {
+                let path = spec.router.path(step, micro, origin, stages, replicas);
+                check_path(&path, origin, stages, replicas)?;
+                if let Some(hop) = path.iter().position(|&h| h == (s, r)) {
+                    mine.insert((origin as u32, micro), (path, hop));
+                }
+            }
+        }
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        // Kept for the backward pass of each micro-batch: its input variable, output and sender.
+        let mut saved: BTreeMap<(u32, u32), Saved> = BTreeMap::new();
+        let mut losses = Vec::new();
+        // Micro-batches that start here first (stage 0), then the others as their activations arrive.
+        let starting: Vec<(u32, u32)> = mine.iter().filter(|(_, (_, hop))| *hop == 0).map(|(k, _)| *k).collect();
+        for i in 0..mine.len() {
+            let ((origin, micro), input, targets, sender) = if i < starting.len() {
+                let (origin, micro) = starting[i];
+                let draw = step * u64::from(m) + u64::from(micro);
+                let (ids, targets) = sample_batch(
+                    &self.corpus.train,
+                    spec.micro_batch,
+                    spec.seq,
+                    spec.seed,
+                    draw,
+                    u64::from(origin),
+                    &self.device,
+                )?;
+                ((origin, micro), Input::Tokens(ids), targets, None)
+            } else {
+                let wanted = |_: &PeerId, msg: &Msg| matches!(msg, Msg::Forward { step: st, .. } if *st == step);
+                let (from, msg) = self.mail.take("activations", wanted).await?;
+                let Msg::Forward { origin, micro, hidden, targets, .. } = msg else { return Err(unexpected()) };
+                if !mine.contains_key(&(origin, micro)) || saved.contains_key(&(origin, micro)) {
+                    return Err(Error::config(
+                        "pipeline",
+                        format!("unexpected activations of micro-batch {origin}/{micro}"),
+                    ));
+                }
+                let h = Var::from_tensor(&from_wire(&hidden, &self.device)?)?;
+                ((origin, micro), Input::Hidden(h), from_wire(&targets, &self.device)?, Some(from))
+            };
+            let (path, hop) = mine[&(origin, micro)].clone();
+            let out = match &input {
+                Input::Tokens(ids) => self.stage.forward(StageInput::Tokens(ids))?,
+                Input::Hidden(h) => self.stage.forward(StageInput::Hidden(h.as_tensor()))?,
+            };
+            self.ctx.compute(self.fwd_flops).await;
+            if matches!(spec.recovery, Recovery::Redundant) && stages > 1 {
+                // The successor's forward pass, run again here on the redundant copy.
+                self.ctx.compute(self.successor_flops).await;
+            }
+            let input_var = match input {
+                Input::Hidden(h) => Some(h),
+                Input::Tokens(_) => None,
+            };
+            if hop + 1 == path.len() {
+                let loss = self.stage.loss(&out, &targets)?;
+                losses.push(f64::from(loss.to_vec0::<f32>()?));
+                // Each micro-batch's loss is a mean over its tokens: scale so the step's gradient is the
+                // mean over the micro-batches of one replica's batch.
+                let store = (loss / f64::from(m))?.backward()?;
+                self.ctx.compute(2.0 * self.fwd_flops).await;
+                accumulate(&mut grads, self.params.grads(&store))?;
+                if let (Some(h), Some(from)) = (&input_var, sender) {
+                    let g = store
+                        .get(h.as_tensor())
+                        .ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
+                    self.mail.send(from, &Msg::Backward { step, origin, micro, grad: to_wire(g)? }).await?;
+                }
+            } else {
+                let (ns, nr) = path[hop + 1];
+                let msg = Msg::Forward { step, origin, micro, hidden: to_wire(&out)?, targets: to_wire(&targets)? };
+                self.mail.send(self.peer(ns, nr), &msg).await?;
+                saved.insert((origin, micro), (input_var, out, sender));
+            }
+        }
+        // Backward passes, in the order their gradients arrive.
+        for _ in 0..saved.len() {
+            let wanted = |_: &PeerId, msg: &Msg| matches!(msg, Msg::Backward { step: st, .. } if *st == step);
+            let (_, msg) = self.mail.take("gradients", wanted).await?;
+            let Msg::Backward { origin, micro, grad, .. } = msg else { return Err(unexpected()) };
+            let (input_var, out, sender) = saved.remove(&(origin, micro)).ok_or_else(|| {
+                Error::config("pipeline", format!("gradient for unknown micro-batch {origin}/{micro}"))
+            })?;
+            let g = from_wire(&grad, &self.device)?;
+            let store = (out * g)?.sum_all()?.backward()?;
+            self.ctx.compute(2.0 * self.fwd_flops).await;
+            accumulate(&mut grads, self.params.grads(&store))?;
+            if let (Some(h), Some(from)) = (&input_var, sender) {
+                let gh = store
+                    .get(h.as_tensor())
+                    .ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
+                self.mail.send(from, &Msg::Backward { step, origin, micro, grad: to_wire(gh)? }).await?;
+            }
+        }
+        if !losses.is_empty() {
+            self.ctx.record("train_loss", step, losses.iter().sum::<f64>() / losses.len() as f64);
+        }
+        Ok(grads)
+    }
+
+    /// The data-parallel gradient average, if the protocol asks for one.
+    async fn sync_gradients(&mut self, step: u64, grads: BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+        let replicas = self.replicas;
+        match self.spec.sync.gradient_collective() {
+            Some(collective) if replicas > 1 => {
+                let (t0, b0) = (self.ctx.clock.now(), self.mail.sent());
+                let group: Vec<PeerId> = (0..replicas).map(|q| self.peer(self.s, q)).collect();
+                let round = OuterRound { group: (0..replicas).collect(), collective, timeout: self.spec.peer_timeout };
+                let flat = flatten(&self.names, &grads, &self.shapes)?;
+                let mean = all_reduce_mean(&mut self.mail, &round, &group, self.r, step, GRADIENT_TAG, flat).await?;
+                self.ctx.record("sync_time", step, (self.ctx.clock.now() - t0).as_secs_f64());
+                self.ctx.record("sync_bytes", step, (self.mail.sent() - b0) as f64);
+                unflatten(&self.names, &mean, &self.shapes, &self.device)
+            }
+            _ => Ok(grads),
+        }
+    }
 }
 
 /// Runs the validation batches forward through replica 0's row of stages (`next`: the next stage's
@@ -360,6 +746,9 @@ async fn outer_round<T: Transport, C: Clock>(
     }
     Ok(())
 }
+
+/// What a micro-batch's backward pass needs: the stage's input variable, its output and who sent it.
+type Saved = (Option<Var>, Tensor, Option<PeerId>);
 
 enum Input {
     Tokens(Tensor),

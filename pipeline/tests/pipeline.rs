@@ -50,6 +50,7 @@ fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
         eval_batches: 2,
         progress: None,
         peer_timeout: Duration::from_secs(60),
+        edge_stages: false,
     }
 }
 
@@ -177,7 +178,7 @@ fn checkpoint_restart_puts_back_the_saved_state_and_costs_time() -> Result<()> {
     // Steps 3 and 4 were trained twice, plus the restore: the run took longer in virtual time.
     assert!(failed.virtual_time > clean.virtual_time, "{:?} vs {:?}", failed.virtual_time, clean.virtual_time);
     let events = &failed.metrics.events;
-    assert!(events.iter().any(|e| e.kind == genrl::EventKind::Failure && e.detail.contains("worker 3")));
+    assert!(events.iter().any(|e| e.kind == genrl::EventKind::Failure && e.detail.contains("s1r1 failed at step 5")));
     assert!(events.iter().any(|e| e.kind == genrl::EventKind::Recovery && e.detail.contains("step-3")));
     Ok(())
 }
