@@ -10,7 +10,7 @@ use models::data::SyntheticConfig;
 use models::{Backend, ModelConfig, OptimConfig};
 use noloco::scale::{ScaleSpec, SyncMethod};
 use noloco::{DiLoCo, NoLoCo, RandomRouter};
-use pipeline::{DataParallel, FixedRouter, Independent, PipelineSpec};
+use pipeline::{DataParallel, Fallback, FixedRouter, Independent, PipelineSpec, Recovery};
 use serde::{Deserialize, Serialize};
 use transport::sim::LinkSpec;
 
@@ -35,7 +35,7 @@ impl Default for CorpusConfig {
 /// The ways an arm's replicas can synchronise.
 pub(crate) const SYNC_KINDS: [&str; 5] = ["all_reduce", "tree_all_reduce", "none", "diloco", "noloco"];
 
-/// Which replica of the next stage a micro-batch visits.
+/// Which path a micro-batch takes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Routing {
@@ -44,6 +44,34 @@ pub(crate) enum Routing {
     Fixed,
     /// A random replica, re-drawn per micro-batch and stage (NoLoCo).
     Random,
+    /// Its own row, with the first two and last two transformer stages swapped on odd micro-batches
+    /// (CheckFree+).
+    OutOfOrder,
+}
+
+/// The ways a failed worker can be brought back.
+pub(crate) const RECOVERY_KINDS: [&str; 6] =
+    ["checkpoint", "checkfree", "checkfree_plus", "redundant", "naive_copy", "random_reinit"];
+
+/// Shared recovery settings: the checkpoint schedule (for `recovery = "checkpoint"` and the
+/// `checkpoint` fallback) and what rebuild protocols fall back to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RecoveryConfig {
+    /// Steps between checkpoints.
+    pub(crate) checkpoint_every: u64,
+    /// Storage bandwidth for checkpoints, MB/s.
+    pub(crate) storage_mb_per_s: f64,
+    /// `reinit` or `checkpoint`: what a rebuild protocol does with a stage it cannot rebuild.
+    pub(crate) fallback: String,
+    /// Stages that never fail (the paper's simulation never fails the embedding/head stage).
+    pub(crate) protect: Vec<usize>,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self { checkpoint_every: 50, storage_mb_per_s: 500.0, fallback: "reinit".into(), protect: Vec::new() }
+    }
 }
 
 /// One arm of a study: a grid and how it synchronises.
@@ -68,6 +96,21 @@ pub(crate) struct ArmConfig {
     /// NoLoCo's settings (for `sync = "noloco"`; defaults if absent). Its seed is combined with the run's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) noloco: Option<NoLoCo>,
+    /// How failed workers come back: one of [`RECOVERY_KINDS`] (default `checkpoint`).
+    #[serde(default = "default_recovery", skip_serializing_if = "is_default_recovery")]
+    pub(crate) recovery: String,
+    /// Probability that a stage (all its replicas) fails in an iteration; 0 = no failures. The
+    /// failures are drawn from the run's seed, so arms with the same rate see the same failures.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub(crate) failure_rate: f64,
+}
+
+fn default_recovery() -> String {
+    "checkpoint".into()
+}
+
+fn is_default_recovery(r: &String) -> bool {
+    r == "checkpoint"
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -85,6 +128,8 @@ impl ArmConfig {
             routing: Routing::Fixed,
             diloco: None,
             noloco: None,
+            recovery: default_recovery(),
+            failure_rate: 0.0,
         }
     }
 }
@@ -188,6 +233,16 @@ pub(crate) struct RunConfig {
     pub(crate) device: String,
     /// Model size preset: `tiny`, `small`, `medium` or `large`.
     pub(crate) model_preset: String,
+    /// If set, every worker's sustained compute speed in TFLOP/s instead of the device preset's (to put a
+    /// small model in the compute-bound regime of a large one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) device_tflops: Option<f64>,
+    /// If set, the number of transformer blocks instead of the preset's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) layers: Option<usize>,
+    /// Embedding and head in stages of their own (needed by CheckFree).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) edge_stages: bool,
     /// `native` or `repops` kernels.
     pub(crate) backend: Backend,
     /// The optimizer.
@@ -201,6 +256,9 @@ pub(crate) struct RunConfig {
     /// If set, also measure how synchronisation scales with the swarm size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) scale: Option<ScaleConfig>,
+    /// Checkpoints and fallbacks.
+    #[serde(skip_serializing_if = "is_default")]
+    pub(crate) recovery: RecoveryConfig,
 }
 
 impl Default for RunConfig {
@@ -216,6 +274,9 @@ impl Default for RunConfig {
             eval_batches: 8,
             device: "a10".into(),
             model_preset: "tiny".into(),
+            device_tflops: None,
+            layers: None,
+            edge_stages: false,
             backend: Backend::Native,
             optim: OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 20, total_steps: 300, ..OptimConfig::default() },
             corpus: CorpusConfig::default(),
@@ -226,6 +287,7 @@ impl Default for RunConfig {
                 ArmConfig::new("pipeline S=2 x R=2", 2, 2),
             ],
             scale: None,
+            recovery: RecoveryConfig::default(),
         }
     }
 }
@@ -245,12 +307,19 @@ impl RunConfig {
     }
 
     /// A shorter version of the same study (for smoke checks): at most 40 steps (120 when arms have
-    /// outer rounds, whose interval `H` shrinks in proportion so the number of rounds stays), a smaller
-    /// corpus, and swarm sizes up to 64 in the scaling part.
+    /// outer rounds, whose interval `H` shrinks in proportion so the number of rounds stays; 100 when
+    /// arms fail), a smaller corpus, and swarm sizes up to 64 in the scaling part.
     pub(crate) fn quick(mut self) -> Self {
         let outer = self.arms.iter().any(|a| matches!(a.sync.as_str(), "diloco" | "noloco"));
+        let failing = self.arms.iter().any(|a| a.failure_rate > 0.0);
         let old = self.steps;
-        self.steps = self.steps.min(if outer { 120 } else { 40 });
+        self.steps = self.steps.min(if outer {
+            120
+        } else if failing {
+            100
+        } else {
+            40
+        });
         let shrink = |every: u64| (every * self.steps / old.max(1)).max(1);
         for arm in &mut self.arms {
             if let Some(d) = &mut arm.diloco {
@@ -292,6 +361,15 @@ impl RunConfig {
             if arm.noloco.is_some() && arm.sync != "noloco" {
                 bail!("invalid arms[{i}].noloco: settings given but sync is {:?}", arm.sync);
             }
+            if !RECOVERY_KINDS.contains(&arm.recovery.as_str()) {
+                bail!("invalid arms[{i}].recovery: {:?} is not one of {}", arm.recovery, RECOVERY_KINDS.join(", "));
+            }
+            if !(arm.failure_rate.is_finite() && (0.0..1.0).contains(&arm.failure_rate)) {
+                bail!("invalid arms[{i}].failure_rate: {} must be in [0, 1)", arm.failure_rate);
+            }
+        }
+        if !matches!(self.recovery.fallback.as_str(), "reinit" | "checkpoint") {
+            bail!("invalid recovery.fallback: {:?} is not one of reinit, checkpoint", self.recovery.fallback);
         }
         if let Some(scale) = &self.scale {
             if scale.replicas.is_empty() {
@@ -320,8 +398,31 @@ impl RunConfig {
     /// The pipeline spec of arm `i`.
     pub(crate) fn spec(&self, i: usize) -> Result<PipelineSpec> {
         let arm = &self.arms[i];
-        let model =
-            ModelConfig { backend: self.backend, max_seq: self.seq.max(1), ..ModelConfig::preset(&self.model_preset)? };
+        let preset = ModelConfig::preset(&self.model_preset)?;
+        let model = ModelConfig {
+            backend: self.backend,
+            max_seq: self.seq.max(1),
+            n_layers: self.layers.unwrap_or(preset.n_layers),
+            ..preset
+        };
+        let rc = &self.recovery;
+        let checkpoint = (rc.checkpoint_every, rc.storage_mb_per_s * 1e6);
+        let fallback = match rc.fallback.as_str() {
+            "checkpoint" => Fallback::Checkpoint { every: checkpoint.0, bytes_per_s: checkpoint.1 },
+            _ => Fallback::ReInit,
+        };
+        let rebuild = |protocol: Arc<dyn pipeline::StageRebuild>| Recovery::Rebuild { protocol, fallback };
+        // Each rate draws its own failures (from the run's seed and the rate), shared by its arms.
+        let failures = if arm.failure_rate > 0.0 {
+            let seed = self.seed ^ arm.failure_rate.to_bits();
+            checkfree::stage_failures(arm.failure_rate, arm.stages, arm.replicas, self.steps, &rc.protect, seed)
+        } else {
+            Vec::new()
+        };
+        let mut device = DeviceProfile::preset(&self.device)?;
+        if let Some(tflops) = self.device_tflops {
+            device.flops = tflops * 1e12;
+        }
         Ok(PipelineSpec {
             stages: arm.stages,
             replicas: arm.replicas,
@@ -344,17 +445,25 @@ impl RunConfig {
             router: match arm.routing {
                 Routing::Fixed => Arc::new(FixedRouter),
                 Routing::Random => Arc::new(RandomRouter { seed: self.seed }),
+                Routing::OutOfOrder => Arc::new(checkfree::OutOfOrderRouter),
             },
             seed: self.seed,
-            device: DeviceProfile::preset(&self.device)?,
+            device,
             link: LinkSpec::mbit(self.network.latency_ms, self.network.mbit_per_s),
-            recovery: pipeline::Recovery::default(),
-            failures: pipeline::FailurePlan::default(),
+            recovery: match arm.recovery.as_str() {
+                "checkfree" => rebuild(Arc::new(checkfree::CheckFree::default())),
+                "checkfree_plus" => rebuild(Arc::new(checkfree::CheckFreePlus::default())),
+                "naive_copy" => rebuild(Arc::new(checkfree::NaiveCopy::default())),
+                "random_reinit" => rebuild(Arc::new(checkfree::RandomReinit::default())),
+                "redundant" => Recovery::Redundant,
+                _ => Recovery::CheckpointRestart { every: checkpoint.0, bytes_per_s: checkpoint.1 },
+            },
+            failures: pipeline::FailurePlan { failures },
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
             progress: None,
             peer_timeout: Duration::from_secs(600),
-            edge_stages: false,
+            edge_stages: self.edge_stages,
         })
     }
 }
@@ -370,8 +479,11 @@ seq = 64               # tokens per sequence
 eval_every = 50        # validation loss every N steps (and at the end)
 eval_batches = 8
 device = "a10"         # h100 | a10 | cpu32: sets compute time in the simulation
+# device_tflops = 0.5  # instead of the preset's sustained speed
 model_preset = "tiny"  # tiny (~0.1M) | small (~1M) | medium (~10M) | large (~50M parameters)
 backend = "native"     # native | repops (bitwise reproducible)
+# layers = 4           # transformer blocks, instead of the preset's
+# edge_stages = false  # embedding and head in stages of their own (CheckFree's layout)
 
 [optim]
 lr = 0.003
@@ -401,7 +513,9 @@ label = "R=1"
 stages = 1
 replicas = 1
 # sync = "all_reduce"  # all_reduce | tree_all_reduce | none | diloco | noloco
-# routing = "fixed"    # fixed | random (NoLoCo's random pipeline routing)
+# routing = "fixed"    # fixed | random (NoLoCo's random pipeline routing) | out_of_order (CheckFree+)
+# recovery = "checkpoint"  # checkpoint | checkfree | checkfree_plus | redundant | naive_copy | random_reinit
+# failure_rate = 0.0   # probability that a stage fails in an iteration (seeded)
 # [arms.noloco]        # with sync = "noloco" (defaults shown)
 # every = 50           # H: inner steps between outer steps
 # group_size = 2       # n: replicas per gossip group; must divide replicas
@@ -425,6 +539,12 @@ replicas = 4
 label = "pipeline S=2 x R=2"
 stages = 2
 replicas = 2
+
+# [recovery]           # checkpoints, and what rebuild protocols fall back to
+# checkpoint_every = 50
+# storage_mb_per_s = 500.0
+# fallback = "reinit"  # reinit | checkpoint
+# protect = []         # stages that never fail
 
 # [scale]              # also measure one outer round's sync latency vs swarm size
 # replicas = [8, 32, 128, 512, 1024]
@@ -466,5 +586,11 @@ mod tests {
         assert!(err(&format!("{arm}[arms.noloco]\ngroup_size = 3")).contains("arms[0].noloco"));
         assert!(err(&format!("{arm}routing = \"sideways\"")).contains("routing"));
         assert!(err("[scale]\nreplicas = [7]").contains("scale.replicas"));
+        assert!(err(&format!("{arm}recovery = \"prayer\"")).contains("arms[0].recovery"));
+        assert!(err(&format!("{arm}failure_rate = 1.5")).contains("arms[0].failure_rate"));
+        assert!(err("[recovery]\nfallback = \"hope\"").contains("recovery.fallback"));
+        assert!(err("device_tflops = -1.0").contains("device"));
+        let cf = "layers = 6\n[[arms]]\nlabel = \"x\"\nstages = 6\nreplicas = 1\nrecovery = \"checkfree\"\n";
+        assert!(err(cf).contains("edge_stages"), "CheckFree needs the edge-stage layout");
     }
 }

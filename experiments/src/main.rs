@@ -48,7 +48,13 @@ enum Command {
     /// `noloco`: DDP, DiLoCo and NoLoCo on one 2 x 8 grid (val loss by step and by virtual time), the
     /// ablations (no pull term, no random routing: weight variance across replicas), and the sync
     /// latency and bytes of ring / tree all-reduce vs NoLoCo gossip for 8 to 1024 replicas on
-    /// internet-like links. The output folder's config.toml runs the same study with `swarmlab run`.
+    /// internet-like links.
+    ///
+    /// `checkfree`: CheckFree and CheckFree+ vs checkpointing and redundant computation at failure
+    /// rates of 5, 10, 16 and 33% per hour (val loss by virtual time, time to a target loss, loss spikes
+    /// after recoveries), and the rebuild ablations (naive copy, random re-init).
+    ///
+    /// The output folder's config.toml runs the same study with `swarmlab run`.
     Reproduce {
         /// The study.
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(studies::STUDIES))]
@@ -179,7 +185,7 @@ fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Result<()> {
         let _ = ticker.join();
         bar.finish_and_clear();
         let report = outcome?.with_context(|| format!("arm {:?}", arm.label))?;
-        let result = ArmResult::new(arm.clone(), spec.sync.name(), &report, t.elapsed());
+        let result = ArmResult::new(arm.clone(), (spec.sync.name(), spec.recovery.name()), &report, t.elapsed());
         eprint!("[{}/{}] {:<24} {} workers: ", i + 1, cfg.arms.len(), arm.label, spec.stages * spec.replicas);
         eprintln!(
             "val loss {:.3} after {} steps, {:.3} s virtual, {:.1} s wall",

@@ -176,3 +176,24 @@ pub(crate) fn write_plots(out: &Path, results: &[ArmResult], scale: &[ScalePoint
     }
     Ok(())
 }
+
+/// The SVG file of group `name`'s plot.
+pub(crate) fn group_plot_file(name: &str) -> String {
+    let stem: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("val_loss_by_time_{stem}.svg")
+}
+
+/// Writes `val_loss_by_time_<name>` for each group of arms (e.g. the arms of one failure rate).
+pub(crate) fn write_group_plots(out: &Path, groups: &[(String, Vec<&ArmResult>)], floor: Option<f64>) -> Result<()> {
+    for (name, arms) in groups {
+        let lines: Vec<Line<'_>> = arms.iter().map(|r| Line { label: &r.label, points: r.val_time.clone() }).collect();
+        plot(
+            &out.join(group_plot_file(name)),
+            &format!("Validation loss by virtual time, {name}"),
+            "virtual time (s)",
+            &lines,
+            floor,
+        )?;
+    }
+    Ok(())
+}

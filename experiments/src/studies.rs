@@ -6,15 +6,16 @@ use models::OptimConfig;
 use noloco::{DiLoCo, NoLoCo};
 use pipeline::Collective;
 
-use crate::config::{ArmConfig, NetworkConfig, Routing, RunConfig, ScaleConfig};
+use crate::config::{ArmConfig, NetworkConfig, RecoveryConfig, Routing, RunConfig, ScaleConfig};
 
 /// The studies `swarmlab reproduce` knows.
-pub(crate) const STUDIES: [&str; 1] = ["noloco"];
+pub(crate) const STUDIES: [&str; 2] = ["noloco", "checkfree"];
 
 /// The configuration of study `name`.
 pub(crate) fn preset(name: &str) -> Result<RunConfig> {
     match name {
         "noloco" => Ok(noloco()),
+        "checkfree" => Ok(checkfree()),
         other => bail!("unknown study {other:?}: one of {}", STUDIES.join(", ")),
     }
 }
@@ -52,6 +53,50 @@ fn noloco() -> RunConfig {
     }
 }
 
+/// CheckFree and CheckFree+ against checkpointing and redundant computation at the paper's four
+/// failure rates, on an 8-stage pipeline (embedding, six one-block transformer stages, head) whose
+/// embedding and head stages never fail (as in the paper's simulation), plus a failure-free run and the
+/// ablations of the rebuild (naive copy, random re-init) at the 16% rate. Every arm at one rate sees the
+/// same failures. Workers compute at 1 GFLOP/s, so that compute, not the links, sets the pace.
+fn checkfree() -> RunConfig {
+    use checkfree::FailureRate;
+    let steps = 500;
+    let stages = 8;
+    let arm = |label: String, recovery: &str, rate: f64| ArmConfig {
+        recovery: recovery.into(),
+        failure_rate: rate,
+        routing: if recovery == "checkfree_plus" { Routing::OutOfOrder } else { Routing::Fixed },
+        ..ArmConfig::new(&label, stages, 1)
+    };
+    let mut arms = vec![arm("no failures".into(), "checkpoint", 0.0)];
+    for rate in FailureRate::PAPER {
+        let l = rate.label();
+        arms.push(arm(format!("CheckFree {l}"), "checkfree", rate.per_iteration));
+        arms.push(arm(format!("CheckFree+ {l}"), "checkfree_plus", rate.per_iteration));
+        arms.push(arm(format!("checkpointing {l}"), "checkpoint", rate.per_iteration));
+        arms.push(arm(format!("redundant {l}"), "redundant", rate.per_iteration));
+    }
+    let ablation = FailureRate::PAPER[2];
+    arms.push(arm(format!("naive copy {}", ablation.label()), "naive_copy", ablation.per_iteration));
+    arms.push(arm(format!("random re-init {}", ablation.label()), "random_reinit", ablation.per_iteration));
+    RunConfig {
+        name: "checkfree".into(),
+        steps,
+        // Slow workers put the small model where a large one is, compute-bound: then redundant
+        // computation costs time, as it does in the paper.
+        device_tflops: Some(0.001),
+        layers: Some(6),
+        edge_stages: true,
+        eval_every: 20,
+        eval_batches: 4,
+        optim: OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 20, total_steps: steps, ..OptimConfig::default() },
+        network: NetworkConfig { latency_ms: 10.0, mbit_per_s: 800.0 },
+        recovery: RecoveryConfig { protect: vec![0, stages - 1], ..RecoveryConfig::default() },
+        arms,
+        ..RunConfig::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +119,7 @@ mod tests {
         let full = preset("noloco")?;
         let quick = full.clone().quick();
         let rounds = |c: &RunConfig| c.steps / c.arms[2].noloco.map_or(1, |n| n.every);
+        assert!(quick.steps < full.steps);
         assert_eq!(rounds(&full), rounds(&quick));
         assert!(quick.scale.as_ref().is_some_and(|s| s.replicas.iter().all(|&r| r <= 64)));
         Ok(())

@@ -184,3 +184,48 @@ fn reproduce_names_its_studies() -> Result<(), Box<dyn std::error::Error>> {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("noloco"), "the error lists the studies");
     Ok(())
 }
+
+/// Failure arms: CheckFree against checkpointing on a 5-stage edge layout, failures from the seed.
+#[test]
+fn failure_arms_report_their_recoveries() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("checkfree.toml");
+    let text = TINY.replace("steps = 3", "steps = 12").replace("total_steps = 3", "total_steps = 12");
+    let head = &text[..text.find("[[arms]]").expect("arms")];
+    let head = head.replace("eval_every = 2", "eval_every = 4\nlayers = 3\nedge_stages = true");
+    let arms = r#"
+[recovery]
+protect = [0, 4]
+checkpoint_every = 4
+
+[[arms]]
+label = "clean"
+stages = 5
+replicas = 1
+
+[[arms]]
+label = "CheckFree"
+stages = 5
+replicas = 1
+recovery = "checkfree"
+failure_rate = 0.3
+
+[[arms]]
+label = "checkpointing"
+stages = 5
+replicas = 1
+failure_rate = 0.3
+"#;
+    std::fs::write(&config, format!("{head}{arms}"))?;
+    let out = dir.path().join("run");
+    let output = swarmlab().arg("run").arg(&config).arg("--out").arg(&out).output()?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = std::fs::read_to_string(out.join("report.md"))?;
+    assert!(report.contains("## Failures and recovery"), "{report}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+    let failures = |i: usize| summary["arms"][i]["failure_steps"].as_u64().unwrap_or(0);
+    assert_eq!(failures(0), 0);
+    assert!(failures(1) > 0 && failures(1) == failures(2), "the same seeded failures in both arms");
+    assert!(summary["arms"][1]["recovery"].as_str().is_some_and(|r| r.contains("CheckFree")));
+    Ok(())
+}

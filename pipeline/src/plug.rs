@@ -87,9 +87,9 @@ pub enum Recovery {
         fallback: Fallback,
     },
     /// Redundant computation (Bamboo-style): every worker also runs its successor stage's forward pass
-    /// (that compute is charged) and keeps a copy of the successor's weights, refreshed by a message after
-    /// every step. A failed worker gets its last weights back from its predecessor's copy (a fresh
-    /// optimizer state); if the predecessor failed too, it falls back to fresh weights.
+    /// (that compute is charged) and keeps a replica of the successor's weights and optimizer moments,
+    /// refreshed by a message after every step. A failed worker gets its exact state back from its
+    /// predecessor's replica; if the predecessor failed too, it falls back to fresh weights.
     Redundant,
 }
 

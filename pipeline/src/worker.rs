@@ -390,7 +390,17 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 if got.2.is_empty() {
                     "no redundant copy yet: started from the initial weights".to_owned()
                 } else {
-                    self.install(&got.2)?;
+                    let (moments, weights): (Vec<_>, Vec<_>) =
+                        got.2.into_iter().partition(|(n, _)| n.starts_with(MOMENT_PREFIX));
+                    self.install(&weights)?;
+                    let moments: BTreeMap<String, Tensor> = moments
+                        .iter()
+                        .map(|(n, t)| {
+                            let local = n.trim_start_matches(MOMENT_PREFIX);
+                            Ok((self.stage.spec().global_name(local), from_wire(t, &self.device)?))
+                        })
+                        .collect::<Result<_>>()?;
+                    self.optim.restore(self.optim.steps(), &moments)?;
                     format!("restored from stage {pred}'s redundant copy")
                 }
             }
@@ -513,7 +523,11 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         match &self.spec.recovery {
             Recovery::Redundant if stages > 1 => {
                 let to = self.peer((self.s + stages - 1) % stages, self.r);
-                let tensors = self.local_weights()?;
+                // The replica of a stage that redundant computation keeps: weights and optimizer moments.
+                let mut tensors = self.local_weights()?;
+                for (name, t) in self.optim.state().1 {
+                    tensors.push((format!("{MOMENT_PREFIX}{}", self.stage.spec().local_name(&name)), to_wire(&t)?));
+                }
                 self.send_weights(to, step, WeightsKind::Shadow, self.s, tensors).await?;
                 self.refresh_shadow(step, false).await?;
             }
@@ -746,6 +760,9 @@ async fn outer_round<T: Transport, C: Clock>(
     }
     Ok(())
 }
+
+/// Marks optimizer moments among a redundant copy's tensors.
+const MOMENT_PREFIX: &str = "adam:";
 
 /// What a micro-batch's backward pass needs: the stage's input variable, its output and who sent it.
 type Saved = (Option<Var>, Tensor, Option<PeerId>);
