@@ -381,6 +381,9 @@ fn failure_groups<'a>(cfg: &RunConfig, results: &'a [ArmResult]) -> Vec<(String,
         .collect()
 }
 
+/// A gain in % and the two times (s) it compares: ours, the baseline's.
+type Gain = (f64, f64, f64);
+
 fn failure_claims(cfg: &RunConfig, results: &[ArmResult]) -> Vec<Claim> {
     let Some(target) = failure_target(cfg, results) else { return Vec::new() };
     let arm = |kind: &str, rate: f64| {
@@ -395,14 +398,14 @@ fn failure_claims(cfg: &RunConfig, results: &[ArmResult]) -> Vec<Claim> {
         (x, y) => x.or(y),
     };
     // Gain of the better CheckFree variant over the better baseline, in % of the baseline's time.
-    let gain = |rate: f64| -> Option<(f64, f64, f64)> {
+    let gain = |rate: f64| -> Option<Gain> {
         let ours = best(time("checkfree", rate), time("checkfree_plus", rate))?;
         let base = best(time("checkpoint", rate), time("redundant", rate))?;
         Some(((base - ours) / base * 100.0, ours, base))
     };
     let mut out = Vec::new();
     let rates = checkfree::FailureRate::PAPER;
-    let low: Vec<(String, Option<(f64, f64, f64)>)> =
+    let low: Vec<(String, Option<Gain>)> =
         rates[..2].iter().map(|r| (r.label(), gain(r.per_iteration))).collect();
     if low.iter().any(|(_, g)| g.is_some()) {
         let ours = low
