@@ -68,7 +68,11 @@ fn checkfree() -> RunConfig {
         routing: if recovery == "checkfree_plus" { Routing::OutOfOrder } else { Routing::Fixed },
         ..ArmConfig::new(&label, stages, 1)
     };
-    let mut arms = vec![arm("no failures".into(), "checkpoint", 0.0)];
+    // The second arm shows what CheckFree+'s out-of-order execution costs by itself.
+    let mut arms = vec![
+        arm("no failures".into(), "checkpoint", 0.0),
+        arm("CheckFree+ order, no failures".into(), "checkfree_plus", 0.0),
+    ];
     for rate in FailureRate::PAPER {
         let l = rate.label();
         arms.push(arm(format!("CheckFree {l}"), "checkfree", rate.per_iteration));
@@ -91,7 +95,13 @@ fn checkfree() -> RunConfig {
         eval_batches: 4,
         optim: OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 20, total_steps: steps, ..OptimConfig::default() },
         network: NetworkConfig { latency_ms: 10.0, mbit_per_s: 800.0 },
-        recovery: RecoveryConfig { protect: vec![0, stages - 1], ..RecoveryConfig::default() },
+        // A stage CheckFree cannot rebuild (the first and last transformer stages) rolls the pipeline
+        // back to its last checkpoint, so CheckFree arms keep checkpoints too.
+        recovery: RecoveryConfig {
+            protect: vec![0, stages - 1],
+            fallback: "checkpoint".into(),
+            ..RecoveryConfig::default()
+        },
         arms,
         ..RunConfig::default()
     }

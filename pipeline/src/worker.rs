@@ -347,7 +347,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             let detail = format!("restored the step-{at} checkpoint; redoing {} steps", step - at);
             self.ctx.metrics.event(now, None, EventKind::Recovery, detail);
         }
-        self.ctx.record("recovery", step, 1.0);
+        self.ctx.record("recovery", step, ROLLBACK);
         Ok(at)
     }
 
@@ -412,7 +412,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         self.ctx.metrics.event(now, index, EventKind::Failure, format!("s{s}r{r} failed at step {step}"));
         let took = (now - t0).as_secs_f64();
         self.ctx.metrics.event(now, index, EventKind::Recovery, format!("s{s}r{r}: {detail} in {took:.3} s"));
-        self.ctx.record("recovery", step, 1.0);
+        self.ctx.record("recovery", step, REBUILT);
         Ok(())
     }
 
@@ -760,6 +760,11 @@ async fn outer_round<T: Transport, C: Clock>(
     }
     Ok(())
 }
+
+/// Values of the `recovery` metric: a failed worker was brought back in place, or everyone rolled back.
+pub const REBUILT: f64 = 1.0;
+/// See [`REBUILT`].
+pub const ROLLBACK: f64 = 2.0;
 
 /// Marks optimizer moments among a redundant copy's tensors.
 const MOMENT_PREFIX: &str = "adam:";
