@@ -139,6 +139,8 @@ impl Tape {
 struct Recording {
     tape: Tape,
     known: HashMap<TensorId, Hash>,
+    /// Ids whose hashes this recording looked up or learned: only these are carried to the next one.
+    touched: std::collections::HashSet<TensorId>,
     /// The running op's inputs: id, whether it is a variable, and its hash if known.
     pending: Option<Vec<(TensorId, bool, Option<Hash>)>>,
     /// Hashes computed by the op just run: inputs, then output.
@@ -155,7 +157,7 @@ thread_local! {
 
 fn recording(tape: Tape) -> Recording {
     let known = CARRY.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    Recording { tape, known, pending: None, last: Vec::new() }
+    Recording { tape, known, touched: std::collections::HashSet::new(), pending: None, last: Vec::new() }
 }
 
 /// Runs `f`, recording every repops op this thread runs meanwhile (forward and backward alike).
@@ -174,7 +176,9 @@ pub fn record<R>(keep_inputs: bool, f: impl FnOnce() -> R) -> (R, Tape) {
     let mut restore = Restore(Some(outer));
     let out = f();
     let tape = match CURRENT.with(|c| c.borrow_mut().take()) {
-        Some(r) => {
+        Some(mut r) => {
+            // Carry what this recording used, not everything ever seen: the map stays one step's size.
+            r.known.retain(|id, _| r.touched.contains(id));
             CARRY.with(|c| *c.borrow_mut() = r.known);
             r.tape
         }
@@ -200,7 +204,11 @@ pub(crate) fn before_op(inputs: &[&candle_core::Tensor]) {
                     .iter()
                     .map(|t| {
                         let var = t.is_variable();
-                        (t.id(), var, if var { None } else { r.known.get(&t.id()).copied() })
+                        let known = if var { None } else { r.known.get(&t.id()).copied() };
+                        if known.is_some() {
+                            r.touched.insert(t.id());
+                        }
+                        (t.id(), var, known)
                     })
                     .collect(),
             );
@@ -219,9 +227,11 @@ pub(crate) fn after_op(output: &candle_core::Tensor) {
                 for ((id, var, _), h) in pending.iter().zip(&last) {
                     if !var {
                         r.known.insert(*id, *h);
+                        r.touched.insert(*id);
                     }
                 }
                 r.known.insert(output.id(), last[pending.len()]);
+                r.touched.insert(output.id());
             }
         }
     });
@@ -261,4 +271,26 @@ pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &HostTensor) {
         let index = tape.entries.len();
         tape.entries.push(TapeEntry { index, op: *op, inputs, output });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    /// State carried from step to step keeps its hash, but the carried map holds one step's worth of
+    /// tensors, not everything every recording ever saw.
+    #[test]
+    fn the_carried_hashes_stay_one_recording_in_size() {
+        let mut x = Tensor::from_vec(vec![1f32; 64], 64, &Device::Cpu).expect("tensor");
+        let mut sizes = Vec::new();
+        for _ in 0..5 {
+            let (y, tape) = record(false, || crate::tensor::scale(&x, 0.5).and_then(|y| crate::tensor::scale(&y, 2.0)));
+            assert_eq!(tape.len(), 2);
+            x = y.expect("ops");
+            sizes.push(CARRY.with(|c| c.borrow().len()));
+        }
+        assert!(sizes.windows(2).all(|w| w[1] <= w[0].max(3)), "carried hashes grow: {sizes:?}");
+    }
 }
