@@ -6,6 +6,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
+use criterion::BatchSize::PerIteration;
 use criterion::Criterion;
 use models::data::{SyntheticConfig, SyntheticLanguage, sample_batch};
 use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
@@ -44,16 +45,21 @@ const PRESETS: [&str; 2] = ["small", "medium"];
 fn bench(c: &mut Criterion, preset: &str) {
     let mut group = c.benchmark_group(format!("training_step_{preset}"));
     group.sample_size(10).measurement_time(Duration::from_secs(if preset == "small" { 6 } else { 20 }));
-    let mut native = setup(preset, Backend::Native);
-    group.bench_function("native", |b| b.iter(|| step(&mut native)));
-    let mut rep = setup(preset, Backend::RepOps);
-    group.bench_function("repops", |b| b.iter(|| step(&mut rep)));
-    let mut taped = setup(preset, Backend::RepOps);
+    // Every measured step starts from the same freshly initialised model: repeating steps on one batch
+    // drives gradients and Adam moments toward subnormal numbers, which slows the later steps down
+    // (2x after a few dozen), and would skew whichever variant ran more of them.
+    let fresh = |backend| move || setup(preset, backend);
+    group.bench_function("native", |b| b.iter_batched(fresh(Backend::Native), |mut s| step(&mut s), PerIteration));
+    group.bench_function("repops", |b| b.iter_batched(fresh(Backend::RepOps), |mut s| step(&mut s), PerIteration));
     group.bench_function("repops_with_tape", |b| {
-        b.iter(|| {
-            let ((), tape) = repops::tape::record(false, || step(&mut taped));
-            black_box(tape.len())
-        })
+        b.iter_batched(
+            fresh(Backend::RepOps),
+            |mut s| {
+                let ((), tape) = repops::tape::record(false, || step(&mut s));
+                black_box(tape.len())
+            },
+            PerIteration,
+        )
     });
     group.finish();
 }
