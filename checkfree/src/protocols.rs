@@ -27,15 +27,10 @@ pub fn weighted_average(
 
 /// Donor `d`'s tensor `name`, which must be shaped like `like`.
 fn pick<'a>(d: &'a DonorWeights, name: &str, like: &Tensor) -> Result<&'a Tensor> {
-    let t = d
-        .weights
-        .get(name)
-        .ok_or_else(|| Error::Config { field: "checkfree".into(), reason: format!("{:?} sent no {name}", d.donor) })?;
+    let t = d.weights.get(name).ok_or_else(|| Error::config("checkfree", format!("{:?} sent no {name}", d.donor)))?;
     if t.dims() != like.dims() {
-        return Err(Error::Config {
-            field: "checkfree".into(),
-            reason: format!("{name} from {:?} is {:?}, the stage needs {:?}", d.donor, t.dims(), like.dims()),
-        });
+        let why = format!("{name} from {:?} is {:?}, the stage needs {:?}", d.donor, t.dims(), like.dims());
+        return Err(Error::config("checkfree", why));
     }
     Ok(t)
 }
@@ -46,7 +41,7 @@ fn copy(donor: &DonorWeights, fresh: &BTreeMap<String, Tensor>) -> Result<BTreeM
 }
 
 fn config_error(reason: impl Into<String>) -> Error {
-    Error::Config { field: "recovery".into(), reason: reason.into() }
+    Error::config("recovery", reason)
 }
 
 /// The layout every variant needs: edge stages, and the same number of blocks in every transformer

@@ -17,7 +17,7 @@ use std::time::Duration;
 use pipeline::sync::{Collective, OuterRound, OuterState, OuterSync};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use pipeline::Error;
 
 /// DiLoCo's outer synchronisation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -65,7 +65,7 @@ impl OuterSync for DiLoCo {
     fn validate(&self, _replicas: usize) -> pipeline::Result<()> {
         validate_outer("diloco", self.every, self.outer_lr, self.momentum)?;
         if self.collective == Collective::Gather {
-            return Err(Error::config("diloco.collective", "DiLoCo all-reduces: use ring or tree").into());
+            return Err(Error::config("diloco.collective", "DiLoCo all-reduces: use ring or tree"));
         }
         Ok(())
     }

@@ -20,8 +20,8 @@ use pipeline::sync::{Collective, OuterRound, OuterState, OuterSync, check_finite
 use serde::{Deserialize, Serialize};
 
 use crate::diloco::validate_outer;
-use crate::error::Error;
 use crate::groups::group_of;
+use pipeline::Error;
 
 /// NoLoCo's outer synchronisation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -79,14 +79,13 @@ impl OuterSync for NoLoCo {
             return Err(Error::config(
                 "noloco.group_size",
                 format!("n = {} must be at least 1 and divide the {replicas} replicas of a stage", self.group_size),
-            )
-            .into());
+            ));
         }
         if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
-            return Err(Error::config("noloco.timeout_s", format!("{} must be positive", self.timeout_s)).into());
+            return Err(Error::config("noloco.timeout_s", format!("{} must be positive", self.timeout_s)));
         }
         if !(self.max_update_ratio.is_finite() && self.max_update_ratio >= 1.0) {
-            return Err(Error::config("noloco.max_update_ratio", "must be at least 1").into());
+            return Err(Error::config("noloco.max_update_ratio", "must be at least 1"));
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::{Error, Result};
+use pipeline::{Error, Result};
 
 /// The permutation of `0..n` every replica draws for `(seed, counter)`.
 pub fn shared_permutation(seed: u64, counter: u64, n: usize) -> Vec<usize> {

@@ -22,14 +22,12 @@
 //! | [`scale`] | synchronisation latency and bytes vs swarm size on internet-like links |
 
 pub mod diloco;
-pub mod error;
 pub mod gossip;
 pub mod groups;
 pub mod routing;
 pub mod scale;
 
 pub use diloco::DiLoCo;
-pub use error::{Error, Result};
 pub use gossip::NoLoCo;
 pub use groups::{gossip_groups, group_of};
 pub use routing::RandomRouter;

@@ -26,8 +26,8 @@ use transport::PeerId;
 use transport::sim::LinkSpec;
 
 use crate::diloco::DiLoCo;
-use crate::error::{Error, Result};
 use crate::gossip::NoLoCo;
+use pipeline::{Error, Result};
 
 /// How the replicas synchronise in the scale study.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,7 +40,8 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// An [`Error::Config`] naming `field` and what is wrong with it.
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Config { field: field.into(), reason: reason.into() }
     }
 }
