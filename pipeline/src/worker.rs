@@ -212,7 +212,13 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let device = Device::Cpu;
         let specs = spec.stage_specs()?;
         let stage = Stage::new(&spec.model, specs[s].clone(), &device)?;
-        let successor = Stage::new(&spec.model, specs[(s + 1) % spec.stages].clone(), &device)?;
+        // Only redundant computation runs the successor's forward pass again (and needs its cost).
+        let successor_flops = if matches!(spec.recovery, Recovery::Redundant) {
+            let successor = Stage::new(&spec.model, specs[(s + 1) % spec.stages].clone(), &device)?;
+            successor.forward_flops(spec.micro_batch, spec.seq)
+        } else {
+            0.0
+        };
         let params = stage.params().clone();
         let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
         let shapes = params.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
@@ -220,7 +226,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), spec.peer_timeout, format!("s{s}r{r}"));
         let mut w = Self {
             fwd_flops: stage.forward_flops(spec.micro_batch, spec.seq),
-            successor_flops: successor.forward_flops(spec.micro_batch, spec.seq),
+            successor_flops,
             last: s + 1 == spec.stages,
             pending_failures: spec.failures.failures.clone(),
             ctx,
@@ -537,21 +543,17 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                     return Ok(());
                 }
                 // The embedding stage keeps its copy at stage 1, the head stage at stage S − 2.
+                let holder = |edge: usize| if edge == 0 { 1 } else { stages - 2 };
                 if self.s == 0 || self.last {
-                    let holder = if self.s == 0 { 1 } else { stages - 2 };
                     let tensors = self.local_weights()?;
-                    self.send_weights(self.peer(holder, self.r), step, WeightsKind::EdgeCopy, self.s, tensors).await?;
+                    let to = self.peer(holder(self.s), self.r);
+                    self.send_weights(to, step, WeightsKind::EdgeCopy, self.s, tensors).await?;
                 }
-                if self.s == 1 || self.s == stages - 2 {
-                    let edges: Vec<usize> = [0, stages - 1]
-                        .into_iter()
-                        .filter(|&e| (e == 0 && self.s == 1) || (e == stages - 1 && self.s == stages - 2))
-                        .collect();
-                    for edge in edges {
-                        let (_, grad_norm, tensors) =
-                            self.take_weights(step, WeightsKind::EdgeCopy, self.peer(edge, self.r)).await?;
-                        self.edge_copy = Some((grad_norm, tensors));
-                    }
+                let me = self.s;
+                for edge in [0, stages - 1].into_iter().filter(|&e| holder(e) == me) {
+                    let (_, grad_norm, tensors) =
+                        self.take_weights(step, WeightsKind::EdgeCopy, self.peer(edge, self.r)).await?;
+                    self.edge_copy = Some((grad_norm, tensors));
                 }
             }
             _ => {}
