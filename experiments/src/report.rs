@@ -78,8 +78,15 @@ pub(crate) struct ArmResult {
     pub(crate) events: Vec<(f64, String, String)>,
 }
 
-fn mean(series: &[(u64, f64)]) -> Option<f64> {
-    (!series.is_empty()).then(|| series.iter().map(|v| v.1).sum::<f64>() / series.len() as f64)
+/// The mean of `values`, if there are any.
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// The mean of a step series' values.
+fn series_mean(series: &[(u64, f64)]) -> Option<f64> {
+    mean(series.iter().map(|v| v.1))
 }
 
 impl ArmResult {
@@ -136,8 +143,8 @@ impl ArmResult {
             sync,
             recovery,
             failure_steps: s.recoveries.len(),
-            spike: mean(&spikes.iter().map(|&(h, _)| (0, h)).collect::<Vec<_>>()),
-            spike_decay_steps: mean(&spikes.iter().map(|&(_, d)| (0, d)).collect::<Vec<_>>()),
+            spike: mean(spikes.iter().map(|s| s.0)),
+            spike_decay_steps: mean(spikes.iter().map(|s| s.1)),
             stages: arm.stages,
             replicas: arm.replicas,
             first_val_loss: s.val.first().map(|v| v.1),
@@ -146,11 +153,11 @@ impl ArmResult {
             virtual_time_s,
             wall_s,
             bytes_sent,
-            sync_latency_s: mean(&s.sync_time),
-            sync_bytes_per_round: mean(&s.sync_bytes),
-            idle_s_per_step: mean(&s.idle),
+            sync_latency_s: series_mean(&s.sync_time),
+            sync_bytes_per_round: series_mean(&s.sync_bytes),
+            idle_s_per_step: series_mean(&s.idle),
             final_weight_variance: s.weight_variance.last().map(|v| v.1),
-            mean_weight_variance: mean(&s.weight_variance.iter().copied().filter(|v| v.0 > 0).collect::<Vec<_>>()),
+            mean_weight_variance: mean(s.weight_variance.iter().filter(|v| v.0 > 0).map(|v| v.1)),
             train: s.train,
             val: s.val,
             val_time: s.val_time,
@@ -269,10 +276,18 @@ struct Summary<'a> {
 
 /// The papers' claims this run can speak to, each beside what we measured. Which ones apply follows
 /// from the arms and parts the config has.
+/// The result of the first arm whose config `pred` accepts, if it ran.
+fn result_where<'a>(
+    cfg: &RunConfig,
+    results: &'a [ArmResult],
+    pred: impl Fn(&ArmConfig) -> bool,
+) -> Option<&'a ArmResult> {
+    let arm = cfg.arms.iter().find(|a| pred(a))?;
+    results.iter().find(|r| r.label == arm.label)
+}
+
 fn claims(cfg: &RunConfig, results: &[ArmResult], scale: &[ScalePoint]) -> Vec<Claim> {
-    let find = |pred: &dyn Fn(&ArmConfig) -> bool| {
-        cfg.arms.iter().position(pred).and_then(|i| results.iter().find(|r| r.label == cfg.arms[i].label))
-    };
+    let find = |pred: &dyn Fn(&ArmConfig) -> bool| result_where(cfg, results, pred);
     let mut out = Vec::new();
     let plain = |a: &ArmConfig, s: usize, r: usize| a.stages == s && a.replicas == r && a.sync == "all_reduce";
     if let (Some(one), Some(four)) = (find(&|a| plain(a, 1, 1)), find(&|a| plain(a, 1, 4)))
@@ -354,8 +369,7 @@ fn failure_target(cfg: &RunConfig, results: &[ArmResult]) -> Option<f64> {
     if !cfg.arms.iter().any(|a| a.failure_rate > 0.0) {
         return None;
     }
-    let clean = cfg.arms.iter().find(|a| a.failure_rate == 0.0)?;
-    let clean = results.iter().find(|r| r.label == clean.label)?;
+    let clean = result_where(cfg, results, |a| a.failure_rate == 0.0)?;
     let at = cfg.steps * 3 / 4;
     clean.val.iter().min_by_key(|v| v.0.abs_diff(at)).map(|v| v.1)
 }
@@ -391,12 +405,7 @@ type Gain = (f64, f64, f64);
 
 fn failure_claims(cfg: &RunConfig, results: &[ArmResult]) -> Vec<Claim> {
     let Some(target) = failure_target(cfg, results) else { return Vec::new() };
-    let arm = |kind: &str, rate: f64| {
-        cfg.arms
-            .iter()
-            .find(|a| a.recovery == kind && a.failure_rate == rate)
-            .and_then(|a| results.iter().find(|r| r.label == a.label))
-    };
+    let arm = |kind: &str, rate: f64| result_where(cfg, results, |a| a.recovery == kind && a.failure_rate == rate);
     let time = |kind: &str, rate: f64| arm(kind, rate).and_then(|r| time_to(r, target));
     let best = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
