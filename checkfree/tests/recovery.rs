@@ -2,15 +2,12 @@
 //! stay deterministic, and a redundant copy brings back exactly the lost weights.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use checkfree::{CheckFree, CheckFreePlus, OutOfOrderRouter};
-use genrl::{DeviceProfile, EventKind, run_simulation};
+use genrl::{EventKind, run_simulation};
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage};
 use models::{Backend, ModelConfig, OptimConfig};
-use pipeline::{
-    DataParallel, FailurePlan, Fallback, FixedRouter, PipelineSpec, Recovery, Router, RunReport, run_simulated,
-};
+use pipeline::{FailurePlan, Fallback, FixedRouter, PipelineSpec, Recovery, Router, RunReport, run_simulated};
 use transport::sim::LinkSpec;
 
 fn corpus() -> Arc<Corpus> {
@@ -21,35 +18,25 @@ fn corpus() -> Arc<Corpus> {
 /// Embedding, four one-block transformer stages, head; `replicas` rows.
 fn spec(replicas: usize, recovery: Recovery, failures: Vec<(u64, usize)>, router: Arc<dyn Router>) -> PipelineSpec {
     let steps = 8;
+    let model = ModelConfig {
+        n_layers: 4,
+        d_model: 32,
+        n_heads: 2,
+        d_ff: 64,
+        max_seq: 16,
+        backend: Backend::Native,
+        ..ModelConfig::default()
+    };
     PipelineSpec {
-        stages: 6,
-        replicas,
-        micro_batches: 2,
-        micro_batch: 2,
-        seq: 16,
-        steps,
-        model: ModelConfig {
-            n_layers: 4,
-            d_model: 32,
-            n_heads: 2,
-            d_ff: 64,
-            max_seq: 16,
-            backend: Backend::Native,
-            ..ModelConfig::default()
-        },
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, ..OptimConfig::default() },
-        sync: Arc::new(DataParallel::RING),
         router,
         seed: 2,
-        device: DeviceProfile::a10(),
         link: LinkSpec::mbit(5.0, 1000.0),
         recovery,
         failures: FailurePlan { failures },
-        eval_every: 0,
         eval_batches: 1,
-        progress: None,
-        peer_timeout: Duration::from_secs(600),
         edge_stages: true,
+        ..PipelineSpec::new(6, replicas, steps, model)
     }
 }
 

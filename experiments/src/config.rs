@@ -464,6 +464,7 @@ impl RunConfig {
             progress: None,
             peer_timeout: Duration::from_secs(600),
             edge_stages: self.edge_stages,
+            placement: None,
         })
     }
 }

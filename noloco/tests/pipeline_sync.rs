@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use candle_core::Tensor;
-use genrl::{DeviceProfile, run_simulation};
+use genrl::run_simulation;
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage};
 use models::{Backend, ModelConfig, OptimConfig};
 use noloco::{DiLoCo, NoLoCo, RandomRouter};
@@ -19,35 +18,22 @@ fn corpus() -> Arc<Corpus> {
 }
 
 fn spec(stages: usize, replicas: usize, steps: u64, sync: Arc<dyn OuterSync>, router: Arc<dyn Router>) -> PipelineSpec {
+    let model = ModelConfig {
+        n_layers: 2,
+        d_model: 32,
+        n_heads: 2,
+        d_ff: 64,
+        max_seq: 16,
+        backend: Backend::Native,
+        ..ModelConfig::default()
+    };
     PipelineSpec {
-        stages,
-        replicas,
-        micro_batches: 2,
-        micro_batch: 2,
-        seq: 16,
-        steps,
-        model: ModelConfig {
-            n_layers: 2,
-            d_model: 32,
-            n_heads: 2,
-            d_ff: 64,
-            max_seq: 16,
-            backend: Backend::Native,
-            ..ModelConfig::default()
-        },
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, ..OptimConfig::default() },
         sync,
         router,
         seed: 5,
-        device: DeviceProfile::a10(),
         link: LinkSpec::mbit(20.0, 100.0),
-        recovery: pipeline::Recovery::default(),
-        failures: pipeline::FailurePlan::default(),
-        eval_every: 0,
-        eval_batches: 2,
-        progress: None,
-        peer_timeout: Duration::from_secs(600),
-        edge_stages: false,
+        ..PipelineSpec::new(stages, replicas, steps, model)
     }
 }
 

@@ -7,36 +7,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use genrl::{DeviceProfile, run_simulation};
+use genrl::run_simulation;
 use models::data::{SyntheticConfig, SyntheticLanguage, sample_batch};
-use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
-use pipeline::{DataParallel, FixedRouter, PipelineSpec, run_simulated};
+use models::{AdamW, Backend, Llama, ModelConfig};
+use pipeline::{PipelineSpec, run_simulated};
 use transport::sim::LinkSpec;
 
 const STEPS: u64 = 20;
 
 fn spec() -> PipelineSpec {
+    let model = ModelConfig { backend: Backend::Native, ..ModelConfig::preset("small").expect("preset") };
     PipelineSpec {
-        stages: 1,
-        replicas: 1,
         micro_batches: 1,
         micro_batch: 8,
         seq: 64,
-        steps: STEPS,
-        model: ModelConfig { backend: Backend::Native, ..ModelConfig::preset("small").expect("preset") },
-        optim: OptimConfig { total_steps: STEPS, ..OptimConfig::default() },
-        sync: Arc::new(DataParallel::RING),
-        router: Arc::new(FixedRouter),
         seed: 1,
-        device: DeviceProfile::a10(),
         link: LinkSpec::default(),
-        recovery: pipeline::Recovery::default(),
-        failures: pipeline::FailurePlan::default(),
-        eval_every: 0,
         eval_batches: 0,
-        progress: None,
         peer_timeout: Duration::from_secs(60),
-        edge_stages: false,
+        ..PipelineSpec::new(1, 1, STEPS, model)
     }
 }
 

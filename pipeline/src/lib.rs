@@ -16,12 +16,14 @@
 //! | [`sync`] | [`OuterSync`] / [`OuterState`] (sans-IO), [`Collective`], [`DataParallel`], [`Independent`] |
 //! | [`collective`] | the mailbox; ring and tree all-reduce, gather-average-broadcast with deadlines |
 //! | [`worker`] | one worker's loop: forward, backward, gradient all-reduce, optimizer step, outer round |
+//! | [`partial`] | [`StagedModel`]: inference with some stages dropped |
 //! | [`probe`] | [`WeightProbe`]: across-replica weight variance during a run |
 //! | [`run`] | [`run_simulated`]: a whole grid on the simulated network |
 //! | [`wire`] | the messages and tensors on the wire |
 
 pub mod collective;
 pub mod error;
+pub mod partial;
 pub mod plug;
 pub mod probe;
 pub mod rebuild;
@@ -32,9 +34,10 @@ pub mod wire;
 pub mod worker;
 
 pub use error::{Error, Result};
+pub use partial::StagedModel;
 pub use plug::{FailurePlan, Fallback, FixedRouter, Hop, Recovery, Router, check_path};
 pub use probe::WeightProbe;
 pub use rebuild::{Donor, DonorWeights, StageRebuild};
 pub use run::{RunReport, run_simulated};
-pub use spec::PipelineSpec;
+pub use spec::{PipelineSpec, Placement};
 pub use sync::{Collective, DataParallel, Independent, OuterRound, OuterState, OuterSync};

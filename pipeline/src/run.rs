@@ -33,7 +33,16 @@ pub async fn run_simulated(spec: &PipelineSpec, corpus: Arc<Corpus>) -> Result<R
     spec.validate()?;
     corpus.check_fits(spec.seq)?;
     let workers = spec.stages * spec.replicas;
-    let swarm = SimSwarm::build(&SwarmSpec::uniform(spec.seed, workers, spec.device.clone(), spec.link))?;
+    let swarm_spec = match &spec.placement {
+        Some(p) => SwarmSpec {
+            seed: spec.seed,
+            devices: p.devices.clone(),
+            link: spec.link,
+            regions: Some((p.regions.clone(), p.region_of.clone())),
+        },
+        None => SwarmSpec::uniform(spec.seed, workers, spec.device.clone(), spec.link),
+    };
+    let swarm = SimSwarm::build(&swarm_spec)?;
     let spec_arc = Arc::new(spec.clone());
     let probe = (spec.replicas > 1).then(|| Arc::new(WeightProbe::new(spec.replicas)));
     let worker_probe = probe.clone();

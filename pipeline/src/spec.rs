@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use genrl::DeviceProfile;
 use models::{ModelConfig, OptimConfig};
-use transport::sim::LinkSpec;
+use transport::sim::{LinkSpec, RegionTable};
 
 use crate::error::{Error, Result};
 use std::sync::Arc;
@@ -56,9 +56,75 @@ pub struct PipelineSpec {
     /// Put the embedding alone in the first stage and the head alone in the last, the transformer blocks
     /// in the stages between (CheckFree's layout); otherwise the blocks are spread over all stages.
     pub edge_stages: bool,
+    /// Where each worker runs, for heterogeneous and geo-distributed grids; `None`: every worker on
+    /// `device`, every link `link`.
+    pub placement: Option<Placement>,
+}
+
+/// Each worker's device and region (indexed by worker, `stage × replicas + replica`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// Every worker's device.
+    pub devices: Vec<DeviceProfile>,
+    /// The regions and the links between them.
+    pub regions: RegionTable,
+    /// Every worker's region (a name in `regions`).
+    pub region_of: Vec<String>,
+}
+
+impl Placement {
+    /// Checks that it places exactly `workers` workers in known regions on valid devices.
+    pub fn validate(&self, workers: usize) -> Result<()> {
+        if self.devices.len() != workers || self.region_of.len() != workers {
+            return Err(Error::config(
+                "pipeline.placement",
+                format!("{} devices and {} regions for {workers} workers", self.devices.len(), self.region_of.len()),
+            ));
+        }
+        for (i, region) in self.region_of.iter().enumerate() {
+            self.regions
+                .index(region)
+                .map_err(|e| Error::config(format!("pipeline.placement.region_of[{i}]"), e.to_string()))?;
+        }
+        for d in &self.devices {
+            d.validate()?;
+        }
+        Ok(())
+    }
 }
 
 impl PipelineSpec {
+    /// A `stages × replicas` grid training `model` for `steps` steps with the defaults: 2 micro-batches
+    /// of 2 sequences of `model.max_seq` tokens per replica and step, AdamW at its defaults (schedule
+    /// over `steps`), the data-parallel baseline plugs, A10-class devices on 10 ms / 1 Gbit/s links,
+    /// checkpoint-restart recovery, no failures, no evaluation.
+    pub fn new(stages: usize, replicas: usize, steps: u64, model: ModelConfig) -> Self {
+        let (sync, router) = Self::baseline_plugs();
+        Self {
+            stages,
+            replicas,
+            micro_batches: 2,
+            micro_batch: 2,
+            seq: model.max_seq,
+            steps,
+            optim: OptimConfig { total_steps: steps, ..OptimConfig::default() },
+            model,
+            sync,
+            router,
+            seed: 0,
+            device: DeviceProfile::a10(),
+            link: LinkSpec::mbit(10.0, 1000.0),
+            recovery: Recovery::default(),
+            failures: FailurePlan::default(),
+            eval_every: 0,
+            eval_batches: 2,
+            progress: None,
+            peer_timeout: Duration::from_secs(600),
+            edge_stages: false,
+            placement: None,
+        }
+    }
+
     /// Which part of the model each stage holds.
     pub fn stage_specs(&self) -> Result<Vec<models::StageSpec>> {
         Ok(if self.edge_stages {
@@ -126,6 +192,9 @@ impl PipelineSpec {
         self.optim.validate()?;
         self.device.validate()?;
         self.link.validate("pipeline.link")?;
+        if let Some(placement) = &self.placement {
+            placement.validate(self.stages * self.replicas)?;
+        }
         Ok(())
     }
 }

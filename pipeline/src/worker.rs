@@ -569,10 +569,13 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let m = spec.micro_batches as u32;
         // Every micro-batch's path this step; which of them visit this worker, and at which hop.
         let mut mine: BTreeMap<(u32, u32), (Vec<Hop>, usize)> = BTreeMap::new();
+        // How many micro-batches visit this stage, over all its replicas.
+        let mut stage_visits = 0usize;
         for origin in 0..replicas {
             for micro in 0..m {
                 let path = spec.router.path(step, micro, origin, stages, replicas);
                 check_path(&path, origin, stages, replicas)?;
+                stage_visits += usize::from(path.iter().any(|h| h.0 == s));
                 if let Some(hop) = path.iter().position(|&h| h == (s, r)) {
                     mine.insert((origin as u32, micro), (path, hop));
                 }
@@ -667,6 +670,17 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         }
         if !losses.is_empty() {
             self.ctx.record("train_loss", step, losses.iter().sum::<f64>() / losses.len() as f64);
+        }
+        // Each micro-batch contributed its gradient / m, so the replicas' mean is the mean over
+        // replicas × m micro-batches. A stage that some paths skip averages only over the micro-batches
+        // that visited it (SkipPipe): rescale by replicas × m / visits. With every path through every
+        // stage (any routing without skips) the factor is 1.
+        let expected = replicas * spec.micro_batches;
+        if stage_visits > 0 && stage_visits != expected {
+            let factor = expected as f64 / stage_visits as f64;
+            for g in grads.values_mut() {
+                *g = (&*g * factor)?;
+            }
         }
         Ok(grads)
     }

@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use genrl::{DeviceProfile, run_simulation};
+use genrl::run_simulation;
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage, sample_batch};
 use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
-use pipeline::{DataParallel, FixedRouter, PipelineSpec, Result, run_simulated};
-use transport::sim::LinkSpec;
+use pipeline::{DataParallel, PipelineSpec, Result, run_simulated};
 
 fn corpus() -> Arc<Corpus> {
     let lang = SyntheticLanguage::new(&SyntheticConfig {
@@ -22,35 +21,20 @@ fn corpus() -> Arc<Corpus> {
 }
 
 fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
+    let model = ModelConfig {
+        n_layers: 2,
+        d_model: 32,
+        n_heads: 2,
+        d_ff: 64,
+        max_seq: 16,
+        backend: Backend::Native,
+        ..ModelConfig::default()
+    };
     PipelineSpec {
-        stages,
-        replicas,
-        micro_batches: 2,
-        micro_batch: 2,
-        seq: 16,
-        steps,
-        model: ModelConfig {
-            n_layers: 2,
-            d_model: 32,
-            n_heads: 2,
-            d_ff: 64,
-            max_seq: 16,
-            backend: Backend::Native,
-            ..ModelConfig::default()
-        },
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, grad_clip: 0.0, ..OptimConfig::default() },
-        sync: Arc::new(DataParallel::RING),
-        router: Arc::new(FixedRouter),
         seed: 9,
-        device: DeviceProfile::a10(),
-        link: LinkSpec::mbit(10.0, 1000.0),
-        recovery: pipeline::Recovery::default(),
-        failures: pipeline::FailurePlan::default(),
-        eval_every: 0,
-        eval_batches: 2,
-        progress: None,
         peer_timeout: Duration::from_secs(60),
-        edge_stages: false,
+        ..PipelineSpec::new(stages, replicas, steps, model)
     }
 }
 

@@ -1,0 +1,74 @@
+//! Inference with stages dropped: a trained model run through only some of its stages (the others act as
+//! the identity), the way SkipPipe measures how robust a model is to layer omission.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use models::{Stage, StageInput};
+
+use crate::error::{Error, Result};
+use crate::spec::PipelineSpec;
+
+/// A trained model, stage by stage, ready to be evaluated with any subset of its stages.
+#[derive(Debug)]
+pub struct StagedModel {
+    stages: Vec<Stage>,
+}
+
+impl StagedModel {
+    /// Builds the stages of `spec` and loads `weights` (by global parameter name, as
+    /// [`RunReport::weights`](crate::RunReport) holds them); every parameter must be there, shaped right.
+    pub fn new(spec: &PipelineSpec, weights: &BTreeMap<String, Tensor>) -> Result<Self> {
+        let device = Device::Cpu;
+        let mut stages = Vec::with_capacity(spec.stages);
+        for stage_spec in spec.stage_specs()? {
+            let stage = Stage::new(&spec.model, stage_spec, &device)?;
+            let names: Vec<String> = stage.params().iter().map(|(n, _)| n.clone()).collect();
+            for name in names {
+                let w = weights.get(&name).ok_or_else(|| Error::config("weights", format!("no tensor for {name}")))?;
+                stage.params().set(&name, w)?;
+            }
+            stages.push(stage);
+        }
+        Ok(Self { stages })
+    }
+
+    /// How many stages the model has.
+    pub fn len(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// Whether the model has no stages.
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// The mean loss over `batches` (token ids, targets) running only the stages in `keep`, in that
+    /// order. `keep` must start with the first stage (the embedding), end with the last (the head) and
+    /// name no stage twice.
+    pub fn loss_with(&self, keep: &[usize], batches: &[(Tensor, Tensor)]) -> Result<f64> {
+        let n = self.stages.len();
+        let bad = |why: String| Err(Error::config("keep", format!("stages {keep:?}: {why}")));
+        if keep.first() != Some(&0) || keep.last() != Some(&(n - 1)) {
+            return bad(format!("must start with stage 0 and end with stage {}", n - 1));
+        }
+        let mut seen = vec![false; n];
+        for &k in keep {
+            if k >= n || std::mem::replace(&mut seen[k], true) {
+                return bad(format!("stage {k} is out of range or named twice"));
+            }
+        }
+        if batches.is_empty() {
+            return Err(Error::config("batches", "no batches to evaluate"));
+        }
+        let mut total = 0.0;
+        for (ids, targets) in batches {
+            let mut hidden = self.stages[0].forward(StageInput::Tokens(ids))?;
+            for &k in &keep[1..] {
+                hidden = self.stages[k].forward(StageInput::Hidden(&hidden))?;
+            }
+            total += f64::from(self.stages[n - 1].loss(&hidden, targets)?.to_vec0::<f32>()?);
+        }
+        Ok(total / batches.len() as f64)
+    }
+}

@@ -1,0 +1,368 @@
+//! The high level of the path search: conflict-based search (CBS, Sharon et al. 2015) over the
+//! per-micro-batch A* of [`crate::astar`], as SkipPipe's `schedulers/CBS.py` does it.
+//!
+//! A search node holds one plan per micro-batch and the constraints they were planned under. Its first
+//! conflict, checked in the paper's order, splits it into children that each forbid one micro-batch
+//! something and re-plan it alone:
+//! - **C2, stage load**: more micro-batches pass an intermediate stage than its share allows → forbid
+//!   the stage to one of them (the slowest first);
+//! - **C1, node memory**: more micro-batches pass a node than it can hold → forbid the node to one of
+//!   them (only if its stage has another node);
+//! - **C3, collision**: two forward passes overlap on a node → the one that started later may not be
+//!   busy there during the other's interval (it waits, or goes elsewhere); one child, as in the paper.
+//!
+//! Nodes are expanded greedily — fewest conflicts first, then the shortest makespan (greedy CBS) — and
+//! the search keeps going until it has found `solutions` conflict-free schedules or spent its budget; it
+//! returns the one the simulator ([`crate::simulate`]) finds fastest. [`Search`] is a sans-IO state
+//! machine: [`Search::step`] expands one node, so a caller can interleave, observe or stop it.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use crate::astar::{AgentConstraints, Plan, plan};
+use crate::error::{Error, Result};
+use crate::instance::Instance;
+use crate::simulate::simulate;
+
+/// How much search to spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// High-level search nodes to expand at most.
+    pub nodes: usize,
+    /// A* state expansions per low-level call.
+    pub astar: usize,
+    /// Conflict-free schedules to collect before choosing the fastest.
+    pub solutions: usize,
+    /// Children per stage-load or memory conflict (each moves a different group of micro-batches,
+    /// the slowest first).
+    pub branching: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self { nodes: 50_000, astar: 200_000, solutions: 4, branching: 2 }
+    }
+}
+
+/// The first conflict of a set of plans.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Conflict {
+    /// C2: micro-batches `agents` all pass intermediate stage `stage`, more than its load limit.
+    StageLoad {
+        /// The stage.
+        stage: usize,
+        /// The micro-batches passing it.
+        agents: Vec<usize>,
+    },
+    /// C1: micro-batches `agents` all pass `node`, more than its memory.
+    Memory {
+        /// The node.
+        node: usize,
+        /// The micro-batches passing it.
+        agents: Vec<usize>,
+    },
+    /// C3: the forward passes of `a` (during `a_busy`) and `b` (during `b_busy`) overlap on `node`.
+    Collision {
+        /// The node.
+        node: usize,
+        /// One micro-batch and its busy interval.
+        a: (usize, (f64, f64)),
+        /// The other.
+        b: (usize, (f64, f64)),
+    },
+}
+
+/// Counts the conflicts of `plans` and returns the first (C2, then C1, then the earliest C3).
+pub fn conflicts(inst: &Instance, plans: &[Arc<Plan>]) -> (usize, Option<Conflict>) {
+    let s = inst.stages;
+    let (mut count, mut first) = (0, None);
+    let mut by_stage = vec![Vec::new(); s];
+    let mut by_node = vec![Vec::new(); inst.nodes.len()];
+    for (a, p) in plans.iter().enumerate() {
+        for (i, &n) in p.nodes.iter().enumerate() {
+            by_stage[inst.nodes[n].stage].push(a);
+            by_node[n].push((a, p.busy(inst, i)));
+        }
+    }
+    // Slowest first: those are the ones worth moving.
+    let slowest_first = |agents: &[usize]| {
+        let mut v = agents.to_vec();
+        v.sort_by(|&x, &y| plans[y].cost.total_cmp(&plans[x].cost).then(x.cmp(&y)));
+        v
+    };
+    for (k, agents) in by_stage.iter().enumerate().take(s - 1).skip(1) {
+        if agents.len() > inst.rules.stage_load {
+            count += agents.len() - inst.rules.stage_load;
+            first.get_or_insert(Conflict::StageLoad { stage: k, agents: slowest_first(agents) });
+        }
+    }
+    for (n, visits) in by_node.iter().enumerate() {
+        if visits.len() > inst.nodes[n].memory {
+            count += visits.len() - inst.nodes[n].memory;
+            let agents: Vec<usize> = visits.iter().map(|v| v.0).collect();
+            first.get_or_insert(Conflict::Memory { node: n, agents: slowest_first(&agents) });
+        }
+    }
+    let mut earliest: Option<Conflict> = None;
+    for (n, visits) in by_node.iter_mut().enumerate() {
+        visits.sort_by(|x, y| x.1.0.total_cmp(&y.1.0).then(x.0.cmp(&y.0)));
+        for i in 0..visits.len() {
+            for j in i + 1..visits.len() {
+                let (a, b) = (visits[i], visits[j]);
+                if b.1.0 >= a.1.1 - 1e-12 {
+                    break;
+                }
+                count += 1;
+                let sooner = match &earliest {
+                    Some(Conflict::Collision { b: (_, (t, _)), .. }) => b.1.0 < *t,
+                    _ => true,
+                };
+                if sooner {
+                    earliest = Some(Conflict::Collision { node: n, a, b });
+                }
+            }
+        }
+    }
+    (count, first.or(earliest))
+}
+
+/// The outcome of the search: a path for every micro-batch and what it cost to find.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    /// Each micro-batch's plan (nodes and forward start times), by agent index.
+    pub plans: Vec<Plan>,
+    /// The schedule's iteration time as [`simulate`] computes it, in seconds.
+    pub makespan: f64,
+    /// High-level nodes expanded.
+    pub expanded: usize,
+    /// Conflict-free schedules found (the fastest was kept).
+    pub solutions: usize,
+}
+
+impl Schedule {
+    /// Every micro-batch's node path.
+    pub fn paths(&self) -> Vec<Vec<usize>> {
+        self.plans.iter().map(|p| p.nodes.clone()).collect()
+    }
+}
+
+#[derive(Debug)]
+struct SearchNode {
+    plans: Vec<Arc<Plan>>,
+    constraints: Vec<Arc<AgentConstraints>>,
+    conflicts: usize,
+    first: Option<Conflict>,
+    makespan: f64,
+    id: usize,
+}
+
+impl SearchNode {
+    fn new(inst: &Instance, plans: Vec<Arc<Plan>>, constraints: Vec<Arc<AgentConstraints>>, id: usize) -> Self {
+        let (conflicts, first) = conflicts(inst, &plans);
+        let makespan = plans.iter().map(|p| p.cost).fold(0.0, f64::max);
+        Self { plans, constraints, conflicts, first, makespan, id }
+    }
+}
+
+impl PartialEq for SearchNode {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for SearchNode {}
+impl PartialOrd for SearchNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for SearchNode {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Max-heap: fewest conflicts, then the shortest makespan, then the oldest node, pop first.
+        other.conflicts.cmp(&self.conflicts).then(other.makespan.total_cmp(&self.makespan)).then(self.id.cmp(&other.id))
+    }
+}
+
+/// What one [`Search::step`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Expanded a node with this many conflicts; the search goes on.
+    Expanded {
+        /// Conflicts of the expanded node.
+        conflicts: usize,
+    },
+    /// Found a conflict-free schedule (the `n`-th); the search goes on until it has enough.
+    Solution {
+        /// How many so far.
+        n: usize,
+    },
+    /// The search is over: call [`Search::finish`].
+    Done,
+}
+
+/// Conflict-based search over one instance, one node expansion per [`Search::step`].
+#[derive(Debug)]
+pub struct Search {
+    inst: Arc<Instance>,
+    budget: Budget,
+    open: BinaryHeap<SearchNode>,
+    found: Vec<Vec<Arc<Plan>>>,
+    expanded: usize,
+    next_id: usize,
+    least_conflicts: usize,
+}
+
+impl Search {
+    /// Checks the instance and builds the root of the search by prioritised planning: micro-batches in
+    /// order of release each plan around those planned before them — staying out of stages at their load
+    /// limit and nodes at their memory, and waiting out their forward passes. Those become the root's
+    /// constraints; the search then resolves whatever conflicts remain. (A root of independent plans
+    /// sends every micro-batch to the same fastest nodes; on 100 nodes the search never untangles it.)
+    pub fn new(inst: Arc<Instance>, budget: Budget) -> Result<Self> {
+        inst.check()?;
+        let n = inst.agents.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| inst.agents[a].release.total_cmp(&inst.agents[b].release).then(a.cmp(&b)));
+        let mut plans: Vec<Option<Arc<Plan>>> = vec![None; n];
+        let mut constraints: Vec<Arc<AgentConstraints>> = (0..n).map(|_| Arc::default()).collect();
+        let mut stage_load = vec![0usize; inst.stages];
+        let mut node_load = vec![0usize; inst.nodes.len()];
+        let mut busy: Vec<(usize, f64, f64)> = Vec::new();
+        for a in order {
+            let full = AgentConstraints {
+                stages: (1..inst.stages - 1).filter(|&k| stage_load[k] >= inst.rules.stage_load).collect(),
+                nodes: (0..inst.nodes.len()).filter(|&m| node_load[m] >= inst.nodes[m].memory).collect(),
+                windows: busy.clone(),
+            };
+            let waits = AgentConstraints { windows: busy.clone(), ..AgentConstraints::default() };
+            let (p, c) = [full, waits, AgentConstraints::default()]
+                .into_iter()
+                .find_map(|c| plan(&inst, a, &c, budget.astar).map(|p| (p, c)))
+                .ok_or_else(|| {
+                    Error::infeasible("path_rules", format!("micro-batch {a} has no path obeying the rules"))
+                })?;
+            for (i, &m) in p.nodes.iter().enumerate() {
+                stage_load[inst.nodes[m].stage] += 1;
+                node_load[m] += 1;
+                let (from, to) = p.busy(&inst, i);
+                busy.push((m, from, to));
+            }
+            plans[a] = Some(Arc::new(p));
+            constraints[a] = Arc::new(c);
+        }
+        let plans: Vec<Arc<Plan>> = plans.into_iter().flatten().collect();
+        let root = SearchNode::new(&inst, plans, constraints, 0);
+        let least_conflicts = root.conflicts;
+        let mut open = BinaryHeap::new();
+        open.push(root);
+        Ok(Self { inst, budget, open, found: Vec::new(), expanded: 0, next_id: 1, least_conflicts })
+    }
+
+    /// Expands the most promising node.
+    pub fn step(&mut self) -> Step {
+        if self.found.len() >= self.budget.solutions || self.expanded >= self.budget.nodes {
+            return Step::Done;
+        }
+        let Some(node) = self.open.pop() else { return Step::Done };
+        self.expanded += 1;
+        self.least_conflicts = self.least_conflicts.min(node.conflicts);
+        let Some(conflict) = node.first.clone() else {
+            self.found.push(node.plans);
+            return Step::Solution { n: self.found.len() };
+        };
+        // Each child re-plans some micro-batches under one more constraint each.
+        let mut children: Vec<Vec<(usize, AgentConstraints)>> = Vec::new();
+        let with = |a: usize, f: &dyn Fn(&mut AgentConstraints)| {
+            let mut c = (*node.constraints[a]).clone();
+            f(&mut c);
+            (a, c)
+        };
+        match &conflict {
+            // Over a limit by `excess`: child i moves the i-th group of `excess` micro-batches, slowest
+            // first, that can still be planned without this stage (or node).
+            Conflict::StageLoad { stage, agents } => {
+                let excess = agents.len() - self.inst.rules.stage_load;
+                let moves: Vec<_> = agents.iter().map(|&a| with(a, &|c| c.stages.push(*stage))).collect();
+                children = self.groups(moves, excess);
+            }
+            Conflict::Memory { node: n, agents } => {
+                let excess = agents.len() - self.inst.nodes[*n].memory;
+                let moves: Vec<_> = agents.iter().map(|&a| with(a, &|c| c.nodes.push(*n))).collect();
+                children = self.groups(moves, excess);
+            }
+            // The later of the two waits for the earlier one (or goes elsewhere), as in the paper: one
+            // child, so collisions are resolved without growing the tree.
+            Conflict::Collision { node: n, a, b } => {
+                children.push(vec![with(b.0, &|c| c.windows.push((*n, a.1.0, a.1.1)))]);
+            }
+        }
+        for moves in children {
+            let mut plans = node.plans.clone();
+            let mut constraints = node.constraints.clone();
+            let mut complete = true;
+            for (a, c) in moves {
+                match plan(&self.inst, a, &c, self.budget.astar) {
+                    Some(p) => {
+                        plans[a] = Arc::new(p);
+                        constraints[a] = Arc::new(c);
+                    }
+                    None => complete = false,
+                }
+            }
+            if complete {
+                self.open.push(SearchNode::new(&self.inst, plans, constraints, self.next_id));
+                self.next_id += 1;
+            }
+        }
+        Step::Expanded { conflicts: node.conflicts }
+    }
+
+    /// Up to `branching` disjoint groups of `size` moves, in order, keeping only moves after which the
+    /// micro-batch still has a path.
+    fn groups(&self, moves: Vec<(usize, AgentConstraints)>, size: usize) -> Vec<Vec<(usize, AgentConstraints)>> {
+        let mut groups = Vec::new();
+        let mut current = Vec::new();
+        for (a, c) in moves {
+            if groups.len() == self.budget.branching {
+                break;
+            }
+            if plan(&self.inst, a, &c, self.budget.astar).is_some() {
+                current.push((a, c));
+                if current.len() == size {
+                    groups.push(std::mem::take(&mut current));
+                }
+            }
+        }
+        groups
+    }
+
+    /// Runs [`Search::step`] to the end.
+    pub fn run(mut self) -> Result<Schedule> {
+        while self.step() != Step::Done {}
+        self.finish()
+    }
+
+    /// The fastest schedule found, by simulated makespan, or why there is none.
+    pub fn finish(self) -> Result<Schedule> {
+        let mut best: Option<Schedule> = None;
+        let solutions = self.found.len();
+        for plans in self.found {
+            let plans: Vec<Plan> = plans.iter().map(|p| (**p).clone()).collect();
+            let paths: Vec<Vec<usize>> = plans.iter().map(|p| p.nodes.clone()).collect();
+            let makespan = simulate(&self.inst, &paths, None)?.makespan;
+            if best.as_ref().is_none_or(|b| makespan < b.makespan) {
+                best = Some(Schedule { plans, makespan, expanded: self.expanded, solutions });
+            }
+        }
+        best.ok_or(Error::GaveUp {
+            expanded: self.expanded,
+            budget: self.budget.nodes,
+            conflicts: self.least_conflicts,
+        })
+    }
+}
+
+/// Schedules `inst` with conflict-based search within `budget`.
+pub fn schedule(inst: Arc<Instance>, budget: Budget) -> Result<Schedule> {
+    Search::new(inst, budget)?.run()
+}

@@ -1,0 +1,234 @@
+//! A scheduling instance: nodes assigned to stages, what they cost, the micro-batches to route, and the
+//! rules every path obeys (SkipPipe §3, the constraints of `schedulers/CBS.py`).
+
+use crate::error::{Error, Result};
+
+/// One node of the swarm as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// The stage it serves.
+    pub stage: usize,
+    /// Seconds for one micro-batch's forward pass of its stage.
+    pub forward: f64,
+    /// Micro-batches whose activations it can hold at once (C1).
+    pub memory: usize,
+}
+
+/// One micro-batch (an agent of the path search): the data node it starts at, and when.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Agent {
+    /// Its data node (a node of stage 0).
+    pub origin: usize,
+    /// Earliest start of its forward pass at the origin, in seconds (the `dt_k` offset of the paper).
+    pub release: f64,
+}
+
+/// The path rules of SkipPipe.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathRules {
+    /// Stages every path visits, first and last included (`S` minus the skipped ones).
+    pub visit: usize,
+    /// Largest forward jump: the next stage is at most this far above the highest visited so far.
+    pub max_jump: usize,
+    /// Whether a path may visit one adjacent pair of stages in swapped order (`k + 1` then `k`).
+    pub swap: bool,
+    /// Most micro-batches one intermediate stage may serve per iteration (C2, load balance).
+    pub stage_load: usize,
+}
+
+impl PathRules {
+    /// Stages a path visits for a skip ratio: `S − round(ratio · S)`, first and last always kept.
+    pub fn visit_for(stages: usize, skip_ratio: f64) -> Result<usize> {
+        if !(0.0..1.0).contains(&skip_ratio) {
+            return Err(Error::infeasible("skip_ratio", format!("{skip_ratio} is not in [0, 1)")));
+        }
+        let skipped = (skip_ratio * stages as f64).round() as usize;
+        if stages < 2 || skipped > stages - 2 {
+            return Err(Error::infeasible(
+                "skip_ratio",
+                format!("skipping {skipped} of {stages} stages leaves no room for the first and last"),
+            ));
+        }
+        Ok(stages - skipped)
+    }
+
+    /// The rules for `stages` stages and `agents` micro-batches at `skip_ratio`: jumps of at most 4
+    /// stages (the released code's bound), one adjacent swap, and each intermediate stage serving at
+    /// most `load_slack` times its fair share of the visits (rounded up).
+    pub fn new(stages: usize, agents: usize, skip_ratio: f64, load_slack: f64) -> Result<Self> {
+        let visit = Self::visit_for(stages, skip_ratio)?;
+        if !(load_slack.is_finite() && load_slack >= 1.0) {
+            return Err(Error::infeasible("stage_load", format!("slack {load_slack} must be at least 1")));
+        }
+        let middle = stages.saturating_sub(2).max(1);
+        let fair = (agents * visit.saturating_sub(2)) as f64 / middle as f64;
+        Ok(Self { visit, max_jump: 4, swap: true, stage_load: (fair * load_slack).ceil().max(1.0) as usize })
+    }
+}
+
+/// Everything the path search needs, in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// Pipeline stages.
+    pub stages: usize,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// `transfer[i][j]`: seconds to send one micro-batch's activations (or their gradient) from node `i`
+    /// to node `j`.
+    pub transfer: Vec<Vec<f64>>,
+    /// The micro-batches.
+    pub agents: Vec<Agent>,
+    /// The path rules.
+    pub rules: PathRules,
+    /// A backward pass costs this many forward passes (2: two matrix products per forward one).
+    pub backward_factor: f64,
+}
+
+impl Instance {
+    /// The nodes of stage `k`.
+    pub fn stage_nodes(&self, k: usize) -> impl Iterator<Item = usize> + '_ {
+        self.nodes.iter().enumerate().filter(move |(_, n)| n.stage == k).map(|(i, _)| i)
+    }
+
+    /// How long node `n` is busy with one micro-batch's forward pass; on the last stage that includes
+    /// the loss and the backward pass, which start at once.
+    pub fn busy(&self, n: usize) -> f64 {
+        let node = &self.nodes[n];
+        if node.stage + 1 == self.stages { node.forward * (1.0 + self.backward_factor) } else { node.forward }
+    }
+
+    /// Checks the instance and that its constraints can hold together; the error names the first that
+    /// cannot (so an impossible request fails at once instead of exhausting the search).
+    pub fn check(&self) -> Result<()> {
+        let (s, rules) = (self.stages, self.rules);
+        let field = |f: &str, why: String| Error::Pipeline(pipeline::Error::config(f, why));
+        if s < 2 {
+            return Err(field("skippipe.stages", format!("{s}: a pipeline needs at least 2 stages")));
+        }
+        if self.transfer.len() != self.nodes.len() || self.transfer.iter().any(|row| row.len() != self.nodes.len()) {
+            return Err(field("skippipe.transfer", format!("must be {0} x {0}", self.nodes.len())));
+        }
+        let finite = |x: f64| x.is_finite() && x >= 0.0;
+        if !self.transfer.iter().flatten().all(|&t| finite(t)) {
+            return Err(field("skippipe.transfer", "every transfer time must be finite and non-negative".into()));
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.stage >= s || !finite(n.forward) || n.memory == 0 {
+                return Err(field(
+                    &format!("skippipe.nodes[{i}]"),
+                    format!("stage {} of {s}, forward {} s, memory {}", n.stage, n.forward, n.memory),
+                ));
+            }
+        }
+        if !(self.backward_factor.is_finite() && self.backward_factor >= 0.0) {
+            return Err(field("skippipe.backward_factor", format!("{}", self.backward_factor)));
+        }
+        let count = |k: usize| self.stage_nodes(k).count();
+        if let Some(k) = (0..s).find(|&k| count(k) == 0) {
+            return Err(Error::infeasible("stages", format!("stage {k} has no node")));
+        }
+        if rules.visit < 2 || rules.visit > s {
+            return Err(Error::infeasible(
+                "skip_ratio",
+                format!("paths of {} stages in a {s}-stage pipeline", rules.visit),
+            ));
+        }
+        if rules.max_jump == 0 || (rules.visit - 1) * rules.max_jump < s - 1 {
+            return Err(Error::infeasible(
+                "max_jump",
+                format!("{} hops of at most {} stages cannot reach stage {}", rules.visit - 1, rules.max_jump, s - 1),
+            ));
+        }
+        let a = self.agents.len();
+        if a == 0 {
+            return Err(field("skippipe.agents", "no micro-batches to schedule".into()));
+        }
+        for (k, agent) in self.agents.iter().enumerate() {
+            if self.nodes.get(agent.origin).is_none_or(|n| n.stage != 0) || !finite(agent.release) {
+                return Err(field(
+                    &format!("skippipe.agents[{k}]"),
+                    format!("origin {} must be a stage-0 node, release {} s", agent.origin, agent.release),
+                ));
+            }
+        }
+        // C1 at the ends: every micro-batch is held by its origin and by one last-stage node.
+        for n in self.stage_nodes(0) {
+            let held = self.agents.iter().filter(|ag| ag.origin == n).count();
+            if held > self.nodes[n].memory {
+                return Err(Error::infeasible(
+                    "memory",
+                    format!("data node {n} starts {held} micro-batches but holds {}", self.nodes[n].memory),
+                ));
+            }
+        }
+        let capacity = |k: usize| self.stage_nodes(k).map(|n| self.nodes[n].memory).sum::<usize>();
+        if capacity(s - 1) < a {
+            return Err(Error::infeasible(
+                "memory",
+                format!("{a} micro-batches but the last stage's nodes hold {} in all", capacity(s - 1)),
+            ));
+        }
+        // C1 + C2 in the middle: the visits the paths must make have to fit.
+        if s > 2 {
+            let needed = a * (rules.visit - 2);
+            let room: usize = (1..s - 1).map(|k| capacity(k).min(rules.stage_load)).sum();
+            if room < needed {
+                return Err(Error::infeasible(
+                    "memory",
+                    format!(
+                        "{a} paths through {} intermediate stages make {needed} visits, but memory and the stage load \
+                         limit ({}) leave room for {room}",
+                        rules.visit - 2,
+                        rules.stage_load
+                    ),
+                ));
+            }
+            if needed < s - 2 {
+                return Err(Error::infeasible(
+                    "skip_ratio",
+                    format!("{needed} intermediate visits cannot cover all {} intermediate stages", s - 2),
+                ));
+            }
+        } else if rules.visit != 2 {
+            return Err(Error::infeasible("skip_ratio", "a 2-stage pipeline has no stage to skip".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// Checks one path (node indices) against the rules; `Err` says which rule it breaks.
+pub fn check_path(inst: &Instance, agent: usize, path: &[usize]) -> std::result::Result<(), String> {
+    let s = inst.stages;
+    let stages: Vec<usize> = path.iter().map(|&n| inst.nodes[n].stage).collect();
+    if path.first() != Some(&inst.agents[agent].origin) {
+        return Err(format!("path {path:?} does not start at its origin {}", inst.agents[agent].origin));
+    }
+    if stages.last() != Some(&(s - 1)) {
+        return Err(format!("stages {stages:?} do not end at the last stage"));
+    }
+    if stages.len() != inst.rules.visit {
+        return Err(format!("stages {stages:?}: {} stages, the rules say {}", stages.len(), inst.rules.visit));
+    }
+    let mut seen = vec![false; s];
+    let (mut frontier, mut swaps) = (0usize, 0usize);
+    for (i, &k) in stages.iter().enumerate() {
+        if std::mem::replace(&mut seen[k], true) {
+            return Err(format!("stages {stages:?} visit {k} twice"));
+        }
+        if i == 0 {
+            continue;
+        }
+        if k > frontier {
+            if k - frontier > inst.rules.max_jump {
+                return Err(format!("stages {stages:?} jump from {frontier} to {k}"));
+            }
+            frontier = k;
+        } else {
+            swaps += 1;
+            if !inst.rules.swap || swaps > 1 || k + 1 != frontier || stages[i - 1] != frontier || k == 0 {
+                return Err(format!("stages {stages:?}: {k} after {frontier} is not the one adjacent swap allowed"));
+            }
+        }
+    }
+    Ok(())
+}

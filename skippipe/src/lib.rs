@@ -1,0 +1,45 @@
+//! # swarmlab skippipe
+//!
+//! SkipPipe (Blagoev, Chen, Ersoy, arXiv 2502.19913): pipeline training in which every micro-batch
+//! visits only some of the stages — the first and the last always, at most one adjacent pair in swapped
+//! order — and the node of each stage it visits is chosen so that the iteration ends sooner on a
+//! heterogeneous, geo-distributed swarm.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`topology`] | nodes, regions and devices; node-to-stage [`Assignment`] (random, local search); the [`Instance`] |
+//! | [`instance`] | what the scheduler sees: nodes' costs, transfers, micro-batches, [`PathRules`]; feasibility |
+//! | [`astar`] | the low level: time-aware A* for one micro-batch under constraints |
+//! | [`cbs`] | the high level: conflict-based search (stage load, memory, collisions) as a state machine |
+//! | [`simulate`] | one iteration's timeline and makespan for a set of paths, with an optional failure |
+//! | [`router`] | [`ScheduledRouter`]: the schedule as the pipeline runtime's router |
+//!
+//! ```
+//! use std::sync::Arc;
+//! use skippipe::{Budget, PathRules, Topology, Workload, assign_random, schedule};
+//!
+//! let topology = Topology::geo_distributed(12, 1);
+//! let assignment = assign_random(&topology, &[3, 3, 3, 3], 1)?;
+//! let workload = Workload { stage_flops: vec![1e12; 4], activation_bytes: 1 << 20, micro_batches: 2, memory: 4 };
+//! let rules = PathRules::new(4, 6, 0.25, 1.5)?;
+//! let instance = Arc::new(topology.instance(&assignment, &workload, rules)?);
+//! let found = schedule(instance, Budget::default())?;
+//! assert_eq!(found.plans.len(), 6);
+//! # Ok::<(), skippipe::Error>(())
+//! ```
+
+pub mod astar;
+pub mod cbs;
+pub mod error;
+pub mod instance;
+pub mod router;
+pub mod simulate;
+pub mod topology;
+
+pub use astar::{AgentConstraints, Plan};
+pub use cbs::{Budget, Conflict, Schedule, Search, Step, schedule};
+pub use error::{Error, Result};
+pub use instance::{Agent, Instance, Node, PathRules, check_path};
+pub use router::ScheduledRouter;
+pub use simulate::{Timeline, Work, simulate};
+pub use topology::{Assignment, SwarmNode, Topology, Workload, assign_local_search, assign_random, assignment_cost};
