@@ -12,8 +12,10 @@ use crate::instance::Instance;
 /// What the high level forbids one micro-batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentConstraints {
-    /// Stages it may not visit (C2).
+    /// Stages it may not visit (C2, too many visits).
     pub stages: Vec<usize>,
+    /// Stages it must visit (C2, too few visits).
+    pub require: Vec<usize>,
     /// Nodes it may not visit (C1).
     pub nodes: Vec<usize>,
     /// `(node, from, to)`: it may not be busy on `node` during `[from, to)` (C3).
@@ -109,6 +111,7 @@ pub fn plan(inst: &Instance, agent: usize, constraints: &AgentConstraints, budge
     let per_hop = min_forward * (1.0 + bf) + 2.0 * min_transfer;
     let allowed_node = |n: usize| !constraints.nodes.contains(&n);
     let allowed_stage = |k: usize| !constraints.stages.contains(&k);
+    let required = |k: usize| constraints.require.contains(&k);
 
     // Arena of expanded states: (node, forward start, parent).
     let mut arena: Vec<(usize, f64, Option<usize>)> = Vec::new();
@@ -156,6 +159,15 @@ pub fn plan(inst: &Instance, agent: usize, constraints: &AgentConstraints, budge
         }
         for (k, now_swapped, now_below) in next {
             if !allowed_stage(k) {
+                continue;
+            }
+            // A required stage may not be left behind: moving forward leaves `frontier − 1` (if not
+            // visited) and `frontier + 1 ..= k − 2` for good (`k − 1` can still come by the swap).
+            if k > frontier
+                && ((frontier >= 1 && !below && required(frontier - 1) && !swapped)
+                    || (frontier + 1..k.saturating_sub(1)).any(required)
+                    || (k - 1 > frontier && required(k - 1) && (swapped || !rules.swap || k == s - 1)))
+            {
                 continue;
             }
             // The last stage ends the path: only as the final hop, and the final hop must be it.

@@ -5,7 +5,8 @@
 //! conflict, checked in the paper's order, splits it into children that each forbid one micro-batch
 //! something and re-plan it alone:
 //! - **C2, stage load**: more micro-batches pass an intermediate stage than its share allows → forbid
-//!   the stage to one of them (the slowest first);
+//!   the stage to enough of them (the slowest first; each child picks a different group); fewer than its
+//!   minimum → require it of enough others (the fastest first);
 //! - **C1, node memory**: more micro-batches pass a node than it can hold → forbid the node to one of
 //!   them (only if its stage has another node);
 //! - **C3, collision**: two forward passes overlap on a node → the one that started later may not be
@@ -48,6 +49,16 @@ impl Default for Budget {
 /// The first conflict of a set of plans.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Conflict {
+    /// C2: only micro-batches `agents` pass intermediate stage `stage`, fewer than its minimum load;
+    /// `others` (the fastest first) could be sent through it.
+    StageUnder {
+        /// The stage.
+        stage: usize,
+        /// How many more it needs.
+        deficit: usize,
+        /// Micro-batches that do not pass it.
+        others: Vec<usize>,
+    },
     /// C2: micro-batches `agents` all pass intermediate stage `stage`, more than its load limit.
     StageLoad {
         /// The stage.
@@ -92,6 +103,13 @@ pub fn conflicts(inst: &Instance, plans: &[Arc<Plan>]) -> (usize, Option<Conflic
         v
     };
     for (k, agents) in by_stage.iter().enumerate().take(s - 1).skip(1) {
+        if agents.len() < inst.rules.min_stage_load {
+            let deficit = inst.rules.min_stage_load - agents.len();
+            count += deficit;
+            let mut others: Vec<usize> = (0..plans.len()).filter(|a| !agents.contains(a)).collect();
+            others.sort_by(|&x, &y| plans[x].cost.total_cmp(&plans[y].cost).then(x.cmp(&y)));
+            first.get_or_insert(Conflict::StageUnder { stage: k, deficit, others });
+        }
         if agents.len() > inst.rules.stage_load {
             count += agents.len() - inst.rules.stage_load;
             first.get_or_insert(Conflict::StageLoad { stage: k, agents: slowest_first(agents) });
@@ -233,6 +251,7 @@ impl Search {
                 stages: (1..inst.stages - 1).filter(|&k| stage_load[k] >= inst.rules.stage_load).collect(),
                 nodes: (0..inst.nodes.len()).filter(|&m| node_load[m] >= inst.nodes[m].memory).collect(),
                 windows: busy.clone(),
+                ..AgentConstraints::default()
             };
             let waits = AgentConstraints { windows: busy.clone(), ..AgentConstraints::default() };
             let (p, c) = [full, waits, AgentConstraints::default()]
@@ -280,6 +299,18 @@ impl Search {
         match &conflict {
             // Over a limit by `excess`: child i moves the i-th group of `excess` micro-batches, slowest
             // first, that can still be planned without this stage (or node).
+            Conflict::StageUnder { stage, deficit, others } => {
+                let moves: Vec<_> = others
+                    .iter()
+                    .map(|&a| {
+                        with(a, &|c| {
+                            c.require.push(*stage);
+                            c.stages.retain(|k| k != stage);
+                        })
+                    })
+                    .collect();
+                children = self.groups(moves, *deficit);
+            }
             Conflict::StageLoad { stage, agents } => {
                 let excess = agents.len() - self.inst.rules.stage_load;
                 let moves: Vec<_> = agents.iter().map(|&a| with(a, &|c| c.stages.push(*stage))).collect();

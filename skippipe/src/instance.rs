@@ -34,6 +34,9 @@ pub struct PathRules {
     pub swap: bool,
     /// Most micro-batches one intermediate stage may serve per iteration (C2, load balance).
     pub stage_load: usize,
+    /// Fewest micro-batches every intermediate stage must serve per iteration (C2: no stage is left
+    /// untrained).
+    pub min_stage_load: usize,
 }
 
 impl PathRules {
@@ -43,10 +46,10 @@ impl PathRules {
             return Err(Error::infeasible("skip_ratio", format!("{skip_ratio} is not in [0, 1)")));
         }
         let skipped = (skip_ratio * stages as f64).round() as usize;
-        if stages < 2 || skipped > stages - 2 {
+        if skipped > 0 && skipped + 2 >= stages {
             return Err(Error::infeasible(
                 "skip_ratio",
-                format!("skipping {skipped} of {stages} stages leaves no room for the first and last"),
+                format!("skipping {skipped} of {stages} stages leaves paths no intermediate stage to visit"),
             ));
         }
         Ok(stages - skipped)
@@ -54,7 +57,8 @@ impl PathRules {
 
     /// The rules for `stages` stages and `agents` micro-batches at `skip_ratio`: jumps of at most 4
     /// stages (the released code's bound), one adjacent swap, and each intermediate stage serving at
-    /// most `load_slack` times its fair share of the visits (rounded up).
+    /// most `load_slack` times its fair share of the visits (rounded up) and at least its fair share
+    /// divided by `load_slack` (rounded down, at least one).
     pub fn new(stages: usize, agents: usize, skip_ratio: f64, load_slack: f64) -> Result<Self> {
         let visit = Self::visit_for(stages, skip_ratio)?;
         if !(load_slack.is_finite() && load_slack >= 1.0) {
@@ -62,7 +66,13 @@ impl PathRules {
         }
         let middle = stages.saturating_sub(2).max(1);
         let fair = (agents * visit.saturating_sub(2)) as f64 / middle as f64;
-        Ok(Self { visit, max_jump: 4, swap: true, stage_load: (fair * load_slack).ceil().max(1.0) as usize })
+        Ok(Self {
+            visit,
+            max_jump: 4,
+            swap: true,
+            stage_load: (fair * load_slack).ceil().max(1.0) as usize,
+            min_stage_load: (fair / load_slack).floor().max(1.0) as usize,
+        })
     }
 }
 
@@ -183,10 +193,16 @@ impl Instance {
                     ),
                 ));
             }
-            if needed < s - 2 {
+            if needed < (s - 2) * rules.min_stage_load || rules.min_stage_load > rules.stage_load {
                 return Err(Error::infeasible(
                     "skip_ratio",
-                    format!("{needed} intermediate visits cannot cover all {} intermediate stages", s - 2),
+                    format!(
+                        "{needed} intermediate visits cannot give all {} intermediate stages at least {} each \
+                         (at most {})",
+                        s - 2,
+                        rules.min_stage_load,
+                        rules.stage_load
+                    ),
                 ));
             }
         } else if rules.visit != 2 {
