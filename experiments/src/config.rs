@@ -47,6 +47,8 @@ pub(crate) enum Routing {
     /// Its own row, with the first two and last two transformer stages swapped on odd micro-batches
     /// (CheckFree+).
     OutOfOrder,
+    /// Paths scheduled by SkipPipe at the arm's `skip_ratio` (needs `[geo]`).
+    Skippipe,
 }
 
 /// The ways a failed worker can be brought back.
@@ -103,6 +105,9 @@ pub(crate) struct ArmConfig {
     /// failures are drawn from the run's seed, so arms with the same rate see the same failures.
     #[serde(default, skip_serializing_if = "is_default")]
     pub(crate) failure_rate: f64,
+    /// For `routing = "skippipe"`: the fraction of the stages each micro-batch skips.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub(crate) skip_ratio: f64,
 }
 
 fn default_recovery() -> String {
@@ -130,6 +135,7 @@ impl ArmConfig {
             noloco: None,
             recovery: default_recovery(),
             failure_rate: 0.0,
+            skip_ratio: 0.0,
         }
     }
 }
@@ -259,6 +265,12 @@ pub(crate) struct RunConfig {
     /// Checkpoints and fallbacks.
     #[serde(skip_serializing_if = "is_default")]
     pub(crate) recovery: RecoveryConfig,
+    /// If set, every arm runs on a geo-distributed, heterogeneous swarm (needed by SkipPipe arms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) geo: Option<crate::skip::GeoConfig>,
+    /// If set, the SkipPipe study: the scheduler's iteration times and inference with stages dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) skippipe: Option<crate::skip::SkipPipeStudy>,
 }
 
 impl Default for RunConfig {
@@ -288,6 +300,8 @@ impl Default for RunConfig {
             ],
             scale: None,
             recovery: RecoveryConfig::default(),
+            geo: None,
+            skippipe: None,
         }
     }
 }
@@ -333,6 +347,7 @@ impl RunConfig {
         self.optim.warmup_steps = self.optim.warmup_steps.min(5);
         self.eval_every = (self.steps / 4).max(1);
         self.corpus.synthetic.train_tokens = self.corpus.synthetic.train_tokens.min(1 << 16);
+        self.skippipe = self.skippipe.take().map(crate::skip::SkipPipeStudy::quick);
         if let Some(scale) = &mut self.scale {
             scale.replicas.retain(|&r| r <= 64);
             if scale.replicas.is_empty() {
@@ -370,6 +385,15 @@ impl RunConfig {
         }
         if !matches!(self.recovery.fallback.as_str(), "reinit" | "checkpoint") {
             bail!("invalid recovery.fallback: {:?} is not one of reinit, checkpoint", self.recovery.fallback);
+        }
+        if let Some(study) = &self.skippipe {
+            study.validate()?;
+        }
+        if let Some(arm) = self.arms.iter().find(|a| a.routing == Routing::Skippipe && self.geo.is_none()) {
+            bail!("invalid arms {:?}: routing = \"skippipe\" needs a [geo] swarm to schedule on", arm.label);
+        }
+        if let Some(arm) = self.arms.iter().find(|a| !(0.0..1.0).contains(&a.skip_ratio)) {
+            bail!("invalid arms {:?}: skip_ratio {} is not in [0, 1)", arm.label, arm.skip_ratio);
         }
         if let Some(scale) = &self.scale {
             if scale.replicas.is_empty() {
@@ -423,7 +447,7 @@ impl RunConfig {
         if let Some(tflops) = self.device_tflops {
             device.flops = tflops * 1e12;
         }
-        Ok(PipelineSpec {
+        let mut spec = PipelineSpec {
             stages: arm.stages,
             replicas: arm.replicas,
             micro_batches: self.micro_batches,
@@ -446,6 +470,8 @@ impl RunConfig {
                 Routing::Fixed => Arc::new(FixedRouter),
                 Routing::Random => Arc::new(RandomRouter { seed: self.seed }),
                 Routing::OutOfOrder => Arc::new(checkfree::OutOfOrderRouter),
+                // Scheduled below, once the swarm is placed.
+                Routing::Skippipe => Arc::new(FixedRouter),
             },
             seed: self.seed,
             device,
@@ -465,7 +491,13 @@ impl RunConfig {
             peer_timeout: Duration::from_secs(600),
             edge_stages: self.edge_stages,
             placement: None,
-        })
+        };
+        if let Some(geo) = &self.geo {
+            let skip = (arm.routing == Routing::Skippipe).then_some(arm.skip_ratio);
+            crate::skip::place(&mut spec, geo, self.device_tflops, skip)
+                .with_context(|| format!("arm {:?} on the [geo] swarm", arm.label))?;
+        }
+        Ok(spec)
     }
 }
 
@@ -515,6 +547,8 @@ stages = 1
 replicas = 1
 # sync = "all_reduce"  # all_reduce | tree_all_reduce | none | diloco | noloco
 # routing = "fixed"    # fixed | random (NoLoCo's random pipeline routing) | out_of_order (CheckFree+)
+#                      # | skippipe (scheduled paths, needs [geo])
+# skip_ratio = 0.25    # with routing = "skippipe": fraction of the stages each micro-batch skips
 # recovery = "checkpoint"  # checkpoint | checkfree | checkfree_plus | redundant | naive_copy | random_reinit
 # failure_rate = 0.0   # probability that a stage fails in an iteration (seeded)
 # [arms.noloco]        # with sync = "noloco" (defaults shown)
@@ -546,6 +580,20 @@ replicas = 2
 # storage_mb_per_s = 500.0
 # fallback = "reinit"  # reinit | checkpoint
 # protect = []         # stages that never fail
+
+# [geo]                # run every arm on a geo-distributed, heterogeneous swarm (12 regions)
+# seed = 1
+# assignment = "local_search"  # local_search | random: which node serves which stage
+# memory = 8           # micro-batches a node can hold (SkipPipe's memory constraint)
+# load_slack = 1.5     # each stage serves between 1/slack and slack times its fair share
+
+# [skippipe]           # SkipPipe's scheduler study and inference with stages dropped
+# partition = [7, 5, 5, 5, 5, 5, 5, 5]  # nodes per stage (stage 0: data nodes)
+# micro_batches = 6    # per data node
+# memory = 10
+# skip_ratios = [0.0, 0.25, 0.33]
+# keep = [0.5, 0.75]   # fractions of the stages kept when evaluating each trained arm
+# subsets = 6          # random choices of the kept stages per fraction
 
 # [scale]              # also measure one outer round's sync latency vs swarm size
 # replicas = [8, 32, 128, 512, 1024]
@@ -593,5 +641,12 @@ mod tests {
         assert!(err("device_tflops = -1.0").contains("device"));
         let cf = "layers = 6\n[[arms]]\nlabel = \"x\"\nstages = 6\nreplicas = 1\nrecovery = \"checkfree\"\n";
         assert!(err(cf).contains("edge_stages"), "CheckFree needs the edge-stage layout");
+        let sp = "layers = 4\nedge_stages = true\n[[arms]]\nlabel = \"x\"\nstages = 6\nreplicas = 2\nrouting = \"skippipe\"\n";
+        assert!(err(sp).contains("needs a [geo] swarm"));
+        assert!(err(&format!("{sp}skip_ratio = 1.5\n[geo]")).contains("skip_ratio"));
+        assert!(err(&format!("{sp}skip_ratio = 0.67\n[geo]")).contains("skip_ratio"), "no intermediate stage left");
+        assert!(err(&format!("{sp}[geo]\nassignment = \"magic\"")).contains("geo.assignment"));
+        assert!(err(&format!("{sp}[geo]\nmemory = 1")).contains("memory"), "2 micro-batches per data node");
+        assert!(err("[skippipe]\nskip_ratios = [1.0]").contains("skippipe.skip_ratios"));
     }
 }

@@ -3,6 +3,7 @@
 mod config;
 mod plots;
 mod report;
+mod skip;
 mod studies;
 
 use std::path::{Path, PathBuf};
@@ -153,6 +154,7 @@ fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Result<()> {
         });
     }
     let mut results = Vec::new();
+    let mut skip_results = skip::SkipResults::default();
     for (i, arm) in cfg.arms.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             eprintln!("skipping the remaining {} arms", cfg.arms.len() - i);
@@ -195,8 +197,34 @@ fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Result<()> {
             result.wall_s
         );
         results.push(result);
+        if let Some(study) = &cfg.skippipe {
+            let rows = skip::dropped_stages(&arm.label, &spec, &report, &corpus, study, cfg.eval_batches)?;
+            for r in &rows {
+                eprintln!(
+                    "    {} of {} stages kept: val loss {:.3} (all stages {:.3})",
+                    r.stages_kept, spec.stages, r.val_loss, r.full_val_loss
+                );
+            }
+            skip_results.dropped.extend(rows);
+        }
         // Written after every arm, so an interrupted study keeps what it finished.
-        write_run(&out, &cfg, &corpus, &results, &[], started.elapsed())?;
+        write_run(&out, &cfg, &corpus, &results, &[], &skip_results, started.elapsed())?;
+    }
+    if let Some(study) = &cfg.skippipe
+        && !stop.load(Ordering::SeqCst)
+    {
+        skip_results.iteration = skip::iteration_study(study, cfg.seed)?;
+        for r in &skip_results.iteration {
+            eprintln!(
+                "[skippipe] {:<12} {:<31} skip {:>3.0}%: iteration {:.3} s (search {:.3} s)",
+                r.assignment,
+                r.method,
+                r.skip_ratio * 100.0,
+                r.iteration_s,
+                r.search_s
+            );
+        }
+        write_run(&out, &cfg, &corpus, &results, &[], &skip_results, started.elapsed())?;
     }
     let mut scale = Vec::new();
     if let Some(sc) = &cfg.scale {
@@ -219,7 +247,7 @@ fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Result<()> {
                 );
                 scale.push(point);
             }
-            write_run(&out, &cfg, &corpus, &results, &scale, started.elapsed())?;
+            write_run(&out, &cfg, &corpus, &results, &scale, &skip_results, started.elapsed())?;
         }
     }
     println!("report: {}", out.join("report.md").display());

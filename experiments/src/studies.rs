@@ -7,14 +7,16 @@ use noloco::{DiLoCo, NoLoCo};
 use pipeline::Collective;
 
 use crate::config::{ArmConfig, NetworkConfig, RecoveryConfig, Routing, RunConfig, ScaleConfig};
+use crate::skip::{GeoConfig, SkipPipeStudy};
 
 /// The studies `swarmlab reproduce` knows.
-pub(crate) const STUDIES: [&str; 2] = ["noloco", "checkfree"];
+pub(crate) const STUDIES: [&str; 3] = ["noloco", "skippipe", "checkfree"];
 
 /// The configuration of study `name`.
 pub(crate) fn preset(name: &str) -> Result<RunConfig> {
     match name {
         "noloco" => Ok(noloco()),
+        "skippipe" => Ok(skippipe()),
         "checkfree" => Ok(checkfree()),
         other => bail!("unknown study {other:?}: one of {}", STUDIES.join(", ")),
     }
@@ -49,6 +51,42 @@ fn noloco() -> RunConfig {
             ArmConfig { noloco: Some(noloco), ..arm("NoLoCo with fixed routing", "noloco") },
         ],
         scale: Some(ScaleConfig::default()),
+        ..RunConfig::default()
+    }
+}
+
+/// SkipPipe on a geo-distributed, heterogeneous swarm: an 8-stage pipeline (embedding, six one-block
+/// transformer stages, head) x 2 replicas, trained with the standard pipeline (fixed rows, every stage)
+/// and with SkipPipe's scheduled paths at skip ratios 0, 25% and 33%; each trained model then runs with
+/// half and three quarters of its stages. Beside it, the scheduler's iteration times on the paper's
+/// 42-node swarm. Workers compute at 10 GFLOP/s (H100-class; the others in proportion), so that compute
+/// and the links both matter, as for a large model.
+fn skippipe() -> RunConfig {
+    let steps = 300;
+    let (stages, replicas) = (8, 2);
+    let arm = |label: &str, routing: Routing, skip_ratio: f64| ArmConfig {
+        routing,
+        skip_ratio,
+        ..ArmConfig::new(label, stages, replicas)
+    };
+    RunConfig {
+        name: "skippipe".into(),
+        steps,
+        micro_batches: 4,
+        device_tflops: Some(0.01),
+        layers: Some(6),
+        edge_stages: true,
+        eval_every: 20,
+        eval_batches: 4,
+        optim: OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 20, total_steps: steps, ..OptimConfig::default() },
+        arms: vec![
+            arm("standard pipeline", Routing::Fixed, 0.0),
+            arm("SkipPipe 0%", Routing::Skippipe, 0.0),
+            arm("SkipPipe 25%", Routing::Skippipe, 0.25),
+            arm("SkipPipe 33%", Routing::Skippipe, 0.33),
+        ],
+        geo: Some(GeoConfig::default()),
+        skippipe: Some(SkipPipeStudy::default()),
         ..RunConfig::default()
     }
 }

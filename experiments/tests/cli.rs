@@ -229,3 +229,56 @@ failure_rate = 0.3
     assert!(summary["arms"][1]["recovery"].as_str().is_some_and(|r| r.contains("CheckFree")));
     Ok(())
 }
+
+/// SkipPipe arms on a geo-distributed swarm, the scheduler study and dropped-stage inference.
+#[test]
+fn skippipe_arms_and_study_are_reported() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("skippipe.toml");
+    let arms = r#"
+[[arms]]
+label = "standard"
+stages = 5
+replicas = 2
+
+[[arms]]
+label = "SkipPipe 33%"
+stages = 5
+replicas = 2
+routing = "skippipe"
+skip_ratio = 0.33
+
+[geo]
+memory = 4
+
+[skippipe]
+partition = [3, 2, 2, 2]
+micro_batches = 2
+memory = 4
+skip_ratios = [0.0, 0.25]
+keep = [0.6]
+subsets = 2
+"#;
+    let text = TINY.replace("micro_batches = 1", "micro_batches = 2\nlayers = 3\nedge_stages = true");
+    let text = format!("{}{arms}", &text[..text.find("[[arms]]").expect("arms")]);
+    std::fs::write(&config, text)?;
+    let out = dir.path().join("run");
+    let status = swarmlab().arg("run").arg(&config).arg("--out").arg(&out).status()?;
+    assert!(status.success());
+    let skip: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("skippipe.json"))?)?;
+    // Random and local-search assignment: the standard pipeline and two skip ratios each.
+    assert_eq!(skip["iteration"].as_array().map(Vec::len), Some(6));
+    assert_eq!(skip["dropped"].as_array().map(Vec::len), Some(2), "one fraction per arm");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+    let claims = summary["claims"].as_array().cloned().unwrap_or_default();
+    assert!(claims.iter().any(|c| c["claim"].as_str().unwrap_or("").contains("iteration time")));
+    let report = std::fs::read_to_string(out.join("report.md"))?;
+    assert!(report.contains("SkipPipe: iteration time") && report.contains("stages dropped"), "{report}");
+    assert!(report.contains("geo-distributed swarm"));
+    // Rebuilt from run.h5 and skippipe.json, the report keeps the SkipPipe sections.
+    std::fs::remove_file(out.join("report.md"))?;
+    assert!(swarmlab().arg("report").arg(&out).status()?.success());
+    let rebuilt = std::fs::read_to_string(out.join("report.md"))?;
+    assert!(rebuilt.contains("SkipPipe: iteration time"), "{rebuilt}");
+    Ok(())
+}

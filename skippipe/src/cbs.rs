@@ -246,12 +246,23 @@ impl Search {
         let mut stage_load = vec![0usize; inst.stages];
         let mut node_load = vec![0usize; inst.nodes.len()];
         let mut busy: Vec<(usize, f64, f64)> = Vec::new();
-        for a in order {
+        let middle_visits = inst.rules.visit.saturating_sub(2);
+        for (i, a) in order.into_iter().enumerate() {
+            // Stages that the micro-batches still to plan must all visit to reach their minimum load.
+            let left = n - i;
+            let mut deficits: Vec<(usize, usize)> = (1..inst.stages - 1)
+                .map(|k| (inst.rules.min_stage_load.saturating_sub(stage_load[k]), k))
+                .filter(|d| d.0 > 0)
+                .collect();
+            deficits.sort_by(|x, y| y.cmp(x));
+            let tight = deficits.iter().map(|d| d.0).sum::<usize>() >= left * middle_visits;
+            let require: Vec<usize> =
+                deficits.iter().filter(|d| tight || d.0 >= left).take(middle_visits).map(|d| d.1).collect();
             let full = AgentConstraints {
+                require,
                 stages: (1..inst.stages - 1).filter(|&k| stage_load[k] >= inst.rules.stage_load).collect(),
                 nodes: (0..inst.nodes.len()).filter(|&m| node_load[m] >= inst.nodes[m].memory).collect(),
                 windows: busy.clone(),
-                ..AgentConstraints::default()
             };
             let waits = AgentConstraints { windows: busy.clone(), ..AgentConstraints::default() };
             let (p, c) = [full, waits, AgentConstraints::default()]

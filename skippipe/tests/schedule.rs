@@ -52,9 +52,9 @@ fn assert_valid(inst: &Instance, plans: &[skippipe::Plan]) {
             busy[n].push(p.busy(inst, i));
         }
     }
-    for k in 1..inst.stages - 1 {
-        assert!(stage_load[k] <= inst.rules.stage_load, "stage {k} serves {} micro-batches", stage_load[k]);
-        assert!(stage_load[k] > 0, "stage {k} is never visited");
+    for (k, &load) in stage_load.iter().enumerate().take(inst.stages - 1).skip(1) {
+        assert!(load <= inst.rules.stage_load, "stage {k} serves {load} micro-batches");
+        assert!(load >= inst.rules.min_stage_load, "stage {k} serves only {load} micro-batches");
     }
     for (n, &load) in node_load.iter().enumerate() {
         assert!(load <= inst.nodes[n].memory, "node {n} holds {load}");
