@@ -60,8 +60,10 @@ struct Key {
     node: usize,
     /// Stages visited so far, this node's included.
     hops: usize,
-    /// Whether the one adjacent swap has been used (then this node's stage is `frontier − 1`).
+    /// Whether the one adjacent swap has been used.
     swapped: bool,
+    /// Whether this node is the lower stage of that swap (its stage is `frontier − 1`).
+    behind: bool,
     /// Whether stage `frontier − 1` has been visited.
     below: bool,
 }
@@ -118,7 +120,7 @@ pub fn plan(inst: &Instance, agent: usize, constraints: &AgentConstraints, budge
     let mut best: HashMap<Key, f64> = HashMap::new();
     let mut open = BinaryHeap::new();
     let start = constraints.earliest_start(origin, inst.agents[agent].release, inst.busy(origin));
-    let key = Key { node: origin, hops: 1, swapped: false, below: false };
+    let key = Key { node: origin, hops: 1, swapped: false, behind: false, below: false };
     arena.push((origin, start, None));
     let forward_end = start + inst.busy(origin);
     let backward = bf * inst.nodes[origin].forward;
@@ -126,7 +128,7 @@ pub fn plan(inst: &Instance, agent: usize, constraints: &AgentConstraints, budge
     open.push(Open { priority: forward_end + backward + h, forward_end, backward, key, at: 0 });
     let mut expanded = 0;
     while let Some(cur) = open.pop() {
-        let Key { node: u, hops, swapped, below } = cur.key;
+        let Key { node: u, hops, swapped, behind, below } = cur.key;
         let su = inst.nodes[u].stage;
         if su == s - 1 {
             if hops != rules.visit {
@@ -148,23 +150,23 @@ pub fn plan(inst: &Instance, agent: usize, constraints: &AgentConstraints, budge
         if expanded > budget {
             return None;
         }
-        let frontier = if swapped { su + 1 } else { su };
+        let frontier = su + usize::from(behind);
         let remaining = rules.visit - hops; // hops still to make after this node
-        let mut next: Vec<(usize, bool, bool)> = Vec::new(); // (stage, swapped, below)
+        let mut next: Vec<(usize, bool, bool, bool)> = Vec::new(); // (stage, swapped, behind, below)
         for k in frontier + 1..=(frontier + rules.max_jump).min(s - 1) {
-            next.push((k, swapped, k == frontier + 1));
+            next.push((k, swapped, false, k == frontier + 1));
         }
         if rules.swap && !swapped && !below && frontier >= 2 && frontier < s - 1 {
-            next.push((frontier - 1, true, true));
+            next.push((frontier - 1, true, true, true));
         }
-        for (k, now_swapped, now_below) in next {
+        for (k, now_swapped, now_behind, now_below) in next {
             if !allowed_stage(k) {
                 continue;
             }
             // A required stage may not be left behind: moving forward leaves `frontier − 1` (if not
             // visited) and `frontier + 1 ..= k − 2` for good (`k − 1` can still come by the swap).
             if k > frontier
-                && ((frontier >= 1 && !below && required(frontier - 1) && !swapped)
+                && ((frontier >= 1 && !below && required(frontier - 1))
                     || (frontier + 1..k.saturating_sub(1)).any(required)
                     || (k - 1 > frontier && required(k - 1) && (swapped || !rules.swap || k == s - 1)))
             {
@@ -185,7 +187,7 @@ pub fn plan(inst: &Instance, agent: usize, constraints: &AgentConstraints, budge
                 let arrival = cur.forward_end + inst.transfer[u][n];
                 let busy = inst.busy(n);
                 let start = constraints.earliest_start(n, arrival, busy);
-                let key = Key { node: n, hops: hops + 1, swapped: now_swapped, below: now_below };
+                let key = Key { node: n, hops: hops + 1, swapped: now_swapped, behind: now_behind, below: now_below };
                 let forward_end = start + busy;
                 let last = k == s - 1;
                 let backward = cur.backward + inst.transfer[n][u] + if last { 0.0 } else { bf * inst.nodes[n].forward };

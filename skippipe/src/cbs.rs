@@ -334,8 +334,18 @@ impl Search {
             }
             // The later of the two waits for the earlier one (or goes elsewhere), as in the paper: one
             // child, so collisions are resolved without growing the tree.
+            //
+            // A second child repairs the later one around everybody else at once — it waits out every
+            // other forward pass and stays out of full nodes and stages — which stops a crowded swarm
+            // from trading one collision for the next.
             Conflict::Collision { node: n, a, b } => {
                 children.push(vec![with(b.0, &|c| c.windows.push((*n, a.1.0, a.1.1)))]);
+                let around = self.around(&node.plans, b.0);
+                children.push(vec![with(b.0, &|c| {
+                    c.windows.extend(&around.windows);
+                    c.nodes.extend(&around.nodes);
+                    c.stages.extend(around.stages.iter().filter(|k| !c.require.contains(k)));
+                })]);
             }
         }
         for moves in children {
@@ -357,6 +367,29 @@ impl Search {
             }
         }
         Step::Expanded { conflicts: node.conflicts }
+    }
+
+    /// What agent `me` must avoid to fit around every other plan: their forward passes, the nodes at
+    /// their memory and the stages at their load limit.
+    fn around(&self, plans: &[Arc<Plan>], me: usize) -> AgentConstraints {
+        let inst = &self.inst;
+        let mut stage_load = vec![0usize; inst.stages];
+        let mut node_load = vec![0usize; inst.nodes.len()];
+        let mut windows = Vec::new();
+        for (_, p) in plans.iter().enumerate().filter(|(a, _)| *a != me) {
+            for (i, &m) in p.nodes.iter().enumerate() {
+                stage_load[inst.nodes[m].stage] += 1;
+                node_load[m] += 1;
+                let (from, to) = p.busy(inst, i);
+                windows.push((m, from, to));
+            }
+        }
+        AgentConstraints {
+            stages: (1..inst.stages - 1).filter(|&k| stage_load[k] >= inst.rules.stage_load).collect(),
+            require: Vec::new(),
+            nodes: (0..inst.nodes.len()).filter(|&m| node_load[m] >= inst.nodes[m].memory).collect(),
+            windows,
+        }
     }
 
     /// Up to `branching` disjoint groups of `size` moves, in order, keeping only moves after which the
@@ -407,4 +440,60 @@ impl Search {
 /// Schedules `inst` with conflict-based search within `budget`.
 pub fn schedule(inst: Arc<Instance>, budget: Budget) -> Result<Schedule> {
     Search::new(inst, budget)?.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::{Agent, Node, PathRules};
+
+    /// Two data nodes, two nodes in each of two middle stages, one last node; every transfer 0.1 s.
+    fn inst(memory: usize, stage_load: usize, min_stage_load: usize) -> Instance {
+        let stage_of = [0, 0, 1, 1, 2, 2, 3];
+        let nodes = stage_of.iter().map(|&stage| Node { stage, forward: 1.0, memory }).collect();
+        Instance {
+            stages: 4,
+            nodes,
+            transfer: vec![vec![0.1; 7]; 7],
+            agents: vec![Agent { origin: 0, release: 0.0 }, Agent { origin: 1, release: 0.0 }],
+            rules: PathRules { visit: 3, max_jump: 4, swap: true, stage_load, min_stage_load },
+            backward_factor: 2.0,
+        }
+    }
+
+    fn plan_of(nodes: &[usize], starts: &[f64]) -> Arc<Plan> {
+        Arc::new(Plan { nodes: nodes.to_vec(), starts: starts.to_vec(), cost: 10.0 })
+    }
+
+    #[test]
+    fn conflicts_are_found_in_the_papers_order() {
+        // Both through node 2 at the same time, stage 2 unvisited.
+        let plans = [plan_of(&[0, 2, 6], &[0.0, 1.1, 2.2]), plan_of(&[1, 2, 6], &[0.0, 1.1, 5.3])];
+        let (_, first) = conflicts(&inst(2, 2, 1), &plans);
+        assert!(matches!(first, Some(Conflict::StageUnder { stage: 2, deficit: 1, .. })), "{first:?}");
+        let (_, first) = conflicts(&inst(2, 1, 0), &plans);
+        assert!(matches!(first, Some(Conflict::StageLoad { stage: 1, .. })), "{first:?}");
+        let (_, first) = conflicts(&inst(1, 2, 0), &plans);
+        assert!(matches!(first, Some(Conflict::Memory { node: 2, .. })), "{first:?}");
+        let (count, first) = conflicts(&inst(2, 2, 0), &plans);
+        assert!(matches!(first, Some(Conflict::Collision { node: 2, .. })), "{first:?}");
+        assert_eq!(count, 1);
+        // Apart in time and space: none.
+        let apart = [plan_of(&[0, 2, 6], &[0.0, 1.1, 2.2]), plan_of(&[1, 4, 6], &[0.0, 1.1, 5.3])];
+        assert_eq!(conflicts(&inst(2, 2, 1), &apart), (0, None));
+    }
+
+    #[test]
+    fn a_tight_instance_is_solved_without_conflicts() -> Result<()> {
+        // Every node holds one micro-batch and every intermediate stage serves exactly one: the two
+        // micro-batches must take different stages.
+        let mut i = inst(1, 1, 1);
+        i.nodes[6].memory = 2;
+        let found = schedule(Arc::new(i.clone()), Budget::default())?;
+        let paths = found.paths();
+        assert_ne!(i.nodes[paths[0][1]].stage, i.nodes[paths[1][1]].stage, "{paths:?}");
+        let plans: Vec<Arc<Plan>> = found.plans.iter().cloned().map(Arc::new).collect();
+        assert_eq!(conflicts(&i, &plans).0, 0);
+        Ok(())
+    }
 }

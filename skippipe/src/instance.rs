@@ -56,7 +56,8 @@ impl PathRules {
     }
 
     /// The rules for `stages` stages and `agents` micro-batches at `skip_ratio`: jumps of at most 4
-    /// stages (the released code's bound), one adjacent swap, and each intermediate stage serving at
+    /// stages (the released code's bound), one adjacent swap when stages are skipped (at ratio 0 every
+    /// path keeps the standard order; only the node of each stage is chosen), and each intermediate stage serving at
     /// most `load_slack` times its fair share of the visits (rounded up) and at least its fair share
     /// divided by `load_slack` (rounded down, at least one).
     pub fn new(stages: usize, agents: usize, skip_ratio: f64, load_slack: f64) -> Result<Self> {
@@ -69,7 +70,7 @@ impl PathRules {
         Ok(Self {
             visit,
             max_jump: 4,
-            swap: true,
+            swap: visit < stages,
             stage_load: (fair * load_slack).ceil().max(1.0) as usize,
             min_stage_load: (fair / load_slack).floor().max(1.0) as usize,
         })
