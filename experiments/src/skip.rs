@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use skippipe::{
     Assignment, Budget, PathRules, ScheduledRouter, Topology, Workload, assign_local_search, assign_random, schedule,
-    simulate,
+    schedules, simulate,
 };
 
 /// The swarm every arm runs on when `[geo]` is set: nodes over twelve cloud regions, a third H100-class,
@@ -32,11 +32,15 @@ pub(crate) struct GeoConfig {
     pub(crate) memory: usize,
     /// Each intermediate stage serves between 1/slack and slack times its fair share of micro-batches.
     pub(crate) load_slack: f64,
+    /// SkipPipe arms rotate through this many schedules, one per step (1: the same paths every step).
+    pub(crate) schedules: usize,
+    /// Whether SkipPipe paths may swap one adjacent pair of stages (when they skip some).
+    pub(crate) swap: bool,
 }
 
 impl Default for GeoConfig {
     fn default() -> Self {
-        Self { seed: 1, assignment: "local_search".into(), memory: 8, load_slack: 1.5 }
+        Self { seed: 1, assignment: "local_search".into(), memory: 8, load_slack: 1.5, schedules: 1, swap: true }
     }
 }
 
@@ -180,10 +184,12 @@ pub(crate) fn place(
     let assignment = assign(&topology, &vec![spec.replicas; spec.stages], &w, &geo.assignment, geo.seed)?;
     spec.placement = Some(assignment.placement(&topology, spec.replicas)?);
     if let Some(skip) = skip_ratio {
-        let rules = PathRules::new(spec.stages, spec.replicas * spec.micro_batches, skip, geo.load_slack)?;
+        let mut rules = PathRules::new(spec.stages, spec.replicas * spec.micro_batches, skip, geo.load_slack)?;
+        rules.swap &= geo.swap;
         let inst = topology.instance(&assignment, &w, rules)?;
-        let found = schedule(Arc::new(inst), Budget::default()).context("scheduling the SkipPipe paths")?;
-        spec.router = Arc::new(ScheduledRouter::new(&found, &assignment, spec.micro_batches)?);
+        let found =
+            schedules(Arc::new(inst), Budget::default(), geo.schedules).context("scheduling the SkipPipe paths")?;
+        spec.router = Arc::new(ScheduledRouter::rotating(&found, &assignment, spec.micro_batches)?);
     }
     Ok(())
 }

@@ -237,10 +237,22 @@ impl Search {
     /// constraints; the search then resolves whatever conflicts remain. (A root of independent plans
     /// sends every micro-batch to the same fastest nodes; on 100 nodes the search never untangles it.)
     pub fn new(inst: Arc<Instance>, budget: Budget) -> Result<Self> {
+        Self::with_priority(inst, budget, 0)
+    }
+
+    /// As [`Search::new`], with micro-batches released at the same time planned in an order drawn from
+    /// `seed` (0: by index). Different seeds give different, equally valid schedules.
+    pub fn with_priority(inst: Arc<Instance>, budget: Budget, seed: u64) -> Result<Self> {
         inst.check()?;
         let n = inst.agents.len();
+        let mut rank: Vec<usize> = (0..n).collect();
+        if seed != 0 {
+            use rand::SeedableRng;
+            use rand::seq::SliceRandom;
+            rank.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        }
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| inst.agents[a].release.total_cmp(&inst.agents[b].release).then(a.cmp(&b)));
+        order.sort_by(|&a, &b| inst.agents[a].release.total_cmp(&inst.agents[b].release).then(rank[a].cmp(&rank[b])));
         let mut plans: Vec<Option<Arc<Plan>>> = vec![None; n];
         let mut constraints: Vec<Arc<AgentConstraints>> = (0..n).map(|_| Arc::default()).collect();
         let mut stage_load = vec![0usize; inst.stages];
@@ -440,6 +452,13 @@ impl Search {
 /// Schedules `inst` with conflict-based search within `budget`.
 pub fn schedule(inst: Arc<Instance>, budget: Budget) -> Result<Schedule> {
     Search::new(inst, budget)?.run()
+}
+
+/// `count` schedules of `inst`, each planning the micro-batches in a different priority order (the
+/// first in index order), for a router that rotates through them step by step: every one obeys every
+/// rule, and together they pair each stage with more different predecessors than one schedule does.
+pub fn schedules(inst: Arc<Instance>, budget: Budget, count: usize) -> Result<Vec<Schedule>> {
+    (0..count.max(1) as u64).map(|seed| Search::with_priority(inst.clone(), budget, seed)?.run()).collect()
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub mod simulate;
 pub mod topology;
 
 pub use astar::{AgentConstraints, Plan};
-pub use cbs::{Budget, Conflict, Schedule, Search, Step, schedule};
+pub use cbs::{Budget, Conflict, Schedule, Search, Step, schedule, schedules};
 pub use error::{Error, Result};
 pub use instance::{Agent, Instance, Node, PathRules, check_path};
 pub use router::ScheduledRouter;

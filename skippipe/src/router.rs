@@ -9,36 +9,49 @@ use crate::cbs::Schedule;
 use crate::error::{Error, Result};
 use crate::topology::Assignment;
 
-/// Routes micro-batch `micro` of data replica `origin` along the scheduled path of agent
-/// `origin × micro_batches + micro`, every step (the schedule is computed once, as in the paper).
+/// Routes micro-batch `micro` of data replica `origin` along the path of agent
+/// `origin × micro_batches + micro` in the schedule for this step: with several schedules, step `t` uses
+/// schedule `t mod count` (one schedule: the same paths every step, as in the paper).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScheduledRouter {
-    /// Paths as `(stage, replica)` hops, by agent.
-    paths: Vec<Vec<Hop>>,
+    /// Paths as `(stage, replica)` hops, by schedule, then agent.
+    paths: Vec<Vec<Vec<Hop>>>,
     micro_batches: usize,
 }
 
 impl ScheduledRouter {
     /// The router for `schedule` of a grid laid out by `assignment`, with `micro_batches` per replica.
     pub fn new(schedule: &Schedule, assignment: &Assignment, micro_batches: usize) -> Result<Self> {
-        Self::from_paths(&schedule.paths(), assignment, micro_batches)
+        Self::rotating(std::slice::from_ref(schedule), assignment, micro_batches)
     }
 
-    /// The router for node paths (one per agent, data node by data node in slot order).
-    pub fn from_paths(paths: &[Vec<usize>], assignment: &Assignment, micro_batches: usize) -> Result<Self> {
+    /// The router that takes the `schedules` in turn, one per step.
+    pub fn rotating(schedules: &[Schedule], assignment: &Assignment, micro_batches: usize) -> Result<Self> {
+        let all: Vec<Vec<Vec<usize>>> = schedules.iter().map(Schedule::paths).collect();
+        Self::from_paths(&all, assignment, micro_batches)
+    }
+
+    /// The router for node paths (per schedule, one per agent, data node by data node in slot order).
+    pub fn from_paths(schedules: &[Vec<Vec<usize>>], assignment: &Assignment, micro_batches: usize) -> Result<Self> {
         let origins = assignment.slots(0).len();
-        if micro_batches == 0 || paths.len() != origins * micro_batches {
-            return Err(Error::Pipeline(pipeline::Error::config(
-                "skippipe.schedule",
-                format!("{} paths for {origins} data nodes x {micro_batches} micro-batches", paths.len()),
-            )));
+        let bad = |why: String| Err(Error::Pipeline(pipeline::Error::config("skippipe.schedule", why)));
+        if schedules.is_empty() {
+            return bad("no schedule".into());
         }
-        let paths = paths.iter().map(|p| p.iter().map(|&n| assignment.hop(n)).collect()).collect();
+        for paths in schedules {
+            if micro_batches == 0 || paths.len() != origins * micro_batches {
+                return bad(format!("{} paths for {origins} data nodes x {micro_batches} micro-batches", paths.len()));
+            }
+        }
+        let paths = schedules
+            .iter()
+            .map(|paths| paths.iter().map(|p| p.iter().map(|&n| assignment.hop(n)).collect()).collect())
+            .collect();
         Ok(Self { paths, micro_batches })
     }
 
-    /// The scheduled hops of every agent.
-    pub fn paths(&self) -> &[Vec<Hop>] {
+    /// The scheduled hops of every agent, by schedule.
+    pub fn paths(&self) -> &[Vec<Vec<Hop>>] {
         &self.paths
     }
 }
@@ -46,11 +59,32 @@ impl ScheduledRouter {
 impl Router for ScheduledRouter {
     /// The scheduled path; an empty one (which the runtime rejects with an error naming the router) for
     /// a micro-batch the schedule does not know.
-    fn path(&self, _step: u64, micro: u32, origin: usize, _stages: usize, _replicas: usize) -> Vec<Hop> {
+    fn path(&self, step: u64, micro: u32, origin: usize, _stages: usize, _replicas: usize) -> Vec<Hop> {
         let micro = micro as usize;
         if micro >= self.micro_batches {
             return Vec::new();
         }
-        self.paths.get(origin * self.micro_batches + micro).cloned().unwrap_or_default()
+        let schedule = &self.paths[(step % self.paths.len() as u64) as usize];
+        schedule.get(origin * self.micro_batches + micro).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_take_turns_and_unknown_micro_batches_get_no_path() -> Result<()> {
+        // Two data nodes (0, 1), two nodes in stage 1 (2, 3), one last node (4).
+        let assignment = Assignment { stage_of: vec![0, 0, 1, 1, 2] };
+        let a = vec![vec![0, 2, 4], vec![1, 3, 4]];
+        let b = vec![vec![0, 3, 4], vec![1, 2, 4]];
+        let router = ScheduledRouter::from_paths(&[a, b], &assignment, 1)?;
+        assert_eq!(router.path(0, 0, 1, 3, 2), vec![(0, 1), (1, 1), (2, 0)]);
+        assert_eq!(router.path(1, 0, 1, 3, 2), vec![(0, 1), (1, 0), (2, 0)]);
+        assert_eq!(router.path(2, 0, 1, 3, 2), router.path(0, 0, 1, 3, 2));
+        assert!(router.path(0, 1, 0, 3, 2).is_empty(), "only one micro-batch per replica was scheduled");
+        assert!(ScheduledRouter::from_paths(&[vec![vec![0, 2, 4]]], &assignment, 1).is_err(), "one path for two");
+        Ok(())
     }
 }
