@@ -51,6 +51,11 @@ enum Command {
     /// latency and bytes of ring / tree all-reduce vs NoLoCo gossip for 8 to 1024 replicas on
     /// internet-like links.
     ///
+    /// `skippipe`: on a geo-distributed, heterogeneous swarm, the standard pipeline vs SkipPipe's scheduled
+    /// paths at skip ratios 0, 25 and 33% (val loss by step and by virtual time), each trained model run
+    /// with half and three quarters of its stages, and the scheduler's iteration times on the paper's
+    /// 42-node swarm (random vs local-search assignment).
+    ///
     /// `checkfree`: CheckFree and CheckFree+ vs checkpointing and redundant computation at failure
     /// rates of 5, 10, 16 and 33% per hour (val loss by virtual time, time to a target loss, loss spikes
     /// after recoveries), and the rebuild ablations (naive copy, random re-init).

@@ -55,7 +55,7 @@ fn noloco() -> RunConfig {
     }
 }
 
-/// SkipPipe on a geo-distributed, heterogeneous swarm: an 8-stage pipeline (embedding, six one-block
+/// SkipPipe on a geo-distributed, heterogeneous swarm: an 8-stage pipeline (embedding, six two-block
 /// transformer stages, head) x 2 replicas, trained with the standard pipeline (fixed rows, every stage)
 /// and with SkipPipe's scheduled paths at skip ratios 0, 25% and 33%; each trained model then runs with
 /// half and three quarters of its stages. Beside it, the scheduler's iteration times on the paper's
@@ -74,7 +74,7 @@ fn skippipe() -> RunConfig {
         steps,
         micro_batches: 4,
         device_tflops: Some(0.01),
-        layers: Some(6),
+        layers: Some(12),
         edge_stages: true,
         eval_every: 20,
         eval_batches: 4,
