@@ -1,0 +1,41 @@
+//! The crate's error type.
+
+/// Why a commitment, proof or protocol message was rejected. In a dispute, the party whose message is
+/// rejected loses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A Merkle proof does not lead to the committed root.
+    #[error("Merkle proof for leaf {index} of {len} does not match the committed root")]
+    BadProof {
+        /// The leaf.
+        index: u64,
+        /// Leaves in the tree.
+        len: u64,
+    },
+    /// A proof has the wrong shape for its tree (too many or too few siblings).
+    #[error("Merkle proof for leaf {index} of {len} has {got} siblings, expected {expected}")]
+    ProofLength {
+        /// The leaf.
+        index: u64,
+        /// Leaves in the tree.
+        len: u64,
+        /// Siblings in the proof.
+        got: usize,
+        /// Siblings the tree needs.
+        expected: usize,
+    },
+    /// An index is outside the tree.
+    #[error("leaf {index} is outside a tree of {len} leaves")]
+    OutOfRange {
+        /// The leaf.
+        index: u64,
+        /// Leaves in the tree.
+        len: u64,
+    },
+    /// A tree must have at least one leaf.
+    #[error("a Merkle tree needs at least one leaf")]
+    Empty,
+}
+
+/// `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

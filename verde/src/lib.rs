@@ -1,0 +1,22 @@
+//! # swarmlab verde
+//!
+//! Verde (Arun et al., arXiv 2502.19405): refereed delegation for training. Trainers commit to Merkle roots
+//! of their checkpoint hashes and of each step's operator tape; when two disagree, a bisection over steps
+//! finds the first step they disagree on, a second over that step's operators the first operator whose
+//! inputs agree but whose output does not, and a referee re-executes that one operator with repops.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`merkle`] | Merkle trees over blake3 hashes, inclusion proofs and their checks |
+//! | [`bisection`] | the bisection game of both dispute phases, as a sans-IO state machine |
+//!
+//! Work in progress: the referee's adjudication of one operator, the trainers and adversaries on real
+//! repops training runs, and the CLI build on these.
+
+pub mod bisection;
+pub mod error;
+pub mod merkle;
+
+pub use bisection::{Bisection, Commitment, Opening, Party, Progress};
+pub use error::{Error, Result};
+pub use merkle::{Hash, MerkleTree, Proof, leaf_hash, verify};
