@@ -126,7 +126,7 @@ pub fn verify(root: &Hash, len: u64, index: u64, content: &Hash, proof: &Proof) 
     for has in levels {
         if has {
             let s = siblings.next().ok_or(Error::BadProof { index, len })?;
-            hash = if at % 2 == 0 { node_hash(&hash, s) } else { node_hash(s, &hash) };
+            hash = if at.is_multiple_of(2) { node_hash(&hash, s) } else { node_hash(s, &hash) };
         }
         at /= 2;
     }
