@@ -35,6 +35,9 @@ pub enum Error {
     /// A tree must have at least one leaf.
     #[error("a Merkle tree needs at least one leaf")]
     Empty,
+    /// Running the training program failed.
+    #[error("training program: {0}")]
+    Program(String),
 }
 
 /// `Result` with [`Error`].
