@@ -248,13 +248,19 @@ fn skip_claims(cfg: &RunConfig, results: &[ArmResult], skip: &crate::skip::SkipR
         .iter()
         .filter(|r| r.assignment == "local_search" && r.method == "SkipPipe")
         .min_by(|a, b| a.iteration_s.total_cmp(&b.iteration_s));
+    let scheduled_full =
+        skip.iteration.iter().find(|r| r.assignment == "local_search" && r.method == "SkipPipe" && r.skip_ratio == 0.0);
     if let (Some(base), Some(best)) = (standard_row, best_row) {
         let cut = (1.0 - best.iteration_s / base.iteration_s) * 100.0;
+        // How much of it is skipping, rather than choosing nodes: against the scheduled full pipeline.
+        let by_skipping = scheduled_full.map_or(String::new(), |f| {
+            format!("; {:.0}% against the scheduled full pipeline", (1.0 - best.iteration_s / f.iteration_s) * 100.0)
+        });
         out.push(Claim {
             claim: "SkipPipe cuts the iteration time by up to 55% against the standard pipeline (arXiv v1; 50% later)"
                 .into(),
             ours: format!(
-                "{cut:.0}% lower at {:.0}% skipped ({:.2} s vs {:.2} s, {} nodes)",
+                "{cut:.0}% lower at {:.0}% skipped ({:.2} s vs {:.2} s, {} nodes){by_skipping}",
                 best.skip_ratio * 100.0,
                 best.iteration_s,
                 base.iteration_s,
