@@ -90,6 +90,12 @@ pub struct Execution {
 }
 
 impl Execution {
+    /// An execution that commits to `hashes` (to build adversaries that claim what they like).
+    pub fn from_hashes(hashes: Vec<Hash>) -> Result<Self> {
+        let tree = MerkleTree::new(&hashes)?;
+        Ok(Self { hashes, tree })
+    }
+
     /// The commitment to all state hashes.
     pub fn commitment(&self) -> Commitment {
         Commitment { root: self.tree.root(), len: self.hashes.len() as u64 }
@@ -162,8 +168,7 @@ pub fn execute(program: &Program, behaviour: Behaviour) -> Result<Execution> {
         }
         hashes.push(h);
     }
-    let tree = MerkleTree::new(&hashes)?;
-    Ok(Execution { hashes, tree })
+    Execution::from_hashes(hashes)
 }
 
 #[cfg(test)]
