@@ -11,6 +11,8 @@ use candle_core::{Device, Tensor};
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage, sample_batch};
 use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
 
+use repops::tape::hash_view;
+
 use crate::bisection::Commitment;
 use crate::error::{Error, Result};
 use crate::merkle::{Hash, MerkleTree};
@@ -109,7 +111,9 @@ impl Execution {
     }
 }
 
-/// The hash of a training state: every weight and optimizer moment, by name, as little-endian f32 bytes.
+/// The hash of a training state after `step` steps: every weight and optimizer moment, by name, through
+/// its repops tensor hash — the hash the op tape gives the same tensor, so that a state can be matched
+/// against the outputs of the operators that produced it.
 pub fn state_hash(weights: &BTreeMap<String, Tensor>, moments: &BTreeMap<String, Tensor>, step: u64) -> Result<Hash> {
     let mut h = blake3::Hasher::new();
     h.update(b"swarmlab.verde.state");
@@ -119,11 +123,8 @@ pub fn state_hash(weights: &BTreeMap<String, Tensor>, moments: &BTreeMap<String,
             h.update(kind.as_bytes());
             h.update(&(name.len() as u64).to_le_bytes());
             h.update(name.as_bytes());
-            let values = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| Error::Program(e.to_string()))?;
-            h.update(&(values.len() as u64).to_le_bytes());
-            for v in values {
-                h.update(&v.to_le_bytes());
-            }
+            let host = repops::tensor::to_host(t).map_err(program_error)?;
+            h.update(&hash_view(&host.view()));
         }
     }
     Ok(*h.finalize().as_bytes())

@@ -1,0 +1,103 @@
+//! What committing costs a trainer, per training step, against the step itself (repops backend,
+//! `small` model, batch 8 × 64 tokens): phase 1's state hash (every weight and Adam moment), and
+//! phase 2's op trace (recording the tape, chaining its records, the Merkle root) — the work a trainer
+//! does for the step it must re-run in a dispute.
+//!
+//! `cargo bench -p verde --bench commitment`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use criterion::BatchSize::PerIteration;
+use criterion::Criterion;
+use models::data::{SyntheticConfig, SyntheticLanguage, sample_batch};
+use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
+use verde::{StepTrace, state_hash};
+
+struct Setup {
+    model: Llama,
+    opt: AdamW,
+    ids: Tensor,
+    targets: Tensor,
+}
+
+fn setup() -> Setup {
+    let dev = Device::Cpu;
+    let cfg = ModelConfig { backend: Backend::RepOps, ..ModelConfig::preset("small").expect("preset") };
+    let lang =
+        SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 14, val_tokens: 1024, ..Default::default() })
+            .expect("language");
+    let (ids, targets) = sample_batch(&lang.corpus().train, 8, 64, 0, 0, 0, &dev).expect("batch");
+    Setup {
+        model: Llama::new(&cfg, 1, &dev).expect("model"),
+        opt: AdamW::new(OptimConfig::default(), Backend::RepOps).expect("optim"),
+        ids,
+        targets,
+    }
+}
+
+fn step(s: &mut Setup) {
+    let params = s.model.params();
+    let loss = s.model.loss(&s.ids, &s.targets).expect("loss");
+    let grads = params.grads(&loss.backward().expect("backward"));
+    black_box(s.opt.step(&params, &grads).expect("step"));
+}
+
+fn state(s: &Setup) -> [u8; 32] {
+    state_hash(&s.model.params().snapshot(), &s.opt.state().1, 1).expect("state hash")
+}
+
+fn traced(s: &mut Setup) -> [u8; 32] {
+    let ((), tape) = repops::tape::record(false, || step(s));
+    StepTrace::from_tape([0; 32], &tape).expect("trace").commitment().root
+}
+
+/// Median wall time of `f` on a fresh setup, over `runs` runs.
+fn median(runs: usize, mut f: impl FnMut(&mut Setup)) -> Duration {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let mut s = setup();
+            let t = Instant::now();
+            f(&mut s);
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let mut group = c.benchmark_group("verde_commitment_small");
+    group.sample_size(10).measurement_time(Duration::from_secs(6));
+    group.bench_function("step", |b| b.iter_batched(setup, |mut s| step(&mut s), PerIteration));
+    group.bench_function("state_hash", |b| b.iter_batched(setup, |s| black_box(state(&s)), PerIteration));
+    group.bench_function("step_with_op_trace", |b| {
+        b.iter_batched(setup, |mut s| black_box(traced(&mut s)), PerIteration)
+    });
+    group.finish();
+    c.final_summary();
+    // The ratios, from interleaved runs on this machine now (shared and noisy: medians).
+    let runs = 15;
+    let base = median(runs, step);
+    let hash = median(runs, |s| {
+        black_box(state(s));
+    });
+    let trace = median(runs, |s| {
+        black_box(traced(s));
+    });
+    let pct = |d: Duration| d.as_secs_f64() / base.as_secs_f64() * 100.0;
+    println!(
+        "RATIO state hash (phase-1 commitment, every step): {:.1}% of the step ({:?} vs {:?})",
+        pct(hash),
+        hash,
+        base
+    );
+    println!(
+        "RATIO op trace + Merkle root (phase-2 commitment, the disputed step): +{:.1}% over the step ({:?} vs {:?})",
+        pct(trace) - 100.0,
+        trace,
+        base
+    );
+}
