@@ -286,6 +286,27 @@ mod tests {
         Ok(())
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+        /// Whatever step a trainer starts cheating at, and however, the dispute lands on that step, in at
+        /// most ceil(log2 steps) rounds.
+        #[test]
+        fn the_cheat_is_located_at_its_step(k in 1u64..=10, how in 0usize..3) {
+            let program = Program::tiny(10);
+            let honest = execute(&program, Behaviour::Honest).expect("run");
+            let (behaviour, expected) = match how {
+                0 => (Behaviour::PerturbWeight { step: k, delta: 1e-3 }, k),
+                1 => (Behaviour::Lazy { from: k }, k),
+                _ => (Behaviour::LieInCommitment { step: 10 }, 10),
+            };
+            let cheat = execute(&program, behaviour).expect("run");
+            let outcome = play(&cheat, &honest, |q| open(&honest, q));
+            let found = matches!(outcome, Outcome::StepFound { step, rounds } if step == expected && rounds <= 4);
+            proptest::prop_assert!(found, "{:?} -> {:?}", behaviour, outcome);
+        }
+    }
+
     #[test]
     fn the_ledger_slashes_the_loser_and_pays_the_winner() {
         let mut ledger = Ledger::default();
