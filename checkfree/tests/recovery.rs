@@ -6,7 +6,7 @@ use std::sync::Arc;
 use checkfree::{CheckFree, CheckFreePlus, OutOfOrderRouter};
 use genrl::{EventKind, run_simulation};
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage};
-use models::{Backend, ModelConfig, OptimConfig};
+use models::{ModelConfig, OptimConfig};
 use pipeline::{FailurePlan, Fallback, FixedRouter, PipelineSpec, Recovery, Router, RunReport, run_simulated};
 use transport::sim::LinkSpec;
 
@@ -18,15 +18,7 @@ fn corpus() -> Arc<Corpus> {
 /// Embedding, four one-block transformer stages, head; `replicas` rows.
 fn spec(replicas: usize, recovery: Recovery, failures: Vec<(u64, usize)>, router: Arc<dyn Router>) -> PipelineSpec {
     let steps = 8;
-    let model = ModelConfig {
-        n_layers: 4,
-        d_model: 32,
-        n_heads: 2,
-        d_ff: 64,
-        max_seq: 16,
-        backend: Backend::Native,
-        ..ModelConfig::default()
-    };
+    let model = ModelConfig::miniature(4);
     PipelineSpec {
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, ..OptimConfig::default() },
         router,

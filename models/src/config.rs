@@ -74,6 +74,12 @@ impl ModelConfig {
         Ok(Self { d_model, n_layers, n_heads, d_ff, ..base })
     }
 
+    /// The smallest model worth training, for tests and examples: `n_layers` blocks 32 wide (2 heads,
+    /// feed-forward 64) on sequences of up to 16 tokens, native kernels.
+    pub fn miniature(n_layers: usize) -> Self {
+        Self { d_model: 32, n_layers, n_heads: 2, d_ff: 64, max_seq: 16, ..Self::base() }
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_heads.max(1)

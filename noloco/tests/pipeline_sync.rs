@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use genrl::run_simulation;
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage};
-use models::{Backend, ModelConfig, OptimConfig};
+use models::{ModelConfig, OptimConfig};
 use noloco::{DiLoCo, NoLoCo, RandomRouter};
 use pipeline::{FixedRouter, Independent, OuterSync, PipelineSpec, Router, RunReport, run_simulated};
 use transport::sim::LinkSpec;
@@ -18,15 +18,7 @@ fn corpus() -> Arc<Corpus> {
 }
 
 fn spec(stages: usize, replicas: usize, steps: u64, sync: Arc<dyn OuterSync>, router: Arc<dyn Router>) -> PipelineSpec {
-    let model = ModelConfig {
-        n_layers: 2,
-        d_model: 32,
-        n_heads: 2,
-        d_ff: 64,
-        max_seq: 16,
-        backend: Backend::Native,
-        ..ModelConfig::default()
-    };
+    let model = ModelConfig::miniature(2);
     PipelineSpec {
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, ..OptimConfig::default() },
         sync,

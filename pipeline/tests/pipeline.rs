@@ -7,7 +7,7 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use genrl::run_simulation;
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage, sample_batch};
-use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
+use models::{AdamW, Llama, ModelConfig, OptimConfig};
 use pipeline::{DataParallel, PipelineSpec, Result, run_simulated};
 
 fn corpus() -> Arc<Corpus> {
@@ -21,15 +21,7 @@ fn corpus() -> Arc<Corpus> {
 }
 
 fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
-    let model = ModelConfig {
-        n_layers: 2,
-        d_model: 32,
-        n_heads: 2,
-        d_ff: 64,
-        max_seq: 16,
-        backend: Backend::Native,
-        ..ModelConfig::default()
-    };
+    let model = ModelConfig::miniature(2);
     PipelineSpec {
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, grad_clip: 0.0, ..OptimConfig::default() },
         seed: 9,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage};
-use models::{Backend, ModelConfig, OptimConfig};
+use models::{ModelConfig, OptimConfig};
 use pipeline::{FixedRouter, PipelineSpec, run_simulated};
 use proptest::prelude::*;
 use skippipe::{
@@ -173,15 +173,7 @@ fn corpus() -> Arc<Corpus> {
 }
 
 fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
-    let model = ModelConfig {
-        n_layers: stages - 2,
-        d_model: 32,
-        n_heads: 2,
-        d_ff: 64,
-        max_seq: 16,
-        backend: Backend::Native,
-        ..ModelConfig::default()
-    };
+    let model = ModelConfig::miniature(stages - 2);
     PipelineSpec {
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, ..OptimConfig::default() },
         seed: 4,

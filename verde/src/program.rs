@@ -40,15 +40,7 @@ impl Program {
     /// A tiny program: a 2-layer model of width 32 on the synthetic language, batches of 4 × 16 tokens.
     pub fn tiny(steps: u64) -> Self {
         Self {
-            model: ModelConfig {
-                n_layers: 2,
-                d_model: 32,
-                n_heads: 2,
-                d_ff: 64,
-                max_seq: 16,
-                backend: Backend::RepOps,
-                ..ModelConfig::default()
-            },
+            model: ModelConfig { backend: Backend::RepOps, ..ModelConfig::miniature(2) },
             optim: OptimConfig { lr: 1e-2, warmup_steps: 2, total_steps: steps, ..OptimConfig::default() },
             batch: 4,
             seq: 16,
