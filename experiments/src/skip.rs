@@ -77,8 +77,8 @@ impl Default for SkipPipeStudy {
             micro_batches: 6,
             memory: 10,
             skip_ratios: vec![0.0, 0.25, 0.33],
-            stage_gflop: 2.0 * 3.0 * 12.0 * 2048.0 * 2048.0 * 4096.0 / 1e9,
-            activation_mb: 4096.0 * 2048.0 * 2.0 / 1e6,
+            stage_gflop: skippipe::BILLION_STAGE_FLOPS / 1e9,
+            activation_mb: skippipe::BILLION_STAGE_ACTIVATION_BYTES as f64 / 1e6,
             keep: vec![0.5, 0.75],
             subsets: 6,
         }

@@ -42,4 +42,7 @@ pub use error::{Error, Result};
 pub use instance::{Agent, Instance, Node, PathRules, check_path};
 pub use router::ScheduledRouter;
 pub use simulate::{Timeline, Work, simulate};
-pub use topology::{Assignment, SwarmNode, Topology, Workload, assign_local_search, assign_random, assignment_cost};
+pub use topology::{
+    Assignment, BILLION_STAGE_ACTIVATION_BYTES, BILLION_STAGE_FLOPS, GeoSwarm, SwarmNode, Topology, Workload,
+    assign_local_search, assign_random, assignment_cost, geo_swarm,
+};

@@ -49,6 +49,48 @@ pub struct Workload {
     pub memory: usize,
 }
 
+/// Forward FLOPs of one micro-batch through a LLaMa-1B-class stage: 3 blocks of width 2048 on 4 × 1024
+/// tokens (`2 · 12 · d² · tokens` per block).
+pub const BILLION_STAGE_FLOPS: f64 = 2.0 * 3.0 * 12.0 * 2048.0 * 2048.0 * 4096.0;
+
+/// Bytes of that micro-batch's activations between stages: 4 × 1024 tokens × 2048 in 16-bit floats.
+pub const BILLION_STAGE_ACTIVATION_BYTES: usize = 4096 * 2048 * 2;
+
+/// A SkipPipe-sized swarm with its scheduling instance (see [`geo_swarm`]).
+#[derive(Debug, Clone)]
+pub struct GeoSwarm {
+    /// The nodes.
+    pub topology: Topology,
+    /// Which stage each serves.
+    pub assignment: Assignment,
+    /// What the scheduler sees.
+    pub instance: Instance,
+}
+
+/// `nodes` geo-distributed nodes (seeded) in 8 stages of LLaMa-1B-class cost, the data stage taking the
+/// remainder; each data node starts enough micro-batches for about one per node, every node holds two
+/// more than its share, stages are assigned by local search, and `skip_ratio` of the stages are skipped.
+/// With 42 nodes: the paper's 42-node, 8-stage, 42-micro-batch instance. For benchmarks and examples.
+pub fn geo_swarm(nodes: usize, skip_ratio: f64, seed: u64) -> Result<GeoSwarm> {
+    let stages = 8;
+    let per = nodes / stages;
+    let mut partition = vec![per; stages];
+    partition[0] += nodes - per * stages;
+    let topology = Topology::geo_distributed(nodes, seed);
+    let micro_batches = nodes.div_ceil(partition[0]);
+    let agents = partition[0] * micro_batches;
+    let workload = Workload {
+        stage_flops: vec![BILLION_STAGE_FLOPS; stages],
+        activation_bytes: BILLION_STAGE_ACTIVATION_BYTES,
+        micro_batches,
+        memory: agents.div_ceil(per.max(1)) + 2,
+    };
+    let assignment = assign_local_search(&topology, &partition, &workload, seed, 2)?;
+    let rules = PathRules::new(stages, agents, skip_ratio, 1.25)?;
+    let instance = topology.instance(&assignment, &workload, rules)?;
+    Ok(GeoSwarm { topology, assignment, instance })
+}
+
 impl Topology {
     /// `n` nodes spread over the twelve regions of [`RegionTable::geo_distributed`] (seeded), with
     /// heterogeneous devices: a third H100-class, a third A10-class, a third A10-class at half speed.
