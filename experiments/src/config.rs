@@ -419,16 +419,21 @@ impl RunConfig {
         Ok(())
     }
 
-    /// The pipeline spec of arm `i`.
-    pub(crate) fn spec(&self, i: usize) -> Result<PipelineSpec> {
-        let arm = &self.arms[i];
+    /// The model every arm trains.
+    pub(crate) fn model(&self) -> Result<ModelConfig> {
         let preset = ModelConfig::preset(&self.model_preset)?;
-        let model = ModelConfig {
+        Ok(ModelConfig {
             backend: self.backend,
             max_seq: self.seq.max(1),
             n_layers: self.layers.unwrap_or(preset.n_layers),
             ..preset
-        };
+        })
+    }
+
+    /// The pipeline spec of arm `i`.
+    pub(crate) fn spec(&self, i: usize) -> Result<PipelineSpec> {
+        let arm = &self.arms[i];
+        let model = self.model()?;
         let rc = &self.recovery;
         let checkpoint = (rc.checkpoint_every, rc.storage_mb_per_s * 1e6);
         let fallback = match rc.fallback.as_str() {

@@ -658,7 +658,7 @@ fn markdown(
         md,
         "Model: `{}` ({} parameters), {} steps of {} micro-batches x {} sequences x {} tokens per replica, {swarm}.\n",
         cfg.model_preset,
-        cfg.spec(0).map(|s| s.model.param_count()).unwrap_or(0),
+        cfg.model().map(|m| m.param_count()).unwrap_or(0),
         cfg.steps,
         cfg.micro_batches,
         cfg.micro_batch,
