@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 use models::{Stage, StageInput};
 
 use crate::error::{Error, Result};
+use crate::plug::stage_order_problem;
 use crate::spec::PipelineSpec;
 
 /// A trained model, stage by stage, ready to be evaluated with any subset of its stages.
@@ -48,15 +49,8 @@ impl StagedModel {
     /// name no stage twice.
     pub fn loss_with(&self, keep: &[usize], batches: &[(Tensor, Tensor)]) -> Result<f64> {
         let n = self.stages.len();
-        let bad = |why: String| Err(Error::config("keep", format!("stages {keep:?}: {why}")));
-        if keep.first() != Some(&0) || keep.last() != Some(&(n - 1)) {
-            return bad(format!("must start with stage 0 and end with stage {}", n - 1));
-        }
-        let mut seen = vec![false; n];
-        for &k in keep {
-            if k >= n || std::mem::replace(&mut seen[k], true) {
-                return bad(format!("stage {k} is out of range or named twice"));
-            }
+        if let Some(why) = stage_order_problem(keep.iter().copied(), n) {
+            return Err(Error::config("keep", format!("stages {keep:?}: {why}")));
         }
         if batches.is_empty() {
             return Err(Error::config("batches", "no batches to evaluate"));

@@ -33,22 +33,42 @@ impl Router for FixedRouter {
 /// Checks that `path` obeys the rules of [`Router::path`].
 pub fn check_path(path: &[Hop], origin: usize, stages: usize, replicas: usize) -> Result<()> {
     let bad = |why: String| Err(Error::config("router", format!("path {path:?}: {why}")));
-    if path.first() != Some(&(0, origin)) {
+    if path.first().is_some_and(|h| h.1 != origin) {
         return bad(format!("must start at stage 0 of replica {origin}"));
     }
-    if path.last().map(|h| h.0) != Some(stages - 1) {
-        return bad(format!("must end at the last stage ({})", stages - 1));
+    if let Some(&(s, r)) = path.iter().find(|h| h.1 >= replicas) {
+        return bad(format!("({s}, {r}) is outside the {stages} x {replicas} grid"));
+    }
+    match stage_order_problem(path.iter().map(|h| h.0), stages) {
+        Some(why) => bad(why),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong, if anything, with visiting `order` of `stages` stages: it must start at stage 0 (the
+/// embedding), end at the last (the head), stay in range and visit no stage twice. Paths through the grid
+/// and dropped-stage inference both follow this rule.
+pub(crate) fn stage_order_problem(order: impl IntoIterator<Item = usize>, stages: usize) -> Option<String> {
+    let order: Vec<usize> = order.into_iter().collect();
+    if stages == 0 {
+        return Some("there are no stages".into());
+    }
+    if order.first() != Some(&0) {
+        return Some("must start at stage 0".into());
+    }
+    if order.last() != Some(&(stages - 1)) {
+        return Some(format!("must end at the last stage ({})", stages - 1));
     }
     let mut seen = vec![false; stages];
-    for &(s, r) in path {
-        if s >= stages || r >= replicas {
-            return bad(format!("({s}, {r}) is outside the {stages} x {replicas} grid"));
+    for &s in &order {
+        if s >= stages {
+            return Some(format!("stage {s} is outside the {stages} stages"));
         }
         if std::mem::replace(&mut seen[s], true) {
-            return bad(format!("visits stage {s} twice"));
+            return Some(format!("visits stage {s} twice"));
         }
     }
-    Ok(())
+    None
 }
 
 /// What a stage whose every replica failed falls back to when the recovery protocol cannot rebuild it.
