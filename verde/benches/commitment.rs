@@ -8,53 +8,38 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
 use criterion::BatchSize::PerIteration;
 use criterion::Criterion;
-use models::data::{SyntheticConfig, SyntheticLanguage, sample_batch};
-use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
-use verde::{StepTrace, state_hash};
+use models::{Backend, ModelConfig};
+use verde::{Program, StepTrace, Trainer};
 
-struct Setup {
-    model: Llama,
-    opt: AdamW,
-    ids: Tensor,
-    targets: Tensor,
+/// The program measured: the `small` model, batches of 8 × 64 tokens.
+fn program() -> Program {
+    let model = ModelConfig { backend: Backend::RepOps, ..ModelConfig::preset("small").expect("preset") };
+    Program { model, batch: 8, seq: 64, ..Program::tiny(1) }
 }
 
-fn setup() -> Setup {
-    let dev = Device::Cpu;
-    let cfg = ModelConfig { backend: Backend::RepOps, ..ModelConfig::preset("small").expect("preset") };
-    let lang =
-        SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 14, val_tokens: 1024, ..Default::default() })
-            .expect("language");
-    let (ids, targets) = sample_batch(&lang.corpus().train, 8, 64, 0, 0, 0, &dev).expect("batch");
-    Setup {
-        model: Llama::new(&cfg, 1, &dev).expect("model"),
-        opt: AdamW::new(OptimConfig::default(), Backend::RepOps).expect("optim"),
-        ids,
-        targets,
-    }
+/// A fresh trainer: every measured step starts from the initial state (repeated steps on one model
+/// drift into subnormal numbers and slow down, which would skew whichever variant ran more).
+fn setup() -> Trainer {
+    Trainer::new(&program()).expect("trainer")
 }
 
-fn step(s: &mut Setup) {
-    let params = s.model.params();
-    let loss = s.model.loss(&s.ids, &s.targets).expect("loss");
-    let grads = params.grads(&loss.backward().expect("backward"));
-    black_box(s.opt.step(&params, &grads).expect("step"));
+fn step(t: &mut Trainer) {
+    t.step(1).expect("step");
 }
 
-fn state(s: &Setup) -> [u8; 32] {
-    state_hash(&s.model.params().snapshot(), &s.opt.state().1, 1).expect("state hash")
+fn state(t: &Trainer) -> [u8; 32] {
+    t.state_hash(1).expect("state hash")
 }
 
-fn traced(s: &mut Setup) -> [u8; 32] {
-    let ((), tape) = repops::tape::record(false, || step(s));
+fn traced(t: &mut Trainer) -> [u8; 32] {
+    let ((), tape) = repops::tape::record(false, || step(t));
     StepTrace::from_tape([0; 32], &tape).expect("trace").commitment().root
 }
 
 /// Median wall time of `f` on a fresh setup, over `runs` runs.
-fn median(runs: usize, mut f: impl FnMut(&mut Setup)) -> Duration {
+fn median(runs: usize, mut f: impl FnMut(&mut Trainer)) -> Duration {
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
             let mut s = setup();

@@ -27,6 +27,6 @@ pub mod trace;
 pub use bisection::{Bisection, Commitment, Opening, Party, Progress};
 pub use error::{Error, Result};
 pub use merkle::{Hash, MerkleTree, Proof, leaf_hash, verify};
-pub use program::{Behaviour, Execution, Program, execute, state_hash};
+pub use program::{Behaviour, Execution, Program, Trainer, execute, state_hash};
 pub use referee::{Fault, Ledger, Outcome, StepDispute};
 pub use trace::{OpRecord, StepTrace, Verdict, adjudicate, link};

@@ -126,36 +126,69 @@ fn program_error(e: impl std::fmt::Display) -> Error {
     Error::Program(e.to_string())
 }
 
+/// A training run in progress: the program's model, optimizer and data, one step at a time.
+#[derive(Debug)]
+pub struct Trainer {
+    program: Program,
+    corpus: Corpus,
+    model: Llama,
+    optim: AdamW,
+}
+
+impl Trainer {
+    /// The program's initial state (on the repops backend, whatever its model config says).
+    pub fn new(program: &Program) -> Result<Self> {
+        let corpus = SyntheticLanguage::new(&program.corpus).map_err(program_error)?.corpus();
+        let model_cfg = ModelConfig { backend: Backend::RepOps, ..program.model.clone() };
+        let model = Llama::new(&model_cfg, 1, &Device::Cpu).map_err(program_error)?;
+        let optim = AdamW::new(program.optim.clone(), Backend::RepOps).map_err(program_error)?;
+        Ok(Self { program: program.clone(), corpus, model, optim })
+    }
+
+    /// Trains step `step` (1-based): the program's batch for that step, forward, backward, AdamW.
+    pub fn step(&mut self, step: u64) -> Result<()> {
+        let p = &self.program;
+        let (ids, targets) = sample_batch(&self.corpus.train, p.batch, p.seq, p.data_seed, step, 0, &Device::Cpu)
+            .map_err(program_error)?;
+        let params = self.model.params();
+        let loss = self.model.loss(&ids, &targets).map_err(program_error)?;
+        let grads = params.grads(&loss.backward().map_err(program_error)?);
+        self.optim.step(&params, &grads).map_err(program_error)?;
+        Ok(())
+    }
+
+    /// The hash of the current state, claimed as the state after `step` steps ([`state_hash`]).
+    pub fn state_hash(&self, step: u64) -> Result<Hash> {
+        state_hash(&self.model.params().snapshot(), &self.optim.state().1, step)
+    }
+
+    /// Adds `delta` to the first element of the first weight (a cheat).
+    fn perturb(&self, delta: f32) -> Result<()> {
+        let params = self.model.params();
+        let (name, t) = params.snapshot().into_iter().next().ok_or_else(|| program_error("no weights"))?;
+        let mut v = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(program_error)?;
+        let first = v.first_mut().ok_or_else(|| program_error(format!("{name} is empty")))?;
+        *first += delta;
+        let changed = Tensor::from_vec(v, t.dims(), &Device::Cpu).map_err(program_error)?;
+        params.set(&name, &changed).map_err(program_error)
+    }
+}
+
 /// Runs `program` as `behaviour` says and commits to the state hashes.
 pub fn execute(program: &Program, behaviour: Behaviour) -> Result<Execution> {
-    let dev = Device::Cpu;
-    let corpus: Corpus = SyntheticLanguage::new(&program.corpus).map_err(program_error)?.corpus();
-    let model_cfg = ModelConfig { backend: Backend::RepOps, ..program.model.clone() };
-    let model = Llama::new(&model_cfg, 1, &dev).map_err(program_error)?;
-    let params = model.params();
-    let mut optim = AdamW::new(program.optim.clone(), Backend::RepOps).map_err(program_error)?;
-    let mut hashes = vec![state_hash(&params.snapshot(), &optim.state().1, 0)?];
+    let mut trainer = Trainer::new(program)?;
+    let mut hashes = vec![trainer.state_hash(0)?];
     for step in 1..=program.steps {
-        let lazy = matches!(behaviour, Behaviour::Lazy { from } if step >= from);
-        if !lazy {
-            let (ids, targets) =
-                sample_batch(&corpus.train, program.batch, program.seq, program.data_seed, step, 0, &dev)
-                    .map_err(program_error)?;
-            let loss = model.loss(&ids, &targets).map_err(program_error)?;
-            let grads = params.grads(&loss.backward().map_err(program_error)?);
-            optim.step(&params, &grads).map_err(program_error)?;
+        if !matches!(behaviour, Behaviour::Lazy { from } if step >= from) {
+            trainer.step(step)?;
         }
         if let Behaviour::PerturbWeight { step: at, delta } = behaviour
             && at == step
         {
-            let (name, t) = params.snapshot().into_iter().next().ok_or_else(|| program_error("no weights"))?;
-            let mut v = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(program_error)?;
-            v[0] += delta;
-            let changed = Tensor::from_vec(v, t.dims(), &dev).map_err(program_error)?;
-            params.set(&name, &changed).map_err(program_error)?;
+            trainer.perturb(delta)?;
         }
         // A lazy trainer's claimed step counter still advances: only the work is skipped.
-        let mut h = state_hash(&params.snapshot(), &optim.state().1, step)?;
+        let mut h = trainer.state_hash(step)?;
         if matches!(behaviour, Behaviour::LieInCommitment { step: at } if at == step) {
             h = *blake3::hash(&h).as_bytes();
         }
