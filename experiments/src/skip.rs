@@ -244,6 +244,7 @@ pub(crate) fn iteration_study(study: &SkipPipeStudy, seed: u64) -> Result<Vec<It
 
 /// Evaluates the arm's trained model (replica 0) with each fraction of its stages kept: the first and
 /// last always, and `subsets` seeded random choices of the intermediate ones (mean loss over them).
+/// A model of fewer than 3 stages has nothing to drop: no rows.
 pub(crate) fn dropped_stages(
     label: &str,
     spec: &PipelineSpec,
@@ -254,6 +255,10 @@ pub(crate) fn dropped_stages(
 ) -> Result<Vec<DroppedRow>> {
     let model = StagedModel::new(spec, &report.weights)?;
     let n = model.len();
+    if n < 3 {
+        // Only the first and last stage: nothing can be dropped.
+        return Ok(Vec::new());
+    }
     let eval = models::data::eval_batches(&corpus.val, batches.max(1), spec.micro_batch, spec.seq, &Device::Cpu)?;
     let all: Vec<usize> = (0..n).collect();
     let full = model.loss_with(&all, &eval)?;

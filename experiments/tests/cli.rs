@@ -282,3 +282,20 @@ subsets = 2
     assert!(rebuilt.contains("SkipPipe: iteration time"), "{rebuilt}");
     Ok(())
 }
+
+/// The SkipPipe study beside arms too short to drop a stage from (and no [geo] swarm): they get no
+/// dropped-stage rows, and the run completes.
+#[test]
+fn skippipe_study_skips_arms_without_stages_to_drop() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("short.toml");
+    let study =
+        "\n[skippipe]\npartition = [3, 2, 2, 2]\nmicro_batches = 1\nskip_ratios = [0.25]\nkeep = [0.5]\nsubsets = 1\n";
+    std::fs::write(&config, format!("{TINY}{study}"))?;
+    let out = dir.path().join("run");
+    assert!(swarmlab().arg("run").arg(&config).arg("--out").arg(&out).status()?.success());
+    let skip: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("skippipe.json"))?)?;
+    assert_eq!(skip["dropped"].as_array().map(Vec::len), Some(0), "one-stage arms have nothing to drop");
+    assert_eq!(skip["iteration"].as_array().map(Vec::len), Some(4));
+    Ok(())
+}
