@@ -108,10 +108,10 @@ impl Instance {
         if node.stage + 1 == self.stages { node.forward * (1.0 + self.backward_factor) } else { node.forward }
     }
 
-    /// Checks the instance and that its constraints can hold together; the error names the first that
-    /// cannot (so an impossible request fails at once instead of exhausting the search).
-    pub fn check(&self) -> Result<()> {
-        let (s, rules) = (self.stages, self.rules);
+    /// Checks that the instance is well formed — at least 2 stages, a square transfer matrix of finite
+    /// non-negative times, nodes in range with finite costs and some memory — so that it can be simulated.
+    pub fn check_shape(&self) -> Result<()> {
+        let s = self.stages;
         let field = |f: &str, why: String| Error::Pipeline(pipeline::Error::config(f, why));
         if s < 2 {
             return Err(field("skippipe.stages", format!("{s}: a pipeline needs at least 2 stages")));
@@ -134,6 +134,16 @@ impl Instance {
         if !(self.backward_factor.is_finite() && self.backward_factor >= 0.0) {
             return Err(field("skippipe.backward_factor", format!("{}", self.backward_factor)));
         }
+        Ok(())
+    }
+
+    /// Checks the instance and that its constraints can hold together; the error names the first that
+    /// cannot (so an impossible request fails at once instead of exhausting the search).
+    pub fn check(&self) -> Result<()> {
+        self.check_shape()?;
+        let (s, rules) = (self.stages, self.rules);
+        let finite = |x: f64| x.is_finite() && x >= 0.0;
+        let field = |f: &str, why: String| Error::Pipeline(pipeline::Error::config(f, why));
         let count = |k: usize| self.stage_nodes(k).count();
         if let Some(k) = (0..s).find(|&k| count(k) == 0) {
             return Err(Error::infeasible("stages", format!("stage {k} has no node")));
@@ -216,6 +226,9 @@ impl Instance {
 /// Checks one path (node indices) against the rules; `Err` says which rule it breaks.
 pub fn check_path(inst: &Instance, agent: usize, path: &[usize]) -> std::result::Result<(), String> {
     let s = inst.stages;
+    if agent >= inst.agents.len() || path.iter().any(|&n| n >= inst.nodes.len()) {
+        return Err(format!("agent {agent} or a node of {path:?} does not exist"));
+    }
     let stages: Vec<usize> = path.iter().map(|&n| inst.nodes[n].stage).collect();
     if path.first() != Some(&inst.agents[agent].origin) {
         return Err(format!("path {path:?} does not start at its origin {}", inst.agents[agent].origin));

@@ -106,6 +106,7 @@ struct NodeState {
 /// Simulates one iteration of `paths` (node indices per micro-batch, as the scheduler gives them) on
 /// `inst`; `failure` = `(node, time)` kills that node at that time.
 pub fn simulate(inst: &Instance, paths: &[Vec<usize>], failure: Option<(usize, f64)>) -> Result<Timeline> {
+    inst.check_shape()?;
     if paths.len() != inst.agents.len() {
         return Err(Error::Pipeline(pipeline::Error::config(
             "skippipe.paths",

@@ -137,6 +137,12 @@ impl Topology {
     /// forward pass apart at their data node.
     pub fn instance(&self, assignment: &Assignment, workload: &Workload, rules: PathRules) -> Result<Instance> {
         let stages = assignment.stages();
+        if assignment.stage_of.len() != self.nodes.len() {
+            return Err(Error::Pipeline(pipeline::Error::config(
+                "skippipe.assignment",
+                format!("{} stages given for {} nodes", assignment.stage_of.len(), self.nodes.len()),
+            )));
+        }
         if workload.stage_flops.len() != stages {
             return Err(Error::Pipeline(pipeline::Error::config(
                 "skippipe.workload",

@@ -142,6 +142,21 @@ fn impossible_requests_name_the_constraint() {
 }
 
 #[test]
+fn malformed_instances_and_paths_are_errors() {
+    let inst = instance(8, &[2, 2, 2, 2], 1, 4, 0.0, 1);
+    let paths: Vec<Vec<usize>> = inst.agents.iter().map(|a| vec![a.origin]).collect();
+    let mut ragged = inst.clone();
+    ragged.transfer[3].pop();
+    assert!(simulate(&ragged, &paths, None).is_err(), "a ragged transfer matrix");
+    assert!(simulate(&inst, &paths[..1], None).is_err(), "one path for two micro-batches");
+    assert!(check_path(&inst, 9, &[0]).is_err() && check_path(&inst, 0, &[0, 99]).is_err());
+    let topology = Topology::geo_distributed(8, 1);
+    let short = skippipe::Assignment { stage_of: vec![0, 1, 2] };
+    let rules = PathRules::new(3, 2, 0.0, 1.5).expect("rules");
+    assert!(topology.instance(&short, &workload(3, 1, 4), rules).is_err(), "an assignment of 3 for 8 nodes");
+}
+
+#[test]
 fn the_search_budget_is_enforced_and_reported() {
     let inst = Arc::new(instance(24, &[4, 4, 4, 4, 4, 4], 3, 12, 0.33, 5));
     let err = skippipe::Search::new(inst, Budget { nodes: 0, ..Budget::default() }).and_then(|s| s.run()).unwrap_err();
