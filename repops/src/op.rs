@@ -12,7 +12,7 @@ use crate::kernels::{embed, matmul, rope};
 use crate::simd::SimdLevel;
 
 /// One repops operation with its attributes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum OpKind {
     /// `[.., m, k] · [.., k, n]` (or a shared `[k, n]`).
     MatMul,
@@ -122,7 +122,7 @@ impl OpKind {
 }
 
 /// Element data of a host tensor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum HostData {
     /// 32-bit floats.
     F32(Vec<f32>),
@@ -131,7 +131,7 @@ pub enum HostData {
 }
 
 /// An owned tensor in host memory: shape (row-major) and data.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HostTensor {
     /// The shape.
     pub shape: Vec<usize>,

@@ -102,11 +102,53 @@ impl TapeEntry {
     }
 }
 
+/// Which inputs a recording keeps copies of (to replay ops later).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Keep {
+    /// Hashes only.
+    #[default]
+    Nothing,
+    /// Every op's inputs.
+    All,
+    /// Only the inputs of the op at this tape position (what a referee needs to re-run one op).
+    Op(usize),
+}
+
+impl Keep {
+    fn keeps(self, index: usize) -> bool {
+        match self {
+            Self::Nothing => false,
+            Self::All => true,
+            Self::Op(i) => i == index,
+        }
+    }
+}
+
+/// A deliberate fault: the op at tape position `op` has `delta` added to the first element of its
+/// (f32) output, which later ops then read. It simulates a faulty or dishonest machine, for testing
+/// verifiers; honest runs never set one. (On CUDA only the record changes, not the device's buffer.)
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutputFault {
+    /// The tape position of the faulty op.
+    pub op: usize,
+    /// What is added to the first element of its output.
+    pub delta: f32,
+}
+
+/// How to record: what to keep, and an optional injected fault.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RecordOptions {
+    /// Which inputs to keep.
+    pub keep: Keep,
+    /// A fault to inject.
+    pub fault: Option<OutputFault>,
+}
+
 /// A recording of ops, in execution order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tape {
     entries: Vec<TapeEntry>,
-    keep_inputs: bool,
+    options: RecordOptions,
 }
 
 impl Tape {
@@ -164,7 +206,13 @@ fn recording(tape: Tape) -> Recording {
 /// With `keep_inputs`, each entry also keeps copies of its inputs so it can be replayed.
 /// Recordings nest: an inner `record` gets its own tape and the outer one resumes afterwards.
 pub fn record<R>(keep_inputs: bool, f: impl FnOnce() -> R) -> (R, Tape) {
-    let outer = CURRENT.with(|c| c.replace(Some(recording(Tape { entries: Vec::new(), keep_inputs }))));
+    let keep = if keep_inputs { Keep::All } else { Keep::Nothing };
+    record_with(RecordOptions { keep, fault: None }, f)
+}
+
+/// [`record`] with every option: which inputs to keep, and a fault to inject.
+pub fn record_with<R>(options: RecordOptions, f: impl FnOnce() -> R) -> (R, Tape) {
+    let outer = CURRENT.with(|c| c.replace(Some(recording(Tape { entries: Vec::new(), options }))));
     struct Restore(Option<Option<Recording>>);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -237,14 +285,23 @@ pub(crate) fn after_op(output: &candle_core::Tensor) {
     });
 }
 
-/// Appends an op to this thread's tape, if one is recording.
-pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &HostTensor) {
+/// Appends an op to this thread's tape, if one is recording (injecting the recording's fault into
+/// `output` first if this is the faulty op).
+pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &mut HostTensor) {
     CURRENT.with(|c| {
         let mut current = c.borrow_mut();
         let Some(r) = current.as_mut() else { return };
+        let index = r.tape.entries.len();
+        if let Some(fault) = r.tape.options.fault
+            && fault.op == index
+            && let HostData::F32(v) = &mut output.data
+            && let Some(first) = v.first_mut()
+        {
+            *first += fault.delta;
+        }
         let pending: Vec<Option<Hash>> =
             r.pending.as_ref().map(|p| p.iter().map(|e| e.2).collect()).unwrap_or_default();
-        let keep = r.tape.keep_inputs;
+        let keep = r.tape.options.keep.keeps(index);
         let out_view = output.view();
         let mut all: Vec<(&HostView<'_>, Option<Hash>)> =
             inputs.iter().enumerate().map(|(i, v)| (v, pending.get(i).copied().flatten())).collect();
@@ -268,7 +325,6 @@ pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &HostTensor) {
             })
             .collect();
         let output = TensorRecord { shape: output.shape.clone(), hash: hashes[hashes.len() - 1], data: None };
-        let index = tape.entries.len();
         tape.entries.push(TapeEntry { index, op: *op, inputs, output });
     });
 }
@@ -292,5 +348,28 @@ mod tests {
             sizes.push(CARRY.with(|c| c.borrow().len()));
         }
         assert!(sizes.windows(2).all(|w| w[1] <= w[0].max(3)), "carried hashes grow: {sizes:?}");
+    }
+
+    /// A fault changes the faulty op's output and everything that reads it; the tape records what ran;
+    /// `Keep::Op` keeps the inputs of that one op only.
+    #[test]
+    fn an_injected_fault_changes_its_op_and_what_follows() {
+        let x = Tensor::from_vec((0..16).map(|i| i as f32).collect::<Vec<_>>(), (4, 4), &Device::Cpu).expect("x");
+        let run = |options| {
+            let (y, tape) =
+                record_with(options, || crate::tensor::scale(&x, 0.5).and_then(|y| crate::tensor::square(&y)));
+            (y.expect("ops").flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("vec"), tape)
+        };
+        let (clean, tape) = run(RecordOptions::default());
+        let fault = OutputFault { op: 0, delta: 1.0 };
+        let (faulty, faulty_tape) = run(RecordOptions { keep: Keep::Op(1), fault: Some(fault) });
+        assert_eq!(faulty[0], (0.5f32 * 0.0 + 1.0).powi(2));
+        assert_eq!(&faulty[1..], &clean[1..]);
+        assert_ne!(tape.entries()[0].output.hash, faulty_tape.entries()[0].output.hash);
+        assert_ne!(tape.entries()[1].inputs[0].hash, faulty_tape.entries()[1].inputs[0].hash);
+        assert!(faulty_tape.entries()[0].inputs[0].data.is_none());
+        let kept = &faulty_tape.entries()[1];
+        assert!(kept.inputs[0].data.is_some());
+        kept.verify(crate::simd::current()).expect("the op after the fault replays to what it recorded");
     }
 }

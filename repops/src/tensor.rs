@@ -41,8 +41,8 @@ fn view<'a>(
 }
 
 fn run(kind: &OpKind, inputs: &[HostView<'_>]) -> candle_core::Result<(CpuStorage, Shape)> {
-    let out = execute(kind, inputs, simd::current()).map_err(candle_core::Error::wrap)?;
-    crate::tape::note(kind, inputs, &out);
+    let mut out = execute(kind, inputs, simd::current()).map_err(candle_core::Error::wrap)?;
+    crate::tape::note(kind, inputs, &mut out);
     let shape = Shape::from(out.shape.clone());
     let storage = match out.data {
         HostData::F32(v) => CpuStorage::F32(v),

@@ -8,6 +8,8 @@
 //! does not check against its own root loses at once; otherwise the agreed bound moves. After
 //! `ceil(log2(hi − lo))` rounds the dispute is about the single transition `lo → lo + 1`.
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::Error;
 use crate::merkle::{Hash, Proof, verify};
 
@@ -21,7 +23,7 @@ pub enum Party {
 }
 
 /// One party's commitment: the root over its `len` hashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commitment {
     /// Merkle root.
     pub root: Hash,
@@ -30,7 +32,7 @@ pub struct Commitment {
 }
 
 /// A party's answer to a query: the hash at the asked position and its inclusion proof.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Opening {
     /// The position.
     pub index: u64,
@@ -66,12 +68,22 @@ pub struct Bisection {
     challenger: Commitment,
     lo: u64,
     hi: u64,
+    /// The hash both opened at `lo`.
+    lo_hash: Hash,
+    /// What each opened at `hi` (trainer, challenger).
+    hi_hashes: [Hash; 2],
     rounds: u32,
 }
 
 impl Bisection {
-    /// A game over positions `lo < hi` of the two commitments (agreed on `lo`, disputed on `hi`).
-    pub fn new(trainer: Commitment, challenger: Commitment, lo: u64, hi: u64) -> Result<Self, Error> {
+    /// A game over positions `lo < hi` of the two commitments: both opened `lo_hash` at `lo`, and
+    /// `hi_hashes` (trainer's, challenger's) at `hi`.
+    pub fn new(
+        trainer: Commitment,
+        challenger: Commitment,
+        (lo, lo_hash): (u64, Hash),
+        (hi, hi_hashes): (u64, [Hash; 2]),
+    ) -> Result<Self, Error> {
         for c in [trainer, challenger] {
             if hi >= c.len {
                 return Err(Error::OutOfRange { index: hi, len: c.len });
@@ -80,7 +92,17 @@ impl Bisection {
         if lo >= hi {
             return Err(Error::OutOfRange { index: lo, len: hi });
         }
-        Ok(Self { trainer, challenger, lo, hi, rounds: 0 })
+        Ok(Self { trainer, challenger, lo, hi, lo_hash, hi_hashes, rounds: 0 })
+    }
+
+    /// The last agreed position and the hash both opened there.
+    pub fn agreed(&self) -> (u64, Hash) {
+        (self.lo, self.lo_hash)
+    }
+
+    /// The first disputed position and what each side (trainer, challenger) opened there.
+    pub fn disputed(&self) -> (u64, [Hash; 2]) {
+        (self.hi, self.hi_hashes)
     }
 
     /// What the referee does next.
@@ -114,8 +136,10 @@ impl Bisection {
         self.rounds += 1;
         if trainer.hash == challenger.hash {
             self.lo = mid;
+            self.lo_hash = trainer.hash;
         } else {
             self.hi = mid;
+            self.hi_hashes = [trainer.hash, challenger.hash];
         }
         self.progress()
     }
@@ -150,12 +174,15 @@ mod tests {
             let (honest, cheat) = (run(n, None), run(n, Some(cut)));
             let (th, tc) = (MerkleTree::new(&honest).expect("tree"), MerkleTree::new(&cheat).expect("tree"));
             let commit = |t: &MerkleTree| Commitment { root: t.root(), len: n };
-            let mut game = Bisection::new(commit(&th), commit(&tc), 0, n - 1).expect("game");
+            let ends = (n - 1, [honest[n as usize - 1], cheat[n as usize - 1]]);
+            let mut game = Bisection::new(commit(&th), commit(&tc), (0, honest[0]), ends).expect("game");
             let mut progress = game.progress();
             while let Progress::Query(mid) = progress {
                 progress = game.answer(&open(&th, &honest, mid), &open(&tc, &cheat, mid));
             }
             prop_assert_eq!(progress, Progress::Found { agreed: cut - 1 });
+            prop_assert_eq!(game.agreed(), (cut - 1, honest[cut as usize - 1]));
+            prop_assert_eq!(game.disputed(), (cut, [honest[cut as usize], cheat[cut as usize]]));
             prop_assert!(game.rounds() <= 64 - (n - 1).leading_zeros());
         }
     }
@@ -165,7 +192,8 @@ mod tests {
         let (honest, cheat) = (run(16, None), run(16, Some(5)));
         let (th, tc) = (MerkleTree::new(&honest).expect("tree"), MerkleTree::new(&cheat).expect("tree"));
         let commit = |t: &MerkleTree| Commitment { root: t.root(), len: 16 };
-        let mut game = Bisection::new(commit(&th), commit(&tc), 0, 15).expect("game");
+        let ends = (15, [honest[15], cheat[15]]);
+        let mut game = Bisection::new(commit(&th), commit(&tc), (0, honest[0]), ends).expect("game");
         let Progress::Query(mid) = game.progress() else { panic!("a query first") };
         // The challenger claims the honest hash at mid without a valid proof for it.
         let lie = Opening { hash: honest[mid as usize], ..open(&tc, &cheat, mid) };
@@ -174,7 +202,7 @@ mod tests {
         let off = open(&th, &honest, mid + 1);
         let got = game.answer(&off, &open(&tc, &cheat, mid));
         assert!(matches!(got, Progress::Forfeit { party: Party::Trainer, .. }), "{got:?}");
-        assert!(Bisection::new(commit(&th), commit(&tc), 3, 3).is_err());
-        assert!(Bisection::new(commit(&th), commit(&tc), 0, 16).is_err());
+        assert!(Bisection::new(commit(&th), commit(&tc), (3, honest[3]), (3, ends.1)).is_err());
+        assert!(Bisection::new(commit(&th), commit(&tc), (0, honest[0]), (16, ends.1)).is_err());
     }
 }

@@ -38,6 +38,9 @@ pub enum Error {
     /// Running the training program failed.
     #[error("training program: {0}")]
     Program(String),
+    /// The network or the swarm under a dispute failed.
+    #[error("network: {0}")]
+    Network(String),
 }
 
 /// `Result` with [`Error`].

@@ -9,24 +9,29 @@
 //! |---|---|
 //! | [`merkle`] | Merkle trees over blake3 hashes, inclusion proofs and their checks |
 //! | [`bisection`] | the bisection game of both dispute phases, as a sans-IO state machine |
-//! | [`program`] | the training program (repops), trainers honest and dishonest, state hashes and their commitment |
-//! | [`referee`] | the step dispute with deadlines (sans-IO) and the simulated stake ledger |
-//! | [`trace`] | a step's operators from a repops tape as a chain of running hashes; the referee's verdict on one operator |
-//!
-//! Work in progress: linking phase 1 to phase 2 (a trainer re-running the disputed step with its tape,
-//! justifying the disputed operator's inputs), the remaining adversaries (a perturbed operator,
-//! the message drivers over genrl and the transport, and the CLI.
+//! | [`program`] | the training program (repops), trainers honest and dishonest, state manifests and commitments |
+//! | [`structure`] | the program's step graph: operator kinds, where inputs and state tensors come from |
+//! | [`trace`] | a step's records as a chain of running hashes; evidence, provenance and the referee's judgement |
+//! | [`referee`] | the whole dispute with deadlines (sans-IO), and the simulated stake ledger |
+//! | [`defender`] | a party's side: answering the referee from its run (sans-IO), honestly or not |
+//! | [`net`] | the dispute over a [`transport::Transport`]: referee and parties as agents exchanging messages |
 
 pub mod bisection;
+pub mod defender;
 pub mod error;
 pub mod merkle;
+pub mod net;
 pub mod program;
 pub mod referee;
+pub mod structure;
 pub mod trace;
 
 pub use bisection::{Bisection, Commitment, Opening, Party, Progress};
+pub use defender::{Conduct, Defender};
 pub use error::{Error, Result};
 pub use merkle::{Hash, MerkleTree, Proof, leaf_hash, verify};
-pub use program::{Behaviour, Execution, Program, Trainer, execute, state_hash};
-pub use referee::{Fault, Ledger, Outcome, StepDispute};
-pub use trace::{OpRecord, StepTrace, Verdict, adjudicate, link};
+pub use net::{Settlement, settle};
+pub use program::{Behaviour, Execution, Program, StateManifest, Trainer, execute};
+pub use referee::{Answer, Ask, Dispute, Fault, Ledger, Outcome, Rules, Summary};
+pub use structure::{OpShape, StepShape, Structure};
+pub use trace::{Evidence, Judgement, OpRecord, Provenance, StepTrace, Verdict, judge, link};

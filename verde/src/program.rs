@@ -1,28 +1,31 @@
 //! The training program under verification (Verde §4.2): a `models` language model trained on the repops
 //! backend, so that honest trainers compute the same bits. A trainer runs it step by step, hashes its
-//! state after every step (weights and optimizer moments, by name) and commits to the Merkle root of
-//! those hashes; position 0 is the public initial state.
+//! state after every step (weights and optimizer moments, by name: a [`StateManifest`]) and commits to
+//! the Merkle root of those hashes; position 0 is the public initial state. In a dispute it re-runs the
+//! disputed step with the op tape on ([`Execution::trace_step`]).
 //!
 //! [`Behaviour`] makes a trainer dishonest in one of the ways the dispute must catch.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage, sample_batch};
 use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
+use repops::tape::{Keep, OutputFault, RecordOptions, Tape, hash_view};
 
-use repops::tape::hash_view;
-
-use crate::bisection::Commitment;
+use crate::bisection::{Commitment, Opening};
 use crate::error::{Error, Result};
 use crate::merkle::{Hash, MerkleTree};
+use crate::trace::{OpRecord, StepTrace};
 
 /// What is trained, on what, for how long. Every trainer runs the same program.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Program {
     /// The model (its backend is forced to repops).
     pub model: ModelConfig,
-    /// The optimizer.
+    /// The optimizer. Gradient clipping is forced off: whether it applies depends on the data, and the
+    /// step's operator graph must not ([`crate::Structure`]).
     pub optim: OptimConfig,
     /// Sequences per step.
     pub batch: usize,
@@ -63,6 +66,16 @@ pub enum Behaviour {
         /// The change.
         delta: f32,
     },
+    /// In step `step`, adds `delta` to the first element of operator `op`'s output (0-based position on
+    /// the step's op tape), which the rest of the step then reads.
+    PerturbOp {
+        /// The step.
+        step: u64,
+        /// The operator.
+        op: usize,
+        /// The change.
+        delta: f32,
+    },
     /// From step `from` on, skips the work: the state stays as it was, the steps are claimed done.
     Lazy {
         /// The first skipped step.
@@ -75,51 +88,55 @@ pub enum Behaviour {
     },
 }
 
-/// A trainer's run: its state hash after every step and what it needs to answer a dispute.
-#[derive(Debug)]
-pub struct Execution {
-    /// `hashes[i]`: the state after `i` steps, as committed (index 0: the initial state).
-    pub hashes: Vec<Hash>,
-    tree: MerkleTree,
-}
-
-impl Execution {
-    /// An execution that commits to `hashes` (to build adversaries that claim what they like).
-    pub fn from_hashes(hashes: Vec<Hash>) -> Result<Self> {
-        let tree = MerkleTree::new(&hashes)?;
-        Ok(Self { hashes, tree })
-    }
-
-    /// The commitment to all state hashes.
-    pub fn commitment(&self) -> Commitment {
-        Commitment { root: self.tree.root(), len: self.hashes.len() as u64 }
-    }
-
-    /// The answer to a bisection query.
-    pub fn open(&self, index: u64) -> Result<crate::bisection::Opening> {
-        let hash =
-            *self.hashes.get(index as usize).ok_or(Error::OutOfRange { index, len: self.hashes.len() as u64 })?;
-        Ok(crate::bisection::Opening { index, hash, proof: self.tree.proof(index)? })
-    }
-}
-
-/// The hash of a training state after `step` steps: every weight and optimizer moment, by name, through
-/// its repops tensor hash — the hash the op tape gives the same tensor, so that a state can be matched
-/// against the outputs of the operators that produced it.
-pub fn state_hash(weights: &BTreeMap<String, Tensor>, moments: &BTreeMap<String, Tensor>, step: u64) -> Result<Hash> {
-    let mut h = blake3::Hasher::new();
-    h.update(b"swarmlab.verde.state");
-    h.update(&step.to_le_bytes());
-    for (kind, tensors) in [("w", weights), ("m", moments)] {
-        for (name, t) in tensors {
-            h.update(kind.as_bytes());
-            h.update(&(name.len() as u64).to_le_bytes());
-            h.update(name.as_bytes());
-            let host = repops::tensor::to_host(t).map_err(program_error)?;
-            h.update(&hash_view(&host.view()));
+impl Behaviour {
+    /// The step this behaviour first departs from the program at (`None`: honest).
+    pub fn first_bad_step(&self) -> Option<u64> {
+        match *self {
+            Self::Honest => None,
+            Self::PerturbWeight { step, .. } | Self::PerturbOp { step, .. } | Self::LieInCommitment { step } => {
+                Some(step)
+            }
+            Self::Lazy { from } => Some(from),
         }
     }
-    Ok(*h.finalize().as_bytes())
+}
+
+/// The tensors of a training state after `step` steps, each by key (`w:<weight>` or `m:<moment>`) and
+/// repops tensor hash — the hash the op tape gives the same tensor, so that a state can be matched
+/// against the outputs of the operators that produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateManifest {
+    /// Steps taken.
+    pub step: u64,
+    /// `(key, tensor hash)`, in key order.
+    pub entries: Vec<(String, Hash)>,
+}
+
+impl StateManifest {
+    /// The manifest of `weights` and optimizer `moments` after `step` steps.
+    pub fn of(weights: &BTreeMap<String, Tensor>, moments: &BTreeMap<String, Tensor>, step: u64) -> Result<Self> {
+        let mut entries = Vec::with_capacity(weights.len() + moments.len());
+        for (kind, tensors) in [("w", weights), ("m", moments)] {
+            for (name, t) in tensors {
+                let host = repops::tensor::to_host(t).map_err(program_error)?;
+                entries.push((format!("{kind}:{name}"), hash_view(&host.view())));
+            }
+        }
+        Ok(Self { step, entries })
+    }
+
+    /// The state hash: blake3 over the step and every key with its tensor hash, under a domain tag.
+    pub fn hash(&self) -> Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(b"swarmlab.verde.state");
+        h.update(&self.step.to_le_bytes());
+        for (key, hash) in &self.entries {
+            h.update(&(key.len() as u64).to_le_bytes());
+            h.update(key.as_bytes());
+            h.update(hash);
+        }
+        *h.finalize().as_bytes()
+    }
 }
 
 fn program_error(e: impl std::fmt::Display) -> Error {
@@ -136,12 +153,14 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// The program's initial state (on the repops backend, whatever its model config says).
+    /// The program's initial state (on the repops backend without gradient clipping, whatever the
+    /// program's configs say).
     pub fn new(program: &Program) -> Result<Self> {
         let corpus = SyntheticLanguage::new(&program.corpus).map_err(program_error)?.corpus();
         let model_cfg = ModelConfig { backend: Backend::RepOps, ..program.model.clone() };
         let model = Llama::new(&model_cfg, 1, &Device::Cpu).map_err(program_error)?;
-        let optim = AdamW::new(program.optim.clone(), Backend::RepOps).map_err(program_error)?;
+        let optim_cfg = OptimConfig { grad_clip: 0.0, ..program.optim.clone() };
+        let optim = AdamW::new(optim_cfg, Backend::RepOps).map_err(program_error)?;
         Ok(Self { program: program.clone(), corpus, model, optim })
     }
 
@@ -157,9 +176,21 @@ impl Trainer {
         Ok(())
     }
 
-    /// The hash of the current state, claimed as the state after `step` steps ([`state_hash`]).
+    /// [`Trainer::step`] with the op tape on: what it keeps, and an injected fault if any.
+    pub fn step_recorded(&mut self, step: u64, options: RecordOptions) -> Result<Tape> {
+        let (done, tape) = repops::tape::record_with(options, || self.step(step));
+        done?;
+        Ok(tape)
+    }
+
+    /// The manifest of the current state, claimed as the state after `step` steps.
+    pub fn manifest(&self, step: u64) -> Result<StateManifest> {
+        StateManifest::of(&self.model.params().snapshot(), &self.optim.state().1, step)
+    }
+
+    /// The hash of the current state, claimed as the state after `step` steps ([`StateManifest::hash`]).
     pub fn state_hash(&self, step: u64) -> Result<Hash> {
-        state_hash(&self.model.params().snapshot(), &self.optim.state().1, step)
+        Ok(self.manifest(step)?.hash())
     }
 
     /// Adds `delta` to the first element of the first weight (a cheat).
@@ -172,21 +203,110 @@ impl Trainer {
         let changed = Tensor::from_vec(v, t.dims(), &Device::Cpu).map_err(program_error)?;
         params.set(&name, &changed).map_err(program_error)
     }
+
+    /// Does step `step` as `behaviour` says; returns the step's tape when `record` asks for one.
+    fn advance(&mut self, step: u64, behaviour: Behaviour, record: Option<Keep>) -> Result<Option<Tape>> {
+        if matches!(behaviour, Behaviour::Lazy { from } if step >= from) && record.is_none() {
+            return Ok(None);
+        }
+        let fault = match behaviour {
+            Behaviour::PerturbOp { step: at, op, delta } if at == step => Some(OutputFault { op, delta }),
+            _ => None,
+        };
+        let tape = match (record, fault) {
+            (None, None) => {
+                self.step(step)?;
+                None
+            }
+            (keep, fault) => Some(self.step_recorded(step, RecordOptions { keep: keep.unwrap_or_default(), fault })?),
+        };
+        if let Behaviour::PerturbWeight { step: at, delta } = behaviour
+            && at == step
+        {
+            self.perturb(delta)?;
+        }
+        Ok(tape)
+    }
+}
+
+/// A trainer's run: the program, how the trainer ran it, its state hash after every step and their
+/// commitment — what it needs to answer a dispute.
+#[derive(Debug)]
+pub struct Execution {
+    program: Program,
+    behaviour: Behaviour,
+    /// `hashes[i]`: the state after `i` steps, as committed (index 0: the initial state).
+    pub hashes: Vec<Hash>,
+    tree: MerkleTree,
+    /// Wall time the run took.
+    pub seconds: f64,
+}
+
+impl Execution {
+    /// An execution of `program` that commits to `hashes` (to build adversaries that claim what they
+    /// like); re-running a step follows the program honestly.
+    pub fn from_hashes(program: &Program, hashes: Vec<Hash>) -> Result<Self> {
+        let tree = MerkleTree::new(&hashes)?;
+        Ok(Self { program: program.clone(), behaviour: Behaviour::Honest, hashes, tree, seconds: 0.0 })
+    }
+
+    /// The program run.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// How it was run.
+    pub fn behaviour(&self) -> Behaviour {
+        self.behaviour
+    }
+
+    /// The commitment to all state hashes.
+    pub fn commitment(&self) -> Commitment {
+        Commitment { root: self.tree.root(), len: self.hashes.len() as u64 }
+    }
+
+    /// The answer to a bisection query.
+    pub fn open(&self, index: u64) -> Result<Opening> {
+        let hash =
+            *self.hashes.get(index as usize).ok_or(Error::OutOfRange { index, len: self.hashes.len() as u64 })?;
+        Ok(Opening { index, hash, proof: self.tree.proof(index)? })
+    }
+
+    /// Re-runs the run from the initial state up to step `step` and returns that step's trace — its
+    /// operators, then the state record that claims the committed state after it — and its tape, which
+    /// keeps the inputs `keep` asks for. A dishonest trainer re-runs the way it ran.
+    pub fn trace_step(&self, step: u64, keep: Keep) -> Result<(StepTrace, Tape)> {
+        let len = self.hashes.len() as u64;
+        let (Some(&start), Some(&claimed)) =
+            (self.hashes.get(step.wrapping_sub(1) as usize), self.hashes.get(step as usize))
+        else {
+            return Err(Error::OutOfRange { index: step, len });
+        };
+        let mut trainer = Trainer::new(&self.program)?;
+        for s in 1..step {
+            trainer.advance(s, self.behaviour, None)?;
+        }
+        // A lazy trainer shows the operators it should have run, but its state did not move.
+        let lazy = matches!(self.behaviour, Behaviour::Lazy { from } if step >= from);
+        let unmoved = if lazy { Some(trainer.manifest(step)?) } else { None };
+        let tape = trainer.advance(step, self.behaviour, Some(keep))?.unwrap_or_default();
+        let manifest = match unmoved {
+            Some(m) => m,
+            None => trainer.manifest(step)?,
+        };
+        let mut records: Vec<OpRecord> = tape.entries().iter().map(OpRecord::from_entry).collect();
+        records.push(OpRecord::state(&manifest, claimed));
+        Ok((StepTrace::new(start, records)?, tape))
+    }
 }
 
 /// Runs `program` as `behaviour` says and commits to the state hashes.
 pub fn execute(program: &Program, behaviour: Behaviour) -> Result<Execution> {
+    let began = Instant::now();
     let mut trainer = Trainer::new(program)?;
     let mut hashes = vec![trainer.state_hash(0)?];
     for step in 1..=program.steps {
-        if !matches!(behaviour, Behaviour::Lazy { from } if step >= from) {
-            trainer.step(step)?;
-        }
-        if let Behaviour::PerturbWeight { step: at, delta } = behaviour
-            && at == step
-        {
-            trainer.perturb(delta)?;
-        }
+        trainer.advance(step, behaviour, None)?;
         // A lazy trainer's claimed step counter still advances: only the work is skipped.
         let mut h = trainer.state_hash(step)?;
         if matches!(behaviour, Behaviour::LieInCommitment { step: at } if at == step) {
@@ -194,51 +314,41 @@ pub fn execute(program: &Program, behaviour: Behaviour) -> Result<Execution> {
         }
         hashes.push(h);
     }
-    Execution::from_hashes(hashes)
+    let tree = MerkleTree::new(&hashes)?;
+    Ok(Execution { program: program.clone(), behaviour, hashes, tree, seconds: began.elapsed().as_secs_f64() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bisection::{Bisection, Progress};
 
-    /// Phase 1 between an honest trainer and `other`: the last agreed step, or `None` if the final states
-    /// agree (no dispute).
-    fn first_disputed_step(honest: &Execution, other: &Execution) -> Option<u64> {
-        let last = honest.hashes.len() as u64 - 1;
-        if honest.hashes[last as usize] == other.hashes[last as usize] {
-            return None;
-        }
-        let mut game = Bisection::new(honest.commitment(), other.commitment(), 0, last).expect("game");
-        let mut progress = game.progress();
-        while let Progress::Query(mid) = progress {
-            progress = game.answer(&honest.open(mid).expect("open"), &other.open(mid).expect("open"));
-        }
-        match progress {
-            Progress::Found { agreed } => Some(agreed + 1),
-            Progress::Forfeit { party, reason } => panic!("{party:?} forfeited: {reason}"),
-            Progress::Query(_) => unreachable!(),
-        }
+    /// The first step whose state hash differs between two runs.
+    fn first_difference(a: &Execution, b: &Execution) -> Option<u64> {
+        a.hashes.iter().zip(&b.hashes).position(|(x, y)| x != y).map(|i| i as u64)
     }
 
     #[test]
-    fn two_honest_trainers_agree_bit_for_bit_and_cheaters_are_located() -> Result<()> {
-        let program = Program::tiny(12);
+    fn honest_runs_agree_bit_for_bit_and_cheats_show_at_their_step() -> Result<()> {
+        let program = Program::tiny(8);
         let honest = execute(&program, Behaviour::Honest)?;
         let again = execute(&program, Behaviour::Honest)?;
         assert_eq!(honest.hashes, again.hashes, "repops: the same bits every time");
-        for k in [1, 5, 12] {
-            let cheat = execute(&program, Behaviour::PerturbWeight { step: k, delta: 1e-3 })?;
-            assert_eq!(first_disputed_step(&honest, &cheat), Some(k), "perturbed after step {k}");
+        for behaviour in [
+            Behaviour::PerturbWeight { step: 3, delta: 1e-3 },
+            Behaviour::PerturbOp { step: 3, op: 5, delta: 0.5 },
+            Behaviour::Lazy { from: 3 },
+            Behaviour::LieInCommitment { step: 3 },
+        ] {
+            let cheat = execute(&program, behaviour)?;
+            assert_eq!(first_difference(&honest, &cheat), Some(3), "{behaviour:?}");
         }
-        let lazy = execute(&program, Behaviour::Lazy { from: 7 })?;
-        assert_eq!(first_disputed_step(&honest, &lazy), Some(7));
-        // A lie in the middle leaves the final output right: nothing to dispute. A lie about the end is
-        // located at the last step.
-        let liar = execute(&program, Behaviour::LieInCommitment { step: 6 })?;
-        assert_eq!(first_disputed_step(&honest, &liar), None);
-        let liar = execute(&program, Behaviour::LieInCommitment { step: 12 })?;
-        assert_eq!(first_disputed_step(&honest, &liar), Some(12));
+        // Re-running a step reproduces the committed state, and the trace ends in the state record.
+        let (trace, tape) = honest.trace_step(5, Keep::Nothing)?;
+        assert_eq!(trace.ops(), tape.len() + 1);
+        let state = trace.record(tape.len()).expect("state record");
+        assert_eq!(state.output, honest.hashes[5]);
+        assert_eq!(trace.open(0)?.hash, honest.hashes[4]);
+        assert!(honest.trace_step(0, Keep::Nothing).is_err() && honest.trace_step(9, Keep::Nothing).is_err());
         Ok(())
     }
 }

@@ -1,24 +1,37 @@
 //! A training step's operators as the op-level bisection sees them (Verde §4.2–4.3), built from a repops
 //! [`Tape`]: each operator becomes an [`OpRecord`] (what it is, the hashes of its inputs, the hash of its
-//! output), and the step a chain of running hashes — position 0 the agreed state the step starts from,
-//! position `i + 1` the hash after operator `i` — committed to by one Merkle root. Agreement at a
-//! position means agreement on everything before it, which is what the bisection needs.
+//! output), and a last record — the state record — lists the tensors of the state after the step and
+//! claims the state hash they make. The step is a chain of running hashes: position 0 is the agreed state
+//! the step starts from, position `i + 1` the hash after record `i`, all committed to by one Merkle root.
+//! Agreement at a position means agreement on everything before it, which is what the bisection needs.
 //!
-//! When the bisection has found the operator both sides disagree on, [`adjudicate`] settles it: if both
-//! describe the same operator on the same inputs, the referee re-executes it once with repops from the
-//! input tensors (checked against their hashes) and the side whose output hash differs loses.
+//! When the bisection has found the record both sides disagree on, [`judge`] settles it from each side's
+//! [`Evidence`]. A record that does not link the agreed hash to the side's own next hash, or does not fit
+//! the program's [`StepShape`], loses. Where the two records read different inputs, each side proves its
+//! input is the output of the operator the structure says produced it ([`Provenance`], against its own
+//! commitment); where they read the same inputs, the referee re-executes the one operator with repops from
+//! the input tensors (checked against their hashes), and the side whose output hash differs loses.
+
+use std::time::Instant;
 
 use repops::simd::SimdLevel;
-use repops::tape::{Tape, TapeEntry, hash_view};
+use repops::tape::{Tape, TapeEntry, TensorRecord, hash_view};
+use repops::{HostTensor, OpKind};
+use serde::{Deserialize, Serialize};
 
 use crate::bisection::{Commitment, Opening, Party};
 use crate::error::{Error, Result};
-use crate::merkle::{Hash, MerkleTree};
+use crate::merkle::{Hash, MerkleTree, verify};
+use crate::program::StateManifest;
+use crate::structure::StepShape;
 
-/// One operator of a step: what it computes and the hashes it read and wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The `op` of the state record.
+pub const STATE_OP: &str = "state";
+
+/// One record of a step: what it computes and the hashes it read and wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpRecord {
-    /// The operator and its attributes, canonically encoded.
+    /// The operator's kind, a space, and its attributes (or [`STATE_OP`]).
     pub op: String,
     /// Its inputs' hashes, in order.
     pub inputs: Vec<Hash>,
@@ -26,14 +39,30 @@ pub struct OpRecord {
     pub output: Hash,
 }
 
+/// The canonical `op` string of an operator.
+pub fn op_string(op: &OpKind) -> String {
+    format!("{} {op:?}", op.name())
+}
+
 impl OpRecord {
     /// The record of a tape entry.
     pub fn from_entry(entry: &TapeEntry) -> Self {
         Self {
-            op: format!("{:?}", entry.op),
+            op: op_string(&entry.op),
             inputs: entry.inputs.iter().map(|i| i.hash).collect(),
             output: entry.output.hash,
         }
+    }
+
+    /// The state record: the tensors of `manifest`, claiming the state hash `claimed` (an honest
+    /// trainer claims `manifest.hash()`).
+    pub fn state(manifest: &StateManifest, claimed: Hash) -> Self {
+        Self { op: STATE_OP.to_owned(), inputs: manifest.entries.iter().map(|e| e.1).collect(), output: claimed }
+    }
+
+    /// The operator's kind: the `op` string up to its first space.
+    pub fn kind(&self) -> &str {
+        self.op.split(' ').next().unwrap_or_default()
     }
 
     /// The record's digest (length-prefixed fields under a domain tag).
@@ -73,25 +102,26 @@ impl StepTrace {
     pub fn new(start: Hash, records: Vec<OpRecord>) -> Result<Self> {
         let mut chain = Vec::with_capacity(records.len() + 1);
         chain.push(start);
+        let mut prev = start;
         for r in &records {
-            let next = link(chain.last().unwrap_or(&start), r);
-            chain.push(next);
+            prev = link(&prev, r);
+            chain.push(prev);
         }
         let tree = MerkleTree::new(&chain)?;
         Ok(Self { records, chain, tree })
     }
 
-    /// The trace of a recorded tape.
+    /// The trace of a recorded tape (its operators only, no state record).
     pub fn from_tape(start: Hash, tape: &Tape) -> Result<Self> {
         Self::new(start, tape.entries().iter().map(OpRecord::from_entry).collect())
     }
 
-    /// The commitment: the root over the `ops + 1` running hashes.
+    /// The commitment: the root over the `records + 1` running hashes.
     pub fn commitment(&self) -> Commitment {
         Commitment { root: self.tree.root(), len: self.chain.len() as u64 }
     }
 
-    /// Operators in the step.
+    /// Records in the step.
     pub fn ops(&self) -> usize {
         self.records.len()
     }
@@ -102,7 +132,7 @@ impl StepTrace {
         Ok(Opening { index, hash, proof: self.tree.proof(index)? })
     }
 
-    /// Operator `i`'s record.
+    /// Record `i`.
     pub fn record(&self, i: usize) -> Option<&OpRecord> {
         self.records.get(i)
     }
@@ -111,60 +141,260 @@ impl StepTrace {
     pub fn into_records(self) -> Vec<OpRecord> {
         self.records
     }
+
+    /// The proof that record `i` sits at its position: the openings around it and the record.
+    pub fn provenance(&self, i: u64) -> Result<Provenance> {
+        let record = self.record(i as usize).cloned().ok_or(Error::OutOfRange { index: i, len: self.ops() as u64 })?;
+        Ok(Provenance { before: self.open(i)?, after: self.open(i + 1)?, record })
+    }
+
+    /// What a party sends the referee about its record `i`: the record, the inputs of the operator from
+    /// `tape` (which must have kept them), and the provenance `shape` names for each of its inputs.
+    pub fn evidence(&self, i: u64, tape: &Tape, shape: &StepShape) -> Result<Evidence> {
+        let record = self.record(i as usize).cloned().ok_or(Error::OutOfRange { index: i, len: self.ops() as u64 })?;
+        let (op, inputs, sources): (Option<OpKind>, Vec<HostTensor>, Vec<Option<u32>>) = if i == shape.state_index() {
+            (None, Vec::new(), shape.state.iter().map(|s| Some(s.1)).collect())
+        } else {
+            let entry = tape.entries().get(i as usize).ok_or(Error::OutOfRange { index: i, len: tape.len() as u64 })?;
+            let inputs = entry
+                .inputs
+                .iter()
+                .map(|t| t.data.clone().ok_or_else(|| Error::Program(format!("operator {i}'s inputs were not kept"))))
+                .collect::<Result<_>>()?;
+            let sources = shape.ops.get(i as usize).map(|o| o.sources.clone()).unwrap_or_default();
+            (Some(entry.op), inputs, sources)
+        };
+        let provenance = sources
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| s.map(|p| (k as u32, p)))
+            .map(|(k, p)| Ok((k, self.provenance(u64::from(p))?)))
+            .collect::<Result<_>>()?;
+        Ok(Evidence { record, op, inputs, provenance })
+    }
 }
 
-/// How one disputed operator was settled.
+/// A record proven to sit at its position in a party's trace: `link(before.hash, record) == after.hash`,
+/// both openings checked against the party's commitment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The opening of the position before the record.
+    pub before: Opening,
+    /// The opening of the position after it.
+    pub after: Opening,
+    /// The record.
+    pub record: OpRecord,
+}
+
+impl Provenance {
+    /// The output hash of record `position` of the trace committed to by `commitment`, if this proves it.
+    pub fn proven_output(&self, commitment: &Commitment, position: u64) -> Result<Hash> {
+        let (before, after) = (&self.before, &self.after);
+        let len = commitment.len;
+        if before.index != position || after.index != position + 1 {
+            return Err(Error::OutOfRange { index: before.index, len });
+        }
+        verify(&commitment.root, len, before.index, &before.hash, &before.proof)?;
+        verify(&commitment.root, len, after.index, &after.hash, &after.proof)?;
+        if link(&before.hash, &self.record) != after.hash {
+            return Err(Error::BadProof { index: after.index, len });
+        }
+        Ok(self.record.output)
+    }
+}
+
+/// What a party sends about the disputed record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Its record.
+    pub record: OpRecord,
+    /// The operator to re-execute (none for the state record).
+    pub op: Option<OpKind>,
+    /// The operator's input tensors.
+    pub inputs: Vec<HostTensor>,
+    /// For inputs the structure traces to an operator: `(input index, that operator's record proven)`.
+    pub provenance: Vec<(u32, Provenance)>,
+}
+
+/// How one disputed record was settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// This party's claim matches the referee's re-execution (or the other side broke the rules).
+    /// This party's claim holds up and the other's does not.
     Wins(Party),
-    /// Neither claim holds up.
-    BothLose,
+    /// Neither claim holds up, or the referee cannot tell (named).
+    BothLose(String),
 }
 
-/// Settles the dispute over operator `agreed` (the bisection's result): `agreed_hash` is the running hash
-/// both opened at that position, `disputed` the hash each opened at the next one, `records` each side's
-/// record of the operator, and `entry` the operator with its input tensors (sent by either side). A side
-/// whose record does not link the agreed hash to its own opened hash loses; with the same operator on the
-/// same inputs, the referee replays it once and the side whose output differs loses.
-pub fn adjudicate(
-    agreed_hash: &Hash,
-    disputed: (&Hash, &Hash),
-    records: (&OpRecord, &OpRecord),
-    entry: &TapeEntry,
-    level: SimdLevel,
-) -> Verdict {
-    let trainer_ok = link(agreed_hash, records.0) == *disputed.0;
-    let challenger_ok = link(agreed_hash, records.1) == *disputed.1;
-    match (trainer_ok, challenger_ok) {
-        (false, false) => return Verdict::BothLose,
-        (false, true) => return Verdict::Wins(Party::Challenger),
-        (true, false) => return Verdict::Wins(Party::Trainer),
-        (true, true) => {}
-    }
-    let (t, c) = records;
-    // The referee's own output for the operator, from inputs that hash to what the records claim.
-    let replayed = |record: &OpRecord| -> Option<Hash> {
-        let claimed = OpRecord::from_entry(entry);
-        if claimed.op != record.op || claimed.inputs != record.inputs {
-            return None;
+/// The referee's judgement and the work it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why each side's claim failed, if it did (trainer, challenger).
+    pub failures: [Option<String>; 2],
+    /// The operator re-executed, if one was.
+    pub replayed: Option<String>,
+    /// Elements the referee read and wrote re-executing it.
+    pub replay_elements: u64,
+    /// Seconds the re-execution took.
+    pub replay_seconds: f64,
+}
+
+/// What the referee knows when it judges record `index` of step `step`: the step's graph, the running
+/// hash both sides agree on before the record, each side's (trainer, challenger) hash after it, and each
+/// side's commitment.
+#[derive(Debug, Clone, Copy)]
+pub struct Disputed<'a> {
+    /// The step's graph.
+    pub shape: &'a StepShape,
+    /// The step (1-based).
+    pub step: u64,
+    /// The disputed record.
+    pub index: u64,
+    /// The agreed running hash before it.
+    pub agreed: &'a Hash,
+    /// Each side's running hash after it.
+    pub claimed: [&'a Hash; 2],
+    /// Each side's commitment to the step.
+    pub commitments: [&'a Commitment; 2],
+}
+
+/// Whether a record fits the program at its position: the right kind and number of inputs, and for the
+/// state record a state hash that is what its tensors make.
+fn conforms(d: &Disputed<'_>, record: &OpRecord) -> std::result::Result<(), String> {
+    if d.index == d.shape.state_index() {
+        if record.op != STATE_OP || record.inputs.len() != d.shape.state.len() {
+            return Err(format!("record {} is not the state record the program ends its step with", d.index));
         }
-        entry.replay(level).ok().map(|out| hash_view(&out.view()))
+        let entries = d.shape.state.iter().map(|s| s.0.clone()).zip(record.inputs.iter().copied()).collect();
+        if (StateManifest { step: d.step, entries }).hash() != record.output {
+            return Err("its state hash is not the hash of the tensors it lists".into());
+        }
+        return Ok(());
+    }
+    let Some(shape) = d.shape.ops.get(d.index as usize) else {
+        return Err(format!("the program's step has no operator {}", d.index));
     };
-    if t.op == c.op && t.inputs == c.inputs {
-        return match replayed(t) {
-            Some(out) if out == t.output && out != c.output => Verdict::Wins(Party::Trainer),
-            Some(out) if out == c.output && out != t.output => Verdict::Wins(Party::Challenger),
-            _ => Verdict::BothLose,
-        };
+    if record.kind() != shape.kind || record.inputs.len() != shape.sources.len() {
+        return Err(format!(
+            "operator {} is a {} of {} inputs in the program",
+            d.index,
+            shape.kind,
+            shape.sources.len()
+        ));
     }
-    // Different operators or inputs after an agreed history: only the side whose record the referee can
-    // replay to its claimed output stands.
-    match (replayed(t).is_some_and(|o| o == t.output), replayed(c).is_some_and(|o| o == c.output)) {
-        (true, false) => Verdict::Wins(Party::Trainer),
-        (false, true) => Verdict::Wins(Party::Challenger),
-        _ => Verdict::BothLose,
+    Ok(())
+}
+
+/// Settles the disputed record from each side's evidence (trainer, challenger), re-executing at most one
+/// operator at SIMD level `level`.
+pub fn judge(d: &Disputed<'_>, evidence: [&Evidence; 2], level: SimdLevel) -> Judgement {
+    let mut j = Judgement {
+        verdict: Verdict::BothLose(String::new()),
+        failures: [None, None],
+        replayed: None,
+        replay_elements: 0,
+        replay_seconds: 0.0,
+    };
+    // 1. Each record must link the agreed hash to the side's own next hash and fit the program.
+    for (k, ev) in evidence.iter().enumerate() {
+        if link(d.agreed, &ev.record) != *d.claimed[k] {
+            j.failures[k] = Some("its record does not link the agreed hash to the hash it committed next".into());
+        } else if let Err(why) = conforms(d, &ev.record) {
+            j.failures[k] = Some(why);
+        }
     }
+    let undecided =
+        if j.failures.iter().all(Option::is_none) { settle_records(d, evidence, level, &mut j) } else { None };
+    j.verdict = match (&j.failures[0], &j.failures[1]) {
+        (None, Some(_)) => Verdict::Wins(Party::Trainer),
+        (Some(_), None) => Verdict::Wins(Party::Challenger),
+        (Some(_), Some(_)) => Verdict::BothLose("both claims fail".into()),
+        (None, None) => Verdict::BothLose(undecided.unwrap_or_else(|| "neither claim fails".into())),
+    };
+    j
+}
+
+/// Both records are well formed: decides on what they say, noting each side whose claim fails. Returns
+/// why the referee cannot tell, if it cannot.
+fn settle_records(d: &Disputed<'_>, evidence: [&Evidence; 2], level: SimdLevel, j: &mut Judgement) -> Option<String> {
+    let (t, c) = (&evidence[0].record, &evidence[1].record);
+    let differing: Vec<usize> = (0..t.inputs.len()).filter(|&i| t.inputs.get(i) != c.inputs.get(i)).collect();
+    if !differing.is_empty() {
+        for &i in &differing {
+            let source = if d.index == d.shape.state_index() {
+                d.shape.state.get(i).map(|s| s.1)
+            } else {
+                d.shape.ops.get(d.index as usize).and_then(|o| o.sources.get(i).copied().flatten())
+            };
+            let Some(p) = source.map(u64::from).filter(|&p| p < d.index) else {
+                return Some(format!(
+                    "input {i} of record {} does not come from an earlier operator of the step",
+                    d.index
+                ));
+            };
+            for (k, ev) in evidence.iter().enumerate() {
+                let proven = ev
+                    .provenance
+                    .iter()
+                    .find(|(idx, _)| *idx as usize == i)
+                    .ok_or_else(|| format!("no provenance for input {i}"))
+                    .and_then(|(_, prov)| prov.proven_output(d.commitments[k], p).map_err(|e| e.to_string()))
+                    .and_then(|out| {
+                        (ev.record.inputs.get(i) == Some(&out))
+                            .then_some(())
+                            .ok_or_else(|| format!("input {i} is not the output of operator {p}, which produced it"))
+                    });
+                if let Err(why) = proven
+                    && j.failures[k].is_none()
+                {
+                    j.failures[k] = Some(why);
+                }
+            }
+        }
+        return j.failures.iter().all(Option::is_none).then(|| "both sides prove different inputs".into());
+    }
+    if d.index == d.shape.state_index() {
+        return Some("the state records list the same tensors".into());
+    }
+    if t.op != c.op {
+        return Some(format!("the two sides ran operator {} with different attributes: {} vs {}", d.index, t.op, c.op));
+    }
+    // The same operator on the same inputs: re-execute it once, from either side's input tensors.
+    let began = Instant::now();
+    let Some((out, elements)) = evidence.iter().find_map(|ev| replay(d.index, t, ev, level)) else {
+        return Some("neither side sent input tensors that hash to the records' inputs".into());
+    };
+    j.replay_seconds = began.elapsed().as_secs_f64();
+    j.replay_elements = elements;
+    j.replayed = Some(t.op.clone());
+    for (k, ev) in evidence.iter().enumerate() {
+        if ev.record.output != out {
+            j.failures[k] = Some(format!("re-executing operator {} ({}) gives another output", d.index, t.kind()));
+        }
+    }
+    None
+}
+
+/// Re-executes `record`'s operator from the input tensors of `ev`, if they are that operator's and hash
+/// to the record's inputs: the output's hash and the elements read and written.
+fn replay(index: u64, record: &OpRecord, ev: &Evidence, level: SimdLevel) -> Option<(Hash, u64)> {
+    let op = ev.op?;
+    if op_string(&op) != record.op || ev.inputs.len() != record.inputs.len() {
+        return None;
+    }
+    let inputs = ev
+        .inputs
+        .iter()
+        .zip(&record.inputs)
+        .map(|(t, &hash)| TensorRecord { shape: t.shape.clone(), hash, data: Some(t.clone()) })
+        .collect();
+    let output = TensorRecord { shape: Vec::new(), hash: record.output, data: None };
+    let entry = TapeEntry { index: index as usize, op, inputs, output };
+    let out = entry.replay(level).ok()?;
+    let elements =
+        ev.inputs.iter().chain(std::iter::once(&out)).map(|t| t.shape.iter().product::<usize>() as u64).sum();
+    Some((hash_view(&out.view()), elements))
 }
 
 #[cfg(test)]
@@ -172,46 +402,80 @@ mod tests {
     use super::*;
     use crate::bisection::{Bisection, Progress};
     use candle_core::{Device, Tensor};
+    use repops::tape::{Keep, RecordOptions};
 
     /// A small step on repops: two matmuls, a SiLU and a softmax, recorded with its inputs.
     fn step() -> Tape {
         let dev = Device::Cpu;
         let x = Tensor::from_vec((0..32).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(), (4, 8), &dev);
         let w = Tensor::from_vec((0..64).map(|i| (i as f32 * 0.11).cos()).collect::<Vec<_>>(), (8, 8), &dev);
-        let (out, tape) = repops::tape::record(true, || -> repops::Result<Tensor> {
-            let (x, w) = (x.expect("x"), w.expect("w"));
-            let h = repops::tensor::silu(&repops::tensor::matmul(&x, &w)?)?;
-            repops::tensor::softmax_last_dim(&repops::tensor::matmul(&h, &w)?)
-        });
+        let (out, tape) =
+            repops::tape::record_with(RecordOptions { keep: Keep::All, fault: None }, || -> repops::Result<Tensor> {
+                let (x, w) = (x.expect("x"), w.expect("w"));
+                let h = repops::tensor::silu(&repops::tensor::matmul(&x, &w)?)?;
+                repops::tensor::softmax_last_dim(&repops::tensor::matmul(&h, &w)?)
+            });
         out.expect("step");
         tape
     }
 
-    /// Plays the op-level bisection between two traces and adjudicates with the honest tape's entry.
-    fn dispute(honest: &StepTrace, other: &StepTrace, tape: &Tape) -> (usize, Verdict) {
-        let mut game = Bisection::new(honest.commitment(), other.commitment(), 0, honest.ops() as u64).expect("game");
+    /// The step's trace (ending in an empty state record) and its graph.
+    fn traced(start: Hash, records: Vec<OpRecord>) -> StepTrace {
+        let manifest = StateManifest { step: 1, entries: Vec::new() };
+        let mut records = records;
+        records.push(OpRecord::state(&manifest, manifest.hash()));
+        StepTrace::new(start, records).expect("trace")
+    }
+
+    /// Plays the op-level bisection between two traces and judges with each side's evidence.
+    fn dispute(honest: &StepTrace, other: &StepTrace, tape: &Tape, shape: &StepShape) -> (u64, Judgement) {
+        let (ht, ot) = (honest.commitment(), other.commitment());
+        let last = ht.len - 1;
+        let ends = (last, [honest.open(last).expect("open").hash, other.open(last).expect("open").hash]);
+        let mut game = Bisection::new(ht, ot, (0, honest.open(0).expect("open").hash), ends).expect("game");
         let mut progress = game.progress();
         while let Progress::Query(mid) = progress {
             progress = game.answer(&honest.open(mid).expect("open"), &other.open(mid).expect("open"));
         }
         let Progress::Found { agreed } = progress else { panic!("{progress:?}") };
-        let op = agreed as usize;
-        let agreed_hash = honest.open(agreed).expect("open").hash;
-        let (a, b) = (honest.open(agreed + 1).expect("open").hash, other.open(agreed + 1).expect("open").hash);
-        let records = (honest.record(op).expect("record"), other.record(op).expect("record"));
-        let verdict = adjudicate(&agreed_hash, (&a, &b), records, &tape.entries()[op], repops::simd::current());
-        (op, verdict)
+        let (agreed_hash, claimed) = (game.agreed().1, game.disputed().1);
+        let he = honest.evidence(agreed, tape, shape).expect("evidence");
+        // The other side sends its own record, with the inputs the tape holds.
+        let oe = Evidence { record: other.record(agreed as usize).expect("record").clone(), ..he.clone() };
+        let oe = Evidence {
+            provenance: oe
+                .provenance
+                .iter()
+                .map(|(i, p)| (*i, other.provenance(p.before.index).expect("prov")))
+                .collect(),
+            ..oe
+        };
+        let d = Disputed {
+            shape,
+            step: 1,
+            index: agreed,
+            agreed: &agreed_hash,
+            claimed: [&claimed[0], &claimed[1]],
+            commitments: [&ht, &ot],
+        };
+        (agreed, judge(&d, [&he, &oe], repops::simd::current()))
+    }
+
+    fn shape(tape: &Tape) -> StepShape {
+        StepShape::from_tape(tape, &StateManifest { step: 1, entries: Vec::new() }).expect("shape")
     }
 
     #[test]
     fn a_corrupted_output_is_found_at_its_op_and_loses() {
         let tape = step();
+        let shape = shape(&tape);
         assert!(tape.len() >= 4, "{} ops", tape.len());
         let start = [7u8; 32];
-        let honest = StepTrace::from_tape(start, &tape).expect("trace");
+        let records: Vec<OpRecord> = tape.entries().iter().map(OpRecord::from_entry).collect();
+        let honest = traced(start, records.clone());
         for corrupt in 0..tape.len() {
             // The cheater reports a different output for one op; everything after reads it.
-            let mut records = honest.clone().into_records();
+            let mut records = records.clone();
             let old = records[corrupt].output;
             let new = *blake3::hash(&old).as_bytes();
             for r in &mut records[corrupt..] {
@@ -221,22 +485,53 @@ mod tests {
                     }
                 }
             }
-            let cheat = StepTrace::new(start, records).expect("trace");
-            let (op, verdict) = dispute(&honest, &cheat, &tape);
-            assert_eq!(op, corrupt, "found at the corrupted op");
-            assert_eq!(verdict, Verdict::Wins(Party::Trainer));
+            let (op, judgement) = dispute(&honest, &traced(start, records), &tape, &shape);
+            assert_eq!(op, corrupt as u64, "found at the corrupted op");
+            assert_eq!(judgement.verdict, Verdict::Wins(Party::Trainer), "{judgement:?}");
+            assert!(judgement.replayed.is_some() && judgement.replay_elements > 0);
         }
     }
 
     #[test]
-    fn a_record_that_does_not_link_loses() {
+    fn an_input_that_is_not_its_producers_output_loses() {
         let tape = step();
-        let honest = StepTrace::from_tape([1; 32], &tape).expect("trace");
-        let r = honest.record(0).expect("record");
-        let agreed = honest.open(0).expect("open").hash;
-        let good = honest.open(1).expect("open").hash;
-        let forged = [9u8; 32];
-        let verdict = adjudicate(&agreed, (&good, &forged), (r, r), &tape.entries()[0], repops::simd::current());
-        assert_eq!(verdict, Verdict::Wins(Party::Trainer));
+        let shape = shape(&tape);
+        let records: Vec<OpRecord> = tape.entries().iter().map(OpRecord::from_entry).collect();
+        // The last op reads an earlier op's output: the cheater claims it read something else.
+        let last = records.len() - 1;
+        let input = shape.ops[last].sources.iter().position(Option::is_some).expect("a traced input");
+        let mut forged = records.clone();
+        forged[last].inputs[input] = [3; 32];
+        let (op, judgement) = dispute(&traced([1; 32], records), &traced([1; 32], forged), &tape, &shape);
+        assert_eq!(op, last as u64);
+        assert_eq!(judgement.verdict, Verdict::Wins(Party::Trainer), "{judgement:?}");
+        assert!(judgement.replayed.is_none(), "settled by provenance, without re-executing");
+    }
+
+    #[test]
+    fn a_record_that_does_not_link_or_fit_loses() {
+        let tape = step();
+        let shape = shape(&tape);
+        let honest = traced([1; 32], tape.entries().iter().map(OpRecord::from_entry).collect());
+        let ev = honest.evidence(0, &tape, &shape).expect("evidence");
+        let (agreed, good) = (honest.open(0).expect("open").hash, honest.open(1).expect("open").hash);
+        let c = honest.commitment();
+        let d = Disputed {
+            shape: &shape,
+            step: 1,
+            index: 0,
+            agreed: &agreed,
+            claimed: [&good, &[9u8; 32]],
+            commitments: [&c, &c],
+        };
+        let j = judge(&d, [&ev, &ev], repops::simd::current());
+        assert_eq!(j.verdict, Verdict::Wins(Party::Trainer));
+        // A record of another kind than the program's operator at that position.
+        let mut other = ev.record.clone();
+        other.op = "softmax Softmax".into();
+        let claimed = link(&agreed, &other);
+        let d = Disputed { claimed: [&good, &claimed], ..d };
+        let j = judge(&d, [&ev, &Evidence { record: other, ..ev.clone() }], repops::simd::current());
+        assert_eq!(j.verdict, Verdict::Wins(Party::Trainer), "{j:?}");
     }
 }

@@ -291,8 +291,8 @@ fn note(
     }
     let mut out_host = dev.clone_dtoh(out)?;
     out_host.truncate(shape.iter().product());
-    let output = HostTensor { shape: shape.to_vec(), data: HostData::F32(out_host) };
+    let mut output = HostTensor { shape: shape.to_vec(), data: HostData::F32(out_host) };
     let views: Vec<HostView<'_>> = hosts.iter().map(HostTensor::view).collect();
-    crate::tape::note(op, &views, &output);
+    crate::tape::note(op, &views, &mut output);
     Ok(())
 }

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 /// Hyper-parameters of one AdamW step.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamW {
     /// Learning rate.
     pub lr: f32,

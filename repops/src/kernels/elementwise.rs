@@ -9,7 +9,7 @@ use crate::simd::{self, SimdLevel};
 const CHUNK: usize = 1 << 14;
 
 /// A unary element-wise function.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Unary {
     /// e^x.
     Exp,
@@ -59,7 +59,7 @@ impl Unary {
 }
 
 /// A binary element-wise operation on equal-length inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Binary {
     /// a + b.
     Add,

@@ -175,7 +175,7 @@ pub fn row_reduce(x: &[f32], out: &mut [f32], n: usize, kind: RowReduce, level: 
 }
 
 /// Which reduction [`row_reduce`] applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RowReduce {
     /// Canonical sum.
     Sum,

@@ -1,0 +1,174 @@
+//! Whole disputes over the simulated network: honest trainers never dispute on repops, and against every
+//! kind of cheat the honest side wins, with the dispute narrowed to the step — and the operator — the
+//! cheat corrupted.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use verde::net::SettleConfig;
+use verde::{
+    Behaviour, Conduct, Execution, Fault, Outcome, Party, Program, Rules, Settlement, Structure, execute, settle,
+};
+
+const STEPS: u64 = 6;
+
+fn rules(program: &Program, structure: &Arc<Structure>, initial: [u8; 32]) -> Rules {
+    Rules {
+        initial,
+        steps: program.steps,
+        structure: structure.clone(),
+        deadline: std::time::Duration::from_secs(30),
+        level: repops::simd::current(),
+    }
+}
+
+struct Fixture {
+    program: Program,
+    structure: Arc<Structure>,
+    honest: Arc<Execution>,
+}
+
+fn fixture() -> Fixture {
+    let program = Program::tiny(STEPS);
+    let structure = Arc::new(Structure::of(&program).expect("structure"));
+    let honest = Arc::new(execute(&program, Behaviour::Honest).expect("run"));
+    Fixture { program, structure, honest }
+}
+
+impl Fixture {
+    fn settle(&self, trainers: Vec<(Arc<Execution>, Conduct)>) -> Settlement {
+        let rules = rules(&self.program, &self.structure, self.honest.hashes[0]);
+        settle(&rules, trainers, &SettleConfig::default()).expect("settle")
+    }
+
+    fn cheat(&self, behaviour: Behaviour) -> Arc<Execution> {
+        Arc::new(execute(&self.program, behaviour).expect("run"))
+    }
+
+    /// Honest trainer against a cheat, the cheat taking `side` in the dispute.
+    fn duel(&self, cheat: &Arc<Execution>, conduct: Conduct, cheat_first: bool) -> Settlement {
+        let honest = (self.honest.clone(), Conduct::Faithful);
+        let cheat = (cheat.clone(), conduct);
+        self.settle(if cheat_first { vec![cheat, honest] } else { vec![honest, cheat] })
+    }
+}
+
+/// Asserts the honest side won the one dispute of a duel and returns where it was narrowed to.
+fn honest_won(s: &Settlement, cheat_first: bool) -> (Option<u64>, Option<u64>, Fault) {
+    assert_eq!(s.disputes.len(), 1, "{:?}", s.disputes);
+    let d = &s.disputes[0];
+    let honest_party = if cheat_first { Party::Challenger } else { Party::Trainer };
+    let Outcome::Won { winner, fault } = &d.outcome else { panic!("no winner: {:?}", d.outcome) };
+    assert_eq!(*winner, honest_party, "{:?}", d.outcome);
+    let honest_index = usize::from(cheat_first);
+    assert!(s.standing[honest_index] && !s.standing[1 - honest_index]);
+    assert!(
+        s.ledger.balance(&format!("trainer{honest_index}")) > s.ledger.balance(&format!("trainer{}", 1 - honest_index))
+    );
+    (d.summary.step, d.summary.record, fault.clone())
+}
+
+#[test]
+fn honest_trainers_agree_and_every_cheat_loses_where_it_cheated() {
+    let f = fixture();
+    let twin = f.cheat(Behaviour::Honest);
+    let s = f.settle(vec![(f.honest.clone(), Conduct::Faithful), (twin, Conduct::Faithful)]);
+    assert!(s.disputes.is_empty() && s.standing.iter().all(|&b| b), "two honest trainers: one claim");
+    assert_eq!(s.accepted, f.honest.hashes.last().copied());
+
+    let state_record = f.structure.step(3).state_index();
+    let cases = [
+        (Behaviour::PerturbWeight { step: 3, delta: 1e-3 }, 3, state_record),
+        (Behaviour::PerturbOp { step: 3, op: 17, delta: 0.5 }, 3, 17),
+        (Behaviour::Lazy { from: 4 }, 4, f.structure.step(4).state_index()),
+        (Behaviour::LieInCommitment { step: STEPS }, STEPS, f.structure.step(STEPS).state_index()),
+    ];
+    for (behaviour, step, record) in cases {
+        let cheat = f.cheat(behaviour);
+        for cheat_first in [false, true] {
+            let s = f.duel(&cheat, Conduct::Faithful, cheat_first);
+            let (at_step, at_record, fault) = honest_won(&s, cheat_first);
+            assert_eq!((at_step, at_record), (Some(step), Some(record)), "{behaviour:?}: {fault}");
+            assert!(matches!(fault, Fault::WrongClaim(_)), "{behaviour:?}: {fault}");
+        }
+    }
+}
+
+#[test]
+fn breaking_the_protocol_loses() {
+    let f = fixture();
+    let cheat = f.cheat(Behaviour::PerturbWeight { step: 2, delta: 1e-3 });
+    // Inconsistent openings, in the step bisection and in the op bisection.
+    for from in [1, 4] {
+        let s = f.duel(&cheat, Conduct::Inconsistent { from }, true);
+        let (_, _, fault) = honest_won(&s, true);
+        assert!(matches!(fault, Fault::BadAnswer(_)), "{fault}");
+    }
+    // Silence at the claim, in a bisection, at the trace, at the evidence: a timeout, whatever the stage.
+    let s = f.duel(&cheat, Conduct::Faithful, false);
+    let asks = 1 + s.disputes[0].summary.step_rounds + 1 + s.disputes[0].summary.op_rounds + 1;
+    for from in [1, 2, asks - 1, asks] {
+        let s = f.duel(&cheat, Conduct::Silent { from }, false);
+        let (_, _, fault) = honest_won(&s, false);
+        assert_eq!(fault, Fault::Timeout, "silent from question {from}");
+    }
+    // An honest trainer that falls silent loses too: the protocol, not the claim, decides.
+    let s = f.duel(&cheat, Conduct::Faithful, true);
+    assert!(matches!(s.disputes[0].outcome, Outcome::Won { winner: Party::Challenger, .. }));
+    let silent_honest =
+        f.settle(vec![(cheat.clone(), Conduct::Faithful), (f.honest.clone(), Conduct::Silent { from: 3 })]);
+    assert!(matches!(
+        silent_honest.disputes[0].outcome,
+        Outcome::Won { winner: Party::Trainer, fault: Fault::Timeout }
+    ));
+}
+
+#[test]
+fn one_honest_trainer_among_cheats_is_enough() {
+    let f = fixture();
+    let trainers = vec![
+        (f.cheat(Behaviour::Lazy { from: 2 }), Conduct::Faithful),
+        (f.cheat(Behaviour::PerturbWeight { step: 5, delta: 1e-3 }), Conduct::Faithful),
+        (f.honest.clone(), Conduct::Faithful),
+        (f.cheat(Behaviour::PerturbOp { step: 1, op: 5, delta: 0.5 }), Conduct::Faithful),
+        (f.cheat(Behaviour::Honest), Conduct::Faithful),
+    ];
+    let s = f.settle(trainers);
+    assert_eq!(s.standing, vec![false, false, true, false, true]);
+    assert_eq!(s.accepted, f.honest.hashes.last().copied());
+    assert_eq!(s.disputes.len(), 3, "one per wrong claim");
+    assert!(s.disputes.iter().all(|d| d.traffic.bytes > 0 && d.summary.judgement.is_some()));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Random cheats at random steps and operators: the honest side always wins, at the exact step and
+    /// record the cheat corrupted (a perturbed operator whose change does not reach the state leaves
+    /// the same final claim: no dispute).
+    #[test]
+    fn the_cheater_is_found_at_its_step_and_op(step in 1u64..=STEPS, how in 0usize..4, op in 0usize..10_000, cheat_first: bool) {
+        let f = fixture();
+        let shape = f.structure.step(step);
+        let op = op % shape.ops.len();
+        let (behaviour, record) = match how {
+            0 => (Behaviour::PerturbWeight { step, delta: 1e-3 }, shape.state_index()),
+            1 => (Behaviour::PerturbOp { step, op, delta: 0.5 }, op as u64),
+            2 => (Behaviour::Lazy { from: step }, shape.state_index()),
+            _ => (Behaviour::LieInCommitment { step: STEPS }, f.structure.step(STEPS).state_index()),
+        };
+        let cheat = f.cheat(behaviour);
+        let s = f.duel(&cheat, Conduct::Faithful, cheat_first);
+        if cheat.hashes.last() == f.honest.hashes.last() {
+            let harmless = matches!(behaviour, Behaviour::PerturbOp { .. });
+            prop_assert!(s.disputes.is_empty() && harmless, "{:?}", behaviour);
+        } else {
+            let expected_step = if how == 3 { STEPS } else { step };
+            let (at_step, at_record, _) = honest_won(&s, cheat_first);
+            prop_assert_eq!((at_step, at_record), (Some(expected_step), Some(record)), "{:?}", behaviour);
+            let d = &s.disputes[0].summary;
+            let bound = |n: u64| 64 - (n - 1).leading_zeros();
+            prop_assert!(d.step_rounds <= bound(STEPS + 1) && d.op_rounds <= bound(shape.positions()));
+        }
+    }
+}
