@@ -171,7 +171,8 @@ impl AdamW {
                 Backend::Native => native_adamw(var.as_tensor(), &g, &m, &v, self.moment_steps, h)?,
             };
             var.set(&p)?;
-            self.moments.insert(name.clone(), (m, v));
+            // Detached: a moment that kept its autograd graph would keep every earlier step's graph alive.
+            self.moments.insert(name.clone(), (m.detach(), v.detach()));
         }
         Ok(StepStats { lr, grad_norm })
     }
