@@ -5,6 +5,7 @@ mod plots;
 mod report;
 mod skip;
 mod studies;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,10 +61,16 @@ enum Command {
     /// rates of 5, 10, 16 and 33% per hour (val loss by virtual time, time to a target loss, loss spikes
     /// after recoveries), and the rebuild ablations (naive copy, random re-init).
     ///
-    /// The output folder's config.toml runs the same study with `swarmlab run`.
+    /// `verde`: disputes between an honest run and six kinds of cheat (a perturbed weight, a perturbed
+    /// operator, a lazy trainer, a lie about the final state, inconsistent openings, silence) for runs of
+    /// 16 to 256 steps of two model sizes: bisection rounds against log2 n + log2 m, bytes exchanged, and
+    /// the referee's one re-executed operator against replicating the run; and the negative case, honest
+    /// trainers on native kernels. It writes report.md and verde.json.
+    ///
+    /// For the training studies, the output folder's config.toml runs the same study with `swarmlab run`.
     Reproduce {
         /// The study.
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(studies::STUDIES))]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(studies::ALL_STUDIES))]
         study: String,
         /// Output folder [default: runs/<study>-<unix time>].
         #[arg(long)]
@@ -71,6 +78,33 @@ enum Command {
         /// The same study at a smaller scale (a few minutes; for smoke checks).
         #[arg(long)]
         quick: bool,
+    },
+    /// Verify one training run delegated to several trainers (Verde): each trains the same program on
+    /// repops, some dishonestly; conflicting claims are disputed before a referee on the simulated network,
+    /// which prints each verdict, the bisection rounds, the bytes exchanged and the one operator it re-ran.
+    Verify {
+        /// The program's model: `tiny` (2 layers of width 32, batches of 4 x 16 tokens) or `small`
+        /// (the small preset, batches of 8 x 64).
+        #[arg(long, default_value = "tiny")]
+        model: String,
+        /// Training steps.
+        #[arg(long, default_value_t = 16)]
+        steps: u64,
+        /// A trainer (repeat the flag for each): `honest`, `perturb-weight@STEP`, `perturb-op@STEP:OP`,
+        /// `lazy@STEP` or `lie@STEP`, optionally with `+inconsistent@N` (bad openings from its N-th on) or
+        /// `+silent@N` (no answer from the N-th question on). Default: honest, perturb-op at the middle
+        /// step, lazy from the step after, honest.
+        #[arg(long = "trainer", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<verify::TrainerSpec>()))]
+        trainers: Vec<verify::TrainerSpec>,
+        /// How long (virtual seconds) a trainer may take to answer the referee.
+        #[arg(long, default_value_t = 60.0)]
+        deadline_s: f64,
+        /// Kernels: `repops` (bitwise reproducible) or `native` (only with --print-final).
+        #[arg(long, default_value = "repops", hide = true)]
+        backend: String,
+        /// Only run the program honestly and print its final state hash.
+        #[arg(long, hide = true)]
+        print_final: bool,
     },
     /// Rewrite report.md and the plots of a run folder from its run.h5 (e.g. after editing the report code).
     Report {
@@ -98,7 +132,21 @@ fn main() -> Result<()> {
             };
             run(cfg, out, quick)
         }
+        Command::Reproduce { study, out, quick } if study == "verde" => verify::reproduce(out, quick),
         Command::Reproduce { study, out, quick } => run(studies::preset(&study)?, out, quick),
+        Command::Verify { model, steps, trainers, deadline_s, backend, print_final } => {
+            let backend = match backend.as_str() {
+                "repops" => models::Backend::RepOps,
+                "native" if print_final => models::Backend::Native,
+                "native" => bail!("disputes need repops: --backend native only goes with --print-final"),
+                other => bail!("unknown backend {other:?}: repops or native"),
+            };
+            if print_final {
+                verify::print_final(&model, steps, backend)
+            } else {
+                verify::verify(&model, steps, trainers, deadline_s)
+            }
+        }
         Command::Init { path } => init(&path),
         Command::Report { run_dir } => {
             report::rewrite(&run_dir)?;

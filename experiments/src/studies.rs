@@ -12,6 +12,9 @@ use crate::skip::{GeoConfig, SkipPipeStudy};
 /// The studies `swarmlab reproduce` knows.
 pub(crate) const STUDIES: [&str; 3] = ["noloco", "skippipe", "checkfree"];
 
+/// Every study `swarmlab reproduce` knows: the training studies, and `verde` (disputes, not a training run).
+pub(crate) const ALL_STUDIES: [&str; 4] = ["noloco", "skippipe", "checkfree", "verde"];
+
 /// The configuration of study `name`.
 pub(crate) fn preset(name: &str) -> Result<RunConfig> {
     match name {

@@ -299,3 +299,31 @@ fn skippipe_study_skips_arms_without_stages_to_drop() -> Result<(), Box<dyn std:
     assert_eq!(skip["iteration"].as_array().map(Vec::len), Some(4));
     Ok(())
 }
+
+#[test]
+fn verify_settles_every_claim_and_names_bad_trainers() -> Result<(), Box<dyn std::error::Error>> {
+    let out = swarmlab()
+        .args(["verify", "--steps", "6", "--trainer", "perturb-op@3:5", "--trainer", "honest"])
+        .args(["--trainer", "lazy@2+silent@3", "--trainer", "lie@6"])
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("trainer 1 wins; trainer 0 wrong claim: re-executing operator 5"), "{stdout}");
+    assert!(stdout.contains("did not answer in time"), "{stdout}");
+    assert!(stdout.contains("its state hash is not the hash of the tensors it lists"), "{stdout}");
+    assert!(stdout.contains("accepted: final state") && stdout.contains("(trainers 1)"), "{stdout}");
+    assert!(stdout.contains("the accepted state is the honest run's"), "{stdout}");
+    for (bad, says) in [
+        ("lazy", "lazy needs @STEP"),
+        ("perturb-op@2", "perturb-op needs @STEP:OP"),
+        ("liar@2", "unknown trainer \"liar\""),
+        ("honest+shy@2", "unknown conduct \"shy\""),
+        ("lazy@9", "past the program's 6 steps"),
+        ("perturb-op@2:99999", "operators"),
+    ] {
+        let out = swarmlab().args(["verify", "--steps", "6", "--trainer", bad]).output()?;
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(!out.status.success() && stderr.contains(says), "{bad}: {stderr}");
+    }
+    Ok(())
+}

@@ -32,6 +32,14 @@ pub enum Error {
         /// Leaves in the tree.
         len: u64,
     },
+    /// A commitment covers another number of positions than the program has.
+    #[error("a commitment over {got} positions where the program has {expected}")]
+    Length {
+        /// Positions committed to.
+        got: u64,
+        /// Positions the program has.
+        expected: u64,
+    },
     /// A tree must have at least one leaf.
     #[error("a Merkle tree needs at least one leaf")]
     Empty,

@@ -22,7 +22,8 @@ use crate::trace::{OpRecord, StepTrace};
 /// What is trained, on what, for how long. Every trainer runs the same program.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Program {
-    /// The model (its backend is forced to repops).
+    /// The model. Its backend should be repops: on the native backend honest trainers need not agree,
+    /// and no step leaves an op tape to verify (the negative case).
     pub model: ModelConfig,
     /// The optimizer. Gradient clipping is forced off: whether it applies depends on the data, and the
     /// step's operator graph must not ([`crate::Structure`]).
@@ -153,14 +154,12 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// The program's initial state (on the repops backend without gradient clipping, whatever the
-    /// program's configs say).
+    /// The program's initial state (without gradient clipping, whatever the optimizer config says).
     pub fn new(program: &Program) -> Result<Self> {
         let corpus = SyntheticLanguage::new(&program.corpus).map_err(program_error)?.corpus();
-        let model_cfg = ModelConfig { backend: Backend::RepOps, ..program.model.clone() };
-        let model = Llama::new(&model_cfg, 1, &Device::Cpu).map_err(program_error)?;
+        let model = Llama::new(&program.model, 1, &Device::Cpu).map_err(program_error)?;
         let optim_cfg = OptimConfig { grad_clip: 0.0, ..program.optim.clone() };
-        let optim = AdamW::new(optim_cfg, Backend::RepOps).map_err(program_error)?;
+        let optim = AdamW::new(optim_cfg, program.model.backend).map_err(program_error)?;
         Ok(Self { program: program.clone(), corpus, model, optim })
     }
 

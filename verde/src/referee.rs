@@ -363,7 +363,7 @@ impl Dispute {
         let faults = PARTIES.map(|p| {
             let Answer::Claim { commitment, start, end } = &answers[slot(p)] else { return None };
             if commitment.len != len {
-                return Some(Fault::BadAnswer(Error::OutOfRange { index: commitment.len - 1, len }));
+                return Some(Fault::BadAnswer(Error::Length { got: commitment.len, expected: len }));
             }
             if let Err(e) = check_opening(commitment, start, 0).and_then(|()| check_opening(commitment, end, len - 1)) {
                 return Some(Fault::BadAnswer(e));
@@ -392,8 +392,7 @@ impl Dispute {
             let k = slot(p);
             let Answer::Trace { commitment, start, before_end, end, state } = &answers[k] else { return None };
             if commitment.len != len {
-                let e = Error::OutOfRange { index: commitment.len.saturating_sub(1), len };
-                return Some(Fault::BadAnswer(e));
+                return Some(Fault::BadAnswer(Error::Length { got: commitment.len, expected: len }));
             }
             let opened = check_opening(commitment, start, 0)
                 .and_then(|()| check_opening(commitment, before_end, len - 2))

@@ -319,6 +319,11 @@ pub fn judge(d: &Disputed<'_>, evidence: [&Evidence; 2], level: SimdLevel) -> Ju
 /// why the referee cannot tell, if it cannot.
 fn settle_records(d: &Disputed<'_>, evidence: [&Evidence; 2], level: SimdLevel, j: &mut Judgement) -> Option<String> {
     let (t, c) = (&evidence[0].record, &evidence[1].record);
+    // An input by name: a state tensor's key, or an operator input's index.
+    let name = |i: usize| match d.shape.state.get(i) {
+        Some((key, _)) if d.index == d.shape.state_index() => format!("state tensor {key}"),
+        _ => format!("input {i}"),
+    };
     let differing: Vec<usize> = (0..t.inputs.len()).filter(|&i| t.inputs.get(i) != c.inputs.get(i)).collect();
     if !differing.is_empty() {
         for &i in &differing {
@@ -329,7 +334,8 @@ fn settle_records(d: &Disputed<'_>, evidence: [&Evidence; 2], level: SimdLevel, 
             };
             let Some(p) = source.map(u64::from).filter(|&p| p < d.index) else {
                 return Some(format!(
-                    "input {i} of record {} does not come from an earlier operator of the step",
+                    "{} of record {} does not come from an earlier operator of the step",
+                    name(i),
                     d.index
                 ));
             };
@@ -343,7 +349,7 @@ fn settle_records(d: &Disputed<'_>, evidence: [&Evidence; 2], level: SimdLevel, 
                     .and_then(|out| {
                         (ev.record.inputs.get(i) == Some(&out))
                             .then_some(())
-                            .ok_or_else(|| format!("input {i} is not the output of operator {p}, which produced it"))
+                            .ok_or_else(|| format!("{} is not the output of operator {p}, which produced it", name(i)))
                     });
                 if let Err(why) = proven
                     && j.failures[k].is_none()

@@ -143,6 +143,18 @@ fn one_honest_trainer_among_cheats_is_enough() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
+    /// Two honest trainers on different thread counts compute the same bits, whatever the data order and
+    /// length: on repops they never dispute.
+    #[test]
+    fn honest_trainers_on_different_thread_counts_never_dispute(data_seed in 0u64..1000, steps in 1u64..6) {
+        let program = Program { data_seed, ..Program::tiny(steps) };
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            pool.install(|| execute(&program, Behaviour::Honest).expect("run")).hashes
+        };
+        prop_assert_eq!(on(1), on(3));
+    }
+
     /// Random cheats at random steps and operators: the honest side always wins, at the exact step and
     /// record the cheat corrupted (a perturbed operator whose change does not reach the state leaves
     /// the same final claim: no dispute).
