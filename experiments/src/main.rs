@@ -1,5 +1,6 @@
 //! `swarmlab`: train on simulated swarms and write the results.
 
+mod all;
 mod config;
 mod plots;
 mod report;
@@ -61,6 +62,12 @@ enum Command {
     /// rates of 5, 10, 16 and 33% per hour (val loss by virtual time, time to a target loss, loss spikes
     /// after recoveries), and the rebuild ablations (naive copy, random re-init).
     ///
+    /// `compose`: NoLoCo, SkipPipe and CheckFree each alone and all three together against the baseline
+    /// pipeline, on a geo-distributed swarm with failures (time to the loss every arm reaches).
+    ///
+    /// `all`: every study above, one after the other, and an index report (report.md) with each one's
+    /// claims, plots and wall time, and the total (`swarmlab readme` turns it into the README's results).
+    ///
     /// `verde`: disputes between an honest run and six kinds of cheat (a perturbed weight, a perturbed
     /// operator, a lazy trainer, a lie about the final state, inconsistent openings, silence) for runs of
     /// 16 to 256 steps of two model sizes: bisection rounds against log2 n + log2 m, bytes exchanged, and
@@ -106,6 +113,15 @@ enum Command {
         #[arg(long, hide = true)]
         print_final: bool,
     },
+    /// Regenerate the README's results section (between its `<!-- results:begin -->` and
+    /// `<!-- results:end -->` lines) from a folder written by `swarmlab reproduce all`.
+    Readme {
+        /// A folder written by `swarmlab reproduce all`.
+        run_dir: PathBuf,
+        /// The README to update.
+        #[arg(long, default_value = "README.md")]
+        file: PathBuf,
+    },
     /// Rewrite report.md and the plots of a run folder from its run.h5 (e.g. after editing the report code).
     Report {
         /// A folder written by `swarmlab run`.
@@ -133,6 +149,8 @@ fn main() -> Result<()> {
             run(cfg, out, quick)
         }
         Command::Reproduce { study, out, quick } if study == "verde" => verify::reproduce(out, quick),
+        Command::Reproduce { study, out, quick } if study == "all" => all::reproduce_all(out, quick, run),
+        Command::Readme { run_dir, file } => all::readme(&run_dir, &file),
         Command::Reproduce { study, out, quick } => run(studies::preset(&study)?, out, quick),
         Command::Verify { model, steps, trainers, deadline_s, backend, print_final } => {
             let backend = match backend.as_str() {

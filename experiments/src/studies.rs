@@ -10,10 +10,11 @@ use crate::config::{ArmConfig, NetworkConfig, RecoveryConfig, Routing, RunConfig
 use crate::skip::{GeoConfig, SkipPipeStudy};
 
 /// The studies `swarmlab reproduce` knows.
-pub(crate) const STUDIES: [&str; 3] = ["noloco", "skippipe", "checkfree"];
+pub(crate) const STUDIES: [&str; 4] = ["noloco", "skippipe", "checkfree", "compose"];
 
-/// Every study `swarmlab reproduce` knows: the training studies, and `verde` (disputes, not a training run).
-pub(crate) const ALL_STUDIES: [&str; 4] = ["noloco", "skippipe", "checkfree", "verde"];
+/// Every study `swarmlab reproduce` knows: the training studies, `verde` (disputes, not a training
+/// run) and `all` (every one of them, then one index report).
+pub(crate) const ALL_STUDIES: [&str; 6] = ["noloco", "skippipe", "checkfree", "compose", "verde", "all"];
 
 /// The configuration of study `name`.
 pub(crate) fn preset(name: &str) -> Result<RunConfig> {
@@ -21,6 +22,7 @@ pub(crate) fn preset(name: &str) -> Result<RunConfig> {
         "noloco" => Ok(noloco()),
         "skippipe" => Ok(skippipe()),
         "checkfree" => Ok(checkfree()),
+        "compose" => Ok(compose()),
         other => bail!("unknown study {other:?}: one of {}", STUDIES.join(", ")),
     }
 }
@@ -148,6 +150,55 @@ fn checkfree() -> RunConfig {
     }
 }
 
+/// The three protocols together and each alone, on SkipPipe's geo-distributed swarm with CheckFree's
+/// failures (16% of stages per hour; the embedding and head stages never fail): an 8-stage pipeline
+/// (embedding, six one-block stages, head) x 2 replicas. The baseline synchronises by all-reduce every
+/// step, runs every micro-batch through every stage of its row, and restores checkpoints; each protocol
+/// replaces one of those three; the last arm replaces all three. A failure-free baseline sets the target
+/// loss the failure table times arms to; the composition row compares the times to the loss every arm
+/// reaches.
+fn compose() -> RunConfig {
+    let steps = 300;
+    let (stages, replicas) = (8, 2);
+    let rate = checkfree::FailureRate::PAPER[2].per_iteration;
+    let noloco = NoLoCo { every: 20, group_size: 2, outer_lr: 0.7, momentum: 0.5, ..NoLoCo::default() };
+    let arm = |label: &str, sync: &str, routing: Routing, recovery: &str| ArmConfig {
+        sync: sync.into(),
+        noloco: (sync == "noloco").then_some(noloco),
+        routing,
+        skip_ratio: if routing == Routing::Skippipe { 0.25 } else { 0.0 },
+        recovery: recovery.into(),
+        failure_rate: rate,
+        ..ArmConfig::new(label, stages, replicas)
+    };
+    RunConfig {
+        name: "compose".into(),
+        steps,
+        micro_batches: 4,
+        device_tflops: Some(0.01),
+        layers: Some(6),
+        edge_stages: true,
+        eval_every: 20,
+        eval_batches: 4,
+        optim: OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 20, total_steps: steps, ..OptimConfig::default() },
+        recovery: RecoveryConfig {
+            protect: vec![0, stages - 1],
+            fallback: "checkpoint".into(),
+            ..RecoveryConfig::default()
+        },
+        arms: vec![
+            ArmConfig { failure_rate: 0.0, ..arm("baseline, no failures", "all_reduce", Routing::Fixed, "checkpoint") },
+            arm("baseline", "all_reduce", Routing::Fixed, "checkpoint"),
+            arm("NoLoCo", "noloco", Routing::Random, "checkpoint"),
+            arm("SkipPipe 25%", "all_reduce", Routing::Skippipe, "checkpoint"),
+            arm("CheckFree", "all_reduce", Routing::Fixed, "checkfree"),
+            arm("NoLoCo + SkipPipe + CheckFree", "noloco", Routing::Skippipe, "checkfree"),
+        ],
+        geo: Some(GeoConfig::default()),
+        ..RunConfig::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +225,88 @@ mod tests {
         assert_eq!(rounds(&full), rounds(&quick));
         assert!(quick.scale.as_ref().is_some_and(|s| s.replicas.iter().all(|&r| r <= 64)));
         Ok(())
+    }
+}
+
+/// The protocols composed: every pair of NoLoCo, SkipPipe and CheckFree, and all three, on a tiny
+/// geo-distributed grid with failures.
+#[cfg(test)]
+mod composition {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A 5-stage (embedding, three one-block stages, head) x 2-replica grid of the tiny model on the geo
+    /// swarm, 40 steps, the block stages failing often enough to fail a few times.
+    fn tiny(sync: &str, routing: Routing, recovery: &str) -> RunConfig {
+        let steps = 40;
+        let mut cfg = compose();
+        cfg.steps = steps;
+        cfg.micro_batches = 2;
+        cfg.micro_batch = 2;
+        cfg.seq = 16;
+        cfg.layers = Some(3);
+        cfg.eval_every = 0;
+        cfg.optim =
+            OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 5, total_steps: steps, ..OptimConfig::default() };
+        cfg.corpus.synthetic.train_tokens = 1 << 14;
+        cfg.corpus.synthetic.val_tokens = 1 << 10;
+        cfg.recovery.protect = vec![0, 4];
+        let noloco = NoLoCo { every: 5, group_size: 2, ..NoLoCo::default() };
+        cfg.arms = vec![ArmConfig {
+            sync: sync.into(),
+            noloco: (sync == "noloco").then_some(noloco),
+            routing,
+            skip_ratio: if routing == Routing::Skippipe { 0.25 } else { 0.0 },
+            recovery: recovery.into(),
+            failure_rate: 0.04,
+            ..ArmConfig::new("composed", 5, 2)
+        }];
+        cfg
+    }
+
+    fn train(cfg: &RunConfig) -> pipeline::RunReport {
+        cfg.validate().expect("valid");
+        let corpus = Arc::new(crate::corpus(cfg).expect("corpus"));
+        let spec = cfg.spec(0).expect("spec");
+        genrl::run_simulation(pipeline::run_simulated(&spec, corpus)).expect("runtime").expect("run")
+    }
+
+    fn losses(r: &pipeline::RunReport) -> Vec<f64> {
+        r.metrics.mean_by_step("train_loss").into_iter().map(|v| v.1).collect()
+    }
+
+    #[test]
+    fn every_pair_and_all_three_compose_and_train() {
+        for (sync, routing, recovery) in [
+            ("noloco", Routing::Skippipe, "checkpoint"),
+            ("noloco", Routing::Random, "checkfree"),
+            ("all_reduce", Routing::Skippipe, "checkfree"),
+            ("noloco", Routing::Skippipe, "checkfree"),
+        ] {
+            let report = train(&tiny(sync, routing, recovery));
+            let l = losses(&report);
+            let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+            let (first, last) = (mean(&l[..5]), mean(&l[l.len() - 5..]));
+            assert!(last < first - 0.2, "{sync} + {routing:?} + {recovery}: loss {first:.3} -> {last:.3}");
+            let recoveries = report.metrics.events.iter().filter(|e| e.kind == genrl::EventKind::Recovery).count();
+            assert!(recoveries > 0, "{sync} + {routing:?} + {recovery}: no failure was recovered");
+        }
+    }
+
+    #[test]
+    fn a_composed_run_is_deterministic_by_seed() {
+        let cfg = tiny("noloco", Routing::Skippipe, "checkfree");
+        let (a, b) = (train(&cfg), train(&cfg));
+        assert_eq!(losses(&a), losses(&b));
+        assert_eq!(a.virtual_time, b.virtual_time);
+        let bits = |r: &pipeline::RunReport| -> Vec<u32> {
+            r.weights
+                .values()
+                .flat_map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("weights"))
+                .map(f32::to_bits)
+                .collect()
+        };
+        assert_eq!(bits(&a), bits(&b));
     }
 }

@@ -357,8 +357,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         Ok(at)
     }
 
-    /// This worker failed at `step`: it loses its weights and optimizer state and gets them back from
-    /// `source`.
+    /// This worker failed at `step`: it loses its weights, optimizer and outer state and gets the weights
+    /// back from `source` (the outer state restarts from them).
     async fn recover(&mut self, step: u64, source: &Source) -> Result<()> {
         let t0 = self.ctx.clock.now();
         let fresh = self.fresh_weights()?;
@@ -413,6 +413,9 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             Source::ReInit => "no source to rebuild from: re-initialised".to_owned(),
             Source::Checkpoint => return Err(unexpected()),
         };
+        // The outer state (an outer optimizer's anchor and momentum) was lost with the rest: it starts
+        // again from the recovered weights, as it would on a node that joins the swarm.
+        self.outer = self.spec.sync.start(&flatten(&self.names, &self.params.snapshot(), &self.shapes)?);
         let now = self.ctx.clock.now();
         let index = Some(self.ctx.index);
         self.ctx.metrics.event(now, index, EventKind::Failure, format!("s{s}r{r} failed at step {step}"));
