@@ -133,9 +133,8 @@ pub(crate) fn readme(all_dir: &Path, file: &Path) -> Result<()> {
         .filter(|l| !l.starts_with("!["))
         .map(|l| {
             let l = if l.starts_with("## ") { format!("#{l}") } else { l.to_owned() };
-            // Links into the run folder are relative to it.
-            l.replace("](", &format!("]({}/", all_dir.display()))
-                .replace(&format!("]({}/http", all_dir.display()), "](http")
+            // Links into the run folder would not resolve from the README: keep their text.
+            unlink_local(&l)
         })
         .collect::<Vec<_>>()
         .join("\n");
@@ -148,6 +147,29 @@ pub(crate) fn readme(all_dir: &Path, file: &Path) -> Result<()> {
     write_atomic(file, updated.as_bytes())?;
     println!("{}: results section regenerated from {}", file.display(), all_dir.display());
     Ok(())
+}
+
+/// `line` with every Markdown link to a local path (not `http…`) replaced by its text.
+fn unlink_local(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(open) = rest.find('[') {
+        let tail = &rest[open..];
+        let link = tail.find("](").and_then(|mid| tail[mid..].find(')').map(|close| (mid, mid + close)));
+        match link {
+            Some((mid, close)) if !tail[1..mid].contains('[') && !tail[mid + 2..].starts_with("http") => {
+                out.push_str(&rest[..open]);
+                out.push_str(&tail[1..mid]);
+                rest = &tail[close + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..=open]);
+                rest = &rest[open + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -177,6 +199,13 @@ mod tests {
         assert!(err.to_string().contains("no results section"), "{err}");
         assert_eq!(std::fs::read_to_string(&file)?, "no markers\n", "nothing written on error");
         Ok(())
+    }
+
+    #[test]
+    fn local_links_keep_their_text() {
+        assert_eq!(unlink_local("| a | [a/report.md](a/report.md) | 3 s |"), "| a | a/report.md | 3 s |");
+        assert_eq!(unlink_local("see [x](https://e.org) and [y](y.md)"), "see [x](https://e.org) and y");
+        assert_eq!(unlink_local("[unclosed and [z](z)"), "[unclosed and z");
     }
 
     #[test]
