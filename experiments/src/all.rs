@@ -33,11 +33,7 @@ pub(crate) fn reproduce_all(
     quick: bool,
     run: impl Fn(RunConfig, Option<PathBuf>, bool) -> Result<()>,
 ) -> Result<()> {
-    let out = out.unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        PathBuf::from("runs").join(format!("all-{secs}"))
-    });
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let out = crate::out_dir(out, "all")?;
     let began = Instant::now();
     let mut done: Vec<(&str, f64, Result<()>)> = Vec::new();
     let names: Vec<&str> = studies::STUDIES.iter().copied().chain(["verde"]).collect();

@@ -183,6 +183,16 @@ fn init(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The output folder: `out` if given, else `runs/<name>-<unix time>`; created if missing.
+fn out_dir(out: Option<PathBuf>, name: &str) -> Result<PathBuf> {
+    let out = out.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!("{name}-{secs}"))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    Ok(out)
+}
+
 fn corpus(cfg: &RunConfig) -> Result<Corpus> {
     Ok(match &cfg.corpus.path {
         Some(path) => load_text(path, cfg.corpus.val_fraction)?,
@@ -195,11 +205,7 @@ fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Result<()> {
         cfg = cfg.quick();
         cfg.validate()?;
     }
-    let out = out.unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        PathBuf::from("runs").join(format!("{}-{secs}", cfg.name))
-    });
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let out = out_dir(out, &cfg.name)?;
     let corpus = Arc::new(corpus(&cfg)?);
     corpus.check_fits(cfg.seq)?;
     let floor = corpus.entropy_floor.map_or(String::new(), |h| format!(", loss floor {h:.3} nats/token"));

@@ -36,6 +36,9 @@ impl FromStr for TrainerSpec {
                 .filter(|&n| n > 0)
                 .ok_or_else(|| format!("{what} in {s:?} must be a positive integer"))
         };
+        let small = |v: &str| -> std::result::Result<u32, String> {
+            u32::try_from(number("N", v)?).map_err(|_| format!("N in {s:?} is too large"))
+        };
         let (kind, arg) = train.split_once('@').map_or((train, None), |(k, a)| (k, Some(a)));
         let missing = || format!("{kind} needs @STEP (in {s:?})");
         let behaviour = match kind {
@@ -61,8 +64,8 @@ impl FromStr for TrainerSpec {
         };
         let conduct = match conduct.map(|c| c.split_once('@').unwrap_or((c, ""))) {
             None => Conduct::Faithful,
-            Some(("inconsistent", n)) => Conduct::Inconsistent { from: number("N", n)? as u32 },
-            Some(("silent", n)) => Conduct::Silent { from: number("N", n)? as u32 },
+            Some(("inconsistent", n)) => Conduct::Inconsistent { from: small(n)? },
+            Some(("silent", n)) => Conduct::Silent { from: small(n)? },
             Some((other, _)) => return Err(format!("unknown conduct {other:?}: +inconsistent@N or +silent@N")),
         };
         Ok(Self { behaviour, conduct })
@@ -102,8 +105,13 @@ pub(crate) fn program(model: &str, steps: u64, backend: Backend) -> Result<Progr
     Ok(p)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A state hash's first four bytes, for tables.
 fn short(h: &[u8; 32]) -> String {
-    h[..4].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&h[..4])
 }
 
 fn log2_ceil(n: u64) -> u32 {
@@ -142,7 +150,7 @@ impl Setup {
         if let Behaviour::PerturbOp { op, .. } = spec.behaviour
             && op >= self.ops
         {
-            bail!("trainer {spec}: the program's steps have {} operators (0..{})", self.ops, self.ops - 1);
+            bail!("trainer {spec}: the program's steps have {} operators, numbered from 0", self.ops);
         }
         Ok(match spec.behaviour {
             Behaviour::Honest => self.honest.clone(),
@@ -410,7 +418,7 @@ fn child_final(backend: &str, steps: u64, threads: usize) -> Result<String> {
 pub(crate) fn print_final(model: &str, steps: u64, backend: Backend) -> Result<()> {
     let e = execute(&program(model, steps, backend)?, Behaviour::Honest)?;
     let h = e.hashes.last().copied().unwrap_or_default();
-    println!("{}", h.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    println!("{}", hex(&h));
     Ok(())
 }
 
@@ -452,11 +460,7 @@ fn negative_case(steps: u64) -> Result<NegativeCase> {
 
 /// `swarmlab reproduce verde`.
 pub(crate) fn reproduce(out: Option<PathBuf>, quick: bool) -> Result<()> {
-    let out = out.unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        PathBuf::from("runs").join(format!("verde-{secs}"))
-    });
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let out = crate::out_dir(out, "verde")?;
     let cells: &[(&str, &[u64])] = if quick {
         &[("tiny", &[8, 32]), ("small", &[8])]
     } else {

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::merkle::{Hash, Proof, verify};
+use crate::merkle::{Hash, MerkleTree, Proof, verify};
 
 /// Who is who in a dispute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +40,24 @@ pub struct Opening {
     pub hash: Hash,
     /// Its inclusion proof.
     pub proof: Proof,
+}
+
+impl Opening {
+    /// The opening of position `index` of `contents`, the leaves `tree` was built over.
+    pub fn of(contents: &[Hash], tree: &MerkleTree, index: u64) -> Result<Self, Error> {
+        let len = contents.len() as u64;
+        let hash = *contents.get(index as usize).ok_or(Error::OutOfRange { index, len })?;
+        Ok(Self { index, hash, proof: tree.proof(index)? })
+    }
+
+    /// Checks that this opens position `index` of `commitment`: the right position, and a proof that
+    /// leads to the committed root.
+    pub fn check(&self, commitment: &Commitment, index: u64) -> Result<(), Error> {
+        if self.index != index {
+            return Err(Error::OutOfRange { index: self.index, len: commitment.len });
+        }
+        verify(&commitment.root, commitment.len, index, &self.hash, &self.proof)
+    }
 }
 
 /// Where the game stands after an answer.
@@ -125,11 +143,7 @@ impl Bisection {
         for (party, opening, commitment) in
             [(Party::Trainer, trainer, self.trainer), (Party::Challenger, challenger, self.challenger)]
         {
-            if opening.index != mid {
-                let reason = Error::OutOfRange { index: opening.index, len: commitment.len };
-                return Progress::Forfeit { party, reason };
-            }
-            if let Err(reason) = verify(&commitment.root, commitment.len, mid, &opening.hash, &opening.proof) {
+            if let Err(reason) = opening.check(&commitment, mid) {
                 return Progress::Forfeit { party, reason };
             }
         }

@@ -78,10 +78,11 @@ pub async fn referee<T: Transport, C: Clock>(
     let mut traffic = Traffic::default();
     let mut dispute = Dispute::new(rules, clock.now());
     while let Some(ask) = dispute.ask() {
-        let message = Message::Ask { dispute: id, ask };
-        traffic.bytes += 2 * codec.encode(&message).map_err(net_error)?.len() as u64;
+        // Encoded once: the same bytes go to both parties and are what is counted.
+        let payload = codec.encode(&Message::Ask { dispute: id, ask }).map_err(net_error)?;
+        traffic.bytes += 2 * payload.len() as u64;
         traffic.messages += 2;
-        transport.broadcast_msg(&parties, &message).await.map_err(net_error)?;
+        transport.broadcast(&parties, payload).await.map_err(net_error)?;
         let asked_at = clock.now();
         let mut answered = [false; 2];
         while !answered.iter().all(|&a| a) && dispute.outcome().is_none() {
@@ -274,7 +275,6 @@ async fn tournament<T: Transport, C: Clock>(
     let mut queue = sides.into_iter();
     let mut standing = queue.next();
     let mut disputes = Vec::new();
-    let mut rejected = Vec::new();
     for next in queue {
         let Some(champion) = standing.take() else {
             standing = Some(next);
@@ -288,21 +288,17 @@ async fn tournament<T: Transport, C: Clock>(
         match &outcome {
             Outcome::Won { winner: Party::Trainer, .. } => {
                 ledger.settle(&name(a), &name(b), config.stake);
-                rejected.extend(next.1.iter().copied());
                 standing = Some(champion);
             }
             Outcome::Won { winner: Party::Challenger, .. } => {
                 ledger.settle(&name(b), &name(a), config.stake);
-                rejected.extend(champion.1.iter().copied());
                 standing = Some(next);
             }
-            Outcome::BothLose(_) | Outcome::Agreed => {
-                rejected.extend(champion.1.iter().chain(&next.1).copied());
-            }
+            // Both sides are out; the next side in the queue stands unchallenged until disputed.
+            Outcome::BothLose(_) | Outcome::Agreed => {}
         }
         disputes.push(DisputeRecord { trainer: a, challenger: b, outcome, summary, traffic, seconds });
     }
     let standing_flags = (0..finals.len()).map(|i| standing.as_ref().is_some_and(|s| s.1.contains(&i))).collect();
-    debug_assert!(rejected.iter().all(|i| !standing.as_ref().is_some_and(|s| s.1.contains(i))));
     Ok(Settlement { accepted: standing.map(|s| s.0), standing: standing_flags, disputes, ledger })
 }

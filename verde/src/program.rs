@@ -266,9 +266,7 @@ impl Execution {
 
     /// The answer to a bisection query.
     pub fn open(&self, index: u64) -> Result<Opening> {
-        let hash =
-            *self.hashes.get(index as usize).ok_or(Error::OutOfRange { index, len: self.hashes.len() as u64 })?;
-        Ok(Opening { index, hash, proof: self.tree.proof(index)? })
+        Opening::of(&self.hashes, &self.tree, index)
     }
 
     /// Re-runs the run from the initial state up to step `step` and returns that step's trace — its

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bisection::{Bisection, Commitment, Opening, Party, Progress};
 use crate::error::Error;
-use crate::merkle::{Hash, verify};
+use crate::merkle::Hash;
 use crate::structure::Structure;
 use crate::trace::{Disputed, Evidence, Judgement, OpRecord, Verdict, judge, link};
 
@@ -365,7 +365,7 @@ impl Dispute {
             if commitment.len != len {
                 return Some(Fault::BadAnswer(Error::Length { got: commitment.len, expected: len }));
             }
-            if let Err(e) = check_opening(commitment, start, 0).and_then(|()| check_opening(commitment, end, len - 1)) {
+            if let Err(e) = start.check(commitment, 0).and_then(|()| end.check(commitment, len - 1)) {
                 return Some(Fault::BadAnswer(e));
             }
             if start.hash != self.rules.initial {
@@ -394,9 +394,10 @@ impl Dispute {
             if commitment.len != len {
                 return Some(Fault::BadAnswer(Error::Length { got: commitment.len, expected: len }));
             }
-            let opened = check_opening(commitment, start, 0)
-                .and_then(|()| check_opening(commitment, before_end, len - 2))
-                .and_then(|()| check_opening(commitment, end, len - 1));
+            let opened = start
+                .check(commitment, 0)
+                .and_then(|()| before_end.check(commitment, len - 2))
+                .and_then(|()| end.check(commitment, len - 1));
             if let Err(e) = opened {
                 return Some(Fault::BadAnswer(e));
             }
@@ -467,13 +468,6 @@ impl Dispute {
             }
         }
     }
-}
-
-fn check_opening(commitment: &Commitment, opening: &Opening, index: u64) -> Result<(), Error> {
-    if opening.index != index {
-        return Err(Error::OutOfRange { index: opening.index, len: commitment.len });
-    }
-    verify(&commitment.root, commitment.len, index, &opening.hash, &opening.proof)
 }
 
 /// Simulated stakes: every party deposits before taking part; the loser of a dispute is slashed by the

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bisection::{Commitment, Opening, Party};
 use crate::error::{Error, Result};
-use crate::merkle::{Hash, MerkleTree, verify};
+use crate::merkle::{Hash, MerkleTree};
 use crate::program::StateManifest;
 use crate::structure::StepShape;
 
@@ -128,8 +128,7 @@ impl StepTrace {
 
     /// The answer to a bisection query for position `index`.
     pub fn open(&self, index: u64) -> Result<Opening> {
-        let hash = *self.chain.get(index as usize).ok_or(Error::OutOfRange { index, len: self.chain.len() as u64 })?;
-        Ok(Opening { index, hash, proof: self.tree.proof(index)? })
+        Opening::of(&self.chain, &self.tree, index)
     }
 
     /// Record `i`.
@@ -189,15 +188,10 @@ pub struct Provenance {
 impl Provenance {
     /// The output hash of record `position` of the trace committed to by `commitment`, if this proves it.
     pub fn proven_output(&self, commitment: &Commitment, position: u64) -> Result<Hash> {
-        let (before, after) = (&self.before, &self.after);
-        let len = commitment.len;
-        if before.index != position || after.index != position + 1 {
-            return Err(Error::OutOfRange { index: before.index, len });
-        }
-        verify(&commitment.root, len, before.index, &before.hash, &before.proof)?;
-        verify(&commitment.root, len, after.index, &after.hash, &after.proof)?;
-        if link(&before.hash, &self.record) != after.hash {
-            return Err(Error::BadProof { index: after.index, len });
+        self.before.check(commitment, position)?;
+        self.after.check(commitment, position + 1)?;
+        if link(&self.before.hash, &self.record) != self.after.hash {
+            return Err(Error::BadProof { index: position + 1, len: commitment.len });
         }
         Ok(self.record.output)
     }
