@@ -10,12 +10,14 @@
 //! | [`clock`] | [`Clock`]: the simulated network's virtual clock or real time; [`clock::timeout`] |
 //! | [`metrics`] | [`Metrics`]: scalar series per agent and step, and events |
 //! | [`comm`] | [`CommunicationBackend`] and [`comm::BroadcastGather`], GenRL's `all_gather` with deadlines |
+//! | [`env`] | verifiable task families ([`env::TaskFamily`]): seeded generators, strict verifiers |
 //! | [`game`] | GenRL's game loop: [`game::Game`] of rounds and stages; `DataManager`, `Trainer`, `RewardManager` |
 //! | [`swarm`] | [`SimSwarm`]: agents with their contexts on the simulated network, run concurrently |
 
 pub mod clock;
 pub mod comm;
 pub mod device;
+pub mod env;
 pub mod error;
 pub mod game;
 pub mod metrics;
