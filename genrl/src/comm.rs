@@ -111,6 +111,72 @@ impl<T: Transport, C: Clock> CommunicationBackend for BroadcastGather<T, C> {
     }
 }
 
+/// [`CommunicationBackend`] that never waits: it broadcasts, then takes whatever payloads have
+/// arrived — each peer's newest, if it is at most `max_age` rounds old — and returns at once. A slow peer
+/// costs nothing but staleness; payloads are used once. SAPO's asynchronous exchange.
+#[derive(Debug)]
+pub struct Inbox<T: Transport, C: Clock> {
+    transport: T,
+    clock: C,
+    peers: Vec<PeerId>,
+    max_age: u64,
+    waiting: BTreeMap<PeerId, (u64, Bytes)>,
+}
+
+impl<T: Transport, C: Clock> Inbox<T, C> {
+    /// Shares with `peers` (the local peer may be among them), keeping payloads up to `max_age` rounds old.
+    pub fn new(transport: T, clock: C, peers: Vec<PeerId>, max_age: u64) -> Self {
+        let me = transport.local_peer();
+        let peers = peers.into_iter().filter(|p| *p != me).collect();
+        Self { transport, clock, peers, max_age, waiting: BTreeMap::new() }
+    }
+}
+
+impl<T: Transport, C: Clock> CommunicationBackend for Inbox<T, C> {
+    fn local_peer(&self) -> PeerId {
+        self.transport.local_peer()
+    }
+
+    async fn all_gather(&mut self, round: u64, payload: Bytes) -> Result<Gathered> {
+        let me = self.transport.local_peer();
+        let message = RoundPayload { round, payload: RawBytes(payload.clone()) };
+        self.transport.broadcast_msg(&self.peers, &message).await?;
+        let mut rejected = 0;
+        // Drain what is already queued; a zero timeout still takes a message that is ready.
+        while let Ok(received) = timeout(&self.clock, Duration::ZERO, self.transport.recv_msg::<RoundPayload>()).await {
+            match received {
+                Ok((from, msg)) => {
+                    if !self.peers.contains(&from) {
+                        rejected += 1;
+                        continue;
+                    }
+                    let newer = self.waiting.get(&from).is_none_or(|(r, _)| msg.round >= *r);
+                    if newer {
+                        self.waiting.insert(from, (msg.round, msg.payload.0));
+                    }
+                }
+                Err(transport::TransportError::Decode { from, source }) => {
+                    tracing::warn!(peer = %from.short(), %source, "undecodable inbox message dropped");
+                    rejected += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let oldest = round.saturating_sub(self.max_age);
+        let mut payloads = BTreeMap::new();
+        for (peer, (r, bytes)) in std::mem::take(&mut self.waiting) {
+            if r >= oldest && r <= round {
+                payloads.insert(peer, bytes);
+            } else if r > round {
+                self.waiting.insert(peer, (r, bytes));
+            }
+        }
+        let missing = self.peers.iter().filter(|p| !payloads.contains_key(*p)).copied().collect();
+        payloads.insert(me, payload);
+        Ok(Gathered { payloads, missing, rejected })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +219,41 @@ mod tests {
         }
         // Three rounds of 20 ms one-way latency, nobody waited for a deadline.
         assert!(net.now() < Duration::from_millis(100), "{:?}", net.now());
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inbox_never_waits_and_takes_each_peers_newest_payload() -> Result<()> {
+        let net = Network::builder(4).default_link(LinkSpec::mbit(10.0, 1000.0)).build()?;
+        let ids: Vec<PeerId> = (0..3).map(PeerId::simulated).collect();
+        let mut inboxes = Vec::new();
+        for &id in &ids {
+            inboxes.push(Inbox::new(net.add_peer(id)?, net.clock(), ids.clone(), 1));
+        }
+        let clock = net.clock();
+        // Round 0: nothing has arrived yet; nobody waits.
+        for (i, inbox) in inboxes.iter_mut().enumerate() {
+            let g = inbox.all_gather(0, Bytes::from(vec![i as u8, 0])).await?;
+            assert_eq!(g.payloads.len(), 1);
+            assert_eq!(g.missing.len(), 2);
+        }
+        assert_eq!(clock.now(), Duration::ZERO);
+        clock.sleep(Duration::from_millis(50)).await;
+        // Agent 2 shares round 1 and 2 before agent 0 looks: agent 0 takes only the newest of each peer.
+        inboxes[2].all_gather(1, Bytes::from(vec![2, 1])).await?;
+        inboxes[2].all_gather(2, Bytes::from(vec![2, 2])).await?;
+        clock.sleep(Duration::from_millis(50)).await;
+        let g = inboxes[0].all_gather(2, Bytes::from(vec![0, 2])).await?;
+        assert_eq!(g.payloads[&ids[2]], Bytes::from(vec![2, 2]), "the newest of agent 2's");
+        assert_eq!(g.missing, vec![ids[1]], "agent 1's round-0 payload is two rounds old (max_age 1)");
+        assert_eq!(g.payloads.len(), 2);
+        // Agent 1 takes agent 0's round-0 payload (age 1) and agent 2's round 2: newer than its round.
+        let g = inboxes[1].all_gather(1, Bytes::from(vec![1, 1])).await?;
+        assert_eq!(g.payloads[&ids[0]], Bytes::from(vec![0, 0]));
+        assert!(!g.payloads.contains_key(&ids[2]), "a payload from a later round waits for that round");
+        let g = inboxes[1].all_gather(2, Bytes::from(vec![1, 2])).await?;
+        assert_eq!(g.payloads[&ids[2]], Bytes::from(vec![2, 2]));
+        assert_eq!(clock.now(), Duration::from_millis(100), "nobody ever waited");
         Ok(())
     }
 

@@ -9,7 +9,7 @@
 //! | [`device`] | [`DeviceProfile`] presets and the compute cost model (FLOPs → time) |
 //! | [`clock`] | [`Clock`]: the simulated network's virtual clock or real time; [`clock::timeout`] |
 //! | [`metrics`] | [`Metrics`]: scalar series per agent and step, and events |
-//! | [`comm`] | [`CommunicationBackend`] and [`comm::BroadcastGather`], GenRL's `all_gather` with deadlines |
+//! | [`comm`] | [`CommunicationBackend`] and [`comm::BroadcastGather`] (GenRL's `all_gather` with deadlines) and [`comm::Inbox`] (never waits) |
 //! | [`env`] | verifiable task families ([`env::TaskFamily`]): seeded generators, strict verifiers |
 //! | [`game`] | GenRL's game loop: [`game::Game`] of rounds and stages; `DataManager`, `Trainer`, `RewardManager` |
 //! | [`swarm`] | [`SimSwarm`]: agents with their contexts on the simulated network, run concurrently |

@@ -91,6 +91,13 @@ impl Question {
         self.family.task().verify(self, text)
     }
 
+    /// Whether the question is one its family makes: the prompt parses and the stated answer is the one
+    /// the family works out from it. Questions from peers are checked with this before any answer to
+    /// them is scored.
+    pub fn is_genuine(&self) -> bool {
+        self.family.task().solve(&self.prompt).is_some_and(|a| a == self.answer)
+    }
+
     /// 1 for a correct completion, 0 otherwise.
     pub fn reward(&self, completion: &str) -> f64 {
         f64::from(u8::from(self.verify(completion) == Verdict::Correct))
@@ -115,6 +122,11 @@ pub trait TaskFamily: Send + Sync {
 
     /// A question at `level`, drawn from `rng`.
     fn generate(&self, level: Level, rng: &mut dyn RngCore) -> Question;
+
+    /// The canonical answer to `prompt`, worked out from the prompt alone; `None` if the prompt is not
+    /// one this family generates. A receiver checks shared questions with it, so a peer cannot pass off
+    /// a wrong ground truth.
+    fn solve(&self, prompt: &str) -> Option<String>;
 
     /// Judges `answer` (the completion without its final newline) to `question`.
     fn verify(&self, question: &Question, answer: &str) -> Verdict;

@@ -58,6 +58,20 @@ impl TaskFamily for BasicArithmetic {
         question(Family::BasicArithmetic, level, prompt, value.to_string())
     }
 
+    fn solve(&self, prompt: &str) -> Option<String> {
+        let body = prompt.strip_suffix('=')?;
+        let natural = |t: &str| parse_int(t).filter(|v| *v >= 0);
+        let value = if let Some((a, rest)) = body.split_once('*') {
+            let (b, c) = rest.split_once('+')?;
+            natural(a)?.checked_mul(natural(b)?)?.checked_add(natural(c)?)?
+        } else {
+            let at = body.char_indices().skip(1).find(|(_, c)| *c == '+' || *c == '-')?.0;
+            let (a, b) = (natural(&body[..at])?, natural(&body[at + 1..])?);
+            if body[at..].starts_with('+') { a.checked_add(b)? } else { a.checked_sub(b)? }
+        };
+        Some(value.to_string())
+    }
+
     fn verify(&self, question: &Question, answer: &str) -> Verdict {
         judge(parse_int(answer), parse_int(&question.answer))
     }
@@ -122,6 +136,13 @@ impl TaskFamily for BaseConversion {
         question(Family::BaseConversion, level, prompt, to_base(n, to))
     }
 
+    fn solve(&self, prompt: &str) -> Option<String> {
+        let (digits, bases) = prompt.strip_suffix('=')?.split_once(':')?;
+        let (from, to) = bases.split_once('>')?;
+        let base = |t: &str| [2u64, 8, 10, 16].into_iter().find(|b| b.to_string() == t);
+        Some(to_base(from_base(digits, base(from)?)?, base(to)?))
+    }
+
     fn verify(&self, question: &Question, answer: &str) -> Verdict {
         let Some(base) = Self::target(question) else {
             return Verdict::Malformed;
@@ -166,6 +187,12 @@ impl TaskFamily for FractionSimplification {
         }
         let k = rng.random_range(2..=max_k);
         question(Family::FractionSimplification, level, format!("{}/{}=", p * k, q * k), format!("{p}/{q}"))
+    }
+
+    fn solve(&self, prompt: &str) -> Option<String> {
+        let (p, q) = parse_fraction(prompt.strip_suffix('=')?)?;
+        let g = gcd(p.unsigned_abs(), q.unsigned_abs()) as i64;
+        (p > 0).then(|| format!("{}/{}", p / g, q / g))
     }
 
     fn verify(&self, question: &Question, answer: &str) -> Verdict {
@@ -234,6 +261,25 @@ impl TaskFamily for DecimalArithmetic {
             }
         };
         question(Family::DecimalArithmetic, level, prompt, format_decimal(value, places))
+    }
+
+    fn solve(&self, prompt: &str) -> Option<String> {
+        let body = prompt.strip_suffix('=')?;
+        let at = body.char_indices().skip(1).find(|(_, c)| matches!(c, '+' | '-' | '*'))?.0;
+        let (a, b) = (parse_decimal(&body[..at])?, parse_decimal(&body[at + 1..])?);
+        let value = match &body[at..at + 1] {
+            "+" => a.checked_add(b)?,
+            "-" => a.checked_sub(b)?,
+            _ => {
+                let product = i128::from(a) * i128::from(b);
+                // Millionths times millionths: exact only if it has at most six places.
+                if product % 1_000_000 != 0 {
+                    return None;
+                }
+                i64::try_from(product / 1_000_000).ok()?
+            }
+        };
+        Some(format_decimal(value, MAX_PLACES as u32))
     }
 
     fn verify(&self, question: &Question, answer: &str) -> Verdict {

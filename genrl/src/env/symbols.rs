@@ -95,6 +95,14 @@ impl TaskFamily for PropositionalLogic {
         }
     }
 
+    fn solve(&self, prompt: &str) -> Option<String> {
+        let expr = prompt.strip_suffix('=')?;
+        if expr.len() > 32 {
+            return None;
+        }
+        Some(if Self::eval(expr)? { "T" } else { "F" }.into())
+    }
+
     fn verify(&self, question: &Question, answer: &str) -> Verdict {
         exact(question, answer, |a| a == "T" || a == "F")
     }
@@ -128,6 +136,22 @@ impl TaskFamily for ListOps {
         }
         let text = |d: &[u8]| d.iter().map(|&b| char::from(b)).collect::<String>();
         Question { family: Family::ListOps, level, prompt: format!("{op} {}=", text(&digits)), answer: text(&out) }
+    }
+
+    fn solve(&self, prompt: &str) -> Option<String> {
+        let (op, digits) = prompt.strip_suffix('=')?.split_once(' ')?;
+        if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let mut d: Vec<char> = digits.chars().collect();
+        match op {
+            "srt" => d.sort_unstable(),
+            "rev" => d.reverse(),
+            "max" => d = vec![d.iter().copied().max()?],
+            "min" => d = vec![d.iter().copied().min()?],
+            _ => return None,
+        }
+        Some(d.into_iter().collect())
     }
 
     fn verify(&self, question: &Question, answer: &str) -> Verdict {
@@ -188,6 +212,21 @@ impl TaskFamily for CalendarArithmetic {
             (format!("{} {day}{sign}{k}=", MONTHS[m]), format!("{} {day2}", MONTHS[m2]))
         };
         Question { family: Family::CalendarArithmetic, level, prompt, answer }
+    }
+
+    fn solve(&self, prompt: &str) -> Option<String> {
+        let body = prompt.strip_suffix('=')?;
+        let at = body.rfind(['+', '-'])?;
+        let k = parse_int(&body[at + 1..]).filter(|k| (1..=366).contains(k))?;
+        let delta = if body[at..].starts_with('-') { -k } else { k };
+        let from = &body[..at];
+        if let Some(w) = WEEKDAYS.iter().position(|&d| d == from) {
+            return Some(WEEKDAYS[(w as i64 + delta).rem_euclid(7) as usize].to_string());
+        }
+        let (month, day) = parse_date(from)?;
+        let day_of_year = MONTH_DAYS[..month].iter().sum::<u32>() + day - 1;
+        let (m, d) = date_of((i64::from(day_of_year) + delta).rem_euclid(365) as u32);
+        Some(format!("{} {d}", MONTHS[m]))
     }
 
     fn verify(&self, question: &Question, answer: &str) -> Verdict {
@@ -252,6 +291,38 @@ impl TaskFamily for Arc1d {
         }
         let text = |g: &[u8]| g.iter().map(|&b| char::from(b)).collect::<String>();
         Question { family: Family::Arc1d, level, prompt: format!("{op}{}=", text(&grid)), answer: text(&out) }
+    }
+
+    fn solve(&self, prompt: &str) -> Option<String> {
+        let body = prompt.strip_suffix('=')?;
+        let (op, grid) = [">>", ">", "<", "|", "f"].into_iter().find_map(|op| Some((op, body.strip_prefix(op)?)))?;
+        let grid = grid.as_bytes();
+        if grid.is_empty() || grid.len() > 16 || !grid.iter().all(|&b| Self::cell(b)) {
+            return None;
+        }
+        let mut out = vec![b'.'; grid.len()];
+        match op {
+            "|" => out = grid.iter().rev().copied().collect(),
+            "f" => {
+                let marked: Vec<usize> = (0..grid.len()).filter(|&i| grid[i] != b'.').collect();
+                let [a, b] = marked[..] else { return None };
+                if grid[a] != grid[b] {
+                    return None;
+                }
+                out[a..=b].fill(grid[a]);
+            }
+            _ => {
+                let shift: isize = match op {
+                    ">>" => 2,
+                    ">" => 1,
+                    _ => -1,
+                };
+                for (i, &c) in grid.iter().enumerate().filter(|(_, c)| **c != b'.') {
+                    *out.get_mut(i.checked_add_signed(shift)?)? = c;
+                }
+            }
+        }
+        Some(out.into_iter().map(char::from).collect())
     }
 
     fn verify(&self, question: &Question, answer: &str) -> Verdict {

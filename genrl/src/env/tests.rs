@@ -24,8 +24,9 @@ proptest! {
         let b = f.generate(l, &mut ChaCha8Rng::seed_from_u64(seed));
         prop_assert_eq!(&a, &b);
         prop_assert_eq!(a.family, f);
+        prop_assert!(a.is_genuine(), "{:?} solves to {:?}", a, f.task().solve(&a.prompt));
         prop_assert_eq!(a.level, l);
-        prop_assert!(a.prompt.ends_with('=') && a.prompt.len() <= 24 && a.prompt.is_ascii(), "{:?}", a.prompt);
+        prop_assert!(a.prompt.ends_with('=') && a.prompt.len() <= 16 && a.prompt.is_ascii(), "{:?}", a.prompt);
         prop_assert!(!a.answer.is_empty() && a.answer.len() <= 12 && a.answer.is_ascii(), "{:?}", a.answer);
     }
 
@@ -62,6 +63,28 @@ proptest! {
         let q = f.generate(l, &mut ChaCha8Rng::seed_from_u64(seed));
         let _ = q.verify(&text);
         let _ = q.verify(&format!("{text}\n"));
+        let _ = f.task().solve(&text);
+        let _ = f.task().solve(&format!("{text}="));
+    }
+}
+
+#[test]
+fn forged_answers_and_foreign_prompts_are_not_genuine() {
+    let mut q = Family::BasicArithmetic.generate(Level::MEDIUM, &mut ChaCha8Rng::seed_from_u64(3));
+    assert!(q.is_genuine());
+    q.answer.push('1');
+    assert!(!q.is_genuine(), "a forged ground truth");
+    for (family, prompt) in [
+        (Family::BasicArithmetic, "2**3="),
+        (Family::BaseConversion, "12:10>1="),
+        (Family::FractionSimplification, "3/0="),
+        (Family::DecimalArithmetic, "1.5/2="),
+        (Family::PropositionalLogic, "T&&F="),
+        (Family::ListOps, "srt="),
+        (Family::CalendarArithmetic, "Feb 30+1="),
+        (Family::Arc1d, ">..x..="),
+    ] {
+        assert_eq!(family.task().solve(prompt), None, "{family} {prompt:?}");
     }
 }
 
