@@ -25,7 +25,7 @@ fn claims_section(report: &str) -> Option<String> {
     Some(body.join("\n").trim().to_owned())
 }
 
-/// Runs every study into `out/<study>/` (the training studies through `run`, then verde) and writes
+/// Runs every study into `out/<study>/` (the training studies through `run`, then verde and sapo) and writes
 /// `out/report.md`: each study's claims beside ours, its plots, its wall time and the total. A study that
 /// fails is reported as failed; the others still run.
 pub(crate) fn reproduce_all(
@@ -36,13 +36,15 @@ pub(crate) fn reproduce_all(
     let out = crate::out_dir(out, "all")?;
     let began = Instant::now();
     let mut done: Vec<(&str, f64, Result<()>)> = Vec::new();
-    let names: Vec<&str> = studies::STUDIES.iter().copied().chain(["verde"]).collect();
+    let names: Vec<&str> = studies::STUDIES.iter().copied().chain(["verde", "sapo"]).collect();
     for (i, name) in names.iter().enumerate() {
         eprintln!("\n=== [{}/{}] reproduce {name}{} ===", i + 1, names.len(), if quick { " --quick" } else { "" });
         let t = Instant::now();
         let dir = Some(out.join(name));
         let result = if *name == "verde" {
             crate::verify::reproduce(dir, quick)
+        } else if *name == "sapo" {
+            crate::sapo_study::reproduce(dir, quick)
         } else {
             studies::preset(name).and_then(|cfg| run(cfg, dir, quick))
         };

@@ -4,6 +4,7 @@ mod all;
 mod config;
 mod plots;
 mod report;
+mod sapo_study;
 mod skip;
 mod studies;
 mod verify;
@@ -74,6 +75,11 @@ enum Command {
     /// the referee's one re-executed operator against replicating the run; and the negative case, honest
     /// trainers on native kernels. It writes report.md and verde.json.
     ///
+    /// `sapo`: RL post-training of eight agents with GRPO on eight verifiable task families, sharing
+    /// rollouts at the mixes 8/0, 6/2, 4/4 and 2/6 (own/shared groups per step) and in a heterogeneous
+    /// swarm of two policy sizes: cumulative reward per mix, reward curves per agent, held-out accuracy
+    /// per family. It writes report.md, sapo.json and config.toml.
+    ///
     /// For the training studies, the output folder's config.toml runs the same study with `swarmlab run`.
     Reproduce {
         /// The study.
@@ -113,6 +119,35 @@ enum Command {
         #[arg(long, hide = true)]
         print_final: bool,
     },
+    /// Train one SAPO swarm: every agent warm-starts on the task format, then plays its rounds on the
+    /// simulated network (generate, share, train on I own and J shared question groups with GRPO). Prints
+    /// each agent's reward before and after, its held-out accuracy and what it dropped from its peers, and
+    /// writes config.toml and sapo-run.json into the output folder.
+    Sapo {
+        /// A TOML configuration (every field optional; `swarmlab sapo --print-config` shows them all).
+        config: Option<PathBuf>,
+        /// Own/shared question groups per step, e.g. `4/4` (overrides the configuration).
+        #[arg(long)]
+        mix: Option<String>,
+        /// Rounds (overrides the configuration).
+        #[arg(long)]
+        rounds: Option<u64>,
+        /// Honest agents (overrides the configuration).
+        #[arg(long)]
+        agents: Option<usize>,
+        /// Lying agents added to the swarm (overrides the configuration).
+        #[arg(long)]
+        liars: Option<usize>,
+        /// Policy sizes by agent, cycled, e.g. `tiny,small` (overrides the configuration).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<String>>,
+        /// Output folder [default: runs/sapo-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the full default configuration as TOML and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
     /// Regenerate the README's results section (between its `<!-- results:begin -->` and
     /// `<!-- results:end -->` lines) from a folder written by `swarmlab reproduce all`.
     Readme {
@@ -122,7 +157,8 @@ enum Command {
         #[arg(long, default_value = "README.md")]
         file: PathBuf,
     },
-    /// Rewrite report.md and the plots of a run folder from its run.h5 (e.g. after editing the report code).
+    /// Rewrite report.md and the plots of a run folder from its run.h5, or of a `reproduce sapo` folder from
+    /// its sapo.json (e.g. after editing the report code).
     Report {
         /// A folder written by `swarmlab run`.
         run_dir: PathBuf,
@@ -149,8 +185,27 @@ fn main() -> Result<()> {
             run(cfg, out, quick)
         }
         Command::Reproduce { study, out, quick } if study == "verde" => verify::reproduce(out, quick),
+        Command::Reproduce { study, out, quick } if study == "sapo" => sapo_study::reproduce(out, quick),
         Command::Reproduce { study, out, quick } if study == "all" => all::reproduce_all(out, quick, run),
         Command::Readme { run_dir, file } => all::readme(&run_dir, &file),
+        Command::Sapo { config, mix, rounds, agents, liars, sizes, out, print_config } => {
+            if print_config {
+                print!("{}", toml::to_string(&sapo::SapoConfig::default())?);
+                return Ok(());
+            }
+            let mut cfg = match config {
+                Some(path) => sapo_study::load_config(&path)?,
+                None => sapo::SapoConfig::default(),
+            };
+            if let Some(m) = mix {
+                cfg.mix = sapo::Mix::parse(&m)?;
+            }
+            cfg.rounds = rounds.unwrap_or(cfg.rounds);
+            cfg.agents = agents.unwrap_or(cfg.agents);
+            cfg.liars = liars.unwrap_or(cfg.liars);
+            cfg.sizes = sizes.unwrap_or(cfg.sizes);
+            sapo_study::train(cfg, out)
+        }
         Command::Reproduce { study, out, quick } => run(studies::preset(&study)?, out, quick),
         Command::Verify { model, steps, trainers, deadline_s, backend, print_final } => {
             let backend = match backend.as_str() {
@@ -167,7 +222,11 @@ fn main() -> Result<()> {
         }
         Command::Init { path } => init(&path),
         Command::Report { run_dir } => {
-            report::rewrite(&run_dir)?;
+            if run_dir.join("sapo.json").exists() {
+                sapo_study::rewrite(&run_dir)?;
+            } else {
+                report::rewrite(&run_dir)?;
+            }
             println!("report: {}", run_dir.join("report.md").display());
             Ok(())
         }

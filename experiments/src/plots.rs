@@ -201,3 +201,15 @@ pub(crate) fn write_group_plots(out: &Path, groups: &[(String, Vec<&ArmResult>)]
     }
     Ok(())
 }
+
+/// A plot of named series against `x_label`, as `.svg` and `.png` at `path` (its extension replaced).
+pub(crate) fn series_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    let lines: Vec<Line<'_>> = series.iter().map(|(label, points)| Line { label, points: points.clone() }).collect();
+    plot_with(path, title, x_label, y_label, &lines, None)
+}

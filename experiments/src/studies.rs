@@ -13,8 +13,8 @@ use crate::skip::{GeoConfig, SkipPipeStudy};
 pub(crate) const STUDIES: [&str; 4] = ["noloco", "skippipe", "checkfree", "compose"];
 
 /// Every study `swarmlab reproduce` knows: the training studies, `verde` (disputes, not a training
-/// run) and `all` (every one of them, then one index report).
-pub(crate) const ALL_STUDIES: [&str; 6] = ["noloco", "skippipe", "checkfree", "compose", "verde", "all"];
+/// run), `sapo` (RL post-training) and `all` (every one of them, then one index report).
+pub(crate) const ALL_STUDIES: [&str; 7] = ["noloco", "skippipe", "checkfree", "compose", "verde", "sapo", "all"];
 
 /// The configuration of study `name`.
 pub(crate) fn preset(name: &str) -> Result<RunConfig> {

@@ -327,3 +327,55 @@ fn verify_settles_every_claim_and_names_bad_trainers() -> Result<(), Box<dyn std
     }
     Ok(())
 }
+
+#[test]
+fn sapo_trains_a_swarm_from_a_config_and_names_bad_fields() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sapo.toml");
+    std::fs::write(
+        &config,
+        "agents = 2\nrounds = 3\ncompletions = 4\n[warm_start]\nsteps = 5\nbatch = 8\n[tasks]\nfamilies = [\"list_ops\", \"arc_1d\"]\neval_per_level = 2\n",
+    )?;
+    let out_dir = dir.path().join("run");
+    let out = swarmlab()
+        .arg("sapo")
+        .arg(&config)
+        .args(["--mix", "2/2", "--liars", "1"])
+        .arg("--out")
+        .arg(&out_dir)
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("cumulative reward") && stdout.lines().filter(|l| l.contains("tiny")).count() == 2,
+        "{stdout}"
+    );
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("sapo-run.json"))?)?;
+    assert_eq!(run["agents"].as_array().map(Vec::len), Some(3), "two agents and a liar");
+    assert!(std::fs::read_to_string(out_dir.join("config.toml"))?.contains("external = 2"));
+    // The printed defaults are a valid configuration.
+    let defaults = swarmlab().args(["sapo", "--print-config"]).output()?;
+    let printed = dir.path().join("defaults.toml");
+    std::fs::write(&printed, &defaults.stdout)?;
+    assert!(String::from_utf8(defaults.stdout)?.contains("[grpo]"));
+    for (text, says) in [
+        ("agents = 0\n", "sapo.agents"),
+        ("completions = 1\n", "sapo.completions"),
+        ("sizes = [\"huge\"]\n", "policy.size"),
+        ("[tasks]\nfamilies = [\"chess\"]\n", "env.families"),
+        ("[grpo]\neps_low = 2.0\n", "grpo.eps_low"),
+        ("rounds = \"many\"\n", "rounds"),
+        ("colour = 3\n", "colour"),
+    ] {
+        std::fs::write(&config, text)?;
+        let out = swarmlab().arg("sapo").arg(&config).output()?;
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(!out.status.success() && stderr.contains(says), "{text:?}: {stderr}");
+    }
+    let out = swarmlab().args(["sapo", "--mix", "4-4", "--rounds", "1"]).output()?;
+    assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("sapo.mix"));
+    let out =
+        swarmlab().arg("sapo").arg(&printed).args(["--rounds", "0", "--out"]).arg(dir.path().join("zero")).output()?;
+    assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("sapo.rounds"));
+    Ok(())
+}

@@ -111,24 +111,24 @@ impl<T: Transport, C: Clock> CommunicationBackend for BroadcastGather<T, C> {
     }
 }
 
-/// [`CommunicationBackend`] that never waits: it broadcasts, then takes whatever payloads have
-/// arrived — each peer's newest, if it is at most `max_age` rounds old — and returns at once. A slow peer
-/// costs nothing but staleness; payloads are used once. SAPO's asynchronous exchange.
+/// [`CommunicationBackend`] that never waits: it broadcasts, then takes whatever has arrived — each
+/// peer's newest payload not taken before — and returns at once. A slow peer costs nothing but
+/// staleness: its payloads are used when they come, whatever round the receiver is in (rounds of agents
+/// of different speeds drift apart). SAPO's asynchronous exchange.
 #[derive(Debug)]
 pub struct Inbox<T: Transport, C: Clock> {
     transport: T,
     clock: C,
     peers: Vec<PeerId>,
-    max_age: u64,
     waiting: BTreeMap<PeerId, (u64, Bytes)>,
 }
 
 impl<T: Transport, C: Clock> Inbox<T, C> {
-    /// Shares with `peers` (the local peer may be among them), keeping payloads up to `max_age` rounds old.
-    pub fn new(transport: T, clock: C, peers: Vec<PeerId>, max_age: u64) -> Self {
+    /// Shares with `peers` (the local peer may be among them).
+    pub fn new(transport: T, clock: C, peers: Vec<PeerId>) -> Self {
         let me = transport.local_peer();
         let peers = peers.into_iter().filter(|p| *p != me).collect();
-        Self { transport, clock, peers, max_age, waiting: BTreeMap::new() }
+        Self { transport, clock, peers, waiting: BTreeMap::new() }
     }
 }
 
@@ -150,8 +150,7 @@ impl<T: Transport, C: Clock> CommunicationBackend for Inbox<T, C> {
                         rejected += 1;
                         continue;
                     }
-                    let newer = self.waiting.get(&from).is_none_or(|(r, _)| msg.round >= *r);
-                    if newer {
+                    if self.waiting.get(&from).is_none_or(|(r, _)| msg.round >= *r) {
                         self.waiting.insert(from, (msg.round, msg.payload.0));
                     }
                 }
@@ -162,15 +161,8 @@ impl<T: Transport, C: Clock> CommunicationBackend for Inbox<T, C> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let oldest = round.saturating_sub(self.max_age);
-        let mut payloads = BTreeMap::new();
-        for (peer, (r, bytes)) in std::mem::take(&mut self.waiting) {
-            if r >= oldest && r <= round {
-                payloads.insert(peer, bytes);
-            } else if r > round {
-                self.waiting.insert(peer, (r, bytes));
-            }
-        }
+        let mut payloads: BTreeMap<PeerId, Bytes> =
+            std::mem::take(&mut self.waiting).into_iter().map(|(peer, (_, bytes))| (peer, bytes)).collect();
         let missing = self.peers.iter().filter(|p| !payloads.contains_key(*p)).copied().collect();
         payloads.insert(me, payload);
         Ok(Gathered { payloads, missing, rejected })
@@ -223,12 +215,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_inbox_never_waits_and_takes_each_peers_newest_payload() -> Result<()> {
+    async fn an_inbox_never_waits_and_takes_each_peers_newest_payload_once() -> Result<()> {
         let net = Network::builder(4).default_link(LinkSpec::mbit(10.0, 1000.0)).build()?;
         let ids: Vec<PeerId> = (0..3).map(PeerId::simulated).collect();
         let mut inboxes = Vec::new();
         for &id in &ids {
-            inboxes.push(Inbox::new(net.add_peer(id)?, net.clock(), ids.clone(), 1));
+            inboxes.push(Inbox::new(net.add_peer(id)?, net.clock(), ids.clone()));
         }
         let clock = net.clock();
         // Round 0: nothing has arrived yet; nobody waits.
@@ -239,20 +231,18 @@ mod tests {
         }
         assert_eq!(clock.now(), Duration::ZERO);
         clock.sleep(Duration::from_millis(50)).await;
-        // Agent 2 shares round 1 and 2 before agent 0 looks: agent 0 takes only the newest of each peer.
+        // Agent 2 runs ahead two rounds before agent 0 looks: agent 0 takes only its newest payload.
         inboxes[2].all_gather(1, Bytes::from(vec![2, 1])).await?;
         inboxes[2].all_gather(2, Bytes::from(vec![2, 2])).await?;
         clock.sleep(Duration::from_millis(50)).await;
+        let g = inboxes[0].all_gather(1, Bytes::from(vec![0, 1])).await?;
+        assert_eq!(g.payloads[&ids[2]], Bytes::from(vec![2, 2]), "the newest of agent 2's, from a later round");
+        assert_eq!(g.payloads[&ids[1]], Bytes::from(vec![1, 0]));
+        assert!(g.missing.is_empty());
+        // Taken once: nothing new has come since.
         let g = inboxes[0].all_gather(2, Bytes::from(vec![0, 2])).await?;
-        assert_eq!(g.payloads[&ids[2]], Bytes::from(vec![2, 2]), "the newest of agent 2's");
-        assert_eq!(g.missing, vec![ids[1]], "agent 1's round-0 payload is two rounds old (max_age 1)");
-        assert_eq!(g.payloads.len(), 2);
-        // Agent 1 takes agent 0's round-0 payload (age 1) and agent 2's round 2: newer than its round.
-        let g = inboxes[1].all_gather(1, Bytes::from(vec![1, 1])).await?;
-        assert_eq!(g.payloads[&ids[0]], Bytes::from(vec![0, 0]));
-        assert!(!g.payloads.contains_key(&ids[2]), "a payload from a later round waits for that round");
-        let g = inboxes[1].all_gather(2, Bytes::from(vec![1, 2])).await?;
-        assert_eq!(g.payloads[&ids[2]], Bytes::from(vec![2, 2]));
+        assert_eq!(g.payloads.len(), 1);
+        assert_eq!(g.missing.len(), 2);
         assert_eq!(clock.now(), Duration::from_millis(100), "nobody ever waited");
         Ok(())
     }

@@ -40,13 +40,20 @@ impl DeviceProfile {
         Self { name: "cpu32".into(), flops: 0.5e12, memory: 32 * GIB }
     }
 
-    /// A profile by name: `h100`, `a10` or `cpu32`.
+    /// A 2-core laptop: assumed 50 GFLOP/s sustained in f32 (what small-batch decoding of a tiny model
+    /// reaches on two cores).
+    pub fn laptop() -> Self {
+        Self { name: "laptop".into(), flops: 50e9, memory: 8 * GIB }
+    }
+
+    /// A profile by name: `h100`, `a10`, `cpu32` or `laptop`.
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "h100" => Ok(Self::h100()),
             "a10" => Ok(Self::a10()),
             "cpu32" => Ok(Self::cpu32()),
-            other => Err(Error::config("device", format!("{other:?} is not one of h100, a10, cpu32"))),
+            "laptop" => Ok(Self::laptop()),
+            other => Err(Error::config("device", format!("{other:?} is not one of h100, a10, cpu32, laptop"))),
         }
     }
 

@@ -1,0 +1,99 @@
+//! SAPO's two costs for the default policy (`tiny`) in one run: generating a round's rollouts (8
+//! questions × 8 completions) and one GRPO step on 8 question groups, each beside its baseline measured
+//! in the same run — one forward pass over the same batch for generation (generation re-reads the
+//! growing prefix once per new token), a supervised step on the same sequences for GRPO. Reports tokens/s
+//! and the ratios.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use criterion::{Criterion, Throughput};
+use genrl::env::{TaskSet, TaskSetConfig};
+use models::{AdamW, OptimConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use sapo::policy::Example;
+use sapo::{GrpoConfig, Policy, PolicyConfig, Sampling};
+
+const COMPLETIONS: usize = 8;
+
+fn mean_time(mut f: impl FnMut(), n: u32) -> Duration {
+    f();
+    let t = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    t.elapsed() / n
+}
+
+fn bench(c: &mut Criterion) {
+    let cfg = PolicyConfig::default();
+    let mut policy = Policy::new(&cfg, &Device::Cpu).expect("policy");
+    let tasks = TaskSet::new(&TaskSetConfig::default()).expect("tasks");
+    let questions = tasks.round(0, 0);
+    let prompts: Vec<&str> = questions.iter().map(|q| q.prompt.as_str()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let rollouts = policy.sample(&prompts, COMPLETIONS, Sampling::default(), &mut rng).expect("sample");
+    let generated: usize = rollouts.iter().flatten().map(String::len).sum();
+    let examples: Vec<Example<'_>> = questions
+        .iter()
+        .zip(&rollouts)
+        .flat_map(|(q, group)| {
+            group.iter().enumerate().map(move |(i, c)| Example {
+                prompt: &q.prompt,
+                completion: c,
+                weight: if i % 2 == 0 { 1.0 } else { -1.0 },
+            })
+        })
+        .collect();
+    let trained: usize = examples.iter().map(|e| e.completion.len()).sum();
+    // One forward pass over full-length sequences: the cost generation would have with a KV cache.
+    let full: Vec<Example<'_>> = examples.iter().map(|e| Example { weight: 1.0, ..e.clone() }).collect();
+
+    let mut g = c.benchmark_group("rollouts");
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Elements(generated as u64));
+    g.bench_function("generate 8x8", |b| {
+        b.iter(|| black_box(policy.sample(&prompts, COMPLETIONS, Sampling::default(), &mut rng).expect("sample")))
+    });
+    g.bench_function("one forward (baseline)", |b| b.iter(|| black_box(policy.sequence_logps(&full).expect("logps"))));
+    g.throughput(Throughput::Elements(trained as u64));
+    let mut sft = AdamW::new(OptimConfig::default(), cfg.model.backend).expect("optim");
+    g.bench_function("grpo step", |b| {
+        b.iter(|| black_box(policy.grpo_step(&examples, &GrpoConfig::default(), None).expect("grpo")))
+    });
+    g.bench_function("supervised step (baseline)", |b| {
+        b.iter(|| black_box(policy.supervised_step(&full, &mut sft).expect("sft")))
+    });
+    g.finish();
+
+    // The ratios, from direct timings taken here, one after the other.
+    let generate = mean_time(|| drop(policy.sample(&prompts, COMPLETIONS, Sampling::default(), &mut rng)), 10);
+    let forward = mean_time(|| drop(policy.sequence_logps(&full)), 10);
+    let grpo = mean_time(|| drop(policy.grpo_step(&examples, &GrpoConfig::default(), None)), 10);
+    let supervised = mean_time(|| drop(policy.supervised_step(&full, &mut sft)), 10);
+    println!(
+        "\npolicy {} parameters; a round: {} completions, {generated} tokens generated, {trained} trained on",
+        policy.parameters(),
+        examples.len()
+    );
+    println!(
+        "generation: {:.0} tokens/s ({:.1} ms per round), {:.1}x one forward pass over the same sequences",
+        generated as f64 / generate.as_secs_f64(),
+        generate.as_secs_f64() * 1e3,
+        generate.as_secs_f64() / forward.as_secs_f64()
+    );
+    println!(
+        "GRPO step: {:.0} tokens/s ({:.1} ms), {:.2}x a supervised step on the same batch",
+        trained as f64 / grpo.as_secs_f64(),
+        grpo.as_secs_f64() * 1e3,
+        grpo.as_secs_f64() / supervised.as_secs_f64()
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}

@@ -1,0 +1,471 @@
+//! The policy: a small decoder LM over ASCII that reads a prompt and writes an answer ending in a
+//! newline, with sampling, per-token log-probabilities, a supervised step and a GRPO step.
+//!
+//! Text is tokenised byte by byte (vocabulary 128: ASCII). A prompt is left-padded with NUL to
+//! `prompt_width` tokens, so every answer starts at the same position and a batch needs no attention
+//! mask; an answer has at most `max_new` tokens, its newline included. Shared rollouts are re-tokenised
+//! the same way by the receiver; text it cannot read (not ASCII, too long) is refused.
+
+use std::collections::BTreeMap;
+
+use candle_core::{D, DType, Device, Tensor};
+use models::{AdamW, Llama, ModelConfig, OptimConfig, Params};
+use rand::{Rng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::grpo::{self, GrpoConfig};
+
+/// The padding token (NUL).
+pub const PAD: u32 = 0;
+/// The token that ends an answer.
+pub const END: u32 = b'\n' as u32;
+/// Vocabulary: ASCII.
+pub const VOCAB: usize = 128;
+
+/// The policy's model, window and optimizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The decoder LM (its `vocab` is forced to 128 and `max_seq` to the window).
+    pub model: ModelConfig,
+    /// Tokens of a (left-padded) prompt.
+    pub prompt_width: usize,
+    /// Most tokens of an answer, its newline included.
+    pub max_new: usize,
+    /// AdamW for the GRPO steps.
+    pub optim: OptimConfig,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self::sized("tiny").unwrap_or_else(|_| Self::with_model(ModelConfig::default()))
+    }
+}
+
+impl PolicyConfig {
+    fn with_model(model: ModelConfig) -> Self {
+        let mut cfg = Self {
+            model,
+            prompt_width: 16,
+            max_new: 13,
+            optim: OptimConfig {
+                lr: 3e-4,
+                min_lr: 3e-4,
+                warmup_steps: 0,
+                total_steps: 1,
+                weight_decay: 0.0,
+                ..OptimConfig::default()
+            },
+        };
+        cfg.fit_model();
+        cfg
+    }
+
+    /// A policy of a named size: `tiny` (2 blocks of width 64) or `small` (3 blocks of width 96).
+    pub fn sized(name: &str) -> Result<Self> {
+        let model = match name {
+            "tiny" => ModelConfig::preset("tiny")?,
+            "small" => ModelConfig { d_model: 96, n_layers: 3, n_heads: 4, d_ff: 256, ..ModelConfig::preset("tiny")? },
+            other => return Err(Error::config("policy.size", format!("{other:?} is not one of tiny, small"))),
+        };
+        Ok(Self::with_model(model))
+    }
+
+    /// Makes the model fit the policy: ASCII vocabulary, a window of prompt plus answer.
+    fn fit_model(&mut self) {
+        self.model.vocab = VOCAB;
+        self.model.max_seq = self.prompt_width + self.max_new;
+        self.model.tie_embeddings = false;
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.prompt_width == 0 || self.prompt_width > 64 {
+            return Err(Error::config("policy.prompt_width", format!("{} is not in 1..=64", self.prompt_width)));
+        }
+        if self.max_new == 0 || self.max_new > 64 {
+            return Err(Error::config("policy.max_new", format!("{} is not in 1..=64", self.max_new)));
+        }
+        self.model.validate()?;
+        self.optim.validate()?;
+        Ok(())
+    }
+}
+
+/// How completions are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sampling {
+    /// Softmax temperature (0: greedy).
+    pub temperature: f64,
+    /// Nucleus: sample among the most likely tokens whose probabilities sum to at least this.
+    pub top_p: f64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { temperature: 1.0, top_p: 1.0 }
+    }
+}
+
+impl Sampling {
+    /// Always the most likely token.
+    pub const GREEDY: Self = Self { temperature: 0.0, top_p: 1.0 };
+
+    /// Checks both fields.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::config("sampling.temperature", format!("{} is not >= 0", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::config("sampling.top_p", format!("{} is not in (0, 1]", self.top_p)));
+        }
+        Ok(())
+    }
+
+    /// Draws a token from `logits`.
+    pub fn draw(&self, logits: &[f32], rng: &mut dyn RngCore) -> u32 {
+        let argmax = || {
+            logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b }).0
+        };
+        if self.temperature == 0.0 {
+            return argmax() as u32;
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut probs: Vec<(usize, f64)> =
+            logits.iter().enumerate().map(|(i, &l)| (i, (f64::from(l - max) / self.temperature).exp())).collect();
+        let total: f64 = probs.iter().map(|p| p.1).sum();
+        if !(total.is_finite() && total > 0.0) {
+            return argmax() as u32;
+        }
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut kept = 0.0;
+        let mut n = 0;
+        for p in &probs {
+            kept += p.1 / total;
+            n += 1;
+            if kept >= self.top_p {
+                break;
+            }
+        }
+        let nucleus = &probs[..n];
+        let mass: f64 = nucleus.iter().map(|p| p.1).sum();
+        let mut u = rng.random::<f64>() * mass;
+        for p in nucleus {
+            u -= p.1;
+            if u < 0.0 {
+                return p.0 as u32;
+            }
+        }
+        nucleus[n - 1].0 as u32
+    }
+}
+
+/// One prompt with one answer to learn from, and the weight of its answer's tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example<'a> {
+    /// The question's prompt.
+    pub prompt: &'a str,
+    /// The completion, newline included.
+    pub completion: &'a str,
+    /// Its advantage (GRPO) or 1 (supervised).
+    pub weight: f64,
+}
+
+/// What one GRPO step did.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepReport {
+    /// The loss of the last epoch.
+    pub loss: f64,
+    /// Completion tokens learned from.
+    pub tokens: usize,
+    /// Fraction of tokens whose ratio was clipped (last epoch).
+    pub clipped: f64,
+    /// Gradient norm before clipping (last epoch).
+    pub grad_norm: f64,
+}
+
+/// A batch of sequences: inputs and targets `[N, T]`, the completion mask and per-sequence weights.
+struct Batch {
+    inputs: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    weights: Tensor,
+    tokens: usize,
+}
+
+/// A policy: its model, the optimizer state, and the window it reads and writes in.
+#[derive(Debug)]
+pub struct Policy {
+    cfg: PolicyConfig,
+    model: Llama,
+    params: Params,
+    optim: AdamW,
+    device: Device,
+}
+
+impl Policy {
+    /// A freshly initialised policy.
+    pub fn new(cfg: &PolicyConfig, device: &Device) -> Result<Self> {
+        let mut cfg = cfg.clone();
+        cfg.fit_model();
+        cfg.validate()?;
+        let model = Llama::new(&cfg.model, 1, device)?;
+        let params = model.params();
+        let optim = AdamW::new(cfg.optim.clone(), cfg.model.backend)?;
+        Ok(Self { cfg, model, params, optim, device: device.clone() })
+    }
+
+    /// A policy with `weights` (a [`Policy::weights`] of the same configuration) and a fresh optimizer.
+    pub fn from_weights(cfg: &PolicyConfig, weights: &BTreeMap<String, Tensor>, device: &Device) -> Result<Self> {
+        let policy = Self::new(cfg, device)?;
+        for (name, _) in policy.params.iter() {
+            let w = weights.get(name).ok_or_else(|| Error::config("policy weights", format!("no {name}")))?;
+            policy.params.set(name, w)?;
+        }
+        Ok(policy)
+    }
+
+    /// A copy of every weight.
+    pub fn weights(&self) -> BTreeMap<String, Tensor> {
+        self.params.snapshot()
+    }
+
+    /// The configuration (with the model fitted to the window).
+    pub fn config(&self) -> &PolicyConfig {
+        &self.cfg
+    }
+
+    /// Trainable parameters.
+    pub fn parameters(&self) -> usize {
+        self.params.numel()
+    }
+
+    /// Tokens of `prompt`, left-padded to the window; an error if it does not fit or is not ASCII.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        if !prompt.is_ascii() || prompt.len() > self.cfg.prompt_width || prompt.is_empty() {
+            return Err(Error::Unreadable(format!("prompt {prompt:?} (ASCII, 1 to {} bytes)", self.cfg.prompt_width)));
+        }
+        let mut ids = vec![PAD; self.cfg.prompt_width - prompt.len()];
+        ids.extend(prompt.bytes().map(u32::from));
+        Ok(ids)
+    }
+
+    /// Whether the policy can read `prompt` and `completion` (for shared rollouts).
+    pub fn can_read(&self, prompt: &str, completion: &str) -> bool {
+        self.encode_prompt(prompt).is_ok()
+            && completion.is_ascii()
+            && !completion.is_empty()
+            && completion.len() <= self.cfg.max_new
+    }
+
+    /// FLOPs of generating `n` completions of `max_new` tokens (an upper bound: finished rows drop out).
+    pub fn generation_flops(&self, n: usize) -> f64 {
+        let stage = &self.model.stages()[0];
+        (0..self.cfg.max_new).map(|t| stage.forward_flops(n, self.cfg.prompt_width + t)).sum()
+    }
+
+    /// FLOPs of one training step on `n` sequences (forward and backward: three forwards).
+    pub fn training_flops(&self, n: usize) -> f64 {
+        3.0 * self.model.stages()[0].forward_flops(n, self.cfg.prompt_width + self.cfg.max_new - 1)
+    }
+
+    /// `per_prompt` completions for each prompt, drawn with `sampling` from `rng`. A completion ends
+    /// with its newline, or stops unfinished after `max_new` tokens.
+    pub fn sample(
+        &self,
+        prompts: &[&str],
+        per_prompt: usize,
+        sampling: Sampling,
+        rng: &mut dyn RngCore,
+    ) -> Result<Vec<Vec<String>>> {
+        let width = self.cfg.prompt_width;
+        let mut rows = Vec::with_capacity(prompts.len() * per_prompt);
+        for p in prompts {
+            let ids = self.encode_prompt(p)?;
+            rows.extend(std::iter::repeat_n(ids, per_prompt));
+        }
+        let mut active: Vec<usize> = (0..rows.len()).collect();
+        for step in 0..self.cfg.max_new {
+            if active.is_empty() {
+                break;
+            }
+            let len = width + step;
+            let flat: Vec<u32> = active.iter().flat_map(|&i| rows[i].iter().copied()).collect();
+            let ids = Tensor::from_vec(flat, (active.len(), len), &self.device)?;
+            let logits = self.model.forward(&ids)?.narrow(1, len - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
+            let logits = logits.to_vec2::<f32>()?;
+            for (k, &i) in active.iter().enumerate() {
+                rows[i].push(sampling.draw(&logits[k], rng));
+            }
+            active.retain(|&i| rows[i].last() != Some(&END));
+        }
+        let texts: Vec<String> =
+            rows.iter().map(|r| r[width..].iter().map(|&t| char::from(t as u8)).collect()).collect();
+        Ok(texts.chunks(per_prompt.max(1)).map(<[String]>::to_vec).collect())
+    }
+
+    fn batch(&self, examples: &[Example<'_>]) -> Result<Batch> {
+        let width = self.cfg.prompt_width;
+        let longest = examples.iter().map(|e| e.completion.len()).max().unwrap_or(0);
+        if examples.is_empty() || longest == 0 {
+            return Err(Error::config("batch", "nothing to learn from"));
+        }
+        let t = width + longest - 1;
+        let (mut inputs, mut targets, mut mask, mut weights) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut tokens = 0;
+        for e in examples {
+            if !self.can_read(e.prompt, e.completion) {
+                return Err(Error::Unreadable(format!("{:?} → {:?}", e.prompt, e.completion)));
+            }
+            let mut seq = self.encode_prompt(e.prompt)?;
+            seq.extend(e.completion.bytes().map(u32::from));
+            let answer = width..seq.len();
+            seq.resize(width + longest, PAD);
+            inputs.extend_from_slice(&seq[..t]);
+            targets.extend_from_slice(&seq[1..]);
+            // Target position j predicts token j + 1: it is an answer token when j + 1 is in the answer.
+            mask.extend((0..t).map(|j| f32::from(u8::from(answer.contains(&(j + 1))))));
+            tokens += answer.len();
+            weights.push(e.weight as f32);
+        }
+        let n = examples.len();
+        Ok(Batch {
+            inputs: Tensor::from_vec(inputs, (n, t), &self.device)?,
+            targets: Tensor::from_vec(targets, (n, t), &self.device)?,
+            mask: Tensor::from_vec(mask, (n, t), &self.device)?,
+            weights: Tensor::from_vec(weights, n, &self.device)?,
+            tokens,
+        })
+    }
+
+    /// Log-probabilities `[N, T]` of each target token.
+    fn token_logps(&self, batch: &Batch) -> Result<Tensor> {
+        let logits = self.model.forward(&batch.inputs)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        Ok(logp.gather(&batch.targets.unsqueeze(2)?, 2)?.squeeze(2)?)
+    }
+
+    /// Log-probability of each example's completion under the policy (sum over its tokens).
+    pub fn sequence_logps(&self, examples: &[Example<'_>]) -> Result<Vec<f64>> {
+        let batch = self.batch(examples)?;
+        let lp = (self.token_logps(&batch)?.detach() * &batch.mask)?.sum(1)?.to_vec1::<f32>()?;
+        Ok(lp.into_iter().map(f64::from).collect())
+    }
+
+    fn apply(&mut self, loss: &Tensor) -> Result<f64> {
+        let grads = self.params.grads(&loss.backward()?);
+        Ok(f64::from(self.optim.step(&self.params, &grads)?.grad_norm))
+    }
+
+    /// One supervised step: mean negative log-likelihood of the completions' tokens (weights ignored),
+    /// with the given learning rate. Returns the loss before the step.
+    pub fn supervised_step(&mut self, examples: &[Example<'_>], optim: &mut AdamW) -> Result<f64> {
+        let batch = self.batch(examples)?;
+        let logp = self.token_logps(&batch)?;
+        let loss = ((logp * &batch.mask)?.sum_all()? / -(batch.tokens as f64))?;
+        let grads = self.params.grads(&loss.backward()?);
+        optim.step(&self.params, &grads)?;
+        Ok(f64::from(loss.to_scalar::<f32>()?))
+    }
+
+    /// One GRPO update on `examples` (weights are advantages), `cfg.epochs` optimizer steps; the KL
+    /// term needs `reference` when `cfg.beta > 0`.
+    pub fn grpo_step(
+        &mut self,
+        examples: &[Example<'_>],
+        cfg: &GrpoConfig,
+        reference: Option<&Self>,
+    ) -> Result<StepReport> {
+        let batch = self.batch(examples)?;
+        let ref_logp = match (cfg.beta > 0.0, reference) {
+            (false, _) => None,
+            (true, Some(r)) => Some(r.token_logps(&batch)?.detach()),
+            (true, None) => return Err(Error::config("grpo.beta", "a KL penalty needs a reference policy")),
+        };
+        let mut old = None;
+        let mut report = StepReport { tokens: batch.tokens, ..StepReport::default() };
+        for _ in 0..cfg.epochs {
+            let logp = self.token_logps(&batch)?;
+            let old_logp = old.get_or_insert_with(|| logp.detach()).clone();
+            let kl = ref_logp.as_ref().map(|r| grpo::kl_k3(&logp, r)).transpose()?;
+            let (loss, clipped) = grpo::clipped_loss(&logp, &old_logp, &batch.weights, &batch.mask, kl.as_ref(), cfg)?;
+            report.loss = f64::from(loss.to_scalar::<f32>()?);
+            report.clipped = clipped;
+            report.grad_norm = self.apply(&loss)?;
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn tiny() -> Result<Policy> {
+        let mut cfg = PolicyConfig::default();
+        cfg.model = ModelConfig { d_model: 32, n_layers: 1, n_heads: 2, d_ff: 64, ..cfg.model };
+        Policy::new(&cfg, &Device::Cpu)
+    }
+
+    #[test]
+    fn prompts_are_left_padded_and_unreadable_text_is_refused() -> Result<()> {
+        let p = tiny()?;
+        let ids = p.encode_prompt("1+2=")?;
+        assert_eq!(ids.len(), 16);
+        assert_eq!(&ids[12..], &[49, 43, 50, 61]);
+        assert!(ids[..12].iter().all(|&t| t == PAD));
+        assert!(p.encode_prompt("é=").is_err() && p.encode_prompt(&"1".repeat(17)).is_err());
+        assert!(p.can_read("1+2=", "3\n") && !p.can_read("1+2=", &"3".repeat(14)) && !p.can_read("1+2=", "ü\n"));
+        Ok(())
+    }
+
+    #[test]
+    fn sampling_is_deterministic_by_seed_and_greedy_is_argmax() -> Result<()> {
+        let p = tiny()?;
+        let draw = |seed| p.sample(&["1+2=", "Mon+1="], 3, Sampling::default(), &mut ChaCha8Rng::seed_from_u64(seed));
+        let a = draw(1)?;
+        assert_eq!(a, draw(1)?);
+        assert_ne!(a, draw(2)?);
+        assert_eq!(a.len(), 2);
+        assert!(a.iter().flatten().all(|c| c.len() <= 13 && (c.len() == 13 || c.ends_with('\n'))));
+        assert_eq!(Sampling::GREEDY.draw(&[0.1, 3.0, 2.0], &mut ChaCha8Rng::seed_from_u64(0)), 1);
+        let nucleus = Sampling { temperature: 1.0, top_p: 0.5 };
+        for s in 0..20 {
+            assert_eq!(nucleus.draw(&[0.0, 5.0, 0.0], &mut ChaCha8Rng::seed_from_u64(s)), 1);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn supervised_steps_teach_an_answer_and_grpo_moves_toward_rewarded_ones() -> Result<()> {
+        let mut p = tiny()?;
+        let mut optim =
+            AdamW::new(OptimConfig { lr: 1e-2, warmup_steps: 0, ..OptimConfig::default() }, p.cfg.model.backend)?;
+        let ex = [Example { prompt: "1+2=", completion: "3\n", weight: 1.0 }];
+        let first = p.supervised_step(&ex, &mut optim)?;
+        for _ in 0..30 {
+            p.supervised_step(&ex, &mut optim)?;
+        }
+        let last = p.supervised_step(&ex, &mut optim)?;
+        assert!(last < first / 4.0, "{first} → {last}");
+        // GRPO: advantage +1 on "4\n", −1 on "3\n" shifts probability toward "4\n".
+        let pair = |a: f64| {
+            [
+                Example { prompt: "1+2=", completion: "4\n", weight: a },
+                Example { prompt: "1+2=", completion: "3\n", weight: -a },
+            ]
+        };
+        let before = p.sequence_logps(&pair(1.0))?;
+        for _ in 0..5 {
+            p.grpo_step(&pair(1.0), &GrpoConfig::default(), None)?;
+        }
+        let after = p.sequence_logps(&pair(1.0))?;
+        assert!(after[0] > before[0] && after[1] < before[1], "{before:?} → {after:?}");
+        assert!(p.grpo_step(&pair(1.0), &GrpoConfig { beta: 0.1, ..GrpoConfig::default() }, None).is_err());
+        Ok(())
+    }
+}

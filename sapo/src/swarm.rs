@@ -1,0 +1,439 @@
+//! A SAPO swarm on the simulated network: the shared warm start, then every agent's game, round by
+//! round, with the rollout exchange through a [`genrl::comm::Inbox`] (an agent trains on whatever has
+//! arrived and never waits for a slow peer).
+//!
+//! Compute is charged in virtual time after each round, from the policy's FLOPs and the agent's
+//! [`DeviceProfile`]; so a bigger policy (or a slower device) shares later and its rollouts reach the
+//! others staler. Every random choice is seeded by the run's seed and the agent's index, so a run is
+//! repeatable, and an agent that takes nothing from the swarm (`J = 0`) learns exactly what it would alone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{Device, Tensor};
+use genrl::comm::Inbox;
+use genrl::env::{Family, Question, TaskSet, TaskSetConfig};
+use genrl::game::Game;
+use genrl::{DeviceProfile, SimSwarm, SwarmSpec, run_simulation};
+use models::{AdamW, OptimConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use transport::sim::LinkSpec;
+
+use crate::adversary::{ForgedQuestions, Liar};
+use crate::agent::{Dropped, Mix, PolicyTrainer, QuestionStream, SwarmRewards, TrainReport};
+use crate::error::{Error, Result};
+use crate::grpo::GrpoConfig;
+use crate::policy::{Example, Policy, PolicyConfig, Sampling};
+
+/// The supervised warm start on the task format, shared by every agent of a policy size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmStartConfig {
+    /// Supervised steps.
+    pub steps: usize,
+    /// Questions per step.
+    pub batch: usize,
+    /// Peak learning rate (cosine decay to a tenth).
+    pub lr: f32,
+}
+
+impl Default for WarmStartConfig {
+    fn default() -> Self {
+        Self { steps: 300, batch: 32, lr: 3e-3 }
+    }
+}
+
+/// One SAPO experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SapoConfig {
+    /// Seeds the warm start, every agent's questions and sampling, and the network.
+    pub seed: u64,
+    /// Honest agents.
+    pub agents: usize,
+    /// Lying agents added to the swarm (see [`crate::adversary`]).
+    pub liars: usize,
+    /// Rounds each agent plays.
+    pub rounds: u64,
+    /// Own (I) and external (J) question groups per training step.
+    pub mix: Mix,
+    /// Completions per question (G).
+    pub completions: usize,
+    /// Policy size of each agent, by index, cycled: `tiny`, `small`.
+    pub sizes: Vec<String>,
+    /// The policy's window and optimizer (its model is replaced by each agent's size).
+    pub policy: PolicyConfig,
+    /// How completions are drawn.
+    pub sampling: Sampling,
+    /// GRPO settings.
+    pub grpo: GrpoConfig,
+    /// The warm start.
+    pub warm_start: WarmStartConfig,
+    /// The questions.
+    pub tasks: TaskSetConfig,
+    /// The simulated device of every agent (a preset: `laptop`, `cpu32`, `a10`, `h100`).
+    pub device: String,
+    /// One-way latency between agents, in milliseconds.
+    pub latency_ms: f64,
+    /// Bandwidth between agents, in Mbit/s.
+    pub bandwidth_mbit: f64,
+}
+
+impl Default for SapoConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            agents: 8,
+            liars: 0,
+            rounds: 300,
+            mix: Mix { local: 4, external: 4 },
+            completions: 8,
+            sizes: vec!["tiny".into()],
+            policy: PolicyConfig::default(),
+            sampling: Sampling::default(),
+            grpo: GrpoConfig::default(),
+            warm_start: WarmStartConfig::default(),
+            tasks: TaskSetConfig::default(),
+            device: "laptop".into(),
+            latency_ms: 20.0,
+            bandwidth_mbit: 100.0,
+        }
+    }
+}
+
+impl SapoConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.agents == 0 {
+            return Err(Error::config("sapo.agents", "at least one agent"));
+        }
+        if self.rounds == 0 {
+            return Err(Error::config("sapo.rounds", "at least one round"));
+        }
+        if self.completions < 2 {
+            return Err(Error::config("sapo.completions", "GRPO needs at least 2 completions per question"));
+        }
+        if self.mix.local + self.mix.external == 0 {
+            return Err(Error::config("sapo.mix", "a step needs at least one group"));
+        }
+        if self.sizes.is_empty() {
+            return Err(Error::config("sapo.sizes", "at least one policy size"));
+        }
+        for s in &self.sizes {
+            PolicyConfig::sized(s)?;
+        }
+        if self.warm_start.batch == 0 {
+            return Err(Error::config("sapo.warm_start.batch", "at least one question per step"));
+        }
+        if !(self.latency_ms >= 0.0 && self.bandwidth_mbit > 0.0) {
+            return Err(Error::config("sapo.latency_ms", "latency must be >= 0 and bandwidth > 0"));
+        }
+        DeviceProfile::preset(&self.device)?;
+        TaskSet::new(&self.tasks)?;
+        self.sampling.validate()?;
+        self.grpo.validate()?;
+        self.policy.validate()
+    }
+
+    /// The policy configuration of a size.
+    pub fn policy_of(&self, size: &str) -> Result<PolicyConfig> {
+        Ok(PolicyConfig { model: PolicyConfig::sized(size)?.model, ..self.policy.clone() })
+    }
+
+    /// The size of agent `index`.
+    pub fn size_of(&self, index: usize) -> &str {
+        &self.sizes[index % self.sizes.len()]
+    }
+}
+
+/// A warm-started policy of one size, and how well it does on the held-out questions.
+#[derive(Debug, Clone)]
+pub struct WarmStart {
+    /// The size.
+    pub size: String,
+    /// Its weights.
+    pub weights: BTreeMap<String, Tensor>,
+    /// Greedy accuracy on the held-out questions, by family.
+    pub eval: BTreeMap<String, f64>,
+    /// Supervised loss of the last step.
+    pub loss: f64,
+}
+
+/// Trains a fresh policy of `size` on correct answers (the task format), as every agent of that size
+/// starts from it.
+pub fn warm_start(cfg: &SapoConfig, size: &str) -> Result<WarmStart> {
+    let tasks = TaskSet::new(&cfg.tasks)?;
+    let policy = cfg.policy_of(size)?;
+    let mut p = Policy::new(&policy, &Device::Cpu)?;
+    let ws = &cfg.warm_start;
+    let optim_cfg = OptimConfig {
+        lr: ws.lr,
+        min_lr: ws.lr / 10.0,
+        warmup_steps: (ws.steps as u64 / 10).max(1),
+        total_steps: ws.steps.max(1) as u64,
+        ..OptimConfig::default()
+    };
+    let mut optim = AdamW::new(optim_cfg, policy.model.backend)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x3a7d_57a2);
+    let mut loss = f64::NAN;
+    for _ in 0..ws.steps {
+        let questions = tasks.sample(ws.batch, &mut rng);
+        let answers: Vec<String> = questions.iter().map(|q| format!("{}\n", q.answer)).collect();
+        let examples: Vec<Example<'_>> = questions
+            .iter()
+            .zip(&answers)
+            .map(|(q, a)| Example { prompt: &q.prompt, completion: a, weight: 1.0 })
+            .collect();
+        loss = p.supervised_step(&examples, &mut optim)?;
+    }
+    let eval = evaluate(&p, tasks.held_out())?;
+    Ok(WarmStart { size: size.to_string(), weights: p.weights(), eval, loss })
+}
+
+/// Greedy accuracy of `policy` on `questions`, by family name (and `all`).
+pub fn evaluate(policy: &Policy, questions: &[Question]) -> Result<BTreeMap<String, f64>> {
+    let mut hits: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for chunk in questions.chunks(64) {
+        let prompts: Vec<&str> = chunk.iter().map(|q| q.prompt.as_str()).collect();
+        let answers = policy.sample(&prompts, 1, Sampling::GREEDY, &mut rng)?;
+        for (q, a) in chunk.iter().zip(answers) {
+            let right = a.first().is_some_and(|a| q.reward(a) > 0.0);
+            for key in [q.family.name().to_string(), "all".to_string()] {
+                let e = hits.entry(key).or_default();
+                e.0 += usize::from(right);
+                e.1 += 1;
+            }
+        }
+    }
+    Ok(hits.into_iter().map(|(k, (r, n))| (k, r as f64 / n as f64)).collect())
+}
+
+/// One agent's run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRun {
+    /// Its index in the swarm.
+    pub index: usize,
+    /// Its policy size.
+    pub size: String,
+    /// Whether it is a lying agent (which does not learn).
+    pub liar: bool,
+    /// Each round's report.
+    pub rounds: Vec<TrainReport>,
+    /// Greedy accuracy on the held-out questions at the end, by family (and `all`).
+    pub eval: BTreeMap<String, f64>,
+    /// Shared groups it dropped, by reason.
+    pub dropped: Dropped,
+    /// Payloads from peers that did not decode, or entries over the per-peer cap.
+    pub rejected: usize,
+    /// Its virtual time at the end.
+    pub virtual_time: Duration,
+}
+
+impl AgentRun {
+    /// Mean reward of its own completions, by round.
+    pub fn rewards(&self) -> Vec<f64> {
+        self.rounds.iter().map(|r| r.reward).collect()
+    }
+}
+
+/// A swarm's run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SapoRun {
+    /// The mix every agent used.
+    pub mix: Mix,
+    /// Every agent, honest ones first.
+    pub agents: Vec<AgentRun>,
+}
+
+impl SapoRun {
+    /// The honest agents.
+    pub fn honest(&self) -> impl Iterator<Item = &AgentRun> {
+        self.agents.iter().filter(|a| !a.liar)
+    }
+
+    /// SAPO's headline figure: the sum over honest agents and rounds of each round's mean reward.
+    pub fn cumulative_reward(&self) -> f64 {
+        self.honest().flat_map(|a| a.rounds.iter().map(|r| r.reward)).sum()
+    }
+
+    /// Mean over honest agents of the mean reward in rounds `range` (clamped to the run).
+    pub fn mean_reward(&self, range: std::ops::Range<usize>) -> f64 {
+        let per_agent: Vec<f64> = self
+            .honest()
+            .filter_map(|a| {
+                let r = &a.rounds[range.start.min(a.rounds.len())..range.end.min(a.rounds.len())];
+                (!r.is_empty()).then(|| r.iter().map(|x| x.reward).sum::<f64>() / r.len() as f64)
+            })
+            .collect();
+        if per_agent.is_empty() { 0.0 } else { per_agent.iter().sum::<f64>() / per_agent.len() as f64 }
+    }
+
+    /// Mean held-out accuracy of honest agents, by family (and `all`).
+    pub fn eval(&self) -> BTreeMap<String, f64> {
+        let mut sum: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+        for a in self.honest() {
+            for (k, v) in &a.eval {
+                let e = sum.entry(k.clone()).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+        sum.into_iter().map(|(k, (s, n))| (k, s / n as f64)).collect()
+    }
+}
+
+/// Runs the swarm: every honest agent from the warm start of its size (one of `warm`), then the liars.
+/// `progress` is called with each round agent 0 finishes.
+pub fn run(cfg: &SapoConfig, warm: &[WarmStart], progress: impl Fn(u64) + Send + Sync + 'static) -> Result<SapoRun> {
+    let all: Vec<usize> = (0..cfg.agents + cfg.liars).collect();
+    run_agents(cfg, warm, &all, progress)
+}
+
+/// Runs only agent `index` of the swarm `cfg` describes, alone on the network (what it would learn in silo).
+pub fn run_alone(cfg: &SapoConfig, warm: &[WarmStart], index: usize) -> Result<AgentRun> {
+    let mut run = run_agents(cfg, warm, &[index], |_| {})?;
+    run.agents.pop().ok_or_else(|| Error::config("sapo.agents", format!("no agent {index}")))
+}
+
+struct Shared {
+    cfg: SapoConfig,
+    tasks: Arc<TaskSet>,
+    warm: Vec<WarmStart>,
+    indices: Vec<usize>,
+    progress: Box<dyn Fn(u64) + Send + Sync>,
+}
+
+fn run_agents(
+    cfg: &SapoConfig,
+    warm: &[WarmStart],
+    indices: &[usize],
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<SapoRun> {
+    cfg.validate()?;
+    for i in 0..cfg.agents.min(cfg.sizes.len()) {
+        let size = cfg.size_of(i);
+        if !warm.iter().any(|w| w.size == size) {
+            return Err(Error::config("sapo.sizes", format!("no warm start of size {size:?}")));
+        }
+    }
+    let device = DeviceProfile::preset(&cfg.device)?;
+    let link = LinkSpec::mbit(cfg.latency_ms, cfg.bandwidth_mbit);
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        tasks: Arc::new(TaskSet::new(&cfg.tasks)?),
+        warm: warm.to_vec(),
+        indices: indices.to_vec(),
+        progress: Box::new(progress),
+    });
+    let results = run_simulation(async move {
+        let spec = SwarmSpec::uniform(shared.cfg.seed, shared.indices.len(), device, link);
+        let swarm = SimSwarm::build(&spec)?;
+        Ok::<_, Error>(swarm.run(move |ctx| play(shared.clone(), ctx)).await)
+    })??;
+    let agents = results.into_iter().map(|r| r.map_err(Error::from)).collect::<Result<Vec<_>>>()?;
+    Ok(SapoRun { mix: cfg.mix, agents })
+}
+
+/// Seeds of agent `index`: its questions, its sampling, its choice of shared groups.
+fn seeds(cfg: &SapoConfig, index: usize) -> [u64; 3] {
+    let base = cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (index as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    [base, base ^ 0x1111, base ^ 0x2222]
+}
+
+async fn play(
+    shared: Arc<Shared>,
+    ctx: genrl::AgentCtx<transport::sim::SimEndpoint, transport::sim::SimClock>,
+) -> genrl::Result<AgentRun> {
+    let cfg = &shared.cfg;
+    let index = shared.indices[ctx.index as usize];
+    let liar = index >= cfg.agents;
+    let comm = Inbox::new(ctx.transport.clone(), ctx.clock.clone(), ctx.peers.clone());
+    let families = shared.tasks.families().len();
+    let [questions, sampling, choice] = seeds(cfg, index);
+    if liar {
+        let data = ForgedQuestions { tasks: shared.tasks.clone(), seed: questions };
+        let trainer = Liar { completions: cfg.completions };
+        let policy = Policy::new(&cfg.policy, &Device::Cpu).map_err(|e| genrl::Error::role("liar", e))?;
+        let rewards = SwarmRewards::new(&policy, 0, cfg.completions, choice);
+        // It keeps the pace of an honest agent of the default size, so its rollouts arrive as often.
+        let flops = policy.generation_flops(cfg.completions * families)
+            + policy.training_flops(cfg.completions * (cfg.mix.local + cfg.mix.external));
+        let mut game = Game { data, trainer, rewards, comm, stages: 1, max_entries_per_peer: families };
+        for round in 0..cfg.rounds {
+            game.play_round(round).await?;
+            ctx.compute(flops).await;
+        }
+        return Ok(AgentRun {
+            index,
+            size: "liar".into(),
+            liar,
+            rounds: Vec::new(),
+            eval: BTreeMap::new(),
+            dropped: Dropped::default(),
+            rejected: 0,
+            virtual_time: ctx.clock.now(),
+        });
+    }
+    let role = |e: Error| genrl::Error::role("agent", e);
+    let size = cfg.size_of(index).to_string();
+    let warm = shared
+        .warm
+        .iter()
+        .find(|w| w.size == size)
+        .ok_or_else(|| genrl::Error::config("sapo.sizes", format!("no warm start of size {size:?}")))?;
+    let policy_cfg = cfg.policy_of(&size).map_err(role)?;
+    let policy = Policy::from_weights(&policy_cfg, &warm.weights, &Device::Cpu).map_err(role)?;
+    let reference = if cfg.grpo.beta > 0.0 {
+        Some(Policy::from_weights(&policy_cfg, &warm.weights, &Device::Cpu).map_err(role)?)
+    } else {
+        None
+    };
+    let rewards = SwarmRewards::new(&policy, cfg.mix.external, cfg.completions, choice);
+    let trainer = PolicyTrainer {
+        policy,
+        reference,
+        completions: cfg.completions,
+        sampling: cfg.sampling,
+        grpo: cfg.grpo.clone(),
+        local: cfg.mix.local,
+        rng: ChaCha8Rng::seed_from_u64(sampling),
+    };
+    let data = QuestionStream { tasks: shared.tasks.clone(), seed: questions };
+    let mut game = Game { data, trainer, rewards, comm, stages: 1, max_entries_per_peer: families };
+    let mut rounds = Vec::with_capacity(cfg.rounds as usize);
+    let mut rejected = 0;
+    for round in 0..cfg.rounds {
+        let out = game.play_round(round).await?;
+        rejected += out.state.rejected;
+        let report = out.report;
+        ctx.record("reward", round, report.reward);
+        let policy = &game.trainer.policy;
+        let trained = cfg.completions * (report.local + report.external);
+        let flops = policy.generation_flops(cfg.completions * families) + policy.training_flops(trained);
+        ctx.compute(flops).await;
+        rounds.push(report);
+        if ctx.index == 0 {
+            (shared.progress)(round + 1);
+        }
+    }
+    let eval = evaluate(&game.trainer.policy, shared.tasks.held_out()).map_err(role)?;
+    Ok(AgentRun {
+        index,
+        size,
+        liar,
+        rounds,
+        eval,
+        dropped: game.rewards.dropped,
+        rejected,
+        virtual_time: ctx.clock.now(),
+    })
+}
+
+/// The families of a run's task set, by name, in order.
+pub fn family_names(cfg: &SapoConfig) -> Result<Vec<String>> {
+    Ok(TaskSet::new(&cfg.tasks)?.families().iter().map(|f: &Family| f.name().to_string()).collect())
+}
