@@ -31,6 +31,7 @@ fn claims_section(report: &str) -> Option<String> {
 pub(crate) fn reproduce_all(
     out: Option<PathBuf>,
     quick: bool,
+    device: models::DeviceSpec,
     run: impl Fn(RunConfig, Option<PathBuf>, bool) -> Result<()>,
 ) -> Result<()> {
     let out = crate::out_dir(out, "all")?;
@@ -44,7 +45,7 @@ pub(crate) fn reproduce_all(
         let result = if *name == "verde" {
             crate::verify::reproduce(dir, quick)
         } else if *name == "sapo" {
-            crate::sapo_study::reproduce(dir, quick)
+            crate::sapo_study::reproduce(dir, quick, device)
         } else {
             studies::preset(name).and_then(|cfg| run(cfg, dir, quick))
         };

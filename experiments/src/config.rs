@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use genrl::DeviceProfile;
 use models::data::SyntheticConfig;
-use models::{Backend, ModelConfig, OptimConfig};
+use models::{Backend, DeviceSpec, ModelConfig, OptimConfig};
 use noloco::scale::{ScaleSpec, SyncMethod};
 use noloco::{DiLoCo, NoLoCo, RandomRouter};
 use pipeline::{DataParallel, Fallback, FixedRouter, Independent, PipelineSpec, Recovery};
@@ -235,14 +235,17 @@ pub(crate) struct RunConfig {
     pub(crate) eval_every: u64,
     /// Validation batches per evaluation.
     pub(crate) eval_batches: usize,
-    /// Device preset of every worker: `h100`, `a10` or `cpu32`.
-    pub(crate) device: String,
+    /// Simulated device of every worker (its compute speed in virtual time): `h100`, `a10`, `cpu32` or
+    /// `laptop`.
+    pub(crate) profile: String,
+    /// Where the tensors live and the operators run: `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub(crate) device: DeviceSpec,
     /// Model size preset: `tiny`, `small`, `medium` or `large`.
     pub(crate) model_preset: String,
-    /// If set, every worker's sustained compute speed in TFLOP/s instead of the device preset's (to put a
+    /// If set, every worker's sustained compute speed in TFLOP/s instead of the profile's (to put a
     /// small model in the compute-bound regime of a large one).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) device_tflops: Option<f64>,
+    pub(crate) profile_tflops: Option<f64>,
     /// If set, the number of transformer blocks instead of the preset's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) layers: Option<usize>,
@@ -284,9 +287,10 @@ impl Default for RunConfig {
             seq: 64,
             eval_every: 50,
             eval_batches: 8,
-            device: "a10".into(),
+            profile: "a10".into(),
+            device: DeviceSpec::Cpu,
             model_preset: "tiny".into(),
-            device_tflops: None,
+            profile_tflops: None,
             layers: None,
             edge_stages: false,
             backend: Backend::Native,
@@ -411,7 +415,7 @@ impl RunConfig {
                 }
             }
         }
-        DeviceProfile::preset(&self.device)?;
+        DeviceProfile::preset(&self.profile)?;
         ModelConfig::preset(&self.model_preset)?;
         for i in 0..self.arms.len() {
             self.spec(i)?.validate().with_context(|| format!("arms[{i}] ({})", self.arms[i].label))?;
@@ -448,8 +452,8 @@ impl RunConfig {
         } else {
             Vec::new()
         };
-        let mut device = DeviceProfile::preset(&self.device)?;
-        if let Some(tflops) = self.device_tflops {
+        let mut device = DeviceProfile::preset(&self.profile)?;
+        if let Some(tflops) = self.profile_tflops {
             device.flops = tflops * 1e12;
         }
         let mut spec = PipelineSpec {
@@ -480,6 +484,7 @@ impl RunConfig {
             },
             seed: self.seed,
             device,
+            compute: self.device.resolve()?,
             link: LinkSpec::mbit(self.network.latency_ms, self.network.mbit_per_s),
             recovery: match arm.recovery.as_str() {
                 "checkfree" => rebuild(Arc::new(checkfree::CheckFree::default())),
@@ -499,7 +504,7 @@ impl RunConfig {
         };
         if let Some(geo) = &self.geo {
             let skip = (arm.routing == Routing::Skippipe).then_some(arm.skip_ratio);
-            crate::skip::place(&mut spec, geo, self.device_tflops, skip)
+            crate::skip::place(&mut spec, geo, self.profile_tflops, skip)
                 .with_context(|| format!("arm {:?} on the [geo] swarm", arm.label))?;
         }
         Ok(spec)
@@ -516,8 +521,9 @@ micro_batch = 4        # sequences per micro-batch
 seq = 64               # tokens per sequence
 eval_every = 50        # validation loss every N steps (and at the end)
 eval_batches = 8
-device = "a10"         # h100 | a10 | cpu32: sets compute time in the simulation
-# device_tflops = 0.5  # instead of the preset's sustained speed
+profile = "a10"        # h100 | a10 | cpu32 | laptop: sets compute time in the simulation
+# profile_tflops = 0.5 # instead of the preset's sustained speed
+device = "cpu"         # cpu | cuda | cuda:N | auto: where the tensors live (cuda needs --features cuda)
 model_preset = "tiny"  # tiny (~0.1M) | small (~1M) | medium (~10M) | large (~50M parameters)
 backend = "native"     # native | repops (bitwise reproducible)
 # layers = 4           # transformer blocks, instead of the preset's
@@ -625,7 +631,10 @@ mod tests {
         let err = |text: &str| format!("{:#}", RunConfig::from_toml(text).expect_err("accepted a bad config"));
         assert!(err("stepz = 3").contains("stepz"));
         assert!(err("steps = 0").contains("steps"));
-        assert!(err("device = \"tpu\"").contains("device"));
+        assert!(err("profile = \"tpu\"").contains("device"));
+        assert!(err("device = \"a10\"").contains("`profile`"), "a profile where the device goes says where it belongs");
+        #[cfg(not(feature = "cuda"))]
+        assert!(err("device = \"cuda\"").contains("--features cuda"));
         assert!(err("model_preset = \"huge\"").contains("model.preset"));
         assert!(err("[[arms]]\nlabel = \"x\"\nstages = 5\nreplicas = 1").contains("pipeline.stages"));
         assert!(err("[[arms]]\nlabel = \"x\"\nstages = 1\nreplicas = 1\nsync = \"gossip\"").contains("arms[0].sync"));
@@ -643,7 +652,7 @@ mod tests {
         assert!(err(&format!("{arm}recovery = \"prayer\"")).contains("arms[0].recovery"));
         assert!(err(&format!("{arm}failure_rate = 1.5")).contains("arms[0].failure_rate"));
         assert!(err("[recovery]\nfallback = \"hope\"").contains("recovery.fallback"));
-        assert!(err("device_tflops = -1.0").contains("device"));
+        assert!(err("profile_tflops = -1.0").contains("flops"));
         let cf = "layers = 6\n[[arms]]\nlabel = \"x\"\nstages = 6\nreplicas = 1\nrecovery = \"checkfree\"\n";
         assert!(err(cf).contains("edge_stages"), "CheckFree needs the edge-stage layout");
         let sp = "layers = 4\nedge_stages = true\n[[arms]]\nlabel = \"x\"\nstages = 6\nreplicas = 2\nrouting = \"skippipe\"\n";

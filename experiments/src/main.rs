@@ -46,6 +46,10 @@ enum Command {
         /// The same study, shortened to a smoke check (at most 40 steps, a smaller corpus).
         #[arg(long)]
         quick: bool,
+        /// Where the tensors live: `cpu`, `cuda`, `cuda:N` or `auto` (overrides the configuration; cuda
+        /// needs a build with `--features cuda`).
+        #[arg(long)]
+        device: Option<models::DeviceSpec>,
     },
     /// Reproduce a paper's study on simulated swarms and write its report beside the paper's claims.
     ///
@@ -91,6 +95,10 @@ enum Command {
         /// The same study at a smaller scale (a few minutes; for smoke checks).
         #[arg(long)]
         quick: bool,
+        /// Where the tensors live: `cpu`, `cuda`, `cuda:N` or `auto` (overrides the configuration; cuda
+        /// needs a build with `--features cuda`).
+        #[arg(long)]
+        device: Option<models::DeviceSpec>,
     },
     /// Verify one training run delegated to several trainers (Verde): each trains the same program on
     /// repops, some dishonestly; conflicting claims are disputed before a referee on the simulated network,
@@ -144,6 +152,10 @@ enum Command {
         /// Output folder [default: runs/sapo-<unix time>].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Where the tensors live: `cpu`, `cuda`, `cuda:N` or `auto` (overrides the configuration; cuda
+        /// needs a build with `--features cuda`).
+        #[arg(long)]
+        device: Option<models::DeviceSpec>,
         /// Print the full default configuration as TOML and exit.
         #[arg(long)]
         print_config: bool,
@@ -177,18 +189,29 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Run { config, out, quick } => {
-            let cfg = match config {
+        Command::Run { config, out, quick, device } => {
+            let mut cfg = match config {
                 Some(path) => RunConfig::load(&path)?,
                 None => RunConfig::default(),
             };
+            cfg.device = device.unwrap_or(cfg.device);
             run(cfg, out, quick)
         }
-        Command::Reproduce { study, out, quick } if study == "verde" => verify::reproduce(out, quick),
-        Command::Reproduce { study, out, quick } if study == "sapo" => sapo_study::reproduce(out, quick),
-        Command::Reproduce { study, out, quick } if study == "all" => all::reproduce_all(out, quick, run),
+        Command::Reproduce { study, out, quick, device } if study == "verde" => {
+            if device.is_some_and(|d| d != models::DeviceSpec::Cpu) {
+                eprintln!("note: verde's disputes run on the CPU (--device applies to the training studies)");
+            }
+            verify::reproduce(out, quick)
+        }
+        Command::Reproduce { study, out, quick, device } if study == "sapo" => {
+            sapo_study::reproduce(out, quick, device.unwrap_or_default())
+        }
+        Command::Reproduce { study, out, quick, device } if study == "all" => {
+            let device = device.unwrap_or_default();
+            all::reproduce_all(out, quick, device, |cfg, out, quick| run(RunConfig { device, ..cfg }, out, quick))
+        }
         Command::Readme { run_dir, file } => all::readme(&run_dir, &file),
-        Command::Sapo { config, mix, rounds, agents, liars, sizes, out, print_config } => {
+        Command::Sapo { config, mix, rounds, agents, liars, sizes, out, device, print_config } => {
             if print_config {
                 print!("{}", toml::to_string(&sapo::SapoConfig::default())?);
                 return Ok(());
@@ -204,9 +227,13 @@ fn main() -> Result<()> {
             cfg.agents = agents.unwrap_or(cfg.agents);
             cfg.liars = liars.unwrap_or(cfg.liars);
             cfg.sizes = sizes.unwrap_or(cfg.sizes);
+            cfg.device = device.unwrap_or(cfg.device);
             sapo_study::train(cfg, out)
         }
-        Command::Reproduce { study, out, quick } => run(studies::preset(&study)?, out, quick),
+        Command::Reproduce { study, out, quick, device } => {
+            let cfg = studies::preset(&study)?;
+            run(RunConfig { device: device.unwrap_or(cfg.device), ..cfg }, out, quick)
+        }
         Command::Verify { model, steps, trainers, deadline_s, backend, print_final } => {
             let backend = match backend.as_str() {
                 "repops" => models::Backend::RepOps,
@@ -264,16 +291,18 @@ fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Result<()> {
         cfg = cfg.quick();
         cfg.validate()?;
     }
+    let compute = cfg.device.resolve()?;
     let out = out_dir(out, &cfg.name)?;
     let corpus = Arc::new(corpus(&cfg)?);
     corpus.check_fits(cfg.seq)?;
     let floor = corpus.entropy_floor.map_or(String::new(), |h| format!(", loss floor {h:.3} nats/token"));
     eprintln!(
-        "swarmlab run {:?}: {} arms, {} steps each, corpus {}{floor}",
+        "swarmlab run {:?}: {} arms, {} steps each, corpus {}{floor}, on {}",
         cfg.name,
         cfg.arms.len(),
         cfg.steps,
-        corpus.name
+        corpus.name,
+        models::device::name(&compute)
     );
     let started = Instant::now();
     // Ctrl-C: finish the current arm and write everything so far; a second Ctrl-C stops at once (every

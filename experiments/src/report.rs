@@ -705,11 +705,11 @@ fn markdown(
         Some(geo) => format!(
             "a geo-distributed swarm (twelve cloud regions; H100-, A10- and half-speed A10-class nodes{}; stages \
              assigned by {})",
-            cfg.device_tflops.map_or(String::new(), |t| format!(", the fastest at {t} TFLOP/s")),
+            cfg.profile_tflops.map_or(String::new(), |t| format!(", the fastest at {t} TFLOP/s")),
             geo.assignment.replace('_', " ")
         ),
         None => {
-            format!("device `{}`, links {} ms / {} Mbit/s", cfg.device, cfg.network.latency_ms, cfg.network.mbit_per_s)
+            format!("device `{}`, links {} ms / {} Mbit/s", cfg.profile, cfg.network.latency_ms, cfg.network.mbit_per_s)
         }
     };
     let _ = writeln!(

@@ -57,10 +57,10 @@ struct Study {
 }
 
 /// `swarmlab reproduce sapo [--quick]`.
-pub(crate) fn reproduce(out: Option<PathBuf>, quick: bool) -> Result<()> {
+pub(crate) fn reproduce(out: Option<PathBuf>, quick: bool, device: models::DeviceSpec) -> Result<()> {
     let out = crate::out_dir(out, "sapo")?;
     let began = Instant::now();
-    let cfg = base(quick);
+    let cfg = SapoConfig { device, ..base(quick) };
     eprintln!(
         "swarmlab reproduce sapo{}: {} agents, {} rounds, mixes 8/0 6/2 4/4 2/6, then two policy sizes",
         if quick { " --quick" } else { "" },

@@ -78,7 +78,7 @@ fn skippipe() -> RunConfig {
         name: "skippipe".into(),
         steps,
         micro_batches: 4,
-        device_tflops: Some(0.01),
+        profile_tflops: Some(0.01),
         layers: Some(12),
         edge_stages: true,
         eval_every: 20,
@@ -131,7 +131,7 @@ fn checkfree() -> RunConfig {
         steps,
         // Slow workers put the small model where a large one is, compute-bound: then redundant
         // computation costs time, as it does in the paper.
-        device_tflops: Some(0.001),
+        profile_tflops: Some(0.001),
         layers: Some(6),
         edge_stages: true,
         eval_every: 20,
@@ -175,7 +175,7 @@ fn compose() -> RunConfig {
         name: "compose".into(),
         steps,
         micro_batches: 4,
-        device_tflops: Some(0.01),
+        profile_tflops: Some(0.01),
         layers: Some(6),
         edge_stages: true,
         eval_every: 20,

@@ -379,3 +379,34 @@ fn sapo_trains_a_swarm_from_a_config_and_names_bad_fields() -> Result<(), Box<dy
     assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("sapo.rounds"));
     Ok(())
 }
+
+#[test]
+fn the_device_is_chosen_by_name_and_a_missing_gpu_is_explained() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, TINY)?;
+    // auto: a GPU if one is usable, else the CPU with one line saying why.
+    let out =
+        swarmlab().arg("run").arg(&config).args(["--device", "auto", "--out"]).arg(dir.path().join("auto")).output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(", on cpu") || stderr.contains(", on cuda:0"), "{stderr}");
+    if stderr.contains(", on cpu") {
+        assert_eq!(stderr.matches("device auto: running on the CPU").count(), 1, "{stderr}");
+    }
+    // An explicit cuda where it cannot run is an error that says what is missing; nothing is written.
+    let out = swarmlab()
+        .arg("run")
+        .arg(&config)
+        .args(["--device", "cuda:7", "--out"])
+        .arg(dir.path().join("cuda"))
+        .output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    if !out.status.success() {
+        assert!(stderr.contains("--features cuda") || stderr.contains("cuda:7 is not usable"), "{stderr}");
+        assert!(!dir.path().join("cuda").exists(), "refused before anything is written");
+    }
+    let out = swarmlab().args(["sapo", "--device", "tpu"]).output()?;
+    assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("cpu, cuda, cuda:N or auto"));
+    Ok(())
+}

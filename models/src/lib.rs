@@ -11,6 +11,7 @@
 //! | [`optim`] | [`AdamW`] with warm-up, cosine decay and gradient clipping |
 //! | [`data`] | byte tokenizer, the synthetic language with a known entropy rate, text corpora, batches |
 //! | [`checkpoint`] | safetensors checkpoints of weights and optimizer state |
+//! | [`device`] | [`DeviceSpec`]: `cpu`, `cuda`, `cuda:N` or `auto`, resolved with clear errors |
 //!
 //! ```
 //! use candle_core::Device;
@@ -30,12 +31,14 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod llama;
 pub mod optim;
 
 pub use backend::Backend;
 pub use config::ModelConfig;
+pub use device::DeviceSpec;
 pub use error::{Error, Result};
 pub use llama::{Llama, Params, Stage, StageInput, StageSpec, split_layers, split_layers_with_edges};
 pub use optim::{AdamW, OptimConfig, StepStats};

@@ -249,6 +249,11 @@ impl Stage {
         &self.cfg
     }
 
+    /// The device its weights live on.
+    pub fn device(&self) -> &Device {
+        self.cos.device()
+    }
+
     /// Which part of the model this is.
     pub fn spec(&self) -> &StageSpec {
         &self.spec

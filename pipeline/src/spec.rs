@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use candle_core::Device;
 use genrl::DeviceProfile;
 use models::{ModelConfig, OptimConfig};
 use transport::sim::{LinkSpec, RegionTable};
@@ -37,8 +38,11 @@ pub struct PipelineSpec {
     pub router: Arc<dyn Router>,
     /// Seed of the data order.
     pub seed: u64,
-    /// Every worker's device.
+    /// Every worker's simulated device (its compute speed in virtual time).
     pub device: DeviceProfile,
+    /// Where every worker's tensors live and its operators run (the CPU or a CUDA GPU; many simulated
+    /// workers share it).
+    pub compute: Device,
     /// Every link.
     pub link: LinkSpec,
     /// What happens when a worker fails.
@@ -113,6 +117,7 @@ impl PipelineSpec {
             router,
             seed: 0,
             device: DeviceProfile::a10(),
+            compute: Device::Cpu,
             link: LinkSpec::mbit(10.0, 1000.0),
             recovery: Recovery::default(),
             failures: FailurePlan::default(),

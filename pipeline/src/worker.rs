@@ -209,7 +209,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     fn new(ctx: AgentCtx<T, C>, spec: Arc<PipelineSpec>, corpus: Arc<Corpus>) -> Result<Self> {
         let replicas = spec.replicas;
         let (s, r) = (ctx.index as usize / replicas, ctx.index as usize % replicas);
-        let device = Device::Cpu;
+        let device = spec.compute.clone();
         let specs = spec.stage_specs()?;
         let stage = Stage::new(&spec.model, specs[s].clone(), &device)?;
         // Only redundant computation runs the successor's forward pass again (and needs its cost).
@@ -720,7 +720,7 @@ async fn evaluate<T: Transport, C: Clock>(
     fwd_flops: f64,
     next: Option<PeerId>,
 ) -> Result<()> {
-    let device = Device::Cpu;
+    let device = stage.device().clone();
     let mut losses = Vec::with_capacity(count);
     for index in 0..count as u32 {
         let (out, targets) = if stage.spec().first {
@@ -774,7 +774,8 @@ async fn outer_round<T: Transport, C: Clock>(
     let mut theta = flatten(names, &params.snapshot(), shapes)?;
     let row: Vec<PeerId> = (0..replicas).map(|q| ctx.peers[s * replicas + q]).collect();
     run_outer_round(ctx, mail, state, round, &row, (s, r), step, &mut theta).await?;
-    for (name, t) in unflatten(names, &theta, shapes, &Device::Cpu)? {
+    let device = params.iter().next().map_or(Device::Cpu, |(_, v)| v.device().clone());
+    for (name, t) in unflatten(names, &theta, shapes, &device)? {
         params.set(&name, &t)?;
     }
     Ok(())

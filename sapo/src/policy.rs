@@ -222,7 +222,7 @@ impl Policy {
         let policy = Self::new(cfg, device)?;
         for (name, _) in policy.params.iter() {
             let w = weights.get(name).ok_or_else(|| Error::config("policy weights", format!("no {name}")))?;
-            policy.params.set(name, w)?;
+            policy.params.set(name, &w.to_device(device)?)?;
         }
         Ok(policy)
     }

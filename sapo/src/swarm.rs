@@ -16,7 +16,7 @@ use genrl::comm::Inbox;
 use genrl::env::{Family, Question, TaskSet, TaskSetConfig};
 use genrl::game::Game;
 use genrl::{DeviceProfile, SimSwarm, SwarmSpec, run_simulation};
-use models::{AdamW, OptimConfig};
+use models::{AdamW, DeviceSpec, OptimConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -74,8 +74,11 @@ pub struct SapoConfig {
     pub warm_start: WarmStartConfig,
     /// The questions.
     pub tasks: TaskSetConfig,
-    /// The simulated device of every agent (a preset: `laptop`, `cpu32`, `a10`, `h100`).
-    pub device: String,
+    /// The simulated device of every agent, its compute speed in virtual time (a preset: `laptop`,
+    /// `cpu32`, `a10`, `h100`).
+    pub profile: String,
+    /// Where the policies' tensors live: `cpu`, `cuda`, `cuda:N` or `auto` (all agents share it).
+    pub device: DeviceSpec,
     /// One-way latency between agents, in milliseconds.
     pub latency_ms: f64,
     /// Bandwidth between agents, in Mbit/s.
@@ -97,7 +100,8 @@ impl Default for SapoConfig {
             grpo: GrpoConfig::default(),
             warm_start: WarmStartConfig::default(),
             tasks: TaskSetConfig::default(),
-            device: "laptop".into(),
+            profile: "laptop".into(),
+            device: DeviceSpec::Cpu,
             latency_ms: 20.0,
             bandwidth_mbit: 100.0,
         }
@@ -131,7 +135,7 @@ impl SapoConfig {
         if !(self.latency_ms >= 0.0 && self.bandwidth_mbit > 0.0) {
             return Err(Error::config("sapo.latency_ms", "latency must be >= 0 and bandwidth > 0"));
         }
-        DeviceProfile::preset(&self.device)?;
+        DeviceProfile::preset(&self.profile)?;
         TaskSet::new(&self.tasks)?;
         self.sampling.validate()?;
         self.grpo.validate()?;
@@ -167,7 +171,7 @@ pub struct WarmStart {
 pub fn warm_start(cfg: &SapoConfig, size: &str) -> Result<WarmStart> {
     let tasks = TaskSet::new(&cfg.tasks)?;
     let policy = cfg.policy_of(size)?;
-    let mut p = Policy::new(&policy, &Device::Cpu)?;
+    let mut p = Policy::new(&policy, &cfg.device.resolve()?)?;
     let ws = &cfg.warm_start;
     let optim_cfg = OptimConfig {
         lr: ws.lr,
@@ -304,6 +308,7 @@ struct Shared {
     tasks: Arc<TaskSet>,
     warm: Vec<WarmStart>,
     indices: Vec<usize>,
+    compute: Device,
     progress: Box<dyn Fn(u64) + Send + Sync>,
 }
 
@@ -320,17 +325,19 @@ fn run_agents(
             return Err(Error::config("sapo.sizes", format!("no warm start of size {size:?}")));
         }
     }
-    let device = DeviceProfile::preset(&cfg.device)?;
+    let profile = DeviceProfile::preset(&cfg.profile)?;
+    let compute = cfg.device.resolve()?;
     let link = LinkSpec::mbit(cfg.latency_ms, cfg.bandwidth_mbit);
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         tasks: Arc::new(TaskSet::new(&cfg.tasks)?),
         warm: warm.to_vec(),
         indices: indices.to_vec(),
+        compute,
         progress: Box::new(progress),
     });
     let results = run_simulation(async move {
-        let spec = SwarmSpec::uniform(shared.cfg.seed, shared.indices.len(), device, link);
+        let spec = SwarmSpec::uniform(shared.cfg.seed, shared.indices.len(), profile, link);
         let swarm = SimSwarm::build(&spec)?;
         Ok::<_, Error>(swarm.run(move |ctx| play(shared.clone(), ctx)).await)
     })??;
@@ -357,7 +364,7 @@ async fn play(
     if liar {
         let data = ForgedQuestions { tasks: shared.tasks.clone(), seed: questions };
         let trainer = Liar { completions: cfg.completions };
-        let policy = Policy::new(&cfg.policy, &Device::Cpu).map_err(|e| genrl::Error::role("liar", e))?;
+        let policy = Policy::new(&cfg.policy, &shared.compute).map_err(|e| genrl::Error::role("liar", e))?;
         let rewards = SwarmRewards::new(&policy, 0, cfg.completions, choice);
         // It keeps the pace of an honest agent of the default size, so its rollouts arrive as often.
         let flops = policy.generation_flops(cfg.completions * families)
@@ -386,9 +393,9 @@ async fn play(
         .find(|w| w.size == size)
         .ok_or_else(|| genrl::Error::config("sapo.sizes", format!("no warm start of size {size:?}")))?;
     let policy_cfg = cfg.policy_of(&size).map_err(role)?;
-    let policy = Policy::from_weights(&policy_cfg, &warm.weights, &Device::Cpu).map_err(role)?;
+    let policy = Policy::from_weights(&policy_cfg, &warm.weights, &shared.compute).map_err(role)?;
     let reference = if cfg.grpo.beta > 0.0 {
-        Some(Policy::from_weights(&policy_cfg, &warm.weights, &Device::Cpu).map_err(role)?)
+        Some(Policy::from_weights(&policy_cfg, &warm.weights, &shared.compute).map_err(role)?)
     } else {
         None
     };
