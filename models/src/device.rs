@@ -93,7 +93,12 @@ impl DeviceSpec {
 
 #[cfg(feature = "cuda")]
 fn cuda(n: usize) -> Result<Device> {
-    Device::new_cuda(n).map_err(|e| Error::config("device", format!("cuda:{n} is not usable on this machine: {e}")))
+    Device::new_cuda(n).map_err(|e| {
+        // candle appends a backtrace when RUST_BACKTRACE is set: the driver's answer is the first line.
+        let answer = e.to_string();
+        let answer = answer.lines().next().unwrap_or_default().to_owned();
+        Error::config("device", format!("cuda:{n} is not usable on this machine: {answer}"))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]

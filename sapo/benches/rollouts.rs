@@ -2,7 +2,8 @@
 //! questions × 8 completions) and one GRPO step on 8 question groups, each beside its baseline measured
 //! in the same run — one forward pass over the same batch for generation (generation re-reads the
 //! growing prefix once per new token), a supervised step on the same sequences for GRPO. Reports tokens/s
-//! and the ratios.
+//! and the ratios. Then the wall time per round of a whole swarm of 8 agents on the CPU, and with all 8 on
+//! one GPU when the build has `--features cuda` and a GPU is there.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -14,7 +15,8 @@ use models::{AdamW, OptimConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sapo::policy::Example;
-use sapo::{GrpoConfig, Policy, PolicyConfig, Sampling};
+use models::DeviceSpec;
+use sapo::{GrpoConfig, Policy, PolicyConfig, Sampling, SapoConfig, run, warm_start};
 
 const COMPLETIONS: usize = 8;
 
@@ -92,8 +94,29 @@ fn bench(c: &mut Criterion) {
     );
 }
 
+/// Wall seconds per round of an 8-agent swarm (4/4) with every policy on `device`.
+fn swarm_round(device: DeviceSpec) -> sapo::Result<f64> {
+    let mut cfg = SapoConfig { agents: 8, rounds: 4, device, ..SapoConfig::default() };
+    cfg.warm_start.steps = 10;
+    let warm = warm_start(&cfg, "tiny")?;
+    let t = Instant::now();
+    run(&cfg, &[warm], |_| {})?;
+    Ok(t.elapsed().as_secs_f64() / cfg.rounds as f64)
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
     c.final_summary();
+    match swarm_round(DeviceSpec::Cpu) {
+        Ok(s) => println!("swarm of 8 agents, all on the CPU: {:.0} ms per round", s * 1e3),
+        Err(e) => println!("swarm on the CPU failed: {e}"),
+    }
+    match DeviceSpec::Cuda(0).resolve() {
+        Err(e) => println!("swarm on one GPU: SKIPPED (no GPU: {e})"),
+        Ok(_) => match swarm_round(DeviceSpec::Cuda(0)) {
+            Ok(s) => println!("swarm of 8 agents, all on cuda:0: {:.0} ms per round", s * 1e3),
+            Err(e) => println!("swarm on cuda:0 failed: {e}"),
+        },
+    }
 }
