@@ -31,8 +31,9 @@ fn median(reps: usize, mut f: impl FnMut()) -> f64 {
 /// Seconds per training step (forward, backward, AdamW) of `preset` on `device`.
 fn step_time(preset: &str, backend: Backend, device: &Device) -> f64 {
     let cfg = ModelConfig { backend, ..ModelConfig::preset(preset).expect("preset") };
-    let lang = SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 14, val_tokens: 1024, ..Default::default() })
-        .expect("language");
+    let lang =
+        SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 14, val_tokens: 1024, ..Default::default() })
+            .expect("language");
     let (ids, targets) = sample_batch(&lang.corpus().train, BATCH, SEQ, 0, 0, 0, device).expect("batch");
     let model = Llama::new(&cfg, 1, device).expect("model");
     let mut opt = AdamW::new(OptimConfig::default(), backend).expect("optim");
@@ -49,7 +50,7 @@ fn main() {
     let gpu = match Device::new_cuda(0) {
         Ok(d) => d,
         Err(e) => {
-            println!("SKIPPED (no GPU): {e}");
+            println!("SKIPPED (no GPU): {}", e.to_string().lines().next().unwrap_or_default());
             return;
         }
     };

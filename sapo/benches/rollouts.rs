@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use criterion::{Criterion, Throughput};
 use genrl::env::{TaskSet, TaskSetConfig};
+use models::DeviceSpec;
 use models::{AdamW, OptimConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sapo::policy::Example;
-use models::DeviceSpec;
 use sapo::{GrpoConfig, Policy, PolicyConfig, Sampling, SapoConfig, run, warm_start};
 
 const COMPLETIONS: usize = 8;

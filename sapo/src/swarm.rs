@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use genrl::comm::Inbox;
-use genrl::env::{Family, Question, TaskSet, TaskSetConfig};
+use genrl::env::{Question, TaskSet, TaskSetConfig};
 use genrl::game::Game;
 use genrl::{DeviceProfile, SimSwarm, SwarmSpec, run_simulation};
 use models::{AdamW, DeviceSpec, OptimConfig};
@@ -438,9 +438,4 @@ async fn play(
         rejected,
         virtual_time: ctx.clock.now(),
     })
-}
-
-/// The families of a run's task set, by name, in order.
-pub fn family_names(cfg: &SapoConfig) -> Result<Vec<String>> {
-    Ok(TaskSet::new(&cfg.tasks)?.families().iter().map(|f: &Family| f.name().to_string()).collect())
 }
