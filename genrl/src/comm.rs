@@ -111,8 +111,9 @@ impl<T: Transport, C: Clock> CommunicationBackend for BroadcastGather<T, C> {
     }
 }
 
-/// [`CommunicationBackend`] that never waits: it broadcasts, then takes whatever has arrived — each
-/// peer's newest payload not taken before — and returns at once. A slow peer costs nothing but
+/// [`CommunicationBackend`] that never waits for a peer's payload: it sends its own to every peer it can
+/// reach (one it cannot is skipped and logged), then takes whatever has arrived — each peer's newest
+/// payload not taken before — and returns at once. A slow peer costs nothing but
 /// staleness: its payloads are used when they come, whatever round the receiver is in (rounds of agents
 /// of different speeds drift apart). SAPO's asynchronous exchange.
 #[derive(Debug)]
@@ -121,14 +122,19 @@ pub struct Inbox<T: Transport, C: Clock> {
     clock: C,
     peers: Vec<PeerId>,
     waiting: BTreeMap<PeerId, (u64, Bytes)>,
+    /// Peers a send failed to, and the round before which they are not tried again.
+    unreachable: BTreeMap<PeerId, u64>,
 }
+
+/// Rounds an [`Inbox`] skips a peer it could not reach.
+const UNREACHABLE_BACKOFF: u64 = 8;
 
 impl<T: Transport, C: Clock> Inbox<T, C> {
     /// Shares with `peers` (the local peer may be among them).
     pub fn new(transport: T, clock: C, peers: Vec<PeerId>) -> Self {
         let me = transport.local_peer();
         let peers = peers.into_iter().filter(|p| *p != me).collect();
-        Self { transport, clock, peers, waiting: BTreeMap::new() }
+        Self { transport, clock, peers, waiting: BTreeMap::new(), unreachable: BTreeMap::new() }
     }
 }
 
@@ -140,7 +146,23 @@ impl<T: Transport, C: Clock> CommunicationBackend for Inbox<T, C> {
     async fn all_gather(&mut self, round: u64, payload: Bytes) -> Result<Gathered> {
         let me = self.transport.local_peer();
         let message = RoundPayload { round, payload: RawBytes(payload.clone()) };
-        self.transport.broadcast_msg(&self.peers, &message).await?;
+        let bytes = self.transport.codec().encode(&message).map_err(transport::TransportError::from)?;
+        // A peer that cannot be reached (gone, or not up yet) only misses payloads: it is skipped for the
+        // next `UNREACHABLE_BACKOFF` rounds, then tried again.
+        for &peer in &self.peers {
+            if self.unreachable.get(&peer).is_some_and(|&until| round < until) {
+                continue;
+            }
+            match self.transport.send(peer, bytes.clone()).await {
+                Ok(()) => {
+                    self.unreachable.remove(&peer);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %peer.short(), error = %e, "payload not delivered; peer skipped for a while");
+                    self.unreachable.insert(peer, round + UNREACHABLE_BACKOFF);
+                }
+            }
+        }
         let mut rejected = 0;
         // Drain what is already queued; a zero timeout still takes a message that is ready.
         while let Ok(received) = timeout(&self.clock, Duration::ZERO, self.transport.recv_msg::<RoundPayload>()).await {

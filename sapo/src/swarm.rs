@@ -15,11 +15,12 @@ use candle_core::{Device, Tensor};
 use genrl::comm::Inbox;
 use genrl::env::{Question, TaskSet, TaskSetConfig};
 use genrl::game::Game;
-use genrl::{DeviceProfile, SimSwarm, SwarmSpec, run_simulation};
+use genrl::{AgentCtx, Clock, DeviceProfile, SimSwarm, SwarmSpec, run_simulation};
 use models::{AdamW, DeviceSpec, OptimConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use transport::Transport;
 use transport::sim::LinkSpec;
 
 use crate::adversary::{ForgedQuestions, Liar};
@@ -309,7 +310,31 @@ struct Shared {
     warm: Vec<WarmStart>,
     indices: Vec<usize>,
     compute: Device,
+    /// Whether compute is charged in virtual time (the simulated network) or simply takes its time.
+    simulated: bool,
     progress: Box<dyn Fn(u64) + Send + Sync>,
+}
+
+/// Plays agent `index` of the swarm `cfg` describes over any transport and clock — a QUIC endpoint in
+/// real time, say — instead of the simulated network: the same game, seeds and rules as [`run`], with
+/// compute taking the time it really takes. `ctx.peers` are the swarm's agents (this one included).
+pub async fn play_agent<T: Transport, C: Clock>(
+    cfg: &SapoConfig,
+    warm: &[WarmStart],
+    index: usize,
+    ctx: AgentCtx<T, C>,
+) -> Result<AgentRun> {
+    cfg.validate()?;
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        tasks: Arc::new(TaskSet::new(&cfg.tasks)?),
+        warm: warm.to_vec(),
+        indices: Vec::new(),
+        compute: cfg.device.resolve()?,
+        simulated: false,
+        progress: Box::new(|_| {}),
+    });
+    Ok(play(shared, index, ctx).await?)
 }
 
 fn run_agents(
@@ -334,12 +359,20 @@ fn run_agents(
         warm: warm.to_vec(),
         indices: indices.to_vec(),
         compute,
+        simulated: true,
         progress: Box::new(progress),
     });
     let results = run_simulation(async move {
         let spec = SwarmSpec::uniform(shared.cfg.seed, shared.indices.len(), profile, link);
         let swarm = SimSwarm::build(&spec)?;
-        Ok::<_, Error>(swarm.run(move |ctx| play(shared.clone(), ctx)).await)
+        Ok::<_, Error>(
+            swarm
+                .run(move |ctx| {
+                    let index = shared.indices[ctx.index as usize];
+                    play(shared.clone(), index, ctx)
+                })
+                .await,
+        )
     })??;
     let agents = results.into_iter().map(|r| r.map_err(Error::from)).collect::<Result<Vec<_>>>()?;
     Ok(SapoRun { mix: cfg.mix, agents })
@@ -351,12 +384,12 @@ fn seeds(cfg: &SapoConfig, index: usize) -> [u64; 3] {
     [base, base ^ 0x1111, base ^ 0x2222]
 }
 
-async fn play(
+async fn play<T: Transport, C: Clock>(
     shared: Arc<Shared>,
-    ctx: genrl::AgentCtx<transport::sim::SimEndpoint, transport::sim::SimClock>,
+    index: usize,
+    ctx: AgentCtx<T, C>,
 ) -> genrl::Result<AgentRun> {
     let cfg = &shared.cfg;
-    let index = shared.indices[ctx.index as usize];
     let liar = index >= cfg.agents;
     let comm = Inbox::new(ctx.transport.clone(), ctx.clock.clone(), ctx.peers.clone());
     let families = shared.tasks.families().len();
@@ -372,7 +405,12 @@ async fn play(
         let mut game = Game { data, trainer, rewards, comm, stages: 1, max_entries_per_peer: families };
         for round in 0..cfg.rounds {
             game.play_round(round).await?;
-            ctx.compute(flops).await;
+            if shared.simulated {
+                ctx.compute(flops).await;
+            } else {
+                // In real time a liar computes nothing: pace it rather than flood the swarm.
+                ctx.clock.sleep(Duration::from_millis(50)).await;
+            }
         }
         return Ok(AgentRun {
             index,
@@ -421,7 +459,9 @@ async fn play(
         let policy = &game.trainer.policy;
         let trained = cfg.completions * (report.local + report.external);
         let flops = policy.generation_flops(cfg.completions * families) + policy.training_flops(trained);
-        ctx.compute(flops).await;
+        if shared.simulated {
+            ctx.compute(flops).await;
+        }
         rounds.push(report);
         if ctx.index == 0 {
             (shared.progress)(round + 1);
