@@ -160,6 +160,32 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// Write a new node key file and print its PeerId, and the entry that puts it in a peers file.
+    Keygen {
+        /// The key file to write (never overwritten).
+        #[arg(long, default_value = "node.key")]
+        out: PathBuf,
+        /// The address the node will listen on, for the printed peers-file entry.
+        #[arg(long, default_value = "127.0.0.1:4100")]
+        addr: std::net::SocketAddr,
+    },
+    /// Run one SAPO agent as a real node: QUIC with mutual TLS, real time. Every node of the swarm gets
+    /// the same configuration and peers file; a node's place in the swarm is its id's rank in the file
+    /// (the last `liars` places are lying agents). Writes agent-<index>.json into the output folder.
+    Node {
+        /// The SAPO configuration (as for `swarmlab sapo`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// This node's key file (`swarmlab keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The peers file: every node's id and address, this one's included.
+        #[arg(long)]
+        peers: PathBuf,
+        /// Output folder [default: runs/node-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Regenerate the README's results section (between its `<!-- results:begin -->` and
     /// `<!-- results:end -->` lines) from a folder written by `swarmlab reproduce all`.
     Readme {
@@ -211,6 +237,20 @@ fn main() -> Result<()> {
             all::reproduce_all(out, quick, device, |cfg, out, quick| run(RunConfig { device, ..cfg }, out, quick))
         }
         Command::Readme { run_dir, file } => all::readme(&run_dir, &file),
+        Command::Keygen { out, addr } => {
+            let identity = transport::Identity::generate()?;
+            identity.save(&out)?;
+            println!("wrote {} for peer {}", out.display(), identity.peer_id());
+            println!("\n[[peer]]\nid = \"{}\"\naddr = \"{addr}\"", identity.peer_id());
+            Ok(())
+        }
+        Command::Node { config, key, peers, out } => {
+            let cfg = match config {
+                Some(path) => sapo_study::load_config(&path)?,
+                None => sapo::SapoConfig::default(),
+            };
+            sapo_study::node(cfg, &key, &peers, out)
+        }
         Command::Sapo { config, mix, rounds, agents, liars, sizes, out, device, print_config } => {
             if print_config {
                 print!("{}", toml::to_string(&sapo::SapoConfig::default())?);

@@ -185,6 +185,63 @@ pub(crate) fn train(cfg: SapoConfig, out: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// `swarmlab node`: one agent of the swarm over QUIC, in real time.
+pub(crate) fn node(cfg: SapoConfig, key: &Path, peers: &Path, out: Option<PathBuf>) -> Result<()> {
+    use transport::quic::{Endpoint, EndpointConfig};
+    cfg.validate()?;
+    let identity = transport::Identity::load(key)?;
+    let book = transport::PeerBook::load(peers)?;
+    let me = identity.peer_id();
+    let ids: Vec<transport::PeerId> = book.ids().collect();
+    let index = ids.iter().position(|p| *p == me).with_context(|| format!("{me} is not in {}", peers.display()))?;
+    if ids.len() != cfg.agents + cfg.liars {
+        anyhow::bail!(
+            "{} lists {} nodes but the configuration has {} agents and {} liars",
+            peers.display(),
+            ids.len(),
+            cfg.agents,
+            cfg.liars
+        );
+    }
+    let addr = book.get(&me).map(|e| e.addr).context("own address")?;
+    let out = crate::out_dir(out, "node")?;
+    eprintln!("swarmlab node {me}: agent {index} of {}, listening on {addr}", ids.len());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Listen first, so that peers can reach this node while it warms up (what they send waits in its inbox).
+    let endpoint = {
+        let _inside = runtime.enter();
+        Endpoint::bind(&identity, book.clone(), EndpointConfig { bind: addr, ..EndpointConfig::default() })?
+    };
+    let warm = warm_starts(&cfg)?;
+    let run = runtime.block_on(async {
+        let ctx = genrl::AgentCtx {
+            index: index as u32,
+            transport: endpoint.clone(),
+            clock: genrl::WallClock::new(),
+            device: genrl::DeviceProfile::preset(&cfg.profile)?,
+            metrics: genrl::Metrics::new(),
+            peers: ids.clone(),
+        };
+        let run = sapo::swarm::play_agent(&cfg, &warm, index, ctx).await;
+        // Let the last payloads leave before the endpoint closes.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        endpoint.close().await;
+        anyhow::Ok(run?)
+    })?;
+    let file = out.join(format!("agent-{index}.json"));
+    write_atomic(&file, serde_json::to_string_pretty(&run)?.as_bytes())?;
+    let r = run.rewards();
+    println!(
+        "agent {index}: reward {:.3} → {:.3}, held-out accuracy {:.3}, dropped {:?}; wrote {}",
+        r.first().copied().unwrap_or(0.0),
+        r.last().copied().unwrap_or(0.0),
+        run.eval.get("all").copied().unwrap_or(0.0),
+        run.dropped,
+        file.display()
+    );
+    Ok(())
+}
+
 /// Rewrites report.md and the plots of a `reproduce sapo` folder from its sapo.json.
 pub(crate) fn rewrite(dir: &Path) -> Result<()> {
     let path = dir.join("sapo.json");

@@ -410,3 +410,81 @@ fn the_device_is_chosen_by_name_and_a_missing_gpu_is_explained() -> Result<(), B
     assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("cpu, cuda, cuda:N or auto"));
     Ok(())
 }
+
+#[test]
+fn three_node_processes_run_a_sapo_swarm_over_quic() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sapo.toml");
+    std::fs::write(
+        &config,
+        "agents = 3\nrounds = 6\ncompletions = 4\n[mix]\nlocal = 1\nexternal = 1\n[warm_start]\nsteps = 10\nbatch = 8\n\
+         [tasks]\nfamilies = [\"propositional_logic\"]\nmax_level = 1\neval_per_level = 1\n",
+    )?;
+    let mut peers = String::new();
+    for i in 0..3 {
+        // A free port: bound, read and released (another process could take it in between; unlikely here).
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let key = dir.path().join(format!("node{i}.key"));
+        let out = swarmlab().args(["keygen", "--addr", &format!("127.0.0.1:{port}"), "--out"]).arg(&key).output()?;
+        let stdout = String::from_utf8(out.stdout)?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        peers += &stdout[stdout.find("[[peer]]").ok_or("no peers entry printed")?..];
+        peers.push('\n');
+        // A key file is never overwritten.
+        assert!(!swarmlab().args(["keygen", "--out"]).arg(&key).status()?.success());
+    }
+    let peers_file = dir.path().join("peers.toml");
+    std::fs::write(&peers_file, &peers)?;
+    let out_dir = dir.path().join("run");
+    let mut received = 0;
+    let nodes: Vec<_> = (0..3)
+        .map(|i| {
+            swarmlab()
+                .arg("node")
+                .arg("--config")
+                .arg(&config)
+                .arg("--key")
+                .arg(dir.path().join(format!("node{i}.key")))
+                .arg("--peers")
+                .arg(&peers_file)
+                .arg("--out")
+                .arg(&out_dir)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for node in nodes {
+        let out = node.wait_with_output()?;
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for i in 0..3 {
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join(format!("agent-{i}.json")))?)?;
+        assert_eq!(run["rounds"].as_array().map(Vec::len), Some(6), "agent {i}");
+        let dropped: u64 =
+            ["forged", "unreadable", "no_signal", "unsampled"].iter().filter_map(|k| run["dropped"][k].as_u64()).sum();
+        let used: u64 = run["rounds"].as_array().into_iter().flatten().filter_map(|r| r["external"].as_u64()).sum();
+        received += dropped + used;
+    }
+    assert!(received > 0, "the nodes' rollouts reached each other");
+    // A node whose key is not in the peers file is refused before it starts.
+    let stranger = dir.path().join("stranger.key");
+    assert!(swarmlab().args(["keygen", "--out"]).arg(&stranger).status()?.success());
+    let out = swarmlab()
+        .arg("node")
+        .arg("--config")
+        .arg(&config)
+        .arg("--key")
+        .arg(&stranger)
+        .arg("--peers")
+        .arg(&peers_file)
+        .output()?;
+    assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("is not in"));
+    Ok(())
+}
