@@ -231,8 +231,9 @@ impl Default for TaskSetConfig {
     }
 }
 
-/// Deals questions: one per family each round, at a level drawn uniformly, never one of the held-out
-/// evaluation questions.
+/// Deals questions: one per family each round, at a level drawn uniformly; a question that is one of the
+/// held-out evaluation questions is redrawn (up to 32 times — only a family with almost no questions at a
+/// level could exhaust that).
 #[derive(Debug, Clone)]
 pub struct TaskSet {
     families: Vec<Family>,
