@@ -2,6 +2,7 @@
 
 mod all;
 mod config;
+mod node;
 mod plots;
 mod report;
 mod sapo_study;
@@ -169,11 +170,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:4100")]
         addr: std::net::SocketAddr,
     },
-    /// Run one SAPO agent as a real node: QUIC with mutual TLS, real time. Every node of the swarm gets
-    /// the same configuration and peers file; a node's place in the swarm is its id's rank in the file
-    /// (the last `liars` places are lying agents). Writes agent-<index>.json into the output folder.
+    /// Run one agent as a real node: QUIC with mutual TLS, real time. Every node of the swarm gets the
+    /// same configuration and peers file; a node's place in the swarm is its id's rank in the file.
+    /// `sapo`: one SAPO agent (the last `liars` places are lying agents); writes agent-<index>.json.
+    /// `pipeline`: one worker of the first arm of a `swarmlab run` configuration (stage = place /
+    /// replicas); writes worker-<index>.json with its final loss and the blake3 of its weights (the same
+    /// hash `swarmlab run` puts in summary.json).
     Node {
-        /// The SAPO configuration (as for `swarmlab sapo`).
+        /// What the node runs: `sapo` or `pipeline`.
+        #[arg(long, default_value = "sapo", value_parser = ["sapo", "pipeline"])]
+        protocol: String,
+        /// The configuration (as for `swarmlab sapo`, or `swarmlab run` with `--protocol pipeline`).
         #[arg(long)]
         config: Option<PathBuf>,
         /// This node's key file (`swarmlab keygen`).
@@ -244,7 +251,15 @@ fn main() -> Result<()> {
             println!("\n[[peer]]\nid = \"{}\"\naddr = \"{addr}\"", identity.peer_id());
             Ok(())
         }
-        Command::Node { config, key, peers, out } => {
+        Command::Node { protocol, config, key, peers, out } if protocol == "pipeline" => {
+            let cfg = match config {
+                Some(path) => RunConfig::load(&path)?,
+                None => RunConfig::default(),
+            };
+            let corpus = Arc::new(corpus(&cfg)?);
+            node::pipeline_node(&cfg, corpus, &key, &peers, out)
+        }
+        Command::Node { config, key, peers, out, .. } => {
             let cfg = match config {
                 Some(path) => sapo_study::load_config(&path)?,
                 None => sapo::SapoConfig::default(),

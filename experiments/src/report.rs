@@ -1,6 +1,7 @@
 //! What a run leaves behind: config.toml, metrics.csv, summary.json, run.h5 and report.md, each written
 //! atomically (a temporary file, then a rename).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -52,6 +53,10 @@ pub(crate) struct ArmResult {
     pub(crate) idle_s_per_step: Option<f64>,
     pub(crate) final_weight_variance: Option<f64>,
     pub(crate) mean_weight_variance: Option<f64>,
+    /// blake3 of replica 0's final weights (each tensor's name, then its values as little-endian f32, in
+    /// name order), to compare runs bit for bit; empty when read back from run.h5.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub(crate) weights_blake3: String,
     /// Validation loss by virtual time (seconds) of the evaluation.
     #[serde(skip)]
     pub(crate) val_time: Vec<(f64, f64)>,
@@ -127,6 +132,12 @@ impl ArmResult {
             (report.virtual_time.as_secs_f64(), wall.as_secs_f64(), report.bytes_sent),
             events,
         )
+        .with_weights(&report.weights)
+    }
+
+    fn with_weights(mut self, weights: &BTreeMap<String, candle_core::Tensor>) -> Self {
+        self.weights_blake3 = weights_hash(weights);
+        self
     }
 
     /// Derives the headline figures from the series (also used when reading `run.h5` back).
@@ -158,6 +169,7 @@ impl ArmResult {
             idle_s_per_step: series_mean(&s.idle),
             final_weight_variance: s.weight_variance.last().map(|v| v.1),
             mean_weight_variance: mean(s.weight_variance.iter().filter(|v| v.0 > 0).map(|v| v.1)),
+            weights_blake3: String::new(),
             train: s.train,
             val: s.val,
             val_time: s.val_time,
@@ -1082,4 +1094,22 @@ pub(crate) fn rewrite(run_dir: &Path) -> Result<()> {
         crate::skip::SkipResults::default()
     };
     write_run(run_dir, &cfg, &corpus, &results, &scale, &skip, Duration::from_secs_f64(wall))
+}
+
+/// blake3 of `weights`: each tensor's name, then its values as little-endian f32, in name order ("" if a
+/// tensor cannot be read).
+pub(crate) fn weights_hash(weights: &BTreeMap<String, candle_core::Tensor>) -> String {
+    let mut h = blake3::Hasher::new();
+    for (name, t) in weights {
+        let Ok(values) =
+            t.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1::<f32>())
+        else {
+            return String::new();
+        };
+        h.update(name.as_bytes());
+        for v in values {
+            h.update(&v.to_le_bytes());
+        }
+    }
+    h.finalize().to_hex().to_string()
 }

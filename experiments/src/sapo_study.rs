@@ -189,11 +189,8 @@ pub(crate) fn train(cfg: SapoConfig, out: Option<PathBuf>) -> Result<()> {
 pub(crate) fn node(cfg: SapoConfig, key: &Path, peers: &Path, out: Option<PathBuf>) -> Result<()> {
     use transport::quic::{Endpoint, EndpointConfig};
     cfg.validate()?;
-    let identity = transport::Identity::load(key)?;
-    let book = transport::PeerBook::load(peers)?;
+    let (identity, book, ids, index) = crate::node::place(key, peers)?;
     let me = identity.peer_id();
-    let ids: Vec<transport::PeerId> = book.ids().collect();
-    let index = ids.iter().position(|p| *p == me).with_context(|| format!("{me} is not in {}", peers.display()))?;
     if ids.len() != cfg.agents + cfg.liars {
         anyhow::bail!(
             "{} lists {} nodes but the configuration has {} agents and {} liars",

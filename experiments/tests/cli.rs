@@ -30,6 +30,60 @@ fn swarmlab() -> Command {
     Command::new(env!("CARGO_BIN_EXE_swarmlab"))
 }
 
+/// Keys for `n` nodes on free loopback ports, and the peers file listing them; returns its path.
+fn node_keys(dir: &std::path::Path, n: usize) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    let mut peers = String::new();
+    for i in 0..n {
+        // A free port: bound, read and released (another process could take it in between; unlikely here).
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let key = dir.join(format!("node{i}.key"));
+        let out = swarmlab().args(["keygen", "--addr", &format!("127.0.0.1:{port}"), "--out"]).arg(&key).output()?;
+        let stdout = String::from_utf8(out.stdout)?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        peers += &stdout[stdout.find("[[peer]]").ok_or("no peers entry printed")?..];
+        peers.push('\n');
+    }
+    let peers_file = dir.join("peers.toml");
+    std::fs::write(&peers_file, &peers)?;
+    Ok(peers_file)
+}
+
+/// Runs `swarmlab node <args> --key node<i>.key --peers <peers> --out <out>` for `n` nodes at once and
+/// waits for all of them to succeed.
+fn run_nodes(
+    dir: &std::path::Path,
+    n: usize,
+    args: &[&str],
+    out: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let nodes: Vec<_> = (0..n)
+        .map(|i| {
+            swarmlab()
+                .arg("node")
+                .args(args)
+                .arg("--key")
+                .arg(dir.join(format!("node{i}.key")))
+                .arg("--peers")
+                .arg(dir.join("peers.toml"))
+                .arg("--out")
+                .arg(out)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for node in nodes {
+        let out = node.wait_with_output()?;
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn run_writes_the_report_files() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
@@ -420,49 +474,15 @@ fn three_node_processes_run_a_sapo_swarm_over_quic() -> Result<(), Box<dyn std::
         "agents = 3\nrounds = 6\ncompletions = 4\n[mix]\nlocal = 1\nexternal = 1\n[warm_start]\nsteps = 10\nbatch = 8\n\
          [tasks]\nfamilies = [\"propositional_logic\"]\nmax_level = 1\neval_per_level = 1\n",
     )?;
-    let mut peers = String::new();
+    let peers_file = node_keys(dir.path(), 3)?;
     for i in 0..3 {
-        // A free port: bound, read and released (another process could take it in between; unlikely here).
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-        let key = dir.path().join(format!("node{i}.key"));
-        let out = swarmlab().args(["keygen", "--addr", &format!("127.0.0.1:{port}"), "--out"]).arg(&key).output()?;
-        let stdout = String::from_utf8(out.stdout)?;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        peers += &stdout[stdout.find("[[peer]]").ok_or("no peers entry printed")?..];
-        peers.push('\n');
         // A key file is never overwritten.
-        assert!(!swarmlab().args(["keygen", "--out"]).arg(&key).status()?.success());
+        assert!(!swarmlab().args(["keygen", "--out"]).arg(dir.path().join(format!("node{i}.key"))).status()?.success());
     }
-    let peers_file = dir.path().join("peers.toml");
-    std::fs::write(&peers_file, &peers)?;
     let out_dir = dir.path().join("run");
     let mut received = 0;
-    let nodes: Vec<_> = (0..3)
-        .map(|i| {
-            swarmlab()
-                .arg("node")
-                .arg("--config")
-                .arg(&config)
-                .arg("--key")
-                .arg(dir.path().join(format!("node{i}.key")))
-                .arg("--peers")
-                .arg(&peers_file)
-                .arg("--out")
-                .arg(&out_dir)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-        })
-        .collect::<Result<_, _>>()?;
-    for node in nodes {
-        let out = node.wait_with_output()?;
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let config_arg = config.to_str().ok_or("a temporary path that is not UTF-8")?;
+    run_nodes(dir.path(), 3, &["--config", config_arg], &out_dir)?;
     for i in 0..3 {
         let run: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out_dir.join(format!("agent-{i}.json")))?)?;
@@ -486,5 +506,33 @@ fn three_node_processes_run_a_sapo_swarm_over_quic() -> Result<(), Box<dyn std::
         .arg(&peers_file)
         .output()?;
     assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("is not in"));
+    Ok(())
+}
+
+#[test]
+fn ddp_across_three_node_processes_ends_with_the_sims_weights_bit_for_bit() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("ddp.toml");
+    std::fs::write(
+        &config,
+        "name = \"ddp\"\nsteps = 3\nmicro_batches = 1\nmicro_batch = 2\nseq = 16\neval_every = 0\nbackend = \"repops\"\n\
+         [optim]\ntotal_steps = 3\nwarmup_steps = 1\n[corpus.synthetic]\ntrain_tokens = 4096\nval_tokens = 512\n\
+         [[arms]]\nlabel = \"DDP R=3\"\nstages = 1\nreplicas = 3\n",
+    )?;
+    let sim = dir.path().join("sim");
+    let out = swarmlab().arg("run").arg(&config).arg("--out").arg(&sim).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sim.join("summary.json"))?)?;
+    let want = summary["arms"][0]["weights_blake3"].as_str().ok_or("no weights hash in summary.json")?.to_owned();
+    assert_eq!(want.len(), 64);
+    node_keys(dir.path(), 3)?;
+    let out_dir = dir.path().join("nodes");
+    let config_arg = config.to_str().ok_or("a temporary path that is not UTF-8")?;
+    run_nodes(dir.path(), 3, &["--protocol", "pipeline", "--config", config_arg], &out_dir)?;
+    for i in 0..3 {
+        let w: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join(format!("worker-{i}.json")))?)?;
+        assert_eq!(w["weights_blake3"].as_str(), Some(want.as_str()), "worker {i} over QUIC vs the sim");
+    }
     Ok(())
 }
