@@ -53,8 +53,8 @@ pub(crate) struct ArmResult {
     pub(crate) idle_s_per_step: Option<f64>,
     pub(crate) final_weight_variance: Option<f64>,
     pub(crate) mean_weight_variance: Option<f64>,
-    /// blake3 of replica 0's final weights (each tensor's name, then its values as little-endian f32, in
-    /// name order), to compare runs bit for bit; empty when read back from run.h5.
+    /// The content hash of replica 0's final weights ([`weights_hash`]), to compare runs bit for bit;
+    /// empty when read back from run.h5.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub(crate) weights_blake3: String,
     /// Validation loss by virtual time (seconds) of the evaluation.
@@ -1096,20 +1096,9 @@ pub(crate) fn rewrite(run_dir: &Path) -> Result<()> {
     write_run(run_dir, &cfg, &corpus, &results, &scale, &skip, Duration::from_secs_f64(wall))
 }
 
-/// blake3 of `weights`: each tensor's name, then its values as little-endian f32, in name order ("" if a
-/// tensor cannot be read).
+/// The content hash of `weights`, in hex: Verde's state hash of these weights alone (no optimizer
+/// moments, step 0) — each tensor hashed by repops with its shape, under its name ("" if a tensor cannot
+/// be read).
 pub(crate) fn weights_hash(weights: &BTreeMap<String, candle_core::Tensor>) -> String {
-    let mut h = blake3::Hasher::new();
-    for (name, t) in weights {
-        let Ok(values) =
-            t.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::F32)).and_then(|t| t.to_vec1::<f32>())
-        else {
-            return String::new();
-        };
-        h.update(name.as_bytes());
-        for v in values {
-            h.update(&v.to_le_bytes());
-        }
-    }
-    h.finalize().to_hex().to_string()
+    verde::StateManifest::of(weights, &BTreeMap::new(), 0).map(|m| crate::verify::hex(&m.hash())).unwrap_or_default()
 }

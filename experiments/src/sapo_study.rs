@@ -187,44 +187,20 @@ pub(crate) fn train(cfg: SapoConfig, out: Option<PathBuf>) -> Result<()> {
 
 /// `swarmlab node`: one agent of the swarm over QUIC, in real time.
 pub(crate) fn node(cfg: SapoConfig, key: &Path, peers: &Path, out: Option<PathBuf>) -> Result<()> {
-    use transport::quic::{Endpoint, EndpointConfig};
     cfg.validate()?;
-    let (identity, book, ids, index) = crate::node::place(key, peers)?;
-    let me = identity.peer_id();
-    if ids.len() != cfg.agents + cfg.liars {
-        anyhow::bail!(
-            "{} lists {} nodes but the configuration has {} agents and {} liars",
-            peers.display(),
-            ids.len(),
-            cfg.agents,
-            cfg.liars
-        );
-    }
-    let addr = book.get(&me).map(|e| e.addr).context("own address")?;
+    let what = format!("the configuration has {} agents and {} liars", cfg.agents, cfg.liars);
+    let node = crate::node::Node::load(key, peers, cfg.agents + cfg.liars, &what)?;
+    let index = node.index;
     let out = crate::out_dir(out, "node")?;
-    eprintln!("swarmlab node {me}: agent {index} of {}, listening on {addr}", ids.len());
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    // Listen first, so that peers can reach this node while it warms up (what they send waits in its inbox).
-    let endpoint = {
-        let _inside = runtime.enter();
-        Endpoint::bind(&identity, book.clone(), EndpointConfig { bind: addr, ..EndpointConfig::default() })?
-    };
-    let warm = warm_starts(&cfg)?;
-    let run = runtime.block_on(async {
-        let ctx = genrl::AgentCtx {
-            index: index as u32,
-            transport: endpoint.clone(),
-            clock: genrl::WallClock::new(),
-            device: genrl::DeviceProfile::preset(&cfg.profile)?,
-            metrics: genrl::Metrics::new(),
-            peers: ids.clone(),
-        };
-        let run = sapo::swarm::play_agent(&cfg, &warm, index, ctx).await;
-        // Let the last payloads leave before the endpoint closes.
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        endpoint.close().await;
-        anyhow::Ok(run?)
-    })?;
+    eprintln!("swarmlab node {}: agent {index} of {}, listening on {}", node.id(), node.ids.len(), node.addr);
+    let run = node.run(
+        genrl::DeviceProfile::preset(&cfg.profile)?,
+        || warm_starts(&cfg),
+        |ctx, warm| {
+            let cfg = &cfg;
+            async move { anyhow::Ok(sapo::swarm::play_agent(cfg, &warm, index, ctx).await?) }
+        },
+    )?;
     let file = out.join(format!("agent-{index}.json"));
     write_atomic(&file, serde_json::to_string_pretty(&run)?.as_bytes())?;
     let r = run.rewards();
@@ -291,6 +267,12 @@ fn write_plots(out: &Path, study: &Study) -> Result<()> {
             .with_context(|| format!("plotting {}", arm.name))?;
     }
     Ok(())
+}
+
+/// The mean over honest agents and rounds of a count in each round's report.
+fn per_step(run: &SapoRun, count: impl Fn(&sapo::TrainReport) -> usize) -> f64 {
+    let counts: Vec<usize> = run.honest().flat_map(|a| a.rounds.iter().map(&count)).collect();
+    counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64
 }
 
 /// Parameters of a policy size under `cfg`.
@@ -376,12 +358,8 @@ fn markdown(s: &Study) -> String {
             if c4 > c0 { "yes" } else { "no" }
         );
     }
-    let signal = |name: &str| -> f64 {
-        s.arms.iter().find(|a| a.name == name).map_or(0.0, |a| {
-            let rounds: Vec<f64> = a.run.honest().flat_map(|x| x.rounds.iter().map(|r| r.informative as f64)).collect();
-            rounds.iter().sum::<f64>() / rounds.len().max(1) as f64
-        })
-    };
+    let signal =
+        |name: &str| s.arms.iter().find(|a| a.name == name).map_or(0.0, |a| per_step(&a.run, |r| r.informative));
     if four < silo {
         let _ = write!(
             m,
@@ -407,10 +385,8 @@ fn markdown(s: &Study) -> String {
         let c = a.run.cumulative_reward();
         let base =
             if a.sizes.len() == 1 { silo } else { hetero("8/0 tiny+small").map_or(0.0, |h| h.run.cumulative_reward()) };
-        let used: f64 = a.run.honest().flat_map(|x| x.rounds.iter().map(|r| r.external as f64)).sum::<f64>()
-            / (a.run.honest().count().max(1) * n.max(1)) as f64;
-        let informative: f64 = a.run.honest().flat_map(|x| x.rounds.iter().map(|r| r.informative as f64)).sum::<f64>()
-            / (a.run.honest().count().max(1) * n.max(1)) as f64;
+        let used = per_step(&a.run, |r| r.external);
+        let informative = per_step(&a.run, |r| r.informative);
         let no_signal: usize = a.run.honest().map(|x| x.dropped.no_signal).sum();
         let _ = writeln!(
             m,

@@ -105,7 +105,7 @@ pub(crate) fn program(model: &str, steps: u64, backend: Backend) -> Result<Progr
     Ok(p)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

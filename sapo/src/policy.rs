@@ -354,19 +354,14 @@ impl Policy {
         Ok(lp.into_iter().map(f64::from).collect())
     }
 
-    fn apply(&mut self, loss: &Tensor) -> Result<f64> {
-        let grads = self.params.grads(&loss.backward()?);
-        Ok(f64::from(self.optim.step(&self.params, &grads)?.grad_norm))
-    }
-
     /// One supervised step: mean negative log-likelihood of the completions' tokens (weights ignored),
-    /// with the given learning rate. Returns the loss before the step.
+    /// taken by `optim` (the warm start has its own schedule, not the policy's optimizer). Returns the
+    /// loss before the step.
     pub fn supervised_step(&mut self, examples: &[Example<'_>], optim: &mut AdamW) -> Result<f64> {
         let batch = self.batch(examples)?;
         let logp = self.token_logps(&batch)?;
         let loss = ((logp * &batch.mask)?.sum_all()? / -(batch.tokens as f64))?;
-        let grads = self.params.grads(&loss.backward()?);
-        optim.step(&self.params, &grads)?;
+        descend(&self.params, optim, &loss)?;
         Ok(f64::from(loss.to_scalar::<f32>()?))
     }
 
@@ -393,10 +388,16 @@ impl Policy {
             let (loss, clipped) = grpo::clipped_loss(&logp, &old_logp, &batch.weights, &batch.mask, kl.as_ref(), cfg)?;
             report.loss = f64::from(loss.to_scalar::<f32>()?);
             report.clipped = clipped;
-            report.grad_norm = self.apply(&loss)?;
+            report.grad_norm = descend(&self.params, &mut self.optim, &loss)?;
         }
         Ok(report)
     }
+}
+
+/// Back-propagates `loss` and lets `optim` take one step on `params`; returns the gradient norm.
+fn descend(params: &Params, optim: &mut AdamW, loss: &Tensor) -> Result<f64> {
+    let grads = params.grads(&loss.backward()?);
+    Ok(f64::from(optim.step(params, &grads)?.grad_norm))
 }
 
 #[cfg(test)]
