@@ -158,7 +158,7 @@ pub(crate) fn train(cfg: SapoConfig, out: Option<PathBuf>) -> Result<()> {
     let warm = warm_starts(&cfg)?;
     let (run, _) = run_arm(&cfg.mix.to_string(), &cfg, &warm)?;
     let n = cfg.rounds as usize;
-    let tail = n - (n / 10).max(1)..n;
+    let tail = last_tenth(n);
     println!(
         "agent  size   reward(first round → last tenth)  held-out  shared used/round  dropped: forged unreadable no-signal"
     );
@@ -269,6 +269,11 @@ fn write_plots(out: &Path, study: &Study) -> Result<()> {
     Ok(())
 }
 
+/// The last tenth of `n` rounds (at least one; none of none — a sapo.json read back may say anything).
+fn last_tenth(n: usize) -> std::ops::Range<usize> {
+    n.saturating_sub((n / 10).max(1))..n
+}
+
 /// The mean over honest agents and rounds of a count in each round's report.
 fn per_step(run: &SapoRun, count: impl Fn(&sapo::TrainReport) -> usize) -> f64 {
     let counts: Vec<usize> = run.honest().flat_map(|a| a.rounds.iter().map(&count)).collect();
@@ -294,7 +299,7 @@ fn markdown(s: &Study) -> String {
         .max_by(|a, b| a.run.cumulative_reward().total_cmp(&b.run.cumulative_reward()))
         .map_or("–".to_string(), |a| a.name.clone());
     let n = cfg.rounds as usize;
-    let tail = n - (n / 10).max(1)..n;
+    let tail = last_tenth(n);
     let mut m = String::from("# SAPO: sharing rollouts across a swarm\n\n");
     let _ = writeln!(
         m,
@@ -452,4 +457,16 @@ fn markdown(s: &Study) -> String {
     }
     m += "`; config.toml holds the base configuration of every arm, sapo.json every agent's per-round reports.\n";
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_tenth_is_never_empty_unless_there_are_no_rounds() {
+        assert_eq!(last_tenth(300), 270..300);
+        assert_eq!(last_tenth(5), 4..5);
+        assert_eq!(last_tenth(0), 0..0, "a sapo.json with no rounds must not underflow");
+    }
 }
