@@ -48,11 +48,11 @@ impl Backend {
         })
     }
 
-    /// `a [.., m, n]` transposed in its last two dimensions (contiguous).
-    pub fn transpose(self, a: &Tensor) -> Result<Tensor> {
+    /// `a [.., m, k] · b [.., n, k]ᵀ` (repops reads `b` transposed in place; native copies it).
+    pub fn matmul_bt(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::Native => a.t()?.contiguous()?,
-            Self::RepOps => repops::tensor::transpose(a)?,
+            Self::Native => a.contiguous()?.matmul(&b.t()?.contiguous()?)?,
+            Self::RepOps => repops::tensor::matmul_t(a, b, false, true)?,
         })
     }
 

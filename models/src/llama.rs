@@ -320,7 +320,7 @@ impl Stage {
         let q = be.rope(&heads(be.linear(&h, p("wq")?)?)?, cos, sin)?;
         let k = be.rope(&heads(be.linear(&h, p("wk")?)?)?, cos, sin)?;
         let v = heads(be.linear(&h, p("wv")?)?)?;
-        let scores = be.scale(&be.matmul(&q, &be.transpose(&k)?)?, 1.0 / (dh as f32).sqrt())?;
+        let scores = be.scale(&be.matmul_bt(&q, &k)?, 1.0 / (dh as f32).sqrt())?;
         let att = be.softmax_last_dim(&be.add(&scores, mask)?)?;
         let ctx = be.matmul(&att, &v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, d))?;
         let x = be.add(x, &be.linear(&ctx, p("wo")?)?)?;

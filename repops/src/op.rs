@@ -14,8 +14,17 @@ use crate::simd::SimdLevel;
 /// One repops operation with its attributes.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum OpKind {
-    /// `[.., m, k] · [.., k, n]` (or a shared `[k, n]`).
-    MatMul,
+    /// `op(A) · op(B)` over the last two dimensions, where `op` swaps them when its flag is set: `A` is
+    /// `[.., m, k]` (`[.., k, m]` with `transpose_a`), `B` is `[.., k, n]` (`[.., n, k]` with
+    /// `transpose_b`) or one matrix shared by the whole batch. A transpose here is index arithmetic, not a
+    /// copy on the tape: the result is bit for bit the product of the explicitly transposed matrices
+    /// (every element is the same fused multiply-add chain in increasing `k`).
+    MatMul {
+        /// Read `A` transposed.
+        transpose_a: bool,
+        /// Read `B` transposed.
+        transpose_b: bool,
+    },
     /// Swap the last two dimensions.
     Transpose,
     /// An element-wise function.
@@ -83,10 +92,13 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// The plain product `A · B`.
+    pub const MATMUL: Self = Self::MatMul { transpose_a: false, transpose_b: false };
+
     /// A short name for logs and tapes.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::MatMul => "matmul",
+            Self::MatMul { .. } => "matmul",
             Self::Transpose => "transpose",
             Self::Unary(_) => "unary",
             Self::Binary(_) => "binary",
@@ -296,17 +308,23 @@ pub fn plan(op: &OpKind, inputs: &[(&[usize], ElemType)]) -> Result<Plan> {
     let s = inputs[0].0;
     let elementwise = || Plan { shape: s.to_vec(), dims: Dims::Elementwise { len: s.iter().product() } };
     match *op {
-        OpKind::MatMul => {
+        OpKind::MatMul { transpose_a, transpose_b } => {
             want(0, ElemType::F32)?;
             want(1, ElemType::F32)?;
             let (sa, sb) = (s, inputs[1].0);
             if sa.len() < 2 || sb.len() < 2 {
                 return Err(Error::shape(name, format!("needs matrices, got {sa:?} and {sb:?}")));
             }
-            let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
-            let (kb, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+            let last_two = |x: &[usize], swap: bool| {
+                let (r, c) = (x[x.len() - 2], x[x.len() - 1]);
+                if swap { (c, r) } else { (r, c) }
+            };
+            let ((m, k), (kb, n)) = (last_two(sa, transpose_a), last_two(sb, transpose_b));
             if k != kb {
-                return Err(Error::shape(name, format!("{sa:?} · {sb:?}: inner dimensions differ")));
+                return Err(Error::shape(
+                    name,
+                    format!("{sa:?} · {sb:?} (transposed: {transpose_a}, {transpose_b}): inner dimensions differ"),
+                ));
             }
             let shared_b = sb.len() == 2;
             if !shared_b && sb[..sb.len() - 2] != sa[..sa.len() - 2] {
@@ -492,13 +510,9 @@ pub fn execute(op: &OpKind, inputs: &[HostView<'_>], level: SimdLevel) -> Result
     let x = inputs[0].f();
     let arg = |i: usize| inputs[i].f();
     match (*op, dims) {
-        (OpKind::MatMul, Dims::MatMul { batch, m, k, n, shared_b }) => {
-            if shared_b {
-                // A shared right-hand side: one product over all batch rows at once.
-                matmul::matmul(x, arg(1), &mut y, batch * m, k, n, level);
-            } else {
-                matmul::batched_matmul(x, arg(1), &mut y, batch, m, k, n, k * n, level);
-            }
+        (OpKind::MatMul { transpose_a, transpose_b }, Dims::MatMul { batch, m, k, n, shared_b }) => {
+            let form = matmul::Form { m, k, n, transpose_a, transpose_b };
+            matmul::batched_matmul(x, arg(1), &mut y, batch, form, shared_b, level);
         }
         (OpKind::Transpose, Dims::Transpose { r, c, .. }) => {
             if r * c > 0 {

@@ -3,9 +3,7 @@
 //! can be re-executed later and checked against its recorded output. Verde's referee builds on it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-
-use candle_core::TensorId;
+use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::op::{HostData, HostSlice, HostTensor, HostView, OpKind, execute};
@@ -14,32 +12,32 @@ use crate::simd::SimdLevel;
 /// A blake3 digest.
 pub type Hash = [u8; 32];
 
+/// Tensors from this size on are hashed by the whole thread pool.
+const PARALLEL_HASH_BYTES: usize = 128 << 10;
+
 /// The hash of a tensor: blake3 over a dtype tag, the shape (u64 little-endian per dimension) and the
-/// elements' little-endian bytes.
+/// [`content_hash`] of its elements. Hashing the elements apart from the shape lets a reshaped view of a
+/// tensor reuse its elements' hash.
 pub fn hash_view(view: &HostView<'_>) -> Hash {
+    with_shape(view, &content_hash(view.data))
+}
+
+/// blake3 over a tensor's elements as little-endian bytes.
+pub fn content_hash(data: HostSlice<'_>) -> Hash {
     let mut h = blake3::Hasher::new();
-    let tag: &[u8] = match view.data {
-        HostSlice::F32(_) => b"f32",
-        HostSlice::U32(_) => b"u32",
-    };
-    h.update(tag);
-    h.update(&(view.shape.len() as u64).to_le_bytes());
-    for &d in view.shape {
-        h.update(&(d as u64).to_le_bytes());
-    }
     if cfg!(target_endian = "little") {
-        let bytes: &[u8] = match view.data {
+        let bytes: &[u8] = match data {
             HostSlice::F32(v) => bytemuck::cast_slice(v),
             HostSlice::U32(v) => bytemuck::cast_slice(v),
         };
-        if bytes.len() >= 1 << 20 {
+        if bytes.len() >= PARALLEL_HASH_BYTES {
             // Large tensors are hashed by all threads (blake3's digest does not depend on how).
             h.update_rayon(bytes);
         } else {
             h.update(bytes);
         }
     } else {
-        match view.data {
+        match data {
             HostSlice::F32(v) => v.iter().for_each(|x| {
                 h.update(&x.to_le_bytes());
             }),
@@ -48,6 +46,21 @@ pub fn hash_view(view: &HostView<'_>) -> Hash {
             }),
         }
     }
+    *h.finalize().as_bytes()
+}
+
+/// [`hash_view`] from the elements' [`content_hash`].
+fn with_shape(view: &HostView<'_>, content: &Hash) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(match view.data {
+        HostSlice::F32(_) => b"f32",
+        HostSlice::U32(_) => b"u32",
+    });
+    h.update(&(view.shape.len() as u64).to_le_bytes());
+    for &d in view.shape {
+        h.update(&(d as u64).to_le_bytes());
+    }
+    h.update(content);
     *h.finalize().as_bytes()
 }
 
@@ -173,33 +186,63 @@ impl Tape {
     }
 }
 
-/// Per-thread recording state: the tape, and the hashes of tensors that recorded ops produced, so that
-/// a tensor is hashed once however many ops read it. candle tensors are immutable and their ids are
-/// never reused, so an op output's hash stays valid; variables, which `Var::set` changes in place, are
-/// never op outputs and are hashed afresh on every use. (Writing into an op's output in place with
-/// `slice_set` during a recording would defeat this: repops itself never does.)
+/// Where a tensor's elements live: its storage (by address), the offset into it and the element count.
+/// Two contiguous tensors with the same key hold the same elements — a reshaped view or a detached copy
+/// of an op's output (candle detaches every gradient it hands to a backward op) has its output's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct StorageKey {
+    storage: usize,
+    offset: usize,
+    len: usize,
+}
+
+impl StorageKey {
+    /// The key of a contiguous tensor (`None` for any other: its elements are not one run).
+    fn of(t: &candle_core::Tensor) -> Option<Self> {
+        let (storage, layout) = t.storage_and_layout();
+        layout.is_contiguous().then(|| Self {
+            storage: std::ptr::from_ref::<candle_core::Storage>(&storage).addr(),
+            offset: layout.start_offset(),
+            len: layout.shape().elem_count(),
+        })
+    }
+}
+
+/// The known [`content_hash`] of an op output's elements, with the output. Holding the tensor keeps its storage alive, so no
+/// other tensor can get the same storage address while the hash is on record.
+struct Known {
+    hash: Hash,
+    _alive: candle_core::Tensor,
+}
+
+/// Per-thread recording state: the tape, and the hashes of the outputs that recorded ops produced, so
+/// that an output is hashed once however many ops read it, through whatever views. An op's output is
+/// never written again (repops writes no tensor in place; `slice_set` into one during a recording would
+/// defeat this), so its hash stays valid. Variables, which `Var::set` changes in place, are never op
+/// outputs: they and every other input not produced by a recorded op are hashed afresh on every use.
+/// A recording keeps the outputs it knows alive until it ends.
 struct Recording {
     tape: Tape,
-    known: HashMap<TensorId, Hash>,
-    /// Ids whose hashes this recording looked up or learned: only these are carried to the next one.
-    touched: std::collections::HashSet<TensorId>,
-    /// The running op's inputs: id, whether it is a variable, and its hash if known.
-    pending: Option<Vec<(TensorId, bool, Option<Hash>)>>,
-    /// Hashes computed by the op just run: inputs, then output.
-    last: Vec<Hash>,
+    known: HashMap<StorageKey, Known>,
+    /// Keys this recording looked up or learned: only these are carried to the next one.
+    touched: HashSet<StorageKey>,
+    /// The content hashes known for the running op's inputs.
+    pending: Vec<Option<Hash>>,
+    /// The content hash of the output of the op just run.
+    last_output: Option<Hash>,
 }
 
 thread_local! {
     static CURRENT: RefCell<Option<Recording>> = const { RefCell::new(None) };
     /// The hashes known at the end of the last recording on this thread, handed to the next one, so
     /// that state carried from one training step to the next (optimizer moments) is not hashed again.
-    /// Only one recording's worth is kept.
-    static CARRY: RefCell<HashMap<TensorId, Hash>> = RefCell::new(HashMap::new());
+    /// Only what the last recording used is kept.
+    static CARRY: RefCell<HashMap<StorageKey, Known>> = RefCell::new(HashMap::new());
 }
 
 fn recording(tape: Tape) -> Recording {
     let known = CARRY.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    Recording { tape, known, touched: std::collections::HashSet::new(), pending: None, last: Vec::new() }
+    Recording { tape, known, touched: HashSet::new(), pending: Vec::new(), last_output: None }
 }
 
 /// Runs `f`, recording every repops op this thread runs meanwhile (forward and backward alike).
@@ -226,7 +269,7 @@ pub fn record_with<R>(options: RecordOptions, f: impl FnOnce() -> R) -> (R, Tape
     let tape = match CURRENT.with(|c| c.borrow_mut().take()) {
         Some(mut r) => {
             // Carry what this recording used, not everything ever seen: the map stays one step's size.
-            r.known.retain(|id, _| r.touched.contains(id));
+            r.known.retain(|key, _| r.touched.contains(key));
             CARRY.with(|c| *c.borrow_mut() = r.known);
             r.tape
         }
@@ -243,79 +286,110 @@ pub fn is_recording() -> bool {
     CURRENT.with(|c| c.borrow().is_some())
 }
 
-/// Before an op runs on candle tensors: the hashes already known for its inputs (by tensor id).
+/// Before an op runs on candle tensors: the hashes already known for its inputs.
 pub(crate) fn before_op(inputs: &[&candle_core::Tensor]) {
     CURRENT.with(|c| {
         if let Some(r) = c.borrow_mut().as_mut() {
-            r.pending = Some(
-                inputs
-                    .iter()
-                    .map(|t| {
-                        let var = t.is_variable();
-                        let known = if var { None } else { r.known.get(&t.id()).copied() };
-                        if known.is_some() {
-                            r.touched.insert(t.id());
-                        }
-                        (t.id(), var, known)
-                    })
-                    .collect(),
-            );
+            r.last_output = None;
+            r.pending = inputs
+                .iter()
+                .map(|t| {
+                    let key = if t.is_variable() { None } else { StorageKey::of(t) };
+                    let known = key.as_ref().and_then(|k| r.known.get(k)).map(|k| k.hash);
+                    if let (Some(key), Some(_)) = (key, known) {
+                        r.touched.insert(key);
+                    }
+                    known
+                })
+                .collect();
         }
     });
 }
 
-/// After an op ran on candle tensors: remember the hashes of its output and of its inputs that are not
-/// variables, under their tensor ids.
+/// After an op ran on candle tensors: remember its output's hash, under its storage.
 pub(crate) fn after_op(output: &candle_core::Tensor) {
     CURRENT.with(|c| {
         if let Some(r) = c.borrow_mut().as_mut() {
-            let pending = r.pending.take().unwrap_or_default();
-            let last = std::mem::take(&mut r.last);
-            if last.len() == pending.len() + 1 {
-                for ((id, var, _), h) in pending.iter().zip(&last) {
-                    if !var {
-                        r.known.insert(*id, *h);
-                        r.touched.insert(*id);
-                    }
-                }
-                r.known.insert(output.id(), last[pending.len()]);
-                r.touched.insert(output.id());
+            r.pending.clear();
+            if let (Some(hash), Some(key)) = (r.last_output.take(), StorageKey::of(output)) {
+                r.known.insert(key, Known { hash, _alive: output.clone() });
+                r.touched.insert(key);
             }
         }
     });
 }
 
-/// Appends an op to this thread's tape, if one is recording (injecting the recording's fault into
-/// `output` first if this is the faulty op).
-pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &mut HostTensor) {
+/// What the recording needs to know about the op about to run: its place on the tape, what to do
+/// with it, and the hashes it already knows for the op's inputs. Taken on the recording thread by
+/// [`next_op`]; the hashing it asks for may then run on any thread.
+pub(crate) struct NextOp {
+    index: usize,
+    fault: Option<f32>,
+    keep: bool,
+    known: Vec<Option<Hash>>,
+}
+
+/// The next op's [`NextOp`], if this thread is recording.
+pub(crate) fn next_op() -> Option<NextOp> {
     CURRENT.with(|c| {
-        let mut current = c.borrow_mut();
-        let Some(r) = current.as_mut() else { return };
+        let current = c.borrow();
+        let r = current.as_ref()?;
         let index = r.tape.entries.len();
-        if let Some(fault) = r.tape.options.fault
-            && fault.op == index
+        let fault = r.tape.options.fault.filter(|f| f.op == index).map(|f| f.delta);
+        Some(NextOp { index, fault, keep: r.tape.options.keep.keeps(index), known: r.pending.clone() })
+    })
+}
+
+impl NextOp {
+    /// Injects the recording's fault into the op's output, if this is the faulty op.
+    pub(crate) fn inject(&self, output: &mut HostTensor) {
+        if let Some(delta) = self.fault
             && let HostData::F32(v) = &mut output.data
             && let Some(first) = v.first_mut()
         {
-            *first += fault.delta;
+            *first += delta;
         }
-        let pending: Vec<Option<Hash>> =
-            r.pending.as_ref().map(|p| p.iter().map(|e| e.2).collect()).unwrap_or_default();
-        let keep = r.tape.options.keep.keeps(index);
-        let out_view = output.view();
-        let mut all: Vec<(&HostView<'_>, Option<Hash>)> =
-            inputs.iter().enumerate().map(|(i, v)| (v, pending.get(i).copied().flatten())).collect();
-        all.push((&out_view, None));
-        let hashes: Vec<Hash> = all.iter().map(|(v, known)| known.unwrap_or_else(|| hash_view(v))).collect();
-        r.last = hashes.clone();
-        let tape = &mut r.tape;
+    }
+
+    /// The content hashes of the op's inputs (those already known are reused) and of its output, in
+    /// that order. Big tensors are hashed by the whole thread pool, so call this on a pool thread (see
+    /// [`on_pool`]) to pay for one hand-over instead of one per tensor.
+    pub(crate) fn hashes(&self, inputs: &[HostView<'_>], output: &HostView<'_>) -> Vec<Hash> {
+        let known = |i: usize| self.known.get(i).copied().flatten();
+        let inputs = inputs.iter().enumerate().map(|(i, v)| known(i).unwrap_or_else(|| content_hash(v.data)));
+        inputs.chain([content_hash(output.data)]).collect()
+    }
+}
+
+/// Runs `f` on a thread of the current rayon pool and waits for it. An op recorded on the tape runs
+/// its kernel and hashes its tensors inside one such call: the parallel loops within then split work
+/// among threads that are already awake, instead of handing each loop to the pool from outside.
+pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        // From outside the pool, `join` runs both closures on pool threads and blocks until they end.
+        rayon::join(f, || ()).0
+    }
+}
+
+/// Appends the op to this thread's tape with the content hashes [`NextOp::hashes`] computed.
+pub(crate) fn commit(next: NextOp, op: &OpKind, inputs: &[HostView<'_>], output: &HostView<'_>, contents: Vec<Hash>) {
+    CURRENT.with(|c| {
+        let mut current = c.borrow_mut();
+        let Some(r) = current.as_mut() else { return };
+        let output = TensorRecord {
+            shape: output.shape.to_vec(),
+            hash: with_shape(output, &contents[inputs.len()]),
+            data: None,
+        };
         let inputs = inputs
             .iter()
-            .zip(&hashes)
-            .map(|(v, &hash)| TensorRecord {
+            .zip(&contents)
+            .map(|(v, content)| TensorRecord {
                 shape: v.shape.to_vec(),
-                hash,
-                data: keep.then(|| HostTensor {
+                hash: with_shape(v, content),
+                data: next.keep.then(|| HostTensor {
                     shape: v.shape.to_vec(),
                     data: match v.data {
                         HostSlice::F32(x) => HostData::F32(x.to_vec()),
@@ -324,9 +398,21 @@ pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &mut HostTensor
                 }),
             })
             .collect();
-        let output = TensorRecord { shape: output.shape.clone(), hash: hashes[hashes.len() - 1], data: None };
-        tape.entries.push(TapeEntry { index, op: *op, inputs, output });
+        r.last_output = contents.last().copied();
+        r.tape.entries.push(TapeEntry { index: next.index, op: *op, inputs, output });
     });
+}
+
+/// Appends an op that already ran to this thread's tape, if one is recording (injecting the
+/// recording's fault into `output` first if this is the faulty op).
+#[cfg(feature = "cuda")]
+pub(crate) fn note(op: &OpKind, inputs: &[HostView<'_>], output: &mut HostTensor) {
+    if let Some(next) = next_op() {
+        next.inject(output);
+        let view = output.view();
+        let contents = on_pool(|| next.hashes(inputs, &view));
+        commit(next, op, inputs, &view, contents);
+    }
 }
 
 #[cfg(test)]
@@ -348,6 +434,33 @@ mod tests {
             sizes.push(CARRY.with(|c| c.borrow().len()));
         }
         assert!(sizes.windows(2).all(|w| w[1] <= w[0].max(3)), "carried hashes grow: {sizes:?}");
+    }
+
+    /// A hash the tape reuses is the hash of what the op really read: through a reshaped view or a
+    /// detached copy of an earlier output (same elements, reused), and of a variable after `Var::set`
+    /// (changed in place, hashed afresh).
+    #[test]
+    fn reused_hashes_match_what_each_op_read() {
+        let dev = Device::Cpu;
+        let w =
+            candle_core::Var::from_tensor(&Tensor::from_vec(vec![0.5f32; 12], (3, 4), &dev).expect("w")).expect("var");
+        let (out, tape) = record(true, || -> crate::Result<Tensor> {
+            let y = crate::tensor::scale(w.as_tensor(), 2.0)?;
+            let z = crate::tensor::scale(&y.reshape((4, 3))?, 3.0)?;
+            crate::tensor::add(&z.detach(), &z)?;
+            w.set(&Tensor::from_vec(vec![1.5f32; 12], (3, 4), &dev)?)?;
+            crate::tensor::add(&crate::tensor::scale(w.as_tensor(), 1.0)?, &y)
+        });
+        out.expect("ops");
+        assert_eq!(tape.len(), 5);
+        for entry in tape.entries() {
+            // Replaying checks every kept input against its recorded hash first.
+            entry.verify(crate::simd::current()).expect("recorded hashes are those of the inputs");
+        }
+        let e = tape.entries();
+        assert_ne!(e[0].inputs[0].hash, e[3].inputs[0].hash, "the variable changed between its reads");
+        assert_eq!(e[1].inputs[0].hash, hash_view(&e[1].inputs[0].data.as_ref().expect("kept").view()));
+        assert_ne!(e[1].inputs[0].hash, e[0].output.hash, "a reshaped view hashes with its own shape");
     }
 
     /// A fault changes the faulty op's output and everything that reads it; the tape records what ran;

@@ -41,8 +41,23 @@ fn view<'a>(
 }
 
 fn run(kind: &OpKind, inputs: &[HostView<'_>]) -> candle_core::Result<(CpuStorage, Shape)> {
-    let mut out = execute(kind, inputs, simd::current()).map_err(candle_core::Error::wrap)?;
-    crate::tape::note(kind, inputs, &mut out);
+    let level = simd::current();
+    let out = match crate::tape::next_op() {
+        None => execute(kind, inputs, level).map_err(candle_core::Error::wrap)?,
+        Some(next) => {
+            // Recording: the kernel and the hashing of its tensors share one trip to the thread pool.
+            let (out, hashes) = crate::tape::on_pool(|| {
+                execute(kind, inputs, level).map(|mut out| {
+                    next.inject(&mut out);
+                    let hashes = next.hashes(inputs, &out.view());
+                    (out, hashes)
+                })
+            })
+            .map_err(candle_core::Error::wrap)?;
+            crate::tape::commit(next, kind, inputs, &out.view(), hashes);
+            out
+        }
+    };
     let shape = Shape::from(out.shape.clone());
     let storage = match out.data {
         HostData::F32(v) => CpuStorage::F32(v),
@@ -131,7 +146,9 @@ impl CustomOp2 for Op {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grads = match self.0 {
-            OpKind::MatMul => matmul_backward(a, b, g).map(|(da, db)| (Some(da), Some(db))),
+            OpKind::MatMul { transpose_a, transpose_b } => {
+                matmul_backward(a, b, g, transpose_a, transpose_b).map(|(da, db)| (Some(da), Some(db)))
+            }
             OpKind::Binary(op) => binary_backward(op, a, b, y, g).map(|(da, db)| (Some(da), Some(db))),
             OpKind::CrossEntropy => apply3(OpKind::CrossEntropyBackward, a, b, g).map(|d| (Some(d), None)),
             OpKind::RmsNorm { eps } => {
@@ -247,18 +264,34 @@ fn broadcast_last(g: &Tensor, x: &Tensor) -> Result<Tensor> {
     Ok(g.broadcast_as(x.shape())?.contiguous()?)
 }
 
-fn matmul_backward(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
-    let da = matmul(g, &transpose(b)?)?;
-    let db = if b.rank() == 2 && a.rank() > 2 {
-        // A shared right-hand side: its gradient sums over every batch row, in row order.
-        let k = a.dims()[a.rank() - 1];
-        let n = g.dims()[g.rank() - 1];
-        let rows = a.elem_count() / k.max(1);
-        matmul(&transpose(&a.reshape((rows, k))?)?, &g.reshape((rows, n))?)?
-    } else {
-        matmul(&transpose(a)?, g)?
+/// Gradients of `C = op(A) · op(B)`. Each is again one product with transposed operands (for
+/// `C = A·B`: `dA = G·Bᵀ`, `dB = Aᵀ·G`), so the backward pass copies nothing. A right-hand side shared
+/// by a batched `A` gets its gradient as one product over every batch row, in row order.
+fn matmul_backward(a: &Tensor, b: &Tensor, g: &Tensor, ta: bool, tb: bool) -> Result<(Tensor, Tensor)> {
+    let shared = b.rank() == 2 && a.rank() > 2;
+    // All rows of a batched tensor as one matrix (for the shared right-hand side's gradient).
+    let rows = |t: &Tensor| -> Result<Tensor> {
+        let cols = t.dims()[t.rank() - 1];
+        Ok(t.reshape((t.elem_count() / cols.max(1), cols))?)
     };
-    Ok((da, db))
+    if shared && ta {
+        return Err(Error::Unsupported {
+            op: "matmul",
+            what: "backward pass of a transposed batched left side times a shared right side".into(),
+        });
+    }
+    let (ga, gb) = if shared { (g.clone(), rows(g)?) } else { (g.clone(), g.clone()) };
+    let a_rows = if shared { rows(a)? } else { a.clone() };
+    Ok(match (ta, tb) {
+        // C = A·B: dA = G·Bᵀ, dB = Aᵀ·G.
+        (false, false) => (matmul_t(&ga, b, false, true)?, matmul_t(&a_rows, &gb, true, false)?),
+        // C = A·Bᵀ: dA = G·B, dB = Gᵀ·A.
+        (false, true) => (matmul_t(&ga, b, false, false)?, matmul_t(&gb, &a_rows, true, false)?),
+        // C = Aᵀ·B: dA = B·Gᵀ, dB = A·G.
+        (true, false) => (matmul_t(b, &ga, false, true)?, matmul_t(a, &gb, false, false)?),
+        // C = Aᵀ·Bᵀ: dA = Bᵀ·Gᵀ, dB = Gᵀ·Aᵀ.
+        (true, true) => (matmul_t(b, &ga, true, true)?, matmul_t(&gb, a, true, true)?),
+    })
 }
 
 fn unary_backward(f: Unary, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
@@ -304,7 +337,13 @@ pub fn apply_op(kind: OpKind, inputs: &[&Tensor]) -> Result<Tensor> {
 
 /// `[.., m, k] · [.., k, n]`, or `[.., m, k] · [k, n]` with one right-hand side for the whole batch.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    apply2(OpKind::MatMul, a, b)
+    apply2(OpKind::MATMUL, a, b)
+}
+
+/// `op(a) · op(b)`, reading `a` (`[.., k, m]`) and/or `b` (`[.., n, k]` or `[n, k]`) transposed without
+/// copying them: bit for bit `matmul` of the explicit transposes, one op on the tape instead of three.
+pub fn matmul_t(a: &Tensor, b: &Tensor, transpose_a: bool, transpose_b: bool) -> Result<Tensor> {
+    apply2(OpKind::MatMul { transpose_a, transpose_b }, a, b)
 }
 
 /// Swaps the last two dimensions.
@@ -314,7 +353,7 @@ pub fn transpose(x: &Tensor) -> Result<Tensor> {
 
 /// A linear layer without bias: `x [.., in] · wᵀ` with `w [out, in]`.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    matmul(x, &transpose(w)?)
+    matmul_t(x, w, false, true)
 }
 
 /// An element-wise function.

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{D, Device, Tensor, Var};
-use common::{cases, data, f, f32t, ids, on_threads};
+use common::{cases, data, f, f32t, ids, mm, on_threads};
 use repops::kernels::elementwise::Binary;
 use repops::kernels::rows::RowReduce;
 use repops::op::{HostData, HostTensor};
@@ -39,6 +39,29 @@ fn every_op_is_bitwise_stable_across_threads_and_simd_levels() {
     }
 }
 
+/// A matmul that reads an operand transposed gives exactly the bits of the plain matmul of the
+/// explicitly transposed operand, on every path, batched or with a shared right-hand side.
+#[test]
+fn transposed_matmul_is_the_product_of_the_explicit_transposes() {
+    let turn = |t: &HostTensor| run(&OpKind::Transpose, std::slice::from_ref(t), SimdLevel::Scalar);
+    for (a, b) in [
+        (f32t(&[37, 301], 1), f32t(&[301, 45], 2)),
+        (f32t(&[3, 13, 70], 3), f32t(&[3, 70, 17], 4)),
+        (f32t(&[2, 9, 33], 5), f32t(&[33, 20], 6)),
+    ] {
+        for level in simd::available() {
+            let want = run(&OpKind::MATMUL, &[a.clone(), b.clone()], level);
+            for (ta, tb) in [(false, true), (true, false), (true, true)] {
+                let a_in = if ta { turn(&a) } else { a.clone() };
+                let b_in = if tb { turn(&b) } else { b.clone() };
+                let got = run(&mm(ta, tb), &[a_in, b_in], level);
+                assert_eq!(got.shape, want.shape);
+                assert!(bits(&got) == bits(&want), "{:?} · {:?} transposed {ta} {tb} at {level:?}", a.shape, b.shape);
+            }
+        }
+    }
+}
+
 fn close(got: &[f32], want: &[f64], rel: f64, abs: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -59,7 +82,7 @@ fn ops_match_f64_references() {
     let level = simd::current();
     // matmul
     let (a, b) = (f32t(&[37, 301], 1), f32t(&[301, 45], 2));
-    let c = run(&OpKind::MatMul, &[a.clone(), b.clone()], level);
+    let c = run(&OpKind::MATMUL, &[a.clone(), b.clone()], level);
     let want: Vec<f64> = (0..37 * 45)
         .map(|ij| (0..301).map(|p| f(&a)[ij / 45 * 301 + p] as f64 * f(&b)[p * 45 + ij % 45] as f64).sum())
         .collect();
@@ -153,6 +176,15 @@ fn gradients_match_finite_differences() -> repops::Result<()> {
     gradcheck("matmul rhs (shared)", &w, |w| ops::matmul(&x, w))?;
     let wl = t(&[7, 12], 3)?;
     gradcheck("linear weight", &wl, |w| ops::linear(&x, w))?;
+    gradcheck("linear input", &x, |x| ops::linear(x, &wl))?;
+    // Every way round, batched: op(a) · op(b) with a, b stored transposed or not.
+    let (a, at) = (t(&[2, 5, 12], 4)?, t(&[2, 12, 5], 5)?);
+    let (b, bt) = (t(&[2, 12, 9], 6)?, t(&[2, 9, 12], 7)?);
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let (a, b) = (if ta { &at } else { &a }, if tb { &bt } else { &b });
+        gradcheck(&format!("matmul_t {ta} {tb} lhs"), a, |a| ops::matmul_t(a, b, ta, tb))?;
+        gradcheck(&format!("matmul_t {ta} {tb} rhs"), b, |b| ops::matmul_t(a, b, ta, tb))?;
+    }
     gradcheck("softmax", &x, ops::softmax_last_dim)?;
     gradcheck("log_softmax", &x, ops::log_softmax_last_dim)?;
     gradcheck("silu", &x, ops::silu)?;
@@ -184,9 +216,11 @@ fn bad_input_is_a_typed_error() {
         let views: Vec<_> = inputs.iter().map(HostTensor::view).collect();
         execute(&op, &views, level).expect_err("bad input accepted")
     };
-    assert!(matches!(err(OpKind::MatMul, vec![f32t(&[2, 3], 1), f32t(&[4, 5], 2)]), Error::Shape { .. }));
-    assert!(matches!(err(OpKind::MatMul, vec![f32t(&[3], 1), f32t(&[3, 5], 2)]), Error::Shape { .. }));
-    assert!(matches!(err(OpKind::MatMul, vec![f32t(&[2, 2, 3], 1), f32t(&[3, 3, 5], 2)]), Error::Shape { .. }));
+    assert!(matches!(err(OpKind::MATMUL, vec![f32t(&[2, 3], 1), f32t(&[4, 5], 2)]), Error::Shape { .. }));
+    assert!(matches!(err(OpKind::MATMUL, vec![f32t(&[3], 1), f32t(&[3, 5], 2)]), Error::Shape { .. }));
+    assert!(matches!(err(OpKind::MATMUL, vec![f32t(&[2, 2, 3], 1), f32t(&[3, 3, 5], 2)]), Error::Shape { .. }));
+    assert!(matches!(err(mm(true, false), vec![f32t(&[2, 3], 1), f32t(&[3, 5], 2)]), Error::Shape { .. }));
+    assert!(matches!(err(mm(false, true), vec![f32t(&[2, 3], 1), f32t(&[3, 5], 2)]), Error::Shape { .. }));
     assert!(matches!(err(OpKind::Binary(Binary::Add), vec![f32t(&[2, 3], 1), f32t(&[3, 2], 2)]), Error::Shape { .. }));
     assert!(matches!(err(OpKind::Softmax, vec![ids(&[4], 3, 1)]), Error::DType { .. }));
     assert!(matches!(err(OpKind::Embedding, vec![f32t(&[5, 2], 1), ids(&[3], 9, 2)]), Error::Index { bound: 5, .. }));

@@ -143,14 +143,18 @@ __device__ float rp_max(const float* x, long long n) {
 #define GRID_STRIDE(i, total) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (total); i += (long long)blockDim.x * gridDim.x)
 
+// C = op(A) . op(B): A is m x k (stored k x m when ta), B is k x n (stored n x k when tb); one fma
+// chain per element in increasing p, as on the CPU, whichever way the operands are stored.
 extern "C" __global__ void rp_matmul(const float* a, const float* b, float* c, long long batch, long long m,
-                                     long long k, long long n, int shared_b) {
+                                     long long k, long long n, int shared_b, int ta, int tb) {
     GRID_STRIDE(idx, batch * m * n) {
         long long bi = idx / (m * n), rem = idx % (m * n), i = rem / n, j = rem % n;
-        const float* ar = a + (bi * m + i) * k;
+        const float* am = a + bi * m * k;
         const float* bm = b + (shared_b ? 0 : bi * k * n);
+        long long a_at = ta ? i : i * k, a_step = ta ? m : 1;
+        long long b_at = tb ? j * k : j, b_step = tb ? 1 : n;
         float acc = 0.0f;
-        for (long long p = 0; p < k; p++) acc = fmaf(ar[p], bm[p * n + j], acc);
+        for (long long p = 0; p < k; p++) acc = fmaf(am[a_at + p * a_step], bm[b_at + p * b_step], acc);
         c[idx] = acc;
     }
 }

@@ -162,10 +162,11 @@ fn launch(
         }};
     }
     match (*op, dims) {
-        (OpKind::MatMul, Dims::MatMul { batch, m, k, n, shared_b }) => {
+        (OpKind::MatMul { transpose_a, transpose_b }, Dims::MatMul { batch, m, k, n, shared_b }) => {
             let (a, b) = (ins[0].f32()?, ins[1].f32()?);
             let (bt, m, k, n, s) = (n64(batch), n64(m), n64(k), n64(n), i32::from(shared_b));
-            go!("rp_matmul", batch * (m as usize) * (n as usize), &a, &b, out, &bt, &m, &k, &n, &s);
+            let (ta, tb) = (i32::from(transpose_a), i32::from(transpose_b));
+            go!("rp_matmul", batch * (m as usize) * (n as usize), &a, &b, out, &bt, &m, &k, &n, &s, &ta, &tb);
         }
         (OpKind::Transpose, Dims::Transpose { batch, r, c }) => {
             let x = ins[0].f32()?;

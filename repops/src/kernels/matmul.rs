@@ -8,6 +8,8 @@
 //! continues the same sequence); threads split the rows, never a sum. So the bits do not depend on the
 //! thread count, the tiling or the instruction set.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::simd::SimdLevel;
@@ -15,9 +17,32 @@ use crate::simd::SimdLevel;
 /// Rows of `C` per parallel task (a multiple of the kernel's 6 rows).
 const ROWS_PER_TASK: usize = 48;
 
+/// One product `C = op(A) · op(B)`: `C` is m×n, the inner dimension k; `op` transposes an operand
+/// stored the other way round (`A` as k×m, `B` as n×k). Each element of `C` is the defining fma chain
+/// whichever way its operands are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Form {
+    /// Rows of `C`.
+    pub m: usize,
+    /// The inner dimension.
+    pub k: usize,
+    /// Columns of `C`.
+    pub n: usize,
+    /// `A` is stored k×m.
+    pub transpose_a: bool,
+    /// `B` is stored n×k.
+    pub transpose_b: bool,
+}
+
 /// `c = a · b` for row-major `a` (m×k), `b` (k×n), `c` (m×n).
-#[allow(unsafe_code)] // calls the AVX2 kernels after checking the CPU supports them
 pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize, level: SimdLevel) {
+    product(a, b, c, Form { m, k, n, transpose_a: false, transpose_b: false }, level);
+}
+
+/// `c = op(a) · op(b)` as `form` says, `c` row-major m×n.
+#[allow(unsafe_code)] // calls the AVX2 kernels after checking the CPU supports them
+pub fn product(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel) {
+    let Form { m, k, n, transpose_a, transpose_b } = form;
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "matmul buffer too small");
     let c = &mut c[..m * n];
     if m == 0 || n == 0 {
@@ -27,9 +52,12 @@ pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize,
         c.fill(0.0);
         return;
     }
+    // `A` is read row by row: a transposed `A` is turned first (an exact copy, kept off the tape).
+    let a: Cow<'_, [f32]> = if transpose_a { Cow::Owned(transpose(&a[..k * m], k, m)) } else { Cow::Borrowed(a) };
     #[cfg(target_arch = "x86_64")]
     if level == SimdLevel::Avx2Fma {
-        let packed = avx2::pack_b(b, k, n);
+        // Packing reads `B` either way round at the same cost.
+        let packed = if transpose_b { avx2::pack_b_transposed(b, k, n) } else { avx2::pack_b(b, k, n) };
         c.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, c_rows)| {
             let row0 = t * ROWS_PER_TASK;
             let rows = c_rows.len() / n;
@@ -39,10 +67,11 @@ pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize,
         return;
     }
     let _ = level;
+    let b: Cow<'_, [f32]> = if transpose_b { Cow::Owned(transpose(&b[..n * k], n, k)) } else { Cow::Borrowed(b) };
     c.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, c_rows)| {
         let row0 = t * ROWS_PER_TASK;
         for (r, c_row) in c_rows.chunks_exact_mut(n).enumerate() {
-            scalar_row(&a[(row0 + r) * k..(row0 + r + 1) * k], b, c_row, n);
+            scalar_row(&a[(row0 + r) * k..(row0 + r + 1) * k], &b, c_row, n);
         }
     });
 }
@@ -59,28 +88,22 @@ fn scalar_row(a_row: &[f32], b: &[f32], c_row: &mut [f32], n: usize) {
     }
 }
 
-/// Batched `c[i] = a[i] · b[i]` over `batch` matrices stored one after another. `b_stride` 0 shares one
-/// `b` across the batch.
-#[allow(clippy::too_many_arguments)]
-pub fn batched_matmul(
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    batch: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    b_stride: usize,
-    level: SimdLevel,
-) {
+/// Batched `c[i] = op(a[i]) · op(b[i])` over `batch` products stored one after another; with `shared_b`
+/// one `b` serves the whole batch.
+pub fn batched_matmul(a: &[f32], b: &[f32], c: &mut [f32], batch: usize, form: Form, shared_b: bool, level: SimdLevel) {
+    let Form { m, k, n, .. } = form;
+    if shared_b && !form.transpose_a {
+        // One right-hand side and plain rows of `A`: a single product over all the batch's rows.
+        product(a, b, c, Form { m: batch * m, ..form }, level);
+        return;
+    }
+    let b_stride = if shared_b { 0 } else { k * n };
     for i in 0..batch {
-        matmul(
+        product(
             &a[i * m * k..(i + 1) * m * k],
             &b[i * b_stride..i * b_stride + k * n],
             &mut c[i * m * n..(i + 1) * m * n],
-            m,
-            k,
-            n,
+            form,
             level,
         );
     }
@@ -123,6 +146,22 @@ mod avx2 {
             let w = NR.min(n - j0);
             for p in 0..k {
                 panel[p * NR..p * NR + w].copy_from_slice(&b[p * n + j0..p * n + j0 + w]);
+            }
+        }
+        packed
+    }
+
+    /// `B` stored transposed (n×k) packed as [`pack_b`] packs the k×n matrix it stands for.
+    pub(super) fn pack_b_transposed(bt: &[f32], k: usize, n: usize) -> Vec<f32> {
+        let panels = n.div_ceil(NR);
+        let mut packed = vec![0f32; panels * k * NR];
+        for (jp, panel) in packed.chunks_exact_mut(k * NR).enumerate() {
+            let j0 = jp * NR;
+            for jj in 0..NR.min(n - j0) {
+                let column = &bt[(j0 + jj) * k..(j0 + jj + 1) * k];
+                for (p, &x) in column.iter().enumerate() {
+                    panel[p * NR + jj] = x;
+                }
             }
         }
         packed

@@ -47,15 +47,24 @@ pub(crate) fn f(t: &HostTensor) -> &[f32] {
     t.as_f32().expect("f32 tensor")
 }
 
+/// A matmul reading its operands as the flags say.
+pub(crate) fn mm(transpose_a: bool, transpose_b: bool) -> OpKind {
+    OpKind::MatMul { transpose_a, transpose_b }
+}
+
 /// One case per op kind, with inputs of awkward sizes (not multiples of the SIMD width or tile).
 pub(crate) fn cases() -> Vec<(OpKind, Vec<HostTensor>)> {
     let (rope_cos, rope_sin) = repops::kernels::rope::table(7, 10, 10_000.0);
     let table = |v: Vec<f32>| HostTensor { shape: vec![7, 5], data: HostData::F32(v) };
     let h = AdamW { lr: 1e-2, weight_decay: 0.1, ..AdamW::default() };
     let mut cases = vec![
-        (OpKind::MatMul, vec![f32t(&[37, 301], 1), f32t(&[301, 45], 2)]),
-        (OpKind::MatMul, vec![f32t(&[3, 13, 70], 3), f32t(&[3, 70, 17], 4)]),
-        (OpKind::MatMul, vec![f32t(&[2, 9, 33], 5), f32t(&[33, 20], 6)]),
+        (OpKind::MATMUL, vec![f32t(&[37, 301], 1), f32t(&[301, 45], 2)]),
+        (OpKind::MATMUL, vec![f32t(&[3, 13, 70], 3), f32t(&[3, 70, 17], 4)]),
+        (OpKind::MATMUL, vec![f32t(&[2, 9, 33], 5), f32t(&[33, 20], 6)]),
+        (mm(true, false), vec![f32t(&[301, 37], 1), f32t(&[301, 45], 2)]),
+        (mm(false, true), vec![f32t(&[3, 13, 70], 3), f32t(&[3, 17, 70], 4)]),
+        (mm(false, true), vec![f32t(&[2, 9, 33], 5), f32t(&[20, 33], 6)]),
+        (mm(true, true), vec![f32t(&[3, 70, 13], 3), f32t(&[3, 17, 70], 4)]),
         (OpKind::Transpose, vec![f32t(&[2, 19, 23], 7)]),
         (OpKind::Binary(Binary::Add), vec![f32t(&[5, 77], 8), f32t(&[5, 77], 9)]),
         (OpKind::Binary(Binary::Sub), vec![f32t(&[5, 77], 8), f32t(&[5, 77], 9)]),
