@@ -2,6 +2,7 @@
 
 mod all;
 mod config;
+mod launch;
 mod node;
 mod plots;
 mod report;
@@ -192,6 +193,34 @@ enum Command {
         /// Output folder [default: runs/node-<unix time>].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Seconds without a word from a peer before its connection is taken for dead (a killed peer is
+        /// noticed then); connection attempts wait as long, 10 s at most.
+        #[arg(long, default_value_t = 30.0)]
+        idle_timeout_s: f64,
+    },
+    /// Run a whole swarm of real nodes on this machine: N `swarmlab node` processes on loopback, a key
+    /// each and one peers file, in one run folder. Streams their progress, can kill one mid-run, and
+    /// gathers their results and HDF5 logs into launch.h5 and report.md.
+    Launch {
+        /// Number of node processes (what the configuration needs: SAPO agents + liars, or the first
+        /// arm's stages x replicas).
+        #[arg(long = "local")]
+        local: usize,
+        /// What the nodes run: `sapo` or `pipeline`.
+        #[arg(long, default_value = "sapo", value_parser = ["sapo", "pipeline"])]
+        protocol: String,
+        /// The configuration every node runs [default: the built-in one for the protocol].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run folder [default: runs/launch-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// As for `swarmlab node`.
+        #[arg(long, default_value_t = 30.0)]
+        idle_timeout_s: f64,
+        /// Kill node NODE once it reports round ROUND (`NODE@ROUND`), to watch the others carry on.
+        #[arg(long)]
+        kill: Option<launch::Kill>,
     },
     /// Regenerate the README's results section (between its `<!-- results:begin -->` and
     /// `<!-- results:end -->` lines) from a folder written by `swarmlab reproduce all`.
@@ -251,21 +280,29 @@ fn main() -> Result<()> {
             println!("\n[[peer]]\nid = \"{}\"\naddr = \"{addr}\"", identity.peer_id());
             Ok(())
         }
-        Command::Node { protocol, config, key, peers, out } if protocol == "pipeline" => {
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s } if protocol == "pipeline" => {
             let cfg = match config {
                 Some(path) => RunConfig::load(&path)?,
                 None => RunConfig::default(),
             };
             let corpus = Arc::new(corpus(&cfg)?);
-            node::pipeline_node(&cfg, corpus, &key, &peers, out)
+            node::pipeline_node(&cfg, corpus, &key, &peers, out, patience(idle_timeout_s)?)
         }
-        Command::Node { config, key, peers, out, .. } => {
+        Command::Node { config, key, peers, out, idle_timeout_s, .. } => {
             let cfg = match config {
                 Some(path) => sapo_study::load_config(&path)?,
                 None => sapo::SapoConfig::default(),
             };
-            sapo_study::node(cfg, &key, &peers, out)
+            sapo_study::node(cfg, &key, &peers, out, patience(idle_timeout_s)?)
         }
+        Command::Launch { local, protocol, config, out, idle_timeout_s, kill } => launch::launch(launch::Launch {
+            nodes: local,
+            protocol,
+            config,
+            out,
+            patience: patience(idle_timeout_s)?,
+            kill,
+        }),
         Command::Sapo { config, mix, rounds, agents, liars, sizes, out, device, print_config } => {
             if print_config {
                 print!("{}", toml::to_string(&sapo::SapoConfig::default())?);
@@ -322,6 +359,14 @@ fn init(path: &Path) -> Result<()> {
     report::write_atomic(path, EXAMPLE.as_bytes())?;
     println!("wrote {}: edit it, then `swarmlab run {}`", path.display(), path.display());
     Ok(())
+}
+
+/// `--idle-timeout-s` as a [`node::Patience`].
+fn patience(idle_timeout_s: f64) -> Result<node::Patience> {
+    if !(idle_timeout_s.is_finite() && (0.1..=3600.0).contains(&idle_timeout_s)) {
+        bail!("--idle-timeout-s {idle_timeout_s}: give seconds between 0.1 and 3600");
+    }
+    Ok(node::Patience { idle_timeout: std::time::Duration::from_secs_f64(idle_timeout_s) })
 }
 
 /// The output folder: `out` if given, else `runs/<name>-<unix time>`; created if missing.

@@ -4,15 +4,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use genrl::{AgentCtx, DeviceProfile, WallClock};
+use genrl::{AgentCtx, DeviceProfile, Event, EventKind, MetricsLog, Sample, WallClock};
 use models::data::Corpus;
 use transport::quic::{Endpoint, EndpointConfig};
 use transport::{Identity, PeerBook, PeerId};
 
 use crate::config::RunConfig;
-use crate::report::{weights_hash, write_atomic};
+use crate::report::{h5_text, weights_hash, write_atomic};
 
 /// This process's place in a swarm of real nodes: its key, the peers file, every id in rank order, and
 /// its own rank (its index in the swarm).
@@ -22,12 +23,39 @@ pub(crate) struct Node {
     pub(crate) ids: Vec<PeerId>,
     pub(crate) index: usize,
     pub(crate) addr: SocketAddr,
+    quic: EndpointConfig,
+}
+
+/// How quickly a node gives up on a silent peer: a connection with no traffic for `idle_timeout` is
+/// dead (a killed peer is noticed then), and a connection attempt waits at most as long (10 s at most).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Patience {
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Self { idle_timeout: EndpointConfig::default().idle_timeout }
+    }
+}
+
+impl Patience {
+    fn endpoint(self, bind: SocketAddr) -> EndpointConfig {
+        let idle_timeout = self.idle_timeout;
+        EndpointConfig {
+            bind,
+            idle_timeout,
+            keep_alive: idle_timeout / 4,
+            connect_timeout: idle_timeout.min(Duration::from_secs(10)),
+            ..EndpointConfig::default()
+        }
+    }
 }
 
 impl Node {
     /// Loads the key and the peers file; `expected` nodes must be listed (`what` says why, for the error),
     /// this node's id among them.
-    pub(crate) fn load(key: &Path, peers: &Path, expected: usize, what: &str) -> Result<Self> {
+    pub(crate) fn load(key: &Path, peers: &Path, expected: usize, what: &str, patience: Patience) -> Result<Self> {
         let identity = Identity::load(key)?;
         let book = PeerBook::load(peers)?;
         let me = identity.peer_id();
@@ -37,7 +65,7 @@ impl Node {
             bail!("{} lists {} nodes but {what}", peers.display(), ids.len());
         }
         let addr = book.get(&me).map(|e| e.addr).context("own address")?;
-        Ok(Self { identity, book, ids, index, addr })
+        Ok(Self { identity, book, ids, index, addr, quic: patience.endpoint(addr) })
     }
 
     /// This node's id.
@@ -60,8 +88,7 @@ impl Node {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let endpoint = {
             let _inside = runtime.enter();
-            let config = EndpointConfig { bind: self.addr, ..EndpointConfig::default() };
-            Endpoint::bind(&self.identity, self.book.clone(), config)?
+            Endpoint::bind(&self.identity, self.book.clone(), self.quic.clone())?
         };
         let prepared = prepare()?;
         runtime.block_on(async {
@@ -88,11 +115,12 @@ pub(crate) fn pipeline_node(
     key: &Path,
     peers: &Path,
     out: Option<PathBuf>,
+    patience: Patience,
 ) -> Result<()> {
     let spec = cfg.spec(0)?;
     let workers = spec.stages * spec.replicas;
     let what = format!("the first arm has {} stages x {} replicas", spec.stages, spec.replicas);
-    let node = Node::load(key, peers, workers, &what)?;
+    let node = Node::load(key, peers, workers, &what, patience)?;
     let index = node.index;
     let out = crate::out_dir(out, "node")?;
     eprintln!(
@@ -103,6 +131,7 @@ pub(crate) fn pipeline_node(
         cfg.arms[0].label,
         node.addr
     );
+    let started = std::time::Instant::now();
     let (worker, metrics) = node.run(
         spec.device.clone(),
         || Ok(()),
@@ -122,6 +151,9 @@ pub(crate) fn pipeline_node(
     });
     let file = out.join(format!("worker-{index}.json"));
     write_atomic(&file, serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    let wall_s = started.elapsed().as_secs_f64();
+    NodeLog { place: index, peer: node.id().to_string(), protocol: "pipeline".into(), wall_s, log: metrics }
+        .save(&out.join(format!("node-{index}.h5")))?;
     println!(
         "worker {index}: stage {}, replica {}, weights {}; wrote {}",
         worker.stage,
@@ -130,4 +162,172 @@ pub(crate) fn pipeline_node(
         file.display()
     );
     Ok(())
+}
+
+/// What one node leaves for `swarmlab launch` (and anyone else) to gather: who it was and everything
+/// it measured. Written to `node-<place>.h5`; `launch.h5` holds one such group per node.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NodeLog {
+    /// Its place in the swarm.
+    pub(crate) place: usize,
+    /// Its peer id.
+    pub(crate) peer: String,
+    /// `sapo` or `pipeline`.
+    pub(crate) protocol: String,
+    /// Wall seconds from listening to the end.
+    pub(crate) wall_s: f64,
+    /// Its series (one value per step or round) and events.
+    pub(crate) log: MetricsLog,
+}
+
+fn event_kind_name(kind: &EventKind) -> String {
+    match kind {
+        EventKind::Other(name) => name.clone(),
+        known => format!("{known:?}"),
+    }
+}
+
+fn event_kind(name: &str) -> EventKind {
+    match name {
+        "Join" => EventKind::Join,
+        "Leave" => EventKind::Leave,
+        "Failure" => EventKind::Failure,
+        "Recovery" => EventKind::Recovery,
+        "Timeout" => EventKind::Timeout,
+        "Rejected" => EventKind::Rejected,
+        other => EventKind::Other(other.to_owned()),
+    }
+}
+
+impl NodeLog {
+    /// Writes the log into `g`: attributes `place`, `peer`, `protocol`, `wall_s`; per series
+    /// `<name>_step`, `<name>_time_s`, `<name>_value`; the events as lines `time_s<TAB>kind<TAB>detail`.
+    fn write_to(&self, g: &hdf5::Group) -> Result<()> {
+        g.new_attr::<u64>().create("place")?.write_scalar(&(self.place as u64))?;
+        g.new_attr::<f64>().create("wall_s")?.write_scalar(&self.wall_s)?;
+        for (name, value) in [("peer", &self.peer), ("protocol", &self.protocol)] {
+            g.new_attr::<hdf5::types::VarLenUnicode>().create(name)?.write_scalar(&h5_text(value)?)?;
+        }
+        for (name, samples) in &self.log.series {
+            let steps: Vec<u64> = samples.iter().map(|s| s.step).collect();
+            let times: Vec<f64> = samples.iter().map(|s| s.time.as_secs_f64()).collect();
+            let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
+            g.new_dataset::<u64>().shape(steps.len()).create(format!("{name}_step").as_str())?.write_raw(&steps)?;
+            g.new_dataset::<f64>().shape(times.len()).create(format!("{name}_time_s").as_str())?.write_raw(&times)?;
+            g.new_dataset::<f64>().shape(values.len()).create(format!("{name}_value").as_str())?.write_raw(&values)?;
+        }
+        let lines: Vec<hdf5::types::VarLenUnicode> = self
+            .log
+            .events
+            .iter()
+            .map(|e| h5_text(&format!("{:.6}\t{}\t{}", e.time.as_secs_f64(), event_kind_name(&e.kind), e.detail)))
+            .collect::<Result<_>>()?;
+        g.new_dataset::<hdf5::types::VarLenUnicode>().shape(lines.len()).create("events")?.write_raw(&lines)?;
+        Ok(())
+    }
+
+    /// Reads a log [`NodeLog::write_to`] wrote.
+    fn read_from(g: &hdf5::Group) -> Result<Self> {
+        let text = |name: &str| -> Result<String> {
+            let v: hdf5::types::VarLenUnicode =
+                g.attr(name).and_then(|a| a.read_scalar()).with_context(|| format!("no attribute {name:?}"))?;
+            Ok(v.as_str().to_owned())
+        };
+        let place: u64 = g.attr("place").and_then(|a| a.read_scalar()).context("no attribute \"place\"")?;
+        let wall_s: f64 = g.attr("wall_s").and_then(|a| a.read_scalar()).context("no attribute \"wall_s\"")?;
+        let mut log = MetricsLog::default();
+        for member in g.member_names()? {
+            let Some(name) = member.strip_suffix("_value") else { continue };
+            let values: Vec<f64> = g.dataset(&member)?.read_raw()?;
+            let steps: Vec<u64> = g.dataset(&format!("{name}_step"))?.read_raw()?;
+            let times: Vec<f64> = g.dataset(&format!("{name}_time_s"))?.read_raw()?;
+            if steps.len() != values.len() || times.len() != values.len() {
+                bail!("series {name:?}: {} steps, {} times, {} values", steps.len(), times.len(), values.len());
+            }
+            let samples = (steps.into_iter().zip(times).zip(values))
+                .map(|((step, t), value)| Sample {
+                    agent: Some(place as u32),
+                    step,
+                    time: Duration::try_from_secs_f64(t).unwrap_or_default(),
+                    value,
+                })
+                .collect();
+            log.series.insert(name.to_owned(), samples);
+        }
+        for line in g.dataset("events")?.read_raw::<hdf5::types::VarLenUnicode>()? {
+            let mut parts = line.as_str().splitn(3, '\t');
+            let (Some(t), Some(kind), Some(detail)) = (parts.next(), parts.next(), parts.next()) else {
+                bail!("malformed event line {:?}", line.as_str());
+            };
+            let time = t.parse::<f64>().ok().and_then(|t| Duration::try_from_secs_f64(t).ok()).unwrap_or_default();
+            log.events.push(Event {
+                time,
+                agent: Some(place as u32),
+                kind: event_kind(kind),
+                detail: detail.to_owned(),
+            });
+        }
+        Ok(Self { place: place as usize, peer: text("peer")?, protocol: text("protocol")?, wall_s, log })
+    }
+
+    /// Writes `path` (a temporary file renamed into place).
+    pub(crate) fn save(&self, path: &Path) -> Result<()> {
+        transport::fsutil::replace_with(path, |tmp| -> Result<()> {
+            let file = hdf5::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            self.write_to(&file)?;
+            file.flush()?;
+            Ok(())
+        })
+        .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Reads a file [`NodeLog::save`] wrote.
+    pub(crate) fn load(path: &Path) -> Result<Self> {
+        let file = hdf5::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Self::read_from(&file).with_context(|| format!("{} is not a node log", path.display()))
+    }
+
+    /// Writes every node's log into one file, a group `nodes/<place>` each.
+    pub(crate) fn gather(logs: &[Self], path: &Path) -> Result<()> {
+        transport::fsutil::replace_with(path, |tmp| -> Result<()> {
+            let file = hdf5::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            let nodes = file.create_group("nodes")?;
+            for log in logs {
+                log.write_to(&nodes.create_group(&log.place.to_string())?)?;
+            }
+            file.flush()?;
+            Ok(())
+        })
+        .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node log survives the round trip through HDF5, series, events and all; a file that is not one
+    /// is an error naming it.
+    #[test]
+    fn node_logs_round_trip_through_hdf5() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let metrics = genrl::Metrics::new();
+        for step in 0..5 {
+            metrics.record("reward", Some(2), step, Duration::from_millis(100 * step), step as f64 / 4.0);
+        }
+        metrics.event(Duration::from_secs(1), Some(2), EventKind::Leave, "peer 1a2b unreachable in round 3");
+        metrics.event(Duration::from_secs(2), Some(2), EventKind::Other("checkpoint".into()), "step 4");
+        let log =
+            NodeLog { place: 2, peer: "1a2b".into(), protocol: "sapo".into(), wall_s: 3.5, log: metrics.snapshot() };
+        let path = dir.path().join("node-2.h5");
+        log.save(&path)?;
+        assert_eq!(NodeLog::load(&path)?, log);
+        let all = dir.path().join("launch.h5");
+        NodeLog::gather(std::slice::from_ref(&log), &all)?;
+        let file = hdf5::File::open(&all)?;
+        assert_eq!(NodeLog::read_from(&file.group("nodes/2")?)?, log);
+        std::fs::write(dir.path().join("bad.h5"), b"not hdf5")?;
+        assert!(format!("{:#}", NodeLog::load(&dir.path().join("bad.h5")).unwrap_err()).contains("bad.h5"));
+        Ok(())
+    }
 }

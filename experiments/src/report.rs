@@ -894,7 +894,7 @@ fn markdown(
     md
 }
 
-fn h5_text(s: &str) -> Result<hdf5::types::VarLenUnicode> {
+pub(crate) fn h5_text(s: &str) -> Result<hdf5::types::VarLenUnicode> {
     s.parse().map_err(|e| anyhow::anyhow!("not storable as HDF5 text: {e:?}"))
 }
 

@@ -186,23 +186,39 @@ pub(crate) fn train(cfg: SapoConfig, out: Option<PathBuf>) -> Result<()> {
 }
 
 /// `swarmlab node`: one agent of the swarm over QUIC, in real time.
-pub(crate) fn node(cfg: SapoConfig, key: &Path, peers: &Path, out: Option<PathBuf>) -> Result<()> {
+pub(crate) fn node(
+    cfg: SapoConfig,
+    key: &Path,
+    peers: &Path,
+    out: Option<PathBuf>,
+    patience: crate::node::Patience,
+) -> Result<()> {
     cfg.validate()?;
     let what = format!("the configuration has {} agents and {} liars", cfg.agents, cfg.liars);
-    let node = crate::node::Node::load(key, peers, cfg.agents + cfg.liars, &what)?;
+    let node = crate::node::Node::load(key, peers, cfg.agents + cfg.liars, &what, patience)?;
     let index = node.index;
     let out = crate::out_dir(out, "node")?;
     eprintln!("swarmlab node {}: agent {index} of {}, listening on {}", node.id(), node.ids.len(), node.addr);
-    let run = node.run(
+    let started = std::time::Instant::now();
+    let rounds = cfg.rounds;
+    let (run, log) = node.run(
         genrl::DeviceProfile::preset(&cfg.profile)?,
         || warm_starts(&cfg),
         |ctx, warm| {
             let cfg = &cfg;
-            async move { anyhow::Ok(sapo::swarm::play_agent(cfg, &warm, index, ctx).await?) }
+            let metrics = ctx.metrics.clone();
+            let progress = move |round| eprintln!("round {round}/{rounds}");
+            async move {
+                let run = sapo::swarm::play_agent(cfg, &warm, index, ctx, progress).await?;
+                anyhow::Ok((run, metrics.snapshot()))
+            }
         },
     )?;
     let file = out.join(format!("agent-{index}.json"));
     write_atomic(&file, serde_json::to_string_pretty(&run)?.as_bytes())?;
+    let wall_s = started.elapsed().as_secs_f64();
+    crate::node::NodeLog { place: index, peer: node.id().to_string(), protocol: "sapo".into(), wall_s, log }
+        .save(&out.join(format!("node-{index}.h5")))?;
     let r = run.rewards();
     println!(
         "agent {index}: reward {:.3} → {:.3}, held-out accuracy {:.3}, dropped {:?}; wrote {}",

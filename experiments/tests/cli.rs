@@ -525,14 +525,63 @@ fn ddp_across_three_node_processes_ends_with_the_sims_weights_bit_for_bit() -> R
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sim.join("summary.json"))?)?;
     let want = summary["arms"][0]["weights_blake3"].as_str().ok_or("no weights hash in summary.json")?.to_owned();
     assert_eq!(want.len(), 64);
-    node_keys(dir.path(), 3)?;
-    let out_dir = dir.path().join("nodes");
-    let config_arg = config.to_str().ok_or("a temporary path that is not UTF-8")?;
-    run_nodes(dir.path(), 3, &["--protocol", "pipeline", "--config", config_arg], &out_dir)?;
+    // Three node processes, started by `swarmlab launch` with their keys and peers file.
+    let run = dir.path().join("launch");
+    let out = swarmlab()
+        .args(["launch", "--local", "3", "--protocol", "pipeline", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for i in 0..3 {
         let w: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out_dir.join(format!("worker-{i}.json")))?)?;
+            serde_json::from_str(&std::fs::read_to_string(run.join(format!("nodes/worker-{i}.json")))?)?;
         assert_eq!(w["weights_blake3"].as_str(), Some(want.as_str()), "worker {i} over QUIC vs the sim");
     }
+    let report = std::fs::read_to_string(run.join("report.md"))?;
+    assert!(report.contains("Every node ended with the same weights"), "{report}");
+    assert!(
+        run.join("launch.h5").is_file() && run.join("peers.toml").is_file() && run.join("logs/node-2.log").is_file()
+    );
+    // A node count that does not fit the configuration is refused, naming both.
+    let out =
+        swarmlab().args(["launch", "--local", "4", "--protocol", "pipeline", "--config"]).arg(&config).output()?;
+    let err = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success() && err.contains("--local 4") && err.contains("1 stages x 3 replicas"), "{err}");
+    Ok(())
+}
+
+/// A node killed mid-run: the other three finish every round, notice it gone (an event in their logs),
+/// and the launcher's report says what happened.
+#[test]
+fn a_swarm_carries_on_when_one_of_four_nodes_is_killed() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sapo.toml");
+    std::fs::write(
+        &config,
+        "agents = 4\nrounds = 300\ncompletions = 4\n[mix]\nlocal = 1\nexternal = 1\n[warm_start]\nsteps = 10\nbatch = 8\n\
+         [tasks]\nfamilies = [\"propositional_logic\"]\nmax_level = 1\neval_per_level = 1\n",
+    )?;
+    let run = dir.path().join("launch");
+    let out = swarmlab()
+        .args(["launch", "--local", "4", "--idle-timeout-s", "1", "--kill", "3@2", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..3 {
+        let agent: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join(format!("nodes/agent-{i}.json")))?)?;
+        assert_eq!(agent["rounds"].as_array().map(Vec::len), Some(300), "agent {i} finished");
+        assert!(run.join(format!("nodes/node-{i}.h5")).is_file());
+    }
+    assert!(!run.join("nodes/agent-3.json").exists(), "the killed node wrote no result");
+    let journal = std::fs::read_to_string(run.join("launch.log"))?;
+    assert!(journal.contains("killed node 3"), "{journal}");
+    let report = std::fs::read_to_string(run.join("report.md"))?;
+    assert!(report.contains("killed at round"), "{report}");
+    assert!(report.contains("Leave: peer"), "the others noticed the killed node: {report}");
     Ok(())
 }

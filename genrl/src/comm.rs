@@ -16,6 +16,7 @@ use transport::{PeerId, RawBytes, Transport, TransportExt};
 
 use crate::clock::{Clock, timeout};
 use crate::error::Result;
+use crate::metrics::{EventKind, Metrics};
 
 /// What one [`all_gather`](CommunicationBackend::all_gather) returned.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -122,19 +123,38 @@ pub struct Inbox<T: Transport, C: Clock> {
     clock: C,
     peers: Vec<PeerId>,
     waiting: BTreeMap<PeerId, (u64, Bytes)>,
-    /// Peers a send failed to, and the round before which they are not tried again.
-    unreachable: BTreeMap<PeerId, u64>,
+    /// Peers a send failed to: the round before which they are not tried again, and how many rounds
+    /// the next failure adds.
+    unreachable: BTreeMap<PeerId, (u64, u64)>,
+    /// Where a peer's leaving and coming back are recorded, as this agent.
+    events: Option<(Metrics, u32)>,
 }
 
-/// Rounds an [`Inbox`] skips a peer it could not reach.
+/// Rounds an [`Inbox`] skips a peer it could not reach; each further failure doubles them, up to
+/// [`MAX_BACKOFF`], so a peer that is gone for good costs a failed send ever more rarely.
 const UNREACHABLE_BACKOFF: u64 = 8;
+/// The longest an [`Inbox`] goes without trying a peer again.
+const MAX_BACKOFF: u64 = 256;
 
 impl<T: Transport, C: Clock> Inbox<T, C> {
     /// Shares with `peers` (the local peer may be among them).
     pub fn new(transport: T, clock: C, peers: Vec<PeerId>) -> Self {
         let me = transport.local_peer();
         let peers = peers.into_iter().filter(|p| *p != me).collect();
-        Self { transport, clock, peers, waiting: BTreeMap::new(), unreachable: BTreeMap::new() }
+        Self { transport, clock, peers, waiting: BTreeMap::new(), unreachable: BTreeMap::new(), events: None }
+    }
+
+    /// Records in `metrics`, as agent `agent`, a [`EventKind::Leave`] when a peer stops taking payloads
+    /// and a [`EventKind::Join`] when it takes them again.
+    pub fn with_events(mut self, metrics: Metrics, agent: u32) -> Self {
+        self.events = Some((metrics, agent));
+        self
+    }
+
+    fn event(&self, kind: EventKind, detail: String) {
+        if let Some((metrics, agent)) = &self.events {
+            metrics.event(self.clock.now(), Some(*agent), kind, detail);
+        }
     }
 }
 
@@ -147,19 +167,29 @@ impl<T: Transport, C: Clock> CommunicationBackend for Inbox<T, C> {
         let me = self.transport.local_peer();
         let message = RoundPayload { round, payload: RawBytes(payload.clone()) };
         let bytes = self.transport.codec().encode(&message).map_err(transport::TransportError::from)?;
-        // A peer that cannot be reached (gone, or not up yet) only misses payloads: it is skipped for the
-        // next `UNREACHABLE_BACKOFF` rounds, then tried again.
+        // A peer that cannot be reached (gone, or not up yet) only misses payloads: it is skipped for a
+        // while (8 rounds, doubling with each further failure), then tried again.
         for &peer in &self.peers {
-            if self.unreachable.get(&peer).is_some_and(|&until| round < until) {
-                continue;
-            }
+            let backoff = match self.unreachable.get(&peer) {
+                Some(&(until, _)) if round < until => continue,
+                Some(&(_, backoff)) => backoff,
+                None => UNREACHABLE_BACKOFF,
+            };
             match self.transport.send(peer, bytes.clone()).await {
                 Ok(()) => {
-                    self.unreachable.remove(&peer);
+                    if self.unreachable.remove(&peer).is_some() {
+                        self.event(EventKind::Join, format!("peer {} reachable again in round {round}", peer.short()));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(peer = %peer.short(), error = %e, "payload not delivered; peer skipped for a while");
-                    self.unreachable.insert(peer, round + UNREACHABLE_BACKOFF);
+                    if !self.unreachable.contains_key(&peer) {
+                        self.event(
+                            EventKind::Leave,
+                            format!("peer {} unreachable in round {round} ({e}); tried again after {backoff} rounds, then ever more rarely", peer.short()),
+                        );
+                    }
+                    self.unreachable.insert(peer, (round + backoff, (backoff * 2).min(MAX_BACKOFF)));
                 }
             }
         }
@@ -266,6 +296,63 @@ mod tests {
         assert_eq!(g.payloads.len(), 1);
         assert_eq!(g.missing.len(), 2);
         assert_eq!(clock.now(), Duration::from_millis(100), "nobody ever waited");
+        Ok(())
+    }
+
+    /// A transport whose sends to the peers in `down` fail (a peer whose process is gone), counting them.
+    #[derive(Clone)]
+    struct Flaky {
+        inner: transport::sim::SimEndpoint,
+        down: std::sync::Arc<std::sync::Mutex<Vec<PeerId>>>,
+        tries: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Transport for Flaky {
+        fn local_peer(&self) -> PeerId {
+            self.inner.local_peer()
+        }
+        fn codec(&self) -> transport::Codec {
+            self.inner.codec()
+        }
+        async fn send(&self, to: PeerId, payload: Bytes) -> std::result::Result<(), transport::TransportError> {
+            if self.down.lock().expect("lock").contains(&to) {
+                self.tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(transport::TransportError::PeerDown(to));
+            }
+            self.inner.send(to, payload).await
+        }
+        async fn recv(&self) -> std::result::Result<transport::Envelope, transport::TransportError> {
+            self.inner.recv().await
+        }
+    }
+
+    /// A peer that cannot be reached is tried again after 8 rounds, then 16, 32…; its leaving and its
+    /// coming back are events.
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_peer_is_retried_ever_more_rarely_and_its_comings_and_goings_logged() -> Result<()> {
+        let net = Network::builder(5).default_link(LinkSpec::mbit(1.0, 1000.0)).build()?;
+        let ids: Vec<PeerId> = (0..2).map(PeerId::simulated).collect();
+        let flaky = Flaky {
+            inner: net.add_peer(ids[0])?,
+            down: std::sync::Arc::new(std::sync::Mutex::new(vec![ids[1]])),
+            tries: Default::default(),
+        };
+        let _other = net.add_peer(ids[1])?;
+        let metrics = Metrics::new();
+        let mut inbox = Inbox::new(flaky.clone(), net.clock(), ids.clone()).with_events(metrics.clone(), 0);
+        for round in 0..40 {
+            inbox.all_gather(round, Bytes::from_static(b"x")).await?;
+        }
+        // Tried in rounds 0, 8 and 24 (then not before 56).
+        assert_eq!(flaky.tries.load(std::sync::atomic::Ordering::Relaxed), 3);
+        flaky.down.lock().expect("lock").clear();
+        for round in 40..60 {
+            inbox.all_gather(round, Bytes::from_static(b"x")).await?;
+        }
+        let log = metrics.snapshot();
+        let kinds: Vec<&EventKind> = log.events.iter().map(|e| &e.kind).collect();
+        assert_eq!(kinds, [&EventKind::Leave, &EventKind::Join], "{:?}", log.events);
+        assert!(log.events[1].detail.contains("round 56"), "{}", log.events[1].detail);
         Ok(())
     }
 

@@ -355,9 +355,11 @@ impl NextOp {
     /// that order. Big tensors are hashed by the whole thread pool, so call this on a pool thread (see
     /// [`on_pool`]) to pay for one hand-over instead of one per tensor.
     pub(crate) fn hashes(&self, inputs: &[HostView<'_>], output: &HostView<'_>) -> Vec<Hash> {
+        use rayon::prelude::*;
         let known = |i: usize| self.known.get(i).copied().flatten();
-        let inputs = inputs.iter().enumerate().map(|(i, v)| known(i).unwrap_or_else(|| content_hash(v.data)));
-        inputs.chain([content_hash(output.data)]).collect()
+        let todo: Vec<(Option<Hash>, &HostView<'_>)> =
+            inputs.iter().enumerate().map(|(i, v)| (known(i), v)).chain([(None, output)]).collect();
+        todo.par_iter().map(|(known, v)| known.unwrap_or_else(|| content_hash(v.data))).collect()
     }
 }
 

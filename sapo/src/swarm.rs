@@ -318,11 +318,13 @@ struct Shared {
 /// Plays agent `index` of the swarm `cfg` describes over any transport and clock — a QUIC endpoint in
 /// real time, say — instead of the simulated network: the same game, seeds and rules as [`run`], with
 /// compute taking the time it really takes. `ctx.peers` are the swarm's agents (this one included).
+/// `progress` is called with each round the agent finishes.
 pub async fn play_agent<T: Transport, C: Clock>(
     cfg: &SapoConfig,
     warm: &[WarmStart],
     index: usize,
     ctx: AgentCtx<T, C>,
+    progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> Result<AgentRun> {
     cfg.validate()?;
     let shared = Arc::new(Shared {
@@ -332,7 +334,7 @@ pub async fn play_agent<T: Transport, C: Clock>(
         indices: Vec::new(),
         compute: cfg.device.resolve()?,
         simulated: false,
-        progress: Box::new(|_| {}),
+        progress: Box::new(progress),
     });
     Ok(play(shared, index, ctx).await?)
 }
@@ -391,7 +393,8 @@ async fn play<T: Transport, C: Clock>(
 ) -> genrl::Result<AgentRun> {
     let cfg = &shared.cfg;
     let liar = index >= cfg.agents;
-    let comm = Inbox::new(ctx.transport.clone(), ctx.clock.clone(), ctx.peers.clone());
+    let comm = Inbox::new(ctx.transport.clone(), ctx.clock.clone(), ctx.peers.clone())
+        .with_events(ctx.metrics.clone(), ctx.index);
     let families = shared.tasks.families().len();
     let [questions, sampling, choice] = seeds(cfg, index);
     if liar {
@@ -463,7 +466,8 @@ async fn play<T: Transport, C: Clock>(
             ctx.compute(flops).await;
         }
         rounds.push(report);
-        if ctx.index == 0 {
+        // On the simulated network one agent speaks for the swarm; a real node reports its own rounds.
+        if ctx.index == 0 || !shared.simulated {
             (shared.progress)(round + 1);
         }
     }

@@ -42,7 +42,7 @@ async fn a_swarm_shares_rollouts_over_quic() -> Result<(), Box<dyn std::error::E
             peers: peers.clone(),
         };
         let (cfg, warm) = (cfg.clone(), warm.clone());
-        tasks.push(tokio::spawn(async move { play_agent(&cfg, &warm, index, ctx).await }));
+        tasks.push(tokio::spawn(async move { play_agent(&cfg, &warm, index, ctx, |_| {}).await }));
     }
     let mut runs = Vec::new();
     for t in tasks {

@@ -1,0 +1,364 @@
+//! `swarmlab launch --local N`: a whole swarm of real nodes on this machine. It makes a key per node and
+//! one peers file on free loopback ports, starts N `swarmlab node` processes on one configuration,
+//! streams their progress, can kill one mid-run (a fault to watch the others carry on), and gathers
+//! what they wrote into `launch.h5` and `report.md`.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use genrl::EventKind;
+use transport::{Identity, PeerBook};
+
+use crate::config::RunConfig;
+use crate::node::{NodeLog, Patience};
+use crate::report::write_atomic;
+
+/// A node to kill once it reports a round (or step): `NODE@ROUND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Kill {
+    pub(crate) node: usize,
+    pub(crate) round: u64,
+}
+
+impl FromStr for Kill {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (node, round) = s.split_once('@').ok_or_else(|| format!("{s:?}: expected NODE@ROUND, e.g. 3@10"))?;
+        Ok(Self {
+            node: node.trim().parse().map_err(|_| format!("{node:?} is not a node number"))?,
+            round: round.trim().parse().map_err(|_| format!("{round:?} is not a round number"))?,
+        })
+    }
+}
+
+/// What `swarmlab launch` was asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    pub(crate) nodes: usize,
+    /// `sapo` or `pipeline`.
+    pub(crate) protocol: String,
+    pub(crate) config: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
+    pub(crate) patience: Patience,
+    pub(crate) kill: Option<Kill>,
+}
+
+/// How a node's process ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Finished,
+    Killed { round: u64 },
+    Failed(String),
+}
+
+/// One node's process, place, last reported round and, once it ended, how.
+struct Running {
+    child: Child,
+    place: usize,
+    round: u64,
+    outcome: Option<Outcome>,
+}
+
+/// A progress line of a node (`round 12/40`, `step 3/100`): the number reached.
+fn progress(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix("round ").or_else(|| line.strip_prefix("step "))?;
+    rest.split('/').next()?.trim().parse().ok()
+}
+
+/// The configuration every node runs, written into the run folder, and how many nodes it needs.
+fn prepare_config(launch: &Launch, path: &Path) -> Result<usize> {
+    let text = match &launch.config {
+        Some(source) => std::fs::read_to_string(source).with_context(|| format!("cannot read {}", source.display()))?,
+        None if launch.protocol == "pipeline" => crate::config::EXAMPLE.to_owned(),
+        None => toml::to_string(&sapo::SapoConfig::default())?,
+    };
+    write_atomic(path, text.as_bytes())?;
+    let (needed, what) = if launch.protocol == "pipeline" {
+        let spec = RunConfig::load(path)?.spec(0)?;
+        (spec.stages * spec.replicas, format!("its first arm has {} stages x {} replicas", spec.stages, spec.replicas))
+    } else {
+        let cfg = crate::sapo_study::load_config(path)?;
+        cfg.validate()?;
+        (cfg.agents + cfg.liars, format!("it has {} agents and {} liars", cfg.agents, cfg.liars))
+    };
+    if needed != launch.nodes {
+        bail!("--local {} does not fit the configuration: {what}, so it needs {needed} nodes", launch.nodes);
+    }
+    Ok(needed)
+}
+
+/// A loopback address with a free UDP port (bound, read and released).
+fn free_addr() -> Result<SocketAddr> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Keys for `n` nodes in `dir/keys` and the peers file `dir/peers.toml`; returns each key file in the
+/// order of the places it gets (a place is the id's rank in the peers file).
+fn make_keys(dir: &Path, n: usize) -> Result<Vec<PathBuf>> {
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).with_context(|| format!("cannot create {}", keys.display()))?;
+    let mut book = PeerBook::new();
+    let mut files = Vec::new();
+    for i in 0..n {
+        let identity = Identity::generate()?;
+        let file = keys.join(format!("node{i}.key"));
+        identity.save(&file)?;
+        book.insert(identity.peer_id(), free_addr()?, Some(format!("node{i}")));
+        files.push((identity.peer_id(), file));
+    }
+    book.save(dir.join("peers.toml"))?;
+    let order: Vec<_> = book.ids().collect();
+    files.sort_by_key(|(id, _)| order.iter().position(|o| o == id));
+    Ok(files.into_iter().map(|(_, f)| f).collect())
+}
+
+/// Runs the swarm; see the module doc.
+pub(crate) fn launch(launch: Launch) -> Result<()> {
+    if launch.nodes < 2 {
+        bail!("--local {}: a swarm needs at least 2 nodes", launch.nodes);
+    }
+    if let Some(k) = launch.kill
+        && k.node >= launch.nodes
+    {
+        bail!("--kill {}@{}: there are only nodes 0 to {}", k.node, k.round, launch.nodes - 1);
+    }
+    let out = crate::out_dir(launch.out.clone(), "launch")?;
+    let config = out.join("config.toml");
+    prepare_config(&launch, &config)?;
+    let keys = make_keys(&out, launch.nodes)?;
+    let (logs, results) = (out.join("logs"), out.join("nodes"));
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let exe = std::env::current_exe().context("cannot find the swarmlab executable")?;
+    let started = Instant::now();
+    let mut journal = vec![format!("launched {} {} nodes on loopback", launch.nodes, launch.protocol)];
+    eprintln!("swarmlab launch: {} {} nodes, run folder {}", launch.nodes, launch.protocol, out.display());
+
+    let (lines_tx, lines_rx) = mpsc::channel::<(usize, String)>();
+    let mut nodes = Vec::new();
+    for (place, key) in keys.iter().enumerate() {
+        let mut child = Command::new(&exe)
+            .arg("node")
+            .args(["--protocol", &launch.protocol])
+            .arg("--config")
+            .arg(&config)
+            .arg("--key")
+            .arg(key)
+            .arg("--peers")
+            .arg(out.join("peers.toml"))
+            .arg("--out")
+            .arg(&results)
+            .arg("--idle-timeout-s")
+            .arg(launch.patience.idle_timeout.as_secs_f64().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start node {place}"))?;
+        let log = std::fs::File::create(logs.join(format!("node-{place}.log")))?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+        let streams: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().context("node stdout")?),
+            Box::new(child.stderr.take().context("node stderr")?),
+        ];
+        for stream in streams {
+            let (tx, log) = (lines_tx.clone(), log.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(std::result::Result::ok) {
+                    if let Ok(mut f) = log.lock() {
+                        let _ = writeln!(f, "{line}");
+                    }
+                    if tx.send((place, line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        nodes.push(Running { child, place, round: 0, outcome: None });
+    }
+    drop(lines_tx);
+
+    let mut shown = 0;
+    while nodes.iter().any(|n| n.outcome.is_none()) {
+        while let Ok((place, line)) = lines_rx.recv_timeout(Duration::from_millis(100)) {
+            let node = &mut nodes[place];
+            match progress(&line) {
+                Some(round) => node.round = node.round.max(round),
+                None => eprintln!("[node {place}] {line}"),
+            }
+            if let Some(k) = launch.kill
+                && k.node == place
+                && node.outcome.is_none()
+                && node.round >= k.round
+            {
+                let _ = node.child.kill();
+                let _ = node.child.wait();
+                node.outcome = Some(Outcome::Killed { round: node.round });
+                let event = format!(
+                    "{:.1} s: killed node {place} (pid {}) at round {}",
+                    started.elapsed().as_secs_f64(),
+                    node.child.id(),
+                    node.round
+                );
+                eprintln!("[launch] {event}");
+                journal.push(event);
+            }
+        }
+        let slowest = nodes.iter().filter(|n| n.outcome.is_none()).map(|n| n.round).min().unwrap_or(0);
+        if slowest > shown {
+            shown = slowest;
+            let rounds: Vec<String> = nodes.iter().map(|n| n.round.to_string()).collect();
+            eprintln!("[launch] {:.0} s, rounds per node: {}", started.elapsed().as_secs_f64(), rounds.join(" "));
+        }
+        for node in nodes.iter_mut().filter(|n| n.outcome.is_none()) {
+            if let Some(status) = node.child.try_wait()? {
+                node.outcome = Some(outcome(status));
+                journal.push(format!(
+                    "{:.1} s: node {} {}",
+                    started.elapsed().as_secs_f64(),
+                    node.place,
+                    describe(node.outcome.as_ref())
+                ));
+            }
+        }
+    }
+    while let Ok((place, line)) = lines_rx.try_recv() {
+        if progress(&line).is_none() {
+            eprintln!("[node {place}] {line}");
+        }
+    }
+    if let Some(k) = launch.kill
+        && !matches!(nodes[k.node].outcome, Some(Outcome::Killed { .. }))
+    {
+        journal.push(format!("node {} never reached round {}: not killed", k.node, k.round));
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    write_atomic(&out.join("launch.log"), (journal.join("\n") + "\n").as_bytes())?;
+    let gathered: Vec<NodeLog> =
+        nodes.iter().filter_map(|n| NodeLog::load(&results.join(format!("node-{}.h5", n.place))).ok()).collect();
+    NodeLog::gather(&gathered, &out.join("launch.h5"))?;
+    let report = report(&launch, &out, &nodes, &gathered, &journal, wall_s);
+    write_atomic(&out.join("report.md"), report.as_bytes())?;
+    eprintln!("[launch] report: {}", out.join("report.md").display());
+    let failed: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| match &n.outcome {
+            Some(Outcome::Failed(why)) => {
+                Some(format!("node {} {why} (log: {})", n.place, logs.join(format!("node-{}.log", n.place)).display()))
+            }
+            _ => None,
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    Ok(())
+}
+
+fn outcome(status: ExitStatus) -> Outcome {
+    if status.success() { Outcome::Finished } else { Outcome::Failed(format!("exited with {status}")) }
+}
+
+fn describe(outcome: Option<&Outcome>) -> String {
+    match outcome {
+        Some(Outcome::Finished) => "finished".into(),
+        Some(Outcome::Killed { round }) => format!("killed at round {round}"),
+        Some(Outcome::Failed(why)) => format!("failed: {why}"),
+        None => "running".into(),
+    }
+}
+
+/// What a node's result file says, in a few words.
+fn result_of(results: &Path, protocol: &str, place: usize) -> String {
+    let file = if protocol == "pipeline" { format!("worker-{place}.json") } else { format!("agent-{place}.json") };
+    let Some(v) = std::fs::read_to_string(results.join(&file))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return "no result".into();
+    };
+    if protocol == "pipeline" {
+        let loss = v["final_train_loss"].as_f64().map_or("-".into(), |l| format!("{l:.4}"));
+        let hash = v["weights_blake3"].as_str().unwrap_or("-");
+        format!("train loss {loss}, weights {}", &hash[..hash.len().min(16)])
+    } else {
+        let rewards: Vec<f64> =
+            v["rounds"].as_array().into_iter().flatten().filter_map(|r| r["reward"].as_f64()).collect();
+        let held_out = v["eval"]["all"].as_f64().unwrap_or(f64::NAN);
+        format!(
+            "reward {:.3} → {:.3} over {} rounds, held-out accuracy {held_out:.3}",
+            rewards.first().copied().unwrap_or(f64::NAN),
+            rewards.last().copied().unwrap_or(f64::NAN),
+            rewards.len()
+        )
+    }
+}
+
+fn report(launch: &Launch, out: &Path, nodes: &[Running], logs: &[NodeLog], journal: &[String], wall_s: f64) -> String {
+    let results = out.join("nodes");
+    let mut md = format!(
+        "# swarmlab launch: {} {} nodes on this machine\n\nEach node is its own `swarmlab node` process talking QUIC over loopback (idle timeout {:.1} s). Total wall time {wall_s:.1} s.\n\n| node | peer | outcome | wall s | result |\n|---|---|---|---|---|\n",
+        launch.nodes,
+        launch.protocol,
+        launch.patience.idle_timeout.as_secs_f64()
+    );
+    for n in nodes {
+        let log = logs.iter().find(|l| l.place == n.place);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            n.place,
+            log.map_or("-".into(), |l| l.peer.chars().take(12).collect::<String>()),
+            describe(n.outcome.as_ref()),
+            log.map_or("-".into(), |l| format!("{:.1}", l.wall_s)),
+            result_of(&results, &launch.protocol, n.place)
+        );
+    }
+    if launch.protocol == "pipeline" {
+        let hashes: Vec<String> = (0..launch.nodes)
+            .filter_map(|i| std::fs::read_to_string(results.join(format!("worker-{i}.json"))).ok())
+            .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .filter_map(|v| v["weights_blake3"].as_str().map(str::to_owned))
+            .collect();
+        if hashes.len() == launch.nodes && hashes.windows(2).all(|w| w[0] == w[1]) {
+            md.push_str("\nEvery node ended with the same weights, bit for bit.\n");
+        }
+    }
+    md.push_str("\n## Events\n\n");
+    for line in journal {
+        let _ = writeln!(md, "- launch: {line}");
+    }
+    for log in logs {
+        for e in &log.log.events {
+            if matches!(e.kind, EventKind::Other(_)) {
+                continue;
+            }
+            let _ = writeln!(md, "- node {} at {:.1} s: {:?}: {}", log.place, e.time.as_secs_f64(), e.kind, e.detail);
+        }
+    }
+    md.push_str(
+        "\nFiles: `config.toml` (what every node ran), `peers.toml` and `keys/` (the swarm), `logs/node-<i>.log` (each node's output), `nodes/` (each node's result and `node-<i>.h5`), `launch.h5` (every node's series and events, a group `nodes/<i>` each), `launch.log` (what the launcher did).\n",
+    );
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kills_and_progress_lines_parse() {
+        assert_eq!("3@10".parse::<Kill>(), Ok(Kill { node: 3, round: 10 }));
+        assert!("3".parse::<Kill>().unwrap_err().contains("NODE@ROUND"));
+        assert!("x@1".parse::<Kill>().unwrap_err().contains("node number"));
+        assert_eq!(progress("round 12/40"), Some(12));
+        assert_eq!(progress("step 3/100"), Some(3));
+        assert_eq!(progress("agent 0: reward"), None);
+    }
+}
