@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use genrl::EventKind;
+use transport::relay::LinkRelay;
+use transport::sim::LinkSpec;
 use transport::{Identity, PeerBook};
 
 use crate::config::RunConfig;
-use crate::node::{NodeLog, Patience};
+use crate::node::{NodeLog, NodeNet};
 use crate::report::write_atomic;
 
 /// A node to kill once it reports a round (or step): `NODE@ROUND`.
@@ -47,8 +49,10 @@ pub(crate) struct Launch {
     pub(crate) protocol: String,
     pub(crate) config: Option<PathBuf>,
     pub(crate) out: Option<PathBuf>,
-    pub(crate) patience: Patience,
+    pub(crate) net: NodeNet,
     pub(crate) kill: Option<Kill>,
+    /// Put the configuration's link model between the nodes (a relay in front of each).
+    pub(crate) emulate_link: bool,
 }
 
 /// How a node's process ended.
@@ -73,26 +77,30 @@ fn progress(line: &str) -> Option<u64> {
     rest.split('/').next()?.trim().parse().ok()
 }
 
-/// The configuration every node runs, written into the run folder, and how many nodes it needs.
-fn prepare_config(launch: &Launch, path: &Path) -> Result<usize> {
+/// The configuration every node runs, written into the run folder: how many nodes it needs and the
+/// link model of its simulated network.
+fn prepare_config(launch: &Launch, path: &Path) -> Result<(usize, LinkSpec)> {
     let text = match &launch.config {
         Some(source) => std::fs::read_to_string(source).with_context(|| format!("cannot read {}", source.display()))?,
         None if launch.protocol == "pipeline" => crate::config::EXAMPLE.to_owned(),
         None => toml::to_string(&sapo::SapoConfig::default())?,
     };
     write_atomic(path, text.as_bytes())?;
-    let (needed, what) = if launch.protocol == "pipeline" {
-        let spec = RunConfig::load(path)?.spec(0)?;
-        (spec.stages * spec.replicas, format!("its first arm has {} stages x {} replicas", spec.stages, spec.replicas))
+    let (needed, what, link) = if launch.protocol == "pipeline" {
+        let cfg = RunConfig::load(path)?;
+        let spec = cfg.spec(0)?;
+        let what = format!("its first arm has {} stages x {} replicas", spec.stages, spec.replicas);
+        (spec.stages * spec.replicas, what, LinkSpec::mbit(cfg.network.latency_ms, cfg.network.mbit_per_s))
     } else {
         let cfg = crate::sapo_study::load_config(path)?;
         cfg.validate()?;
-        (cfg.agents + cfg.liars, format!("it has {} agents and {} liars", cfg.agents, cfg.liars))
+        let what = format!("it has {} agents and {} liars", cfg.agents, cfg.liars);
+        (cfg.agents + cfg.liars, what, LinkSpec::mbit(cfg.latency_ms, cfg.bandwidth_mbit))
     };
     if needed != launch.nodes {
         bail!("--local {} does not fit the configuration: {what}, so it needs {needed} nodes", launch.nodes);
     }
-    Ok(needed)
+    Ok((needed, link))
 }
 
 /// A loopback address with a free UDP port (bound, read and released).
@@ -100,24 +108,35 @@ fn free_addr() -> Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// Keys for `n` nodes in `dir/keys` and the peers file `dir/peers.toml`; returns each key file in the
-/// order of the places it gets (a place is the id's rank in the peers file).
-fn make_keys(dir: &Path, n: usize) -> Result<Vec<PathBuf>> {
+/// One node of the swarm: its key file, the address the peers file gives for it, and where it really
+/// listens when a link emulator stands at that address.
+struct Place {
+    key: PathBuf,
+    listed: SocketAddr,
+    bind: Option<SocketAddr>,
+}
+
+/// Keys for `n` nodes in `dir/keys` and the peers file `dir/peers.toml`, in the order of the places the
+/// nodes get (a place is the id's rank in the peers file). With `behind_relays`, each node listens on an
+/// address of its own and the peers file names the relay in front of it.
+fn make_places(dir: &Path, n: usize, behind_relays: bool) -> Result<Vec<Place>> {
     let keys = dir.join("keys");
     std::fs::create_dir_all(&keys).with_context(|| format!("cannot create {}", keys.display()))?;
     let mut book = PeerBook::new();
-    let mut files = Vec::new();
+    let mut places = Vec::new();
     for i in 0..n {
         let identity = Identity::generate()?;
-        let file = keys.join(format!("node{i}.key"));
-        identity.save(&file)?;
-        book.insert(identity.peer_id(), free_addr()?, Some(format!("node{i}")));
-        files.push((identity.peer_id(), file));
+        let key = keys.join(format!("node{i}.key"));
+        identity.save(&key)?;
+        let listed = free_addr()?;
+        book.insert(identity.peer_id(), listed, Some(format!("node{i}")));
+        let bind = if behind_relays { Some(free_addr()?) } else { None };
+        places.push((identity.peer_id(), Place { key, listed, bind }));
     }
     book.save(dir.join("peers.toml"))?;
     let order: Vec<_> = book.ids().collect();
-    files.sort_by_key(|(id, _)| order.iter().position(|o| o == id));
-    Ok(files.into_iter().map(|(_, f)| f).collect())
+    places.sort_by_key(|(id, _)| order.iter().position(|o| o == id));
+    Ok(places.into_iter().map(|(_, p)| p).collect())
 }
 
 /// Runs the swarm; see the module doc.
@@ -132,31 +151,57 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
     }
     let out = crate::out_dir(launch.out.clone(), "launch")?;
     let config = out.join("config.toml");
-    prepare_config(&launch, &config)?;
-    let keys = make_keys(&out, launch.nodes)?;
+    let (_, link) = prepare_config(&launch, &config)?;
+    let places = make_places(&out, launch.nodes, launch.emulate_link)?;
+    // The link emulators run on a runtime of their own for as long as the swarm does.
+    let relay_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let relays: Vec<LinkRelay> = if launch.emulate_link {
+        relay_runtime.block_on(async {
+            let mut relays = Vec::new();
+            for (i, p) in places.iter().enumerate() {
+                let real = p.bind.context("a node behind a relay has its own address")?;
+                relays.push(LinkRelay::start(p.listed, real, link, 0x5eed + i as u64).await?);
+            }
+            anyhow::Ok(relays)
+        })?
+    } else {
+        Vec::new()
+    };
     let (logs, results) = (out.join("logs"), out.join("nodes"));
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let exe = std::env::current_exe().context("cannot find the swarmlab executable")?;
     let started = Instant::now();
     let mut journal = vec![format!("launched {} {} nodes on loopback", launch.nodes, launch.protocol)];
+    if launch.emulate_link {
+        journal.push(format!(
+            "every node behind a link emulator: {:.1} ms one way, {:.0} Mbit/s per link",
+            link.latency.as_secs_f64() * 1e3,
+            link.bandwidth * 8.0 / 1e6
+        ));
+    }
     eprintln!("swarmlab launch: {} {} nodes, run folder {}", launch.nodes, launch.protocol, out.display());
 
     let (lines_tx, lines_rx) = mpsc::channel::<(usize, String)>();
     let mut nodes = Vec::new();
-    for (place, key) in keys.iter().enumerate() {
-        let mut child = Command::new(&exe)
-            .arg("node")
+    for (place, p) in places.iter().enumerate() {
+        let mut command = Command::new(&exe);
+        if let Some(bind) = p.bind {
+            command.arg("node").arg("--bind").arg(bind.to_string());
+        } else {
+            command.arg("node");
+        }
+        let mut child = command
             .args(["--protocol", &launch.protocol])
             .arg("--config")
             .arg(&config)
             .arg("--key")
-            .arg(key)
+            .arg(&p.key)
             .arg("--peers")
             .arg(out.join("peers.toml"))
             .arg("--out")
             .arg(&results)
             .arg("--idle-timeout-s")
-            .arg(launch.patience.idle_timeout.as_secs_f64().to_string())
+            .arg(launch.net.idle_timeout.as_secs_f64().to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -214,7 +259,7 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
         if slowest > shown {
             shown = slowest;
             let rounds: Vec<String> = nodes.iter().map(|n| n.round.to_string()).collect();
-            eprintln!("[launch] {:.0} s, rounds per node: {}", started.elapsed().as_secs_f64(), rounds.join(" "));
+            eprintln!("[launch] {:.0} s, rounds (or steps) done per node: {}", started.elapsed().as_secs_f64(), rounds.join(" "));
         }
         for node in nodes.iter_mut().filter(|n| n.outcome.is_none()) {
             if let Some(status) = node.child.try_wait()? {
@@ -239,11 +284,29 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
         journal.push(format!("node {} never reached round {}: not killed", k.node, k.round));
     }
     let wall_s = started.elapsed().as_secs_f64();
-    write_atomic(&out.join("launch.log"), (journal.join("\n") + "\n").as_bytes())?;
     let gathered: Vec<NodeLog> =
         nodes.iter().filter_map(|n| NodeLog::load(&results.join(format!("node-{}.h5", n.place))).ok()).collect();
     NodeLog::gather(&gathered, &out.join("launch.h5"))?;
-    let report = report(&launch, &out, &nodes, &gathered, &journal, wall_s);
+    let mut fidelity = None;
+    if launch.emulate_link {
+        let moved = relays.iter().map(LinkRelay::stats).fold((0, 0, 0), |a, s| (a.0 + s.delivered, a.1 + s.bytes, a.2 + s.dropped));
+        journal.push(format!("link emulators: {} datagrams ({} bytes) delivered, {} dropped", moved.0, moved.1, moved.2));
+        if launch.protocol == "pipeline" {
+            let f = link_fidelity(&config, &gathered)?;
+            let line = format!(
+                "time per step: {:.1} ms over QUIC, {:.1} ms predicted by the simulated network; ratio {:.2}",
+                f.quic_s * 1e3,
+                f.sim_s * 1e3,
+                f.quic_s / f.sim_s
+            );
+            eprintln!("[launch] {line}");
+            journal.push(line);
+            fidelity = Some(f);
+        }
+    }
+    drop(relays);
+    write_atomic(&out.join("launch.log"), (journal.join("\n") + "\n").as_bytes())?;
+    let report = report(&launch, &out, &nodes, &gathered, &journal, wall_s, fidelity.as_ref());
     write_atomic(&out.join("report.md"), report.as_bytes())?;
     eprintln!("[launch] report: {}", out.join("report.md").display());
     let failed: Vec<String> = nodes
@@ -259,6 +322,45 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
         bail!("{}", failed.join("; "));
     }
     Ok(())
+}
+
+/// A QUIC run's time per step beside the simulated network's prediction for the same configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Fidelity {
+    quic_s: f64,
+    sim_s: f64,
+}
+
+/// Mean over workers of the time per training step: from a worker's first end-of-step record to its
+/// last (so start-up and connection set-up do not count), over the steps between.
+fn time_per_step<'a>(samples: impl Iterator<Item = &'a genrl::Sample>) -> Option<f64> {
+    let mut by_agent: std::collections::BTreeMap<Option<u32>, (u64, f64, u64, f64)> = Default::default();
+    for s in samples {
+        let t = s.time.as_secs_f64();
+        let e = by_agent.entry(s.agent).or_insert((s.step, t, s.step, t));
+        if s.step < e.0 {
+            (e.0, e.1) = (s.step, t);
+        }
+        if s.step > e.2 {
+            (e.2, e.3) = (s.step, t);
+        }
+    }
+    let per: Vec<f64> = by_agent.values().filter(|e| e.2 > e.0).map(|e| (e.3 - e.1) / (e.2 - e.0) as f64).collect();
+    (!per.is_empty()).then(|| per.iter().sum::<f64>() / per.len() as f64)
+}
+
+/// Runs the first arm of `config` on the simulated network and compares its time per step with the
+/// nodes'.
+fn link_fidelity(config: &Path, logs: &[NodeLog]) -> Result<Fidelity> {
+    let cfg = RunConfig::load(config)?;
+    let spec = cfg.spec(0)?;
+    let corpus = std::sync::Arc::new(crate::corpus(&cfg)?);
+    eprintln!("[launch] running the same arm on the simulated network for comparison");
+    let report = genrl::run_simulation(pipeline::run_simulated(&spec, corpus))??;
+    let sim_s = time_per_step(report.metrics.series("bytes_sent").iter()).context("the simulated run recorded no steps")?;
+    let quic_s = time_per_step(logs.iter().flat_map(|l| l.log.series("bytes_sent")))
+        .context("the nodes recorded no steps")?;
+    Ok(Fidelity { quic_s, sim_s })
 }
 
 fn outcome(status: ExitStatus) -> Outcome {
@@ -300,13 +402,21 @@ fn result_of(results: &Path, protocol: &str, place: usize) -> String {
     }
 }
 
-fn report(launch: &Launch, out: &Path, nodes: &[Running], logs: &[NodeLog], journal: &[String], wall_s: f64) -> String {
+fn report(
+    launch: &Launch,
+    out: &Path,
+    nodes: &[Running],
+    logs: &[NodeLog],
+    journal: &[String],
+    wall_s: f64,
+    fidelity: Option<&Fidelity>,
+) -> String {
     let results = out.join("nodes");
     let mut md = format!(
         "# swarmlab launch: {} {} nodes on this machine\n\nEach node is its own `swarmlab node` process talking QUIC over loopback (idle timeout {:.1} s). Total wall time {wall_s:.1} s.\n\n| node | peer | outcome | wall s | result |\n|---|---|---|---|---|\n",
         launch.nodes,
         launch.protocol,
-        launch.patience.idle_timeout.as_secs_f64()
+        launch.net.idle_timeout.as_secs_f64()
     );
     for n in nodes {
         let log = logs.iter().find(|l| l.place == n.place);
@@ -329,6 +439,15 @@ fn report(launch: &Launch, out: &Path, nodes: &[Running], logs: &[NodeLog], jour
         if hashes.len() == launch.nodes && hashes.windows(2).all(|w| w[0] == w[1]) {
             md.push_str("\nEvery node ended with the same weights, bit for bit.\n");
         }
+    }
+    if let Some(f) = fidelity {
+        let _ = write!(
+            md,
+            "\n## Real network against the simulated one\n\nEvery node sat behind a link emulator with the configuration's link model; the same arm then ran on the simulated network.\n\n| | time per step |\n|---|---|\n| QUIC nodes, emulated links | {:.1} ms |\n| simulated network (prediction) | {:.1} ms |\n| ratio | {:.2} |\n\nThe nodes' time includes their real computation besides the device profile's modelled one (which they also spend, sleeping) and QUIC's own overheads (handshakes, acknowledgements, congestion control); the simulation has neither.\n",
+            f.quic_s * 1e3,
+            f.sim_s * 1e3,
+            f.quic_s / f.sim_s
+        );
     }
     md.push_str("\n## Events\n\n");
     for line in journal {

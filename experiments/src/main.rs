@@ -197,6 +197,10 @@ enum Command {
         /// noticed then); connection attempts wait as long, 10 s at most.
         #[arg(long, default_value_t = 30.0)]
         idle_timeout_s: f64,
+        /// Listen on this address instead of the one the peers file gives (the peers file then names
+        /// something that forwards to it, such as a link emulator).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
     },
     /// Run a whole swarm of real nodes on this machine: N `swarmlab node` processes on loopback, a key
     /// each and one peers file, in one run folder. Streams their progress, can kill one mid-run, and
@@ -221,6 +225,10 @@ enum Command {
         /// Kill node NODE once it reports round ROUND (`NODE@ROUND`), to watch the others carry on.
         #[arg(long)]
         kill: Option<launch::Kill>,
+        /// Put the configuration's link model (latency, bandwidth) between the nodes with a relay in
+        /// front of each, and compare the time per step with the simulated network's prediction.
+        #[arg(long)]
+        emulate_link: bool,
     },
     /// Regenerate the README's results section (between its `<!-- results:begin -->` and
     /// `<!-- results:end -->` lines) from a folder written by `swarmlab reproduce all`.
@@ -280,29 +288,32 @@ fn main() -> Result<()> {
             println!("\n[[peer]]\nid = \"{}\"\naddr = \"{addr}\"", identity.peer_id());
             Ok(())
         }
-        Command::Node { protocol, config, key, peers, out, idle_timeout_s } if protocol == "pipeline" => {
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind } if protocol == "pipeline" => {
             let cfg = match config {
                 Some(path) => RunConfig::load(&path)?,
                 None => RunConfig::default(),
             };
             let corpus = Arc::new(corpus(&cfg)?);
-            node::pipeline_node(&cfg, corpus, &key, &peers, out, patience(idle_timeout_s)?)
+            node::pipeline_node(&cfg, corpus, &key, &peers, out, node_net(idle_timeout_s, bind)?)
         }
-        Command::Node { config, key, peers, out, idle_timeout_s, .. } => {
+        Command::Node { config, key, peers, out, idle_timeout_s, bind, .. } => {
             let cfg = match config {
                 Some(path) => sapo_study::load_config(&path)?,
                 None => sapo::SapoConfig::default(),
             };
-            sapo_study::node(cfg, &key, &peers, out, patience(idle_timeout_s)?)
+            sapo_study::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
         }
-        Command::Launch { local, protocol, config, out, idle_timeout_s, kill } => launch::launch(launch::Launch {
-            nodes: local,
-            protocol,
-            config,
-            out,
-            patience: patience(idle_timeout_s)?,
-            kill,
-        }),
+        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, emulate_link } => {
+            launch::launch(launch::Launch {
+                nodes: local,
+                protocol,
+                config,
+                out,
+                net: node_net(idle_timeout_s, None)?,
+                kill,
+                emulate_link,
+            })
+        }
         Command::Sapo { config, mix, rounds, agents, liars, sizes, out, device, print_config } => {
             if print_config {
                 print!("{}", toml::to_string(&sapo::SapoConfig::default())?);
@@ -361,12 +372,12 @@ fn init(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `--idle-timeout-s` as a [`node::Patience`].
-fn patience(idle_timeout_s: f64) -> Result<node::Patience> {
+/// `--idle-timeout-s` and `--bind` as a [`node::NodeNet`].
+fn node_net(idle_timeout_s: f64, bind: Option<std::net::SocketAddr>) -> Result<node::NodeNet> {
     if !(idle_timeout_s.is_finite() && (0.1..=3600.0).contains(&idle_timeout_s)) {
         bail!("--idle-timeout-s {idle_timeout_s}: give seconds between 0.1 and 3600");
     }
-    Ok(node::Patience { idle_timeout: std::time::Duration::from_secs_f64(idle_timeout_s) })
+    Ok(node::NodeNet { idle_timeout: std::time::Duration::from_secs_f64(idle_timeout_s), bind })
 }
 
 /// The output folder: `out` if given, else `runs/<name>-<unix time>`; created if missing.
@@ -379,7 +390,7 @@ fn out_dir(out: Option<PathBuf>, name: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn corpus(cfg: &RunConfig) -> Result<Corpus> {
+pub(crate) fn corpus(cfg: &RunConfig) -> Result<Corpus> {
     Ok(match &cfg.corpus.path {
         Some(path) => load_text(path, cfg.corpus.val_fraction)?,
         None => SyntheticLanguage::new(&cfg.corpus.synthetic)?.corpus(),

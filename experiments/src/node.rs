@@ -26,20 +26,23 @@ pub(crate) struct Node {
     quic: EndpointConfig,
 }
 
-/// How quickly a node gives up on a silent peer: a connection with no traffic for `idle_timeout` is
-/// dead (a killed peer is noticed then), and a connection attempt waits at most as long (10 s at most).
+/// How a node uses the network: where it listens (its address in the peers file, unless `bind` says
+/// otherwise — behind a link emulator, say) and how quickly it gives up on a silent peer: a connection
+/// with no traffic for `idle_timeout` is dead (a killed peer is noticed then), and a connection attempt
+/// waits as long (10 s at most).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Patience {
+pub(crate) struct NodeNet {
     pub(crate) idle_timeout: Duration,
+    pub(crate) bind: Option<SocketAddr>,
 }
 
-impl Default for Patience {
+impl Default for NodeNet {
     fn default() -> Self {
-        Self { idle_timeout: EndpointConfig::default().idle_timeout }
+        Self { idle_timeout: EndpointConfig::default().idle_timeout, bind: None }
     }
 }
 
-impl Patience {
+impl NodeNet {
     fn endpoint(self, bind: SocketAddr) -> EndpointConfig {
         let idle_timeout = self.idle_timeout;
         EndpointConfig {
@@ -55,7 +58,7 @@ impl Patience {
 impl Node {
     /// Loads the key and the peers file; `expected` nodes must be listed (`what` says why, for the error),
     /// this node's id among them.
-    pub(crate) fn load(key: &Path, peers: &Path, expected: usize, what: &str, patience: Patience) -> Result<Self> {
+    pub(crate) fn load(key: &Path, peers: &Path, expected: usize, what: &str, net: NodeNet) -> Result<Self> {
         let identity = Identity::load(key)?;
         let book = PeerBook::load(peers)?;
         let me = identity.peer_id();
@@ -64,8 +67,9 @@ impl Node {
         if ids.len() != expected {
             bail!("{} lists {} nodes but {what}", peers.display(), ids.len());
         }
-        let addr = book.get(&me).map(|e| e.addr).context("own address")?;
-        Ok(Self { identity, book, ids, index, addr, quic: patience.endpoint(addr) })
+        let listed = book.get(&me).map(|e| e.addr).context("own address")?;
+        let addr = net.bind.unwrap_or(listed);
+        Ok(Self { identity, book, ids, index, addr, quic: net.endpoint(addr) })
     }
 
     /// This node's id.
@@ -115,12 +119,12 @@ pub(crate) fn pipeline_node(
     key: &Path,
     peers: &Path,
     out: Option<PathBuf>,
-    patience: Patience,
+    net: NodeNet,
 ) -> Result<()> {
     let spec = cfg.spec(0)?;
     let workers = spec.stages * spec.replicas;
     let what = format!("the first arm has {} stages x {} replicas", spec.stages, spec.replicas);
-    let node = Node::load(key, peers, workers, &what, patience)?;
+    let node = Node::load(key, peers, workers, &what, net)?;
     let index = node.index;
     let out = crate::out_dir(out, "node")?;
     eprintln!(
@@ -132,7 +136,26 @@ pub(crate) fn pipeline_node(
         node.addr
     );
     let started = std::time::Instant::now();
-    let (worker, metrics) = node.run(
+    // Progress lines (`step n/N`) for whoever watches, `swarmlab launch` included.
+    let mut spec = spec;
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    spec.progress = Some(progress.clone());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (progress, done, steps) = (progress.clone(), done.clone(), spec.steps);
+        std::thread::spawn(move || {
+            let mut shown = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = progress.load(std::sync::atomic::Ordering::Relaxed);
+                if now > shown {
+                    shown = now;
+                    eprintln!("step {now}/{steps}");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let run = node.run(
         spec.device.clone(),
         || Ok(()),
         |ctx, ()| async move {
@@ -140,7 +163,10 @@ pub(crate) fn pipeline_node(
             let worker = pipeline::worker::run_worker(ctx, Arc::new(spec), corpus, None).await?;
             anyhow::Ok((worker, metrics.snapshot()))
         },
-    )?;
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = ticker.join();
+    let (worker, metrics) = run?;
     let final_train_loss = metrics.series("train_loss").last().map(|s| s.value);
     let summary = serde_json::json!({
         "index": index,

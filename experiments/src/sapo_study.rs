@@ -191,11 +191,11 @@ pub(crate) fn node(
     key: &Path,
     peers: &Path,
     out: Option<PathBuf>,
-    patience: crate::node::Patience,
+    net: crate::node::NodeNet,
 ) -> Result<()> {
     cfg.validate()?;
     let what = format!("the configuration has {} agents and {} liars", cfg.agents, cfg.liars);
-    let node = crate::node::Node::load(key, peers, cfg.agents + cfg.liars, &what, patience)?;
+    let node = crate::node::Node::load(key, peers, cfg.agents + cfg.liars, &what, net)?;
     let index = node.index;
     let out = crate::out_dir(out, "node")?;
     eprintln!("swarmlab node {}: agent {index} of {}, listening on {}", node.id(), node.ids.len(), node.addr);

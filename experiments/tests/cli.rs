@@ -552,6 +552,34 @@ fn ddp_across_three_node_processes_ends_with_the_sims_weights_bit_for_bit() -> R
     Ok(())
 }
 
+/// Nodes behind link emulators with the configuration's link model: the run is the same bit for bit,
+/// and the report sets its time per step beside the simulated network's prediction.
+#[test]
+fn emulated_links_are_compared_with_the_simulated_network() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("ddp.toml");
+    std::fs::write(
+        &config,
+        "name = \"ddp\"\nsteps = 4\nmicro_batches = 1\nmicro_batch = 2\nseq = 16\neval_every = 0\nbackend = \"repops\"\n\
+         [optim]\ntotal_steps = 4\nwarmup_steps = 1\n[corpus.synthetic]\ntrain_tokens = 4096\nval_tokens = 512\n\
+         [network]\nlatency_ms = 10.0\nmbit_per_s = 100.0\n[[arms]]\nlabel = \"DDP R=2\"\nstages = 1\nreplicas = 2\n",
+    )?;
+    let run = dir.path().join("launch");
+    let out = swarmlab()
+        .args(["launch", "--local", "2", "--protocol", "pipeline", "--emulate-link", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_to_string(run.join("report.md"))?;
+    assert!(report.contains("Every node ended with the same weights"), "{report}");
+    assert!(report.contains("| simulated network (prediction) |") && report.contains("| ratio |"), "{report}");
+    let journal = std::fs::read_to_string(run.join("launch.log"))?;
+    assert!(journal.contains("10.0 ms one way, 100 Mbit/s") && journal.contains("0 dropped"), "{journal}");
+    Ok(())
+}
+
 /// A node killed mid-run: the other three finish every round, notice it gone (an event in their logs),
 /// and the launcher's report says what happened.
 #[test]

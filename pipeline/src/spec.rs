@@ -53,7 +53,7 @@ pub struct PipelineSpec {
     pub eval_every: u64,
     /// Validation batches (of `micro_batch` sequences) per evaluation.
     pub eval_batches: usize,
-    /// If set, the steps completed so far (by the last stage of replica 0), for progress displays.
+    /// If set, the most steps any worker has completed so far, for progress displays.
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Longest a worker waits for a message its protocol needs before giving up with an error.
     pub peer_timeout: Duration,

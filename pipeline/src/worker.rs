@@ -136,9 +136,10 @@ pub async fn run_worker<T: Transport, C: Clock>(
         if w.last && r == 0 {
             w.ctx.record("lr", step, f64::from(stats.lr));
             w.ctx.record("grad_norm", step, f64::from(stats.grad_norm));
-            if let Some(progress) = &spec.progress {
-                progress.store(step + 1, std::sync::atomic::Ordering::Relaxed);
-            }
+        }
+        if let Some(progress) = &spec.progress {
+            // Every worker reports (a real node runs only one); the count only rises.
+            progress.fetch_max(step + 1, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(state) = w.outer.as_mut()
             && let Some(round) = spec.sync.round(step + 1, r, w.replicas)

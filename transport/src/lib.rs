@@ -41,6 +41,7 @@ mod fxhash;
 pub mod identity;
 pub mod peers;
 pub mod quic;
+pub mod relay;
 pub mod sim;
 pub mod tensor;
 pub mod transport;
