@@ -259,7 +259,11 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
         if slowest > shown {
             shown = slowest;
             let rounds: Vec<String> = nodes.iter().map(|n| n.round.to_string()).collect();
-            eprintln!("[launch] {:.0} s, rounds (or steps) done per node: {}", started.elapsed().as_secs_f64(), rounds.join(" "));
+            eprintln!(
+                "[launch] {:.0} s, rounds (or steps) done per node: {}",
+                started.elapsed().as_secs_f64(),
+                rounds.join(" ")
+            );
         }
         for node in nodes.iter_mut().filter(|n| n.outcome.is_none()) {
             if let Some(status) = node.child.try_wait()? {
@@ -268,7 +272,7 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
                     "{:.1} s: node {} {}",
                     started.elapsed().as_secs_f64(),
                     node.place,
-                    describe(node.outcome.as_ref())
+                    describe(node.outcome.as_ref(), unit(&launch.protocol))
                 ));
             }
         }
@@ -281,7 +285,7 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
     if let Some(k) = launch.kill
         && !matches!(nodes[k.node].outcome, Some(Outcome::Killed { .. }))
     {
-        journal.push(format!("node {} never reached round {}: not killed", k.node, k.round));
+        journal.push(format!("node {} never reached {} {}: not killed", k.node, unit(&launch.protocol), k.round));
     }
     let wall_s = started.elapsed().as_secs_f64();
     let gathered: Vec<NodeLog> =
@@ -289,8 +293,12 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
     NodeLog::gather(&gathered, &out.join("launch.h5"))?;
     let mut fidelity = None;
     if launch.emulate_link {
-        let moved = relays.iter().map(LinkRelay::stats).fold((0, 0, 0), |a, s| (a.0 + s.delivered, a.1 + s.bytes, a.2 + s.dropped));
-        journal.push(format!("link emulators: {} datagrams ({} bytes) delivered, {} dropped", moved.0, moved.1, moved.2));
+        let moved = relays
+            .iter()
+            .map(LinkRelay::stats)
+            .fold((0, 0, 0), |a, s| (a.0 + s.delivered, a.1 + s.bytes, a.2 + s.dropped));
+        journal
+            .push(format!("link emulators: {} datagrams ({} bytes) delivered, {} dropped", moved.0, moved.1, moved.2));
         if launch.protocol == "pipeline" {
             let f = link_fidelity(&config, &gathered)?;
             let line = format!(
@@ -357,9 +365,10 @@ fn link_fidelity(config: &Path, logs: &[NodeLog]) -> Result<Fidelity> {
     let corpus = std::sync::Arc::new(crate::corpus(&cfg)?);
     eprintln!("[launch] running the same arm on the simulated network for comparison");
     let report = genrl::run_simulation(pipeline::run_simulated(&spec, corpus))??;
-    let sim_s = time_per_step(report.metrics.series("bytes_sent").iter()).context("the simulated run recorded no steps")?;
-    let quic_s = time_per_step(logs.iter().flat_map(|l| l.log.series("bytes_sent")))
-        .context("the nodes recorded no steps")?;
+    let sim_s =
+        time_per_step(report.metrics.series("bytes_sent").iter()).context("the simulated run recorded no steps")?;
+    let quic_s =
+        time_per_step(logs.iter().flat_map(|l| l.log.series("bytes_sent"))).context("the nodes recorded no steps")?;
     Ok(Fidelity { quic_s, sim_s })
 }
 
@@ -367,10 +376,15 @@ fn outcome(status: ExitStatus) -> Outcome {
     if status.success() { Outcome::Finished } else { Outcome::Failed(format!("exited with {status}")) }
 }
 
-fn describe(outcome: Option<&Outcome>) -> String {
+/// What a node's progress counts: SAPO rounds or training steps.
+fn unit(protocol: &str) -> &'static str {
+    if protocol == "pipeline" { "step" } else { "round" }
+}
+
+fn describe(outcome: Option<&Outcome>, unit: &str) -> String {
     match outcome {
         Some(Outcome::Finished) => "finished".into(),
-        Some(Outcome::Killed { round }) => format!("killed at round {round}"),
+        Some(Outcome::Killed { round }) => format!("killed at {unit} {round}"),
         Some(Outcome::Failed(why)) => format!("failed: {why}"),
         None => "running".into(),
     }
@@ -425,7 +439,7 @@ fn report(
             "| {} | {} | {} | {} | {} |",
             n.place,
             log.map_or("-".into(), |l| l.peer.chars().take(12).collect::<String>()),
-            describe(n.outcome.as_ref()),
+            describe(n.outcome.as_ref(), unit(&launch.protocol)),
             log.map_or("-".into(), |l| format!("{:.1}", l.wall_s)),
             result_of(&results, &launch.protocol, n.place)
         );

@@ -151,7 +151,7 @@ pub(crate) fn pipeline_node(
                     shown = now;
                     eprintln!("step {now}/{steps}");
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(20));
             }
         })
     };

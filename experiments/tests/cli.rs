@@ -580,6 +580,50 @@ fn emulated_links_are_compared_with_the_simulated_network() -> Result<(), Box<dy
     Ok(())
 }
 
+/// One of four NoLoCo replicas killed mid-training: its gossip partners notice by the gather timeout
+/// (a root that sends no mean, a member that sends no contribution) and carry on, and the run finishes.
+#[test]
+fn noloco_training_carries_on_when_one_of_four_nodes_is_killed() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("noloco.toml");
+    std::fs::write(
+        &config,
+        "name = \"noloco\"\nsteps = 40\nmicro_batches = 1\nmicro_batch = 2\nseq = 16\neval_every = 0\nbackend = \"repops\"\n\
+         [optim]\ntotal_steps = 40\nwarmup_steps = 1\n[corpus.synthetic]\ntrain_tokens = 4096\nval_tokens = 512\n\
+         [[arms]]\nlabel = \"NoLoCo R=4\"\nstages = 1\nreplicas = 4\nsync = \"noloco\"\n\
+         [arms.noloco]\nevery = 2\ngroup_size = 2\ntimeout_s = 0.5\n",
+    )?;
+    let run = dir.path().join("launch");
+    let out = swarmlab()
+        .args([
+            "launch",
+            "--local",
+            "4",
+            "--protocol",
+            "pipeline",
+            "--idle-timeout-s",
+            "1",
+            "--kill",
+            "3@4",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..3 {
+        assert!(run.join(format!("nodes/worker-{i}.json")).is_file(), "worker {i} finished");
+    }
+    let report = std::fs::read_to_string(run.join("report.md"))?;
+    assert!(report.contains("| killed at step"), "{report}");
+    assert!(
+        report.contains("continuing alone") || report.contains("averaged without it"),
+        "a partner noticed the killed replica: {report}"
+    );
+    Ok(())
+}
+
 /// A node killed mid-run: the other three finish every round, notice it gone (an event in their logs),
 /// and the launcher's report says what happened.
 #[test]
@@ -609,7 +653,7 @@ fn a_swarm_carries_on_when_one_of_four_nodes_is_killed() -> Result<(), Box<dyn s
     let journal = std::fs::read_to_string(run.join("launch.log"))?;
     assert!(journal.contains("killed node 3"), "{journal}");
     let report = std::fs::read_to_string(run.join("report.md"))?;
-    assert!(report.contains("killed at round"), "{report}");
+    assert!(report.contains("| killed at round"), "{report}");
     assert!(report.contains("Leave: peer"), "the others noticed the killed node: {report}");
     Ok(())
 }

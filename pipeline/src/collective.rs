@@ -253,7 +253,8 @@ pub struct GatherOutcome {
     pub missing: Vec<PeerId>,
     /// (Root only) members whose contribution was rejected, and why.
     pub rejected: Vec<(PeerId, String)>,
-    /// (Member only) the root sent no usable mean before the deadline; `mean` is this worker's own.
+    /// (Member only) the root could not be reached or sent no usable mean before the deadline; `mean`
+    /// is this worker's own.
     pub root_lost: bool,
 }
 
@@ -261,7 +262,8 @@ pub struct GatherOutcome {
 /// `own` to the root; the root waits up to `timeout`, keeps the contributions `admissible` accepts
 /// (judged against its own), sums them in group order and sends the mean back to every member it heard
 /// from. A member waits up to `2 · timeout` for the mean; without it, it carries on with its own
-/// contribution. A missing or misbehaving peer therefore never stalls the group.
+/// contribution. A send that fails is a peer gone: a member carries on alone, the root leaves it out. A
+/// missing, unreachable or misbehaving peer therefore never stalls the group.
 #[allow(clippy::too_many_arguments)]
 pub async fn gather_mean<T: Transport, C: Clock>(
     mail: &mut Mailbox<T, C>,
@@ -277,7 +279,13 @@ pub async fn gather_mean<T: Transport, C: Clock>(
     let mut outcome =
         GatherOutcome { mean: Vec::new(), members: 1, missing: Vec::new(), rejected: Vec::new(), root_lost: false };
     if me != 0 {
-        mail.send_values(group[0], step, up, &own).await?;
+        // A root that cannot be reached (gone) is one that sends no mean: carry on alone.
+        if let Err(e) = mail.send_values(group[0], step, up, &own).await {
+            tracing::warn!(root = %group[0].short(), error = %e, "contribution not delivered to the group root");
+            outcome.mean = own;
+            outcome.root_lost = true;
+            return Ok(outcome);
+        }
         let deadline = mail.clock.now() + 2 * timeout;
         match mail.take_values_until(deadline, group[0], step, down).await? {
             Some(mean) if check_finite(&own, &mean).is_ok() => {
@@ -313,7 +321,10 @@ pub async fn gather_mean<T: Transport, C: Clock>(
     outcome.members = admitted.len() + 1;
     let sum = mean_in_order(own, &admitted);
     for peer in heard {
-        mail.send_values(peer, step, down, &sum).await?;
+        // A member gone since it contributed waits for nothing; the others still get the mean.
+        if let Err(e) = mail.send_values(peer, step, down, &sum).await {
+            tracing::warn!(member = %peer.short(), error = %e, "mean not delivered to a group member");
+        }
     }
     outcome.mean = sum;
     Ok(outcome)

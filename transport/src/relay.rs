@@ -52,7 +52,8 @@ impl LinkModel {
         }
         let sending = Duration::from_secs_f64(bytes as f64 / self.spec.bandwidth.max(1.0));
         self.free_at = self.free_at.max(now) + sending;
-        let jitter = if self.spec.jitter.is_zero() { Duration::ZERO } else { self.spec.jitter.mul_f64(self.rng.random()) };
+        let jitter =
+            if self.spec.jitter.is_zero() { Duration::ZERO } else { self.spec.jitter.mul_f64(self.rng.random()) };
         Some(self.free_at + self.spec.latency + jitter)
     }
 }
@@ -130,7 +131,12 @@ impl Lane {
 impl LinkRelay {
     /// Starts relaying: datagrams sent to `listen` go to `target`, replies come back, each direction
     /// of each sender's link modelled by `spec` (randomness from `seed`). Needs a tokio runtime.
-    pub async fn start(listen: SocketAddr, target: SocketAddr, spec: LinkSpec, seed: u64) -> Result<Self, TransportError> {
+    pub async fn start(
+        listen: SocketAddr,
+        target: SocketAddr,
+        spec: LinkSpec,
+        seed: u64,
+    ) -> Result<Self, TransportError> {
         let io = |what: &str, e: std::io::Error| TransportError::config("relay", format!("{what}: {e}"));
         let front = Arc::new(UdpSocket::bind(listen).await.map_err(|e| io(&format!("cannot listen on {listen}"), e))?);
         let addr = front.local_addr().map_err(|e| io("local address", e))?;
@@ -144,7 +150,7 @@ impl LinkRelay {
                 let mut buf = vec![0u8; 65_536];
                 loop {
                     let Ok((n, from)) = front.recv_from(&mut buf).await else { continue };
-                    if !senders.contains_key(&from) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = senders.entry(from) {
                         let Ok(upstream) = open_upstream(target).await else {
                             counters.dropped.fetch_add(1, Ordering::Relaxed);
                             continue;
@@ -172,7 +178,7 @@ impl LinkRelay {
                                 back.push(origin, &buf[..n], &counters);
                             }
                         });
-                        senders.insert(from, forward);
+                        slot.insert(forward);
                     }
                     if let Some(lane) = senders.get_mut(&from) {
                         lane.push(origin, &buf[..n], &counters);
@@ -206,7 +212,8 @@ impl Drop for LinkRelay {
 
 /// A socket of the relay's own, connected to the node: the node sees each sender as this socket.
 async fn open_upstream(target: SocketAddr) -> std::io::Result<UdpSocket> {
-    let any: SocketAddr = if target.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { (std::net::Ipv6Addr::LOCALHOST, 0).into() };
+    let any: SocketAddr =
+        if target.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { (std::net::Ipv6Addr::LOCALHOST, 0).into() };
     let socket = UdpSocket::bind(any).await?;
     socket.connect(target).await?;
     Ok(socket)
