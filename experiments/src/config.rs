@@ -207,11 +207,13 @@ pub(crate) struct NetworkConfig {
     pub(crate) latency_ms: f64,
     /// Bandwidth in megabits per second.
     pub(crate) mbit_per_s: f64,
+    /// What carries the messages.
+    pub(crate) transport: genrl::TransportKind,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { latency_ms: 10.0, mbit_per_s: 1000.0 }
+        Self { latency_ms: 10.0, mbit_per_s: 1000.0, transport: genrl::TransportKind::Sim }
     }
 }
 
@@ -499,6 +501,7 @@ impl RunConfig {
             eval_batches: self.eval_batches,
             progress: None,
             peer_timeout: Duration::from_secs(600),
+            late_join: false,
             edge_stages: self.edge_stages,
             placement: None,
         };
@@ -551,6 +554,7 @@ seed = 1
 [network]
 latency_ms = 10.0
 mbit_per_s = 1000.0
+# transport = "sim"    # sim (virtual time) | quic (a node process per worker, real time, links emulated)
 
 [[arms]]
 label = "R=1"

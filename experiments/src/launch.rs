@@ -22,7 +22,8 @@ use crate::config::RunConfig;
 use crate::node::{NodeLog, NodeNet};
 use crate::report::write_atomic;
 
-/// A node to kill once it reports a round (or step): `NODE@ROUND`.
+/// A node and a round (or step): `NODE@ROUND`. `--kill` kills the node once it reports the round;
+/// `--late` starts it once another node reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Kill {
     pub(crate) node: usize,
@@ -51,6 +52,8 @@ pub(crate) struct Launch {
     pub(crate) out: Option<PathBuf>,
     pub(crate) net: NodeNet,
     pub(crate) kill: Option<Kill>,
+    /// A node to start late, once another reports a round (or step).
+    pub(crate) late: Option<Kill>,
     /// Put the configuration's link model between the nodes (a relay in front of each).
     pub(crate) emulate_link: bool,
 }
@@ -61,11 +64,12 @@ enum Outcome {
     Finished,
     Killed { round: u64 },
     Failed(String),
+    NeverStarted,
 }
 
-/// One node's process, place, last reported round and, once it ended, how.
+/// One node's process (once started), place, last reported round and, once it ended, how.
 struct Running {
-    child: Child,
+    child: Option<Child>,
     place: usize,
     round: u64,
     outcome: Option<Outcome>,
@@ -139,8 +143,19 @@ fn make_places(dir: &Path, n: usize, behind_relays: bool) -> Result<Vec<Place>> 
     Ok(places.into_iter().map(|(_, p)| p).collect())
 }
 
+/// What a launch came to.
+#[derive(Debug, Clone)]
+pub(crate) struct Summary {
+    /// Nodes that finished.
+    pub(crate) finished: usize,
+    /// Wall seconds.
+    pub(crate) wall_s: f64,
+    /// With emulated links, the time per step against the simulated network's.
+    pub(crate) fidelity: Option<(f64, f64)>,
+}
+
 /// Runs the swarm; see the module doc.
-pub(crate) fn launch(launch: Launch) -> Result<()> {
+pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     if launch.nodes < 2 {
         bail!("--local {}: a swarm needs at least 2 nodes", launch.nodes);
     }
@@ -182,52 +197,13 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
     eprintln!("swarmlab launch: {} {} nodes, run folder {}", launch.nodes, launch.protocol, out.display());
 
     let (lines_tx, lines_rx) = mpsc::channel::<(usize, String)>();
+    let spawner = Spawner { exe, config: config.clone(), out: out.clone(), launch: launch.clone(), lines: lines_tx };
     let mut nodes = Vec::new();
     for (place, p) in places.iter().enumerate() {
-        let mut command = Command::new(&exe);
-        if let Some(bind) = p.bind {
-            command.arg("node").arg("--bind").arg(bind.to_string());
-        } else {
-            command.arg("node");
-        }
-        let mut child = command
-            .args(["--protocol", &launch.protocol])
-            .arg("--config")
-            .arg(&config)
-            .arg("--key")
-            .arg(&p.key)
-            .arg("--peers")
-            .arg(out.join("peers.toml"))
-            .arg("--out")
-            .arg(&results)
-            .arg("--idle-timeout-s")
-            .arg(launch.net.idle_timeout.as_secs_f64().to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start node {place}"))?;
-        let log = std::fs::File::create(logs.join(format!("node-{place}.log")))?;
-        let log = std::sync::Arc::new(std::sync::Mutex::new(log));
-        let streams: [Box<dyn std::io::Read + Send>; 2] = [
-            Box::new(child.stdout.take().context("node stdout")?),
-            Box::new(child.stderr.take().context("node stderr")?),
-        ];
-        for stream in streams {
-            let (tx, log) = (lines_tx.clone(), log.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(std::result::Result::ok) {
-                    if let Ok(mut f) = log.lock() {
-                        let _ = writeln!(f, "{line}");
-                    }
-                    if tx.send((place, line)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let late = launch.late.is_some_and(|l| l.node == place);
+        let child = if late { None } else { Some(spawner.start(place, p, false)?) };
         nodes.push(Running { child, place, round: 0, outcome: None });
     }
-    drop(lines_tx);
 
     let mut shown = 0;
     while nodes.iter().any(|n| n.outcome.is_none()) {
@@ -237,18 +213,37 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
                 Some(round) => node.round = node.round.max(round),
                 None => eprintln!("[node {place}] {line}"),
             }
+            if let Some(late) = launch.late
+                && nodes[place].round >= late.round
+                && nodes[late.node].child.is_none()
+                && nodes[late.node].outcome.is_none()
+            {
+                nodes[late.node].child = Some(spawner.start(late.node, &places[late.node], true)?);
+                let event = format!(
+                    "{:.1} s: started node {} late, as node {place} reached {} {}",
+                    started.elapsed().as_secs_f64(),
+                    late.node,
+                    unit(&launch.protocol),
+                    nodes[place].round
+                );
+                eprintln!("[launch] {event}");
+                journal.push(event);
+            }
+            let node = &mut nodes[place];
             if let Some(k) = launch.kill
                 && k.node == place
                 && node.outcome.is_none()
                 && node.round >= k.round
+                && let Some(child) = node.child.as_mut()
             {
-                let _ = node.child.kill();
-                let _ = node.child.wait();
+                let pid = child.id();
+                let _ = child.kill();
+                let _ = child.wait();
                 node.outcome = Some(Outcome::Killed { round: node.round });
                 let event = format!(
-                    "{:.1} s: killed node {place} (pid {}) at round {}",
+                    "{:.1} s: killed node {place} (pid {pid}) at {} {}",
                     started.elapsed().as_secs_f64(),
-                    node.child.id(),
+                    unit(&launch.protocol),
                     node.round
                 );
                 eprintln!("[launch] {event}");
@@ -265,8 +260,16 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
                 rounds.join(" ")
             );
         }
+        // A late node whose trigger can no longer come (everyone else is done) is never started.
+        if nodes.iter().all(|n| n.outcome.is_some() || n.child.is_none()) {
+            for node in nodes.iter_mut().filter(|n| n.outcome.is_none()) {
+                node.outcome = Some(Outcome::NeverStarted);
+                journal.push(format!("node {} was never started: the run ended first", node.place));
+            }
+        }
         for node in nodes.iter_mut().filter(|n| n.outcome.is_none()) {
-            if let Some(status) = node.child.try_wait()? {
+            let Some(child) = node.child.as_mut() else { continue };
+            if let Some(status) = child.try_wait()? {
                 node.outcome = Some(outcome(status));
                 journal.push(format!(
                     "{:.1} s: node {} {}",
@@ -329,7 +332,114 @@ pub(crate) fn launch(launch: Launch) -> Result<()> {
     if !failed.is_empty() {
         bail!("{}", failed.join("; "));
     }
+    Ok(Summary {
+        finished: nodes.iter().filter(|n| n.outcome == Some(Outcome::Finished)).count(),
+        wall_s,
+        fidelity: fidelity.map(|f| (f.quic_s, f.sim_s)),
+    })
+}
+
+/// `swarmlab run` on a configuration with `[network] transport = "quic"`: each arm in turn as a swarm of
+/// node processes on this machine, one per worker, every link emulated with the configuration's model;
+/// a launch folder per arm (`arm-<i>/`) and a `report.md` over them.
+pub(crate) fn run_over_quic(cfg: &RunConfig, out: &Path) -> Result<()> {
+    let mut md = format!(
+        "# {} over QUIC\n\nEvery arm ran as node processes on this machine (one per worker, QUIC in real time), each link emulated with {:.1} ms one way and {:.0} Mbit/s; then the same arm ran on the simulated network for comparison.\n\n| arm | nodes | finished | wall s | QUIC ms/step | sim ms/step | ratio | folder |\n|---|---|---|---|---|---|---|---|\n",
+        cfg.name, cfg.network.latency_ms, cfg.network.mbit_per_s
+    );
+    for (i, arm) in cfg.arms.iter().enumerate() {
+        let spec = cfg.spec(i)?;
+        let nodes = spec.stages * spec.replicas;
+        let mut one = cfg.clone();
+        one.arms = vec![arm.clone()];
+        let dir = out.join(format!("arm-{i}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("arm.toml");
+        write_atomic(&path, toml::to_string(&one)?.as_bytes())?;
+        eprintln!("[{}/{}] {}: {nodes} node processes", i + 1, cfg.arms.len(), arm.label);
+        let summary = launch(Launch {
+            nodes,
+            protocol: "pipeline".into(),
+            config: Some(path),
+            out: Some(dir),
+            net: NodeNet::default(),
+            kill: None,
+            late: None,
+            emulate_link: true,
+        })
+        .with_context(|| format!("arm {:?}", arm.label))?;
+        let (q, s) = summary
+            .fidelity
+            .map_or(("-".into(), "-".into()), |(q, s)| (format!("{:.1}", q * 1e3), format!("{:.1}", s * 1e3)));
+        let ratio = summary.fidelity.map_or("-".into(), |(q, s)| format!("{:.2}", q / s));
+        let _ = writeln!(
+            md,
+            "| {} | {nodes} | {} | {:.1} | {q} | {s} | {ratio} | `arm-{i}/` |",
+            arm.label, summary.finished, summary.wall_s
+        );
+    }
+    md.push_str("\nEach arm's folder holds its launch report (every node's result and events), `launch.h5` and the nodes' logs.\n");
+    write_atomic(&out.join("report.md"), md.as_bytes())?;
+    eprintln!("report: {}", out.join("report.md").display());
     Ok(())
+}
+
+/// Starts node processes and streams their output, a line at a time, to the launcher and their logs.
+struct Spawner {
+    exe: PathBuf,
+    config: PathBuf,
+    out: PathBuf,
+    launch: Launch,
+    lines: mpsc::Sender<(usize, String)>,
+}
+
+impl Spawner {
+    /// Starts the node at `place` (with `--join` when it starts late).
+    fn start(&self, place: usize, p: &Place, join: bool) -> Result<Child> {
+        let mut command = Command::new(&self.exe);
+        command.arg("node").args(["--protocol", &self.launch.protocol]);
+        if let Some(bind) = p.bind {
+            command.arg("--bind").arg(bind.to_string());
+        }
+        if join {
+            command.arg("--join");
+        }
+        let mut child = command
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--key")
+            .arg(&p.key)
+            .arg("--peers")
+            .arg(self.out.join("peers.toml"))
+            .arg("--out")
+            .arg(self.out.join("nodes"))
+            .arg("--idle-timeout-s")
+            .arg(self.launch.net.idle_timeout.as_secs_f64().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start node {place}"))?;
+        let log = std::fs::File::create(self.out.join("logs").join(format!("node-{place}.log")))?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+        let streams: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().context("node stdout")?),
+            Box::new(child.stderr.take().context("node stderr")?),
+        ];
+        for stream in streams {
+            let (tx, log) = (self.lines.clone(), log.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(std::result::Result::ok) {
+                    if let Ok(mut f) = log.lock() {
+                        let _ = writeln!(f, "{line}");
+                    }
+                    if tx.send((place, line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(child)
+    }
 }
 
 /// A QUIC run's time per step beside the simulated network's prediction for the same configuration.
@@ -386,6 +496,7 @@ fn describe(outcome: Option<&Outcome>, unit: &str) -> String {
         Some(Outcome::Finished) => "finished".into(),
         Some(Outcome::Killed { round }) => format!("killed at {unit} {round}"),
         Some(Outcome::Failed(why)) => format!("failed: {why}"),
+        Some(Outcome::NeverStarted) => "never started".into(),
         None => "running".into(),
     }
 }

@@ -197,6 +197,10 @@ enum Command {
         /// noticed then); connection attempts wait as long, 10 s at most.
         #[arg(long, default_value_t = 30.0)]
         idle_timeout_s: f64,
+        /// This node starts after the others: a pipeline worker fetches the current weights from a
+        /// replica of its stage and joins at the step it is at (a SAPO agent simply starts playing).
+        #[arg(long)]
+        join: bool,
         /// Listen on this address instead of the one the peers file gives (the peers file then names
         /// something that forwards to it, such as a link emulator).
         #[arg(long)]
@@ -225,6 +229,11 @@ enum Command {
         /// Kill node NODE once it reports round ROUND (`NODE@ROUND`), to watch the others carry on.
         #[arg(long)]
         kill: Option<launch::Kill>,
+        /// Start node NODE only once another node reports round (or step) ROUND (`NODE@ROUND`): it
+        /// joins the run under way (a pipeline worker fetches the current weights from a replica of
+        /// its stage).
+        #[arg(long)]
+        late: Option<launch::Kill>,
         /// Put the configuration's link model (latency, bandwidth) between the nodes with a relay in
         /// front of each, and compare the time per step with the simulated network's prediction.
         #[arg(long)]
@@ -288,13 +297,13 @@ fn main() -> Result<()> {
             println!("\n[[peer]]\nid = \"{}\"\naddr = \"{addr}\"", identity.peer_id());
             Ok(())
         }
-        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind } if protocol == "pipeline" => {
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, join } if protocol == "pipeline" => {
             let cfg = match config {
                 Some(path) => RunConfig::load(&path)?,
                 None => RunConfig::default(),
             };
             let corpus = Arc::new(corpus(&cfg)?);
-            node::pipeline_node(&cfg, corpus, &key, &peers, out, node_net(idle_timeout_s, bind)?)
+            node::pipeline_node(&cfg, corpus, &key, &peers, out, node_net(idle_timeout_s, bind)?, join)
         }
         Command::Node { config, key, peers, out, idle_timeout_s, bind, .. } => {
             let cfg = match config {
@@ -303,7 +312,7 @@ fn main() -> Result<()> {
             };
             sapo_study::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
         }
-        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, emulate_link } => {
+        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, late, emulate_link } => {
             launch::launch(launch::Launch {
                 nodes: local,
                 protocol,
@@ -311,8 +320,10 @@ fn main() -> Result<()> {
                 out,
                 net: node_net(idle_timeout_s, None)?,
                 kill,
+                late,
                 emulate_link,
             })
+            .map(|_| ())
         }
         Command::Sapo { config, mix, rounds, agents, liars, sizes, out, device, print_config } => {
             if print_config {
@@ -331,6 +342,26 @@ fn main() -> Result<()> {
             cfg.liars = liars.unwrap_or(cfg.liars);
             cfg.sizes = sizes.unwrap_or(cfg.sizes);
             cfg.device = device.unwrap_or(cfg.device);
+            if cfg.transport == genrl::TransportKind::Quic {
+                // The same swarm as node processes: its configuration, overrides applied, goes to every node.
+                cfg.validate()?;
+                let out = out_dir(out, "sapo")?;
+                let path = out.join("sapo.toml");
+                report::write_atomic(&path, toml::to_string(&cfg)?.as_bytes())?;
+                let net = node::NodeNet::default();
+                let nodes = cfg.agents + cfg.liars;
+                let launch = launch::Launch {
+                    nodes,
+                    protocol: "sapo".into(),
+                    config: Some(path),
+                    out: Some(out),
+                    net,
+                    kill: None,
+                    late: None,
+                    emulate_link: true,
+                };
+                return launch::launch(launch).map(|_| ());
+            }
             sapo_study::train(cfg, out)
         }
         Command::Reproduce { study, out, quick, device } => {
@@ -404,6 +435,9 @@ fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Result<()> {
     }
     let compute = cfg.device.resolve()?;
     let out = out_dir(out, &cfg.name)?;
+    if cfg.network.transport == genrl::TransportKind::Quic {
+        return launch::run_over_quic(&cfg, &out);
+    }
     let corpus = Arc::new(corpus(&cfg)?);
     corpus.check_fits(cfg.seq)?;
     let floor = corpus.entropy_floor.map_or(String::new(), |h| format!(", loss floor {h:.3} nats/token"));

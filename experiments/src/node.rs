@@ -120,8 +120,10 @@ pub(crate) fn pipeline_node(
     peers: &Path,
     out: Option<PathBuf>,
     net: NodeNet,
+    join: bool,
 ) -> Result<()> {
-    let spec = cfg.spec(0)?;
+    let mut spec = cfg.spec(0)?;
+    spec.late_join = join;
     let workers = spec.stages * spec.replicas;
     let what = format!("the first arm has {} stages x {} replicas", spec.stages, spec.replicas);
     let node = Node::load(key, peers, workers, &what, net)?;
@@ -137,7 +139,6 @@ pub(crate) fn pipeline_node(
     );
     let started = std::time::Instant::now();
     // Progress lines (`step n/N`) for whoever watches, `swarmlab launch` included.
-    let mut spec = spec;
     let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
     spec.progress = Some(progress.clone());
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -43,7 +43,7 @@ fn noloco() -> RunConfig {
         steps,
         eval_every: 25,
         optim: OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 30, total_steps: steps, ..OptimConfig::default() },
-        network: NetworkConfig { latency_ms: 50.0, mbit_per_s: 200.0 },
+        network: NetworkConfig { latency_ms: 50.0, mbit_per_s: 200.0, ..NetworkConfig::default() },
         arms: vec![
             arm("DDP (all-reduce every step)", "all_reduce"),
             ArmConfig { diloco: Some(diloco), ..arm("DiLoCo", "diloco") },
@@ -137,7 +137,7 @@ fn checkfree() -> RunConfig {
         eval_every: 20,
         eval_batches: 4,
         optim: OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 20, total_steps: steps, ..OptimConfig::default() },
-        network: NetworkConfig { latency_ms: 10.0, mbit_per_s: 800.0 },
+        network: NetworkConfig { latency_ms: 10.0, mbit_per_s: 800.0, ..NetworkConfig::default() },
         // A stage CheckFree cannot rebuild (the first and last transformer stages) rolls the pipeline
         // back to its last checkpoint, so CheckFree arms keep checkpoints too.
         recovery: RecoveryConfig {

@@ -552,38 +552,64 @@ fn ddp_across_three_node_processes_ends_with_the_sims_weights_bit_for_bit() -> R
     Ok(())
 }
 
-/// Nodes behind link emulators with the configuration's link model: the run is the same bit for bit,
-/// and the report sets its time per step beside the simulated network's prediction.
+/// One field moves a run from the simulated network to QUIC: `transport = "quic"` runs the arm as node
+/// processes behind link emulators with the configuration's link model; the run is the same bit for
+/// bit, and the report sets its time per step beside the simulated network's prediction.
 #[test]
-fn emulated_links_are_compared_with_the_simulated_network() -> Result<(), Box<dyn std::error::Error>> {
+fn one_field_runs_the_same_config_over_quic_with_emulated_links() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("ddp.toml");
     std::fs::write(
         &config,
         "name = \"ddp\"\nsteps = 4\nmicro_batches = 1\nmicro_batch = 2\nseq = 16\neval_every = 0\nbackend = \"repops\"\n\
          [optim]\ntotal_steps = 4\nwarmup_steps = 1\n[corpus.synthetic]\ntrain_tokens = 4096\nval_tokens = 512\n\
-         [network]\nlatency_ms = 10.0\nmbit_per_s = 100.0\n[[arms]]\nlabel = \"DDP R=2\"\nstages = 1\nreplicas = 2\n",
+         [network]\nlatency_ms = 10.0\nmbit_per_s = 100.0\ntransport = \"quic\"\n[[arms]]\nlabel = \"DDP R=2\"\nstages = 1\nreplicas = 2\n",
     )?;
-    let run = dir.path().join("launch");
-    let out = swarmlab()
-        .args(["launch", "--local", "2", "--protocol", "pipeline", "--emulate-link", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&run)
-        .output()?;
+    let run = dir.path().join("run");
+    let out = swarmlab().arg("run").arg(&config).arg("--out").arg(&run).output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report = std::fs::read_to_string(run.join("report.md"))?;
+    let summary = std::fs::read_to_string(run.join("report.md"))?;
+    assert!(summary.contains("| DDP R=2 | 2 | 2 |"), "{summary}");
+    let report = std::fs::read_to_string(run.join("arm-0/report.md"))?;
     assert!(report.contains("Every node ended with the same weights"), "{report}");
     assert!(report.contains("| simulated network (prediction) |") && report.contains("| ratio |"), "{report}");
-    let journal = std::fs::read_to_string(run.join("launch.log"))?;
+    let journal = std::fs::read_to_string(run.join("arm-0/launch.log"))?;
     assert!(journal.contains("10.0 ms one way, 100 Mbit/s") && journal.contains("0 dropped"), "{journal}");
+    // A transport that does not exist is named.
+    std::fs::write(&config, "[network]\ntransport = \"carrier-pigeon\"\n")?;
+    let out = swarmlab().arg("run").arg(&config).output()?;
+    assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("transport"));
     Ok(())
 }
 
-/// One of four NoLoCo replicas killed mid-training: its gossip partners notice by the gather timeout
-/// (a root that sends no mean, a member that sends no contribution) and carry on, and the run finishes.
+/// The same field moves a SAPO swarm onto QUIC: `swarmlab sapo` then launches one node per agent.
 #[test]
-fn noloco_training_carries_on_when_one_of_four_nodes_is_killed() -> Result<(), Box<dyn std::error::Error>> {
+fn a_sapo_config_runs_over_quic_by_one_field() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sapo.toml");
+    std::fs::write(
+        &config,
+        "transport = \"quic\"\nagents = 2\nrounds = 3\ncompletions = 4\n[mix]\nlocal = 1\nexternal = 1\n\
+         [warm_start]\nsteps = 5\nbatch = 8\n[tasks]\nfamilies = [\"propositional_logic\"]\nmax_level = 1\neval_per_level = 1\n",
+    )?;
+    let run = dir.path().join("run");
+    let out = swarmlab().arg("sapo").arg(&config).arg("--out").arg(&run).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..2 {
+        let agent: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join(format!("nodes/agent-{i}.json")))?)?;
+        assert_eq!(agent["rounds"].as_array().map(Vec::len), Some(3), "agent {i}");
+    }
+    assert!(std::fs::read_to_string(run.join("launch.log"))?.contains("link emulator: 20.0 ms one way"));
+    Ok(())
+}
+
+/// NoLoCo training across four node processes that lose one and gain one: replica 3 starts late and
+/// joins with the weights of a replica under way; replica 2 is killed mid-training, and its gossip
+/// partners notice by the gather timeout (a root that sends no mean, a member that sends no
+/// contribution) and carry on. The run finishes, and the report says all of it.
+#[test]
+fn noloco_training_takes_a_late_joiner_and_outlives_a_killed_node() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("noloco.toml");
     std::fs::write(
@@ -595,28 +621,21 @@ fn noloco_training_carries_on_when_one_of_four_nodes_is_killed() -> Result<(), B
     )?;
     let run = dir.path().join("launch");
     let out = swarmlab()
-        .args([
-            "launch",
-            "--local",
-            "4",
-            "--protocol",
-            "pipeline",
-            "--idle-timeout-s",
-            "1",
-            "--kill",
-            "3@4",
-            "--config",
-        ])
+        .args(["launch", "--local", "4", "--protocol", "pipeline", "--idle-timeout-s", "1"])
+        .args(["--late", "3@6", "--kill", "2@16", "--config"])
         .arg(&config)
         .arg("--out")
         .arg(&run)
         .output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for i in 0..3 {
+    for i in [0, 1, 3] {
         assert!(run.join(format!("nodes/worker-{i}.json")).is_file(), "worker {i} finished");
     }
+    let journal = std::fs::read_to_string(run.join("launch.log"))?;
+    assert!(journal.contains("started node 3 late") && journal.contains("killed node 2"), "{journal}");
     let report = std::fs::read_to_string(run.join("report.md"))?;
     assert!(report.contains("| killed at step"), "{report}");
+    assert!(report.contains("Join: stage 0 replica 3 joined before step"), "{report}");
     assert!(
         report.contains("continuing alone") || report.contains("averaged without it"),
         "a partner noticed the killed replica: {report}"

@@ -28,4 +28,4 @@ pub use comm::{CommunicationBackend, Gathered};
 pub use device::{DeviceProfile, training_flops};
 pub use error::{Error, Result};
 pub use metrics::{Event, EventKind, Metrics, MetricsLog, Sample};
-pub use swarm::{AgentCtx, SimSwarm, SwarmSpec, run_simulation};
+pub use swarm::{AgentCtx, SimSwarm, SwarmSpec, TransportKind, run_simulation};

@@ -45,6 +45,18 @@ impl<T: Transport, C: Clock> AgentCtx<T, C> {
     }
 }
 
+/// What carries a swarm's messages; a configuration names it, and the same configuration runs either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// The simulated network, in virtual time.
+    #[default]
+    Sim,
+    /// One node process per agent on this machine, over QUIC in real time, every link emulated with the
+    /// configuration's latency and bandwidth.
+    Quic,
+}
+
 /// How to build a simulated swarm.
 #[derive(Debug, Clone)]
 pub struct SwarmSpec {

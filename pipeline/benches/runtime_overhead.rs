@@ -25,6 +25,7 @@ fn spec() -> PipelineSpec {
         link: LinkSpec::default(),
         eval_batches: 0,
         peer_timeout: Duration::from_secs(60),
+        late_join: false,
         ..PipelineSpec::new(1, 1, STEPS, model)
     }
 }

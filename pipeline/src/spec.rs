@@ -57,6 +57,9 @@ pub struct PipelineSpec {
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Longest a worker waits for a message its protocol needs before giving up with an error.
     pub peer_timeout: Duration,
+    /// The worker starts after the others (a node that joins a run under way): it asks the other
+    /// replicas of its stage for their weights and joins at the step the first to answer is at.
+    pub late_join: bool,
     /// Put the embedding alone in the first stage and the head alone in the last, the transformer blocks
     /// in the stages between (CheckFree's layout); otherwise the blocks are spread over all stages.
     pub edge_stages: bool,
@@ -125,6 +128,7 @@ impl PipelineSpec {
             eval_batches: 2,
             progress: None,
             peer_timeout: Duration::from_secs(600),
+            late_join: false,
             edge_stages: false,
             placement: None,
         }

@@ -58,6 +58,11 @@ pub enum Msg {
         /// `(stage-local name, tensor)` pairs.
         tensors: Vec<(String, TensorBytes)>,
     },
+    /// A worker that starts late asks a replica of its stage for the weights to join with.
+    JoinRequest {
+        /// The stage it serves.
+        stage: u32,
+    },
     /// One chunk of a ring all-reduce among the replicas of a stage.
     Reduce {
         /// Training step.
@@ -78,6 +83,8 @@ pub enum WeightsKind {
     Shadow,
     /// A copy of an edge stage (embedding or head), kept by its neighbour.
     EdgeCopy,
+    /// For a worker joining the run late: the weights before the training step sent with them.
+    Join,
 }
 
 /// A tensor (f32 or u32) as wire bytes.

@@ -96,8 +96,11 @@ pub async fn run_worker<T: Transport, C: Clock>(
         Vec::new()
     };
     let checkpoints = spec.recovery.checkpoints();
-    let mut step = 0u64;
+    let mut step = if spec.late_join && w.replicas > 1 { w.join().await? } else { 0 };
     while step <= spec.steps {
+        if w.replicas > 1 {
+            w.serve_joiners(step).await?;
+        }
         if let Some(rollback) = w.handle_failures(step).await? {
             step = rollback;
             continue;
@@ -457,6 +460,60 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 ));
             }
             self.params.set(name, t)?;
+        }
+        Ok(())
+    }
+
+    /// Joins a run under way: asks every other replica of this worker's stage for its weights, takes the
+    /// answer of the one furthest on (among those answering within a second of the first), and returns
+    /// the step it was sent before — where this worker starts. The optimizer
+    /// starts there with fresh moments, the outer state from the received weights.
+    async fn join(&mut self) -> Result<u64> {
+        let (s, r) = (self.s, self.r);
+        let others: Vec<PeerId> = (0..self.replicas).filter(|&q| q != r).map(|q| self.peer(s, q)).collect();
+        for &peer in &others {
+            // A replica that cannot be reached now simply does not answer.
+            if let Err(e) = self.mail.send(peer, &Msg::JoinRequest { stage: s as u32 }).await {
+                tracing::warn!(peer = %peer.short(), error = %e, "join request not delivered");
+            }
+        }
+        let wanted =
+            |f: &PeerId, m: &Msg| others.contains(f) && matches!(m, Msg::Weights { kind: WeightsKind::Join, .. });
+        // The first answer, then whatever else comes within a second: the replica furthest on wins.
+        let mut answers = vec![self.mail.take("weights to join with", wanted).await?];
+        let deadline = self.ctx.clock.now() + Duration::from_secs(1).min(self.spec.peer_timeout);
+        while answers.len() < others.len() {
+            match self.mail.take_until(deadline, wanted).await? {
+                Some(answer) => answers.push(answer),
+                None => break,
+            }
+        }
+        let best = answers.into_iter().max_by_key(|(_, m)| match m {
+            Msg::Weights { step, .. } => *step,
+            _ => 0,
+        });
+        let Some((from, Msg::Weights { step, tensors, .. })) = best else { return Err(unexpected()) };
+        self.install(&tensors)?;
+        self.optim.restore(step, &BTreeMap::new())?;
+        self.optim.restart_moments();
+        self.outer = self.spec.sync.start(&flatten(&self.names, &self.params.snapshot(), &self.shapes)?);
+        let now = self.ctx.clock.now();
+        let detail = format!("stage {s} replica {r} joined before step {step} with the weights of {}", from.short());
+        self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Join, detail);
+        Ok(step)
+    }
+
+    /// Answers the join requests that have arrived with this worker's weights before `step`.
+    async fn serve_joiners(&mut self, step: u64) -> Result<()> {
+        let now = self.ctx.clock.now();
+        let me = self.s as u32;
+        let wanted = |_: &PeerId, m: &Msg| matches!(m, Msg::JoinRequest { stage } if *stage == me);
+        while let Some((from, _)) = self.mail.take_until(now, wanted).await? {
+            let tensors = self.local_weights()?;
+            // A joiner gone again is not this worker's problem.
+            if let Err(e) = self.send_weights(from, step, WeightsKind::Join, self.s, tensors).await {
+                tracing::warn!(peer = %from.short(), error = %e, "weights not delivered to a joining replica");
+            }
         }
         Ok(())
     }

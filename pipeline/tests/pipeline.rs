@@ -26,6 +26,7 @@ fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, grad_clip: 0.0, ..OptimConfig::default() },
         seed: 9,
         peer_timeout: Duration::from_secs(60),
+        late_join: false,
         ..PipelineSpec::new(stages, replicas, steps, model)
     }
 }

@@ -84,6 +84,10 @@ pub struct SapoConfig {
     pub latency_ms: f64,
     /// Bandwidth between agents, in Mbit/s.
     pub bandwidth_mbit: f64,
+    /// What carries the rollouts: the simulated network (`sim`), or one QUIC node process per agent on
+    /// this machine with links emulated at `latency_ms` and `bandwidth_mbit` (`quic`; run by the
+    /// `swarmlab` CLI: [`run`] itself always simulates).
+    pub transport: genrl::TransportKind,
 }
 
 impl Default for SapoConfig {
@@ -105,6 +109,7 @@ impl Default for SapoConfig {
             device: DeviceSpec::Cpu,
             latency_ms: 20.0,
             bandwidth_mbit: 100.0,
+            transport: genrl::TransportKind::Sim,
         }
     }
 }
