@@ -12,6 +12,9 @@ use crate::simd::SimdLevel;
 /// A blake3 digest.
 pub type Hash = [u8; 32];
 
+/// An op whose inputs take this many bytes or more runs and hashes on the thread pool when recorded.
+pub(crate) const POOL_BYTES: usize = 64 << 10;
+
 /// Tensors from this size on are hashed by the whole thread pool.
 const PARALLEL_HASH_BYTES: usize = 128 << 10;
 

@@ -45,15 +45,18 @@ fn run(kind: &OpKind, inputs: &[HostView<'_>]) -> candle_core::Result<(CpuStorag
     let out = match crate::tape::next_op() {
         None => execute(kind, inputs, level).map_err(candle_core::Error::wrap)?,
         Some(next) => {
-            // Recording: the kernel and the hashing of its tensors share one trip to the thread pool.
-            let (out, hashes) = crate::tape::on_pool(|| {
+            // Recording: the kernel and the hashing of its tensors share one trip to the thread pool
+            // (small ops stay on this thread: the trip would cost more than it saves).
+            let job = || {
                 execute(kind, inputs, level).map(|mut out| {
                     next.inject(&mut out);
                     let hashes = next.hashes(inputs, &out.view());
                     (out, hashes)
                 })
-            })
-            .map_err(candle_core::Error::wrap)?;
+            };
+            let bytes: usize = inputs.iter().map(|v| 4 * v.shape.iter().product::<usize>()).sum();
+            let (out, hashes) = if bytes >= crate::tape::POOL_BYTES { crate::tape::on_pool(job) } else { job() }
+                .map_err(candle_core::Error::wrap)?;
             crate::tape::commit(next, kind, inputs, &out.view(), hashes);
             out
         }
