@@ -471,11 +471,16 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     async fn join(&mut self) -> Result<u64> {
         let (s, r) = (self.s, self.r);
         let others: Vec<PeerId> = (0..self.replicas).filter(|&q| q != r).map(|q| self.peer(s, q)).collect();
+        let mut asked = 0;
         for &peer in &others {
             // A replica that cannot be reached now simply does not answer.
-            if let Err(e) = self.mail.send(peer, &Msg::JoinRequest { stage: s as u32 }).await {
-                tracing::warn!(peer = %peer.short(), error = %e, "join request not delivered");
+            match self.mail.send(peer, &Msg::JoinRequest { stage: s as u32 }).await {
+                Ok(()) => asked += 1,
+                Err(e) => tracing::warn!(peer = %peer.short(), error = %e, "join request not delivered"),
             }
+        }
+        if asked == 0 {
+            return Err(Error::config("join", format!("no other replica of stage {s} could be reached")));
         }
         let wanted =
             |f: &PeerId, m: &Msg| others.contains(f) && matches!(m, Msg::Weights { kind: WeightsKind::Join, .. });
