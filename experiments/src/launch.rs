@@ -159,10 +159,12 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     if launch.nodes < 2 {
         bail!("--local {}: a swarm needs at least 2 nodes", launch.nodes);
     }
-    if let Some(k) = launch.kill
-        && k.node >= launch.nodes
-    {
-        bail!("--kill {}@{}: there are only nodes 0 to {}", k.node, k.round, launch.nodes - 1);
+    for (flag, at) in [("--kill", launch.kill), ("--late", launch.late)] {
+        if let Some(k) = at
+            && k.node >= launch.nodes
+        {
+            bail!("{flag} {}@{}: there are only nodes 0 to {}", k.node, k.round, launch.nodes - 1);
+        }
     }
     let out = crate::out_dir(launch.out.clone(), "launch")?;
     let config = out.join("config.toml");

@@ -549,6 +549,9 @@ fn ddp_across_three_node_processes_ends_with_the_sims_weights_bit_for_bit() -> R
         swarmlab().args(["launch", "--local", "4", "--protocol", "pipeline", "--config"]).arg(&config).output()?;
     let err = String::from_utf8(out.stderr)?;
     assert!(!out.status.success() && err.contains("--local 4") && err.contains("1 stages x 3 replicas"), "{err}");
+    let out = swarmlab().args(["launch", "--local", "3", "--late", "3@1"]).output()?;
+    let err = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success() && err.contains("--late 3@1: there are only nodes 0 to 2"), "{err}");
     Ok(())
 }
 
