@@ -159,6 +159,65 @@ extern "C" __global__ void rp_matmul(const float* a, const float* b, float* c, l
     }
 }
 
+// The same product, tiled: a block of 16 x 16 threads computes a 64 x 64 tile of C, four rows by four
+// columns per thread, staging 16-deep slices of A and B in shared memory. Each element is still the one
+// fma chain in increasing p from +0 (the slice loop runs only over the k that exist: no padding term is
+// ever added, which would turn a -0 sum into +0), so the bits are rp_matmul's. Grid: (n/64, m/64, batch).
+#define RP_BM 64
+#define RP_BN 64
+#define RP_BK 16
+extern "C" __global__ void rp_matmul_tiled(const float* a, const float* b, float* c, long long batch, long long m,
+                                           long long k, long long n, int shared_b, int ta, int tb) {
+    __shared__ float As[RP_BK][RP_BM + 1];
+    __shared__ float Bs[RP_BK][RP_BN + 1];
+    const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
+    const long long bi = blockIdx.z;
+    const long long row0 = (long long)blockIdx.y * RP_BM, col0 = (long long)blockIdx.x * RP_BN;
+    const float* am = a + bi * m * k;
+    const float* bm = b + (shared_b ? 0 : bi * k * n);
+    float acc[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[r][q] = 0.0f;
+    for (long long p0 = 0; p0 < k; p0 += RP_BK) {
+        // Neighbouring threads load neighbouring addresses, whichever way the operand is stored.
+        for (int e = tid; e < RP_BM * RP_BK; e += 256) {
+            const int r = ta ? e % RP_BM : e / RP_BK, q = ta ? e / RP_BM : e % RP_BK;
+            const long long gi = row0 + r, gp = p0 + q;
+            As[q][r] = (gi < m && gp < k) ? (ta ? am[gp * m + gi] : am[gi * k + gp]) : 0.0f;
+        }
+        for (int e = tid; e < RP_BK * RP_BN; e += 256) {
+            const int q = tb ? e % RP_BK : e / RP_BN, cc = tb ? e / RP_BK : e % RP_BN;
+            const long long gp = p0 + q, gj = col0 + cc;
+            Bs[q][cc] = (gp < k && gj < n) ? (tb ? bm[gj * k + gp] : bm[gp * n + gj]) : 0.0f;
+        }
+        __syncthreads();
+        const int depth = (k - p0 < RP_BK) ? (int)(k - p0) : RP_BK;
+        for (int q = 0; q < depth; q++) {
+            float av[4], bv[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) av[r] = As[q][ty + 16 * r];
+#pragma unroll
+            for (int j = 0; j < 4; j++) bv[j] = Bs[q][tx + 16 * j];
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[r][j] = fmaf(av[r], bv[j], acc[r][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        const long long gi = row0 + ty + 16 * r;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const long long gj = col0 + tx + 16 * j;
+            if (gi < m && gj < n) c[(bi * m + gi) * n + gj] = acc[r][j];
+        }
+    }
+}
+
 extern "C" __global__ void rp_transpose(const float* x, float* y, long long batch, long long r, long long c) {
     GRID_STRIDE(idx, batch * r * c) {
         long long bi = idx / (r * c), rem = idx % (r * c), i = rem / c, j = rem % c;

@@ -166,7 +166,25 @@ fn launch(
             let (a, b) = (ins[0].f32()?, ins[1].f32()?);
             let (bt, m, k, n, s) = (n64(batch), n64(m), n64(k), n64(n), i32::from(shared_b));
             let (ta, tb) = (i32::from(transpose_a), i32::from(transpose_b));
-            go!("rp_matmul", batch * (m as usize) * (n as usize), &a, &b, out, &bt, &m, &k, &n, &s, &ta, &tb);
+            let tiles = ((n + 63) / 64, (m + 63) / 64);
+            // Tiles pay once there are enough of them to fill the GPU; below that, a thread per element
+            // spreads further. The bits are the same either way.
+            let enough = tiles.0 * tiles.1 * bt >= 128;
+            if enough && bt <= 65_535 && tiles.1 <= 65_535 && tiles.0 <= i64::from(u32::MAX) {
+                // 64 x 64 tiles of C per block of 16 x 16 threads, one block row per batch entry.
+                let f = dev.get_or_load_custom_func("rp_matmul_tiled", MODULE, ptx()?)?;
+                let cfg = LaunchConfig {
+                    grid_dim: (tiles.0 as u32, tiles.1 as u32, bt as u32),
+                    block_dim: (16, 16, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut l = f.builder();
+                l.arg(&a).arg(&b).arg(out).arg(&bt).arg(&m).arg(&k).arg(&n).arg(&s).arg(&ta).arg(&tb);
+                // SAFETY: the kernel's parameters are exactly these, in this order, with these types.
+                unsafe { l.launch(cfg) }.w()?;
+            } else {
+                go!("rp_matmul", batch * (m as usize) * (n as usize), &a, &b, out, &bt, &m, &k, &n, &s, &ta, &tb);
+            }
         }
         (OpKind::Transpose, Dims::Transpose { batch, r, c }) => {
             let x = ins[0].f32()?;
