@@ -65,6 +65,9 @@ pub(crate) fn cases() -> Vec<(OpKind, Vec<HostTensor>)> {
         (mm(false, true), vec![f32t(&[3, 13, 70], 3), f32t(&[3, 17, 70], 4)]),
         (mm(false, true), vec![f32t(&[2, 9, 33], 5), f32t(&[20, 33], 6)]),
         (mm(true, true), vec![f32t(&[3, 70, 13], 3), f32t(&[3, 17, 70], 4)]),
+        // Big enough for the GPU's tiled kernel (at least 128 tiles of 64 x 64), with ragged edges.
+        (OpKind::MATMUL, vec![f32t(&[4, 300, 96], 5), f32t(&[96, 400], 6)]),
+        (mm(true, true), vec![f32t(&[4, 96, 300], 5), f32t(&[4, 400, 96], 6)]),
         (OpKind::Transpose, vec![f32t(&[2, 19, 23], 7)]),
         (OpKind::Binary(Binary::Add), vec![f32t(&[5, 77], 8), f32t(&[5, 77], 9)]),
         (OpKind::Binary(Binary::Sub), vec![f32t(&[5, 77], 8), f32t(&[5, 77], 9)]),
