@@ -515,7 +515,7 @@ fn result_of(results: &Path, protocol: &str, place: usize) -> String {
     if protocol == "pipeline" {
         let loss = v["final_train_loss"].as_f64().map_or("-".into(), |l| format!("{l:.4}"));
         let hash = v["weights_blake3"].as_str().unwrap_or("-");
-        format!("train loss {loss}, weights {}", &hash[..hash.len().min(16)])
+        format!("train loss {loss}, weights {}", hash.chars().take(16).collect::<String>())
     } else {
         let rewards: Vec<f64> =
             v["rounds"].as_array().into_iter().flatten().filter_map(|r| r["reward"].as_f64()).collect();

@@ -13,7 +13,7 @@ use transport::quic::{Endpoint, EndpointConfig};
 use transport::{Identity, PeerBook, PeerId};
 
 use crate::config::RunConfig;
-use crate::report::{h5_text, weights_hash, write_atomic};
+use crate::report::{event_line, h5_attr_text, h5_text, parse_event_line, weights_hash, write_atomic};
 
 /// This process's place in a swarm of real nodes: its key, the peers file, every id in rank order, and
 /// its own rank (its index in the swarm).
@@ -247,7 +247,7 @@ impl NodeLog {
             .log
             .events
             .iter()
-            .map(|e| h5_text(&format!("{:.6}\t{}\t{}", e.time.as_secs_f64(), event_kind_name(&e.kind), e.detail)))
+            .map(|e| event_line(e.time.as_secs_f64(), &event_kind_name(&e.kind), &e.detail))
             .collect::<Result<_>>()?;
         g.new_dataset::<hdf5::types::VarLenUnicode>().shape(lines.len()).create("events")?.write_raw(&lines)?;
         Ok(())
@@ -255,11 +255,6 @@ impl NodeLog {
 
     /// Reads a log [`NodeLog::write_to`] wrote.
     fn read_from(g: &hdf5::Group) -> Result<Self> {
-        let text = |name: &str| -> Result<String> {
-            let v: hdf5::types::VarLenUnicode =
-                g.attr(name).and_then(|a| a.read_scalar()).with_context(|| format!("no attribute {name:?}"))?;
-            Ok(v.as_str().to_owned())
-        };
         let place: u64 = g.attr("place").and_then(|a| a.read_scalar()).context("no attribute \"place\"")?;
         let wall_s: f64 = g.attr("wall_s").and_then(|a| a.read_scalar()).context("no attribute \"wall_s\"")?;
         let mut log = MetricsLog::default();
@@ -282,11 +277,10 @@ impl NodeLog {
             log.series.insert(name.to_owned(), samples);
         }
         for line in g.dataset("events")?.read_raw::<hdf5::types::VarLenUnicode>()? {
-            let mut parts = line.as_str().splitn(3, '\t');
-            let (Some(t), Some(kind), Some(detail)) = (parts.next(), parts.next(), parts.next()) else {
+            let Some((t, kind, detail)) = parse_event_line(line.as_str()) else {
                 bail!("malformed event line {:?}", line.as_str());
             };
-            let time = t.parse::<f64>().ok().and_then(|t| Duration::try_from_secs_f64(t).ok()).unwrap_or_default();
+            let time = Duration::try_from_secs_f64(t).unwrap_or_default();
             log.events.push(Event {
                 time,
                 agent: Some(place as u32),
@@ -294,7 +288,13 @@ impl NodeLog {
                 detail: detail.to_owned(),
             });
         }
-        Ok(Self { place: place as usize, peer: text("peer")?, protocol: text("protocol")?, wall_s, log })
+        Ok(Self {
+            place: place as usize,
+            peer: h5_attr_text(g, "peer")?,
+            protocol: h5_attr_text(g, "protocol")?,
+            wall_s,
+            log,
+        })
     }
 
     /// Writes `path` (a temporary file renamed into place).

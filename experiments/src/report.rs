@@ -898,6 +898,24 @@ pub(crate) fn h5_text(s: &str) -> Result<hdf5::types::VarLenUnicode> {
     s.parse().map_err(|e| anyhow::anyhow!("not storable as HDF5 text: {e:?}"))
 }
 
+/// A text attribute of an HDF5 file or group.
+pub(crate) fn h5_attr_text(loc: &hdf5::Location, name: &str) -> Result<String> {
+    let v: hdf5::types::VarLenUnicode =
+        loc.attr(name).and_then(|a| a.read_scalar()).with_context(|| format!("no attribute {name:?}"))?;
+    Ok(v.as_str().to_owned())
+}
+
+/// An event as one line of an HDF5 `events` dataset: `time_s<TAB>kind<TAB>detail`.
+pub(crate) fn event_line(time_s: f64, kind: &str, detail: &str) -> Result<hdf5::types::VarLenUnicode> {
+    h5_text(&format!("{time_s:.6}\t{kind}\t{detail}"))
+}
+
+/// The parts of an [`event_line`], if it is one.
+pub(crate) fn parse_event_line(line: &str) -> Option<(f64, &str, &str)> {
+    let mut parts = line.splitn(3, '\t');
+    Some((parts.next()?.parse().ok()?, parts.next()?, parts.next()?))
+}
+
 /// Writes `run.h5`: the config and corpus as attributes; per arm its label, protocol, grid, every series
 /// (`<name>_step`, `<name>_value`; the validation loss also by `val_time_s`) and its events; the scaling
 /// points. Written to a temporary file and renamed, so an interrupted run never leaves a half-written log.
@@ -931,11 +949,8 @@ pub(crate) fn write_hdf5(
             g.new_attr::<f64>().create("wall_s")?.write_scalar(&r.wall_s)?;
             g.new_attr::<u64>().create("bytes_sent")?.write_scalar(&r.bytes_sent)?;
             if !r.events.is_empty() {
-                let lines: Vec<hdf5::types::VarLenUnicode> = r
-                    .events
-                    .iter()
-                    .map(|(t, kind, detail)| h5_text(&format!("{t:.6}\t{kind}\t{detail}")))
-                    .collect::<Result<_>>()?;
+                let lines: Vec<hdf5::types::VarLenUnicode> =
+                    r.events.iter().map(|(t, kind, detail)| event_line(*t, kind, detail)).collect::<Result<_>>()?;
                 g.new_dataset::<hdf5::types::VarLenUnicode>().shape(lines.len()).create("events")?.write_raw(&lines)?;
             }
             for (name, series) in r.step_series() {
@@ -980,13 +995,7 @@ pub(crate) fn write_hdf5(
 /// Reads a run back from its `run.h5`.
 fn read_hdf5(path: &Path) -> Result<(RunConfig, Corpus, Vec<ArmResult>, Vec<ScalePoint>)> {
     let file = hdf5::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let text = |loc: &hdf5::Location, name: &str| -> Result<String> {
-        let v: hdf5::types::VarLenUnicode = loc
-            .attr(name)
-            .and_then(|a| a.read_scalar())
-            .with_context(|| format!("{}: no attribute {name:?}", path.display()))?;
-        Ok(v.as_str().to_owned())
-    };
+    let text = |loc: &hdf5::Location, name: &str| h5_attr_text(loc, name).with_context(|| path.display().to_string());
     let cfg = RunConfig::from_toml(&text(&file, "config_toml")?)
         .with_context(|| format!("{}: config_toml", path.display()))?;
     let floor: f64 = file.attr("entropy_floor")?.read_scalar()?;
@@ -1018,9 +1027,7 @@ fn read_hdf5(path: &Path) -> Result<(RunConfig, Corpus, Vec<ArmResult>, Vec<Scal
                 .read_raw::<hdf5::types::VarLenUnicode>()?
                 .iter()
                 .filter_map(|line| {
-                    let mut parts = line.as_str().splitn(3, '\t');
-                    let t = parts.next()?.parse().ok()?;
-                    Some((t, parts.next()?.to_owned(), parts.next()?.to_owned()))
+                    parse_event_line(line.as_str()).map(|(t, kind, detail)| (t, kind.to_owned(), detail.to_owned()))
                 })
                 .collect(),
             Err(_) => vec![],

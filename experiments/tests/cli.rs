@@ -30,6 +30,27 @@ fn swarmlab() -> Command {
     Command::new(env!("CARGO_BIN_EXE_swarmlab"))
 }
 
+/// A one-arm run on repops for node processes, without evaluation: `network` is the `[network]` table's
+/// body (or empty), `arm` the arm's.
+fn node_run(steps: u64, network: &str, arm: &str) -> String {
+    let network = if network.is_empty() { String::new() } else { format!("[network]\n{network}") };
+    format!(
+        "name = \"nodes\"\nsteps = {steps}\nmicro_batches = 1\nmicro_batch = 2\nseq = 16\neval_every = 0\n\
+         backend = \"repops\"\n[optim]\ntotal_steps = {steps}\nwarmup_steps = 1\n\
+         [corpus.synthetic]\ntrain_tokens = 4096\nval_tokens = 512\n{network}[[arms]]\n{arm}"
+    )
+}
+
+/// A SAPO swarm small enough for node processes: one task family, a 10-step warm start; `top` goes first
+/// (top-level fields such as `transport`).
+fn node_swarm(agents: usize, rounds: u64, top: &str) -> String {
+    format!(
+        "{top}agents = {agents}\nrounds = {rounds}\ncompletions = 4\n[mix]\nlocal = 1\nexternal = 1\n\
+         [warm_start]\nsteps = 10\nbatch = 8\n[tasks]\nfamilies = [\"propositional_logic\"]\nmax_level = 1\n\
+         eval_per_level = 1\n"
+    )
+}
+
 /// Keys for `n` nodes on free loopback ports, and the peers file listing them; returns its path.
 fn node_keys(dir: &std::path::Path, n: usize) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
     let mut peers = String::new();
@@ -469,11 +490,7 @@ fn the_device_is_chosen_by_name_and_a_missing_gpu_is_explained() -> Result<(), B
 fn three_node_processes_run_a_sapo_swarm_over_quic() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("sapo.toml");
-    std::fs::write(
-        &config,
-        "agents = 3\nrounds = 6\ncompletions = 4\n[mix]\nlocal = 1\nexternal = 1\n[warm_start]\nsteps = 10\nbatch = 8\n\
-         [tasks]\nfamilies = [\"propositional_logic\"]\nmax_level = 1\neval_per_level = 1\n",
-    )?;
+    std::fs::write(&config, node_swarm(3, 6, ""))?;
     let peers_file = node_keys(dir.path(), 3)?;
     for i in 0..3 {
         // A key file is never overwritten.
@@ -513,12 +530,7 @@ fn three_node_processes_run_a_sapo_swarm_over_quic() -> Result<(), Box<dyn std::
 fn ddp_across_three_node_processes_ends_with_the_sims_weights_bit_for_bit() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("ddp.toml");
-    std::fs::write(
-        &config,
-        "name = \"ddp\"\nsteps = 3\nmicro_batches = 1\nmicro_batch = 2\nseq = 16\neval_every = 0\nbackend = \"repops\"\n\
-         [optim]\ntotal_steps = 3\nwarmup_steps = 1\n[corpus.synthetic]\ntrain_tokens = 4096\nval_tokens = 512\n\
-         [[arms]]\nlabel = \"DDP R=3\"\nstages = 1\nreplicas = 3\n",
-    )?;
+    std::fs::write(&config, node_run(3, "", "label = \"DDP R=3\"\nstages = 1\nreplicas = 3\n"))?;
     let sim = dir.path().join("sim");
     let out = swarmlab().arg("run").arg(&config).arg("--out").arg(&sim).output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -564,9 +576,11 @@ fn one_field_runs_the_same_config_over_quic_with_emulated_links() -> Result<(), 
     let config = dir.path().join("ddp.toml");
     std::fs::write(
         &config,
-        "name = \"ddp\"\nsteps = 4\nmicro_batches = 1\nmicro_batch = 2\nseq = 16\neval_every = 0\nbackend = \"repops\"\n\
-         [optim]\ntotal_steps = 4\nwarmup_steps = 1\n[corpus.synthetic]\ntrain_tokens = 4096\nval_tokens = 512\n\
-         [network]\nlatency_ms = 10.0\nmbit_per_s = 100.0\ntransport = \"quic\"\n[[arms]]\nlabel = \"DDP R=2\"\nstages = 1\nreplicas = 2\n",
+        node_run(
+            4,
+            "latency_ms = 10.0\nmbit_per_s = 100.0\ntransport = \"quic\"\n",
+            "label = \"DDP R=2\"\nstages = 1\nreplicas = 2\n",
+        ),
     )?;
     let run = dir.path().join("run");
     let out = swarmlab().arg("run").arg(&config).arg("--out").arg(&run).output()?;
@@ -590,11 +604,7 @@ fn one_field_runs_the_same_config_over_quic_with_emulated_links() -> Result<(), 
 fn a_sapo_config_runs_over_quic_by_one_field() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("sapo.toml");
-    std::fs::write(
-        &config,
-        "transport = \"quic\"\nagents = 2\nrounds = 3\ncompletions = 4\n[mix]\nlocal = 1\nexternal = 1\n\
-         [warm_start]\nsteps = 5\nbatch = 8\n[tasks]\nfamilies = [\"propositional_logic\"]\nmax_level = 1\neval_per_level = 1\n",
-    )?;
+    std::fs::write(&config, node_swarm(2, 3, "transport = \"quic\"\n"))?;
     let run = dir.path().join("run");
     let out = swarmlab().arg("sapo").arg(&config).arg("--out").arg(&run).output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -617,10 +627,12 @@ fn noloco_training_takes_a_late_joiner_and_outlives_a_killed_node() -> Result<()
     let config = dir.path().join("noloco.toml");
     std::fs::write(
         &config,
-        "name = \"noloco\"\nsteps = 40\nmicro_batches = 1\nmicro_batch = 2\nseq = 16\neval_every = 0\nbackend = \"repops\"\n\
-         [optim]\ntotal_steps = 40\nwarmup_steps = 1\n[corpus.synthetic]\ntrain_tokens = 4096\nval_tokens = 512\n\
-         [[arms]]\nlabel = \"NoLoCo R=4\"\nstages = 1\nreplicas = 4\nsync = \"noloco\"\n\
-         [arms.noloco]\nevery = 2\ngroup_size = 2\ntimeout_s = 0.5\n",
+        node_run(
+            40,
+            "",
+            "label = \"NoLoCo R=4\"\nstages = 1\nreplicas = 4\nsync = \"noloco\"\n\
+             [arms.noloco]\nevery = 2\ngroup_size = 2\ntimeout_s = 0.5\n",
+        ),
     )?;
     let run = dir.path().join("launch");
     let out = swarmlab()
@@ -652,11 +664,7 @@ fn noloco_training_takes_a_late_joiner_and_outlives_a_killed_node() -> Result<()
 fn a_swarm_carries_on_when_one_of_four_nodes_is_killed() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("sapo.toml");
-    std::fs::write(
-        &config,
-        "agents = 4\nrounds = 300\ncompletions = 4\n[mix]\nlocal = 1\nexternal = 1\n[warm_start]\nsteps = 10\nbatch = 8\n\
-         [tasks]\nfamilies = [\"propositional_logic\"]\nmax_level = 1\neval_per_level = 1\n",
-    )?;
+    std::fs::write(&config, node_swarm(4, 300, ""))?;
     let run = dir.path().join("launch");
     let out = swarmlab()
         .args(["launch", "--local", "4", "--idle-timeout-s", "1", "--kill", "3@2", "--config"])

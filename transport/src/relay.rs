@@ -241,7 +241,9 @@ mod tests {
     }
 
     /// Through the relay a datagram takes the link's latency each way, and replies find their sender.
-    #[tokio::test]
+    /// (The clock is tokio's paused one: it jumps to the relay's next delivery when nothing else is
+    /// ready, so the delays are the model's, not the machine's.)
+    #[tokio::test(start_paused = true)]
     async fn a_relay_delays_both_directions() -> Result<(), Box<dyn std::error::Error>> {
         let node = UdpSocket::bind("127.0.0.1:0").await?;
         let relay =
