@@ -253,8 +253,15 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             edge_copy: None,
             spec,
         };
-        w.outer = w.spec.sync.start(&flatten(&w.names, &w.params.snapshot(), &w.shapes)?);
+        w.restart_outer()?;
         Ok(w)
+    }
+
+    /// Starts the outer protocol's state (anchor, momentum…) afresh from the current weights: at the
+    /// start, and whenever the weights came from elsewhere (a recovery, a join).
+    fn restart_outer(&mut self) -> Result<()> {
+        self.outer = self.spec.sync.start(&flatten(&self.names, &self.params.snapshot(), &self.shapes)?);
+        Ok(())
     }
 
     fn peer(&self, stage: usize, replica: usize) -> PeerId {
@@ -344,10 +351,10 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             self.params.set(name, t)?;
         }
         self.optim = optim;
-        self.outer = match outer {
-            Some(o) => Some(o),
-            None => self.spec.sync.start(&flatten(&self.names, &self.params.snapshot(), &self.shapes)?),
-        };
+        match outer {
+            Some(o) => self.outer = Some(o),
+            None => self.restart_outer()?,
+        }
         self.ctx.clock.sleep(self.state_io_time(bytes_per_s)).await;
         if self.ctx.index == 0 {
             let who: Vec<String> = failed.iter().map(|(s, r)| format!("s{s}r{r}")).collect();
@@ -419,7 +426,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         };
         // The outer state (an outer optimizer's anchor and momentum) was lost with the rest: it starts
         // again from the recovered weights, as it would on a node that joins the swarm.
-        self.outer = self.spec.sync.start(&flatten(&self.names, &self.params.snapshot(), &self.shapes)?);
+        self.restart_outer()?;
         let now = self.ctx.clock.now();
         let index = Some(self.ctx.index);
         self.ctx.metrics.event(now, index, EventKind::Failure, format!("s{s}r{r} failed at step {step}"));
@@ -501,7 +508,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         self.install(&tensors)?;
         self.optim.restore(step, &BTreeMap::new())?;
         self.optim.restart_moments();
-        self.outer = self.spec.sync.start(&flatten(&self.names, &self.params.snapshot(), &self.shapes)?);
+        self.restart_outer()?;
         let now = self.ctx.clock.now();
         let detail = format!("stage {s} replica {r} joined before step {step} with the weights of {}", from.short());
         self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Join, detail);
