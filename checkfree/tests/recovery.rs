@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use checkfree::{CheckFree, CheckFreePlus, OutOfOrderRouter};
-use genrl::{EventKind, run_simulation};
+use genrl::{DeviceProfile, EventKind, World, run_simulation};
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage};
 use models::{ModelConfig, OptimConfig};
-use pipeline::{FailurePlan, Fallback, FixedRouter, PipelineSpec, Recovery, Router, RunReport, run_simulated};
+use pipeline::{FailurePlan, Fallback, FixedRouter, PipelineSpec, Rebuild, Recovery, Redundant, Router, RunReport, run_simulated};
 use transport::sim::LinkSpec;
 
 fn corpus() -> Arc<Corpus> {
@@ -16,24 +16,26 @@ fn corpus() -> Arc<Corpus> {
 }
 
 /// Embedding, four one-block transformer stages, head; `replicas` rows.
-fn spec(replicas: usize, recovery: Recovery, failures: Vec<(u64, usize)>, router: Arc<dyn Router>) -> PipelineSpec {
+fn spec(replicas: usize, recovery: Arc<dyn Recovery>, failures: Vec<(u64, usize)>, router: Arc<dyn Router>) -> PipelineSpec {
     let steps = 8;
     let model = ModelConfig::miniature(4);
     PipelineSpec {
         optim: OptimConfig { lr: 3e-3, warmup_steps: 1, total_steps: steps, ..OptimConfig::default() },
         router,
         seed: 2,
-        link: LinkSpec::mbit(5.0, 1000.0),
+        world: World {
+            failures: FailurePlan { failures },
+            ..World::uniform(6 * replicas, DeviceProfile::a10(), LinkSpec::mbit(5.0, 1000.0))
+        },
         recovery,
-        failures: FailurePlan { failures },
         eval_batches: 1,
         edge_stages: true,
         ..PipelineSpec::new(6, replicas, steps, model)
     }
 }
 
-fn checkfree(fallback: Fallback) -> Recovery {
-    Recovery::Rebuild { protocol: Arc::new(CheckFree::default()), fallback }
+fn checkfree(fallback: Fallback) -> Arc<dyn Recovery> {
+    Arc::new(Rebuild { protocol: Arc::new(CheckFree::default()), fallback })
 }
 
 fn run(spec: &PipelineSpec) -> RunReport {
@@ -63,7 +65,7 @@ fn an_intermediate_stage_is_rebuilt_from_its_neighbours_deterministically() {
     let (a, b) = (run(&s), run(&s));
     let got = recoveries(&a);
     assert_eq!(got.len(), 1, "{got:?}");
-    assert!(got[0].contains("rebuilt by CheckFree from Stage(1) + Stage(3)"), "{got:?}");
+    assert!(got[0].contains("rebuilt by CheckFree") && got[0].contains("from Stage(1) + Stage(3)"), "{got:?}");
     assert_eq!(flat(&a), flat(&b), "a run with failures is a function of its seed");
     assert!(losses(&a).iter().all(|l| l.is_finite()));
     let clean = run(&spec(1, checkfree(Fallback::ReInit), vec![], Arc::new(FixedRouter)));
@@ -104,7 +106,9 @@ fn a_surviving_replica_is_copied_and_a_whole_stage_is_rebuilt() {
 
 #[test]
 fn checkfree_plus_copies_the_end_stages_and_restores_the_edges() {
-    let plus = || Recovery::Rebuild { protocol: Arc::new(CheckFreePlus::default()), fallback: Fallback::ReInit };
+    let plus = || -> Arc<dyn Recovery> {
+        Arc::new(Rebuild { protocol: Arc::new(CheckFreePlus::default()), fallback: Fallback::ReInit })
+    };
     let failures = vec![(3, 1), (5, 0), (6, 5)];
     let report = run(&spec(1, plus(), failures, Arc::new(OutOfOrderRouter)));
     let got = recoveries(&report);
@@ -117,8 +121,8 @@ fn checkfree_plus_copies_the_end_stages_and_restores_the_edges() {
 
 #[test]
 fn a_redundant_copy_brings_back_exactly_the_lost_weights() {
-    let clean = run(&spec(1, Recovery::Redundant, vec![], Arc::new(FixedRouter)));
-    let failed = run(&spec(1, Recovery::Redundant, vec![(4, 3)], Arc::new(FixedRouter)));
+    let clean = run(&spec(1, Arc::new(Redundant), vec![], Arc::new(FixedRouter)));
+    let failed = run(&spec(1, Arc::new(Redundant), vec![(4, 3)], Arc::new(FixedRouter)));
     assert!(recoveries(&failed)[0].contains("restored from stage 2's redundant copy"), "{:?}", recoveries(&failed));
     // Weights and optimizer moments come back exactly: the rest of the run is the failure-free run, bit
     // for bit.

@@ -2,14 +2,13 @@
 //! results section, regenerated from that index).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::config::RunConfig;
-use crate::report::write_atomic;
-use crate::studies;
+use crate::files::{out_dir, write_atomic};
+use crate::studies::{Reproduce, STUDIES};
 
 /// Where the README's generated section begins and ends.
 const BEGIN: &str = "<!-- results:begin -->";
@@ -25,30 +24,20 @@ fn claims_section(report: &str) -> Option<String> {
     Some(body.join("\n").trim().to_owned())
 }
 
-/// Runs every study into `out/<study>/` (the training studies through `run`, then verde and sapo) and writes
-/// `out/report.md`: each study's claims beside ours, its plots, its wall time and the total. A study that
-/// fails is reported as failed; the others still run.
-pub(crate) fn reproduce_all(
-    out: Option<PathBuf>,
-    quick: bool,
-    device: models::DeviceSpec,
-    run: impl Fn(RunConfig, Option<PathBuf>, bool) -> Result<()>,
-) -> Result<()> {
-    let out = crate::out_dir(out, "all")?;
+/// Runs every registered study into `out/<study>/` and writes `out/report.md`: each study's claims
+/// beside ours, its plots, its wall time and the total. A study that fails is reported as failed; the
+/// others still run.
+pub(crate) fn reproduce_all(how: &Reproduce) -> Result<()> {
+    let out = out_dir(how.out.clone(), "all")?;
+    let quick = how.quick;
     let began = Instant::now();
     let mut done: Vec<(&str, f64, Result<()>)> = Vec::new();
-    let names: Vec<&str> = studies::STUDIES.iter().copied().chain(["verde", "sapo"]).collect();
-    for (i, name) in names.iter().enumerate() {
-        eprintln!("\n=== [{}/{}] reproduce {name}{} ===", i + 1, names.len(), if quick { " --quick" } else { "" });
+    let n = STUDIES.len();
+    for (i, study) in STUDIES.iter().enumerate() {
+        let name = study.name();
+        eprintln!("\n=== [{}/{n}] reproduce {name}{} ===", i + 1, if quick { " --quick" } else { "" });
         let t = Instant::now();
-        let dir = Some(out.join(name));
-        let result = if *name == "verde" {
-            crate::verify::reproduce(dir, quick)
-        } else if *name == "sapo" {
-            crate::sapo_study::reproduce(dir, quick, device)
-        } else {
-            studies::preset(name).and_then(|cfg| run(cfg, dir, quick))
-        };
+        let result = study.reproduce(&Reproduce { out: Some(out.join(name)), ..how.clone() });
         if let Err(e) = &result {
             eprintln!("reproduce {name} failed: {e:#}");
         }

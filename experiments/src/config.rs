@@ -1,18 +1,19 @@
 //! Run configurations: TOML, every field defaulted, validated on load with errors that name the field.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use genrl::DeviceProfile;
 use models::data::SyntheticConfig;
 use models::{Backend, DeviceSpec, ModelConfig, OptimConfig};
-use noloco::scale::{ScaleSpec, SyncMethod};
-use noloco::{DiLoCo, NoLoCo, RandomRouter};
-use pipeline::{DataParallel, Fallback, FixedRouter, Independent, PipelineSpec, Recovery};
+use genrl::{FailurePlan, World};
+use pipeline::{Fallback, PipelineSpec};
 use serde::{Deserialize, Serialize};
 use transport::sim::LinkSpec;
+
+use crate::plugs::{Plug, PlugContext};
+use crate::studies::noloco::ScaleConfig;
+use crate::studies::skippipe::SkipPipeConfig;
 
 /// Where the training text comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,29 +32,6 @@ impl Default for CorpusConfig {
         Self { path: None, val_fraction: 0.1, synthetic: SyntheticConfig::default() }
     }
 }
-
-/// The ways an arm's replicas can synchronise.
-pub(crate) const SYNC_KINDS: [&str; 5] = ["all_reduce", "tree_all_reduce", "none", "diloco", "noloco"];
-
-/// Which path a micro-batch takes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Routing {
-    /// Always its own replica's row.
-    #[default]
-    Fixed,
-    /// A random replica, re-drawn per micro-batch and stage (NoLoCo).
-    Random,
-    /// Its own row, with the first two and last two transformer stages swapped on odd micro-batches
-    /// (CheckFree+).
-    OutOfOrder,
-    /// Paths scheduled by SkipPipe at the arm's `skip_ratio` (needs `[geo]`).
-    Skippipe,
-}
-
-/// The ways a failed worker can be brought back.
-pub(crate) const RECOVERY_KINDS: [&str; 6] =
-    ["checkpoint", "checkfree", "checkfree_plus", "redundant", "naive_copy", "random_reinit"];
 
 /// Shared recovery settings: the checkpoint schedule (for `recovery = "checkpoint"` and the
 /// `checkpoint` fallback) and what rebuild protocols fall back to.
@@ -76,7 +54,7 @@ impl Default for RecoveryConfig {
     }
 }
 
-/// One arm of a study: a grid and how it synchronises.
+/// One arm of a study: a grid, its three plugs (see [`crate::plugs`]) and its failures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ArmConfig {
@@ -86,36 +64,42 @@ pub(crate) struct ArmConfig {
     pub(crate) stages: usize,
     /// Data-parallel replicas.
     pub(crate) replicas: usize,
-    /// `all_reduce` (DDP, ring), `tree_all_reduce` (DDP, binary tree), `none`, `diloco` or `noloco`.
+    /// How the replicas of a stage agree: `all_reduce` (DDP, ring), `tree_all_reduce`, `none`, `diloco`,
+    /// `noloco`, or any registered protocol; with its settings as a table (`{ kind = "noloco", every = 20 }`).
     #[serde(default = "default_sync")]
-    pub(crate) sync: String,
-    /// `fixed` or `random` (NoLoCo's random pipeline routing).
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub(crate) routing: Routing,
-    /// DiLoCo's settings (for `sync = "diloco"`; defaults if absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) diloco: Option<DiLoCo>,
-    /// NoLoCo's settings (for `sync = "noloco"`; defaults if absent). Its seed is combined with the run's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) noloco: Option<NoLoCo>,
-    /// How failed workers come back: one of [`RECOVERY_KINDS`] (default `checkpoint`).
+    pub(crate) sync: Plug,
+    /// Which path each micro-batch takes: `fixed`, `random` (NoLoCo), `out_of_order` (CheckFree+),
+    /// `skippipe` (scheduled paths on the `[geo]` swarm, e.g. `{ kind = "skippipe", skip_ratio = 0.25 }`).
+    #[serde(default = "default_routing", skip_serializing_if = "is_default_routing")]
+    pub(crate) routing: Plug,
+    /// How failed workers come back: `checkpoint`, `redundant`, or a rebuild protocol (`checkfree`,
+    /// `checkfree_plus`, `naive_copy`, `random_reinit`) that falls back to `[recovery] fallback`.
     #[serde(default = "default_recovery", skip_serializing_if = "is_default_recovery")]
-    pub(crate) recovery: String,
+    pub(crate) recovery: Plug,
     /// Probability that a stage (all its replicas) fails in an iteration; 0 = no failures. The
     /// failures are drawn from the run's seed, so arms with the same rate see the same failures.
     #[serde(default, skip_serializing_if = "is_default")]
     pub(crate) failure_rate: f64,
-    /// For `routing = "skippipe"`: the fraction of the stages each micro-batch skips.
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub(crate) skip_ratio: f64,
 }
 
-fn default_recovery() -> String {
-    "checkpoint".into()
+fn default_sync() -> Plug {
+    Plug::named("all_reduce")
 }
 
-fn is_default_recovery(r: &String) -> bool {
-    r == "checkpoint"
+fn default_routing() -> Plug {
+    Plug::named("fixed")
+}
+
+fn is_default_routing(p: &Plug) -> bool {
+    *p == default_routing()
+}
+
+fn default_recovery() -> Plug {
+    Plug::named("checkpoint")
+}
+
+fn is_default_recovery(p: &Plug) -> bool {
+    *p == default_recovery()
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -123,79 +107,17 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 }
 
 impl ArmConfig {
-    /// An arm with the baseline synchronisation (DDP, ring all-reduce) on a fixed path.
+    /// An arm with the baseline plugs: DDP (ring all-reduce) on fixed paths, checkpoint-restart.
     pub(crate) fn new(label: &str, stages: usize, replicas: usize) -> Self {
         Self {
             label: label.into(),
             stages,
             replicas,
             sync: default_sync(),
-            routing: Routing::Fixed,
-            diloco: None,
-            noloco: None,
+            routing: default_routing(),
             recovery: default_recovery(),
             failure_rate: 0.0,
-            skip_ratio: 0.0,
         }
-    }
-}
-
-fn default_sync() -> String {
-    "all_reduce".into()
-}
-
-/// The synchronisation-scaling part of a study: one outer round of a stage shard among R replicas on
-/// internet-like links, for each swarm size and method (see `noloco::scale`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct ScaleConfig {
-    /// Swarm sizes.
-    pub(crate) replicas: Vec<usize>,
-    /// Parameters of one stage shard of the modelled model.
-    pub(crate) shard_params: usize,
-    /// Floats actually simulated per shard (bandwidths are scaled to match).
-    pub(crate) simulated_values: usize,
-    /// Pair latency range, ms.
-    pub(crate) latency_ms: (f64, f64),
-    /// Access bandwidth range, Mbit/s.
-    pub(crate) mbit_per_s: (f64, f64),
-    /// Replicas reach the round within this many seconds of each other.
-    pub(crate) arrival_spread_s: f64,
-    /// NoLoCo group size.
-    pub(crate) group_size: usize,
-}
-
-impl Default for ScaleConfig {
-    fn default() -> Self {
-        let links = noloco::scale::InternetLinks::default();
-        Self {
-            replicas: vec![8, 32, 128, 512, 1024],
-            shard_params: 25_000_000,
-            simulated_values: 1 << 18,
-            latency_ms: links.latency_ms,
-            mbit_per_s: links.mbit_per_s,
-            arrival_spread_s: 2.0,
-            group_size: 2,
-        }
-    }
-}
-
-impl ScaleConfig {
-    /// The measurement of `replicas` replicas with `method`.
-    pub(crate) fn spec(&self, replicas: usize, method: SyncMethod, seed: u64) -> ScaleSpec {
-        ScaleSpec {
-            shard_params: self.shard_params,
-            simulated_values: self.simulated_values,
-            links: noloco::scale::InternetLinks { latency_ms: self.latency_ms, mbit_per_s: self.mbit_per_s },
-            arrival_spread_s: self.arrival_spread_s,
-            seed,
-            ..ScaleSpec::new(replicas, method)
-        }
-    }
-
-    /// The methods compared.
-    pub(crate) fn methods(&self) -> [SyncMethod; 3] {
-        [SyncMethod::RingAllReduce, SyncMethod::TreeAllReduce, SyncMethod::Gossip { group_size: self.group_size }]
     }
 }
 
@@ -272,10 +194,10 @@ pub(crate) struct RunConfig {
     pub(crate) recovery: RecoveryConfig,
     /// If set, every arm runs on a geo-distributed, heterogeneous swarm (needed by SkipPipe arms).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) geo: Option<crate::skip::GeoConfig>,
+    pub(crate) geo: Option<GeoConfig>,
     /// If set, the SkipPipe study: the scheduler's iteration times and inference with stages dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) skippipe: Option<crate::skip::SkipPipeStudy>,
+    pub(crate) skippipe: Option<SkipPipeConfig>,
 }
 
 impl Default for RunConfig {
@@ -330,7 +252,12 @@ impl RunConfig {
     /// outer rounds, whose interval `H` shrinks in proportion so the number of rounds stays; 100 when
     /// arms fail), a smaller corpus, and swarm sizes up to 64 in the scaling part.
     pub(crate) fn quick(mut self) -> Self {
-        let outer = self.arms.iter().any(|a| matches!(a.sync.as_str(), "diloco" | "noloco"));
+        // An arm has outer rounds when its synchronisation has an interval `every` (DiLoCo, NoLoCo and
+        // registered protocols that follow the convention).
+        let outer = self
+            .arms
+            .iter()
+            .any(|a| a.sync.int("every").is_some() || matches!(a.sync.kind.as_str(), "diloco" | "noloco"));
         let failing = self.arms.iter().any(|a| a.failure_rate > 0.0);
         let old = self.steps;
         self.steps = self.steps.min(if outer {
@@ -340,31 +267,23 @@ impl RunConfig {
         } else {
             40
         });
-        let shrink = |every: u64| (every * self.steps / old.max(1)).max(1);
+        let shrink = |every: i64| (every.max(0) as u64 * self.steps / old.max(1)).max(1);
         for arm in &mut self.arms {
-            if let Some(d) = &mut arm.diloco {
-                d.every = shrink(d.every);
-            }
-            if let Some(n) = &mut arm.noloco {
-                n.every = shrink(n.every);
+            if let Some(every) = arm.sync.int("every") {
+                arm.sync.settings.insert("every".into(), toml::Value::Integer(shrink(every) as i64));
             }
         }
         self.optim.total_steps = self.steps;
         self.optim.warmup_steps = self.optim.warmup_steps.min(5);
         self.eval_every = (self.steps / 4).max(1);
         self.corpus.synthetic.train_tokens = self.corpus.synthetic.train_tokens.min(1 << 16);
-        self.skippipe = self.skippipe.take().map(crate::skip::SkipPipeStudy::quick);
-        if let Some(scale) = &mut self.scale {
-            scale.replicas.retain(|&r| r <= 64);
-            if scale.replicas.is_empty() {
-                scale.replicas.push(8);
-            }
-            scale.simulated_values = scale.simulated_values.min(1 << 16);
-        }
+        self.skippipe = self.skippipe.take().map(SkipPipeConfig::quick);
+        self.scale = self.scale.take().map(ScaleConfig::quick);
         self
     }
 
-    /// Checks the fields that the libraries do not.
+    /// Checks the fields that the libraries do not, then builds every arm (its plugs parse their
+    /// settings and check them against the grid).
     pub(crate) fn validate(&self) -> Result<()> {
         if self.steps == 0 {
             bail!("invalid steps: must be at least 1");
@@ -373,49 +292,22 @@ impl RunConfig {
             bail!("invalid arms: list at least one arm");
         }
         for (i, arm) in self.arms.iter().enumerate() {
-            if !SYNC_KINDS.contains(&arm.sync.as_str()) {
-                bail!("invalid arms[{i}].sync: {:?} is not one of {}", arm.sync, SYNC_KINDS.join(", "));
-            }
-            if arm.diloco.is_some() && arm.sync != "diloco" {
-                bail!("invalid arms[{i}].diloco: settings given but sync is {:?}", arm.sync);
-            }
-            if arm.noloco.is_some() && arm.sync != "noloco" {
-                bail!("invalid arms[{i}].noloco: settings given but sync is {:?}", arm.sync);
-            }
-            if !RECOVERY_KINDS.contains(&arm.recovery.as_str()) {
-                bail!("invalid arms[{i}].recovery: {:?} is not one of {}", arm.recovery, RECOVERY_KINDS.join(", "));
-            }
             if !(arm.failure_rate.is_finite() && (0.0..1.0).contains(&arm.failure_rate)) {
                 bail!("invalid arms[{i}].failure_rate: {} must be in [0, 1)", arm.failure_rate);
             }
+            if arm.routing.kind == "skippipe" && self.geo.is_none() {
+                bail!("invalid arms[{i}].routing ({:?}): \"skippipe\" needs a [geo] swarm to schedule on", arm.label);
+            }
         }
-        if !matches!(self.recovery.fallback.as_str(), "reinit" | "checkpoint") {
-            bail!("invalid recovery.fallback: {:?} is not one of reinit, checkpoint", self.recovery.fallback);
-        }
+        self.fallback()?;
         if let Some(study) = &self.skippipe {
             study.validate()?;
         }
-        if let Some(arm) = self.arms.iter().find(|a| a.routing == Routing::Skippipe && self.geo.is_none()) {
-            bail!("invalid arms {:?}: routing = \"skippipe\" needs a [geo] swarm to schedule on", arm.label);
-        }
-        if let Some(arm) = self.arms.iter().find(|a| !(0.0..1.0).contains(&a.skip_ratio)) {
-            bail!("invalid arms {:?}: skip_ratio {} is not in [0, 1)", arm.label, arm.skip_ratio);
+        if let Some(geo) = &self.geo {
+            geo.validate()?;
         }
         if let Some(scale) = &self.scale {
-            if scale.replicas.is_empty() {
-                bail!("invalid scale.replicas: list at least one swarm size");
-            }
-            if let Some(&r) = scale.replicas.iter().find(|&&r| r < 2 || !r.is_multiple_of(scale.group_size.max(1))) {
-                bail!(
-                    "invalid scale.replicas: {r} must be at least 2 and a multiple of group_size {}",
-                    scale.group_size
-                );
-            }
-            for &r in &scale.replicas {
-                for method in scale.methods() {
-                    scale.spec(r, method, self.seed).check().context("invalid scale")?;
-                }
-            }
+            scale.validate(self.seed)?;
         }
         DeviceProfile::preset(&self.profile)?;
         ModelConfig::preset(&self.model_preset)?;
@@ -423,6 +315,16 @@ impl RunConfig {
             self.spec(i)?.validate().with_context(|| format!("arms[{i}] ({})", self.arms[i].label))?;
         }
         Ok(())
+    }
+
+    /// What rebuild protocols fall back to.
+    fn fallback(&self) -> Result<Fallback> {
+        let rc = &self.recovery;
+        Ok(match rc.fallback.as_str() {
+            "checkpoint" => Fallback::Checkpoint { every: rc.checkpoint_every, bytes_per_s: rc.storage_mb_per_s * 1e6 },
+            "reinit" => Fallback::ReInit,
+            other => bail!("invalid recovery.fallback: {other:?} is not one of reinit, checkpoint"),
+        })
     }
 
     /// The model every arm trains.
@@ -436,81 +338,110 @@ impl RunConfig {
         })
     }
 
-    /// The pipeline spec of arm `i`.
+    /// Every worker's simulated profile: the preset, at `profile_tflops` if set.
+    fn profile(&self) -> Result<DeviceProfile> {
+        let mut profile = DeviceProfile::preset(&self.profile)?;
+        if let Some(tflops) = self.profile_tflops {
+            profile.flops = tflops * 1e12;
+        }
+        Ok(profile)
+    }
+
+    /// The pipeline spec of arm `i`: the grid on its world (uniform, or placed on the `[geo]` swarm),
+    /// with the failures its rate draws, then its plugs built from the registry.
     pub(crate) fn spec(&self, i: usize) -> Result<PipelineSpec> {
         let arm = &self.arms[i];
-        let model = self.model()?;
-        let rc = &self.recovery;
-        let checkpoint = (rc.checkpoint_every, rc.storage_mb_per_s * 1e6);
-        let fallback = match rc.fallback.as_str() {
-            "checkpoint" => Fallback::Checkpoint { every: checkpoint.0, bytes_per_s: checkpoint.1 },
-            _ => Fallback::ReInit,
-        };
-        let rebuild = |protocol: Arc<dyn pipeline::StageRebuild>| Recovery::Rebuild { protocol, fallback };
-        // Each rate draws its own failures (from the run's seed and the rate), shared by its arms.
-        let failures = if arm.failure_rate > 0.0 {
-            let seed = self.seed ^ arm.failure_rate.to_bits();
-            checkfree::stage_failures(arm.failure_rate, arm.stages, arm.replicas, self.steps, &rc.protect, seed)
-        } else {
-            Vec::new()
-        };
-        let mut device = DeviceProfile::preset(&self.profile)?;
-        if let Some(tflops) = self.profile_tflops {
-            device.flops = tflops * 1e12;
-        }
+        let link = LinkSpec::mbit(self.network.latency_ms, self.network.mbit_per_s);
         let mut spec = PipelineSpec {
-            stages: arm.stages,
-            replicas: arm.replicas,
             micro_batches: self.micro_batches,
             micro_batch: self.micro_batch,
             seq: self.seq,
-            steps: self.steps,
-            model,
             optim: self.optim.clone(),
-            sync: match arm.sync.as_str() {
-                "none" => Arc::new(Independent),
-                "tree_all_reduce" => Arc::new(DataParallel::TREE),
-                "diloco" => Arc::new(arm.diloco.unwrap_or_default()),
-                "noloco" => {
-                    let n = arm.noloco.unwrap_or_default();
-                    Arc::new(NoLoCo { seed: n.seed ^ self.seed, ..n })
-                }
-                _ => Arc::new(DataParallel::RING),
-            },
-            router: match arm.routing {
-                Routing::Fixed => Arc::new(FixedRouter),
-                Routing::Random => Arc::new(RandomRouter { seed: self.seed }),
-                Routing::OutOfOrder => Arc::new(checkfree::OutOfOrderRouter),
-                // Scheduled below, once the swarm is placed.
-                Routing::Skippipe => Arc::new(FixedRouter),
-            },
             seed: self.seed,
-            device,
-            compute: self.device.resolve()?,
-            link: LinkSpec::mbit(self.network.latency_ms, self.network.mbit_per_s),
-            recovery: match arm.recovery.as_str() {
-                "checkfree" => rebuild(Arc::new(checkfree::CheckFree::default())),
-                "checkfree_plus" => rebuild(Arc::new(checkfree::CheckFreePlus::default())),
-                "naive_copy" => rebuild(Arc::new(checkfree::NaiveCopy::default())),
-                "random_reinit" => rebuild(Arc::new(checkfree::RandomReinit::default())),
-                "redundant" => Recovery::Redundant,
-                _ => Recovery::CheckpointRestart { every: checkpoint.0, bytes_per_s: checkpoint.1 },
-            },
-            failures: pipeline::FailurePlan { failures },
+            device: self.device.resolve()?,
+            world: World::uniform(arm.stages * arm.replicas, self.profile()?, link),
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
-            progress: None,
-            peer_timeout: Duration::from_secs(600),
-            late_join: false,
             edge_stages: self.edge_stages,
-            placement: None,
+            ..PipelineSpec::new(arm.stages, arm.replicas, self.steps, self.model()?)
         };
         if let Some(geo) = &self.geo {
-            let skip = (arm.routing == Routing::Skippipe).then_some(arm.skip_ratio);
-            crate::skip::place(&mut spec, geo, self.profile_tflops, skip)
+            spec.world = geo
+                .place(&spec, self.profile_tflops, link)
                 .with_context(|| format!("arm {:?} on the [geo] swarm", arm.label))?;
         }
-        Ok(spec)
+        // Each rate draws its own failures (from the run's seed and the rate), shared by its arms.
+        if arm.failure_rate > 0.0 {
+            let seed = self.seed ^ arm.failure_rate.to_bits();
+            let rc = &self.recovery;
+            let failures =
+                checkfree::stage_failures(arm.failure_rate, arm.stages, arm.replicas, self.steps, &rc.protect, seed);
+            spec.world.failures = FailurePlan { failures };
+        }
+        let ctx = PlugContext {
+            spec: &spec,
+            fallback: self.fallback()?,
+            checkpoints: (self.recovery.checkpoint_every, self.recovery.storage_mb_per_s * 1e6),
+        };
+        let named = |field: &str, plug: &Plug| format!("invalid arms[{i}].{field} ({:?})", plug.kind);
+        let (sync, router, recovery) = crate::plugs::with(|r| -> Result<_> {
+            Ok((
+                r.build_sync(&arm.sync, &ctx).with_context(|| named("sync", &arm.sync))?,
+                r.build_routing(&arm.routing, &ctx).with_context(|| named("routing", &arm.routing))?,
+                r.build_recovery(&arm.recovery, &ctx).with_context(|| named("recovery", &arm.recovery))?,
+            ))
+        })?;
+        Ok(PipelineSpec { sync, router, recovery, ..spec })
+    }
+}
+
+/// The swarm every arm runs on when `[geo]` is set: nodes over twelve cloud regions, a third H100-class,
+/// a third A10-class, a third half-speed A10s ([`World::geo_distributed`]), assigned to the grid's stages
+/// by `assignment` (SkipPipe's node-to-stage assignment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct GeoConfig {
+    /// Seed of the regions and devices.
+    pub(crate) seed: u64,
+    /// `local_search` or `random`.
+    pub(crate) assignment: String,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        Self { seed: 1, assignment: "local_search".into() }
+    }
+}
+
+impl GeoConfig {
+    fn validate(&self) -> Result<()> {
+        if !matches!(self.assignment.as_str(), "local_search" | "random") {
+            bail!("invalid geo.assignment: {:?} is not local_search or random", self.assignment);
+        }
+        Ok(())
+    }
+
+    /// The geo-distributed world of `spec`'s grid: its nodes (the fastest at `tflops` TFLOP/s, if set;
+    /// `link` where no region link applies) assigned to the stages, in worker order.
+    pub(crate) fn place(&self, spec: &PipelineSpec, tflops: Option<f64>, link: LinkSpec) -> Result<World> {
+        let nodes = spec.stages * spec.replicas;
+        let mut world = World::geo_distributed(nodes, self.seed);
+        world.link = link;
+        if let Some(t) = tflops {
+            world = world.sped_up(t * 1e12 / DeviceProfile::h100().flops);
+        }
+        let workload = skippipe::Workload {
+            stage_flops: spec.stage_forward_flops()?,
+            activation_bytes: spec.micro_batch * spec.seq * spec.model.d_model * 4,
+            micro_batches: spec.micro_batches,
+            memory: 1,
+        };
+        let partition = vec![spec.replicas; spec.stages];
+        let assignment = match self.assignment.as_str() {
+            "random" => skippipe::assign_random(&world, &partition, self.seed)?,
+            _ => skippipe::assign_local_search(&world, &partition, &workload, self.seed, 4)?,
+        };
+        Ok(assignment.place(&world, spec.replicas)?)
     }
 }
 
@@ -560,25 +491,16 @@ mbit_per_s = 1000.0
 label = "R=1"
 stages = 1
 replicas = 1
+# Each arm has three plugs, named alone for their defaults or as a table with their settings:
 # sync = "all_reduce"  # all_reduce | tree_all_reduce | none | diloco | noloco
+# sync = { kind = "noloco", every = 50, group_size = 2, outer_lr = 0.7, momentum = 0.5, pull = true, timeout_s = 60.0 }
+# sync = { kind = "diloco", every = 100, outer_lr = 0.7, momentum = 0.9, nesterov = true, collective = "ring" }
 # routing = "fixed"    # fixed | random (NoLoCo's random pipeline routing) | out_of_order (CheckFree+)
-#                      # | skippipe (scheduled paths, needs [geo])
-# skip_ratio = 0.25    # with routing = "skippipe": fraction of the stages each micro-batch skips
-# recovery = "checkpoint"  # checkpoint | checkfree | checkfree_plus | redundant | naive_copy | random_reinit
+# routing = { kind = "skippipe", skip_ratio = 0.25, memory = 8, load_slack = 1.5, schedules = 1, swap = true }
+#                      # SkipPipe's scheduled paths (needs [geo]); skip_ratio: the fraction of stages skipped
+# recovery = "checkpoint"  # checkpoint | redundant | checkfree | checkfree_plus | naive_copy | random_reinit
+# recovery = { kind = "checkfree", lr_scale = 1.2 }
 # failure_rate = 0.0   # probability that a stage fails in an iteration (seeded)
-# [arms.noloco]        # with sync = "noloco" (defaults shown)
-# every = 50           # H: inner steps between outer steps
-# group_size = 2       # n: replicas per gossip group; must divide replicas
-# outer_lr = 0.7
-# momentum = 0.5
-# pull = true          # the pull-to-group-mean term
-# timeout_s = 60.0     # a group's root waits this long for its members
-# [arms.diloco]        # with sync = "diloco" (defaults shown)
-# every = 100
-# outer_lr = 0.7
-# momentum = 0.9
-# nesterov = true      # false: heavy-ball momentum
-# collective = "ring"  # ring | tree
 
 [[arms]]
 label = "DDP R=4"
@@ -599,8 +521,6 @@ replicas = 2
 # [geo]                # run every arm on a geo-distributed, heterogeneous swarm (12 regions)
 # seed = 1
 # assignment = "local_search"  # local_search | random: which node serves which stage
-# memory = 8           # micro-batches a node can hold (SkipPipe's memory constraint)
-# load_slack = 1.5     # each stage serves between 1/slack and slack times its fair share
 
 # [skippipe]           # SkipPipe's scheduler study and inference with stages dropped
 # partition = [7, 5, 5, 5, 5, 5, 5, 5]  # nodes per stage (stage 0: data nodes)
@@ -647,10 +567,15 @@ mod tests {
         let arm = "[[arms]]\nlabel = \"x\"\nstages = 1\nreplicas = 3\n";
         assert!(err(&format!("{arm}sync = \"noloco\"")).contains("noloco.group_size"));
         assert!(
-            err(&format!("{arm}sync = \"noloco\"\n[arms.noloco]\ngroup_size = 3\nevery = 0")).contains("noloco.every")
+            err(&format!("{arm}sync = {{ kind = \"noloco\", group_size = 3, every = 0 }}")).contains("noloco.every")
         );
-        assert!(err(&format!("{arm}sync = \"diloco\"\n[arms.diloco]\nouter_lr = -1.0")).contains("diloco.outer_lr"));
-        assert!(err(&format!("{arm}[arms.noloco]\ngroup_size = 3")).contains("arms[0].noloco"));
+        assert!(err(&format!("{arm}sync = {{ kind = \"diloco\", outer_lr = -1.0 }}")).contains("diloco.outer_lr"));
+        // A setting of another protocol is a parse error that names it.
+        let wrong = err(&format!("{arm}sync = {{ kind = \"diloco\", group_size = 3 }}"));
+        assert!(wrong.contains("arms[0].sync") && wrong.contains("group_size"), "{wrong}");
+        let wrong = err(&format!("{arm}routing = {{ kind = \"fixed\", skip_ratio = 0.25 }}"));
+        assert!(wrong.contains("arms[0].routing") && wrong.contains("skip_ratio"), "{wrong}");
+        assert!(err(&format!("{arm}[arms.noloco]\ngroup_size = 3")).contains("noloco"), "the old layout is refused");
         assert!(err(&format!("{arm}routing = \"sideways\"")).contains("routing"));
         assert!(err("[scale]\nreplicas = [7]").contains("scale.replicas"));
         assert!(err(&format!("{arm}recovery = \"prayer\"")).contains("arms[0].recovery"));
@@ -659,12 +584,14 @@ mod tests {
         assert!(err("profile_tflops = -1.0").contains("flops"));
         let cf = "layers = 6\n[[arms]]\nlabel = \"x\"\nstages = 6\nreplicas = 1\nrecovery = \"checkfree\"\n";
         assert!(err(cf).contains("edge_stages"), "CheckFree needs the edge-stage layout");
-        let sp = "layers = 4\nedge_stages = true\n[[arms]]\nlabel = \"x\"\nstages = 6\nreplicas = 2\nrouting = \"skippipe\"\n";
-        assert!(err(sp).contains("needs a [geo] swarm"));
-        assert!(err(&format!("{sp}skip_ratio = 1.5\n[geo]")).contains("skip_ratio"));
-        assert!(err(&format!("{sp}skip_ratio = 0.67\n[geo]")).contains("skip_ratio"), "no intermediate stage left");
+        let grid = "layers = 4\nedge_stages = true\n[[arms]]\nlabel = \"x\"\nstages = 6\nreplicas = 2\n";
+        let sp = format!("{grid}routing = \"skippipe\"\n");
+        assert!(err(&sp).contains("needs a [geo] swarm"));
+        let skip = |settings: &str| format!("{grid}routing = {{ kind = \"skippipe\", {settings} }}\n[geo]");
+        assert!(err(&skip("skip_ratio = 1.5")).contains("skip_ratio"));
+        assert!(err(&skip("skip_ratio = 0.67")).contains("skip_ratio"), "no intermediate stage left");
         assert!(err(&format!("{sp}[geo]\nassignment = \"magic\"")).contains("geo.assignment"));
-        assert!(err(&format!("{sp}[geo]\nmemory = 1")).contains("memory"), "2 micro-batches per data node");
+        assert!(err(&skip("memory = 1")).contains("memory"), "2 micro-batches per data node");
         assert!(err("[skippipe]\nskip_ratios = [1.0]").contains("skippipe.skip_ratios"));
     }
 }

@@ -20,7 +20,7 @@ use transport::{Identity, PeerBook};
 
 use crate::config::RunConfig;
 use crate::node::{NodeLog, NodeNet};
-use crate::report::write_atomic;
+use crate::files::{out_dir, write_atomic};
 
 /// A node and a round (or step): `NODE@ROUND`. `--kill` kills the node once it reports the round;
 /// `--late` starts it once another node reports it.
@@ -81,30 +81,31 @@ fn progress(line: &str) -> Option<u64> {
     rest.split('/').next()?.trim().parse().ok()
 }
 
-/// The configuration every node runs, written into the run folder: how many nodes it needs and the
-/// link model of its simulated network.
-fn prepare_config(launch: &Launch, path: &Path) -> Result<(usize, LinkSpec)> {
-    let text = match &launch.config {
-        Some(source) => std::fs::read_to_string(source).with_context(|| format!("cannot read {}", source.display()))?,
-        None if launch.protocol == "pipeline" => crate::config::EXAMPLE.to_owned(),
-        None => toml::to_string(&sapo::SapoConfig::default())?,
+/// The configuration every node runs, checked: its text, how many nodes it needs and the link model of
+/// its simulated network. Nothing is written until it is known to fit the launch.
+fn prepare_config(launch: &Launch) -> Result<(String, LinkSpec)> {
+    let (text, source) = match &launch.config {
+        Some(source) => (
+            std::fs::read_to_string(source).with_context(|| format!("cannot read {}", source.display()))?,
+            source.display().to_string(),
+        ),
+        None if launch.protocol == "pipeline" => (crate::config::EXAMPLE.to_owned(), "the built-in configuration".into()),
+        None => (toml::to_string(&sapo::SapoConfig::default())?, "the built-in configuration".into()),
     };
-    write_atomic(path, text.as_bytes())?;
     let (needed, what, link) = if launch.protocol == "pipeline" {
-        let cfg = RunConfig::load(path)?;
+        let cfg = RunConfig::from_toml(&text).with_context(|| format!("config {source}"))?;
         let spec = cfg.spec(0)?;
         let what = format!("its first arm has {} stages x {} replicas", spec.stages, spec.replicas);
         (spec.stages * spec.replicas, what, LinkSpec::mbit(cfg.network.latency_ms, cfg.network.mbit_per_s))
     } else {
-        let cfg = crate::sapo_study::load_config(path)?;
-        cfg.validate()?;
+        let cfg = crate::studies::sapo::parse_config(&text, &source)?;
         let what = format!("it has {} agents and {} liars", cfg.agents, cfg.liars);
         (cfg.agents + cfg.liars, what, LinkSpec::mbit(cfg.latency_ms, cfg.bandwidth_mbit))
     };
     if needed != launch.nodes {
         bail!("--local {} does not fit the configuration: {what}, so it needs {needed} nodes", launch.nodes);
     }
-    Ok((needed, link))
+    Ok((text, link))
 }
 
 /// A loopback address with a free UDP port (bound, read and released).
@@ -166,9 +167,10 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
             bail!("{flag} {}@{}: there are only nodes 0 to {}", k.node, k.round, launch.nodes - 1);
         }
     }
-    let out = crate::out_dir(launch.out.clone(), "launch")?;
+    let (text, link) = prepare_config(&launch)?;
+    let out = out_dir(launch.out.clone(), "launch")?;
     let config = out.join("config.toml");
-    let (_, link) = prepare_config(&launch, &config)?;
+    write_atomic(&config, text.as_bytes())?;
     let places = make_places(&out, launch.nodes, launch.emulate_link)?;
     // The link emulators run on a runtime of their own for as long as the swarm does.
     let relay_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -474,7 +476,7 @@ fn time_per_step<'a>(samples: impl Iterator<Item = &'a genrl::Sample>) -> Option
 fn link_fidelity(config: &Path, logs: &[NodeLog]) -> Result<Fidelity> {
     let cfg = RunConfig::load(config)?;
     let spec = cfg.spec(0)?;
-    let corpus = std::sync::Arc::new(crate::corpus(&cfg)?);
+    let corpus = std::sync::Arc::new(crate::run::corpus(&cfg)?);
     eprintln!("[launch] running the same arm on the simulated network for comparison");
     let report = genrl::run_simulation(pipeline::run_simulated(&spec, corpus))??;
     let sim_s =

@@ -13,7 +13,8 @@ use transport::quic::{Endpoint, EndpointConfig};
 use transport::{Identity, PeerBook, PeerId};
 
 use crate::config::RunConfig;
-use crate::report::{event_line, h5_attr_text, h5_text, parse_event_line, weights_hash, write_atomic};
+use crate::files::{event_line, h5_attr_text, h5_write_text, out_dir, parse_event_line, write_atomic};
+use crate::report::weights_hash;
 
 /// This process's place in a swarm of real nodes: its key, the peers file, every id in rank order, and
 /// its own rank (its index in the swarm).
@@ -100,7 +101,7 @@ impl Node {
                 index: self.index as u32,
                 transport: endpoint.clone(),
                 clock: WallClock::new(),
-                device: profile,
+                profile,
                 metrics: genrl::Metrics::new(),
                 peers: self.ids.clone(),
             };
@@ -128,7 +129,7 @@ pub(crate) fn pipeline_node(
     let what = format!("the first arm has {} stages x {} replicas", spec.stages, spec.replicas);
     let node = Node::load(key, peers, workers, &what, net)?;
     let index = node.index;
-    let out = crate::out_dir(out, "node")?;
+    let out = out_dir(out, "node")?;
     eprintln!(
         "swarmlab node {}: worker {index} of {workers} (stage {}, replica {}) of arm {:?}, listening on {}",
         node.id(),
@@ -157,7 +158,7 @@ pub(crate) fn pipeline_node(
         })
     };
     let run = node.run(
-        spec.device.clone(),
+        spec.world.profiles[index].clone(),
         || Ok(()),
         |ctx, ()| async move {
             let metrics = ctx.metrics.clone();
@@ -233,7 +234,7 @@ impl NodeLog {
         g.new_attr::<u64>().create("place")?.write_scalar(&(self.place as u64))?;
         g.new_attr::<f64>().create("wall_s")?.write_scalar(&self.wall_s)?;
         for (name, value) in [("peer", &self.peer), ("protocol", &self.protocol)] {
-            g.new_attr::<hdf5::types::VarLenUnicode>().create(name)?.write_scalar(&h5_text(value)?)?;
+            h5_write_text(g, name, value)?;
         }
         for (name, samples) in &self.log.series {
             let steps: Vec<u64> = samples.iter().map(|s| s.step).collect();

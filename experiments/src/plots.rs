@@ -24,8 +24,6 @@ fn font() -> Result<()> {
     if ok { Ok(()) } else { Err(anyhow!("the bundled plot font could not be loaded")) }
 }
 
-use noloco::scale::ScalePoint;
-
 use crate::report::ArmResult;
 
 const COLORS: [RGBColor; 10] = [
@@ -121,8 +119,8 @@ fn draw<DB: DrawingBackend>(
 }
 
 /// Writes `val_loss_by_step`, `val_loss_by_time`, `train_loss_by_step` and `bytes_sent`, and when the
-/// run measured them `weight_variance` and `sync_scale`, each as `.svg` and `.png`, into `out`.
-pub(crate) fn write_plots(out: &Path, results: &[ArmResult], scale: &[ScalePoint], floor: Option<f64>) -> Result<()> {
+/// run measured it `weight_variance`, each as `.svg` and `.png`, into `out`. (Studies draw their own.)
+pub(crate) fn write_plots(out: &Path, results: &[ArmResult], floor: Option<f64>) -> Result<()> {
     let by_step = |pick: fn(&ArmResult) -> &Vec<(u64, f64)>| -> Vec<Line<'_>> {
         results
             .iter()
@@ -153,53 +151,20 @@ pub(crate) fn write_plots(out: &Path, results: &[ArmResult], scale: &[ScalePoint
             None,
         )?;
     }
-    if !scale.is_empty() {
-        let mut methods: Vec<&str> = scale.iter().map(|p| p.method.as_str()).collect();
-        methods.dedup();
-        methods.sort_unstable();
-        methods.dedup();
-        let lines: Vec<Line<'_>> = methods
-            .iter()
-            .map(|&m| Line {
-                label: m,
-                points: scale
-                    .iter()
-                    .filter(|p| p.method == m)
-                    .map(|p| ((p.replicas as f64).log2(), p.mean_latency_s))
-                    .collect(),
-            })
-            .collect();
-        plot_with(
-            &out.join("sync_scale.svg"),
-            "Sync latency of one outer round vs swarm size",
-            "log2 replicas",
-            "mean sync latency (s)",
-            &lines,
-            None,
-        )?;
-    }
     Ok(())
 }
 
-/// The SVG file of group `name`'s plot.
-pub(crate) fn group_plot_file(name: &str) -> String {
-    let stem: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    format!("val_loss_by_time_{stem}.svg")
-}
-
-/// Writes `val_loss_by_time_<name>` for each group of arms (e.g. the arms of one failure rate).
-pub(crate) fn write_group_plots(out: &Path, groups: &[(String, Vec<&ArmResult>)], floor: Option<f64>) -> Result<()> {
-    for (name, arms) in groups {
-        let lines: Vec<Line<'_>> = arms.iter().map(|r| Line { label: &r.label, points: r.val_time.clone() }).collect();
-        plot(
-            &out.join(group_plot_file(name)),
-            &format!("Validation loss by virtual time, {name}"),
-            "virtual time (s)",
-            &lines,
-            floor,
-        )?;
-    }
-    Ok(())
+/// A plot of loss series (with the loss floor, if known) against `x_label`, as `.svg` and `.png` at
+/// `path` (its extension replaced).
+pub(crate) fn loss_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+    floor: Option<f64>,
+) -> Result<()> {
+    let lines: Vec<Line<'_>> = series.iter().map(|(label, points)| Line { label, points: points.clone() }).collect();
+    plot(path, title, x_label, &lines, floor)
 }
 
 /// A plot of named series against `x_label`, as `.svg` and `.png` at `path` (its extension replaced).

@@ -1,26 +1,21 @@
-//! `swarmlab verify` (one program run by several trainers, some dishonest, settled by Verde's referee) and
-//! `swarmlab reproduce verde` (the study: bisection rounds, bytes and the referee's work against full
-//! replication, over run lengths and model sizes, and the negative case on native kernels).
+//! `swarmlab verify`: one program run by several trainers, some dishonest, settled by Verde's referee.
+//! (The study, `swarmlab reproduce verde`, is [`crate::studies::verde`].)
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use models::{Backend, ModelConfig};
-use rand::{Rng, SeedableRng};
-use serde::Serialize;
 use verde::net::{DisputeRecord, SettleConfig};
 use verde::{Behaviour, Conduct, Execution, Outcome, Party, Program, Rules, Settlement, Structure, execute, settle};
 
-use crate::report::write_atomic;
 
 /// One trainer of `swarmlab verify`: how it trains and how it answers the referee.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct TrainerSpec {
-    behaviour: Behaviour,
-    conduct: Conduct,
+    pub(crate) behaviour: Behaviour,
+    pub(crate) conduct: Conduct,
 }
 
 impl FromStr for TrainerSpec {
@@ -114,20 +109,20 @@ fn short(h: &[u8; 32]) -> String {
     hex(&h[..4])
 }
 
-fn log2_ceil(n: u64) -> u32 {
+pub(crate) fn log2_ceil(n: u64) -> u32 {
     if n <= 1 { 0 } else { 64 - (n - 1).leading_zeros() }
 }
 
 /// A program, its structure and the referee's rules.
-struct Setup {
-    program: Program,
-    rules: Rules,
-    ops: usize,
-    honest: Arc<Execution>,
+pub(crate) struct Setup {
+    pub(crate) program: Program,
+    pub(crate) rules: Rules,
+    pub(crate) ops: usize,
+    pub(crate) honest: Arc<Execution>,
 }
 
 impl Setup {
-    fn new(program: Program, deadline: Duration) -> Result<Self> {
+    pub(crate) fn new(program: Program, deadline: Duration) -> Result<Self> {
         let structure = Arc::new(Structure::of(&program).context("deriving the program's step structure")?);
         let honest = Arc::new(execute(&program, Behaviour::Honest)?);
         let rules = Rules {
@@ -141,7 +136,7 @@ impl Setup {
         Ok(Self { program, rules, ops, honest })
     }
 
-    fn run(&self, spec: TrainerSpec) -> Result<Arc<Execution>> {
+    pub(crate) fn run(&self, spec: TrainerSpec) -> Result<Arc<Execution>> {
         if let Some(step) = spec.behaviour.first_bad_step()
             && step > self.program.steps
         {
@@ -267,153 +262,6 @@ fn print_settlement(s: &Settlement, setup: &Setup, n: usize) {
     println!("stakes after settlement (simulated): {}", balances.join(", "));
 }
 
-/// One dispute of the study.
-#[derive(Debug, Clone, Serialize)]
-struct StudyRow {
-    model: String,
-    params: usize,
-    steps: u64,
-    ops: usize,
-    cheat: String,
-    cheat_first: bool,
-    outcome: String,
-    honest_won: bool,
-    expected_step: Option<u64>,
-    found_step: Option<u64>,
-    expected_record: Option<u64>,
-    found_record: Option<u64>,
-    step_rounds: u32,
-    op_rounds: u32,
-    rounds_bound: u32,
-    bytes: u64,
-    messages: u64,
-    replayed: Option<String>,
-    replay_elements: u64,
-    replay_seconds: f64,
-    replication_seconds: f64,
-}
-
-/// The negative case's measurements.
-#[derive(Debug, Clone, Serialize)]
-struct NegativeCase {
-    steps: u64,
-    /// Final state of the native run at 1 and 2 threads (separate processes), and whether they agree.
-    native_threads: Vec<(usize, String)>,
-    native_threads_agree: bool,
-    /// The same at 1 and 2 threads on repops.
-    repops_threads: Vec<(usize, String)>,
-    repops_threads_agree: bool,
-    /// An honest native trainer against an honest repops trainer: where they part and how it ends.
-    native_vs_repops_first_step: Option<u64>,
-    native_vs_repops_outcome: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct Study {
-    quick: bool,
-    rows: Vec<StudyRow>,
-    negative: NegativeCase,
-    seconds: f64,
-}
-
-/// The cheats of the study for a run of `steps` steps of `ops` operators, at seeded random points.
-fn cheats(steps: u64, ops: usize, rng: &mut impl Rng) -> Vec<TrainerSpec> {
-    let step = |rng: &mut dyn rand::RngCore| rng.random_range(1..=steps);
-    let faithful = |behaviour| TrainerSpec { behaviour, conduct: Conduct::Faithful };
-    vec![
-        faithful(Behaviour::PerturbWeight { step: step(rng), delta: 1e-3 }),
-        faithful(Behaviour::PerturbOp { step: step(rng), op: rng.random_range(0..ops), delta: 0.5 }),
-        faithful(Behaviour::Lazy { from: step(rng) }),
-        faithful(Behaviour::LieInCommitment { step: steps }),
-        TrainerSpec {
-            behaviour: Behaviour::PerturbWeight { step: step(rng), delta: 1e-3 },
-            conduct: Conduct::Inconsistent { from: 2 },
-        },
-        TrainerSpec { behaviour: Behaviour::Lazy { from: step(rng) }, conduct: Conduct::Silent { from: 3 } },
-    ]
-}
-
-/// Runs one (model, steps) cell of the study.
-fn study_cell(model: &str, steps: u64, rng: &mut impl Rng, rows: &mut Vec<StudyRow>) -> Result<()> {
-    let setup = Setup::new(program(model, steps, Backend::RepOps)?, Duration::from_secs(60))?;
-    let params = setup.program.model.param_count();
-    for (k, mut cheat) in cheats(steps, setup.ops, rng).into_iter().enumerate() {
-        let mut run = setup.run(cheat)?;
-        // A perturbed operator whose change never reaches the state leaves nothing to dispute: try others.
-        for _ in 0..8 {
-            if run.hashes.last() != setup.honest.hashes.last() {
-                break;
-            }
-            if let Behaviour::PerturbOp { step, delta, .. } = cheat.behaviour {
-                cheat.behaviour = Behaviour::PerturbOp { step, op: rng.random_range(0..setup.ops), delta };
-                run = setup.run(cheat)?;
-            }
-        }
-        let cheat_first = k % 2 == 1;
-        let honest = (setup.honest.clone(), Conduct::Faithful);
-        let pair = if cheat_first { vec![(run, cheat.conduct), honest] } else { vec![honest, (run, cheat.conduct)] };
-        let s = settle(&setup.rules, pair, &SettleConfig::default())?;
-        let Some(d) = s.disputes.first() else { bail!("{model}, {steps} steps: {cheat} raised no dispute") };
-        let honest_party = if cheat_first { Party::Challenger } else { Party::Trainer };
-        let honest_won = matches!(&d.outcome, Outcome::Won { winner, .. } if *winner == honest_party);
-        let expected_step = match (cheat.behaviour, cheat.conduct) {
-            (_, Conduct::Faithful) => cheat.behaviour.first_bad_step(),
-            _ => None,
-        };
-        let shape = setup.rules.structure.step(expected_step.unwrap_or(2));
-        let expected_record = match cheat.behaviour {
-            _ if expected_step.is_none() => None,
-            Behaviour::PerturbOp { op, .. } => Some(op as u64),
-            _ => Some(shape.state_index()),
-        };
-        let j = d.summary.judgement.as_ref();
-        let outcome = match &d.outcome {
-            Outcome::Agreed => "agreed".to_owned(),
-            Outcome::Won { fault, .. } => format!("cheat lost: {fault}"),
-            Outcome::BothLose(why) => format!("both lose: {why}"),
-        };
-        eprintln!("  {model:<5} T={steps:<4} {:<34} {outcome}", cheat.to_string());
-        rows.push(StudyRow {
-            model: model.into(),
-            params,
-            steps,
-            ops: setup.ops,
-            cheat: cheat.to_string(),
-            cheat_first,
-            outcome,
-            honest_won,
-            expected_step,
-            found_step: d.summary.step,
-            expected_record,
-            found_record: d.summary.record,
-            step_rounds: d.summary.step_rounds,
-            op_rounds: d.summary.op_rounds,
-            rounds_bound: log2_ceil(steps) + log2_ceil(shape.positions() - 1),
-            bytes: d.traffic.bytes,
-            messages: d.traffic.messages,
-            replayed: j.and_then(|j| j.replayed.as_ref()).map(|op| op.split(' ').next().unwrap_or_default().to_owned()),
-            replay_elements: j.map_or(0, |j| j.replay_elements),
-            replay_seconds: j.map_or(0.0, |j| j.replay_seconds),
-            replication_seconds: setup.honest.seconds,
-        });
-    }
-    Ok(())
-}
-
-/// Final state hash of an honest run in a child process with `threads` threads.
-fn child_final(backend: &str, steps: u64, threads: usize) -> Result<String> {
-    let exe = std::env::current_exe().context("locating the swarmlab binary")?;
-    let out = std::process::Command::new(exe)
-        .args(["verify", "--model", "tiny", "--steps", &steps.to_string(), "--backend", backend, "--print-final"])
-        .env("RAYON_NUM_THREADS", threads.to_string())
-        .output()
-        .context("running a trainer in a child process")?;
-    if !out.status.success() {
-        bail!("child trainer failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 /// `swarmlab verify --print-final`: an honest run's final state hash, in hex.
 pub(crate) fn print_final(model: &str, steps: u64, backend: Backend) -> Result<()> {
     let e = execute(&program(model, steps, backend)?, Behaviour::Honest)?;
@@ -422,163 +270,3 @@ pub(crate) fn print_final(model: &str, steps: u64, backend: Backend) -> Result<(
     Ok(())
 }
 
-fn negative_case(steps: u64) -> Result<NegativeCase> {
-    let threads = [1usize, 2];
-    let finals = |backend: &str| -> Result<Vec<(usize, String)>> {
-        threads.iter().map(|&t| Ok((t, child_final(backend, steps, t)?))).collect()
-    };
-    let native_threads = finals("native")?;
-    let repops_threads = finals("repops")?;
-    let agree = |v: &[(usize, String)]| v.windows(2).all(|w| w[0].1 == w[1].1);
-    // An honest native trainer against an honest repops trainer: same program, other rounding.
-    let repops_program = program("tiny", steps, Backend::RepOps)?;
-    let setup = Setup::new(repops_program, Duration::from_secs(60))?;
-    let native = Arc::new(execute(&program("tiny", steps, Backend::Native)?, Behaviour::Honest)?);
-    let first = native.hashes.iter().zip(&setup.honest.hashes).position(|(a, b)| a != b).map(|i| i as u64);
-    let s = settle(
-        &setup.rules,
-        vec![(setup.honest.clone(), Conduct::Faithful), (native, Conduct::Faithful)],
-        &SettleConfig::default(),
-    )?;
-    let outcome = match s.disputes.first().map(|d| &d.outcome) {
-        None => "no dispute".to_owned(),
-        Some(Outcome::Won { winner: Party::Trainer, fault }) => format!("the native trainer lost: {fault}"),
-        Some(Outcome::Won { winner: Party::Challenger, fault }) => format!("the repops trainer lost: {fault}"),
-        Some(Outcome::BothLose(why)) => format!("both lost: {why}"),
-        Some(Outcome::Agreed) => "agreed".to_owned(),
-    };
-    Ok(NegativeCase {
-        steps,
-        native_threads_agree: agree(&native_threads),
-        native_threads,
-        repops_threads_agree: agree(&repops_threads),
-        repops_threads,
-        native_vs_repops_first_step: first,
-        native_vs_repops_outcome: outcome,
-    })
-}
-
-/// `swarmlab reproduce verde`.
-pub(crate) fn reproduce(out: Option<PathBuf>, quick: bool) -> Result<()> {
-    let out = crate::out_dir(out, "verde")?;
-    let cells: &[(&str, &[u64])] = if quick {
-        &[("tiny", &[8, 32]), ("small", &[8])]
-    } else {
-        &[("tiny", &[16, 64, 256]), ("small", &[16, 64, 256])]
-    };
-    let began = Instant::now();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    let mut rows = Vec::new();
-    eprintln!("swarmlab reproduce verde{}: disputes against six cheats per run", if quick { " --quick" } else { "" });
-    for (model, lengths) in cells {
-        for &steps in *lengths {
-            study_cell(model, steps, &mut rng, &mut rows)?;
-        }
-    }
-    eprintln!("  negative case: native kernels");
-    let negative = negative_case(if quick { 4 } else { 16 })?;
-    let study = Study { quick, rows, negative, seconds: began.elapsed().as_secs_f64() };
-    write_atomic(&out.join("verde.json"), serde_json::to_string_pretty(&study)?.as_bytes())?;
-    write_atomic(&out.join("report.md"), markdown(&study).as_bytes())?;
-    println!("report: {}", out.join("report.md").display());
-    Ok(())
-}
-
-fn markdown(s: &Study) -> String {
-    let mut m = String::from("# Verde: refereed delegation of training\n\n");
-    m += &format!(
-        "{} disputes, each between the honest run and one cheat, on the simulated network (20 ms links); every trainer runs the same program on repops. Study time {:.0} s{}.\n\n",
-        s.rows.len(),
-        s.seconds,
-        if s.quick { " (--quick)" } else { "" }
-    );
-    let won = s.rows.iter().filter(|r| r.honest_won).count();
-    let located = s.rows.iter().filter(|r| r.expected_step.is_some()).count();
-    let exact = s
-        .rows
-        .iter()
-        .filter(|r| r.expected_step.is_some() && r.found_step == r.expected_step && r.found_record == r.expected_record)
-        .count();
-    let within = s.rows.iter().filter(|r| r.step_rounds + r.op_rounds <= r.rounds_bound).count();
-    m += "## Against the published claims\n\n| claim (Verde, arXiv 2502.19405) | measured here |\n|---|---|\n";
-    m += &format!("| the honest trainer wins every dispute (1-of-N honest) | {won} of {} disputes |\n", s.rows.len());
-    m += &format!(
-        "| the dispute narrows to the cheat's step and operator | {exact} of {located} cheats that answered faithfully, exactly |\n"
-    );
-    m += &format!(
-        "| rounds ≈ log2 n + log2 m (n steps, m records of the step) | {within} of {} disputes within ceil(log2 n) + ceil(log2 m) |\n",
-        s.rows.len()
-    );
-    let worst = s
-        .rows
-        .iter()
-        .filter(|r| r.replay_seconds > 0.0)
-        .map(|r| r.replication_seconds / r.replay_seconds)
-        .fold(f64::INFINITY, f64::min);
-    if worst.is_finite() {
-        m += &format!(
-            "| the referee re-executes one operator, independent of the run's length | at least {worst:.0}× less compute time than replicating the run |\n"
-        );
-    }
-    m += "| \"1,350% more efficient than replication\" (Gensyn's 2022 litepaper, a pre-Verde design) | not comparable: the ratio here grows with the run's length (below) |\n\n";
-    m += "## Disputes\n\n| model | params | steps n | ops/step | cheat | outcome | step found (expected) | record found (expected) | rounds (bound) | bytes | referee re-ran | elements | referee µs | replication s | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-    let opt = |v: Option<u64>| v.map_or("–".to_owned(), |v| v.to_string());
-    for r in &s.rows {
-        let ratio = if r.replay_seconds > 0.0 {
-            format!("{:.0}×", r.replication_seconds / r.replay_seconds)
-        } else {
-            "–".into()
-        };
-        m += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} + {} ({}) | {} | {} | {} | {:.1} | {:.2} | {} |\n",
-            r.model,
-            r.params,
-            r.steps,
-            r.ops,
-            r.cheat,
-            r.outcome,
-            opt(r.found_step),
-            opt(r.expected_step),
-            opt(r.found_record),
-            opt(r.expected_record),
-            r.step_rounds,
-            r.op_rounds,
-            r.rounds_bound,
-            r.bytes,
-            r.replayed.as_deref().unwrap_or("none (proofs)"),
-            r.replay_elements,
-            r.replay_seconds * 1e6,
-            r.replication_seconds,
-            ratio
-        );
-    }
-    m += "\nRecords of a step: its operators, then the state record listing the state's tensors. A perturbed weight, a lazy step or a lie about the final state is settled at the state record by provenance (each listed tensor must be the output of the operator the program's structure says produced it) or by the state hash itself — hashes and Merkle proofs, no re-execution. A perturbed operator is settled by re-executing it. Cheats marked +inconsistent or +silent lose by a bad proof or a timeout before any step is located.\n\n";
-    m += "Bytes are everything exchanged with the referee, both parties, encoded; they are dominated by the evidence (one operator's inputs, or the provenance of every state tensor).\n\n";
-    let n = &s.negative;
-    m += "## The negative case: native kernels\n\n";
-    let fmt = |v: &[(usize, String)]| {
-        v.iter().map(|(t, h)| format!("{t} thread(s): `{}`", &h[..h.len().min(16)])).collect::<Vec<_>>().join(", ")
-    };
-    m += &format!(
-        "- Native backend, {} steps, separate processes: {} — {}.\n",
-        n.steps,
-        fmt(&n.native_threads),
-        if n.native_threads_agree {
-            "the same bits: on this CPU candle's native kernels do not split a reduction across threads, so thread count alone does not make honest trainers disagree here (the paper's divergence comes from GPU kernels that choose their reduction order by hardware)"
-        } else {
-            "different bits: two honest trainers would dispute"
-        }
-    );
-    m += &format!(
-        "- Repops, the same: {} — {}.\n",
-        fmt(&n.repops_threads),
-        if n.repops_threads_agree { "the same bits, as repops guarantees" } else { "DIFFERENT bits: a repops bug" }
-    );
-    m += &format!(
-        "- An honest native trainer against an honest repops trainer (the same program, rounded differently): they part at step {}; {}. The native run is not wrong, only not reproducible, and it loses: without reproducible operators refereed delegation cannot tell an honest difference from a cheat.\n",
-        opt(n.native_vs_repops_first_step),
-        n.native_vs_repops_outcome
-    );
-    m += "\n## Limits\n\n- Trainers keep no checkpoints: to answer for step k they re-run the program from its start, twice (the trace, then one operator's inputs). Checkpoints every C steps would bound that by 2C steps.\n- The step's structure is derived by a dry run of the program's first two steps; inputs computed outside the op tape (the data batch, constants, candle's layout operations) have no provenance, and a dispute that lands on one of them ends with both parties losing (none of the cheats here does).\n- Stakes are simulated on an in-memory ledger.\n";
-    m
-}

@@ -203,20 +203,14 @@ fn outer_sync_arms_and_the_scaling_part_are_reported() -> Result<(), Box<dyn std
 label = "DiLoCo"
 stages = 2
 replicas = 2
-sync = "diloco"
-[arms.diloco]
-every = 2
-nesterov = false
-momentum = 0.3
+sync = { kind = "diloco", every = 2, nesterov = false, momentum = 0.3 }
 
 [[arms]]
 label = "NoLoCo"
 stages = 2
 replicas = 2
-sync = "noloco"
+sync = { kind = "noloco", every = 2 }
 routing = "random"
-[arms.noloco]
-every = 2
 
 [scale]
 replicas = [4]
@@ -320,11 +314,9 @@ replicas = 2
 label = "SkipPipe 33%"
 stages = 5
 replicas = 2
-routing = "skippipe"
-skip_ratio = 0.33
+routing = { kind = "skippipe", skip_ratio = 0.33, memory = 4 }
 
 [geo]
-memory = 4
 
 [skippipe]
 partition = [3, 2, 2, 2]
@@ -557,10 +549,16 @@ fn ddp_across_three_node_processes_ends_with_the_sims_weights_bit_for_bit() -> R
         run.join("launch.h5").is_file() && run.join("peers.toml").is_file() && run.join("logs/node-2.log").is_file()
     );
     // A node count that does not fit the configuration is refused, naming both.
-    let out =
-        swarmlab().args(["launch", "--local", "4", "--protocol", "pipeline", "--config"]).arg(&config).output()?;
+    let refused = dir.path().join("refused");
+    let out = swarmlab()
+        .args(["launch", "--local", "4", "--protocol", "pipeline", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&refused)
+        .output()?;
     let err = String::from_utf8(out.stderr)?;
     assert!(!out.status.success() && err.contains("--local 4") && err.contains("1 stages x 3 replicas"), "{err}");
+    assert!(!refused.exists(), "a refused launch leaves no run folder");
     let out = swarmlab().args(["launch", "--local", "3", "--late", "3@1"]).output()?;
     let err = String::from_utf8(out.stderr)?;
     assert!(!out.status.success() && err.contains("--late 3@1: there are only nodes 0 to 2"), "{err}");
@@ -630,8 +628,7 @@ fn noloco_training_takes_a_late_joiner_and_outlives_a_killed_node() -> Result<()
         node_run(
             40,
             "",
-            "label = \"NoLoCo R=4\"\nstages = 1\nreplicas = 4\nsync = \"noloco\"\n\
-             [arms.noloco]\nevery = 2\ngroup_size = 2\ntimeout_s = 0.5\n",
+            "label = \"NoLoCo R=4\"\nstages = 1\nreplicas = 4\nsync = { kind = \"noloco\", every = 2, group_size = 2, timeout_s = 0.5 }\n",
         ),
     )?;
     let run = dir.path().join("launch");

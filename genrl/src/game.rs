@@ -223,7 +223,8 @@ mod tests {
     use super::*;
     use crate::DeviceProfile;
     use crate::comm::BroadcastGather;
-    use crate::swarm::{SimSwarm, SwarmSpec, run_simulation};
+    use crate::swarm::{SimSwarm, run_simulation};
+    use crate::world::World;
     use std::time::Duration;
     use transport::Transport;
     use transport::sim::LinkSpec;
@@ -266,7 +267,7 @@ mod tests {
     #[test]
     fn agents_learn_from_each_others_entries_and_drop_lies() -> Result<()> {
         run_simulation(async {
-            let swarm = SimSwarm::build(&SwarmSpec::uniform(3, 4, DeviceProfile::a10(), LinkSpec::mbit(5.0, 100.0)))?;
+            let swarm = SimSwarm::build(&World::uniform(4, DeviceProfile::a10(), LinkSpec::mbit(5.0, 100.0)), 3)?;
             let liar = swarm.contexts()[3].peers[3];
             let results = swarm
                 .run(move |ctx| async move {

@@ -12,7 +12,8 @@
 //! | [`comm`] | [`CommunicationBackend`] and [`comm::BroadcastGather`] (GenRL's `all_gather` with deadlines) and [`comm::Inbox`] (never waits) |
 //! | [`env`] | verifiable task families ([`env::TaskFamily`]): seeded generators, strict verifiers |
 //! | [`game`] | GenRL's game loop: [`game::Game`] of rounds and stages; `DataManager`, `Trainer`, `RewardManager` |
-//! | [`swarm`] | [`SimSwarm`]: agents with their contexts on the simulated network, run concurrently |
+//! | [`world`] | [`World`]: who runs where — every agent's simulated profile, region and links, and when agents fail |
+//! | [`swarm`] | [`SimSwarm`]: a [`World`]'s agents with their contexts on the simulated network, run concurrently |
 
 pub mod clock;
 pub mod comm;
@@ -22,10 +23,12 @@ pub mod error;
 pub mod game;
 pub mod metrics;
 pub mod swarm;
+pub mod world;
 
 pub use clock::{Clock, WallClock};
 pub use comm::{CommunicationBackend, Gathered};
 pub use device::{DeviceProfile, training_flops};
 pub use error::{Error, Result};
 pub use metrics::{Event, EventKind, Metrics, MetricsLog, Sample};
-pub use swarm::{AgentCtx, SimSwarm, SwarmSpec, TransportKind, run_simulation};
+pub use swarm::{AgentCtx, SimSwarm, TransportKind, run_simulation};
+pub use world::{FailurePlan, Regions, World};

@@ -6,13 +6,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use transport::sim::{LinkSpec, Network, RegionTable, SimClock, SimEndpoint};
+use transport::sim::{Network, SimClock, SimEndpoint};
 use transport::{PeerId, Transport};
 
 use crate::clock::Clock;
 use crate::device::DeviceProfile;
 use crate::error::{Error, Result};
 use crate::metrics::{EventKind, Metrics};
+use crate::world::World;
 
 /// What one agent gets to work with.
 #[derive(Debug, Clone)]
@@ -23,8 +24,8 @@ pub struct AgentCtx<T: Transport, C: Clock> {
     pub transport: T,
     /// Its clock.
     pub clock: C,
-    /// Its hardware.
-    pub device: DeviceProfile,
+    /// Its simulated hardware (what its compute costs in time).
+    pub profile: DeviceProfile,
     /// Where it records measurements.
     pub metrics: Metrics,
     /// Every agent's id, by index.
@@ -34,7 +35,7 @@ pub struct AgentCtx<T: Transport, C: Clock> {
 impl<T: Transport, C: Clock> AgentCtx<T, C> {
     /// Spends the time `flops` take on this agent's device; returns that time.
     pub async fn compute(&self, flops: f64) -> Duration {
-        let d = self.device.compute_time(flops);
+        let d = self.profile.compute_time(flops);
         self.clock.sleep(d).await;
         d
     }
@@ -57,26 +58,6 @@ pub enum TransportKind {
     Quic,
 }
 
-/// How to build a simulated swarm.
-#[derive(Debug, Clone)]
-pub struct SwarmSpec {
-    /// Seed of the network's randomness.
-    pub seed: u64,
-    /// One device profile per agent.
-    pub devices: Vec<DeviceProfile>,
-    /// The link between agents (unless regions are given).
-    pub link: LinkSpec,
-    /// Regions and each agent's region, for geo-distributed swarms.
-    pub regions: Option<(RegionTable, Vec<String>)>,
-}
-
-impl SwarmSpec {
-    /// `n` identical agents on identical links.
-    pub fn uniform(seed: u64, n: usize, device: DeviceProfile, link: LinkSpec) -> Self {
-        Self { seed, devices: vec![device; n], link, regions: None }
-    }
-}
-
 /// A built swarm: the network and the agents' contexts.
 #[derive(Debug)]
 pub struct SimSwarm {
@@ -86,38 +67,28 @@ pub struct SimSwarm {
 }
 
 impl SimSwarm {
-    /// Builds the network and the agents (inside a tokio runtime, see [`run_simulation`]).
-    pub fn build(spec: &SwarmSpec) -> Result<Self> {
-        if spec.devices.is_empty() {
-            return Err(Error::config("swarm.agents", "a swarm needs at least one agent"));
-        }
-        for d in &spec.devices {
-            d.validate()?;
-        }
-        let mut builder = Network::builder(spec.seed).default_link(spec.link);
-        if let Some((table, placement)) = &spec.regions {
-            if placement.len() != spec.devices.len() {
-                return Err(Error::config(
-                    "swarm.regions",
-                    format!("{} placements for {} agents", placement.len(), spec.devices.len()),
-                ));
-            }
-            builder = builder.regions(table.clone());
+    /// Builds the network and the agents of `world`, its randomness (jitter, loss) from `seed` (inside a
+    /// tokio runtime, see [`run_simulation`]).
+    pub fn build(world: &World, seed: u64) -> Result<Self> {
+        world.validate()?;
+        let mut builder = Network::builder(seed).default_link(world.link);
+        if let Some(regions) = &world.regions {
+            builder = builder.regions(regions.table.clone());
         }
         let network = builder.build()?;
-        let peers: Vec<PeerId> = (0..spec.devices.len() as u64).map(PeerId::simulated).collect();
+        let peers: Vec<PeerId> = (0..world.len() as u64).map(PeerId::simulated).collect();
         let metrics = Metrics::new();
         let mut contexts = Vec::with_capacity(peers.len());
-        for (i, (&id, device)) in peers.iter().zip(&spec.devices).enumerate() {
-            let transport = match &spec.regions {
-                Some((_, placement)) => network.add_peer_in_region(id, &placement[i])?,
+        for (i, (&id, profile)) in peers.iter().zip(&world.profiles).enumerate() {
+            let transport = match &world.regions {
+                Some(regions) => network.add_peer_in_region(id, &regions.of[i])?,
                 None => network.add_peer(id)?,
             };
             contexts.push(AgentCtx {
                 index: i as u32,
                 transport,
                 clock: network.clock(),
-                device: device.clone(),
+                profile: profile.clone(),
                 metrics: metrics.clone(),
                 peers: peers.clone(),
             });
@@ -179,10 +150,11 @@ mod tests {
     use super::*;
     use crate::comm::{BroadcastGather, CommunicationBackend};
     use bytes::Bytes;
+    use transport::sim::LinkSpec;
 
-    fn heterogeneous() -> SwarmSpec {
-        let devices = vec![DeviceProfile::h100(), DeviceProfile::a10(), DeviceProfile::cpu32(), DeviceProfile::a10()];
-        SwarmSpec { seed: 5, devices, link: LinkSpec::mbit(25.0, 1000.0), regions: None }
+    fn heterogeneous() -> World {
+        let profiles = vec![DeviceProfile::h100(), DeviceProfile::a10(), DeviceProfile::cpu32(), DeviceProfile::a10()];
+        World { profiles, ..World::uniform(0, DeviceProfile::a10(), LinkSpec::mbit(25.0, 1000.0)) }
     }
 
     /// Each agent computes 1 TFLOP, then all gather: returns each agent's finishing time.
@@ -208,7 +180,7 @@ mod tests {
     fn the_slowest_device_sets_the_pace_deterministically() -> Result<()> {
         let run = || -> Result<Vec<Duration>> {
             run_simulation(async {
-                let swarm = SimSwarm::build(&heterogeneous())?;
+                let swarm = SimSwarm::build(&heterogeneous(), 5)?;
                 one_round(&swarm).await.into_iter().collect::<Result<Vec<_>>>()
             })?
         };
@@ -223,7 +195,7 @@ mod tests {
     #[test]
     fn failures_are_reported_per_agent() -> Result<()> {
         run_simulation(async {
-            let swarm = SimSwarm::build(&SwarmSpec::uniform(1, 3, DeviceProfile::a10(), LinkSpec::default()))?;
+            let swarm = SimSwarm::build(&World::uniform(3, DeviceProfile::a10(), LinkSpec::default()), 1)?;
             let results = swarm
                 .run(|ctx| async move {
                     if ctx.index == 1 {
@@ -234,7 +206,7 @@ mod tests {
                 .await;
             assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
             assert_eq!(swarm.metrics().snapshot().events_of(&EventKind::Failure).len(), 1);
-            assert!(SimSwarm::build(&SwarmSpec::uniform(1, 0, DeviceProfile::a10(), LinkSpec::default())).is_err());
+            assert!(SimSwarm::build(&World::uniform(0, DeviceProfile::a10(), LinkSpec::default()), 1).is_err());
             Ok(())
         })?
     }

@@ -74,8 +74,20 @@ impl fmt::Display for DeviceSpec {
 
 impl DeviceSpec {
     /// The device itself. `cuda` where it cannot run is an error naming what is missing; `auto` falls
-    /// back to the CPU and logs one line saying why (once per process).
+    /// back to the CPU and logs one line saying why (once per process). Each spec is resolved once per
+    /// process: later calls get the same device (one CUDA context, however many workers ask).
     pub fn resolve(self) -> Result<Device> {
+        static RESOLVED: std::sync::Mutex<Vec<(DeviceSpec, Device)>> = std::sync::Mutex::new(Vec::new());
+        let mut resolved = RESOLVED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, device)) = resolved.iter().find(|(spec, _)| *spec == self) {
+            return Ok(device.clone());
+        }
+        let device = self.open()?;
+        resolved.push((self, device.clone()));
+        Ok(device)
+    }
+
+    fn open(self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
             Self::Cuda(n) => cuda(n),

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use genrl::{DeviceProfile, SimSwarm, SwarmSpec};
+use genrl::{DeviceProfile, SimSwarm, World};
 use pipeline::collective::{Mailbox, run_outer_round};
 use pipeline::sync::{Collective, OuterSync};
 use rand::{Rng, SeedableRng};
@@ -180,7 +180,7 @@ pub async fn measure(spec: &ScaleSpec) -> Result<ScalePoint> {
     let n = spec.replicas;
     let sync = spec.sync();
     sync.validate(n)?;
-    let swarm = SimSwarm::build(&SwarmSpec::uniform(spec.seed, n, DeviceProfile::a10(), LinkSpec::default()))?;
+    let swarm = SimSwarm::build(&World::uniform(n, DeviceProfile::a10(), LinkSpec::default()), spec.seed)?;
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x11AB_5CA1E);
     let (l0, l1) = spec.links.latency_ms;
     let (b0, b1) = spec.links.mbit_per_s;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use genrl::run_simulation;
+use genrl::{DeviceProfile, World, run_simulation};
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage};
 use models::{ModelConfig, OptimConfig};
 use noloco::{DiLoCo, NoLoCo, RandomRouter};
@@ -24,7 +24,7 @@ fn spec(stages: usize, replicas: usize, steps: u64, sync: Arc<dyn OuterSync>, ro
         sync,
         router,
         seed: 5,
-        link: LinkSpec::mbit(20.0, 100.0),
+        world: World::uniform(stages * replicas, DeviceProfile::a10(), LinkSpec::mbit(20.0, 100.0)),
         ..PipelineSpec::new(stages, replicas, steps, model)
     }
 }

@@ -22,7 +22,7 @@ fn spec() -> PipelineSpec {
         micro_batch: 8,
         seq: 64,
         seed: 1,
-        link: LinkSpec::default(),
+        world: genrl::World::uniform(1, genrl::DeviceProfile::a10(), LinkSpec::default()),
         eval_batches: 0,
         peer_timeout: Duration::from_secs(60),
         late_join: false,

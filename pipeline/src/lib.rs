@@ -4,14 +4,16 @@
 //! forward from stage to stage and its gradients back, as real messages over the transport (so their
 //! bytes and transfer times count); the replicas of each stage then synchronise. Plug points: the
 //! [`Router`] (which replica of the next stage a micro-batch visits), the [`OuterSync`] (how replicas
-//! agree) and the [`Recovery`] (what happens when a worker fails); the defaults — a fixed path, a ring
-//! all-reduce of gradients every step, and restarting from periodic checkpoints — are the baselines the
-//! protocol crates compare against.
+//! agree) and the [`Recovery`] (what happens when a worker fails), each a sans-IO trait; the defaults — a
+//! fixed path, a ring all-reduce of gradients every step, and restarting from periodic checkpoints — are
+//! the baselines the protocol crates compare against. Who runs where (each worker's simulated profile,
+//! region and failures) is a [`genrl::World`].
 //!
 //! | module | what |
 //! |---|---|
-//! | [`spec`] | [`PipelineSpec`]: grid, batches, model, optimizer, network |
-//! | [`plug`] | [`Router`] (paths), [`FixedRouter`], [`Recovery`], [`Fallback`], [`FailurePlan`] |
+//! | [`spec`] | [`PipelineSpec`]: grid, batches, model, optimizer, world |
+//! | [`plug`] | [`Router`] (paths), [`FixedRouter`] |
+//! | [`recovery`] | [`Recovery`] (sans-IO), [`CheckpointRestart`], [`Redundant`], [`Rebuild`] with its [`Fallback`] |
 //! | [`rebuild`] | [`StageRebuild`]: rebuilding a lost stage from others (sans-IO) |
 //! | [`sync`] | [`OuterSync`] / [`OuterState`] (sans-IO), [`Collective`], [`DataParallel`], [`Independent`] |
 //! | [`collective`] | the mailbox; ring and tree all-reduce, gather-average-broadcast with deadlines |
@@ -27,6 +29,7 @@ pub mod partial;
 pub mod plug;
 pub mod probe;
 pub mod rebuild;
+pub mod recovery;
 pub mod run;
 pub mod spec;
 pub mod sync;
@@ -35,9 +38,11 @@ pub mod worker;
 
 pub use error::{Error, Result};
 pub use partial::StagedModel;
-pub use plug::{FailurePlan, Fallback, FixedRouter, Hop, Recovery, Router, check_path};
+pub use genrl::FailurePlan;
+pub use plug::{FixedRouter, Hop, Router, check_path};
+pub use recovery::{CheckpointRestart, Fallback, KeptCopy, Layout, Rebuild, Recovery, Redundant, Source};
 pub use probe::WeightProbe;
 pub use rebuild::{Donor, DonorWeights, StageRebuild};
 pub use run::{RunReport, run_simulated};
-pub use spec::{PipelineSpec, Placement};
+pub use spec::PipelineSpec;
 pub use sync::{Collective, DataParallel, Independent, OuterRound, OuterState, OuterSync};

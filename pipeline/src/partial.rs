@@ -20,7 +20,7 @@ impl StagedModel {
     /// Builds the stages of `spec` and loads `weights` (by global parameter name, as
     /// [`RunReport::weights`](crate::RunReport) holds them); every parameter must be there, shaped right.
     pub fn new(spec: &PipelineSpec, weights: &BTreeMap<String, Tensor>) -> Result<Self> {
-        let device = spec.compute.clone();
+        let device = spec.device.clone();
         let mut stages = Vec::with_capacity(spec.stages);
         for stage_spec in spec.stage_specs()? {
             let stage = Stage::new(&spec.model, stage_spec, &device)?;

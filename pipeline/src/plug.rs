@@ -1,12 +1,8 @@
-//! The plug points protocols fill: the path each micro-batch takes through the grid ([`Router`]) and
-//! what happens when a worker fails ([`Recovery`]); how replicas agree is in [`crate::sync`], how a lost
-//! stage is rebuilt from others in [`crate::rebuild`]. The defaults are the baselines every protocol is
-//! measured against: a fixed path through one row, and restarting from checkpoints.
-
-use std::sync::Arc;
+//! The routing plug point: the path each micro-batch takes through the grid ([`Router`]). How replicas
+//! agree is in [`crate::sync`], what happens when workers fail in [`crate::recovery`]. The default is the
+//! baseline every protocol is measured against: a fixed path through one row.
 
 use crate::error::{Error, Result};
-use crate::rebuild::StageRebuild;
 
 /// One hop of a micro-batch's path: `(stage, replica)`.
 pub type Hop = (usize, usize);
@@ -69,86 +65,6 @@ pub(crate) fn stage_order_problem(order: impl IntoIterator<Item = usize>, stages
         }
     }
     None
-}
-
-/// What a stage whose every replica failed falls back to when the recovery protocol cannot rebuild it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Fallback {
-    /// The replacement starts from freshly initialised weights; the rest of the swarm carries on.
-    ReInit,
-    /// Every worker restores its last checkpoint (written every `every` steps at `bytes_per_s`).
-    Checkpoint {
-        /// Steps between checkpoints.
-        every: u64,
-        /// Storage bandwidth in bytes per second (write and read).
-        bytes_per_s: f64,
-    },
-}
-
-/// What the swarm does when a worker fails. A failed worker really loses its weights and optimizer
-/// state; whatever brings them back travels as messages (or storage reads) whose bytes and time count.
-#[derive(Debug, Clone)]
-pub enum Recovery {
-    /// The baseline: every `every` steps each worker writes a checkpoint of its stage (weights, optimizer
-    /// and outer state) to storage at `bytes_per_s`; when any worker fails, every worker restores its last
-    /// checkpoint (reading it back at the same speed) and the steps since are trained again.
-    CheckpointRestart {
-        /// Steps between checkpoints.
-        every: u64,
-        /// Storage bandwidth in bytes per second (write and read).
-        bytes_per_s: f64,
-    },
-    /// No rollback: a failed worker is rebuilt from a surviving replica of its stage if there is one,
-    /// else by `protocol` from other stages' weights (CheckFree and its variants), else by `fallback`.
-    Rebuild {
-        /// How a stage is rebuilt from other stages.
-        protocol: Arc<dyn StageRebuild>,
-        /// What to do when it cannot be.
-        fallback: Fallback,
-    },
-    /// Redundant computation (Bamboo-style): every worker also runs its successor stage's forward pass
-    /// (that compute is charged) and keeps a replica of the successor's weights and optimizer moments,
-    /// refreshed by a message after every step. A failed worker gets its exact state back from its
-    /// predecessor's replica; if the predecessor failed too, it falls back to fresh weights.
-    Redundant,
-}
-
-impl Default for Recovery {
-    fn default() -> Self {
-        Self::CheckpointRestart { every: 50, bytes_per_s: 500e6 }
-    }
-}
-
-impl Recovery {
-    /// The checkpoint schedule this recovery keeps, if any: `(every, bytes_per_s)`.
-    pub fn checkpoints(&self) -> Option<(u64, f64)> {
-        match self {
-            Self::CheckpointRestart { every, bytes_per_s }
-            | Self::Rebuild { fallback: Fallback::Checkpoint { every, bytes_per_s }, .. } => {
-                Some((*every, *bytes_per_s))
-            }
-            _ => None,
-        }
-    }
-
-    /// A short name for logs and reports.
-    pub fn name(&self) -> String {
-        match self {
-            Self::CheckpointRestart { every, .. } => format!("checkpoint every {every} steps"),
-            Self::Rebuild { protocol, fallback } => match fallback {
-                Fallback::ReInit => format!("{} (else re-init)", protocol.name()),
-                Fallback::Checkpoint { every, .. } => format!("{} (else checkpoint every {every})", protocol.name()),
-            },
-            Self::Redundant => "redundant computation".into(),
-        }
-    }
-}
-
-/// When workers fail: `(step, worker index)` pairs. Each failure happens once, at the start of its step.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FailurePlan {
-    /// The failures, in any order.
-    pub failures: Vec<(u64, usize)>,
 }
 
 #[cfg(test)]

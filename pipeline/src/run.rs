@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use genrl::{MetricsLog, SimSwarm, SwarmSpec};
+use genrl::{MetricsLog, SimSwarm};
 use models::data::Corpus;
 
 use crate::error::{Error, Result};
@@ -32,17 +32,7 @@ pub struct RunReport {
 pub async fn run_simulated(spec: &PipelineSpec, corpus: Arc<Corpus>) -> Result<RunReport> {
     spec.validate()?;
     corpus.check_fits(spec.seq)?;
-    let workers = spec.stages * spec.replicas;
-    let swarm_spec = match &spec.placement {
-        Some(p) => SwarmSpec {
-            seed: spec.seed,
-            devices: p.devices.clone(),
-            link: spec.link,
-            regions: Some((p.regions.clone(), p.region_of.clone())),
-        },
-        None => SwarmSpec::uniform(spec.seed, workers, spec.device.clone(), spec.link),
-    };
-    let swarm = SimSwarm::build(&swarm_spec)?;
+    let swarm = SimSwarm::build(&spec.world, spec.seed)?;
     let spec_arc = Arc::new(spec.clone());
     let probe = (spec.replicas > 1).then(|| Arc::new(WeightProbe::new(spec.replicas)));
     let worker_probe = probe.clone();

@@ -2,15 +2,16 @@
 
 use std::time::Duration;
 
-use candle_core::Device;
-use genrl::DeviceProfile;
-use models::{ModelConfig, OptimConfig};
-use transport::sim::{LinkSpec, RegionTable};
-
-use crate::error::{Error, Result};
 use std::sync::Arc;
 
-use crate::plug::{FailurePlan, FixedRouter, Recovery, Router};
+use candle_core::Device;
+use genrl::{DeviceProfile, World};
+use models::{ModelConfig, OptimConfig};
+use transport::sim::LinkSpec;
+
+use crate::error::{Error, Result};
+use crate::plug::{FixedRouter, Router};
+use crate::recovery::{CheckpointRestart, Layout, Recovery};
 use crate::sync::{DataParallel, OuterSync};
 
 /// A pipeline-parallel, data-parallel training run: `stages × replicas` workers.
@@ -38,17 +39,14 @@ pub struct PipelineSpec {
     pub router: Arc<dyn Router>,
     /// Seed of the data order.
     pub seed: u64,
-    /// Every worker's simulated device (its compute speed in virtual time).
-    pub device: DeviceProfile,
-    /// Where every worker's tensors live and its operators run (the CPU or a CUDA GPU; many simulated
-    /// workers share it).
-    pub compute: Device,
-    /// Every link.
-    pub link: LinkSpec,
+    /// Where the tensors live and the operators run: the CPU or a CUDA GPU, shared by every simulated
+    /// worker of this process.
+    pub device: Device,
+    /// Who runs where: every worker's simulated profile (its compute speed in virtual time) and region,
+    /// indexed `stage × replicas + replica`, the links, and which workers fail when.
+    pub world: World,
     /// What happens when a worker fails.
-    pub recovery: Recovery,
-    /// Which workers fail, and when.
-    pub failures: FailurePlan,
+    pub recovery: Arc<dyn Recovery>,
     /// Evaluate the validation loss every this many steps (and after the last); 0 disables it.
     pub eval_every: u64,
     /// Validation batches (of `micro_batch` sequences) per evaluation.
@@ -63,48 +61,13 @@ pub struct PipelineSpec {
     /// Put the embedding alone in the first stage and the head alone in the last, the transformer blocks
     /// in the stages between (CheckFree's layout); otherwise the blocks are spread over all stages.
     pub edge_stages: bool,
-    /// Where each worker runs, for heterogeneous and geo-distributed grids; `None`: every worker on
-    /// `device`, every link `link`.
-    pub placement: Option<Placement>,
-}
-
-/// Each worker's device and region (indexed by worker, `stage × replicas + replica`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Placement {
-    /// Every worker's device.
-    pub devices: Vec<DeviceProfile>,
-    /// The regions and the links between them.
-    pub regions: RegionTable,
-    /// Every worker's region (a name in `regions`).
-    pub region_of: Vec<String>,
-}
-
-impl Placement {
-    /// Checks that it places exactly `workers` workers in known regions on valid devices.
-    pub fn validate(&self, workers: usize) -> Result<()> {
-        if self.devices.len() != workers || self.region_of.len() != workers {
-            return Err(Error::config(
-                "pipeline.placement",
-                format!("{} devices and {} regions for {workers} workers", self.devices.len(), self.region_of.len()),
-            ));
-        }
-        for (i, region) in self.region_of.iter().enumerate() {
-            self.regions
-                .index(region)
-                .map_err(|e| Error::config(format!("pipeline.placement.region_of[{i}]"), e.to_string()))?;
-        }
-        for d in &self.devices {
-            d.validate()?;
-        }
-        Ok(())
-    }
 }
 
 impl PipelineSpec {
     /// A `stages × replicas` grid training `model` for `steps` steps with the defaults: 2 micro-batches
     /// of 2 sequences of `model.max_seq` tokens per replica and step, AdamW at its defaults (schedule
     /// over `steps`), the data-parallel baseline plugs, A10-class devices on 10 ms / 1 Gbit/s links,
-    /// checkpoint-restart recovery, no failures, no evaluation.
+    /// checkpoint-restart recovery, no failures, no evaluation, on the CPU.
     pub fn new(stages: usize, replicas: usize, steps: u64, model: ModelConfig) -> Self {
         let (sync, router) = Self::baseline_plugs();
         Self {
@@ -119,18 +82,15 @@ impl PipelineSpec {
             sync,
             router,
             seed: 0,
-            device: DeviceProfile::a10(),
-            compute: Device::Cpu,
-            link: LinkSpec::mbit(10.0, 1000.0),
-            recovery: Recovery::default(),
-            failures: FailurePlan::default(),
+            device: Device::Cpu,
+            world: World::uniform(stages * replicas, DeviceProfile::a10(), LinkSpec::mbit(10.0, 1000.0)),
+            recovery: Arc::new(CheckpointRestart::default()),
             eval_every: 0,
             eval_batches: 2,
             progress: None,
             peer_timeout: Duration::from_secs(600),
             late_join: false,
             edge_stages: false,
-            placement: None,
         }
     }
 
@@ -141,6 +101,14 @@ impl PipelineSpec {
         } else {
             models::split_layers(self.model.n_layers, self.stages)?
         })
+    }
+
+    /// Forward FLOPs of one micro-batch through each stage.
+    pub fn stage_forward_flops(&self) -> Result<Vec<f64>> {
+        self.stage_specs()?
+            .into_iter()
+            .map(|s| Ok(models::Stage::new(&self.model, s, &Device::Cpu)?.forward_flops(self.micro_batch, self.seq)))
+            .collect()
     }
 
     /// The data-parallel baseline (ring all-reduce every step) on a fixed path.
@@ -174,23 +142,15 @@ impl PipelineSpec {
             ));
         }
         let specs = self.stage_specs()?;
-        if let Some((every, bytes_per_s)) = self.recovery.checkpoints()
-            && (every == 0 || !(bytes_per_s.is_finite() && bytes_per_s > 0.0))
-        {
+        let middle = if self.edge_stages { &specs[1..specs.len() - 1] } else { &specs[..] };
+        let blocks = middle.first().map(|f| f.layers.len()).filter(|&b| middle.iter().all(|m| m.layers.len() == b));
+        let layout = Layout { stages: self.stages, replicas: self.replicas, edge_stages: self.edge_stages, blocks };
+        self.recovery.validate(&layout)?;
+        let workers = self.stages * self.replicas;
+        if self.world.len() != workers {
             return Err(Error::config(
-                "pipeline.recovery",
-                "checkpoint interval must be at least 1 step and storage bandwidth positive",
-            ));
-        }
-        if let Recovery::Rebuild { protocol, .. } = &self.recovery {
-            let middle = if self.edge_stages { &specs[1..specs.len() - 1] } else { &specs[..] };
-            let blocks = middle.first().map(|f| f.layers.len()).filter(|&b| middle.iter().all(|m| m.layers.len() == b));
-            protocol.validate(self.stages, self.edge_stages, blocks)?;
-        }
-        if let Some(&(step, w)) = self.failures.failures.iter().find(|(_, w)| *w >= self.stages * self.replicas) {
-            return Err(Error::config(
-                "pipeline.failures",
-                format!("worker {w} (at step {step}) does not exist: there are {}", self.stages * self.replicas),
+                "pipeline.world",
+                format!("{} agents for {} stages x {} replicas = {workers} workers", self.world.len(), self.stages, self.replicas),
             ));
         }
         self.sync.validate(self.replicas)?;
@@ -199,11 +159,7 @@ impl PipelineSpec {
         }
         self.model.validate()?;
         self.optim.validate()?;
-        self.device.validate()?;
-        self.link.validate("pipeline.link")?;
-        if let Some(placement) = &self.placement {
-            placement.validate(self.stages * self.replicas)?;
-        }
+        self.world.validate()?;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 //! worker goes forward as its activations arrive (sent on to the next hop; the last hop computes the loss
 //! and starts the backward pass at once), then the backward passes run as their gradients come back;
 //! then the gradient synchronisation, one optimizer step and the outer round, if any. Failures planned
-//! for a step are handled before it ([`Recovery`]). Compute time is charged to the agent's clock from
+//! for a step are handled before it ([`Recovery`](crate::Recovery)). Compute time is charged to the agent's clock from
 //! the stage's FLOPs and the agent's device profile.
 
 use std::collections::BTreeMap;
@@ -19,9 +19,10 @@ use transport::{PeerId, TensorBytes, Transport};
 
 use crate::collective::{GRADIENT_TAG, Mailbox, all_reduce_mean, run_outer_round};
 use crate::error::{Error, Result};
-use crate::plug::{Fallback, Hop, Recovery, check_path};
+use crate::plug::{Hop, check_path};
 use crate::probe::WeightProbe;
 use crate::rebuild::{Donor, DonorWeights};
+use crate::recovery::{KeptCopy, Source};
 use crate::spec::PipelineSpec;
 use crate::sync::{OuterRound, OuterState};
 use crate::wire::{Msg, WeightsKind, from_wire, to_wire};
@@ -187,41 +188,29 @@ struct Worker<T: Transport, C: Clock> {
     checkpoint: Option<Checkpoint>,
     /// This stage's gradient norm after clipping, at the last step.
     last_grad_norm: f32,
-    /// Redundant computation: the successor's weights after the step given.
-    shadow: Option<(u64, Vec<(String, TensorBytes)>)>,
-    /// An edge stage's weights that this worker keeps for it (CheckFree+).
-    edge_copy: Option<(f32, Vec<(String, TensorBytes)>)>,
+    /// The copies of other stages' state this worker keeps ([`KeptCopy`]), by the stage copied.
+    copies: BTreeMap<usize, Kept>,
     pending_failures: Vec<(u64, usize)>,
 }
 
-/// Where a failed worker's state comes back from.
-#[derive(Debug, Clone, PartialEq)]
-enum Source {
-    /// A surviving replica of its stage.
-    Replica(usize),
-    /// The rebuild protocol's donors (same replica row).
-    Donors(Vec<Donor>),
-    /// Its predecessor's redundant copy.
-    Shadow,
-    /// Fresh weights.
-    ReInit,
-    /// Everyone restores a checkpoint.
-    Checkpoint,
+/// A copy of another stage's state: the step after which it was sent and its tensors (stage-local
+/// names; optimizer moments under [`MOMENT_PREFIX`]).
+struct Kept {
+    step: u64,
+    tensors: Vec<(String, TensorBytes)>,
 }
 
 impl<T: Transport, C: Clock> Worker<T, C> {
     fn new(ctx: AgentCtx<T, C>, spec: Arc<PipelineSpec>, corpus: Arc<Corpus>) -> Result<Self> {
         let replicas = spec.replicas;
         let (s, r) = (ctx.index as usize / replicas, ctx.index as usize % replicas);
-        let device = spec.compute.clone();
+        let device = spec.device.clone();
         let specs = spec.stage_specs()?;
         let stage = Stage::new(&spec.model, specs[s].clone(), &device)?;
-        // Only redundant computation runs the successor's forward pass again (and needs its cost).
-        let successor_flops = if matches!(spec.recovery, Recovery::Redundant) {
-            let successor = Stage::new(&spec.model, specs[(s + 1) % spec.stages].clone(), &device)?;
-            successor.forward_flops(spec.micro_batch, spec.seq)
-        } else {
-            0.0
+        // Only a strategy that runs another stage's forward pass again (redundant computation) needs its cost.
+        let successor_flops = match spec.recovery.shadow_forward(s, spec.stages) {
+            Some(other) => Stage::new(&spec.model, specs[other].clone(), &device)?.forward_flops(spec.micro_batch, spec.seq),
+            None => 0.0,
         };
         let params = stage.params().clone();
         let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
@@ -232,7 +221,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             fwd_flops: stage.forward_flops(spec.micro_batch, spec.seq),
             successor_flops,
             last: s + 1 == spec.stages,
-            pending_failures: spec.failures.failures.clone(),
+            pending_failures: spec.world.failures.failures.clone(),
             ctx,
             corpus,
             device,
@@ -249,8 +238,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             outer: None,
             checkpoint: None,
             last_grad_norm: 0.0,
-            shadow: None,
-            edge_copy: None,
+            copies: BTreeMap::new(),
             spec,
         };
         w.restart_outer()?;
@@ -282,7 +270,9 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         }
         self.pending_failures.retain(|f| f.0 != step);
         let failed: Vec<(usize, usize)> = now.iter().map(|&w| (w / self.replicas, w % self.replicas)).collect();
-        let sources: Vec<Source> = failed.iter().map(|&hit| self.source(hit, &failed)).collect();
+        let (stages, replicas) = (self.spec.stages, self.replicas);
+        let sources: Vec<Source> =
+            failed.iter().map(|&hit| self.spec.recovery.source(hit, &failed, stages, replicas)).collect();
         if sources.contains(&Source::Checkpoint) {
             return self.roll_back(step, &failed).await.map(Some);
         }
@@ -299,13 +289,13 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                     for donor in donors.iter().filter(|d| d.stage() == me) {
                         let tensors = match donor {
                             Donor::Stage(_) => self.local_weights()?,
-                            Donor::CopyHeldBy(_) => self.edge_copy.as_ref().map(|c| c.1.clone()).unwrap_or_default(),
+                            Donor::CopyHeldBy(_) => self.copies.get(&fs).map(|c| c.tensors.clone()).unwrap_or_default(),
                         };
                         self.send_weights(to, step, WeightsKind::Donor, fs, tensors).await?;
                     }
                 }
-                Source::Shadow if (self.s, self.r) == ((fs + self.spec.stages - 1) % self.spec.stages, fr) => {
-                    let tensors = self.shadow_of(step).await?;
+                Source::CopyAt(holder) if (self.s, self.r) == *holder => {
+                    let tensors = self.copy_of(fs, step).await?;
                     self.send_weights(to, step, WeightsKind::Shadow, fs, tensors).await?;
                 }
                 _ => {}
@@ -314,30 +304,6 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let Some(i) = failed.iter().position(|&hit| hit == (self.s, self.r)) else { return Ok(None) };
         self.recover(step, &sources[i]).await?;
         Ok(None)
-    }
-
-    /// How the failed worker `(fs, fr)` gets its state back, given everything failing now.
-    fn source(&self, (fs, fr): (usize, usize), failed: &[(usize, usize)]) -> Source {
-        let stages = self.spec.stages;
-        match &self.spec.recovery {
-            Recovery::CheckpointRestart { .. } => Source::Checkpoint,
-            Recovery::Redundant => {
-                let pred = ((fs + stages - 1) % stages, fr);
-                if stages > 1 && !failed.contains(&pred) { Source::Shadow } else { Source::ReInit }
-            }
-            Recovery::Rebuild { protocol, fallback } => {
-                if let Some(q) = (0..self.replicas).find(|&q| !failed.contains(&(fs, q))) {
-                    return Source::Replica(q);
-                }
-                match protocol.donors(fs, stages) {
-                    Some(donors) if donors.iter().all(|d| !failed.contains(&(d.stage(), fr))) => Source::Donors(donors),
-                    _ => match fallback {
-                        Fallback::ReInit => Source::ReInit,
-                        Fallback::Checkpoint { .. } => Source::Checkpoint,
-                    },
-                }
-            }
-        }
     }
 
     /// Every worker restores its last checkpoint; returns the step to continue from.
@@ -385,8 +351,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 format!("copied the weights of replica {q}")
             }
             Source::Donors(donors) => {
-                let Recovery::Rebuild { protocol, .. } = &self.spec.recovery else { return Err(unexpected()) };
-                let protocol = protocol.clone();
+                let recovery = self.spec.recovery.clone();
                 let mut received = Vec::with_capacity(donors.len());
                 for &donor in donors {
                     let (_, grad_norm, tensors) =
@@ -395,15 +360,14 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 }
                 let local_fresh: BTreeMap<String, Tensor> =
                     fresh.iter().map(|(n, t)| (self.stage.spec().local_name(n), t.clone())).collect();
-                let rebuilt = protocol.rebuild(s, &received, &local_fresh)?;
+                let rebuilt = recovery.rebuild(s, &received, &local_fresh)?;
                 self.install_tensors(&rebuilt)?;
-                self.optim.scale_lr(protocol.lr_scale());
+                self.optim.scale_lr(recovery.lr_scale());
                 let from: Vec<String> = donors.iter().map(|d| format!("{d:?}")).collect();
-                format!("rebuilt by {} from {}", protocol.name(), from.join(" + "))
+                format!("rebuilt by {} from {}", recovery.name(), from.join(" + "))
             }
-            Source::Shadow => {
-                let pred = (s + self.spec.stages - 1) % self.spec.stages;
-                let got = self.take_weights(step, WeightsKind::Shadow, self.peer(pred, r)).await?;
+            &Source::CopyAt((holder, holder_replica)) => {
+                let got = self.take_weights(step, WeightsKind::Shadow, self.peer(holder, holder_replica)).await?;
                 if got.2.is_empty() {
                     "no redundant copy yet: started from the initial weights".to_owned()
                 } else {
@@ -418,7 +382,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                         })
                         .collect::<Result<_>>()?;
                     self.optim.restore(self.optim.steps(), &moments)?;
-                    format!("restored from stage {pred}'s redundant copy")
+                    format!("restored from stage {holder}'s redundant copy")
                 }
             }
             Source::ReInit => "no source to rebuild from: re-initialised".to_owned(),
@@ -558,21 +522,24 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         }
     }
 
-    /// The successor's weights as of the end of step `step − 1` (what this worker's redundant copy
-    /// holds), waiting for the last refresh if it is still on its way. Empty before the first step.
-    async fn shadow_of(&mut self, step: u64) -> Result<Vec<(String, TensorBytes)>> {
+    /// The copy this worker keeps of stage `of`, as of the end of step `step − 1`, waiting for the last
+    /// refresh if it is still on its way. Empty before the first step, or if no copy was kept.
+    async fn copy_of(&mut self, of: usize, step: u64) -> Result<Vec<(String, TensorBytes)>> {
         if step == 0 {
             return Ok(Vec::new());
         }
-        self.refresh_shadow(step - 1, true).await?;
-        Ok(self.shadow.as_ref().map(|s| s.1.clone()).unwrap_or_default())
+        let lazy = self.spec.recovery.copies(self.spec.stages).iter().any(|c| c.of == of && c.at == self.s && !c.wait);
+        if lazy {
+            self.refresh_copy(of, step - 1, true).await?;
+        }
+        Ok(self.copies.get(&of).map(|c| c.tensors.clone()).unwrap_or_default())
     }
 
-    /// Takes the successor's shadow refreshes up to the one sent after `step` (waiting for that one only
-    /// if `wait`).
-    async fn refresh_shadow(&mut self, step: u64, wait: bool) -> Result<()> {
-        let from = self.peer((self.s + 1) % self.spec.stages, self.r);
-        if self.shadow.as_ref().is_some_and(|s| s.0 >= step) {
+    /// Takes stage `of`'s refreshes of its copy up to the one sent after `step` (waiting for that one
+    /// only if `wait`).
+    async fn refresh_copy(&mut self, of: usize, step: u64, wait: bool) -> Result<()> {
+        let from = self.peer(of, self.r);
+        if self.copies.get(&of).is_some_and(|c| c.step >= step) {
             return Ok(());
         }
         let wanted = |f: &PeerId, m: &Msg| {
@@ -580,14 +547,14 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         };
         loop {
             let got = if wait {
-                Some(self.mail.take("redundant copy", wanted).await?)
+                Some(self.mail.take("kept copy", wanted).await?)
             } else {
                 let now = self.ctx.clock.now();
                 self.mail.take_until(now, wanted).await?
             };
             let Some((_, Msg::Weights { step: at, tensors, .. })) = got else { return Ok(()) };
-            if self.shadow.as_ref().is_none_or(|s| s.0 < at) {
-                self.shadow = Some((at, tensors));
+            if self.copies.get(&of).is_none_or(|c| c.step < at) {
+                self.copies.insert(of, Kept { step: at, tensors });
             }
             if at >= step {
                 return Ok(());
@@ -595,41 +562,34 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         }
     }
 
-    /// After a step: redundant copies (send ours to the predecessor, pick up the successor's) and
-    /// CheckFree+'s edge copies.
+    /// After a step: the copies the recovery strategy keeps — send this stage's state where it is kept,
+    /// then take the copies this worker keeps (waiting for them, or picking them up as they arrive).
     async fn keep_copies(&mut self, step: u64) -> Result<()> {
-        let stages = self.spec.stages;
-        match &self.spec.recovery {
-            Recovery::Redundant if stages > 1 => {
-                let to = self.peer((self.s + stages - 1) % stages, self.r);
-                // The replica of a stage that redundant computation keeps: weights and optimizer moments.
-                let mut tensors = self.local_weights()?;
+        let due: Vec<KeptCopy> = self
+            .spec
+            .recovery
+            .copies(self.spec.stages)
+            .into_iter()
+            .filter(|c| (step + 1).is_multiple_of(c.every))
+            .collect();
+        let me = self.s;
+        for c in due.iter().filter(|c| c.of == me) {
+            let mut tensors = self.local_weights()?;
+            if c.moments {
                 for (name, t) in self.optim.state().1 {
                     tensors.push((format!("{MOMENT_PREFIX}{}", self.stage.spec().local_name(&name)), to_wire(&t)?));
                 }
-                self.send_weights(to, step, WeightsKind::Shadow, self.s, tensors).await?;
-                self.refresh_shadow(step, false).await?;
             }
-            Recovery::Rebuild { protocol, .. } if stages > 2 => {
-                let Some(every) = protocol.edge_copies_every() else { return Ok(()) };
-                if !(step + 1).is_multiple_of(every) {
-                    return Ok(());
-                }
-                // The embedding stage keeps its copy at stage 1, the head stage at stage S − 2.
-                let holder = |edge: usize| if edge == 0 { 1 } else { stages - 2 };
-                if self.s == 0 || self.last {
-                    let tensors = self.local_weights()?;
-                    let to = self.peer(holder(self.s), self.r);
-                    self.send_weights(to, step, WeightsKind::EdgeCopy, self.s, tensors).await?;
-                }
-                let me = self.s;
-                for edge in [0, stages - 1].into_iter().filter(|&e| holder(e) == me) {
-                    let (_, grad_norm, tensors) =
-                        self.take_weights(step, WeightsKind::EdgeCopy, self.peer(edge, self.r)).await?;
-                    self.edge_copy = Some((grad_norm, tensors));
-                }
+            let kind = if c.wait { WeightsKind::EdgeCopy } else { WeightsKind::Shadow };
+            self.send_weights(self.peer(c.at, self.r), step, kind, self.s, tensors).await?;
+        }
+        for c in due.iter().filter(|c| c.at == me) {
+            if c.wait {
+                let (_, _, tensors) = self.take_weights(step, WeightsKind::EdgeCopy, self.peer(c.of, self.r)).await?;
+                self.copies.insert(c.of, Kept { step, tensors });
+            } else {
+                self.refresh_copy(c.of, step, false).await?;
             }
-            _ => {}
         }
         Ok(())
     }
@@ -693,8 +653,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 Input::Hidden(h) => self.stage.forward(StageInput::Hidden(h.as_tensor()))?,
             };
             self.ctx.compute(self.fwd_flops).await;
-            if matches!(spec.recovery, Recovery::Redundant) && stages > 1 {
-                // The successor's forward pass, run again here on the redundant copy.
+            if spec.recovery.shadow_forward(s, stages).is_some() {
+                // Another stage's forward pass, run again here on the copy this worker keeps.
                 self.ctx.compute(self.successor_flops).await;
             }
             let input_var = match input {

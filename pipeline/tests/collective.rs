@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use genrl::{DeviceProfile, SimSwarm, SwarmSpec, run_simulation};
+use genrl::{DeviceProfile, SimSwarm, World, run_simulation};
 use pipeline::collective::{GatherOutcome, Mailbox, gather_mean, ring_all_reduce, tree_all_reduce};
 use pipeline::sync::check_finite;
 use transport::sim::LinkSpec;
 
 fn swarm(n: usize) -> SimSwarm {
-    SimSwarm::build(&SwarmSpec::uniform(3, n, DeviceProfile::a10(), LinkSpec::mbit(20.0, 100.0))).expect("swarm")
+    SimSwarm::build(&World::uniform(n, DeviceProfile::a10(), LinkSpec::mbit(20.0, 100.0)), 3).expect("swarm")
 }
 
 fn values(agent: usize) -> Vec<f32> {

@@ -140,12 +140,15 @@ fn a_2x2_grid_learns_and_is_deterministic() -> Result<()> {
 fn checkpoint_restart_puts_back_the_saved_state_and_costs_time() -> Result<()> {
     let corpus = corpus();
     let clean_spec = PipelineSpec {
-        recovery: pipeline::Recovery::CheckpointRestart { every: 3, bytes_per_s: 1e6 },
+        recovery: std::sync::Arc::new(pipeline::CheckpointRestart { every: 3, bytes_per_s: 1e6 }),
         ..spec(2, 2, 8)
     };
     let clean = run_simulation(run_simulated(&clean_spec, corpus.clone()))??;
     let failing_spec =
-        PipelineSpec { failures: pipeline::FailurePlan { failures: vec![(5, 3)] }, ..clean_spec.clone() };
+        PipelineSpec {
+            world: genrl::World { failures: pipeline::FailurePlan { failures: vec![(5, 3)] }, ..clean_spec.world.clone() },
+            ..clean_spec.clone()
+        };
     let failed = run_simulation(run_simulated(&failing_spec, corpus))??;
     // Restored weights and optimizer state, then the same steps on the same data: the same final bits.
     for (name, t) in &clean.weights {
@@ -162,8 +165,12 @@ fn checkpoint_restart_puts_back_the_saved_state_and_costs_time() -> Result<()> {
 
 #[test]
 fn bad_specs_are_named() {
-    let s = PipelineSpec { failures: pipeline::FailurePlan { failures: vec![(1, 9)] }, ..spec(1, 2, 3) };
-    assert!(s.validate().unwrap_err().to_string().contains("pipeline.failures"));
+    let base = spec(1, 2, 3);
+    let failures = pipeline::FailurePlan { failures: vec![(1, 9)] };
+    let s = PipelineSpec { world: genrl::World { failures, ..base.world.clone() }, ..base };
+    assert!(s.validate().unwrap_err().to_string().contains("world.failures"));
+    let s = PipelineSpec { replicas: 3, ..spec(1, 2, 3) };
+    assert!(s.validate().unwrap_err().to_string().contains("pipeline.world"), "a world of 2 agents for 3 workers");
     let s = PipelineSpec { stages: 3, ..spec(1, 1, 1) };
     assert!(s.validate().unwrap_err().to_string().contains("pipeline.stages"));
     let s = PipelineSpec { seq: 64, ..spec(1, 1, 1) };

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use genrl::comm::Inbox;
 use genrl::env::{Question, TaskSet, TaskSetConfig};
 use genrl::game::Game;
-use genrl::{AgentCtx, Clock, DeviceProfile, SimSwarm, SwarmSpec, run_simulation};
+use genrl::{AgentCtx, Clock, DeviceProfile, SimSwarm, World, run_simulation};
 use models::{AdamW, DeviceSpec, OptimConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -75,7 +75,7 @@ pub struct SapoConfig {
     pub warm_start: WarmStartConfig,
     /// The questions.
     pub tasks: TaskSetConfig,
-    /// The simulated device of every agent, its compute speed in virtual time (a preset: `laptop`,
+    /// The simulated profile of every agent, its compute speed in virtual time (a preset: `laptop`,
     /// `cpu32`, `a10`, `h100`).
     pub profile: String,
     /// Where the policies' tensors live: `cpu`, `cuda`, `cuda:N` or `auto` (all agents share it).
@@ -314,7 +314,8 @@ struct Shared {
     tasks: Arc<TaskSet>,
     warm: Vec<WarmStart>,
     indices: Vec<usize>,
-    compute: Device,
+    /// Where the policies' tensors live (the real device every agent of this process shares).
+    device: Device,
     /// Whether compute is charged in virtual time (the simulated network) or simply takes its time.
     simulated: bool,
     progress: Box<dyn Fn(u64) + Send + Sync>,
@@ -337,7 +338,7 @@ pub async fn play_agent<T: Transport, C: Clock>(
         tasks: Arc::new(TaskSet::new(&cfg.tasks)?),
         warm: warm.to_vec(),
         indices: Vec::new(),
-        compute: cfg.device.resolve()?,
+        device: cfg.device.resolve()?,
         simulated: false,
         progress: Box::new(progress),
     });
@@ -358,20 +359,20 @@ fn run_agents(
         }
     }
     let profile = DeviceProfile::preset(&cfg.profile)?;
-    let compute = cfg.device.resolve()?;
+    let device = cfg.device.resolve()?;
     let link = LinkSpec::mbit(cfg.latency_ms, cfg.bandwidth_mbit);
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         tasks: Arc::new(TaskSet::new(&cfg.tasks)?),
         warm: warm.to_vec(),
         indices: indices.to_vec(),
-        compute,
+        device,
         simulated: true,
         progress: Box::new(progress),
     });
     let results = run_simulation(async move {
-        let spec = SwarmSpec::uniform(shared.cfg.seed, shared.indices.len(), profile, link);
-        let swarm = SimSwarm::build(&spec)?;
+        let world = World::uniform(shared.indices.len(), profile, link);
+        let swarm = SimSwarm::build(&world, shared.cfg.seed)?;
         Ok::<_, Error>(
             swarm
                 .run(move |ctx| {
@@ -405,7 +406,7 @@ async fn play<T: Transport, C: Clock>(
     if liar {
         let data = ForgedQuestions { tasks: shared.tasks.clone(), seed: questions };
         let trainer = Liar { completions: cfg.completions };
-        let policy = Policy::new(&cfg.policy, &shared.compute).map_err(|e| genrl::Error::role("liar", e))?;
+        let policy = Policy::new(&cfg.policy, &shared.device).map_err(|e| genrl::Error::role("liar", e))?;
         let rewards = SwarmRewards::new(&policy, 0, cfg.completions, choice);
         // It keeps the pace of an honest agent of the default size, so its rollouts arrive as often.
         let flops = policy.generation_flops(cfg.completions * families)
@@ -439,9 +440,9 @@ async fn play<T: Transport, C: Clock>(
         .find(|w| w.size == size)
         .ok_or_else(|| genrl::Error::config("sapo.sizes", format!("no warm start of size {size:?}")))?;
     let policy_cfg = cfg.policy_of(&size).map_err(role)?;
-    let policy = Policy::from_weights(&policy_cfg, &warm.weights, &shared.compute).map_err(role)?;
+    let policy = Policy::from_weights(&policy_cfg, &warm.weights, &shared.device).map_err(role)?;
     let reference = if cfg.grpo.beta > 0.0 {
-        Some(Policy::from_weights(&policy_cfg, &warm.weights, &shared.compute).map_err(role)?)
+        Some(Policy::from_weights(&policy_cfg, &warm.weights, &shared.device).map_err(role)?)
     } else {
         None
     };

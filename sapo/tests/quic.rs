@@ -37,7 +37,7 @@ async fn a_swarm_shares_rollouts_over_quic() -> Result<(), Box<dyn std::error::E
             index: index as u32,
             transport: endpoint,
             clock,
-            device: DeviceProfile::laptop(),
+            profile: DeviceProfile::laptop(),
             metrics: Metrics::new(),
             peers: peers.clone(),
         };

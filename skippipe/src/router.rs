@@ -3,11 +3,38 @@
 //! gradient comes back along the reversed path, and each stage averages only the gradients of the
 //! micro-batches that visited it (the runtime's normalisation).
 
-use pipeline::{Hop, Router};
+use std::sync::Arc;
 
-use crate::cbs::Schedule;
+use pipeline::{Hop, PipelineSpec, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::cbs::{Budget, Schedule, schedules};
 use crate::error::{Error, Result};
-use crate::topology::Assignment;
+use crate::instance::PathRules;
+use crate::topology::{Assignment, Workload, instance};
+
+/// SkipPipe's settings as a routing plug: how much each micro-batch skips and the scheduler's
+/// constraints.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scheduling {
+    /// Fraction of the stages each micro-batch skips, in `[0, 1)`.
+    pub skip_ratio: f64,
+    /// Micro-batches a node can hold at once (the memory constraint).
+    pub memory: usize,
+    /// Each intermediate stage serves between 1/slack and slack times its fair share of micro-batches.
+    pub load_slack: f64,
+    /// Schedules taken in turn, one per step (1: the same paths every step, as in the paper).
+    pub schedules: usize,
+    /// Whether paths may swap one adjacent pair of stages (when they skip some).
+    pub swap: bool,
+}
+
+impl Default for Scheduling {
+    fn default() -> Self {
+        Self { skip_ratio: 0.0, memory: 8, load_slack: 1.5, schedules: 1, swap: true }
+    }
+}
 
 /// Routes micro-batch `micro` of data replica `origin` along the path of agent
 /// `origin × micro_batches + micro` in the schedule for this step: with several schedules, step `t` uses
@@ -20,6 +47,28 @@ pub struct ScheduledRouter {
 }
 
 impl ScheduledRouter {
+    /// Schedules the paths of `spec`'s grid on its world (worker `stage × replicas + replica` on agent of
+    /// that index), with the costs of its model: the router SkipPipe arms train with.
+    pub fn for_pipeline(spec: &PipelineSpec, settings: &Scheduling) -> Result<Self> {
+        if !(0.0..1.0).contains(&settings.skip_ratio) {
+            let why = format!("{} is not in [0, 1)", settings.skip_ratio);
+            return Err(Error::Pipeline(pipeline::Error::config("skippipe.skip_ratio", why)));
+        }
+        let workload = Workload {
+            stage_flops: spec.stage_forward_flops()?,
+            activation_bytes: spec.micro_batch * spec.seq * spec.model.d_model * 4,
+            micro_batches: spec.micro_batches,
+            memory: settings.memory,
+        };
+        let assignment = Assignment::of_grid(spec.stages, spec.replicas);
+        let agents = spec.replicas * spec.micro_batches;
+        let mut rules = PathRules::new(spec.stages, agents, settings.skip_ratio, settings.load_slack)?;
+        rules.swap &= settings.swap;
+        let inst = instance(&spec.world, &assignment, &workload, rules)?;
+        let found = schedules(Arc::new(inst), Budget::default(), settings.schedules)?;
+        Self::rotating(&found, &assignment, spec.micro_batches)
+    }
+
     /// The router for `schedule` of a grid laid out by `assignment`, with `micro_batches` per replica.
     pub fn new(schedule: &Schedule, assignment: &Assignment, micro_batches: usize) -> Result<Self> {
         Self::rotating(std::slice::from_ref(schedule), assignment, micro_batches)

@@ -1,5 +1,5 @@
-//! The swarm SkipPipe schedules: nodes in regions with their devices, which node serves which stage
-//! (the assignment), and the [`Instance`] that follows from a model's costs.
+//! What SkipPipe schedules on: a [`World`] of nodes (their profiles and regions), which node serves which
+//! stage (the assignment), and the [`Instance`] that follows from a model's costs.
 //!
 //! The paper assigns nodes to stages with a genetic algorithm (GCMA, from DT-FM) over the latency and
 //! bandwidth matrix. Here two simpler methods, compared in the reproduction's report: a seeded random
@@ -7,33 +7,13 @@
 //! [`assignment_cost`] (the slowest node of every stage plus, for every node, its fastest link to the
 //! next stage).
 
-use genrl::DeviceProfile;
-use pipeline::Placement;
+use genrl::World;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use transport::sim::{LinkSpec, RegionTable};
 
 use crate::error::{Error, Result};
 use crate::instance::{Agent, Instance, Node, PathRules};
-
-/// One node of the swarm.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SwarmNode {
-    /// Its region (a name in the topology's table).
-    pub region: String,
-    /// Its hardware.
-    pub device: DeviceProfile,
-}
-
-/// Where the nodes are and how they are linked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Topology {
-    /// The regions and the links between them.
-    pub regions: RegionTable,
-    /// The nodes.
-    pub nodes: Vec<SwarmNode>,
-}
 
 /// What one micro-batch costs: FLOPs of each stage's forward pass, bytes of the activations sent
 /// between stages, micro-batches per data node and per-node memory (in micro-batches).
@@ -60,7 +40,7 @@ pub const BILLION_STAGE_ACTIVATION_BYTES: usize = 4096 * 2048 * 2;
 #[derive(Debug, Clone)]
 pub struct GeoSwarm {
     /// The nodes.
-    pub topology: Topology,
+    pub world: World,
     /// Which stage each serves.
     pub assignment: Assignment,
     /// What the scheduler sees.
@@ -76,7 +56,7 @@ pub fn geo_swarm(nodes: usize, skip_ratio: f64, seed: u64) -> Result<GeoSwarm> {
     let per = nodes / stages;
     let mut partition = vec![per; stages];
     partition[0] += nodes - per * stages;
-    let topology = Topology::geo_distributed(nodes, seed);
+    let world = World::geo_distributed(nodes, seed);
     let micro_batches = nodes.div_ceil(partition[0]);
     let agents = partition[0] * micro_batches;
     let workload = Workload {
@@ -85,99 +65,58 @@ pub fn geo_swarm(nodes: usize, skip_ratio: f64, seed: u64) -> Result<GeoSwarm> {
         micro_batches,
         memory: agents.div_ceil(per.max(1)) + 2,
     };
-    let assignment = assign_local_search(&topology, &partition, &workload, seed, 2)?;
+    let assignment = assign_local_search(&world, &partition, &workload, seed, 2)?;
     let rules = PathRules::new(stages, agents, skip_ratio, 1.25)?;
-    let instance = topology.instance(&assignment, &workload, rules)?;
-    Ok(GeoSwarm { topology, assignment, instance })
+    let instance = instance(&world, &assignment, &workload, rules)?;
+    Ok(GeoSwarm { world, assignment, instance })
 }
 
-impl Topology {
-    /// `n` nodes spread over the twelve regions of [`RegionTable::geo_distributed`] (seeded), with
-    /// heterogeneous devices: a third H100-class, a third A10-class, a third A10-class at half speed.
-    pub fn geo_distributed(n: usize, seed: u64) -> Self {
-        let regions = RegionTable::geo_distributed();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut names: Vec<String> = regions.names().to_vec();
-        names.shuffle(&mut rng);
-        let devices = [DeviceProfile::h100(), DeviceProfile::a10(), slow_a10()];
-        let nodes = (0..n)
-            .map(|i| SwarmNode { region: names[i % names.len()].clone(), device: devices[(i / 2) % 3].clone() })
-            .collect();
-        Self { regions, nodes }
-    }
-
-    /// The link from node `i` to node `j`.
-    pub fn link(&self, i: usize, j: usize) -> Result<LinkSpec> {
-        let region = |n: usize| self.regions.index(&self.nodes[n].region).map_err(pipeline::Error::from);
-        let (a, b) = (region(i)?, region(j)?);
-        self.regions.link(a, b).ok_or_else(|| {
-            Error::Pipeline(pipeline::Error::config(
-                "skippipe.regions",
-                format!("no link between {} and {}", self.nodes[i].region, self.nodes[j].region),
-            ))
-        })
-    }
-
-    /// Seconds to send `bytes` from node `i` to node `j`: latency plus bytes over bandwidth.
-    pub fn transfer_time(&self, i: usize, j: usize, bytes: usize) -> Result<f64> {
-        if i == j {
-            return Ok(0.0);
-        }
-        let link = self.link(i, j)?;
-        Ok(link.latency.as_secs_f64() + link.transfer_time(bytes).as_secs_f64())
-    }
-
-    fn transfer_matrix(&self, bytes: usize) -> Result<Vec<Vec<f64>>> {
-        let n = self.nodes.len();
-        (0..n).map(|i| (0..n).map(|j| self.transfer_time(i, j, bytes)).collect()).collect()
-    }
-
-    /// The scheduling instance of `assignment` for `workload` under `rules`. The micro-batches are
-    /// listed data node by data node (in slot order), `workload.micro_batches` each, and released one
-    /// forward pass apart at their data node.
-    pub fn instance(&self, assignment: &Assignment, workload: &Workload, rules: PathRules) -> Result<Instance> {
-        let stages = assignment.stages();
-        if assignment.stage_of.len() != self.nodes.len() {
-            return Err(Error::Pipeline(pipeline::Error::config(
-                "skippipe.assignment",
-                format!("{} stages given for {} nodes", assignment.stage_of.len(), self.nodes.len()),
-            )));
-        }
-        if workload.stage_flops.len() != stages {
-            return Err(Error::Pipeline(pipeline::Error::config(
-                "skippipe.workload",
-                format!("{} stage costs for {stages} stages", workload.stage_flops.len()),
-            )));
-        }
-        let nodes: Vec<Node> = (0..self.nodes.len())
-            .map(|n| {
-                let stage = assignment.stage_of[n];
-                let forward = workload.stage_flops[stage] / self.nodes[n].device.flops;
-                Node { stage, forward, memory: workload.memory }
-            })
-            .collect();
-        let mut agents = Vec::new();
-        for &origin in &assignment.slots(0) {
-            for m in 0..workload.micro_batches {
-                agents.push(Agent { origin, release: m as f64 * nodes[origin].forward });
-            }
-        }
-        Ok(Instance {
-            stages,
-            nodes,
-            transfer: self.transfer_matrix(workload.activation_bytes)?,
-            agents,
-            rules,
-            backward_factor: 2.0,
-        })
-    }
+/// Seconds to send `bytes` from every node to every other.
+fn transfer_matrix(world: &World, bytes: usize) -> Result<Vec<Vec<f64>>> {
+    let n = world.len();
+    (0..n)
+        .map(|i| (0..n).map(|j| Ok(world.transfer_time(i, j, bytes).map_err(pipeline::Error::from)?.as_secs_f64())).collect())
+        .collect()
 }
 
-fn slow_a10() -> DeviceProfile {
-    let mut d = DeviceProfile::a10();
-    d.name = "a10/2".into();
-    d.flops /= 2.0;
-    d
+/// The scheduling instance of `assignment` on `world` for `workload` under `rules`. The micro-batches
+/// are listed data node by data node (in slot order), `workload.micro_batches` each, and released one
+/// forward pass apart at their data node.
+pub fn instance(world: &World, assignment: &Assignment, workload: &Workload, rules: PathRules) -> Result<Instance> {
+    let stages = assignment.stages();
+    if assignment.stage_of.len() != world.len() {
+        return Err(Error::Pipeline(pipeline::Error::config(
+            "skippipe.assignment",
+            format!("{} stages given for {} nodes", assignment.stage_of.len(), world.len()),
+        )));
+    }
+    if workload.stage_flops.len() != stages {
+        return Err(Error::Pipeline(pipeline::Error::config(
+            "skippipe.workload",
+            format!("{} stage costs for {stages} stages", workload.stage_flops.len()),
+        )));
+    }
+    let nodes: Vec<Node> = (0..world.len())
+        .map(|n| {
+            let stage = assignment.stage_of[n];
+            let forward = workload.stage_flops[stage] / world.profiles[n].flops;
+            Node { stage, forward, memory: workload.memory }
+        })
+        .collect();
+    let mut agents = Vec::new();
+    for &origin in &assignment.slots(0) {
+        for m in 0..workload.micro_batches {
+            agents.push(Agent { origin, release: m as f64 * nodes[origin].forward });
+        }
+    }
+    Ok(Instance {
+        stages,
+        nodes,
+        transfer: transfer_matrix(world, workload.activation_bytes)?,
+        agents,
+        rules,
+        backward_factor: 2.0,
+    })
 }
 
 /// Which stage every node serves.
@@ -219,20 +158,18 @@ impl Assignment {
         Ok(())
     }
 
-    /// The pipeline runtime's placement of a uniform grid (`stages × replicas`, every stage `replicas`
-    /// nodes): worker `stage × replicas + slot` runs on the node in that slot.
-    pub fn placement(&self, topology: &Topology, replicas: usize) -> Result<Placement> {
+    /// The grid of a uniform pipeline (`stages × replicas`, every stage `replicas` nodes) placed on
+    /// `world`: worker `stage × replicas + slot` is the node in that slot.
+    pub fn place(&self, world: &World, replicas: usize) -> Result<World> {
         let stages = self.stages();
         self.check(&vec![replicas; stages])?;
-        let mut devices = Vec::with_capacity(stages * replicas);
-        let mut region_of = Vec::with_capacity(stages * replicas);
-        for k in 0..stages {
-            for n in self.slots(k) {
-                devices.push(topology.nodes[n].device.clone());
-                region_of.push(topology.nodes[n].region.clone());
-            }
-        }
-        Ok(Placement { devices, regions: topology.regions.clone(), region_of })
+        let order: Vec<usize> = (0..stages).flat_map(|k| self.slots(k)).collect();
+        Ok(world.permuted(&order).map_err(pipeline::Error::from)?)
+    }
+
+    /// The assignment of a grid already placed in worker order: worker `w` serves stage `w / replicas`.
+    pub fn of_grid(stages: usize, replicas: usize) -> Self {
+        Self { stage_of: (0..stages * replicas).map(|w| w / replicas.max(1)).collect() }
     }
 
     /// The standard pipeline's paths on this assignment: the micro-batches of the data node in slot
@@ -249,13 +186,13 @@ impl Assignment {
     }
 }
 
-fn check_partition(topology: &Topology, partition: &[usize]) -> Result<()> {
-    if partition.len() < 2 || partition.contains(&0) || partition.iter().sum::<usize>() != topology.nodes.len() {
+fn check_partition(world: &World, partition: &[usize]) -> Result<()> {
+    if partition.len() < 2 || partition.contains(&0) || partition.iter().sum::<usize>() != world.len() {
         return Err(Error::Pipeline(pipeline::Error::config(
             "skippipe.partition",
             format!(
                 "{partition:?}: need at least 2 stages of at least one node each, {} nodes in all",
-                topology.nodes.len()
+                world.len()
             ),
         )));
     }
@@ -263,9 +200,9 @@ fn check_partition(topology: &Topology, partition: &[usize]) -> Result<()> {
 }
 
 /// A seeded random assignment: nodes shuffled, then dealt out stage by stage.
-pub fn assign_random(topology: &Topology, partition: &[usize], seed: u64) -> Result<Assignment> {
-    check_partition(topology, partition)?;
-    let mut order: Vec<usize> = (0..topology.nodes.len()).collect();
+pub fn assign_random(world: &World, partition: &[usize], seed: u64) -> Result<Assignment> {
+    check_partition(world, partition)?;
+    let mut order: Vec<usize> = (0..world.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let mut stage_of = vec![0; order.len()];
     let mut at = 0;
@@ -280,18 +217,18 @@ pub fn assign_random(topology: &Topology, partition: &[usize], seed: u64) -> Res
 
 /// The cost the local search lowers: for every stage, its slowest node's forward time, plus the mean
 /// over its nodes of their fastest transfer to a node of the next stage.
-pub fn assignment_cost(topology: &Topology, assignment: &Assignment, workload: &Workload) -> Result<f64> {
-    let transfer = topology.transfer_matrix(workload.activation_bytes)?;
-    Ok(cost_of(topology, assignment, workload, &transfer))
+pub fn assignment_cost(world: &World, assignment: &Assignment, workload: &Workload) -> Result<f64> {
+    let transfer = transfer_matrix(world, workload.activation_bytes)?;
+    Ok(cost_of(world, assignment, workload, &transfer))
 }
 
-fn cost_of(topology: &Topology, assignment: &Assignment, workload: &Workload, transfer: &[Vec<f64>]) -> f64 {
+fn cost_of(world: &World, assignment: &Assignment, workload: &Workload, transfer: &[Vec<f64>]) -> f64 {
     let stages = assignment.stages();
     let slots: Vec<Vec<usize>> = (0..stages).map(|k| assignment.slots(k)).collect();
     let mut cost = 0.0;
     for k in 0..stages {
         let flops = workload.stage_flops.get(k).copied().unwrap_or(0.0);
-        cost += slots[k].iter().map(|&n| flops / topology.nodes[n].device.flops).fold(0.0, f64::max);
+        cost += slots[k].iter().map(|&n| flops / world.profiles[n].flops).fold(0.0, f64::max);
         if k + 1 < stages && !slots[k].is_empty() {
             let best = |i: usize| slots[k + 1].iter().map(|&j| transfer[i][j]).fold(f64::INFINITY, f64::min);
             cost += slots[k].iter().map(|&i| best(i)).sum::<f64>() / slots[k].len() as f64;
@@ -303,17 +240,17 @@ fn cost_of(topology: &Topology, assignment: &Assignment, workload: &Workload, tr
 /// Local search from `restarts` seeded random assignments: swap the stages of two nodes whenever that
 /// lowers [`assignment_cost`], until no swap does; the best result over the restarts.
 pub fn assign_local_search(
-    topology: &Topology,
+    world: &World,
     partition: &[usize],
     workload: &Workload,
     seed: u64,
     restarts: usize,
 ) -> Result<Assignment> {
-    let transfer = topology.transfer_matrix(workload.activation_bytes)?;
+    let transfer = transfer_matrix(world, workload.activation_bytes)?;
     let mut best: Option<(f64, Assignment)> = None;
     for r in 0..restarts.max(1) as u64 {
-        let mut current = assign_random(topology, partition, seed.wrapping_add(r))?;
-        let mut cost = cost_of(topology, &current, workload, &transfer);
+        let mut current = assign_random(world, partition, seed.wrapping_add(r))?;
+        let mut cost = cost_of(world, &current, workload, &transfer);
         let n = current.stage_of.len();
         loop {
             let mut improved = false;
@@ -323,7 +260,7 @@ pub fn assign_local_search(
                         continue;
                     }
                     current.stage_of.swap(i, j);
-                    let c = cost_of(topology, &current, workload, &transfer);
+                    let c = cost_of(world, &current, workload, &transfer);
                     if c + 1e-12 < cost {
                         cost = c;
                         improved = true;

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage};
 use models::{ModelConfig, OptimConfig};
 use pipeline::{FixedRouter, PipelineSpec, run_simulated};
+use genrl::World;
 use proptest::prelude::*;
 use skippipe::{
-    Budget, Error, Instance, PathRules, ScheduledRouter, Topology, Workload, assign_local_search, assign_random,
+    Budget, Error, Instance, PathRules, ScheduledRouter, Workload, assign_local_search, assign_random,
     check_path, schedule, simulate,
 };
 
@@ -26,12 +27,12 @@ fn try_instance(
     skip: f64,
     seed: u64,
 ) -> skippipe::Result<Instance> {
-    let topology = Topology::geo_distributed(nodes, seed);
+    let world = World::geo_distributed(nodes, seed);
     let w = workload(partition.len(), micro_batches, memory);
-    let assignment = assign_random(&topology, partition, seed)?;
+    let assignment = assign_random(&world, partition, seed)?;
     let agents = partition[0] * micro_batches;
     let rules = PathRules::new(partition.len(), agents, skip, 1.5)?;
-    topology.instance(&assignment, &w, rules)
+    skippipe::instance(&world, &assignment, &w, rules)
 }
 
 fn instance(nodes: usize, partition: &[usize], micro_batches: usize, memory: usize, skip: f64, seed: u64) -> Instance {
@@ -107,11 +108,11 @@ proptest! {
 #[test]
 fn the_paper_sized_instance_is_solved_and_beats_fixed_rows() {
     let partition = [7, 5, 5, 5, 5, 5, 5, 5];
-    let topology = Topology::geo_distributed(42, 3);
+    let world = World::geo_distributed(42, 3);
     let w = workload(8, 6, 10);
-    let assignment = assign_local_search(&topology, &partition, &w, 3, 1).expect("assignment");
+    let assignment = assign_local_search(&world, &partition, &w, 3, 1).expect("assignment");
     let rules = PathRules::new(8, 42, 0.25, 1.25).expect("rules");
-    let inst = topology.instance(&assignment, &w, rules).expect("instance");
+    let inst = skippipe::instance(&world, &assignment, &w, rules).expect("instance");
     let found = schedule(Arc::new(inst.clone()), Budget::default()).expect("schedule");
     assert_valid(&inst, &found.plans);
     let fixed = simulate(&inst, &assignment.fixed_rows(&inst), None).expect("fixed rows");
@@ -150,10 +151,10 @@ fn malformed_instances_and_paths_are_errors() {
     assert!(simulate(&ragged, &paths, None).is_err(), "a ragged transfer matrix");
     assert!(simulate(&inst, &paths[..1], None).is_err(), "one path for two micro-batches");
     assert!(check_path(&inst, 9, &[0]).is_err() && check_path(&inst, 0, &[0, 99]).is_err());
-    let topology = Topology::geo_distributed(8, 1);
+    let world = World::geo_distributed(8, 1);
     let short = skippipe::Assignment { stage_of: vec![0, 1, 2] };
     let rules = PathRules::new(3, 2, 0.0, 1.5).expect("rules");
-    assert!(topology.instance(&short, &workload(3, 1, 4), rules).is_err(), "an assignment of 3 for 8 nodes");
+    assert!(skippipe::instance(&world, &short, &workload(3, 1, 4), rules).is_err(), "an assignment of 3 for 8 nodes");
 }
 
 #[test]
@@ -197,15 +198,15 @@ fn spec(stages: usize, replicas: usize, steps: u64) -> PipelineSpec {
     }
 }
 
-/// The schedule of the grid `spec` on a uniform topology.
+/// The schedule of the grid `spec` on a geo-distributed world.
 fn scheduled(spec: &PipelineSpec, skip: f64) -> ScheduledRouter {
     let nodes = spec.stages * spec.replicas;
-    let topology = Topology::geo_distributed(nodes, 1);
+    let world = World::geo_distributed(nodes, 1);
     // Stage by stage in node order, so slot r of stage k is node k × replicas + r.
     let assignment = skippipe::Assignment { stage_of: (0..nodes).map(|n| n / spec.replicas).collect() };
     let w = workload(spec.stages, spec.micro_batches, spec.micro_batches * spec.replicas);
     let rules = PathRules::new(spec.stages, spec.replicas * spec.micro_batches, skip, 1.5).expect("rules");
-    let inst = topology.instance(&assignment, &w, rules).expect("instance");
+    let inst = skippipe::instance(&world, &assignment, &w, rules).expect("instance");
     let found = schedule(Arc::new(inst), Budget::default()).expect("schedule");
     ScheduledRouter::new(&found, &assignment, spec.micro_batches).expect("router")
 }

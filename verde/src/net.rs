@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use genrl::clock::timeout;
-use genrl::{Clock, SimSwarm, SwarmSpec};
+use genrl::{Clock, SimSwarm, World};
 use serde::{Deserialize, Serialize};
 use transport::sim::LinkSpec;
 use transport::{PeerId, Transport, TransportExt};
@@ -211,10 +211,11 @@ pub fn settle(rules: &Rules, trainers: Vec<(Arc<Execution>, Conduct)>, config: &
     let structure = rules.structure.clone();
     let rules = rules.clone();
     let config = config.clone();
-    let spec = SwarmSpec::uniform(config.seed, n + 1, genrl::DeviceProfile::a10(), config.link);
+    let world = World::uniform(n + 1, genrl::DeviceProfile::a10(), config.link);
+    let seed = config.seed;
     let trainers = Arc::new(trainers);
     let results = genrl::run_simulation(async move {
-        let swarm = SimSwarm::build(&spec).map_err(net_error)?;
+        let swarm = SimSwarm::build(&world, seed).map_err(net_error)?;
         let out = swarm
             .run(move |ctx| {
                 let (trainers, structure, rules, finals, config) =

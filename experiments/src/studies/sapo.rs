@@ -12,8 +12,22 @@ use anyhow::{Context, Result};
 use sapo::{Mix, SapoConfig, SapoRun, WarmStart};
 use serde::{Deserialize, Serialize};
 
+use crate::files::{out_dir, write_atomic};
 use crate::plots::series_plot;
-use crate::report::write_atomic;
+use crate::studies::{Reproduce, Study};
+
+/// The SAPO study (it also owns `swarmlab sapo`'s configuration, training and node).
+pub(crate) struct SapoStudy;
+
+impl Study for SapoStudy {
+    fn name(&self) -> &'static str {
+        "sapo"
+    }
+
+    fn reproduce(&self, how: &Reproduce) -> Result<()> {
+        reproduce(how.out.clone(), how.quick, how.device)
+    }
+}
 
 /// The paper's cumulative rewards (8 agents, Qwen2.5-0.5B, ReasoningGYM; recalled figures, see the report).
 const PAPER: [(&str, f64); 4] = [("8/0", 561.0), ("6/2", 854.0), ("4/4", 1093.0), ("2/6", 946.0)];
@@ -48,7 +62,7 @@ struct Arm {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Study {
+struct SapoFindings {
     quick: bool,
     config: SapoConfig,
     warm: BTreeMap<String, BTreeMap<String, f64>>,
@@ -57,8 +71,8 @@ struct Study {
 }
 
 /// `swarmlab reproduce sapo [--quick]`.
-pub(crate) fn reproduce(out: Option<PathBuf>, quick: bool, device: models::DeviceSpec) -> Result<()> {
-    let out = crate::out_dir(out, "sapo")?;
+fn reproduce(out: Option<PathBuf>, quick: bool, device: models::DeviceSpec) -> Result<()> {
+    let out = out_dir(out, "sapo")?;
     let began = Instant::now();
     let cfg = SapoConfig { device, ..base(quick) };
     eprintln!(
@@ -78,7 +92,7 @@ pub(crate) fn reproduce(out: Option<PathBuf>, quick: bool, device: models::Devic
         let (run, seconds) = run_arm(&name, &SapoConfig { mix, sizes: sizes.clone(), ..cfg.clone() }, &warm)?;
         arms.push(Arm { name, sizes, run, seconds });
     }
-    let study = Study {
+    let study = SapoFindings {
         quick,
         config: cfg,
         warm: warm.iter().map(|w| (w.size.clone(), w.eval.clone())).collect(),
@@ -96,9 +110,13 @@ pub(crate) fn reproduce(out: Option<PathBuf>, quick: bool, device: models::Devic
 /// Reads a SAPO configuration; the error names the file and the bad field.
 pub(crate) fn load_config(path: &Path) -> Result<SapoConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: SapoConfig =
-        toml::from_str(&text).with_context(|| format!("{} is not a SAPO configuration", path.display()))?;
-    cfg.validate().with_context(|| format!("in {}", path.display()))?;
+    parse_config(&text, &path.display().to_string())
+}
+
+/// Parses and checks the text of a SAPO configuration; `source` names it in errors.
+pub(crate) fn parse_config(text: &str, source: &str) -> Result<SapoConfig> {
+    let cfg: SapoConfig = toml::from_str(text).with_context(|| format!("{source} is not a SAPO configuration"))?;
+    cfg.validate().with_context(|| format!("in {source}"))?;
     Ok(cfg)
 }
 
@@ -145,7 +163,7 @@ fn run_arm(name: &str, cfg: &SapoConfig, warm: &[WarmStart]) -> Result<(SapoRun,
 /// `swarmlab sapo`: one swarm.
 pub(crate) fn train(cfg: SapoConfig, out: Option<PathBuf>) -> Result<()> {
     cfg.validate()?;
-    let out = crate::out_dir(out, "sapo")?;
+    let out = out_dir(out, "sapo")?;
     write_atomic(&out.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
     eprintln!(
         "swarmlab sapo: {} agents ({}) + {} liars, mix {}, {} rounds",
@@ -197,7 +215,7 @@ pub(crate) fn node(
     let what = format!("the configuration has {} agents and {} liars", cfg.agents, cfg.liars);
     let node = crate::node::Node::load(key, peers, cfg.agents + cfg.liars, &what, net)?;
     let index = node.index;
-    let out = crate::out_dir(out, "node")?;
+    let out = out_dir(out, "node")?;
     eprintln!("swarmlab node {}: agent {index} of {}, listening on {}", node.id(), node.ids.len(), node.addr);
     let started = std::time::Instant::now();
     let rounds = cfg.rounds;
@@ -235,7 +253,7 @@ pub(crate) fn node(
 pub(crate) fn rewrite(dir: &Path) -> Result<()> {
     let path = dir.join("sapo.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let study: Study =
+    let study: SapoFindings =
         serde_json::from_str(&text).with_context(|| format!("{} is not a sapo study", path.display()))?;
     write_plots(dir, &study)?;
     write_atomic(&dir.join("report.md"), markdown(&study).as_bytes())
@@ -260,11 +278,11 @@ fn swarm_curve(run: &SapoRun) -> Vec<f64> {
     (0..n).map(|r| agents.iter().map(|a| a[r]).sum::<f64>() / agents.len() as f64).collect()
 }
 
-fn window(study: &Study) -> usize {
+fn window(study: &SapoFindings) -> usize {
     (study.config.rounds as usize / 10).max(1)
 }
 
-fn write_plots(out: &Path, study: &Study) -> Result<()> {
+fn write_plots(out: &Path, study: &SapoFindings) -> Result<()> {
     let w = window(study);
     let by_mix: Vec<(String, Vec<(f64, f64)>)> =
         study.arms.iter().map(|a| (a.name.clone(), smoothed(&swarm_curve(&a.run), w))).collect();
@@ -305,7 +323,7 @@ fn pct(a: f64, b: f64) -> String {
     if b.abs() < 1e-12 { "–".into() } else { format!("{:+.0}%", 100.0 * (a / b - 1.0)) }
 }
 
-fn markdown(s: &Study) -> String {
+fn markdown(s: &SapoFindings) -> String {
     let cfg = &s.config;
     let homogeneous: Vec<&Arm> = s.arms.iter().filter(|a| a.sizes.len() == 1).collect();
     let cumulative = |name: &str| s.arms.iter().find(|a| a.name == name).map_or(0.0, |a| a.run.cumulative_reward());

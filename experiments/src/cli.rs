@@ -1,0 +1,397 @@
+//! The `swarmlab` command line: its commands, and [`main`], which parses them and runs one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::{EXAMPLE, RunConfig};
+use crate::files::{out_dir, write_atomic};
+use crate::studies::{self, Reproduce};
+use crate::{all, launch, node, report, run, verify};
+
+/// swarmlab — decentralized-training protocols on simulated and real swarms.
+///
+/// Start with `swarmlab run`: it trains the baseline study (one replica, four data-parallel replicas,
+/// and a 2 x 2 pipeline) on the built-in synthetic language, whose loss floor is known exactly, and
+/// writes a report.
+#[derive(Parser)]
+#[command(name = "swarmlab", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Where the tensors live: `cpu`, `cuda`, `cuda:N` or `auto` (overrides the configuration; cuda needs
+    /// a build with `--features cuda`). Used by `run`, `reproduce`, `sapo` and `node`; resolved once.
+    #[arg(long, global = true)]
+    device: Option<models::DeviceSpec>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the arms of a configuration (the built-in baseline study if none is given) and write
+    /// config.toml, metrics.csv, summary.json, run.h5 and report.md into the output folder.
+    Run {
+        /// A TOML configuration (see `swarmlab init`).
+        config: Option<PathBuf>,
+        /// Output folder [default: runs/<name>-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The same study, shortened to a smoke check (at most 40 steps, a smaller corpus).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Reproduce a paper's study on simulated swarms and write its report beside the paper's claims.
+    ///
+    /// `noloco`: DDP, DiLoCo and NoLoCo on one 2 x 8 grid (val loss by step and by virtual time), the
+    /// ablations (no pull term, no random routing: weight variance across replicas), and the sync
+    /// latency and bytes of ring / tree all-reduce vs NoLoCo gossip for 8 to 1024 replicas on
+    /// internet-like links.
+    ///
+    /// `skippipe`: on a geo-distributed, heterogeneous swarm, the standard pipeline vs SkipPipe's scheduled
+    /// paths at skip ratios 0, 25 and 33% (val loss by step and by virtual time), each trained model run
+    /// with half and three quarters of its stages, and the scheduler's iteration times on the paper's
+    /// 42-node swarm (random vs local-search assignment).
+    ///
+    /// `checkfree`: CheckFree and CheckFree+ vs checkpointing and redundant computation at failure
+    /// rates of 5, 10, 16 and 33% per hour (val loss by virtual time, time to a target loss, loss spikes
+    /// after recoveries), and the rebuild ablations (naive copy, random re-init).
+    ///
+    /// `compose`: NoLoCo, SkipPipe and CheckFree each alone and all three together against the baseline
+    /// pipeline, on a geo-distributed swarm with failures (time to the loss every arm reaches).
+    ///
+    /// `all`: every study above, one after the other, and an index report (report.md) with each one's
+    /// claims, plots and wall time, and the total (`swarmlab readme` turns it into the README's results).
+    ///
+    /// `verde`: disputes between an honest run and six kinds of cheat (a perturbed weight, a perturbed
+    /// operator, a lazy trainer, a lie about the final state, inconsistent openings, silence) for runs of
+    /// 16 to 256 steps of two model sizes: bisection rounds against log2 n + log2 m, bytes exchanged, and
+    /// the referee's one re-executed operator against replicating the run; and the negative case, honest
+    /// trainers on native kernels. It writes report.md and verde.json.
+    ///
+    /// `sapo`: RL post-training of eight agents with GRPO on eight verifiable task families, sharing
+    /// rollouts at the mixes 8/0, 6/2, 4/4 and 2/6 (own/shared groups per step) and in a heterogeneous
+    /// swarm of two policy sizes: cumulative reward per mix, reward curves per agent, held-out accuracy
+    /// per family. It writes report.md, sapo.json and config.toml.
+    ///
+    /// For the training studies, the output folder's config.toml runs the same study with `swarmlab run`.
+    Reproduce {
+        /// The study.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(studies::names()))]
+        study: String,
+        /// Output folder [default: runs/<study>-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The same study at a smaller scale (a few minutes; for smoke checks).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Verify one training run delegated to several trainers (Verde): each trains the same program on
+    /// repops, some dishonestly; conflicting claims are disputed before a referee on the simulated network,
+    /// which prints each verdict, the bisection rounds, the bytes exchanged and the one operator it re-ran.
+    Verify {
+        /// The program's model: `tiny` (2 layers of width 32, batches of 4 x 16 tokens) or `small`
+        /// (the small preset, batches of 8 x 64).
+        #[arg(long, default_value = "tiny")]
+        model: String,
+        /// Training steps.
+        #[arg(long, default_value_t = 16)]
+        steps: u64,
+        /// A trainer (repeat the flag for each): `honest`, `perturb-weight@STEP`, `perturb-op@STEP:OP`,
+        /// `lazy@STEP` or `lie@STEP`, optionally with `+inconsistent@N` (bad openings from its N-th on) or
+        /// `+silent@N` (no answer from the N-th question on). Default: honest, perturb-op at the middle
+        /// step, lazy from the step after, honest.
+        #[arg(long = "trainer", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<verify::TrainerSpec>()))]
+        trainers: Vec<verify::TrainerSpec>,
+        /// How long (virtual seconds) a trainer may take to answer the referee.
+        #[arg(long, default_value_t = 60.0)]
+        deadline_s: f64,
+        /// Kernels: `repops` (bitwise reproducible) or `native` (only with --print-final).
+        #[arg(long, default_value = "repops", hide = true)]
+        backend: String,
+        /// Only run the program honestly and print its final state hash.
+        #[arg(long, hide = true)]
+        print_final: bool,
+    },
+    /// Train one SAPO swarm: every agent warm-starts on the task format, then plays its rounds on the
+    /// simulated network (generate, share, train on I own and J shared question groups with GRPO). Prints
+    /// each agent's reward before and after, its held-out accuracy and what it dropped from its peers, and
+    /// writes config.toml and sapo-run.json into the output folder.
+    Sapo {
+        /// A TOML configuration (every field optional; `swarmlab sapo --print-config` shows them all).
+        config: Option<PathBuf>,
+        /// Own/shared question groups per step, e.g. `4/4` (overrides the configuration).
+        #[arg(long)]
+        mix: Option<String>,
+        /// Rounds (overrides the configuration).
+        #[arg(long)]
+        rounds: Option<u64>,
+        /// Honest agents (overrides the configuration).
+        #[arg(long)]
+        agents: Option<usize>,
+        /// Lying agents added to the swarm (overrides the configuration).
+        #[arg(long)]
+        liars: Option<usize>,
+        /// Policy sizes by agent, cycled, e.g. `tiny,small` (overrides the configuration).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<String>>,
+        /// Output folder [default: runs/sapo-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the full default configuration as TOML and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Write a new node key file and print its PeerId, and the entry that puts it in a peers file.
+    Keygen {
+        /// The key file to write (never overwritten).
+        #[arg(long, default_value = "node.key")]
+        out: PathBuf,
+        /// The address the node will listen on, for the printed peers-file entry.
+        #[arg(long, default_value = "127.0.0.1:4100")]
+        addr: std::net::SocketAddr,
+    },
+    /// Run one agent as a real node: QUIC with mutual TLS, real time. Every node of the swarm gets the
+    /// same configuration and peers file; a node's place in the swarm is its id's rank in the file.
+    /// `sapo`: one SAPO agent (the last `liars` places are lying agents); writes agent-<index>.json.
+    /// `pipeline`: one worker of the first arm of a `swarmlab run` configuration (stage = place /
+    /// replicas); writes worker-<index>.json with its final loss and the blake3 of its weights (the same
+    /// hash `swarmlab run` puts in summary.json).
+    Node {
+        /// What the node runs: `sapo` or `pipeline`.
+        #[arg(long, default_value = "sapo", value_parser = ["sapo", "pipeline"])]
+        protocol: String,
+        /// The configuration (as for `swarmlab sapo`, or `swarmlab run` with `--protocol pipeline`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// This node's key file (`swarmlab keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The peers file: every node's id and address, this one's included.
+        #[arg(long)]
+        peers: PathBuf,
+        /// Output folder [default: runs/node-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seconds without a word from a peer before its connection is taken for dead (a killed peer is
+        /// noticed then); connection attempts wait as long, 10 s at most.
+        #[arg(long, default_value_t = 30.0)]
+        idle_timeout_s: f64,
+        /// This node starts after the others: a pipeline worker fetches the current weights from a
+        /// replica of its stage and joins at the step it is at (a SAPO agent simply starts playing).
+        #[arg(long)]
+        join: bool,
+        /// Listen on this address instead of the one the peers file gives (the peers file then names
+        /// something that forwards to it, such as a link emulator).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+    },
+    /// Run a whole swarm of real nodes on this machine: N `swarmlab node` processes on loopback, a key
+    /// each and one peers file, in one run folder. Streams their progress, can kill one mid-run, and
+    /// gathers their results and HDF5 logs into launch.h5 and report.md.
+    Launch {
+        /// Number of node processes (what the configuration needs: SAPO agents + liars, or the first
+        /// arm's stages x replicas).
+        #[arg(long = "local")]
+        local: usize,
+        /// What the nodes run: `sapo` or `pipeline`.
+        #[arg(long, default_value = "sapo", value_parser = ["sapo", "pipeline"])]
+        protocol: String,
+        /// The configuration every node runs [default: the built-in one for the protocol].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run folder [default: runs/launch-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// As for `swarmlab node`.
+        #[arg(long, default_value_t = 30.0)]
+        idle_timeout_s: f64,
+        /// Kill node NODE once it reports round ROUND (`NODE@ROUND`), to watch the others carry on.
+        #[arg(long)]
+        kill: Option<launch::Kill>,
+        /// Start node NODE only once another node reports round (or step) ROUND (`NODE@ROUND`): it
+        /// joins the run under way (a pipeline worker fetches the current weights from a replica of
+        /// its stage).
+        #[arg(long)]
+        late: Option<launch::Kill>,
+        /// Put the configuration's link model (latency, bandwidth) between the nodes with a relay in
+        /// front of each, and compare the time per step with the simulated network's prediction.
+        #[arg(long)]
+        emulate_link: bool,
+    },
+    /// Regenerate the README's results section (between its `<!-- results:begin -->` and
+    /// `<!-- results:end -->` lines) from a folder written by `swarmlab reproduce all`.
+    Readme {
+        /// A folder written by `swarmlab reproduce all`.
+        run_dir: PathBuf,
+        /// The README to update.
+        #[arg(long, default_value = "README.md")]
+        file: PathBuf,
+    },
+    /// Rewrite report.md and the plots of a run folder from its run.h5, or of a `reproduce sapo` folder from
+    /// its sapo.json (e.g. after editing the report code).
+    Report {
+        /// A folder written by `swarmlab run`.
+        run_dir: PathBuf,
+    },
+    /// Write a commented example configuration (all the defaults) to PATH.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "swarmlab.toml")]
+        path: PathBuf,
+    },
+}
+
+/// Parses the process's arguments and runs the command (what the `swarmlab` binary does). Protocols
+/// registered with [`crate::plugs::register`] before it are available to every configuration.
+pub fn main() -> Result<()> {
+    main_from(std::env::args_os())
+}
+
+/// Parses `args` (the first is the program's name) and runs the command.
+pub fn main_from<I, T>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse_from(args);
+    let device = cli.device;
+    match cli.command {
+        Command::Run { config, out, quick } => {
+            let mut cfg = match config {
+                Some(path) => RunConfig::load(&path)?,
+                None => RunConfig::default(),
+            };
+            cfg.device = device.unwrap_or(cfg.device);
+            run::run(cfg, out, quick)
+        }
+        Command::Reproduce { study, out, quick } => {
+            let how = Reproduce { out, quick, device: device.unwrap_or_default() };
+            match study.as_str() {
+                "all" => all::reproduce_all(&how),
+                name => studies::find(name)?.reproduce(&how),
+            }
+        }
+        Command::Readme { run_dir, file } => all::readme(&run_dir, &file),
+        Command::Keygen { out, addr } => {
+            let identity = transport::Identity::generate()?;
+            identity.save(&out)?;
+            println!("wrote {} for peer {}", out.display(), identity.peer_id());
+            println!("\n[[peer]]\nid = \"{}\"\naddr = \"{addr}\"", identity.peer_id());
+            Ok(())
+        }
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, join } if protocol == "pipeline" => {
+            let mut cfg = match config {
+                Some(path) => RunConfig::load(&path)?,
+                None => RunConfig::default(),
+            };
+            cfg.device = device.unwrap_or(cfg.device);
+            let corpus = std::sync::Arc::new(run::corpus(&cfg)?);
+            node::pipeline_node(&cfg, corpus, &key, &peers, out, node_net(idle_timeout_s, bind)?, join)
+        }
+        Command::Node { config, key, peers, out, idle_timeout_s, bind, .. } => {
+            let mut cfg = match config {
+                Some(path) => studies::sapo::load_config(&path)?,
+                None => sapo::SapoConfig::default(),
+            };
+            cfg.device = device.unwrap_or(cfg.device);
+            studies::sapo::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
+        }
+        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, late, emulate_link } => {
+            launch::launch(launch::Launch {
+                nodes: local,
+                protocol,
+                config,
+                out,
+                net: node_net(idle_timeout_s, None)?,
+                kill,
+                late,
+                emulate_link,
+            })
+            .map(|_| ())
+        }
+        Command::Sapo { config, mix, rounds, agents, liars, sizes, out, print_config } => {
+            if print_config {
+                print!("{}", toml::to_string(&sapo::SapoConfig::default())?);
+                return Ok(());
+            }
+            let mut cfg = match config {
+                Some(path) => studies::sapo::load_config(&path)?,
+                None => sapo::SapoConfig::default(),
+            };
+            if let Some(m) = mix {
+                cfg.mix = sapo::Mix::parse(&m)?;
+            }
+            cfg.rounds = rounds.unwrap_or(cfg.rounds);
+            cfg.agents = agents.unwrap_or(cfg.agents);
+            cfg.liars = liars.unwrap_or(cfg.liars);
+            cfg.sizes = sizes.unwrap_or(cfg.sizes);
+            cfg.device = device.unwrap_or(cfg.device);
+            if cfg.transport == genrl::TransportKind::Quic {
+                // The same swarm as node processes: its configuration, overrides applied, goes to every node.
+                cfg.validate()?;
+                let out = out_dir(out, "sapo")?;
+                let path = out.join("sapo.toml");
+                write_atomic(&path, toml::to_string(&cfg)?.as_bytes())?;
+                let net = node::NodeNet::default();
+                let nodes = cfg.agents + cfg.liars;
+                let launch = launch::Launch {
+                    nodes,
+                    protocol: "sapo".into(),
+                    config: Some(path),
+                    out: Some(out),
+                    net,
+                    kill: None,
+                    late: None,
+                    emulate_link: true,
+                };
+                return launch::launch(launch).map(|_| ());
+            }
+            studies::sapo::train(cfg, out)
+        }
+        Command::Verify { model, steps, trainers, deadline_s, backend, print_final } => {
+            let backend = match backend.as_str() {
+                "repops" => models::Backend::RepOps,
+                "native" if print_final => models::Backend::Native,
+                "native" => bail!("disputes need repops: --backend native only goes with --print-final"),
+                other => bail!("unknown backend {other:?}: repops or native"),
+            };
+            if print_final {
+                verify::print_final(&model, steps, backend)
+            } else {
+                verify::verify(&model, steps, trainers, deadline_s)
+            }
+        }
+        Command::Init { path } => init(&path),
+        Command::Report { run_dir } => {
+            if run_dir.join("sapo.json").exists() {
+                studies::sapo::rewrite(&run_dir)?;
+            } else {
+                report::rewrite(&run_dir)?;
+            }
+            println!("report: {}", run_dir.join("report.md").display());
+            Ok(())
+        }
+    }
+}
+
+fn init(path: &Path) -> Result<()> {
+    if path.exists() {
+        bail!("{} already exists; not overwriting it", path.display());
+    }
+    write_atomic(path, EXAMPLE.as_bytes())?;
+    println!("wrote {}: edit it, then `swarmlab run {}`", path.display(), path.display());
+    Ok(())
+}
+
+/// `--idle-timeout-s` and `--bind` as a [`node::NodeNet`].
+fn node_net(idle_timeout_s: f64, bind: Option<std::net::SocketAddr>) -> Result<node::NodeNet> {
+    if !(idle_timeout_s.is_finite() && (0.1..=3600.0).contains(&idle_timeout_s)) {
+        bail!("--idle-timeout-s {idle_timeout_s}: give seconds between 0.1 and 3600");
+    }
+    Ok(node::NodeNet { idle_timeout: std::time::Duration::from_secs_f64(idle_timeout_s), bind })
+}
+

@@ -1,0 +1,50 @@
+//! What every command that writes files shares: atomic writes, output folders, and the HDF5 text
+//! attributes and event lines of `run.h5` and the node logs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Writes `bytes` to `path` atomically (a temporary file beside it, then a rename).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    transport::fsutil::write_atomic(path, bytes, false).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The output folder: `out` if given, else `runs/<name>-<unix time>`; created if missing.
+pub(crate) fn out_dir(out: Option<PathBuf>, name: &str) -> Result<PathBuf> {
+    let out = out.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!("{name}-{secs}"))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    Ok(out)
+}
+
+/// `s` as HDF5 text.
+pub(crate) fn h5_text(s: &str) -> Result<hdf5::types::VarLenUnicode> {
+    s.parse().map_err(|e| anyhow::anyhow!("not storable as HDF5 text: {e:?}"))
+}
+
+/// Writes the text attribute `name` of an HDF5 file or group.
+pub(crate) fn h5_write_text(loc: &hdf5::Location, name: &str, value: &str) -> Result<()> {
+    loc.new_attr::<hdf5::types::VarLenUnicode>().create(name)?.write_scalar(&h5_text(value)?)?;
+    Ok(())
+}
+
+/// A text attribute of an HDF5 file or group.
+pub(crate) fn h5_attr_text(loc: &hdf5::Location, name: &str) -> Result<String> {
+    let v: hdf5::types::VarLenUnicode =
+        loc.attr(name).and_then(|a| a.read_scalar()).with_context(|| format!("no attribute {name:?}"))?;
+    Ok(v.as_str().to_owned())
+}
+
+/// An event as one line of an HDF5 `events` dataset: `time_s<TAB>kind<TAB>detail`.
+pub(crate) fn event_line(time_s: f64, kind: &str, detail: &str) -> Result<hdf5::types::VarLenUnicode> {
+    h5_text(&format!("{time_s:.6}\t{kind}\t{detail}"))
+}
+
+/// The parts of an [`event_line`], if it is one.
+pub(crate) fn parse_event_line(line: &str) -> Option<(f64, &str, &str)> {
+    let mut parts = line.splitn(3, '\t');
+    Some((parts.next()?.parse().ok()?, parts.next()?, parts.next()?))
+}

@@ -1,0 +1,33 @@
+//! # swarmlab experiments
+//!
+//! The product surface: the `swarmlab` command line, run configurations, the studies that reproduce the
+//! papers, and the files every run writes. Library users need two things: [`plugs::register`], to make a
+//! protocol of their own usable from a TOML configuration, and [`cli::main`], to run the command line with
+//! it (see `examples/periodic_average.rs`).
+//!
+//! | module | what |
+//! |---|---|
+//! | [`cli`] | the commands and their dispatch |
+//! | [`plugs`] | the plug registry: name → constructor for sync, routing, recovery and rebuild protocols |
+//! | `config` | run configurations (TOML): arms with their plugs, the world (`[geo]`), the studies' parts |
+//! | `run` | `swarmlab run`: the arms, then every study's measurements, files written after each part |
+//! | `studies` | the studies wing: one module per study (preset, config part, claims, report section) and the registry |
+//! | `report` | what every run writes: config.toml, metrics.csv, summary.json, run.h5, report.md, plots |
+//! | `files` | atomic writes, output folders, HDF5 text and event lines |
+//! | `all` | `reproduce all` and `swarmlab readme` |
+//! | `verify` | `swarmlab verify` (Verde disputes) |
+//! | `node`, `launch` | real nodes over QUIC and local swarms of them |
+//! | `plots` | SVG and PNG plots |
+
+mod all;
+pub mod cli;
+mod config;
+mod files;
+mod launch;
+mod node;
+pub mod plugs;
+mod plots;
+mod report;
+mod run;
+mod studies;
+mod verify;

@@ -1,0 +1,127 @@
+//! `swarmlab run`: trains a configuration's arms one after the other on the same data, lets every study
+//! measure what it owns (after each arm and after all of them), and writes the run's files after each
+//! part, so an interrupted run keeps what it finished.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use models::data::{Corpus, SyntheticLanguage, load_text};
+
+use crate::config::RunConfig;
+use crate::files::out_dir;
+use crate::report::{ArmResult, write_run};
+use crate::studies::{FINDINGS, Parts, RunView, TrainedArm};
+
+/// The corpus a configuration trains on: its text file or folder, else the synthetic language.
+pub(crate) fn corpus(cfg: &RunConfig) -> Result<Corpus> {
+    Ok(match &cfg.corpus.path {
+        Some(path) => load_text(path, cfg.corpus.val_fraction)?,
+        None => SyntheticLanguage::new(&cfg.corpus.synthetic)?.corpus(),
+    })
+}
+
+/// Ctrl-C: the first asks to finish the current arm and write everything so far; a second stops at once
+/// (every file already written stays complete: they are replaced atomically). Returns the flag.
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: stopping now; the files written so far are complete");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing the current arm, then writing the results (Ctrl-C again to stop now)");
+    });
+    stop
+}
+
+/// A progress bar for arm `i` of `n`, fed from the workers' step counter until `done`.
+fn progress_bar(i: usize, n: usize, label: &str, steps: u64, progress: Arc<AtomicU64>, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let bar = indicatif::ProgressBar::new(steps).with_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ~{eta} left")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(format!("[{}/{n}] {label:<20}", i + 1));
+    std::thread::spawn(move || {
+        while !done.load(Ordering::Relaxed) {
+            bar.set_position(progress.load(Ordering::Relaxed));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bar.finish_and_clear();
+    })
+}
+
+/// Runs `cfg` (shortened by [`RunConfig::quick`] if `quick`) into `out` (a folder under `runs/` if not
+/// given) and prints where its report is.
+pub(crate) fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Result<()> {
+    if quick {
+        cfg = cfg.quick();
+        cfg.validate()?;
+    }
+    let device = cfg.device.resolve()?;
+    let out = out_dir(out, &cfg.name)?;
+    if cfg.network.transport == genrl::TransportKind::Quic {
+        return crate::launch::run_over_quic(&cfg, &out);
+    }
+    let corpus = Arc::new(corpus(&cfg)?);
+    corpus.check_fits(cfg.seq)?;
+    let floor = corpus.entropy_floor.map_or(String::new(), |h| format!(", loss floor {h:.3} nats/token"));
+    eprintln!(
+        "swarmlab run {:?}: {} arms, {} steps each, corpus {}{floor}, on {}",
+        cfg.name,
+        cfg.arms.len(),
+        cfg.steps,
+        corpus.name,
+        models::device::name(&device)
+    );
+    let started = Instant::now();
+    let stop = stop_on_ctrl_c();
+    let mut results = Vec::new();
+    let mut parts = Parts::default();
+    let save = |results: &[ArmResult], parts: &Parts| {
+        let view = RunView { cfg: &cfg, corpus: &corpus, results, parts };
+        write_run(&out, &view, started.elapsed())
+    };
+    for (i, arm) in cfg.arms.iter().enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            eprintln!("skipping the remaining {} arms", cfg.arms.len() - i);
+            break;
+        }
+        let mut spec = cfg.spec(i)?;
+        let progress = Arc::new(AtomicU64::new(0));
+        spec.progress = Some(progress.clone());
+        let t = Instant::now();
+        let done = Arc::new(AtomicBool::new(false));
+        let ticker = progress_bar(i, cfg.arms.len(), &arm.label, spec.steps, progress, done.clone());
+        let outcome = genrl::run_simulation(pipeline::run_simulated(&spec, corpus.clone()));
+        done.store(true, Ordering::Relaxed);
+        let _ = ticker.join();
+        let report = outcome?.with_context(|| format!("arm {:?}", arm.label))?;
+        let result = ArmResult::new(arm.clone(), (spec.sync.name(), spec.recovery.name()), &report, t.elapsed());
+        eprint!("[{}/{}] {:<24} {} workers: ", i + 1, cfg.arms.len(), arm.label, spec.stages * spec.replicas);
+        eprintln!(
+            "val loss {:.3} after {} steps, {:.3} s virtual, {:.1} s wall",
+            result.final_val_loss.unwrap_or(f64::NAN),
+            cfg.steps,
+            result.virtual_time_s,
+            result.wall_s
+        );
+        results.push(result);
+        let trained = TrainedArm { label: &arm.label, spec: &spec, report: &report, corpus: &corpus };
+        for f in &FINDINGS {
+            f.after_arm(&cfg, &trained, &mut parts)?;
+        }
+        // Written after every arm, so an interrupted study keeps what it finished.
+        save(&results, &parts)?;
+    }
+    let stopped = || stop.load(Ordering::SeqCst);
+    for f in &FINDINGS {
+        f.after_arms(&cfg, &mut parts, &stopped, &mut |p: &Parts| save(&results, p))?;
+    }
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! The studies wing: one module per study, each owning its preset, its part of the run configuration,
+//! its claims and its report section, behind the small registry below that the CLI, `reproduce all` and
+//! `report` loop over.
+//!
+//! Two traits split what a study is:
+//! - [`Study`]: something `swarmlab reproduce <name>` runs (a training study runs its preset through
+//!   `swarmlab run`; `verde` and `sapo` have runs of their own);
+//! - [`Findings`]: what a training study adds to *any* run whose configuration has its arms or parts —
+//!   measurements after the arms, claims beside the papers', report sections and plots. A user's own
+//!   configuration with NoLoCo arms gets NoLoCo's claims the same way the preset does.
+//!
+//! Adding a study: write a module with a unit struct implementing [`Study`] (and [`Findings`] if it trains
+//! through `swarmlab run`), and list it in [`STUDIES`] (and [`FINDINGS`]).
+
+pub(crate) mod baseline;
+pub(crate) mod checkfree;
+pub(crate) mod compose;
+pub(crate) mod noloco;
+pub(crate) mod sapo;
+pub(crate) mod skippipe;
+pub(crate) mod verde;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use models::data::Corpus;
+use pipeline::{PipelineSpec, RunReport};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ArmConfig, RunConfig};
+use crate::report::{ArmResult, Claim};
+
+/// How `swarmlab reproduce` was asked to run a study.
+#[derive(Debug, Clone)]
+pub(crate) struct Reproduce {
+    /// Output folder (a default under `runs/` if not given).
+    pub(crate) out: Option<PathBuf>,
+    /// The smoke-check scale.
+    pub(crate) quick: bool,
+    /// Where the tensors live (resolved once, by the CLI).
+    pub(crate) device: models::DeviceSpec,
+}
+
+/// A study `swarmlab reproduce <name>` knows.
+pub(crate) trait Study: Sync {
+    /// Its name on the command line and its folder under `reproduce all`.
+    fn name(&self) -> &'static str;
+
+    /// Runs it and writes its report.
+    fn reproduce(&self, how: &Reproduce) -> Result<()>;
+}
+
+/// A training study: its preset is an ordinary run configuration (its `config.toml` runs again with
+/// `swarmlab run`).
+pub(crate) trait TrainingStudy: Sync {
+    /// The study's name.
+    fn name(&self) -> &'static str;
+
+    /// The study's configuration at full scale.
+    fn preset(&self) -> RunConfig;
+}
+
+impl<T: TrainingStudy> Study for T {
+    fn name(&self) -> &'static str {
+        TrainingStudy::name(self)
+    }
+
+    fn reproduce(&self, how: &Reproduce) -> Result<()> {
+        crate::run::run(RunConfig { device: how.device, ..self.preset() }, how.out.clone(), how.quick)
+    }
+}
+
+/// Every study `swarmlab reproduce` knows, in the order `reproduce all` runs them.
+pub(crate) static STUDIES: [&dyn Study; 6] = [
+    &noloco::NoLoCoStudy,
+    &skippipe::SkipPipeStudy,
+    &checkfree::CheckFreeStudy,
+    &compose::ComposeStudy,
+    &verde::VerdeStudy,
+    &sapo::SapoStudy,
+];
+
+/// The names `swarmlab reproduce` accepts: every study, and `all`.
+pub(crate) fn names() -> Vec<&'static str> {
+    STUDIES.iter().map(|s| s.name()).chain(["all"]).collect()
+}
+
+/// The study called `name`.
+pub(crate) fn find(name: &str) -> Result<&'static dyn Study> {
+    match STUDIES.iter().find(|s| s.name() == name) {
+        Some(s) => Ok(*s),
+        None => bail!("unknown study {name:?}: one of {}", names().join(", ")),
+    }
+}
+
+/// The preset of training study `name` (for tests and tools).
+#[cfg(test)]
+pub(crate) fn preset(name: &str) -> Result<RunConfig> {
+    let presets: [&dyn TrainingStudy; 4] =
+        [&noloco::NoLoCoStudy, &skippipe::SkipPipeStudy, &checkfree::CheckFreeStudy, &compose::ComposeStudy];
+    match presets.iter().find(|s| s.name() == name) {
+        Some(s) => Ok(s.preset()),
+        None => bail!("unknown training study {name:?}"),
+    }
+}
+
+/// What a run measured beside its arms' series: the parts of the configuration that studies own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Parts {
+    /// NoLoCo's synchronisation-vs-swarm-size points (`[scale]`).
+    pub(crate) scale: Vec<::noloco::scale::ScalePoint>,
+    /// SkipPipe's scheduler and dropped-stage tables (`[skippipe]`).
+    pub(crate) skip: skippipe::SkipResults,
+}
+
+/// A finished (or interrupted) run, as the studies see it.
+#[derive(Clone, Copy)]
+pub(crate) struct RunView<'a> {
+    pub(crate) cfg: &'a RunConfig,
+    pub(crate) corpus: &'a Corpus,
+    pub(crate) results: &'a [ArmResult],
+    pub(crate) parts: &'a Parts,
+}
+
+impl<'a> RunView<'a> {
+    /// The result of the first arm whose configuration `pred` accepts, if it ran.
+    pub(crate) fn result_where(&self, pred: impl Fn(&ArmConfig) -> bool) -> Option<&'a ArmResult> {
+        let arm = self.cfg.arms.iter().find(|a| pred(a))?;
+        self.results.iter().find(|r| r.label == arm.label)
+    }
+}
+
+/// Hands a run's state to the writer after each part, so an interrupted run keeps what it finished.
+pub(crate) type Save<'a> = dyn FnMut(&Parts) -> Result<()> + 'a;
+
+/// What a training study adds to any run whose configuration has its arms or parts.
+pub(crate) trait Findings: Sync {
+    /// After arm `i` trained: measurements on its trained model.
+    fn after_arm(&self, _cfg: &RunConfig, _arm: &TrainedArm<'_>, _parts: &mut Parts) -> Result<()> {
+        Ok(())
+    }
+
+    /// After every arm: measurements of their own (unless the run was interrupted: `stopped`).
+    fn after_arms(&self, _cfg: &RunConfig, _parts: &mut Parts, _stopped: &dyn Fn() -> bool, _save: &mut Save<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    /// The papers' claims this run speaks to, each beside what it measured.
+    fn claims(&self, run: &RunView<'_>) -> Vec<Claim>;
+
+    /// The study's section of report.md (empty if the run has nothing of it).
+    fn section(&self, _run: &RunView<'_>) -> String {
+        String::new()
+    }
+
+    /// The study's own files: plots, tables.
+    fn write_files(&self, _out: &Path, _run: &RunView<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One trained arm, as [`Findings::after_arm`] sees it.
+pub(crate) struct TrainedArm<'a> {
+    pub(crate) label: &'a str,
+    pub(crate) spec: &'a PipelineSpec,
+    pub(crate) report: &'a RunReport,
+    pub(crate) corpus: &'a Corpus,
+}
+
+/// Every training study's findings, in the order their claims and sections appear in a report.
+pub(crate) static FINDINGS: [&dyn Findings; 5] = [
+    &baseline::Baseline,
+    &noloco::NoLoCoStudy,
+    &checkfree::CheckFreeStudy,
+    &compose::ComposeStudy,
+    &skippipe::SkipPipeStudy,
+];
+
+/// Every claim the run speaks to, study by study.
+pub(crate) fn claims(run: &RunView<'_>) -> Vec<Claim> {
+    FINDINGS.iter().flat_map(|f| f.claims(run)).collect()
+}
+
+/// The first virtual time (s) at which the validation loss is at or below `target`.
+pub(crate) fn time_to(r: &ArmResult, target: f64) -> Option<f64> {
+    r.val_time.iter().find(|v| v.1 <= target).map(|v| v.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_study_is_found_by_its_name_and_names_are_unique() -> Result<()> {
+        let names = names();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[..i].contains(n), "{n} registered twice");
+        }
+        for s in &STUDIES {
+            assert_eq!(find(s.name())?.name(), s.name());
+        }
+        let err = find("nope").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("noloco") && err.contains("all"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn every_training_study_is_a_valid_config_and_survives_toml() -> Result<()> {
+        for name in ["noloco", "skippipe", "checkfree", "compose"] {
+            let cfg = preset(name)?;
+            cfg.validate()?;
+            let text = toml::to_string(&cfg)?;
+            assert_eq!(RunConfig::from_toml(&text)?, cfg, "{name} round-trips through config.toml");
+            cfg.quick().validate()?;
+        }
+        assert!(preset("nope").is_err());
+        Ok(())
+    }
+}
