@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{EXAMPLE, RunConfig};
 use crate::files::{out_dir, write_atomic};
 use crate::studies::{self, Reproduce};
-use crate::{all, launch, node, report, run, verify};
+use crate::{all, launch, node, report, run, sapo_swarm, verify};
 
 /// swarmlab — decentralized-training protocols on simulated and real swarms.
 ///
@@ -294,11 +294,11 @@ where
         }
         Command::Node { config, key, peers, out, idle_timeout_s, bind, .. } => {
             let mut cfg = match config {
-                Some(path) => studies::sapo::load_config(&path)?,
+                Some(path) => sapo_swarm::load_config(&path)?,
                 None => sapo::SapoConfig::default(),
             };
             cfg.device = device.unwrap_or(cfg.device);
-            studies::sapo::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
+            sapo_swarm::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
         }
         Command::Launch { local, protocol, config, out, idle_timeout_s, kill, late, emulate_link } => {
             launch::launch(launch::Launch {
@@ -319,7 +319,7 @@ where
                 return Ok(());
             }
             let mut cfg = match config {
-                Some(path) => studies::sapo::load_config(&path)?,
+                Some(path) => sapo_swarm::load_config(&path)?,
                 None => sapo::SapoConfig::default(),
             };
             if let Some(m) = mix {
@@ -350,7 +350,7 @@ where
                 };
                 return launch::launch(launch).map(|_| ());
             }
-            studies::sapo::train(cfg, out)
+            sapo_swarm::train(cfg, out)
         }
         Command::Verify { model, steps, trainers, deadline_s, backend, print_final } => {
             let backend = match backend.as_str() {
@@ -367,10 +367,10 @@ where
         }
         Command::Init { path } => init(&path),
         Command::Report { run_dir } => {
-            if run_dir.join("sapo.json").exists() {
-                studies::sapo::rewrite(&run_dir)?;
-            } else {
-                report::rewrite(&run_dir)?;
+            // A folder a study wrote with a run of its own, else a `swarmlab run` folder.
+            match studies::STUDIES.iter().find_map(|s| s.rewrite(&run_dir)) {
+                Some(rewritten) => rewritten?,
+                None => report::rewrite(&run_dir)?,
             }
             println!("report: {}", run_dir.join("report.md").display());
             Ok(())

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use transport::sim::LinkSpec;
 
 use crate::plugs::{Plug, PlugContext};
+pub(crate) use crate::world::GeoConfig;
 use crate::studies::noloco::ScaleConfig;
 use crate::studies::skippipe::SkipPipeConfig;
 
@@ -395,149 +396,8 @@ impl RunConfig {
     }
 }
 
-/// The swarm every arm runs on when `[geo]` is set: nodes over twelve cloud regions, a third H100-class,
-/// a third A10-class, a third half-speed A10s ([`World::geo_distributed`]), assigned to the grid's stages
-/// by `assignment` (SkipPipe's node-to-stage assignment).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct GeoConfig {
-    /// Seed of the regions and devices.
-    pub(crate) seed: u64,
-    /// `local_search` or `random`.
-    pub(crate) assignment: String,
-}
-
-impl Default for GeoConfig {
-    fn default() -> Self {
-        Self { seed: 1, assignment: "local_search".into() }
-    }
-}
-
-impl GeoConfig {
-    fn validate(&self) -> Result<()> {
-        if !matches!(self.assignment.as_str(), "local_search" | "random") {
-            bail!("invalid geo.assignment: {:?} is not local_search or random", self.assignment);
-        }
-        Ok(())
-    }
-
-    /// The geo-distributed world of `spec`'s grid: its nodes (the fastest at `tflops` TFLOP/s, if set;
-    /// `link` where no region link applies) assigned to the stages, in worker order.
-    pub(crate) fn place(&self, spec: &PipelineSpec, tflops: Option<f64>, link: LinkSpec) -> Result<World> {
-        let nodes = spec.stages * spec.replicas;
-        let mut world = World::geo_distributed(nodes, self.seed);
-        world.link = link;
-        if let Some(t) = tflops {
-            world = world.sped_up(t * 1e12 / DeviceProfile::h100().flops);
-        }
-        let workload = skippipe::Workload {
-            stage_flops: spec.stage_forward_flops()?,
-            activation_bytes: spec.micro_batch * spec.seq * spec.model.d_model * 4,
-            micro_batches: spec.micro_batches,
-            memory: 1,
-        };
-        let partition = vec![spec.replicas; spec.stages];
-        let assignment = match self.assignment.as_str() {
-            "random" => skippipe::assign_random(&world, &partition, self.seed)?,
-            _ => skippipe::assign_local_search(&world, &partition, &workload, self.seed, 4)?,
-        };
-        Ok(assignment.place(&world, spec.replicas)?)
-    }
-}
-
 /// The commented example written by `swarmlab init`.
-pub(crate) const EXAMPLE: &str = r#"# swarmlab run configuration. Every field is optional; these are the defaults.
-name = "baseline"
-seed = 1
-steps = 300            # training steps per arm
-micro_batches = 2      # per step and replica
-micro_batch = 4        # sequences per micro-batch
-seq = 64               # tokens per sequence
-eval_every = 50        # validation loss every N steps (and at the end)
-eval_batches = 8
-profile = "a10"        # h100 | a10 | cpu32 | laptop: sets compute time in the simulation
-# profile_tflops = 0.5 # instead of the preset's sustained speed
-device = "cpu"         # cpu | cuda | cuda:N | auto: where the tensors live (cuda needs --features cuda)
-model_preset = "tiny"  # tiny (~0.1M) | small (~1M) | medium (~10M) | large (~50M parameters)
-backend = "native"     # native | repops (bitwise reproducible)
-# layers = 4           # transformer blocks, instead of the preset's
-# edge_stages = false  # embedding and head in stages of their own (CheckFree's layout)
-
-[optim]
-lr = 0.003
-min_lr = 0.0003
-warmup_steps = 20
-total_steps = 300
-weight_decay = 0.01
-grad_clip = 1.0
-
-[corpus]
-# path = "my_text_dir"  # a UTF-8 file or directory; without it, the synthetic language below
-val_fraction = 0.1
-
-[corpus.synthetic]     # a language whose entropy rate (the loss floor) is known exactly
-alphabet = 16
-order = 2
-mixture = 3
-noise = 0.02
-seed = 1
-
-[network]
-latency_ms = 10.0
-mbit_per_s = 1000.0
-# transport = "sim"    # sim (virtual time) | quic (a node process per worker, real time, links emulated)
-
-[[arms]]
-label = "R=1"
-stages = 1
-replicas = 1
-# Each arm has three plugs, named alone for their defaults or as a table with their settings:
-# sync = "all_reduce"  # all_reduce | tree_all_reduce | none | diloco | noloco
-# sync = { kind = "noloco", every = 50, group_size = 2, outer_lr = 0.7, momentum = 0.5, pull = true, timeout_s = 60.0 }
-# sync = { kind = "diloco", every = 100, outer_lr = 0.7, momentum = 0.9, nesterov = true, collective = "ring" }
-# routing = "fixed"    # fixed | random (NoLoCo's random pipeline routing) | out_of_order (CheckFree+)
-# routing = { kind = "skippipe", skip_ratio = 0.25, memory = 8, load_slack = 1.5, schedules = 1, swap = true }
-#                      # SkipPipe's scheduled paths (needs [geo]); skip_ratio: the fraction of stages skipped
-# recovery = "checkpoint"  # checkpoint | redundant | checkfree | checkfree_plus | naive_copy | random_reinit
-# recovery = { kind = "checkfree", lr_scale = 1.2 }
-# failure_rate = 0.0   # probability that a stage fails in an iteration (seeded)
-
-[[arms]]
-label = "DDP R=4"
-stages = 1
-replicas = 4
-
-[[arms]]
-label = "pipeline S=2 x R=2"
-stages = 2
-replicas = 2
-
-# [recovery]           # checkpoints, and what rebuild protocols fall back to
-# checkpoint_every = 50
-# storage_mb_per_s = 500.0
-# fallback = "reinit"  # reinit | checkpoint
-# protect = []         # stages that never fail
-
-# [geo]                # run every arm on a geo-distributed, heterogeneous swarm (12 regions)
-# seed = 1
-# assignment = "local_search"  # local_search | random: which node serves which stage
-
-# [skippipe]           # SkipPipe's scheduler study and inference with stages dropped
-# partition = [7, 5, 5, 5, 5, 5, 5, 5]  # nodes per stage (stage 0: data nodes)
-# micro_batches = 6    # per data node
-# memory = 10
-# skip_ratios = [0.0, 0.25, 0.33]
-# keep = [0.5, 0.75]   # fractions of the stages kept when evaluating each trained arm
-# subsets = 6          # random choices of the kept stages per fraction
-
-# [scale]              # also measure one outer round's sync latency vs swarm size
-# replicas = [8, 32, 128, 512, 1024]
-# shard_params = 25000000
-# latency_ms = [20.0, 200.0]
-# mbit_per_s = [100.0, 1000.0]
-# arrival_spread_s = 2.0
-# group_size = 2
-"#;
+pub(crate) const EXAMPLE: &str = include_str!("../assets/swarmlab.toml");
 
 #[cfg(test)]
 mod tests {

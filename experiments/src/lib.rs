@@ -16,8 +16,10 @@
 //! | `files` | atomic writes, output folders, HDF5 text and event lines |
 //! | `all` | `reproduce all` and `swarmlab readme` |
 //! | `verify` | `swarmlab verify` (Verde disputes) |
+//! | `sapo_swarm` | `swarmlab sapo` and SAPO nodes: one swarm |
 //! | `node`, `launch` | real nodes over QUIC and local swarms of them |
 //! | `plots` | SVG and PNG plots |
+//! | `world` | the world arms train on: uniform, or the `[geo]` swarm placed on the grid |
 
 mod all;
 pub mod cli;
@@ -29,5 +31,7 @@ pub mod plugs;
 mod plots;
 mod report;
 mod run;
+mod sapo_swarm;
 mod studies;
 mod verify;
+mod world;

@@ -48,6 +48,12 @@ pub(crate) trait Study: Sync {
 
     /// Runs it and writes its report.
     fn reproduce(&self, how: &Reproduce) -> Result<()>;
+
+    /// If `run_dir` holds a run of this study's own (not a `swarmlab run` folder), rewrites its report
+    /// and plots from the raw results there (`swarmlab report`).
+    fn rewrite(&self, _run_dir: &Path) -> Option<Result<()>> {
+        None
+    }
 }
 
 /// A training study: its preset is an ordinary run configuration (its `config.toml` runs again with

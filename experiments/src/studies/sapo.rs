@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use sapo::{Mix, SapoConfig, SapoRun, WarmStart};
+use sapo::{Mix, SapoConfig, SapoRun};
 use serde::{Deserialize, Serialize};
 
 use crate::files::{out_dir, write_atomic};
 use crate::plots::series_plot;
+use crate::sapo_swarm::{run_arm, warm_starts};
 use crate::studies::{Reproduce, Study};
 
 /// The SAPO study (it also owns `swarmlab sapo`'s configuration, training and node).
@@ -26,6 +27,11 @@ impl Study for SapoStudy {
 
     fn reproduce(&self, how: &Reproduce) -> Result<()> {
         reproduce(how.out.clone(), how.quick, how.device)
+    }
+
+    /// A folder with `sapo.json` (written by `reproduce sapo`).
+    fn rewrite(&self, run_dir: &Path) -> Option<Result<()>> {
+        run_dir.join("sapo.json").exists().then(|| rewrite(run_dir))
     }
 }
 
@@ -107,150 +113,8 @@ fn reproduce(out: Option<PathBuf>, quick: bool, device: models::DeviceSpec) -> R
     Ok(())
 }
 
-/// Reads a SAPO configuration; the error names the file and the bad field.
-pub(crate) fn load_config(path: &Path) -> Result<SapoConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse_config(&text, &path.display().to_string())
-}
-
-/// Parses and checks the text of a SAPO configuration; `source` names it in errors.
-pub(crate) fn parse_config(text: &str, source: &str) -> Result<SapoConfig> {
-    let cfg: SapoConfig = toml::from_str(text).with_context(|| format!("{source} is not a SAPO configuration"))?;
-    cfg.validate().with_context(|| format!("in {source}"))?;
-    Ok(cfg)
-}
-
-/// Warm starts for every size `cfg` uses.
-fn warm_starts(cfg: &SapoConfig) -> Result<Vec<WarmStart>> {
-    let mut sizes: Vec<&String> = cfg.sizes.iter().collect();
-    sizes.sort();
-    sizes.dedup();
-    let mut warm = Vec::new();
-    for size in sizes {
-        let t = Instant::now();
-        let w = sapo::warm_start(cfg, size)?;
-        eprintln!(
-            "  warm start {size}: {} steps, loss {:.3}, held-out accuracy {:.3} ({:.0} s)",
-            cfg.warm_start.steps,
-            w.loss,
-            w.eval.get("all").copied().unwrap_or(0.0),
-            t.elapsed().as_secs_f64()
-        );
-        warm.push(w);
-    }
-    Ok(warm)
-}
-
-/// Runs one arm with progress on stderr.
-fn run_arm(name: &str, cfg: &SapoConfig, warm: &[WarmStart]) -> Result<(SapoRun, f64)> {
-    let t = Instant::now();
-    let rounds = cfg.rounds;
-    let label = name.to_string();
-    let run = sapo::run(cfg, warm, move |r| {
-        if r % 25 == 0 || r == rounds {
-            eprint!("\r  {label}: round {r}/{rounds}   ");
-        }
-    })?;
-    let seconds = t.elapsed().as_secs_f64();
-    eprintln!(
-        "\r  {name}: cumulative reward {:.1}, held-out accuracy {:.3} ({seconds:.0} s)",
-        run.cumulative_reward(),
-        run.eval().get("all").copied().unwrap_or(0.0)
-    );
-    Ok((run, seconds))
-}
-
-/// `swarmlab sapo`: one swarm.
-pub(crate) fn train(cfg: SapoConfig, out: Option<PathBuf>) -> Result<()> {
-    cfg.validate()?;
-    let out = out_dir(out, "sapo")?;
-    write_atomic(&out.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
-    eprintln!(
-        "swarmlab sapo: {} agents ({}) + {} liars, mix {}, {} rounds",
-        cfg.agents,
-        cfg.sizes.join(", "),
-        cfg.liars,
-        cfg.mix,
-        cfg.rounds
-    );
-    let warm = warm_starts(&cfg)?;
-    let (run, _) = run_arm(&cfg.mix.to_string(), &cfg, &warm)?;
-    let n = cfg.rounds as usize;
-    let tail = last_tenth(n);
-    println!(
-        "agent  size   reward(first round → last tenth)  held-out  shared used/round  dropped: forged unreadable no-signal"
-    );
-    for a in run.honest() {
-        let r = a.rewards();
-        let last = &r[tail.start.min(r.len())..];
-        let used = a.rounds.iter().map(|x| x.external as f64).sum::<f64>() / n.max(1) as f64;
-        println!(
-            "{:>5}  {:<5}  {:.3} → {:.3}                     {:.3}     {:>5.2}              {} {} {}",
-            a.index,
-            a.size,
-            r.first().copied().unwrap_or(0.0),
-            last.iter().sum::<f64>() / last.len().max(1) as f64,
-            a.eval.get("all").copied().unwrap_or(0.0),
-            used,
-            a.dropped.forged,
-            a.dropped.unreadable,
-            a.dropped.no_signal
-        );
-    }
-    println!("cumulative reward {:.1} (of at most {})", run.cumulative_reward(), cfg.agents * n);
-    write_atomic(&out.join("sapo-run.json"), serde_json::to_string_pretty(&run)?.as_bytes())?;
-    println!("wrote {}", out.join("sapo-run.json").display());
-    Ok(())
-}
-
-/// `swarmlab node`: one agent of the swarm over QUIC, in real time.
-pub(crate) fn node(
-    cfg: SapoConfig,
-    key: &Path,
-    peers: &Path,
-    out: Option<PathBuf>,
-    net: crate::node::NodeNet,
-) -> Result<()> {
-    cfg.validate()?;
-    let what = format!("the configuration has {} agents and {} liars", cfg.agents, cfg.liars);
-    let node = crate::node::Node::load(key, peers, cfg.agents + cfg.liars, &what, net)?;
-    let index = node.index;
-    let out = out_dir(out, "node")?;
-    eprintln!("swarmlab node {}: agent {index} of {}, listening on {}", node.id(), node.ids.len(), node.addr);
-    let started = std::time::Instant::now();
-    let rounds = cfg.rounds;
-    let (run, log) = node.run(
-        genrl::DeviceProfile::preset(&cfg.profile)?,
-        || warm_starts(&cfg),
-        |ctx, warm| {
-            let cfg = &cfg;
-            let metrics = ctx.metrics.clone();
-            let progress = move |round| eprintln!("round {round}/{rounds}");
-            async move {
-                let run = sapo::swarm::play_agent(cfg, &warm, index, ctx, progress).await?;
-                anyhow::Ok((run, metrics.snapshot()))
-            }
-        },
-    )?;
-    let file = out.join(format!("agent-{index}.json"));
-    write_atomic(&file, serde_json::to_string_pretty(&run)?.as_bytes())?;
-    let wall_s = started.elapsed().as_secs_f64();
-    crate::node::NodeLog { place: index, peer: node.id().to_string(), protocol: "sapo".into(), wall_s, log }
-        .save(&out.join(format!("node-{index}.h5")))?;
-    let r = run.rewards();
-    println!(
-        "agent {index}: reward {:.3} → {:.3}, held-out accuracy {:.3}, dropped {:?}; wrote {}",
-        r.first().copied().unwrap_or(0.0),
-        r.last().copied().unwrap_or(0.0),
-        run.eval.get("all").copied().unwrap_or(0.0),
-        run.dropped,
-        file.display()
-    );
-    Ok(())
-}
-
 /// Rewrites report.md and the plots of a `reproduce sapo` folder from its sapo.json.
-pub(crate) fn rewrite(dir: &Path) -> Result<()> {
+fn rewrite(dir: &Path) -> Result<()> {
     let path = dir.join("sapo.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let study: SapoFindings =
@@ -304,7 +168,7 @@ fn write_plots(out: &Path, study: &SapoFindings) -> Result<()> {
 }
 
 /// The last tenth of `n` rounds (at least one; none of none — a sapo.json read back may say anything).
-fn last_tenth(n: usize) -> std::ops::Range<usize> {
+pub(crate) fn last_tenth(n: usize) -> std::ops::Range<usize> {
     n.saturating_sub((n / 10).max(1))..n
 }
 

@@ -1,0 +1,164 @@
+//! What a launch leaves behind besides the nodes' own files: report.md (each node's outcome and result,
+//! every node's events, and with emulated links the time per step beside the simulated network's).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitStatus;
+
+use anyhow::{Context, Result};
+use genrl::EventKind;
+
+use super::{Launch, Outcome, Running};
+use crate::config::RunConfig;
+use crate::node::NodeLog;
+
+/// A QUIC run's time per step beside the simulated network's prediction for the same configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Fidelity {
+    pub(super) quic_s: f64,
+    pub(super) sim_s: f64,
+}
+
+/// Mean over workers of the time per training step: from a worker's first end-of-step record to its
+/// last (so start-up and connection set-up do not count), over the steps between.
+pub(super) fn time_per_step<'a>(samples: impl Iterator<Item = &'a genrl::Sample>) -> Option<f64> {
+    let mut by_agent: std::collections::BTreeMap<Option<u32>, (u64, f64, u64, f64)> = Default::default();
+    for s in samples {
+        let t = s.time.as_secs_f64();
+        let e = by_agent.entry(s.agent).or_insert((s.step, t, s.step, t));
+        if s.step < e.0 {
+            (e.0, e.1) = (s.step, t);
+        }
+        if s.step > e.2 {
+            (e.2, e.3) = (s.step, t);
+        }
+    }
+    let per: Vec<f64> = by_agent.values().filter(|e| e.2 > e.0).map(|e| (e.3 - e.1) / (e.2 - e.0) as f64).collect();
+    (!per.is_empty()).then(|| per.iter().sum::<f64>() / per.len() as f64)
+}
+
+/// Runs the first arm of `config` on the simulated network and compares its time per step with the
+/// nodes'.
+pub(super) fn link_fidelity(config: &Path, logs: &[NodeLog]) -> Result<Fidelity> {
+    let cfg = RunConfig::load(config)?;
+    let spec = cfg.spec(0)?;
+    let corpus = std::sync::Arc::new(crate::run::corpus(&cfg)?);
+    eprintln!("[launch] running the same arm on the simulated network for comparison");
+    let report = genrl::run_simulation(pipeline::run_simulated(&spec, corpus))??;
+    let sim_s =
+        time_per_step(report.metrics.series("bytes_sent").iter()).context("the simulated run recorded no steps")?;
+    let quic_s =
+        time_per_step(logs.iter().flat_map(|l| l.log.series("bytes_sent"))).context("the nodes recorded no steps")?;
+    Ok(Fidelity { quic_s, sim_s })
+}
+
+pub(super) fn outcome(status: ExitStatus) -> Outcome {
+    if status.success() { Outcome::Finished } else { Outcome::Failed(format!("exited with {status}")) }
+}
+
+/// What a node's progress counts: SAPO rounds or training steps.
+pub(super) fn unit(protocol: &str) -> &'static str {
+    if protocol == "pipeline" { "step" } else { "round" }
+}
+
+pub(super) fn describe(outcome: Option<&Outcome>, unit: &str) -> String {
+    match outcome {
+        Some(Outcome::Finished) => "finished".into(),
+        Some(Outcome::Killed { round }) => format!("killed at {unit} {round}"),
+        Some(Outcome::Failed(why)) => format!("failed: {why}"),
+        Some(Outcome::NeverStarted) => "never started".into(),
+        None => "running".into(),
+    }
+}
+
+/// What a node's result file says, in a few words.
+pub(super) fn result_of(results: &Path, protocol: &str, place: usize) -> String {
+    let file = if protocol == "pipeline" { format!("worker-{place}.json") } else { format!("agent-{place}.json") };
+    let Some(v) = std::fs::read_to_string(results.join(&file))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return "no result".into();
+    };
+    if protocol == "pipeline" {
+        let loss = v["final_train_loss"].as_f64().map_or("-".into(), |l| format!("{l:.4}"));
+        let hash = v["weights_blake3"].as_str().unwrap_or("-");
+        format!("train loss {loss}, weights {}", hash.chars().take(16).collect::<String>())
+    } else {
+        let rewards: Vec<f64> =
+            v["rounds"].as_array().into_iter().flatten().filter_map(|r| r["reward"].as_f64()).collect();
+        let held_out = v["eval"]["all"].as_f64().unwrap_or(f64::NAN);
+        format!(
+            "reward {:.3} → {:.3} over {} rounds, held-out accuracy {held_out:.3}",
+            rewards.first().copied().unwrap_or(f64::NAN),
+            rewards.last().copied().unwrap_or(f64::NAN),
+            rewards.len()
+        )
+    }
+}
+
+pub(super) fn report(
+    launch: &Launch,
+    out: &Path,
+    nodes: &[Running],
+    logs: &[NodeLog],
+    journal: &[String],
+    wall_s: f64,
+    fidelity: Option<&Fidelity>,
+) -> String {
+    let results = out.join("nodes");
+    let mut md = format!(
+        "# swarmlab launch: {} {} nodes on this machine\n\nEach node is its own `swarmlab node` process talking QUIC over loopback (idle timeout {:.1} s). Total wall time {wall_s:.1} s.\n\n| node | peer | outcome | wall s | result |\n|---|---|---|---|---|\n",
+        launch.nodes,
+        launch.protocol,
+        launch.net.idle_timeout.as_secs_f64()
+    );
+    for n in nodes {
+        let log = logs.iter().find(|l| l.place == n.place);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            n.place,
+            log.map_or("-".into(), |l| l.peer.chars().take(12).collect::<String>()),
+            describe(n.outcome.as_ref(), unit(&launch.protocol)),
+            log.map_or("-".into(), |l| format!("{:.1}", l.wall_s)),
+            result_of(&results, &launch.protocol, n.place)
+        );
+    }
+    if launch.protocol == "pipeline" {
+        let hashes: Vec<String> = (0..launch.nodes)
+            .filter_map(|i| std::fs::read_to_string(results.join(format!("worker-{i}.json"))).ok())
+            .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .filter_map(|v| v["weights_blake3"].as_str().map(str::to_owned))
+            .collect();
+        if hashes.len() == launch.nodes && hashes.windows(2).all(|w| w[0] == w[1]) {
+            md.push_str("\nEvery node ended with the same weights, bit for bit.\n");
+        }
+    }
+    if let Some(f) = fidelity {
+        let _ = write!(
+            md,
+            "\n## Real network against the simulated one\n\nEvery node sat behind a link emulator with the configuration's link model; the same arm then ran on the simulated network.\n\n| | time per step |\n|---|---|\n| QUIC nodes, emulated links | {:.1} ms |\n| simulated network (prediction) | {:.1} ms |\n| ratio | {:.2} |\n\nThe nodes' time includes their real computation besides the device profile's modelled one (which they also spend, sleeping) and QUIC's own overheads (handshakes, acknowledgements, congestion control); the simulation has neither.\n",
+            f.quic_s * 1e3,
+            f.sim_s * 1e3,
+            f.quic_s / f.sim_s
+        );
+    }
+    md.push_str("\n## Events\n\n");
+    for line in journal {
+        let _ = writeln!(md, "- launch: {line}");
+    }
+    for log in logs {
+        for e in &log.log.events {
+            if matches!(e.kind, EventKind::Other(_)) {
+                continue;
+            }
+            let _ = writeln!(md, "- node {} at {:.1} s: {:?}: {}", log.place, e.time.as_secs_f64(), e.kind, e.detail);
+        }
+    }
+    md.push_str(
+        "\nFiles: `config.toml` (what every node ran), `peers.toml` and `keys/` (the swarm), `logs/node-<i>.log` (each node's output), `nodes/` (each node's result and `node-<i>.h5`), `launch.h5` (every node's series and events, a group `nodes/<i>` each), `launch.log` (what the launcher did).\n",
+    );
+    md
+}
+
