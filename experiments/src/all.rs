@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::files::{out_dir, write_atomic};
+use crate::files::{MAX_RESULTS_BYTES, out_dir, read_text, write_atomic};
 use crate::studies::{Reproduce, STUDIES};
 
 /// Where the README's generated section begins and ends.
@@ -76,8 +76,7 @@ fn index(out: &Path, done: &[(&str, f64, Result<()>)], total: f64, quick: bool) 
             continue;
         }
         let dir = out.join(name);
-        let report = std::fs::read_to_string(dir.join("report.md"))
-            .with_context(|| format!("reading {}", dir.join("report.md").display()))?;
+        let report = read_text(&dir.join("report.md"), MAX_RESULTS_BYTES)?;
         match claims_section(&report) {
             Some(claims) => md.push_str(&claims),
             None => md.push_str("(no claims table in this report)"),
@@ -102,12 +101,12 @@ fn index(out: &Path, done: &[(&str, f64, Result<()>)], total: f64, quick: bool) 
 /// `swarmlab readme`: replaces the README's results section (between its markers) by the claims of the
 /// index report in `all_dir`.
 pub(crate) fn readme(all_dir: &Path, file: &Path) -> Result<()> {
-    let index = std::fs::read_to_string(all_dir.join("report.md"))
+    let index = read_text(&all_dir.join("report.md"), MAX_RESULTS_BYTES)
         .with_context(|| format!("{} is not a folder written by `swarmlab reproduce all`", all_dir.display()))?;
     if !index.starts_with("# swarmlab: every reproduction") {
         bail!("{} is not the index written by `swarmlab reproduce all`", all_dir.join("report.md").display());
     }
-    let readme = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let readme = read_text(file, MAX_RESULTS_BYTES)?;
     let (Some(b), Some(e)) = (readme.find(BEGIN), readme.find(END)) else {
         bail!("{} has no results section: add the lines {BEGIN} and {END} where it belongs", file.display());
     };

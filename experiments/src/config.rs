@@ -245,7 +245,7 @@ impl RunConfig {
 
     /// Loads and validates a config file.
     pub(crate) fn load(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES).context("cannot read the config")?;
         Self::from_toml(&text).with_context(|| format!("config {}", path.display()))
     }
 
@@ -300,6 +300,7 @@ impl RunConfig {
                 bail!("invalid arms[{i}].routing ({:?}): \"skippipe\" needs a [geo] swarm to schedule on", arm.label);
             }
         }
+        LinkSpec::try_mbit(self.network.latency_ms, self.network.mbit_per_s, ("network.latency_ms", "network.mbit_per_s"))?;
         self.fallback()?;
         if let Some(study) = &self.skippipe {
             study.validate()?;

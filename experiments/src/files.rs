@@ -10,6 +10,18 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     transport::fsutil::write_atomic(path, bytes, false).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The largest configuration file read (1 MiB).
+pub(crate) const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The largest results file, report or README read back (256 MiB).
+pub(crate) const MAX_RESULTS_BYTES: u64 = 256 << 20;
+
+/// Reads the text file `path` if it holds at most `max` bytes (whatever its metadata says); the error
+/// names the file and the limit.
+pub(crate) fn read_text(path: &Path, max: u64) -> Result<String> {
+    transport::fsutil::read_text_bounded(path, max).with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// The output folder: `out` if given, else `runs/<name>-<unix time>`; created if missing.
 pub(crate) fn out_dir(out: Option<PathBuf>, name: &str) -> Result<PathBuf> {
     let out = out.unwrap_or_else(|| {

@@ -13,7 +13,7 @@ use crate::studies::sapo::last_tenth;
 
 /// Reads a SAPO configuration; the error names the file and the bad field.
 pub(crate) fn load_config(path: &Path) -> Result<SapoConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES)?;
     parse_config(&text, &path.display().to_string())
 }
 

@@ -138,8 +138,10 @@ impl SapoConfig {
         if self.warm_start.batch == 0 {
             return Err(Error::config("sapo.warm_start.batch", "at least one question per step"));
         }
-        if !(self.latency_ms >= 0.0 && self.bandwidth_mbit > 0.0) {
-            return Err(Error::config("sapo.latency_ms", "latency must be >= 0 and bandwidth > 0"));
+        match LinkSpec::try_mbit(self.latency_ms, self.bandwidth_mbit, ("sapo.latency_ms", "sapo.bandwidth_mbit")) {
+            Ok(_) => {}
+            Err(transport::TransportError::Config { field, reason }) => return Err(Error::config(field, reason)),
+            Err(e) => return Err(Error::config("sapo.link", e.to_string())),
         }
         DeviceProfile::preset(&self.profile)?;
         TaskSet::new(&self.tasks)?;

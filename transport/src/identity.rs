@@ -153,15 +153,17 @@ impl Identity {
     /// Loads a key file. A missing, oversized, truncated or non-ed25519 file is an error that names the path.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, IdentityError> {
         let path = path.as_ref();
-        let io = |source| IdentityError::Io { path: path.to_owned(), source };
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > MAX_KEY_FILE_BYTES {
-            return Err(IdentityError::KeyFile {
-                path: path.to_owned(),
-                source: Box::new(IdentityError::TooLarge { bytes: len }),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(io)?;
+        let bytes = match crate::fsutil::read_bounded(path, MAX_KEY_FILE_BYTES) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let bytes = std::fs::metadata(path).map_or(MAX_KEY_FILE_BYTES + 1, |m| m.len().max(MAX_KEY_FILE_BYTES + 1));
+                return Err(IdentityError::KeyFile {
+                    path: path.to_owned(),
+                    source: Box::new(IdentityError::TooLarge { bytes }),
+                });
+            }
+            Err(source) => return Err(IdentityError::Io { path: path.to_owned(), source }),
+        };
         let text = String::from_utf8(bytes).map_err(|_| IdentityError::KeyFile {
             path: path.to_owned(),
             source: Box::new(IdentityError::NotPem { reason: "file is not UTF-8 text".into() }),
@@ -169,15 +171,18 @@ impl Identity {
         Self::from_pem(&text).map_err(|e| IdentityError::KeyFile { path: path.to_owned(), source: Box::new(e) })
     }
 
-    /// Writes the key file atomically (a temporary file in the same directory, then a rename), readable by
-    /// its owner only on Unix. Refuses to overwrite an existing file.
+    /// Writes the key file atomically and exclusively (a temporary file in the same directory, then a
+    /// hard link that fails if the path exists), readable by its owner only on Unix. Refuses to overwrite
+    /// an existing file, even one created by a racing writer after this call began.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), IdentityError> {
         let path = path.as_ref();
-        if path.exists() {
-            return Err(IdentityError::Exists { path: path.to_owned() });
-        }
-        crate::fsutil::write_atomic(path, self.to_pem().as_bytes(), true)
-            .map_err(|source| IdentityError::Io { path: path.to_owned(), source })
+        crate::fsutil::write_new(path, self.to_pem().as_bytes(), true).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                IdentityError::Exists { path: path.to_owned() }
+            } else {
+                IdentityError::Io { path: path.to_owned(), source }
+            }
+        })
     }
 
     /// Loads the key file at `path`, or creates and saves a new identity there if none exists.

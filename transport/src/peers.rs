@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::TransportError;
 use crate::identity::PeerId;
 
+/// The largest peers file read (1 MiB: thousands of peers).
+pub const MAX_PEERS_FILE_BYTES: u64 = 1 << 20;
+
 /// One peer of the swarm.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerEntry {
@@ -105,6 +108,15 @@ impl PeerBook {
             if book.contains(&id) {
                 return Err(TransportError::config(format!("peer[{i}].id"), format!("{id} is listed twice")));
             }
+            if addr.port() == 0 {
+                return Err(TransportError::config(format!("peer[{i}].addr"), format!("{addr}: port 0 is no address to dial")));
+            }
+            if let Some((other, _)) = book.iter().find(|(_, e)| e.addr == addr) {
+                return Err(TransportError::config(
+                    format!("peer[{i}].addr"),
+                    format!("{addr} is already the address of {other}: two peers cannot listen on one address"),
+                ));
+            }
             book.insert(id, addr, entry.name);
         }
         Ok(book)
@@ -122,11 +134,11 @@ impl PeerBook {
         toml::to_string(&file).unwrap_or_default()
     }
 
-    /// Loads a peers file.
+    /// Loads a peers file (at most [`MAX_PEERS_FILE_BYTES`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, TransportError> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| TransportError::Io { path: path.to_owned(), source })?;
+        let text = crate::fsutil::read_text_bounded(path, MAX_PEERS_FILE_BYTES)
+            .map_err(|source| TransportError::Io { path: path.to_owned(), source })?;
         Self::from_toml(&text).map_err(|e| match e {
             TransportError::Config { field, reason } => {
                 TransportError::Config { field: format!("{}: {field}", path.display()), reason }
@@ -171,6 +183,21 @@ mod tests {
         let twice = format!("{bad_addr}{bad_addr}").replace("localhost", "127.0.0.1:5");
         let err = PeerBook::from_toml(&twice).unwrap_err().to_string();
         assert!(err.contains("peer[1].id") && err.contains("twice"), "{err}");
+        let entry = |n: u64, addr: &str| format!("[[peer]]\nid = \"{}\"\naddr = \"{addr}\"\n", PeerId::simulated(n));
+        let err = PeerBook::from_toml(&entry(1, "127.0.0.1:0")).unwrap_err().to_string();
+        assert!(err.contains("peer[0].addr") && err.contains("port 0"), "{err}");
+        let shared = format!("{}{}", entry(1, "127.0.0.1:7"), entry(2, "127.0.0.1:7"));
+        let err = PeerBook::from_toml(&shared).unwrap_err().to_string();
+        assert!(err.contains("peer[1].addr") && err.contains("already"), "{err}");
+        let dir = tempfile::tempdir().expect("dir");
+        #[cfg(unix)]
+        {
+            let err = PeerBook::load("/dev/zero").unwrap_err().to_string();
+            assert!(err.contains("/dev/zero") && err.contains("more than"), "an endless file is refused: {err}");
+        }
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; (MAX_PEERS_FILE_BYTES + 1) as usize]).expect("write");
+        assert!(PeerBook::load(&big).is_err());
         let unknown = "[[peer]]\nidd = \"x\"\n";
         assert!(PeerBook::from_toml(unknown).is_err());
         assert!(PeerBook::from_toml("not toml [").is_err());

@@ -88,7 +88,7 @@ fn progress(line: &str) -> Option<u64> {
 fn prepare_config(launch: &Launch) -> Result<(String, LinkSpec)> {
     let (text, source) = match &launch.config {
         Some(source) => (
-            std::fs::read_to_string(source).with_context(|| format!("cannot read {}", source.display()))?,
+            crate::files::read_text(source, crate::files::MAX_CONFIG_BYTES)?,
             source.display().to_string(),
         ),
         None if launch.protocol == "pipeline" => (crate::config::EXAMPLE.to_owned(), "the built-in configuration".into()),

@@ -116,7 +116,7 @@ fn reproduce(out: Option<PathBuf>, quick: bool, device: models::DeviceSpec) -> R
 /// Rewrites report.md and the plots of a `reproduce sapo` folder from its sapo.json.
 fn rewrite(dir: &Path) -> Result<()> {
     let path = dir.join("sapo.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = crate::files::read_text(&path, crate::files::MAX_RESULTS_BYTES)?;
     let study: SapoFindings =
         serde_json::from_str(&text).with_context(|| format!("{} is not a sapo study", path.display()))?;
     write_plots(dir, &study)?;

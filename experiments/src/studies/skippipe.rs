@@ -226,7 +226,7 @@ pub(crate) fn read_results(run_dir: &Path) -> Result<SkipResults> {
     if !file.exists() {
         return Ok(SkipResults::default());
     }
-    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = crate::files::read_text(&file, crate::files::MAX_RESULTS_BYTES)?;
     serde_json::from_str(&text).with_context(|| format!("{} is not a SkipPipe results file", file.display()))
 }
 

@@ -1,5 +1,6 @@
 //! Text corpora from a file or a directory of files.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{ByteTokenizer, Corpus};
@@ -16,6 +17,9 @@ fn files_under(path: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(path).map_err(|e| corpus_err(path, format!("cannot read: {e}")))?;
     if meta.is_file() {
         return Ok(vec![path.to_owned()]);
+    }
+    if !meta.is_dir() {
+        return Err(corpus_err(path, "is neither a text file nor a directory of text files"));
     }
     let mut files = Vec::new();
     let mut dirs = vec![path.to_owned()];
@@ -52,11 +56,15 @@ pub fn load_text(path: impl AsRef<Path>, val_fraction: f64) -> Result<Corpus> {
     let mut text = String::new();
     let mut total = 0u64;
     for file in files_under(path)? {
-        total += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        // Read at most what is left of the budget (plus one byte to notice more), whatever the metadata says.
+        let mut bytes = Vec::new();
+        std::fs::File::open(&file)
+            .and_then(|f| f.take(MAX_BYTES - total + 1).read_to_end(&mut bytes))
+            .map_err(|e| corpus_err(&file, format!("cannot read: {e}")))?;
+        total += bytes.len() as u64;
         if total > MAX_BYTES {
             return Err(corpus_err(path, format!("larger than {} GiB", MAX_BYTES >> 30)));
         }
-        let bytes = std::fs::read(&file).map_err(|e| corpus_err(&file, format!("cannot read: {e}")))?;
         if let Some(at) = bytes.iter().position(|&b| b == 0) {
             return Err(corpus_err(&file, format!("is not text (NUL byte at offset {at})")));
         }
@@ -101,6 +109,11 @@ mod tests {
     #[test]
     fn bad_corpora_name_the_problem() {
         let dir = tempfile::tempdir().expect("tempdir");
+        #[cfg(unix)]
+        {
+            let err = load_text("/dev/null", 0.1).unwrap_err().to_string();
+            assert!(err.contains("neither a text file nor a directory"), "{err}");
+        }
         let err = load_text(dir.path().join("missing"), 0.1).unwrap_err().to_string();
         assert!(err.contains("missing") && err.contains("cannot read"), "{err}");
         assert!(load_text(dir.path(), 0.1).unwrap_err().to_string().contains("no files"));

@@ -33,15 +33,42 @@ impl Default for LinkSpec {
     }
 }
 
+/// One-way latencies a configured link may have, in milliseconds (up to ten minutes).
+pub const LATENCY_MS: std::ops::RangeInclusive<f64> = 0.0..=600_000.0;
+
+/// Bandwidths a configured link may have, in megabits per second (1 kbit/s to 10 Tbit/s).
+pub const MBIT_PER_S: std::ops::RangeInclusive<f64> = 0.001..=10_000_000.0;
+
 impl LinkSpec {
-    /// A link with `latency_ms` milliseconds of one-way latency and `mbit_per_s` megabits per second.
+    /// A link with `latency_ms` milliseconds of one-way latency and `mbit_per_s` megabits per second. It
+    /// never panics: a latency too large for a `Duration` saturates, a negative or NaN one is 0, and the
+    /// bandwidth is taken as given ([`LinkSpec::validate`] refuses what is not positive). Use
+    /// [`LinkSpec::try_mbit`] for numbers that come from outside.
     pub fn mbit(latency_ms: f64, mbit_per_s: f64) -> Self {
-        Self {
-            latency: Duration::from_secs_f64(latency_ms.max(0.0) / 1e3),
-            bandwidth: mbit_per_s * 1e6 / 8.0,
-            jitter: Duration::ZERO,
-            loss: 0.0,
+        let latency = if latency_ms > 0.0 {
+            Duration::try_from_secs_f64(latency_ms / 1e3).unwrap_or(Duration::MAX)
+        } else {
+            Duration::ZERO
+        };
+        Self { latency, bandwidth: mbit_per_s * 1e6 / 8.0, jitter: Duration::ZERO, loss: 0.0 }
+    }
+
+    /// [`LinkSpec::mbit`] for configured numbers: each must be finite and within its range, else an error
+    /// naming `<field>.latency_ms` or `<field>.mbit_per_s` (or the names given) and the range.
+    pub fn try_mbit(latency_ms: f64, mbit_per_s: f64, fields: (&str, &str)) -> Result<Self, TransportError> {
+        if !LATENCY_MS.contains(&latency_ms) {
+            return Err(TransportError::config(
+                fields.0,
+                format!("{latency_ms} is not a latency in [{}, {}] ms", LATENCY_MS.start(), LATENCY_MS.end()),
+            ));
         }
+        if !MBIT_PER_S.contains(&mbit_per_s) {
+            return Err(TransportError::config(
+                fields.1,
+                format!("{mbit_per_s} is not a bandwidth in [{}, {}] Mbit/s", MBIT_PER_S.start(), MBIT_PER_S.end()),
+            ));
+        }
+        Ok(Self::mbit(latency_ms, mbit_per_s))
     }
 
     /// The same link with jitter up to `jitter`.
@@ -57,8 +84,9 @@ impl LinkSpec {
     }
 
     /// Time to put `bytes` on the wire.
+    /// Saturates at [`Duration::MAX`] (a link too slow to finish ever), never panics.
     pub fn transfer_time(&self, bytes: usize) -> Duration {
-        Duration::from_secs_f64(bytes as f64 / self.bandwidth)
+        Duration::try_from_secs_f64(bytes as f64 / self.bandwidth).unwrap_or(Duration::MAX)
     }
 
     /// Checks that the numbers describe a link; errors name `field`.
@@ -185,6 +213,26 @@ impl RegionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_links_are_checked_and_never_panic() {
+        let fields = ("network.latency_ms", "network.mbit_per_s");
+        for bad in [f64::INFINITY, 1e300, f64::NAN, -1.0] {
+            let err = LinkSpec::try_mbit(bad, 100.0, fields).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("network.latency_ms") && err.contains("600000"), "{bad}: {err}");
+        }
+        for bad in [1e-300, 0.0, f64::NAN, f64::INFINITY, -5.0] {
+            let err = LinkSpec::try_mbit(10.0, bad, fields).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("network.mbit_per_s"), "{bad}: {err}");
+        }
+        assert!(LinkSpec::try_mbit(10.0, 100.0, fields).is_ok());
+        // The unchecked constructor saturates, and so do transfer times.
+        let slow = LinkSpec::mbit(f64::INFINITY, 1e-300);
+        assert_eq!(slow.latency, Duration::MAX);
+        assert_eq!(slow.transfer_time(1 << 20), Duration::MAX);
+        assert_eq!(LinkSpec::mbit(f64::NAN, 1.0).latency, Duration::ZERO);
+        assert_eq!(LinkSpec::mbit(-3.0, 1.0).latency, Duration::ZERO);
+    }
 
     #[test]
     fn transfer_time_is_bytes_over_bandwidth() {

@@ -26,7 +26,7 @@
 
 mod link;
 
-pub use link::{LinkSpec, RegionTable};
+pub use link::{LATENCY_MS, LinkSpec, MBIT_PER_S, RegionTable};
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
