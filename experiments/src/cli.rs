@@ -24,6 +24,10 @@ struct Cli {
     /// a build with `--features cuda`). Used by `run`, `reproduce`, `sapo` and `node`; resolved once.
     #[arg(long, global = true)]
     device: Option<models::DeviceSpec>,
+    /// Run even where the configuration's estimated memory exceeds this machine's, or its estimated
+    /// compute a week (otherwise refused before anything starts).
+    #[arg(long, global = true)]
+    allow_large: bool,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +43,9 @@ enum Command {
         /// The same study, shortened to a smoke check (at most 40 steps, a smaller corpus).
         #[arg(long)]
         quick: bool,
+        /// Replace the run already in `--out` (otherwise refused).
+        #[arg(long)]
+        force: bool,
     },
     /// Reproduce a paper's study on simulated swarms and write its report beside the paper's claims.
     ///
@@ -84,6 +91,9 @@ enum Command {
         /// The same study at a smaller scale (a few minutes; for smoke checks).
         #[arg(long)]
         quick: bool,
+        /// Replace the run already in `--out` (otherwise refused).
+        #[arg(long)]
+        force: bool,
     },
     /// Verify one training run delegated to several trainers (Verde): each trains the same program on
     /// repops, some dishonestly; conflicting claims are disputed before a referee on the simulated network,
@@ -258,18 +268,18 @@ where
         .with_writer(std::io::stderr)
         .try_init();
     let cli = Cli::parse_from(args);
-    let device = cli.device;
+    let (device, allow_large) = (cli.device, cli.allow_large);
     match cli.command {
-        Command::Run { config, out, quick } => {
+        Command::Run { config, out, quick, force } => {
             let mut cfg = match config {
                 Some(path) => RunConfig::load(&path)?,
                 None => RunConfig::default(),
             };
             cfg.device = device.unwrap_or(cfg.device);
-            run::run(cfg, out, quick)
+            run::run(cfg, run::Output { out, force, allow_large }, quick)
         }
-        Command::Reproduce { study, out, quick } => {
-            let how = Reproduce { out, quick, device: device.unwrap_or_default() };
+        Command::Reproduce { study, out, quick, force } => {
+            let how = Reproduce { out, quick, device: device.unwrap_or_default(), force, allow_large };
             match study.as_str() {
                 "all" => all::reproduce_all(&how),
                 name => studies::find(name)?.reproduce(&how),
@@ -319,7 +329,7 @@ where
                 return Ok(());
             }
             let mut cfg = match config {
-                Some(path) => sapo_swarm::load_config(&path)?,
+                Some(path) => sapo_swarm::read_config(&path)?,
                 None => sapo::SapoConfig::default(),
             };
             if let Some(m) = mix {

@@ -17,21 +17,51 @@ use crate::studies::noloco::ScaleConfig;
 use crate::studies::skippipe::SkipPipeConfig;
 
 /// Where the training text comes from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct CorpusConfig {
     /// A UTF-8 text file or directory; empty for the built-in synthetic language.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) path: Option<PathBuf>,
-    /// Share of a text corpus held out for validation.
-    pub(crate) val_fraction: f64,
+    /// Share of a text corpus held out for validation, in (0, 1) (default 0.1); only with `path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) val_fraction: Option<f64>,
     /// The synthetic language (used when `path` is not set).
     pub(crate) synthetic: SyntheticConfig,
 }
 
-impl Default for CorpusConfig {
-    fn default() -> Self {
-        Self { path: None, val_fraction: 0.1, synthetic: SyntheticConfig::default() }
+impl CorpusConfig {
+    /// The validation share of a text corpus.
+    pub(crate) fn val_fraction(&self) -> f64 {
+        self.val_fraction.unwrap_or(0.1)
     }
+}
+
+/// The ranges of a run's sizes: anything outside is refused at load, before anything is built.
+mod limits {
+    use std::ops::RangeInclusive;
+
+    pub(super) const STEPS: RangeInclusive<u64> = 1..=10_000_000;
+    pub(super) const MICRO_BATCHES: RangeInclusive<usize> = 1..=1024;
+    pub(super) const MICRO_BATCH: RangeInclusive<usize> = 1..=65_536;
+    pub(super) const SEQ: RangeInclusive<usize> = 1..=65_536;
+    pub(super) const EVAL_BATCHES: RangeInclusive<usize> = 1..=100_000;
+    pub(super) const LAYERS: RangeInclusive<usize> = 1..=1024;
+    pub(super) const ARMS: RangeInclusive<usize> = 1..=256;
+    pub(super) const STAGES: RangeInclusive<usize> = 1..=1024;
+    pub(super) const REPLICAS: RangeInclusive<usize> = 1..=4096;
+    pub(super) const WORKERS: RangeInclusive<usize> = 1..=65_536;
+    pub(super) const TOKENS: RangeInclusive<usize> = 1..=(1 << 28);
+    pub(super) const TFLOPS: RangeInclusive<f64> = 1e-9..=1e6;
+    pub(super) const STORAGE_MB_PER_S: RangeInclusive<f64> = 1e-3..=1e7;
+}
+
+/// Checks that `value` of `field` lies in `range`; the error states the range.
+fn in_range<T: PartialOrd + std::fmt::Display>(field: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<()> {
+    if !range.contains(&value) {
+        bail!("invalid {field}: {value} is outside [{}, {}]", range.start(), range.end());
+    }
+    Ok(())
 }
 
 /// Shared recovery settings: the checkpoint schedule (for `recovery = "checkpoint"` and the
@@ -286,12 +316,7 @@ impl RunConfig {
     /// Checks the fields that the libraries do not, then builds every arm (its plugs parse their
     /// settings and check them against the grid).
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.steps == 0 {
-            bail!("invalid steps: must be at least 1");
-        }
-        if self.arms.is_empty() {
-            bail!("invalid arms: list at least one arm");
-        }
+        self.check_sizes()?;
         for (i, arm) in self.arms.iter().enumerate() {
             if !(arm.failure_rate.is_finite() && (0.0..1.0).contains(&arm.failure_rate)) {
                 bail!("invalid arms[{i}].failure_rate: {} must be in [0, 1)", arm.failure_rate);
@@ -315,6 +340,58 @@ impl RunConfig {
         ModelConfig::preset(&self.model_preset)?;
         for i in 0..self.arms.len() {
             self.spec(i)?.validate().with_context(|| format!("arms[{i}] ({})", self.arms[i].label))?;
+        }
+        Ok(())
+    }
+
+    /// Every size within its range (see [`limits`]) and every setting only where it applies, before
+    /// anything is built: no value here can make a later step allocate without bound or overflow.
+    fn check_sizes(&self) -> Result<()> {
+        crate::files::check_run_name("name", &self.name)?;
+        if self.arms.is_empty() {
+            bail!("invalid arms: list at least one arm");
+        }
+        in_range("steps", self.steps, limits::STEPS)?;
+        in_range("micro_batches", self.micro_batches, limits::MICRO_BATCHES)?;
+        in_range("micro_batch", self.micro_batch, limits::MICRO_BATCH)?;
+        in_range("seq", self.seq, limits::SEQ)?;
+        // `eval_every = 0` runs without evaluation; the report says so.
+        in_range("eval_every", self.eval_every, 0..=*limits::STEPS.end())?;
+        if self.eval_every > 0 {
+            in_range("eval_batches", self.eval_batches, limits::EVAL_BATCHES)?;
+        }
+        in_range("arms", self.arms.len(), limits::ARMS)?;
+        if let Some(layers) = self.layers {
+            in_range("layers", layers, limits::LAYERS)?;
+        }
+        if let Some(t) = self.profile_tflops {
+            in_range("profile_tflops", t, limits::TFLOPS)?;
+        }
+        let rc = &self.recovery;
+        in_range("recovery.checkpoint_every", rc.checkpoint_every, limits::STEPS)?;
+        in_range("recovery.storage_mb_per_s", rc.storage_mb_per_s, limits::STORAGE_MB_PER_S)?;
+        let fewest_stages = self.arms.iter().map(|a| a.stages).min().unwrap_or(1);
+        if let Some(&s) = rc.protect.iter().find(|&&s| s >= fewest_stages) {
+            bail!("invalid recovery.protect: stage {s} does not exist (an arm has {fewest_stages} stages, 0 to {})", fewest_stages.saturating_sub(1));
+        }
+        for (i, arm) in self.arms.iter().enumerate() {
+            in_range(&format!("arms[{i}].stages"), arm.stages, limits::STAGES)?;
+            in_range(&format!("arms[{i}].replicas"), arm.replicas, limits::REPLICAS)?;
+            in_range(&format!("arms[{i}] workers (stages x replicas)"), arm.stages * arm.replicas, limits::WORKERS)?;
+            if let Some(j) = self.arms[..i].iter().position(|a| a.label == arm.label) {
+                bail!("invalid arms[{i}].label: {:?} is already the label of arms[{j}]", arm.label);
+            }
+        }
+        let corpus = &self.corpus;
+        match (&corpus.path, corpus.val_fraction) {
+            (None, Some(_)) => bail!("invalid corpus.val_fraction: it applies to a text corpus (corpus.path) only"),
+            (Some(_), Some(f)) if !(f > 0.0 && f < 1.0) => bail!("invalid corpus.val_fraction: {f} is outside (0, 1)"),
+            _ => {}
+        }
+        in_range("corpus.synthetic.train_tokens", corpus.synthetic.train_tokens, limits::TOKENS)?;
+        in_range("corpus.synthetic.val_tokens", corpus.synthetic.val_tokens, limits::TOKENS)?;
+        if let Some(scale) = &self.scale {
+            scale.check_sizes()?;
         }
         Ok(())
     }

@@ -22,6 +22,57 @@ pub(crate) fn read_text(path: &Path, max: u64) -> Result<String> {
     transport::fsutil::read_text_bounded(path, max).with_context(|| format!("cannot read {}", path.display()))
 }
 
+/// Files by which a folder is known to hold a run already.
+const RUN_FILES: [&str; 4] = ["run.h5", "summary.json", "report.md", "launch.h5"];
+
+/// [`out_dir`] for a new run: a folder that already holds a run (its report, summary or log) is refused
+/// unless `force`, so nothing is replaced without being asked.
+pub(crate) fn fresh_out_dir(out: Option<PathBuf>, name: &str, force: bool) -> Result<PathBuf> {
+    if let Some(dir) = &out
+        && !force
+        && let Some(file) = RUN_FILES.iter().find(|f| dir.join(f).exists())
+    {
+        anyhow::bail!(
+            "{} holds a run already ({file}): choose another --out, or add --force to replace it",
+            dir.display()
+        );
+    }
+    out_dir(out, name)
+}
+
+/// Checks that `name` can name a folder under `runs/`: letters, digits, `-`, `_` and `.`, not starting
+/// with `.`, at most 64 characters (so a default output folder never lands outside `runs/`).
+pub(crate) fn check_run_name(field: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        anyhow::bail!(
+            "invalid {field}: {name:?} must be 1 to 64 letters, digits, '-', '_' or '.', not starting with '.' (it names a folder under runs/)"
+        );
+    }
+    Ok(())
+}
+
+/// Replaces `path` with what `write` puts at a temporary path beside it that keeps `path`'s extension
+/// (for writers that pick the format by it), then renames it into place: a reader sees the old file or
+/// the whole new one, and a failed write leaves neither a partial file nor the temporary one.
+pub(crate) fn replace_via(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{stem}.tmp-{}-{call}.{ext}", std::process::id()));
+    let result = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// The output folder: `out` if given, else `runs/<name>-<unix time>`; created if missing.
 pub(crate) fn out_dir(out: Option<PathBuf>, name: &str) -> Result<PathBuf> {
     let out = out.unwrap_or_else(|| {
@@ -59,4 +110,50 @@ pub(crate) fn event_line(time_s: f64, kind: &str, detail: &str) -> Result<hdf5::
 pub(crate) fn parse_event_line(line: &str) -> Option<(f64, &str, &str)> {
     let mut parts = line.splitn(3, '\t');
     Some((parts.next()?.parse().ok()?, parts.next()?, parts.next()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_stay_inside_runs() {
+        for bad in ["../../escape", "/etc/x", "", ".hidden", "a/b", "a\\b", &"x".repeat(65)] {
+            assert!(check_run_name("name", bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["noloco", "my-run_2.1"] {
+            assert!(check_run_name("name", good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn an_existing_run_is_not_replaced_unless_forced() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let run = dir.path().join("run");
+        assert!(fresh_out_dir(Some(run.clone()), "x", false)?.is_dir(), "a new folder is made");
+        std::fs::write(run.join("report.md"), "old")?;
+        let err = fresh_out_dir(Some(run.clone()), "x", false).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("holds a run already") && err.contains("--force"), "{err}");
+        assert!(fresh_out_dir(Some(run.clone()), "x", true).is_ok());
+        assert_eq!(std::fs::read_to_string(run.join("report.md"))?, "old", "nothing is touched by the check");
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_replacement_leaves_the_old_file_and_no_temporary() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("plot.png");
+        std::fs::write(&path, "old")?;
+        let failed = replace_via(&path, |tmp| {
+            assert_eq!(tmp.extension().and_then(|e| e.to_str()), Some("png"), "the format's extension is kept");
+            std::fs::write(tmp, "half")?;
+            anyhow::bail!("disk full")
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(&path)?, "old");
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 1);
+        replace_via(&path, |tmp| Ok(std::fs::write(tmp, "new")?))?;
+        assert_eq!(std::fs::read_to_string(&path)?, "new");
+        Ok(())
+    }
 }

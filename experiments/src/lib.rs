@@ -11,6 +11,7 @@
 //! | [`plugs`] | the plug registry: name → constructor for sync, routing, recovery and rebuild protocols |
 //! | `config` | run configurations (TOML): arms with their plugs, the world (`[geo]`), the studies' parts |
 //! | `run` | `swarmlab run`: the arms, then every study's measurements, files written after each part |
+//! | `needs` | a run's memory and time, estimated from its configuration before it starts |
 //! | `studies` | the studies wing: one module per study (preset, config part, claims, report section) and the registry |
 //! | `report` | what every run writes: config.toml, metrics.csv, summary.json, run.h5, report.md, plots |
 //! | `files` | atomic writes, output folders, HDF5 text and event lines |
@@ -26,6 +27,7 @@ pub mod cli;
 mod config;
 mod files;
 mod launch;
+mod needs;
 mod node;
 pub mod plugs;
 mod plots;
@@ -35,3 +37,6 @@ mod sapo_swarm;
 mod studies;
 mod verify;
 mod world;
+
+#[cfg(test)]
+mod hostile;

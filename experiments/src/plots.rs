@@ -24,6 +24,7 @@ fn font() -> Result<()> {
     if ok { Ok(()) } else { Err(anyhow!("the bundled plot font could not be loaded")) }
 }
 
+use crate::files::replace_via;
 use crate::report::ArmResult;
 
 const COLORS: [RGBColor; 10] = [
@@ -59,12 +60,15 @@ fn plot_with(
 ) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("plot {}: {e}", path.display());
     font()?;
-    let svg = path.with_extension("svg");
-    draw(SVGBackend::new(&svg, (900, 560)).into_drawing_area(), title, x_label, y_label, lines, floor)
-        .map_err(|e| err(&e))?;
-    let png = path.with_extension("png");
-    draw(BitMapBackend::new(&png, (900, 560)).into_drawing_area(), title, x_label, y_label, lines, floor)
-        .map_err(|e| err(&e))
+    // Each file is drawn beside its place and renamed into it: never a half-written plot.
+    replace_via(&path.with_extension("svg"), |svg| {
+        draw(SVGBackend::new(svg, (900, 560)).into_drawing_area(), title, x_label, y_label, lines, floor)
+            .map_err(|e| err(&e))
+    })?;
+    replace_via(&path.with_extension("png"), |png| {
+        draw(BitMapBackend::new(png, (900, 560)).into_drawing_area(), title, x_label, y_label, lines, floor)
+            .map_err(|e| err(&e))
+    })
 }
 
 fn draw<DB: DrawingBackend>(

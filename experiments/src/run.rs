@@ -11,14 +11,14 @@ use anyhow::{Context, Result};
 use models::data::{Corpus, SyntheticLanguage, load_text};
 
 use crate::config::RunConfig;
-use crate::files::out_dir;
+use crate::files::fresh_out_dir;
 use crate::report::{ArmResult, write_run};
 use crate::studies::{FINDINGS, Parts, RunView, TrainedArm};
 
 /// The corpus a configuration trains on: its text file or folder, else the synthetic language.
 pub(crate) fn corpus(cfg: &RunConfig) -> Result<Corpus> {
     Ok(match &cfg.corpus.path {
-        Some(path) => load_text(path, cfg.corpus.val_fraction)?,
+        Some(path) => load_text(path, cfg.corpus.val_fraction())?,
         None => SyntheticLanguage::new(&cfg.corpus.synthetic)?.corpus(),
     })
 }
@@ -55,28 +55,47 @@ fn progress_bar(i: usize, n: usize, label: &str, steps: u64, progress: Arc<Atomi
     })
 }
 
-/// Runs `cfg` (shortened by [`RunConfig::quick`] if `quick`) into `out` (a folder under `runs/` if not
-/// given) and prints where its report is.
-pub(crate) fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Result<()> {
+/// Where a run goes and whether it may replace one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Output {
+    /// The folder (`runs/<name>-<time>` if not given).
+    pub(crate) out: Option<PathBuf>,
+    /// Replace a run already in `out`.
+    pub(crate) force: bool,
+    /// Run even past this machine's memory or a week of compute (as estimated).
+    pub(crate) allow_large: bool,
+}
+
+/// Runs `cfg` (shortened by [`RunConfig::quick`] if `quick`) into its output folder and prints where its
+/// report is. An interrupted run writes what it finished, says in report.md and summary.json which arms
+/// did not, and returns an error.
+pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<()> {
     if quick {
         cfg = cfg.quick();
         cfg.validate()?;
     }
+    let needs = crate::needs::Needs::of(&cfg)?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    needs.check(crate::needs::machine_memory(), cores, output.allow_large)?;
     let device = cfg.device.resolve()?;
-    let out = out_dir(out, &cfg.name)?;
     if cfg.network.transport == genrl::TransportKind::Quic {
+        let out = fresh_out_dir(output.out, &cfg.name, output.force)?;
         return crate::launch::run_over_quic(&cfg, &out);
     }
+    // Everything that can be refused is checked before the output folder is made.
     let corpus = Arc::new(corpus(&cfg)?);
     corpus.check_fits(cfg.seq)?;
+    let out = fresh_out_dir(output.out, &cfg.name, output.force)?;
     let floor = corpus.entropy_floor.map_or(String::new(), |h| format!(", loss floor {h:.3} nats/token"));
     eprintln!(
-        "swarmlab run {:?}: {} arms, {} steps each, corpus {}{floor}, on {}",
+        "swarmlab run {:?}: {} arms, {} steps each, corpus {}{floor}, on {}; needs about {} of memory and {} of compute (estimated)",
         cfg.name,
         cfg.arms.len(),
         cfg.steps,
         corpus.name,
-        models::device::name(&device)
+        models::device::name(&device),
+        crate::needs::gib(needs.bytes),
+        crate::needs::duration(needs.seconds(cores))
     );
     let started = Instant::now();
     let stop = stop_on_ctrl_c();
@@ -104,8 +123,8 @@ pub(crate) fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Resu
         let result = ArmResult::new(arm.clone(), (spec.sync.name(), spec.recovery.name()), &report, t.elapsed());
         eprint!("[{}/{}] {:<24} {} workers: ", i + 1, cfg.arms.len(), arm.label, spec.stages * spec.replicas);
         eprintln!(
-            "val loss {:.3} after {} steps, {:.3} s virtual, {:.1} s wall",
-            result.final_val_loss.unwrap_or(f64::NAN),
+            "{} after {} steps, {:.3} s virtual, {:.1} s wall",
+            result.final_val_loss.map_or("not evaluated".into(), |v| format!("val loss {v:.3}")),
             cfg.steps,
             result.virtual_time_s,
             result.wall_s
@@ -123,5 +142,9 @@ pub(crate) fn run(mut cfg: RunConfig, out: Option<PathBuf>, quick: bool) -> Resu
         f.after_arms(&cfg, &mut parts, &stopped, &mut |p: &Parts| save(&results, p))?;
     }
     println!("report: {}", out.join("report.md").display());
+    let unfinished = cfg.arms.len() - results.len();
+    if unfinished > 0 {
+        anyhow::bail!("interrupted: {unfinished} of {} arms did not run (report.md lists them)", cfg.arms.len());
+    }
     Ok(())
 }

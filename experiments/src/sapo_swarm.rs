@@ -11,10 +11,17 @@ use sapo::{SapoConfig, SapoRun, WarmStart};
 use crate::files::{out_dir, write_atomic};
 use crate::studies::sapo::last_tenth;
 
-/// Reads a SAPO configuration; the error names the file and the bad field.
+/// Reads and checks a SAPO configuration; the error names the file and the bad field.
 pub(crate) fn load_config(path: &Path) -> Result<SapoConfig> {
+    let cfg = read_config(path)?;
+    cfg.validate().with_context(|| format!("in {}", path.display()))?;
+    Ok(cfg)
+}
+
+/// Reads a SAPO configuration without checking it (for command-line overrides before the check).
+pub(crate) fn read_config(path: &Path) -> Result<SapoConfig> {
     let text = crate::files::read_text(path, crate::files::MAX_CONFIG_BYTES)?;
-    parse_config(&text, &path.display().to_string())
+    toml::from_str(&text).with_context(|| format!("{} is not a SAPO configuration", path.display()))
 }
 
 /// Parses and checks the text of a SAPO configuration; `source` names it in errors.

@@ -37,6 +37,7 @@ impl FromStr for TrainerSpec {
         let (kind, arg) = train.split_once('@').map_or((train, None), |(k, a)| (k, Some(a)));
         let missing = || format!("{kind} needs @STEP (in {s:?})");
         let behaviour = match kind {
+            "honest" if arg.is_some() => return Err(format!("honest takes no @STEP (in {s:?})")),
             "honest" => Behaviour::Honest,
             "perturb-weight" => {
                 Behaviour::PerturbWeight { step: number("STEP", arg.ok_or_else(missing)?)?, delta: 1e-3 }
@@ -87,9 +88,7 @@ impl std::fmt::Display for TrainerSpec {
 /// The programs verified: `tiny` (2 layers of width 32, batches of 4 × 16 tokens) or `small` (the
 /// `small` preset, batches of 8 × 64).
 pub(crate) fn program(model: &str, steps: u64, backend: Backend) -> Result<Program> {
-    if steps == 0 {
-        bail!("--steps must be at least 1");
-    }
+    check_steps(steps)?;
     let base = Program::tiny(steps);
     let mut p = match model {
         "tiny" => base,
@@ -100,6 +99,18 @@ pub(crate) fn program(model: &str, steps: u64, backend: Backend) -> Result<Progr
     Ok(p)
 }
 
+/// The run lengths a verified program may have: every trainer runs it whole (and keeps every step's
+/// state hash), so lengths are capped where that stays a few hours on a small machine.
+const STEPS: std::ops::RangeInclusive<u64> = 1..=65_536;
+
+fn check_steps(steps: u64) -> Result<()> {
+    if !STEPS.contains(&steps) {
+        bail!("--steps {steps} is outside [{}, {}]", STEPS.start(), STEPS.end());
+    }
+    Ok(())
+}
+
+/// Bytes as lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -204,6 +215,7 @@ fn describe(d: &DisputeRecord, steps: u64, positions: u64) -> String {
 
 /// `swarmlab verify`.
 pub(crate) fn verify(model: &str, steps: u64, trainers: Vec<TrainerSpec>, deadline_s: f64) -> Result<()> {
+    check_steps(steps)?;
     let trainers = if trainers.is_empty() {
         let mid = steps.div_ceil(2);
         ["honest", &format!("perturb-op@{mid}:17"), &format!("lazy@{}", steps.min(mid + 1)), "honest"]

@@ -118,7 +118,7 @@ impl World {
             return Ok(Duration::ZERO);
         }
         let link = self.link(i, j)?;
-        Ok(link.latency + link.transfer_time(bytes))
+        Ok(link.latency.saturating_add(link.transfer_time(bytes)))
     }
 
     /// Checks every profile, the links, the regions and the failures; the error names the field.

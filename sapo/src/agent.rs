@@ -29,12 +29,18 @@ pub struct Mix {
     pub external: usize,
 }
 
+/// The most own or external groups a step may take.
+pub const MAX_GROUPS: usize = 4096;
+
 impl Mix {
     /// Parses `I/J`, e.g. `4/4`.
     pub fn parse(s: &str) -> Result<Self> {
         let bad = || Error::config("sapo.mix", format!("{s:?} is not local/external, e.g. 4/4"));
         let (i, j) = s.split_once('/').ok_or_else(bad)?;
         let mix = Self { local: i.trim().parse().map_err(|_| bad())?, external: j.trim().parse().map_err(|_| bad())? };
+        if mix.local > MAX_GROUPS || mix.external > MAX_GROUPS {
+            return Err(Error::config("sapo.mix", format!("{s:?}: at most {MAX_GROUPS} groups of each kind")));
+        }
         if mix.local + mix.external == 0 {
             return Err(Error::config("sapo.mix", "a step needs at least one group"));
         }

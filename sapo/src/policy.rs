@@ -27,7 +27,9 @@ pub const VOCAB: usize = 128;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
-    /// The decoder LM (its `vocab` is forced to 128 and `max_seq` to the window).
+    /// The decoder LM (its `vocab` is forced to 128 and `max_seq` to the window). Not part of a
+    /// configuration file: each agent's model follows from its size (`sizes`).
+    #[serde(skip, default = "default_model")]
     pub model: ModelConfig,
     /// Tokens of a (left-padded) prompt.
     pub prompt_width: usize,
@@ -35,6 +37,11 @@ pub struct PolicyConfig {
     pub max_new: usize,
     /// AdamW for the GRPO steps.
     pub optim: OptimConfig,
+}
+
+/// The model of the default (`tiny`) policy.
+fn default_model() -> ModelConfig {
+    PolicyConfig::default().model
 }
 
 impl Default for PolicyConfig {

@@ -117,17 +117,43 @@ impl Default for SapoConfig {
 impl SapoConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
-        if self.agents == 0 {
-            return Err(Error::config("sapo.agents", "at least one agent"));
-        }
-        if self.rounds == 0 {
-            return Err(Error::config("sapo.rounds", "at least one round"));
-        }
-        if self.completions < 2 {
-            return Err(Error::config("sapo.completions", "GRPO needs at least 2 completions per question"));
+        let in_range = |field: &str, value: u64, range: std::ops::RangeInclusive<u64>| {
+            if range.contains(&value) {
+                Ok(())
+            } else {
+                Err(Error::config(field, format!("{value} is outside [{}, {}]", range.start(), range.end())))
+            }
+        };
+        in_range("sapo.agents", self.agents as u64, 1..=1024)?;
+        in_range("sapo.liars", self.liars as u64, 0..=1024)?;
+        in_range("sapo.rounds", self.rounds, 1..=10_000_000)?;
+        in_range("sapo.completions", self.completions as u64, 2..=256)?;
+        in_range("sapo.warm_start.batch", self.warm_start.batch as u64, 1..=4096)?;
+        in_range("sapo.warm_start.steps", self.warm_start.steps as u64, 0..=10_000_000)?;
+        // Each agent draws one question per task family a round: its own groups come from those, the
+        // external ones from what the others share.
+        in_range("sapo.tasks.eval_per_level", self.tasks.eval_per_level as u64, 0..=100_000)?;
+        in_range("sapo.tasks.families", self.tasks.families.len() as u64, 1..=64)?;
+        TaskSet::new(&self.tasks)?;
+        let families = self.tasks.families.len();
+        if let Some((i, name)) = self.tasks.families.iter().enumerate().find(|(i, n)| self.tasks.families[..*i].contains(n)) {
+            return Err(Error::config(format!("sapo.tasks.families[{i}]"), format!("{name:?} is listed twice")));
         }
         if self.mix.local + self.mix.external == 0 {
             return Err(Error::config("sapo.mix", "a step needs at least one group"));
+        }
+        if self.mix.local > families {
+            return Err(Error::config(
+                "sapo.mix",
+                format!("{} own groups, but an agent draws {families} questions a round (one per task family)", self.mix.local),
+            ));
+        }
+        let shared = (self.agents + self.liars - 1) * families;
+        if self.mix.external > shared {
+            return Err(Error::config(
+                "sapo.mix",
+                format!("{} external groups, but the other agents share at most {shared} a round", self.mix.external),
+            ));
         }
         if self.sizes.is_empty() {
             return Err(Error::config("sapo.sizes", "at least one policy size"));
@@ -144,7 +170,6 @@ impl SapoConfig {
             Err(e) => return Err(Error::config("sapo.link", e.to_string())),
         }
         DeviceProfile::preset(&self.profile)?;
-        TaskSet::new(&self.tasks)?;
         self.sampling.validate()?;
         self.grpo.validate()?;
         self.policy.validate()

@@ -71,12 +71,18 @@ pub fn geo_swarm(nodes: usize, skip_ratio: f64, seed: u64) -> Result<GeoSwarm> {
     Ok(GeoSwarm { world, assignment, instance })
 }
 
-/// Seconds to send `bytes` from every node to every other.
+/// Seconds to send `bytes` from every node to every other: latency plus bytes over bandwidth (zero to
+/// itself), summed in seconds.
 fn transfer_matrix(world: &World, bytes: usize) -> Result<Vec<Vec<f64>>> {
     let n = world.len();
-    (0..n)
-        .map(|i| (0..n).map(|j| Ok(world.transfer_time(i, j, bytes).map_err(pipeline::Error::from)?.as_secs_f64())).collect())
-        .collect()
+    let seconds = |i: usize, j: usize| -> Result<f64> {
+        if i == j {
+            return Ok(0.0);
+        }
+        let link = world.link(i, j).map_err(pipeline::Error::from)?;
+        Ok(link.latency.as_secs_f64() + link.transfer_time(bytes).as_secs_f64())
+    };
+    (0..n).map(|i| (0..n).map(|j| seconds(i, j)).collect()).collect()
 }
 
 /// The scheduling instance of `assignment` on `world` for `workload` under `rules`. The micro-batches

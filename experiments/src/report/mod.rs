@@ -282,8 +282,20 @@ struct Summary<'a> {
     steps: u64,
     wall_s: f64,
     arms: &'a [ArmResult],
+    /// Arms of the configuration that did not run (an interrupted run), by label.
+    unfinished_arms: Vec<&'a str>,
     scale: &'a [noloco::scale::ScalePoint],
     claims: Vec<Claim>,
+}
+
+/// The labels of the configured arms that have no result (not run yet, or never: an interrupted run).
+fn unfinished<'a>(run: &RunView<'a>) -> Vec<&'a str> {
+    run.cfg
+        .arms
+        .iter()
+        .filter(|a| !run.results.iter().any(|r| r.label == a.label))
+        .map(|a| a.label.as_str())
+        .collect()
 }
 
 /// Writes every output file of a run into `out`: the common files, then each study's.
@@ -307,6 +319,7 @@ pub(crate) fn write_run(out: &Path, run: &RunView<'_>, wall: Duration) -> Result
         steps: cfg.steps,
         wall_s: wall.as_secs_f64(),
         arms: results,
+        unfinished_arms: unfinished(run),
         scale: &run.parts.scale,
         claims: crate::studies::claims(run),
     };
@@ -328,6 +341,16 @@ fn markdown(run: &RunView<'_>, claims: &[Claim], wall: Duration) -> String {
     let (cfg, corpus, results) = (run.cfg, run.corpus, run.results);
     let mut md = String::new();
     let _ = writeln!(md, "# swarmlab run `{}`\n", cfg.name);
+    let missing = unfinished(run);
+    if !missing.is_empty() {
+        let _ = writeln!(
+            md,
+            "**Not finished:** {} of {} arms did not run ({}); the tables below hold the arms that did.\n",
+            missing.len(),
+            cfg.arms.len(),
+            missing.join(", ")
+        );
+    }
     let _ = writeln!(md, "Corpus: {}  ", corpus.name);
     match corpus.entropy_floor {
         Some(h) => {
@@ -370,12 +393,14 @@ fn markdown(run: &RunView<'_>, claims: &[Claim], wall: Duration) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} x {} | {:.3} → {:.3} | {} | {gap} | {:.3} s | {:.1} MiB | {:.1} s |",
+            "| {} | {} x {} | {} | {} | {gap} | {:.3} s | {:.1} MiB | {:.1} s |",
             r.label,
             r.stages,
             r.replicas,
-            r.first_val_loss.unwrap_or(f64::NAN),
-            r.final_val_loss.unwrap_or(f64::NAN),
+            match (r.first_val_loss, r.final_val_loss) {
+                (Some(a), Some(b)) => format!("{a:.3} → {b:.3}"),
+                _ => "not evaluated (eval_every = 0)".into(),
+            },
             opt(r.final_val_loss, |v| format!("{:.3}", v.exp())),
             r.virtual_time_s,
             r.bytes_sent as f64 / (1 << 20) as f64,

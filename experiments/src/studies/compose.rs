@@ -147,7 +147,7 @@ mod tests {
         cfg.micro_batch = 2;
         cfg.seq = 16;
         cfg.layers = Some(3);
-        cfg.eval_every = 0;
+        cfg.eval_every = steps;
         cfg.optim =
             OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 5, total_steps: steps, ..OptimConfig::default() };
         cfg.corpus.synthetic.train_tokens = 1 << 14;

@@ -39,6 +39,10 @@ pub(crate) struct Reproduce {
     pub(crate) quick: bool,
     /// Where the tensors live (resolved once, by the CLI).
     pub(crate) device: models::DeviceSpec,
+    /// Replace a run already in `out`.
+    pub(crate) force: bool,
+    /// Run even past this machine's memory or a week of compute (as estimated).
+    pub(crate) allow_large: bool,
 }
 
 /// A study `swarmlab reproduce <name>` knows.
@@ -72,7 +76,8 @@ impl<T: TrainingStudy> Study for T {
     }
 
     fn reproduce(&self, how: &Reproduce) -> Result<()> {
-        crate::run::run(RunConfig { device: how.device, ..self.preset() }, how.out.clone(), how.quick)
+        let output = crate::run::Output { out: how.out.clone(), force: how.force, allow_large: how.allow_large };
+        crate::run::run(RunConfig { device: how.device, ..self.preset() }, output, how.quick)
     }
 }
 

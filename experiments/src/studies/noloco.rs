@@ -309,14 +309,26 @@ impl ScaleConfig {
         self
     }
 
+    /// Checks the sizes before anything is measured: swarm sizes, group size, simulated values.
+    pub(crate) fn check_sizes(&self) -> Result<()> {
+        if self.replicas.is_empty() || self.replicas.len() > 64 {
+            bail!("invalid scale.replicas: list 1 to 64 swarm sizes");
+        }
+        if !(1..=1024).contains(&self.group_size) {
+            bail!("invalid scale.group_size: {} is outside [1, 1024]", self.group_size);
+        }
+        if let Some(&r) = self.replicas.iter().find(|&&r| !(2..=65_536).contains(&r) || !r.is_multiple_of(self.group_size)) {
+            bail!("invalid scale.replicas: {r} must be in [2, 65536] and a multiple of group_size {}", self.group_size);
+        }
+        if !(1..=(1 << 24)).contains(&self.simulated_values) {
+            bail!("invalid scale.simulated_values: {} is outside [1, 16777216]", self.simulated_values);
+        }
+        Ok(())
+    }
+
     /// Checks every measurement it asks for.
     pub(crate) fn validate(&self, seed: u64) -> Result<()> {
-        if self.replicas.is_empty() {
-            bail!("invalid scale.replicas: list at least one swarm size");
-        }
-        if let Some(&r) = self.replicas.iter().find(|&&r| r < 2 || !r.is_multiple_of(self.group_size.max(1))) {
-            bail!("invalid scale.replicas: {r} must be at least 2 and a multiple of group_size {}", self.group_size);
-        }
+        self.check_sizes()?;
         for &r in &self.replicas {
             for method in self.methods() {
                 self.spec(r, method, seed).check().context("invalid scale")?;

@@ -1,0 +1,195 @@
+//! Hostile input against the `swarmlab` binary: each case a user reported (or could) ends in a clean
+//! error that names the problem — exit code 1 (2 for a refused flag), never a panic (101), an abort
+//! or a hang — and leaves nothing half-written or overwritten.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn swarmlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_swarmlab"))
+}
+
+/// Runs `cmd` for at most a minute (a hostile input must never hang the program).
+fn bounded(mut cmd: Command) -> Result<Output, Box<dyn std::error::Error>> {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let began = Instant::now();
+    while child.try_wait()?.is_none() {
+        if began.elapsed() > Duration::from_secs(60) {
+            child.kill()?;
+            return Err(format!("{cmd:?} still ran after a minute").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// Asserts that `cmd` failed cleanly (exit code 1, or 2 for a flag the argument parser refused) with
+/// every one of `says` in its error.
+fn refused(cmd: Command, says: &[&str]) -> TestResult {
+    let what = format!("{cmd:?}");
+    let out = bounded(cmd)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(1 | 2)), "{what}: not a clean error (a panic is 101):\n{stderr}");
+    for s in says {
+        assert!(stderr.contains(s), "{what}: the error does not say {s:?}:\n{stderr}");
+    }
+    Ok(())
+}
+
+/// `swarmlab run` on a configuration made of `text`.
+fn run_config(dir: &Path, text: &str) -> Result<Command, Box<dyn std::error::Error>> {
+    let path = dir.join("hostile.toml");
+    std::fs::write(&path, text)?;
+    let mut cmd = swarmlab();
+    cmd.arg("run").arg(path).arg("--out").arg(dir.join("out"));
+    Ok(cmd)
+}
+
+/// `swarmlab sapo` on a configuration made of `text`, plus `args`.
+fn sapo_config(dir: &Path, text: &str, args: &[&str]) -> Result<Command, Box<dyn std::error::Error>> {
+    let path = dir.join("sapo.toml");
+    std::fs::write(&path, text)?;
+    let mut cmd = swarmlab();
+    cmd.arg("sapo").arg(path).args(args).arg("--out").arg(dir.join("sapo-out"));
+    Ok(cmd)
+}
+
+#[test]
+fn numbers_that_panicked_or_ran_at_zero_are_named_errors() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for (text, field) in [
+        ("[network]\nlatency_ms = inf\n", "network.latency_ms"),
+        ("[network]\nlatency_ms = 1e300\n", "network.latency_ms"),
+        ("[network]\nlatency_ms = nan\n", "network.latency_ms"),
+        ("[network]\nlatency_ms = -1\n", "network.latency_ms"),
+        ("[network]\nmbit_per_s = 1e-300\n", "network.mbit_per_s"),
+        ("eval_every = -1\n", "eval_every"),
+        ("eval_batches = 0\n", "eval_batches"),
+        ("[corpus]\nval_fraction = 0.5\n", "corpus.val_fraction"),
+        ("[recovery]\nprotect = [99]\n", "recovery.protect"),
+        ("[scale]\ngroup_size = 0\n", "scale.group_size"),
+        ("name = \"../../escape\"\n", "invalid name"),
+        ("name = \"/tmp/absolute\"\n", "invalid name"),
+    ] {
+        refused(run_config(dir.path(), text)?, &[field])?;
+    }
+    let twice = "[[arms]]\nlabel = \"a\"\nstages = 1\nreplicas = 1\n[[arms]]\nlabel = \"a\"\nstages = 1\nreplicas = 2\n";
+    refused(run_config(dir.path(), twice)?, &["arms[1].label", "already"])?;
+    let skip = "[[arms]]\nlabel = \"a\"\nstages = 1\nreplicas = 2\nrouting = { kind = \"fixed\", skip_ratio = 0.5 }\n";
+    refused(run_config(dir.path(), skip)?, &["arms[0].routing", "skip_ratio"])?;
+    for (text, field) in [
+        ("latency_ms = inf\n", "sapo.latency_ms"),
+        ("latency_ms = 1e300\n", "sapo.latency_ms"),
+        ("bandwidth_mbit = 1e-300\n", "sapo.bandwidth_mbit"),
+    ] {
+        refused(sapo_config(dir.path(), text, &[])?, &[field])?;
+    }
+    assert!(!dir.path().join("out").exists() && !dir.path().join("sapo-out").exists(), "nothing was written");
+    Ok(())
+}
+
+#[test]
+fn sizes_that_aborted_or_never_ended_are_refused_before_anything_starts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let arm = |stages: u64, replicas: u64| format!("[[arms]]\nlabel = \"a\"\nstages = {stages}\nreplicas = {replicas}\n");
+    for (text, field) in [
+        ("micro_batch = 100000000\n".to_owned(), "micro_batch"),
+        (arm(1, 100_000), "arms[0].replicas"),
+        ("steps = 1000000000000\n".to_owned(), "steps"),
+        ("layers = 100000\n".to_owned(), "layers"),
+        ("steps = 18446744073709551615\n".to_owned(), "steps"),
+    ] {
+        refused(run_config(dir.path(), &text)?, &[field])?;
+    }
+    // Within every range, but more than the machine holds: refused from the estimate, with the way out.
+    refused(run_config(dir.path(), "micro_batch = 65536\nseq = 64\n")?, &["memory", "--allow-large"])?;
+    for (text, field) in [
+        ("completions = 1000000000\n", "sapo.completions"),
+        ("liars = 1000000000000\n", "liars"),
+        ("agents = 100000\n", "sapo.agents"),
+    ] {
+        refused(sapo_config(dir.path(), text, &[])?, &[field])?;
+    }
+    let mut verify = swarmlab();
+    verify.args(["verify", "--steps", "1000000000"]);
+    refused(verify, &["--steps 1000000000", "outside"])?;
+    assert!(!dir.path().join("out").exists(), "nothing was written");
+    Ok(())
+}
+
+#[test]
+fn sapo_and_verify_flags_say_what_is_wrong() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    refused(sapo_config(dir.path(), "", &["--mix", "9/9"])?, &["sapo.mix", "one per task family"])?;
+    refused(sapo_config(dir.path(), "", &["--mix", "18446744073709551615/1"])?, &["sapo.mix", "at most"])?;
+    let twice = "[tasks]\nfamilies = [\"list_ops\", \"list_ops\"]\n";
+    refused(sapo_config(dir.path(), twice, &["--mix", "1/1"])?, &["families[1]", "twice"])?;
+    refused(sapo_config(dir.path(), "[policy.model]\nd_model = 64\n", &[])?, &["model"])?;
+    let mut zero = swarmlab();
+    zero.args(["verify", "--steps", "0"]);
+    refused(zero, &["--steps 0"])?;
+    let mut honest = swarmlab();
+    honest.args(["verify", "--trainer", "honest@3"]);
+    refused(honest, &["honest takes no @STEP"])?;
+    Ok(())
+}
+
+#[test]
+fn endless_or_odd_files_are_read_up_to_a_limit() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut config = swarmlab();
+    config.args(["run", "/dev/zero", "--out"]).arg(dir.path().join("out"));
+    refused(config, &["/dev/zero", "more than"])?;
+    let key = dir.path().join("node.key");
+    let mut keygen = swarmlab();
+    keygen.arg("keygen").arg("--out").arg(&key);
+    assert!(bounded(keygen)?.status.success());
+    let mut node = swarmlab();
+    node.args(["node", "--key", "/dev/zero", "--peers", "/dev/zero"]);
+    refused(node, &["/dev/zero"])?;
+    let mut node = swarmlab();
+    node.arg("node").arg("--key").arg(&key).args(["--peers", "/dev/zero"]);
+    refused(node, &["/dev/zero", "more than"])?;
+    refused(run_config(dir.path(), "[corpus]\npath = \"/dev/null\"\n")?, &["/dev/null", "neither a text file nor a directory"])?;
+    Ok(())
+}
+
+#[test]
+fn a_run_folder_is_not_replaced_without_force() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("report.md"), "an earlier run")?;
+    refused(run_config(dir.path(), "steps = 1\n")?, &["holds a run already", "--force"])?;
+    assert_eq!(std::fs::read_to_string(out.join("report.md"))?, "an earlier run");
+    Ok(())
+}
+
+/// Two `swarmlab keygen --out k.key` at once, twenty times: never two successes for one path, and the
+/// key on disk is the winner's.
+#[test]
+fn racing_keygens_never_both_succeed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for trial in 0..20 {
+        let key = dir.path().join(format!("k{trial}.key"));
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                swarmlab().arg("keygen").arg("--out").arg(&key).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        let outs: Vec<Output> = racers.into_iter().map(|c| c.wait_with_output()).collect::<Result<_, _>>()?;
+        let winners: Vec<&Output> = outs.iter().filter(|o| o.status.success()).collect();
+        assert_eq!(winners.len(), 1, "trial {trial}: {} successes", winners.len());
+        let loser = outs.iter().find(|o| !o.status.success()).ok_or("no loser")?;
+        assert!(String::from_utf8_lossy(&loser.stderr).contains("already exists"), "trial {trial}");
+        let printed = String::from_utf8_lossy(&winners[0].stdout).into_owned();
+        let mut check = swarmlab();
+        check.arg("keygen").arg("--out").arg(&key);
+        assert!(!bounded(check)?.status.success(), "the key is still there");
+        assert!(printed.contains("wrote"), "{printed}");
+    }
+    Ok(())
+}
