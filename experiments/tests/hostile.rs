@@ -193,3 +193,90 @@ fn racing_keygens_never_both_succeed() -> TestResult {
     }
     Ok(())
 }
+
+/// Sends SIGINT (Ctrl-C) to process `pid`.
+fn interrupt(pid: u32) -> TestResult {
+    let status = Command::new("kill").args(["-INT", &pid.to_string()]).status()?;
+    assert!(status.success(), "kill -INT {pid}");
+    Ok(())
+}
+
+/// Reads `child`'s stderr until a line contains `wanted` (a minute at most); the rest is drained.
+fn wait_for_line(child: &mut std::process::Child, wanted: &str) -> TestResult {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let began = Instant::now();
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(60).saturating_sub(began.elapsed()))?;
+        if line.contains(wanted) {
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return Ok(());
+        }
+    }
+}
+
+/// One Ctrl-C during a run: the current arm finishes, the rest do not run, the report and summary say
+/// which, and the exit code says it did not complete.
+#[test]
+fn an_interrupted_run_says_which_arms_did_not_run() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let arms: String = (0..3)
+        .map(|i| format!("[[arms]]\nlabel = \"arm {i}\"\nstages = 1\nreplicas = 1\n"))
+        .collect();
+    let text = format!(
+        "steps = 30\nmicro_batches = 1\nmicro_batch = 2\nseq = 16\neval_every = 30\neval_batches = 1\n[optim]\ntotal_steps = 30\n[corpus.synthetic]\ntrain_tokens = 4096\nval_tokens = 512\n{arms}"
+    );
+    let mut cmd = run_config(dir.path(), &text)?;
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    wait_for_line(&mut child, "swarmlab run")?;
+    interrupt(child.id())?;
+    let status = child.wait()?;
+    assert_eq!(status.code(), Some(1), "an interrupted run does not exit 0");
+    let out = dir.path().join("out");
+    let report = std::fs::read_to_string(out.join("report.md"))?;
+    assert!(report.contains("Not finished") && report.contains("arm 2"), "{report}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+    let unfinished = summary["unfinished_arms"].as_array().ok_or("no unfinished_arms")?;
+    assert!(!unfinished.is_empty() && unfinished.iter().any(|a| a == "arm 2"), "{summary}");
+    Ok(())
+}
+
+/// Ctrl-C to `launch`: it stops its nodes, still gathers what they wrote, writes its report, and exits
+/// non-zero.
+#[test]
+fn an_interrupted_launch_stops_its_nodes_and_still_reports() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sapo.toml");
+    std::fs::write(
+        &config,
+        "agents = 2\nrounds = 100000\ncompletions = 4\n[mix]\nlocal = 1\nexternal = 1\n[warm_start]\nsteps = 5\nbatch = 8\n[tasks]\nfamilies = [\"propositional_logic\"]\nmax_level = 1\neval_per_level = 1\n",
+    )?;
+    let run = dir.path().join("launch");
+    let mut child = swarmlab()
+        .args(["launch", "--local", "2", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_for_line(&mut child, "swarmlab launch:")?;
+    std::thread::sleep(Duration::from_secs(3));
+    interrupt(child.id())?;
+    let began = Instant::now();
+    while child.try_wait()?.is_none() {
+        assert!(began.elapsed() < Duration::from_secs(60), "launch did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!child.wait()?.success(), "an interrupted launch does not exit 0");
+    let report = std::fs::read_to_string(run.join("report.md"))?;
+    assert!(report.contains("interrupted"), "{report}");
+    assert!(run.join("launch.h5").is_file() && run.join("launch.log").is_file());
+    Ok(())
+}

@@ -65,6 +65,8 @@ pub(crate) struct Launch {
 enum Outcome {
     Finished,
     Killed { round: u64 },
+    /// Stopped when the launch was interrupted (Ctrl-C).
+    Stopped { round: u64 },
     Failed(String),
     NeverStarted,
 }
@@ -129,21 +131,27 @@ struct Place {
 fn make_places(dir: &Path, n: usize, behind_relays: bool) -> Result<Vec<Place>> {
     let keys = dir.join("keys");
     std::fs::create_dir_all(&keys).with_context(|| format!("cannot create {}", keys.display()))?;
+    // A node's place is its id's rank in the peers file: rank the ids first, so that node i's key file,
+    // peers-file name and log all say i.
+    let mut identities = (0..n).map(|_| Identity::generate()).collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut ranking = PeerBook::new();
+    for identity in &identities {
+        ranking.insert(identity.peer_id(), free_addr()?, None);
+    }
+    let order: Vec<_> = ranking.ids().collect();
+    identities.sort_by_key(|identity| order.iter().position(|o| *o == identity.peer_id()));
     let mut book = PeerBook::new();
     let mut places = Vec::new();
-    for i in 0..n {
-        let identity = Identity::generate()?;
+    for (i, identity) in identities.iter().enumerate() {
         let key = keys.join(format!("node{i}.key"));
         identity.save(&key)?;
         let listed = free_addr()?;
         book.insert(identity.peer_id(), listed, Some(format!("node{i}")));
         let bind = if behind_relays { Some(free_addr()?) } else { None };
-        places.push((identity.peer_id(), Place { key, listed, bind }));
+        places.push(Place { key, listed, bind });
     }
     book.save(dir.join("peers.toml"))?;
-    let order: Vec<_> = book.ids().collect();
-    places.sort_by_key(|(id, _)| order.iter().position(|o| o == id));
-    Ok(places.into_iter().map(|(_, p)| p).collect())
+    Ok(places)
 }
 
 /// What a launch came to.
@@ -168,6 +176,15 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
         {
             bail!("{flag} {}@{}: there are only nodes 0 to {}", k.node, k.round, launch.nodes - 1);
         }
+    }
+    // Ctrl-C (to this process or its whole group): stop every node still running, then gather what
+    // they wrote and report, as at the end of a run.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        let _ = ctrlc::set_handler(move || {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
     }
     let (text, link) = prepare_config(&launch)?;
     let out = out_dir(launch.out.clone(), "launch")?;
@@ -213,7 +230,32 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
 
     let mut shown = 0;
     while nodes.iter().any(|n| n.outcome.is_none()) {
+        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut stopped = Vec::new();
+            for node in nodes.iter_mut().filter(|n| n.outcome.is_none()) {
+                node.outcome = Some(match node.child.as_mut() {
+                    Some(child) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        stopped.push(node.place.to_string());
+                        Outcome::Stopped { round: node.round }
+                    }
+                    None => Outcome::NeverStarted,
+                });
+            }
+            let event = format!(
+                "{:.1} s: interrupted (Ctrl-C); stopped nodes {}",
+                started.elapsed().as_secs_f64(),
+                if stopped.is_empty() { "none".to_owned() } else { stopped.join(", ") }
+            );
+            eprintln!("\n[launch] {event}; gathering what they wrote");
+            journal.push(event);
+            break;
+        }
         while let Ok((place, line)) = lines_rx.recv_timeout(Duration::from_millis(100)) {
+            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
             let node = &mut nodes[place];
             match progress(&line) {
                 Some(round) => node.round = node.round.max(round),
@@ -338,6 +380,9 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     if !failed.is_empty() {
         bail!("{}", failed.join("; "));
     }
+    if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("interrupted: the nodes were stopped; report.md has what they wrote");
+    }
     Ok(Summary {
         finished: nodes.iter().filter(|n| n.outcome == Some(Outcome::Finished)).count(),
         wall_s,
@@ -451,6 +496,19 @@ impl Spawner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_i_has_key_file_i_and_rank_i_in_the_peers_file() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let places = make_places(dir.path(), 5, false)?;
+        let book = PeerBook::load(dir.path().join("peers.toml"))?;
+        for (i, (place, id)) in places.iter().zip(book.ids()).enumerate() {
+            assert_eq!(place.key, dir.path().join("keys").join(format!("node{i}.key")));
+            assert_eq!(Identity::load(&place.key)?.peer_id(), id, "node {i}");
+            assert_eq!(book.iter().nth(i).and_then(|(_, e)| e.name.clone()), Some(format!("node{i}")));
+        }
+        Ok(())
+    }
 
     #[test]
     fn kills_and_progress_lines_parse() {

@@ -65,6 +65,7 @@ pub(super) fn describe(outcome: Option<&Outcome>, unit: &str) -> String {
     match outcome {
         Some(Outcome::Finished) => "finished".into(),
         Some(Outcome::Killed { round }) => format!("killed at {unit} {round}"),
+        Some(Outcome::Stopped { round }) => format!("stopped at {unit} {round} (the launch was interrupted)"),
         Some(Outcome::Failed(why)) => format!("failed: {why}"),
         Some(Outcome::NeverStarted) => "never started".into(),
         None => "running".into(),
