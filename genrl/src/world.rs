@@ -43,12 +43,16 @@ pub struct World {
     pub regions: Option<Regions>,
     /// Which agents fail, and when.
     pub failures: FailurePlan,
+    /// For a world placed from a larger description ([`World::permuted`]): each agent's number there, by
+    /// agent index. Schedulers that break ties by node number use it, so a placement does not change
+    /// what they find. `None`: agent `i` is node `i`.
+    pub nodes: Option<Vec<usize>>,
 }
 
 impl World {
     /// `n` agents with the same profile on the same links, none failing.
     pub fn uniform(n: usize, profile: DeviceProfile, link: LinkSpec) -> Self {
-        Self { profiles: vec![profile; n], link, regions: None, failures: FailurePlan::default() }
+        Self { profiles: vec![profile; n], link, regions: None, failures: FailurePlan::default(), nodes: None }
     }
 
     /// `n` agents spread over the twelve regions of [`RegionTable::geo_distributed`] (seeded), with
@@ -64,7 +68,8 @@ impl World {
         let kinds = [DeviceProfile::h100(), a10, half_a10];
         let profiles = (0..n).map(|i| kinds[(i / 2) % 3].clone()).collect();
         let of = (0..n).map(|i| names[i % names.len()].clone()).collect();
-        Self { profiles, link: LinkSpec::default(), regions: Some(Regions { table, of }), failures: FailurePlan::default() }
+        let regions = Some(Regions { table, of });
+        Self { profiles, link: LinkSpec::default(), regions, failures: FailurePlan::default(), nodes: None }
     }
 
     /// Agents.
@@ -99,7 +104,13 @@ impl World {
                 .as_ref()
                 .map(|r| Regions { table: r.table.clone(), of: order.iter().map(|&i| r.of[i].clone()).collect() }),
             failures: FailurePlan::default(),
+            nodes: Some(order.iter().map(|&i| self.node(i)).collect()),
         })
+    }
+
+    /// Agent `i`'s node number ([`World::nodes`]).
+    pub fn node(&self, i: usize) -> usize {
+        self.nodes.as_ref().and_then(|n| n.get(i).copied()).unwrap_or(i)
     }
 
     /// The link from agent `i` to agent `j`.
@@ -167,6 +178,8 @@ mod tests {
         assert!(w.transfer_time(0, 1, 1 << 20)? > w.link(0, 1)?.latency, "bytes take time on top of latency");
         let swapped = w.permuted(&[1, 0])?;
         assert_eq!(swapped.len(), 2);
+        assert_eq!((swapped.node(0), swapped.node(1)), (1, 0), "a placed world remembers its nodes");
+        assert_eq!(swapped.permuted(&[1])?.node(0), 0, "through placements");
         assert_eq!(swapped.profiles[0], w.profiles[1]);
         assert_eq!(swapped.link(0, 1)?, w.link(1, 0)?);
         assert!(w.permuted(&[12]).is_err());

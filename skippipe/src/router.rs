@@ -60,11 +60,16 @@ impl ScheduledRouter {
             micro_batches: spec.micro_batches,
             memory: settings.memory,
         };
-        let assignment = Assignment::of_grid(spec.stages, spec.replicas);
+        // The search breaks ties by node number: schedule the nodes in the numbering of the swarm they
+        // were placed from (worker w is node order[w]'s slot), so placing them does not change the paths.
+        let mut order: Vec<usize> = (0..spec.world.len()).collect();
+        order.sort_by_key(|&w| spec.world.node(w));
+        let world = spec.world.permuted(&order).map_err(pipeline::Error::from)?;
+        let assignment = Assignment { stage_of: order.iter().map(|&w| w / spec.replicas.max(1)).collect() };
         let agents = spec.replicas * spec.micro_batches;
         let mut rules = PathRules::new(spec.stages, agents, settings.skip_ratio, settings.load_slack)?;
         rules.swap &= settings.swap;
-        let inst = instance(&spec.world, &assignment, &workload, rules)?;
+        let inst = instance(&world, &assignment, &workload, rules)?;
         let found = schedules(Arc::new(inst), Budget::default(), settings.schedules)?;
         Self::rotating(&found, &assignment, spec.micro_batches)
     }
