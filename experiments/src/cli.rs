@@ -30,6 +30,17 @@ struct Cli {
     allow_large: bool,
 }
 
+/// Where a run's files go.
+#[derive(clap::Args)]
+struct OutputArgs {
+    /// Output folder [default: runs/<name>-<unix time>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace the run already in `--out` (otherwise refused).
+    #[arg(long)]
+    force: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the arms of a configuration (the built-in baseline study if none is given) and write
@@ -37,15 +48,11 @@ enum Command {
     Run {
         /// A TOML configuration (see `swarmlab init`).
         config: Option<PathBuf>,
-        /// Output folder [default: runs/<name>-<unix time>].
-        #[arg(long)]
-        out: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
         /// The same study, shortened to a smoke check (at most 40 steps, a smaller corpus).
         #[arg(long)]
         quick: bool,
-        /// Replace the run already in `--out` (otherwise refused).
-        #[arg(long)]
-        force: bool,
     },
     /// Reproduce a paper's study on simulated swarms and write its report beside the paper's claims.
     ///
@@ -85,15 +92,11 @@ enum Command {
         /// The study.
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(studies::names()))]
         study: String,
-        /// Output folder [default: runs/<study>-<unix time>].
-        #[arg(long)]
-        out: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
         /// The same study at a smaller scale (a few minutes; for smoke checks).
         #[arg(long)]
         quick: bool,
-        /// Replace the run already in `--out` (otherwise refused).
-        #[arg(long)]
-        force: bool,
     },
     /// Verify one training run delegated to several trainers (Verde): each trains the same program on
     /// repops, some dishonestly; conflicting claims are disputed before a referee on the simulated network,
@@ -270,7 +273,7 @@ where
     let cli = Cli::parse_from(args);
     let (device, allow_large) = (cli.device, cli.allow_large);
     match cli.command {
-        Command::Run { config, out, quick, force } => {
+        Command::Run { config, output: OutputArgs { out, force }, quick } => {
             let mut cfg = match config {
                 Some(path) => RunConfig::load(&path)?,
                 None => RunConfig::default(),
@@ -278,7 +281,7 @@ where
             cfg.device = device.unwrap_or(cfg.device);
             run::run(cfg, run::Output { out, force, allow_large }, quick)
         }
-        Command::Reproduce { study, out, quick, force } => {
+        Command::Reproduce { study, output: OutputArgs { out, force }, quick } => {
             let how = Reproduce { out, quick, device: device.unwrap_or_default(), force, allow_large };
             match study.as_str() {
                 "all" => all::reproduce_all(&how),
