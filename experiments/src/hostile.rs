@@ -46,6 +46,9 @@ fn plug(kinds: &'static [&'static str]) -> impl Strategy<Value = String> {
         Just("outer_lr"),
         Just("memory"),
         Just("copy_every"),
+        Just("timeout_s"),
+        Just("schedules"),
+        Just("load_slack"),
         Just("colour"),
     ];
     (proptest::sample::select(kinds), proptest::option::weighted(0.2, (setting, number()))).prop_map(|(kind, setting)| match setting {

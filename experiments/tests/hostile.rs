@@ -80,6 +80,8 @@ fn numbers_that_panicked_or_ran_at_zero_are_named_errors() -> TestResult {
     refused(run_config(dir.path(), twice)?, &["arms[1].label", "already"])?;
     let skip = "[[arms]]\nlabel = \"a\"\nstages = 1\nreplicas = 2\nrouting = { kind = \"fixed\", skip_ratio = 0.5 }\n";
     refused(run_config(dir.path(), skip)?, &["arms[0].routing", "skip_ratio"])?;
+    let wait = "[[arms]]\nlabel = \"a\"\nstages = 1\nreplicas = 2\nsync = { kind = \"noloco\", timeout_s = 1e300 }\n";
+    refused(run_config(dir.path(), wait)?, &["noloco.timeout_s"])?;
     for (text, field) in [
         ("latency_ms = inf\n", "sapo.latency_ms"),
         ("latency_ms = 1e300\n", "sapo.latency_ms"),

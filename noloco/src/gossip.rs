@@ -23,6 +23,9 @@ use crate::diloco::validate_outer;
 use crate::groups::group_of;
 use pipeline::Error;
 
+/// The longest a group's root may be told to wait, in seconds (a million: eleven days).
+pub const MAX_TIMEOUT_S: f64 = 1e6;
+
 /// NoLoCo's outer synchronisation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -81,8 +84,11 @@ impl OuterSync for NoLoCo {
                 format!("n = {} must be at least 1 and divide the {replicas} replicas of a stage", self.group_size),
             ));
         }
-        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
-            return Err(Error::config("noloco.timeout_s", format!("{} must be positive", self.timeout_s)));
+        if !(self.timeout_s > 0.0 && self.timeout_s <= MAX_TIMEOUT_S) {
+            return Err(Error::config(
+                "noloco.timeout_s",
+                format!("{} must be positive and at most {MAX_TIMEOUT_S} seconds", self.timeout_s),
+            ));
         }
         if !(self.max_update_ratio.is_finite() && self.max_update_ratio >= 1.0) {
             return Err(Error::config("noloco.max_update_ratio", "must be at least 1"));
@@ -238,6 +244,8 @@ mod tests {
         assert!(err(NoLoCo { outer_lr: -1.0, ..NoLoCo::default() }, 4).contains("noloco.outer_lr"));
         assert!(err(NoLoCo { momentum: -0.1, ..NoLoCo::default() }, 4).contains("noloco.momentum"));
         assert!(err(NoLoCo { timeout_s: 0.0, ..NoLoCo::default() }, 4).contains("noloco.timeout_s"));
+        assert!(err(NoLoCo { timeout_s: 1e300, ..NoLoCo::default() }, 4).contains("noloco.timeout_s"));
+        assert!(err(NoLoCo { timeout_s: f64::NAN, ..NoLoCo::default() }, 4).contains("noloco.timeout_s"));
         assert!(NoLoCo::default().validate(4).is_ok());
     }
 

@@ -50,9 +50,18 @@ impl ScheduledRouter {
     /// Schedules the paths of `spec`'s grid on its world (worker `stage × replicas + replica` on agent of
     /// that index), with the costs of its model: the router SkipPipe arms train with.
     pub fn for_pipeline(spec: &PipelineSpec, settings: &Scheduling) -> Result<Self> {
+        let bad = |field: &str, why: String| Err(Error::Pipeline(pipeline::Error::config(field, why)));
         if !(0.0..1.0).contains(&settings.skip_ratio) {
-            let why = format!("{} is not in [0, 1)", settings.skip_ratio);
-            return Err(Error::Pipeline(pipeline::Error::config("skippipe.skip_ratio", why)));
+            return bad("skippipe.skip_ratio", format!("{} is not in [0, 1)", settings.skip_ratio));
+        }
+        if !(1..=1_000_000).contains(&settings.memory) {
+            return bad("skippipe.memory", format!("{} micro-batches is outside [1, 1000000]", settings.memory));
+        }
+        if !(1..=64).contains(&settings.schedules) {
+            return bad("skippipe.schedules", format!("{} is outside [1, 64]", settings.schedules));
+        }
+        if !(settings.load_slack >= 1.0 && settings.load_slack <= 1e6) {
+            return bad("skippipe.load_slack", format!("{} is outside [1, 1000000]", settings.load_slack));
         }
         let workload = Workload {
             stage_flops: spec.stage_forward_flops()?,

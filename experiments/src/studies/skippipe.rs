@@ -285,6 +285,18 @@ impl SkipPipeConfig {
         if self.partition.len() < 3 || self.partition.contains(&0) {
             bail!("invalid skippipe.partition: at least 3 stages of at least one node each");
         }
+        if self.partition.len() > 64 || self.partition.iter().sum::<usize>() > 1024 {
+            bail!("invalid skippipe.partition: at most 64 stages and 1024 nodes in all");
+        }
+        if self.micro_batches > 1024 || self.memory > 1_000_000 || self.subsets > 1000 {
+            bail!("invalid skippipe: micro_batches at most 1024, memory at most 1000000, subsets at most 1000");
+        }
+        if self.skip_ratios.len() > 16 || self.keep.len() > 16 {
+            bail!("invalid skippipe: at most 16 skip_ratios and 16 keep fractions");
+        }
+        if !(self.stage_gflop.is_finite() && self.stage_gflop <= 1e9 && self.activation_mb.is_finite() && self.activation_mb <= 1e6) {
+            bail!("invalid skippipe: stage_gflop and activation_mb must be finite (at most 1e9 GFLOP and 1e6 MB)");
+        }
         if let Some(r) = self.skip_ratios.iter().find(|r| !(0.0..1.0).contains(*r)) {
             bail!("invalid skippipe.skip_ratios: {r} is not in [0, 1)");
         }
