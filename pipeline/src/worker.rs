@@ -182,8 +182,11 @@ struct Worker<T: Transport, C: Clock> {
     mail: Mailbox<T, C>,
     outer: Option<Box<dyn OuterState>>,
     fwd_flops: f64,
-    /// Forward FLOPs of the successor stage (charged again under redundant computation).
-    successor_flops: f64,
+    /// Forward FLOPs of the other stage whose forward pass this worker also runs, if the recovery
+    /// strategy asks for one (redundant computation).
+    shadow_flops: Option<f64>,
+    /// The copies of state the recovery strategy keeps that this stage sends or keeps.
+    kept: Vec<KeptCopy>,
     last: bool,
     checkpoint: Option<Checkpoint>,
     /// This stage's gradient norm after clipping, at the last step.
@@ -207,11 +210,13 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let device = spec.device.clone();
         let specs = spec.stage_specs()?;
         let stage = Stage::new(&spec.model, specs[s].clone(), &device)?;
-        // Only a strategy that runs another stage's forward pass again (redundant computation) needs its cost.
-        let successor_flops = match spec.recovery.shadow_forward(s, spec.stages) {
-            Some(other) => Stage::new(&spec.model, specs[other].clone(), &device)?.forward_flops(spec.micro_batch, spec.seq),
-            None => 0.0,
+        let shadow_flops = match spec.recovery.shadow_forward(s, spec.stages) {
+            Some(other) => {
+                Some(Stage::new(&spec.model, specs[other].clone(), &device)?.forward_flops(spec.micro_batch, spec.seq))
+            }
+            None => None,
         };
+        let kept = spec.recovery.copies(spec.stages).into_iter().filter(|c| c.of == s || c.at == s).collect();
         let params = stage.params().clone();
         let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
         let shapes = params.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
@@ -219,7 +224,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), spec.peer_timeout, format!("s{s}r{r}"));
         let mut w = Self {
             fwd_flops: stage.forward_flops(spec.micro_batch, spec.seq),
-            successor_flops,
+            shadow_flops,
+            kept,
             last: s + 1 == spec.stages,
             pending_failures: spec.world.failures.failures.clone(),
             ctx,
@@ -528,7 +534,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         if step == 0 {
             return Ok(Vec::new());
         }
-        let lazy = self.spec.recovery.copies(self.spec.stages).iter().any(|c| c.of == of && c.at == self.s && !c.wait);
+        let lazy = self.kept.iter().any(|c| c.of == of && c.at == self.s && !c.wait);
         if lazy {
             self.refresh_copy(of, step - 1, true).await?;
         }
@@ -565,13 +571,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     /// After a step: the copies the recovery strategy keeps — send this stage's state where it is kept,
     /// then take the copies this worker keeps (waiting for them, or picking them up as they arrive).
     async fn keep_copies(&mut self, step: u64) -> Result<()> {
-        let due: Vec<KeptCopy> = self
-            .spec
-            .recovery
-            .copies(self.spec.stages)
-            .into_iter()
-            .filter(|c| (step + 1).is_multiple_of(c.every))
-            .collect();
+        let due: Vec<KeptCopy> = self.kept.iter().copied().filter(|c| (step + 1).is_multiple_of(c.every)).collect();
         let me = self.s;
         for c in due.iter().filter(|c| c.of == me) {
             let mut tensors = self.local_weights()?;
@@ -653,9 +653,9 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 Input::Hidden(h) => self.stage.forward(StageInput::Hidden(h.as_tensor()))?,
             };
             self.ctx.compute(self.fwd_flops).await;
-            if spec.recovery.shadow_forward(s, stages).is_some() {
+            if let Some(flops) = self.shadow_flops {
                 // Another stage's forward pass, run again here on the copy this worker keeps.
-                self.ctx.compute(self.successor_flops).await;
+                self.ctx.compute(flops).await;
             }
             let input_var = match input {
                 Input::Hidden(h) => Some(h),
