@@ -61,23 +61,9 @@ impl Plug {
             .map_err(|e| anyhow!("{} settings: {}", self.kind, e.to_string().trim()))
     }
 
-    /// An integer setting, if given.
+    /// An integer setting, if given (for conventions every protocol may follow, such as `every`).
     pub fn int(&self, name: &str) -> Option<i64> {
         self.settings.get(name).and_then(toml::Value::as_integer)
-    }
-
-    /// A number setting, if given (integers too).
-    pub fn number(&self, name: &str) -> Option<f64> {
-        match self.settings.get(name)? {
-            toml::Value::Float(f) => Some(*f),
-            toml::Value::Integer(i) => Some(*i as f64),
-            _ => None,
-        }
-    }
-
-    /// A boolean setting, if given.
-    pub fn flag(&self, name: &str) -> Option<bool> {
-        self.settings.get(name).and_then(toml::Value::as_bool)
     }
 }
 
@@ -219,20 +205,22 @@ impl Registry {
         table.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
     }
 
-    /// Builds arm `field`'s synchronisation.
-    pub fn build_sync(&self, plug: &Plug, ctx: &PlugContext<'_>) -> Result<Arc<dyn OuterSync>> {
-        match self.sync.get(&plug.kind) {
+    /// Builds `plug` from `table`; an unknown name is an error listing the known ones.
+    fn build<T>(table: &BTreeMap<String, Ctor<T>>, plug: &Plug, ctx: &PlugContext<'_>) -> Result<T> {
+        match table.get(&plug.kind) {
             Some(build) => build(plug, ctx),
-            None => bail!("{:?} is not one of {}", plug.kind, Self::names(&self.sync)),
+            None => bail!("{:?} is not one of {}", plug.kind, Self::names(table)),
         }
+    }
+
+    /// Builds an arm's synchronisation.
+    pub fn build_sync(&self, plug: &Plug, ctx: &PlugContext<'_>) -> Result<Arc<dyn OuterSync>> {
+        Self::build(&self.sync, plug, ctx)
     }
 
     /// Builds an arm's router.
     pub fn build_routing(&self, plug: &Plug, ctx: &PlugContext<'_>) -> Result<Arc<dyn Router>> {
-        match self.routing.get(&plug.kind) {
-            Some(build) => build(plug, ctx),
-            None => bail!("{:?} is not one of {}", plug.kind, Self::names(&self.routing)),
-        }
+        Self::build(&self.routing, plug, ctx)
     }
 
     /// Builds an arm's recovery: a recovery strategy, or a rebuild protocol with the run's fallback.

@@ -70,7 +70,10 @@ impl TrainingStudy for SkipPipeStudy {
 
 /// The fraction of the stages an arm's micro-batches skip (0 unless it routes with SkipPipe).
 fn skip_ratio(a: &ArmConfig) -> f64 {
-    if a.routing.kind == "skippipe" { a.routing.number("skip_ratio").unwrap_or(0.0) } else { 0.0 }
+    if a.routing.kind != "skippipe" {
+        return 0.0;
+    }
+    a.routing.settings::<skippipe::Scheduling>().map_or(0.0, |s| s.skip_ratio)
 }
 
 impl Findings for SkipPipeStudy {
