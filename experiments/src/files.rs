@@ -55,24 +55,6 @@ pub(crate) fn check_run_name(field: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Replaces `path` with what `write` puts at a temporary path beside it that keeps `path`'s extension
-/// (for writers that pick the format by it), then renames it into place: a reader sees the old file or
-/// the whole new one, and a failed write leaves neither a partial file nor the temporary one.
-pub(crate) fn replace_via(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{stem}.tmp-{}-{call}.{ext}", std::process::id()));
-    let result = write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// The output folder: `out` if given, else `runs/<name>-<unix time>`; created if missing.
 pub(crate) fn out_dir(out: Option<PathBuf>, name: &str) -> Result<PathBuf> {
     let out = out.unwrap_or_else(|| {
@@ -136,24 +118,6 @@ mod tests {
         assert!(err.contains("holds a run already") && err.contains("--force"), "{err}");
         assert!(fresh_out_dir(Some(run.clone()), "x", true).is_ok());
         assert_eq!(std::fs::read_to_string(run.join("report.md"))?, "old", "nothing is touched by the check");
-        Ok(())
-    }
-
-    #[test]
-    fn a_failed_replacement_leaves_the_old_file_and_no_temporary() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("plot.png");
-        std::fs::write(&path, "old")?;
-        let failed = replace_via(&path, |tmp| {
-            assert_eq!(tmp.extension().and_then(|e| e.to_str()), Some("png"), "the format's extension is kept");
-            std::fs::write(tmp, "half")?;
-            anyhow::bail!("disk full")
-        });
-        assert!(failed.is_err());
-        assert_eq!(std::fs::read_to_string(&path)?, "old");
-        assert_eq!(std::fs::read_dir(dir.path())?.count(), 1);
-        replace_via(&path, |tmp| Ok(std::fs::write(tmp, "new")?))?;
-        assert_eq!(std::fs::read_to_string(&path)?, "new");
         Ok(())
     }
 }

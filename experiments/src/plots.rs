@@ -6,7 +6,8 @@ use std::path::Path;
 
 use std::sync::OnceLock;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
+use transport::fsutil::replace_with;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -24,7 +25,6 @@ fn font() -> Result<()> {
     if ok { Ok(()) } else { Err(anyhow!("the bundled plot font could not be loaded")) }
 }
 
-use crate::files::replace_via;
 use crate::report::ArmResult;
 
 const COLORS: [RGBColor; 10] = [
@@ -61,14 +61,18 @@ fn plot_with(
     let err = |e: &dyn std::fmt::Display| anyhow!("plot {}: {e}", path.display());
     font()?;
     // Each file is drawn beside its place and renamed into it: never a half-written plot.
-    replace_via(&path.with_extension("svg"), |svg| {
-        draw(SVGBackend::new(svg, (900, 560)).into_drawing_area(), title, x_label, y_label, lines, floor)
-            .map_err(|e| err(&e))
-    })?;
-    replace_via(&path.with_extension("png"), |png| {
-        draw(BitMapBackend::new(png, (900, 560)).into_drawing_area(), title, x_label, y_label, lines, floor)
+    let svg = path.with_extension("svg");
+    replace_with(&svg, |tmp| {
+        draw(SVGBackend::new(tmp, (900, 560)).into_drawing_area(), title, x_label, y_label, lines, floor)
             .map_err(|e| err(&e))
     })
+    .with_context(|| format!("cannot write {}", svg.display()))?;
+    let png = path.with_extension("png");
+    replace_with(&png, |tmp| {
+        draw(BitMapBackend::new(tmp, (900, 560)).into_drawing_area(), title, x_label, y_label, lines, floor)
+            .map_err(|e| err(&e))
+    })
+    .with_context(|| format!("cannot write {}", png.display()))
 }
 
 fn draw<DB: DrawingBackend>(

@@ -23,12 +23,14 @@ pub fn read_text_bounded(path: &Path, max: u64) -> std::io::Result<String> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("is not UTF-8 text: {e}")))
 }
 
-/// A temporary name beside `path` to write under: unique to this process and call.
+/// A temporary name beside `path` to write under: unique to this process and call, and ending in
+/// `path`'s extension (for writers that pick a format by it, such as image encoders).
 fn temporary(path: &Path) -> PathBuf {
     static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}-{call}", std::process::id()))
+    let stem = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!(".{stem}.tmp-{}-{call}{ext}", std::process::id()))
 }
 
 /// Replaces `path` with whatever `write` puts at the temporary path it is given (beside `path`, so the
@@ -119,6 +121,7 @@ mod tests {
         let path = dir.path().join("f.txt");
         write_atomic(&path, b"old", false)?;
         let failed: std::io::Result<()> = replace_with(&path, |tmp| {
+            assert_eq!(tmp.extension().and_then(|e| e.to_str()), Some("txt"), "the extension is kept");
             std::fs::write(tmp, b"half")?;
             Err(std::io::Error::other("interrupted"))
         });
