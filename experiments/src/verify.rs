@@ -215,7 +215,8 @@ fn describe(d: &DisputeRecord, steps: u64, positions: u64) -> String {
 
 /// `swarmlab verify`.
 pub(crate) fn verify(model: &str, steps: u64, trainers: Vec<TrainerSpec>, deadline_s: f64) -> Result<()> {
-    check_steps(steps)?;
+    // The program first: its length is checked before the default trainers are made from it.
+    let program = program(model, steps, Backend::RepOps)?;
     let trainers = if trainers.is_empty() {
         let mid = steps.div_ceil(2);
         ["honest", &format!("perturb-op@{mid}:17"), &format!("lazy@{}", steps.min(mid + 1)), "honest"]
@@ -228,7 +229,6 @@ pub(crate) fn verify(model: &str, steps: u64, trainers: Vec<TrainerSpec>, deadli
     if !(deadline_s > 0.0 && deadline_s.is_finite()) {
         bail!("--deadline-s must be a positive number of seconds");
     }
-    let program = program(model, steps, Backend::RepOps)?;
     let began = Instant::now();
     let setup = Setup::new(program, Duration::from_secs_f64(deadline_s))?;
     let params = setup.program.model.param_count();

@@ -57,7 +57,7 @@ mod limits {
 }
 
 /// Checks that `value` of `field` lies in `range`; the error states the range.
-fn in_range<T: PartialOrd + std::fmt::Display>(field: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<()> {
+pub(crate) fn in_range<T: PartialOrd + std::fmt::Display>(field: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<()> {
     if !range.contains(&value) {
         bail!("invalid {field}: {value} is outside [{}, {}]", range.start(), range.end());
     }
@@ -318,9 +318,6 @@ impl RunConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         self.check_sizes()?;
         for (i, arm) in self.arms.iter().enumerate() {
-            if !(arm.failure_rate.is_finite() && (0.0..1.0).contains(&arm.failure_rate)) {
-                bail!("invalid arms[{i}].failure_rate: {} must be in [0, 1)", arm.failure_rate);
-            }
             if arm.routing.kind == "skippipe" && self.geo.is_none() {
                 bail!("invalid arms[{i}].routing ({:?}): \"skippipe\" needs a [geo] swarm to schedule on", arm.label);
             }
@@ -378,6 +375,9 @@ impl RunConfig {
             in_range(&format!("arms[{i}].stages"), arm.stages, limits::STAGES)?;
             in_range(&format!("arms[{i}].replicas"), arm.replicas, limits::REPLICAS)?;
             in_range(&format!("arms[{i}] workers (stages x replicas)"), arm.stages * arm.replicas, limits::WORKERS)?;
+            if !(arm.failure_rate.is_finite() && (0.0..1.0).contains(&arm.failure_rate)) {
+                bail!("invalid arms[{i}].failure_rate: {} must be in [0, 1)", arm.failure_rate);
+            }
             if let Some(j) = self.arms[..i].iter().position(|a| a.label == arm.label) {
                 bail!("invalid arms[{i}].label: {:?} is already the label of arms[{j}]", arm.label);
             }

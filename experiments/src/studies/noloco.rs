@@ -13,7 +13,7 @@ use noloco::{DiLoCo, NoLoCo};
 use pipeline::Collective;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ArmConfig, NetworkConfig, RunConfig};
+use crate::config::{ArmConfig, NetworkConfig, RunConfig, in_range};
 use crate::files::write_atomic;
 use crate::plugs::Plug;
 use crate::report::{Claim, Verdict};
@@ -314,21 +314,17 @@ impl ScaleConfig {
         if self.replicas.is_empty() || self.replicas.len() > 64 {
             bail!("invalid scale.replicas: list 1 to 64 swarm sizes");
         }
-        if !(1..=1024).contains(&self.group_size) {
-            bail!("invalid scale.group_size: {} is outside [1, 1024]", self.group_size);
-        }
+        in_range("scale.group_size", self.group_size, 1..=1024)?;
         if let Some(&r) = self.replicas.iter().find(|&&r| !(2..=65_536).contains(&r) || !r.is_multiple_of(self.group_size)) {
             bail!("invalid scale.replicas: {r} must be in [2, 65536] and a multiple of group_size {}", self.group_size);
         }
-        if !(1..=(1 << 24)).contains(&self.simulated_values) {
-            bail!("invalid scale.simulated_values: {} is outside [1, 16777216]", self.simulated_values);
-        }
+        in_range("scale.simulated_values", self.simulated_values, 1..=(1 << 24))?;
         Ok(())
     }
 
-    /// Checks every measurement it asks for.
+    /// Checks every measurement it asks for (its sizes passed [`ScaleConfig::check_sizes`] already,
+    /// with the rest of the run's).
     pub(crate) fn validate(&self, seed: u64) -> Result<()> {
-        self.check_sizes()?;
         for &r in &self.replicas {
             for method in self.methods() {
                 self.spec(r, method, seed).check().context("invalid scale")?;
