@@ -103,6 +103,9 @@ pub(crate) fn program(model: &str, steps: u64, backend: Backend) -> Result<Progr
 /// state hash), so lengths are capped where that stays a few hours on a small machine.
 const STEPS: std::ops::RangeInclusive<u64> = 1..=65_536;
 
+/// The longest a trainer may be given to answer the referee, in seconds (a million: eleven days).
+const MAX_DEADLINE_S: f64 = 1e6;
+
 fn check_steps(steps: u64) -> Result<()> {
     if !STEPS.contains(&steps) {
         bail!("--steps {steps} is outside [{}, {}]", STEPS.start(), STEPS.end());
@@ -226,8 +229,8 @@ pub(crate) fn verify(model: &str, steps: u64, trainers: Vec<TrainerSpec>, deadli
     } else {
         trainers
     };
-    if !(deadline_s > 0.0 && deadline_s.is_finite()) {
-        bail!("--deadline-s must be a positive number of seconds");
+    if !(deadline_s > 0.0 && deadline_s <= MAX_DEADLINE_S) {
+        bail!("--deadline-s {deadline_s} must be a positive number of seconds, at most {MAX_DEADLINE_S}");
     }
     let began = Instant::now();
     let setup = Setup::new(program, Duration::from_secs_f64(deadline_s))?;

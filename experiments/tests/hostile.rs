@@ -136,6 +136,11 @@ fn sapo_and_verify_flags_say_what_is_wrong() -> TestResult {
     let mut honest = swarmlab();
     honest.args(["verify", "--trainer", "honest@3"]);
     refused(honest, &["honest takes no @STEP"])?;
+    for deadline in ["1e300", "nan", "-1"] {
+        let mut late = swarmlab();
+        late.args(["verify", "--steps", "2", &format!("--deadline-s={deadline}")]);
+        refused(late, &["--deadline-s"])?;
+    }
     Ok(())
 }
 
