@@ -101,6 +101,8 @@ fn config() -> impl Strategy<Value = String> {
         6 => Just(String::new()),
         1 => (number(), number()).prop_map(|(n, p)| format!("[recovery]\ncheckpoint_every = {n}\nprotect = [{p}]\n")),
         1 => (number(), number()).prop_map(|(r, g)| format!("[scale]\nreplicas = [{r}0]\ngroup_size = {g}\n")),
+        1 => (real(), real(), real())
+            .prop_map(|(l, b, s)| format!("[scale]\nlatency_ms = [0.0, {l}e3]\nmbit_per_s = [1.0, {b}e4]\narrival_spread_s = {s}\n")),
         1 => number().prop_map(|n| format!("[corpus.synthetic]\ntrain_tokens = {n}000\n")),
     ];
     (top, network, arms, extra).prop_map(|(top, (latency, mbit), arms, extra)| {

@@ -71,6 +71,8 @@ fn numbers_that_panicked_or_ran_at_zero_are_named_errors() -> TestResult {
         ("[corpus]\nval_fraction = 0.5\n", "corpus.val_fraction"),
         ("[recovery]\nprotect = [99]\n", "recovery.protect"),
         ("[scale]\ngroup_size = 0\n", "scale.group_size"),
+        ("[scale]\nreplicas = [8]\narrival_spread_s = 1e300\n", "scale.arrival_spread_s"),
+        ("[scale]\nreplicas = [8]\nlatency_ms = [20.0, inf]\n", "scale.links"),
         ("name = \"../../escape\"\n", "invalid name"),
         ("name = \"/tmp/absolute\"\n", "invalid name"),
     ] {
@@ -285,5 +287,26 @@ fn an_interrupted_launch_stops_its_nodes_and_still_reports() -> TestResult {
     let report = std::fs::read_to_string(run.join("report.md"))?;
     assert!(report.contains("interrupted"), "{report}");
     assert!(run.join("launch.h5").is_file() && run.join("launch.log").is_file());
+    Ok(())
+}
+
+/// A run.h5 whose numbers were tampered with still rewrites: a wall time too large for a duration does
+/// not panic `swarmlab report`.
+#[test]
+fn a_tampered_run_log_rewrites_without_panicking() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let text = "steps = 1\nmicro_batches = 1\nmicro_batch = 2\nseq = 16\neval_every = 1\neval_batches = 1\n\
+                [corpus.synthetic]\ntrain_tokens = 4096\nval_tokens = 512\n\
+                [[arms]]\nlabel = \"a\"\nstages = 1\nreplicas = 1\n";
+    assert!(bounded(run_config(dir.path(), text)?)?.status.success());
+    let out = dir.path().join("out");
+    {
+        let file = hdf5::File::open_rw(out.join("run.h5"))?;
+        file.group("arms")?.group("0")?.attr("wall_s")?.write_scalar(&1e300f64)?;
+    }
+    let mut report = swarmlab();
+    report.arg("report").arg(&out);
+    let done = bounded(report)?;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     Ok(())
 }

@@ -23,11 +23,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use transport::PeerId;
-use transport::sim::LinkSpec;
+use transport::sim::{LATENCY_MS, LinkSpec, MBIT_PER_S};
 
 use crate::diloco::DiLoCo;
 use crate::gossip::NoLoCo;
 use pipeline::{Error, Result};
+
+/// The widest spread of the replicas' arrivals at a round, in seconds (a million: eleven days).
+pub const MAX_ARRIVAL_SPREAD_S: f64 = 1e6;
 
 /// How the replicas synchronise in the scale study.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,14 +124,25 @@ impl ScaleSpec {
         }
         let (l0, l1) = self.links.latency_ms;
         let (b0, b1) = self.links.mbit_per_s;
-        if !(l0.is_finite() && l0 >= 0.0 && l1 >= l0 && b0.is_finite() && b0 > 0.0 && b1 >= b0) {
+        // Both ends of each range are configured link numbers: finite and within the links' ranges.
+        let links_ok = [l0, l1].iter().all(|l| LATENCY_MS.contains(l)) && [b0, b1].iter().all(|b| MBIT_PER_S.contains(b));
+        if !(links_ok && l1 >= l0 && b1 >= b0) {
             return Err(Error::config(
                 "scale.links",
-                "latency and bandwidth ranges must be ordered, bandwidth positive",
+                format!(
+                    "latency {l0}–{l1} ms and bandwidth {b0}–{b1} Mbit/s must be ordered ranges within [{}, {}] ms and [{}, {}] Mbit/s",
+                    LATENCY_MS.start(),
+                    LATENCY_MS.end(),
+                    MBIT_PER_S.start(),
+                    MBIT_PER_S.end()
+                ),
             ));
         }
-        if !(self.arrival_spread_s.is_finite() && self.arrival_spread_s >= 0.0) {
-            return Err(Error::config("scale.arrival_spread_s", "must be zero or positive"));
+        if !(0.0..=MAX_ARRIVAL_SPREAD_S).contains(&self.arrival_spread_s) {
+            return Err(Error::config(
+                "scale.arrival_spread_s",
+                format!("{} is outside [0, {MAX_ARRIVAL_SPREAD_S}] seconds", self.arrival_spread_s),
+            ));
         }
         if let Some(a) = self.absent.iter().find(|&&a| a >= self.replicas) {
             return Err(Error::config("scale.absent", format!("replica {a} does not exist")));
@@ -299,6 +313,22 @@ mod tests {
         let shard = 4.0 * 25e6;
         assert!((ring.bytes_per_worker / shard - 2.0 * 15.0 / 16.0).abs() < 0.1, "{ring:?}");
         assert!((gossip.bytes_per_worker / shard - 2.0).abs() < 0.1, "{gossip:?}");
+    }
+
+    #[test]
+    fn numbers_that_would_overflow_a_duration_are_refused() {
+        let base = small(8, SyncMethod::RingAllReduce);
+        let bad = [
+            ScaleSpec { links: InternetLinks { latency_ms: (20.0, f64::INFINITY), ..base.links }, ..base.clone() },
+            ScaleSpec { links: InternetLinks { mbit_per_s: (100.0, f64::INFINITY), ..base.links }, ..base.clone() },
+            ScaleSpec { links: InternetLinks { latency_ms: (f64::NAN, 1.0), ..base.links }, ..base.clone() },
+            ScaleSpec { arrival_spread_s: 1e300, ..base.clone() },
+            ScaleSpec { arrival_spread_s: f64::NAN, ..base.clone() },
+        ];
+        for spec in bad {
+            assert!(spec.check().is_err(), "{spec:?} accepted");
+        }
+        assert!(base.check().is_ok());
     }
 
     #[test]

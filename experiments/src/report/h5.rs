@@ -182,5 +182,6 @@ pub(crate) fn rewrite(run_dir: &Path) -> Result<()> {
     let wall = results.iter().map(|r| r.wall_s).filter(|w| w.is_finite()).sum::<f64>();
     let parts = Parts { scale, skip: crate::studies::skippipe::read_results(run_dir)? };
     let run = RunView { cfg: &cfg, corpus: &corpus, results: &results, parts: &parts };
-    super::write_run(run_dir, &run, Duration::from_secs_f64(wall))
+    // Wall times come from the file: a sum too large (or not a number) for a duration reads as zero.
+    super::write_run(run_dir, &run, Duration::try_from_secs_f64(wall).unwrap_or_default())
 }
