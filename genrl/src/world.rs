@@ -6,7 +6,6 @@
 //! Vocabulary: a *profile* is simulated hardware (it sets compute time in virtual time); the real device
 //! the tensors live on (CPU or a GPU) is a `candle_core::Device`, and many simulated agents share it.
 
-use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -123,13 +122,14 @@ impl World {
         Ok(r.table.link(region(i)?, region(j)?).unwrap_or(self.link))
     }
 
-    /// Time to send `bytes` from agent `i` to agent `j`: latency plus bytes over bandwidth (zero to itself).
-    pub fn transfer_time(&self, i: usize, j: usize, bytes: usize) -> Result<Duration> {
+    /// Seconds to send `bytes` from agent `i` to agent `j`: latency plus bytes over bandwidth, each in
+    /// seconds (zero to itself).
+    pub fn transfer_seconds(&self, i: usize, j: usize, bytes: usize) -> Result<f64> {
         if i == j {
-            return Ok(Duration::ZERO);
+            return Ok(0.0);
         }
         let link = self.link(i, j)?;
-        Ok(link.latency.saturating_add(link.transfer_time(bytes)))
+        Ok(link.latency.as_secs_f64() + link.transfer_time(bytes).as_secs_f64())
     }
 
     /// Checks every profile, the links, the regions and the failures; the error names the field.
@@ -174,8 +174,9 @@ mod tests {
         w.validate()?;
         let speeds: std::collections::BTreeSet<u64> = w.profiles.iter().map(|p| p.flops as u64).collect();
         assert_eq!(speeds.len(), 3, "three kinds of hardware");
-        assert_eq!(w.transfer_time(2, 2, 1 << 20)?, Duration::ZERO);
-        assert!(w.transfer_time(0, 1, 1 << 20)? > w.link(0, 1)?.latency, "bytes take time on top of latency");
+        assert_eq!(w.transfer_seconds(2, 2, 1 << 20)?, 0.0);
+        let latency = w.link(0, 1)?.latency.as_secs_f64();
+        assert!(w.transfer_seconds(0, 1, 1 << 20)? > latency, "bytes take time on top of latency");
         let swapped = w.permuted(&[1, 0])?;
         assert_eq!(swapped.len(), 2);
         assert_eq!((swapped.node(0), swapped.node(1)), (1, 0), "a placed world remembers its nodes");

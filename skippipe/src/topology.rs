@@ -71,17 +71,10 @@ pub fn geo_swarm(nodes: usize, skip_ratio: f64, seed: u64) -> Result<GeoSwarm> {
     Ok(GeoSwarm { world, assignment, instance })
 }
 
-/// Seconds to send `bytes` from every node to every other: latency plus bytes over bandwidth (zero to
-/// itself), summed in seconds.
+/// Seconds to send `bytes` from every node to every other ([`World::transfer_seconds`]).
 fn transfer_matrix(world: &World, bytes: usize) -> Result<Vec<Vec<f64>>> {
     let n = world.len();
-    let seconds = |i: usize, j: usize| -> Result<f64> {
-        if i == j {
-            return Ok(0.0);
-        }
-        let link = world.link(i, j).map_err(pipeline::Error::from)?;
-        Ok(link.latency.as_secs_f64() + link.transfer_time(bytes).as_secs_f64())
-    };
+    let seconds = |i: usize, j: usize| Ok(world.transfer_seconds(i, j, bytes).map_err(pipeline::Error::from)?);
     (0..n).map(|i| (0..n).map(|j| seconds(i, j)).collect()).collect()
 }
 
@@ -171,11 +164,6 @@ impl Assignment {
         self.check(&vec![replicas; stages])?;
         let order: Vec<usize> = (0..stages).flat_map(|k| self.slots(k)).collect();
         Ok(world.permuted(&order).map_err(pipeline::Error::from)?)
-    }
-
-    /// The assignment of a grid already placed in worker order: worker `w` serves stage `w / replicas`.
-    pub fn of_grid(stages: usize, replicas: usize) -> Self {
-        Self { stage_of: (0..stages * replicas).map(|w| w / replicas.max(1)).collect() }
     }
 
     /// The standard pipeline's paths on this assignment: the micro-batches of the data node in slot
