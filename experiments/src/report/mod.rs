@@ -329,7 +329,7 @@ pub(crate) fn write_run(out: &Path, run: &RunView<'_>, wall: Duration) -> Result
     for f in &FINDINGS {
         f.write_files(out, run)?;
     }
-    write_atomic(&out.join("report.md"), markdown(run, &summary.claims, wall).as_bytes())
+    write_atomic(&out.join("report.md"), markdown(run, &summary).as_bytes())
 }
 
 /// `v` formatted by `f`, or a dash.
@@ -337,11 +337,11 @@ pub(crate) fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map_or_else(|| "–".into(), f)
 }
 
-fn markdown(run: &RunView<'_>, claims: &[Claim], wall: Duration) -> String {
+fn markdown(run: &RunView<'_>, summary: &Summary<'_>) -> String {
     let (cfg, corpus, results) = (run.cfg, run.corpus, run.results);
     let mut md = String::new();
     let _ = writeln!(md, "# swarmlab run `{}`\n", cfg.name);
-    let missing = unfinished(run);
+    let missing = &summary.unfinished_arms;
     if !missing.is_empty() {
         let _ = writeln!(
             md,
@@ -407,9 +407,9 @@ fn markdown(run: &RunView<'_>, claims: &[Claim], wall: Duration) -> String {
             r.wall_s
         );
     }
-    if !claims.is_empty() {
+    if !summary.claims.is_empty() {
         let _ = writeln!(md, "\n## Claims\n\n| claim | ours | reproduced |\n|---|---|---|");
-        for c in claims {
+        for c in &summary.claims {
             let verdict = match c.reproduced {
                 Verdict::Yes => "yes",
                 Verdict::Partly => "partly (smaller effect)",
@@ -476,7 +476,7 @@ fn markdown(run: &RunView<'_>, claims: &[Claim], wall: Duration) -> String {
     let _ = writeln!(
         md,
         "\nRaw data: `run.h5` (config, every series, events, scaling points), `metrics.csv` (per step), `summary.json` (headline figures and claims). Plots: the `.svg` files. Total wall time {:.1} s.",
-        wall.as_secs_f64()
+        summary.wall_s
     );
     md
 }
