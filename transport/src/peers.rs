@@ -74,7 +74,7 @@ impl PeerBook {
         self.peers.contains_key(id)
     }
 
-    /// All ids, in order.
+    /// All ids, in ascending `PeerId` order (a node's place in a swarm is its id's rank here).
     pub fn ids(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.peers.keys().copied()
     }

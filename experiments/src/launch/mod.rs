@@ -131,15 +131,10 @@ struct Place {
 fn make_places(dir: &Path, n: usize, behind_relays: bool) -> Result<Vec<Place>> {
     let keys = dir.join("keys");
     std::fs::create_dir_all(&keys).with_context(|| format!("cannot create {}", keys.display()))?;
-    // A node's place is its id's rank in the peers file: rank the ids first, so that node i's key file,
-    // peers-file name and log all say i.
+    // A node's place is its id's rank in the peers file, which lists ids in order: sort the ids first,
+    // so that node i's key file, peers-file name and log all say i.
     let mut identities = (0..n).map(|_| Identity::generate()).collect::<std::result::Result<Vec<_>, _>>()?;
-    let mut ranking = PeerBook::new();
-    for identity in &identities {
-        ranking.insert(identity.peer_id(), free_addr()?, None);
-    }
-    let order: Vec<_> = ranking.ids().collect();
-    identities.sort_by_key(|identity| order.iter().position(|o| *o == identity.peer_id()));
+    identities.sort_by_key(Identity::peer_id);
     let mut book = PeerBook::new();
     let mut places = Vec::new();
     for (i, identity) in identities.iter().enumerate() {
