@@ -53,10 +53,13 @@ fn node_swarm(agents: usize, rounds: u64, top: &str) -> String {
 
 /// Keys for `n` nodes on free loopback ports, and the peers file listing them; returns its path.
 fn node_keys(dir: &std::path::Path, n: usize) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    // Free ports, all bound until every one is read so that none is handed out twice (another process
+    // could still take one before its node binds it; unlikely here).
+    let sockets = (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    let ports = sockets.iter().map(|s| s.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?;
+    drop(sockets);
     let mut peers = String::new();
-    for i in 0..n {
-        // A free port: bound, read and released (another process could take it in between; unlikely here).
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    for (i, port) in ports.into_iter().enumerate() {
         let key = dir.join(format!("node{i}.key"));
         let out = swarmlab().args(["keygen", "--addr", &format!("127.0.0.1:{port}"), "--out"]).arg(&key).output()?;
         let stdout = String::from_utf8(out.stdout)?;

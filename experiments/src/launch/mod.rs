@@ -112,9 +112,12 @@ fn prepare_config(launch: &Launch) -> Result<(String, LinkSpec)> {
     Ok((text, link))
 }
 
-/// A loopback address with a free UDP port (bound, read and released).
-fn free_addr() -> Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+/// `n` distinct loopback addresses with free UDP ports. Every socket stays bound until all `n` are
+/// read, so the system cannot hand one port out twice (a port released at once may come back on the
+/// next bind); they are all released on return.
+fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
+    let sockets = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
+    Ok(sockets.iter().map(UdpSocket::local_addr).collect::<std::io::Result<Vec<_>>>()?)
 }
 
 /// One node of the swarm: its key file, the address the peers file gives for it, and where it really
@@ -135,14 +138,15 @@ fn make_places(dir: &Path, n: usize, behind_relays: bool) -> Result<Vec<Place>> 
     // so that node i's key file, peers-file name and log all say i.
     let mut identities = (0..n).map(|_| Identity::generate()).collect::<std::result::Result<Vec<_>, _>>()?;
     identities.sort_by_key(Identity::peer_id);
+    let mut addrs = free_addrs(if behind_relays { 2 * n } else { n })?.into_iter();
     let mut book = PeerBook::new();
     let mut places = Vec::new();
     for (i, identity) in identities.iter().enumerate() {
         let key = keys.join(format!("node{i}.key"));
         identity.save(&key)?;
-        let listed = free_addr()?;
+        let listed = addrs.next().context("one address per node")?;
         book.insert(identity.peer_id(), listed, Some(format!("node{i}")));
-        let bind = if behind_relays { Some(free_addr()?) } else { None };
+        let bind = if behind_relays { Some(addrs.next().context("one address per relay")?) } else { None };
         places.push(Place { key, listed, bind });
     }
     book.save(dir.join("peers.toml"))?;
