@@ -48,8 +48,8 @@ pub fn stage_failures(
 ) -> Vec<(u64, usize)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xFA11_0E55);
     let mut out = Vec::new();
-    // Step 0 is skipped: a failure before any training is just a late start.
-    for step in 1..steps {
+    // Any step may fail, the first one included, as in the released simulation.
+    for step in 0..steps {
         for stage in 0..stages {
             let hit = rng.random::<f64>() < per_iteration;
             if hit && !protect.contains(&stage) {
@@ -75,6 +75,9 @@ mod tests {
         assert!(a.chunks(2).all(|pair| pair[0].0 == pair[1].0 && pair[0].1 + 1 == pair[1].1), "whole stages fail");
         let protected = stage_failures(0.01, 6, 1, 10_000, &[0, 5], 3);
         assert!(protected.iter().all(|&(_, w)| w != 0 && w != 5));
+        // Every step can fail, the first one too.
+        let always = stage_failures(1.0, 2, 1, 3, &[], 3);
+        assert_eq!(always, vec![(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]);
     }
 
     #[test]

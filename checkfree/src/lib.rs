@@ -25,5 +25,5 @@ mod protocols;
 mod router;
 
 pub use failures::{FailureRate, stage_failures};
-pub use protocols::{CheckFree, CheckFreePlus, NaiveCopy, RandomReinit, weighted_average};
+pub use protocols::{CheckFree, CheckFreePlus, EndStages, NaiveCopy, RandomReinit, SwappedStages, weighted_average};
 pub use router::OutOfOrderRouter;

@@ -64,36 +64,69 @@ fn has_both_neighbours(failed: usize, stages: usize) -> bool {
     failed >= 2 && failed + 3 <= stages
 }
 
+/// How plain CheckFree rebuilds the first and last transformer stages, which have only one transformer
+/// neighbour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndStages {
+    /// Copy the one transformer neighbour (stage 2 for stage 1, `S−3` for `S−2`), as the released code
+    /// does.
+    #[default]
+    Copy,
+    /// Leave them to the run's fallback (checkpoint or re-init): this crate's first rule, kept for
+    /// ablation.
+    Fallback,
+}
+
 /// CheckFree: an intermediate stage is rebuilt as the gradient-norm-weighted average of its two
-/// neighbours, with a fresh optimizer and `lr_scale` times the learning rate. The first and last
-/// transformer stages (and the edge stages) cannot be rebuilt this way: the run's fallback handles them.
+/// neighbours (paper, Eq. 2); the first and last transformer stages copy their one transformer
+/// neighbour (or, with [`EndStages::Fallback`], go to the run's fallback). The rebuilt stage gets a fresh
+/// optimizer at `lr_scale` times the base learning rate. The embedding and head stages have no
+/// transformer neighbour to rebuild from: the run's fallback handles them.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckFree {
-    /// Learning-rate factor of the rebuilt stage (1.2 in the released configs).
+    /// Learning-rate factor of the rebuilt stage, against the base rate (1.1 in the released 124M
+    /// configuration, 1.2 in the 500M one).
     pub lr_scale: f32,
     /// `ε` added to both gradient norms.
     pub eps: f32,
+    /// How the first and last transformer stages are rebuilt.
+    pub ends: EndStages,
 }
 
 impl Default for CheckFree {
     fn default() -> Self {
-        Self { lr_scale: 1.2, eps: 1e-4 }
+        Self { lr_scale: 1.2, eps: 1e-4, ends: EndStages::Copy }
     }
 }
 
 impl StageRebuild for CheckFree {
     fn name(&self) -> String {
-        "CheckFree".into()
+        match self.ends {
+            EndStages::Copy => "CheckFree".into(),
+            EndStages::Fallback => "CheckFree (ends fall back)".into(),
+        }
     }
 
     fn validate(&self, stages: usize, edge_stages: bool, blocks: Option<usize>) -> Result<()> {
-        check_layout("CheckFree", stages, edge_stages, blocks, 5)?;
+        check_layout("CheckFree", stages, edge_stages, blocks, 4)?;
         check_lr_scale(self.lr_scale)
     }
 
     fn donors(&self, failed: usize, stages: usize) -> Option<Vec<Donor>> {
-        has_both_neighbours(failed, stages).then(|| vec![Donor::Stage(failed - 1), Donor::Stage(failed + 1)])
+        let (first, last) = (1, stages.checked_sub(2)?);
+        if has_both_neighbours(failed, stages) {
+            Some(vec![Donor::Stage(failed - 1), Donor::Stage(failed + 1)])
+        } else if self.ends == EndStages::Fallback || first >= last {
+            None
+        } else if failed == first {
+            Some(vec![Donor::Stage(first + 1)])
+        } else if failed == last {
+            Some(vec![Donor::Stage(last - 1)])
+        } else {
+            None
+        }
     }
 
     fn rebuild(
@@ -103,8 +136,9 @@ impl StageRebuild for CheckFree {
         fresh: &BTreeMap<String, Tensor>,
     ) -> Result<BTreeMap<String, Tensor>> {
         match donors {
+            [one] => copy(one, fresh),
             [prev, next] => weighted_average(prev, next, fresh, self.eps),
-            _ => Err(config_error(format!("CheckFree needs two neighbours, got {}", donors.len()))),
+            _ => Err(config_error(format!("CheckFree needs one or two neighbours, got {}", donors.len()))),
         }
     }
 
@@ -121,10 +155,22 @@ fn check_lr_scale(lr_scale: f32) -> Result<()> {
     }
 }
 
-/// CheckFree+: CheckFree for the intermediate stages; the first and last transformer stages are
-/// rebuilt by copying their neighbour (which the [`OutOfOrderRouter`](crate::OutOfOrderRouter) trains
-/// to stand in for them); the embedding and head stages are restored from the copies their neighbours
-/// keep, refreshed every `copy_every` steps.
+/// How CheckFree+ rebuilds the stages that the [`OutOfOrderRouter`](crate::OutOfOrderRouter) swaps with an
+/// end stage (stage 2, partner of stage 1, and `S−3`, partner of `S−2`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwappedStages {
+    /// Copy the swap partner, which has learnt to do their job, as the released code does.
+    #[default]
+    Copy,
+    /// The gradient-norm-weighted average of both neighbours: this crate's first rule, kept for ablation.
+    Average,
+}
+
+/// CheckFree+: each stage of a swapped pair (1 ↔ 2 and `S−3` ↔ `S−2`, which the
+/// [`OutOfOrderRouter`](crate::OutOfOrderRouter) trains to stand in for each other) is rebuilt by copying
+/// its partner; the other intermediate stages as in CheckFree; the embedding and head stages are restored
+/// from the copies their neighbours keep, refreshed every `copy_every` steps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckFreePlus {
@@ -134,17 +180,22 @@ pub struct CheckFreePlus {
     pub eps: f32,
     /// Steps between refreshes of the embedding and head copies.
     pub copy_every: u64,
+    /// How stages 2 and `S−3` (the partners of the end transformer stages) are rebuilt.
+    pub swapped: SwappedStages,
 }
 
 impl Default for CheckFreePlus {
     fn default() -> Self {
-        Self { lr_scale: 1.2, eps: 1e-4, copy_every: 1 }
+        Self { lr_scale: 1.2, eps: 1e-4, copy_every: 1, swapped: SwappedStages::Copy }
     }
 }
 
 impl StageRebuild for CheckFreePlus {
     fn name(&self) -> String {
-        "CheckFree+".into()
+        match self.swapped {
+            SwappedStages::Copy => "CheckFree+".into(),
+            SwappedStages::Average => "CheckFree+ (partners averaged)".into(),
+        }
     }
 
     fn validate(&self, stages: usize, edge_stages: bool, blocks: Option<usize>) -> Result<()> {
@@ -163,6 +214,8 @@ impl StageRebuild for CheckFreePlus {
             f if f == last => vec![Donor::CopyHeldBy(last - 1)],
             1 => vec![Donor::Stage(2)],
             f if f == last - 1 => vec![Donor::Stage(last - 2)],
+            2 if self.swapped == SwappedStages::Copy => vec![Donor::Stage(1)],
+            f if f == last - 2 && self.swapped == SwappedStages::Copy => vec![Donor::Stage(last - 1)],
             f => vec![Donor::Stage(f - 1), Donor::Stage(f + 1)],
         })
     }
@@ -312,14 +365,31 @@ mod tests {
         let cf = CheckFree::default();
         let s = 7; // embedding, five transformer stages, head
         assert_eq!(cf.donors(3, s), Some(vec![Donor::Stage(2), Donor::Stage(4)]));
-        for unrecoverable in [0, 1, 5, 6] {
+        // The first and last transformer stages copy their one transformer neighbour.
+        assert_eq!(cf.donors(1, s), Some(vec![Donor::Stage(2)]));
+        assert_eq!(cf.donors(5, s), Some(vec![Donor::Stage(4)]));
+        for unrecoverable in [0, 6] {
             assert_eq!(cf.donors(unrecoverable, s), None, "stage {unrecoverable}");
         }
+        let old = CheckFree { ends: EndStages::Fallback, ..cf };
+        for unrecoverable in [0, 1, 5, 6] {
+            assert_eq!(old.donors(unrecoverable, s), None, "stage {unrecoverable}");
+        }
+        // Two transformer stages: each copies the other.
+        assert_eq!(cf.donors(1, 4), Some(vec![Donor::Stage(2)]));
+        assert_eq!(cf.donors(2, 4), Some(vec![Donor::Stage(1)]));
         let plus = CheckFreePlus::default();
         assert_eq!(plus.donors(0, s), Some(vec![Donor::CopyHeldBy(1)]));
         assert_eq!(plus.donors(1, s), Some(vec![Donor::Stage(2)]));
+        // The swap partners copy the end stage they stand in for; stage 3 has none and is averaged.
+        assert_eq!(plus.donors(2, s), Some(vec![Donor::Stage(1)]));
+        assert_eq!(plus.donors(3, s), Some(vec![Donor::Stage(2), Donor::Stage(4)]));
+        assert_eq!(plus.donors(4, s), Some(vec![Donor::Stage(5)]));
         assert_eq!(plus.donors(5, s), Some(vec![Donor::Stage(4)]));
         assert_eq!(plus.donors(6, s), Some(vec![Donor::CopyHeldBy(5)]));
+        let averaged = CheckFreePlus { swapped: SwappedStages::Average, ..plus };
+        assert_eq!(averaged.donors(2, s), Some(vec![Donor::Stage(1), Donor::Stage(3)]));
+        assert_eq!(averaged.donors(4, s), Some(vec![Donor::Stage(3), Donor::Stage(5)]));
         assert_eq!(NaiveCopy::default().donors(1, s), None);
         assert_eq!(RandomReinit::default().donors(0, s), None);
         assert_eq!(RandomReinit::default().donors(2, s), Some(vec![]));
@@ -340,7 +410,8 @@ mod tests {
         assert!(CheckFree::default().validate(6, true, Some(1)).is_ok());
         assert!(CheckFree::default().validate(6, false, Some(1)).unwrap_err().to_string().contains("edge_stages"));
         assert!(CheckFree::default().validate(6, true, None).is_err());
-        assert!(CheckFree::default().validate(4, true, Some(1)).is_err());
+        assert!(CheckFree::default().validate(4, true, Some(1)).is_ok());
+        assert!(CheckFree::default().validate(3, true, Some(1)).is_err());
         assert!(CheckFreePlus::default().validate(5, true, Some(1)).is_err());
         assert!(CheckFreePlus { copy_every: 0, ..CheckFreePlus::default() }.validate(6, true, Some(1)).is_err());
         assert!(CheckFree { lr_scale: -1.0, ..CheckFree::default() }.validate(6, true, Some(1)).is_err());

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use checkfree::{CheckFree, CheckFreePlus, OutOfOrderRouter};
+use checkfree::{CheckFree, CheckFreePlus, EndStages, OutOfOrderRouter};
 use genrl::{DeviceProfile, EventKind, World, run_simulation};
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage};
 use models::{ModelConfig, OptimConfig};
@@ -75,13 +75,36 @@ fn an_intermediate_stage_is_rebuilt_from_its_neighbours_deterministically() {
 }
 
 #[test]
-fn end_stages_fall_back_under_plain_checkfree() {
-    // The first transformer stage has only the embedding stage before it.
-    let reinit = run(&spec(1, checkfree(Fallback::ReInit), vec![(3, 1)], Arc::new(FixedRouter)));
+fn end_stages_copy_their_neighbour_and_the_old_rule_falls_back() {
+    // The first transformer stage has only the embedding stage before it: it copies stage 2, and the last
+    // (stage 4) copies stage 3.
+    let copied = run(&spec(1, checkfree(Fallback::ReInit), vec![(3, 1), (5, 4)], Arc::new(FixedRouter)));
+    let got = recoveries(&copied);
+    assert!(got[0].starts_with("s1r0: rebuilt by CheckFree") && got[0].contains("from Stage(2) in"), "{got:?}");
+    assert!(got[1].starts_with("s4r0: rebuilt by CheckFree") && got[1].contains("from Stage(3) in"), "{got:?}");
+    let old = |fallback| -> Arc<dyn Recovery> {
+        let protocol = CheckFree { ends: EndStages::Fallback, ..CheckFree::default() };
+        Arc::new(Rebuild { protocol: Arc::new(protocol), fallback })
+    };
+    let reinit = run(&spec(1, old(Fallback::ReInit), vec![(3, 1)], Arc::new(FixedRouter)));
     assert!(recoveries(&reinit)[0].contains("re-initialised"), "{:?}", recoveries(&reinit));
     let fallback = Fallback::Checkpoint { every: 2, bytes_per_s: 1e6 };
-    let rolled = run(&spec(1, checkfree(fallback), vec![(3, 0)], Arc::new(FixedRouter)));
+    let rolled = run(&spec(1, old(fallback), vec![(3, 0)], Arc::new(FixedRouter)));
     assert!(recoveries(&rolled)[0].contains("restored the step-2 checkpoint"), "{:?}", recoveries(&rolled));
+}
+
+#[test]
+fn a_failure_at_step_zero_is_recovered_like_any_other() {
+    let fallback = Fallback::Checkpoint { every: 2, bytes_per_s: 1e6 };
+    let report = run(&spec(1, checkfree(fallback), vec![(0, 1), (0, 3)], Arc::new(FixedRouter)));
+    let got = recoveries(&report);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].contains("from Stage(2) in") && got[1].contains("from Stage(2) + Stage(4)"), "{got:?}");
+    assert!(losses(&report).iter().all(|l| l.is_finite()));
+    // The head cannot be rebuilt: the run rolls back to the checkpoint taken before step 0.
+    let head = run(&spec(1, checkfree(fallback), vec![(0, 5)], Arc::new(FixedRouter)));
+    assert_eq!(recoveries(&head), ["restored the step-0 checkpoint; redoing 0 steps"]);
+    assert!(losses(&head).iter().all(|l| l.is_finite()));
 }
 
 #[test]
@@ -109,13 +132,15 @@ fn checkfree_plus_copies_the_end_stages_and_restores_the_edges() {
     let plus = || -> Arc<dyn Recovery> {
         Arc::new(Rebuild { protocol: Arc::new(CheckFreePlus::default()), fallback: Fallback::ReInit })
     };
-    let failures = vec![(3, 1), (5, 0), (6, 5)];
+    let failures = vec![(3, 1), (5, 0), (6, 5), (7, 2)];
     let report = run(&spec(1, plus(), failures, Arc::new(OutOfOrderRouter)));
     let got = recoveries(&report);
-    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got.len(), 4, "{got:?}");
     assert!(got[0].contains("from Stage(2)"), "{got:?}");
     assert!(got[1].contains("from CopyHeldBy(1)"), "{got:?}");
     assert!(got[2].contains("from CopyHeldBy(4)"), "{got:?}");
+    // Stage 2 is stage 1's swap partner: it copies stage 1.
+    assert!(got[3].starts_with("s2r0") && got[3].contains("from Stage(1) in"), "{got:?}");
     assert!(losses(&report).iter().all(|l| l.is_finite()));
 }
 

@@ -111,13 +111,15 @@ pub struct AdamW {
     /// Steps since the moments started (the bias correction's `t`); equals `step` unless reset.
     moment_steps: u64,
     moments: BTreeMap<String, (Tensor, Tensor)>,
+    /// Factor on the scheduled learning rate (1 unless set by [`AdamW::set_lr_factor`]).
+    lr_factor: f32,
 }
 
 impl AdamW {
     /// A fresh optimizer (zero moments, step 0).
     pub fn new(cfg: OptimConfig, backend: Backend) -> Result<Self> {
         cfg.validate()?;
-        Ok(Self { cfg, backend, step: 0, moment_steps: 0, moments: BTreeMap::new() })
+        Ok(Self { cfg, backend, step: 0, moment_steps: 0, moments: BTreeMap::new(), lr_factor: 1.0 })
     }
 
     /// Steps taken so far.
@@ -130,10 +132,16 @@ impl AdamW {
         &self.cfg
     }
 
-    /// Scales the learning rate (and its floor) by `factor` from now on.
-    pub fn scale_lr(&mut self, factor: f32) {
-        self.cfg.lr *= factor;
-        self.cfg.min_lr *= factor;
+    /// From now on the learning rate is `factor` times the configured schedule's (its peak and floor
+    /// alike). Setting it again replaces the factor, it does not compound: a stage rebuilt twice runs at
+    /// `factor × base`, as CheckFree's released code recreates the optimizer at `lr_scale × lr` each time.
+    pub fn set_lr_factor(&mut self, factor: f32) {
+        self.lr_factor = factor;
+    }
+
+    /// The learning rate of the next step.
+    pub fn next_lr(&self) -> f32 {
+        self.cfg.lr_at(self.step) * self.lr_factor
     }
 
     /// Applies one update to `params` from `grads` (by name; parameters without a gradient are left alone).
@@ -149,7 +157,7 @@ impl AdamW {
         } else {
             1.0
         };
-        let lr = self.cfg.lr_at(self.step);
+        let lr = self.next_lr();
         self.step += 1;
         self.moment_steps += 1;
         let h = repops::AdamW {
@@ -258,5 +266,20 @@ mod tests {
         assert!(e.to_string().contains("optim.lr"));
         let e = OptimConfig { min_lr: 1.0, lr: 0.1, ..OptimConfig::default() }.validate().unwrap_err();
         assert!(e.to_string().contains("optim.min_lr"));
+    }
+
+    #[test]
+    fn a_learning_rate_factor_replaces_the_last_one_instead_of_compounding() -> Result<()> {
+        let cfg = OptimConfig { lr: 0.5, min_lr: 0.5, warmup_steps: 0, ..OptimConfig::default() };
+        let mut opt = AdamW::new(cfg, Backend::Native)?;
+        assert_eq!(opt.next_lr(), 0.5);
+        opt.set_lr_factor(1.2);
+        assert!((opt.next_lr() - 0.6).abs() < 1e-6);
+        // A second (and third) rebuild: still 1.2 × base, not 1.2² or 1.2³.
+        opt.set_lr_factor(1.2);
+        opt.set_lr_factor(1.2);
+        assert!((opt.next_lr() - 0.6).abs() < 1e-6, "{}", opt.next_lr());
+        assert_eq!(opt.config().lr, 0.5, "the configured schedule is untouched");
+        Ok(())
     }
 }

@@ -368,7 +368,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                     fresh.iter().map(|(n, t)| (self.stage.spec().local_name(n), t.clone())).collect();
                 let rebuilt = recovery.rebuild(s, &received, &local_fresh)?;
                 self.install_tensors(&rebuilt)?;
-                self.optim.scale_lr(recovery.lr_scale());
+                self.optim.set_lr_factor(recovery.lr_scale());
                 let from: Vec<String> = donors.iter().map(|d| format!("{d:?}")).collect();
                 format!("rebuilt by {} from {}", recovery.name(), from.join(" + "))
             }
