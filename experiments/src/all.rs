@@ -82,7 +82,12 @@ fn index(out: &Path, done: &[(&str, f64, Result<()>)], total: f64, quick: bool) 
             None => md.push_str("(no claims table in this report)"),
         }
         md.push('\n');
-        let mut plots: Vec<String> = std::fs::read_dir(&dir)
+        // A study run over several seeds shows the plots of its first seed.
+        let (plot_dir, prefix) = match crate::studies::first_seed(&dir) {
+            Some(first) => (first, format!("{name}/seed-0")),
+            None => (dir, name.to_string()),
+        };
+        let mut plots: Vec<String> = std::fs::read_dir(&plot_dir)
             .map(|entries| {
                 entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.ends_with(".svg")).collect()
             })
@@ -91,7 +96,7 @@ fn index(out: &Path, done: &[(&str, f64, Result<()>)], total: f64, quick: bool) 
         if !plots.is_empty() {
             md.push('\n');
             for p in plots {
-                let _ = writeln!(md, "![{name}: {}]({name}/{p})", p.trim_end_matches(".svg").replace('_', " "));
+                let _ = writeln!(md, "![{name}: {}]({prefix}/{p})", p.trim_end_matches(".svg").replace('_', " "));
             }
         }
     }

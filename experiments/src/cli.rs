@@ -97,6 +97,11 @@ enum Command {
         /// The same study at a smaller scale (a few minutes; for smoke checks).
         #[arg(long)]
         quick: bool,
+        /// Run a training study with this many seeds (run seeds s, s+1, …) and judge each claim on the
+        /// range of its values: 3 by default, 1 with --quick. One folder per seed (`seed-<k>/`) and a
+        /// report over them.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        seeds: Option<u32>,
     },
     /// Verify one training run delegated to several trainers (Verde): each trains the same program on
     /// repops, some dishonestly; conflicting claims are disputed before a referee on the simulated network,
@@ -279,10 +284,11 @@ where
                 None => RunConfig::default(),
             };
             cfg.device = device.unwrap_or(cfg.device);
-            run::run(cfg, run::Output { out, force, allow_large }, quick)
+            run::run(cfg, run::Output { out, force, allow_large }, quick).map(drop)
         }
-        Command::Reproduce { study, output: OutputArgs { out, force }, quick } => {
-            let how = Reproduce { out, quick, device: device.unwrap_or_default(), force, allow_large };
+        Command::Reproduce { study, output: OutputArgs { out, force }, quick, seeds } => {
+            let seeds = seeds.map_or(if quick { 1 } else { 3 }, |s| s as usize);
+            let how = Reproduce { out, quick, device: device.unwrap_or_default(), force, allow_large, seeds };
             match study.as_str() {
                 "all" => all::reproduce_all(&how),
                 name => studies::find(name)?.reproduce(&how),

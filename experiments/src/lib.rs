@@ -13,6 +13,7 @@
 //! | `run` | `swarmlab run`: the arms, then every study's measurements, files written after each part |
 //! | `needs` | a run's memory and time, estimated from its configuration before it starts |
 //! | `studies` | the studies wing: one module per study (preset, config part, claims, report section) and the registry |
+//! | `claims` | a paper's claim, the figure it is judged on, and its verdict over seeds |
 //! | `report` | what every run writes: config.toml, metrics.csv, summary.json, run.h5, report.md, plots |
 //! | `files` | atomic writes, output folders, HDF5 text and event lines |
 //! | `all` | `reproduce all` and `swarmlab readme` |
@@ -23,6 +24,7 @@
 //! | `world` | the world arms train on: uniform, or the `[geo]` swarm placed on the grid |
 
 mod all;
+mod claims;
 pub mod cli;
 mod config;
 mod files;

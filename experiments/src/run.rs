@@ -12,7 +12,7 @@ use models::data::{Corpus, SyntheticLanguage, load_text};
 
 use crate::config::RunConfig;
 use crate::files::fresh_out_dir;
-use crate::report::{ArmResult, write_run};
+use crate::report::{ArmResult, Claim, write_run};
 use crate::studies::{FINDINGS, Parts, RunView, TrainedArm};
 
 /// The corpus a configuration trains on: its text file or folder, else the synthetic language.
@@ -66,10 +66,10 @@ pub(crate) struct Output {
     pub(crate) allow_large: bool,
 }
 
-/// Runs `cfg` (shortened by [`RunConfig::quick`] if `quick`) into its output folder and prints where its
-/// report is. An interrupted run writes what it finished, says in report.md and summary.json which arms
-/// did not, and returns an error.
-pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<()> {
+/// Runs `cfg` (shortened by [`RunConfig::quick`] if `quick`) into its output folder, prints where its
+/// report is and returns the claims it speaks to. An interrupted run writes what it finished, says in
+/// report.md and summary.json which arms did not, and returns an error.
+pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<Vec<Claim>> {
     if quick {
         cfg = cfg.quick();
         cfg.validate()?;
@@ -80,7 +80,7 @@ pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<()>
     let device = cfg.device.resolve()?;
     if cfg.network.transport == genrl::TransportKind::Quic {
         let out = fresh_out_dir(output.out, &cfg.name, output.force)?;
-        return crate::launch::run_over_quic(&cfg, &out);
+        return crate::launch::run_over_quic(&cfg, &out).map(|()| Vec::new());
     }
     // Everything that can be refused is checked before the output folder is made.
     let corpus = Arc::new(corpus(&cfg)?);
@@ -146,5 +146,5 @@ pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<()>
     if unfinished > 0 {
         anyhow::bail!("interrupted: {unfinished} of {} arms did not run (report.md lists them)", cfg.arms.len());
     }
-    Ok(())
+    Ok(crate::studies::claims(&RunView { cfg: &cfg, corpus: &corpus, results: &results, parts: &parts }))
 }

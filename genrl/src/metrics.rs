@@ -91,6 +91,26 @@ impl MetricsLog {
         by_step.into_iter().map(|(k, (sum, n))| (k, sum / n as f64)).collect()
     }
 
+    /// The `n`-th samples of `name` of every agent, taken together for each `n`: `(time, step, mean)`,
+    /// with the latest of their times and the first agent's step. For a figure each agent measures once
+    /// per occasion (each replica's validation loss), this is the mean per occasion in time order, even
+    /// where an occasion repeats a step (steps trained again after a rollback).
+    pub fn mean_by_occasion(&self, name: &str) -> Vec<(Duration, u64, f64)> {
+        let mut by_agent: BTreeMap<Option<u32>, Vec<&Sample>> = BTreeMap::new();
+        for s in self.series(name) {
+            by_agent.entry(s.agent).or_default().push(s);
+        }
+        let occasions = by_agent.values().map(Vec::len).max().unwrap_or(0);
+        (0..occasions)
+            .map(|n| {
+                let at: Vec<&Sample> = by_agent.values().filter_map(|v| v.get(n).copied()).collect();
+                let time = at.iter().map(|s| s.time).max().unwrap_or_default();
+                let mean = at.iter().map(|s| s.value).sum::<f64>() / at.len() as f64;
+                (time, at[0].step, mean)
+            })
+            .collect()
+    }
+
     /// Events of one kind.
     pub fn events_of(&self, kind: &EventKind) -> Vec<&Event> {
         self.events.iter().filter(|e| &e.kind == kind).collect()
@@ -146,6 +166,12 @@ mod tests {
         m.event(t, Some(1), EventKind::Failure, "crashed");
         let log = m.clone().snapshot();
         assert_eq!(log.mean_by_step("loss"), vec![(1, 3.0), (2, 1.0)]);
+        let later = Duration::from_millis(7);
+        m.record("loss", Some(1), 2, later, 3.0);
+        m.record("loss", Some(0), 1, later, 5.0);
+        let occasions = m.clone().snapshot().mean_by_occasion("loss");
+        // Agent 0 measured steps 1, 2, 1 (a rollback); agent 1 steps 1, 2.
+        assert_eq!(occasions, vec![(t, 1, 3.0), (later, 2, 2.0), (later, 1, 5.0)]);
         assert_eq!(log.agent_series("loss", 0).len(), 2);
         assert_eq!(log.last("loss"), Some(1.0));
         assert_eq!(log.events_of(&EventKind::Failure).len(), 1);

@@ -51,6 +51,10 @@ pub struct PipelineSpec {
     pub eval_every: u64,
     /// Validation batches (of `micro_batch` sequences) per evaluation.
     pub eval_batches: usize,
+    /// Evaluate every replica's row of stages, not only replica 0's: each row's last stage records its
+    /// `val_loss`, so the loss by step is the mean over the replicas (as NoLoCo's released code reports
+    /// validation perplexity averaged over its replicas). Costs `replicas` times the evaluation compute.
+    pub eval_all_replicas: bool,
     /// If set, the most steps any worker has completed so far, for progress displays.
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Longest a worker waits for a message its protocol needs before giving up with an error.
@@ -87,6 +91,7 @@ impl PipelineSpec {
             recovery: Arc::new(CheckpointRestart::default()),
             eval_every: 0,
             eval_batches: 2,
+            eval_all_replicas: false,
             progress: None,
             peer_timeout: Duration::from_secs(600),
             late_join: false,

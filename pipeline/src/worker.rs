@@ -91,7 +91,9 @@ pub async fn run_worker<T: Transport, C: Clock>(
     let mut w = Worker::new(ctx, spec, corpus)?;
     let spec = w.spec.clone();
     let (s, r) = (w.s, w.r);
-    let eval_set = if spec.eval_every > 0 && r == 0 && s == 0 {
+    // The rows that evaluate: replica 0's, or every replica's.
+    let evaluates = r == 0 || spec.eval_all_replicas;
+    let eval_set = if spec.eval_every > 0 && evaluates && s == 0 {
         eval_batches(&w.corpus.val, spec.eval_batches, spec.micro_batch, spec.seq, &w.device)?
     } else {
         Vec::new()
@@ -119,8 +121,8 @@ pub async fn run_worker<T: Transport, C: Clock>(
             w.ctx.clock.sleep(w.state_io_time(bytes_per_s)).await;
         }
         let evaluating = spec.eval_every > 0 && (step.is_multiple_of(spec.eval_every) || step == spec.steps);
-        if evaluating && r == 0 {
-            let next = (!w.last).then(|| w.peer(s + 1, 0));
+        if evaluating && evaluates {
+            let next = (!w.last).then(|| w.peer(s + 1, r));
             evaluate(&w.ctx, &w.stage, &mut w.mail, &eval_set, spec.eval_batches, step, w.fwd_flops, next).await?;
         }
         if let Some(probe) = &probe
@@ -737,8 +739,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     }
 }
 
-/// Runs the validation batches forward through replica 0's row of stages (`next`: the next stage's
-/// replica 0, if any); the last stage records `val_loss`, the mean over the batches, at `step`.
+/// Runs the validation batches forward through one replica's row of stages (`next`: the next stage's
+/// worker of that row, if any); the last stage records `val_loss`, the mean over the batches, at `step`.
 #[allow(clippy::too_many_arguments)]
 async fn evaluate<T: Transport, C: Clock>(
     ctx: &AgentCtx<T, C>,

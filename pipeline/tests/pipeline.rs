@@ -137,6 +137,31 @@ fn a_2x2_grid_learns_and_is_deterministic() -> Result<()> {
 }
 
 #[test]
+fn every_replica_can_be_evaluated_and_the_loss_is_their_mean() -> Result<()> {
+    let corpus = corpus();
+    // Independent replicas on different data drift apart, so their validation losses differ.
+    let independent = PipelineSpec { eval_every: 5, sync: Arc::new(pipeline::Independent), ..spec(2, 2, 10) };
+    let first = run_simulation(run_simulated(&independent, corpus.clone()))??;
+    let all = run_simulation(run_simulated(&PipelineSpec { eval_all_replicas: true, ..independent }, corpus))??;
+    let rows = |r: &pipeline::RunReport| {
+        let mut agents: Vec<_> = r.metrics.series("val_loss").iter().map(|s| s.agent).collect();
+        agents.sort();
+        agents.dedup();
+        agents.len()
+    };
+    assert_eq!((rows(&first), rows(&all)), (1, 2), "one evaluating row, then both");
+    let by_step = all.metrics.mean_by_step("val_loss");
+    let at_end: Vec<f64> = all.metrics.series("val_loss").iter().filter(|s| s.step == 10).map(|s| s.value).collect();
+    assert_eq!(at_end.len(), 2);
+    assert_ne!(at_end[0], at_end[1], "the replicas drifted apart");
+    assert_eq!(by_step.last().map(|v| v.1), Some((at_end[0] + at_end[1]) / 2.0));
+    let alone = first.metrics.series("val_loss").last().map(|s| s.value).unwrap_or_default();
+    assert!(at_end.contains(&alone), "replica 0's loss is one of the two: {alone} in {at_end:?}");
+    assert_eq!(pipeline_losses(&first), pipeline_losses(&all), "evaluating more rows changes no training");
+    Ok(())
+}
+
+#[test]
 fn checkpoint_restart_puts_back_the_saved_state_and_costs_time() -> Result<()> {
     let corpus = corpus();
     let clean_spec = PipelineSpec {

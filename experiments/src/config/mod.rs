@@ -190,6 +190,10 @@ pub(crate) struct RunConfig {
     pub(crate) eval_every: u64,
     /// Validation batches per evaluation.
     pub(crate) eval_batches: usize,
+    /// Evaluate every replica and report their mean validation loss (as NoLoCo's released code does);
+    /// otherwise replica 0 alone.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) eval_all_replicas: bool,
     /// Simulated device of every worker (its compute speed in virtual time): `h100`, `a10`, `cpu32` or
     /// `laptop`.
     pub(crate) profile: String,
@@ -242,6 +246,7 @@ impl Default for RunConfig {
             seq: 64,
             eval_every: 50,
             eval_batches: 8,
+            eval_all_replicas: false,
             profile: "a10".into(),
             device: DeviceSpec::Cpu,
             model_preset: "tiny".into(),
@@ -441,6 +446,7 @@ impl RunConfig {
             world: World::uniform(arm.stages * arm.replicas, self.profile()?, link),
             eval_every: self.eval_every,
             eval_batches: self.eval_batches,
+            eval_all_replicas: self.eval_all_replicas,
             edge_stages: self.edge_stages,
             ..PipelineSpec::new(arm.stages, arm.replicas, self.steps, self.model()?)
         };

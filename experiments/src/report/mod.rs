@@ -16,6 +16,8 @@ use serde::Serialize;
 
 pub(crate) use h5::rewrite;
 
+pub(crate) use crate::claims::Claim;
+
 use crate::config::ArmConfig;
 use crate::files::write_atomic;
 use crate::studies::{FINDINGS, RunView};
@@ -99,7 +101,8 @@ impl ArmResult {
         let m = &report.metrics;
         let train = m.mean_by_step("train_loss");
         let val = m.mean_by_step("val_loss");
-        let val_time = m.series("val_loss").iter().map(|s| (s.time.as_secs_f64(), s.value)).collect();
+        // Every evaluating replica's loss, averaged per evaluation, at the time the last one finished.
+        let val_time = m.mean_by_occasion("val_loss").into_iter().map(|(t, _, v)| (t.as_secs_f64(), v)).collect();
         let bytes = report
             .metrics
             .mean_by_step("bytes_sent")
@@ -244,36 +247,6 @@ fn loss_spikes(train: &[(u64, f64)], recoveries: &[(u64, f64)]) -> Vec<(f64, f64
     out
 }
 
-/// How far a paper's claim held in our run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Verdict {
-    /// It held.
-    Yes,
-    /// The effect is there but smaller than claimed.
-    Partly,
-    /// It did not hold.
-    No,
-}
-
-impl Verdict {
-    /// Yes if the claim held, else no.
-    pub(crate) fn from(held: bool) -> Self {
-        if held { Self::Yes } else { Self::No }
-    }
-}
-
-/// One of a paper's claims beside what a run measured.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Claim {
-    /// The claim, in the paper's words or close to them.
-    pub(crate) claim: String,
-    /// What we measured.
-    pub(crate) ours: String,
-    /// Whether it held.
-    pub(crate) reproduced: Verdict,
-}
-
 #[derive(Serialize)]
 struct Summary<'a> {
     name: &'a str,
@@ -410,12 +383,7 @@ fn markdown(run: &RunView<'_>, summary: &Summary<'_>) -> String {
     if !summary.claims.is_empty() {
         let _ = writeln!(md, "\n## Claims\n\n| claim | ours | reproduced |\n|---|---|---|");
         for c in &summary.claims {
-            let verdict = match c.reproduced {
-                Verdict::Yes => "yes",
-                Verdict::Partly => "partly (smaller effect)",
-                Verdict::No => "no",
-            };
-            let _ = writeln!(md, "| {} | {} | {verdict} |", c.claim, c.ours);
+            let _ = writeln!(md, "| {} | {} | {} |", c.claim, c.ours, c.reproduced.text());
         }
     }
     let _ = writeln!(md, "\n## Validation loss by step\n");

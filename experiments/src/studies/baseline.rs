@@ -3,7 +3,7 @@
 //! [`RunConfig::default`](crate::config::RunConfig); its one claim is data parallelism's.
 
 use crate::config::ArmConfig;
-use crate::report::{Claim, Verdict};
+use crate::claims::{Claim, Measure};
 use crate::studies::{Findings, RunView};
 
 /// The baseline study's findings.
@@ -21,10 +21,11 @@ impl Findings for Baseline {
             return Vec::new();
         };
         let (Some(a), Some(b)) = (one.final_val_loss, four.final_val_loss) else { return Vec::new() };
-        vec![Claim {
-            claim: "data parallelism over 4 replicas beats 1 replica at equal steps (4x the data per step)".into(),
-            ours: format!("val loss {b:.3} (R=4) vs {a:.3} (R=1)"),
-            reproduced: Verdict::from(b < a),
-        }]
+        vec![Claim::measured(
+            "baseline.data_parallel",
+            "data parallelism over 4 replicas beats 1 replica at equal steps (4x the data per step)",
+            format!("val loss {b:.3} (R=4) vs {a:.3} (R=1)"),
+            Measure { value: a - b, holds_above: 0.0, paper: None, what: "nats lower val loss with R=4" },
+        )]
     }
 }

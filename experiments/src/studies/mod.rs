@@ -17,6 +17,9 @@ pub(crate) mod checkfree;
 pub(crate) mod compose;
 pub(crate) mod noloco;
 pub(crate) mod sapo;
+mod seeds;
+
+pub(crate) use seeds::first_seed;
 pub(crate) mod skippipe;
 pub(crate) mod verde;
 
@@ -43,6 +46,8 @@ pub(crate) struct Reproduce {
     pub(crate) force: bool,
     /// Run even past this machine's memory or a week of compute (as estimated).
     pub(crate) allow_large: bool,
+    /// Seeds per training study (at least 1).
+    pub(crate) seeds: usize,
 }
 
 /// A study `swarmlab reproduce <name>` knows.
@@ -76,8 +81,12 @@ impl<T: TrainingStudy> Study for T {
     }
 
     fn reproduce(&self, how: &Reproduce) -> Result<()> {
+        let cfg = RunConfig { device: how.device, ..self.preset() };
+        if how.seeds > 1 {
+            return seeds::reproduce(cfg, how);
+        }
         let output = crate::run::Output { out: how.out.clone(), force: how.force, allow_large: how.allow_large };
-        crate::run::run(RunConfig { device: how.device, ..self.preset() }, output, how.quick)
+        crate::run::run(cfg, output, how.quick).map(drop)
     }
 }
 
