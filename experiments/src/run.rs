@@ -24,18 +24,23 @@ pub(crate) fn corpus(cfg: &RunConfig) -> Result<Corpus> {
 }
 
 /// Ctrl-C: the first asks to finish the current arm and write everything so far; a second stops at once
-/// (every file already written stays complete: they are replaced atomically). Returns the flag.
+/// (every file already written stays complete: they are replaced atomically). Returns the flag, one for
+/// the whole process: the handler is installed by the first run (a study over seeds runs several).
 fn stop_on_ctrl_c() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted again: stopping now; the files written so far are complete");
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: finishing the current arm, then writing the results (Ctrl-C again to stop now)");
-    });
-    stop
+    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    STOP.get_or_init(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                eprintln!("\ninterrupted again: stopping now; the files written so far are complete");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing the current arm, then writing the results (Ctrl-C again to stop now)");
+        });
+        stop
+    })
+    .clone()
 }
 
 /// A progress bar for arm `i` of `n`, fed from the workers' step counter until `done`.
@@ -86,6 +91,8 @@ pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<Vec
     let corpus = Arc::new(corpus(&cfg)?);
     corpus.check_fits(cfg.seq)?;
     let out = fresh_out_dir(output.out, &cfg.name, output.force)?;
+    // Ctrl-C is handled from before the start line, so an interruption seen after it finds the handler.
+    let stop = stop_on_ctrl_c();
     let floor = corpus.entropy_floor.map_or(String::new(), |h| format!(", loss floor {h:.3} nats/token"));
     eprintln!(
         "swarmlab run {:?}: {} arms, {} steps each, corpus {}{floor}, on {}; needs about {} of memory and {} of compute (estimated)",
@@ -98,7 +105,6 @@ pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<Vec
         crate::needs::duration(needs.seconds(cores))
     );
     let started = Instant::now();
-    let stop = stop_on_ctrl_c();
     let mut results = Vec::new();
     let mut parts = Parts::default();
     let save = |results: &[ArmResult], parts: &Parts| {

@@ -35,6 +35,14 @@ impl CorpusConfig {
     pub(crate) fn val_fraction(&self) -> f64 {
         self.val_fraction.unwrap_or(0.1)
     }
+
+    /// The corpus in words, for reports.
+    pub(crate) fn describe(&self) -> String {
+        match &self.path {
+            Some(p) => format!("the text at `{}`", p.display()),
+            None => format!("the synthetic language (alphabet {}, order {})", self.synthetic.alphabet, self.synthetic.order),
+        }
+    }
 }
 
 /// The ranges of a run's sizes: anything outside is refused at load, before anything is built.

@@ -354,6 +354,8 @@ fn markdown(run: &RunView<'_>, summary: &Summary<'_>) -> String {
         cfg.micro_batch,
         cfg.seq,
     );
+    md.push_str(&crate::studies::setup_section(cfg));
+    md.push_str("\n## Arms\n\n");
     let _ = writeln!(
         md,
         "| arm | stages x replicas | val loss: first → last | val perplexity | gap to floor | virtual time | sent | wall |"

@@ -168,6 +168,11 @@ pub(crate) trait Findings: Sync {
     /// The papers' claims this run speaks to, each beside what it measured.
     fn claims(&self, run: &RunView<'_>) -> Vec<Claim>;
 
+    /// The authors' settings beside this configuration's, if it has the study's arms (empty if not).
+    fn setup(&self, _cfg: &RunConfig) -> Option<Setup> {
+        None
+    }
+
     /// The study's section of report.md (empty if the run has nothing of it).
     fn section(&self, _run: &RunView<'_>) -> String {
         String::new()
@@ -195,6 +200,67 @@ pub(crate) static FINDINGS: [&dyn Findings; 5] = [
     &compose::ComposeStudy,
     &skippipe::SkipPipeStudy,
 ];
+
+/// A study's settings beside the authors' released code.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    /// The authors' repository.
+    pub(crate) repository: &'static str,
+    pub(crate) rows: Vec<SetupRow>,
+}
+
+/// One setting of a study beside the authors' released code.
+#[derive(Debug, Clone)]
+pub(crate) struct SetupRow {
+    /// The setting.
+    pub(crate) setting: &'static str,
+    /// Theirs.
+    pub(crate) theirs: String,
+    /// The file of their repository it is read from.
+    pub(crate) file: &'static str,
+    /// Ours, read from the run's configuration.
+    pub(crate) ours: String,
+    /// Why ours differs (empty when it does not).
+    pub(crate) why: &'static str,
+}
+
+impl SetupRow {
+    pub(crate) fn new(setting: &'static str, theirs: impl Into<String>, file: &'static str, ours: impl Into<String>, why: &'static str) -> Self {
+        Self { setting, theirs: theirs.into(), file, ours: ours.into(), why }
+    }
+}
+
+/// The setup tables of every study whose arms `cfg` has: the authors' settings (and the file each is read
+/// from) beside ours, and the reason for each difference.
+pub(crate) fn setup_section(cfg: &RunConfig) -> String {
+    let mut md = String::new();
+    for setup in FINDINGS.iter().filter_map(|f| f.setup(cfg)) {
+        md.push_str(&format!("\nFrom {}:\n\n", setup.repository));
+        md.push_str("| setting | authors' code | their file | ours | why ours differs |\n|---|---|---|---|---|\n");
+        for r in setup.rows {
+            let why = if r.why.is_empty() { "same" } else { r.why };
+            md.push_str(&format!("| {} | {} | `{}` | {} | {why} |\n", r.setting, r.theirs, r.file, r.ours));
+        }
+    }
+    if md.is_empty() { md } else { format!("\n## Setup beside the authors' code\n{md}") }
+}
+
+/// The inner optimizer of `cfg` in words (family, β, weight decay).
+pub(crate) fn optimizer_words(cfg: &RunConfig) -> String {
+    let o = &cfg.optim;
+    let family = if o.weight_decay == 0.0 { "Adam (no weight decay)".to_owned() } else { format!("AdamW, weight decay {}", o.weight_decay) };
+    format!("{family}, β = ({}, {})", o.beta1, o.beta2)
+}
+
+/// The learning-rate schedule of `cfg` in words.
+pub(crate) fn schedule_words(cfg: &RunConfig) -> String {
+    let o = &cfg.optim;
+    if o.min_lr == o.lr && o.warmup_steps == 0 {
+        format!("constant {}", o.lr)
+    } else {
+        format!("{} peak, {} warm-up steps, cosine to {} over {} steps", o.lr, o.warmup_steps, o.min_lr, o.total_steps)
+    }
+}
 
 /// Every claim the run speaks to, study by study.
 pub(crate) fn claims(run: &RunView<'_>) -> Vec<Claim> {
@@ -234,6 +300,49 @@ mod tests {
             cfg.quick().validate()?;
         }
         assert!(preset("nope").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn training_study_reports_open_with_the_authors_settings() -> Result<()> {
+        for (name, repos) in [
+            ("noloco", &["gensyn-ai/noloco"][..]),
+            ("skippipe", &["gensyn-ai/skippipe"]),
+            ("checkfree", &["gensyn-ai/CheckFree"]),
+            ("compose", &["gensyn-ai/noloco", "gensyn-ai/skippipe", "gensyn-ai/CheckFree"]),
+        ] {
+            let cfg = preset(name)?;
+            let md = setup_section(&cfg);
+            for repo in repos {
+                assert!(md.contains(repo), "{name}: {repo} missing from\n{md}");
+            }
+            for setup in FINDINGS.iter().filter_map(|f| f.setup(&cfg)) {
+                assert!(setup.rows.iter().all(|r| !r.file.is_empty() && !r.theirs.is_empty() && !r.ours.is_empty()));
+            }
+        }
+        // A run without any study's arms has no setup table.
+        assert_eq!(setup_section(&RunConfig::default()), "");
+        Ok(())
+    }
+
+    #[test]
+    fn presets_take_the_authors_optimizer_and_rules() -> Result<()> {
+        let noloco = preset("noloco")?;
+        assert_eq!((noloco.optim.weight_decay, noloco.optim.beta2), (0.0, 0.999));
+        assert!(noloco.eval_all_replicas);
+        let every = |kind: &str| noloco.arms.iter().find(|a| a.sync.kind == kind).and_then(|a| a.sync.int("every"));
+        assert_eq!(every("diloco").zip(every("noloco")).map(|(d, n)| d / n), Some(2), "H_NoLoCo : H_DiLoCo = 1 : 2");
+        assert!(noloco.arms.iter().filter(|a| a.sync.kind == "diloco").all(|a| a.routing.kind == "random"));
+        let checkfree = preset("checkfree")?;
+        assert_eq!((checkfree.optim.lr, checkfree.optim.warmup_steps), (checkfree.optim.min_lr, 0), "a constant rate");
+        assert_eq!(checkfree.optim.weight_decay, 0.0);
+        let scale = checkfree
+            .arms
+            .iter()
+            .find(|a| a.recovery.kind == "checkfree")
+            .and_then(|a| a.recovery.settings::<::checkfree::CheckFree>().ok())
+            .map(|c| c.lr_scale);
+        assert_eq!(scale, Some(1.1));
         Ok(())
     }
 }

@@ -48,12 +48,13 @@ pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<()> {
     let claims = across_seeds(&runs);
     let summary = SeededSummary { name: &cfg.name, seeds, wall_s: walls, claims: &claims };
     write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    write_atomic(&out.join("report.md"), markdown(&summary, how.quick).as_bytes())?;
+    let ran = if how.quick { cfg.clone().quick() } else { cfg.clone() };
+    write_atomic(&out.join("report.md"), markdown(&summary, how.quick, &ran).as_bytes())?;
     println!("report over {} seeds: {}", how.seeds, out.join("report.md").display());
     Ok(())
 }
 
-fn markdown(s: &SeededSummary<'_>, quick: bool) -> String {
+fn markdown(s: &SeededSummary<'_>, quick: bool, cfg: &RunConfig) -> String {
     let n = s.seeds.len();
     let mut md = format!("# swarmlab study `{}` over {n} seeds\n\n", s.name);
     let _ = writeln!(
@@ -64,7 +65,8 @@ fn markdown(s: &SeededSummary<'_>, quick: bool) -> String {
         s.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
         s.wall_s.iter().sum::<f64>()
     );
-    md.push_str("## Claims\n\n");
+    md.push_str(&crate::studies::setup_section(cfg));
+    md.push_str("\n## Claims\n\n");
     md.push_str(&crate::claims::seeded_table(s.claims));
     md.push_str("\n## Per seed\n\n| claim |");
     for (k, seed) in s.seeds.iter().enumerate() {

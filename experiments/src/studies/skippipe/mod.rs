@@ -3,6 +3,8 @@
 //! with some of its stages dropped, and the scheduler's iteration times on a paper-sized swarm (the
 //! `[skippipe]` part of a run configuration). Its tables go to `skippipe.json` and a report section.
 
+mod setup;
+
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -77,6 +79,13 @@ fn skip_ratio(a: &ArmConfig) -> f64 {
 }
 
 impl Findings for SkipPipeStudy {
+    fn setup(&self, cfg: &RunConfig) -> Option<crate::studies::Setup> {
+        cfg.arms.iter().any(|a| a.routing.kind == "skippipe").then(|| crate::studies::Setup {
+            repository: "github.com/gensyn-ai/skippipe",
+            rows: setup::rows(cfg),
+        })
+    }
+
     fn after_arm(&self, cfg: &RunConfig, arm: &TrainedArm<'_>, parts: &mut Parts) -> Result<()> {
         let Some(study) = &cfg.skippipe else { return Ok(()) };
         let rows = dropped_stages(arm.label, arm.spec, arm.report, arm.corpus, study, cfg.eval_batches)?;
