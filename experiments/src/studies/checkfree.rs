@@ -160,7 +160,7 @@ impl Findings for CheckFreeStudy {
                 "Llama, width 512, 8 heads, 4 stages x 3 layers + an embedding/head stage, sequences of 512 (the smallest configuration)",
                 SMALL,
                 format!("`{}` ({params} parameters), {stages} stages (embedding, {} transformer stages, head), sequences of {}", cfg.model_preset, stages.saturating_sub(2), cfg.seq),
-                "CPU scale: 22 arms must fit a 2-core machine",
+                "CPU scale: every arm of the study must fit a 2-core machine",
             ),
             SetupRow::new("data", "TinyStories", SMALL, cfg.corpus.describe(), "the embedded default needs no download and has a known loss floor"),
             SetupRow::new(
