@@ -320,6 +320,11 @@ mod tests {
                 assert!(setup.rows.iter().all(|r| !r.file.is_empty() && !r.theirs.is_empty() && !r.ours.is_empty()));
             }
         }
+        // Ours is read through the protocols' own settings, spelled as a configuration spells them.
+        let checkfree = setup_section(&preset("checkfree")?);
+        for said in ["ends = \"copy\"", "swapped = \"copy\"", "lr_scale 1.10"] {
+            assert!(checkfree.contains(said), "{said} missing from\n{checkfree}");
+        }
         // A run without any study's arms has no setup table.
         assert_eq!(setup_section(&RunConfig::default()), "");
         Ok(())
