@@ -161,7 +161,7 @@ pub(crate) fn across_seeds(runs: &[Vec<Claim>]) -> Vec<SeededClaim> {
         .collect()
 }
 
-/// A figure with up to four significant digits.
+/// A figure for a table: whole from 100 on, two decimals from 1 on, four significant digits below.
 pub(crate) fn figure(v: f64) -> String {
     if v == 0.0 || !v.is_finite() {
         format!("{v}")

@@ -18,10 +18,10 @@ pub(crate) mod compose;
 pub(crate) mod noloco;
 pub(crate) mod sapo;
 mod seeds;
-
-pub(crate) use seeds::first_seed;
 pub(crate) mod skippipe;
 pub(crate) mod verde;
+
+pub(crate) use seeds::first_seed;
 
 use std::path::{Path, PathBuf};
 
@@ -168,7 +168,7 @@ pub(crate) trait Findings: Sync {
     /// The papers' claims this run speaks to, each beside what it measured.
     fn claims(&self, run: &RunView<'_>) -> Vec<Claim>;
 
-    /// The authors' settings beside this configuration's, if it has the study's arms (empty if not).
+    /// The authors' settings beside this configuration's, if it has the study's arms.
     fn setup(&self, _cfg: &RunConfig) -> Option<Setup> {
         None
     }
