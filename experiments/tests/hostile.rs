@@ -130,7 +130,7 @@ fn sizes_that_aborted_or_never_ended_are_refused_before_anything_starts() -> Tes
 }
 
 #[test]
-fn sapo_and_verify_flags_say_what_is_wrong() -> TestResult {
+fn sapo_verify_and_reproduce_flags_say_what_is_wrong() -> TestResult {
     let dir = tempfile::tempdir()?;
     refused(sapo_config(dir.path(), "", &["--mix", "9/9"])?, &["sapo.mix", "one per task family"])?;
     refused(sapo_config(dir.path(), "", &["--mix", "18446744073709551615/1"])?, &["sapo.mix", "at most"])?;
@@ -147,6 +147,11 @@ fn sapo_and_verify_flags_say_what_is_wrong() -> TestResult {
         let mut late = swarmlab();
         late.args(["verify", "--steps", "2", &format!("--deadline-s={deadline}")]);
         refused(late, &["--deadline-s"])?;
+    }
+    for seeds in ["0", "101", "-1", "x"] {
+        let mut study = swarmlab();
+        study.args(["reproduce", "noloco", "--quick", &format!("--seeds={seeds}")]);
+        refused(study, &["--seeds"])?;
     }
     Ok(())
 }
