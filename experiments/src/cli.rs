@@ -62,9 +62,11 @@ enum Command {
     /// internet-like links.
     ///
     /// `skippipe`: on a geo-distributed, heterogeneous swarm, the standard pipeline vs SkipPipe's scheduled
-    /// paths at skip ratios 0, 25 and 33% (val loss by step and by virtual time), each trained model run
-    /// with half and three quarters of its stages, and the scheduler's iteration times on the paper's
-    /// 42-node swarm (random vs local-search assignment).
+    /// paths through all and through 4 of 6 transformer stages (0 and 33%), trained as the released trainer
+    /// trains, plus 33% with per-stage gradients as an ablation (val loss by step and by virtual time);
+    /// each trained model run with half and three quarters of its transformer stages (perplexity per
+    /// sequence); and the scheduler's iteration times on the paper's 42-node swarm (random vs local-search
+    /// assignment).
     ///
     /// `checkfree`: CheckFree and CheckFree+ vs checkpointing and redundant computation at failure
     /// rates of 5, 10, 16 and 33% per hour (val loss by virtual time, time to a target loss, loss spikes

@@ -144,14 +144,32 @@ impl AdamW {
         self.cfg.lr_at(self.step) * self.lr_factor
     }
 
-    /// Applies one update to `params` from `grads` (by name; parameters without a gradient are left alone).
+    /// Applies one update to `params` from `grads` (by name; parameters without a gradient are left
+    /// alone), clipping on the norm of `grads`.
     pub fn step(&mut self, params: &Params, grads: &BTreeMap<String, Tensor>) -> Result<StepStats> {
-        let be = self.backend;
+        let grad_norm = self.squared_norm(grads)?.sqrt();
+        self.step_with_norm(params, grads, grad_norm)
+    }
+
+    /// The sum of the squares of every gradient in `grads` (this optimizer's arithmetic).
+    pub fn squared_norm(&self, grads: &BTreeMap<String, Tensor>) -> Result<f32> {
         let mut sq = 0f32;
         for g in grads.values() {
-            sq += be.sum_sq(g)?;
+            sq += self.backend.sum_sq(g)?;
         }
-        let grad_norm = sq.sqrt();
+        Ok(sq)
+    }
+
+    /// [`AdamW::step`], clipping on `grad_norm` instead of the norm of `grads`: the norm of a larger
+    /// gradient of which `grads` is a part (a whole model's, when `grads` is one pipeline stage's), so
+    /// that every part is scaled by the same factor.
+    pub fn step_with_norm(
+        &mut self,
+        params: &Params,
+        grads: &BTreeMap<String, Tensor>,
+        grad_norm: f32,
+    ) -> Result<StepStats> {
+        let be = self.backend;
         let clip = if self.cfg.grad_clip > 0.0 && grad_norm > self.cfg.grad_clip {
             self.cfg.grad_clip / grad_norm
         } else {

@@ -37,12 +37,12 @@ pub mod wire;
 pub mod worker;
 
 pub use error::{Error, Result};
-pub use partial::StagedModel;
+pub use partial::{Evaluation, StagedModel};
 pub use genrl::FailurePlan;
 pub use plug::{FixedRouter, Hop, Router, check_path};
 pub use recovery::{CheckpointRestart, Fallback, KeptCopy, Layout, Rebuild, Recovery, Redundant, Source};
 pub use probe::WeightProbe;
 pub use rebuild::{Donor, DonorWeights, StageRebuild};
 pub use run::{RunReport, run_simulated};
-pub use spec::PipelineSpec;
+pub use spec::{GradientScaling, PipelineSpec};
 pub use sync::{Collective, DataParallel, Independent, OuterRound, OuterState, OuterSync};

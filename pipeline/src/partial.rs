@@ -48,6 +48,13 @@ impl StagedModel {
     /// order. `keep` must start with the first stage (the embedding), end with the last (the head) and
     /// name no stage twice.
     pub fn loss_with(&self, keep: &[usize], batches: &[(Tensor, Tensor)]) -> Result<f64> {
+        Ok(self.evaluate(keep, batches)?.loss)
+    }
+
+    /// The mean loss and the perplexity over `batches` running only the stages in `keep` (as
+    /// [`StagedModel::loss_with`]). The perplexity is SkipPipe's: the mean over sequences of
+    /// `exp(the sequence's mean loss)`, which weighs hard sequences more than `exp(mean loss)` does.
+    pub fn evaluate(&self, keep: &[usize], batches: &[(Tensor, Tensor)]) -> Result<Evaluation> {
         let n = self.stages.len();
         if let Some(why) = stage_order_problem(keep.iter().copied(), n) {
             return Err(Error::config("keep", format!("stages {keep:?}: {why}")));
@@ -55,14 +62,32 @@ impl StagedModel {
         if batches.is_empty() {
             return Err(Error::config("batches", "no batches to evaluate"));
         }
-        let mut total = 0.0;
+        let (mut loss, mut perplexity, mut sequences) = (0.0, 0.0, 0usize);
         for (ids, targets) in batches {
             let mut hidden = self.stages[0].forward(StageInput::Tokens(ids))?;
             for &k in &keep[1..] {
                 hidden = self.stages[k].forward(StageInput::Hidden(&hidden))?;
             }
-            total += f64::from(self.stages[n - 1].loss(&hidden, targets)?.to_vec0::<f32>()?);
+            let head = &self.stages[n - 1];
+            let rows = hidden.dim(0)?;
+            let mut batch = 0.0;
+            for i in 0..rows {
+                let one = f64::from(head.loss(&hidden.narrow(0, i, 1)?, &targets.narrow(0, i, 1)?)?.to_vec0::<f32>()?);
+                batch += one;
+                perplexity += one.exp();
+            }
+            loss += batch / rows.max(1) as f64;
+            sequences += rows;
         }
-        Ok(total / batches.len() as f64)
+        Ok(Evaluation { loss: loss / batches.len() as f64, perplexity: perplexity / sequences.max(1) as f64 })
     }
+}
+
+/// What [`StagedModel::evaluate`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Mean next-token loss, in nats (each batch's mean over its tokens, averaged over the batches).
+    pub loss: f64,
+    /// The mean over sequences of `exp(the sequence's mean loss)`.
+    pub perplexity: f64,
 }

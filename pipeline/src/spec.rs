@@ -65,6 +65,24 @@ pub struct PipelineSpec {
     /// Put the embedding alone in the first stage and the head alone in the last, the transformer blocks
     /// in the stages between (CheckFree's layout); otherwise the blocks are spread over all stages.
     pub edge_stages: bool,
+    /// How a step's gradients are scaled and clipped.
+    pub gradients: GradientScaling,
+}
+
+/// How a step's gradients are scaled and clipped (they are the same when every path visits every
+/// stage and no clip binds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradientScaling {
+    /// Each stage on its own: a stage that some paths skip averages its gradient over the micro-batches
+    /// that visited it (rescaled by micro-batches / visits), and clips it on its own norm to `grad_clip`.
+    #[default]
+    PerStage,
+    /// As one model is trained, the way SkipPipe's released trainer does: each micro-batch's loss divided
+    /// by the micro-batches per replica, the gradients summed (a skipped stage gets less, no rescale) and
+    /// averaged over the replicas, then one clip of the whole model's gradient norm to `grad_clip`; the
+    /// stages of each row send each other their squared norms every step to find it.
+    WholeModel,
 }
 
 impl PipelineSpec {
@@ -96,6 +114,7 @@ impl PipelineSpec {
             peer_timeout: Duration::from_secs(600),
             late_join: false,
             edge_stages: false,
+            gradients: GradientScaling::PerStage,
         }
     }
 

@@ -63,6 +63,16 @@ pub enum Msg {
         /// The stage it serves.
         stage: u32,
     },
+    /// A stage's squared gradient norm at `step`, for the whole model's clip
+    /// ([`GradientScaling::WholeModel`](crate::GradientScaling::WholeModel)).
+    GradNorm {
+        /// Training step.
+        step: u64,
+        /// The sending stage.
+        stage: u32,
+        /// Sum of the squares of the stage's gradient.
+        squared: f32,
+    },
     /// One chunk of a ring all-reduce among the replicas of a stage.
     Reduce {
         /// Training step.

@@ -23,7 +23,7 @@ use crate::plug::{Hop, check_path};
 use crate::probe::WeightProbe;
 use crate::rebuild::{Donor, DonorWeights};
 use crate::recovery::{KeptCopy, Source};
-use crate::spec::PipelineSpec;
+use crate::spec::{GradientScaling, PipelineSpec};
 use crate::sync::{OuterRound, OuterState};
 use crate::wire::{Msg, WeightsKind, from_wire, to_wire};
 
@@ -136,7 +136,13 @@ pub async fn run_worker<T: Transport, C: Clock>(
         let waited_before = w.mail.waited();
         let grads = w.train_step(step).await?;
         let grads = w.sync_gradients(step, grads).await?;
-        let stats = w.optim.step(&w.params, &grads)?;
+        let stats = match spec.gradients {
+            GradientScaling::PerStage => w.optim.step(&w.params, &grads)?,
+            GradientScaling::WholeModel => {
+                let norm = w.model_grad_norm(step, &grads).await?;
+                w.optim.step_with_norm(&w.params, &grads, norm)?
+            }
+        };
         let clip = w.optim.config().grad_clip;
         w.last_grad_norm = if clip > 0.0 { stats.grad_norm.min(clip) } else { stats.grad_norm };
         if w.last && r == 0 {
@@ -711,13 +717,35 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         // that visited it (SkipPipe): rescale by replicas × m / visits. With every path through every
         // stage (any routing without skips) the factor is 1.
         let expected = replicas * spec.micro_batches;
-        if stage_visits > 0 && stage_visits != expected {
+        if spec.gradients == GradientScaling::PerStage && stage_visits > 0 && stage_visits != expected {
             let factor = expected as f64 / stage_visits as f64;
             for g in grads.values_mut() {
                 *g = (&*g * factor)?;
             }
         }
         Ok(grads)
+    }
+
+    /// The norm of the whole model's gradient: this stage's squared norm sent to every other stage of its
+    /// row, theirs received and summed (the row's replica of each stage; after a data-parallel average
+    /// every row finds the same norm).
+    async fn model_grad_norm(&mut self, step: u64, grads: &BTreeMap<String, Tensor>) -> Result<f32> {
+        let squared = self.optim.squared_norm(grads)?;
+        let (s, r, stages) = (self.s, self.r, self.spec.stages);
+        for other in (0..stages).filter(|&k| k != s) {
+            self.mail.send(self.peer(other, r), &Msg::GradNorm { step, stage: s as u32, squared }).await?;
+        }
+        let mut total = squared;
+        for _ in 1..stages {
+            let wanted = |_: &PeerId, msg: &Msg| matches!(msg, Msg::GradNorm { step: st, .. } if *st == step);
+            let (_, msg) = self.mail.take("gradient norms", wanted).await?;
+            let Msg::GradNorm { squared, .. } = msg else { return Err(unexpected()) };
+            if !squared.is_finite() || squared < 0.0 {
+                return Err(Error::config("pipeline", format!("a stage sent a squared gradient norm of {squared}")));
+            }
+            total += squared;
+        }
+        Ok(total.sqrt())
     }
 
     /// The data-parallel gradient average, if the protocol asks for one.

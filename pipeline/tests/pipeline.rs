@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use genrl::run_simulation;
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage, sample_batch};
 use models::{AdamW, Llama, ModelConfig, OptimConfig};
-use pipeline::{DataParallel, PipelineSpec, Result, run_simulated};
+use pipeline::{DataParallel, GradientScaling, PipelineSpec, Result, run_simulated};
 
 fn corpus() -> Arc<Corpus> {
     let lang = SyntheticLanguage::new(&SyntheticConfig {
@@ -202,4 +202,75 @@ fn bad_specs_are_named() {
     assert!(s.validate().unwrap_err().to_string().contains("pipeline.seq"));
     let s = PipelineSpec { replicas: 0, ..spec(1, 1, 1) };
     assert!(s.validate().unwrap_err().to_string().contains("pipeline.replicas"));
+}
+
+#[test]
+fn whole_model_clipping_trains_like_one_process_and_per_stage_clipping_does_not() -> Result<()> {
+    // A clip that binds at every step: one process clips the whole model's gradient; so does a pipeline
+    // whose stages exchange their squared norms. Clipping each stage on its own norm is another update.
+    // (Adam's epsilon well above the clipped gradients makes the update follow their scale, as SGD's.)
+    let corpus = corpus();
+    let clipped = |gradients| PipelineSpec {
+        optim: OptimConfig { lr: 1.0, min_lr: 1.0, eps: 1e-2, grad_clip: 0.05, ..spec(2, 1, 4).optim },
+        gradients,
+        ..spec(2, 1, 4)
+    };
+    let want = single_process_losses(&clipped(GradientScaling::WholeModel), &corpus)?;
+    let gap = |gradients| -> Result<f64> {
+        let report = run_simulation(run_simulated(&clipped(gradients), corpus.clone()))??;
+        let got = pipeline_losses(&report);
+        assert_eq!(got.len(), want.len());
+        Ok(got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max))
+    };
+    let whole = gap(GradientScaling::WholeModel)?;
+    assert!(whole < 1e-4, "whole-model clipping is {whole} away from one process");
+    let per_stage = gap(GradientScaling::PerStage)?;
+    assert!(per_stage > 1e-3, "per-stage clipping is only {per_stage} away from one process");
+    Ok(())
+}
+
+/// Micro-batch 1 skips stage 1 of 3 (an embedding, one block, a head).
+#[derive(Debug)]
+struct SkipsTheBlockOnce;
+
+impl pipeline::Router for SkipsTheBlockOnce {
+    fn path(&self, _step: u64, micro: u32, origin: usize, _stages: usize, _replicas: usize) -> Vec<pipeline::Hop> {
+        if micro == 1 { vec![(0, origin), (2, origin)] } else { vec![(0, origin), (1, origin), (2, origin)] }
+    }
+}
+
+#[test]
+fn a_skipped_stage_is_rescaled_by_its_visits_only_per_stage() -> Result<()> {
+    // With Adam's epsilon far above the gradients, a step moves each weight by about -lr/eps x gradient,
+    // so the weight change shows the gradient's scale. The block is visited by 1 of 2 micro-batches:
+    // per stage it averages over that one (twice the gradient); as one model it keeps loss / 2.
+    let corpus = corpus();
+    let run = |steps, gradients| {
+        let spec = PipelineSpec {
+            optim: OptimConfig { lr: 1e4, min_lr: 1e4, eps: 1e3, warmup_steps: 0, weight_decay: 0.0, grad_clip: 0.0, ..spec(3, 1, 1).optim },
+            router: Arc::new(SkipsTheBlockOnce),
+            edge_stages: true,
+            gradients,
+            ..PipelineSpec::new(3, 1, steps, ModelConfig::miniature(1))
+        };
+        run_simulation(run_simulated(&spec, corpus.clone())).map_err(pipeline::Error::from)?
+    };
+    let start = run(0, GradientScaling::PerStage)?.weights;
+    let (per_stage, whole) = (run(1, GradientScaling::PerStage)?.weights, run(1, GradientScaling::WholeModel)?.weights);
+    let moved = |w: &std::collections::BTreeMap<String, Tensor>, name: &str| -> Result<f64> {
+        Ok(f64::from((&w[name] - &start[name])?.sqr()?.sum_all()?.sqrt()?.to_vec0::<f32>()?))
+    };
+    let mut seen = (false, false);
+    for name in start.keys() {
+        let ratio = moved(&per_stage, name)? / moved(&whole, name)?;
+        if name.starts_with("layers.") {
+            seen.0 = true;
+            assert!((ratio - 2.0).abs() < 0.02, "{name}: the skipped block moved {ratio} times as far per stage");
+        } else if moved(&whole, name)? > 0.0 {
+            seen.1 = true;
+            assert!((ratio - 1.0).abs() < 0.01, "{name}: a stage every micro-batch visits moved {ratio} times as far");
+        }
+    }
+    assert!(seen.0 && seen.1, "names: {:?}", start.keys().collect::<Vec<_>>());
+    Ok(())
 }

@@ -153,10 +153,13 @@ pub fn plan(inst: &Instance, agent: usize, constraints: &AgentConstraints, budge
         let frontier = su + usize::from(behind);
         let remaining = rules.visit - hops; // hops still to make after this node
         let mut next: Vec<(usize, bool, bool, bool)> = Vec::new(); // (stage, swapped, behind, below)
-        for k in frontier + 1..=(frontier + rules.max_jump).min(s - 1) {
+        // The leading stages come first, in order; then any jump of at most `max_jump`.
+        let reach = if hops < rules.lead { frontier + 1 } else { frontier + rules.max_jump };
+        for k in frontier + 1..=reach.min(s - 1) {
             next.push((k, swapped, false, k == frontier + 1));
         }
-        if rules.swap && !swapped && !below && frontier >= 2 && frontier < s - 1 {
+        // The swap goes back to `frontier − 1`, which must be a skippable stage.
+        if rules.swap && !swapped && !below && frontier > rules.lead && frontier < s - 1 {
             next.push((frontier - 1, true, true, true));
         }
         for (k, now_swapped, now_behind, now_below) in next {
@@ -179,7 +182,7 @@ pub fn plan(inst: &Instance, agent: usize, constraints: &AgentConstraints, budge
             // Enough stages must be left above the new frontier to fill the remaining hops.
             let new_frontier = k.max(frontier);
             let above = s - 1 - new_frontier;
-            let back = usize::from(rules.swap && !now_swapped && !now_below && new_frontier >= 2);
+            let back = usize::from(rules.swap && !now_swapped && !now_below && new_frontier > rules.lead);
             if remaining > 1 && (above + back < remaining - 1 || above > (remaining - 1) * rules.max_jump) {
                 continue;
             }

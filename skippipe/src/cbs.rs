@@ -102,7 +102,7 @@ pub fn conflicts(inst: &Instance, plans: &[Arc<Plan>]) -> (usize, Option<Conflic
         v.sort_by(|&x, &y| plans[y].cost.total_cmp(&plans[x].cost).then(x.cmp(&y)));
         v
     };
-    for (k, agents) in by_stage.iter().enumerate().take(s - 1).skip(1) {
+    for (k, agents) in by_stage.iter().enumerate().take(s - 1).skip(inst.rules.lead) {
         if agents.len() < inst.rules.min_stage_load {
             let deficit = inst.rules.min_stage_load - agents.len();
             count += deficit;
@@ -258,11 +258,13 @@ impl Search {
         let mut stage_load = vec![0usize; inst.stages];
         let mut node_load = vec![0usize; inst.nodes.len()];
         let mut busy: Vec<(usize, f64, f64)> = Vec::new();
-        let middle_visits = inst.rules.visit.saturating_sub(2);
+        let middle_visits = inst.rules.skippable_visits();
         for (i, a) in order.into_iter().enumerate() {
             // Stages that the micro-batches still to plan must all visit to reach their minimum load.
             let left = n - i;
-            let mut deficits: Vec<(usize, usize)> = (1..inst.stages - 1)
+            let mut deficits: Vec<(usize, usize)> = inst
+                .rules
+                .skippable(inst.stages)
                 .map(|k| (inst.rules.min_stage_load.saturating_sub(stage_load[k]), k))
                 .filter(|d| d.0 > 0)
                 .collect();
@@ -272,7 +274,7 @@ impl Search {
                 deficits.iter().filter(|d| tight || d.0 >= left).take(middle_visits).map(|d| d.1).collect();
             let full = AgentConstraints {
                 require,
-                stages: (1..inst.stages - 1).filter(|&k| stage_load[k] >= inst.rules.stage_load).collect(),
+                stages: inst.rules.skippable(inst.stages).filter(|&k| stage_load[k] >= inst.rules.stage_load).collect(),
                 nodes: (0..inst.nodes.len()).filter(|&m| node_load[m] >= inst.nodes[m].memory).collect(),
                 windows: busy.clone(),
             };
@@ -397,7 +399,7 @@ impl Search {
             }
         }
         AgentConstraints {
-            stages: (1..inst.stages - 1).filter(|&k| stage_load[k] >= inst.rules.stage_load).collect(),
+            stages: inst.rules.skippable(inst.stages).filter(|&k| stage_load[k] >= inst.rules.stage_load).collect(),
             require: Vec::new(),
             nodes: (0..inst.nodes.len()).filter(|&m| node_load[m] >= inst.nodes[m].memory).collect(),
             windows,
@@ -475,7 +477,7 @@ mod tests {
             nodes,
             transfer: vec![vec![0.1; 7]; 7],
             agents: vec![Agent { origin: 0, release: 0.0 }, Agent { origin: 1, release: 0.0 }],
-            rules: PathRules { visit: 3, max_jump: 4, swap: true, stage_load, min_stage_load },
+            rules: PathRules { visit: 3, lead: 1, max_jump: 4, swap: true, stage_load, min_stage_load },
             backward_factor: 2.0,
         }
     }

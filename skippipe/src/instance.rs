@@ -28,52 +28,109 @@ pub struct Agent {
 pub struct PathRules {
     /// Stages every path visits, first and last included (`S` minus the skipped ones).
     pub visit: usize,
+    /// Stages `0 .. lead` that every path visits first, in order, none skipped or swapped: 1 (only the
+    /// data node's stage) in the paper's swarm; 2 when the first transformer stage after an embedding
+    /// stage always runs, as in the released trainer (its stage 0's layers run for every micro-batch).
+    pub lead: usize,
     /// Largest forward jump: the next stage is at most this far above the highest visited so far.
     pub max_jump: usize,
     /// Whether a path may visit one adjacent pair of stages in swapped order (`k + 1` then `k`).
     pub swap: bool,
-    /// Most micro-batches one intermediate stage may serve per iteration (C2, load balance).
+    /// Most micro-batches one skippable stage may serve per iteration (C2, load balance).
     pub stage_load: usize,
-    /// Fewest micro-batches every intermediate stage must serve per iteration (C2: no stage is left
+    /// Fewest micro-batches every skippable stage must serve per iteration (C2: no stage is left
     /// untrained).
     pub min_stage_load: usize,
 }
 
+/// Which stages a skip ratio counts, and which every path keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkipBase {
+    /// Stages the ratio is a fraction of: `round(ratio × counted)` stages are skipped.
+    pub counted: usize,
+    /// Leading stages every path visits in order ([`PathRules::lead`]).
+    pub lead: usize,
+}
+
+impl SkipBase {
+    /// The ratio over all `stages`, only the first (the data node's) and the last always visited: the
+    /// paper's swarm, where stage 0 holds the embedding and the head.
+    pub fn all(stages: usize) -> Self {
+        Self { counted: stages, lead: 1 }
+    }
+
+    /// The ratio over the transformer stages of a pipeline whose first stage is the embedding alone and
+    /// whose last is the head alone, with the first transformer stage always run (the released
+    /// trainer's rule: 4 of 6 transformer stages visited at 33%).
+    pub fn transformer(stages: usize) -> Self {
+        Self { counted: stages.saturating_sub(2), lead: 2.min(stages.saturating_sub(1)).max(1) }
+    }
+}
+
 impl PathRules {
-    /// Stages a path visits for a skip ratio: `S − round(ratio · S)`, first and last always kept.
+    /// Stages a path visits for a skip ratio over all `stages`: `S − round(ratio · S)`, first and last
+    /// always kept.
     pub fn visit_for(stages: usize, skip_ratio: f64) -> Result<usize> {
+        Self::visit_over(stages, SkipBase::all(stages), skip_ratio)
+    }
+
+    /// Stages a path visits for a skip ratio over `base.counted` stages: `S − round(ratio · counted)`,
+    /// the `base.lead` leading stages and the last always kept.
+    pub fn visit_over(stages: usize, base: SkipBase, skip_ratio: f64) -> Result<usize> {
         if !(0.0..1.0).contains(&skip_ratio) {
             return Err(Error::infeasible("skip_ratio", format!("{skip_ratio} is not in [0, 1)")));
         }
-        let skipped = (skip_ratio * stages as f64).round() as usize;
-        if skipped > 0 && skipped + 2 >= stages {
+        let skipped = (skip_ratio * base.counted as f64).round() as usize;
+        let skippable = stages.saturating_sub(base.lead + 1);
+        if skipped > 0 && skipped >= skippable {
             return Err(Error::infeasible(
                 "skip_ratio",
-                format!("skipping {skipped} of {stages} stages leaves paths no intermediate stage to visit"),
+                format!(
+                    "skipping {skipped} of {stages} stages ({} always run) leaves paths no skippable stage to visit",
+                    base.lead + 1
+                ),
             ));
         }
         Ok(stages - skipped)
     }
 
-    /// The rules for `stages` stages and `agents` micro-batches at `skip_ratio`: jumps of at most 4
-    /// stages (the released code's bound), one adjacent swap when stages are skipped (at ratio 0 every
-    /// path keeps the standard order; only the node of each stage is chosen), and each intermediate stage serving at
-    /// most `load_slack` times its fair share of the visits (rounded up) and at least its fair share
-    /// divided by `load_slack` (rounded down, at least one).
+    /// The rules for `stages` stages and `agents` micro-batches at `skip_ratio` of all stages (the
+    /// paper's swarm: [`SkipBase::all`]); see [`PathRules::over`].
     pub fn new(stages: usize, agents: usize, skip_ratio: f64, load_slack: f64) -> Result<Self> {
-        let visit = Self::visit_for(stages, skip_ratio)?;
+        Self::over(stages, SkipBase::all(stages), agents, skip_ratio, load_slack)
+    }
+
+    /// The rules for `stages` stages and `agents` micro-batches at `skip_ratio` of `base.counted` stages:
+    /// jumps of at most 4 stages (the released code's bound), one adjacent swap when stages are skipped
+    /// (at ratio 0 every path keeps the standard order; only the node of each stage is chosen), and each
+    /// skippable stage (`lead .. S − 1`) serving at most `load_slack` times its fair share of the visits
+    /// (rounded up) and at least its fair share divided by `load_slack` (rounded down, at least one).
+    pub fn over(stages: usize, base: SkipBase, agents: usize, skip_ratio: f64, load_slack: f64) -> Result<Self> {
+        let visit = Self::visit_over(stages, base, skip_ratio)?;
         if !(load_slack.is_finite() && load_slack >= 1.0) {
             return Err(Error::infeasible("stage_load", format!("slack {load_slack} must be at least 1")));
         }
-        let middle = stages.saturating_sub(2).max(1);
-        let fair = (agents * visit.saturating_sub(2)) as f64 / middle as f64;
+        let lead = base.lead.max(1);
+        let skippable = stages.saturating_sub(lead + 1).max(1);
+        let fair = (agents * visit.saturating_sub(lead + 1)) as f64 / skippable as f64;
         Ok(Self {
             visit,
+            lead,
             max_jump: 4,
             swap: visit < stages,
             stage_load: (fair * load_slack).ceil().max(1.0) as usize,
             min_stage_load: (fair / load_slack).floor().max(1.0) as usize,
         })
+    }
+
+    /// The stages a path may skip (and whose load C2 balances): `lead .. stages − 1`.
+    pub fn skippable(&self, stages: usize) -> std::ops::Range<usize> {
+        self.lead.max(1).min(stages.saturating_sub(1))..stages.saturating_sub(1)
+    }
+
+    /// Visits each path makes to skippable stages.
+    pub fn skippable_visits(&self) -> usize {
+        self.visit.saturating_sub(self.lead.max(1) + 1)
     }
 }
 
@@ -148,10 +205,10 @@ impl Instance {
         if let Some(k) = (0..s).find(|&k| count(k) == 0) {
             return Err(Error::infeasible("stages", format!("stage {k} has no node")));
         }
-        if rules.visit < 2 || rules.visit > s {
+        if rules.visit < 2 || rules.visit > s || rules.lead == 0 || (rules.lead >= s && s > 1) || rules.visit < rules.lead + 1 {
             return Err(Error::infeasible(
                 "skip_ratio",
-                format!("paths of {} stages in a {s}-stage pipeline", rules.visit),
+                format!("paths of {} stages, the first {} always, in a {s}-stage pipeline", rules.visit, rules.lead),
             ));
         }
         if rules.max_jump == 0 || (rules.visit - 1) * rules.max_jump < s - 1 {
@@ -189,35 +246,42 @@ impl Instance {
                 format!("{a} micro-batches but the last stage's nodes hold {} in all", capacity(s - 1)),
             ));
         }
+        // C1 at the leading stages: every micro-batch visits each of them.
+        if let Some(k) = (1..rules.lead.min(s - 1)).find(|&k| capacity(k) < a) {
+            return Err(Error::infeasible(
+                "memory",
+                format!("{a} micro-batches all visit stage {k}, but its nodes hold {} in all", capacity(k)),
+            ));
+        }
         // C1 + C2 in the middle: the visits the paths must make have to fit.
-        if s > 2 {
-            let needed = a * (rules.visit - 2);
-            let room: usize = (1..s - 1).map(|k| capacity(k).min(rules.stage_load)).sum();
+        let skippable = rules.skippable(s);
+        if !skippable.is_empty() {
+            let needed = a * rules.skippable_visits();
+            let room: usize = skippable.clone().map(|k| capacity(k).min(rules.stage_load)).sum();
             if room < needed {
                 return Err(Error::infeasible(
                     "memory",
                     format!(
-                        "{a} paths through {} intermediate stages make {needed} visits, but memory and the stage load \
+                        "{a} paths through {} skippable stages make {needed} visits, but memory and the stage load \
                          limit ({}) leave room for {room}",
-                        rules.visit - 2,
+                        rules.skippable_visits(),
                         rules.stage_load
                     ),
                 ));
             }
-            if needed < (s - 2) * rules.min_stage_load || rules.min_stage_load > rules.stage_load {
+            if needed < skippable.len() * rules.min_stage_load || rules.min_stage_load > rules.stage_load {
                 return Err(Error::infeasible(
                     "skip_ratio",
                     format!(
-                        "{needed} intermediate visits cannot give all {} intermediate stages at least {} each \
-                         (at most {})",
-                        s - 2,
+                        "{needed} visits cannot give all {} skippable stages at least {} each (at most {})",
+                        skippable.len(),
                         rules.min_stage_load,
                         rules.stage_load
                     ),
                 ));
             }
-        } else if rules.visit != 2 {
-            return Err(Error::infeasible("skip_ratio", "a 2-stage pipeline has no stage to skip".to_owned()));
+        } else if rules.visit != s {
+            return Err(Error::infeasible("skip_ratio", format!("a {s}-stage pipeline with {} leading stages has no stage to skip", rules.lead)));
         }
         Ok(())
     }
@@ -239,6 +303,9 @@ pub fn check_path(inst: &Instance, agent: usize, path: &[usize]) -> std::result:
     if stages.len() != inst.rules.visit {
         return Err(format!("stages {stages:?}: {} stages, the rules say {}", stages.len(), inst.rules.visit));
     }
+    if stages.len() < inst.rules.lead || stages.iter().take(inst.rules.lead).enumerate().any(|(i, &k)| i != k) {
+        return Err(format!("stages {stages:?} do not start with the {} leading stages in order", inst.rules.lead));
+    }
     let mut seen = vec![false; s];
     let (mut frontier, mut swaps) = (0usize, 0usize);
     for (i, &k) in stages.iter().enumerate() {
@@ -255,7 +322,7 @@ pub fn check_path(inst: &Instance, agent: usize, path: &[usize]) -> std::result:
             frontier = k;
         } else {
             swaps += 1;
-            if !inst.rules.swap || swaps > 1 || k + 1 != frontier || stages[i - 1] != frontier || k == 0 {
+            if !inst.rules.swap || swaps > 1 || k + 1 != frontier || stages[i - 1] != frontier || k < inst.rules.lead {
                 return Err(format!("stages {stages:?}: {k} after {frontier} is not the one adjacent swap allowed"));
             }
         }

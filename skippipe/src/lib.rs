@@ -40,8 +40,8 @@ pub mod topology;
 pub use astar::{AgentConstraints, Plan};
 pub use cbs::{Budget, Conflict, Schedule, Search, Step, schedule, schedules};
 pub use error::{Error, Result};
-pub use instance::{Agent, Instance, Node, PathRules, check_path};
-pub use router::{ScheduledRouter, Scheduling};
+pub use instance::{Agent, Instance, Node, PathRules, SkipBase, check_path};
+pub use router::{ScheduledRouter, Scheduling, SkipCount};
 pub use simulate::{Timeline, Work, simulate};
 pub use topology::{
     Assignment, BILLION_STAGE_ACTIVATION_BYTES, BILLION_STAGE_FLOPS, GeoSwarm, Workload, assign_local_search,

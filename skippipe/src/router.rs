@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cbs::{Budget, Schedule, schedules};
 use crate::error::{Error, Result};
-use crate::instance::PathRules;
+use crate::instance::{PathRules, SkipBase};
 use crate::topology::{Assignment, Workload, instance};
 
 /// SkipPipe's settings as a routing plug: how much each micro-batch skips and the scheduler's
@@ -28,11 +28,39 @@ pub struct Scheduling {
     pub schedules: usize,
     /// Whether paths may swap one adjacent pair of stages (when they skip some).
     pub swap: bool,
+    /// Which stages the skip ratio counts and which always run.
+    pub count: SkipCount,
 }
 
 impl Default for Scheduling {
     fn default() -> Self {
-        Self { skip_ratio: 0.0, memory: 8, load_slack: 1.5, schedules: 1, swap: true }
+        Self { skip_ratio: 0.0, memory: 8, load_slack: 1.5, schedules: 1, swap: true, count: SkipCount::default() }
+    }
+}
+
+/// Which stages a skip ratio is a fraction of, in a pipeline trained by the runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipCount {
+    /// The released trainer's rule: the ratio counts the transformer stages (all but the embedding and
+    /// head stages, when the pipeline has them) and the first transformer stage always runs; so 33% of
+    /// 6 transformer stages visits 4 of them. Without separate embedding and head stages the first stage
+    /// holds the embedding and the first blocks and the ratio counts every stage.
+    #[default]
+    TransformerStages,
+    /// The ratio counts every stage, the embedding and head stages included, and any stage between the
+    /// first and the last may be skipped (this project's first rule; kept as an ablation).
+    AllStages,
+}
+
+impl SkipCount {
+    /// The base of the ratio for a pipeline of `stages` stages, with or without separate embedding and
+    /// head stages.
+    pub fn base(self, stages: usize, edge_stages: bool) -> SkipBase {
+        match self {
+            Self::TransformerStages if edge_stages => SkipBase::transformer(stages),
+            _ => SkipBase::all(stages),
+        }
     }
 }
 
@@ -76,7 +104,8 @@ impl ScheduledRouter {
         let world = spec.world.permuted(&order).map_err(pipeline::Error::from)?;
         let assignment = Assignment { stage_of: order.iter().map(|&w| w / spec.replicas.max(1)).collect() };
         let agents = spec.replicas * spec.micro_batches;
-        let mut rules = PathRules::new(spec.stages, agents, settings.skip_ratio, settings.load_slack)?;
+        let base = settings.count.base(spec.stages, spec.edge_stages);
+        let mut rules = PathRules::over(spec.stages, base, agents, settings.skip_ratio, settings.load_slack)?;
         rules.swap &= settings.swap;
         let inst = instance(&world, &assignment, &workload, rules)?;
         let found = schedules(Arc::new(inst), Budget::default(), settings.schedules)?;

@@ -11,8 +11,8 @@ use pipeline::{FixedRouter, PipelineSpec, run_simulated};
 use genrl::World;
 use proptest::prelude::*;
 use skippipe::{
-    Budget, Error, Instance, PathRules, ScheduledRouter, Workload, assign_local_search, assign_random,
-    check_path, schedule, simulate,
+    Budget, Error, Instance, PathRules, ScheduledRouter, Scheduling, SkipBase, SkipCount, Workload,
+    assign_local_search, assign_random, check_path, schedule, simulate,
 };
 
 fn workload(stages: usize, micro_batches: usize, memory: usize) -> Workload {
@@ -27,11 +27,23 @@ fn try_instance(
     skip: f64,
     seed: u64,
 ) -> skippipe::Result<Instance> {
+    try_instance_over(nodes, partition, micro_batches, memory, (skip, SkipBase::all(partition.len())), seed)
+}
+
+/// An instance whose skip ratio counts the stages `base` says.
+fn try_instance_over(
+    nodes: usize,
+    partition: &[usize],
+    micro_batches: usize,
+    memory: usize,
+    (skip, base): (f64, SkipBase),
+    seed: u64,
+) -> skippipe::Result<Instance> {
     let world = World::geo_distributed(nodes, seed);
     let w = workload(partition.len(), micro_batches, memory);
     let assignment = assign_random(&world, partition, seed)?;
     let agents = partition[0] * micro_batches;
-    let rules = PathRules::new(partition.len(), agents, skip, 1.5)?;
+    let rules = PathRules::over(partition.len(), base, agents, skip, 1.5)?;
     skippipe::instance(&world, &assignment, &w, rules)
 }
 
@@ -53,7 +65,7 @@ fn assert_valid(inst: &Instance, plans: &[skippipe::Plan]) {
             busy[n].push(p.busy(inst, i));
         }
     }
-    for (k, &load) in stage_load.iter().enumerate().take(inst.stages - 1).skip(1) {
+    for (k, &load) in stage_load.iter().enumerate().take(inst.stages - 1).skip(inst.rules.lead) {
         assert!(load <= inst.rules.stage_load, "stage {k} serves {load} micro-batches");
         assert!(load >= inst.rules.min_stage_load, "stage {k} serves only {load} micro-batches");
     }
@@ -87,13 +99,15 @@ proptest! {
         per_stage in 1usize..4,
         micro_batches in 1usize..4,
         skip_index in 0usize..3,
+        transformer in any::<bool>(),
         seed in 0u64..1000,
     ) {
         let skip = [0.0, 0.25, 0.33][skip_index];
+        let base = if transformer { SkipBase::transformer(stages) } else { SkipBase::all(stages) };
         let partition = vec![per_stage; stages];
         let agents = per_stage * micro_batches;
         // Enough memory for every micro-batch to fit on any one node of a stage.
-        let found = try_instance(stages * per_stage, &partition, micro_batches, agents, skip, seed)
+        let found = try_instance_over(stages * per_stage, &partition, micro_batches, agents, (skip, base), seed)
             .and_then(|inst| Ok((schedule(Arc::new(inst.clone()), Budget::default())?, inst)));
         match found {
             Ok((found, inst)) => assert_valid(&inst, &found.plans),
@@ -117,6 +131,32 @@ fn the_paper_sized_instance_is_solved_and_beats_fixed_rows() {
     assert_valid(&inst, &found.plans);
     let fixed = simulate(&inst, &assignment.fixed_rows(&inst), None).expect("fixed rows");
     assert!(found.makespan < fixed.makespan, "{} vs {}", found.makespan, fixed.makespan);
+}
+
+#[test]
+fn the_ratio_counts_transformer_stages_and_the_first_one_always_runs() {
+    // Embedding, six transformer stages, head, as in the released trainer's 6 x 4 layers: 33% skips 2 of
+    // the 6 transformer stages, and every path runs the first transformer stage right after the embedding.
+    let spec = PipelineSpec { micro_batches: 3, ..spec(8, 2, 1) };
+    let settings = Scheduling { skip_ratio: 0.33, ..Scheduling::default() };
+    assert_eq!(settings.count, SkipCount::TransformerStages, "the released trainer's rule is the default");
+    let router = ScheduledRouter::for_pipeline(&spec, &settings).expect("schedule");
+    for path in router.paths().iter().flatten() {
+        let stages: Vec<usize> = path.iter().map(|h| h.0).collect();
+        assert_eq!(stages.len(), 6, "{stages:?}: 4 of 6 transformer stages plus the embedding and head");
+        assert_eq!(&stages[..2], &[0, 1], "{stages:?}: the first transformer stage always runs");
+        assert_eq!(stages.last(), Some(&7), "{stages:?}");
+    }
+    // The first rule, kept as an ablation: the ratio counts all 8 stages, so 3 are skipped, and the first
+    // transformer stage is skippable like the others (the load balance makes some path skip it).
+    let all = Scheduling { count: SkipCount::AllStages, ..settings };
+    let router = ScheduledRouter::for_pipeline(&spec, &all).expect("schedule");
+    let paths: Vec<Vec<usize>> = router.paths().iter().flatten().map(|p| p.iter().map(|h| h.0).collect()).collect();
+    assert!(paths.iter().all(|p| p.len() == 5), "{paths:?}");
+    assert!(paths.iter().any(|p| p[1] != 1), "{paths:?}");
+    // Skipping every skippable stage is refused by name under either rule.
+    let err = PathRules::over(8, SkipBase::transformer(8), 6, 0.9, 1.5).unwrap_err();
+    assert!(matches!(err, Error::Infeasible { constraint: "skip_ratio", .. }), "{err}");
 }
 
 #[test]
@@ -256,6 +296,11 @@ fn a_trained_model_runs_with_stages_dropped() {
     let full = model.loss_with(&[0, 1, 2, 3, 4, 5], &batches).expect("full");
     let half = model.loss_with(&[0, 1, 3, 5], &batches).expect("half");
     assert!(full.is_finite() && half.is_finite() && (full - half).abs() > 0.0);
+    // The perplexity is per sequence, then averaged: at least exp(mean loss) (Jensen), equal only if
+    // every sequence had the same loss.
+    let eval = model.evaluate(&[0, 1, 3, 5], &batches).expect("evaluate");
+    assert!((eval.loss - half).abs() < 1e-9, "{} vs {half}", eval.loss);
+    assert!(eval.perplexity > half.exp() * (1.0 + 1e-6), "{} vs exp {}", eval.perplexity, half.exp());
     assert!(model.loss_with(&[1, 2, 5], &batches).is_err(), "must start with the embedding");
     assert!(model.loss_with(&[0, 2, 2, 5], &batches).is_err(), "no stage twice");
 }

@@ -7,7 +7,7 @@ use genrl::DeviceProfile;
 use models::data::SyntheticConfig;
 use models::{Backend, DeviceSpec, ModelConfig, OptimConfig};
 use genrl::{FailurePlan, World};
-use pipeline::{Fallback, PipelineSpec};
+use pipeline::{Fallback, GradientScaling, PipelineSpec};
 use serde::{Deserialize, Serialize};
 use transport::sim::LinkSpec;
 
@@ -119,6 +119,11 @@ pub(crate) struct ArmConfig {
     /// failures are drawn from the run's seed, so arms with the same rate see the same failures.
     #[serde(default, skip_serializing_if = "is_default")]
     pub(crate) failure_rate: f64,
+    /// How each step's gradients are scaled and clipped: `per_stage` (a skipped stage averages over the
+    /// micro-batches that visited it; each stage clips on its own norm) or `whole_model` (as one model:
+    /// no rescale, one clip of the whole gradient's norm, as SkipPipe's released trainer).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub(crate) gradients: GradientScaling,
 }
 
 fn default_sync() -> Plug {
@@ -156,6 +161,7 @@ impl ArmConfig {
             routing: default_routing(),
             recovery: default_recovery(),
             failure_rate: 0.0,
+            gradients: GradientScaling::PerStage,
         }
     }
 }
@@ -456,6 +462,7 @@ impl RunConfig {
             eval_batches: self.eval_batches,
             eval_all_replicas: self.eval_all_replicas,
             edge_stages: self.edge_stages,
+            gradients: arm.gradients,
             ..PipelineSpec::new(arm.stages, arm.replicas, self.steps, self.model()?)
         };
         if let Some(geo) = &self.geo {

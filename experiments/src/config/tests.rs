@@ -52,4 +52,19 @@ fn bad_configs_name_the_field() {
     assert!(err(&format!("{sp}[geo]\nassignment = \"magic\"")).contains("geo.assignment"));
     assert!(err(&skip("memory = 1")).contains("memory"), "2 micro-batches per data node");
     assert!(err("[skippipe]\nskip_ratios = [1.0]").contains("skippipe.skip_ratios"));
+    assert!(err(&skip("count = \"some_stages\"")).contains("count"), "the counting rule is one of two names");
+    assert!(err(&format!("{arm}gradients = \"per_layer\"")).contains("gradients"));
+}
+
+#[test]
+fn the_ablation_rules_are_named_options() -> Result<()> {
+    let text = "layers = 4\nedge_stages = true\n[[arms]]\nlabel = \"x\"\nstages = 6\nreplicas = 2\n\
+                gradients = \"per_stage\"\nrouting = { kind = \"skippipe\", skip_ratio = 0.25, count = \"all_stages\" }\n[geo]";
+    let cfg = RunConfig::from_toml(text)?;
+    assert_eq!(cfg.arms[0].gradients, GradientScaling::PerStage);
+    let settings = cfg.arms[0].routing.settings::<skippipe::Scheduling>()?;
+    assert_eq!(settings.count, skippipe::SkipCount::AllStages);
+    let default = RunConfig::from_toml(&text.replace("gradients = \"per_stage\"\n", "gradients = \"whole_model\"\n"))?;
+    assert_eq!(default.arms[0].gradients, GradientScaling::WholeModel);
+    Ok(())
 }

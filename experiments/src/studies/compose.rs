@@ -42,7 +42,7 @@ impl TrainingStudy for ComposeStudy {
             failure_rate: rate,
             ..ArmConfig::new(label, stages, replicas)
         };
-        let (all_reduce, fixed, skip) = (Plug::named("all_reduce"), Plug::named("fixed"), skippipe_routing(0.25));
+        let (all_reduce, fixed, skip) = (Plug::named("all_reduce"), Plug::named("fixed"), skippipe_routing(0.33));
         RunConfig {
             name: "compose".into(),
             steps,
@@ -65,7 +65,7 @@ impl TrainingStudy for ComposeStudy {
                 },
                 arm("baseline", all_reduce.clone(), fixed.clone(), "checkpoint"),
                 arm("NoLoCo", noloco.clone(), Plug::named("random"), "checkpoint"),
-                arm("SkipPipe 25%", all_reduce.clone(), skip.clone(), "checkpoint"),
+                arm("SkipPipe 33%", all_reduce.clone(), skip.clone(), "checkpoint"),
                 arm("CheckFree", all_reduce, fixed, "checkfree"),
                 arm("NoLoCo + SkipPipe + CheckFree", noloco, skip, "checkfree"),
             ],

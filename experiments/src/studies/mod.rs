@@ -348,6 +348,15 @@ mod tests {
             .and_then(|a| a.recovery.settings::<::checkfree::CheckFree>().ok())
             .map(|c| c.lr_scale);
         assert_eq!(scale, Some(1.1));
+        let skippipe = preset("skippipe")?;
+        let o = &skippipe.optim;
+        assert_eq!((o.beta2, o.weight_decay, o.grad_clip, o.warmup_steps), (0.999, 0.0, 1.0, 0));
+        assert_eq!(o.lr, o.min_lr, "a constant rate");
+        // Every arm but the one ablation trains as the released trainer does.
+        let per_stage = skippipe.arms.iter().filter(|a| a.gradients == pipeline::GradientScaling::PerStage);
+        assert_eq!(per_stage.map(|a| a.label.as_str()).collect::<Vec<_>>(), ["SkipPipe 33%, per-stage gradients"]);
+        let counts = skippipe.arms.iter().filter_map(|a| a.routing.settings::<::skippipe::Scheduling>().ok());
+        assert!(counts.clone().count() >= 2 && counts.into_iter().all(|s| s.count == ::skippipe::SkipCount::TransformerStages));
         Ok(())
     }
 }
