@@ -29,13 +29,13 @@ fn claims_section(report: &str) -> Option<String> {
 /// others still run.
 pub(crate) fn reproduce_all(how: &Reproduce) -> Result<()> {
     let out = out_dir(how.out.clone(), "all")?;
-    let quick = how.quick;
+    let flags = how.flags();
     let began = Instant::now();
     let mut done: Vec<(&str, f64, Result<()>)> = Vec::new();
     let n = STUDIES.len();
     for (i, study) in STUDIES.iter().enumerate() {
         let name = study.name();
-        eprintln!("\n=== [{}/{n}] reproduce {name}{} ===", i + 1, if quick { " --quick" } else { "" });
+        eprintln!("\n=== [{}/{n}] reproduce {name}{flags} ===", i + 1);
         let t = Instant::now();
         let result = study.reproduce(&Reproduce { out: Some(out.join(name)), ..how.clone() });
         if let Err(e) = &result {
@@ -44,7 +44,7 @@ pub(crate) fn reproduce_all(how: &Reproduce) -> Result<()> {
         done.push((name, t.elapsed().as_secs_f64(), result));
     }
     let total = began.elapsed().as_secs_f64();
-    let index = index(&out, &done, total, quick)?;
+    let index = index(&out, &done, total, &flags)?;
     write_atomic(&out.join("report.md"), index.as_bytes())?;
     println!("index report: {}", out.join("report.md").display());
     let failed: Vec<&str> = done.iter().filter(|d| d.2.is_err()).map(|d| d.0).collect();
@@ -54,12 +54,11 @@ pub(crate) fn reproduce_all(how: &Reproduce) -> Result<()> {
     Ok(())
 }
 
-fn index(out: &Path, done: &[(&str, f64, Result<()>)], total: f64, quick: bool) -> Result<String> {
+fn index(out: &Path, done: &[(&str, f64, Result<()>)], total: f64, flags: &str) -> Result<String> {
     let mut md = String::from("# swarmlab: every reproduction\n\n");
     let _ = writeln!(
         md,
-        "`swarmlab reproduce all{}`: {} studies, {:.0} s ({:.1} min) in all on this machine.\n",
-        if quick { " --quick" } else { "" },
+        "`swarmlab reproduce all{flags}`: {} studies, {:.0} s ({:.1} min) in all on this machine.\n",
         done.len(),
         total,
         total / 60.0

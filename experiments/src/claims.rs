@@ -111,6 +111,9 @@ pub(crate) struct SeededClaim {
     pub(crate) min: Option<f64>,
     pub(crate) max: Option<f64>,
     pub(crate) what: Option<&'static str>,
+    /// Where the claim starts to hold and the paper's effect size (from the measure).
+    pub(crate) holds_above: Option<f64>,
+    pub(crate) paper: Option<f64>,
     pub(crate) reproduced: Verdict,
 }
 
@@ -155,6 +158,8 @@ pub(crate) fn across_seeds(runs: &[Vec<Claim>]) -> Vec<SeededClaim> {
                 min,
                 max,
                 what: measure.map(|m| m.what),
+                holds_above: measure.map(|m| m.holds_above),
+                paper: measure.and_then(|m| m.paper),
                 reproduced,
             }
         })
@@ -187,6 +192,45 @@ pub(crate) fn seeded_table(claims: &[SeededClaim]) -> String {
         let _ = writeln!(md, "| {} | {ours} | {} |", c.claim, c.reproduced.text());
     }
     md
+}
+
+/// How each claim moves from one model width to another: the mean at each (over its seeds), and whether
+/// the wider model is nearer the paper's side. A measure's larger values are the paper's side, so the gap
+/// to the paper shrinks with width when the mean rises (by more than the narrower width's spread, else
+/// the words say it is within the spread).
+pub(crate) fn trend_table(narrow: (usize, &[SeededClaim]), wide: (usize, &[SeededClaim])) -> String {
+    let (nw, nc) = narrow;
+    let (ww, wc) = wide;
+    let mut md = format!(
+        "| claim | width {nw}: mean (min–max) | width {ww}: mean (min–max) | with the wider model |\n|---|---|---|---|\n"
+    );
+    let cell = |c: &SeededClaim| match (c.mean, c.min, c.max) {
+        (Some(m), Some(lo), Some(hi)) => format!("{} ({}–{})", figure(m), figure(lo), figure(hi)),
+        _ => "not measured".to_owned(),
+    };
+    for w in wc {
+        let Some(n) = nc.iter().find(|n| n.id == w.id) else { continue };
+        let words = match (n.mean, n.min, n.max, w.mean) {
+            (Some(a), Some(lo), Some(hi), Some(b)) => {
+                let spread = (hi - lo).max(1e-12);
+                if (b - a).abs() <= spread {
+                    "about the same (within the narrower model's spread)".to_owned()
+                } else if b > a {
+                    format!("nearer the paper ({} → {}: {})", n.reproduced.text(), w.reproduced.text(), what(w))
+                } else {
+                    format!("further from the paper ({} → {}: {})", n.reproduced.text(), w.reproduced.text(), what(w))
+                }
+            }
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(md, "| {} | {} | {} | {words} |", w.claim, cell(n), cell(w));
+    }
+    md
+}
+
+/// A measure's unit, for the trend's words.
+fn what(c: &SeededClaim) -> &'static str {
+    c.what.unwrap_or("")
 }
 
 #[cfg(test)]
@@ -228,5 +272,17 @@ mod tests {
         assert!(table.contains("8.33 % (-1.00–14.00, 3 seeds) | inconclusive"), "{table}");
         let all_yes = across_seeds(&[vec![claim("a", 12.0)], vec![claim("a", 11.0)]]);
         assert_eq!(all_yes[0].reproduced, Verdict::Yes);
+    }
+
+    #[test]
+    fn the_width_trend_says_which_way_each_claim_moves() {
+        let narrow = across_seeds(&[vec![claim("a", -2.0), claim("b", 5.0), claim("c", 1.0)], vec![claim("a", -1.0), claim("b", 6.0), claim("c", 3.0)]]);
+        let wide = across_seeds(&[vec![claim("a", 4.0), claim("b", 1.0), claim("c", 2.0)], vec![claim("a", 5.0), claim("b", 2.0), claim("c", 2.5)]]);
+        let table = trend_table((32, &narrow), (64, &wide));
+        let row = |id: usize| table.lines().nth(2 + id).unwrap_or_default().to_owned();
+        assert!(row(0).contains("nearer the paper (no → partly"), "{table}");
+        assert!(row(1).contains("further from the paper"), "{table}");
+        assert!(row(2).contains("about the same"), "{table}");
+        assert!(table.starts_with("| claim | width 32"), "{table}");
     }
 }

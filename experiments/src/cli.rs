@@ -96,14 +96,28 @@ enum Command {
         study: String,
         #[command(flatten)]
         output: OutputArgs,
-        /// The same study at a smaller scale (a few minutes; for smoke checks).
-        #[arg(long)]
+        /// The same study at a smaller scale (a few minutes; for smoke checks): `--scale smoke`.
+        #[arg(long, conflicts_with = "scale")]
         quick: bool,
+        /// The rung of the scale ladder: `smoke` (minutes, one seed), `cpu` (the presets, sized for
+        /// this machine; each claim also measured at half the model width) or `paper` (the papers'
+        /// smallest model and sequence length, for a GPU: `--device cuda`). The estimated memory and
+        /// compute are printed before each run starts.
+        #[arg(long, value_enum, default_value_t = studies::Scale::Cpu)]
+        scale: studies::Scale,
         /// Run a training study with this many seeds (run seeds s, s+1, …) and judge each claim on the
-        /// range of its values: 3 by default, 1 with --quick. One folder per seed (`seed-<k>/`) and a
-        /// report over them.
+        /// range of its values: 3 by default, 1 at the smoke scale. One folder per seed (`seed-<k>/`)
+        /// and a report over them.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
         seeds: Option<u32>,
+        /// Seeds run at once: by default as many as the cores allow (one per two cores).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+        jobs: Option<u32>,
+        /// The training studies' corpus: `synthetic` (the presets' default, with a known loss floor),
+        /// `prose` (the shipped opening of War and Peace, public domain) or the path of a UTF-8 text
+        /// file or folder.
+        #[arg(long)]
+        corpus: Option<String>,
     },
     /// Verify one training run delegated to several trainers (Verde): each trains the same program on
     /// repops, some dishonestly; conflicting claims are disputed before a referee on the simulated network,
@@ -238,6 +252,31 @@ enum Command {
         #[arg(long)]
         emulate_link: bool,
     },
+    /// Choose a training study's learning rate: run its baseline arm alone at each rate (everything else
+    /// as the preset) and report the final validation loss of each; the best is the rate every arm of
+    /// the study uses, so no method is tuned on its own. Writes report.md and sweep.json.
+    SweepLr {
+        /// The training study.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(["noloco", "skippipe", "checkfree", "compose"]))]
+        study: String,
+        #[command(flatten)]
+        output: OutputArgs,
+        /// The peak learning rates to try, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = studies::sweep::DEFAULT_LRS)]
+        lrs: Vec<f32>,
+        /// The smoke scale (`--scale smoke`).
+        #[arg(long, conflicts_with = "scale")]
+        quick: bool,
+        /// The rung of the scale ladder to sweep at (see `reproduce`).
+        #[arg(long, value_enum, default_value_t = studies::Scale::Cpu)]
+        scale: studies::Scale,
+        /// Seeds per rate.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        seeds: u32,
+        /// The corpus (see `reproduce`).
+        #[arg(long)]
+        corpus: Option<String>,
+    },
     /// Regenerate the README's results section (between its `<!-- results:begin -->` and
     /// `<!-- results:end -->` lines) from a folder written by `swarmlab reproduce all`.
     Readme {
@@ -288,13 +327,39 @@ where
             cfg.device = device.unwrap_or(cfg.device);
             run::run(cfg, run::Output { out, force, allow_large }, quick).map(drop)
         }
-        Command::Reproduce { study, output: OutputArgs { out, force }, quick, seeds } => {
-            let seeds = seeds.map_or(if quick { 1 } else { 3 }, |s| s as usize);
-            let how = Reproduce { out, quick, device: device.unwrap_or_default(), force, allow_large, seeds };
+        Command::Reproduce { study, output: OutputArgs { out, force }, quick, scale, seeds, jobs, corpus } => {
+            let scale = if quick { studies::Scale::Smoke } else { scale };
+            let seeds = seeds.map_or(if scale == studies::Scale::Smoke { 1 } else { 3 }, |s| s as usize);
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            let jobs = jobs.map_or((cores / 2).max(1), |j| j as usize).min(seeds);
+            let corpus = corpus.as_deref().map(crate::config::CorpusConfig::named);
+            let how = Reproduce {
+                out,
+                scale,
+                corpus,
+                jobs,
+                device: device.unwrap_or_default(),
+                force,
+                allow_large,
+                seeds,
+            };
             match study.as_str() {
                 "all" => all::reproduce_all(&how),
                 name => studies::find(name)?.reproduce(&how),
             }
+        }
+        Command::SweepLr { study, output: OutputArgs { out, force }, lrs, quick, scale, seeds, corpus } => {
+            let how = Reproduce {
+                out,
+                scale: if quick { studies::Scale::Smoke } else { scale },
+                corpus: corpus.as_deref().map(crate::config::CorpusConfig::named),
+                jobs: 1,
+                device: device.unwrap_or_default(),
+                force,
+                allow_large,
+                seeds: seeds as usize,
+            };
+            studies::sweep::sweep_lr(&study, &lrs, &how).map(drop)
         }
         Command::Readme { run_dir, file } => all::readme(&run_dir, &file),
         Command::Keygen { out, addr } => {

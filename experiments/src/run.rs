@@ -10,16 +10,18 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use models::data::{Corpus, SyntheticLanguage, load_text};
 
-use crate::config::RunConfig;
+use crate::config::{Builtin, RunConfig};
 use crate::files::fresh_out_dir;
 use crate::report::{ArmResult, Claim, write_run};
 use crate::studies::{FINDINGS, Parts, RunView, TrainedArm};
 
-/// The corpus a configuration trains on: its text file or folder, else the synthetic language.
+/// The corpus a configuration trains on: its text file or folder, else a built-in one (the synthetic
+/// language or the shipped prose).
 pub(crate) fn corpus(cfg: &RunConfig) -> Result<Corpus> {
-    Ok(match &cfg.corpus.path {
-        Some(path) => load_text(path, cfg.corpus.val_fraction())?,
-        None => SyntheticLanguage::new(&cfg.corpus.synthetic)?.corpus(),
+    Ok(match (&cfg.corpus.path, cfg.corpus.builtin) {
+        (Some(path), _) => load_text(path, cfg.corpus.val_fraction())?,
+        (None, Builtin::Prose) => models::data::prose(cfg.corpus.val_fraction())?,
+        (None, Builtin::Synthetic) => SyntheticLanguage::new(&cfg.corpus.synthetic)?.corpus(),
     })
 }
 

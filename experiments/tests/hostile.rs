@@ -153,6 +153,17 @@ fn sapo_verify_and_reproduce_flags_say_what_is_wrong() -> TestResult {
         study.args(["reproduce", "noloco", "--quick", &format!("--seeds={seeds}")]);
         refused(study, &["--seeds"])?;
     }
+    let mut rungs = swarmlab();
+    rungs.args(["reproduce", "noloco", "--quick", "--scale", "paper"]);
+    refused(rungs, &["--quick", "--scale"])?;
+    let mut rung = swarmlab();
+    rung.args(["reproduce", "noloco", "--scale", "huge"]);
+    refused(rung, &["--scale", "smoke", "paper"])?;
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("no-such-text");
+    let mut corpus = swarmlab();
+    corpus.args(["reproduce", "checkfree", "--quick", "--out"]).arg(dir.path().join("out")).arg("--corpus").arg(&missing);
+    refused(corpus, &["no-such-text", "cannot read"])?;
     Ok(())
 }
 

@@ -95,6 +95,22 @@ pub struct StageSpec {
     pub last: bool,
 }
 
+impl StageSpec {
+    /// FLOPs of one forward pass of this part of `cfg`'s model over `batch × seq` tokens, from the shapes
+    /// alone (no weights are built): `2 · matrix weights · tokens` for the matrix products (each block's
+    /// four attention projections and three feed-forward matrices, the head on the last stage; the
+    /// embedding lookup is free) plus `4 · blocks · seq · d_model · tokens` for attention.
+    pub fn forward_flops(&self, cfg: &ModelConfig, batch: usize, seq: usize) -> f64 {
+        let tokens = (batch * seq) as f64;
+        let (d, f) = (cfg.d_model as f64, cfg.d_ff as f64);
+        let per_block = 4.0 * d * d + 3.0 * d * f;
+        let head = if self.last { cfg.vocab as f64 * d } else { 0.0 };
+        let blocks = self.layers.len() as f64;
+        let attention = 4.0 * blocks * (seq as f64) * d * tokens;
+        2.0 * (blocks * per_block + head) * tokens + attention
+    }
+}
+
 /// Splits `n_layers` blocks into `n_stages` contiguous ranges, as evenly as possible.
 pub fn split_layers(n_layers: usize, n_stages: usize) -> Result<Vec<StageSpec>> {
     if n_stages == 0 || n_stages > n_layers {
@@ -267,12 +283,7 @@ impl Stage {
     /// FLOPs of one forward pass over `batch × seq` tokens: `2 · weights · tokens` for the matrix
     /// products plus `4 · layers · seq · d_model · tokens` for attention (the embedding lookup is free).
     pub fn forward_flops(&self, batch: usize, seq: usize) -> f64 {
-        let tokens = (batch * seq) as f64;
-        let matmul_params =
-            self.params.iter().filter(|(_, v)| v.rank() == 2).map(|(_, v)| v.elem_count()).sum::<usize>()
-                - if self.spec.first { self.cfg.vocab * self.cfg.d_model } else { 0 };
-        let attention = 4.0 * (self.spec.layers.len() * seq * self.cfg.d_model) as f64 * tokens;
-        2.0 * matmul_params as f64 * tokens + attention
+        self.spec.forward_flops(&self.cfg, batch, seq)
     }
 
     /// Runs the stage: tokens or hidden states in; hidden states out, or logits `[B, T, vocab]` from
@@ -413,6 +424,21 @@ mod tests {
         assert_eq!(edged[3].global_name("blocks.0.wq"), "layers.2.wq");
         assert_eq!(edged[0].local_name("embed"), "embed");
         assert!(split_layers(2, 0).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn forward_flops_from_the_shapes_count_every_matrix_of_the_stage() -> Result<()> {
+        let cfg = ModelConfig { n_layers: 4, ..ModelConfig::preset("tiny")? };
+        for spec in split_layers_with_edges(4, 4)?.into_iter().chain(split_layers(4, 3)?) {
+            let stage = Stage::new(&cfg, spec.clone(), &Device::Cpu)?;
+            // The matrices the stage multiplies by: every rank-2 weight but the embedding table.
+            let matrices: usize = stage.params().iter().filter(|(n, v)| v.rank() == 2 && *n != "embed").map(|(_, v)| v.elem_count()).sum();
+            let (b, t) = (3, 16);
+            let attention = 4.0 * (spec.layers.len() * t * cfg.d_model * b * t) as f64;
+            let want = 2.0 * (matrices * b * t) as f64 + attention;
+            assert_eq!(spec.forward_flops(&cfg, b, t), want, "{spec:?}");
+        }
         Ok(())
     }
 

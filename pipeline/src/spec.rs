@@ -129,10 +129,8 @@ impl PipelineSpec {
 
     /// Forward FLOPs of one micro-batch through each stage.
     pub fn stage_forward_flops(&self) -> Result<Vec<f64>> {
-        self.stage_specs()?
-            .into_iter()
-            .map(|s| Ok(models::Stage::new(&self.model, s, &Device::Cpu)?.forward_flops(self.micro_batch, self.seq)))
-            .collect()
+        self.model.validate()?;
+        Ok(self.stage_specs()?.into_iter().map(|s| s.forward_flops(&self.model, self.micro_batch, self.seq)).collect())
     }
 
     /// The data-parallel baseline (ring all-reduce every step) on a fixed path.

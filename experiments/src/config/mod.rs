@@ -20,14 +20,33 @@ use crate::studies::skippipe::SkipPipeConfig;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct CorpusConfig {
-    /// A UTF-8 text file or directory; empty for the built-in synthetic language.
+    /// A UTF-8 text file or directory; empty for a built-in corpus.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) path: Option<PathBuf>,
-    /// Share of a text corpus held out for validation, in (0, 1) (default 0.1); only with `path`.
+    /// The built-in corpus when `path` is not set: the synthetic language, or the shipped prose.
+    #[serde(skip_serializing_if = "is_synthetic")]
+    pub(crate) builtin: Builtin,
+    /// Share of a text corpus held out for validation, in (0, 1) (default 0.1); only with `path` or the
+    /// prose.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) val_fraction: Option<f64>,
-    /// The synthetic language (used when `path` is not set).
+    /// The synthetic language (used when `path` is not set and `builtin` is `synthetic`).
     pub(crate) synthetic: SyntheticConfig,
+}
+
+/// A corpus the project carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Builtin {
+    /// The synthetic language, with its exact loss floor.
+    #[default]
+    Synthetic,
+    /// The opening of *War and Peace* (public domain), byte-tokenized.
+    Prose,
+}
+
+fn is_synthetic(b: &Builtin) -> bool {
+    *b == Builtin::Synthetic
 }
 
 impl CorpusConfig {
@@ -36,11 +55,39 @@ impl CorpusConfig {
         self.val_fraction.unwrap_or(0.1)
     }
 
+    /// Whether the corpus is text (a file, a folder or the shipped prose), not the synthetic language.
+    pub(crate) fn is_text(&self) -> bool {
+        self.path.is_some() || self.builtin == Builtin::Prose
+    }
+
     /// The corpus in words, for reports.
     pub(crate) fn describe(&self) -> String {
-        match &self.path {
-            Some(p) => format!("the text at `{}`", p.display()),
-            None => format!("the synthetic language (alphabet {}, order {})", self.synthetic.alphabet, self.synthetic.order),
+        match (&self.path, self.builtin) {
+            (Some(p), _) => format!("the text at `{}`", p.display()),
+            (None, Builtin::Prose) => {
+                "the shipped prose (the opening of War and Peace, public domain, 400 kB, bytes as tokens)".into()
+            }
+            (None, Builtin::Synthetic) => {
+                format!("the synthetic language (alphabet {}, order {})", self.synthetic.alphabet, self.synthetic.order)
+            }
+        }
+    }
+
+    /// The `--corpus` value that names this corpus.
+    pub(crate) fn flag(&self) -> String {
+        match (&self.path, self.builtin) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Builtin::Prose) => "prose".into(),
+            (None, Builtin::Synthetic) => "synthetic".into(),
+        }
+    }
+
+    /// The corpus a `--corpus` value names: `synthetic`, `prose`, or the path of a text file or folder.
+    pub(crate) fn named(name: &str) -> Self {
+        match name {
+            "synthetic" => Self::default(),
+            "prose" => Self { builtin: Builtin::Prose, ..Self::default() },
+            path => Self { path: Some(PathBuf::from(path)), ..Self::default() },
         }
     }
 }
@@ -55,6 +102,8 @@ mod limits {
     pub(super) const SEQ: RangeInclusive<usize> = 1..=65_536;
     pub(super) const EVAL_BATCHES: RangeInclusive<usize> = 1..=100_000;
     pub(super) const LAYERS: RangeInclusive<usize> = 1..=1024;
+    pub(super) const WIDTH: RangeInclusive<usize> = 2..=65_536;
+    pub(super) const HEADS: RangeInclusive<usize> = 1..=1024;
     pub(super) const ARMS: RangeInclusive<usize> = 1..=256;
     pub(super) const STAGES: RangeInclusive<usize> = 1..=1024;
     pub(super) const REPLICAS: RangeInclusive<usize> = 1..=4096;
@@ -222,6 +271,17 @@ pub(crate) struct RunConfig {
     /// If set, the number of transformer blocks instead of the preset's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) layers: Option<usize>,
+    /// If set, the model width (d_model) instead of the preset's; the feed-forward width keeps the
+    /// preset's ratio to it unless `ffn` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) width: Option<usize>,
+    /// If set, the attention heads instead of the preset's (they must divide the width into heads of an
+    /// even size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) heads: Option<usize>,
+    /// If set, the feed-forward width instead of the preset's (or its ratio to `width`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ffn: Option<usize>,
     /// Embedding and head in stages of their own (needed by CheckFree).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) edge_stages: bool,
@@ -266,6 +326,9 @@ impl Default for RunConfig {
             model_preset: "tiny".into(),
             profile_tflops: None,
             layers: None,
+            width: None,
+            heads: None,
+            ffn: None,
             edge_stages: false,
             backend: Backend::Native,
             optim: OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 20, total_steps: 300, ..OptimConfig::default() },
@@ -380,6 +443,15 @@ impl RunConfig {
         if let Some(layers) = self.layers {
             in_range("layers", layers, limits::LAYERS)?;
         }
+        for (field, value, range) in [
+            ("width", self.width, limits::WIDTH),
+            ("heads", self.heads, limits::HEADS),
+            ("ffn", self.ffn, limits::WIDTH),
+        ] {
+            if let Some(v) = value {
+                in_range(field, v, range)?;
+            }
+        }
         if let Some(t) = self.profile_tflops {
             in_range("profile_tflops", t, limits::TFLOPS)?;
         }
@@ -402,9 +474,14 @@ impl RunConfig {
             }
         }
         let corpus = &self.corpus;
-        match (&corpus.path, corpus.val_fraction) {
-            (None, Some(_)) => bail!("invalid corpus.val_fraction: it applies to a text corpus (corpus.path) only"),
-            (Some(_), Some(f)) if !(f > 0.0 && f < 1.0) => bail!("invalid corpus.val_fraction: {f} is outside (0, 1)"),
+        if corpus.path.is_some() && corpus.builtin != Builtin::Synthetic {
+            bail!("invalid corpus.builtin: a corpus is either built in or read from corpus.path, not both");
+        }
+        match (corpus.is_text(), corpus.val_fraction) {
+            (false, Some(_)) => {
+                bail!("invalid corpus.val_fraction: it applies to a text corpus (corpus.path or the prose) only")
+            }
+            (true, Some(f)) if !(f > 0.0 && f < 1.0) => bail!("invalid corpus.val_fraction: {f} is outside (0, 1)"),
             _ => {}
         }
         in_range("corpus.synthetic.train_tokens", corpus.synthetic.train_tokens, limits::TOKENS)?;
@@ -428,10 +505,18 @@ impl RunConfig {
     /// The model every arm trains.
     pub(crate) fn model(&self) -> Result<ModelConfig> {
         let preset = ModelConfig::preset(&self.model_preset)?;
+        let d_model = self.width.unwrap_or(preset.d_model);
+        let n_heads = self.heads.unwrap_or(preset.n_heads);
+        if d_model == 0 || n_heads == 0 || !d_model.is_multiple_of(n_heads) || !(d_model / n_heads).is_multiple_of(2) {
+            bail!("invalid width/heads: {n_heads} heads do not split width {d_model} into heads of an even size");
+        }
         Ok(ModelConfig {
             backend: self.backend,
             max_seq: self.seq.max(1),
             n_layers: self.layers.unwrap_or(preset.n_layers),
+            d_model,
+            n_heads,
+            d_ff: self.ffn.unwrap_or(preset.d_ff * d_model / preset.d_model),
             ..preset
         })
     }

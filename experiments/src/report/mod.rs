@@ -346,9 +346,8 @@ fn markdown(run: &RunView<'_>, summary: &Summary<'_>) -> String {
     };
     let _ = writeln!(
         md,
-        "Model: `{}` ({} parameters), {} steps of {} micro-batches x {} sequences x {} tokens per replica, {swarm}.\n",
-        cfg.model_preset,
-        cfg.model().map(|m| m.param_count()).unwrap_or(0),
+        "Model: {}; {} steps of {} micro-batches x {} sequences x {} tokens per replica, {swarm}.\n",
+        crate::studies::model_words(cfg),
         cfg.steps,
         cfg.micro_batches,
         cfg.micro_batch,

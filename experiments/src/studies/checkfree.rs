@@ -13,7 +13,7 @@ use crate::config::{ArmConfig, NetworkConfig, RecoveryConfig, RunConfig};
 use crate::plugs::Plug;
 use crate::claims::{Claim, Measure, Verdict};
 use crate::report::{ArmResult, opt};
-use crate::studies::{Findings, RunView, Setup, SetupRow, TrainingStudy, optimizer_words, schedule_words, time_to};
+use crate::studies::{Findings, RunView, Setup, SetupRow, TrainingStudy, model_reason, model_words, optimizer_words, schedule_words, time_to};
 
 /// The CheckFree study.
 pub(crate) struct CheckFreeStudy;
@@ -21,6 +21,26 @@ pub(crate) struct CheckFreeStudy;
 impl TrainingStudy for CheckFreeStudy {
     fn name(&self) -> &'static str {
         "checkfree"
+    }
+
+    /// CheckFree's smallest configuration (`124M_config.json`): width 512, 8 heads, 4 transformer
+    /// stages of 3 blocks (plus the embedding and head stages), sequences of 512, 4 micro-batches of 16.
+    fn paper(&self, cfg: RunConfig) -> RunConfig {
+        let stages = 6;
+        let arms = cfg.arms.iter().map(|a| ArmConfig { stages, ..a.clone() }).collect();
+        let recovery = crate::config::RecoveryConfig { protect: vec![0, stages - 1], ..cfg.recovery.clone() };
+        RunConfig {
+            width: Some(512),
+            heads: Some(8),
+            ffn: Some(4 * 512),
+            layers: Some(12),
+            seq: 512,
+            micro_batches: 4,
+            micro_batch: 16,
+            arms,
+            recovery,
+            ..cfg
+        }
     }
 
     /// CheckFree and CheckFree+ against checkpointing and redundant computation at the paper's four
@@ -144,7 +164,6 @@ impl Findings for CheckFreeStudy {
         }
         const SIM: &str = "simulate_training/convergence_training.py";
         const SMALL: &str = "simulate_training/124M_config.json";
-        let params = cfg.model().map(|m| m.param_count()).unwrap_or(0);
         let stages = cfg.arms.iter().map(|a| a.stages).max().unwrap_or(0);
         // The protocols' own settings (their defaults where the arm gives none), as the arms run them.
         let arm = |kind: &str| cfg.arms.iter().find(|a| a.recovery.kind == kind);
@@ -162,8 +181,8 @@ impl Findings for CheckFreeStudy {
                 "model",
                 "Llama, width 512, 8 heads, 4 stages x 3 layers + an embedding/head stage, sequences of 512 (the smallest configuration)",
                 SMALL,
-                format!("`{}` ({params} parameters), {stages} stages (embedding, {} transformer stages, head), sequences of {}", cfg.model_preset, stages.saturating_sub(2), cfg.seq),
-                "CPU scale: every arm of the study must fit a 2-core machine",
+                format!("{}; {stages} stages (embedding, {} transformer stages, head)", model_words(cfg), stages.saturating_sub(2)),
+                model_reason(cfg, (512, 12, 512), "CPU scale: every arm of the study must fit a 2-core machine"),
             ),
             SetupRow::new("data", "TinyStories", SMALL, cfg.corpus.describe(), "the embedded default needs no download and has a known loss floor"),
             SetupRow::new(

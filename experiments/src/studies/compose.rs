@@ -23,6 +23,12 @@ impl TrainingStudy for ComposeStudy {
         "compose"
     }
 
+    /// The three protocols together at CheckFree's smallest model width (width 512, 8 heads, sequences
+    /// of 512), the preset's six transformer stages of one block.
+    fn paper(&self, cfg: RunConfig) -> RunConfig {
+        RunConfig { width: Some(512), heads: Some(8), ffn: Some(4 * 512), seq: 512, ..cfg }
+    }
+
     /// The three protocols together and each alone, on SkipPipe's geo-distributed swarm with CheckFree's
     /// failures (16% of stages per hour; the embedding and head stages never fail): an 8-stage pipeline
     /// (embedding, six one-block stages, head) x 2 replicas. The baseline synchronises by all-reduce every

@@ -19,6 +19,7 @@ pub(crate) mod noloco;
 pub(crate) mod sapo;
 mod seeds;
 pub(crate) mod skippipe;
+pub(crate) mod sweep;
 pub(crate) mod verde;
 
 pub(crate) use seeds::first_seed;
@@ -33,13 +34,42 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ArmConfig, RunConfig};
 use crate::report::{ArmResult, Claim};
 
+/// The rungs of the scale ladder a study can run at (`swarmlab reproduce --scale`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scale {
+    /// A smoke check of minutes (`--quick`): fewer steps, a smaller corpus and swarm, one seed.
+    Smoke,
+    /// The study's preset, sized for a CPU; each claim is also measured at half the model width, so
+    /// the report can say which way the gap to the paper moves with width.
+    #[default]
+    Cpu,
+    /// The papers' smallest configuration (their model's width, blocks, heads and sequence length,
+    /// their micro-batching) with the preset's arms and steps: for a machine with a GPU.
+    Paper,
+}
+
+impl Scale {
+    /// Its name on the command line.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Smoke => "smoke",
+            Self::Cpu => "cpu",
+            Self::Paper => "paper",
+        }
+    }
+}
+
 /// How `swarmlab reproduce` was asked to run a study.
 #[derive(Debug, Clone)]
 pub(crate) struct Reproduce {
     /// Output folder (a default under `runs/` if not given).
     pub(crate) out: Option<PathBuf>,
-    /// The smoke-check scale.
-    pub(crate) quick: bool,
+    /// The rung of the scale ladder.
+    pub(crate) scale: Scale,
+    /// The corpus of the training studies instead of their preset's (`--corpus`).
+    pub(crate) corpus: Option<crate::config::CorpusConfig>,
+    /// Seeds run at once (at least 1).
+    pub(crate) jobs: usize,
     /// Where the tensors live (resolved once, by the CLI).
     pub(crate) device: models::DeviceSpec,
     /// Replace a run already in `out`.
@@ -48,6 +78,22 @@ pub(crate) struct Reproduce {
     pub(crate) allow_large: bool,
     /// Seeds per training study (at least 1).
     pub(crate) seeds: usize,
+}
+
+impl Reproduce {
+    /// Whether this is the smoke-check rung.
+    pub(crate) fn quick(&self) -> bool {
+        self.scale == Scale::Smoke
+    }
+
+    /// The command-line flags that ask for this (for the reports' first lines).
+    pub(crate) fn flags(&self) -> String {
+        let mut flags = format!(" --scale {} --seeds {}", self.scale.name(), self.seeds);
+        if let Some(corpus) = &self.corpus {
+            flags.push_str(&format!(" --corpus {}", corpus.flag()));
+        }
+        flags
+    }
 }
 
 /// A study `swarmlab reproduce <name>` knows.
@@ -71,8 +117,14 @@ pub(crate) trait TrainingStudy: Sync {
     /// The study's name.
     fn name(&self) -> &'static str;
 
-    /// The study's configuration at full scale.
+    /// The study's configuration at CPU scale.
     fn preset(&self) -> RunConfig;
+
+    /// The study at the papers' smallest configuration ([`Scale::Paper`]): their model and sequence
+    /// length, their micro-batching; the preset's arms and steps. Unchanged unless the study says.
+    fn paper(&self, cfg: RunConfig) -> RunConfig {
+        cfg
+    }
 }
 
 impl<T: TrainingStudy> Study for T {
@@ -81,12 +133,16 @@ impl<T: TrainingStudy> Study for T {
     }
 
     fn reproduce(&self, how: &Reproduce) -> Result<()> {
-        let cfg = RunConfig { device: how.device, ..self.preset() };
-        if how.seeds > 1 {
+        let preset = self.preset();
+        let corpus = how.corpus.clone().unwrap_or(preset.corpus.clone());
+        let cfg = RunConfig { device: how.device, corpus, ..preset };
+        let cfg = if how.scale == Scale::Paper { self.paper(cfg) } else { cfg };
+        // Several seeds, or the CPU rung's second width: a study over runs.
+        if how.seeds > 1 || how.scale == Scale::Cpu {
             return seeds::reproduce(cfg, how);
         }
         let output = crate::run::Output { out: how.out.clone(), force: how.force, allow_large: how.allow_large };
-        crate::run::run(cfg, output, how.quick).map(drop)
+        crate::run::run(cfg, output, how.quick()).map(drop)
     }
 }
 
@@ -116,10 +172,15 @@ pub(crate) fn find(name: &str) -> Result<&'static dyn Study> {
 /// The preset of training study `name` (for tests and tools).
 #[cfg(test)]
 pub(crate) fn preset(name: &str) -> Result<RunConfig> {
-    let presets: [&dyn TrainingStudy; 4] =
+    Ok(training_study(name)?.preset())
+}
+
+/// The training study called `name`.
+pub(crate) fn training_study(name: &str) -> Result<&'static dyn TrainingStudy> {
+    let presets: [&'static dyn TrainingStudy; 4] =
         [&noloco::NoLoCoStudy, &skippipe::SkipPipeStudy, &checkfree::CheckFreeStudy, &compose::ComposeStudy];
-    match presets.iter().find(|s| s.name() == name) {
-        Some(s) => Ok(s.preset()),
+    match presets.into_iter().find(|s| s.name() == name) {
+        Some(s) => Ok(s),
         None => bail!("unknown training study {name:?}"),
     }
 }
@@ -221,12 +282,18 @@ pub(crate) struct SetupRow {
     /// Ours, read from the run's configuration.
     pub(crate) ours: String,
     /// Why ours differs (empty when it does not).
-    pub(crate) why: &'static str,
+    pub(crate) why: String,
 }
 
 impl SetupRow {
-    pub(crate) fn new(setting: &'static str, theirs: impl Into<String>, file: &'static str, ours: impl Into<String>, why: &'static str) -> Self {
-        Self { setting, theirs: theirs.into(), file, ours: ours.into(), why }
+    pub(crate) fn new(
+        setting: &'static str,
+        theirs: impl Into<String>,
+        file: &'static str,
+        ours: impl Into<String>,
+        why: impl Into<String>,
+    ) -> Self {
+        Self { setting, theirs: theirs.into(), file, ours: ours.into(), why: why.into() }
     }
 }
 
@@ -238,11 +305,38 @@ pub(crate) fn setup_section(cfg: &RunConfig) -> String {
         md.push_str(&format!("\nFrom {}:\n\n", setup.repository));
         md.push_str("| setting | authors' code | their file | ours | why ours differs |\n|---|---|---|---|---|\n");
         for r in setup.rows {
-            let why = if r.why.is_empty() { "same" } else { r.why };
+            let why = if r.why.is_empty() { "same" } else { &r.why };
             md.push_str(&format!("| {} | {} | `{}` | {} | {why} |\n", r.setting, r.theirs, r.file, r.ours));
         }
     }
     if md.is_empty() { md } else { format!("\n## Setup beside the authors' code\n{md}") }
+}
+
+/// The model of `cfg` in words: preset, width, blocks, heads, parameters, sequence length.
+pub(crate) fn model_words(cfg: &RunConfig) -> String {
+    match cfg.model() {
+        Ok(m) => format!(
+            "`{}` at width {}, {} blocks, {} heads ({} parameters), sequences of {}",
+            cfg.model_preset,
+            m.d_model,
+            m.n_layers,
+            m.n_heads,
+            m.param_count(),
+            cfg.seq
+        ),
+        Err(e) => format!("`{}` ({e})", cfg.model_preset),
+    }
+}
+
+/// Why the model row of a setup table differs: nothing but the vocabulary when `cfg`'s model has the
+/// authors' width, blocks and sequence length, else `smaller` (the reason at CPU scale).
+pub(crate) fn model_reason(cfg: &RunConfig, (width, blocks, seq): (usize, usize, usize), smaller: &str) -> String {
+    match cfg.model() {
+        Ok(m) if m.d_model == width && m.n_layers == blocks && cfg.seq == seq => {
+            "the same shape; bytes as tokens (a vocabulary of 256, theirs a subword tokenizer's)".to_owned()
+        }
+        _ => smaller.to_owned(),
+    }
 }
 
 /// The inner optimizer of `cfg` in words (family, β, weight decay).
@@ -300,6 +394,30 @@ mod tests {
             cfg.quick().validate()?;
         }
         assert!(preset("nope").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_paper_rung_takes_the_authors_model_and_stays_valid() -> Result<()> {
+        for (name, width, blocks, seq) in
+            [("noloco", 768, 12, 1024), ("skippipe", 1024, 24, 1024), ("checkfree", 512, 12, 512), ("compose", 512, 6, 512)]
+        {
+            let study = training_study(name)?;
+            let cfg = study.paper(study.preset());
+            cfg.validate()?;
+            let m = cfg.model()?;
+            assert_eq!((m.d_model, m.n_layers, cfg.seq), (width, blocks, seq), "{name}");
+            assert!(m.param_count() > 10 * study.preset().model()?.param_count(), "{name}");
+            // The study's own setup table says the shape is the authors' (only the vocabulary differs).
+            if name != "compose" {
+                let repo = format!("gensyn-ai/{name} ");
+                let own = FINDINGS.iter().filter_map(|f| f.setup(&cfg)).find(|s| {
+                    format!("{} ", s.repository).to_lowercase().contains(&repo)
+                });
+                let model = own.and_then(|s| s.rows.into_iter().find(|r| r.setting == "model")).map(|r| r.why);
+                assert!(model.as_deref().is_some_and(|m| m.contains("the same shape")), "{name}: {model:?}");
+            }
+        }
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use crate::config::{ArmConfig, NetworkConfig, RunConfig, in_range};
 use crate::files::write_atomic;
 use crate::plugs::Plug;
 use crate::claims::{Claim, Measure};
-use crate::studies::{Findings, Parts, RunView, Save, Setup, SetupRow, TrainingStudy, optimizer_words, schedule_words};
+use crate::studies::{Findings, Parts, RunView, Save, Setup, SetupRow, TrainingStudy, model_reason, model_words, optimizer_words, schedule_words};
 
 /// The NoLoCo study.
 pub(crate) struct NoLoCoStudy;
@@ -25,6 +25,12 @@ pub(crate) struct NoLoCoStudy;
 impl TrainingStudy for NoLoCoStudy {
     fn name(&self) -> &'static str {
         "noloco"
+    }
+
+    /// NoLoCo's smallest model (`c4_base_100m.yaml`): width 768, 12 blocks of 12 heads, a feed-forward
+    /// width of 3,072, sequences of 1,024 tokens.
+    fn paper(&self, cfg: RunConfig) -> RunConfig {
+        RunConfig { width: Some(768), heads: Some(12), ffn: Some(3072), layers: Some(12), seq: 1024, ..cfg }
     }
 
     /// NoLoCo vs DiLoCo vs DDP on one 2-stage x 8-replica grid, the ablations (no pull term, no random
@@ -120,14 +126,13 @@ impl Findings for NoLoCoStudy {
         const BASE: &str = "configs/no_reduce_exp/C4/c4_base_100m.yaml";
         const NOLOCO: &str = "configs/no_reduce_exp/C4/c4_noloco_mean_100m_8.yaml";
         const DILOCO: &str = "configs/no_reduce_exp/C4/c4_diloco_100m_8.yaml";
-        let params = cfg.model().map(|m| m.param_count()).unwrap_or(0);
         let mut rows = vec![
             SetupRow::new(
                 "model",
                 "Llama, width 768, 12 layers, 12 heads, ~125M parameters, sequences of 1,024",
                 BASE,
-                format!("`{}` ({params} parameters), sequences of {}", cfg.model_preset, cfg.seq),
-                "CPU scale: a run of every arm must fit a 2-core machine",
+                model_words(cfg),
+                model_reason(cfg, (768, 12, 1024), "CPU scale: a run of every arm must fit a 2-core machine"),
             ),
             SetupRow::new(
                 "data",

@@ -26,7 +26,7 @@ impl Study for SapoStudy {
     }
 
     fn reproduce(&self, how: &Reproduce) -> Result<()> {
-        reproduce(how.out.clone(), how.quick, how.device)
+        reproduce(how.out.clone(), how.quick(), how.device)
     }
 
     /// A folder with `sapo.json` (written by `reproduce sapo`).

@@ -9,11 +9,14 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::claims::{Claim, SeededClaim, across_seeds, figure};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::claims::{Claim, SeededClaim, across_seeds, figure, trend_table};
 use crate::config::RunConfig;
 use crate::files::{fresh_out_dir, write_atomic};
 use crate::run::Output;
-use crate::studies::Reproduce;
+use crate::studies::{Reproduce, Scale};
 
 /// What `summary.json` of a seeded study holds.
 #[derive(Serialize)]
@@ -25,43 +28,133 @@ struct SeededSummary<'a> {
     wall_s: Vec<f64>,
     /// Each claim with its per-seed values, their mean and range, and the verdict from the range.
     claims: &'a [SeededClaim],
+    /// The same claims at half the model width (the CPU rung), in `width-<w>/seed-<k>/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    narrower: Option<Narrower<'a>>,
 }
 
-/// Runs `cfg` once per seed (`cfg.seed`, `cfg.seed + 1`, …) into `<out>/seed-<k>/`, then writes
-/// `<out>/report.md` and `<out>/summary.json` over them.
+/// The claims of a study's runs at a second, narrower model width.
+#[derive(Serialize)]
+struct Narrower<'a> {
+    width: usize,
+    wall_s: Vec<f64>,
+    claims: &'a [SeededClaim],
+}
+
+/// Each seed's claims and wall seconds.
+struct SeedRuns {
+    seeds: Vec<u64>,
+    wall_s: Vec<f64>,
+    claims: Vec<SeededClaim>,
+}
+
+/// Runs `cfg` once per seed (`cfg.seed`, `cfg.seed + 1`, …) into `<out>/seed-<k>/`; at the CPU rung
+/// also at half the model width into `<out>/width-<w>/seed-<k>/`; then writes `<out>/report.md` and
+/// `<out>/summary.json` over them.
 pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<()> {
     let out = fresh_out_dir(how.out.clone(), &cfg.name, how.force)?;
-    let mut runs: Vec<Vec<Claim>> = Vec::new();
-    let mut seeds = Vec::new();
-    let mut walls = Vec::new();
-    for k in 0..how.seeds {
-        let seed = cfg.seed.wrapping_add(k as u64);
-        eprintln!("\n--- {} seed {} of {} (run seed {seed}) ---", cfg.name, k + 1, how.seeds);
-        let output = Output { out: Some(out.join(format!("seed-{k}"))), force: how.force, allow_large: how.allow_large };
-        let t = Instant::now();
-        let claims = crate::run::run(RunConfig { seed, ..cfg.clone() }, output, how.quick)
-            .with_context(|| format!("seed {seed}"))?;
-        runs.push(claims);
-        seeds.push(seed);
-        walls.push(t.elapsed().as_secs_f64());
-    }
-    let claims = across_seeds(&runs);
-    let summary = SeededSummary { name: &cfg.name, seeds, wall_s: walls, claims: &claims };
+    let main = run_seeds(&cfg, how, &out)?;
+    let narrow = match how.scale {
+        Scale::Cpu => {
+            let (narrow, width) = narrower(&cfg)?;
+            eprintln!("\n--- {} at half the width ({width}) ---", cfg.name);
+            Some((width, run_seeds(&narrow, how, &out.join(format!("width-{width}")))?))
+        }
+        _ => None,
+    };
+    let summary = SeededSummary {
+        name: &cfg.name,
+        seeds: main.seeds.clone(),
+        wall_s: main.wall_s.clone(),
+        claims: &main.claims,
+        narrower: narrow.as_ref().map(|(width, runs)| Narrower { width: *width, wall_s: runs.wall_s.clone(), claims: &runs.claims }),
+    };
     write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    let ran = if how.quick { cfg.clone().quick() } else { cfg.clone() };
-    write_atomic(&out.join("report.md"), markdown(&summary, how.quick, &ran).as_bytes())?;
+    let ran = if how.quick() { cfg.clone().quick() } else { cfg.clone() };
+    let width = ran.model().map_or(0, |m| m.d_model);
+    let mut md = markdown(&summary, how, &ran);
+    if let Some((w, runs)) = &narrow {
+        md.push_str(&trend_section((*w, &runs.claims), (width, &main.claims), *w));
+    }
+    write_atomic(&out.join("report.md"), md.as_bytes())?;
     println!("report over {} seeds: {}", how.seeds, out.join("report.md").display());
     Ok(())
 }
 
-fn markdown(s: &SeededSummary<'_>, quick: bool, cfg: &RunConfig) -> String {
+/// `cfg` at half its model width (and half its heads, when that keeps the head size even), and that
+/// width.
+fn narrower(cfg: &RunConfig) -> Result<(RunConfig, usize)> {
+    let model = cfg.model()?;
+    let width = model.d_model / 2;
+    let heads = if (width / model.n_heads.max(1)) % 2 == 0 { model.n_heads } else { (model.n_heads / 2).max(1) };
+    let narrow = RunConfig { width: Some(width), heads: Some(heads), ffn: Some(model.d_ff / 2), ..cfg.clone() };
+    narrow.model().with_context(|| format!("{} at half the width", cfg.name))?;
+    Ok((narrow, width))
+}
+
+/// One seed's claims and wall seconds, or why it failed.
+type SeedResult = Result<(Vec<Claim>, f64)>;
+
+/// Runs `cfg` once per seed into `<out>/seed-<k>/`, `how.jobs` at a time.
+fn run_seeds(cfg: &RunConfig, how: &Reproduce, out: &Path) -> Result<SeedRuns> {
+    let n = how.seeds;
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<Option<SeedResult>>> = Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..how.jobs.clamp(1, n.max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    if k >= n {
+                        return;
+                    }
+                    let seed = cfg.seed.wrapping_add(k as u64);
+                    eprintln!("\n--- {} seed {} of {n} (run seed {seed}) ---", cfg.name, k + 1);
+                    let output =
+                        Output { out: Some(out.join(format!("seed-{k}"))), force: how.force, allow_large: how.allow_large };
+                    let t = Instant::now();
+                    let result = crate::run::run(RunConfig { seed, ..cfg.clone() }, output, how.quick())
+                        .with_context(|| format!("seed {seed}"))
+                        .map(|claims| (claims, t.elapsed().as_secs_f64()));
+                    if let Ok(mut slots) = done.lock() {
+                        slots[k] = Some(result);
+                    }
+                }
+            });
+        }
+    });
+    let slots = done.into_inner().map_err(|_| anyhow::anyhow!("a seed's run panicked"))?;
+    let (mut runs, mut walls, mut seeds) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, slot) in slots.into_iter().enumerate() {
+        let (claims, wall) = slot.ok_or_else(|| anyhow::anyhow!("seed {} did not run", k + 1))??;
+        runs.push(claims);
+        walls.push(wall);
+        seeds.push(cfg.seed.wrapping_add(k as u64));
+    }
+    Ok(SeedRuns { seeds, wall_s: walls, claims: across_seeds(&runs) })
+}
+
+/// The report's section on how the claims move from the narrower width to the preset's.
+fn trend_section(narrow: (usize, &[SeededClaim]), wide: (usize, &[SeededClaim]), narrow_width: usize) -> String {
+    let mut md = String::from("\n## Trend with model width\n\n");
+    let _ = writeln!(
+        md,
+        "Every claim measured again at half the model width (width {narrow_width}; runs in \
+         [width-{narrow_width}/](width-{narrow_width}/)), the same seeds. Each measure is oriented so that larger is the \
+         paper's side: a mean that rises with width is a gap to the paper that shrinks with scale.\n"
+    );
+    md.push_str(&trend_table(narrow, wide));
+    md
+}
+
+fn markdown(s: &SeededSummary<'_>, how: &Reproduce, cfg: &RunConfig) -> String {
     let n = s.seeds.len();
     let mut md = format!("# swarmlab study `{}` over {n} seeds\n\n", s.name);
     let _ = writeln!(
         md,
-        "`swarmlab reproduce {}{} --seeds {n}`: the study's run once per seed (run seeds {}), {:.0} s of wall time in all. Each claim's figure is the mean over the seeds with its range (min–max); the verdict is \"yes\" only when every seed is on the paper's side of the claim, \"no\" when every seed is on the other side, \"inconclusive\" when the range spans it.\n",
+        "`swarmlab reproduce {}{}`: the study's run once per seed (run seeds {}), {:.0} s of wall time in all. Each claim's figure is the mean over the seeds with its range (min–max); the verdict is \"yes\" only when every seed is on the paper's side of the claim, \"no\" when every seed is on the other side, \"inconclusive\" when the range spans it.\n",
         s.name,
-        if quick { " --quick" } else { "" },
+        how.flags(),
         s.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
         s.wall_s.iter().sum::<f64>()
     );
@@ -111,7 +204,9 @@ mod tests {
         };
         let how = Reproduce {
             out: Some(dir.path().join("study")),
-            quick: false,
+            scale: Scale::Cpu,
+            corpus: None,
+            jobs: 2,
             device: models::DeviceSpec::default(),
             force: false,
             allow_large: false,
@@ -132,6 +227,11 @@ mod tests {
         assert!(report.contains("## Claims") && report.contains("2 seeds)"), "{report}");
         assert!(report.contains("[seed 1](seed-0/report.md)"), "{report}");
         assert_eq!(first_seed(&out), Some(out.join("seed-0")));
+        // The CPU rung measured every claim again at half the width, with the same seeds.
+        let narrow = RunConfig::load(&out.join("width-32/seed-1/config.toml"))?;
+        assert_eq!((narrow.width, narrow.seed), (Some(32), cfg.seed + 1));
+        assert_eq!(summary["narrower"]["width"], 32);
+        assert!(report.contains("## Trend with model width") && report.contains("| claim | width 32"), "{report}");
         // The folder now holds a study: it is not replaced without --force.
         assert!(reproduce(cfg, &how).is_err());
         Ok(())

@@ -30,7 +30,7 @@ impl Study for VerdeStudy {
         if how.device != models::DeviceSpec::Cpu {
             eprintln!("note: verde's disputes run on the CPU (--device applies to the training studies)");
         }
-        reproduce(how.out.clone(), how.quick)
+        reproduce(how.out.clone(), how.quick())
     }
 }
 

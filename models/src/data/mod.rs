@@ -1,12 +1,12 @@
 //! Training data: the byte-level tokenizer, the synthetic language with a known entropy rate (the
-//! default corpus), text corpora from files, and seeded batch sampling.
+//! default corpus), the shipped public-domain prose, text corpora from files, and seeded batch sampling.
 
 mod synthetic;
 mod text;
 mod tokenizer;
 
 pub use synthetic::{SyntheticConfig, SyntheticLanguage};
-pub use text::load_text;
+pub use text::{PROSE, load_text, prose};
 pub use tokenizer::ByteTokenizer;
 
 use candle_core::{Device, Tensor};

@@ -79,14 +79,26 @@ pub fn load_text(path: impl AsRef<Path>, val_fraction: f64) -> Result<Corpus> {
     if text.trim().is_empty() {
         return Err(corpus_err(path, "is empty"));
     }
-    let tokens = ByteTokenizer.encode(&text);
+    Ok(split_text(path.display().to_string(), &text, val_fraction))
+}
+
+/// The prose the project ships: the opening of Leo Tolstoy's *War and Peace* (Book One and the start of
+/// Book Two, about 400 kB of English in the public-domain translation by Louise and Aylmer Maude).
+pub const PROSE: &str = include_str!("../../assets/prose.txt");
+
+/// The shipped prose ([`PROSE`]) as a corpus, byte-tokenized, its last `val_fraction` held out.
+pub fn prose(val_fraction: f64) -> Result<Corpus> {
+    if !(0.0..1.0).contains(&val_fraction) || val_fraction == 0.0 {
+        return Err(Error::config("corpus.val_fraction", format!("{val_fraction} is outside (0, 1)")));
+    }
+    Ok(split_text("prose (War and Peace, opening)".into(), PROSE, val_fraction))
+}
+
+/// Tokenizes `text` and holds out its last `val_fraction` of the tokens.
+fn split_text(name: String, text: &str, val_fraction: f64) -> Corpus {
+    let tokens = ByteTokenizer.encode(text);
     let split = ((tokens.len() as f64) * (1.0 - val_fraction)) as usize;
-    Ok(Corpus {
-        name: path.display().to_string(),
-        train: tokens[..split].to_vec(),
-        val: tokens[split..].to_vec(),
-        entropy_floor: None,
-    })
+    Corpus { name, train: tokens[..split].to_vec(), val: tokens[split..].to_vec(), entropy_floor: None }
 }
 
 #[cfg(test)]
@@ -103,6 +115,19 @@ mod tests {
         assert_eq!(ByteTokenizer.decode(&c.train[..5]), "hello");
         let single = load_text(dir.path().join("a.txt"), 0.5)?;
         assert_eq!(single.train.len(), 300);
+        Ok(())
+    }
+
+    #[test]
+    fn the_shipped_prose_is_english_text_split_for_validation() -> Result<()> {
+        let c = prose(0.1)?;
+        assert!(c.train.len() > 300_000 && c.val.len() > 30_000, "{} + {}", c.train.len(), c.val.len());
+        assert!(ByteTokenizer.decode(&c.train[..40]).starts_with("\"Well, Prince, so Genoa and Lucca"));
+        // Letters and spaces make most of it, and there are no carriage returns or byte-order marks.
+        let letters = PROSE.bytes().filter(|b| b.is_ascii_alphabetic() || *b == b' ').count();
+        assert!(letters as f64 > 0.85 * PROSE.len() as f64, "{letters} of {}", PROSE.len());
+        assert!(!PROSE.contains('\r') && !PROSE.starts_with('\u{feff}'));
+        assert!(prose(1.0).is_err() && prose(0.0).is_err());
         Ok(())
     }
 

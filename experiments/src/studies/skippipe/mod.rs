@@ -36,6 +36,22 @@ impl TrainingStudy for SkipPipeStudy {
         "skippipe"
     }
 
+    /// The released trainer's model (`simulate-training/trainer.py`): width 1,024, 16 heads, 24 blocks
+    /// in 6 transformer stages of 4, sequences of 1,024, 6 micro-batches of 8 per replica (~500M
+    /// parameters with our byte vocabulary; two replicas fit one 80 GB GPU).
+    fn paper(&self, cfg: RunConfig) -> RunConfig {
+        RunConfig {
+            width: Some(1024),
+            heads: Some(16),
+            ffn: Some(4 * 1024),
+            layers: Some(24),
+            seq: 1024,
+            micro_batches: 6,
+            micro_batch: 8,
+            ..cfg
+        }
+    }
+
     /// SkipPipe on a geo-distributed, heterogeneous swarm: an 8-stage pipeline (embedding, six two-block
     /// transformer stages, head; the released trainer's six stages of four layers at CPU scale) x 2
     /// replicas, trained as the released trainer trains (Adam, β₂ 0.999, no weight decay, constant

@@ -4,13 +4,12 @@ use pipeline::GradientScaling;
 use skippipe::SkipCount;
 
 use crate::config::{ArmConfig, RunConfig};
-use crate::studies::{SetupRow, optimizer_words, schedule_words};
+use crate::studies::{SetupRow, model_reason, model_words, optimizer_words, schedule_words};
 
 const TRAINER: &str = "simulate-training/trainer.py";
 
 /// The rows of the setup table, for a run with SkipPipe arms.
 pub(super) fn rows(cfg: &RunConfig) -> Vec<SetupRow> {
-    let params = cfg.model().map(|m| m.param_count()).unwrap_or(0);
     let stages = cfg.arms.iter().map(|a| a.stages).max().unwrap_or(0);
     let mut ratios: Vec<String> =
         cfg.arms.iter().filter(|a| a.routing.kind == "skippipe").map(|a| format!("{:.0}%", super::skip_ratio(a) * 100.0)).collect();
@@ -48,8 +47,8 @@ pub(super) fn rows(cfg: &RunConfig) -> Vec<SetupRow> {
             "model",
             "Llama, width 1,024, 16 heads, 24 layers = 6 stages x 4 layers, sequences of 1,024 (~500M parameters)",
             TRAINER,
-            format!("`{}` ({params} parameters), {} layers, {layout}, sequences of {}", cfg.model_preset, cfg.layers.unwrap_or(0), cfg.seq),
-            "CPU scale",
+            format!("{}; {layout}", model_words(cfg)),
+            model_reason(cfg, (1024, 24, 1024), "CPU scale"),
         ),
         SetupRow::new("data", "RedPajama-V2 (sample-1T), Llama tokenizer", TRAINER, cfg.corpus.describe(), "the embedded default needs no download and has a known loss floor"),
         SetupRow::new("steps", "25,000 iterations", TRAINER, cfg.steps.to_string(), "CPU scale"),
