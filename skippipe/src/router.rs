@@ -1,7 +1,8 @@
 //! Executing a schedule in the pipeline runtime: the [`Router`] that hands every micro-batch its
-//! scheduled path. Skipped stages act as the identity (the activations go straight to the next hop), the
-//! gradient comes back along the reversed path, and each stage averages only the gradients of the
-//! micro-batches that visited it (the runtime's normalisation).
+//! scheduled path. Skipped stages act as the identity (the activations go straight to the next hop) and
+//! the gradient comes back along the reversed path; how a stage that some paths skip scales its gradient
+//! is the runtime's [`pipeline::GradientScaling`] (as one model, the released trainer's rule, or averaged
+//! over the stage's visits). [`SkipCount`] says which stages the skip ratio counts.
 
 use std::sync::Arc;
 

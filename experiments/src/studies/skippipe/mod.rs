@@ -491,27 +491,20 @@ fn dropped_stages(
     let full = model.evaluate(&all, &eval)?;
     let mut rows = Vec::new();
     for &keep in &study.keep {
-        // The counted stages dropped, at most every optional one.
-        let dropped = (base.counted - (keep * base.counted as f64).round() as usize).min(n - lead - 1);
-        let kept = n - dropped;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed ^ keep.to_bits());
+        let paths = kept_stages(n, base, keep, study.subsets, spec.seed);
         let (mut loss, mut perplexity) = (0.0, 0.0);
-        for _ in 0..study.subsets.max(1) {
-            let mut optional: Vec<usize> = (lead..n - 1).collect();
-            optional.shuffle(&mut rng);
-            let mut chosen: Vec<usize> = optional[..kept - lead - 1].to_vec();
-            chosen.sort_unstable();
-            let path: Vec<usize> = (0..lead).chain(chosen).chain(std::iter::once(n - 1)).collect();
-            let e = model.evaluate(&path, &eval)?;
+        for path in &paths {
+            let e = model.evaluate(path, &eval)?;
             loss += e.loss;
             perplexity += e.perplexity;
         }
-        let subsets = study.subsets.max(1) as f64;
+        let subsets = paths.len().max(1) as f64;
+        let kept = paths.first().map_or(n, Vec::len);
         rows.push(DroppedRow {
             arm: arm.label.into(),
             keep,
             stages_kept: kept,
-            counted_kept: base.counted - dropped,
+            counted_kept: base.counted - (n - kept),
             counted: base.counted,
             full_val_loss: full.loss,
             val_loss: loss / subsets,
@@ -520,6 +513,28 @@ fn dropped_stages(
         });
     }
     Ok(rows)
+}
+
+/// The stages run when a model of `n` stages keeps `keep` of the stages `base` counts: its leading
+/// stages and its last always, and `subsets` seeded random choices of the others (as many paths).
+fn kept_stages(n: usize, base: skippipe::SkipBase, keep: f64, subsets: usize, seed: u64) -> Vec<Vec<usize>> {
+    let lead = base.lead.max(1);
+    if n < lead + 2 {
+        return vec![(0..n).collect()];
+    }
+    // The counted stages dropped, at most every optional one.
+    let dropped = base.counted.saturating_sub((keep * base.counted as f64).round() as usize).min(n - lead - 1);
+    let kept = n - dropped;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ keep.to_bits());
+    (0..subsets.max(1))
+        .map(|_| {
+            let mut optional: Vec<usize> = (lead..n - 1).collect();
+            optional.shuffle(&mut rng);
+            let mut chosen: Vec<usize> = optional[..kept - lead - 1].to_vec();
+            chosen.sort_unstable();
+            (0..lead).chain(chosen).chain(std::iter::once(n - 1)).collect()
+        })
+        .collect()
 }
 
 /// The stages the run's skip ratio counts: its first SkipPipe arm's rule, else the default.
@@ -595,4 +610,31 @@ fn markdown(results: &SkipResults) -> String {
         }
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skippipe::{SkipBase, SkipCount};
+
+    #[test]
+    fn half_the_model_is_half_the_transformer_stages_with_the_first_kept() {
+        // Embedding, six transformer stages, head: half keeps 3 of the 6 transformer stages, the first
+        // among them, as every training path does.
+        let base = SkipCount::TransformerStages.base(8, true);
+        let paths = kept_stages(8, base, 0.5, 6, 1);
+        assert_eq!(paths.len(), 6);
+        for p in &paths {
+            assert_eq!(p.len(), 5, "{p:?}");
+            assert_eq!((&p[..2], p.last()), (&[0, 1][..], Some(&7)), "{p:?}");
+            assert!(p.windows(2).all(|w| w[0] < w[1]), "{p:?}");
+        }
+        assert!(paths.iter().any(|p| p != &paths[0]), "random choices of the others: {paths:?}");
+        // The first rule, as an ablation: half of all 8 stages, the first transformer stage optional.
+        let all = kept_stages(8, SkipBase::all(8), 0.5, 6, 1);
+        assert!(all.iter().all(|p| p.len() == 4) && all.iter().any(|p| p[1] != 1), "{all:?}");
+        // Keeping everything, or a model with nothing optional, runs every stage.
+        assert_eq!(kept_stages(8, base, 1.0, 2, 1), vec![(0..8).collect::<Vec<_>>(); 2]);
+        assert_eq!(kept_stages(3, SkipCount::TransformerStages.base(3, true), 0.5, 2, 1), vec![vec![0, 1, 2]]);
+    }
 }
