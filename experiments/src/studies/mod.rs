@@ -408,6 +408,9 @@ mod tests {
             let m = cfg.model()?;
             assert_eq!((m.d_model, m.n_layers, cfg.seq), (width, blocks, seq), "{name}");
             assert!(m.param_count() > 10 * study.preset().model()?.param_count(), "{name}");
+            // Every simulated worker of the study fits one 80 GB GPU, by the run's own estimate.
+            let gib = crate::needs::Needs::of(&cfg)?.bytes / f64::from(1u32 << 30);
+            assert!(gib < 75.0, "{name} needs about {gib:.1} GiB");
             // The study's own setup table says the shape is the authors' (only the vocabulary differs).
             if name != "compose" {
                 let repo = format!("gensyn-ai/{name} ");

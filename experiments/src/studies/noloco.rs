@@ -28,9 +28,18 @@ impl TrainingStudy for NoLoCoStudy {
     }
 
     /// NoLoCo's smallest model (`c4_base_100m.yaml`): width 768, 12 blocks of 12 heads, a feed-forward
-    /// width of 3,072, sequences of 1,024 tokens.
+    /// width of 3,072, sequences of 1,024 tokens; micro-batches of 2 sequences, so that the 16 workers'
+    /// weights, optimizer state and activations fit one 80 GB GPU.
     fn paper(&self, cfg: RunConfig) -> RunConfig {
-        RunConfig { width: Some(768), heads: Some(12), ffn: Some(3072), layers: Some(12), seq: 1024, ..cfg }
+        RunConfig {
+            width: Some(768),
+            heads: Some(12),
+            ffn: Some(3072),
+            layers: Some(12),
+            seq: 1024,
+            micro_batch: 2,
+            ..cfg
+        }
     }
 
     /// NoLoCo vs DiLoCo vs DDP on one 2-stage x 8-replica grid, the ablations (no pull term, no random

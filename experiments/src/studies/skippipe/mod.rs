@@ -37,8 +37,9 @@ impl TrainingStudy for SkipPipeStudy {
     }
 
     /// The released trainer's model (`simulate-training/trainer.py`): width 1,024, 16 heads, 24 blocks
-    /// in 6 transformer stages of 4, sequences of 1,024, 6 micro-batches of 8 per replica (~500M
-    /// parameters with our byte vocabulary; two replicas fit one 80 GB GPU).
+    /// in 6 transformer stages of 4, sequences of 1,024, 6 micro-batches per replica — of one sequence,
+    /// not their 8, so that both replicas' weights, optimizer state and a step's activations (about
+    /// 53 GiB by the estimate) fit one 80 GB GPU.
     fn paper(&self, cfg: RunConfig) -> RunConfig {
         RunConfig {
             width: Some(1024),
@@ -47,7 +48,7 @@ impl TrainingStudy for SkipPipeStudy {
             layers: Some(24),
             seq: 1024,
             micro_batches: 6,
-            micro_batch: 8,
+            micro_batch: 1,
             ..cfg
         }
     }
