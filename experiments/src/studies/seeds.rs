@@ -77,7 +77,8 @@ pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<()> {
         md.push_str(&trend_section((*w, &runs.claims), (width, &main.claims), *w));
     }
     write_atomic(&out.join("report.md"), md.as_bytes())?;
-    println!("report over {} seeds: {}", how.seeds, out.join("report.md").display());
+    let plural = if how.seeds == 1 { "" } else { "s" };
+    println!("report over {} seed{plural}: {}", how.seeds, out.join("report.md").display());
     Ok(())
 }
 
@@ -149,7 +150,7 @@ fn trend_section(narrow: (usize, &[SeededClaim]), wide: (usize, &[SeededClaim]),
 
 fn markdown(s: &SeededSummary<'_>, how: &Reproduce, cfg: &RunConfig) -> String {
     let n = s.seeds.len();
-    let mut md = format!("# swarmlab study `{}` over {n} seeds\n\n", s.name);
+    let mut md = format!("# swarmlab study `{}` over {n} seed{}\n\n", s.name, if n == 1 { "" } else { "s" });
     let _ = writeln!(
         md,
         "`swarmlab reproduce {}{}`: the study's run once per seed (run seeds {}), {:.0} s of wall time in all. Each claim's figure is the mean over the seeds with its range (min–max); the verdict is \"yes\" only when every seed is on the paper's side of the claim, \"no\" when every seed is on the other side, \"inconclusive\" when the range spans it.\n",

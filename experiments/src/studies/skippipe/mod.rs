@@ -591,19 +591,19 @@ fn markdown(results: &SkipResults) -> String {
              over sequences of exp(sequence loss). The paper: about 7% higher perplexity running half of a \
              SkipPipe-trained model (2% running 75%, later version).\n"
         );
-        let _ = writeln!(md, "| arm | stages kept | val loss (all stages) | val loss | perplexity increase |");
+        let _ = writeln!(md, "| arm | transformer stages kept | val loss (all stages) | val loss | perplexity increase |");
         let _ = writeln!(md, "|---|---|---|---|---|");
         for r in &results.dropped {
+            let share = r.keep * 100.0;
             let kept = if r.counted > 0 {
-                format!("{} of {} counted ({} of all)", r.counted_kept, r.counted, r.stages_kept)
+                format!("{} of {} ({} stages in all; {share:.0}%)", r.counted_kept, r.counted, r.stages_kept)
             } else {
-                r.stages_kept.to_string()
+                format!("{} stages ({share:.0}%)", r.stages_kept)
             };
             let _ = writeln!(
                 md,
-                "| {} | {kept} ({:.0}%) | {:.3} | {:.3} | {:+.1}% |",
+                "| {} | {kept} | {:.3} | {:.3} | {:+.1}% |",
                 r.arm,
-                r.keep * 100.0,
                 r.full_val_loss,
                 r.val_loss,
                 r.perplexity_rise()
