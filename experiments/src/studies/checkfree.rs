@@ -13,10 +13,14 @@ use crate::config::{ArmConfig, NetworkConfig, RecoveryConfig, RunConfig};
 use crate::plugs::Plug;
 use crate::claims::{Claim, Measure, Verdict};
 use crate::report::{ArmResult, opt};
-use crate::studies::{Findings, RunView, Setup, SetupRow, TrainingStudy, model_reason, model_words, optimizer_words, schedule_words, time_to};
+use crate::studies::{Findings, RunView, Setup, SetupRow, TrainingStudy, ModelShape, model_words, optimizer_words, schedule_words, time_to};
 
 /// The CheckFree study.
 pub(crate) struct CheckFreeStudy;
+
+/// CheckFree's smallest configuration (`simulate_training/124M_config.json`): 4 transformer stages of 3
+/// blocks.
+pub(crate) const SMALLEST: ModelShape = ModelShape { width: 512, heads: 8, ffn: 4 * 512, blocks: 12, seq: 512 };
 
 impl TrainingStudy for CheckFreeStudy {
     fn name(&self) -> &'static str {
@@ -29,18 +33,7 @@ impl TrainingStudy for CheckFreeStudy {
         let stages = 6;
         let arms = cfg.arms.iter().map(|a| ArmConfig { stages, ..a.clone() }).collect();
         let recovery = crate::config::RecoveryConfig { protect: vec![0, stages - 1], ..cfg.recovery.clone() };
-        RunConfig {
-            width: Some(512),
-            heads: Some(8),
-            ffn: Some(4 * 512),
-            layers: Some(12),
-            seq: 512,
-            micro_batches: 4,
-            micro_batch: 16,
-            arms,
-            recovery,
-            ..cfg
-        }
+        RunConfig { micro_batches: 4, micro_batch: 16, arms, recovery, ..SMALLEST.apply(cfg) }
     }
 
     /// CheckFree and CheckFree+ against checkpointing and redundant computation at the paper's four
@@ -182,7 +175,7 @@ impl Findings for CheckFreeStudy {
                 "Llama, width 512, 8 heads, 4 stages x 3 layers + an embedding/head stage, sequences of 512 (the smallest configuration)",
                 SMALL,
                 format!("{}; {stages} stages (embedding, {} transformer stages, head)", model_words(cfg), stages.saturating_sub(2)),
-                model_reason(cfg, (512, 12, 512), "CPU scale: every arm of the study must fit a 2-core machine"),
+                SMALLEST.reason(cfg, "CPU scale: every arm of the study must fit a 2-core machine"),
             ),
             SetupRow::new("data", "TinyStories", SMALL, cfg.corpus.describe(), "the embedded default needs no download and has a known loss floor"),
             SetupRow::new(

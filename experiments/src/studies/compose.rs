@@ -26,7 +26,8 @@ impl TrainingStudy for ComposeStudy {
     /// The three protocols together at CheckFree's smallest model width (width 512, 8 heads, sequences
     /// of 512), the preset's six transformer stages of one block.
     fn paper(&self, cfg: RunConfig) -> RunConfig {
-        RunConfig { width: Some(512), heads: Some(8), ffn: Some(4 * 512), seq: 512, ..cfg }
+        let blocks = cfg.layers.unwrap_or(6);
+        crate::studies::ModelShape { blocks, ..crate::studies::checkfree::SMALLEST }.apply(cfg)
     }
 
     /// The three protocols together and each alone, on SkipPipe's geo-distributed swarm with CheckFree's

@@ -328,14 +328,38 @@ pub(crate) fn model_words(cfg: &RunConfig) -> String {
     }
 }
 
-/// Why the model row of a setup table differs: nothing but the vocabulary when `cfg`'s model has the
-/// authors' width, blocks and sequence length, else `smaller` (the reason at CPU scale).
-pub(crate) fn model_reason(cfg: &RunConfig, (width, blocks, seq): (usize, usize, usize), smaller: &str) -> String {
-    match cfg.model() {
-        Ok(m) if m.d_model == width && m.n_layers == blocks && cfg.seq == seq => {
-            "the same shape; bytes as tokens (a vocabulary of 256, theirs a subword tokenizer's)".to_owned()
+/// The shape of an authors' model: what the paper rung takes and the setup table compares with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ModelShape {
+    pub(crate) width: usize,
+    pub(crate) heads: usize,
+    pub(crate) ffn: usize,
+    pub(crate) blocks: usize,
+    pub(crate) seq: usize,
+}
+
+impl ModelShape {
+    /// `cfg` with this model and sequence length.
+    pub(crate) fn apply(self, cfg: RunConfig) -> RunConfig {
+        RunConfig {
+            width: Some(self.width),
+            heads: Some(self.heads),
+            ffn: Some(self.ffn),
+            layers: Some(self.blocks),
+            seq: self.seq,
+            ..cfg
         }
-        _ => smaller.to_owned(),
+    }
+
+    /// Why the model row of a setup table differs: nothing but the vocabulary when `cfg`'s model has
+    /// this width, blocks and sequence length, else `smaller` (the reason at CPU scale).
+    pub(crate) fn reason(self, cfg: &RunConfig, smaller: &str) -> String {
+        match cfg.model() {
+            Ok(m) if m.d_model == self.width && m.n_layers == self.blocks && cfg.seq == self.seq => {
+                "the same shape; bytes as tokens (a vocabulary of 256, theirs a subword tokenizer's)".to_owned()
+            }
+            _ => smaller.to_owned(),
+        }
     }
 }
 

@@ -17,10 +17,13 @@ use crate::config::{ArmConfig, NetworkConfig, RunConfig, in_range};
 use crate::files::write_atomic;
 use crate::plugs::Plug;
 use crate::claims::{Claim, Measure};
-use crate::studies::{Findings, Parts, RunView, Save, Setup, SetupRow, TrainingStudy, model_reason, model_words, optimizer_words, schedule_words};
+use crate::studies::{Findings, Parts, RunView, Save, Setup, SetupRow, TrainingStudy, ModelShape, model_words, optimizer_words, schedule_words};
 
 /// The NoLoCo study.
 pub(crate) struct NoLoCoStudy;
+
+/// NoLoCo's smallest model (`c4_base_100m.yaml`).
+const SMALLEST: ModelShape = ModelShape { width: 768, heads: 12, ffn: 3072, blocks: 12, seq: 1024 };
 
 impl TrainingStudy for NoLoCoStudy {
     fn name(&self) -> &'static str {
@@ -31,15 +34,7 @@ impl TrainingStudy for NoLoCoStudy {
     /// width of 3,072, sequences of 1,024 tokens; micro-batches of 2 sequences, so that the 16 workers'
     /// weights, optimizer state and activations fit one 80 GB GPU.
     fn paper(&self, cfg: RunConfig) -> RunConfig {
-        RunConfig {
-            width: Some(768),
-            heads: Some(12),
-            ffn: Some(3072),
-            layers: Some(12),
-            seq: 1024,
-            micro_batch: 2,
-            ..cfg
-        }
+        RunConfig { micro_batch: 2, ..SMALLEST.apply(cfg) }
     }
 
     /// NoLoCo vs DiLoCo vs DDP on one 2-stage x 8-replica grid, the ablations (no pull term, no random
@@ -141,7 +136,7 @@ impl Findings for NoLoCoStudy {
                 "Llama, width 768, 12 layers, 12 heads, ~125M parameters, sequences of 1,024",
                 BASE,
                 model_words(cfg),
-                model_reason(cfg, (768, 12, 1024), "CPU scale: a run of every arm must fit a 2-core machine"),
+                SMALLEST.reason(cfg, "CPU scale: a run of every arm must fit a 2-core machine"),
             ),
             SetupRow::new(
                 "data",

@@ -31,6 +31,10 @@ use crate::studies::{Findings, Parts, RunView, Save, TrainedArm, TrainingStudy, 
 /// The SkipPipe study.
 pub(crate) struct SkipPipeStudy;
 
+/// The released trainer's model (`simulate-training/trainer.py`): 6 transformer stages of 4 blocks.
+const SMALLEST: crate::studies::ModelShape =
+    crate::studies::ModelShape { width: 1024, heads: 16, ffn: 4 * 1024, blocks: 24, seq: 1024 };
+
 impl TrainingStudy for SkipPipeStudy {
     fn name(&self) -> &'static str {
         "skippipe"
@@ -41,16 +45,7 @@ impl TrainingStudy for SkipPipeStudy {
     /// not their 8, so that both replicas' weights, optimizer state and a step's activations (about
     /// 53 GiB by the estimate) fit one 80 GB GPU.
     fn paper(&self, cfg: RunConfig) -> RunConfig {
-        RunConfig {
-            width: Some(1024),
-            heads: Some(16),
-            ffn: Some(4 * 1024),
-            layers: Some(24),
-            seq: 1024,
-            micro_batches: 6,
-            micro_batch: 1,
-            ..cfg
-        }
+        RunConfig { micro_batches: 6, micro_batch: 1, ..SMALLEST.apply(cfg) }
     }
 
     /// SkipPipe on a geo-distributed, heterogeneous swarm: an 8-stage pipeline (embedding, six two-block

@@ -4,7 +4,7 @@ use pipeline::GradientScaling;
 use skippipe::SkipCount;
 
 use crate::config::{ArmConfig, RunConfig};
-use crate::studies::{SetupRow, model_reason, model_words, optimizer_words, schedule_words};
+use crate::studies::{SetupRow, model_words, optimizer_words, schedule_words};
 
 const TRAINER: &str = "simulate-training/trainer.py";
 
@@ -48,7 +48,7 @@ pub(super) fn rows(cfg: &RunConfig) -> Vec<SetupRow> {
             "Llama, width 1,024, 16 heads, 24 layers = 6 stages x 4 layers, sequences of 1,024 (~500M parameters)",
             TRAINER,
             format!("{}; {layout}", model_words(cfg)),
-            model_reason(cfg, (1024, 24, 1024), "CPU scale"),
+            super::SMALLEST.reason(cfg, "CPU scale"),
         ),
         SetupRow::new("data", "RedPajama-V2 (sample-1T), Llama tokenizer", TRAINER, cfg.corpus.describe(), "the embedded default needs no download and has a known loss floor"),
         SetupRow::new("steps", "25,000 iterations", TRAINER, cfg.steps.to_string(), "CPU scale"),
