@@ -54,6 +54,9 @@ fn bad_configs_name_the_field() {
     assert!(err("[skippipe]\nskip_ratios = [1.0]").contains("skippipe.skip_ratios"));
     assert!(err(&skip("count = \"some_stages\"")).contains("count"), "the counting rule is one of two names");
     assert!(err(&format!("{arm}gradients = \"per_layer\"")).contains("gradients"));
+    assert!(err("width = 30\nheads = 4").contains("width/heads"), "heads must split the width evenly");
+    assert!(err("width = 0").contains("width"));
+    assert!(err("heads = 5000").contains("heads"));
 }
 
 #[test]
