@@ -149,8 +149,13 @@ pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<Vec
     for f in &FINDINGS {
         f.after_arms(&cfg, &mut parts, &stopped, &mut |p: &Parts| save(&results, p))?;
     }
-    println!("report: {}", out.join("report.md").display());
     let unfinished = cfg.arms.len() - results.len();
+    if unfinished > 0 {
+        // Interrupted before an arm finished, nothing was written yet: the report still says which arms
+        // did not run.
+        save(&results, &parts)?;
+    }
+    println!("report: {}", out.join("report.md").display());
     if unfinished > 0 {
         anyhow::bail!("interrupted: {unfinished} of {} arms did not run (report.md lists them)", cfg.arms.len());
     }

@@ -231,13 +231,29 @@ fn interrupt(pid: u32) -> TestResult {
     Ok(())
 }
 
-/// Reads `child`'s stderr until a line contains `wanted` (a minute at most); the rest is drained.
-fn wait_for_line(child: &mut std::process::Child, wanted: &str) -> TestResult {
+/// What a child printed on stderr, kept whole so a failing check can show it.
+#[derive(Clone, Default)]
+struct Printed(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Printed {
+    fn text(&self) -> String {
+        self.0.lock().map(|lines| lines.join("\n")).unwrap_or_default()
+    }
+}
+
+/// Reads `child`'s stderr until a line contains `wanted` (a minute at most); the rest is drained into
+/// the returned [`Printed`].
+fn wait_for_line(child: &mut std::process::Child, wanted: &str) -> Result<Printed, Box<dyn std::error::Error>> {
     use std::io::BufRead;
     let stderr = child.stderr.take().ok_or("no stderr")?;
+    let printed = Printed::default();
     let (tx, rx) = std::sync::mpsc::channel();
+    let keep = printed.clone();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut lines) = keep.0.lock() {
+                lines.push(line.clone());
+            }
             let _ = tx.send(line);
         }
     });
@@ -246,7 +262,7 @@ fn wait_for_line(child: &mut std::process::Child, wanted: &str) -> TestResult {
         let line = rx.recv_timeout(Duration::from_secs(60).saturating_sub(began.elapsed()))?;
         if line.contains(wanted) {
             std::thread::spawn(move || while rx.recv().is_ok() {});
-            return Ok(());
+            return Ok(printed);
         }
     }
 }
@@ -264,12 +280,15 @@ fn an_interrupted_run_says_which_arms_did_not_run() -> TestResult {
     );
     let mut cmd = run_config(dir.path(), &text)?;
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    wait_for_line(&mut child, "swarmlab run")?;
+    let printed = wait_for_line(&mut child, "swarmlab run")?;
     interrupt(child.id())?;
     let status = child.wait()?;
-    assert_eq!(status.code(), Some(1), "an interrupted run does not exit 0");
+    // The drain thread ends with the child's stderr; give it a moment to keep the last lines.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(status.code(), Some(1), "an interrupted run does not exit 0:\n{}", printed.text());
     let out = dir.path().join("out");
-    let report = std::fs::read_to_string(out.join("report.md"))?;
+    let report = std::fs::read_to_string(out.join("report.md"))
+        .map_err(|e| format!("no report.md ({e}); the run printed:\n{}", printed.text()))?;
     assert!(report.contains("Not finished") && report.contains("arm 2"), "{report}");
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
     let unfinished = summary["unfinished_arms"].as_array().ok_or("no unfinished_arms")?;
