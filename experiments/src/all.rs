@@ -1,14 +1,123 @@
-//! `swarmlab reproduce all` (every study, then one index report) and `swarmlab readme` (the README's
-//! results section, regenerated from that index).
+//! `swarmlab reproduce <study>` and `reproduce all` (every study, then one index report; resumable), and
+//! `swarmlab readme` (the README's results section, regenerated from that index).
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 
-use crate::files::{MAX_RESULTS_BYTES, out_dir, read_text, write_atomic};
-use crate::studies::{Reproduce, STUDIES};
+use crate::files::{MAX_CONFIG_BYTES, MAX_RESULTS_BYTES, out_dir, read_text, write_atomic};
+use crate::studies::{Reproduce, STUDIES, Study};
+
+/// The file by which a study's folder says that its run finished: written last by `reproduce <study>`,
+/// read by `reproduce all --resume`.
+pub(crate) const FINISHED: &str = "finished.json";
+
+/// What a finished `reproduce <study>` records about itself: which study, how it was asked for, by which
+/// version, and its wall time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Finished {
+    study: String,
+    /// The flags that shape its results (`--scale`, `--seeds`, `--corpus`).
+    flags: String,
+    /// Where its tensors lived (`--device`).
+    device: String,
+    /// The swarmlab version that ran it.
+    version: String,
+    wall_s: f64,
+}
+
+impl Finished {
+    /// The record `how` would leave for `study` (with no wall time yet).
+    fn expected(study: &str, how: &Reproduce) -> Self {
+        Self {
+            study: study.to_owned(),
+            flags: how.flags(),
+            device: how.device.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            wall_s: 0.0,
+        }
+    }
+
+    /// Whether `self` records the same study, asked for the same way, by the same version.
+    fn same_run(&self, other: &Self) -> bool {
+        (&self.study, &self.flags, &self.device, &self.version) == (&other.study, &other.flags, &other.device, &other.version)
+    }
+
+    /// The record in `dir`, if it holds a readable one.
+    fn read(dir: &Path) -> Option<Self> {
+        let text = read_text(&dir.join(FINISHED), MAX_CONFIG_BYTES).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// How `reproduce <study>` went.
+pub(crate) struct Reproduced {
+    /// Its wall seconds (an earlier run's, if resumed).
+    pub(crate) wall_s: f64,
+    /// Taken from an earlier run that finished the same way (`--resume`).
+    pub(crate) resumed: bool,
+}
+
+/// Runs `study` as `how` asks and marks its folder finished.
+///
+/// With `--resume`, a folder that says it finished the same way (its [`FINISHED`] record: study, flags,
+/// device, version) is taken as it is; one that did not finish runs again in place (a seeded study keeps
+/// its finished seeds); one that finished asked for differently is refused unless `--force`. With
+/// `--force`, the record of the run being replaced goes first, so an interrupted rerun never looks
+/// finished.
+pub(crate) fn reproduce_study(study: &dyn Study, how: &Reproduce) -> Result<Reproduced> {
+    let out = out_dir(how.out.clone(), study.name())?;
+    let expected = Finished::expected(study.name(), how);
+    if how.resume {
+        check_resumable(&out, &expected, how.force)?;
+        if let Some(earlier) = Finished::read(&out).filter(|e| e.same_run(&expected)) {
+            eprintln!("{}: {} finished here earlier ({:.0} s), taken as it is", out.display(), study.name(), earlier.wall_s);
+            return Ok(Reproduced { wall_s: earlier.wall_s, resumed: true });
+        }
+    }
+    if how.force || how.resume {
+        match std::fs::remove_file(out.join(FINISHED)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", out.join(FINISHED).display()));
+            }
+            _ => {}
+        }
+    }
+    let began = Instant::now();
+    // Resuming replaces what an unfinished run left.
+    study.reproduce(&Reproduce { out: Some(out.clone()), force: how.force || how.resume, ..how.clone() })?;
+    let finished = Finished { wall_s: began.elapsed().as_secs_f64(), ..expected };
+    write_atomic(&out.join(FINISHED), serde_json::to_string_pretty(&finished)?.as_bytes())?;
+    Ok(Reproduced { wall_s: finished.wall_s, resumed: false })
+}
+
+/// Refuses to resume into `dir` if it holds a finished run asked for otherwise than `expected`
+/// (unless `force`).
+fn check_resumable(dir: &Path, expected: &Finished, force: bool) -> Result<()> {
+    match Finished::read(dir) {
+        Some(earlier) if !force && !earlier.same_run(expected) => bail!(
+            "{} holds a finished run asked for differently (`{}{}` on {}, version {}): add --force to replace it, or choose another --out",
+            dir.display(),
+            earlier.study,
+            earlier.flags,
+            earlier.device,
+            earlier.version
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// How one study of `reproduce all` went.
+struct Done {
+    name: &'static str,
+    wall_s: f64,
+    /// Taken from an earlier run (`--resume`).
+    resumed: bool,
+    result: Result<()>,
+}
 
 /// Where the README's generated section begins and ends.
 const BEGIN: &str = "<!-- results:begin -->";
@@ -26,51 +135,70 @@ fn claims_section(report: &str) -> Option<String> {
 
 /// Runs every registered study into `out/<study>/` and writes `out/report.md`: each study's claims
 /// beside ours, its plots, its wall time and the total. A study that fails is reported as failed; the
-/// others still run.
+/// others still run. With `--resume`, each study resumes as [`reproduce_study`] says.
 pub(crate) fn reproduce_all(how: &Reproduce) -> Result<()> {
+    reproduce_each(&STUDIES, how)
+}
+
+/// [`reproduce_all`] over `studies`.
+fn reproduce_each(studies: &[&dyn Study], how: &Reproduce) -> Result<()> {
     let out = out_dir(how.out.clone(), "all")?;
     let flags = how.flags();
-    let began = Instant::now();
-    let mut done: Vec<(&str, f64, Result<()>)> = Vec::new();
-    let n = STUDIES.len();
-    for (i, study) in STUDIES.iter().enumerate() {
+    let n = studies.len();
+    if how.resume {
+        // Refuse before anything runs, not hours in.
+        for study in studies {
+            check_resumable(&out.join(study.name()), &Finished::expected(study.name(), how), how.force)?;
+        }
+    }
+    let mut done: Vec<Done> = Vec::new();
+    for (i, study) in studies.iter().enumerate() {
         let name = study.name();
         eprintln!("\n=== [{}/{n}] reproduce {name}{flags} ===", i + 1);
         let t = Instant::now();
-        let result = study.reproduce(&Reproduce { out: Some(out.join(name)), ..how.clone() });
-        if let Err(e) = &result {
-            eprintln!("reproduce {name} failed: {e:#}");
-        }
-        done.push((name, t.elapsed().as_secs_f64(), result));
+        let result = reproduce_study(*study, &Reproduce { out: Some(out.join(name)), ..how.clone() });
+        let (wall_s, resumed) = match &result {
+            Ok(r) => (r.wall_s, r.resumed),
+            Err(e) => {
+                eprintln!("reproduce {name} failed: {e:#}");
+                (t.elapsed().as_secs_f64(), false)
+            }
+        };
+        done.push(Done { name, wall_s, resumed, result: result.map(drop) });
     }
-    let total = began.elapsed().as_secs_f64();
-    let index = index(&out, &done, total, &flags)?;
+    let index = index(&out, &done, &flags)?;
     write_atomic(&out.join("report.md"), index.as_bytes())?;
     println!("index report: {}", out.join("report.md").display());
-    let failed: Vec<&str> = done.iter().filter(|d| d.2.is_err()).map(|d| d.0).collect();
+    let failed: Vec<&str> = done.iter().filter(|d| d.result.is_err()).map(|d| d.name).collect();
     if !failed.is_empty() {
         bail!("{} of {} studies failed: {}", failed.len(), done.len(), failed.join(", "));
     }
     Ok(())
 }
 
-fn index(out: &Path, done: &[(&str, f64, Result<()>)], total: f64, flags: &str) -> Result<String> {
+fn index(out: &Path, done: &[Done], flags: &str) -> Result<String> {
     let mut md = String::from("# swarmlab: every reproduction\n\n");
+    let total: f64 = done.iter().map(|d| d.wall_s).sum();
+    let resumed = done.iter().filter(|d| d.resumed).count();
+    let _ = write!(md, "`swarmlab reproduce all{flags}`: {} studies, {total:.0} s ({:.1} min) in all on this machine", done.len(), total / 60.0);
     let _ = writeln!(
         md,
-        "`swarmlab reproduce all{flags}`: {} studies, {:.0} s ({:.1} min) in all on this machine.\n",
-        done.len(),
-        total,
-        total / 60.0
+        "{}.\n",
+        match resumed {
+            0 => String::new(),
+            k => format!(" ({k} of them finished by an earlier, resumed run of the same flags; their own wall times)"),
+        }
     );
     md.push_str("| study | report | wall |\n|---|---|---|\n");
-    for (name, secs, result) in done {
-        let status = if result.is_ok() { format!("[{name}/report.md]({name}/report.md)") } else { "failed".into() };
-        let _ = writeln!(md, "| {name} | {status} | {secs:.0} s |");
+    for d in done {
+        let name = d.name;
+        let status = if d.result.is_ok() { format!("[{name}/report.md]({name}/report.md)") } else { "failed".into() };
+        let _ = writeln!(md, "| {name} | {status} | {:.0} s{} |", d.wall_s, if d.resumed { " (resumed)" } else { "" });
     }
-    for (name, _, result) in done {
+    for d in done {
+        let name = d.name;
         let _ = writeln!(md, "\n## {name}\n");
-        if let Err(e) = result {
+        if let Err(e) = &d.result {
             let _ = writeln!(md, "The study failed: {e:#}");
             continue;
         }
@@ -165,7 +293,103 @@ fn unlink_local(line: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+
+    /// A study that writes a one-line report, counts its runs, and fails while `fail` is set.
+    struct Counted {
+        name: &'static str,
+        runs: AtomicUsize,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Counted {
+        const fn new(name: &'static str) -> Self {
+            Self { name, runs: AtomicUsize::new(0), fail: std::sync::atomic::AtomicBool::new(false) }
+        }
+    }
+
+    impl Study for Counted {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        fn reproduce(&self, how: &Reproduce) -> Result<()> {
+            let out = crate::files::fresh_out_dir(how.out.clone(), self.name, how.force)?;
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            write_atomic(&out.join("report.md"), b"# partial\n")?;
+            if self.fail.load(Ordering::SeqCst) {
+                bail!("{} was interrupted", self.name);
+            }
+            write_atomic(&out.join("report.md"), format!("# {}\n\n## Claims\n\n| c | {} |\n", self.name, how.seeds).as_bytes())
+        }
+    }
+
+    fn how(out: &Path, seeds: usize) -> Reproduce {
+        Reproduce {
+            out: Some(out.to_owned()),
+            scale: crate::studies::Scale::Smoke,
+            corpus: None,
+            jobs: 1,
+            device: models::DeviceSpec::Cpu,
+            force: false,
+            allow_large: false,
+            seeds,
+            resume: false,
+        }
+    }
+
+    fn resumed(out: &Path, seeds: usize) -> Reproduce {
+        Reproduce { resume: true, ..how(out, seeds) }
+    }
+
+    #[test]
+    fn a_resumed_reproduction_runs_only_what_did_not_finish_the_same_way() -> Result<()> {
+        static A: Counted = Counted::new("a");
+        static B: Counted = Counted::new("b");
+        let studies: [&dyn Study; 2] = [&A, &B];
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("all");
+        // The first pass: b is interrupted, so it has a partial report and no record.
+        B.fail.store(true, Ordering::SeqCst);
+        assert!(reproduce_each(&studies, &how(&out, 1)).is_err());
+        assert!(Finished::read(&out.join("a")).is_some() && Finished::read(&out.join("b")).is_none());
+        // Without --resume the finished folder is not replaced.
+        B.fail.store(false, Ordering::SeqCst);
+        let err = reproduce_each(&studies, &how(&out, 1)).expect_err("a holds a run");
+        assert!(err.to_string().contains("a"), "{err:#}");
+        let (a_runs, b_runs) = (A.runs.load(Ordering::SeqCst), B.runs.load(Ordering::SeqCst));
+        // Resumed: a is taken as it is, b runs again in its folder.
+        reproduce_each(&studies, &resumed(&out, 1))?;
+        assert_eq!(A.runs.load(Ordering::SeqCst), a_runs, "a finished already");
+        assert_eq!(B.runs.load(Ordering::SeqCst), b_runs + 1, "b had not");
+        let index = std::fs::read_to_string(out.join("report.md"))?;
+        assert!(index.contains("(resumed)") && index.contains("1 of them finished by an earlier"), "{index}");
+        assert!(index.contains("## b") && index.contains("| c | 1 |"), "{index}");
+        // Asked for differently (another seed count), a finished study is refused before anything runs...
+        let err = reproduce_each(&studies, &resumed(&out, 2)).expect_err("other flags");
+        assert!(err.to_string().contains("asked for differently") && err.to_string().contains("--force"), "{err:#}");
+        assert_eq!(B.runs.load(Ordering::SeqCst), b_runs + 1, "nothing ran");
+        // ...and replaced with --force.
+        reproduce_each(&studies, &Reproduce { force: true, ..resumed(&out, 2) })?;
+        assert_eq!((A.runs.load(Ordering::SeqCst), B.runs.load(Ordering::SeqCst)), (a_runs + 1, b_runs + 2));
+        assert_eq!(Finished::read(&out.join("a")).map(|f| f.flags), Some(how(&out, 2).flags()));
+        Ok(())
+    }
+
+    #[test]
+    fn a_forced_rerun_drops_the_old_record_before_it_starts() -> Result<()> {
+        static C: Counted = Counted::new("c");
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("c");
+        reproduce_study(&C, &how(&out, 1))?;
+        assert!(Finished::read(&out).is_some());
+        C.fail.store(true, Ordering::SeqCst);
+        assert!(reproduce_study(&C, &Reproduce { force: true, ..how(&out, 1) }).is_err());
+        assert!(Finished::read(&out).is_none(), "an interrupted rerun does not look finished");
+        Ok(())
+    }
 
     #[test]
     fn the_readme_section_is_replaced_between_its_markers_and_nothing_else() -> Result<()> {

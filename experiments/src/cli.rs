@@ -118,6 +118,12 @@ enum Command {
         /// file or folder.
         #[arg(long)]
         corpus: Option<String>,
+        /// Take what an earlier run into the same `--out` finished the same way as it is, and run the
+        /// rest: with `all`, each study that finished with the same flags, device and version; within a
+        /// training study, each seed whose run finished with the same configuration. A finished study
+        /// asked for differently is replaced only with `--force`.
+        #[arg(long)]
+        resume: bool,
     },
     /// Verify one training run delegated to several trainers (Verde): each trains the same program on
     /// repops, some dishonestly; conflicting claims are disputed before a referee on the simulated network,
@@ -327,7 +333,7 @@ where
             cfg.device = device.unwrap_or(cfg.device);
             run::run(cfg, run::Output { out, force, allow_large }, quick).map(drop)
         }
-        Command::Reproduce { study, output: OutputArgs { out, force }, quick, scale, seeds, jobs, corpus } => {
+        Command::Reproduce { study, output: OutputArgs { out, force }, quick, scale, seeds, jobs, corpus, resume } => {
             let scale = if quick { studies::Scale::Smoke } else { scale };
             let seeds = seeds.map_or(if scale == studies::Scale::Smoke { 1 } else { 3 }, |s| s as usize);
             let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -342,10 +348,11 @@ where
                 force,
                 allow_large,
                 seeds,
+                resume,
             };
             match study.as_str() {
                 "all" => all::reproduce_all(&how),
-                name => studies::find(name)?.reproduce(&how),
+                name => all::reproduce_study(studies::find(name)?, &how).map(drop),
             }
         }
         Command::SweepLr { study, output: OutputArgs { out, force }, lrs, quick, scale, seeds, corpus } => {
@@ -358,6 +365,7 @@ where
                 force,
                 allow_large,
                 seeds: seeds as usize,
+                resume: false,
             };
             studies::sweep::sweep_lr(&study, &lrs, &how).map(drop)
         }

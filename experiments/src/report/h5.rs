@@ -175,13 +175,46 @@ fn read_hdf5(path: &Path) -> Result<(RunConfig, Corpus, Vec<ArmResult>, Vec<Scal
     Ok((cfg, corpus, results, scale))
 }
 
+/// A run read back from its folder: what `swarmlab run` wrote there.
+struct ReadBack {
+    cfg: RunConfig,
+    corpus: Corpus,
+    results: Vec<ArmResult>,
+    parts: Parts,
+    /// The arms' wall seconds together.
+    wall_s: f64,
+}
+
+impl ReadBack {
+    fn read(run_dir: &Path) -> Result<Self> {
+        let (cfg, corpus, results, scale) = read_hdf5(&run_dir.join("run.h5"))?;
+        let wall_s = results.iter().map(|r| r.wall_s).filter(|w| w.is_finite()).sum::<f64>();
+        let parts = Parts { scale, skip: crate::studies::skippipe::read_results(run_dir)? };
+        Ok(Self { cfg, corpus, results, parts, wall_s })
+    }
+
+    fn view(&self) -> RunView<'_> {
+        RunView { cfg: &self.cfg, corpus: &self.corpus, results: &self.results, parts: &self.parts }
+    }
+}
+
 /// Rewrites `report.md`, `summary.json`, the plots and the studies' files of a run folder from its
 /// `run.h5` (and the tables studies keep beside it).
 pub(crate) fn rewrite(run_dir: &Path) -> Result<()> {
-    let (cfg, corpus, results, scale) = read_hdf5(&run_dir.join("run.h5"))?;
-    let wall = results.iter().map(|r| r.wall_s).filter(|w| w.is_finite()).sum::<f64>();
-    let parts = Parts { scale, skip: crate::studies::skippipe::read_results(run_dir)? };
-    let run = RunView { cfg: &cfg, corpus: &corpus, results: &results, parts: &parts };
+    let run = ReadBack::read(run_dir)?;
     // Wall times come from the file: a sum too large (or not a number) for a duration reads as zero.
-    super::write_run(run_dir, &run, Duration::try_from_secs_f64(wall).unwrap_or_default())
+    super::write_run(run_dir, &run.view(), Duration::try_from_secs_f64(run.wall_s).unwrap_or_default())
+}
+
+/// The claims and wall seconds of the run in `run_dir` if it finished every arm of exactly `cfg`
+/// (compared as the TOML it writes); `None` if the folder holds no such run (none, another
+/// configuration, an interrupted or unreadable one).
+pub(crate) fn finished_run(run_dir: &Path, cfg: &RunConfig) -> Option<(Vec<crate::claims::Claim>, f64)> {
+    if !run_dir.join("run.h5").is_file() {
+        return None;
+    }
+    let run = ReadBack::read(run_dir).ok()?;
+    let same = toml::to_string(&run.cfg).ok()? == toml::to_string(cfg).ok()?;
+    let complete = run.cfg.arms.iter().all(|a| run.results.iter().any(|r| r.label == a.label));
+    (same && complete).then(|| (crate::studies::claims(&run.view()), run.wall_s))
 }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use pipeline::RunReport;
 use serde::Serialize;
 
-pub(crate) use h5::rewrite;
+pub(crate) use h5::{finished_run, rewrite};
 
 pub(crate) use crate::claims::Claim;
 

@@ -78,6 +78,9 @@ pub(crate) struct Reproduce {
     pub(crate) allow_large: bool,
     /// Seeds per training study (at least 1).
     pub(crate) seeds: usize,
+    /// Take what an earlier run into `out` finished the same way as it is (`--resume`): a whole study
+    /// (see [`crate::all::reproduce_study`]) or, in a seeded study, each finished seed.
+    pub(crate) resume: bool,
 }
 
 impl Reproduce {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use sapo::{Mix, SapoConfig, SapoRun};
 use serde::{Deserialize, Serialize};
 
-use crate::files::{out_dir, write_atomic};
+use crate::files::{fresh_out_dir, write_atomic};
 use crate::plots::series_plot;
 use crate::sapo_swarm::{run_arm, warm_starts};
 use crate::studies::{Reproduce, Study};
@@ -26,7 +26,7 @@ impl Study for SapoStudy {
     }
 
     fn reproduce(&self, how: &Reproduce) -> Result<()> {
-        reproduce(how.out.clone(), how.quick(), how.device)
+        reproduce(how.out.clone(), how.force, how.quick(), how.device)
     }
 
     /// A folder with `sapo.json` (written by `reproduce sapo`).
@@ -77,8 +77,8 @@ struct SapoFindings {
 }
 
 /// `swarmlab reproduce sapo [--quick]`.
-fn reproduce(out: Option<PathBuf>, quick: bool, device: models::DeviceSpec) -> Result<()> {
-    let out = out_dir(out, "sapo")?;
+fn reproduce(out: Option<PathBuf>, force: bool, quick: bool, device: models::DeviceSpec) -> Result<()> {
+    let out = fresh_out_dir(out, "sapo", force)?;
     let began = Instant::now();
     let cfg = SapoConfig { device, ..base(quick) };
     eprintln!(

@@ -52,7 +52,7 @@ struct SeedRuns {
 /// also at half the model width into `<out>/width-<w>/seed-<k>/`; then writes `<out>/report.md` and
 /// `<out>/summary.json` over them.
 pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<()> {
-    let out = fresh_out_dir(how.out.clone(), &cfg.name, how.force)?;
+    let out = fresh_out_dir(how.out.clone(), &cfg.name, how.force || how.resume)?;
     let main = run_seeds(&cfg, how, &out)?;
     let narrow = match how.scale {
         Scale::Cpu => {
@@ -96,7 +96,9 @@ fn narrower(cfg: &RunConfig) -> Result<(RunConfig, usize)> {
 /// One seed's claims and wall seconds, or why it failed.
 type SeedResult = Result<(Vec<Claim>, f64)>;
 
-/// Runs `cfg` once per seed into `<out>/seed-<k>/`, `how.jobs` at a time.
+/// Runs `cfg` once per seed into `<out>/seed-<k>/`, `how.jobs` at a time. With `how.resume`, a seed
+/// whose folder holds a finished run of the same configuration is taken as it is (its claims recomputed
+/// from its `run.h5`).
 fn run_seeds(cfg: &RunConfig, how: &Reproduce, out: &Path) -> Result<SeedRuns> {
     let n = how.seeds;
     let next = AtomicUsize::new(0);
@@ -110,11 +112,22 @@ fn run_seeds(cfg: &RunConfig, how: &Reproduce, out: &Path) -> Result<SeedRuns> {
                         return;
                     }
                     let seed = cfg.seed.wrapping_add(k as u64);
+                    let dir = out.join(format!("seed-{k}"));
+                    let seeded = RunConfig { seed, ..cfg.clone() };
+                    if how.resume {
+                        let ran = if how.quick() { seeded.clone().quick() } else { seeded.clone() };
+                        if let Some(finished) = crate::report::finished_run(&dir, &ran) {
+                            eprintln!("\n--- {} seed {} of {n} (run seed {seed}): finished earlier, taken as it is ---", cfg.name, k + 1);
+                            if let Ok(mut slots) = done.lock() {
+                                slots[k] = Some(Ok(finished));
+                            }
+                            continue;
+                        }
+                    }
                     eprintln!("\n--- {} seed {} of {n} (run seed {seed}) ---", cfg.name, k + 1);
-                    let output =
-                        Output { out: Some(out.join(format!("seed-{k}"))), force: how.force, allow_large: how.allow_large };
+                    let output = Output { out: Some(dir), force: how.force || how.resume, allow_large: how.allow_large };
                     let t = Instant::now();
-                    let result = crate::run::run(RunConfig { seed, ..cfg.clone() }, output, how.quick())
+                    let result = crate::run::run(seeded, output, how.quick())
                         .with_context(|| format!("seed {seed}"))
                         .map(|claims| (claims, t.elapsed().as_secs_f64()));
                     if let Ok(mut slots) = done.lock() {
@@ -212,6 +225,7 @@ mod tests {
             force: false,
             allow_large: false,
             seeds: 2,
+            resume: false,
         };
         reproduce(cfg.clone(), &how)?;
         let out = dir.path().join("study");
@@ -234,7 +248,20 @@ mod tests {
         assert_eq!(summary["narrower"]["width"], 32);
         assert!(report.contains("## Trend with model width") && report.contains("| claim | width 32"), "{report}");
         // The folder now holds a study: it is not replaced without --force.
-        assert!(reproduce(cfg, &how).is_err());
+        assert!(reproduce(cfg.clone(), &how).is_err());
+        // Resumed after seed 2 was cut short: seed 1 is taken as it is, seed 2 runs again, and the
+        // claims are judged over both as before.
+        let kept = std::fs::read(out.join("seed-0/run.h5"))?;
+        std::fs::remove_file(out.join("seed-1/run.h5"))?;
+        let resumed = Reproduce { resume: true, ..how.clone() };
+        reproduce(cfg.clone(), &resumed)?;
+        assert_eq!(std::fs::read(out.join("seed-0/run.h5"))?, kept, "a finished seed is not run again");
+        assert!(out.join("seed-1/run.h5").is_file(), "the unfinished seed ran again");
+        let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+        assert_eq!(again["claims"][0]["values"], summary["claims"][0]["values"], "the same runs, the same figures");
+        // Another configuration is not taken for a finished one: every seed runs again.
+        reproduce(RunConfig { steps: 3, ..cfg }, &resumed)?;
+        assert_ne!(std::fs::read(out.join("seed-0/run.h5"))?, kept);
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use verde::net::SettleConfig;
 use verde::{Behaviour, Conduct, Outcome, Party, execute, settle};
 
-use crate::files::{out_dir, write_atomic};
+use crate::files::{fresh_out_dir, write_atomic};
 use crate::studies::{Reproduce, Study};
 use crate::verify::{Setup, TrainerSpec, log2_ceil, program};
 
@@ -30,7 +30,7 @@ impl Study for VerdeStudy {
         if how.device != models::DeviceSpec::Cpu {
             eprintln!("note: verde's disputes run on the CPU (--device applies to the training studies)");
         }
-        reproduce(how.out.clone(), how.quick())
+        reproduce(how.out.clone(), how.force, how.quick())
     }
 }
 
@@ -218,8 +218,8 @@ fn negative_case(steps: u64) -> Result<NegativeCase> {
 }
 
 /// `swarmlab reproduce verde`.
-fn reproduce(out: Option<PathBuf>, quick: bool) -> Result<()> {
-    let out = out_dir(out, "verde")?;
+fn reproduce(out: Option<PathBuf>, force: bool, quick: bool) -> Result<()> {
+    let out = fresh_out_dir(out, "verde", force)?;
     let cells: &[(&str, &[u64])] = if quick {
         &[("tiny", &[8, 32]), ("small", &[8])]
     } else {
