@@ -86,10 +86,9 @@ pub(crate) fn reproduce_study(study: &dyn Study, how: &Reproduce) -> Result<Repr
             _ => {}
         }
     }
-    let began = Instant::now();
     // Resuming replaces what an unfinished run left.
-    study.reproduce(&Reproduce { out: Some(out.clone()), force: how.force || how.resume, ..how.clone() })?;
-    let finished = Finished { wall_s: began.elapsed().as_secs_f64(), ..expected };
+    let wall_s = study.reproduce(&Reproduce { out: Some(out.clone()), force: how.force || how.resume, ..how.clone() })?;
+    let finished = Finished { wall_s, ..expected };
     write_atomic(&out.join(FINISHED), serde_json::to_string_pretty(&finished)?.as_bytes())?;
     Ok(Reproduced { wall_s: finished.wall_s, resumed: false })
 }
@@ -180,7 +179,12 @@ fn index(out: &Path, done: &[Done], flags: &str) -> Result<String> {
     let mut md = String::from("# swarmlab: every reproduction\n\n");
     let total: f64 = done.iter().map(|d| d.wall_s).sum();
     let resumed = done.iter().filter(|d| d.resumed).count();
-    let _ = write!(md, "`swarmlab reproduce all{flags}`: {} studies, {total:.0} s ({:.1} min) in all on this machine", done.len(), total / 60.0);
+    let _ = write!(
+        md,
+        "`swarmlab reproduce all{flags}`: {} studies, {total:.0} s ({:.1} min) of runs on this machine (each study's runs' wall times summed: seeds run at once count each)",
+        done.len(),
+        total / 60.0
+    );
     let _ = writeln!(
         md,
         "{}.\n",
@@ -315,14 +319,15 @@ mod tests {
             self.name
         }
 
-        fn reproduce(&self, how: &Reproduce) -> Result<()> {
+        fn reproduce(&self, how: &Reproduce) -> Result<f64> {
             let out = crate::files::fresh_out_dir(how.out.clone(), self.name, how.force)?;
             self.runs.fetch_add(1, Ordering::SeqCst);
             write_atomic(&out.join("report.md"), b"# partial\n")?;
             if self.fail.load(Ordering::SeqCst) {
                 bail!("{} was interrupted", self.name);
             }
-            write_atomic(&out.join("report.md"), format!("# {}\n\n## Claims\n\n| c | {} |\n", self.name, how.seeds).as_bytes())
+            write_atomic(&out.join("report.md"), format!("# {}\n\n## Claims\n\n| c | {} |\n", self.name, how.seeds).as_bytes())?;
+            Ok(1.5)
         }
     }
 
@@ -354,7 +359,8 @@ mod tests {
         // The first pass: b is interrupted, so it has a partial report and no record.
         B.fail.store(true, Ordering::SeqCst);
         assert!(reproduce_each(&studies, &how(&out, 1)).is_err());
-        assert!(Finished::read(&out.join("a")).is_some() && Finished::read(&out.join("b")).is_none());
+        assert_eq!(Finished::read(&out.join("a")).map(|f| f.wall_s), Some(1.5), "the study's own wall time");
+        assert!(Finished::read(&out.join("b")).is_none());
         // Without --resume the finished folder is not replaced.
         B.fail.store(false, Ordering::SeqCst);
         let err = reproduce_each(&studies, &how(&out, 1)).expect_err("a holds a run");

@@ -104,8 +104,9 @@ pub(crate) trait Study: Sync {
     /// Its name on the command line and its folder under `reproduce all`.
     fn name(&self) -> &'static str;
 
-    /// Runs it and writes its report.
-    fn reproduce(&self, how: &Reproduce) -> Result<()>;
+    /// Runs it and writes its report; returns the wall seconds of its runs (a seed taken from an
+    /// earlier run, with `--resume`, counts that run's).
+    fn reproduce(&self, how: &Reproduce) -> Result<f64>;
 
     /// If `run_dir` holds a run of this study's own (not a `swarmlab run` folder), rewrites its report
     /// and plots from the raw results there (`swarmlab report`).
@@ -135,7 +136,7 @@ impl<T: TrainingStudy> Study for T {
         TrainingStudy::name(self)
     }
 
-    fn reproduce(&self, how: &Reproduce) -> Result<()> {
+    fn reproduce(&self, how: &Reproduce) -> Result<f64> {
         let preset = self.preset();
         let corpus = how.corpus.clone().unwrap_or(preset.corpus.clone());
         let cfg = RunConfig { device: how.device, corpus, ..preset };
@@ -145,7 +146,9 @@ impl<T: TrainingStudy> Study for T {
             return seeds::reproduce(cfg, how);
         }
         let output = crate::run::Output { out: how.out.clone(), force: how.force, allow_large: how.allow_large };
-        crate::run::run(cfg, output, how.quick()).map(drop)
+        let began = std::time::Instant::now();
+        crate::run::run(cfg, output, how.quick())?;
+        Ok(began.elapsed().as_secs_f64())
     }
 }
 

@@ -25,8 +25,10 @@ impl Study for SapoStudy {
         "sapo"
     }
 
-    fn reproduce(&self, how: &Reproduce) -> Result<()> {
-        reproduce(how.out.clone(), how.force, how.quick(), how.device)
+    fn reproduce(&self, how: &Reproduce) -> Result<f64> {
+        let began = Instant::now();
+        reproduce(how.out.clone(), how.force, how.quick(), how.device)?;
+        Ok(began.elapsed().as_secs_f64())
     }
 
     /// A folder with `sapo.json` (written by `reproduce sapo`).

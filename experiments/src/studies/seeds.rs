@@ -50,8 +50,8 @@ struct SeedRuns {
 
 /// Runs `cfg` once per seed (`cfg.seed`, `cfg.seed + 1`, …) into `<out>/seed-<k>/`; at the CPU rung
 /// also at half the model width into `<out>/width-<w>/seed-<k>/`; then writes `<out>/report.md` and
-/// `<out>/summary.json` over them.
-pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<()> {
+/// `<out>/summary.json` over them. Returns the wall seconds of all those runs.
+pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<f64> {
     let out = fresh_out_dir(how.out.clone(), &cfg.name, how.force || how.resume)?;
     let main = run_seeds(&cfg, how, &out)?;
     let narrow = match how.scale {
@@ -79,7 +79,7 @@ pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<()> {
     write_atomic(&out.join("report.md"), md.as_bytes())?;
     let plural = if how.seeds == 1 { "" } else { "s" };
     println!("report over {} seed{plural}: {}", how.seeds, out.join("report.md").display());
-    Ok(())
+    Ok(main.wall_s.iter().chain(narrow.iter().flat_map(|(_, runs)| &runs.wall_s)).sum())
 }
 
 /// `cfg` at half its model width (and half its heads, when that keeps the head size even), and that
@@ -166,11 +166,12 @@ fn markdown(s: &SeededSummary<'_>, how: &Reproduce, cfg: &RunConfig) -> String {
     let mut md = format!("# swarmlab study `{}` over {n} seed{}\n\n", s.name, if n == 1 { "" } else { "s" });
     let _ = writeln!(
         md,
-        "`swarmlab reproduce {}{}`: the study's run once per seed (run seeds {}), {:.0} s of wall time in all. Each claim's figure is the mean over the seeds with its range (min–max); the verdict is \"yes\" only when every seed is on the paper's side of the claim, \"no\" when every seed is on the other side, \"inconclusive\" when the range spans it.\n",
+        "`swarmlab reproduce {}{}`: the study's run once per seed (run seeds {}), {:.0} s of wall time in all{}. Each claim's figure is the mean over the seeds with its range (min–max); the verdict is \"yes\" only when every seed is on the paper's side of the claim, \"no\" when every seed is on the other side, \"inconclusive\" when the range spans it.\n",
         s.name,
         how.flags(),
         s.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
-        s.wall_s.iter().sum::<f64>()
+        s.wall_s.iter().sum::<f64>(),
+        s.narrower.as_ref().map_or(String::new(), |n| format!(" ({:.0} s more at half the width)", n.wall_s.iter().sum::<f64>()))
     );
     md.push_str(&crate::studies::setup_section(cfg));
     md.push_str("\n## Claims\n\n");

@@ -26,11 +26,13 @@ impl Study for VerdeStudy {
         "verde"
     }
 
-    fn reproduce(&self, how: &Reproduce) -> Result<()> {
+    fn reproduce(&self, how: &Reproduce) -> Result<f64> {
         if how.device != models::DeviceSpec::Cpu {
             eprintln!("note: verde's disputes run on the CPU (--device applies to the training studies)");
         }
-        reproduce(how.out.clone(), how.force, how.quick())
+        let began = Instant::now();
+        reproduce(how.out.clone(), how.force, how.quick())?;
+        Ok(began.elapsed().as_secs_f64())
     }
 }
 
