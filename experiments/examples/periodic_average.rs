@@ -85,7 +85,10 @@ fn register() {
     });
 }
 
+#[allow(unsafe_code)] // sets the operations' thread count before any thread starts
 fn main() -> anyhow::Result<()> {
+    // SAFETY: the first statement of `main`; no other thread has started.
+    unsafe { experiments::threads::one_per_operation_unless_set() };
     register();
     experiments::cli::main()
 }

@@ -110,7 +110,8 @@ enum Command {
         /// and a report over them.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
         seeds: Option<u32>,
-        /// Seeds run at once: by default as many as the cores allow (one per two cores).
+        /// Seeds run at once: by default one per core (each run's operations use one thread; see
+        /// `CANDLE_NUM_THREADS` in the README).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
         jobs: Option<u32>,
         /// The training studies' corpus: `synthetic` (the presets' default, with a known loss floor),
@@ -336,8 +337,7 @@ where
         Command::Reproduce { study, output: OutputArgs { out, force }, quick, scale, seeds, jobs, corpus, resume } => {
             let scale = if quick { studies::Scale::Smoke } else { scale };
             let seeds = seeds.map_or(if scale == studies::Scale::Smoke { 1 } else { 3 }, |s| s as usize);
-            let cores = std::thread::available_parallelism().map_or(1, usize::from);
-            let jobs = jobs.map_or((cores / 2).max(1), |j| j as usize).min(seeds);
+            let jobs = jobs.map_or_else(crate::threads::default_jobs, |j| j as usize).min(seeds);
             let corpus = corpus.as_deref().map(crate::config::CorpusConfig::named);
             let how = Reproduce {
                 out,

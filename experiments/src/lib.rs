@@ -22,6 +22,7 @@
 //! | `node`, `launch` | real nodes over QUIC and local swarms of them |
 //! | `plots` | SVG and PNG plots |
 //! | `world` | the world arms train on: uniform, or the `[geo]` swarm placed on the grid |
+//! | [`threads`] | one thread per tensor operation (simulations run their workers' operations one after another) |
 
 mod all;
 mod claims;
@@ -37,6 +38,7 @@ mod report;
 mod run;
 mod sapo_swarm;
 mod studies;
+pub mod threads;
 mod verify;
 mod world;
 

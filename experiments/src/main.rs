@@ -1,5 +1,8 @@
 //! `swarmlab`: train on simulated swarms and write the results.
 
+#[allow(unsafe_code)] // sets the operations' thread count before any thread starts
 fn main() -> anyhow::Result<()> {
+    // SAFETY: the first statement of `main`; no other thread has started.
+    unsafe { experiments::threads::one_per_operation_unless_set() };
     experiments::cli::main()
 }

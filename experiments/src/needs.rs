@@ -75,7 +75,7 @@ impl Needs {
         let seconds = self.seconds(cores);
         if seconds > MAX_SECONDS {
             bail!(
-                "this run would take about {} on this machine's {cores} cores (estimated from the configuration): make it smaller, or add --allow-large to run it anyway",
+                "this run would take about {} on {cores} of this machine's cores (estimated from the configuration): make it smaller, or add --allow-large to run it anyway",
                 duration(seconds)
             );
         }

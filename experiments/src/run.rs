@@ -82,7 +82,8 @@ pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<Vec
         cfg.validate()?;
     }
     let needs = crate::needs::Needs::of(&cfg)?;
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // The cores this run's operations use.
+    let cores = crate::threads::per_operation().min(crate::threads::cores());
     needs.check(crate::needs::machine_memory(), cores, output.allow_large)?;
     let device = cfg.device.resolve()?;
     if cfg.network.transport == genrl::TransportKind::Quic {
