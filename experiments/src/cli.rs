@@ -285,10 +285,12 @@ enum Command {
         corpus: Option<String>,
     },
     /// Regenerate the README's results section (between its `<!-- results:begin -->` and
-    /// `<!-- results:end -->` lines) from a folder written by `swarmlab reproduce all`.
+    /// `<!-- results:end -->` lines) from folders written by `swarmlab reproduce all` (e.g. one per
+    /// corpus; each under a heading of its own when there are several).
     Readme {
-        /// A folder written by `swarmlab reproduce all`.
-        run_dir: PathBuf,
+        /// Folders written by `swarmlab reproduce all`, in the order they appear.
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
         /// The README to update.
         #[arg(long, default_value = "README.md")]
         file: PathBuf,
@@ -369,7 +371,7 @@ where
             };
             studies::sweep::sweep_lr(&study, &lrs, &how).map(drop)
         }
-        Command::Readme { run_dir, file } => all::readme(&run_dir, &file),
+        Command::Readme { run_dirs, file } => all::readme(&run_dirs, &file),
         Command::Keygen { out, addr } => {
             let identity = transport::Identity::generate()?;
             identity.save(&out)?;
