@@ -183,7 +183,7 @@ impl Findings for CheckFreeStudy {
                 "Adam (no weight decay), β = (0.9, 0.999), constant learning rate 6e-4 (the Llama schedule is flat)",
                 SIM,
                 format!("{}, {}", optimizer_words(cfg), schedule_words(cfg)),
-                "the rate suits the tiny model (not yet chosen by a sweep)",
+                super::sweep::rate_reason(cfg),
             ),
             SetupRow::new("gradients", "loss / micro-batches, mean over replicas, each stage clipped to norm 1", SIM, format!("the same; clip {}", cfg.optim.grad_clip), ""),
             SetupRow::new(

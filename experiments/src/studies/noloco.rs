@@ -158,7 +158,7 @@ impl Findings for NoLoCoStudy {
                 "6e-4 peak, 1,000 warm-up steps (4%), cosine to 6e-5 over 25,000",
                 BASE,
                 schedule_words(cfg),
-                "the peak suits the tiny model on a short run (not yet chosen by a sweep); warm-up and floor keep their proportions",
+                format!("{}; warm-up and floor keep their proportions", super::sweep::rate_reason(cfg)),
             ),
         ];
         if let Some(n) = noloco {

@@ -16,6 +16,65 @@ use crate::studies::{Reproduce, Scale, training_study};
 /// The default learning rates tried: a factor of about two apart around the presets' 3e-3.
 pub(crate) const DEFAULT_LRS: [f32; 5] = [1e-3, 2e-3, 3e-3, 6e-3, 1e-2];
 
+/// A sweep behind a preset's learning rate, as measured (`swarmlab sweep-lr <study> --lrs
+/// 1e-3,3e-3,6e-3,1e-2`, CPU rung, synthetic corpus, run seed 1).
+pub(crate) struct Swept {
+    /// The study (its preset's name).
+    pub(crate) study: &'static str,
+    /// The arm swept.
+    pub(crate) arm: &'static str,
+    /// The rate chosen: the lowest final validation loss.
+    pub(crate) chosen: f32,
+    /// Each rate tried and the final validation loss it reached.
+    pub(crate) final_loss: [(f32, f64); 4],
+}
+
+/// The sweeps behind the training studies' rates.
+pub(crate) const SWEPT: [Swept; 4] = [
+    Swept {
+        study: "noloco",
+        arm: "DDP (all-reduce every step)",
+        chosen: 3e-3,
+        final_loss: [(1e-3, 1.1128), (3e-3, 1.0912), (6e-3, 1.1114), (1e-2, 1.1142)],
+    },
+    Swept {
+        study: "skippipe",
+        arm: "standard pipeline",
+        chosen: 3e-3,
+        final_loss: [(1e-3, 1.1971), (3e-3, 1.1500), (6e-3, 1.4444), (1e-2, 1.8162)],
+    },
+    Swept {
+        study: "checkfree",
+        arm: "no failures",
+        chosen: 3e-3,
+        final_loss: [(1e-3, 1.2279), (3e-3, 1.2028), (6e-3, 1.6658), (1e-2, 2.2501)],
+    },
+    Swept {
+        study: "compose",
+        arm: "baseline, no failures",
+        chosen: 3e-3,
+        final_loss: [(1e-3, 1.5825), (3e-3, 1.1406), (6e-3, 1.1887), (1e-2, 1.6526)],
+    },
+];
+
+/// Why `cfg`'s learning rate is what it is, for a setup table: the sweep that chose it for the
+/// study's preset, or that it is the configuration's own.
+pub(crate) fn rate_reason(cfg: &RunConfig) -> String {
+    match SWEPT.iter().find(|s| s.study == cfg.name) {
+        Some(s) if cfg.optim.lr == s.chosen => {
+            let tried: Vec<String> = s.final_loss.iter().map(|(lr, loss)| format!("{loss:.3} at {lr}")).collect();
+            format!(
+                "the rate was chosen by `swarmlab sweep-lr {}` on the arm \"{}\" alone (final val loss {}; CPU rung, seed 1) and is the same for every arm",
+                s.study,
+                s.arm,
+                tried.join(", ")
+            )
+        }
+        Some(s) => format!("a rate of this configuration's own (the preset's sweep chose {})", s.chosen),
+        None => "a rate of this configuration's own".to_owned(),
+    }
+}
+
 /// One learning rate's run of the baseline arm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct SweepRow {
@@ -137,6 +196,21 @@ fn markdown(s: &Sweep, how: &Reproduce) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_training_study_cites_the_sweep_behind_its_rate() -> Result<()> {
+        for swept in &SWEPT {
+            let cfg = training_study(swept.study)?.preset();
+            assert_eq!(cfg.optim.lr, swept.chosen, "{}: the preset runs the rate its sweep chose", swept.study);
+            let best = swept.final_loss.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map(|b| b.0);
+            assert_eq!(best, Some(swept.chosen), "{}", swept.study);
+            assert!(cfg.arms.iter().any(|a| a.label == swept.arm), "{}: no arm {:?}", swept.study, swept.arm);
+            assert!(rate_reason(&cfg).contains(&format!("sweep-lr {}", swept.study)), "{}", rate_reason(&cfg));
+            let other = RunConfig { optim: models::OptimConfig { lr: 1e-4, ..cfg.optim.clone() }, ..cfg };
+            assert!(rate_reason(&other).contains("own"), "{}", rate_reason(&other));
+        }
+        Ok(())
+    }
 
     #[test]
     fn the_sweep_runs_the_baseline_arm_at_each_rate_and_names_the_best() -> Result<()> {

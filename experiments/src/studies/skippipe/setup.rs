@@ -57,11 +57,7 @@ pub(super) fn rows(cfg: &RunConfig) -> Vec<SetupRow> {
             "AdamW, β = (0.9, 0.999), no weight decay, constant 3e-4",
             TRAINER,
             format!("{}, {}", optimizer_words(cfg), schedule_words(cfg)),
-            if optim_same {
-                "the learning rate suits the smaller model (chosen on the baseline arm, the same for every arm)"
-            } else {
-                "a configuration of its own"
-            },
+            if optim_same { crate::studies::sweep::rate_reason(cfg) } else { "a configuration of its own".to_owned() },
         ),
         SetupRow::new("micro-batches", "6 per replica and iteration, 8 sequences each", TRAINER, format!("{} of {} sequences", cfg.micro_batches, cfg.micro_batch), "CPU scale"),
         SetupRow::new(
