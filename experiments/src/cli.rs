@@ -146,6 +146,10 @@ enum Command {
         /// How long (virtual seconds) a trainer may take to answer the referee.
         #[arg(long, default_value_t = 60.0)]
         deadline_s: f64,
+        /// Trainers keep their whole state every K steps, so answering for a step re-runs at most K
+        /// steps instead of the run up to it (default: no checkpoints).
+        #[arg(long, value_name = "K")]
+        checkpoint_every: Option<u64>,
         /// Kernels: `repops` (bitwise reproducible) or `native` (only with --print-final).
         #[arg(long, default_value = "repops", hide = true)]
         backend: String,
@@ -448,7 +452,7 @@ where
             }
             sapo_swarm::train(cfg, out)
         }
-        Command::Verify { model, steps, trainers, deadline_s, backend, print_final } => {
+        Command::Verify { model, steps, trainers, deadline_s, checkpoint_every, backend, print_final } => {
             let backend = match backend.as_str() {
                 "repops" => models::Backend::RepOps,
                 "native" if print_final => models::Backend::Native,
@@ -458,7 +462,7 @@ where
             if print_final {
                 verify::print_final(&model, steps, backend)
             } else {
-                verify::verify(&model, steps, trainers, deadline_s)
+                verify::verify(&model, steps, trainers, deadline_s, checkpoint_every)
             }
         }
         Command::Init { path } => init(&path),

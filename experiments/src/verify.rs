@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use models::{Backend, ModelConfig};
 use verde::net::{DisputeRecord, SettleConfig};
-use verde::{Behaviour, Conduct, Execution, Outcome, Party, Program, Rules, Settlement, Structure, execute, settle};
+use verde::{
+    Behaviour, Checkpoints, Conduct, Execution, Outcome, Party, Program, Rules, Settlement, Structure, execute, execute_with, settle,
+};
 
 
 /// One trainer of `swarmlab verify`: how it trains and how it answers the referee.
@@ -127,18 +129,24 @@ pub(crate) fn log2_ceil(n: u64) -> u32 {
     if n <= 1 { 0 } else { 64 - (n - 1).leading_zeros() }
 }
 
-/// A program, its structure and the referee's rules.
+/// A program, its structure and the referee's rules, and the states trainers keep.
 pub(crate) struct Setup {
     pub(crate) program: Program,
     pub(crate) rules: Rules,
     pub(crate) ops: usize,
     pub(crate) honest: Arc<Execution>,
+    pub(crate) checkpoints: Checkpoints,
 }
 
 impl Setup {
     pub(crate) fn new(program: Program, deadline: Duration) -> Result<Self> {
+        Self::keeping(program, deadline, Checkpoints::None)
+    }
+
+    /// [`Setup::new`] with trainers that keep the states `checkpoints` asks for.
+    pub(crate) fn keeping(program: Program, deadline: Duration, checkpoints: Checkpoints) -> Result<Self> {
         let structure = Arc::new(Structure::of(&program).context("deriving the program's step structure")?);
-        let honest = Arc::new(execute(&program, Behaviour::Honest)?);
+        let honest = Arc::new(execute_with(&program, Behaviour::Honest, checkpoints)?);
         let rules = Rules {
             initial: honest.hashes[0],
             steps: program.steps,
@@ -147,7 +155,7 @@ impl Setup {
             level: repops::simd::current(),
         };
         let ops = structure.step(2).ops.len();
-        Ok(Self { program, rules, ops, honest })
+        Ok(Self { program, rules, ops, honest, checkpoints })
     }
 
     pub(crate) fn run(&self, spec: TrainerSpec) -> Result<Arc<Execution>> {
@@ -163,7 +171,7 @@ impl Setup {
         }
         Ok(match spec.behaviour {
             Behaviour::Honest => self.honest.clone(),
-            b => Arc::new(execute(&self.program, b)?),
+            b => Arc::new(execute_with(&self.program, b, self.checkpoints)?),
         })
     }
 }
@@ -217,7 +225,13 @@ fn describe(d: &DisputeRecord, steps: u64, positions: u64) -> String {
 }
 
 /// `swarmlab verify`.
-pub(crate) fn verify(model: &str, steps: u64, trainers: Vec<TrainerSpec>, deadline_s: f64) -> Result<()> {
+pub(crate) fn verify(
+    model: &str,
+    steps: u64,
+    trainers: Vec<TrainerSpec>,
+    deadline_s: f64,
+    checkpoint_every: Option<u64>,
+) -> Result<()> {
     // The program first: its length is checked before the default trainers are made from it.
     let program = program(model, steps, Backend::RepOps)?;
     let trainers = if trainers.is_empty() {
@@ -233,12 +247,18 @@ pub(crate) fn verify(model: &str, steps: u64, trainers: Vec<TrainerSpec>, deadli
         bail!("--deadline-s {deadline_s} must be a positive number of seconds, at most {MAX_DEADLINE_S}");
     }
     let began = Instant::now();
-    let setup = Setup::new(program, Duration::from_secs_f64(deadline_s))?;
+    let checkpoints = match checkpoint_every {
+        None => Checkpoints::None,
+        Some(0) => bail!("--checkpoint-every 0: give a number of steps of at least 1 (or leave the flag out for none)"),
+        Some(k) => Checkpoints::Every(k),
+    };
+    let setup = Setup::keeping(program, Duration::from_secs_f64(deadline_s), checkpoints)?;
     let params = setup.program.model.param_count();
     eprintln!(
-        "program: {model} model ({params} parameters), {steps} steps of {} operators each (repops; structure derived in {:.2} s)",
+        "program: {model} model ({params} parameters), {steps} steps of {} operators each (repops; structure derived in {:.2} s); trainers keep {}",
         setup.ops,
-        began.elapsed().as_secs_f64()
+        began.elapsed().as_secs_f64(),
+        checkpoint_every.map_or("no checkpoints".to_owned(), |k| format!("a checkpoint every {k} steps"))
     );
     let mut runs = Vec::new();
     for (i, spec) in trainers.iter().enumerate() {

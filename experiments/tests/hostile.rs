@@ -143,6 +143,11 @@ fn sapo_verify_and_reproduce_flags_say_what_is_wrong() -> TestResult {
     let mut honest = swarmlab();
     honest.args(["verify", "--trainer", "honest@3"]);
     refused(honest, &["honest takes no @STEP"])?;
+    for every in ["0", "-2", "x"] {
+        let mut keep = swarmlab();
+        keep.args(["verify", "--steps", "2", &format!("--checkpoint-every={every}")]);
+        refused(keep, &["--checkpoint-every"])?;
+    }
     for deadline in ["1e300", "nan", "-1"] {
         let mut late = swarmlab();
         late.args(["verify", "--steps", "2", &format!("--deadline-s={deadline}")]);

@@ -1,7 +1,7 @@
 //! A party's side of a dispute, as a sans-IO responder: given the referee's [`Ask`], the [`Answer`] its
 //! run supports — or, for a dishonest [`Conduct`], a bad one or none at all. The trainer re-runs the
-//! disputed step from its start to answer for it ([`Execution::trace_step`]), so it keeps no more than
-//! its state hashes between disputes.
+//! disputed step from its last checkpoint before it ([`Execution::trace_step`]; from the start if it
+//! keeps none), so it keeps no more than its state hashes and checkpoints between disputes.
 
 use std::sync::Arc;
 

@@ -31,7 +31,7 @@ pub use defender::{Conduct, Defender};
 pub use error::{Error, Result};
 pub use merkle::{Hash, MerkleTree, Proof, leaf_hash, verify};
 pub use net::{Settlement, settle};
-pub use program::{Behaviour, Execution, Program, StateManifest, Trainer, execute};
+pub use program::{Behaviour, Checkpoints, Execution, Program, StateManifest, Trainer, execute, execute_with};
 pub use referee::{Answer, Ask, Dispute, Fault, Ledger, Outcome, Rules, Summary};
 pub use structure::{OpShape, StepShape, Structure};
 pub use trace::{Evidence, Judgement, OpRecord, Provenance, StepTrace, Verdict, judge, link};

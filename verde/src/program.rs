@@ -1,8 +1,9 @@
 //! The training program under verification (Verde §4.2): a `models` language model trained on the repops
 //! backend, so that honest trainers compute the same bits. A trainer runs it step by step, hashes its
 //! state after every step (weights and optimizer moments, by name: a [`StateManifest`]) and commits to
-//! the Merkle root of those hashes; position 0 is the public initial state. In a dispute it re-runs the
-//! disputed step with the op tape on ([`Execution::trace_step`]).
+//! the Merkle root of those hashes; position 0 is the public initial state. It keeps its whole state
+//! every K steps ([`Checkpoints`]); in a dispute it re-runs the disputed step with the op tape on from
+//! the last checkpoint before it ([`Execution::trace_step`]), so answering costs at most K steps.
 //!
 //! [`Behaviour`] makes a trainer dishonest in one of the ways the dispute must catch.
 
@@ -192,6 +193,23 @@ impl Trainer {
         Ok(self.manifest(step)?.hash())
     }
 
+    /// The whole state after `step` steps, to re-run from.
+    fn checkpoint(&self, step: u64) -> Checkpoint {
+        let (optim_step, moments) = self.optim.state();
+        Checkpoint { step, weights: self.model.params().snapshot(), optim_step, moments }
+    }
+
+    /// The program's trainer in the state `checkpoint` kept.
+    fn resume(program: &Program, checkpoint: &Checkpoint) -> Result<Self> {
+        let mut trainer = Self::new(program)?;
+        let params = trainer.model.params();
+        for (name, value) in &checkpoint.weights {
+            params.set(name, value).map_err(program_error)?;
+        }
+        trainer.optim.restore(checkpoint.optim_step, &checkpoint.moments).map_err(program_error)?;
+        Ok(trainer)
+    }
+
     /// Adds `delta` to the first element of the first weight (a cheat).
     fn perturb(&self, delta: f32) -> Result<()> {
         let params = self.model.params();
@@ -228,8 +246,43 @@ impl Trainer {
     }
 }
 
+/// Which states a trainer keeps while it trains, to answer for a step without re-running the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checkpoints {
+    /// None: answering for step k re-runs steps 1 to k.
+    #[default]
+    None,
+    /// The state after every K-th step (K ≥ 1; the initial state is public): answering for step k
+    /// re-runs at most K steps, from the last kept state before it. Memory: weights and both Adam
+    /// moments, `steps / K` times.
+    Every(u64),
+}
+
+impl Checkpoints {
+    /// Whether the state after `step` is kept.
+    fn keeps(self, step: u64) -> bool {
+        matches!(self, Self::Every(k) if k > 0 && step.is_multiple_of(k))
+    }
+}
+
+/// A trainer's whole state after a step: weights, Adam's moments and its step counter.
+#[derive(Debug, Clone)]
+struct Checkpoint {
+    step: u64,
+    weights: BTreeMap<String, Tensor>,
+    optim_step: u64,
+    moments: BTreeMap<String, Tensor>,
+}
+
+impl Checkpoint {
+    /// Bytes of tensor data it holds.
+    fn bytes(&self) -> usize {
+        self.weights.values().chain(self.moments.values()).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+    }
+}
+
 /// A trainer's run: the program, how the trainer ran it, its state hash after every step and their
-/// commitment — what it needs to answer a dispute.
+/// commitment, and the states it kept — what it needs to answer a dispute.
 #[derive(Debug)]
 pub struct Execution {
     program: Program,
@@ -237,6 +290,8 @@ pub struct Execution {
     /// `hashes[i]`: the state after `i` steps, as committed (index 0: the initial state).
     pub hashes: Vec<Hash>,
     tree: MerkleTree,
+    /// The kept states, by step.
+    checkpoints: Vec<Checkpoint>,
     /// Wall time the run took.
     pub seconds: f64,
 }
@@ -246,7 +301,7 @@ impl Execution {
     /// like); re-running a step follows the program honestly.
     pub fn from_hashes(program: &Program, hashes: Vec<Hash>) -> Result<Self> {
         let tree = MerkleTree::new(&hashes)?;
-        Ok(Self { program: program.clone(), behaviour: Behaviour::Honest, hashes, tree, seconds: 0.0 })
+        Ok(Self { program: program.clone(), behaviour: Behaviour::Honest, hashes, tree, checkpoints: vec![], seconds: 0.0 })
     }
 
     /// The program run.
@@ -269,9 +324,30 @@ impl Execution {
         Opening::of(&self.hashes, &self.tree, index)
     }
 
-    /// Re-runs the run from the initial state up to step `step` and returns that step's trace — its
-    /// operators, then the state record that claims the committed state after it — and its tape, which
-    /// keeps the inputs `keep` asks for. A dishonest trainer re-runs the way it ran.
+    /// The steps kept as checkpoints, in order.
+    pub fn checkpointed_steps(&self) -> Vec<u64> {
+        self.checkpoints.iter().map(|c| c.step).collect()
+    }
+
+    /// Bytes of tensor data its checkpoints hold.
+    pub fn checkpoint_bytes(&self) -> usize {
+        self.checkpoints.iter().map(Checkpoint::bytes).sum()
+    }
+
+    /// The steps [`Execution::trace_step`] re-runs to answer for `step`: from the last kept state
+    /// before it (or the initial state) through `step` itself.
+    pub fn replayed_steps(&self, step: u64) -> u64 {
+        step - self.resume_point(step).map_or(0, |c| c.step)
+    }
+
+    fn resume_point(&self, step: u64) -> Option<&Checkpoint> {
+        self.checkpoints.iter().rev().find(|c| c.step < step)
+    }
+
+    /// Re-runs the run from the last state it kept before step `step` (or the initial state) up to
+    /// that step and returns its trace — its operators, then the state record that claims the committed
+    /// state after it — and its tape, which keeps the inputs `keep` asks for. A dishonest trainer
+    /// re-runs the way it ran; its checkpoints are of the state it really had.
     pub fn trace_step(&self, step: u64, keep: Keep) -> Result<(StepTrace, Tape)> {
         let len = self.hashes.len() as u64;
         let (Some(&start), Some(&claimed)) =
@@ -279,8 +355,11 @@ impl Execution {
         else {
             return Err(Error::OutOfRange { index: step, len });
         };
-        let mut trainer = Trainer::new(&self.program)?;
-        for s in 1..step {
+        let (mut trainer, from) = match self.resume_point(step) {
+            Some(c) => (Trainer::resume(&self.program, c)?, c.step + 1),
+            None => (Trainer::new(&self.program)?, 1),
+        };
+        for s in from..step {
             trainer.advance(s, self.behaviour, None)?;
         }
         // A lazy trainer shows the operators it should have run, but its state did not move.
@@ -297,13 +376,22 @@ impl Execution {
     }
 }
 
-/// Runs `program` as `behaviour` says and commits to the state hashes.
+/// Runs `program` as `behaviour` says and commits to the state hashes, keeping no checkpoints.
 pub fn execute(program: &Program, behaviour: Behaviour) -> Result<Execution> {
+    execute_with(program, behaviour, Checkpoints::None)
+}
+
+/// [`execute`], keeping the states `checkpoints` asks for.
+pub fn execute_with(program: &Program, behaviour: Behaviour, checkpoints: Checkpoints) -> Result<Execution> {
     let began = Instant::now();
     let mut trainer = Trainer::new(program)?;
     let mut hashes = vec![trainer.state_hash(0)?];
+    let mut kept = Vec::new();
     for step in 1..=program.steps {
         trainer.advance(step, behaviour, None)?;
+        if checkpoints.keeps(step) && step < program.steps {
+            kept.push(trainer.checkpoint(step));
+        }
         // A lazy trainer's claimed step counter still advances: only the work is skipped.
         let mut h = trainer.state_hash(step)?;
         if matches!(behaviour, Behaviour::LieInCommitment { step: at } if at == step) {
@@ -312,7 +400,14 @@ pub fn execute(program: &Program, behaviour: Behaviour) -> Result<Execution> {
         hashes.push(h);
     }
     let tree = MerkleTree::new(&hashes)?;
-    Ok(Execution { program: program.clone(), behaviour, hashes, tree, seconds: began.elapsed().as_secs_f64() })
+    Ok(Execution {
+        program: program.clone(),
+        behaviour,
+        hashes,
+        tree,
+        checkpoints: kept,
+        seconds: began.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]
@@ -322,6 +417,33 @@ mod tests {
     /// The first step whose state hash differs between two runs.
     fn first_difference(a: &Execution, b: &Execution) -> Option<u64> {
         a.hashes.iter().zip(&b.hashes).position(|(x, y)| x != y).map(|i| i as u64)
+    }
+
+    #[test]
+    fn answering_from_a_checkpoint_gives_the_trace_of_a_run_from_the_start() -> Result<()> {
+        let program = Program::tiny(7);
+        for behaviour in [
+            Behaviour::Honest,
+            Behaviour::PerturbWeight { step: 3, delta: 1e-3 },
+            Behaviour::PerturbOp { step: 5, op: 5, delta: 0.5 },
+            Behaviour::Lazy { from: 4 },
+            Behaviour::LieInCommitment { step: 3 },
+        ] {
+            let plain = execute(&program, behaviour)?;
+            let kept = execute_with(&program, behaviour, Checkpoints::Every(3))?;
+            assert_eq!(kept.hashes, plain.hashes, "{behaviour:?}: keeping states changes nothing");
+            assert_eq!(kept.checkpointed_steps(), vec![3, 6], "every third step but the last");
+            assert!(kept.checkpoint_bytes() > 0);
+            for step in 1..=program.steps {
+                let (a, tape_a) = plain.trace_step(step, Keep::Op(2))?;
+                let (b, tape_b) = kept.trace_step(step, Keep::Op(2))?;
+                assert_eq!(a.commitment(), b.commitment(), "{behaviour:?}, step {step}");
+                assert_eq!(tape_a.entries().len(), tape_b.entries().len(), "{behaviour:?}, step {step}");
+                assert_eq!(plain.replayed_steps(step), step);
+                assert!(kept.replayed_steps(step) <= 3, "step {step}: {}", kept.replayed_steps(step));
+            }
+        }
+        Ok(())
     }
 
     #[test]

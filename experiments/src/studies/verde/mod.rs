@@ -1,7 +1,10 @@
 //! The Verde study (`swarmlab reproduce verde`): disputes between an honest run and six kinds of cheat for
 //! runs of several lengths and two model sizes — bisection rounds against log2 n + log2 m, bytes
 //! exchanged, the referee's one re-executed operator against replicating the run — and the negative
-//! case, honest trainers on native kernels. It writes report.md and verde.json.
+//! case, honest trainers on native kernels; and the answer time against the trainers' checkpoint
+//! interval ([`answers`]). It writes report.md and verde.json.
+
+mod answers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,6 +85,7 @@ struct VerdeFindings {
     quick: bool,
     rows: Vec<StudyRow>,
     negative: NegativeCase,
+    answers: Vec<answers::AnswerRow>,
     seconds: f64,
 }
 
@@ -174,6 +178,8 @@ fn child_final(backend: &str, steps: u64, threads: usize) -> Result<String> {
     let exe = std::env::current_exe().context("locating the swarmlab binary")?;
     let out = std::process::Command::new(exe)
         .args(["verify", "--model", "tiny", "--steps", &steps.to_string(), "--backend", backend, "--print-final"])
+        // Both pools: the tensor library's own and rayon's (this process may have set either to 1).
+        .env("CANDLE_NUM_THREADS", threads.to_string())
         .env("RAYON_NUM_THREADS", threads.to_string())
         .output()
         .context("running a trainer in a child process")?;
@@ -238,7 +244,9 @@ fn reproduce(out: Option<PathBuf>, force: bool, quick: bool) -> Result<()> {
     }
     eprintln!("  negative case: native kernels");
     let negative = negative_case(if quick { 4 } else { 16 })?;
-    let study = VerdeFindings { quick, rows, negative, seconds: began.elapsed().as_secs_f64() };
+    eprintln!("  answering against the checkpoint interval");
+    let answers = answers::answer_times(quick)?;
+    let study = VerdeFindings { quick, rows, negative, answers, seconds: began.elapsed().as_secs_f64() };
     write_atomic(&out.join("verde.json"), serde_json::to_string_pretty(&study)?.as_bytes())?;
     write_atomic(&out.join("report.md"), markdown(&study).as_bytes())?;
     println!("report: {}", out.join("report.md").display());
@@ -340,6 +348,7 @@ fn markdown(s: &VerdeFindings) -> String {
         opt(n.native_vs_repops_first_step),
         n.native_vs_repops_outcome
     );
-    m += "\n## Limits\n\n- Trainers keep no checkpoints: to answer for step k they re-run the program from its start, twice (the trace, then one operator's inputs). Checkpoints every C steps would bound that by 2C steps.\n- The step's structure is derived by a dry run of the program's first two steps; inputs computed outside the op tape (the data batch, constants, candle's layout operations) have no provenance, and a dispute that lands on one of them ends with both parties losing (none of the cheats here does).\n- Stakes are simulated on an in-memory ledger.\n";
+    m += &answers::section(&s.answers);
+    m += "\n## Limits\n\n- The trainers of the disputes above keep no checkpoints (they answer from the start of the run, as the table's first rows); `swarmlab verify --checkpoint-every K` gives them checkpoints.\n- The step's structure is derived by a dry run of the program's first two steps; inputs computed outside the op tape (the data batch, constants, candle's layout operations) have no provenance, and a dispute that lands on one of them ends with both parties losing (none of the cheats here does).\n- Stakes are simulated on an in-memory ledger.\n";
     m
 }
