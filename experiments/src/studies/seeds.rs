@@ -53,15 +53,20 @@ struct SeedRuns {
 /// `<out>/summary.json` over them. Returns the wall seconds of all those runs.
 pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<f64> {
     let out = fresh_out_dir(how.out.clone(), &cfg.name, how.force || how.resume)?;
-    let main = run_seeds(&cfg, how, &out)?;
-    let narrow = match how.scale {
+    // The preset's width, and at the CPU rung half of it: every run of both goes through one pool, so
+    // no core idles while the last seed of the first width runs.
+    let mut series = vec![Series { cfg: cfg.clone(), out: out.clone(), label: String::new() }];
+    let narrow_width = match how.scale {
         Scale::Cpu => {
             let (narrow, width) = narrower(&cfg)?;
-            eprintln!("\n--- {} at half the width ({width}) ---", cfg.name);
-            Some((width, run_seeds(&narrow, how, &out.join(format!("width-{width}")))?))
+            series.push(Series { cfg: narrow, out: out.join(format!("width-{width}")), label: format!(" at width {width}") });
+            Some(width)
         }
         _ => None,
     };
+    let mut runs = run_seeds(&series, how)?.into_iter();
+    let main = runs.next().ok_or_else(|| anyhow::anyhow!("no runs at the preset's width"))?;
+    let narrow = narrow_width.zip(runs.next());
     let summary = SeededSummary {
         name: &cfg.name,
         seeds: main.seeds.clone(),
@@ -96,56 +101,72 @@ fn narrower(cfg: &RunConfig) -> Result<(RunConfig, usize)> {
 /// One seed's claims and wall seconds, or why it failed.
 type SeedResult = Result<(Vec<Claim>, f64)>;
 
-/// Runs `cfg` once per seed into `<out>/seed-<k>/`, `how.jobs` at a time. With `how.resume`, a seed
-/// whose folder holds a finished run of the same configuration is taken as it is (its claims recomputed
-/// from its `run.h5`).
-fn run_seeds(cfg: &RunConfig, how: &Reproduce, out: &Path) -> Result<SeedRuns> {
+/// A configuration run once per seed into `<out>/seed-<k>/`.
+struct Series {
+    cfg: RunConfig,
+    out: std::path::PathBuf,
+    /// How the progress lines tell it apart (empty for the preset's width).
+    label: String,
+}
+
+/// Runs each series once per seed (`cfg.seed`, `cfg.seed + 1`, …), all runs through one pool of
+/// `how.jobs`. With `how.resume`, a seed whose folder holds a finished run of the same configuration is
+/// taken as it is (its claims recomputed from its `run.h5`).
+fn run_seeds(series: &[Series], how: &Reproduce) -> Result<Vec<SeedRuns>> {
     let n = how.seeds;
+    let total = series.len() * n;
     let next = AtomicUsize::new(0);
-    let done: Mutex<Vec<Option<SeedResult>>> = Mutex::new((0..n).map(|_| None).collect());
+    let done: Mutex<Vec<Option<SeedResult>>> = Mutex::new((0..total).map(|_| None).collect());
+    let store = |i: usize, result: SeedResult| {
+        if let Ok(mut slots) = done.lock() {
+            slots[i] = Some(result);
+        }
+    };
     std::thread::scope(|scope| {
-        for _ in 0..how.jobs.clamp(1, n.max(1)) {
+        for _ in 0..how.jobs.clamp(1, total.max(1)) {
             scope.spawn(|| {
                 loop {
-                    let k = next.fetch_add(1, Ordering::SeqCst);
-                    if k >= n {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= total {
                         return;
                     }
+                    let (Series { cfg, out, label }, k) = (&series[i / n], i % n);
                     let seed = cfg.seed.wrapping_add(k as u64);
                     let dir = out.join(format!("seed-{k}"));
                     let seeded = RunConfig { seed, ..cfg.clone() };
                     if how.resume {
                         let ran = if how.quick() { seeded.clone().quick() } else { seeded.clone() };
                         if let Some(finished) = crate::report::finished_run(&dir, &ran) {
-                            eprintln!("\n--- {} seed {} of {n} (run seed {seed}): finished earlier, taken as it is ---", cfg.name, k + 1);
-                            if let Ok(mut slots) = done.lock() {
-                                slots[k] = Some(Ok(finished));
-                            }
+                            eprintln!("\n--- {}{label} seed {} of {n} (run seed {seed}): finished earlier, taken as it is ---", cfg.name, k + 1);
+                            store(i, Ok(finished));
                             continue;
                         }
                     }
-                    eprintln!("\n--- {} seed {} of {n} (run seed {seed}) ---", cfg.name, k + 1);
+                    eprintln!("\n--- {}{label} seed {} of {n} (run seed {seed}) ---", cfg.name, k + 1);
                     let output = Output { out: Some(dir), force: how.force || how.resume, allow_large: how.allow_large };
                     let t = Instant::now();
                     let result = crate::run::run(seeded, output, how.quick())
-                        .with_context(|| format!("seed {seed}"))
+                        .with_context(|| format!("seed {seed}{label}"))
                         .map(|claims| (claims, t.elapsed().as_secs_f64()));
-                    if let Ok(mut slots) = done.lock() {
-                        slots[k] = Some(result);
-                    }
+                    store(i, result);
                 }
             });
         }
     });
     let slots = done.into_inner().map_err(|_| anyhow::anyhow!("a seed's run panicked"))?;
-    let (mut runs, mut walls, mut seeds) = (Vec::new(), Vec::new(), Vec::new());
-    for (k, slot) in slots.into_iter().enumerate() {
-        let (claims, wall) = slot.ok_or_else(|| anyhow::anyhow!("seed {} did not run", k + 1))??;
-        runs.push(claims);
-        walls.push(wall);
-        seeds.push(cfg.seed.wrapping_add(k as u64));
+    let mut slots = slots.into_iter();
+    let mut all = Vec::new();
+    for Series { cfg, label, .. } in series {
+        let (mut runs, mut walls, mut seeds) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, slot) in slots.by_ref().take(n).enumerate() {
+            let (claims, wall) = slot.ok_or_else(|| anyhow::anyhow!("seed {}{label} did not run", k + 1))??;
+            runs.push(claims);
+            walls.push(wall);
+            seeds.push(cfg.seed.wrapping_add(k as u64));
+        }
+        all.push(SeedRuns { seeds, wall_s: walls, claims: across_seeds(&runs) });
     }
-    Ok(SeedRuns { seeds, wall_s: walls, claims: across_seeds(&runs) })
+    Ok(all)
 }
 
 /// The report's section on how the claims move from the narrower width to the preset's.
