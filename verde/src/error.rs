@@ -49,6 +49,9 @@ pub enum Error {
     /// The network or the swarm under a dispute failed.
     #[error("network: {0}")]
     Network(String),
+    /// A stake ledger file or entry was refused: unreadable, forged, replayed or out of order.
+    #[error("ledger {0}")]
+    Ledger(String),
 }
 
 /// `Result` with [`Error`].

@@ -12,13 +12,15 @@
 //! | [`program`] | the training program (repops), trainers honest and dishonest, state manifests and commitments |
 //! | [`structure`] | the program's step graph: operator kinds, where inputs and state tensors come from |
 //! | [`trace`] | a step's records as a chain of running hashes; evidence, provenance and the referee's judgement |
-//! | [`referee`] | the whole dispute with deadlines (sans-IO), and the simulated stake ledger |
+//! | [`referee`] | the whole dispute with deadlines (sans-IO) |
+//! | [`ledger`] | stakes: balances in memory, and a file of signed entries that survives restarts and refuses forgeries |
 //! | [`defender`] | a party's side: answering the referee from its run (sans-IO), honestly or not |
 //! | [`net`] | the dispute over a [`transport::Transport`]: referee and parties as agents exchanging messages |
 
 pub mod bisection;
 pub mod defender;
 pub mod error;
+pub mod ledger;
 pub mod merkle;
 pub mod net;
 pub mod program;
@@ -29,9 +31,10 @@ pub mod trace;
 pub use bisection::{Bisection, Commitment, Opening, Party, Progress};
 pub use defender::{Conduct, Defender};
 pub use error::{Error, Result};
+pub use ledger::{Entry, Ledger, LedgerFile, Movement};
 pub use merkle::{Hash, MerkleTree, Proof, leaf_hash, verify};
 pub use net::{Settlement, settle};
 pub use program::{Behaviour, Checkpoints, Execution, Program, StateManifest, Trainer, execute, execute_with};
-pub use referee::{Answer, Ask, Dispute, Fault, Ledger, Outcome, Rules, Summary};
+pub use referee::{Answer, Ask, Dispute, Fault, Outcome, Rules, Summary};
 pub use structure::{OpShape, StepShape, Structure};
 pub use trace::{Evidence, Judgement, OpRecord, Provenance, StepTrace, Verdict, judge, link};

@@ -22,9 +22,10 @@ use transport::{PeerId, Transport, TransportExt};
 use crate::bisection::Party;
 use crate::defender::{Conduct, Defender};
 use crate::error::{Error, Result};
+use crate::ledger::Ledger;
 use crate::merkle::Hash;
 use crate::program::Execution;
-use crate::referee::{Answer, Ask, Dispute, Ledger, Outcome, Rules, Summary};
+use crate::referee::{Answer, Ask, Dispute, Outcome, Rules, Summary};
 
 /// What referee and trainers send each other.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

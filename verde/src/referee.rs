@@ -16,7 +16,7 @@
 //!
 //! A party whose answer is of the wrong kind, whose opening does not check against its own commitment,
 //! whose start is not the agreed one, whose claim fails the referee's check, or who does not answer
-//! before the deadline loses. Its stake moves to the other party on the [`Ledger`].
+//! before the deadline loses. Its stake moves to the other party on the [`crate::Ledger`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -470,35 +470,6 @@ impl Dispute {
     }
 }
 
-/// Simulated stakes: every party deposits before taking part; the loser of a dispute is slashed by the
-/// stake and the winner paid from it. (A stand-in for an on-chain contract, documented as such.)
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ledger {
-    balances: std::collections::BTreeMap<String, u64>,
-}
-
-impl Ledger {
-    /// Adds `amount` to `who`'s balance.
-    pub fn deposit(&mut self, who: &str, amount: u64) {
-        *self.balances.entry(who.to_owned()).or_default() += amount;
-    }
-
-    /// `who`'s balance.
-    pub fn balance(&self, who: &str) -> u64 {
-        self.balances.get(who).copied().unwrap_or(0)
-    }
-
-    /// Moves up to `stake` from the loser to the winner; returns what moved.
-    pub fn settle(&mut self, winner: &str, loser: &str, stake: u64) -> u64 {
-        let taken = self.balance(loser).min(stake);
-        if let Some(b) = self.balances.get_mut(loser) {
-            *b -= taken;
-        }
-        self.deposit(winner, taken);
-        taken
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,14 +626,5 @@ mod tests {
         assert_eq!(d.outcome().cloned(), outcome);
         let mut both = s.dispute();
         assert!(matches!(both.poll(Duration::from_secs(11)), Some(Outcome::BothLose(_))));
-    }
-
-    #[test]
-    fn the_ledger_slashes_the_loser_and_pays_the_winner() {
-        let mut ledger = Ledger::default();
-        ledger.deposit("honest", 100);
-        ledger.deposit("cheat", 30);
-        assert_eq!(ledger.settle("honest", "cheat", 50), 30, "never more than the loser has");
-        assert_eq!((ledger.balance("honest"), ledger.balance("cheat")), (130, 0));
     }
 }
