@@ -150,6 +150,14 @@ enum Command {
         /// steps instead of the run up to it (default: no checkpoints).
         #[arg(long, value_name = "K")]
         checkpoint_every: Option<u64>,
+        /// Record the settlement's deposits and slashings in this stake ledger file (created if missing):
+        /// signed entries, checked on every opening (needs --key).
+        #[arg(long, requires = "key")]
+        ledger: Option<PathBuf>,
+        /// The referee's key file (`swarmlab keygen`): it signs the ledger's entries, and the ledger
+        /// trusts entries signed by it alone.
+        #[arg(long, requires = "ledger")]
+        key: Option<PathBuf>,
         /// Kernels: `repops` (bitwise reproducible) or `native` (only with --print-final).
         #[arg(long, default_value = "repops", hide = true)]
         backend: String,
@@ -452,7 +460,7 @@ where
             }
             sapo_swarm::train(cfg, out)
         }
-        Command::Verify { model, steps, trainers, deadline_s, checkpoint_every, backend, print_final } => {
+        Command::Verify { model, steps, trainers, deadline_s, checkpoint_every, ledger, key, backend, print_final } => {
             let backend = match backend.as_str() {
                 "repops" => models::Backend::RepOps,
                 "native" if print_final => models::Backend::Native,
@@ -462,7 +470,7 @@ where
             if print_final {
                 verify::print_final(&model, steps, backend)
             } else {
-                verify::verify(&model, steps, trainers, deadline_s, checkpoint_every)
+                verify::verify(&model, steps, trainers, deadline_s, checkpoint_every, ledger.zip(key))
             }
         }
         Command::Init { path } => init(&path),

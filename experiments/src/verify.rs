@@ -1,6 +1,7 @@
 //! `swarmlab verify`: one program run by several trainers, some dishonest, settled by Verde's referee.
 //! (The study, `swarmlab reproduce verde`, is [`crate::studies::verde`].)
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use models::{Backend, ModelConfig};
 use verde::net::{DisputeRecord, SettleConfig};
 use verde::{
-    Behaviour, Checkpoints, Conduct, Execution, Outcome, Party, Program, Rules, Settlement, Structure, execute, execute_with, settle,
+    Behaviour, Checkpoints, Conduct, Execution, LedgerFile, Outcome, Party, Program, Rules, Settlement, Structure, execute,
+    execute_with, settle,
 };
 
 
@@ -231,6 +233,7 @@ pub(crate) fn verify(
     trainers: Vec<TrainerSpec>,
     deadline_s: f64,
     checkpoint_every: Option<u64>,
+    ledger: Option<(PathBuf, PathBuf)>,
 ) -> Result<()> {
     // The program first: its length is checked before the default trainers are made from it.
     let program = program(model, steps, Backend::RepOps)?;
@@ -246,6 +249,8 @@ pub(crate) fn verify(
     if !(deadline_s > 0.0 && deadline_s <= MAX_DEADLINE_S) {
         bail!("--deadline-s {deadline_s} must be a positive number of seconds, at most {MAX_DEADLINE_S}");
     }
+    // The ledger is checked before anything runs.
+    let mut ledger = ledger.map(|(path, key)| open_ledger(&path, &key)).transpose()?;
     let began = Instant::now();
     let checkpoints = match checkpoint_every {
         None => Checkpoints::None,
@@ -274,6 +279,35 @@ pub(crate) fn verify(
     let settlement =
         settle(&setup.rules, runs, &SettleConfig { deadline: setup.rules.deadline, ..SettleConfig::default() })?;
     print_settlement(&settlement, &setup, trainers.len());
+    if let Some((ledger, referee)) = &mut ledger {
+        record(ledger, referee, &settlement)?;
+    }
+    Ok(())
+}
+
+/// The ledger at `path`, trusting only the referee whose key file is `key`, and that referee.
+fn open_ledger(path: &Path, key: &Path) -> Result<(LedgerFile, transport::Identity)> {
+    let referee = transport::Identity::load(key).with_context(|| format!("cannot load the referee's key {}", key.display()))?;
+    let ledger = LedgerFile::open(path, &[referee.public_key()])?;
+    Ok((ledger, referee))
+}
+
+/// Appends the settlement's deposits and slashings to `ledger`, signed by `referee`, and prints the
+/// balances it then holds.
+fn record(ledger: &mut LedgerFile, referee: &transport::Identity, settlement: &Settlement) -> Result<()> {
+    let before = ledger.entries().len();
+    for movement in &settlement.movements {
+        ledger.append(movement.clone(), referee)?;
+    }
+    let balances: Vec<String> = ledger.ledger().balances().map(|(who, b)| format!("{who} {b}")).collect();
+    println!(
+        "ledger {}: {} entries ({} new, signed by {}); balances: {}",
+        ledger.path().display(),
+        ledger.entries().len(),
+        ledger.entries().len() - before,
+        referee.peer_id().short(),
+        balances.join(", ")
+    );
     Ok(())
 }
 

@@ -229,6 +229,41 @@ fn racing_keygens_never_both_succeed() -> TestResult {
     Ok(())
 }
 
+/// `verify --ledger`: the settlement's entries survive a second run; a ledger signed by another key, or
+/// tampered with, is refused before any dispute runs and is left as it was.
+#[test]
+fn a_stake_ledger_signed_by_another_key_or_tampered_with_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (ledger, key, other) = (dir.path().join("stakes.ledger"), dir.path().join("ref.key"), dir.path().join("other.key"));
+    for k in [&key, &other] {
+        assert!(bounded({
+            let mut c = swarmlab();
+            c.arg("keygen").arg("--out").arg(k);
+            c
+        })?
+        .status
+        .success());
+    }
+    let verify = |key: &Path| {
+        let mut c = swarmlab();
+        c.args(["verify", "--steps", "4", "--ledger"]).arg(&ledger).arg("--key").arg(key);
+        c
+    };
+    for entries in [6, 12] {
+        let out = bounded(verify(&key))?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{entries} entries")));
+    }
+    let kept = std::fs::read_to_string(&ledger)?;
+    refused(verify(&other), &["line 2", "does not trust"])?;
+    std::fs::write(&ledger, kept.replacen("\"amount\":100", "\"amount\":900", 1))?;
+    refused(verify(&key), &["line 2", "forged"])?;
+    let mut alone = swarmlab();
+    alone.args(["verify", "--ledger"]).arg(&ledger);
+    refused(alone, &["--key"])?;
+    Ok(())
+}
+
 /// Sends SIGINT (Ctrl-C) to process `pid`.
 fn interrupt(pid: u32) -> TestResult {
     let status = Command::new("kill").args(["-INT", &pid.to_string()]).status()?;

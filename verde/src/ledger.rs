@@ -31,9 +31,24 @@ impl Ledger {
         *self.balances.entry(who.to_owned()).or_default() += amount;
     }
 
+    /// Every party's balance, by name.
+    pub fn balances(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.balances.iter().map(|(who, b)| (who.as_str(), *b))
+    }
+
     /// `who`'s balance.
     pub fn balance(&self, who: &str) -> u64 {
         self.balances.get(who).copied().unwrap_or(0)
+    }
+
+    /// Makes `movement`.
+    pub fn apply(&mut self, movement: &Movement) {
+        match movement {
+            Movement::Deposit { who, amount } => self.deposit(who, *amount),
+            Movement::Settle { winner, loser, stake } => {
+                self.settle(winner, loser, *stake);
+            }
+        }
     }
 
     /// Moves up to `stake` from the loser to the winner; returns what moved.
@@ -200,6 +215,11 @@ impl LedgerFile {
         Ok(file)
     }
 
+    /// Where it is kept.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The balances after every entry.
     pub fn ledger(&self) -> &Ledger {
         &self.balances
@@ -237,12 +257,7 @@ impl LedgerFile {
     /// Checks `entry` as the next one and applies it in memory.
     fn admit(&mut self, entry: Entry) -> Result<()> {
         entry.check(self.entries.len() as u64, &self.last, &self.trusted)?;
-        match &entry.movement {
-            Movement::Deposit { who, amount } => self.balances.deposit(who, *amount),
-            Movement::Settle { winner, loser, stake } => {
-                self.balances.settle(winner, loser, *stake);
-            }
-        }
+        self.balances.apply(&entry.movement);
         self.last = entry.hash()?;
         self.entries.push(entry);
         Ok(())

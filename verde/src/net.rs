@@ -22,7 +22,7 @@ use transport::{PeerId, Transport, TransportExt};
 use crate::bisection::Party;
 use crate::defender::{Conduct, Defender};
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Movement};
 use crate::merkle::Hash;
 use crate::program::Execution;
 use crate::referee::{Answer, Ask, Dispute, Outcome, Rules, Summary};
@@ -179,6 +179,8 @@ pub struct Settlement {
     pub disputes: Vec<DisputeRecord>,
     /// Stakes after slashing (keys `trainer<i>`).
     pub ledger: Ledger,
+    /// The deposits and settled disputes that made them, in order (what a [`crate::LedgerFile`] records).
+    pub movements: Vec<Movement>,
 }
 
 /// How a settlement is run.
@@ -263,8 +265,13 @@ async fn tournament<T: Transport, C: Clock>(
 ) -> Result<Settlement> {
     let name = |i: usize| format!("trainer{i}");
     let mut ledger = Ledger::default();
+    let mut movements = Vec::new();
+    let mut record = |ledger: &mut Ledger, m: Movement| {
+        ledger.apply(&m);
+        movements.push(m);
+    };
     for i in 0..finals.len() {
-        ledger.deposit(&name(i), config.stake);
+        record(&mut ledger, Movement::Deposit { who: name(i), amount: config.stake });
     }
     // One side per distinct final claim, represented by its first trainer.
     let mut sides: Vec<(Hash, Vec<usize>)> = Vec::new();
@@ -289,11 +296,11 @@ async fn tournament<T: Transport, C: Clock>(
         let seconds = (clock.now() - began).as_secs_f64();
         match &outcome {
             Outcome::Won { winner: Party::Trainer, .. } => {
-                ledger.settle(&name(a), &name(b), config.stake);
+                record(&mut ledger, Movement::Settle { winner: name(a), loser: name(b), stake: config.stake });
                 standing = Some(champion);
             }
             Outcome::Won { winner: Party::Challenger, .. } => {
-                ledger.settle(&name(b), &name(a), config.stake);
+                record(&mut ledger, Movement::Settle { winner: name(b), loser: name(a), stake: config.stake });
                 standing = Some(next);
             }
             // Both sides are out; the next side in the queue stands unchallenged until disputed.
@@ -302,5 +309,5 @@ async fn tournament<T: Transport, C: Clock>(
         disputes.push(DisputeRecord { trainer: a, challenger: b, outcome, summary, traffic, seconds });
     }
     let standing_flags = (0..finals.len()).map(|i| standing.as_ref().is_some_and(|s| s.1.contains(&i))).collect();
-    Ok(Settlement { accepted: standing.map(|s| s.0), standing: standing_flags, disputes, ledger })
+    Ok(Settlement { accepted: standing.map(|s| s.0), standing: standing_flags, disputes, ledger, movements })
 }
