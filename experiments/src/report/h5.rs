@@ -216,5 +216,11 @@ pub(crate) fn finished_run(run_dir: &Path, cfg: &RunConfig) -> Option<(Vec<crate
     let run = ReadBack::read(run_dir).ok()?;
     let same = toml::to_string(&run.cfg).ok()? == toml::to_string(cfg).ok()?;
     let complete = run.cfg.arms.iter().all(|a| run.results.iter().any(|r| r.label == a.label));
-    (same && complete).then(|| (crate::studies::claims(&run.view()), run.wall_s))
+    // The run's whole wall time (its measurements after the arms included) is in its summary.
+    let wall = crate::files::read_text(&run_dir.join("summary.json"), crate::files::MAX_RESULTS_BYTES)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok()?["wall_s"].as_f64())
+        .filter(|w| w.is_finite() && *w >= 0.0)
+        .unwrap_or(run.wall_s);
+    (same && complete).then(|| (crate::studies::claims(&run.view()), wall))
 }
