@@ -55,10 +55,22 @@ impl FromStr for TrainerSpec {
                 Behaviour::PerturbOp { step: number("STEP", step)?, op, delta: 0.5 }
             }
             "lazy" => Behaviour::Lazy { from: number("STEP", arg.ok_or_else(missing)?)? },
+            "skip" => {
+                let (per_mille, seed) = arg
+                    .and_then(|a| a.split_once(':'))
+                    .ok_or_else(|| format!("skip needs @PER_MILLE:SEED (in {s:?})"))?;
+                let per_mille = per_mille
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| (1..=1000).contains(p))
+                    .ok_or_else(|| format!("PER_MILLE in {s:?} must be 1 to 1000"))?;
+                let seed = seed.parse::<u64>().map_err(|_| format!("SEED in {s:?} must be an integer"))?;
+                Behaviour::Skipping { per_mille, seed }
+            }
             "lie" => Behaviour::LieInCommitment { step: number("STEP", arg.ok_or_else(missing)?)? },
             other => {
                 return Err(format!(
-                    "unknown trainer {other:?}: honest, perturb-weight@STEP, perturb-op@STEP:OP, lazy@STEP or lie@STEP"
+                    "unknown trainer {other:?}: honest, perturb-weight@STEP, perturb-op@STEP:OP, lazy@STEP, skip@PER_MILLE:SEED or lie@STEP"
                 ));
             }
         };
@@ -79,6 +91,7 @@ impl std::fmt::Display for TrainerSpec {
             Behaviour::PerturbWeight { step, .. } => write!(f, "perturb-weight@{step}")?,
             Behaviour::PerturbOp { step, op, .. } => write!(f, "perturb-op@{step}:{op}")?,
             Behaviour::Lazy { from } => write!(f, "lazy@{from}")?,
+            Behaviour::Skipping { per_mille, seed } => write!(f, "skip@{per_mille}:{seed}")?,
             Behaviour::LieInCommitment { step } => write!(f, "lie@{step}")?,
         }
         match self.conduct {

@@ -8,6 +8,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`merkle`] | Merkle trees over blake3 hashes, inclusion proofs and their checks |
+//! | [`audit`] | probabilistic checkpoint audits: segments, the draw after the commitment, re-execution, the closed form |
 //! | [`bisection`] | the bisection game of both dispute phases, as a sans-IO state machine |
 //! | [`program`] | the training program (repops), trainers honest and dishonest, state manifests and commitments |
 //! | [`structure`] | the program's step graph: operator kinds, where inputs and state tensors come from |
@@ -17,6 +18,7 @@
 //! | [`defender`] | a party's side: answering the referee from its run (sans-IO), honestly or not |
 //! | [`net`] | the dispute over a [`transport::Transport`]: referee and parties as agents exchanging messages |
 
+pub mod audit;
 pub mod bisection;
 pub mod defender;
 pub mod error;
@@ -34,7 +36,8 @@ pub use error::{Error, Result};
 pub use ledger::{Entry, Ledger, LedgerFile, Movement};
 pub use merkle::{Hash, MerkleTree, Proof, leaf_hash, verify};
 pub use net::{Settlement, settle};
-pub use program::{Behaviour, Checkpoints, Execution, Program, StateManifest, Trainer, execute, execute_with};
+pub use audit::{AuditOutcome, Segment};
+pub use program::{Behaviour, Checkpoint, Checkpoints, Execution, Program, StateManifest, Trainer, execute, execute_with};
 pub use referee::{Answer, Ask, Dispute, Fault, Outcome, Rules, Summary};
 pub use structure::{OpShape, StepShape, Structure};
 pub use trace::{Evidence, Judgement, OpRecord, Provenance, StepTrace, Verdict, judge, link};

@@ -88,7 +88,20 @@ pub enum Behaviour {
         /// The step whose hash is false.
         step: u64,
     },
+    /// Skips a share of the steps, drawn by `seed`: each step is skipped with probability
+    /// `per_mille / 1000` (the state stays as it was; the step is claimed done). A trainer that saves
+    /// part of the work and hopes no one looks.
+    Skipping {
+        /// Steps skipped per thousand, on average.
+        per_mille: u16,
+        /// The draw.
+        seed: u64,
+    },
 }
+
+/// The most steps [`Behaviour::first_bad_step`] looks through for a [`Behaviour::Skipping`] trainer's
+/// first skip.
+const SKIP_SEARCH: u64 = 1 << 20;
 
 impl Behaviour {
     /// The step this behaviour first departs from the program at (`None`: honest).
@@ -99,6 +112,23 @@ impl Behaviour {
                 Some(step)
             }
             Self::Lazy { from } => Some(from),
+            Self::Skipping { .. } => (1..=SKIP_SEARCH).find(|&s| self.skips(s)),
+        }
+    }
+
+    /// Whether this trainer skips the work of step `step`.
+    pub fn skips(&self, step: u64) -> bool {
+        match *self {
+            Self::Lazy { from } => step >= from,
+            Self::Skipping { per_mille, seed } => {
+                let mut h = blake3::Hasher::new();
+                h.update(b"swarmlab verde skipping");
+                h.update(&seed.to_le_bytes());
+                h.update(&step.to_le_bytes());
+                let draw = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or_default());
+                draw % 1000 < u64::from(per_mille)
+            }
+            _ => false,
         }
     }
 }
@@ -200,7 +230,7 @@ impl Trainer {
     }
 
     /// The program's trainer in the state `checkpoint` kept.
-    fn resume(program: &Program, checkpoint: &Checkpoint) -> Result<Self> {
+    pub(crate) fn resume(program: &Program, checkpoint: &Checkpoint) -> Result<Self> {
         let mut trainer = Self::new(program)?;
         let params = trainer.model.params();
         for (name, value) in &checkpoint.weights {
@@ -222,8 +252,8 @@ impl Trainer {
     }
 
     /// Does step `step` as `behaviour` says; returns the step's tape when `record` asks for one.
-    fn advance(&mut self, step: u64, behaviour: Behaviour, record: Option<Keep>) -> Result<Option<Tape>> {
-        if matches!(behaviour, Behaviour::Lazy { from } if step >= from) && record.is_none() {
+    pub(crate) fn advance(&mut self, step: u64, behaviour: Behaviour, record: Option<Keep>) -> Result<Option<Tape>> {
+        if behaviour.skips(step) && record.is_none() {
             return Ok(None);
         }
         let fault = match behaviour {
@@ -265,9 +295,10 @@ impl Checkpoints {
     }
 }
 
-/// A trainer's whole state after a step: weights, Adam's moments and its step counter.
+/// A trainer's whole state after a step: weights, Adam's moments and its step counter. What it hands a
+/// verifier that audits the segment starting there ([`crate::audit`]).
 #[derive(Debug, Clone)]
-struct Checkpoint {
+pub struct Checkpoint {
     step: u64,
     weights: BTreeMap<String, Tensor>,
     optim_step: u64,
@@ -275,6 +306,11 @@ struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The step it was kept after.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
     /// Bytes of tensor data it holds.
     fn bytes(&self) -> usize {
         self.weights.values().chain(self.moments.values()).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
@@ -340,6 +376,11 @@ impl Execution {
         step - self.resume_point(step).map_or(0, |c| c.step)
     }
 
+    /// The state it kept after step `step`, if it kept one there.
+    pub fn checkpoint_at(&self, step: u64) -> Option<&Checkpoint> {
+        self.checkpoints.iter().find(|c| c.step == step)
+    }
+
     fn resume_point(&self, step: u64) -> Option<&Checkpoint> {
         self.checkpoints.iter().rev().find(|c| c.step < step)
     }
@@ -363,7 +404,7 @@ impl Execution {
             trainer.advance(s, self.behaviour, None)?;
         }
         // A lazy trainer shows the operators it should have run, but its state did not move.
-        let lazy = matches!(self.behaviour, Behaviour::Lazy { from } if step >= from);
+        let lazy = self.behaviour.skips(step);
         let unmoved = if lazy { Some(trainer.manifest(step)?) } else { None };
         let tape = trainer.advance(step, self.behaviour, Some(keep))?.unwrap_or_default();
         let manifest = match unmoved {
