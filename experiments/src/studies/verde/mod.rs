@@ -2,9 +2,11 @@
 //! runs of several lengths and two model sizes — bisection rounds against log2 n + log2 m, bytes
 //! exchanged, the referee's one re-executed operator against replicating the run — and the negative
 //! case, honest trainers on native kernels; and the answer time against the trainers' checkpoint
-//! interval ([`answers`]). It writes report.md and verde.json.
+//! interval ([`answers`]); and probabilistic checkpoint audits against their closed form ([`audits`]). It
+//! writes report.md and verde.json.
 
 mod answers;
+mod audits;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,6 +88,7 @@ struct VerdeFindings {
     rows: Vec<StudyRow>,
     negative: NegativeCase,
     answers: Vec<answers::AnswerRow>,
+    audits: audits::AuditStudy,
     seconds: f64,
 }
 
@@ -246,7 +249,9 @@ fn reproduce(out: Option<PathBuf>, force: bool, quick: bool) -> Result<()> {
     let negative = negative_case(if quick { 4 } else { 16 })?;
     eprintln!("  answering against the checkpoint interval");
     let answers = answers::answer_times(quick)?;
-    let study = VerdeFindings { quick, rows, negative, answers, seconds: began.elapsed().as_secs_f64() };
+    eprintln!("  probabilistic checkpoint audits");
+    let audits = audits::audit_study(quick)?;
+    let study = VerdeFindings { quick, rows, negative, answers, audits, seconds: began.elapsed().as_secs_f64() };
     write_atomic(&out.join("verde.json"), serde_json::to_string_pretty(&study)?.as_bytes())?;
     write_atomic(&out.join("report.md"), markdown(&study).as_bytes())?;
     println!("report: {}", out.join("report.md").display());
@@ -349,6 +354,7 @@ fn markdown(s: &VerdeFindings) -> String {
         n.native_vs_repops_outcome
     );
     m += &answers::section(&s.answers);
+    m += &audits::section(&s.audits);
     m += "\n## Limits\n\n- The trainers of the disputes above keep no checkpoints (they answer from the start of the run, as the table's first rows); `swarmlab verify --checkpoint-every K` gives them checkpoints.\n- The step's structure is derived by a dry run of the program's first two steps; inputs computed outside the op tape (the data batch, constants, candle's layout operations) have no provenance, and a dispute that lands on one of them ends with both parties losing (none of the cheats here does).\n- Stakes are simulated on an in-memory ledger.\n";
     m
 }
