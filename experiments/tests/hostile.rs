@@ -143,6 +143,11 @@ fn sapo_verify_and_reproduce_flags_say_what_is_wrong() -> TestResult {
     let mut honest = swarmlab();
     honest.args(["verify", "--trainer", "honest@3"]);
     refused(honest, &["honest takes no @STEP"])?;
+    for (trainer, says) in [("skip@0:1", "PER_MILLE"), ("skip@1001:1", "PER_MILLE"), ("skip@5", "PER_MILLE:SEED"), ("skip@5:x", "SEED")] {
+        let mut skip = swarmlab();
+        skip.args(["verify", "--steps", "2", "--trainer", trainer]);
+        refused(skip, &[says])?;
+    }
     for every in ["0", "-2", "x"] {
         let mut keep = swarmlab();
         keep.args(["verify", "--steps", "2", &format!("--checkpoint-every={every}")]);
