@@ -355,6 +355,6 @@ fn markdown(s: &VerdeFindings) -> String {
     );
     m += &answers::section(&s.answers);
     m += &audits::section(&s.audits);
-    m += "\n## Limits\n\n- The trainers of the disputes above keep no checkpoints (they answer from the start of the run, as the table's first rows); `swarmlab verify --checkpoint-every K` gives them checkpoints.\n- The step's structure is derived by a dry run of the program's first two steps; inputs computed outside the op tape (the data batch, constants, candle's layout operations) have no provenance, and a dispute that lands on one of them ends with both parties losing (none of the cheats here does).\n- Stakes are simulated on an in-memory ledger.\n";
+    m += "\n## Limits\n\n- The trainers of the disputes above keep no checkpoints (they answer from the start of the run, as the table's first rows); `swarmlab verify --checkpoint-every K` gives them checkpoints.\n- The step's structure is derived by a dry run of the program's first two steps; inputs computed outside the op tape (the data batch, constants, candle's layout operations) have no provenance, and a dispute that lands on one of them ends with both parties losing (none of the cheats here does).\n- The stakes of these disputes are kept in memory; `swarmlab verify --ledger FILE --key KEY` keeps them in a file of signed entries.\n";
     m
 }
