@@ -131,9 +131,7 @@ fn check_steps(steps: u64) -> Result<()> {
 }
 
 /// Bytes as lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use transport::hex::encode as hex;
 
 /// A state hash's first four bytes, for tables.
 fn short(h: &[u8; 32]) -> String {

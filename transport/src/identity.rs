@@ -56,13 +56,13 @@ impl PeerId {
 
     /// The first 8 hex digits: enough to tell peers apart in logs and reports.
     pub fn short(&self) -> String {
-        hex_encode(&self.0[..4])
+        crate::hex::encode(&self.0[..4])
     }
 }
 
 impl fmt::Display for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex_encode(&self.0))
+        f.write_str(&crate::hex::encode(&self.0))
     }
 }
 
@@ -81,33 +81,10 @@ impl FromStr for PeerId {
         if s.len() != 64 {
             return Err(bad());
         }
-        let mut id = [0u8; 32];
-        for (i, pair) in s.as_bytes().chunks_exact(2).enumerate() {
-            let hi = hex_digit(pair[0]).ok_or_else(bad)?;
-            let lo = hex_digit(pair[1]).ok_or_else(bad)?;
-            id[i] = (hi << 4) | lo;
-        }
+        let bytes = crate::hex::decode(s).ok_or_else(bad)?;
+        let id: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
         Ok(Self(id))
     }
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
-    s
 }
 
 /// A node's ed25519 key pair and the [`PeerId`] it proves.

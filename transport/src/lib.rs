@@ -38,6 +38,7 @@ pub mod codec;
 pub mod error;
 pub mod fsutil;
 mod fxhash;
+pub mod hex;
 pub mod identity;
 pub mod peers;
 pub mod quic;

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use transport::Identity;
+use transport::{Identity, hex};
 
 use crate::error::{Error, Result};
 use crate::merkle::Hash;
@@ -119,9 +119,9 @@ impl Entry {
 
     /// A new entry after `prev`, signed by `signer`.
     fn signed(seq: u64, prev: Hash, movement: Movement, signer: &Identity) -> Result<Self> {
-        let prev = hex(&prev);
+        let prev = hex::encode(&prev);
         let signature = signer.sign(&Self::signed_bytes(seq, &prev, &movement)?);
-        Ok(Self { seq, prev, movement, signer: hex(signer.public_key()), signature: hex(&signature) })
+        Ok(Self { seq, prev, movement, signer: hex::encode(signer.public_key()), signature: hex::encode(&signature) })
     }
 
     /// Its hash, which the next entry names: over everything it says, its signature included.
@@ -141,22 +141,22 @@ impl Entry {
         if self.seq != seq {
             return Err(Error::Ledger(format!("entry {} is out of order: the next entry is {seq}", self.seq)));
         }
-        if self.prev != hex(prev) {
+        if self.prev != hex::encode(prev) {
             return Err(Error::Ledger(format!(
                 "entry {seq} does not follow entry {}: its previous hash differs",
                 seq.wrapping_sub(1)
             )));
         }
-        let key =
-            unhex(&self.signer).ok_or_else(|| Error::Ledger(format!("entry {seq}: the signer is not a hex key")))?;
+        let key = hex::decode(&self.signer)
+            .ok_or_else(|| Error::Ledger(format!("entry {seq}: the signer is not a hex key")))?;
         if !trusted.contains(&key) {
             return Err(Error::Ledger(format!(
                 "entry {seq} is signed by {}, which this ledger does not trust",
                 short(&self.signer)
             )));
         }
-        let signature =
-            unhex(&self.signature).ok_or_else(|| Error::Ledger(format!("entry {seq}: the signature is not hex")))?;
+        let signature = hex::decode(&self.signature)
+            .ok_or_else(|| Error::Ledger(format!("entry {seq}: the signature is not hex")))?;
         let message = Self::signed_bytes(self.seq, &self.prev, &self.movement)?;
         if !transport::identity::verify_signature(&key, &message, &signature) {
             return Err(Error::Ledger(format!("entry {seq} is forged: its signature does not match what it says")));
@@ -274,17 +274,6 @@ impl LedgerFile {
         transport::fsutil::write_atomic(&self.path, text.as_bytes(), false)
             .map_err(|e| Error::Ledger(format!("cannot write {}: {e}", self.path.display())))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
 }
 
 /// A key's first eight hex digits, for messages.
