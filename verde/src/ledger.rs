@@ -239,34 +239,39 @@ impl LedgerFile {
     }
 
     /// Checks an entry made elsewhere and writes it if it is the next one, follows the last, and is
-    /// signed by a trusted key; nothing changes otherwise.
+    /// signed by a trusted key; nothing changes otherwise (the file is written before the entry is
+    /// taken in memory).
     pub fn accept(&mut self, entry: Entry) -> Result<()> {
-        let mut next = Self {
-            path: self.path.clone(),
-            trusted: self.trusted.clone(),
-            entries: self.entries.clone(),
-            last: self.last,
-            balances: self.balances.clone(),
-        };
-        next.admit(entry)?;
-        next.save()?;
-        *self = next;
+        let hash = self.check(&entry)?;
+        self.save(Some(&entry))?;
+        self.take(entry, hash);
         Ok(())
     }
 
-    /// Checks `entry` as the next one and applies it in memory.
+    /// Checks `entry` as the next one and takes it in memory (opening a file).
     fn admit(&mut self, entry: Entry) -> Result<()> {
-        entry.check(self.entries.len() as u64, &self.last, &self.trusted)?;
-        self.balances.apply(&entry.movement);
-        self.last = entry.hash()?;
-        self.entries.push(entry);
+        let hash = self.check(&entry)?;
+        self.take(entry, hash);
         Ok(())
     }
 
-    /// Writes the whole ledger atomically.
-    fn save(&self) -> Result<()> {
+    /// Checks `entry` as the next one; returns its hash.
+    fn check(&self, entry: &Entry) -> Result<Hash> {
+        entry.check(self.entries.len() as u64, &self.last, &self.trusted)?;
+        entry.hash()
+    }
+
+    /// Applies a checked entry.
+    fn take(&mut self, entry: Entry, hash: Hash) {
+        self.balances.apply(&entry.movement);
+        self.last = hash;
+        self.entries.push(entry);
+    }
+
+    /// Writes the whole ledger, and `next` after it, atomically.
+    fn save(&self, next: Option<&Entry>) -> Result<()> {
         let mut text = format!("{HEADER}\n");
-        for e in &self.entries {
+        for e in self.entries.iter().chain(next) {
             let line = serde_json::to_string(e).map_err(|e| Error::Ledger(format!("cannot encode an entry: {e}")))?;
             text.push_str(&line);
             text.push('\n');
