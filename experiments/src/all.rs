@@ -71,14 +71,15 @@ pub(crate) struct Reproduced {
 pub(crate) fn reproduce_study(study: &dyn Study, how: &Reproduce) -> Result<Reproduced> {
     let out = out_dir(how.out.clone(), study.name())?;
     let expected = Finished::expected(study.name(), how);
-    if how.resume {
-        check_resumable(&out, &expected, how.force)?;
-        if let Some(earlier) = Finished::read(&out).filter(|e| e.same_run(&expected)) {
-            eprintln!("{}: {} finished here earlier ({:.0} s), taken as it is", out.display(), study.name(), earlier.wall_s);
-            return Ok(Reproduced { wall_s: earlier.wall_s, resumed: true });
-        }
+    if how.resume
+        && let Some(earlier) = resumable(&out, &expected, how.force)?
+    {
+        eprintln!("{}: {} finished here earlier ({:.0} s), taken as it is", out.display(), study.name(), earlier.wall_s);
+        return Ok(Reproduced { wall_s: earlier.wall_s, resumed: true });
     }
-    if how.force || how.resume {
+    // Resuming replaces what an unfinished run left, as --force replaces a finished one.
+    let replace = how.force || how.resume;
+    if replace {
         match std::fs::remove_file(out.join(FINISHED)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("cannot remove {}", out.join(FINISHED).display()));
@@ -86,18 +87,18 @@ pub(crate) fn reproduce_study(study: &dyn Study, how: &Reproduce) -> Result<Repr
             _ => {}
         }
     }
-    // Resuming replaces what an unfinished run left.
-    let wall_s = study.reproduce(&Reproduce { out: Some(out.clone()), force: how.force || how.resume, ..how.clone() })?;
+    let wall_s = study.reproduce(&Reproduce { out: Some(out.clone()), force: replace, ..how.clone() })?;
     let finished = Finished { wall_s, ..expected };
     write_atomic(&out.join(FINISHED), serde_json::to_string_pretty(&finished)?.as_bytes())?;
     Ok(Reproduced { wall_s: finished.wall_s, resumed: false })
 }
 
-/// Refuses to resume into `dir` if it holds a finished run asked for otherwise than `expected`
-/// (unless `force`).
-fn check_resumable(dir: &Path, expected: &Finished, force: bool) -> Result<()> {
+/// Resuming into `dir`: the finished run there that `expected` may take as it is, if any. A finished run
+/// asked for otherwise is refused (unless `force`, which replaces it).
+fn resumable(dir: &Path, expected: &Finished, force: bool) -> Result<Option<Finished>> {
     match Finished::read(dir) {
-        Some(earlier) if !force && !earlier.same_run(expected) => bail!(
+        Some(earlier) if earlier.same_run(expected) => Ok(Some(earlier)),
+        Some(earlier) if !force => bail!(
             "{} holds a finished run asked for differently (`{}{}` on {}, version {}): add --force to replace it, or choose another --out",
             dir.display(),
             earlier.study,
@@ -105,7 +106,7 @@ fn check_resumable(dir: &Path, expected: &Finished, force: bool) -> Result<()> {
             earlier.device,
             earlier.version
         ),
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 
@@ -147,7 +148,7 @@ fn reproduce_each(studies: &[&dyn Study], how: &Reproduce) -> Result<()> {
     if how.resume {
         // Refuse before anything runs, not hours in.
         for study in studies {
-            check_resumable(&out.join(study.name()), &Finished::expected(study.name(), how), how.force)?;
+            resumable(&out.join(study.name()), &Finished::expected(study.name(), how), how.force)?;
         }
     }
     let mut done: Vec<Done> = Vec::new();

@@ -79,7 +79,8 @@ pub(crate) struct Reproduce {
     /// Seeds per training study (at least 1).
     pub(crate) seeds: usize,
     /// Take what an earlier run into `out` finished the same way as it is (`--resume`): a whole study
-    /// (see [`crate::all::reproduce_study`]) or, in a seeded study, each finished seed.
+    /// (see [`crate::all::reproduce_study`], which also sets `force` to replace what did not finish) or,
+    /// in a seeded study, each finished seed.
     pub(crate) resume: bool,
 }
 

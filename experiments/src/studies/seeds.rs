@@ -52,7 +52,7 @@ struct SeedRuns {
 /// also at half the model width into `<out>/width-<w>/seed-<k>/`; then writes `<out>/report.md` and
 /// `<out>/summary.json` over them. Returns the wall seconds of all those runs.
 pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<f64> {
-    let out = fresh_out_dir(how.out.clone(), &cfg.name, how.force || how.resume)?;
+    let out = fresh_out_dir(how.out.clone(), &cfg.name, how.force)?;
     // The preset's width, and at the CPU rung half of it: every run of both goes through one pool, so
     // no core idles while the last seed of the first width runs.
     let mut series = vec![Series { cfg: cfg.clone(), out: out.clone(), label: String::new() }];
@@ -143,7 +143,7 @@ fn run_seeds(series: &[Series], how: &Reproduce) -> Result<Vec<SeedRuns>> {
                         }
                     }
                     eprintln!("\n--- {}{label} seed {} of {n} (run seed {seed}) ---", cfg.name, k + 1);
-                    let output = Output { out: Some(dir), force: how.force || how.resume, allow_large: how.allow_large };
+                    let output = Output { out: Some(dir), force: how.force, allow_large: how.allow_large };
                     let t = Instant::now();
                     let result = crate::run::run(seeded, output, how.quick())
                         .with_context(|| format!("seed {seed}{label}"))
@@ -275,7 +275,8 @@ mod tests {
         // claims are judged over both as before.
         let kept = std::fs::read(out.join("seed-0/run.h5"))?;
         std::fs::remove_file(out.join("seed-1/run.h5"))?;
-        let resumed = Reproduce { resume: true, ..how.clone() };
+        // As `reproduce --resume` asks for it: the folder's unfinished parts are replaced.
+        let resumed = Reproduce { resume: true, force: true, ..how.clone() };
         reproduce(cfg.clone(), &resumed)?;
         assert_eq!(std::fs::read(out.join("seed-0/run.h5"))?, kept, "a finished seed is not run again");
         assert!(out.join("seed-1/run.h5").is_file(), "the unfinished seed ran again");
