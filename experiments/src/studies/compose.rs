@@ -26,8 +26,8 @@ impl TrainingStudy for ComposeStudy {
     /// The three protocols together at CheckFree's smallest model width (width 512, 8 heads, sequences
     /// of 512), the preset's six transformer stages of one block.
     fn paper(&self, cfg: RunConfig) -> RunConfig {
-        let blocks = cfg.layers.unwrap_or(6);
-        crate::studies::ModelShape { blocks, ..crate::studies::checkfree::SMALLEST }.apply(cfg)
+        // CheckFree's width, heads and sequence; the preset's blocks stay.
+        RunConfig { layers: cfg.layers, ..crate::studies::checkfree::SMALLEST.apply(cfg.clone()) }
     }
 
     /// The three protocols together and each alone, on SkipPipe's geo-distributed swarm with CheckFree's
