@@ -150,12 +150,12 @@ pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<Vec
     for f in &FINDINGS {
         f.after_arms(&cfg, &mut parts, &stopped, &mut |p: &Parts| save(&results, p))?;
     }
-    let unfinished = cfg.arms.len() - results.len();
-    if unfinished > 0 {
+    if results.is_empty() {
         // Interrupted before an arm finished, nothing was written yet: the report still says which arms
-        // did not run.
+        // did not run. (Each finished arm wrote the files already.)
         save(&results, &parts)?;
     }
+    let unfinished = cfg.arms.len() - results.len();
     println!("report: {}", out.join("report.md").display());
     if unfinished > 0 {
         anyhow::bail!("interrupted: {unfinished} of {} arms did not run (report.md lists them)", cfg.arms.len());
