@@ -276,13 +276,18 @@ fn interrupt(pid: u32) -> TestResult {
     Ok(())
 }
 
-/// What a child printed on stderr, kept whole so a failing check can show it.
-#[derive(Clone, Default)]
-struct Printed(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+/// What a child prints on stderr, kept whole so a failing check can show it.
+struct Printed {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Reads the child's stderr to its end.
+    reader: std::thread::JoinHandle<()>,
+}
 
 impl Printed {
-    fn text(&self) -> String {
-        self.0.lock().map(|lines| lines.join("\n")).unwrap_or_default()
+    /// Everything the child printed, once it has closed its stderr (after it exited).
+    fn all(self) -> String {
+        let _ = self.reader.join();
+        self.lines.lock().map(|lines| lines.join("\n")).unwrap_or_default()
     }
 }
 
@@ -291,12 +296,12 @@ impl Printed {
 fn wait_for_line(child: &mut std::process::Child, wanted: &str) -> Result<Printed, Box<dyn std::error::Error>> {
     use std::io::BufRead;
     let stderr = child.stderr.take().ok_or("no stderr")?;
-    let printed = Printed::default();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
-    let keep = printed.clone();
-    std::thread::spawn(move || {
+    let keep = lines.clone();
+    let reader = std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(mut lines) = keep.0.lock() {
+            if let Ok(mut lines) = keep.lock() {
                 lines.push(line.clone());
             }
             let _ = tx.send(line);
@@ -306,8 +311,7 @@ fn wait_for_line(child: &mut std::process::Child, wanted: &str) -> Result<Printe
     loop {
         let line = rx.recv_timeout(Duration::from_secs(60).saturating_sub(began.elapsed()))?;
         if line.contains(wanted) {
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return Ok(printed);
+            return Ok(Printed { lines, reader });
         }
     }
 }
@@ -328,12 +332,11 @@ fn an_interrupted_run_says_which_arms_did_not_run() -> TestResult {
     let printed = wait_for_line(&mut child, "swarmlab run")?;
     interrupt(child.id())?;
     let status = child.wait()?;
-    // The drain thread ends with the child's stderr; give it a moment to keep the last lines.
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(status.code(), Some(1), "an interrupted run does not exit 0:\n{}", printed.text());
+    let printed = printed.all();
+    assert_eq!(status.code(), Some(1), "an interrupted run does not exit 0:\n{printed}");
     let out = dir.path().join("out");
     let report = std::fs::read_to_string(out.join("report.md"))
-        .map_err(|e| format!("no report.md ({e}); the run printed:\n{}", printed.text()))?;
+        .map_err(|e| format!("no report.md ({e}); the run printed:\n{printed}"))?;
     assert!(report.contains("Not finished") && report.contains("arm 2"), "{report}");
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
     let unfinished = summary["unfinished_arms"].as_array().ok_or("no unfinished_arms")?;
