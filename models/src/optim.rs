@@ -91,6 +91,19 @@ impl OptimConfig {
         let cos = repops::kernels::math::sin_cos(std::f32::consts::PI * progress).1;
         self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + cos)
     }
+
+    /// The hyper-parameters of the update at (0-based) `step`, with the learning rate `lr_factor` times
+    /// the schedule's ([`OptimConfig::lr_at`]): the attributes of every AdamW operator of that step, which
+    /// anyone holding the config can re-derive.
+    pub fn hyper_at(&self, step: u64, lr_factor: f32) -> repops::AdamW {
+        repops::AdamW {
+            lr: self.lr_at(step) * lr_factor,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
 }
 
 /// What one optimizer step did.
@@ -141,7 +154,7 @@ impl AdamW {
 
     /// The learning rate of the next step.
     pub fn next_lr(&self) -> f32 {
-        self.cfg.lr_at(self.step) * self.lr_factor
+        self.cfg.hyper_at(self.step, self.lr_factor).lr
     }
 
     /// Applies one update to `params` from `grads` (by name; parameters without a gradient are left
@@ -175,16 +188,10 @@ impl AdamW {
         } else {
             1.0
         };
-        let lr = self.next_lr();
+        let h = self.cfg.hyper_at(self.step, self.lr_factor);
+        let lr = h.lr;
         self.step += 1;
         self.moment_steps += 1;
-        let h = repops::AdamW {
-            lr,
-            beta1: self.cfg.beta1,
-            beta2: self.cfg.beta2,
-            eps: self.cfg.eps,
-            weight_decay: self.cfg.weight_decay,
-        };
         for (name, var) in params.iter() {
             let Some(g) = grads.get(name) else { continue };
             let g = if clip < 1.0 { be.scale(g, clip)? } else { g.clone() };
