@@ -48,7 +48,7 @@ pub mod tensor;
 pub use error::{Error, Result};
 pub use kernels::adamw::AdamW;
 pub use op::{HostData, HostTensor, HostView, OpKind, execute};
-pub use tape::{Keep, OutputFault, RecordOptions, Tape, TapeEntry};
+pub use tape::{Fault, Keep, RecordOptions, Tape, TapeEntry};
 
 /// What to do to get GPU support, for error messages of CPU-only builds.
 #[cfg(not(feature = "cuda"))]

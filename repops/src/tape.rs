@@ -140,15 +140,36 @@ impl Keep {
     }
 }
 
-/// A deliberate fault: the op at tape position `op` has `delta` added to the first element of its
-/// (f32) output, which later ops then read. It simulates a faulty or dishonest machine, for testing
-/// verifiers; honest runs never set one. (On CUDA only the record changes, not the device's buffer.)
+/// A deliberate fault, to test verifiers: it simulates a faulty or dishonest machine; honest runs never
+/// set one. (On CUDA only an output fault is injected, and only into the record, not the device's
+/// buffer.)
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OutputFault {
-    /// The tape position of the faulty op.
-    pub op: usize,
-    /// What is added to the first element of its output.
-    pub delta: f32,
+pub enum Fault {
+    /// The op at tape position `op` has `delta` added to the first element of its (f32) output, which
+    /// later ops then read.
+    Output {
+        /// The tape position of the faulty op.
+        op: usize,
+        /// What is added to the first element of its output.
+        delta: f32,
+    },
+    /// The op at tape position `op` reads its input `input` with the first two elements swapped: the
+    /// same values, laid out wrongly by the work done before the op (a reshape, a transpose, a copy).
+    MislaidInput {
+        /// The tape position of the op that reads it.
+        op: usize,
+        /// Which of its inputs.
+        input: usize,
+    },
+}
+
+impl Fault {
+    /// The tape position of the op it changes.
+    pub fn op(&self) -> usize {
+        match *self {
+            Self::Output { op, .. } | Self::MislaidInput { op, .. } => op,
+        }
+    }
 }
 
 /// How to record: what to keep, and an optional injected fault.
@@ -157,7 +178,7 @@ pub struct RecordOptions {
     /// Which inputs to keep.
     pub keep: Keep,
     /// A fault to inject.
-    pub fault: Option<OutputFault>,
+    pub fault: Option<Fault>,
 }
 
 /// A recording of ops, in execution order.
@@ -327,7 +348,7 @@ pub(crate) fn after_op(output: &candle_core::Tensor) {
 /// [`next_op`]; the hashing it asks for may then run on any thread.
 pub(crate) struct NextOp {
     index: usize,
-    fault: Option<f32>,
+    fault: Option<Fault>,
     keep: bool,
     known: Vec<Option<Hash>>,
 }
@@ -338,15 +359,32 @@ pub(crate) fn next_op() -> Option<NextOp> {
         let current = c.borrow();
         let r = current.as_ref()?;
         let index = r.tape.entries.len();
-        let fault = r.tape.options.fault.filter(|f| f.op == index).map(|f| f.delta);
+        let fault = r.tape.options.fault.filter(|f| f.op() == index);
         Some(NextOp { index, fault, keep: r.tape.options.keep.keeps(index), known: r.pending.clone() })
     })
 }
 
 impl NextOp {
-    /// Injects the recording's fault into the op's output, if this is the faulty op.
+    /// The input this op reads mislaid, if the recording's fault says so: its index and the mislaid
+    /// copy (the first two elements swapped).
+    pub(crate) fn mislaid(&self, inputs: &[HostView<'_>]) -> Option<(usize, HostTensor)> {
+        let Some(Fault::MislaidInput { input, .. }) = self.fault else { return None };
+        let v = inputs.get(input)?;
+        let mut data = match v.data {
+            HostSlice::F32(x) => HostData::F32(x.to_vec()),
+            HostSlice::U32(x) => HostData::U32(x.to_vec()),
+        };
+        match &mut data {
+            HostData::F32(x) if x.len() >= 2 => x.swap(0, 1),
+            HostData::U32(x) if x.len() >= 2 => x.swap(0, 1),
+            _ => return None,
+        }
+        Some((input, HostTensor { shape: v.shape.to_vec(), data }))
+    }
+
+    /// Injects the recording's output fault into the op's output, if this is the faulty op.
     pub(crate) fn inject(&self, output: &mut HostTensor) {
-        if let Some(delta) = self.fault
+        if let Some(Fault::Output { delta, .. }) = self.fault
             && let HostData::F32(v) = &mut output.data
             && let Some(first) = v.first_mut()
         {
@@ -359,7 +397,11 @@ impl NextOp {
     /// [`on_pool`]) to pay for one hand-over instead of one per tensor.
     pub(crate) fn hashes(&self, inputs: &[HostView<'_>], output: &HostView<'_>) -> Vec<Hash> {
         use rayon::prelude::*;
-        let known = |i: usize| self.known.get(i).copied().flatten();
+        let mislaid = match self.fault {
+            Some(Fault::MislaidInput { input, .. }) => Some(input),
+            _ => None,
+        };
+        let known = |i: usize| self.known.get(i).copied().flatten().filter(|_| mislaid != Some(i));
         let todo: Vec<(Option<Hash>, &HostView<'_>)> =
             inputs.iter().enumerate().map(|(i, v)| (known(i), v)).chain([(None, output)]).collect();
         todo.par_iter().map(|(known, v)| known.unwrap_or_else(|| content_hash(v.data))).collect()
@@ -479,7 +521,7 @@ mod tests {
             (y.expect("ops").flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("vec"), tape)
         };
         let (clean, tape) = run(RecordOptions::default());
-        let fault = OutputFault { op: 0, delta: 1.0 };
+        let fault = Fault::Output { op: 0, delta: 1.0 };
         let (faulty, faulty_tape) = run(RecordOptions { keep: Keep::Op(1), fault: Some(fault) });
         assert_eq!(faulty[0], (0.5f32 * 0.0 + 1.0).powi(2));
         assert_eq!(&faulty[1..], &clean[1..]);
@@ -489,5 +531,29 @@ mod tests {
         let kept = &faulty_tape.entries()[1];
         assert!(kept.inputs[0].data.is_some());
         kept.verify(crate::simd::current()).expect("the op after the fault replays to what it recorded");
+    }
+
+    /// A mislaid input: the op reads the same values in another order, so its input is no longer the
+    /// output that produced it, and the op's own output changes; the tape records what the op read.
+    #[test]
+    fn a_mislaid_input_is_read_with_two_elements_swapped() {
+        let x = Tensor::from_vec((0..16).map(|i| i as f32).collect::<Vec<_>>(), (4, 4), &Device::Cpu).expect("x");
+        let run = |options| {
+            let (y, tape) = record_with(options, || {
+                crate::tensor::scale(&x, 0.5).and_then(|y| crate::tensor::softmax_last_dim(&y))
+            });
+            (y.expect("ops").flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("vec"), tape)
+        };
+        let (clean, tape) = run(RecordOptions::default());
+        let fault = Fault::MislaidInput { op: 1, input: 0 };
+        let (faulty, faulty_tape) = run(RecordOptions { keep: Keep::Op(1), fault: Some(fault) });
+        let (t, f) = (tape.entries(), faulty_tape.entries());
+        assert_eq!(t[0].output.hash, f[0].output.hash, "the producing op is untouched");
+        assert_eq!(t[1].inputs[0].hash, t[0].output.hash);
+        assert_ne!(f[1].inputs[0].hash, f[0].output.hash, "the op read something else");
+        let read = f[1].inputs[0].data.as_ref().and_then(HostTensor::as_f32).expect("kept");
+        assert_eq!(&read[..3], &[0.5, 0.0, 1.0]);
+        assert_eq!((faulty[0], faulty[1]), (clean[1], clean[0]), "the first row's softmax, swapped");
+        f[1].verify(crate::simd::current()).expect("the record is what the op computed from what it read");
     }
 }

@@ -47,6 +47,15 @@ fn run(kind: &OpKind, inputs: &[HostView<'_>]) -> candle_core::Result<(CpuStorag
         Some(next) => {
             // Recording: the kernel and the hashing of its tensors share one trip to the thread pool
             // (small ops stay on this thread: the trip would cost more than it saves).
+            let mislaid = next.mislaid(inputs);
+            let faulty: Vec<HostView<'_>>;
+            let inputs = match &mislaid {
+                Some((i, copy)) => {
+                    faulty = inputs.iter().enumerate().map(|(k, v)| if k == *i { copy.view() } else { *v }).collect();
+                    &faulty[..]
+                }
+                None => inputs,
+            };
             let job = || {
                 execute(kind, inputs, level).map(|mut out| {
                     next.inject(&mut out);
