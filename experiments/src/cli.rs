@@ -138,8 +138,10 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         steps: u64,
         /// A trainer (repeat the flag for each): `honest`, `perturb-weight@STEP`, `perturb-op@STEP:OP`,
-        /// `lazy@STEP`, `skip@PER_MILLE:SEED` (skips that share of the steps, drawn by SEED) or `lie@STEP`,
-        /// optionally with `+inconsistent@N` (bad openings from its N-th on) or
+        /// `lazy@STEP`, `skip@PER_MILLE:SEED` (skips that share of the steps, drawn by SEED), `lie@STEP`,
+        /// `forge-lr@STEP:FACTOR` (that step's learning rate times FACTOR), `forge-batch@STEP:DATA_STEP`
+        /// (that step trained on another step's batch) or `mislaid@STEP:OP.INPUT` (operator OP reads its
+        /// input INPUT laid out wrongly), optionally with `+inconsistent@N` (bad openings from its N-th on) or
         /// `+silent@N` (no answer from the N-th question on). Default: honest, perturb-op at the middle
         /// step, lazy from the step after, honest.
         #[arg(long = "trainer", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<verify::TrainerSpec>()))]

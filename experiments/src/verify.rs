@@ -10,10 +10,9 @@ use anyhow::{Context, Result, bail};
 use models::{Backend, ModelConfig};
 use verde::net::{DisputeRecord, SettleConfig};
 use verde::{
-    Behaviour, Checkpoints, Conduct, Execution, LedgerFile, Outcome, Party, Program, Rules, Settlement, Structure, execute,
-    execute_with, settle,
+    Behaviour, Checkpoints, Conduct, Execution, LedgerFile, Outcome, Party, Program, Rules, Settlement, Structure,
+    execute, execute_with, settle,
 };
-
 
 /// One trainer of `swarmlab verify`: how it trains and how it answers the referee.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,8 +24,9 @@ pub(crate) struct TrainerSpec {
 impl FromStr for TrainerSpec {
     type Err = String;
 
-    /// `honest`, `perturb-weight@STEP`, `perturb-op@STEP:OP`, `lazy@STEP` or `lie@STEP`, optionally
-    /// followed by `+inconsistent@N` or `+silent@N`.
+    /// `honest`, `perturb-weight@STEP`, `perturb-op@STEP:OP`, `lazy@STEP`, `skip@PER_MILLE:SEED`,
+    /// `lie@STEP`, `forge-lr@STEP:FACTOR`, `forge-batch@STEP:DATA_STEP` or `mislaid@STEP:OP.INPUT`,
+    /// optionally followed by `+inconsistent@N` or `+silent@N`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let (train, conduct) = s.split_once('+').map_or((s, None), |(a, b)| (a, Some(b)));
         let number = |what: &str, v: &str| -> std::result::Result<u64, String> {
@@ -40,6 +40,9 @@ impl FromStr for TrainerSpec {
         };
         let (kind, arg) = train.split_once('@').map_or((train, None), |(k, a)| (k, Some(a)));
         let missing = || format!("{kind} needs @STEP (in {s:?})");
+        let pair = |form: &str| -> std::result::Result<(&str, &str), String> {
+            arg.and_then(|a| a.split_once(':')).ok_or_else(|| format!("{kind} needs @{form} (in {s:?})"))
+        };
         let behaviour = match kind {
             "honest" if arg.is_some() => return Err(format!("honest takes no @STEP (in {s:?})")),
             "honest" => Behaviour::Honest,
@@ -68,9 +71,36 @@ impl FromStr for TrainerSpec {
                 Behaviour::Skipping { per_mille, seed }
             }
             "lie" => Behaviour::LieInCommitment { step: number("STEP", arg.ok_or_else(missing)?)? },
+            "forge-lr" => {
+                let (step, factor) = pair("STEP:FACTOR")?;
+                let factor = factor
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|f| f.is_finite() && *f > 0.0 && *f != 1.0)
+                    .ok_or_else(|| format!("FACTOR in {s:?} must be a positive number other than 1"))?;
+                Behaviour::ForgeLr { step: number("STEP", step)?, factor }
+            }
+            "forge-batch" => {
+                let (step, data_step) = pair("STEP:DATA_STEP")?;
+                let (step, data_step) = (number("STEP", step)?, number("DATA_STEP", data_step)?);
+                if step == data_step {
+                    return Err(format!(
+                        "forge-batch trains on another step's batch: DATA_STEP must differ from STEP (in {s:?})"
+                    ));
+                }
+                Behaviour::ForgeBatch { step, data_step }
+            }
+            "mislaid" => {
+                let (step, at) = pair("STEP:OP.INPUT")?;
+                let (op, input) = at
+                    .split_once('.')
+                    .and_then(|(o, i)| Some((o.parse::<usize>().ok()?, i.parse::<usize>().ok()?)))
+                    .ok_or_else(|| format!("mislaid needs @STEP:OP.INPUT, OP and INPUT indices (in {s:?})"))?;
+                Behaviour::MislaidInput { step: number("STEP", step)?, op, input }
+            }
             other => {
                 return Err(format!(
-                    "unknown trainer {other:?}: honest, perturb-weight@STEP, perturb-op@STEP:OP, lazy@STEP, skip@PER_MILLE:SEED or lie@STEP"
+                    "unknown trainer {other:?}: honest, perturb-weight@STEP, perturb-op@STEP:OP, lazy@STEP, skip@PER_MILLE:SEED, lie@STEP, forge-lr@STEP:FACTOR, forge-batch@STEP:DATA_STEP or mislaid@STEP:OP.INPUT"
                 ));
             }
         };
@@ -93,6 +123,9 @@ impl std::fmt::Display for TrainerSpec {
             Behaviour::Lazy { from } => write!(f, "lazy@{from}")?,
             Behaviour::Skipping { per_mille, seed } => write!(f, "skip@{per_mille}:{seed}")?,
             Behaviour::LieInCommitment { step } => write!(f, "lie@{step}")?,
+            Behaviour::ForgeLr { step, factor } => write!(f, "forge-lr@{step}:{factor}")?,
+            Behaviour::ForgeBatch { step, data_step } => write!(f, "forge-batch@{step}:{data_step}")?,
+            Behaviour::MislaidInput { step, op, input } => write!(f, "mislaid@{step}:{op}.{input}")?,
         }
         match self.conduct {
             Conduct::Faithful => Ok(()),
@@ -177,10 +210,16 @@ impl Setup {
         {
             bail!("trainer {spec}: step {step} is past the program's {} steps", self.program.steps);
         }
-        if let Behaviour::PerturbOp { op, .. } = spec.behaviour
+        if let Behaviour::PerturbOp { op, .. } | Behaviour::MislaidInput { op, .. } = spec.behaviour
             && op >= self.ops
         {
             bail!("trainer {spec}: the program's steps have {} operators, numbered from 0", self.ops);
+        }
+        if let Behaviour::MislaidInput { step, op, input } = spec.behaviour {
+            let arity = self.rules.structure.step(step).ops.get(op).map_or(0, |o| o.inputs.len());
+            if input >= arity {
+                bail!("trainer {spec}: operator {op} has {arity} inputs, numbered from 0");
+            }
         }
         Ok(match spec.behaviour {
             Behaviour::Honest => self.honest.clone(),
@@ -298,7 +337,8 @@ pub(crate) fn verify(
 
 /// The ledger at `path`, trusting only the referee whose key file is `key`, and that referee.
 fn open_ledger(path: &Path, key: &Path) -> Result<(LedgerFile, transport::Identity)> {
-    let referee = transport::Identity::load(key).with_context(|| format!("cannot load the referee's key {}", key.display()))?;
+    let referee =
+        transport::Identity::load(key).with_context(|| format!("cannot load the referee's key {}", key.display()))?;
     let ledger = LedgerFile::open(path, &[referee.public_key()])?;
     Ok((ledger, referee))
 }
@@ -349,4 +389,3 @@ pub(crate) fn print_final(model: &str, steps: u64, backend: Backend) -> Result<(
     println!("{}", hex(&h));
     Ok(())
 }
-

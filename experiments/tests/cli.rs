@@ -383,6 +383,21 @@ fn verify_settles_every_claim_and_names_bad_trainers() -> Result<(), Box<dyn std
     assert!(stdout.contains("its state hash is not the hash of the tensors it lists"), "{stdout}");
     assert!(stdout.contains("accepted: final state") && stdout.contains("(trainers 1)"), "{stdout}");
     assert!(stdout.contains("the accepted state is the honest run's"), "{stdout}");
+    // Cheats outside the operators lose too: a forged learning rate, a forged batch, a mislaid layout.
+    let out = swarmlab()
+        .args(["verify", "--steps", "4", "--trainer", "honest", "--trainer", "forge-lr@2:3"])
+        .args(["--trainer", "forge-batch@3:1", "--trainer", "mislaid@2:5.0"])
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for says in [
+        "ran with attributes the program does not give it",
+        "input 1 is not the tensor the program makes",
+        "input 0 is not the tensor the program makes",
+    ] {
+        assert!(stdout.contains(says), "{says}: {stdout}");
+    }
+    assert!(stdout.contains("(trainers 0)") && !stdout.contains("both lose"), "{stdout}");
     for (bad, says) in [
         ("lazy", "lazy needs @STEP"),
         ("perturb-op@2", "perturb-op needs @STEP:OP"),
@@ -390,6 +405,10 @@ fn verify_settles_every_claim_and_names_bad_trainers() -> Result<(), Box<dyn std
         ("honest+shy@2", "unknown conduct \"shy\""),
         ("lazy@9", "past the program's 6 steps"),
         ("perturb-op@2:99999", "operators"),
+        ("forge-lr@2:1", "other than 1"),
+        ("forge-batch@2:2", "DATA_STEP must differ"),
+        ("mislaid@2:5", "mislaid needs @STEP:OP.INPUT"),
+        ("mislaid@2:5.7", "inputs, numbered from 0"),
     ] {
         let out = swarmlab().args(["verify", "--steps", "6", "--trainer", bad]).output()?;
         let stderr = String::from_utf8(out.stderr)?;

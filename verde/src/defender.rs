@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::program::Execution;
 use crate::referee::{Answer, Ask};
 use crate::structure::Structure;
-use crate::trace::StepTrace;
+use crate::trace::{StepContext, StepTrace};
 
 /// How a party behaves in the dispute itself (how it trained is its [`crate::Behaviour`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +73,7 @@ impl Defender {
                 Answer::Open(opening)
             }
             Ask::Trace { step } => {
-                let (trace, _) = e.trace_step(step, Keep::Nothing)?;
+                let trace = e.trace_step(step, Keep::Nothing)?.trace;
                 let len = trace.commitment().len;
                 let state = trace.record(len as usize - 2).cloned().ok_or(Error::Empty)?;
                 let answer = Answer::Trace {
@@ -91,13 +91,18 @@ impl Defender {
                     return Err(Error::Program("evidence asked before the disputed step's trace".into()));
                 };
                 let shape = self.structure.step(*step);
-                // Re-run the step, keeping this one operator's inputs.
-                let tape = if index < shape.state_index() {
-                    e.trace_step(*step, Keep::Op(index as usize))?.1
-                } else {
-                    Default::default()
+                // Re-run the step, keeping every input: the operator's own, and those its inputs'
+                // glue is made from.
+                let run = e.trace_step(*step, Keep::All)?;
+                let batch = self.structure.batch(*step)?;
+                let at = StepContext {
+                    shape,
+                    tape: &run.tape,
+                    before: &run.before,
+                    batch: Some(&batch),
+                    level: repops::simd::current(),
                 };
-                Answer::Evidence(trace.evidence(index, &tape, shape)?)
+                Answer::Evidence(trace.evidence(index, &at)?)
             }
         };
         Ok(Some(answer))

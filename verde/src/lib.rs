@@ -11,7 +11,8 @@
 //! | [`audit`] | probabilistic checkpoint audits: segments, the draw after the commitment, re-execution, the closed form |
 //! | [`bisection`] | the bisection game of both dispute phases, as a sans-IO state machine |
 //! | [`program`] | the training program (repops), trainers honest and dishonest, state manifests and commitments |
-//! | [`structure`] | the program's step graph: operator kinds, where inputs and state tensors come from |
+//! | [`structure`] | the program's step graph: operators and attributes, where inputs and state tensors come from |
+//! | [`origin`] | where an input comes from (an operator, the agreed state, a constant, the batch) and the layout and gradient-sum glue outside the tape, re-done bit for bit |
 //! | [`trace`] | a step's records as a chain of running hashes; evidence, provenance and the referee's judgement |
 //! | [`referee`] | the whole dispute with deadlines (sans-IO) |
 //! | [`ledger`] | stakes: balances in memory, and a file of signed entries that survives restarts and refuses forgeries |
@@ -25,6 +26,7 @@ pub mod error;
 pub mod ledger;
 pub mod merkle;
 pub mod net;
+pub mod origin;
 pub mod program;
 pub mod referee;
 pub mod structure;
@@ -37,7 +39,10 @@ pub use ledger::{Entry, Ledger, LedgerFile, Movement};
 pub use merkle::{Hash, MerkleTree, Proof, leaf_hash, verify};
 pub use net::{Settlement, settle};
 pub use audit::{AuditOutcome, Segment};
-pub use program::{Behaviour, Checkpoint, Checkpoints, Execution, Program, StateManifest, Trainer, execute, execute_with};
+pub use origin::{BatchPart, Glue, Origin, Source};
+pub use program::{
+    Behaviour, Checkpoint, Checkpoints, Execution, Program, StateManifest, TracedStep, Trainer, execute, execute_with,
+};
 pub use referee::{Answer, Ask, Dispute, Fault, Outcome, Rules, Summary};
 pub use structure::{OpShape, StepShape, Structure};
-pub use trace::{Evidence, Judgement, OpRecord, Provenance, StepTrace, Verdict, judge, link};
+pub use trace::{Evidence, Judgement, OpRecord, Provenance, StepContext, StepTrace, Verdict, judge, link};

@@ -13,7 +13,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage, sample_batch};
 use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
-use repops::tape::{Keep, OutputFault, RecordOptions, Tape, hash_view};
+use repops::HostTensor;
+use repops::tape::{Fault, Keep, RecordOptions, Tape, hash_view};
 
 use crate::bisection::{Commitment, Opening};
 use crate::error::{Error, Result};
@@ -88,6 +89,30 @@ pub enum Behaviour {
         /// The step whose hash is false.
         step: u64,
     },
+    /// Runs step `step` with its learning rate `factor` times the program's (a forged attribute).
+    ForgeLr {
+        /// The step.
+        step: u64,
+        /// The factor on the learning rate.
+        factor: f32,
+    },
+    /// Trains step `step` on the batch the program draws for step `data_step` instead (forged data).
+    ForgeBatch {
+        /// The step.
+        step: u64,
+        /// Whose batch it trains on.
+        data_step: u64,
+    },
+    /// In step `step`, operator `op` (tape position) reads its input `input` with two elements swapped:
+    /// the work before it laid the tensor out wrongly (a forged layout).
+    MislaidInput {
+        /// The step.
+        step: u64,
+        /// The operator.
+        op: usize,
+        /// Which of its inputs.
+        input: usize,
+    },
     /// Skips a share of the steps, drawn by `seed`: each step is skipped with probability
     /// `per_mille / 1000` (the state stays as it was; the step is claimed done). A trainer that saves
     /// part of the work and hopes no one looks.
@@ -108,9 +133,12 @@ impl Behaviour {
     pub fn first_bad_step(&self) -> Option<u64> {
         match *self {
             Self::Honest => None,
-            Self::PerturbWeight { step, .. } | Self::PerturbOp { step, .. } | Self::LieInCommitment { step } => {
-                Some(step)
-            }
+            Self::PerturbWeight { step, .. }
+            | Self::PerturbOp { step, .. }
+            | Self::LieInCommitment { step }
+            | Self::ForgeLr { step, .. }
+            | Self::ForgeBatch { step, .. }
+            | Self::MislaidInput { step, .. } => Some(step),
             Self::Lazy { from } => Some(from),
             Self::Skipping { .. } => (1..=SKIP_SEARCH).find(|&s| self.skips(s)),
         }
@@ -136,7 +164,7 @@ impl Behaviour {
 /// The tensors of a training state after `step` steps, each by key (`w:<weight>` or `m:<moment>`) and
 /// repops tensor hash — the hash the op tape gives the same tensor, so that a state can be matched
 /// against the outputs of the operators that produced it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateManifest {
     /// Steps taken.
     pub step: u64,
@@ -175,6 +203,21 @@ fn program_error(e: impl std::fmt::Display) -> Error {
     Error::Program(e.to_string())
 }
 
+/// The batch of `batch` windows of `seq` tokens the program draws from `tokens` for step `step` with
+/// seed `seed` (ids, targets): the one rule trainers and referee share.
+fn batch(tokens: &[u32], batch: usize, seq: usize, seed: u64, step: u64) -> Result<(Tensor, Tensor)> {
+    sample_batch(tokens, batch, seq, seed, step, 0, &Device::Cpu).map_err(program_error)
+}
+
+/// [`batch`] in host memory, as the op tape sees it.
+pub(crate) fn batch_host(tokens: &[u32], size: usize, seq: usize, seed: u64, step: u64) -> Result<[HostTensor; 2]> {
+    let (ids, targets) = batch(tokens, size, seq, seed, step)?;
+    Ok([
+        repops::tensor::to_host(&ids).map_err(program_error)?,
+        repops::tensor::to_host(&targets).map_err(program_error)?,
+    ])
+}
+
 /// A training run in progress: the program's model, optimizer and data, one step at a time.
 #[derive(Debug)]
 pub struct Trainer {
@@ -196,9 +239,14 @@ impl Trainer {
 
     /// Trains step `step` (1-based): the program's batch for that step, forward, backward, AdamW.
     pub fn step(&mut self, step: u64) -> Result<()> {
+        self.train_on(step)
+    }
+
+    /// Trains the next step on the batch the program draws for step `data_step` (another step's batch
+    /// than the one being trained is a cheat).
+    fn train_on(&mut self, data_step: u64) -> Result<()> {
         let p = &self.program;
-        let (ids, targets) = sample_batch(&self.corpus.train, p.batch, p.seq, p.data_seed, step, 0, &Device::Cpu)
-            .map_err(program_error)?;
+        let (ids, targets) = batch(&self.corpus.train, p.batch, p.seq, p.data_seed, data_step)?;
         let params = self.model.params();
         let loss = self.model.loss(&ids, &targets).map_err(program_error)?;
         let grads = params.grads(&loss.backward().map_err(program_error)?);
@@ -211,6 +259,17 @@ impl Trainer {
         let (done, tape) = repops::tape::record_with(options, || self.step(step));
         done?;
         Ok(tape)
+    }
+
+    /// The program's batch for step `step` (ids, targets) in host memory.
+    pub fn batch_host(&self, step: u64) -> Result<[HostTensor; 2]> {
+        let p = &self.program;
+        batch_host(&self.corpus.train, p.batch, p.seq, p.data_seed, step)
+    }
+
+    /// The training tokens the program draws its batches from.
+    pub fn tokens(&self) -> &[u32] {
+        &self.corpus.train
     }
 
     /// The manifest of the current state, claimed as the state after `step` steps.
@@ -257,16 +316,29 @@ impl Trainer {
             return Ok(None);
         }
         let fault = match behaviour {
-            Behaviour::PerturbOp { step: at, op, delta } if at == step => Some(OutputFault { op, delta }),
+            Behaviour::PerturbOp { step: at, op, delta } if at == step => Some(Fault::Output { op, delta }),
+            Behaviour::MislaidInput { step: at, op, input } if at == step => Some(Fault::MislaidInput { op, input }),
             _ => None,
         };
-        let tape = match (record, fault) {
-            (None, None) => {
-                self.step(step)?;
-                None
-            }
-            (keep, fault) => Some(self.step_recorded(step, RecordOptions { keep: keep.unwrap_or_default(), fault })?),
+        let data_step = match behaviour {
+            Behaviour::ForgeBatch { step: at, data_step } if at == step => data_step,
+            _ => step,
         };
+        let lr_factor = match behaviour {
+            Behaviour::ForgeLr { step: at, factor } if at == step => factor,
+            _ => 1.0,
+        };
+        self.optim.set_lr_factor(lr_factor);
+        let options = RecordOptions { keep: record.unwrap_or_default(), fault };
+        let (done, tape) = match (record, fault) {
+            (None, None) => (self.train_on(data_step), None),
+            _ => {
+                let (done, tape) = repops::tape::record_with(options, || self.train_on(data_step));
+                (done, Some(tape))
+            }
+        };
+        self.optim.set_lr_factor(1.0);
+        done?;
         if let Behaviour::PerturbWeight { step: at, delta } = behaviour
             && at == step
         {
@@ -337,7 +409,14 @@ impl Execution {
     /// like); re-running a step follows the program honestly.
     pub fn from_hashes(program: &Program, hashes: Vec<Hash>) -> Result<Self> {
         let tree = MerkleTree::new(&hashes)?;
-        Ok(Self { program: program.clone(), behaviour: Behaviour::Honest, hashes, tree, checkpoints: vec![], seconds: 0.0 })
+        Ok(Self {
+            program: program.clone(),
+            behaviour: Behaviour::Honest,
+            hashes,
+            tree,
+            checkpoints: vec![],
+            seconds: 0.0,
+        })
     }
 
     /// The program run.
@@ -389,7 +468,7 @@ impl Execution {
     /// that step and returns its trace — its operators, then the state record that claims the committed
     /// state after it — and its tape, which keeps the inputs `keep` asks for. A dishonest trainer
     /// re-runs the way it ran; its checkpoints are of the state it really had.
-    pub fn trace_step(&self, step: u64, keep: Keep) -> Result<(StepTrace, Tape)> {
+    pub fn trace_step(&self, step: u64, keep: Keep) -> Result<TracedStep> {
         let len = self.hashes.len() as u64;
         let (Some(&start), Some(&claimed)) =
             (self.hashes.get(step.wrapping_sub(1) as usize), self.hashes.get(step as usize))
@@ -403,6 +482,7 @@ impl Execution {
         for s in from..step {
             trainer.advance(s, self.behaviour, None)?;
         }
+        let before = trainer.manifest(step - 1)?;
         // A lazy trainer shows the operators it should have run, but its state did not move.
         let lazy = self.behaviour.skips(step);
         let unmoved = if lazy { Some(trainer.manifest(step)?) } else { None };
@@ -413,8 +493,19 @@ impl Execution {
         };
         let mut records: Vec<OpRecord> = tape.entries().iter().map(OpRecord::from_entry).collect();
         records.push(OpRecord::state(&manifest, claimed));
-        Ok((StepTrace::new(start, records)?, tape))
+        Ok(TracedStep { trace: StepTrace::new(start, records)?, tape, before })
     }
+}
+
+/// A step re-run to answer for it ([`Execution::trace_step`]).
+#[derive(Debug)]
+pub struct TracedStep {
+    /// Its trace.
+    pub trace: StepTrace,
+    /// Its tape, with the inputs asked for.
+    pub tape: Tape,
+    /// The state it started from.
+    pub before: StateManifest,
 }
 
 /// Runs `program` as `behaviour` says and commits to the state hashes, keeping no checkpoints.
@@ -476,10 +567,10 @@ mod tests {
             assert_eq!(kept.checkpointed_steps(), vec![3, 6], "every third step but the last");
             assert!(kept.checkpoint_bytes() > 0);
             for step in 1..=program.steps {
-                let (a, tape_a) = plain.trace_step(step, Keep::Op(2))?;
-                let (b, tape_b) = kept.trace_step(step, Keep::Op(2))?;
-                assert_eq!(a.commitment(), b.commitment(), "{behaviour:?}, step {step}");
-                assert_eq!(tape_a.entries().len(), tape_b.entries().len(), "{behaviour:?}, step {step}");
+                let (a, b) = (plain.trace_step(step, Keep::Op(2))?, kept.trace_step(step, Keep::Op(2))?);
+                assert_eq!(a.trace.commitment(), b.trace.commitment(), "{behaviour:?}, step {step}");
+                assert_eq!(a.tape.entries().len(), b.tape.entries().len(), "{behaviour:?}, step {step}");
+                assert_eq!(a.before, b.before, "{behaviour:?}, step {step}");
                 assert_eq!(plain.replayed_steps(step), step);
                 assert!(kept.replayed_steps(step) <= 3, "step {step}: {}", kept.replayed_steps(step));
             }
@@ -498,12 +589,16 @@ mod tests {
             Behaviour::PerturbOp { step: 3, op: 5, delta: 0.5 },
             Behaviour::Lazy { from: 3 },
             Behaviour::LieInCommitment { step: 3 },
+            Behaviour::ForgeLr { step: 3, factor: 2.0 },
+            Behaviour::ForgeBatch { step: 3, data_step: 4 },
+            Behaviour::MislaidInput { step: 3, op: 5, input: 0 },
         ] {
             let cheat = execute(&program, behaviour)?;
             assert_eq!(first_difference(&honest, &cheat), Some(3), "{behaviour:?}");
         }
         // Re-running a step reproduces the committed state, and the trace ends in the state record.
-        let (trace, tape) = honest.trace_step(5, Keep::Nothing)?;
+        let TracedStep { trace, tape, before } = honest.trace_step(5, Keep::Nothing)?;
+        assert_eq!(before.hash(), honest.hashes[4], "the state the step starts from");
         assert_eq!(trace.ops(), tape.len() + 1);
         let state = trace.record(tape.len()).expect("state record");
         assert_eq!(state.output, honest.hashes[5]);

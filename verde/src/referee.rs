@@ -178,8 +178,8 @@ enum Stage {
     Claims,
     Steps(Bisection),
     Traces { step: u64, agreed: Hash, claimed: [Hash; 2] },
-    Ops { step: u64, game: Bisection, traces: [Commitment; 2] },
-    Evidence { step: u64, index: u64, agreed: Hash, claimed: [Hash; 2], traces: [Commitment; 2] },
+    Ops { step: u64, start: Hash, game: Bisection, traces: [Commitment; 2] },
+    Evidence { step: u64, start: Hash, index: u64, agreed: Hash, claimed: [Hash; 2], traces: [Commitment; 2] },
     Done,
 }
 
@@ -329,13 +329,18 @@ impl Dispute {
             Stage::Claims => self.claims(answers),
             Stage::Steps(game) => self.bisect(game, answers, None),
             Stage::Traces { step, agreed, claimed } => self.traces(step, agreed, claimed, answers),
-            Stage::Ops { step, game, traces } => self.bisect(game, answers, Some((step, traces))),
-            Stage::Evidence { step, index, agreed, claimed, traces } => {
+            Stage::Ops { step, start, game, traces } => self.bisect(game, answers, Some((step, start, traces))),
+            Stage::Evidence { step, start, index, agreed, claimed, traces } => {
                 let [Answer::Evidence(t), Answer::Evidence(c)] = &answers else { return };
-                let shape = self.rules.structure.step(step);
+                let structure = &self.rules.structure;
+                let expected_op = structure.op_at(step, index as usize);
+                let batch = structure.batch(step).ok().map(|b| b.map(|t| repops::tape::hash_view(&t.view())));
                 let disputed = Disputed {
-                    shape,
+                    shape: structure.step(step),
                     step,
+                    expected_op: expected_op.as_deref(),
+                    batch: batch.as_ref(),
+                    start: &start,
                     index,
                     agreed: &agreed,
                     claimed: [&claimed[0], &claimed[1]],
@@ -426,18 +431,18 @@ impl Dispute {
     /// records of step `step`.
     fn start_game(&mut self, commitments: [Commitment; 2], lo: (u64, Hash), hi: (u64, [Hash; 2]), step: Option<u64>) {
         match Bisection::new(commitments[0], commitments[1], lo, hi) {
-            Ok(game) => self.bisect(game, [], step.map(|s| (s, commitments))),
+            Ok(game) => self.bisect(game, [], step.map(|s| (s, lo.1, commitments))),
             Err(e) => self.end(Outcome::BothLose(format!("no bisection: {e}"))),
         }
     }
 
     /// Plays the answers (if any) into `game`, then moves on: the next question, the next phase, or the
-    /// end. `ops` is `Some((step, trace commitments))` in the op bisection.
+    /// end. `ops` is `Some((step, the agreed state it starts from, trace commitments))` in the op bisection.
     fn bisect<const N: usize>(
         &mut self,
         mut game: Bisection,
         answers: [Answer; N],
-        ops: Option<(u64, [Commitment; 2])>,
+        ops: Option<(u64, Hash, [Commitment; 2])>,
     ) {
         if let [Answer::Open(t), Answer::Open(c)] = &answers[..] {
             if let Progress::Forfeit { party, reason } = game.answer(t, c) {
@@ -451,7 +456,7 @@ impl Dispute {
         let Progress::Found { agreed } = game.progress() else {
             self.stage = match ops {
                 None => Stage::Steps(game),
-                Some((step, traces)) => Stage::Ops { step, game, traces },
+                Some((step, start, traces)) => Stage::Ops { step, start, game, traces },
             };
             return;
         };
@@ -462,9 +467,9 @@ impl Dispute {
                 self.step = Some(step);
                 self.stage = Stage::Traces { step, agreed: agreed_hash, claimed };
             }
-            Some((step, traces)) => {
+            Some((step, start, traces)) => {
                 self.record = Some(agreed);
-                self.stage = Stage::Evidence { step, index: agreed, agreed: agreed_hash, claimed, traces };
+                self.stage = Stage::Evidence { step, start, index: agreed, agreed: agreed_hash, claimed, traces };
             }
         }
     }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::bisection::{Commitment, Opening, Party};
 use crate::error::{Error, Result};
 use crate::merkle::{Hash, MerkleTree};
+use crate::origin::{BatchPart, Origin, Source, glue_hash};
 use crate::program::StateManifest;
 use crate::structure::StepShape;
 
@@ -147,30 +148,77 @@ impl StepTrace {
         Ok(Provenance { before: self.open(i)?, after: self.open(i + 1)?, record })
     }
 
-    /// What a party sends the referee about its record `i`: the record, the inputs of the operator from
-    /// `tape` (which must have kept them), and the provenance `shape` names for each of its inputs.
-    pub fn evidence(&self, i: u64, tape: &Tape, shape: &StepShape) -> Result<Evidence> {
+    /// What a party sends the referee about its record `i` of step `at.step`: the record, the inputs of
+    /// the operator from `at.tape` (which must have kept every input), the provenance of every record
+    /// the inputs' origins name, the terms of inputs made outside the tape, and the state the step
+    /// started from.
+    pub fn evidence(&self, i: u64, at: &StepContext<'_>) -> Result<Evidence> {
+        let (shape, tape) = (at.shape, at.tape);
         let record = self.record(i as usize).cloned().ok_or(Error::OutOfRange { index: i, len: self.ops() as u64 })?;
-        let (op, inputs, sources): (Option<OpKind>, Vec<HostTensor>, Vec<Option<u32>>) = if i == shape.state_index() {
-            (None, Vec::new(), shape.state.iter().map(|s| Some(s.1)).collect())
+        let kept = |op: u32, input: u32| -> Result<HostTensor> {
+            tape.entries()
+                .get(op as usize)
+                .and_then(|e| e.inputs.get(input as usize))
+                .and_then(|t| t.data.clone())
+                .ok_or_else(|| Error::Program(format!("input {input} of operator {op} was not kept")))
+        };
+        let (op, inputs, origins): (Option<OpKind>, Vec<HostTensor>, Vec<Origin>) = if i == shape.state_index() {
+            (None, Vec::new(), shape.state.iter().map(|s| Origin::Is(Source::Op(s.1))).collect())
         } else {
             let entry = tape.entries().get(i as usize).ok_or(Error::OutOfRange { index: i, len: tape.len() as u64 })?;
-            let inputs = entry
-                .inputs
-                .iter()
-                .map(|t| t.data.clone().ok_or_else(|| Error::Program(format!("operator {i}'s inputs were not kept"))))
-                .collect::<Result<_>>()?;
-            let sources = shape.ops.get(i as usize).map(|o| o.sources.clone()).unwrap_or_default();
-            (Some(entry.op), inputs, sources)
+            let inputs = (0..entry.inputs.len() as u32).map(|k| kept(i as u32, k)).collect::<Result<_>>()?;
+            let origins = shape.ops.get(i as usize).map(|o| o.inputs.clone()).unwrap_or_default();
+            (Some(entry.op), inputs, origins)
         };
-        let provenance = sources
-            .iter()
-            .enumerate()
-            .filter_map(|(k, s)| s.map(|p| (k as u32, p)))
-            .map(|(k, p)| Ok((k, self.provenance(u64::from(p))?)))
-            .collect::<Result<_>>()?;
-        Ok(Evidence { record, op, inputs, provenance })
+        let mut proven: Vec<u32> = Vec::new();
+        let mut glue = Vec::new();
+        for (k, origin) in origins.iter().enumerate() {
+            match origin {
+                Origin::Is(source) => proven.extend(source.record()),
+                Origin::Glue(g) => {
+                    let mut tensors = Vec::with_capacity(g.terms.len());
+                    for term in &g.terms {
+                        proven.extend(term.source.record());
+                        tensors.push(match &term.source {
+                            Source::Op(p) => tape
+                                .entries()
+                                .get(*p as usize)
+                                .ok_or(Error::OutOfRange { index: u64::from(*p), len: tape.len() as u64 })?
+                                .replay(at.level)
+                                .map_err(|e| Error::Program(format!("operator {p}: {e}")))?,
+                            Source::Input { op, input } => kept(*op, *input)?,
+                            Source::Batch(part) => at
+                                .batch
+                                .map(|b| b[usize::from(*part == BatchPart::Targets)].clone())
+                                .ok_or_else(|| Error::Program("the step's batch is needed".into()))?,
+                            other => return Err(Error::Program(format!("a glue term from {other}"))),
+                        });
+                    }
+                    glue.push((k as u32, tensors));
+                }
+                Origin::Unknown => {}
+            }
+        }
+        proven.sort_unstable();
+        proven.dedup();
+        let provenance = proven.into_iter().map(|p| Ok((p, self.provenance(u64::from(p))?))).collect::<Result<_>>()?;
+        Ok(Evidence { record, op, inputs, provenance, glue, before: at.before.clone() })
     }
+}
+
+/// What a party builds its evidence from: the disputed step's graph and re-run.
+#[derive(Debug, Clone, Copy)]
+pub struct StepContext<'a> {
+    /// The step's graph.
+    pub shape: &'a StepShape,
+    /// The step's tape, keeping every input.
+    pub tape: &'a Tape,
+    /// The state the step started from.
+    pub before: &'a StateManifest,
+    /// The step's batch (ids, targets), if any input is made from it.
+    pub batch: Option<&'a [HostTensor; 2]>,
+    /// The SIMD level to re-run operators at (for glue terms that are operators' outputs).
+    pub level: SimdLevel,
 }
 
 /// A record proven to sit at its position in a party's trace: `link(before.hash, record) == after.hash`,
@@ -206,8 +254,12 @@ pub struct Evidence {
     pub op: Option<OpKind>,
     /// The operator's input tensors.
     pub inputs: Vec<HostTensor>,
-    /// For inputs the structure traces to an operator: `(input index, that operator's record proven)`.
+    /// Every record the origins of the inputs name: `(its position, the record proven)`.
     pub provenance: Vec<(u32, Provenance)>,
+    /// For inputs made outside the tape: `(input index, the tensors of its glue's terms, in order)`.
+    pub glue: Vec<(u32, Vec<HostTensor>)>,
+    /// The state the step started from (the referee checks it against the agreed state hash).
+    pub before: StateManifest,
 }
 
 /// How one disputed record was settled.
@@ -234,15 +286,23 @@ pub struct Judgement {
     pub replay_seconds: f64,
 }
 
-/// What the referee knows when it judges record `index` of step `step`: the step's graph, the running
-/// hash both sides agree on before the record, each side's (trainer, challenger) hash after it, and each
-/// side's commitment.
+/// What the referee knows when it judges record `index` of step `step`: the step's graph, what the
+/// public program says of the step (the disputed operator's attributes, the batch, the agreed state it
+/// starts from), the running hash both sides agree on before the record, each side's (trainer,
+/// challenger) hash after it, and each side's commitment.
 #[derive(Debug, Clone, Copy)]
 pub struct Disputed<'a> {
     /// The step's graph.
     pub shape: &'a StepShape,
     /// The step (1-based).
     pub step: u64,
+    /// The disputed operator's record string with the attributes the program gives it in this step
+    /// (`None`: the state record, or a graph with no program behind it).
+    pub expected_op: Option<&'a str>,
+    /// The hashes of the step's batch (ids, targets), if the referee knows the program's data.
+    pub batch: Option<&'a [Hash; 2]>,
+    /// The hash of the agreed state the step starts from.
+    pub start: &'a Hash,
     /// The disputed record.
     pub index: u64,
     /// The agreed running hash before it.
@@ -269,12 +329,20 @@ fn conforms(d: &Disputed<'_>, record: &OpRecord) -> std::result::Result<(), Stri
     let Some(shape) = d.shape.ops.get(d.index as usize) else {
         return Err(format!("the program's step has no operator {}", d.index));
     };
-    if record.kind() != shape.kind || record.inputs.len() != shape.sources.len() {
+    if record.kind() != shape.kind || record.inputs.len() != shape.inputs.len() {
         return Err(format!(
             "operator {} is a {} of {} inputs in the program",
             d.index,
             shape.kind,
-            shape.sources.len()
+            shape.inputs.len()
+        ));
+    }
+    if let Some(op) = d.expected_op
+        && record.op != op
+    {
+        return Err(format!(
+            "operator {} ran with attributes the program does not give it in step {}: `{}`, where the program says `{op}`",
+            d.index, d.step, record.op
         ));
     }
     Ok(())
@@ -321,34 +389,22 @@ fn settle_records(d: &Disputed<'_>, evidence: [&Evidence; 2], level: SimdLevel, 
     let differing: Vec<usize> = (0..t.inputs.len()).filter(|&i| t.inputs.get(i) != c.inputs.get(i)).collect();
     if !differing.is_empty() {
         for &i in &differing {
-            let source = if d.index == d.shape.state_index() {
-                d.shape.state.get(i).map(|s| s.1)
+            let origin = if d.index == d.shape.state_index() {
+                d.shape.state.get(i).map(|s| Origin::Is(Source::Op(s.1)))
             } else {
-                d.shape.ops.get(d.index as usize).and_then(|o| o.sources.get(i).copied().flatten())
+                d.shape.ops.get(d.index as usize).and_then(|o| o.inputs.get(i).cloned())
             };
-            let Some(p) = source.map(u64::from).filter(|&p| p < d.index) else {
-                return Some(format!(
-                    "{} of record {} does not come from an earlier operator of the step",
-                    name(i),
-                    d.index
-                ));
+            let Some(origin) = origin else {
+                return Some(format!("the program's record {} has no {}", d.index, name(i)));
+            };
+            let expected = expected_input(d, evidence, i, &origin);
+            let expected = match expected {
+                Ok(hash) => hash,
+                Err(why) => return Some(format!("{} of record {}: {why}", name(i), d.index)),
             };
             for (k, ev) in evidence.iter().enumerate() {
-                let proven = ev
-                    .provenance
-                    .iter()
-                    .find(|(idx, _)| *idx as usize == i)
-                    .ok_or_else(|| format!("no provenance for input {i}"))
-                    .and_then(|(_, prov)| prov.proven_output(d.commitments[k], p).map_err(|e| e.to_string()))
-                    .and_then(|out| {
-                        (ev.record.inputs.get(i) == Some(&out))
-                            .then_some(())
-                            .ok_or_else(|| format!("{} is not the output of operator {p}, which produced it", name(i)))
-                    });
-                if let Err(why) = proven
-                    && j.failures[k].is_none()
-                {
-                    j.failures[k] = Some(why);
+                if ev.record.inputs.get(i) != Some(&expected) && j.failures[k].is_none() {
+                    j.failures[k] = Some(format!("{} is not the tensor the program makes there ({origin})", name(i)));
                 }
             }
         }
@@ -374,6 +430,76 @@ fn settle_records(d: &Disputed<'_>, evidence: [&Evidence; 2], level: SimdLevel, 
         }
     }
     None
+}
+
+/// The hash input `i` of the disputed record must have, as its `origin` and the program fix it: worked
+/// out from what either side proves (records of the agreed prefix, the agreed start state, glue terms
+/// checked against their sources), or why it cannot be.
+fn expected_input(
+    d: &Disputed<'_>,
+    evidence: [&Evidence; 2],
+    i: usize,
+    origin: &Origin,
+) -> std::result::Result<Hash, String> {
+    let record = |p: u32| -> std::result::Result<OpRecord, String> {
+        if u64::from(p) >= d.index {
+            return Err(format!("record {p} is not before the disputed one"));
+        }
+        evidence
+            .iter()
+            .enumerate()
+            .find_map(|(k, ev)| {
+                let (_, prov) = ev.provenance.iter().find(|(q, _)| *q == p)?;
+                prov.proven_output(d.commitments[k], u64::from(p)).ok().map(|_| prov.record.clone())
+            })
+            .ok_or_else(|| format!("neither side proves record {p}"))
+    };
+    let hash_of = |source: &Source| -> std::result::Result<Hash, String> {
+        match source {
+            Source::Op(p) => record(*p).map(|r| r.output),
+            Source::Input { op, input } => record(*op)?
+                .inputs
+                .get(*input as usize)
+                .copied()
+                .ok_or_else(|| format!("record {op} has no input {input}")),
+            Source::State(key) => evidence
+                .iter()
+                .map(|ev| &ev.before)
+                .find(|m| m.step + 1 == d.step && m.hash() == *d.start)
+                .ok_or_else(|| "neither side sent the agreed state the step starts from".to_owned())?
+                .entries
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, h)| *h)
+                .ok_or_else(|| format!("the agreed state has no {key}")),
+            Source::Constant(h) => Ok(*h),
+            Source::Batch(part) => d
+                .batch
+                .map(|b| b[usize::from(*part == BatchPart::Targets)])
+                .ok_or_else(|| "the referee does not know the program's data".to_owned()),
+        }
+    };
+    match origin {
+        Origin::Is(source) => hash_of(source),
+        Origin::Glue(glue) => {
+            let shape = d
+                .shape
+                .ops
+                .get(d.index as usize)
+                .and_then(|o| o.shapes.get(i))
+                .ok_or_else(|| "the program gives it no shape".to_owned())?;
+            let mut why = String::from("neither side sent the tensors it is made from");
+            for ev in evidence {
+                let Some((_, tensors)) = ev.glue.iter().find(|(k, _)| *k as usize == i) else { continue };
+                match glue_hash(glue, shape, tensors, &hash_of) {
+                    Ok(hash) => return Ok(hash),
+                    Err(e) => why = e,
+                }
+            }
+            Err(why)
+        }
+        Origin::Unknown => Err("no rule of the program says where it comes from".into()),
+    }
 }
 
 /// Re-executes `record`'s operator from the input tensors of `ev`, if they are that operator's and hash
@@ -439,7 +565,9 @@ mod tests {
         }
         let Progress::Found { agreed } = progress else { panic!("{progress:?}") };
         let (agreed_hash, claimed) = (game.agreed().1, game.disputed().1);
-        let he = honest.evidence(agreed, tape, shape).expect("evidence");
+        let before = StateManifest { step: 0, entries: Vec::new() };
+        let at = StepContext { shape, tape, before: &before, batch: None, level: repops::simd::current() };
+        let he = honest.evidence(agreed, &at).expect("evidence");
         // The other side sends its own record, with the inputs the tape holds.
         let oe = Evidence { record: other.record(agreed as usize).expect("record").clone(), ..he.clone() };
         let oe = Evidence {
@@ -450,9 +578,13 @@ mod tests {
                 .collect(),
             ..oe
         };
+        let start = before.hash();
         let d = Disputed {
             shape,
             step: 1,
+            expected_op: None,
+            batch: None,
+            start: &start,
             index: agreed,
             agreed: &agreed_hash,
             claimed: [&claimed[0], &claimed[1]],
@@ -499,7 +631,9 @@ mod tests {
         let records: Vec<OpRecord> = tape.entries().iter().map(OpRecord::from_entry).collect();
         // The last op reads an earlier op's output: the cheater claims it read something else.
         let last = records.len() - 1;
-        let input = shape.ops[last].sources.iter().position(Option::is_some).expect("a traced input");
+        let input = (0..shape.ops[last].inputs.len())
+            .find(|&i| shape.ops[last].source_op(i).is_some())
+            .expect("a traced input");
         let mut forged = records.clone();
         forged[last].inputs[input] = [3; 32];
         let (op, judgement) = dispute(&traced([1; 32], records), &traced([1; 32], forged), &tape, &shape);
@@ -513,12 +647,19 @@ mod tests {
         let tape = step();
         let shape = shape(&tape);
         let honest = traced([1; 32], tape.entries().iter().map(OpRecord::from_entry).collect());
-        let ev = honest.evidence(0, &tape, &shape).expect("evidence");
+        let before = StateManifest { step: 0, entries: Vec::new() };
+        let at =
+            StepContext { shape: &shape, tape: &tape, before: &before, batch: None, level: repops::simd::current() };
+        let ev = honest.evidence(0, &at).expect("evidence");
+        let start = before.hash();
         let (agreed, good) = (honest.open(0).expect("open").hash, honest.open(1).expect("open").hash);
         let c = honest.commitment();
         let d = Disputed {
             shape: &shape,
             step: 1,
+            expected_op: None,
+            batch: None,
+            start: &start,
             index: 0,
             agreed: &agreed,
             claimed: [&good, &[9u8; 32]],

@@ -94,6 +94,85 @@ fn honest_trainers_agree_and_every_cheat_loses_where_it_cheated() {
     }
 }
 
+/// Cheats outside the operators themselves — a forged learning rate (an attribute), a forged batch (data
+/// made outside the tape), a forged layout (a tensor mislaid between two operators) — are found at the
+/// first record they change and lose on what the public program says that record must be.
+#[test]
+fn forged_attributes_batches_and_layouts_lose() {
+    let f = fixture();
+    let shape = f.structure.step(3);
+    let first_adam = shape.ops.iter().position(|o| o.kind == "adam_param").expect("an AdamW update") as u64;
+    let (heads, input) = (5, 0);
+    assert!(
+        matches!(&shape.ops[heads].inputs[input], verde::Origin::Glue(g) if g.terms.iter().any(|t| t.swap.is_some())),
+        "operator {heads} reads attention heads laid out outside the tape: {:?}",
+        shape.ops[heads].inputs[input]
+    );
+    let cases = [
+        (Behaviour::ForgeLr { step: 3, factor: 2.0 }, first_adam, "attributes"),
+        (Behaviour::ForgeBatch { step: 3, data_step: 5 }, 0, "input 1 is not the tensor the program makes"),
+        (Behaviour::MislaidInput { step: 3, op: heads, input }, heads as u64, "input 0 is not the tensor"),
+    ];
+    for (behaviour, record, why) in cases {
+        let cheat = f.cheat(behaviour);
+        for cheat_first in [false, true] {
+            let s = f.duel(&cheat, Conduct::Faithful, cheat_first);
+            let (at_step, at_record, fault) = honest_won(&s, cheat_first);
+            assert_eq!((at_step, at_record), (Some(3), Some(record)), "{behaviour:?}: {fault}");
+            assert!(matches!(&fault, Fault::WrongClaim(w) if w.contains(why)), "{behaviour:?}: {fault}");
+            let judgement = s.disputes[0].summary.judgement.as_ref().expect("judged");
+            assert!(judgement.replayed.is_none(), "{behaviour:?}: settled without re-executing an operator");
+        }
+    }
+}
+
+/// Whatever an operator reads — an earlier output, a state tensor, a constant, the batch, a re-laid
+/// tensor, a gradient sum — reading it mislaid loses: for inputs of every origin across the step, the
+/// mislaid run either computes the same state (the change did not matter) or loses its dispute at that
+/// operator, never leaving both sides losing.
+#[test]
+fn a_mislaid_input_of_any_origin_loses() {
+    let f = fixture();
+    let shape = f.structure.step(2);
+    let kind = |o: &verde::Origin| match o {
+        verde::Origin::Is(verde::Source::Op(_)) => "op",
+        verde::Origin::Is(verde::Source::Input { .. }) => "input",
+        verde::Origin::Is(verde::Source::State(_)) => "state",
+        verde::Origin::Is(verde::Source::Constant(_)) => "constant",
+        verde::Origin::Is(verde::Source::Batch(_)) => "batch",
+        verde::Origin::Glue(g) if g.accumulate => "sum",
+        verde::Origin::Glue(_) => "layout",
+        verde::Origin::Unknown => "unknown",
+    };
+    let inputs: Vec<(usize, usize, &str)> = shape
+        .ops
+        .iter()
+        .enumerate()
+        .flat_map(|(op, o)| o.inputs.iter().enumerate().map(move |(input, origin)| (op, input, kind(origin))))
+        .collect();
+    assert!(inputs.iter().all(|i| i.2 != "unknown"), "every input has an origin");
+    for k in ["op", "state", "constant", "batch", "sum", "layout"] {
+        // Up to six inputs of this origin, spread over the step, until one whose mislaying matters.
+        let of_kind: Vec<_> = inputs.iter().filter(|i| i.2 == k).collect();
+        assert!(!of_kind.is_empty(), "no input of origin {k}");
+        let stride = (of_kind.len() / 6).max(1);
+        let mut changed = false;
+        for &&(op, input, _) in of_kind.iter().step_by(stride).take(6) {
+            let behaviour = Behaviour::MislaidInput { step: 2, op, input };
+            let cheat = f.cheat(behaviour);
+            if cheat.hashes == f.honest.hashes {
+                continue;
+            }
+            let s = f.duel(&cheat, Conduct::Faithful, false);
+            let (at_step, at_record, fault) = honest_won(&s, false);
+            assert_eq!((at_step, at_record), (Some(2), Some(op as u64)), "{behaviour:?} ({k}): {fault}");
+            changed = true;
+            break;
+        }
+        assert!(changed, "no mislaid input of origin {k} changed the run");
+    }
+}
+
 #[test]
 fn breaking_the_protocol_loses() {
     let f = fixture();

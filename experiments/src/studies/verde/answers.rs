@@ -23,7 +23,7 @@ pub(super) struct AnswerRow {
     every: Option<u64>,
     /// Steps re-run per answer for the last step.
     replayed: u64,
-    /// Wall seconds of both answers for the last step (the trace, then one operator's inputs).
+    /// Wall seconds of both answers for the last step (the trace, then the step again keeping every input, for the evidence).
     answer_seconds: f64,
     /// Wall seconds of the run itself, keeping its checkpoints.
     run_seconds: f64,
@@ -50,8 +50,8 @@ pub(super) fn answer_times(quick: bool) -> Result<Vec<AnswerRow>> {
             eprintln!("  answering for step {steps} of {model}, checkpoints {}", every.map_or("none".into(), |k| format!("every {k}")));
             let run = execute_with(&program, Behaviour::Honest, every.map_or(Checkpoints::None, Checkpoints::Every))?;
             let began = Instant::now();
-            let (trace, _) = run.trace_step(steps, Keep::Nothing)?;
-            run.trace_step(steps, Keep::Op(0))?;
+            let trace = run.trace_step(steps, Keep::Nothing)?.trace;
+            run.trace_step(steps, Keep::All)?;
             let answer_seconds = began.elapsed().as_secs_f64();
             anyhow::ensure!(trace.commitment().len > 1, "step {steps} of {model} has an empty trace");
             rows.push(AnswerRow {
@@ -72,7 +72,7 @@ pub(super) fn answer_times(quick: bool) -> Result<Vec<AnswerRow>> {
 /// The report's section.
 pub(super) fn section(rows: &[AnswerRow]) -> String {
     let mut m = String::from("\n## Answering against the checkpoint interval\n\n");
-    m += "To answer the referee for step k, a trainer re-runs it twice (its operator trace, then one operator's inputs), each time from the last state it kept before k — from the start if it keeps none. Measured for the last step of an honest run, the worst case without checkpoints; wall times on this machine.\n\n";
+    m += "To answer the referee for step k, a trainer re-runs it twice (its operator trace, then again keeping every operator's inputs, from which it sends the disputed operator's inputs and whatever its inputs are made from), each time from the last state it kept before k — from the start if it keeps none. Measured for the last step of an honest run, the worst case without checkpoints; wall times on this machine.\n\n";
     m += "| model | params | steps n | checkpoints | steps re-run per answer | answer time | run time | checkpoint memory |\n|---|---|---|---|---|---|---|---|\n";
     for r in rows {
         let _ = writeln!(

@@ -1,4 +1,4 @@
-//! The Verde study (`swarmlab reproduce verde`): disputes between an honest run and six kinds of cheat for
+//! The Verde study (`swarmlab reproduce verde`): disputes between an honest run and nine kinds of cheat for
 //! runs of several lengths and two model sizes — bisection rounds against log2 n + log2 m, bytes
 //! exchanged, the referee's one re-executed operator against replicating the run — and the negative
 //! case, honest trainers on native kernels; and the answer time against the trainers' checkpoint
@@ -106,6 +106,13 @@ fn cheats(steps: u64, ops: usize, rng: &mut impl Rng) -> Vec<TrainerSpec> {
             conduct: Conduct::Inconsistent { from: 2 },
         },
         TrainerSpec { behaviour: Behaviour::Lazy { from: step(rng) }, conduct: Conduct::Silent { from: 3 } },
+        // Cheats outside the operators: an attribute, the data, a layout.
+        faithful(Behaviour::ForgeLr { step: step(rng), factor: 2.0 }),
+        faithful({
+            let at = step(rng);
+            Behaviour::ForgeBatch { step: at, data_step: at + 1 }
+        }),
+        faithful(Behaviour::MislaidInput { step: step(rng), op: rng.random_range(0..ops), input: 0 }),
     ]
 }
 
@@ -115,15 +122,22 @@ fn study_cell(model: &str, steps: u64, rng: &mut impl Rng, rows: &mut Vec<StudyR
     let params = setup.program.model.param_count();
     for (k, mut cheat) in cheats(steps, setup.ops, rng).into_iter().enumerate() {
         let mut run = setup.run(cheat)?;
-        // A perturbed operator whose change never reaches the state leaves nothing to dispute: try others.
+        // A perturbed operator or mislaid input whose change never reaches the state leaves nothing to
+        // dispute: try others.
         for _ in 0..8 {
             if run.hashes.last() != setup.honest.hashes.last() {
                 break;
             }
-            if let Behaviour::PerturbOp { step, delta, .. } = cheat.behaviour {
-                cheat.behaviour = Behaviour::PerturbOp { step, op: rng.random_range(0..setup.ops), delta };
-                run = setup.run(cheat)?;
-            }
+            let op = rng.random_range(0..setup.ops);
+            cheat.behaviour = match cheat.behaviour {
+                Behaviour::PerturbOp { step, delta, .. } => Behaviour::PerturbOp { step, op, delta },
+                Behaviour::MislaidInput { step, .. } => {
+                    let arity = setup.rules.structure.step(step).ops[op].inputs.len();
+                    Behaviour::MislaidInput { step, op, input: rng.random_range(0..arity) }
+                }
+                _ => break,
+            };
+            run = setup.run(cheat)?;
         }
         let cheat_first = k % 2 == 1;
         let honest = (setup.honest.clone(), Conduct::Faithful);
@@ -139,7 +153,9 @@ fn study_cell(model: &str, steps: u64, rng: &mut impl Rng, rows: &mut Vec<StudyR
         let shape = setup.rules.structure.step(expected_step.unwrap_or(2));
         let expected_record = match cheat.behaviour {
             _ if expected_step.is_none() => None,
-            Behaviour::PerturbOp { op, .. } => Some(op as u64),
+            Behaviour::PerturbOp { op, .. } | Behaviour::MislaidInput { op, .. } => Some(op as u64),
+            Behaviour::ForgeBatch { .. } => Some(0),
+            Behaviour::ForgeLr { .. } => shape.ops.iter().position(|o| o.kind == "adam_param").map(|p| p as u64),
             _ => Some(shape.state_index()),
         };
         let j = d.summary.judgement.as_ref();
@@ -239,7 +255,7 @@ fn reproduce(out: Option<PathBuf>, force: bool, quick: bool) -> Result<()> {
     let began = Instant::now();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut rows = Vec::new();
-    eprintln!("swarmlab reproduce verde{}: disputes against six cheats per run", if quick { " --quick" } else { "" });
+    eprintln!("swarmlab reproduce verde{}: disputes against nine cheats per run", if quick { " --quick" } else { "" });
     for (model, lengths) in cells {
         for &steps in *lengths {
             study_cell(model, steps, &mut rng, &mut rows)?;
@@ -327,7 +343,7 @@ fn markdown(s: &VerdeFindings) -> String {
         );
     }
     m += "\nRecords of a step: its operators, then the state record listing the state's tensors. A perturbed weight, a lazy step or a lie about the final state is settled at the state record by provenance (each listed tensor must be the output of the operator the program's structure says produced it) or by the state hash itself — hashes and Merkle proofs, no re-execution. A perturbed operator is settled by re-executing it. Cheats marked +inconsistent or +silent lose by a bad proof or a timeout before any step is located.\n\n";
-    m += "Bytes are everything exchanged with the referee, both parties, encoded; they are dominated by the evidence (one operator's inputs, or the provenance of every state tensor).\n\n";
+    m += "Bytes are everything exchanged with the referee, both parties, encoded; they are dominated by the evidence (the disputed operator's inputs and the tensors any of them is made from outside the tape, the state the step starts from, or the provenance of every state tensor).\n\n";
     let n = &s.negative;
     m += "## The negative case: native kernels\n\n";
     let fmt = |v: &[(usize, String)]| {
