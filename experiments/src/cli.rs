@@ -153,6 +153,12 @@ enum Command {
         /// steps instead of the run up to it (default: no checkpoints).
         #[arg(long, value_name = "K")]
         checkpoint_every: Option<u64>,
+        /// Verify an evaluation instead of training: the model the program trains in --steps steps is
+        /// scored on ITEMS committed held-out batches, and the trainers become evaluators claiming its
+        /// score (a cheat forges it: perturb-weight makes the running sum up, lazy skips items,
+        /// forge-batch scores other items).
+        #[arg(long, value_name = "ITEMS")]
+        evaluate: Option<u64>,
         /// Record the settlement's deposits and slashings in this stake ledger file (created if missing):
         /// signed entries, checked on every opening (needs --key).
         #[arg(long, requires = "key")]
@@ -463,7 +469,18 @@ where
             }
             sapo_swarm::train(cfg, out)
         }
-        Command::Verify { model, steps, trainers, deadline_s, checkpoint_every, ledger, key, backend, print_final } => {
+        Command::Verify {
+            model,
+            steps,
+            trainers,
+            deadline_s,
+            checkpoint_every,
+            evaluate,
+            ledger,
+            key,
+            backend,
+            print_final,
+        } => {
             let backend = match backend.as_str() {
                 "repops" => models::Backend::RepOps,
                 "native" if print_final => models::Backend::Native,
@@ -473,7 +490,8 @@ where
             if print_final {
                 verify::print_final(&model, steps, backend)
             } else {
-                verify::verify(&model, steps, trainers, deadline_s, checkpoint_every, ledger.zip(key))
+                let how = verify::Verification { deadline_s, checkpoint_every, evaluate, ledger: ledger.zip(key) };
+                verify::verify(&model, steps, trainers, how)
             }
         }
         Command::Init { path } => init(&path),

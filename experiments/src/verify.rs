@@ -11,7 +11,7 @@ use models::{Backend, ModelConfig};
 use verde::net::{DisputeRecord, SettleConfig};
 use verde::{
     Behaviour, Checkpoints, Conduct, Execution, LedgerFile, Outcome, Party, Program, Rules, Settlement, Structure,
-    execute, execute_with, settle,
+    Weights, execute, execute_with, settle,
 };
 
 /// One trainer of `swarmlab verify`: how it trains and how it answers the referee.
@@ -276,17 +276,28 @@ fn describe(d: &DisputeRecord, steps: u64, positions: u64) -> String {
     out
 }
 
+/// How `swarmlab verify` settles: deadlines, checkpoints, an evaluation instead of training, a ledger.
+pub(crate) struct Verification {
+    /// How long a trainer may take to answer, in seconds.
+    pub(crate) deadline_s: f64,
+    /// Trainers keep their state every K steps.
+    pub(crate) checkpoint_every: Option<u64>,
+    /// Verify the evaluation of the trained model on this many held-out batches instead.
+    pub(crate) evaluate: Option<u64>,
+    /// The stake ledger file and the referee's key file.
+    pub(crate) ledger: Option<(PathBuf, PathBuf)>,
+}
+
 /// `swarmlab verify`.
-pub(crate) fn verify(
-    model: &str,
-    steps: u64,
-    trainers: Vec<TrainerSpec>,
-    deadline_s: f64,
-    checkpoint_every: Option<u64>,
-    ledger: Option<(PathBuf, PathBuf)>,
-) -> Result<()> {
+pub(crate) fn verify(model: &str, steps: u64, trainers: Vec<TrainerSpec>, how: Verification) -> Result<()> {
+    let Verification { deadline_s, checkpoint_every, evaluate, ledger } = how;
     // The program first: its length is checked before the default trainers are made from it.
-    let program = program(model, steps, Backend::RepOps)?;
+    let mut program = program(model, steps, Backend::RepOps)?;
+    if let Some(items) = evaluate {
+        check_steps(items).context("--evaluate")?;
+        program = program.evaluation(Weights::trained_by(&program)?, items);
+    }
+    let steps = program.steps;
     let trainers = if trainers.is_empty() {
         let mid = steps.div_ceil(2);
         ["honest", &format!("perturb-op@{mid}:17"), &format!("lazy@{}", steps.min(mid + 1)), "honest"]
@@ -309,26 +320,38 @@ pub(crate) fn verify(
     };
     let setup = Setup::keeping(program, Duration::from_secs_f64(deadline_s), checkpoints)?;
     let params = setup.program.model.param_count();
+    let what = if evaluate.is_some() { "an evaluation of the trained " } else { "" };
     eprintln!(
-        "program: {model} model ({params} parameters), {steps} steps of {} operators each (repops; structure derived in {:.2} s); trainers keep {}",
+        "program: {what}{model} model ({params} parameters), {steps} {} of {} operators each (repops; structure derived in {:.2} s); {} keep {}",
+        if evaluate.is_some() { "items" } else { "steps" },
         setup.ops,
         began.elapsed().as_secs_f64(),
+        if evaluate.is_some() { "evaluators" } else { "trainers" },
         checkpoint_every.map_or("no checkpoints".to_owned(), |k| format!("a checkpoint every {k} steps"))
     );
     let mut runs = Vec::new();
     for (i, spec) in trainers.iter().enumerate() {
         let e = setup.run(*spec)?;
+        let score = e.score().map_or(String::new(), |s| format!(", claims score {:.6} (sum {})", s.mean(), s.sum));
         println!(
-            "trainer {i}: {:<28} final state {} ({:.2} s)",
+            "trainer {i}: {:<28} final state {} ({:.2} s){score}",
             spec.to_string(),
             short(e.hashes.last().unwrap_or(&[0; 32])),
             e.seconds
         );
         runs.push((e, spec.conduct));
     }
+    let scores: Vec<Option<verde::Score>> = runs.iter().map(|(e, _)| e.score()).collect();
     let settlement =
         settle(&setup.rules, runs, &SettleConfig { deadline: setup.rules.deadline, ..SettleConfig::default() })?;
     print_settlement(&settlement, &setup, trainers.len());
+    if let Some(accepted) = settlement.accepted {
+        // The accepted score: a standing evaluator's claim, checked against the accepted final state.
+        let score = scores.iter().flatten().find(|s| s.check(&accepted).is_ok());
+        if let Some(s) = score {
+            println!("accepted score: {:.6} nats per item over {} items (sum {})", s.mean(), s.items, s.sum);
+        }
+    }
     if let Some((ledger, referee)) = &mut ledger {
         record(ledger, referee, &settlement)?;
     }

@@ -398,6 +398,15 @@ fn verify_settles_every_claim_and_names_bad_trainers() -> Result<(), Box<dyn std
         assert!(stdout.contains(says), "{says}: {stdout}");
     }
     assert!(stdout.contains("(trainers 0)") && !stdout.contains("both lose"), "{stdout}");
+    // A verified evaluation: a made-up score and skipped items lose; the honest score is accepted.
+    let out = swarmlab()
+        .args(["verify", "--steps", "3", "--evaluate", "4", "--trainer", "perturb-weight@2", "--trainer", "honest"])
+        .args(["--trainer", "lazy@3"])
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("trainer 1 wins; trainer 0 wrong claim: state tensor e:sum"), "{stdout}");
+    assert!(stdout.contains("(trainers 1)") && stdout.contains("accepted score: "), "{stdout}");
     for (bad, says) in [
         ("lazy", "lazy needs @STEP"),
         ("perturb-op@2", "perturb-op needs @STEP:OP"),

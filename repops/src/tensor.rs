@@ -496,6 +496,14 @@ pub fn adamw_step(
     Ok((p, m, v))
 }
 
+/// A [`HostTensor`] as a tensor on `device` (the inverse of [`to_host`]).
+pub fn from_host(t: &HostTensor, device: &candle_core::Device) -> Result<Tensor> {
+    Ok(match &t.data {
+        HostData::F32(v) => Tensor::from_vec(v.clone(), t.shape.as_slice(), device)?,
+        HostData::U32(v) => Tensor::from_vec(v.clone(), t.shape.as_slice(), device)?,
+    })
+}
+
 /// A tensor's contents as a [`HostTensor`] (f32 or u32), for tapes and tests.
 pub fn to_host(t: &Tensor) -> Result<HostTensor> {
     let shape = t.dims().to_vec();

@@ -8,6 +8,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`merkle`] | Merkle trees over blake3 hashes, inclusion proofs and their checks |
+//! | [`eval`] | verifiable evaluation: a model's score on a committed held-out set, disputed like training |
 //! | [`audit`] | probabilistic checkpoint audits: segments, the draw after the commitment, re-execution, the closed form |
 //! | [`bisection`] | the bisection game of both dispute phases, as a sans-IO state machine |
 //! | [`program`] | the training program (repops), trainers honest and dishonest, state manifests and commitments |
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod bisection;
 pub mod defender;
 pub mod error;
+pub mod eval;
 pub mod ledger;
 pub mod merkle;
 pub mod net;
@@ -35,13 +37,15 @@ pub mod trace;
 pub use bisection::{Bisection, Commitment, Opening, Party, Progress};
 pub use defender::{Conduct, Defender};
 pub use error::{Error, Result};
+pub use eval::Score;
 pub use ledger::{Entry, Ledger, LedgerFile, Movement};
 pub use merkle::{Hash, MerkleTree, Proof, leaf_hash, verify};
 pub use net::{Settlement, settle};
 pub use audit::{AuditOutcome, Segment};
 pub use origin::{BatchPart, Glue, Origin, Source};
 pub use program::{
-    Behaviour, Checkpoint, Checkpoints, Execution, Program, StateManifest, TracedStep, Trainer, execute, execute_with,
+    Behaviour, Checkpoint, Checkpoints, Execution, Program, StateManifest, Task, TracedStep, Trainer, Weights, execute,
+    execute_with,
 };
 pub use referee::{Answer, Ask, Dispute, Fault, Outcome, Rules, Summary};
 pub use structure::{OpShape, StepShape, Structure};

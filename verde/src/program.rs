@@ -40,9 +40,64 @@ pub struct Program {
     pub data_seed: u64,
     /// The data.
     pub corpus: SyntheticConfig,
+    /// Training, or evaluating a given model ([`Task::Evaluate`]).
+    pub task: Task,
+}
+
+/// What a program does with its steps.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Task {
+    /// Each step trains on a batch of the training tokens (forward, backward, AdamW).
+    #[default]
+    Train,
+    /// Verifiable evaluation: each step — one item — takes the mean loss of the given model on a batch
+    /// drawn from the held-out tokens (by the program's seed and the item's number) and adds it to a
+    /// running sum, the only state; the score is the final sum over the items ([`crate::eval`]). The
+    /// model's weights are a constant of the program, so a dispute over a claimed score runs as over a
+    /// training run: bisection over items, then over one item's operators.
+    Evaluate(Weights),
+}
+
+/// A model's weights, by name, in host memory: the model an evaluation program scores.
+#[derive(Clone, PartialEq)]
+pub struct Weights(pub std::sync::Arc<BTreeMap<String, HostTensor>>);
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut h = blake3::Hasher::new();
+        for (name, t) in self.0.iter() {
+            h.update(blake3::hash(name.as_bytes()).as_bytes());
+            h.update(&hash_view(&t.view()));
+        }
+        write!(f, "Weights({} tensors, {})", self.0.len(), &h.finalize().to_hex()[..16])
+    }
+}
+
+impl Weights {
+    /// The weights `program` ends its training with (run honestly; on repops every run gives the same).
+    pub fn trained_by(program: &Program) -> Result<Self> {
+        let mut trainer = Trainer::new(program)?;
+        for step in 1..=program.steps {
+            trainer.step(step)?;
+        }
+        let weights = trainer
+            .model
+            .params()
+            .snapshot()
+            .into_iter()
+            .map(|(name, t)| Ok((name, repops::tensor::to_host(&t).map_err(program_error)?)))
+            .collect::<Result<_>>()?;
+        Ok(Self(std::sync::Arc::new(weights)))
+    }
 }
 
 impl Program {
+    /// The evaluation of `weights` (a model of this program's configuration) on `items` batches of the
+    /// held-out tokens.
+    pub fn evaluation(&self, weights: Weights, items: u64) -> Self {
+        Self { steps: items, task: Task::Evaluate(weights), ..self.clone() }
+    }
+
     /// A tiny program: a 2-layer model of width 32 on the synthetic language, batches of 4 × 16 tokens.
     pub fn tiny(steps: u64) -> Self {
         Self {
@@ -53,6 +108,7 @@ impl Program {
             steps,
             data_seed: 3,
             corpus: SyntheticConfig { train_tokens: 1 << 14, val_tokens: 1024, ..SyntheticConfig::default() },
+            task: Task::Train,
         }
     }
 }
@@ -225,7 +281,12 @@ pub struct Trainer {
     corpus: Corpus,
     model: Llama,
     optim: AdamW,
+    /// In an evaluation: the running sum of the items' losses (a scalar), its whole state.
+    sum: Option<Tensor>,
 }
+
+/// The key of an evaluation's running sum in its state manifest.
+pub const SUM_KEY: &str = "e:sum";
 
 impl Trainer {
     /// The program's initial state (without gradient clipping, whatever the optimizer config says).
@@ -234,7 +295,18 @@ impl Trainer {
         let model = Llama::new(&program.model, 1, &Device::Cpu).map_err(program_error)?;
         let optim_cfg = OptimConfig { grad_clip: 0.0, ..program.optim.clone() };
         let optim = AdamW::new(optim_cfg, program.model.backend).map_err(program_error)?;
-        Ok(Self { program: program.clone(), corpus, model, optim })
+        let sum = match &program.task {
+            Task::Train => None,
+            Task::Evaluate(weights) => {
+                let params = model.params();
+                for (name, value) in weights.0.iter() {
+                    let t = repops::tensor::from_host(value, &Device::Cpu).map_err(program_error)?;
+                    params.set(name, &t).map_err(|e| program_error(format!("the evaluated weight {name}: {e}")))?;
+                }
+                Some(Tensor::zeros((), candle_core::DType::F32, &Device::Cpu).map_err(program_error)?)
+            }
+        };
+        Ok(Self { program: program.clone(), corpus, model, optim, sum })
     }
 
     /// Trains step `step` (1-based): the program's batch for that step, forward, backward, AdamW.
@@ -246,9 +318,15 @@ impl Trainer {
     /// than the one being trained is a cheat).
     fn train_on(&mut self, data_step: u64) -> Result<()> {
         let p = &self.program;
-        let (ids, targets) = batch(&self.corpus.train, p.batch, p.seq, p.data_seed, data_step)?;
-        let params = self.model.params();
+        let (ids, targets) = batch(self.tokens(), p.batch, p.seq, p.data_seed, data_step)?;
         let loss = self.model.loss(&ids, &targets).map_err(program_error)?;
+        if let Some(sum) = &self.sum {
+            // An evaluation item: no gradient, no update; the loss joins the running sum.
+            let sum = repops::tensor::add(sum, &loss.detach()).map_err(program_error)?;
+            self.sum = Some(sum);
+            return Ok(());
+        }
+        let params = self.model.params();
         let grads = params.grads(&loss.backward().map_err(program_error)?);
         self.optim.step(&params, &grads).map_err(program_error)?;
         Ok(())
@@ -264,17 +342,33 @@ impl Trainer {
     /// The program's batch for step `step` (ids, targets) in host memory.
     pub fn batch_host(&self, step: u64) -> Result<[HostTensor; 2]> {
         let p = &self.program;
-        batch_host(&self.corpus.train, p.batch, p.seq, p.data_seed, step)
+        batch_host(self.tokens(), p.batch, p.seq, p.data_seed, step)
     }
 
-    /// The training tokens the program draws its batches from.
+    /// The tokens the program draws its batches from: the training tokens, or the held-out ones in an
+    /// evaluation.
     pub fn tokens(&self) -> &[u32] {
-        &self.corpus.train
+        match self.program.task {
+            Task::Train => &self.corpus.train,
+            Task::Evaluate(_) => &self.corpus.val,
+        }
     }
 
-    /// The manifest of the current state, claimed as the state after `step` steps.
+    /// The manifest of the current state, claimed as the state after `step` steps: the weights and
+    /// moments, or an evaluation's running sum alone.
     pub fn manifest(&self, step: u64) -> Result<StateManifest> {
-        StateManifest::of(&self.model.params().snapshot(), &self.optim.state().1, step)
+        match &self.sum {
+            Some(sum) => {
+                let host = repops::tensor::to_host(sum).map_err(program_error)?;
+                Ok(StateManifest { step, entries: vec![(SUM_KEY.to_owned(), hash_view(&host.view()))] })
+            }
+            None => StateManifest::of(&self.model.params().snapshot(), &self.optim.state().1, step),
+        }
+    }
+
+    /// An evaluation's running sum (`None` when training).
+    pub fn sum(&self) -> Result<Option<f32>> {
+        self.sum.as_ref().map(|s| s.to_scalar::<f32>().map_err(program_error)).transpose()
     }
 
     /// The hash of the current state, claimed as the state after `step` steps ([`StateManifest::hash`]).
@@ -285,7 +379,7 @@ impl Trainer {
     /// The whole state after `step` steps, to re-run from.
     fn checkpoint(&self, step: u64) -> Checkpoint {
         let (optim_step, moments) = self.optim.state();
-        Checkpoint { step, weights: self.model.params().snapshot(), optim_step, moments }
+        Checkpoint { step, weights: self.model.params().snapshot(), optim_step, moments, sum: self.sum.clone() }
     }
 
     /// The program's trainer in the state `checkpoint` kept.
@@ -296,11 +390,17 @@ impl Trainer {
             params.set(name, value).map_err(program_error)?;
         }
         trainer.optim.restore(checkpoint.optim_step, &checkpoint.moments).map_err(program_error)?;
+        trainer.sum = checkpoint.sum.clone();
         Ok(trainer)
     }
 
-    /// Adds `delta` to the first element of the first weight (a cheat).
-    fn perturb(&self, delta: f32) -> Result<()> {
+    /// Adds `delta` to the first element of the first weight — or, in an evaluation, to the running sum
+    /// (a forged score) — as a cheat.
+    fn perturb(&mut self, delta: f32) -> Result<()> {
+        if let Some(sum) = &self.sum {
+            self.sum = Some((sum + f64::from(delta)).map_err(program_error)?);
+            return Ok(());
+        }
         let params = self.model.params();
         let (name, t) = params.snapshot().into_iter().next().ok_or_else(|| program_error("no weights"))?;
         let mut v = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(program_error)?;
@@ -375,6 +475,8 @@ pub struct Checkpoint {
     weights: BTreeMap<String, Tensor>,
     optim_step: u64,
     moments: BTreeMap<String, Tensor>,
+    /// An evaluation's running sum.
+    sum: Option<Tensor>,
 }
 
 impl Checkpoint {
@@ -402,6 +504,8 @@ pub struct Execution {
     checkpoints: Vec<Checkpoint>,
     /// Wall time the run took.
     pub seconds: f64,
+    /// An evaluation's final running sum, as this run ended it (`None` for training).
+    pub sum: Option<f32>,
 }
 
 impl Execution {
@@ -416,6 +520,7 @@ impl Execution {
             tree,
             checkpoints: vec![],
             seconds: 0.0,
+            sum: None,
         })
     }
 
@@ -539,6 +644,7 @@ pub fn execute_with(program: &Program, behaviour: Behaviour, checkpoints: Checkp
         tree,
         checkpoints: kept,
         seconds: began.elapsed().as_secs_f64(),
+        sum: trainer.sum()?,
     })
 }
 

@@ -173,6 +173,56 @@ fn a_mislaid_input_of_any_origin_loses() {
     }
 }
 
+/// Verifiable evaluation: a forged score — made up, from skipped items, on other items, on another
+/// model, or from a mislaid tensor — loses its dispute against an honest evaluator, found at the item
+/// it first departs at; honest evaluators agree on the score.
+#[test]
+fn a_forged_evaluation_score_loses() {
+    let trained = Program::tiny(4);
+    let weights = verde::Weights::trained_by(&trained).expect("trained");
+    let items = 6;
+    let program = trained.evaluation(weights, items);
+    let structure = Arc::new(Structure::of(&program).expect("structure"));
+    let honest = Arc::new(execute(&program, Behaviour::Honest).expect("evaluation"));
+    let f = Fixture { program: program.clone(), structure: structure.clone(), honest: honest.clone() };
+    let score = honest.score().expect("a score");
+    let twin = f.cheat(Behaviour::Honest);
+    let s = f.settle(vec![(honest.clone(), Conduct::Faithful), (twin, Conduct::Faithful)]);
+    assert!(s.disputes.is_empty(), "honest evaluators agree");
+    score.check(&s.accepted.expect("accepted")).expect("the accepted state holds the honest score");
+
+    let shape = structure.step(3);
+    assert!(shape.ops.iter().all(|o| !o.kind.starts_with("adam")), "an evaluation does not train");
+    let constants = shape.ops.iter().flat_map(|o| &o.inputs);
+    assert!(constants.filter(|o| matches!(o, verde::Origin::Is(verde::Source::Constant(_)))).count() > 10, "weights");
+    let sum_record = shape.state_index();
+    let norm = shape.ops.iter().position(|o| o.kind == "rms_norm").expect("a norm");
+    let cases = [
+        (Behaviour::PerturbWeight { step: 3, delta: -0.5 }, 3, sum_record, "made up"),
+        (Behaviour::Lazy { from: 4 }, 4, structure.step(4).state_index(), "skipped items"),
+        (Behaviour::ForgeBatch { step: 2, data_step: 9 }, 2, 0, "other items"),
+        (Behaviour::MislaidInput { step: 5, op: norm, input: 0 }, 5, norm as u64, "a mislaid activation"),
+    ];
+    for (behaviour, item, record, what) in cases {
+        let cheat = f.cheat(behaviour);
+        let claim = cheat.score().expect("a score");
+        assert_ne!(claim.sum, score.sum, "{what}: the cheat claims another score");
+        claim.check(cheat.hashes.last().expect("hashes")).expect("the cheat's claim matches its own commitment");
+        for cheat_first in [false, true] {
+            let s = f.duel(&cheat, Conduct::Faithful, cheat_first);
+            let (at_item, at_record, fault) = honest_won(&s, cheat_first);
+            assert_eq!((at_item, at_record), (Some(item), Some(record)), "{what}: {fault}");
+            assert_eq!(s.accepted, honest.hashes.last().copied(), "{what}");
+        }
+    }
+    // Another model's score: its weights are not the program's constants.
+    let other = trained.evaluation(verde::Weights::trained_by(&Program::tiny(2)).expect("trained"), items);
+    let cheat = Arc::new(execute(&other, Behaviour::Honest).expect("evaluation"));
+    let s = f.duel(&cheat, Conduct::Faithful, true);
+    let (at_item, _, fault) = honest_won(&s, true);
+    assert_eq!(at_item, Some(1), "another model: {fault}");
+}
+
 #[test]
 fn breaking_the_protocol_loses() {
     let f = fixture();

@@ -2,11 +2,13 @@
 //! runs of several lengths and two model sizes — bisection rounds against log2 n + log2 m, bytes
 //! exchanged, the referee's one re-executed operator against replicating the run — and the negative
 //! case, honest trainers on native kernels; and the answer time against the trainers' checkpoint
-//! interval ([`answers`]); and probabilistic checkpoint audits against their closed form ([`audits`]). It
-//! writes report.md and verde.json.
+//! interval ([`answers`]); probabilistic checkpoint audits against their closed form ([`audits`]); and
+//! verifiable evaluation, forged scores disputed against an honest one ([`evaluation`]). It writes
+//! report.md and verde.json.
 
 mod answers;
 mod audits;
+mod evaluation;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,6 +91,7 @@ struct VerdeFindings {
     negative: NegativeCase,
     answers: Vec<answers::AnswerRow>,
     audits: audits::AuditStudy,
+    evaluation: evaluation::EvalStudy,
     seconds: f64,
 }
 
@@ -267,7 +270,10 @@ fn reproduce(out: Option<PathBuf>, force: bool, quick: bool) -> Result<()> {
     let answers = answers::answer_times(quick)?;
     eprintln!("  probabilistic checkpoint audits");
     let audits = audits::audit_study(quick)?;
-    let study = VerdeFindings { quick, rows, negative, answers, audits, seconds: began.elapsed().as_secs_f64() };
+    eprintln!("  verifiable evaluation");
+    let evaluation = evaluation::evaluation_study(quick)?;
+    let study =
+        VerdeFindings { quick, rows, negative, answers, audits, evaluation, seconds: began.elapsed().as_secs_f64() };
     write_atomic(&out.join("verde.json"), serde_json::to_string_pretty(&study)?.as_bytes())?;
     write_atomic(&out.join("report.md"), markdown(&study).as_bytes())?;
     println!("report: {}", out.join("report.md").display());
@@ -371,6 +377,7 @@ fn markdown(s: &VerdeFindings) -> String {
     );
     m += &answers::section(&s.answers);
     m += &audits::section(&s.audits);
-    m += "\n## Limits\n\n- The trainers of the disputes above keep no checkpoints (they answer from the start of the run, as the table's first rows); `swarmlab verify --checkpoint-every K` gives them checkpoints.\n- The step's structure is derived by a dry run of the program's first two steps; inputs computed outside the op tape (the data batch, constants, candle's layout operations) have no provenance, and a dispute that lands on one of them ends with both parties losing (none of the cheats here does).\n- The stakes of these disputes are kept in memory; `swarmlab verify --ledger FILE --key KEY` keeps them in a file of signed entries.\n";
+    m += &evaluation::section(&s.evaluation);
+    m += "\n## Limits\n\n- The trainers of the disputes above keep no checkpoints (they answer from the start of the run, as the table's first rows); `swarmlab verify --checkpoint-every K` gives them checkpoints.\n- The step's structure is derived by a dry run of the program's first two steps (beside a run on other data, which tells the program's constants from its data). Every input of this program's operators has an origin the referee can check — an earlier operator, the agreed state, a constant, the batch re-drawn from the seed, or candle's layouts and gradient sums re-done bit for bit — and AdamW's attributes are re-derived per step; a program with an input of no known origin (another model's glue than reshapes, transposes of the middle dimensions and sums of up to three terms) would leave a dispute on it undecided, and `Structure::unknown_inputs` lists such inputs.\n- The stakes of these disputes are kept in memory; `swarmlab verify --ledger FILE --key KEY` keeps them in a file of signed entries.\n";
     m
 }
