@@ -132,31 +132,35 @@ impl Codec {
     }
 }
 
-/// Decodes with bincode's claim limit set just above the payload's length.
+/// Decodes with bincode's claim limit set to what the payload can legitimately expand to.
 ///
-/// Every length a valid message claims (a string's, a byte buffer's) is backed by bytes of the payload,
-/// so a limit of at least `payload.len()` rejects nothing valid; and it stops a claim of, say, 2^63 bytes
-/// from being allocated before the decoder notices the bytes are not there. bincode takes the limit as
-/// a const generic, so it is picked from buckets growing by 4x: allocations while decoding stay within
-/// 4x the frame's length (at least 4 KiB), plus serde's cautious pre-allocation (at most 1 MiB) per container.
+/// bincode counts, while decoding, the memory each container claims: `len × size_of::<T>()` for a
+/// sequence of `len` elements of `T`, and a string's or byte buffer's length. An element can be much
+/// smaller on the wire than in memory — an empty `Vec` is one byte encoded and 24 bytes in memory, a
+/// tensor's shape one byte per dimension and eight in memory — so the limit is a multiple of the
+/// payload's length: 64x for payloads up to 16 MiB (at least 256 KiB), 16x above (large payloads are
+/// dominated by tensor data, whose claims match its bytes). It still stops a claim of, say, 2^63 bytes
+/// from being allocated before the decoder notices the bytes are not there. bincode takes the limit as a
+/// const generic, so it is picked from payload buckets growing by 4x.
 fn decode_bounded<'de, M: Deserialize<'de>>(payload: &'de [u8]) -> Result<(M, usize), bincode::error::DecodeError> {
     fn with<'de, M: Deserialize<'de>, const LIMIT: usize>(
         payload: &'de [u8],
     ) -> Result<(M, usize), bincode::error::DecodeError> {
         bincode::serde::borrow_decode_from_slice(payload, bincode_config().with_limit::<LIMIT>())
     }
+    const SMALL: usize = 64;
+    const LARGE: usize = 16;
     match payload.len() {
-        n if n <= 0x1000 => with::<M, 0x1000>(payload),
-        n if n <= 0x4000 => with::<M, 0x4000>(payload),
-        n if n <= 0x1_0000 => with::<M, 0x1_0000>(payload),
-        n if n <= 0x4_0000 => with::<M, 0x4_0000>(payload),
-        n if n <= 0x10_0000 => with::<M, 0x10_0000>(payload),
-        n if n <= 0x40_0000 => with::<M, 0x40_0000>(payload),
-        n if n <= 0x100_0000 => with::<M, 0x100_0000>(payload),
-        n if n <= 0x400_0000 => with::<M, 0x400_0000>(payload),
-        n if n <= 0x1000_0000 => with::<M, 0x1000_0000>(payload),
-        n if n <= 0x4000_0000 => with::<M, 0x4000_0000>(payload),
-        _ => with::<M, MAX_FRAME_CEILING>(payload),
+        n if n <= 0x1000 => with::<M, { 0x1000 * SMALL }>(payload),
+        n if n <= 0x4000 => with::<M, { 0x4000 * SMALL }>(payload),
+        n if n <= 0x1_0000 => with::<M, { 0x1_0000 * SMALL }>(payload),
+        n if n <= 0x4_0000 => with::<M, { 0x4_0000 * SMALL }>(payload),
+        n if n <= 0x10_0000 => with::<M, { 0x10_0000 * SMALL }>(payload),
+        n if n <= 0x40_0000 => with::<M, { 0x40_0000 * SMALL }>(payload),
+        n if n <= 0x100_0000 => with::<M, { 0x100_0000 * SMALL }>(payload),
+        n if n <= 0x400_0000 => with::<M, { 0x400_0000 * LARGE }>(payload),
+        n if n <= 0x1000_0000 => with::<M, { 0x1000_0000 * LARGE }>(payload),
+        _ => with::<M, { MAX_FRAME_CEILING.saturating_mul(LARGE) }>(payload),
     }
 }
 
@@ -433,6 +437,18 @@ mod tests {
         let start = payload.as_ptr() as usize;
         let at = blob.0.as_ptr() as usize;
         assert!(at >= start && at < start + payload.len(), "blob was copied");
+    }
+
+    #[test]
+    fn small_elements_that_are_large_in_memory_decode() {
+        // One byte per empty vector on the wire, 24 in memory; eight per dimension of a shape.
+        let codec = Codec::default();
+        let empties: Vec<Vec<usize>> = vec![Vec::new(); 1000];
+        let shapes: Vec<Vec<usize>> = vec![vec![4, 16, 32]; 1000];
+        for v in [empties, shapes] {
+            let decoded: Vec<Vec<usize>> = codec.decode(&codec.encode(&v).expect("encode")).expect("decode");
+            assert_eq!(decoded, v);
+        }
     }
 
     #[test]
