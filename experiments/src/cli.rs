@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{EXAMPLE, RunConfig};
 use crate::files::{out_dir, write_atomic};
 use crate::studies::{self, Reproduce};
-use crate::{all, launch, node, report, run, sapo_swarm, verify};
+use crate::{all, launch, node, report, run, sapo_swarm, verify, verify_node};
 
 /// swarmlab — decentralized-training protocols on simulated and real swarms.
 ///
@@ -159,6 +159,12 @@ enum Command {
         /// forge-batch scores other items).
         #[arg(long, value_name = "ITEMS")]
         evaluate: Option<u64>,
+        /// Where the dispute runs: `sim` (the simulated network, virtual time) or `quic` (a referee and
+        /// each trainer as `swarmlab node` processes on loopback, QUIC with mutual TLS, real time; the
+        /// run folder is runs/verify-<unix time>, and the referee settles the same trainers on the
+        /// simulated network beside it).
+        #[arg(long, default_value = "sim", value_parser = ["sim", "quic"])]
+        transport: String,
         /// Record the settlement's deposits and slashings in this stake ledger file (created if missing):
         /// signed entries, checked on every opening (needs --key).
         #[arg(long, requires = "key")]
@@ -217,12 +223,15 @@ enum Command {
     /// `sapo`: one SAPO agent (the last `liars` places are lying agents); writes agent-<index>.json.
     /// `pipeline`: one worker of the first arm of a `swarmlab run` configuration (stage = place /
     /// replicas); writes worker-<index>.json with its final loss and the blake3 of its weights (the same
-    /// hash `swarmlab run` puts in summary.json).
+    /// hash `swarmlab run` puts in summary.json). `verify`: Verde between processes — place 0 is the
+    /// referee, every other place a trainer of the configuration's list; writes referee.json (the
+    /// settlement over QUIC beside the same trainers' on the simulated network) or trainer-<index>.json.
     Node {
-        /// What the node runs: `sapo` or `pipeline`.
-        #[arg(long, default_value = "sapo", value_parser = ["sapo", "pipeline"])]
+        /// What the node runs: `sapo`, `pipeline` or `verify`.
+        #[arg(long, default_value = "sapo", value_parser = ["sapo", "pipeline", "verify"])]
         protocol: String,
-        /// The configuration (as for `swarmlab sapo`, or `swarmlab run` with `--protocol pipeline`).
+        /// The configuration (as for `swarmlab sapo`, or `swarmlab run` with `--protocol pipeline`; with
+        /// `--protocol verify`: model, steps, evaluate, trainers, deadline_s, checkpoint_every).
         #[arg(long)]
         config: Option<PathBuf>,
         /// This node's key file (`swarmlab keygen`).
@@ -255,8 +264,8 @@ enum Command {
         /// arm's stages x replicas).
         #[arg(long = "local")]
         local: usize,
-        /// What the nodes run: `sapo` or `pipeline`.
-        #[arg(long, default_value = "sapo", value_parser = ["sapo", "pipeline"])]
+        /// What the nodes run: `sapo`, `pipeline` or `verify` (a referee and the configuration's trainers).
+        #[arg(long, default_value = "sapo", value_parser = ["sapo", "pipeline", "verify"])]
         protocol: String,
         /// The configuration every node runs [default: the built-in one for the protocol].
         #[arg(long)]
@@ -409,6 +418,16 @@ where
             let corpus = std::sync::Arc::new(run::corpus(&cfg)?);
             node::pipeline_node(&cfg, corpus, &key, &peers, out, node_net(idle_timeout_s, bind)?, join)
         }
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, .. } if protocol == "verify" => {
+            let cfg = match config {
+                Some(path) => verify_node::VerifyConfig::parse(
+                    &crate::files::read_text(&path, crate::files::MAX_CONFIG_BYTES)?,
+                    &path.display().to_string(),
+                )?,
+                None => verify_node::VerifyConfig::default(),
+            };
+            verify_node::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
+        }
         Command::Node { config, key, peers, out, idle_timeout_s, bind, .. } => {
             let mut cfg = match config {
                 Some(path) => sapo_swarm::load_config(&path)?,
@@ -476,6 +495,7 @@ where
             deadline_s,
             checkpoint_every,
             evaluate,
+            transport,
             ledger,
             key,
             backend,
@@ -489,6 +509,20 @@ where
             };
             if print_final {
                 verify::print_final(&model, steps, backend)
+            } else if transport == "quic" {
+                if ledger.is_some() {
+                    bail!("--ledger goes with --transport sim: over QUIC the referee node writes referee.json");
+                }
+                let trainers = if trainers.is_empty() { verify::default_trainers(steps)? } else { trainers };
+                let cfg = verify_node::VerifyConfig {
+                    model,
+                    steps,
+                    evaluate,
+                    trainers: trainers.iter().map(ToString::to_string).collect(),
+                    deadline_s,
+                    checkpoint_every,
+                };
+                verify_node::over_quic(&cfg)
             } else {
                 let how = verify::Verification { deadline_s, checkpoint_every, evaluate, ledger: ledger.zip(key) };
                 verify::verify(&model, steps, trainers, how)

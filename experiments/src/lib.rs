@@ -40,6 +40,7 @@ mod sapo_swarm;
 mod studies;
 pub mod threads;
 mod verify;
+mod verify_node;
 mod world;
 
 #[cfg(test)]

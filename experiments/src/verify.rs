@@ -288,37 +288,58 @@ pub(crate) struct Verification {
     pub(crate) ledger: Option<(PathBuf, PathBuf)>,
 }
 
+/// The program `swarmlab verify` (or a verification node) runs: `model` trained for `steps` steps, or,
+/// with `evaluate`, that model's evaluation on so many held-out batches.
+pub(crate) fn verified_program(model: &str, steps: u64, evaluate: Option<u64>) -> Result<Program> {
+    let program = program(model, steps, Backend::RepOps)?;
+    match evaluate {
+        Some(items) => {
+            check_steps(items).context("the evaluation's items")?;
+            Ok(program.evaluation(Weights::trained_by(&program)?, items))
+        }
+        None => Ok(program),
+    }
+}
+
+/// The trainers' checkpoints for `--checkpoint-every`.
+pub(crate) fn checkpoints(every: Option<u64>) -> Result<Checkpoints> {
+    match every {
+        None => Ok(Checkpoints::None),
+        Some(0) => bail!("--checkpoint-every 0: give a number of steps of at least 1 (or leave the flag out for none)"),
+        Some(k) => Ok(Checkpoints::Every(k)),
+    }
+}
+
+/// Checks a deadline in seconds.
+pub(crate) fn check_deadline(deadline_s: f64) -> Result<Duration> {
+    if !(deadline_s > 0.0 && deadline_s <= MAX_DEADLINE_S) {
+        bail!("--deadline-s {deadline_s} must be a positive number of seconds, at most {MAX_DEADLINE_S}");
+    }
+    Ok(Duration::from_secs_f64(deadline_s))
+}
+
+/// The trainers of `swarmlab verify` when none is given: honest, a perturbed operator at the middle
+/// step, lazy from the step after, honest.
+pub(crate) fn default_trainers(steps: u64) -> Result<Vec<TrainerSpec>> {
+    let mid = steps.div_ceil(2);
+    ["honest", &format!("perturb-op@{mid}:17"), &format!("lazy@{}", steps.min(mid + 1)), "honest"]
+        .iter()
+        .map(|s| s.parse().map_err(anyhow::Error::msg))
+        .collect()
+}
+
 /// `swarmlab verify`.
 pub(crate) fn verify(model: &str, steps: u64, trainers: Vec<TrainerSpec>, how: Verification) -> Result<()> {
     let Verification { deadline_s, checkpoint_every, evaluate, ledger } = how;
     // The program first: its length is checked before the default trainers are made from it.
-    let mut program = program(model, steps, Backend::RepOps)?;
-    if let Some(items) = evaluate {
-        check_steps(items).context("--evaluate")?;
-        program = program.evaluation(Weights::trained_by(&program)?, items);
-    }
+    let program = verified_program(model, steps, evaluate)?;
     let steps = program.steps;
-    let trainers = if trainers.is_empty() {
-        let mid = steps.div_ceil(2);
-        ["honest", &format!("perturb-op@{mid}:17"), &format!("lazy@{}", steps.min(mid + 1)), "honest"]
-            .iter()
-            .map(|s| s.parse().map_err(anyhow::Error::msg))
-            .collect::<Result<Vec<TrainerSpec>>>()?
-    } else {
-        trainers
-    };
-    if !(deadline_s > 0.0 && deadline_s <= MAX_DEADLINE_S) {
-        bail!("--deadline-s {deadline_s} must be a positive number of seconds, at most {MAX_DEADLINE_S}");
-    }
+    let trainers = if trainers.is_empty() { default_trainers(steps)? } else { trainers };
+    let deadline = check_deadline(deadline_s)?;
     // The ledger is checked before anything runs.
     let mut ledger = ledger.map(|(path, key)| open_ledger(&path, &key)).transpose()?;
     let began = Instant::now();
-    let checkpoints = match checkpoint_every {
-        None => Checkpoints::None,
-        Some(0) => bail!("--checkpoint-every 0: give a number of steps of at least 1 (or leave the flag out for none)"),
-        Some(k) => Checkpoints::Every(k),
-    };
-    let setup = Setup::keeping(program, Duration::from_secs_f64(deadline_s), checkpoints)?;
+    let setup = Setup::keeping(program, deadline, checkpoints(checkpoint_every)?)?;
     let params = setup.program.model.param_count();
     let what = if evaluate.is_some() { "an evaluation of the trained " } else { "" };
     eprintln!(

@@ -715,3 +715,53 @@ fn a_swarm_carries_on_when_one_of_four_nodes_is_killed() -> Result<(), Box<dyn s
     assert!(report.contains("Leave: peer"), "the others noticed the killed node: {report}");
     Ok(())
 }
+
+/// Verde between node processes: a referee and three trainers on loopback settle as the simulated
+/// network does (the same disputes, winners, steps and records); with the honest trainer that defends
+/// first killed mid-dispute, it loses at the deadline and the other honest trainer takes its claim up
+/// and wins.
+#[test]
+fn verification_nodes_settle_as_the_simulated_network_and_a_killed_defender_loses()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("verify.toml");
+    std::fs::write(
+        &config,
+        "model = \"tiny\"\nsteps = 6\ntrainers = [\"honest\", \"perturb-op@3:17\", \"honest\"]\ndeadline_s = 2.0\n",
+    )?;
+    let launch = |name: &str, kill: Option<&str>| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        let run = dir.path().join(name);
+        let mut command = swarmlab();
+        command.args(["launch", "--local", "4", "--protocol", "verify", "--idle-timeout-s", "2", "--config"]);
+        command.arg(&config).arg("--out").arg(&run);
+        if let Some(k) = kill {
+            command.args(["--kill", k]);
+        }
+        let out = command.output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report = std::fs::read_to_string(run.join("report.md"))?;
+        assert!(report.contains("| referee: "), "{report}");
+        Ok(serde_json::from_str(&std::fs::read_to_string(run.join("nodes/referee.json"))?)?)
+    };
+    let plain = launch("plain", None)?;
+    assert_eq!(plain["same_as_simulated"], true, "{plain}");
+    let disputes = plain["quic"]["disputes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(disputes.len(), 1, "{plain}");
+    assert_eq!(
+        (disputes[0]["winner"].as_u64(), disputes[0]["step"].as_u64(), disputes[0]["record"].as_u64()),
+        (Some(0), Some(3), Some(17))
+    );
+    assert_eq!(plain["quic"]["standing"], serde_json::json!([0, 2]));
+
+    let killed = launch("killed", Some("1@4"))?;
+    let disputes = killed["quic"]["disputes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(disputes.len(), 2, "{killed}");
+    assert!(
+        disputes[0]["outcome"].as_str().is_some_and(|o| o.contains("trainer 1 wins: did not answer in time")),
+        "{killed}"
+    );
+    assert_eq!((disputes[1]["trainer"].as_u64(), disputes[1]["winner"].as_u64()), (Some(2), Some(2)), "{killed}");
+    assert_eq!(killed["quic"]["accepted"], plain["quic"]["accepted"], "the honest state is accepted all the same");
+    assert_eq!(killed["quic"]["standing"], serde_json::json!([2]));
+    Ok(())
+}

@@ -25,11 +25,16 @@ use crate::error::{Error, Result};
 use crate::ledger::{Ledger, Movement};
 use crate::merkle::Hash;
 use crate::program::Execution;
-use crate::referee::{Answer, Ask, Dispute, Outcome, Rules, Summary};
+use crate::referee::{Answer, Ask, Dispute, Fault, Outcome, Rules, Summary};
 
 /// What referee and trainers send each other.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
+    /// A trainer's claim, sent once before any dispute: the final state of its run.
+    Claim {
+        /// The hash of the state it claims the run ends in.
+        final_state: Hash,
+    },
     /// The referee's question in dispute `dispute`.
     Ask {
         /// The dispute.
@@ -83,7 +88,11 @@ pub async fn referee<T: Transport, C: Clock>(
         let payload = codec.encode(&Message::Ask { dispute: id, ask }).map_err(net_error)?;
         traffic.bytes += 2 * payload.len() as u64;
         traffic.messages += 2;
-        transport.broadcast(&parties, payload).await.map_err(net_error)?;
+        for party in parties {
+            // A party that cannot be reached (its process died) gets no question: it loses at the
+            // deadline, as if it had stayed silent.
+            let _ = transport.send(party, payload.clone()).await;
+        }
         let asked_at = clock.now();
         let mut answered = [false; 2];
         while !answered.iter().all(|&a| a) && dispute.outcome().is_none() {
@@ -111,20 +120,28 @@ pub async fn referee<T: Transport, C: Clock>(
             }
         }
     }
-    transport.broadcast_msg(&parties, &Message::Over { dispute: id }).await.map_err(net_error)?;
+    for party in parties {
+        let _ = transport.send_msg(party, &Message::Over { dispute: id }).await;
+    }
     let outcome = dispute.outcome().cloned().ok_or_else(|| net_error("the dispute ended without an outcome"))?;
     Ok((outcome, dispute.summary(), traffic))
 }
 
-/// A trainer's side: answers the referee's questions in every dispute it is part of, until `Close`.
+/// A trainer's side: sends its claim (the final state of `execution`) to the referee, then answers the
+/// referee's questions in every dispute it is part of, until `Close`; `answered` is told how many
+/// questions it has answered so far (progress, for logs).
 pub async fn defend<T: Transport>(
     transport: &T,
     referee: PeerId,
     execution: Arc<Execution>,
     structure: Arc<crate::Structure>,
     conduct: Conduct,
+    mut answered: impl FnMut(u64) + Send,
 ) -> Result<()> {
+    let final_state = execution.hashes.last().copied().ok_or(Error::Empty)?;
+    transport.send_msg(referee, &Message::Claim { final_state }).await.map_err(net_error)?;
     let mut disputes: BTreeMap<u32, Defender> = BTreeMap::new();
+    let mut questions = 0;
     loop {
         let (from, message) = transport.recv_msg::<Message>().await.map_err(net_error)?;
         if from != referee {
@@ -140,13 +157,15 @@ pub async fn defend<T: Transport>(
                         .send_msg(referee, &Message::Answer { dispute, answer: Box::new(answer) })
                         .await
                         .map_err(net_error)?;
+                    questions += 1;
+                    answered(questions);
                 }
             }
             Message::Over { dispute } => {
                 disputes.remove(&dispute);
             }
             Message::Close => return Ok(()),
-            Message::Answer { .. } => {}
+            Message::Answer { .. } | Message::Claim { .. } => {}
         }
     }
 }
@@ -210,7 +229,6 @@ pub fn settle(rules: &Rules, trainers: Vec<(Arc<Execution>, Conduct)>, config: &
     if n == 0 {
         return Err(Error::Program("a settlement needs at least one trainer".into()));
     }
-    let finals: Vec<Hash> = trainers.iter().map(|(e, _)| e.hashes.last().copied().unwrap_or_default()).collect();
     let structure = rules.structure.clone();
     let rules = rules.clone();
     let config = config.clone();
@@ -221,21 +239,20 @@ pub fn settle(rules: &Rules, trainers: Vec<(Arc<Execution>, Conduct)>, config: &
         let swarm = SimSwarm::build(&world, seed).map_err(net_error)?;
         let out = swarm
             .run(move |ctx| {
-                let (trainers, structure, rules, finals, config) =
-                    (trainers.clone(), structure.clone(), rules.clone(), finals.clone(), config.clone());
+                let (trainers, structure, rules, config) =
+                    (trainers.clone(), structure.clone(), rules.clone(), config.clone());
                 async move {
                     let referee_id = ctx.peers[0];
                     if ctx.index > 0 {
                         let (execution, conduct) = trainers[ctx.index as usize - 1].clone();
-                        defend(&ctx.transport, referee_id, execution, structure, conduct)
+                        defend(&ctx.transport, referee_id, execution, structure, conduct, |_| {})
                             .await
                             .map_err(|e| genrl::Error::config("verde.trainer", e.to_string()))?;
                         return Ok(None);
                     }
-                    let settlement = tournament(&ctx.transport, &ctx.clock, &ctx.peers[1..], &finals, rules, &config)
+                    let settlement = verify_claims(&ctx.transport, &ctx.clock, &ctx.peers[1..], rules, &config)
                         .await
                         .map_err(|e| genrl::Error::config("verde.referee", e.to_string()));
-                    ctx.transport.broadcast_msg(&ctx.peers[1..], &Message::Close).await?;
                     settlement.map(Some)
                 }
             })
@@ -254,12 +271,43 @@ pub fn settle(rules: &Rules, trainers: Vec<(Arc<Execution>, Conduct)>, config: &
     referee.ok_or_else(|| net_error("the referee returned no settlement"))
 }
 
-/// The referee's whole job: group the claims, dispute them in turn, settle the stakes.
+/// The referee's whole job, on any transport and clock: collect each trainer's claim (a trainer that
+/// has not claimed within the deadline has no claim), dispute conflicting claims in turn, settle the
+/// stakes, and tell the trainers it is over. `trainers` are the trainers' ids, in order.
+pub async fn verify_claims<T: Transport, C: Clock>(
+    transport: &T,
+    clock: &C,
+    trainers: &[PeerId],
+    rules: Rules,
+    config: &SettleConfig,
+) -> Result<Settlement> {
+    let mut finals: Vec<Option<Hash>> = vec![None; trainers.len()];
+    let until = clock.now() + config.deadline;
+    while finals.iter().any(Option::is_none) {
+        let left = until.saturating_sub(clock.now());
+        if left.is_zero() {
+            break;
+        }
+        let Ok(received) = timeout(clock, left, transport.recv()).await else { break };
+        let envelope = received.map_err(net_error)?;
+        let Some(k) = trainers.iter().position(|&p| p == envelope.from) else { continue };
+        if let Ok(Message::Claim { final_state }) = transport.codec().decode::<Message>(&envelope.payload) {
+            finals[k].get_or_insert(final_state);
+        }
+    }
+    let settlement = tournament(transport, clock, trainers, &finals, rules, config).await;
+    for &t in trainers {
+        let _ = transport.send_msg(t, &Message::Close).await;
+    }
+    settlement
+}
+
+/// Groups the claims, disputes them in turn, settles the stakes.
 async fn tournament<T: Transport, C: Clock>(
     transport: &T,
     clock: &C,
     peers: &[PeerId],
-    finals: &[Hash],
+    finals: &[Option<Hash>],
     rules: Rules,
     config: &SettleConfig,
 ) -> Result<Settlement> {
@@ -276,37 +324,64 @@ async fn tournament<T: Transport, C: Clock>(
     // One side per distinct final claim, represented by its first trainer.
     let mut sides: Vec<(Hash, Vec<usize>)> = Vec::new();
     for (i, f) in finals.iter().enumerate() {
+        let Some(f) = f else { continue };
         match sides.iter_mut().find(|s| s.0 == *f) {
             Some(side) => side.1.push(i),
             None => sides.push((*f, vec![i])),
         }
     }
+    // The standing side disputes each next side in turn, each represented by its first member still
+    // in. A member that loses by its own conduct (silence, a bad or malformed answer) is out alone and
+    // the next member of its side takes over the dispute; a claim the referee judged wrong is out with
+    // its whole side.
     let mut queue = sides.into_iter();
     let mut standing = queue.next();
     let mut disputes = Vec::new();
     for next in queue {
-        let Some(champion) = standing.take() else {
+        let Some(mut champion) = standing.take() else {
             standing = Some(next);
             continue;
         };
-        let (a, b) = (champion.1[0], next.1[0]);
-        let began = clock.now();
-        let id = disputes.len() as u32;
-        let (outcome, summary, traffic) = referee(transport, clock, id, [peers[a], peers[b]], rules.clone()).await?;
-        let seconds = (clock.now() - began).as_secs_f64();
-        match &outcome {
-            Outcome::Won { winner: Party::Trainer, .. } => {
-                record(&mut ledger, Movement::Settle { winner: name(a), loser: name(b), stake: config.stake });
-                standing = Some(champion);
+        let mut next = next;
+        loop {
+            let (a, b) = (champion.1[0], next.1[0]);
+            let began = clock.now();
+            let id = disputes.len() as u32;
+            let (outcome, summary, traffic) =
+                referee(transport, clock, id, [peers[a], peers[b]], rules.clone()).await?;
+            let seconds = (clock.now() - began).as_secs_f64();
+            // Which sides lose a member, and whether the loss condemns the claim itself.
+            let (champion_out, next_out, claim_judged) = match &outcome {
+                Outcome::Won { winner: Party::Trainer, fault } => {
+                    record(&mut ledger, Movement::Settle { winner: name(a), loser: name(b), stake: config.stake });
+                    (false, true, matches!(fault, Fault::WrongClaim(_)))
+                }
+                Outcome::Won { winner: Party::Challenger, fault } => {
+                    record(&mut ledger, Movement::Settle { winner: name(b), loser: name(a), stake: config.stake });
+                    (true, false, matches!(fault, Fault::WrongClaim(_)))
+                }
+                Outcome::BothLose(_) => (true, true, false),
+                Outcome::Agreed => (false, false, false),
+            };
+            disputes.push(DisputeRecord { trainer: a, challenger: b, outcome, summary, traffic, seconds });
+            for (out, side) in [(champion_out, &mut champion), (next_out, &mut next)] {
+                if out {
+                    if claim_judged {
+                        side.1.clear()
+                    } else {
+                        side.1.remove(0);
+                    }
+                }
             }
-            Outcome::Won { winner: Party::Challenger, .. } => {
-                record(&mut ledger, Movement::Settle { winner: name(b), loser: name(a), stake: config.stake });
-                standing = Some(next);
+            match (champion.1.is_empty(), next.1.is_empty()) {
+                // Both still have members that have not lost: the dispute goes on between them.
+                (false, false) if champion_out || next_out => continue,
+                (false, _) => standing = Some(champion),
+                (true, false) => standing = Some(next),
+                (true, true) => {}
             }
-            // Both sides are out; the next side in the queue stands unchallenged until disputed.
-            Outcome::BothLose(_) | Outcome::Agreed => {}
+            break;
         }
-        disputes.push(DisputeRecord { trainer: a, challenger: b, outcome, summary, traffic, seconds });
     }
     let standing_flags = (0..finals.len()).map(|i| standing.as_ref().is_some_and(|s| s.1.contains(&i))).collect();
     Ok(Settlement { accepted: standing.map(|s| s.0), standing: standing_flags, disputes, ledger, movements })

@@ -252,6 +252,28 @@ fn breaking_the_protocol_loses() {
     ));
 }
 
+/// A claim is not lost with a member that fails by its own conduct: when the honest side's first
+/// member falls silent, the next member of the same claim takes the dispute up and wins it; a claim the
+/// referee judged wrong is out with every member.
+#[test]
+fn a_silent_member_hands_its_claim_to_the_next_one() {
+    let f = fixture();
+    let cheat = f.cheat(Behaviour::PerturbWeight { step: 2, delta: 1e-3 });
+    let s = f.settle(vec![
+        (f.honest.clone(), Conduct::Silent { from: 3 }),
+        (cheat.clone(), Conduct::Faithful),
+        (f.honest.clone(), Conduct::Faithful),
+        (cheat.clone(), Conduct::Faithful),
+    ]);
+    assert_eq!(s.disputes.len(), 2, "{:?}", s.disputes);
+    assert!(matches!(s.disputes[0].outcome, Outcome::Won { winner: Party::Challenger, fault: Fault::Timeout }));
+    assert_eq!((s.disputes[1].trainer, s.disputes[1].challenger), (2, 1), "the next honest member takes over");
+    assert!(matches!(s.disputes[1].outcome, Outcome::Won { winner: Party::Trainer, fault: Fault::WrongClaim(_) }));
+    assert_eq!(s.accepted, f.honest.hashes.last().copied());
+    assert_eq!(s.standing, vec![false, false, true, false], "the silent member and both cheats are out");
+    assert!(s.ledger.balance("trainer2") > s.ledger.balance("trainer0"), "the silent member lost its stake");
+}
+
 #[test]
 fn one_honest_trainer_among_cheats_is_enough() {
     let f = fixture();

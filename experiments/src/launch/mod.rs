@@ -48,7 +48,7 @@ impl FromStr for Kill {
 #[derive(Debug, Clone)]
 pub(crate) struct Launch {
     pub(crate) nodes: usize,
-    /// `sapo` or `pipeline`.
+    /// `sapo`, `pipeline` or `verify`.
     pub(crate) protocol: String,
     pub(crate) config: Option<PathBuf>,
     pub(crate) out: Option<PathBuf>,
@@ -94,9 +94,17 @@ fn prepare_config(launch: &Launch) -> Result<(String, LinkSpec)> {
             source.display().to_string(),
         ),
         None if launch.protocol == "pipeline" => (crate::config::EXAMPLE.to_owned(), "the built-in configuration".into()),
+        None if launch.protocol == "verify" => (
+            toml::to_string(&crate::verify_node::VerifyConfig::default())?,
+            "the built-in configuration".into(),
+        ),
         None => (toml::to_string(&sapo::SapoConfig::default())?, "the built-in configuration".into()),
     };
-    let (needed, what, link) = if launch.protocol == "pipeline" {
+    let (needed, what, link) = if launch.protocol == "verify" {
+        let cfg = crate::verify_node::VerifyConfig::parse(&text, &source)?;
+        let what = format!("it has a referee and {} trainers", cfg.trainers.len());
+        (cfg.nodes(), what, LinkSpec::mbit(20.0, 1000.0))
+    } else if launch.protocol == "pipeline" {
         let cfg = RunConfig::from_toml(&text).with_context(|| format!("config {source}"))?;
         let spec = cfg.spec(0)?;
         let what = format!("its first arm has {} stages x {} replicas", spec.stages, spec.replicas);

@@ -56,9 +56,13 @@ pub(super) fn outcome(status: ExitStatus) -> Outcome {
     if status.success() { Outcome::Finished } else { Outcome::Failed(format!("exited with {status}")) }
 }
 
-/// What a node's progress counts: SAPO rounds or training steps.
+/// What a node's progress counts: SAPO rounds, training steps, or questions a trainer answered.
 pub(super) fn unit(protocol: &str) -> &'static str {
-    if protocol == "pipeline" { "step" } else { "round" }
+    match protocol {
+        "pipeline" => "step",
+        "verify" => "question",
+        _ => "round",
+    }
 }
 
 pub(super) fn describe(outcome: Option<&Outcome>, unit: &str) -> String {
@@ -74,6 +78,9 @@ pub(super) fn describe(outcome: Option<&Outcome>, unit: &str) -> String {
 
 /// What a node's result file says, in a few words.
 pub(super) fn result_of(results: &Path, protocol: &str, place: usize) -> String {
+    if protocol == "verify" {
+        return crate::verify_node::result_of(results, place);
+    }
     let file = if protocol == "pipeline" { format!("worker-{place}.json") } else { format!("agent-{place}.json") };
     let Some(v) = std::fs::read_to_string(results.join(&file))
         .ok()
