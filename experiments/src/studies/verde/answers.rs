@@ -47,7 +47,10 @@ pub(super) fn answer_times(quick: bool) -> Result<Vec<AnswerRow>> {
     for (model, steps, intervals) in cells(quick) {
         let program = program(model, steps, Backend::RepOps)?;
         for every in intervals {
-            eprintln!("  answering for step {steps} of {model}, checkpoints {}", every.map_or("none".into(), |k| format!("every {k}")));
+            eprintln!(
+                "  answering for step {steps} of {model}, checkpoints {}",
+                every.map_or("none".into(), |k| format!("every {k}"))
+            );
             let run = execute_with(&program, Behaviour::Honest, every.map_or(Checkpoints::None, Checkpoints::Every))?;
             let began = Instant::now();
             let trace = run.trace_step(steps, Keep::Nothing)?.trace;
@@ -90,8 +93,10 @@ pub(super) fn section(rows: &[AnswerRow]) -> String {
     }
     for (model, steps) in rows.iter().map(|r| (&r.model, r.steps)).collect::<std::collections::BTreeSet<_>>() {
         let cell: Vec<&AnswerRow> = rows.iter().filter(|r| &r.model == model && r.steps == steps).collect();
-        let (Some(none), Some(densest)) = (cell.iter().find(|r| r.every.is_none()), cell.iter().filter(|r| r.every.is_some()).min_by_key(|r| r.every))
-        else {
+        let (Some(none), Some(densest)) = (
+            cell.iter().find(|r| r.every.is_none()),
+            cell.iter().filter(|r| r.every.is_some()).min_by_key(|r| r.every),
+        ) else {
             continue;
         };
         if densest.answer_seconds > 0.0 {
@@ -107,6 +112,29 @@ pub(super) fn section(rows: &[AnswerRow]) -> String {
         }
     }
     m
+}
+
+/// Answer time for the last step against the steps re-run, per model (`answer_time`).
+pub(super) fn plot(rows: &[AnswerRow], out: &std::path::Path) -> Result<()> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in rows {
+        let label = format!("{} ({} steps)", r.model, r.steps);
+        let point = (r.replayed as f64, r.answer_seconds);
+        match series.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, points)) => points.push(point),
+            None => series.push((label, vec![point])),
+        }
+    }
+    for (_, points) in &mut series {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    crate::plots::series_plot(
+        &out.join("answer_time.svg"),
+        "Answering for the last step against the steps re-run (at most K)",
+        "steps re-run from the last kept state",
+        "answer time, s",
+        &series,
+    )
 }
 
 #[cfg(test)]

@@ -95,8 +95,9 @@ pub(super) fn audit_study(quick: bool) -> Result<AuditStudy> {
         for &m in counts {
             // Nonces of their own for every cell, so that the cells' draws are independent.
             let nonces = (0..trials).map(|t| (m << 32) | t);
-            let caught =
-                nonces.filter(|&nonce| draw(segs.len(), m as usize, &root, nonce).iter().any(|&i| failed[i])).count() as u64;
+            let caught = nonces
+                .filter(|&nonce| draw(segs.len(), m as usize, &root, nonce).iter().any(|&i| failed[i]))
+                .count() as u64;
             let (low, high) = wilson(caught, trials);
             rows.push(AuditRow {
                 trainer: name.to_owned(),
@@ -178,9 +179,44 @@ pub(super) fn section(s: &AuditStudy) -> String {
                 .find(|&k| detection_probability(r.segments, r.bad, k) >= share)
                 .map_or("none suffices".to_owned(), |k| format!("{k} of {}", r.segments))
         };
-        let _ = writeln!(m, "| {} | {:.3} | {} | {} |", r.trainer, r.skipped, needed(r.skipped), needed(10.0 * r.skipped));
+        let _ =
+            writeln!(m, "| {} | {:.3} | {} | {} |", r.trainer, r.skipped, needed(r.skipped), needed(10.0 * r.skipped));
     }
     m
+}
+
+/// (cells, cells whose interval holds the closed form).
+pub(super) fn tally(s: &AuditStudy) -> (usize, usize) {
+    (s.rows.len(), s.rows.iter().filter(|r| r.closed_form >= r.low && r.closed_form <= r.high).count())
+}
+
+/// The study's row of the claims table.
+pub(super) fn claim_row(s: &AuditStudy) -> String {
+    let (cells, agree) = tally(s);
+    format!(
+        "| random checkpoint audits catch a cheat as often as 1 − C(S−b, m)/C(S, m) says | the closed form inside the measured 95% interval in {agree} of {cells} cells |\n"
+    )
+}
+
+/// Detection against the audits per draw, measured and by the closed form, per trainer (`audit_detection`).
+pub(super) fn plot(s: &AuditStudy, out: &std::path::Path) -> Result<()> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in &s.rows {
+        for (suffix, y) in [("measured", r.measured), ("closed form", r.closed_form)] {
+            let label = format!("{} {suffix}", r.trainer);
+            match series.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, points)) => points.push((r.audits as f64, y)),
+                None => series.push((label, vec![(r.audits as f64, y)])),
+            }
+        }
+    }
+    crate::plots::series_plot(
+        &out.join("audit_detection.svg"),
+        "Checkpoint audits: detection against audits per draw",
+        "segments audited per draw (m)",
+        "share of draws that catch the trainer",
+        &series,
+    )
 }
 
 #[cfg(test)]

@@ -157,3 +157,17 @@ pub(super) fn section(s: &EvalStudy) -> String {
     );
     m
 }
+
+/// The study's row of the claims table.
+pub(super) fn claim_row(s: &EvalStudy) -> String {
+    let won = s.rows.iter().filter(|r| r.honest_won).count();
+    format!(
+        "| a forged evaluation score loses its dispute (verifiable evaluation, Gensyn's Judge) | {won} of {} forging evaluators lose to the honest one |\n",
+        s.rows.len()
+    )
+}
+
+/// (disputes, won by the honest evaluator).
+pub(super) fn tally(s: &EvalStudy) -> (usize, usize) {
+    (s.rows.len(), s.rows.iter().filter(|r| r.honest_won).count())
+}

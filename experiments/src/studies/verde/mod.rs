@@ -275,9 +275,37 @@ fn reproduce(out: Option<PathBuf>, force: bool, quick: bool) -> Result<()> {
     let study =
         VerdeFindings { quick, rows, negative, answers, audits, evaluation, seconds: began.elapsed().as_secs_f64() };
     write_atomic(&out.join("verde.json"), serde_json::to_string_pretty(&study)?.as_bytes())?;
+    write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary(&study))?.as_bytes())?;
+    answers::plot(&study.answers, &out)?;
+    audits::plot(&study.audits, &out)?;
     write_atomic(&out.join("report.md"), markdown(&study).as_bytes())?;
     println!("report: {}", out.join("report.md").display());
     Ok(())
+}
+
+/// The study's headline figures (`summary.json`).
+fn summary(s: &VerdeFindings) -> serde_json::Value {
+    let won = s.rows.iter().filter(|r| r.honest_won).count();
+    let exact = s
+        .rows
+        .iter()
+        .filter(|r| r.expected_step.is_some() && r.found_step == r.expected_step && r.found_record == r.expected_record)
+        .count();
+    let (cells, agree) = audits::tally(&s.audits);
+    let (evaluations, evaluations_won) = evaluation::tally(&s.evaluation);
+    serde_json::json!({
+        "disputes": s.rows.len(),
+        "honest_won": won,
+        "narrowed_exactly": exact,
+        "cheats_answering_faithfully": s.rows.iter().filter(|r| r.expected_step.is_some()).count(),
+        "audit_cells": cells,
+        "audit_cells_agreeing_with_closed_form": agree,
+        "evaluation_disputes": evaluations,
+        "evaluation_disputes_won_by_honest": evaluations_won,
+        "answers": s.answers,
+        "quick": s.quick,
+        "seconds": s.seconds,
+    })
 }
 
 fn markdown(s: &VerdeFindings) -> String {
@@ -316,7 +344,10 @@ fn markdown(s: &VerdeFindings) -> String {
             "| the referee re-executes one operator, independent of the run's length | at least {worst:.0}× less compute time than replicating the run |\n"
         );
     }
-    m += "| \"1,350% more efficient than replication\" (Gensyn's 2022 litepaper, a pre-Verde design) | not comparable: the ratio here grows with the run's length (below) |\n\n";
+    m += "| \"1,350% more efficient than replication\" (Gensyn's 2022 litepaper, a pre-Verde design) | not comparable: the ratio here grows with the run's length (below) |\n";
+    m += &audits::claim_row(&s.audits);
+    m += &evaluation::claim_row(&s.evaluation);
+    m += "\n";
     m += "## Disputes\n\n| model | params | steps n | ops/step | cheat | outcome | step found (expected) | record found (expected) | rounds (bound) | bytes | referee re-ran | elements | referee µs | replication s | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     let opt = |v: Option<u64>| v.map_or("–".to_owned(), |v| v.to_string());
     for r in &s.rows {
