@@ -175,6 +175,22 @@ pub(crate) fn loss_plot(
     plot(path, title, x_label, &lines, floor)
 }
 
+/// `(label, point)` pairs gathered into one series per label, in the order labels first appear, each
+/// series' points sorted by x.
+pub(crate) fn grouped(points: impl IntoIterator<Item = (String, (f64, f64))>) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for (label, point) in points {
+        match series.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, points)) => points.push(point),
+            None => series.push((label, vec![point])),
+        }
+    }
+    for (_, points) in &mut series {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    series
+}
+
 /// A plot of named series against `x_label`, as `.svg` and `.png` at `path` (its extension replaced).
 pub(crate) fn series_plot(
     path: &Path,

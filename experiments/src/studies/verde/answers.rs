@@ -116,18 +116,9 @@ pub(super) fn section(rows: &[AnswerRow]) -> String {
 
 /// Answer time for the last step against the steps re-run, per model (`answer_time`).
 pub(super) fn plot(rows: &[AnswerRow], out: &std::path::Path) -> Result<()> {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for r in rows {
-        let label = format!("{} ({} steps)", r.model, r.steps);
-        let point = (r.replayed as f64, r.answer_seconds);
-        match series.iter_mut().find(|(l, _)| *l == label) {
-            Some((_, points)) => points.push(point),
-            None => series.push((label, vec![point])),
-        }
-    }
-    for (_, points) in &mut series {
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
+    let series = crate::plots::grouped(
+        rows.iter().map(|r| (format!("{} ({} steps)", r.model, r.steps), (r.replayed as f64, r.answer_seconds))),
+    );
     crate::plots::series_plot(
         &out.join("answer_time.svg"),
         "Answering for the last step against the steps re-run (at most K)",

@@ -200,16 +200,10 @@ pub(super) fn claim_row(s: &AuditStudy) -> String {
 
 /// Detection against the audits per draw, measured and by the closed form, per trainer (`audit_detection`).
 pub(super) fn plot(s: &AuditStudy, out: &std::path::Path) -> Result<()> {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for r in &s.rows {
-        for (suffix, y) in [("measured", r.measured), ("closed form", r.closed_form)] {
-            let label = format!("{} {suffix}", r.trainer);
-            match series.iter_mut().find(|(l, _)| *l == label) {
-                Some((_, points)) => points.push((r.audits as f64, y)),
-                None => series.push((label, vec![(r.audits as f64, y)])),
-            }
-        }
-    }
+    let series = crate::plots::grouped(s.rows.iter().flat_map(|r| {
+        [("measured", r.measured), ("closed form", r.closed_form)]
+            .map(|(suffix, y)| (format!("{} {suffix}", r.trainer), (r.audits as f64, y)))
+    }));
     crate::plots::series_plot(
         &out.join("audit_detection.svg"),
         "Checkpoint audits: detection against audits per draw",
