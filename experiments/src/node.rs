@@ -73,6 +73,11 @@ impl Node {
         Ok(Self { identity, book, ids, index, addr, quic: net.endpoint(addr) })
     }
 
+    /// This node's key.
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     /// This node's id.
     pub(crate) fn id(&self) -> PeerId {
         self.identity.peer_id()

@@ -389,7 +389,7 @@ fn open_ledger(path: &Path, key: &Path) -> Result<(LedgerFile, transport::Identi
 
 /// Appends the settlement's deposits and slashings to `ledger`, signed by `referee`, and prints the
 /// balances it then holds.
-fn record(ledger: &mut LedgerFile, referee: &transport::Identity, settlement: &Settlement) -> Result<()> {
+pub(crate) fn record(ledger: &mut LedgerFile, referee: &transport::Identity, settlement: &Settlement) -> Result<()> {
     let before = ledger.entries().len();
     for movement in &settlement.movements {
         ledger.append(movement.clone(), referee)?;

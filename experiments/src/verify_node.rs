@@ -3,7 +3,8 @@
 //! configuration line says, sends its claim and answers the referee over QUIC with mutual TLS, on the
 //! wall clock: a node that does not answer within the deadline — killed, say — loses its dispute. The
 //! referee then settles the same trainers on the simulated network and writes both settlements, so a
-//! run shows that the real network decides as the simulated one does.
+//! run shows that the real network decides as the simulated one does, and appends the stakes' movements
+//! to its ledger file (`stakes.ledger`, entries signed with its node key).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -213,14 +214,14 @@ pub(crate) fn node(cfg: VerifyConfig, key: &Path, peers: &Path, out: Option<Path
     })?;
     let wall_s = started.elapsed().as_secs_f64();
     match outcome {
-        NodeOutcome::Referee(quic) => {
+        NodeOutcome::Referee(settled) => {
             eprintln!("referee: settling the same trainers on the simulated network for comparison");
             let runs = specs
                 .iter()
                 .map(|s| Ok((setup.run(*s)?, s.conduct)))
                 .collect::<Result<Vec<(Arc<verde::Execution>, Conduct)>>>()?;
             let simulated = verde::settle(&setup.rules, runs, &settle_config)?;
-            let (quic, simulated) = (SettlementLine::of(&quic), SettlementLine::of(&simulated));
+            let (quic, simulated) = (SettlementLine::of(&settled), SettlementLine::of(&simulated));
             let same = quic.same_verdicts(&simulated);
             for d in &quic.disputes {
                 println!("dispute trainer {} vs trainer {}: {}", d.trainer, d.challenger, d.outcome);
@@ -233,6 +234,11 @@ pub(crate) fn node(cfg: VerifyConfig, key: &Path, peers: &Path, out: Option<Path
             );
             let result = RefereeResult { quic, simulated, same_as_simulated: same, wall_s };
             write_atomic(&out.join("referee.json"), serde_json::to_string_pretty(&result)?.as_bytes())?;
+            // The stakes: appended to the referee's ledger file, signed with its node key (a ledger kept
+            // across verifications; it refuses any entry not signed by this referee).
+            let identity = node.identity();
+            let mut ledger = verde::LedgerFile::open(out.join("stakes.ledger"), &[identity.public_key()])?;
+            crate::verify::record(&mut ledger, identity, &settled)?;
         }
         NodeOutcome::Trainer(run, answered) => {
             let result = TrainerResult {

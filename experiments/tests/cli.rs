@@ -741,6 +741,8 @@ fn verification_nodes_settle_as_the_simulated_network_and_a_killed_defender_lose
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let report = std::fs::read_to_string(run.join("report.md"))?;
         assert!(report.contains("| referee: "), "{report}");
+        let ledger = std::fs::read_to_string(run.join("nodes/stakes.ledger"))?;
+        assert!(ledger.lines().count() >= 4, "three deposits and a settlement, signed: {ledger}");
         Ok(serde_json::from_str(&std::fs::read_to_string(run.join("nodes/referee.json"))?)?)
     };
     let plain = launch("plain", None)?;
