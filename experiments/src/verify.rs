@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use models::{Backend, ModelConfig};
 use verde::net::{DisputeRecord, SettleConfig};
 use verde::{
-    Behaviour, Checkpoints, Conduct, Execution, LedgerFile, Outcome, Party, Program, Rules, Settlement, Structure,
-    Weights, execute, execute_with, settle,
+    Behaviour, Checkpoints, Conduct, Execution, LedgerFile, Outcome, Program, Rules, Settlement, Structure, Weights,
+    execute, execute_with, settle,
 };
 
 /// One trainer of `swarmlab verify`: how it trains and how it answers the referee.
@@ -229,17 +229,13 @@ impl Setup {
 }
 
 fn describe(d: &DisputeRecord, steps: u64, positions: u64) -> String {
-    let who = |p: Party| match p {
-        Party::Trainer => d.trainer,
-        Party::Challenger => d.challenger,
-    };
-    let verdict = match &d.outcome {
-        Outcome::Agreed => "agreed".to_owned(),
-        Outcome::Won { winner, fault } => {
-            let loser = if *winner == Party::Trainer { d.challenger } else { d.trainer };
-            format!("trainer {} wins; trainer {loser} {fault}", who(*winner))
+    let verdict = match (&d.outcome, d.winner()) {
+        (Outcome::Won { fault, .. }, Some(winner)) => {
+            let loser = if winner == d.trainer { d.challenger } else { d.trainer };
+            format!("trainer {winner} wins; trainer {loser} {fault}")
         }
-        Outcome::BothLose(why) => format!("both lose: {why}"),
+        (Outcome::BothLose(why), _) => format!("both lose: {why}"),
+        _ => "agreed".to_owned(),
     };
     let s = &d.summary;
     let mut out = format!("trainer {} vs trainer {}: {verdict}\n", d.trainer, d.challenger);

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use verde::net::{DisputeRecord, SettleConfig, defend, verify_claims};
-use verde::{Conduct, Outcome, Party, Settlement};
+use verde::{Conduct, Outcome, Settlement};
 
 use crate::files::{out_dir, write_atomic};
 use crate::node::{Node, NodeLog, NodeNet};
@@ -90,15 +90,11 @@ pub(crate) struct DisputeLine {
 
 impl DisputeLine {
     fn of(d: &DisputeRecord) -> Self {
-        let (winner, outcome) = match &d.outcome {
-            Outcome::Won { winner: Party::Trainer, fault } => {
-                (Some(d.trainer), format!("trainer {} wins: {fault}", d.trainer))
-            }
-            Outcome::Won { winner: Party::Challenger, fault } => {
-                (Some(d.challenger), format!("trainer {} wins: {fault}", d.challenger))
-            }
-            Outcome::BothLose(why) => (None, format!("both lose: {why}")),
-            Outcome::Agreed => (None, "agreed".into()),
+        let winner = d.winner();
+        let outcome = match (&d.outcome, winner) {
+            (Outcome::Won { fault, .. }, Some(w)) => format!("trainer {w} wins: {fault}"),
+            (Outcome::BothLose(why), _) => format!("both lose: {why}"),
+            _ => "agreed".into(),
         };
         Self {
             trainer: d.trainer,

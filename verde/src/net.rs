@@ -187,6 +187,17 @@ pub struct DisputeRecord {
     pub seconds: f64,
 }
 
+impl DisputeRecord {
+    /// The winner's trainer index (`None`: both lost, or they agreed).
+    pub fn winner(&self) -> Option<usize> {
+        match self.outcome {
+            Outcome::Won { winner: Party::Trainer, .. } => Some(self.trainer),
+            Outcome::Won { winner: Party::Challenger, .. } => Some(self.challenger),
+            Outcome::BothLose(_) | Outcome::Agreed => None,
+        }
+    }
+}
+
 /// The result of verifying one program run by several trainers.
 #[derive(Debug, Clone)]
 pub struct Settlement {

@@ -21,6 +21,19 @@ pub enum BatchPart {
     Targets,
 }
 
+impl BatchPart {
+    /// Both parts, in the order a batch holds them.
+    pub const ALL: [Self; 2] = [Self::Ids, Self::Targets];
+
+    /// Its index in a batch `[ids, targets]`.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Ids => 0,
+            Self::Targets => 1,
+        }
+    }
+}
+
 /// A tensor of the step the referee can tell the hash of without trusting either party.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {

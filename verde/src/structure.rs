@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use models::OptimConfig;
 use repops::op::{HostData, HostTensor, OpKind};
 use repops::simd::SimdLevel;
-use repops::tape::{Keep, RecordOptions, Tape, hash_view};
+use repops::tape::{Keep, RecordOptions, Tape, TapeEntry, hash_view};
 
 use crate::error::{Error, Result};
 use crate::merkle::Hash;
@@ -23,11 +23,9 @@ use crate::origin::{self, BatchPart, Glue, Origin, Source, Term, swap_middle};
 use crate::program::{Program, StateManifest, Trainer};
 use crate::trace::op_string;
 
-/// One operator of the step: its kind, its attributes and where each of its inputs comes from.
+/// One operator of the step: its kind and attributes, and where each of its inputs comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpShape {
-    /// The operator's kind (`repops::OpKind::name`).
-    pub kind: String,
     /// The operator with the attributes of the dry run; those that change from step to step (the
     /// optimizer's learning rate and step) are re-derived for each step ([`attributes_at`]).
     pub op: OpKind,
@@ -38,6 +36,16 @@ pub struct OpShape {
 }
 
 impl OpShape {
+    /// The shape of the tape's operator `entry`, whose inputs come from `inputs`.
+    fn of(entry: &TapeEntry, inputs: Vec<Origin>) -> Self {
+        Self { op: entry.op, inputs, shapes: entry.inputs.iter().map(|t| t.shape.clone()).collect() }
+    }
+
+    /// The operator's kind (`repops::OpKind::name`).
+    pub fn kind(&self) -> &'static str {
+        self.op.name()
+    }
+
     /// The producing operator of input `i`, if an operator of the step produced it as it is.
     pub fn source_op(&self, i: usize) -> Option<u32> {
         match self.inputs.get(i) {
@@ -78,8 +86,7 @@ impl StepShape {
                 .iter()
                 .map(|input| produced.get(&input.hash).map_or(Origin::Unknown, |&p| Origin::Is(Source::Op(p))))
                 .collect();
-            let shapes = entry.inputs.iter().map(|t| t.shape.clone()).collect();
-            ops.push(OpShape { kind: entry.op.name().to_owned(), op: entry.op, inputs, shapes });
+            ops.push(OpShape::of(entry, inputs));
             produced.insert(entry.output.hash, i as u32);
         }
         Ok(Self { ops, state: state_producers(&produced, after)? })
@@ -165,10 +172,9 @@ impl DryStep<'_> {
         let state: HashMap<Hash, &str> = self.before.entries.iter().map(|(k, h)| (*h, k.as_str())).collect();
         let batch_hash = self.batch.each_ref().map(|t| hash_view(&t.view()));
         let mut produced: HashMap<Hash, u32> = HashMap::new();
-        let mut candidates: Vec<Candidate> = [BatchPart::Ids, BatchPart::Targets]
+        let mut candidates: Vec<Candidate> = BatchPart::ALL
             .into_iter()
-            .zip(self.batch.iter())
-            .map(|(part, t)| Candidate::new(Source::Batch(part), t.clone(), false))
+            .map(|part| Candidate::new(Source::Batch(part), self.batch[part.index()].clone(), false))
             .collect();
         let mut ops = Vec::with_capacity(self.tape.len());
         for (i, entry) in self.tape.entries().iter().enumerate() {
@@ -180,8 +186,8 @@ impl DryStep<'_> {
                     Origin::Is(Source::Op(p))
                 } else if let Some(key) = state.get(&input.hash) {
                     Origin::Is(Source::State((*key).to_owned()))
-                } else if let Some(part) = batch_hash.iter().position(|h| *h == input.hash) {
-                    Origin::Is(Source::Batch([BatchPart::Ids, BatchPart::Targets][part]))
+                } else if let Some(part) = BatchPart::ALL.into_iter().find(|p| batch_hash[p.index()] == input.hash) {
+                    Origin::Is(Source::Batch(part))
                 } else if same_elsewhere == Some(input.hash) {
                     Origin::Is(Source::Constant(input.hash))
                 } else {
@@ -202,8 +208,7 @@ impl DryStep<'_> {
             let output = entry.replay(level).map_err(|e| Error::Program(format!("operator {i}: {e}")))?;
             produced.insert(entry.output.hash, i as u32);
             candidates.push(Candidate::new(Source::Op(i as u32), output, true));
-            let shapes = entry.inputs.iter().map(|t| t.shape.clone()).collect();
-            ops.push(OpShape { kind: entry.op.name().to_owned(), op: entry.op, inputs, shapes });
+            ops.push(OpShape::of(entry, inputs));
         }
         Ok(StepShape { ops, state: state_producers(&produced, self.after)? })
     }
@@ -404,7 +409,7 @@ impl Structure {
                 if attributes_at(&op.op, &program.optim, step) != entry.op {
                     return Err(Error::Program(format!(
                         "operator {i} ({}) has attributes the program does not fix for step {step}",
-                        op.kind
+                        op.kind()
                     )));
                 }
             }
@@ -470,7 +475,7 @@ mod tests {
                             Source::Input { op, input } => tape.entries()[*op as usize].inputs[*input as usize].hash,
                             Source::State(key) => before.entries.iter().find(|e| &e.0 == key).ok_or("no such key")?.1,
                             Source::Constant(h) => *h,
-                            Source::Batch(part) => hash_view(&batch[usize::from(*part == BatchPart::Targets)].view()),
+                            Source::Batch(part) => hash_view(&batch[part.index()].view()),
                         })
                     };
                     let tensor_of = |s: &Source| -> HostTensor {
@@ -479,7 +484,7 @@ mod tests {
                             Source::Input { op, input } => {
                                 tape.entries()[*op as usize].inputs[*input as usize].data.clone().expect("kept")
                             }
-                            Source::Batch(part) => batch[usize::from(*part == BatchPart::Targets)].clone(),
+                            Source::Batch(part) => batch[part.index()].clone(),
                             other => panic!("a glue term from {other}"),
                         }
                     };
@@ -495,7 +500,7 @@ mod tests {
                         expected,
                         Ok(input.hash),
                         "step {step}, operator {i} ({}), input {k}: {origin:?}",
-                        op.kind
+                        op.kind()
                     );
                 }
             }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::bisection::{Commitment, Opening, Party};
 use crate::error::{Error, Result};
 use crate::merkle::{Hash, MerkleTree};
-use crate::origin::{BatchPart, Origin, Source, glue_hash};
+use crate::origin::{Origin, Source, glue_hash};
 use crate::program::StateManifest;
 use crate::structure::StepShape;
 
@@ -189,7 +189,7 @@ impl StepTrace {
                             Source::Input { op, input } => kept(*op, *input)?,
                             Source::Batch(part) => at
                                 .batch
-                                .map(|b| b[usize::from(*part == BatchPart::Targets)].clone())
+                                .map(|b| b[part.index()].clone())
                                 .ok_or_else(|| Error::Program("the step's batch is needed".into()))?,
                             other => return Err(Error::Program(format!("a glue term from {other}"))),
                         });
@@ -329,11 +329,11 @@ fn conforms(d: &Disputed<'_>, record: &OpRecord) -> std::result::Result<(), Stri
     let Some(shape) = d.shape.ops.get(d.index as usize) else {
         return Err(format!("the program's step has no operator {}", d.index));
     };
-    if record.kind() != shape.kind || record.inputs.len() != shape.inputs.len() {
+    if record.kind() != shape.kind() || record.inputs.len() != shape.inputs.len() {
         return Err(format!(
             "operator {} is a {} of {} inputs in the program",
             d.index,
-            shape.kind,
+            shape.kind(),
             shape.inputs.len()
         ));
     }
@@ -475,7 +475,7 @@ fn expected_input(
             Source::Constant(h) => Ok(*h),
             Source::Batch(part) => d
                 .batch
-                .map(|b| b[usize::from(*part == BatchPart::Targets)])
+                .map(|b| b[part.index()])
                 .ok_or_else(|| "the referee does not know the program's data".to_owned()),
         }
     };

@@ -101,7 +101,7 @@ fn honest_trainers_agree_and_every_cheat_loses_where_it_cheated() {
 fn forged_attributes_batches_and_layouts_lose() {
     let f = fixture();
     let shape = f.structure.step(3);
-    let first_adam = shape.ops.iter().position(|o| o.kind == "adam_param").expect("an AdamW update") as u64;
+    let first_adam = shape.ops.iter().position(|o| o.kind() == "adam_param").expect("an AdamW update") as u64;
     let (heads, input) = (5, 0);
     assert!(
         matches!(&shape.ops[heads].inputs[input], verde::Origin::Glue(g) if g.terms.iter().any(|t| t.swap.is_some())),
@@ -192,11 +192,11 @@ fn a_forged_evaluation_score_loses() {
     score.check(&s.accepted.expect("accepted")).expect("the accepted state holds the honest score");
 
     let shape = structure.step(3);
-    assert!(shape.ops.iter().all(|o| !o.kind.starts_with("adam")), "an evaluation does not train");
+    assert!(shape.ops.iter().all(|o| !o.kind().starts_with("adam")), "an evaluation does not train");
     let constants = shape.ops.iter().flat_map(|o| &o.inputs);
     assert!(constants.filter(|o| matches!(o, verde::Origin::Is(verde::Source::Constant(_)))).count() > 10, "weights");
     let sum_record = shape.state_index();
-    let norm = shape.ops.iter().position(|o| o.kind == "rms_norm").expect("a norm");
+    let norm = shape.ops.iter().position(|o| o.kind() == "rms_norm").expect("a norm");
     let cases = [
         (Behaviour::PerturbWeight { step: 3, delta: -0.5 }, 3, sum_record, "made up"),
         (Behaviour::Lazy { from: 4 }, 4, structure.step(4).state_index(), "skipped items"),

@@ -60,7 +60,7 @@ pub(super) fn evaluation_study(quick: bool) -> Result<EvalStudy> {
     let structure_seconds = began.elapsed().as_secs_f64() - setup.honest.seconds;
     let honest_score = setup.honest.score().map(|s| s.mean()).unwrap_or_default();
     let shape = setup.rules.structure.step(2);
-    let Some(norm) = shape.ops.iter().position(|o| o.kind == "rms_norm") else { bail!("the model has no norm") };
+    let Some(norm) = shape.ops.iter().position(|o| o.kind() == "rms_norm") else { bail!("the model has no norm") };
     let mid = items / 2;
     let forged: Vec<(String, Arc<Execution>, Option<u64>)> = {
         let mut v = Vec::new();

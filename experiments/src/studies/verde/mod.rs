@@ -158,7 +158,7 @@ fn study_cell(model: &str, steps: u64, rng: &mut impl Rng, rows: &mut Vec<StudyR
             _ if expected_step.is_none() => None,
             Behaviour::PerturbOp { op, .. } | Behaviour::MislaidInput { op, .. } => Some(op as u64),
             Behaviour::ForgeBatch { .. } => Some(0),
-            Behaviour::ForgeLr { .. } => shape.ops.iter().position(|o| o.kind == "adam_param").map(|p| p as u64),
+            Behaviour::ForgeLr { .. } => shape.ops.iter().position(|o| o.kind() == "adam_param").map(|p| p as u64),
             _ => Some(shape.state_index()),
         };
         let j = d.summary.judgement.as_ref();
