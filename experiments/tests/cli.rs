@@ -767,3 +767,33 @@ fn verification_nodes_settle_as_the_simulated_network_and_a_killed_defender_lose
     assert_eq!(killed["quic"]["standing"], serde_json::json!([2]));
     Ok(())
 }
+
+/// A bad verification configuration is refused before any node starts, naming what is wrong.
+#[test]
+fn a_bad_verification_configuration_is_refused_by_name() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    for (i, (text, says)) in [
+        ("steps = 4\nreferee = 1\n", "unknown field `referee`"),
+        ("trainers = [\"honest\", \"perturb-op@x\"]\n", "perturb-op needs @STEP:OP"),
+        ("trainers = []\n", "at least one trainer"),
+        ("deadline_s = 0.0\n", "deadline_s"),
+        ("trainers = [\"honest\", \"honest\"]\n", "it needs 3 nodes"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let config = dir.path().join(format!("verify-{i}.toml"));
+        std::fs::write(&config, text)?;
+        let run = dir.path().join(format!("run-{i}"));
+        let out = swarmlab()
+            .args(["launch", "--local", "4", "--protocol", "verify", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&run)
+            .output()?;
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(!out.status.success() && stderr.contains(says), "{text:?}: {stderr}");
+        assert!(!run.exists(), "{text:?}: nothing is written for a refused configuration");
+    }
+    Ok(())
+}
