@@ -8,15 +8,13 @@
 //! that does not decode is counted and dropped; at most `max_entries_per_peer` entries are taken from
 //! any one peer. SAPO fills these roles with a policy LM, task verifiers and GRPO.
 
-use std::collections::BTreeMap;
-
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use transport::{Codec, PeerId};
+use transport::PeerId;
 
 use crate::comm::CommunicationBackend;
 use crate::error::{Error, Result};
+use crate::roles::{self, Board, Learned, Role, RoleSeat, Seat};
 
 /// One item and the actions generated for it, by its source agent, at one stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,7 +70,7 @@ pub trait Trainer<I>: Send {
     /// One action (e.g. a completion).
     type Action: Clone + Send + Sync + Serialize + DeserializeOwned + 'static;
     /// What one training step reports.
-    type Report: Send;
+    type Report: Send + 'static;
 
     /// Actions for each item at `stage`, given the state so far.
     fn generate(
@@ -134,88 +132,92 @@ where
     R: RewardManager<D::Item, T::Action>,
     B: CommunicationBackend,
 {
-    /// Plays `round`: every stage's generate → share → select, then rewards and one training step.
+    /// Plays `round`: every stage's generate → share → select, then rewards and one training step. The
+    /// one-role case of a [`RoleGame`](crate::roles::RoleGame), run by the same engine.
     pub async fn play_round(&mut self, round: u64) -> Result<RoundOutcome<D::Item, T::Action, T::Report>> {
-        if self.stages == 0 {
-            return Err(Error::config("game.stages", "a round needs at least one stage"));
-        }
-        let local = self.comm.local_peer();
-        let codec = Codec::default();
-        let items = self.data.round_data(round);
-        let mut state = GameState { round, local, entries: Vec::new(), rejected: 0, missing: Vec::new() };
-        for stage in 0..self.stages {
-            let actions = self.trainer.generate(round, stage, &items, &state)?;
-            if actions.len() != items.len() {
-                return Err(Error::config(
-                    "trainer",
-                    format!("{} action lists for {} items", actions.len(), items.len()),
-                ));
-            }
-            let own: Vec<Entry<D::Item, T::Action>> = items
-                .iter()
-                .cloned()
-                .zip(actions)
-                .map(|(item, actions)| Entry { source: local, stage, item, actions })
-                .collect();
-            let payload = codec.encode(&own).map_err(transport::TransportError::from)?;
-            let gathered = self.comm.all_gather(round * self.stages as u64 + stage as u64, payload).await?;
-            state.rejected += gathered.rejected;
-            state.missing.extend(gathered.missing);
-            let mut external = Vec::new();
-            for (peer, bytes) in gathered.payloads {
-                if peer == local {
-                    continue;
-                }
-                let (kept, dropped) =
-                    decode_entries::<D::Item, T::Action>(&codec, peer, stage, &bytes, self.max_entries_per_peer);
-                state.rejected += dropped;
-                external.extend(kept);
-            }
-            let kept = self.rewards.select_external(round, &own, external);
-            state.entries.extend(own);
-            state.entries.extend(kept);
-        }
-        let rewards = self.rewards.rewards(&state);
+        let managers = Managers {
+            data: &mut self.data,
+            trainer: &mut self.trainer,
+            rewards: &mut self.rewards,
+            stages: self.stages,
+            max_entries_per_peer: self.max_entries_per_peer,
+        };
+        let mut seat = RoleSeat::new(managers);
+        let mut board = Board::new(0);
+        roles::play(&mut [&mut seat], &[true], &mut self.comm, &mut board, round).await?;
+        seat.finish(&board, true)?;
+        let learned = seat.learned.take().ok_or_else(|| Error::config("game", "the round learned nothing"))?;
+        Ok(RoundOutcome { state: seat.state, rewards: learned.rewards, report: learned.report })
+    }
+}
+
+/// GenRL's three managers as the one role of a game.
+struct Managers<'a, D, T, R> {
+    data: &'a mut D,
+    trainer: &'a mut T,
+    rewards: &'a mut R,
+    stages: usize,
+    max_entries_per_peer: usize,
+}
+
+impl<D, T, R> Role for Managers<'_, D, T, R>
+where
+    D: DataManager,
+    T: Trainer<D::Item>,
+    R: RewardManager<D::Item, T::Action>,
+{
+    type Item = D::Item;
+    type Action = T::Action;
+    type Report = T::Report;
+
+    fn name(&self) -> &'static str {
+        "game"
+    }
+
+    fn stages(&self) -> usize {
+        self.stages
+    }
+
+    fn max_entries_per_peer(&self) -> usize {
+        self.max_entries_per_peer
+    }
+
+    fn items(&mut self, round: u64, _board: &Board) -> Result<Vec<D::Item>> {
+        Ok(self.data.round_data(round))
+    }
+
+    fn generate(
+        &mut self,
+        round: u64,
+        stage: usize,
+        items: &[D::Item],
+        state: &GameState<D::Item, T::Action>,
+        _board: &Board,
+    ) -> Result<Vec<Vec<T::Action>>> {
+        self.trainer.generate(round, stage, items, state)
+    }
+
+    fn select(
+        &mut self,
+        round: u64,
+        own: &[Entry<D::Item, T::Action>],
+        external: Vec<Entry<D::Item, T::Action>>,
+        _board: &Board,
+    ) -> Vec<Entry<D::Item, T::Action>> {
+        self.rewards.select_external(round, own, external)
+    }
+
+    fn learn(&mut self, state: &GameState<D::Item, T::Action>, _board: &Board) -> Result<Learned<T::Report>> {
+        let rewards = self.rewards.rewards(state);
         if rewards.len() != state.entries.len() {
             return Err(Error::config(
                 "rewards",
                 format!("{} reward lists for {} entries", rewards.len(), state.entries.len()),
             ));
         }
-        let report = self.trainer.train(&state, &rewards)?;
-        Ok(RoundOutcome { state, rewards, report })
+        let report = self.trainer.train(state, &rewards)?;
+        Ok(Learned { rewards, report })
     }
-}
-
-/// A peer's payload as entries: only those that decode, claim that peer as their source and this stage,
-/// up to `cap`. Returns the kept entries and how many were dropped.
-fn decode_entries<I: DeserializeOwned, A: DeserializeOwned>(
-    codec: &Codec,
-    peer: PeerId,
-    stage: usize,
-    bytes: &Bytes,
-    cap: usize,
-) -> (Vec<Entry<I, A>>, usize) {
-    let Ok(entries) = codec.decode::<Vec<Entry<I, A>>>(bytes) else {
-        tracing::warn!(peer = %peer.short(), "undecodable game payload dropped");
-        return (Vec::new(), 1);
-    };
-    let total = entries.len();
-    let mut by_source: BTreeMap<bool, usize> = BTreeMap::new();
-    let kept: Vec<_> = entries
-        .into_iter()
-        .filter(|e| {
-            let honest = e.source == peer && e.stage == stage;
-            *by_source.entry(honest).or_default() += 1;
-            honest
-        })
-        .take(cap)
-        .collect();
-    let dropped = total - kept.len();
-    if dropped > 0 {
-        tracing::warn!(peer = %peer.short(), dropped, "game entries dropped (foreign source, wrong stage or over the cap)");
-    }
-    (kept, dropped)
 }
 
 #[cfg(test)]
@@ -225,7 +227,9 @@ mod tests {
     use crate::comm::BroadcastGather;
     use crate::swarm::{SimSwarm, run_simulation};
     use crate::world::World;
+    use bytes::Bytes;
     use std::time::Duration;
+    use transport::Codec;
     use transport::Transport;
     use transport::sim::LinkSpec;
 

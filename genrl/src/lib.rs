@@ -12,6 +12,7 @@
 //! | [`comm`] | [`CommunicationBackend`] and [`comm::BroadcastGather`] (GenRL's `all_gather` with deadlines) and [`comm::Inbox`] (never waits) |
 //! | [`env`] | verifiable task families ([`env::TaskFamily`]): seeded generators, strict verifiers |
 //! | [`game`] | GenRL's game loop: [`game::Game`] of rounds and stages; `DataManager`, `Trainer`, `RewardManager` |
+//! | [`roles`] | games of several [`roles::Role`]s (proposer, solver, evaluator…), a [`roles::Board`] between them, a [`roles::RoleSchedule`] |
 //! | [`world`] | [`World`]: who runs where — every agent's simulated profile, region and links, and when agents fail |
 //! | [`swarm`] | [`SimSwarm`]: a [`World`]'s agents with their contexts on the simulated network, run concurrently |
 
@@ -22,6 +23,7 @@ pub mod env;
 pub mod error;
 pub mod game;
 pub mod metrics;
+pub mod roles;
 pub mod swarm;
 pub mod world;
 

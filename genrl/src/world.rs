@@ -6,7 +6,6 @@
 //! Vocabulary: a *profile* is simulated hardware (it sets compute time in virtual time); the real device
 //! the tensors live on (CPU or a GPU) is a `candle_core::Device`, and many simulated agents share it.
 
-
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;

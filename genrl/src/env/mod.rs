@@ -17,8 +17,12 @@
 //! | `calendar_arithmetic` | `Mar 28+5=` | `Apr 2` |
 //! | `arc_1d` | `>..##....=` | `...##...` |
 //!
+//! [`code`] is the sandboxed code domain: a stack language, its bounded interpreter and problems checked
+//! by execution.
+//!
 //! [`TaskSet`] deals a round's questions from a seed and keeps a held-out evaluation set apart from them.
 
+pub mod code;
 mod numbers;
 mod symbols;
 
