@@ -536,10 +536,23 @@ impl CodeProblem {
         j
     }
 
-    /// Whether a completion (a program ending in a newline) passes every test: 1 or 0.
+    /// Runs a completion (a program on one line, ending in a newline) on every test; one that is not
+    /// a finished line passes none.
+    pub fn judge_completion(&self, completion: &str, limits: &Limits) -> Judgement {
+        match completion.strip_suffix(super::END) {
+            Some(text) if !text.contains(super::END) => self.judge(text, limits),
+            _ => Judgement {
+                passed: 0,
+                total: self.inputs.len(),
+                steps: 0,
+                fault: Some(Fault::Parse("not one finished line".into())),
+            },
+        }
+    }
+
+    /// Whether a completion passes every test: 1 or 0.
     pub fn reward(&self, completion: &str, limits: &Limits) -> f64 {
-        let Some(text) = completion.strip_suffix(super::END) else { return 0.0 };
-        f64::from(u8::from(!text.contains(super::END) && self.judge(text, limits).all()))
+        f64::from(u8::from(self.judge_completion(completion, limits).all()))
     }
 }
 
