@@ -137,6 +137,8 @@ pub struct ProposerReport {
     pub valid: usize,
     /// Proposals this round.
     pub proposed: usize,
+    /// Of the proposals that run, those whose tests ask for a constant or the input itself.
+    pub trivial: usize,
     /// Proposals learned from this round (rewarded now: judged, or not running).
     pub learned: usize,
     /// Mean reward of those.
@@ -152,6 +154,8 @@ pub struct ProposerReport {
 pub struct Proposer {
     /// Its policy.
     pub policy: Policy,
+    /// The warm-start policy, for the KL term (when `grpo.beta > 0`).
+    pub reference: Option<Policy>,
     /// Programs per request.
     pub proposals: usize,
     /// How they are drawn.
@@ -180,6 +184,7 @@ impl Proposer {
     ) -> Self {
         Self {
             policy,
+            reference: None,
             proposals,
             sampling,
             grpo,
@@ -279,6 +284,13 @@ impl Role for Proposer {
                     (Some(_), None) => None,
                 };
                 if let Some((reward, pass)) = outcome {
+                    tracing::debug!(
+                        round,
+                        level = e.item.level,
+                        program = program.trim_end(),
+                        reward,
+                        "proposal rewarded"
+                    );
                     self.learned.insert(id);
                     ready.push((e.item.prompt(), program.clone(), reward, pass));
                 }
@@ -286,7 +298,10 @@ impl Role for Proposer {
         }
         for e in state.own() {
             report.proposed += e.actions.len();
-            report.valid += e.actions.iter().filter(|p| problem_of(&e.item, p, &self.rules).is_some()).count();
+            for problem in e.actions.iter().filter_map(|p| problem_of(&e.item, p, &self.rules)) {
+                report.valid += 1;
+                report.trivial += usize::from(problem.is_trivial());
+            }
         }
         report.learned = ready.len();
         report.reward = mean(ready.iter().map(|r| r.2));
@@ -298,7 +313,7 @@ impl Role for Proposer {
             .map(|(p, c, r, _)| Example { prompt: p, completion: c, weight: r - baseline })
             .collect();
         if examples.iter().any(|e| e.weight != 0.0) {
-            report.step = self.policy.grpo_step(&examples, &self.grpo, None).map_err(role)?;
+            report.step = self.policy.grpo_step(&examples, &self.grpo, self.reference.as_ref()).map_err(role)?;
         }
         // The rewards known now: −1 for a program that does not run, 0 while the verdicts are pending.
         let rewards = state
@@ -341,6 +356,8 @@ pub struct SolverReport {
 pub struct Solver {
     /// Its policy.
     pub policy: Policy,
+    /// The warm-start policy, for the KL term (when `grpo.beta > 0`).
+    pub reference: Option<Policy>,
     /// Programs per problem (G).
     pub completions: usize,
     /// How they are drawn.
@@ -379,6 +396,7 @@ impl Solver {
     ) -> Self {
         Self {
             policy,
+            reference: None,
             completions,
             sampling,
             grpo,
@@ -431,10 +449,11 @@ impl Role for Solver {
         for (round, e) in board.entries::<Request, String>(ROLES[0])?.into_iter().rev() {
             for (k, program) in e.actions.iter().enumerate() {
                 let id = ProblemId { proposer: e.source, round, index: k as u32 };
-                if proposed.len() < self.proposed && !self.tried.contains(&id) {
-                    if let Some(problem) = problem_of(&e.item, program, &self.rules) {
-                        proposed.push(Task { id: Some(id), problem });
-                    }
+                if proposed.len() < self.proposed
+                    && !self.tried.contains(&id)
+                    && let Some(problem) = problem_of(&e.item, program, &self.rules)
+                {
+                    proposed.push(Task { id: Some(id), problem });
                 }
             }
         }
@@ -525,8 +544,10 @@ impl Role for Solver {
             }
         }
         if !examples.is_empty() {
-            report.step =
-                self.policy.grpo_step(&examples, &self.grpo, None).map_err(|e| genrl::Error::role("solver", e))?;
+            report.step = self
+                .policy
+                .grpo_step(&examples, &self.grpo, self.reference.as_ref())
+                .map_err(|e| genrl::Error::role("solver", e))?;
         }
         Ok(Learned { rewards, report })
     }
@@ -587,6 +608,7 @@ impl Role for Evaluator {
 
     fn items(&mut self, _round: u64, board: &Board) -> genrl::Result<Vec<Attempt>> {
         let mut out = Vec::new();
+
         for (_, e) in board.entries::<Task, String>(ROLES[1])?.into_iter().rev() {
             let Some(id) = e.item.id else { continue };
             if out.len() < self.per_round && self.judged.insert((e.source, id)) {
@@ -639,6 +661,7 @@ impl Role for Evaluator {
                 self.dropped.unreadable += 1;
             } else if e.item.programs.iter().zip(&e.actions).any(|(p, &pass)| pass && !self.passes(&e.item.problem, p))
             {
+                tracing::debug!(peer = %e.source.short(), "a verdict claims a pass its program does not give: dropped");
                 self.dropped.false_passes += 1;
             } else {
                 kept.push(e);

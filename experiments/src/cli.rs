@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{EXAMPLE, RunConfig};
 use crate::files::{out_dir, write_atomic};
 use crate::studies::{self, Reproduce};
-use crate::{all, launch, node, report, run, sapo_swarm, verify, verify_node};
+use crate::{all, codezero_swarm, launch, node, report, run, sapo_swarm, verify, verify_node};
 
 /// swarmlab — decentralized-training protocols on simulated and real swarms.
 ///
@@ -88,6 +88,12 @@ enum Command {
     /// rollouts at the mixes 8/0, 6/2, 4/4 and 2/6 (own/shared groups per step) and in a heterogeneous
     /// swarm of two policy sizes: cumulative reward per mix, reward curves per agent, held-out accuracy
     /// per family. It writes report.md, sapo.json and config.toml.
+    ///
+    /// `codezero`: a CodeZero-style game of proposers, solvers and evaluators on programming problems
+    /// checked by execution in a sandbox, with a lying agent, played with every agent in every role and
+    /// with roles rotating by a seeded draw: reward per role over rounds, the solvers' held-out pass rate,
+    /// the difficulty of proposed problems, what was dropped from peers and why, the sandbox's share of
+    /// the wall time. It writes report.md, summary.json, codezero.json, config.toml and plots.
     ///
     /// For the training studies, the output folder's config.toml runs the same study with `swarmlab run`.
     Reproduce {
@@ -209,6 +215,35 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// Train one CodeZero swarm: proposers write programming problems (reference programs in the
+    /// sandboxed stack language), solvers write programs for them (GRPO, sharing their rollouts),
+    /// evaluators run the programs in the sandbox and share verdicts, and proposers are rewarded for
+    /// problems some but not all solutions pass. Prints each agent's rewards per role, its solver's
+    /// held-out pass rate and what it dropped from its peers; writes config.toml and codezero-run.json.
+    Codezero {
+        /// A TOML configuration (every field optional; `swarmlab codezero --print-config` shows them all).
+        config: Option<PathBuf>,
+        /// Honest agents (overrides the configuration).
+        #[arg(long)]
+        agents: Option<usize>,
+        /// Lying agents added to the swarm: forged problems and verdicts that pass everything.
+        #[arg(long)]
+        liars: Option<usize>,
+        /// Rounds (overrides the configuration).
+        #[arg(long)]
+        rounds: Option<u64>,
+        /// Who plays what: `all` (every agent every role), `split` (agents take turns in a fixed role:
+        /// proposer, solver, evaluator, …) or `rotate:P/S/E` (each round a seeded draw seats P
+        /// proposers, S solvers and E evaluators).
+        #[arg(long, value_parser = clap::builder::ValueParser::new(parse_roles))]
+        roles: Option<genrl::roles::RoleSchedule>,
+        /// Output folder [default: runs/codezero-<unix time>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the full default configuration as TOML and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
     /// Write a new node key file and print its PeerId, and the entry that puts it in a peers file.
     Keygen {
         /// The key file to write (never overwritten).
@@ -227,10 +262,10 @@ enum Command {
     /// referee, every other place a trainer of the configuration's list; writes referee.json (the
     /// settlement over QUIC beside the same trainers' on the simulated network) or trainer-<index>.json.
     Node {
-        /// What the node runs: `sapo`, `pipeline` or `verify`.
-        #[arg(long, default_value = "sapo", value_parser = ["sapo", "pipeline", "verify"])]
+        /// What the node runs: `sapo`, `codezero`, `pipeline` or `verify`.
+        #[arg(long, default_value = "sapo", value_parser = ["sapo", "codezero", "pipeline", "verify"])]
         protocol: String,
-        /// The configuration (as for `swarmlab sapo`, or `swarmlab run` with `--protocol pipeline`; with
+        /// The configuration (as for `swarmlab sapo` or `swarmlab codezero`, or `swarmlab run` with `--protocol pipeline`; with
         /// `--protocol verify`: model, steps, evaluate, trainers, deadline_s, checkpoint_every).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -264,8 +299,9 @@ enum Command {
         /// arm's stages x replicas).
         #[arg(long = "local")]
         local: usize,
-        /// What the nodes run: `sapo`, `pipeline` or `verify` (a referee and the configuration's trainers).
-        #[arg(long, default_value = "sapo", value_parser = ["sapo", "pipeline", "verify"])]
+        /// What the nodes run: `sapo`, `codezero`, `pipeline` or `verify` (a referee and the
+        /// configuration's trainers).
+        #[arg(long, default_value = "sapo", value_parser = ["sapo", "codezero", "pipeline", "verify"])]
         protocol: String,
         /// The configuration every node runs [default: the built-in one for the protocol].
         #[arg(long)]
@@ -428,6 +464,14 @@ where
             };
             verify_node::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
         }
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, .. } if protocol == "codezero" => {
+            let mut cfg = match config {
+                Some(path) => codezero_swarm::load_config(&path)?,
+                None => codezero::CodeZeroConfig::default(),
+            };
+            cfg.device = device.unwrap_or(cfg.device);
+            codezero_swarm::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
+        }
         Command::Node { config, key, peers, out, idle_timeout_s, bind, .. } => {
             let mut cfg = match config {
                 Some(path) => sapo_swarm::load_config(&path)?,
@@ -448,6 +492,47 @@ where
                 emulate_link,
             })
             .map(|_| ())
+        }
+        Command::Codezero { config, agents, liars, rounds, roles, out, print_config } => {
+            if print_config {
+                print!("{}", toml::to_string(&codezero::CodeZeroConfig::default())?);
+                return Ok(());
+            }
+            let mut cfg = match config {
+                Some(path) => codezero_swarm::read_config(&path)?,
+                None => codezero::CodeZeroConfig::default(),
+            };
+            cfg.agents = agents.unwrap_or(cfg.agents);
+            cfg.liars = liars.unwrap_or(cfg.liars);
+            cfg.rounds = rounds.unwrap_or(cfg.rounds);
+            cfg.roles = match roles {
+                // A rotation's draws follow the run's seed.
+                Some(genrl::roles::RoleSchedule::Rotate { counts, .. }) => {
+                    genrl::roles::RoleSchedule::Rotate { seed: cfg.seed, counts }
+                }
+                Some(other) => other,
+                None => cfg.roles,
+            };
+            cfg.device = device.unwrap_or(cfg.device);
+            if cfg.transport == genrl::TransportKind::Quic {
+                // The same swarm as node processes: its configuration, overrides applied, goes to every node.
+                cfg.validate()?;
+                let out = out_dir(out, "codezero")?;
+                let path = out.join("codezero.toml");
+                write_atomic(&path, toml::to_string(&cfg)?.as_bytes())?;
+                let launch = launch::Launch {
+                    nodes: cfg.agents + cfg.liars,
+                    protocol: "codezero".into(),
+                    config: Some(path),
+                    out: Some(out),
+                    net: node::NodeNet::default(),
+                    kill: None,
+                    late: None,
+                    emulate_link: true,
+                };
+                return launch::launch(launch).map(|_| ());
+            }
+            codezero_swarm::train(cfg, out)
         }
         Command::Sapo { config, mix, rounds, agents, liars, sizes, out, print_config } => {
             if print_config {
@@ -558,3 +643,23 @@ fn node_net(idle_timeout_s: f64, bind: Option<std::net::SocketAddr>) -> Result<n
     Ok(node::NodeNet { idle_timeout: std::time::Duration::from_secs_f64(idle_timeout_s), bind })
 }
 
+/// A `--roles` value: `all`, `split` or `rotate:P/S/E`.
+fn parse_roles(s: &str) -> std::result::Result<genrl::roles::RoleSchedule, String> {
+    use genrl::roles::RoleSchedule;
+    match s {
+        "all" => Ok(RoleSchedule::All),
+        "split" => Ok(RoleSchedule::Fixed(vec![vec![0], vec![1], vec![2]])),
+        _ => {
+            let bad = || format!("{s:?} is not all, split or rotate:P/S/E (e.g. rotate:1/2/1)");
+            let counts = s.strip_prefix("rotate:").ok_or_else(bad)?;
+            let counts: Vec<usize> = counts
+                .split('/')
+                .map(|c| c.trim().parse::<usize>().map_err(|_| bad()))
+                .collect::<std::result::Result<_, _>>()?;
+            if counts.len() != 3 {
+                return Err(bad());
+            }
+            Ok(RoleSchedule::Rotate { seed: 0, counts })
+        }
+    }
+}

@@ -36,6 +36,7 @@ pub mod plugs;
 mod plots;
 mod report;
 mod run;
+mod codezero_swarm;
 mod sapo_swarm;
 mod studies;
 pub mod threads;

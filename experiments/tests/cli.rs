@@ -716,6 +716,97 @@ fn a_swarm_carries_on_when_one_of_four_nodes_is_killed() -> Result<(), Box<dyn s
     Ok(())
 }
 
+/// A CodeZero swarm from a tiny configuration, with a liar and rotating roles: every agent's record and
+/// the table; bad fields are named.
+#[test]
+fn codezero_trains_a_swarm_from_a_config_and_names_bad_fields() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("codezero.toml");
+    std::fs::write(&config, "agents = 2\nrounds = 6\nheld_out = 3\n[warm_start]\nsteps = 5\nbatch = 8\n")?;
+    let out_dir = dir.path().join("run");
+    let out = swarmlab()
+        .arg("codezero")
+        .arg(&config)
+        .args(["--liars", "1", "--roles", "rotate:1/1/1", "--out"])
+        .arg(&out_dir)
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("held-out pass rate") && stdout.contains("sandbox:"), "{stdout}");
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("codezero-run.json"))?)?;
+    let agents = run["agents"].as_array().ok_or("no agents")?;
+    assert_eq!(agents.len(), 3, "two agents and a liar");
+    for a in agents {
+        let rounds = a["rounds"].as_array().ok_or("no rounds")?;
+        assert_eq!(rounds.len(), 6);
+        // Rotating 1/1/1 over three agents: exactly one role a round each.
+        for r in rounds {
+            let played = ["proposer", "solver", "evaluator"].iter().filter(|k| !r[**k].is_null()).count();
+            assert_eq!(played, 1, "{r}");
+        }
+    }
+    assert!(std::fs::read_to_string(out_dir.join("config.toml"))?.contains("counts = [1, 1, 1]"));
+    let defaults = swarmlab().args(["codezero", "--print-config"]).output()?;
+    let printed = dir.path().join("defaults.toml");
+    std::fs::write(&printed, &defaults.stdout)?;
+    assert!(String::from_utf8(defaults.stdout)?.contains("[limits]"));
+    let out = swarmlab()
+        .arg("codezero")
+        .arg(&printed)
+        .args(["--rounds", "0", "--out"])
+        .arg(dir.path().join("zero"))
+        .output()?;
+    assert!(
+        !out.status.success() && String::from_utf8(out.stderr)?.contains("codezero.rounds"),
+        "the printed defaults parse"
+    );
+    for (text, says) in [
+        ("agents = 0\n", "codezero.agents"),
+        ("shown = 9\n", "codezero.shown"),
+        ("[roles.rotate]\nseed = 0\ncounts = [5, 5, 5]\n", "roles.rotate.counts"),
+        ("[limits]\nsteps = 0\n", "codezero.limits"),
+        ("[limits]\nfuel = 3\n", "fuel"),
+        ("colour = 3\n", "colour"),
+    ] {
+        std::fs::write(&config, text)?;
+        let out = swarmlab().arg("codezero").arg(&config).arg("--out").arg(dir.path().join("bad")).output()?;
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(!out.status.success() && stderr.contains(says), "{text:?}: {stderr}");
+    }
+    assert!(!dir.path().join("bad").exists(), "nothing is written for a bad configuration");
+    let out = swarmlab().args(["codezero", "--roles", "spin"]).output()?;
+    assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("rotate:P/S/E"));
+    Ok(())
+}
+
+/// CodeZero between four node processes, one killed mid-run: the other three play every round and
+/// notice it gone.
+#[test]
+fn a_codezero_swarm_of_four_nodes_outlives_a_killed_one() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("codezero.toml");
+    std::fs::write(&config, "agents = 4\nrounds = 40\nheld_out = 3\n[warm_start]\nsteps = 5\nbatch = 8\n")?;
+    let run = dir.path().join("launch");
+    let out = swarmlab()
+        .args(["launch", "--local", "4", "--protocol", "codezero"])
+        .args(["--idle-timeout-s", "1", "--kill", "3@2", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..3 {
+        let agent: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join(format!("nodes/agent-{i}.json")))?)?;
+        assert_eq!(agent["rounds"].as_array().map(Vec::len), Some(40), "agent {i} finished");
+    }
+    assert!(!run.join("nodes/agent-3.json").exists(), "the killed node wrote no result");
+    let report = std::fs::read_to_string(run.join("report.md"))?;
+    assert!(report.contains("| killed at round") && report.contains("solver reward"), "{report}");
+    assert!(report.contains("Leave: peer"), "the others noticed the killed node: {report}");
+    Ok(())
+}
+
 /// Verde between node processes: a referee and three trainers on loopback settle as the simulated
 /// network does (the same disputes, winners, steps and records); with the honest trainer that defends
 /// first killed mid-dispute, it loses at the deadline and the other honest trainer takes its claim up

@@ -6,7 +6,7 @@
 //! is returned so it can be logged. Payloads for later rounds are kept for when those rounds come;
 //! payloads for rounds already closed are dropped. Undecodable messages are counted and ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
@@ -21,8 +21,11 @@ use crate::metrics::{EventKind, Metrics};
 /// What one [`all_gather`](CommunicationBackend::all_gather) returned.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Gathered {
-    /// Payloads by sender, this agent's own included.
+    /// Payloads by sender, this agent's own included (each peer's newest).
     pub payloads: BTreeMap<PeerId, Bytes>,
+    /// Older payloads not taken before, oldest first, from an [`Inbox`] that keeps more than each
+    /// peer's newest ([`Inbox::keeping`]); empty otherwise.
+    pub earlier: Vec<(PeerId, Bytes)>,
     /// Peers whose payload did not arrive in time.
     pub missing: Vec<PeerId>,
     /// Messages that could not be decoded (dropped).
@@ -108,7 +111,7 @@ impl<T: Transport, C: Clock> CommunicationBackend for BroadcastGather<T, C> {
         self.closed_before = self.closed_before.max(round + 1);
         self.early.retain(|r, _| *r >= self.closed_before);
         let missing = self.peers.iter().filter(|p| !got.contains_key(p)).copied().collect();
-        Ok(Gathered { payloads: got, missing, rejected })
+        Ok(Gathered { payloads: got, earlier: Vec::new(), missing, rejected })
     }
 }
 
@@ -116,13 +119,17 @@ impl<T: Transport, C: Clock> CommunicationBackend for BroadcastGather<T, C> {
 /// reach (one it cannot is skipped and logged), then takes whatever has arrived — each peer's newest
 /// payload not taken before — and returns at once. A slow peer costs nothing but
 /// staleness: its payloads are used when they come, whatever round the receiver is in (rounds of agents
-/// of different speeds drift apart). SAPO's asynchronous exchange.
+/// of different speeds drift apart). SAPO's asynchronous exchange. A peer that runs ahead replaces its
+/// payloads before they are taken; [`Inbox::keeping`] keeps its older ones too (a game of roles, where
+/// each payload carries different entries, needs them all).
 #[derive(Debug)]
 pub struct Inbox<T: Transport, C: Clock> {
     transport: T,
     clock: C,
     peers: Vec<PeerId>,
-    waiting: BTreeMap<PeerId, (u64, Bytes)>,
+    /// Payloads not taken yet, by peer, oldest first (at most `keep`).
+    waiting: BTreeMap<PeerId, VecDeque<(u64, Bytes)>>,
+    keep: usize,
     /// Peers a send failed to: the round before which they are not tried again, and how many rounds
     /// the next failure adds.
     unreachable: BTreeMap<PeerId, (u64, u64)>,
@@ -141,7 +148,14 @@ impl<T: Transport, C: Clock> Inbox<T, C> {
     pub fn new(transport: T, clock: C, peers: Vec<PeerId>) -> Self {
         let me = transport.local_peer();
         let peers = peers.into_iter().filter(|p| *p != me).collect();
-        Self { transport, clock, peers, waiting: BTreeMap::new(), unreachable: BTreeMap::new(), events: None }
+        Self { transport, clock, peers, waiting: BTreeMap::new(), keep: 1, unreachable: BTreeMap::new(), events: None }
+    }
+
+    /// Keeps up to `n` payloads per peer until they are taken (1, the default: only the newest). Older
+    /// ones come back in [`Gathered::earlier`]; beyond `n`, the oldest are dropped.
+    pub fn keeping(mut self, n: usize) -> Self {
+        self.keep = n.max(1);
+        self
     }
 
     /// Records in `metrics`, as agent `agent`, a [`EventKind::Leave`] when a peer stops taking payloads
@@ -202,8 +216,12 @@ impl<T: Transport, C: Clock> CommunicationBackend for Inbox<T, C> {
                         rejected += 1;
                         continue;
                     }
-                    if self.waiting.get(&from).is_none_or(|(r, _)| msg.round >= *r) {
-                        self.waiting.insert(from, (msg.round, msg.payload.0));
+                    let queue = self.waiting.entry(from).or_default();
+                    if queue.back().is_none_or(|(r, _)| msg.round >= *r) {
+                        queue.push_back((msg.round, msg.payload.0));
+                        while queue.len() > self.keep {
+                            queue.pop_front();
+                        }
                     }
                 }
                 Err(transport::TransportError::Decode { from, source }) => {
@@ -213,11 +231,17 @@ impl<T: Transport, C: Clock> CommunicationBackend for Inbox<T, C> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut payloads: BTreeMap<PeerId, Bytes> =
-            std::mem::take(&mut self.waiting).into_iter().map(|(peer, (_, bytes))| (peer, bytes)).collect();
+        let mut payloads = BTreeMap::new();
+        let mut earlier = Vec::new();
+        for (peer, mut queue) in std::mem::take(&mut self.waiting) {
+            if let Some((_, newest)) = queue.pop_back() {
+                payloads.insert(peer, newest);
+            }
+            earlier.extend(queue.into_iter().map(|(_, bytes)| (peer, bytes)));
+        }
         let missing = self.peers.iter().filter(|p| !payloads.contains_key(*p)).copied().collect();
         payloads.insert(me, payload);
-        Ok(Gathered { payloads, missing, rejected })
+        Ok(Gathered { payloads, earlier, missing, rejected })
     }
 }
 
@@ -296,6 +320,24 @@ mod tests {
         assert_eq!(g.payloads.len(), 1);
         assert_eq!(g.missing.len(), 2);
         assert_eq!(clock.now(), Duration::from_millis(100), "nobody ever waited");
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inbox_keeping_several_returns_the_older_payloads_too() -> Result<()> {
+        let net = Network::builder(4).default_link(LinkSpec::mbit(10.0, 1000.0)).build()?;
+        let ids: Vec<PeerId> = (0..2).map(PeerId::simulated).collect();
+        let mut a = Inbox::new(net.add_peer(ids[0])?, net.clock(), ids.clone()).keeping(2);
+        let mut b = Inbox::new(net.add_peer(ids[1])?, net.clock(), ids.clone());
+        for round in 0..3u8 {
+            b.all_gather(u64::from(round), Bytes::from(vec![round])).await?;
+        }
+        net.clock().sleep(Duration::from_millis(50)).await;
+        let g = a.all_gather(0, Bytes::from_static(&[9])).await?;
+        assert_eq!(g.payloads[&ids[1]], Bytes::from(vec![2]), "the newest");
+        assert_eq!(g.earlier, vec![(ids[1], Bytes::from(vec![1]))], "one older kept, the oldest dropped");
+        let g = a.all_gather(1, Bytes::from_static(&[9])).await?;
+        assert!(g.earlier.is_empty() && g.payloads.len() == 1, "taken once");
         Ok(())
     }
 

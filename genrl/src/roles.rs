@@ -4,8 +4,10 @@
 //! A round of a [`RoleGame`] runs every stage of every role it plays: each role takes its items (from
 //! its own data or from the [`Board`], where every role's entries of recent rounds lie), generates
 //! actions for them, and the agent shares all of its roles' entries with the swarm in one payload per
-//! stage through the [`CommunicationBackend`] (with an [`Inbox`](crate::comm::Inbox) it never waits).
-//! What arrives is decoded per role and passes that role's [`Role::select`] — the receiver's own checks —
+//! stage through the [`CommunicationBackend`] (with an [`Inbox`](crate::comm::Inbox) it never waits;
+//! agents whose roles cost different times drift apart, so give it
+//! [`Inbox::keeping`](crate::comm::Inbox::keeping) to take a fast peer's every payload, not only its
+//! newest). What arrives is decoded per role and passes that role's [`Role::select`] — the receiver's own checks —
 //! before it joins the round's state and the board. Then every played role scores its entries by its
 //! own rules and learns ([`Role::learn`]). An agent also receives, checks and keeps the entries of roles
 //! it does not play this round, so a solver finds the problems of the swarm's proposers on its board.
@@ -570,7 +572,8 @@ pub(crate) async fn play<B: CommunicationBackend>(
         };
         let gathered = comm.all_gather(round * stages as u64 + stage as u64, payload).await?;
         let mut rejected = gathered.rejected;
-        for (peer, bytes) in &gathered.payloads {
+        let older = gathered.earlier.iter().map(|(peer, bytes)| (peer, bytes));
+        for (peer, bytes) in older.chain(&gathered.payloads) {
             if *peer == local {
                 continue;
             }

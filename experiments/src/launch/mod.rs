@@ -48,7 +48,7 @@ impl FromStr for Kill {
 #[derive(Debug, Clone)]
 pub(crate) struct Launch {
     pub(crate) nodes: usize,
-    /// `sapo`, `pipeline` or `verify`.
+    /// `sapo`, `codezero`, `pipeline` or `verify`.
     pub(crate) protocol: String,
     pub(crate) config: Option<PathBuf>,
     pub(crate) out: Option<PathBuf>,
@@ -98,6 +98,10 @@ fn prepare_config(launch: &Launch) -> Result<(String, LinkSpec)> {
             toml::to_string(&crate::verify_node::VerifyConfig::default())?,
             "the built-in configuration".into(),
         ),
+        None if launch.protocol == "codezero" => (
+            toml::to_string(&codezero::CodeZeroConfig::default())?,
+            "the built-in configuration".into(),
+        ),
         None => (toml::to_string(&sapo::SapoConfig::default())?, "the built-in configuration".into()),
     };
     let (needed, what, link) = if launch.protocol == "verify" {
@@ -109,6 +113,10 @@ fn prepare_config(launch: &Launch) -> Result<(String, LinkSpec)> {
         let spec = cfg.spec(0)?;
         let what = format!("its first arm has {} stages x {} replicas", spec.stages, spec.replicas);
         (spec.stages * spec.replicas, what, LinkSpec::mbit(cfg.network.latency_ms, cfg.network.mbit_per_s))
+    } else if launch.protocol == "codezero" {
+        let cfg = crate::codezero_swarm::parse_config(&text, &source)?;
+        let what = format!("it has {} agents and {} liars", cfg.agents, cfg.liars);
+        (cfg.agents + cfg.liars, what, LinkSpec::mbit(cfg.latency_ms, cfg.bandwidth_mbit))
     } else {
         let cfg = crate::sapo_swarm::parse_config(&text, &source)?;
         let what = format!("it has {} agents and {} liars", cfg.agents, cfg.liars);

@@ -81,6 +81,12 @@ pub(super) fn result_of(results: &Path, protocol: &str, place: usize) -> String 
     if protocol == "verify" {
         return crate::verify_node::result_of(results, place);
     }
+    if protocol == "codezero" {
+        return std::fs::read_to_string(results.join(format!("agent-{place}.json")))
+            .ok()
+            .and_then(|t| serde_json::from_str::<codezero::AgentRun>(&t).ok())
+            .map_or("no result".into(), |run| crate::codezero_swarm::summary_line(&run));
+    }
     let file = if protocol == "pipeline" { format!("worker-{place}.json") } else { format!("agent-{place}.json") };
     let Some(v) = std::fs::read_to_string(results.join(&file))
         .ok()

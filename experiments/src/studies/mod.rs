@@ -4,7 +4,7 @@
 //!
 //! Two traits split what a study is:
 //! - [`Study`]: something `swarmlab reproduce <name>` runs (a training study runs its preset through
-//!   `swarmlab run`; `verde` and `sapo` have runs of their own);
+//!   `swarmlab run`; `verde`, `sapo` and `codezero` have runs of their own);
 //! - [`Findings`]: what a training study adds to *any* run whose configuration has its arms or parts —
 //!   measurements after the arms, claims beside the papers', report sections and plots. A user's own
 //!   configuration with NoLoCo arms gets NoLoCo's claims the same way the preset does.
@@ -14,6 +14,7 @@
 
 pub(crate) mod baseline;
 pub(crate) mod checkfree;
+pub(crate) mod codezero;
 pub(crate) mod compose;
 pub(crate) mod noloco;
 pub(crate) mod sapo;
@@ -154,13 +155,14 @@ impl<T: TrainingStudy> Study for T {
 }
 
 /// Every study `swarmlab reproduce` knows, in the order `reproduce all` runs them.
-pub(crate) static STUDIES: [&dyn Study; 6] = [
+pub(crate) static STUDIES: [&dyn Study; 7] = [
     &noloco::NoLoCoStudy,
     &skippipe::SkipPipeStudy,
     &checkfree::CheckFreeStudy,
     &compose::ComposeStudy,
     &verde::VerdeStudy,
     &sapo::SapoStudy,
+    &codezero::CodeZeroStudy,
 ];
 
 /// The names `swarmlab reproduce` accepts: every study, and `all`.

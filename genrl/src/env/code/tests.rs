@@ -86,6 +86,10 @@ fn problems_are_checked_by_execution() {
     assert_eq!(p.reward("x\n1\n", &limits), 0.0);
     assert!(p.judge("x 0 /", &limits).fault.is_some());
     p.check(32, &limits).expect("genuine");
+    assert!(!p.is_trivial());
+    let identity = CodeProblem::from_reference("x 7 %", vec![1, 2, 5, 6], 3, 32, &limits).expect("valid");
+    let constant = CodeProblem::from_reference("x 9 /", vec![1, 2, 5, 6], 3, 32, &limits).expect("valid");
+    assert!(identity.is_trivial() && constant.is_trivial(), "x mod 7 is x, x / 9 is 0 on these inputs");
     let mut forged = p.clone();
     forged.answers[3] = "16".into();
     assert_eq!(forged.check(32, &limits), Err(BadProblem::WrongAnswers));
