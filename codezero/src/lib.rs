@@ -25,4 +25,5 @@ pub mod swarm;
 
 pub use error::{Error, Result};
 pub use roles::{Dropped, Evaluator, Proposer, Solver};
+pub use sapo::WarmStartConfig;
 pub use swarm::{AgentRun, CodeZeroConfig, CodeZeroRun, RoundRecord, WarmStart, run, warm_start};

@@ -12,11 +12,11 @@ use genrl::comm::{CommunicationBackend, Inbox};
 use genrl::env::code::{CodeProblem, Limits, random_inputs, random_program};
 use genrl::roles::{RoleGame, RoleSchedule};
 use genrl::{AgentCtx, Clock, DeviceProfile, SimSwarm, World, run_simulation};
-use models::{AdamW, DeviceSpec, OptimConfig};
+use models::{AdamW, DeviceSpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sapo::policy::Example;
-use sapo::{GrpoConfig, Policy, PolicyConfig, Sampling};
+use sapo::{GrpoConfig, Policy, PolicyConfig, Sampling, WarmStartConfig};
 use serde::{Deserialize, Serialize};
 use transport::Transport;
 use transport::sim::LinkSpec;
@@ -25,24 +25,6 @@ use crate::error::{Error, Result};
 use crate::roles::{
     Dropped, Evaluator, EvaluatorReport, Proposer, ProposerReport, ROLES, Request, Rules, Solver, SolverReport,
 };
-
-/// The supervised warm start of both policies on the format (random reference programs).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WarmStartConfig {
-    /// Supervised steps of each policy.
-    pub steps: usize,
-    /// Examples per step.
-    pub batch: usize,
-    /// Peak learning rate (cosine decay to a tenth).
-    pub lr: f32,
-}
-
-impl Default for WarmStartConfig {
-    fn default() -> Self {
-        Self { steps: 300, batch: 32, lr: 3e-3 }
-    }
-}
 
 /// One CodeZero experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,7 +65,7 @@ pub struct CodeZeroConfig {
     pub sampling: Sampling,
     /// GRPO (solvers) and the clipped policy gradient (proposers).
     pub grpo: GrpoConfig,
-    /// The warm start.
+    /// The supervised warm start of both policies on the format (random reference programs).
     pub warm_start: WarmStartConfig,
     /// Held-out problems the solvers are scored on (a third of each level).
     pub held_out: usize,
@@ -263,13 +245,7 @@ pub fn warm_start(cfg: &CodeZeroConfig) -> Result<WarmStart> {
     let rules = cfg.rules();
     let device = cfg.device.resolve()?;
     let ws = &cfg.warm_start;
-    let optim_cfg = OptimConfig {
-        lr: ws.lr,
-        min_lr: ws.lr / 10.0,
-        warmup_steps: (ws.steps as u64 / 10).max(1),
-        total_steps: ws.steps.max(1) as u64,
-        ..OptimConfig::default()
-    };
+    let optim_cfg = ws.optim();
     let policy_cfg = cfg.policy();
     let mut solver = Policy::new(&policy_cfg, &device)?;
     let mut proposer = Policy::new(&policy_cfg, &device)?;

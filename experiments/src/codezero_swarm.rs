@@ -124,34 +124,30 @@ pub(crate) fn node(
     net: crate::node::NodeNet,
 ) -> Result<()> {
     cfg.validate()?;
-    let what = format!("the configuration has {} agents and {} liars", cfg.agents, cfg.liars);
-    let node = crate::node::Node::load(key, peers, cfg.agents + cfg.liars, &what, net)?;
-    let index = node.index;
-    let out = out_dir(out, "node")?;
-    eprintln!("swarmlab node {}: codezero agent {index} of {}, listening on {}", node.id(), node.ids.len(), node.addr);
-    let started = Instant::now();
+    let node = crate::node::AgentNode {
+        protocol: "codezero",
+        agents: cfg.agents,
+        liars: cfg.liars,
+        key,
+        peers,
+        out,
+        net,
+        profile: genrl::DeviceProfile::preset(&cfg.profile)?,
+    };
     let rounds = cfg.rounds;
     let device = cfg.device.resolve()?;
-    let (run, log) = node.run(
-        genrl::DeviceProfile::preset(&cfg.profile)?,
+    crate::node::agent_node(
+        node,
         || warm_start(&cfg),
-        |ctx, warm| {
+        |ctx, warm, index| {
             let (cfg, device) = (&cfg, &device);
-            let metrics = ctx.metrics.clone();
             async move {
                 let progress = move |round| eprintln!("round {round}/{rounds}");
-                let run = codezero::swarm::play(cfg, &warm, device, index, ctx, false, &progress).await?;
-                anyhow::Ok((run, metrics.snapshot()))
+                Ok(codezero::swarm::play(cfg, &warm, device, index, ctx, false, &progress).await?)
             }
         },
-    )?;
-    let file = out.join(format!("agent-{index}.json"));
-    write_atomic(&file, serde_json::to_string_pretty(&run)?.as_bytes())?;
-    let wall_s = started.elapsed().as_secs_f64();
-    crate::node::NodeLog { place: index, peer: node.id().to_string(), protocol: "codezero".into(), wall_s, log }
-        .save(&out.join(format!("node-{index}.h5")))?;
-    println!("agent {index}: {}; wrote {}", summary_line(&run), file.display());
-    Ok(())
+        summary_line,
+    )
 }
 
 /// One agent's run in a few words.

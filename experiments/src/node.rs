@@ -118,6 +118,66 @@ impl Node {
     }
 }
 
+/// What a swarm game's node is: which game, its size, where it writes.
+pub(crate) struct AgentNode<'a> {
+    /// The game (`sapo`, `codezero`): the node log's protocol and the first line's words.
+    pub(crate) protocol: &'static str,
+    /// Honest agents and lying ones: the places the peers file must have.
+    pub(crate) agents: usize,
+    /// Lying agents (the last places).
+    pub(crate) liars: usize,
+    /// This node's key file.
+    pub(crate) key: &'a Path,
+    /// The peers file.
+    pub(crate) peers: &'a Path,
+    /// Output folder (a default under `runs/` if not given).
+    pub(crate) out: Option<PathBuf>,
+    /// Timeouts and address.
+    pub(crate) net: NodeNet,
+    /// The simulated profile its agent runs with.
+    pub(crate) profile: DeviceProfile,
+}
+
+/// Runs one agent of a swarm game as this node, in real time: loads the key and peers file, runs
+/// `prepare` (a warm start), plays `agent` (given the node's place, which prints `round r/R` lines for
+/// `swarmlab launch`), then writes `agent-<place>.json` with its result and `node-<place>.h5` with its
+/// series and events, and prints `describe` of the result.
+pub(crate) fn agent_node<P, R, Fut>(
+    node: AgentNode<'_>,
+    prepare: impl FnOnce() -> Result<P>,
+    agent: impl FnOnce(AgentCtx<Endpoint, WallClock>, P, usize) -> Fut,
+    describe: impl FnOnce(&R) -> String,
+) -> Result<()>
+where
+    R: serde::Serialize,
+    Fut: Future<Output = Result<R>>,
+{
+    let what = format!("the configuration has {} agents and {} liars", node.agents, node.liars);
+    let this = Node::load(node.key, node.peers, node.agents + node.liars, &what, node.net)?;
+    let index = this.index;
+    let out = out_dir(node.out, "node")?;
+    eprintln!(
+        "swarmlab node {}: {} agent {index} of {}, listening on {}",
+        this.id(),
+        node.protocol,
+        this.ids.len(),
+        this.addr
+    );
+    let started = std::time::Instant::now();
+    let (result, log) = this.run(node.profile, prepare, |ctx, prepared| {
+        let metrics = ctx.metrics.clone();
+        let played = agent(ctx, prepared, index);
+        async move { anyhow::Ok((played.await?, metrics.snapshot())) }
+    })?;
+    let file = out.join(format!("agent-{index}.json"));
+    write_atomic(&file, serde_json::to_string_pretty(&result)?.as_bytes())?;
+    let wall_s = started.elapsed().as_secs_f64();
+    NodeLog { place: index, peer: this.id().to_string(), protocol: node.protocol.into(), wall_s, log }
+        .save(&out.join(format!("node-{index}.h5")))?;
+    println!("agent {index}: {}; wrote {}", describe(&result), file.display());
+    Ok(())
+}
+
 /// Runs worker `index` (its id's rank in the peers file) of the first arm of `cfg`.
 pub(crate) fn pipeline_node(
     cfg: &RunConfig,

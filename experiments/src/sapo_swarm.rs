@@ -114,7 +114,7 @@ pub(crate) fn train(cfg: SapoConfig, out: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// `swarmlab node`: one agent of the swarm over QUIC, in real time.
+/// `swarmlab node`: one agent of the swarm over QUIC, in real time; writes agent-<index>.json.
 pub(crate) fn node(
     cfg: SapoConfig,
     key: &Path,
@@ -123,40 +123,34 @@ pub(crate) fn node(
     net: crate::node::NodeNet,
 ) -> Result<()> {
     cfg.validate()?;
-    let what = format!("the configuration has {} agents and {} liars", cfg.agents, cfg.liars);
-    let node = crate::node::Node::load(key, peers, cfg.agents + cfg.liars, &what, net)?;
-    let index = node.index;
-    let out = out_dir(out, "node")?;
-    eprintln!("swarmlab node {}: agent {index} of {}, listening on {}", node.id(), node.ids.len(), node.addr);
-    let started = std::time::Instant::now();
+    let node = crate::node::AgentNode {
+        protocol: "sapo",
+        agents: cfg.agents,
+        liars: cfg.liars,
+        key,
+        peers,
+        out,
+        net,
+        profile: genrl::DeviceProfile::preset(&cfg.profile)?,
+    };
     let rounds = cfg.rounds;
-    let (run, log) = node.run(
-        genrl::DeviceProfile::preset(&cfg.profile)?,
+    crate::node::agent_node(
+        node,
         || warm_starts(&cfg),
-        |ctx, warm| {
+        |ctx, warm, index| {
             let cfg = &cfg;
-            let metrics = ctx.metrics.clone();
             let progress = move |round| eprintln!("round {round}/{rounds}");
-            async move {
-                let run = sapo::swarm::play_agent(cfg, &warm, index, ctx, progress).await?;
-                anyhow::Ok((run, metrics.snapshot()))
-            }
+            async move { Ok(sapo::swarm::play_agent(cfg, &warm, index, ctx, progress).await?) }
         },
-    )?;
-    let file = out.join(format!("agent-{index}.json"));
-    write_atomic(&file, serde_json::to_string_pretty(&run)?.as_bytes())?;
-    let wall_s = started.elapsed().as_secs_f64();
-    crate::node::NodeLog { place: index, peer: node.id().to_string(), protocol: "sapo".into(), wall_s, log }
-        .save(&out.join(format!("node-{index}.h5")))?;
-    let r = run.rewards();
-    println!(
-        "agent {index}: reward {:.3} → {:.3}, held-out accuracy {:.3}, dropped {:?}; wrote {}",
-        r.first().copied().unwrap_or(0.0),
-        r.last().copied().unwrap_or(0.0),
-        run.eval.get("all").copied().unwrap_or(0.0),
-        run.dropped,
-        file.display()
-    );
-    Ok(())
+        |run: &sapo::AgentRun| {
+            let r = run.rewards();
+            format!(
+                "reward {:.3} → {:.3}, held-out accuracy {:.3}, dropped {:?}",
+                r.first().copied().unwrap_or(0.0),
+                r.last().copied().unwrap_or(0.0),
+                run.eval.get("all").copied().unwrap_or(0.0),
+                run.dropped
+            )
+        },
+    )
 }
-

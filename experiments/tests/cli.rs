@@ -51,6 +51,11 @@ fn node_swarm(agents: usize, rounds: u64, top: &str) -> String {
     )
 }
 
+/// A CodeZero configuration of `agents` agents and `rounds` rounds that warms up in moments.
+fn codezero_swarm(agents: usize, rounds: u64) -> String {
+    format!("agents = {agents}\nrounds = {rounds}\nheld_out = 3\n[warm_start]\nsteps = 5\nbatch = 8\n")
+}
+
 /// Keys for `n` nodes on free loopback ports, and the peers file listing them; returns its path.
 fn node_keys(dir: &std::path::Path, n: usize) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
     // Free ports, all bound until every one is read so that none is handed out twice (another process
@@ -722,7 +727,7 @@ fn a_swarm_carries_on_when_one_of_four_nodes_is_killed() -> Result<(), Box<dyn s
 fn codezero_trains_a_swarm_from_a_config_and_names_bad_fields() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("codezero.toml");
-    std::fs::write(&config, "agents = 2\nrounds = 6\nheld_out = 3\n[warm_start]\nsteps = 5\nbatch = 8\n")?;
+    std::fs::write(&config, codezero_swarm(2, 6))?;
     let out_dir = dir.path().join("run");
     let out = swarmlab()
         .arg("codezero")
@@ -785,7 +790,7 @@ fn codezero_trains_a_swarm_from_a_config_and_names_bad_fields() -> Result<(), Bo
 fn a_codezero_swarm_of_four_nodes_outlives_a_killed_one() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("codezero.toml");
-    std::fs::write(&config, "agents = 4\nrounds = 40\nheld_out = 3\n[warm_start]\nsteps = 5\nbatch = 8\n")?;
+    std::fs::write(&config, codezero_swarm(4, 40))?;
     let run = dir.path().join("launch");
     let out = swarmlab()
         .args(["launch", "--local", "4", "--protocol", "codezero"])

@@ -32,4 +32,4 @@ pub use agent::{Dropped, Mix, PolicyTrainer, QuestionStream, SwarmRewards, Train
 pub use error::{Error, Result};
 pub use grpo::GrpoConfig;
 pub use policy::{Policy, PolicyConfig, Sampling};
-pub use swarm::{AgentRun, SapoConfig, SapoRun, WarmStart, run, warm_start};
+pub use swarm::{AgentRun, SapoConfig, SapoRun, WarmStart, WarmStartConfig, run, warm_start};

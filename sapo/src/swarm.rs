@@ -35,7 +35,7 @@ use crate::policy::{Example, Policy, PolicyConfig, Sampling};
 pub struct WarmStartConfig {
     /// Supervised steps.
     pub steps: usize,
-    /// Questions per step.
+    /// Examples (questions with their answers) per step.
     pub batch: usize,
     /// Peak learning rate (cosine decay to a tenth).
     pub lr: f32,
@@ -44,6 +44,19 @@ pub struct WarmStartConfig {
 impl Default for WarmStartConfig {
     fn default() -> Self {
         Self { steps: 300, batch: 32, lr: 3e-3 }
+    }
+}
+
+impl WarmStartConfig {
+    /// The warm start's own schedule: warm-up over a tenth of the steps, cosine decay to a tenth of `lr`.
+    pub fn optim(&self) -> OptimConfig {
+        OptimConfig {
+            lr: self.lr,
+            min_lr: self.lr / 10.0,
+            warmup_steps: (self.steps as u64 / 10).max(1),
+            total_steps: self.steps.max(1) as u64,
+            ..OptimConfig::default()
+        }
     }
 }
 
@@ -206,14 +219,7 @@ pub fn warm_start(cfg: &SapoConfig, size: &str) -> Result<WarmStart> {
     let policy = cfg.policy_of(size)?;
     let mut p = Policy::new(&policy, &cfg.device.resolve()?)?;
     let ws = &cfg.warm_start;
-    let optim_cfg = OptimConfig {
-        lr: ws.lr,
-        min_lr: ws.lr / 10.0,
-        warmup_steps: (ws.steps as u64 / 10).max(1),
-        total_steps: ws.steps.max(1) as u64,
-        ..OptimConfig::default()
-    };
-    let mut optim = AdamW::new(optim_cfg, policy.model.backend)?;
+    let mut optim = AdamW::new(ws.optim(), policy.model.backend)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x3a7d_57a2);
     let mut loss = f64::NAN;
     for _ in 0..ws.steps {
