@@ -266,6 +266,8 @@ pub struct RoleRound {
     pub rejected: usize,
     /// `rewards[e][a]` the role learned from (empty when not played).
     pub rewards: Vec<Vec<f64>>,
+    /// Mean reward over the own entries' actions (0 when not played or there are none).
+    pub own_reward: f64,
     report: Option<Box<dyn Any + Send>>,
 }
 
@@ -285,12 +287,6 @@ impl RoleRound {
     /// The role's report, when it was played and its report is a `R`.
     pub fn report<R: 'static>(&self) -> Option<&R> {
         self.report.as_ref().and_then(|r| r.downcast_ref())
-    }
-
-    /// Mean reward over the own entries' actions (0 when there are none or it was not played).
-    pub fn mean_reward(&self) -> f64 {
-        let all: Vec<f64> = self.rewards.iter().take(self.own).flatten().copied().collect();
-        if all.is_empty() { 0.0 } else { all.iter().sum::<f64>() / all.len() as f64 }
     }
 }
 
@@ -511,6 +507,7 @@ impl<R: Role> Seat for RoleSeat<R> {
             kept,
             rejected: self.state.rejected,
             rewards: Vec::new(),
+            own_reward: 0.0,
             report: None,
         };
         if !played {
@@ -523,6 +520,16 @@ impl<R: Role> Seat for RoleSeat<R> {
                 format!("{} reward lists for {} entries", learned.rewards.len(), self.state.entries.len()),
             ));
         }
+        let local = self.state.local;
+        let own: Vec<f64> = self
+            .state
+            .entries
+            .iter()
+            .zip(&learned.rewards)
+            .filter(|(e, _)| e.source == local)
+            .flat_map(|(_, r)| r.iter().copied())
+            .collect();
+        out.own_reward = if own.is_empty() { 0.0 } else { own.iter().sum::<f64>() / own.len() as f64 };
         out.rewards = learned.rewards.clone();
         self.learned = Some(learned);
         Ok(out)
@@ -816,6 +823,7 @@ mod tests {
                             answered.push(out[1].own);
                             if out[1].played {
                                 assert!(out[1].rewards.iter().flatten().all(|&r| r == 1.0));
+                                assert_eq!(out[1].own_reward, if out[1].own > 0 { 1.0 } else { 0.0 });
                                 assert_eq!(out[1].report::<usize>(), Some(&out[1].rewards.len()));
                             }
                             ctx.clock.sleep(Duration::from_millis(100)).await;
