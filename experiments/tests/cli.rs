@@ -812,6 +812,67 @@ fn a_codezero_swarm_of_four_nodes_outlives_a_killed_one() -> Result<(), Box<dyn 
     Ok(())
 }
 
+/// The Slurm recipe's task script, run as three tasks of one job on this machine: the tasks meet in the
+/// output folder, make one peers file, and play a SAPO swarm to the end; a task whose peers never come
+/// gives up by name.
+#[test]
+fn the_slurm_task_script_forms_a_swarm_from_its_tasks() -> Result<(), Box<dyn std::error::Error>> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm/swarm-task.sh");
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sapo.toml");
+    std::fs::write(&config, node_swarm(3, 20, ""))?;
+    // Three consecutive free ports (tasks on one host listen at base + their local id).
+    let base = loop {
+        let first = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = first.local_addr()?.port();
+        if port < 65000 && (1..3).all(|k| std::net::UdpSocket::bind(("127.0.0.1", port + k)).is_ok()) {
+            break port;
+        }
+    };
+    let out = dir.path().join("job");
+    let task = |rank: usize, tasks: usize, out: &std::path::Path, wait_s: u32| {
+        Command::new("bash")
+            .arg(&script)
+            .arg("sapo")
+            .arg(&config)
+            .arg(out)
+            .env("SLURM_PROCID", rank.to_string())
+            .env("SLURM_NTASKS", tasks.to_string())
+            .env("SLURM_LOCALID", rank.to_string())
+            .env("SWARM_HOST", "127.0.0.1")
+            .env("SWARM_PORT_BASE", base.to_string())
+            .env("SWARM_WAIT_S", wait_s.to_string())
+            .env("SWARMLAB", env!("CARGO_BIN_EXE_swarmlab"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+    };
+    let children = (0..3).map(|r| task(r, 3, &out, 60)).collect::<Result<Vec<_>, _>>()?;
+    let mut places = Vec::new();
+    for (rank, child) in children.into_iter().enumerate() {
+        let done = child.wait_with_output()?;
+        assert!(done.status.success(), "task {rank}: {}", String::from_utf8_lossy(&done.stderr));
+        let task_dir = out.join(format!("task-{rank}"));
+        let peers = std::fs::read_to_string(task_dir.join("peers.toml"))?;
+        assert_eq!(peers.matches("[[peer]]").count(), 3, "task {rank}'s peers file lists every task");
+        let results: Vec<_> = std::fs::read_dir(&task_dir)?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with("agent-") && n.ends_with(".json"))
+            .collect();
+        assert_eq!(results.len(), 1, "task {rank}: {results:?}");
+        let agent: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(task_dir.join(&results[0]))?)?;
+        assert_eq!(agent["rounds"].as_array().map(Vec::len), Some(20), "task {rank} played every round");
+        places.push(results[0].clone());
+    }
+    places.sort();
+    assert_eq!(places, ["agent-0.json", "agent-1.json", "agent-2.json"], "one place per task");
+    // A job whose other task never starts: the one that did gives up after the wait, naming the count.
+    let alone = task(0, 2, &dir.path().join("alone"), 1)?.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&alone.stderr);
+    assert!(!alone.status.success() && stderr.contains("only 1 of 2 peers"), "{stderr}");
+    Ok(())
+}
+
 /// Verde between node processes: a referee and three trainers on loopback settle as the simulated
 /// network does (the same disputes, winners, steps and records); with the honest trainer that defends
 /// first killed mid-dispute, it loses at the deadline and the other honest trainer takes its claim up
