@@ -23,8 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use genrl::env::code::{CodeProblem, Limits, random_inputs, random_program};
 use genrl::game::{Entry, GameState};
 use genrl::roles::{Board, Learned, Role};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sapo::policy::{Example, StepReport};
 use sapo::{GrpoConfig, Policy, Sampling, grpo};
@@ -47,6 +46,22 @@ pub struct Rules {
     pub max_prompt: usize,
     /// Longest program, its newline included.
     pub max_program: usize,
+}
+
+impl Rules {
+    /// The problem of `reference` on `inputs` under these rules, if the reference runs on every input
+    /// and the prompt fits.
+    pub fn problem(&self, reference: &str, inputs: Vec<i64>) -> Option<CodeProblem> {
+        CodeProblem::from_reference(reference, inputs, self.shown, self.max_prompt, &self.limits).ok()
+    }
+
+    /// A random reference program of `level` on random inputs, and its problem (a stream problem, a
+    /// warm-start example, a held-out problem).
+    pub fn random_problem(&self, level: u8, rng: &mut dyn RngCore) -> Option<CodeProblem> {
+        let reference = random_program(level, rng);
+        let inputs = random_inputs(self.tests, rng);
+        self.problem(&reference, inputs)
+    }
 }
 
 /// A request for a problem: its level and the inputs of its tests.
@@ -121,8 +136,7 @@ fn readable(programs: &[String], count: usize, max: usize) -> bool {
 /// The problem of `program` on `request`'s inputs, if the program runs on all of them and the prompt
 /// fits.
 pub fn problem_of(request: &Request, program: &str, rules: &Rules) -> Option<CodeProblem> {
-    let text = program.strip_suffix('\n')?;
-    CodeProblem::from_reference(text, request.inputs.clone(), rules.shown, rules.max_prompt, &rules.limits).ok()
+    rules.problem(program.strip_suffix('\n')?, request.inputs.clone())
 }
 
 fn mean(xs: impl IntoIterator<Item = f64>) -> f64 {
@@ -296,11 +310,18 @@ impl Role for Proposer {
                 }
             }
         }
-        for e in state.own() {
-            report.proposed += e.actions.len();
-            for problem in e.actions.iter().filter_map(|p| problem_of(&e.item, p, &self.rules)) {
-                report.valid += 1;
-                report.trivial += usize::from(problem.is_trivial());
+        // The rewards known now: −1 for a program that does not run, 0 while the verdicts are pending.
+        let mut rewards = Vec::with_capacity(state.entries.len());
+        for e in &state.entries {
+            let problems: Vec<Option<CodeProblem>> =
+                e.actions.iter().map(|p| problem_of(&e.item, p, &self.rules)).collect();
+            rewards.push(problems.iter().map(|p| if p.is_some() { 0.0 } else { -1.0 }).collect());
+            if e.source == state.local {
+                report.proposed += problems.len();
+                for problem in problems.iter().flatten() {
+                    report.valid += 1;
+                    report.trivial += usize::from(problem.is_trivial());
+                }
             }
         }
         report.learned = ready.len();
@@ -315,17 +336,6 @@ impl Role for Proposer {
         if examples.iter().any(|e| e.weight != 0.0) {
             report.step = self.policy.grpo_step(&examples, &self.grpo, self.reference.as_ref()).map_err(role)?;
         }
-        // The rewards known now: −1 for a program that does not run, 0 while the verdicts are pending.
-        let rewards = state
-            .entries
-            .iter()
-            .map(|e| {
-                e.actions
-                    .iter()
-                    .map(|p| if problem_of(&e.item, p, &self.rules).is_some() { 0.0 } else { -1.0 })
-                    .collect()
-            })
-            .collect();
         Ok(Learned { rewards, report })
     }
 }
@@ -433,15 +443,7 @@ impl Role for Solver {
         let mut tasks = Vec::new();
         for _ in 0..self.stream {
             let level = rand::Rng::random_range(&mut self.rng, 1..=3);
-            let reference = random_program(level, &mut self.rng);
-            let inputs = random_inputs(self.rules.tests, &mut self.rng);
-            if let Ok(problem) = CodeProblem::from_reference(
-                &reference,
-                inputs,
-                self.rules.shown,
-                self.rules.max_prompt,
-                &self.rules.limits,
-            ) {
+            if let Some(problem) = self.rules.random_problem(level, &mut self.rng) {
                 tasks.push(Task { id: None, problem });
             }
         }
@@ -503,10 +505,9 @@ impl Role for Solver {
                 usable.push(e);
             }
         }
-        usable.shuffle(&mut self.rng);
-        self.dropped.unsampled += usable.len().saturating_sub(self.external);
-        usable.truncate(self.external);
-        usable
+        let (kept, left_over) = sapo::agent::sample_groups(usable, self.external, &mut self.rng);
+        self.dropped.unsampled += left_over;
+        kept
     }
 
     fn learn(&mut self, state: &GameState<Task, String>, _board: &Board) -> genrl::Result<Learned<SolverReport>> {

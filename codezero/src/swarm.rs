@@ -199,13 +199,6 @@ pub struct WarmStart {
     pub proposer_valid: f64,
 }
 
-/// A random reference program of `level` and its problem.
-fn random_problem(rules: &Rules, level: u8, rng: &mut ChaCha8Rng) -> Option<CodeProblem> {
-    let reference = random_program(level, rng);
-    let inputs = random_inputs(rules.tests, rng);
-    CodeProblem::from_reference(&reference, inputs, rules.shown, rules.max_prompt, &rules.limits).ok()
-}
-
 /// The held-out problems (the same for every run of a configuration's `held_out`).
 pub fn held_out(cfg: &CodeZeroConfig) -> Vec<CodeProblem> {
     let rules = cfg.rules();
@@ -213,7 +206,7 @@ pub fn held_out(cfg: &CodeZeroConfig) -> Vec<CodeProblem> {
     let mut out = Vec::with_capacity(cfg.held_out);
     let mut level = 0;
     while out.len() < cfg.held_out {
-        if let Some(p) = random_problem(&rules, (level % 3) as u8 + 1, &mut rng) {
+        if let Some(p) = rules.random_problem((level % 3) as u8 + 1, &mut rng) {
             out.push(p);
             level += 1;
         }
@@ -256,7 +249,7 @@ pub fn warm_start(cfg: &CodeZeroConfig) -> Result<WarmStart> {
         let mut problems = Vec::with_capacity(ws.batch);
         while problems.len() < ws.batch {
             let level = rng.random_range(1..=3);
-            problems.extend(random_problem(&rules, level, &mut rng));
+            problems.extend(rules.random_problem(level, &mut rng));
         }
         let prompts: Vec<String> = problems.iter().map(CodeProblem::prompt).collect();
         let programs: Vec<String> = problems.iter().map(|p| format!("{}\n", p.reference)).collect();

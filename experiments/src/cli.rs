@@ -515,22 +515,8 @@ where
             };
             cfg.device = device.unwrap_or(cfg.device);
             if cfg.transport == genrl::TransportKind::Quic {
-                // The same swarm as node processes: its configuration, overrides applied, goes to every node.
                 cfg.validate()?;
-                let out = out_dir(out, "codezero")?;
-                let path = out.join("codezero.toml");
-                write_atomic(&path, toml::to_string(&cfg)?.as_bytes())?;
-                let launch = launch::Launch {
-                    nodes: cfg.agents + cfg.liars,
-                    protocol: "codezero".into(),
-                    config: Some(path),
-                    out: Some(out),
-                    net: node::NodeNet::default(),
-                    kill: None,
-                    late: None,
-                    emulate_link: true,
-                };
-                return launch::launch(launch).map(|_| ());
+                return launch_swarm("codezero", cfg.agents + cfg.liars, &toml::to_string(&cfg)?, out);
             }
             codezero_swarm::train(cfg, out)
         }
@@ -552,24 +538,8 @@ where
             cfg.sizes = sizes.unwrap_or(cfg.sizes);
             cfg.device = device.unwrap_or(cfg.device);
             if cfg.transport == genrl::TransportKind::Quic {
-                // The same swarm as node processes: its configuration, overrides applied, goes to every node.
                 cfg.validate()?;
-                let out = out_dir(out, "sapo")?;
-                let path = out.join("sapo.toml");
-                write_atomic(&path, toml::to_string(&cfg)?.as_bytes())?;
-                let net = node::NodeNet::default();
-                let nodes = cfg.agents + cfg.liars;
-                let launch = launch::Launch {
-                    nodes,
-                    protocol: "sapo".into(),
-                    config: Some(path),
-                    out: Some(out),
-                    net,
-                    kill: None,
-                    late: None,
-                    emulate_link: true,
-                };
-                return launch::launch(launch).map(|_| ());
+                return launch_swarm("sapo", cfg.agents + cfg.liars, &toml::to_string(&cfg)?, out);
             }
             sapo_swarm::train(cfg, out)
         }
@@ -641,6 +611,26 @@ fn node_net(idle_timeout_s: f64, bind: Option<std::net::SocketAddr>) -> Result<n
         bail!("--idle-timeout-s {idle_timeout_s}: give seconds between 0.1 and 3600");
     }
     Ok(node::NodeNet { idle_timeout: std::time::Duration::from_secs_f64(idle_timeout_s), bind })
+}
+
+/// A swarm game's checked configuration (`config`, overrides applied) run as `nodes` node processes on
+/// this machine, each link emulated with the configuration's model: the configuration goes to every node
+/// as `<protocol>.toml` in the output folder.
+fn launch_swarm(protocol: &str, nodes: usize, config: &str, out: Option<PathBuf>) -> Result<()> {
+    let out = out_dir(out, protocol)?;
+    let path = out.join(format!("{protocol}.toml"));
+    write_atomic(&path, config.as_bytes())?;
+    let launch = launch::Launch {
+        nodes,
+        protocol: protocol.into(),
+        config: Some(path),
+        out: Some(out),
+        net: node::NodeNet::default(),
+        kill: None,
+        late: None,
+        emulate_link: true,
+    };
+    launch::launch(launch).map(|_| ())
 }
 
 /// A `--roles` value: `all`, `split` or `rotate:P/S/E`.

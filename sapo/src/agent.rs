@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use genrl::env::{Question, TaskSet};
 use genrl::game::{DataManager, Entry, GameState, RewardManager, Trainer};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -232,6 +232,15 @@ impl SwarmRewards {
     }
 }
 
+/// SAPO's choice of the swarm's groups: `j` of the `usable` ones, uniformly at random. Returns them and
+/// how many usable groups were left over.
+pub fn sample_groups<T>(mut usable: Vec<T>, j: usize, rng: &mut impl Rng) -> (Vec<T>, usize) {
+    usable.shuffle(rng);
+    let left_over = usable.len().saturating_sub(j);
+    usable.truncate(j);
+    (usable, left_over)
+}
+
 /// Scores each completion of `e` by the question's verifier.
 fn score(e: &Entry<Question, String>) -> Vec<f64> {
     e.actions.iter().map(|a| e.item.reward(a)).collect()
@@ -263,9 +272,8 @@ impl RewardManager<Question, String> for SwarmRewards {
                 usable.push(e);
             }
         }
-        usable.shuffle(&mut self.rng);
-        self.dropped.unsampled += usable.len().saturating_sub(self.external);
-        usable.truncate(self.external);
+        let (usable, left_over) = sample_groups(usable, self.external, &mut self.rng);
+        self.dropped.unsampled += left_over;
         if self.dropped != Dropped::default() {
             tracing::debug!(dropped = ?self.dropped, "shared groups dropped so far");
         }
