@@ -155,9 +155,7 @@ impl CodeZeroConfig {
         if self.memory < 2 || self.memory > 1024 {
             return Err(Error::config("codezero.memory", format!("{} is not in 2..=1024 rounds", self.memory)));
         }
-        if self.limits.steps == 0 || self.limits.values == 0 || self.limits.program_bytes == 0 {
-            return Err(Error::config("codezero.limits", "steps, values and program_bytes must be positive"));
-        }
+        self.limits.validate()?;
         self.roles.validate(ROLES.len(), self.agents + self.liars).map_err(Error::from)?;
         self.policy().validate()?;
         self.sampling.validate()?;

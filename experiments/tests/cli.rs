@@ -769,7 +769,8 @@ fn codezero_trains_a_swarm_from_a_config_and_names_bad_fields() -> Result<(), Bo
         ("agents = 0\n", "codezero.agents"),
         ("shown = 9\n", "codezero.shown"),
         ("[roles.rotate]\nseed = 0\ncounts = [5, 5, 5]\n", "roles.rotate.counts"),
-        ("[limits]\nsteps = 0\n", "codezero.limits"),
+        ("[limits]\nsteps = 0\n", "limits.steps"),
+        ("[limits]\nrecursion = 100000\n", "limits.recursion"),
         ("[limits]\nfuel = 3\n", "fuel"),
         ("colour = 3\n", "colour"),
     ] {

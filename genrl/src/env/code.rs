@@ -81,6 +81,40 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The largest value each limit may take: within these a run's time, memory and native stack
+    /// stay small (recursion is the interpreter's only native recursion).
+    pub const MAX: Self = Self {
+        program_bytes: 1 << 16,
+        nesting: 64,
+        steps: 100_000_000,
+        values: 1 << 20,
+        printed: 1 << 16,
+        answer_bytes: 1 << 20,
+        recursion: 64,
+        calls: 1 << 16,
+    };
+
+    /// Checks every limit is positive and at most [`Limits::MAX`]'s; the error names the limit.
+    pub fn validate(&self) -> crate::Result<()> {
+        let max = Self::MAX;
+        let limits: [(&str, u64, u64); 8] = [
+            ("program_bytes", self.program_bytes as u64, max.program_bytes as u64),
+            ("nesting", self.nesting as u64, max.nesting as u64),
+            ("steps", self.steps, max.steps),
+            ("values", self.values as u64, max.values as u64),
+            ("printed", self.printed as u64, max.printed as u64),
+            ("answer_bytes", self.answer_bytes as u64, max.answer_bytes as u64),
+            ("recursion", self.recursion as u64, max.recursion as u64),
+            ("calls", self.calls as u64, max.calls as u64),
+        ];
+        match limits.into_iter().find(|&(_, v, m)| v == 0 || v > m) {
+            Some((name, v, m)) => Err(crate::Error::config(format!("limits.{name}"), format!("{v} is not in 1..={m}"))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Why a program did not answer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Fault {
