@@ -459,11 +459,12 @@ pub async fn play<T: Transport, C: Clock>(
             let solver = g.role::<Solver>(1).map(|s| &s.policy);
             let mut flops = 0.0;
             if let (Some(p), Some(r)) = (proposer, &record.proposer) {
-                flops += p.generation_flops(r.proposed) + p.training_flops(r.learned);
+                flops +=
+                    p.generation_flops(r.proposed.div_ceil(cfg.proposals), cfg.proposals) + p.training_flops(r.learned);
             }
             if let (Some(s), Some(r)) = (solver, &record.solver) {
                 let groups = r.problems + r.external;
-                flops += s.generation_flops(r.problems * cfg.completions) + s.training_flops(groups * cfg.completions);
+                flops += s.generation_flops(r.problems, cfg.completions) + s.training_flops(groups * cfg.completions);
             }
             ctx.compute(flops).await;
         }

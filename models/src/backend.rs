@@ -48,10 +48,10 @@ impl Backend {
         })
     }
 
-    /// `a [.., m, k] · b [.., n, k]ᵀ` (repops reads `b` transposed in place; native copies it).
+    /// `a [.., m, k] · b [.., n, k]ᵀ`, both reading `b` transposed in place (for a contiguous `b`).
     pub fn matmul_bt(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::Native => a.contiguous()?.matmul(&b.t()?.contiguous()?)?,
+            Self::Native => a.contiguous()?.matmul(&b.contiguous()?.t()?)?,
             Self::RepOps => repops::tensor::matmul_t(a, b, false, true)?,
         })
     }

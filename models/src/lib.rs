@@ -8,6 +8,7 @@
 //! | [`config`] | [`ModelConfig`]: sizes from ~0.1M to ~50M parameters, validated |
 //! | [`backend`] | [`Backend`]: `native` or `repops` kernels for every op |
 //! | [`llama`] | [`Llama`], its [`Stage`]s and [`Params`] |
+//! | [`kv_cache`] | [`KvCache`]: incremental decoding, one new position at a time |
 //! | [`optim`] | [`AdamW`] with warm-up, cosine decay and gradient clipping |
 //! | [`data`] | byte tokenizer, the synthetic language with a known entropy rate, text corpora, batches |
 //! | [`checkpoint`] | safetensors checkpoints of weights and optimizer state |
@@ -33,6 +34,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod kv_cache;
 pub mod llama;
 pub mod optim;
 
@@ -40,5 +42,6 @@ pub use backend::Backend;
 pub use config::ModelConfig;
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
+pub use kv_cache::KvCache;
 pub use llama::{Llama, Params, Stage, StageInput, StageSpec, split_layers, split_layers_with_edges};
 pub use optim::{AdamW, OptimConfig, StepStats};

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
 
 /// Standard deviation of the weight initialisation.
 const INIT_STD: f32 = 0.02;
@@ -101,12 +102,19 @@ impl StageSpec {
     /// four attention projections and three feed-forward matrices, the head on the last stage; the
     /// embedding lookup is free) plus `4 · blocks · seq · d_model · tokens` for attention.
     pub fn forward_flops(&self, cfg: &ModelConfig, batch: usize, seq: usize) -> f64 {
-        let tokens = (batch * seq) as f64;
+        self.cached_forward_flops(cfg, batch, 0, seq)
+    }
+
+    /// FLOPs of a forward pass over `new` positions of `batch` sequences after `past` cached ones
+    /// ([`Stage::forward_cached`]): the matrix products of the new tokens, and attention of each new
+    /// token over `past + new` keys. With `past = 0`, [`forward_flops`](Self::forward_flops).
+    pub fn cached_forward_flops(&self, cfg: &ModelConfig, batch: usize, past: usize, new: usize) -> f64 {
+        let tokens = (batch * new) as f64;
         let (d, f) = (cfg.d_model as f64, cfg.d_ff as f64);
         let per_block = 4.0 * d * d + 3.0 * d * f;
         let head = if self.last { cfg.vocab as f64 * d } else { 0.0 };
         let blocks = self.layers.len() as f64;
-        let attention = 4.0 * blocks * (seq as f64) * d * tokens;
+        let attention = 4.0 * blocks * ((past + new) as f64) * d * tokens;
         2.0 * (blocks * per_block + head) * tokens + attention
     }
 }
@@ -286,9 +294,27 @@ impl Stage {
         self.spec.forward_flops(&self.cfg, batch, seq)
     }
 
+    /// FLOPs of [`forward_cached`](Self::forward_cached) over `new` positions after `past` cached ones.
+    pub fn cached_forward_flops(&self, batch: usize, past: usize, new: usize) -> f64 {
+        self.spec.cached_forward_flops(&self.cfg, batch, past, new)
+    }
+
     /// Runs the stage: tokens or hidden states in; hidden states out, or logits `[B, T, vocab]` from
     /// the last stage.
     pub fn forward(&self, input: StageInput<'_>) -> Result<Tensor> {
+        self.run(input, None, false)
+    }
+
+    /// Runs the stage on new positions only, after those `cache` holds: the input's `T` tokens (or
+    /// hidden states) are positions `cache.len()..cache.len() + T`, they attend over the cached keys and
+    /// values and their own, and their keys and values are appended to the cache. With `last_only`, the
+    /// last stage returns the logits of the last position only (`[B, 1, vocab]`). The same blocks as
+    /// [`forward`](Self::forward): on repops, the logits are the bits the full forward pass gives there.
+    pub fn forward_cached(&self, input: StageInput<'_>, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+        self.run(input, Some(cache), last_only)
+    }
+
+    fn run(&self, input: StageInput<'_>, mut cache: Option<&mut KvCache>, last_only: bool) -> Result<Tensor> {
         let be = self.cfg.backend;
         let mut x = match (input, self.spec.first) {
             (StageInput::Tokens(ids), true) => be.embedding(self.params.get("embed")?, ids)?,
@@ -302,18 +328,32 @@ impl Stage {
         let [b, t, d] = dims[..] else {
             return Err(Error::Input(format!("expected [batch, seq, d_model], got {dims:?}")));
         };
-        if d != self.cfg.d_model || t > self.cfg.max_seq || t == 0 {
+        let past = match (&cache, self.spec.layers.clone().next()) {
+            (Some(c), Some(l)) => c.past(l),
+            _ => 0,
+        };
+        if d != self.cfg.d_model || past + t > self.cfg.max_seq || t == 0 {
             return Err(Error::Input(format!(
-                "hidden states {dims:?} do not fit d_model {} and max_seq {}",
+                "hidden states {dims:?} after {past} cached positions do not fit d_model {} and max_seq {}",
                 self.cfg.d_model, self.cfg.max_seq
             )));
         }
-        let mask = causal_mask(b, self.cfg.n_heads, t, x.device())?;
-        let (cos, sin) = (self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?);
+        if let Some(c) = &cache
+            && past > 0
+            && c.rows() != b
+        {
+            return Err(Error::Input(format!("{b} sequences for a cache of {} rows", c.rows())));
+        }
+        // A single new position attends to every cached one: no mask.
+        let mask = if t > 1 { Some(causal_mask(b, self.cfg.n_heads, past, t, x.device())?) } else { None };
+        let (cos, sin) = (self.cos.narrow(0, past, t)?, self.sin.narrow(0, past, t)?);
         for l in self.spec.layers.clone() {
-            x = self.block(l, &x, &mask, &cos, &sin)?;
+            x = self.block(l, &x, mask.as_ref(), &cos, &sin, cache.as_deref_mut())?;
         }
         if self.spec.last {
+            if last_only {
+                x = x.narrow(1, t - 1, 1)?;
+            }
             let h = be.rms_norm(&x, self.params.get("final_norm")?, self.cfg.norm_eps)?;
             let head = if self.cfg.tie_embeddings { self.params.get("embed")? } else { self.params.get("head")? };
             return be.linear(&h, head);
@@ -321,7 +361,15 @@ impl Stage {
         Ok(x)
     }
 
-    fn block(&self, l: usize, x: &Tensor, mask: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    fn block(
+        &self,
+        l: usize,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let be = self.cfg.backend;
         let p = |n: &str| self.params.get(&format!("layers.{l}.{n}"));
         let (b, t, d) = x.dims3()?;
@@ -331,8 +379,16 @@ impl Stage {
         let q = be.rope(&heads(be.linear(&h, p("wq")?)?)?, cos, sin)?;
         let k = be.rope(&heads(be.linear(&h, p("wk")?)?)?, cos, sin)?;
         let v = heads(be.linear(&h, p("wv")?)?)?;
+        let (k, v) = match cache {
+            Some(c) => c.append(l, &k, &v)?,
+            None => (k, v),
+        };
         let scores = be.scale(&be.matmul_bt(&q, &k)?, 1.0 / (dh as f32).sqrt())?;
-        let att = be.softmax_last_dim(&be.add(&scores, mask)?)?;
+        let scores = match mask {
+            Some(m) => be.add(&scores, m)?,
+            None => scores,
+        };
+        let att = be.softmax_last_dim(&scores)?;
         let ctx = be.matmul(&att, &v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, d))?;
         let x = be.add(x, &be.linear(&ctx, p("wo")?)?)?;
         let h = be.rms_norm(&x, p("mlp_norm")?, self.cfg.norm_eps)?;
@@ -347,10 +403,12 @@ impl Stage {
     }
 }
 
-/// `[B, H, T, T]` with 0 on and below the diagonal and −inf above.
-fn causal_mask(b: usize, h: usize, t: usize, device: &Device) -> Result<Tensor> {
-    let m: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
-    Ok(Tensor::from_vec(m, (1, 1, t, t), device)?.broadcast_as((b, h, t, t))?.contiguous()?)
+/// `[B, H, T, past + T]`: query `i` (position `past + i`) sees key `j` (0) when `j ≤ past + i`, and
+/// not (−inf) otherwise.
+fn causal_mask(b: usize, h: usize, past: usize, t: usize, device: &Device) -> Result<Tensor> {
+    let keys = past + t;
+    let m: Vec<f32> = (0..t * keys).map(|i| if i % keys > past + i / keys { f32::NEG_INFINITY } else { 0.0 }).collect();
+    Ok(Tensor::from_vec(m, (1, 1, t, keys), device)?.broadcast_as((b, h, t, keys))?.contiguous()?)
 }
 
 /// The whole model as a chain of stages.
@@ -381,6 +439,29 @@ impl Llama {
             x = Some(match &x {
                 None => stage.forward(StageInput::Tokens(ids))?,
                 Some(h) => stage.forward(StageInput::Hidden(h))?,
+            });
+        }
+        x.ok_or_else(|| Error::Input("model has no stages".into()))
+    }
+
+    /// Logits `[B, T, vocab]` for the new tokens `[B, T]` at positions `cache.len()..`, reading and
+    /// extending `cache` (see [`Stage::forward_cached`]).
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.chain(ids, cache, false)
+    }
+
+    /// Logits `[B, vocab]` of the token after the new tokens `ids [B, T]`: one decoding step with
+    /// `cache` (the prefill of a prompt when the cache is empty).
+    pub fn next_token_logits(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Ok(self.chain(ids, cache, true)?.squeeze(1)?)
+    }
+
+    fn chain(&self, ids: &Tensor, cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+        let mut x = None;
+        for stage in &self.stages {
+            x = Some(match &x {
+                None => stage.forward_cached(StageInput::Tokens(ids), cache, last_only)?,
+                Some(h) => stage.forward_cached(StageInput::Hidden(h), cache, last_only)?,
             });
         }
         x.ok_or_else(|| Error::Input("model has no stages".into()))
@@ -433,11 +514,20 @@ mod tests {
         for spec in split_layers_with_edges(4, 4)?.into_iter().chain(split_layers(4, 3)?) {
             let stage = Stage::new(&cfg, spec.clone(), &Device::Cpu)?;
             // The matrices the stage multiplies by: every rank-2 weight but the embedding table.
-            let matrices: usize = stage.params().iter().filter(|(n, v)| v.rank() == 2 && *n != "embed").map(|(_, v)| v.elem_count()).sum();
+            let matrices: usize = stage
+                .params()
+                .iter()
+                .filter(|(n, v)| v.rank() == 2 && *n != "embed")
+                .map(|(_, v)| v.elem_count())
+                .sum();
             let (b, t) = (3, 16);
             let attention = 4.0 * (spec.layers.len() * t * cfg.d_model * b * t) as f64;
             let want = 2.0 * (matrices * b * t) as f64 + attention;
             assert_eq!(spec.forward_flops(&cfg, b, t), want, "{spec:?}");
+            // Decoding one token after t − 1 cached ones: a t-th of the matrix products, and attention
+            // of one query over t keys.
+            let one = 2.0 * (matrices * b) as f64 + 4.0 * (spec.layers.len() * t * cfg.d_model * b) as f64;
+            assert_eq!(spec.cached_forward_flops(&cfg, b, t - 1, 1), one, "{spec:?}");
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 use models::data::{SyntheticConfig, SyntheticLanguage, sample_batch};
-use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig, Result, checkpoint};
+use models::{AdamW, Backend, KvCache, Llama, ModelConfig, OptimConfig, Result, checkpoint};
 
 fn cfg(backend: Backend) -> ModelConfig {
     ModelConfig { n_layers: 4, d_model: 32, n_heads: 2, d_ff: 64, max_seq: 32, backend, ..ModelConfig::default() }
@@ -40,6 +40,58 @@ fn stage_split_model_equals_the_unsplit_model_bit_for_bit() -> Result<()> {
         assert_eq!(gw.len(), gs.len());
         for (name, g) in &gw {
             assert_eq!(bits(g)?, bits(&gs[name])?, "{backend} gradient of {name}");
+        }
+    }
+    Ok(())
+}
+
+/// The logits of positions `from..` of the full forward pass over `ids`, row by row.
+fn full_logits(model: &Llama, ids: &Tensor, from: usize) -> Result<Tensor> {
+    let t = ids.dim(1)?;
+    Ok(model.forward(ids)?.narrow(1, from, t - from)?)
+}
+
+#[test]
+fn cached_decoding_gives_the_logits_of_the_full_forward_pass() -> Result<()> {
+    let dev = Device::Cpu;
+    let corpus = small_lang()?.corpus();
+    let (prompts, _) = sample_batch(&corpus.train, 2, 6, 3, 0, 0, &dev)?;
+    let (more, _) = sample_batch(&corpus.train, 3, 5, 4, 0, 0, &dev)?;
+    for backend in [Backend::Native, Backend::RepOps] {
+        for stages in [1, 3] {
+            let model = Llama::new(&cfg(backend), stages, &dev)?;
+            // Prefill two prompts, then continue three rows: prompt 1, prompt 1 again, prompt 0.
+            let mut cache = KvCache::new();
+            let prefill = model.forward_cached(&prompts, &mut cache)?;
+            assert_eq!((cache.len(), cache.rows()), (6, 2));
+            let rows = [1, 1, 0];
+            cache.select_rows(&rows)?;
+            let mut cached = vec![prefill.index_select(&Tensor::new(&[1u32, 1, 0], &dev)?, 0)?];
+            for step in 0..5 {
+                let next = more.narrow(1, step, 1)?;
+                let logits = if step == 4 {
+                    model.next_token_logits(&next, &mut cache)?.unsqueeze(1)?
+                } else {
+                    model.forward_cached(&next, &mut cache)?
+                };
+                cached.push(logits);
+            }
+            assert_eq!(cache.len(), 11);
+            let cached = Tensor::cat(&cached, 1)?;
+            let seqs = Tensor::cat(&[prompts.index_select(&Tensor::new(&[1u32, 1, 0], &dev)?, 0)?, more.clone()], 1)?;
+            let full = full_logits(&model, &seqs, 0)?;
+            // Not bit for bit, on either backend: a softmax row's sum groups its elements by the row's
+            // length, and a causal row of the full pass is longer (its masked tail) than the cached one.
+            let diff = (cached - full)?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
+            assert!(diff < 1e-5, "{backend}, {stages} stages: cached logits differ by {diff}");
+            // Dropping a finished row keeps the others' caches.
+            cache.select_rows(&[2])?;
+            assert_eq!(cache.rows(), 1);
+            assert!(cache.select_rows(&[1]).is_err(), "row 1 of a one-row cache");
+            // Past the window, or a batch that is not the cache's: errors, not panics.
+            let long = Tensor::zeros((1, 32), candle_core::DType::U32, &dev)?;
+            assert!(model.forward_cached(&long, &mut cache).is_err());
+            assert!(model.forward_cached(&more.narrow(1, 0, 1)?, &mut cache).is_err());
         }
     }
     Ok(())

@@ -1,8 +1,8 @@
 //! SAPO's two costs for the default policy (`tiny`) in one run: generating a round's rollouts (8
 //! questions × 8 completions) and one GRPO step on 8 question groups, each beside its baseline measured
-//! in the same run — one forward pass over the same batch for generation (generation re-reads the
-//! growing prefix once per new token), a supervised step on the same sequences for GRPO. Reports tokens/s
-//! and the ratios. Then the wall time per round of a whole swarm of 8 agents on the CPU, and with all 8 on
+//! in the same run — one forward pass over the same batch for generation (with the key/value cache, and
+//! without it: re-reading the growing prefix once per new token), a supervised step on the same
+//! sequences for GRPO. Reports tokens/s and the ratios. Then the wall time per round of a whole swarm of 8 agents on the CPU, and with all 8 on
 //! one GPU when the build has `--features cuda` and a GPU is there.
 
 use std::hint::black_box;
@@ -16,17 +16,30 @@ use models::{AdamW, OptimConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sapo::policy::Example;
-use sapo::{GrpoConfig, Policy, PolicyConfig, Sampling, SapoConfig, run, warm_start};
+use sapo::{Generation, GrpoConfig, Policy, PolicyConfig, Sampling, SapoConfig, run, warm_start};
 
 const COMPLETIONS: usize = 8;
 
-fn mean_time(mut f: impl FnMut(), n: u32) -> Duration {
-    f();
-    let t = Instant::now();
-    for _ in 0..n {
-        f();
+/// The median time of each of `tasks`, timed in turn round after round (so that a change in the
+/// machine's load falls on all of them alike), after one warm-up round.
+fn interleaved_medians(tasks: &mut [&mut dyn FnMut()], rounds: usize) -> Vec<Duration> {
+    let mut times = vec![Vec::with_capacity(rounds); tasks.len()];
+    for round in 0..=rounds {
+        for (task, t) in tasks.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            task();
+            if round > 0 {
+                t.push(start.elapsed());
+            }
+        }
     }
-    t.elapsed() / n
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort();
+            t[t.len() / 2]
+        })
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -56,8 +69,12 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("rollouts");
     g.sample_size(10).measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements(generated as u64));
+    let no_cache = Generation { cache: false, ..Generation::default() };
     g.bench_function("generate 8x8", |b| {
         b.iter(|| black_box(policy.sample(&prompts, COMPLETIONS, Sampling::default(), &mut rng).expect("sample")))
+    });
+    g.bench_function("generate 8x8 without cache", |b| {
+        b.iter(|| black_box(policy.generate(&prompts, COMPLETIONS, &no_cache, &mut rng).expect("sample")))
     });
     g.bench_function("one forward (baseline)", |b| b.iter(|| black_box(policy.sequence_logps(&full).expect("logps"))));
     g.throughput(Throughput::Elements(trained as u64));
@@ -70,22 +87,41 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // The ratios, from direct timings taken here, one after the other.
-    let generate = mean_time(|| drop(policy.sample(&prompts, COMPLETIONS, Sampling::default(), &mut rng)), 10);
-    let forward = mean_time(|| drop(policy.sequence_logps(&full)), 10);
-    let grpo = mean_time(|| drop(policy.grpo_step(&examples, &GrpoConfig::default(), None)), 10);
-    let supervised = mean_time(|| drop(policy.supervised_step(&full, &mut sft)), 10);
+    // The ratios, from direct timings taken here in turn: medians over 15 rounds.
+    let (generate, uncached, forward) = {
+        let (p, mut rng2) = (&policy, rng.clone());
+        let medians = interleaved_medians(
+            &mut [
+                &mut || drop(p.sample(&prompts, COMPLETIONS, Sampling::default(), &mut rng)),
+                &mut || drop(p.generate(&prompts, COMPLETIONS, &no_cache, &mut rng2)),
+                &mut || drop(p.sequence_logps(&full)),
+            ],
+            15,
+        );
+        (medians[0], medians[1], medians[2])
+    };
+    let mut sft_policy = Policy::new(&cfg, &Device::Cpu).expect("policy");
+    let trainers = interleaved_medians(
+        &mut [&mut || drop(policy.grpo_step(&examples, &GrpoConfig::default(), None)), &mut || {
+            drop(sft_policy.supervised_step(&full, &mut sft))
+        }],
+        15,
+    );
+    let (grpo, supervised) = (trainers[0], trainers[1]);
     println!(
         "\npolicy {} parameters; a round: {} completions, {generated} tokens generated, {trained} trained on",
         policy.parameters(),
         examples.len()
     );
-    println!(
-        "generation: {:.0} tokens/s ({:.1} ms per round), {:.1}x one forward pass over the same sequences",
-        generated as f64 / generate.as_secs_f64(),
-        generate.as_secs_f64() * 1e3,
-        generate.as_secs_f64() / forward.as_secs_f64()
-    );
+    for (name, t) in [("with the cache", generate), ("without the cache", uncached)] {
+        println!(
+            "generation {name}: {:.0} tokens/s ({:.1} ms per round), {:.2}x one forward pass over the same sequences",
+            generated as f64 / t.as_secs_f64(),
+            t.as_secs_f64() * 1e3,
+            t.as_secs_f64() / forward.as_secs_f64()
+        );
+    }
+    println!("the cache makes generation {:.1}x faster", uncached.as_secs_f64() / generate.as_secs_f64());
     println!(
         "GRPO step: {:.0} tokens/s ({:.1} ms), {:.2}x a supervised step on the same batch",
         trained as f64 / grpo.as_secs_f64(),

@@ -31,5 +31,5 @@ pub mod swarm;
 pub use agent::{Dropped, Mix, PolicyTrainer, QuestionStream, SwarmRewards, TrainReport};
 pub use error::{Error, Result};
 pub use grpo::GrpoConfig;
-pub use policy::{Policy, PolicyConfig, Sampling};
+pub use policy::{Generation, Policy, PolicyConfig, Sampling};
 pub use swarm::{AgentRun, SapoConfig, SapoRun, WarmStart, WarmStartConfig, run, warm_start};

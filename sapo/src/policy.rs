@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{D, DType, Device, Tensor};
-use models::{AdamW, Llama, ModelConfig, OptimConfig, Params};
+use models::{AdamW, KvCache, Llama, ModelConfig, OptimConfig, Params};
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
@@ -169,6 +169,101 @@ impl Sampling {
     }
 }
 
+/// How [`Policy::generate`] writes completions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Generation {
+    /// Temperature and nucleus.
+    pub sampling: Sampling,
+    /// Most tokens per completion (at most, and by default, the policy's `max_new`).
+    pub max_tokens: Option<usize>,
+    /// Strings that end a completion besides the newline (kept at its end).
+    pub stop: Vec<String>,
+    /// Decode with a key/value cache (each step reads only the new token); without it, each step
+    /// re-reads the whole prefix (the reference the cache is tested against).
+    pub cache: bool,
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Self { sampling: Sampling::default(), max_tokens: None, stop: Vec::new(), cache: true }
+    }
+}
+
+impl Generation {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        if self.max_tokens == Some(0) {
+            return Err(Error::config("generation.max_tokens", "0 tokens: nothing to write"));
+        }
+        if let Some(s) = self.stop.iter().find(|s| s.is_empty() || !s.is_ascii()) {
+            return Err(Error::config("generation.stop", format!("{s:?} is not a non-empty ASCII string")));
+        }
+        Ok(())
+    }
+
+    /// Whether a completion's `tokens` (after the prompt) are finished: a newline last, or a stop string
+    /// at the end.
+    fn stops(&self, row: &[u32]) -> bool {
+        row.last() == Some(&END)
+            || self.stop.iter().any(|s| {
+                s.len() <= row.len()
+                    && row[row.len() - s.len()..].iter().zip(s.bytes()).all(|(&t, b)| t == u32::from(b))
+            })
+    }
+}
+
+/// The two ways of reading the next token's logits during generation.
+enum Decoder<'a> {
+    /// The full forward pass over each row's prompt and tokens so far.
+    Full { prompts: &'a [Vec<u32>], per_prompt: usize },
+    /// The new token only, with the keys and values of the rows' earlier positions.
+    Cached { cache: KvCache, per_prompt: usize },
+}
+
+impl Decoder<'_> {
+    /// The first token's logits, one row per completion (`prompt × per_prompt + c`).
+    fn first(&mut self, policy: &Policy, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Self::Full { per_prompt, .. } => {
+                let rows: Vec<Vec<u32>> =
+                    prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), *per_prompt)).collect();
+                policy.last_logits(&rows)
+            }
+            Self::Cached { cache, per_prompt } => {
+                // Each prompt once; its keys and values then serve all its completions.
+                let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
+                let ids = Tensor::from_vec(flat, (prompts.len(), policy.cfg.prompt_width), &policy.device)?;
+                let logits = policy.model.next_token_logits(&ids, cache)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                let rows: Vec<usize> = (0..prompts.len() * *per_prompt).map(|r| r / *per_prompt).collect();
+                cache.select_rows(&rows)?;
+                Ok(rows.iter().map(|&p| logits[p].clone()).collect())
+            }
+        }
+    }
+
+    /// The next token's logits for the rows `active` (all rows' tokens so far in `rows`), which are the
+    /// previous step's rows at positions `going`.
+    fn next(&mut self, policy: &Policy, going: &[usize], active: &[usize], rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Self::Full { prompts, per_prompt } => {
+                let seqs: Vec<Vec<u32>> =
+                    active.iter().map(|&i| [prompts[i / *per_prompt].as_slice(), &rows[i]].concat()).collect();
+                policy.last_logits(&seqs)
+            }
+            Self::Cached { cache, .. } => {
+                if going.len() < cache.rows() {
+                    cache.select_rows(going)?;
+                }
+                let last: Vec<u32> = active.iter().map(|&i| rows[i].last().copied().unwrap_or(PAD)).collect();
+                let ids = Tensor::from_vec(last, (active.len(), 1), &policy.device)?;
+                Ok(policy.model.next_token_logits(&ids, cache)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+            }
+        }
+    }
+}
+
 /// One prompt with one answer to learn from, and the weight of its answer's tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example<'a> {
@@ -267,10 +362,15 @@ impl Policy {
             && completion.len() <= self.cfg.max_new
     }
 
-    /// FLOPs of generating `n` completions of `max_new` tokens (an upper bound: finished rows drop out).
-    pub fn generation_flops(&self, n: usize) -> f64 {
+    /// FLOPs of generating `per_prompt` completions of `max_new` tokens for each of `prompts` prompts,
+    /// as [`generate`](Self::generate) does with its cache: one pass over each prompt, then one token per
+    /// completion and step (an upper bound: finished completions drop out).
+    pub fn generation_flops(&self, prompts: usize, per_prompt: usize) -> f64 {
         let stage = &self.model.stages()[0];
-        (0..self.cfg.max_new).map(|t| stage.forward_flops(n, self.cfg.prompt_width + t)).sum()
+        let width = self.cfg.prompt_width;
+        let decode: f64 =
+            (1..self.cfg.max_new).map(|t| stage.cached_forward_flops(prompts * per_prompt, width + t - 1, 1)).sum();
+        stage.forward_flops(prompts, width) + decode
     }
 
     /// FLOPs of one training step on `n` sequences (forward and backward: three forwards).
@@ -279,7 +379,8 @@ impl Policy {
     }
 
     /// `per_prompt` completions for each prompt, drawn with `sampling` from `rng`. A completion ends
-    /// with its newline, or stops unfinished after `max_new` tokens.
+    /// with its newline, or stops unfinished after `max_new` tokens. Decodes with a key/value cache
+    /// ([`Generation::default`] otherwise).
     pub fn sample(
         &self,
         prompts: &[&str],
@@ -287,30 +388,59 @@ impl Policy {
         sampling: Sampling,
         rng: &mut dyn RngCore,
     ) -> Result<Vec<Vec<String>>> {
-        let width = self.cfg.prompt_width;
-        let mut rows = Vec::with_capacity(prompts.len() * per_prompt);
-        for p in prompts {
-            let ids = self.encode_prompt(p)?;
-            rows.extend(std::iter::repeat_n(ids, per_prompt));
+        self.generate(prompts, per_prompt, &Generation { sampling, ..Generation::default() }, rng)
+    }
+
+    /// `per_prompt` completions for each prompt, as `generation` says: its sampling, at most
+    /// `max_tokens` tokens, stopped after a newline or any of its stop strings (kept in the text). The
+    /// group's completions of one prompt are drawn together in one batch; with the cache, each prompt is
+    /// read once and its keys and values shared by its completions, and each step reads only the new
+    /// token. Tokens are drawn from `rng` in the same order with or without the cache.
+    pub fn generate(
+        &self,
+        prompts: &[&str],
+        per_prompt: usize,
+        generation: &Generation,
+        rng: &mut dyn RngCore,
+    ) -> Result<Vec<Vec<String>>> {
+        generation.validate()?;
+        let max_tokens = generation.max_tokens.unwrap_or(self.cfg.max_new).min(self.cfg.max_new);
+        let encoded: Vec<Vec<u32>> = prompts.iter().map(|p| self.encode_prompt(p)).collect::<Result<_>>()?;
+        if per_prompt == 0 || prompts.is_empty() {
+            return Ok(vec![Vec::new(); prompts.len()]);
         }
+        let mut rows = vec![Vec::new(); prompts.len() * per_prompt];
+        let mut decoder = if generation.cache {
+            Decoder::Cached { cache: KvCache::new(), per_prompt }
+        } else {
+            Decoder::Full { prompts: &encoded, per_prompt }
+        };
+        // `active[k]` is the row of the decoder's `k`-th logits.
         let mut active: Vec<usize> = (0..rows.len()).collect();
-        for step in 0..self.cfg.max_new {
-            if active.is_empty() {
+        let mut logits = decoder.first(self, &encoded)?;
+        for step in 0..max_tokens {
+            for (k, &i) in active.iter().enumerate() {
+                rows[i].push(generation.sampling.draw(&logits[k], rng));
+            }
+            let going: Vec<usize> = (0..active.len()).filter(|&k| !generation.stops(&rows[active[k]])).collect();
+            if going.is_empty() || step + 1 == max_tokens {
                 break;
             }
-            let len = width + step;
-            let flat: Vec<u32> = active.iter().flat_map(|&i| rows[i].iter().copied()).collect();
-            let ids = Tensor::from_vec(flat, (active.len(), len), &self.device)?;
-            let logits = self.model.forward(&ids)?.narrow(1, len - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
-            let logits = logits.to_vec2::<f32>()?;
-            for (k, &i) in active.iter().enumerate() {
-                rows[i].push(sampling.draw(&logits[k], rng));
-            }
-            active.retain(|&i| rows[i].last() != Some(&END));
+            active = going.iter().map(|&k| active[k]).collect();
+            logits = decoder.next(self, &going, &active, &rows)?;
         }
-        let texts: Vec<String> =
-            rows.iter().map(|r| r[width..].iter().map(|&t| char::from(t as u8)).collect()).collect();
-        Ok(texts.chunks(per_prompt.max(1)).map(<[String]>::to_vec).collect())
+        let texts: Vec<String> = rows.iter().map(|r| r.iter().map(|&t| char::from(t as u8)).collect()).collect();
+        Ok(texts.chunks(per_prompt).map(<[String]>::to_vec).collect())
+    }
+
+    /// Logits `[N, vocab]` of the next token after each of `seqs` (equal lengths), from the full
+    /// forward pass over them.
+    fn last_logits(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let len = seqs.first().map_or(0, Vec::len);
+        let flat: Vec<u32> = seqs.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (seqs.len(), len), &self.device)?;
+        let logits = self.model.forward(&ids)?.narrow(1, len - 1, 1)?.squeeze(1)?;
+        Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 
     fn batch(&self, examples: &[Example<'_>]) -> Result<Batch> {
@@ -444,6 +574,54 @@ mod tests {
         let nucleus = Sampling { temperature: 1.0, top_p: 0.5 };
         for s in 0..20 {
             assert_eq!(nucleus.draw(&[0.0, 5.0, 0.0], &mut ChaCha8Rng::seed_from_u64(s)), 1);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_cache_changes_no_completion_and_stop_strings_and_max_tokens_end_them() -> Result<()> {
+        for backend in [models::Backend::Native, models::Backend::RepOps] {
+            let mut cfg = PolicyConfig::default();
+            cfg.model = ModelConfig { d_model: 32, n_layers: 2, n_heads: 2, d_ff: 64, backend, ..cfg.model };
+            let p = Policy::new(&cfg, &Device::Cpu)?;
+            let prompts = ["1+2=", "Mon+1=", "sort 3 1 2:"];
+            for sampling in [Sampling::GREEDY, Sampling::default(), Sampling { temperature: 0.7, top_p: 0.9 }] {
+                let with = |cache| {
+                    let generation = Generation { sampling, cache, ..Generation::default() };
+                    p.generate(&prompts, 4, &generation, &mut ChaCha8Rng::seed_from_u64(7))
+                };
+                let (cached, full) = (with(true)?, with(false)?);
+                assert_eq!(cached, full, "{backend}, {sampling:?}");
+                assert_eq!(cached.len(), 3);
+                assert!(cached.iter().all(|g| g.len() == 4));
+            }
+            // A stop string ends a completion where it first appears, and is kept.
+            let greedy = p.generate(
+                &prompts[..1],
+                1,
+                &Generation { sampling: Sampling::GREEDY, ..Generation::default() },
+                &mut ChaCha8Rng::seed_from_u64(0),
+            )?;
+            let text = &greedy[0][0];
+            let stop = text[1..2].to_owned();
+            let cut = text.find(stop.as_str()).map(|i| i + 1).unwrap_or(text.len());
+            for cache in [true, false] {
+                let generation =
+                    Generation { sampling: Sampling::GREEDY, stop: vec![stop.clone()], cache, ..Generation::default() };
+                let stopped = p.generate(&prompts[..1], 1, &generation, &mut ChaCha8Rng::seed_from_u64(0))?;
+                assert_eq!(stopped[0][0], text[..cut], "stop {stop:?} in {text:?}");
+                let short = Generation { max_tokens: Some(2), cache, ..Generation::default() };
+                let two = p.generate(&prompts, 2, &short, &mut ChaCha8Rng::seed_from_u64(1))?;
+                assert!(two.iter().flatten().all(|c| !c.is_empty() && c.len() <= 2), "{two:?}");
+            }
+            let bad = |g: Generation| p.generate(&prompts, 1, &g, &mut ChaCha8Rng::seed_from_u64(0)).is_err();
+            assert!(bad(Generation { max_tokens: Some(0), ..Generation::default() }));
+            assert!(bad(Generation { stop: vec![String::new()], ..Generation::default() }));
+            assert!(
+                p.generate(&prompts, 0, &Generation::default(), &mut ChaCha8Rng::seed_from_u64(0))?
+                    .iter()
+                    .all(Vec::is_empty)
+            );
         }
         Ok(())
     }

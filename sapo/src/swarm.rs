@@ -442,7 +442,7 @@ async fn play<T: Transport, C: Clock>(
         let policy = Policy::new(&cfg.policy, &shared.device).map_err(|e| genrl::Error::role("liar", e))?;
         let rewards = SwarmRewards::new(&policy, 0, cfg.completions, choice);
         // It keeps the pace of an honest agent of the default size, so its rollouts arrive as often.
-        let flops = policy.generation_flops(cfg.completions * families)
+        let flops = policy.generation_flops(families, cfg.completions)
             + policy.training_flops(cfg.completions * (cfg.mix.local + cfg.mix.external));
         let mut game = Game { data, trainer, rewards, comm, stages: 1, max_entries_per_peer: families };
         for round in 0..cfg.rounds {
@@ -500,7 +500,7 @@ async fn play<T: Transport, C: Clock>(
         ctx.record("reward", round, report.reward);
         let policy = &game.trainer.policy;
         let trained = cfg.completions * (report.local + report.external);
-        let flops = policy.generation_flops(cfg.completions * families) + policy.training_flops(trained);
+        let flops = policy.generation_flops(families, cfg.completions) + policy.training_flops(trained);
         if shared.simulated {
             ctx.compute(flops).await;
         }
