@@ -367,6 +367,16 @@ enum Command {
         /// A folder written by `swarmlab run`.
         run_dir: PathBuf,
     },
+    /// Check a task set exported from reasoning-gym (JSON Lines: question, answer, metadata,
+    /// source_dataset): per dataset, how many tasks are our families' questions in other words and
+    /// whether our verifiers accept reasoning-gym's answers to them. Prints a Markdown report.
+    Gym {
+        /// The JSON Lines file (the README shows how to export one).
+        tasks: PathBuf,
+        /// Disagreements listed per dataset.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+    },
     /// Write a commented example configuration (all the defaults) to PATH.
     Init {
         /// Where to write it.
@@ -584,6 +594,10 @@ where
             }
         }
         Command::Init { path } => init(&path),
+        Command::Gym { tasks, show } => {
+            print!("{}", crate::gym::check(&tasks, show)?);
+            Ok(())
+        }
         Command::Report { run_dir } => {
             // A folder a study wrote with a run of its own, else a `swarmlab run` folder.
             match studies::STUDIES.iter().find_map(|s| s.rewrite(&run_dir)) {

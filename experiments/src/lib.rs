@@ -29,6 +29,7 @@ mod claims;
 pub mod cli;
 mod config;
 mod files;
+mod gym;
 mod launch;
 mod needs;
 mod node;

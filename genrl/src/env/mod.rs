@@ -20,9 +20,13 @@
 //! [`code`] is the sandboxed code domain: a stack language, its bounded interpreter and problems checked
 //! by execution.
 //!
+//! [`gym`] reads task sets exported from the `reasoning-gym` package (JSON Lines) and scores answers to
+//! them, with our families' verifiers where a task is one of theirs.
+//!
 //! [`TaskSet`] deals a round's questions from a seed and keeps a held-out evaluation set apart from them.
 
 pub mod code;
+pub mod gym;
 mod numbers;
 mod symbols;
 
