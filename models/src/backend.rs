@@ -64,6 +64,14 @@ impl Backend {
         })
     }
 
+    /// `x + bias`, the bias `[n]` added along the last dimension `n` of `x`.
+    pub fn add_bias(self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Native => x.broadcast_add(bias)?,
+            Self::RepOps => repops::tensor::add(x, &bias.broadcast_as(x.shape())?.contiguous()?)?,
+        })
+    }
+
     /// `x · c`.
     pub fn scale(self, x: &Tensor, c: f32) -> Result<Tensor> {
         Ok(match self {

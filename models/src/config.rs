@@ -17,6 +17,15 @@ pub struct ModelConfig {
     pub n_layers: usize,
     /// Attention heads (must divide `d_model`, and `d_model / n_heads` must be even for rotary).
     pub n_heads: usize,
+    /// Key/value heads, for grouped-query attention: each serves `n_heads / kv_heads` query heads
+    /// (Llama 3, Qwen2). `None`: one per query head.
+    pub kv_heads: Option<usize>,
+    /// Width of one head when it is not `d_model / n_heads` (Qwen3). `None`: `d_model / n_heads`.
+    pub head_width: Option<usize>,
+    /// Biases on the query, key and value projections (Qwen2).
+    pub qkv_bias: bool,
+    /// RMSNorm over each query and key head before the rotary positions (Qwen3).
+    pub qk_norm: bool,
     /// Hidden width of the SwiGLU MLP.
     pub d_ff: usize,
     /// Longest sequence the rotary tables cover.
@@ -46,6 +55,10 @@ impl ModelConfig {
             d_model: 64,
             n_layers: 2,
             n_heads: 4,
+            kv_heads: None,
+            head_width: None,
+            qkv_bias: false,
+            qk_norm: false,
             d_ff: 176,
             max_seq: 256,
             rope_base: 10_000.0,
@@ -82,12 +95,35 @@ impl ModelConfig {
 
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.n_heads.max(1)
+        self.head_width.unwrap_or(self.d_model / self.n_heads.max(1))
+    }
+
+    /// Key/value heads.
+    pub fn n_kv_heads(&self) -> usize {
+        self.kv_heads.unwrap_or(self.n_heads)
+    }
+
+    /// Width of all query heads together (`d_model` unless the head width is set).
+    pub fn q_width(&self) -> usize {
+        self.n_heads * self.head_dim()
+    }
+
+    /// Width of all key (or value) heads together.
+    pub fn kv_width(&self) -> usize {
+        self.n_kv_heads() * self.head_dim()
+    }
+
+    /// Scalars of the matrices of one block: the four attention projections and the three of the MLP.
+    pub fn block_matrix_params(&self) -> usize {
+        let d = self.d_model;
+        2 * d * self.q_width() + 2 * d * self.kv_width() + 3 * d * self.d_ff
     }
 
     /// Number of trainable parameters of the whole model.
     pub fn param_count(&self) -> usize {
-        let block = 2 * self.d_model + 4 * self.d_model * self.d_model + 3 * self.d_model * self.d_ff;
+        let bias = if self.qkv_bias { self.q_width() + 2 * self.kv_width() } else { 0 };
+        let qk_norm = if self.qk_norm { 2 * self.head_dim() } else { 0 };
+        let block = 2 * self.d_model + self.block_matrix_params() + bias + qk_norm;
         let head = if self.tie_embeddings { 0 } else { self.vocab * self.d_model };
         self.vocab * self.d_model + self.n_layers * block + self.d_model + head
     }
@@ -107,7 +143,16 @@ impl ModelConfig {
                 return Err(Error::config(field, "must be at least 1"));
             }
         }
-        if !self.d_model.is_multiple_of(self.n_heads) {
+        if self.kv_heads == Some(0) || !self.n_heads.is_multiple_of(self.n_kv_heads()) {
+            return Err(Error::config(
+                "model.kv_heads",
+                format!("{} key/value heads do not divide n_heads = {}", self.n_kv_heads(), self.n_heads),
+            ));
+        }
+        if self.head_width == Some(0) {
+            return Err(Error::config("model.head_width", "must be at least 1"));
+        }
+        if self.head_width.is_none() && !self.d_model.is_multiple_of(self.n_heads) {
             return Err(Error::config(
                 "model.n_heads",
                 format!("{} does not divide d_model = {}", self.n_heads, self.d_model),
@@ -158,5 +203,14 @@ mod tests {
         assert!(bad.validate().unwrap_err().to_string().contains("model.vocab"));
         let bad = ModelConfig { d_model: 60, n_heads: 4, ..ModelConfig::default() }; // head width 15
         assert!(bad.validate().unwrap_err().to_string().contains("even"));
+        let bad = ModelConfig { kv_heads: Some(3), ..ModelConfig::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("model.kv_heads"));
+        let bad = ModelConfig { head_width: Some(0), ..ModelConfig::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("model.head_width"));
+        // An explicit head width need not divide the residual width.
+        let qwen3 =
+            ModelConfig { d_model: 60, n_heads: 4, kv_heads: Some(2), head_width: Some(16), ..ModelConfig::default() };
+        assert!(qwen3.validate().is_ok());
+        assert_eq!((qwen3.q_width(), qwen3.kv_width()), (64, 32));
     }
 }

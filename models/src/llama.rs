@@ -110,11 +110,10 @@ impl StageSpec {
     /// token over `past + new` keys. With `past = 0`, [`forward_flops`](Self::forward_flops).
     pub fn cached_forward_flops(&self, cfg: &ModelConfig, batch: usize, past: usize, new: usize) -> f64 {
         let tokens = (batch * new) as f64;
-        let (d, f) = (cfg.d_model as f64, cfg.d_ff as f64);
-        let per_block = 4.0 * d * d + 3.0 * d * f;
-        let head = if self.last { cfg.vocab as f64 * d } else { 0.0 };
+        let per_block = cfg.block_matrix_params() as f64;
+        let head = if self.last { (cfg.vocab * cfg.d_model) as f64 } else { 0.0 };
         let blocks = self.layers.len() as f64;
-        let attention = 4.0 * blocks * ((past + new) as f64) * d * tokens;
+        let attention = 4.0 * blocks * ((past + new) as f64) * cfg.q_width() as f64 * tokens;
         2.0 * (blocks * per_block + head) * tokens + attention
     }
 }
@@ -213,6 +212,15 @@ fn init_matrix(cfg: &ModelConfig, name: &str, rows: usize, cols: usize, std: f32
     Ok(Tensor::from_vec(v, (rows, cols), device)?)
 }
 
+/// How a fresh weight starts.
+#[derive(Debug, Clone, Copy)]
+enum Init {
+    /// Normal with this standard deviation (seeded by the weight's name).
+    Normal(f32),
+    Zeros,
+    Ones,
+}
+
 /// One pipeline stage of the model.
 #[derive(Debug, Clone)]
 pub struct Stage {
@@ -226,6 +234,45 @@ pub struct Stage {
 impl Stage {
     /// A stage with freshly initialised weights (the same weights the unsplit model has there).
     pub fn new(cfg: &ModelConfig, spec: StageSpec, device: &Device) -> Result<Self> {
+        let mut params = Params::default();
+        for (name, shape, init) in Self::layout(cfg, &spec)? {
+            let value = match init {
+                Init::Normal(std) => init_matrix(cfg, &name, shape[0], shape[1], std, device)?,
+                Init::Zeros => Tensor::zeros(shape, DType::F32, device)?,
+                Init::Ones => Tensor::ones(shape, DType::F32, device)?,
+            };
+            params.insert(name, value)?;
+        }
+        Self::with_params(cfg, spec, params, device)
+    }
+
+    /// A stage with the given weights (by global name, as [`Stage::params`] names them; converted to f32
+    /// on `device`): every weight of the stage must be there with its shape. Weights of other stages are
+    /// ignored.
+    pub fn from_weights(
+        cfg: &ModelConfig,
+        spec: StageSpec,
+        weights: &BTreeMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut params = Params::default();
+        for (name, shape, _) in Self::layout(cfg, &spec)? {
+            let w = weights.get(&name).ok_or_else(|| Error::Input(format!("no weight {name:?}")))?;
+            if w.dims() != shape.as_slice() {
+                return Err(Error::Input(format!("{name}: shape {:?}, the model needs {shape:?}", w.dims())));
+            }
+            params.insert(name, w.to_dtype(DType::F32)?.to_device(device)?)?;
+        }
+        Self::with_params(cfg, spec, params, device)
+    }
+
+    /// The name and shape of every weight of a stage `spec` of `cfg`'s model.
+    pub fn weight_shapes(cfg: &ModelConfig, spec: &StageSpec) -> Result<Vec<(String, Vec<usize>)>> {
+        Ok(Self::layout(cfg, spec)?.into_iter().map(|(name, shape, _)| (name, shape)).collect())
+    }
+
+    /// Every weight of the stage: its name, shape and initialisation.
+    fn layout(cfg: &ModelConfig, spec: &StageSpec) -> Result<Vec<(String, Vec<usize>, Init)>> {
         cfg.validate()?;
         if spec.layers.end > cfg.n_layers {
             return Err(Error::config("stage.layers", format!("{:?} exceeds {} layers", spec.layers, cfg.n_layers)));
@@ -233,30 +280,44 @@ impl Stage {
         if cfg.tie_embeddings && !(spec.first && spec.last) {
             return Err(Error::config("model.tie_embeddings", "a tied head needs the whole model in one stage"));
         }
-        let (d, f) = (cfg.d_model, cfg.d_ff);
+        let (d, f, q, kv, dh) = (cfg.d_model, cfg.d_ff, cfg.q_width(), cfg.kv_width(), cfg.head_dim());
         let out_std = INIT_STD / (2.0 * cfg.n_layers as f32).sqrt();
-        let mut params = Params::default();
+        let mut layout = Vec::new();
+        let mut add = |name: String, shape: &[usize], init| layout.push((name, shape.to_vec(), init));
         if spec.first {
-            params.insert("embed".into(), init_matrix(cfg, "embed", cfg.vocab, d, INIT_STD, device)?)?;
+            add("embed".into(), &[cfg.vocab, d], Init::Normal(INIT_STD));
         }
         for l in spec.layers.clone() {
             let p = |n: &str| format!("layers.{l}.{n}");
-            params.insert(p("attn_norm"), Tensor::ones(d, DType::F32, device)?)?;
-            for w in ["wq", "wk", "wv"] {
-                params.insert(p(w), init_matrix(cfg, &p(w), d, d, INIT_STD, device)?)?;
+            add(p("attn_norm"), &[d], Init::Ones);
+            for (w, rows) in [("wq", q), ("wk", kv), ("wv", kv)] {
+                add(p(w), &[rows, d], Init::Normal(INIT_STD));
             }
-            params.insert(p("wo"), init_matrix(cfg, &p("wo"), d, d, out_std, device)?)?;
-            params.insert(p("mlp_norm"), Tensor::ones(d, DType::F32, device)?)?;
-            params.insert(p("w1"), init_matrix(cfg, &p("w1"), f, d, INIT_STD, device)?)?;
-            params.insert(p("w3"), init_matrix(cfg, &p("w3"), f, d, INIT_STD, device)?)?;
-            params.insert(p("w2"), init_matrix(cfg, &p("w2"), d, f, out_std, device)?)?;
+            if cfg.qkv_bias {
+                for (b, rows) in [("bq", q), ("bk", kv), ("bv", kv)] {
+                    add(p(b), &[rows], Init::Zeros);
+                }
+            }
+            if cfg.qk_norm {
+                add(p("q_norm"), &[dh], Init::Ones);
+                add(p("k_norm"), &[dh], Init::Ones);
+            }
+            add(p("wo"), &[d, q], Init::Normal(out_std));
+            add(p("mlp_norm"), &[d], Init::Ones);
+            add(p("w1"), &[f, d], Init::Normal(INIT_STD));
+            add(p("w3"), &[f, d], Init::Normal(INIT_STD));
+            add(p("w2"), &[d, f], Init::Normal(out_std));
         }
         if spec.last {
-            params.insert("final_norm".into(), Tensor::ones(d, DType::F32, device)?)?;
+            add("final_norm".into(), &[d], Init::Ones);
             if !cfg.tie_embeddings {
-                params.insert("head".into(), init_matrix(cfg, "head", cfg.vocab, d, INIT_STD, device)?)?;
+                add("head".into(), &[cfg.vocab, d], Init::Normal(INIT_STD));
             }
         }
+        Ok(layout)
+    }
+
+    fn with_params(cfg: &ModelConfig, spec: StageSpec, params: Params, device: &Device) -> Result<Self> {
         let (cos, sin) = repops::kernels::rope::table(cfg.max_seq, cfg.head_dim(), cfg.rope_base);
         let half = cfg.head_dim() / 2;
         Ok(Self {
@@ -372,24 +433,37 @@ impl Stage {
     ) -> Result<Tensor> {
         let be = self.cfg.backend;
         let p = |n: &str| self.params.get(&format!("layers.{l}.{n}"));
-        let (b, t, d) = x.dims3()?;
-        let (nh, dh) = (self.cfg.n_heads, self.cfg.head_dim());
-        let heads = |y: Tensor| -> Result<Tensor> { Ok(y.reshape((b, t, nh, dh))?.transpose(1, 2)?.contiguous()?) };
-        let h = be.rms_norm(x, p("attn_norm")?, self.cfg.norm_eps)?;
-        let q = be.rope(&heads(be.linear(&h, p("wq")?)?)?, cos, sin)?;
-        let k = be.rope(&heads(be.linear(&h, p("wk")?)?)?, cos, sin)?;
-        let v = heads(be.linear(&h, p("wv")?)?)?;
+        let (b, t, _) = x.dims3()?;
+        let cfg = &self.cfg;
+        let (nh, kvh, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.head_dim());
+        let h = be.rms_norm(x, p("attn_norm")?, cfg.norm_eps)?;
+        // A projection split into `n` heads `[B, n, T, dh]`, with its bias and norm where the model has them.
+        let project = |w: &str, bias: &str, norm: Option<&str>, n: usize| -> Result<Tensor> {
+            let mut y = be.linear(&h, p(w)?)?;
+            if cfg.qkv_bias {
+                y = be.add_bias(&y, p(bias)?)?;
+            }
+            let mut y = y.reshape((b, t, n, dh))?.transpose(1, 2)?.contiguous()?;
+            if let Some(norm) = norm.filter(|_| cfg.qk_norm) {
+                y = be.rms_norm(&y, p(norm)?, cfg.norm_eps)?;
+            }
+            Ok(y)
+        };
+        let q = be.rope(&project("wq", "bq", Some("q_norm"), nh)?, cos, sin)?;
+        let k = be.rope(&project("wk", "bk", Some("k_norm"), kvh)?, cos, sin)?;
+        let v = project("wv", "bv", None, kvh)?;
         let (k, v) = match cache {
             Some(c) => c.append(l, &k, &v)?,
             None => (k, v),
         };
+        let (k, v) = (repeat_kv(&k, nh / kvh)?, repeat_kv(&v, nh / kvh)?);
         let scores = be.scale(&be.matmul_bt(&q, &k)?, 1.0 / (dh as f32).sqrt())?;
         let scores = match mask {
             Some(m) => be.add(&scores, m)?,
             None => scores,
         };
         let att = be.softmax_last_dim(&scores)?;
-        let ctx = be.matmul(&att, &v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, d))?;
+        let ctx = be.matmul(&att, &v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * dh))?;
         let x = be.add(x, &be.linear(&ctx, p("wo")?)?)?;
         let h = be.rms_norm(&x, p("mlp_norm")?, self.cfg.norm_eps)?;
         let gate = be.swiglu(&be.linear(&h, p("w1")?)?, &be.linear(&h, p("w3")?)?)?;
@@ -401,6 +475,16 @@ impl Stage {
         let (b, t, v) = logits.dims3()?;
         self.cfg.backend.cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
     }
+}
+
+/// Key or value heads `[B, kv, T, dh]` repeated for grouped-query attention: `[B, kv · n, T, dh]`, where
+/// query head `i` reads key/value head `i / n`.
+fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, dh) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.broadcast_as((b, kv, n, t, dh))?.reshape((b, kv * n, t, dh))?)
 }
 
 /// `[B, H, T, past + T]`: query `i` (position `past + i`) sees key `j` (0) when `j ≤ past + i`, and
@@ -423,6 +507,20 @@ impl Llama {
         let stages = split_layers(cfg.n_layers, n_stages)?
             .into_iter()
             .map(|spec| Stage::new(cfg, spec, device))
+            .collect::<Result<_>>()?;
+        Ok(Self { stages })
+    }
+
+    /// The model split into `n_stages` stages with the given weights (see [`Stage::from_weights`]).
+    pub fn from_weights(
+        cfg: &ModelConfig,
+        n_stages: usize,
+        weights: &BTreeMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let stages = split_layers(cfg.n_layers, n_stages)?
+            .into_iter()
+            .map(|spec| Stage::from_weights(cfg, spec, weights, device))
             .collect::<Result<_>>()?;
         Ok(Self { stages })
     }

@@ -1,0 +1,340 @@
+//! Tiny random checkpoints of each architecture, written in Hugging Face layout in a temporary folder
+//! (config, safetensors, a tokenizer made with the `tokenizers` crate): they load, compute the logits
+//! candle-transformers' implementations compute, decode alike with and without the cache, train,
+//! save and reload bit for bit; malformed ones give errors that name the file and the field.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use models::{AdamW, Backend, KvCache, Llama, OptimConfig};
+use pretrained::{Architecture, Checkpoint};
+use serde_json::{Value, json};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const VOCAB: usize = 48;
+const WORDS: [&str; 6] = ["the", "swarm", "trains", "a", "model", "together"];
+
+fn config(arch: Architecture) -> Value {
+    let mut c = json!({
+        "model_type": arch.name(), "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 64, "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+        "tie_word_embeddings": arch != Architecture::Llama, "eos_token_id": 2, "torch_dtype": "float32",
+        "sliding_window": 64, "max_window_layers": 2, "use_sliding_window": false
+    });
+    if arch == Architecture::Qwen3 {
+        // A head width that is not hidden_size / heads, as Qwen3's are.
+        c["head_dim"] = json!(16);
+        c["attention_bias"] = json!(false);
+    }
+    c
+}
+
+/// Random weights under Hugging Face names for `config`: matrices, norms near 1, biases.
+fn weights(arch: Architecture, config: &Value) -> candle_core::Result<HashMap<String, Tensor>> {
+    let dev = Device::Cpu;
+    let n = |k: &str| config[k].as_u64().unwrap_or(0) as usize;
+    let (d, f, heads, kv) =
+        (n("hidden_size"), n("intermediate_size"), n("num_attention_heads"), n("num_key_value_heads"));
+    let dh = if arch == Architecture::Qwen3 { n("head_dim") } else { d / heads };
+    let mut w = HashMap::new();
+    let mut put = |name: String, shape: &[usize], scale: f64, offset: f64| -> candle_core::Result<()> {
+        w.insert(name, ((Tensor::randn(0f32, 1.0, shape, &dev)? * scale)? + offset)?);
+        Ok(())
+    };
+    put("model.embed_tokens.weight".into(), &[VOCAB, d], 1.0, 0.0)?;
+    for l in 0..n("num_hidden_layers") {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        put(p("input_layernorm.weight"), &[d], 0.1, 1.0)?;
+        put(p("post_attention_layernorm.weight"), &[d], 0.1, 1.0)?;
+        put(p("self_attn.q_proj.weight"), &[heads * dh, d], 0.3, 0.0)?;
+        put(p("self_attn.k_proj.weight"), &[kv * dh, d], 0.3, 0.0)?;
+        put(p("self_attn.v_proj.weight"), &[kv * dh, d], 0.3, 0.0)?;
+        put(p("self_attn.o_proj.weight"), &[d, heads * dh], 0.3, 0.0)?;
+        if arch == Architecture::Qwen2 {
+            put(p("self_attn.q_proj.bias"), &[heads * dh], 0.3, 0.0)?;
+            put(p("self_attn.k_proj.bias"), &[kv * dh], 0.3, 0.0)?;
+            put(p("self_attn.v_proj.bias"), &[kv * dh], 0.3, 0.0)?;
+        }
+        if arch == Architecture::Qwen3 {
+            put(p("self_attn.q_norm.weight"), &[dh], 0.1, 1.0)?;
+            put(p("self_attn.k_norm.weight"), &[dh], 0.1, 1.0)?;
+        }
+        put(p("mlp.gate_proj.weight"), &[f, d], 0.3, 0.0)?;
+        put(p("mlp.up_proj.weight"), &[f, d], 0.3, 0.0)?;
+        put(p("mlp.down_proj.weight"), &[d, f], 0.3, 0.0)?;
+    }
+    put("model.norm.weight".into(), &[d], 0.1, 1.0)?;
+    if arch == Architecture::Llama {
+        put("lm_head.weight".into(), &[VOCAB, d], 0.3, 0.0)?;
+    }
+    Ok(w)
+}
+
+/// A word-level tokenizer over a few words (ids from 3; 0 unknown, 1 and 2 start and end).
+fn write_tokenizer(dir: &Path) -> TestResult {
+    let mut vocab: HashMap<String, u32> = HashMap::new();
+    for (i, t) in ["[UNK]", "<s>", "</s>"].iter().chain(WORDS.iter()).enumerate() {
+        vocab.insert((*t).to_owned(), i as u32);
+    }
+    let model = tokenizers::models::wordlevel::WordLevel::builder()
+        .vocab(vocab.into_iter().collect())
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace));
+    tokenizer.save(dir.join("tokenizer.json"), false).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [2], "bos_token_id": 1}"#)?;
+    Ok(())
+}
+
+/// Writes a checkpoint of `arch` into `dir`; returns its weights by Hugging Face name.
+fn write_checkpoint(dir: &Path, arch: Architecture) -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
+    let cfg = config(arch);
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
+    let w = weights(arch, &cfg)?;
+    candle_core::safetensors::save(&w, dir.join("model.safetensors"))?;
+    write_tokenizer(dir)?;
+    Ok(w)
+}
+
+/// Logits of the last position of `ids` by candle-transformers' implementation of `arch`.
+fn reference_logits(
+    arch: Architecture,
+    dir: &Path,
+    w: &HashMap<String, Tensor>,
+    ids: &Tensor,
+) -> Result<Tensor, Box<dyn std::error::Error>> {
+    use candle_transformers::models::{llama, qwen2, qwen3};
+    let text = std::fs::read_to_string(dir.join("config.json"))?;
+    let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
+    Ok(match arch {
+        Architecture::Llama => {
+            let cfg = serde_json::from_str::<llama::LlamaConfig>(&text)?.into_config(false);
+            let model = llama::Llama::load(vb, &cfg)?;
+            let mut cache = llama::Cache::new(false, DType::F32, &cfg, &Device::Cpu)?;
+            model.forward(ids, 0, &mut cache)?
+        }
+        Architecture::Qwen2 => {
+            let cfg: qwen2::Config = serde_json::from_str(&text)?;
+            qwen2::ModelForCausalLM::new(&cfg, vb)?.forward(ids, 0)?.squeeze(1)?
+        }
+        Architecture::Qwen3 => {
+            let cfg: qwen3::Config = serde_json::from_str(&text)?;
+            qwen3::ModelForCausalLM::new(&cfg, vb)?.forward(ids, 0)?.squeeze(1)?
+        }
+    })
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()
+}
+
+fn bits(t: &Tensor) -> candle_core::Result<Vec<u32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
+}
+
+const ARCHS: [Architecture; 3] = [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3];
+
+#[test]
+fn each_architecture_computes_the_logits_of_candle_transformers() -> TestResult {
+    for arch in ARCHS {
+        let dir = tempfile::tempdir()?;
+        let w = write_checkpoint(dir.path(), arch)?;
+        let ckpt = Checkpoint::open(&dir.path().display().to_string())?;
+        assert_eq!(ckpt.config().architecture, arch);
+        let tokenizer = ckpt.tokenizer()?;
+        let ids = tokenizer.encode("the swarm trains a model together the swarm", false)?;
+        assert_eq!(ids, vec![3, 4, 5, 6, 7, 8, 3, 4]);
+        assert_eq!((tokenizer.eos(), tokenizer.decode(&ids[..3])?.as_str()), (&[2u32][..], "the swarm trains"));
+        for backend in [Backend::Native, Backend::RepOps] {
+            let model = ckpt.load(&ckpt.model_config(backend, None), 1, &Device::Cpu)?;
+            for len in [1, 3, ids.len()] {
+                let input = Tensor::new(&ids[..len], &Device::Cpu)?.unsqueeze(0)?;
+                let ours = model.forward(&input)?.i((.., len - 1, ..))?;
+                let theirs = reference_logits(arch, dir.path(), &w, &input)?;
+                let diff = max_diff(&ours, &theirs)?;
+                assert!(diff < 1e-4, "{arch:?} on {backend}, {len} tokens: logits differ by {diff}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Greedy continuation of `prompt` for `steps` tokens, with the cache or re-reading the prefix.
+fn greedy(model: &Llama, prompt: &[u32], steps: usize, cached: bool) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+    let mut seq = prompt.to_vec();
+    let mut cache = KvCache::new();
+    let argmax = |logits: &Tensor| -> candle_core::Result<u32> { logits.flatten_all()?.argmax(0)?.to_vec0::<u32>() };
+    for step in 0..steps {
+        let next = if cached {
+            let new = if step == 0 { &seq[..] } else { &seq[seq.len() - 1..] };
+            argmax(&model.next_token_logits(&Tensor::new(new, &Device::Cpu)?.unsqueeze(0)?, &mut cache)?)?
+        } else {
+            let logits = model.forward(&Tensor::new(&seq[..], &Device::Cpu)?.unsqueeze(0)?)?;
+            argmax(&logits.i((0, seq.len() - 1))?)?
+        };
+        seq.push(next);
+    }
+    Ok(seq[prompt.len()..].to_vec())
+}
+
+#[test]
+fn decoding_with_the_cache_writes_what_decoding_without_it_writes() -> TestResult {
+    for arch in ARCHS {
+        let dir = tempfile::tempdir()?;
+        write_checkpoint(dir.path(), arch)?;
+        let ckpt = Checkpoint::open(&dir.path().display().to_string())?;
+        for backend in [Backend::Native, Backend::RepOps] {
+            let model = ckpt.load(&ckpt.model_config(backend, None), 1, &Device::Cpu)?;
+            let prompt = ckpt.tokenizer()?.encode("a model trains", false)?;
+            let with = greedy(&model, &prompt, 20, true)?;
+            assert_eq!(with, greedy(&model, &prompt, 20, false)?, "{arch:?} on {backend}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_trained_model_saves_in_hugging_face_layout_and_reloads_bit_for_bit() -> TestResult {
+    for arch in ARCHS {
+        let dir = tempfile::tempdir()?;
+        write_checkpoint(dir.path(), arch)?;
+        let ckpt = Checkpoint::open(&dir.path().display().to_string())?;
+        let cfg = ckpt.model_config(Backend::Native, Some(32));
+        let model = ckpt.load(&cfg, 1, &Device::Cpu)?;
+        // One training step on a sentence.
+        let ids = Tensor::new(&[3u32, 4, 5, 6, 7, 8], &Device::Cpu)?.unsqueeze(0)?;
+        let (input, target) = (ids.narrow(1, 0, 5)?, ids.narrow(1, 1, 5)?);
+        let params = model.params();
+        let mut optim =
+            AdamW::new(OptimConfig { lr: 1e-2, warmup_steps: 0, ..OptimConfig::default() }, Backend::Native)?;
+        let before = model.loss(&input, &target)?.to_vec0::<f32>()?;
+        for _ in 0..5 {
+            let grads = params.grads(&model.loss(&input, &target)?.backward()?);
+            optim.step(&params, &grads)?;
+        }
+        let after = model.loss(&input, &target)?.to_vec0::<f32>()?;
+        assert!(after < before, "{arch:?}: loss {before} → {after}");
+
+        let out = tempfile::tempdir()?;
+        ckpt.save(&model, out.path())?;
+        for file in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+            assert!(out.path().join(file).is_file(), "{arch:?}: {file} written");
+        }
+        // Hugging Face names in the file, and no lm_head where the embedding is the head.
+        let saved = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu)?;
+        assert!(saved.contains_key("model.layers.1.mlp.down_proj.weight"));
+        assert_eq!(saved.contains_key("lm_head.weight"), arch == Architecture::Llama);
+        let again = Checkpoint::open(&out.path().display().to_string())?;
+        let reloaded = again.load(&cfg, 1, &Device::Cpu)?;
+        let (a, b): (BTreeMap<_, _>, BTreeMap<_, _>) = (model.params().snapshot(), reloaded.params().snapshot());
+        assert_eq!(a.len(), b.len());
+        for (name, t) in &a {
+            assert_eq!(bits(t)?, bits(&b[name])?, "{arch:?}: {name}");
+        }
+        assert_eq!(bits(&model.forward(&input)?)?, bits(&reloaded.forward(&input)?)?);
+        // A pipeline of two stages of the untied model holds the same weights and computes the same.
+        if arch == Architecture::Llama {
+            let split = again.load(&cfg, 2, &Device::Cpu)?;
+            assert_eq!(bits(&split.forward(&input)?)?, bits(&model.forward(&input)?)?);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn sharded_weights_load_as_one_file_does() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let w = write_checkpoint(dir.path(), Architecture::Qwen2)?;
+    let single = Checkpoint::open(&dir.path().display().to_string())?.weights()?;
+    std::fs::remove_file(dir.path().join("model.safetensors"))?;
+    let (mut a, mut b, mut map) = (HashMap::new(), HashMap::new(), serde_json::Map::new());
+    for (i, (name, t)) in w.into_iter().enumerate() {
+        let shard = if i % 2 == 0 { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
+        map.insert(name.clone(), json!(shard));
+        if i % 2 == 0 {
+            a.insert(name, t)
+        } else {
+            b.insert(name, t)
+        };
+    }
+    candle_core::safetensors::save(&a, dir.path().join("model-00001-of-00002.safetensors"))?;
+    candle_core::safetensors::save(&b, dir.path().join("model-00002-of-00002.safetensors"))?;
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        json!({"metadata": {}, "weight_map": map}).to_string(),
+    )?;
+    let sharded = Checkpoint::open(&dir.path().display().to_string())?.weights()?;
+    assert_eq!(single.keys().collect::<Vec<_>>(), sharded.keys().collect::<Vec<_>>());
+    for (name, t) in &single {
+        assert_eq!(bits(t)?, bits(&sharded[name])?, "{name}");
+    }
+    // A shard the index lists but the folder lacks.
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors"))?;
+    let e = Checkpoint::open(&dir.path().display().to_string())?.weights().expect_err("missing shard").to_string();
+    assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("missing"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn malformed_checkpoints_name_the_file_and_the_field() -> TestResult {
+    let open = |dir: &Path| Checkpoint::open(&dir.display().to_string());
+    let load = |dir: &Path| -> pretrained::Result<Llama> {
+        let c = open(dir)?;
+        c.load(&c.model_config(Backend::Native, None), 1, &Device::Cpu)
+    };
+    let fresh = |arch| -> Result<(tempfile::TempDir, HashMap<String, Tensor>), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let w = write_checkpoint(dir.path(), arch)?;
+        Ok((dir, w))
+    };
+    // A weight of the wrong shape, a missing one, an unknown one, an integer one.
+    let (dir, mut w) = fresh(Architecture::Qwen2)?;
+    w.insert("model.layers.1.self_attn.k_proj.weight".into(), Tensor::zeros((8, 32), DType::F32, &Device::Cpu)?);
+    candle_core::safetensors::save(&w, dir.path().join("model.safetensors"))?;
+    let e = load(dir.path()).expect_err("shape").to_string();
+    assert!(e.contains("model.layers.1.self_attn.k_proj.weight: shape [8, 32]; config.json makes it [16, 32]"), "{e}");
+    w.remove("model.layers.1.self_attn.k_proj.weight");
+    candle_core::safetensors::save(&w, dir.path().join("model.safetensors"))?;
+    let e = load(dir.path()).expect_err("missing").to_string();
+    assert!(e.contains("model.layers.1.self_attn.k_proj.weight: missing"), "{e}");
+    w.insert("model.layers.0.self_attn.o_proj.bias".into(), Tensor::zeros(32, DType::F32, &Device::Cpu)?);
+    candle_core::safetensors::save(&w, dir.path().join("model.safetensors"))?;
+    let e = load(dir.path()).expect_err("unknown").to_string();
+    assert!(e.contains("model.safetensors: model.layers.0.self_attn.o_proj.bias: not a weight"), "{e}");
+    w.remove("model.layers.0.self_attn.o_proj.bias");
+    w.insert("model.norm.weight".into(), Tensor::zeros(32, DType::U32, &Device::Cpu)?);
+    candle_core::safetensors::save(&w, dir.path().join("model.safetensors"))?;
+    let e = load(dir.path()).expect_err("dtype").to_string();
+    assert!(e.contains("model.norm.weight: dtype U32"), "{e}");
+    // Weights a layer count has no place for.
+    let (dir, _) = fresh(Architecture::Llama)?;
+    let mut cfg = config(Architecture::Llama);
+    cfg["num_hidden_layers"] = json!(1);
+    std::fs::write(dir.path().join("config.json"), cfg.to_string())?;
+    let e = load(dir.path()).expect_err("extra layer").to_string();
+    assert!(e.contains("model.layers.1.") && e.contains("no place"), "{e}");
+    // Files: no weights, no tokenizer, an unknown architecture, not JSON.
+    let (dir, _) = fresh(Architecture::Llama)?;
+    std::fs::remove_file(dir.path().join("tokenizer.json"))?;
+    let e = open(dir.path())?.tokenizer().expect_err("no tokenizer").to_string();
+    assert!(e.contains("tokenizer.json: missing"), "{e}");
+    std::fs::remove_file(dir.path().join("model.safetensors"))?;
+    let e = load(dir.path()).expect_err("no weights").to_string();
+    assert!(e.contains("no model.safetensors"), "{e}");
+    let mut cfg = config(Architecture::Llama);
+    cfg["model_type"] = json!("mamba");
+    std::fs::write(dir.path().join("config.json"), cfg.to_string())?;
+    let e = open(dir.path()).expect_err("mamba").to_string();
+    assert!(e.contains("config.json: model_type: \"mamba\""), "{e}");
+    std::fs::write(dir.path().join("config.json"), "{\"model_type\": ")?;
+    assert!(open(dir.path()).expect_err("not json").to_string().contains("config.json"));
+    let e = Checkpoint::open("Nobody/no-such-model-here").expect_err("not cached").to_string();
+    assert!(e.contains("Nobody/no-such-model-here"), "{e}");
+    Ok(())
+}
