@@ -13,6 +13,7 @@
 //! | [`weights`] | safetensors (single or sharded) with Hugging Face names ↔ swarmlab's |
 //! | [`tokenizer`] | [`TextTokenizer`]: `tokenizer.json`, end-of-text ids, the chat template |
 //! | [`hub`] | a model id → its snapshot in the Hugging Face cache |
+//! | [`tiny`] | tiny random checkpoints of each architecture, for tests and examples |
 //!
 //! Errors name the file and the field: a missing file, an unknown architecture, a tensor of the wrong
 //! shape or dtype.
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
 

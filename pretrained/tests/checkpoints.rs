@@ -14,92 +14,15 @@ use serde_json::{Value, json};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const VOCAB: usize = 48;
-const WORDS: [&str; 6] = ["the", "swarm", "trains", "a", "model", "together"];
-
-fn config(arch: Architecture) -> Value {
-    let mut c = json!({
-        "model_type": arch.name(), "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 64, "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu",
-        "tie_word_embeddings": arch != Architecture::Llama, "eos_token_id": 2, "torch_dtype": "float32",
-        "sliding_window": 64, "max_window_layers": 2, "use_sliding_window": false
-    });
-    if arch == Architecture::Qwen3 {
-        // A head width that is not hidden_size / heads, as Qwen3's are.
-        c["head_dim"] = json!(16);
-        c["attention_bias"] = json!(false);
-    }
-    c
+/// The config of a tiny checkpoint of `arch` (as [`pretrained::tiny::write`] writes it).
+fn config(dir: &Path) -> Result<Value, Box<dyn std::error::Error>> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?)
 }
 
-/// Random weights under Hugging Face names for `config`: matrices, norms near 1, biases.
-fn weights(arch: Architecture, config: &Value) -> candle_core::Result<HashMap<String, Tensor>> {
-    let dev = Device::Cpu;
-    let n = |k: &str| config[k].as_u64().unwrap_or(0) as usize;
-    let (d, f, heads, kv) =
-        (n("hidden_size"), n("intermediate_size"), n("num_attention_heads"), n("num_key_value_heads"));
-    let dh = if arch == Architecture::Qwen3 { n("head_dim") } else { d / heads };
-    let mut w = HashMap::new();
-    let mut put = |name: String, shape: &[usize], scale: f64, offset: f64| -> candle_core::Result<()> {
-        w.insert(name, ((Tensor::randn(0f32, 1.0, shape, &dev)? * scale)? + offset)?);
-        Ok(())
-    };
-    put("model.embed_tokens.weight".into(), &[VOCAB, d], 1.0, 0.0)?;
-    for l in 0..n("num_hidden_layers") {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        put(p("input_layernorm.weight"), &[d], 0.1, 1.0)?;
-        put(p("post_attention_layernorm.weight"), &[d], 0.1, 1.0)?;
-        put(p("self_attn.q_proj.weight"), &[heads * dh, d], 0.3, 0.0)?;
-        put(p("self_attn.k_proj.weight"), &[kv * dh, d], 0.3, 0.0)?;
-        put(p("self_attn.v_proj.weight"), &[kv * dh, d], 0.3, 0.0)?;
-        put(p("self_attn.o_proj.weight"), &[d, heads * dh], 0.3, 0.0)?;
-        if arch == Architecture::Qwen2 {
-            put(p("self_attn.q_proj.bias"), &[heads * dh], 0.3, 0.0)?;
-            put(p("self_attn.k_proj.bias"), &[kv * dh], 0.3, 0.0)?;
-            put(p("self_attn.v_proj.bias"), &[kv * dh], 0.3, 0.0)?;
-        }
-        if arch == Architecture::Qwen3 {
-            put(p("self_attn.q_norm.weight"), &[dh], 0.1, 1.0)?;
-            put(p("self_attn.k_norm.weight"), &[dh], 0.1, 1.0)?;
-        }
-        put(p("mlp.gate_proj.weight"), &[f, d], 0.3, 0.0)?;
-        put(p("mlp.up_proj.weight"), &[f, d], 0.3, 0.0)?;
-        put(p("mlp.down_proj.weight"), &[d, f], 0.3, 0.0)?;
-    }
-    put("model.norm.weight".into(), &[d], 0.1, 1.0)?;
-    if arch == Architecture::Llama {
-        put("lm_head.weight".into(), &[VOCAB, d], 0.3, 0.0)?;
-    }
-    Ok(w)
-}
-
-/// A word-level tokenizer over a few words (ids from 3; 0 unknown, 1 and 2 start and end).
-fn write_tokenizer(dir: &Path) -> TestResult {
-    let mut vocab: HashMap<String, u32> = HashMap::new();
-    for (i, t) in ["[UNK]", "<s>", "</s>"].iter().chain(WORDS.iter()).enumerate() {
-        vocab.insert((*t).to_owned(), i as u32);
-    }
-    let model = tokenizers::models::wordlevel::WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token("[UNK]".into())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut tokenizer = tokenizers::Tokenizer::new(model);
-    tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace));
-    tokenizer.save(dir.join("tokenizer.json"), false).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [2], "bos_token_id": 1}"#)?;
-    Ok(())
-}
-
-/// Writes a checkpoint of `arch` into `dir`; returns its weights by Hugging Face name.
+/// Writes a tiny checkpoint of `arch` into `dir`; returns its weights by Hugging Face name.
 fn write_checkpoint(dir: &Path, arch: Architecture) -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
-    let cfg = config(arch);
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
-    let w = weights(arch, &cfg)?;
-    candle_core::safetensors::save(&w, dir.join("model.safetensors"))?;
-    write_tokenizer(dir)?;
-    Ok(w)
+    pretrained::tiny::write(dir, arch, 7)?;
+    Ok(candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?)
 }
 
 /// Logits of the last position of `ids` by candle-transformers' implementation of `arch`.
@@ -148,9 +71,10 @@ fn each_architecture_computes_the_logits_of_candle_transformers() -> TestResult 
         let ckpt = Checkpoint::open(&dir.path().display().to_string())?;
         assert_eq!(ckpt.config().architecture, arch);
         let tokenizer = ckpt.tokenizer()?;
-        let ids = tokenizer.encode("the swarm trains a model together the swarm", false)?;
-        assert_eq!(ids, vec![3, 4, 5, 6, 7, 8, 3, 4]);
-        assert_eq!((tokenizer.eos(), tokenizer.decode(&ids[..3])?.as_str()), (&[2u32][..], "the swarm trains"));
+        let ids = tokenizer.encode("37-52=<|endoftext|>", false)?;
+        assert_eq!(ids.len(), 7, "one token a character, and the end token");
+        assert_eq!(ids[6], 2);
+        assert_eq!((tokenizer.eos(), tokenizer.decode(&ids[..6])?.as_str()), (&[2u32][..], "37-52="));
         for backend in [Backend::Native, Backend::RepOps] {
             let model = ckpt.load(&ckpt.model_config(backend, None), 1, &Device::Cpu)?;
             for len in [1, 3, ids.len()] {
@@ -208,7 +132,7 @@ fn a_trained_model_saves_in_hugging_face_layout_and_reloads_bit_for_bit() -> Tes
         let cfg = ckpt.model_config(Backend::Native, Some(32));
         let model = ckpt.load(&cfg, 1, &Device::Cpu)?;
         // One training step on a sentence.
-        let ids = Tensor::new(&[3u32, 4, 5, 6, 7, 8], &Device::Cpu)?.unsqueeze(0)?;
+        let ids = Tensor::new(&[20u32, 30, 40, 50, 60, 70], &Device::Cpu)?.unsqueeze(0)?;
         let (input, target) = (ids.narrow(1, 0, 5)?, ids.narrow(1, 1, 5)?);
         let params = model.params();
         let mut optim =
@@ -314,7 +238,7 @@ fn malformed_checkpoints_name_the_file_and_the_field() -> TestResult {
     assert!(e.contains("model.norm.weight: dtype U32"), "{e}");
     // Weights a layer count has no place for.
     let (dir, _) = fresh(Architecture::Llama)?;
-    let mut cfg = config(Architecture::Llama);
+    let mut cfg = config(dir.path())?;
     cfg["num_hidden_layers"] = json!(1);
     std::fs::write(dir.path().join("config.json"), cfg.to_string())?;
     let e = load(dir.path()).expect_err("extra layer").to_string();
@@ -327,7 +251,7 @@ fn malformed_checkpoints_name_the_file_and_the_field() -> TestResult {
     std::fs::remove_file(dir.path().join("model.safetensors"))?;
     let e = load(dir.path()).expect_err("no weights").to_string();
     assert!(e.contains("no model.safetensors"), "{e}");
-    let mut cfg = config(Architecture::Llama);
+    let mut cfg = config(dir.path())?;
     cfg["model_type"] = json!("mamba");
     std::fs::write(dir.path().join("config.json"), cfg.to_string())?;
     let e = open(dir.path()).expect_err("mamba").to_string();
