@@ -63,6 +63,12 @@ impl TextTokenizer {
         self.inner.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// The text of `ids` with special tokens written out (an end-of-text token stays in the text, and
+    /// [`encode`](Self::encode) reads it back as that token).
+    pub fn decode_all(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
     /// The ids that end a generation.
     pub fn eos(&self) -> &[u32] {
         &self.eos

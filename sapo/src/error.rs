@@ -23,6 +23,9 @@ pub enum Error {
     /// The swarm failed.
     #[error(transparent)]
     Swarm(#[from] genrl::Error),
+    /// A pretrained checkpoint could not be read, used or written.
+    #[error(transparent)]
+    Pretrained(#[from] pretrained::Error),
 }
 
 /// `Result` with [`Error`].

@@ -1,15 +1,26 @@
-//! The policy: a small decoder LM over ASCII that reads a prompt and writes an answer ending in a
-//! newline, with sampling, per-token log-probabilities, a supervised step and a GRPO step.
+//! The policy: a decoder LM that reads a prompt and writes a completion, with sampling, per-token
+//! log-probabilities, a supervised step and a GRPO step.
 //!
-//! Text is tokenised byte by byte (vocabulary 128: ASCII). A prompt is left-padded with NUL to
-//! `prompt_width` tokens, so every answer starts at the same position and a batch needs no attention
-//! mask; an answer has at most `max_new` tokens, its newline included. Shared rollouts are re-tokenised
-//! the same way by the receiver; text it cannot read (not ASCII, too long) is refused.
+//! Two kinds share everything but their text codec:
+//! - swarmlab's own small LMs over ASCII ([`Policy::new`]): text is tokenised byte by byte (vocabulary
+//!   128), a prompt is left-padded with NUL to `prompt_width` tokens (so every answer starts at the same
+//!   position), and a completion ends with a newline;
+//! - pretrained Hugging Face checkpoints ([`Policy::pretrained`]): text goes through the checkpoint's
+//!   tokenizer, a prompt has at most `prompt_width` tokens, and a completion ends with an end-of-text
+//!   token, written out at the end of its text.
+//!
+//! A completion has at most `max_new` tokens, its end included. Training batches right-pad each prompt
+//! and completion to the longest, so causal attention needs no mask; generation decodes the prompts of
+//! one length together. Shared rollouts are re-tokenised by the receiver; text it cannot read (not
+//! ASCII for a byte policy, too long) is refused.
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use candle_core::{D, DType, Device, Tensor};
 use models::{AdamW, KvCache, Llama, ModelConfig, OptimConfig, Params};
+use pretrained::{Checkpoint, TextTokenizer};
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
@@ -203,14 +214,17 @@ impl Generation {
         Ok(())
     }
 
-    /// Whether a completion's `tokens` (after the prompt) are finished: a newline last, or a stop string
-    /// at the end.
-    fn stops(&self, row: &[u32]) -> bool {
-        row.last() == Some(&END)
-            || self.stop.iter().any(|s| {
-                s.len() <= row.len()
-                    && row[row.len() - s.len()..].iter().zip(s.bytes()).all(|(&t, b)| t == u32::from(b))
-            })
+    /// Whether a completion's tokens `row` are finished: its end token last, or a stop string at the
+    /// end of its text.
+    fn stops(&self, policy: &Policy, row: &[u32]) -> Result<bool> {
+        if row.last().is_some_and(|&t| policy.is_end(t)) {
+            return Ok(true);
+        }
+        if self.stop.is_empty() {
+            return Ok(false);
+        }
+        let text = policy.decode(row)?;
+        Ok(self.stop.iter().any(|s| text.ends_with(s.as_str())))
     }
 }
 
@@ -234,7 +248,8 @@ impl Decoder<'_> {
             Self::Cached { cache, per_prompt } => {
                 // Each prompt once; its keys and values then serve all its completions.
                 let flat: Vec<u32> = prompts.iter().flatten().copied().collect();
-                let ids = Tensor::from_vec(flat, (prompts.len(), policy.cfg.prompt_width), &policy.device)?;
+                let len = prompts.first().map_or(0, Vec::len);
+                let ids = Tensor::from_vec(flat, (prompts.len(), len), &policy.device)?;
                 let logits = policy.model.next_token_logits(&ids, cache)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
                 let rows: Vec<usize> = (0..prompts.len() * *per_prompt).map(|r| r / *per_prompt).collect();
                 cache.select_rows(&rows)?;
@@ -297,7 +312,16 @@ struct Batch {
     tokens: usize,
 }
 
-/// A policy: its model, the optimizer state, and the window it reads and writes in.
+/// How a policy turns text into tokens and back.
+#[derive(Debug, Clone)]
+enum Codec {
+    /// One token per ASCII byte; prompts left-padded with NUL; a completion ends with a newline.
+    Bytes,
+    /// A pretrained checkpoint's tokenizer; a completion ends with one of its end-of-text tokens.
+    Text { tokenizer: Arc<TextTokenizer>, checkpoint: Arc<Checkpoint> },
+}
+
+/// A policy: its model, the optimizer state, its text codec and the window it reads and writes in.
 #[derive(Debug)]
 pub struct Policy {
     cfg: PolicyConfig,
@@ -305,6 +329,7 @@ pub struct Policy {
     params: Params,
     optim: AdamW,
     device: Device,
+    codec: Codec,
 }
 
 impl Policy {
@@ -316,7 +341,74 @@ impl Policy {
         let model = Llama::new(&cfg.model, 1, device)?;
         let params = model.params();
         let optim = AdamW::new(cfg.optim.clone(), cfg.model.backend)?;
-        Ok(Self { cfg, model, params, optim, device: device.clone() })
+        Ok(Self { cfg, model, params, optim, device: device.clone(), codec: Codec::Bytes })
+    }
+
+    /// A policy of the pretrained `checkpoint` (its weights and tokenizer), reading prompts of up to
+    /// `cfg.prompt_width` tokens and writing completions of up to `cfg.max_new`, with `cfg.optim` and
+    /// the kernels of `cfg.model.backend`; the rest of `cfg.model` is the checkpoint's.
+    pub fn pretrained(checkpoint: &Checkpoint, cfg: &PolicyConfig, device: &Device) -> Result<Self> {
+        let window = cfg.prompt_width + cfg.max_new;
+        let most = checkpoint.config().model.max_seq;
+        if cfg.prompt_width == 0 || cfg.max_new == 0 || window > most {
+            return Err(Error::config(
+                "policy.prompt_width",
+                format!(
+                    "{} prompt and {} completion tokens do not fit the model's {most} positions",
+                    cfg.prompt_width, cfg.max_new
+                ),
+            ));
+        }
+        cfg.optim.validate()?;
+        let tokenizer = checkpoint.tokenizer()?;
+        if tokenizer.eos().is_empty() {
+            return Err(Error::config("policy", "the checkpoint names no end-of-text token (eos_token_id)"));
+        }
+        let mut cfg = cfg.clone();
+        cfg.model = checkpoint.model_config(cfg.model.backend, Some(window));
+        let model = checkpoint.load(&cfg.model, 1, device)?;
+        let params = model.params();
+        let optim = AdamW::new(cfg.optim.clone(), cfg.model.backend)?;
+        let codec = Codec::Text { tokenizer: Arc::new(tokenizer), checkpoint: Arc::new(checkpoint.clone()) };
+        Ok(Self { cfg, model, params, optim, device: device.clone(), codec })
+    }
+
+    /// Writes a pretrained policy's weights, configuration and tokenizer into `out` in Hugging Face
+    /// layout; an error for a byte policy (it has no Hugging Face form).
+    pub fn save_pretrained(&self, out: &std::path::Path) -> Result<()> {
+        match &self.codec {
+            Codec::Text { checkpoint, .. } => Ok(checkpoint.save(&self.model, out)?),
+            Codec::Bytes => Err(Error::config("policy", "a byte-level policy is not a Hugging Face checkpoint")),
+        }
+    }
+
+    /// Whether `token` ends a completion.
+    fn is_end(&self, token: u32) -> bool {
+        match &self.codec {
+            Codec::Bytes => token == END,
+            Codec::Text { tokenizer, .. } => tokenizer.eos().contains(&token),
+        }
+    }
+
+    /// The text of a completion's tokens (an end-of-text token written out).
+    fn decode(&self, tokens: &[u32]) -> Result<String> {
+        Ok(match &self.codec {
+            Codec::Bytes => tokens.iter().map(|&t| char::from(t as u8)).collect(),
+            Codec::Text { tokenizer, .. } => tokenizer.decode_all(tokens)?,
+        })
+    }
+
+    /// The tokens of a completion's text; an error if the policy cannot read it or it is too long.
+    fn encode_completion(&self, completion: &str) -> Result<Vec<u32>> {
+        let tokens = match &self.codec {
+            Codec::Bytes if completion.is_ascii() => completion.bytes().map(u32::from).collect(),
+            Codec::Bytes => Vec::new(),
+            Codec::Text { tokenizer, .. } => tokenizer.encode(completion, false)?,
+        };
+        if tokens.is_empty() || tokens.len() > self.cfg.max_new {
+            return Err(Error::Unreadable(format!("completion {completion:?} (1 to {} tokens)", self.cfg.max_new)));
+        }
+        Ok(tokens)
     }
 
     /// A policy with `weights` (a [`Policy::weights`] of the same configuration) and a fresh optimizer.
@@ -344,22 +436,32 @@ impl Policy {
         self.params.numel()
     }
 
-    /// Tokens of `prompt`, left-padded to the window; an error if it does not fit or is not ASCII.
+    /// Tokens of `prompt` (a byte policy's left-padded to the window); an error if it does not fit or,
+    /// for a byte policy, is not ASCII.
     pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
-        if !prompt.is_ascii() || prompt.len() > self.cfg.prompt_width || prompt.is_empty() {
-            return Err(Error::Unreadable(format!("prompt {prompt:?} (ASCII, 1 to {} bytes)", self.cfg.prompt_width)));
+        let width = self.cfg.prompt_width;
+        match &self.codec {
+            Codec::Bytes => {
+                if !prompt.is_ascii() || prompt.len() > width || prompt.is_empty() {
+                    return Err(Error::Unreadable(format!("prompt {prompt:?} (ASCII, 1 to {width} bytes)")));
+                }
+                let mut ids = vec![PAD; width - prompt.len()];
+                ids.extend(prompt.bytes().map(u32::from));
+                Ok(ids)
+            }
+            Codec::Text { tokenizer, .. } => {
+                let ids = tokenizer.encode(prompt, true)?;
+                if ids.is_empty() || ids.len() > width {
+                    return Err(Error::Unreadable(format!("prompt {prompt:?} (1 to {width} tokens)")));
+                }
+                Ok(ids)
+            }
         }
-        let mut ids = vec![PAD; self.cfg.prompt_width - prompt.len()];
-        ids.extend(prompt.bytes().map(u32::from));
-        Ok(ids)
     }
 
     /// Whether the policy can read `prompt` and `completion` (for shared rollouts).
     pub fn can_read(&self, prompt: &str, completion: &str) -> bool {
-        self.encode_prompt(prompt).is_ok()
-            && completion.is_ascii()
-            && !completion.is_empty()
-            && completion.len() <= self.cfg.max_new
+        self.encode_prompt(prompt).is_ok() && self.encode_completion(completion).is_ok()
     }
 
     /// FLOPs of generating `per_prompt` completions of `max_new` tokens for each of `prompts` prompts,
@@ -406,30 +508,60 @@ impl Policy {
         generation.validate()?;
         let max_tokens = generation.max_tokens.unwrap_or(self.cfg.max_new).min(self.cfg.max_new);
         let encoded: Vec<Vec<u32>> = prompts.iter().map(|p| self.encode_prompt(p)).collect::<Result<_>>()?;
-        if per_prompt == 0 || prompts.is_empty() {
-            return Ok(vec![Vec::new(); prompts.len()]);
+        let mut out = vec![Vec::new(); prompts.len()];
+        if per_prompt == 0 {
+            return Ok(out);
         }
-        let mut rows = vec![Vec::new(); prompts.len() * per_prompt];
+        // Prompts of one length decode together: their rows share positions (a byte policy's all do).
+        let mut by_length: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, e) in encoded.iter().enumerate() {
+            by_length.entry(e.len()).or_default().push(i);
+        }
+        for members in by_length.values() {
+            let group: Vec<Vec<u32>> = members.iter().map(|&i| encoded[i].clone()).collect();
+            let texts = self.generate_group(&group, per_prompt, generation, max_tokens, rng)?;
+            for (&i, t) in members.iter().zip(texts) {
+                out[i] = t;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`generate`](Self::generate) for `encoded` prompts of one length.
+    fn generate_group(
+        &self,
+        encoded: &[Vec<u32>],
+        per_prompt: usize,
+        generation: &Generation,
+        max_tokens: usize,
+        rng: &mut dyn RngCore,
+    ) -> Result<Vec<Vec<String>>> {
+        let mut rows = vec![Vec::new(); encoded.len() * per_prompt];
         let mut decoder = if generation.cache {
             Decoder::Cached { cache: KvCache::new(), per_prompt }
         } else {
-            Decoder::Full { prompts: &encoded, per_prompt }
+            Decoder::Full { prompts: encoded, per_prompt }
         };
         // `active[k]` is the row of the decoder's `k`-th logits.
         let mut active: Vec<usize> = (0..rows.len()).collect();
-        let mut logits = decoder.first(self, &encoded)?;
+        let mut logits = decoder.first(self, encoded)?;
         for step in 0..max_tokens {
             for (k, &i) in active.iter().enumerate() {
                 rows[i].push(generation.sampling.draw(&logits[k], rng));
             }
-            let going: Vec<usize> = (0..active.len()).filter(|&k| !generation.stops(&rows[active[k]])).collect();
+            let mut going = Vec::with_capacity(active.len());
+            for (k, &i) in active.iter().enumerate() {
+                if !generation.stops(self, &rows[i])? {
+                    going.push(k);
+                }
+            }
             if going.is_empty() || step + 1 == max_tokens {
                 break;
             }
             active = going.iter().map(|&k| active[k]).collect();
             logits = decoder.next(self, &going, &active, &rows)?;
         }
-        let texts: Vec<String> = rows.iter().map(|r| r.iter().map(|&t| char::from(t as u8)).collect()).collect();
+        let texts: Vec<String> = rows.iter().map(|r| self.decode(r)).collect::<Result<_>>()?;
         Ok(texts.chunks(per_prompt).map(<[String]>::to_vec).collect())
     }
 
@@ -444,22 +576,25 @@ impl Policy {
     }
 
     fn batch(&self, examples: &[Example<'_>]) -> Result<Batch> {
-        let width = self.cfg.prompt_width;
-        let longest = examples.iter().map(|e| e.completion.len()).max().unwrap_or(0);
-        if examples.is_empty() || longest == 0 {
+        if examples.is_empty() {
             return Err(Error::config("batch", "nothing to learn from"));
         }
-        let t = width + longest - 1;
+        // Each prompt and completion, right-padded to the longest (causal attention needs no mask then).
+        let mut seqs = Vec::with_capacity(examples.len());
+        for e in examples {
+            let unreadable = || Error::Unreadable(format!("{:?} → {:?}", e.prompt, e.completion));
+            let mut seq = self.encode_prompt(e.prompt).map_err(|_| unreadable())?;
+            let prompt = seq.len();
+            seq.extend(self.encode_completion(e.completion).map_err(|_| unreadable())?);
+            seqs.push((seq, prompt));
+        }
+        let longest = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+        let t = longest - 1;
         let (mut inputs, mut targets, mut mask, mut weights) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut tokens = 0;
-        for e in examples {
-            if !self.can_read(e.prompt, e.completion) {
-                return Err(Error::Unreadable(format!("{:?} → {:?}", e.prompt, e.completion)));
-            }
-            let mut seq = self.encode_prompt(e.prompt)?;
-            seq.extend(e.completion.bytes().map(u32::from));
-            let answer = width..seq.len();
-            seq.resize(width + longest, PAD);
+        for (e, (mut seq, prompt)) in examples.iter().zip(seqs) {
+            let answer = prompt..seq.len();
+            seq.resize(longest, PAD);
             inputs.extend_from_slice(&seq[..t]);
             targets.extend_from_slice(&seq[1..]);
             // Target position j predicts token j + 1: it is an answer token when j + 1 is in the answer.

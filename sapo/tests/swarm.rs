@@ -17,6 +17,9 @@ fn tiny_swarm(agents: usize, rounds: u64, mix: Mix) -> SapoConfig {
     cfg.policy.optim.min_lr = 1e-3;
     cfg.warm_start.steps = 30;
     cfg.warm_start.batch = 16;
+    // A round of this tiny policy takes a few milliseconds of virtual time: links as fast, so that
+    // rollouts arrive within a few rounds of the few played.
+    cfg.latency_ms = 1.0;
     cfg
 }
 

@@ -1,0 +1,103 @@
+//! Policies of pretrained Hugging Face checkpoints (tiny random ones written in a temporary folder):
+//! they sample alike with and without the key/value cache, take GRPO steps toward rewarded completions,
+//! and save back in Hugging Face layout to reload bit for bit.
+
+use candle_core::Device;
+use pretrained::{Architecture, Checkpoint, tiny};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use sapo::policy::Example;
+use sapo::{Generation, GrpoConfig, Policy, PolicyConfig, Sampling};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Prompts of different token counts: they decode in separate groups.
+const PROMPTS: [&str; 3] = ["37-52=", "Mon+3=", "1.5+2.25="];
+
+fn policy_of(dir: &std::path::Path, backend: models::Backend) -> sapo::Result<Policy> {
+    let mut cfg = PolicyConfig { prompt_width: 24, max_new: 12, ..PolicyConfig::default() };
+    cfg.model.backend = backend;
+    cfg.optim.lr = 1e-2;
+    cfg.optim.min_lr = 1e-2;
+    Policy::pretrained(&Checkpoint::open(&dir.display().to_string())?, &cfg, &Device::Cpu)
+}
+
+#[test]
+fn pretrained_policies_sample_alike_with_and_without_the_cache() -> TestResult {
+    for arch in [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3] {
+        let dir = tempfile::tempdir()?;
+        tiny::write(dir.path(), arch, 3)?;
+        for backend in [models::Backend::Native, models::Backend::RepOps] {
+            let policy = policy_of(dir.path(), backend)?;
+            for sampling in [Sampling::GREEDY, Sampling::default()] {
+                let with = |cache| {
+                    let generation = Generation { sampling, cache, ..Generation::default() };
+                    policy.generate(&PROMPTS, 4, &generation, &mut ChaCha8Rng::seed_from_u64(5))
+                };
+                let cached = with(true)?;
+                assert_eq!(cached, with(false)?, "{arch:?} on {backend}, {sampling:?}");
+                for c in cached.iter().flatten() {
+                    assert!(policy.can_read(PROMPTS[0], c), "{arch:?}: its own completion {c:?} is readable");
+                }
+            }
+        }
+        // With stop strings: a completion ends where one appears (or at its end token, or at 12 tokens).
+        let policy = policy_of(dir.path(), models::Backend::Native)?;
+        let stop = Generation { stop: vec!["a".into(), "7".into()], ..Generation::default() };
+        for c in policy.generate(&PROMPTS, 8, &stop, &mut ChaCha8Rng::seed_from_u64(1))?.iter().flatten() {
+            let body = c.strip_suffix(tiny::EOS).unwrap_or(c);
+            let cut = body.find(['a', '7']);
+            assert!(cut.is_none_or(|i| i + 1 == body.len()), "{arch:?}: {c:?} goes on after a stop string");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_pretrained_policy_learns_from_advantages_and_saves_in_hugging_face_layout() -> TestResult {
+    for arch in [Architecture::Llama, Architecture::Qwen2] {
+        let dir = tempfile::tempdir()?;
+        tiny::write(dir.path(), arch, 4)?;
+        let mut policy = policy_of(dir.path(), models::Backend::Native)?;
+        let (good, bad) = (format!("-15{}", tiny::EOS), format!("15{}", tiny::EOS));
+        let pair = [
+            Example { prompt: PROMPTS[0], completion: &good, weight: 1.0 },
+            Example { prompt: PROMPTS[0], completion: &bad, weight: -1.0 },
+            // A prompt of another length in the same batch, and an unfinished completion.
+            Example { prompt: PROMPTS[2], completion: "3.7", weight: 0.5 },
+        ];
+        let before = policy.sequence_logps(&pair)?;
+        for _ in 0..4 {
+            let report = policy.grpo_step(&pair, &GrpoConfig::default(), None)?;
+            assert_eq!(report.tokens, 4 + 3 + 3, "{arch:?}: tokens of the completions, end tokens included");
+        }
+        let after = policy.sequence_logps(&pair)?;
+        assert!(after[0] > before[0] && after[1] < before[1], "{arch:?}: {before:?} → {after:?}");
+
+        let out = tempfile::tempdir()?;
+        policy.save_pretrained(out.path())?;
+        let reloaded = policy_of(out.path(), models::Backend::Native)?;
+        let (a, b) = (policy.weights(), reloaded.weights());
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, t) in &a {
+            let bits = |t: &candle_core::Tensor| -> candle_core::Result<Vec<u32>> {
+                Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
+            };
+            assert_eq!(bits(t)?, bits(&b[name])?, "{arch:?}: {name}");
+        }
+        assert_eq!(policy.sequence_logps(&pair)?, reloaded.sequence_logps(&pair)?);
+        // Too long for the window, an empty completion, and a byte policy that has no Hugging Face form.
+        assert!(!policy.can_read(&"1".repeat(30), "2") && !policy.can_read(PROMPTS[0], ""));
+        let bytes = Policy::new(&PolicyConfig::default(), &Device::Cpu)?;
+        assert!(bytes.save_pretrained(out.path()).is_err());
+    }
+    // A window the model does not have.
+    let dir = tempfile::tempdir()?;
+    tiny::write(dir.path(), Architecture::Qwen2, 0)?;
+    let cfg = PolicyConfig { prompt_width: 120, max_new: 12, ..PolicyConfig::default() };
+    let e = Policy::pretrained(&Checkpoint::open(&dir.path().display().to_string())?, &cfg, &Device::Cpu)
+        .expect_err("128 positions")
+        .to_string();
+    assert!(e.contains("128 positions"), "{e}");
+    Ok(())
+}
