@@ -208,6 +208,10 @@ enum Command {
         /// Policy sizes by agent, cycled, e.g. `tiny,small` (overrides the configuration).
         #[arg(long, value_delimiter = ',')]
         sizes: Option<Vec<String>>,
+        /// A pretrained checkpoint every agent starts from, instead of warm-started policies of the
+        /// sizes: a folder in Hugging Face layout, or a model id in the Hugging Face cache (offline).
+        #[arg(long)]
+        model: Option<String>,
         /// Output folder [default: runs/sapo-<unix time>].
         #[arg(long)]
         out: Option<PathBuf>,
@@ -377,6 +381,17 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         show: usize,
     },
+    /// Write a tiny random checkpoint in Hugging Face layout (two blocks 32 wide, a character-level
+    /// tokenizer) into a folder: a pretrained model to try `swarmlab sapo --model` with, offline.
+    TinyCheckpoint {
+        /// The architecture: llama, qwen2 or qwen3.
+        arch: String,
+        /// The folder to write.
+        out: PathBuf,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Write a commented example configuration (all the defaults) to PATH.
     Init {
         /// Where to write it.
@@ -530,7 +545,7 @@ where
             }
             codezero_swarm::train(cfg, out)
         }
-        Command::Sapo { config, mix, rounds, agents, liars, sizes, out, print_config } => {
+        Command::Sapo { config, mix, rounds, agents, liars, sizes, model, out, print_config } => {
             if print_config {
                 print!("{}", toml::to_string(&sapo::SapoConfig::default())?);
                 return Ok(());
@@ -546,6 +561,7 @@ where
             cfg.agents = agents.unwrap_or(cfg.agents);
             cfg.liars = liars.unwrap_or(cfg.liars);
             cfg.sizes = sizes.unwrap_or(cfg.sizes);
+            cfg.model = model.or(cfg.model);
             cfg.device = device.unwrap_or(cfg.device);
             if cfg.transport == genrl::TransportKind::Quic {
                 cfg.validate()?;
@@ -594,6 +610,17 @@ where
             }
         }
         Command::Init { path } => init(&path),
+        Command::TinyCheckpoint { arch, out, seed } => {
+            let arch = match arch.as_str() {
+                "llama" => pretrained::Architecture::Llama,
+                "qwen2" => pretrained::Architecture::Qwen2,
+                "qwen3" => pretrained::Architecture::Qwen3,
+                other => anyhow::bail!("architecture {other:?} is not one of llama, qwen2, qwen3"),
+            };
+            pretrained::tiny::write(&out, arch, seed)?;
+            println!("wrote a tiny random {} checkpoint into {}", arch.name(), out.display());
+            Ok(())
+        }
         Command::Gym { tasks, show } => {
             print!("{}", crate::gym::check(&tasks, show)?);
             Ok(())

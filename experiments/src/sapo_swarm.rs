@@ -33,20 +33,19 @@ pub(crate) fn parse_config(text: &str, source: &str) -> Result<SapoConfig> {
 
 /// Warm starts for every size `cfg` uses.
 pub(crate) fn warm_starts(cfg: &SapoConfig) -> Result<Vec<WarmStart>> {
-    let mut sizes: Vec<&String> = cfg.sizes.iter().collect();
-    sizes.sort();
-    sizes.dedup();
     let mut warm = Vec::new();
-    for size in sizes {
+    for size in cfg.sizes_in_use() {
         let t = Instant::now();
-        let w = sapo::warm_start(cfg, size)?;
-        eprintln!(
-            "  warm start {size}: {} steps, loss {:.3}, held-out accuracy {:.3} ({:.0} s)",
-            cfg.warm_start.steps,
-            w.loss,
-            w.eval.get("all").copied().unwrap_or(0.0),
-            t.elapsed().as_secs_f64()
-        );
+        let w = sapo::warm_start(cfg, &size)?;
+        let accuracy = w.eval.get("all").copied().unwrap_or(0.0);
+        let secs = t.elapsed().as_secs_f64();
+        match &cfg.model {
+            Some(model) => eprintln!("  {model}: held-out accuracy {accuracy:.3} ({secs:.0} s)"),
+            None => eprintln!(
+                "  warm start {size}: {} steps, loss {:.3}, held-out accuracy {accuracy:.3} ({secs:.0} s)",
+                cfg.warm_start.steps, w.loss
+            ),
+        }
         warm.push(w);
     }
     Ok(warm)
@@ -79,7 +78,7 @@ pub(crate) fn train(cfg: SapoConfig, out: Option<PathBuf>) -> Result<()> {
     eprintln!(
         "swarmlab sapo: {} agents ({}) + {} liars, mix {}, {} rounds",
         cfg.agents,
-        cfg.sizes.join(", "),
+        cfg.model.clone().unwrap_or_else(|| cfg.sizes.join(", ")),
         cfg.liars,
         cfg.mix,
         cfg.rounds

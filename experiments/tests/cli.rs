@@ -484,6 +484,45 @@ fn sapo_trains_a_swarm_from_a_config_and_names_bad_fields() -> Result<(), Box<dy
 }
 
 #[test]
+fn sapo_runs_a_swarm_of_a_pretrained_checkpoint() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("tiny-qwen2");
+    let out = swarmlab().args(["tiny-checkpoint", "qwen2"]).arg(&model).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(model.join(file).is_file(), "{file}");
+    }
+    let config = dir.path().join("sapo.toml");
+    std::fs::write(&config, "agents = 2\nrounds = 3\ncompletions = 4\n[policy]\nprompt_width = 24\nmax_new = 8\n")?;
+    let out_dir = dir.path().join("run");
+    let out = swarmlab()
+        .arg("sapo")
+        .arg(&config)
+        .arg("--model")
+        .arg(&model)
+        .args(["--mix", "2/2", "--liars", "1", "--out"])
+        .arg(&out_dir)
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().filter(|l| l.contains("pretrained")).count() == 2, "{stdout}");
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("sapo-run.json"))?)?;
+    assert_eq!(run["agents"].as_array().map(Vec::len), Some(3), "two agents and a liar");
+    assert!(std::fs::read_to_string(out_dir.join("config.toml"))?.contains("model = "));
+    // A folder that is not a checkpoint, an unknown architecture, a window the model does not have.
+    let out = swarmlab().arg("sapo").arg(&config).args(["--rounds", "1", "--model"]).arg(dir.path()).output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success() && stderr.contains("config.json"), "{stderr}");
+    let out = swarmlab().args(["tiny-checkpoint", "gpt2"]).arg(dir.path().join("x")).output()?;
+    assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("llama, qwen2, qwen3"));
+    std::fs::write(&config, "[policy]\nprompt_width = 200\n")?;
+    let out = swarmlab().arg("sapo").arg(&config).args(["--rounds", "1", "--model"]).arg(&model).output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success() && stderr.contains("128 positions"), "{stderr}");
+    Ok(())
+}
+
+#[test]
 fn the_device_is_chosen_by_name_and_a_missing_gpu_is_explained() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("tiny.toml");

@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::TextCodec;
 use crate::error::{Error, Result};
 use crate::grpo::{self, GrpoConfig};
 use crate::policy::{Example, Policy, Sampling, StepReport};
@@ -200,10 +201,8 @@ pub struct SwarmRewards {
     pub external: usize,
     /// Completions a group may have.
     pub completions: usize,
-    /// Longest completion the agent's policy reads.
-    pub max_completion: usize,
-    /// Widest prompt the agent's policy reads.
-    pub max_prompt: usize,
+    /// How the agent's policy reads text (what it can read, and the answer in a completion).
+    pub codec: TextCodec,
     /// Sampling randomness.
     pub rng: ChaCha8Rng,
     /// What was dropped so far.
@@ -216,19 +215,21 @@ impl SwarmRewards {
         Self {
             external,
             completions,
-            max_completion: policy.config().max_new,
-            max_prompt: policy.config().prompt_width,
+            codec: policy.codec().clone(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             dropped: Dropped::default(),
         }
     }
 
     fn readable(&self, e: &Entry<Question, String>) -> bool {
-        let text_ok = |t: &str, max: usize| t.is_ascii() && !t.is_empty() && t.len() <= max;
-        text_ok(&e.item.prompt, self.max_prompt)
-            && !e.actions.is_empty()
+        !e.actions.is_empty()
             && e.actions.len() <= self.completions
-            && e.actions.iter().all(|a| text_ok(a, self.max_completion))
+            && e.actions.iter().all(|a| self.codec.can_read(&e.item.prompt, a))
+    }
+
+    /// Scores each completion of `e` by the question's verifier, on the completion's answer.
+    fn score(&self, e: &Entry<Question, String>) -> Vec<f64> {
+        e.actions.iter().map(|a| self.codec.reward(&e.item, a)).collect()
     }
 }
 
@@ -241,14 +242,9 @@ pub fn sample_groups<T>(mut usable: Vec<T>, j: usize, rng: &mut impl Rng) -> (Ve
     (usable, left_over)
 }
 
-/// Scores each completion of `e` by the question's verifier.
-fn score(e: &Entry<Question, String>) -> Vec<f64> {
-    e.actions.iter().map(|a| e.item.reward(a)).collect()
-}
-
 impl RewardManager<Question, String> for SwarmRewards {
     fn rewards(&mut self, state: &GameState<Question, String>) -> Vec<Vec<f64>> {
-        state.entries.iter().map(score).collect()
+        state.entries.iter().map(|e| self.score(e)).collect()
     }
 
     fn select_external(
@@ -266,7 +262,7 @@ impl RewardManager<Question, String> for SwarmRewards {
                 self.dropped.forged += 1;
             } else if !self.readable(&e) {
                 self.dropped.unreadable += 1;
-            } else if !grpo::informative(&score(&e)) {
+            } else if !grpo::informative(&self.score(&e)) {
                 self.dropped.no_signal += 1;
             } else {
                 usable.push(e);
@@ -321,7 +317,7 @@ mod tests {
         ];
         let kept = rules.select_external(0, &[], external);
         assert_eq!(kept.len(), 2);
-        assert!(kept.iter().all(|e| e.item.is_genuine() && grpo::informative(&score(e))));
+        assert!(kept.iter().all(|e| e.item.is_genuine() && grpo::informative(&rules.score(e))));
         assert_eq!(rules.dropped, Dropped { forged: 1, unreadable: 3, no_signal: 1, unsampled: 1 });
         Ok(())
     }

@@ -7,7 +7,8 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`policy`] | [`Policy`]: a small decoder LM over ASCII; sampling, supervised and GRPO steps |
+//! | [`policy`] | [`Policy`]: a small decoder LM over ASCII, or a pretrained checkpoint; sampling (with a key/value cache), supervised and GRPO steps |
+//! | [`codec`] | [`TextCodec`]: a policy's tokens, where a completion ends, the answer a verifier judges |
 //! | [`grpo`] | group-relative advantages and the clipped loss (GenRL's GRPO) |
 //! | [`agent`] | one agent as a genrl game: [`QuestionStream`], [`PolicyTrainer`], [`SwarmRewards`], [`Mix`] |
 //! | [`adversary`] | a lying peer: forged ground truths, garbage and oversized text |
@@ -23,6 +24,7 @@
 
 pub mod adversary;
 pub mod agent;
+pub mod codec;
 pub mod error;
 pub mod grpo;
 pub mod policy;
@@ -31,5 +33,6 @@ pub mod swarm;
 pub use agent::{Dropped, Mix, PolicyTrainer, QuestionStream, SwarmRewards, TrainReport};
 pub use error::{Error, Result};
 pub use grpo::GrpoConfig;
+pub use codec::TextCodec;
 pub use policy::{Generation, Policy, PolicyConfig, Sampling};
-pub use swarm::{AgentRun, SapoConfig, SapoRun, WarmStart, WarmStartConfig, run, warm_start};
+pub use swarm::{AgentRun, PRETRAINED, SapoConfig, SapoRun, WarmStart, WarmStartConfig, run, warm_start};

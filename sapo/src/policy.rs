@@ -16,21 +16,18 @@
 
 use std::collections::BTreeMap;
 
-use std::sync::Arc;
-
 use candle_core::{D, DType, Device, Tensor};
 use models::{AdamW, KvCache, Llama, ModelConfig, OptimConfig, Params};
-use pretrained::{Checkpoint, TextTokenizer};
+use pretrained::Checkpoint;
+
+use crate::codec::TextCodec;
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::grpo::{self, GrpoConfig};
 
-/// The padding token (NUL).
-pub const PAD: u32 = 0;
-/// The token that ends an answer.
-pub const END: u32 = b'\n' as u32;
+pub use crate::codec::{END, PAD};
 /// Vocabulary: ASCII.
 pub const VOCAB: usize = 128;
 
@@ -217,13 +214,13 @@ impl Generation {
     /// Whether a completion's tokens `row` are finished: its end token last, or a stop string at the
     /// end of its text.
     fn stops(&self, policy: &Policy, row: &[u32]) -> Result<bool> {
-        if row.last().is_some_and(|&t| policy.is_end(t)) {
+        if row.last().is_some_and(|&t| policy.codec.is_end(t)) {
             return Ok(true);
         }
         if self.stop.is_empty() {
             return Ok(false);
         }
-        let text = policy.decode(row)?;
+        let text = policy.codec.decode(row)?;
         Ok(self.stop.iter().any(|s| text.ends_with(s.as_str())))
     }
 }
@@ -312,15 +309,6 @@ struct Batch {
     tokens: usize,
 }
 
-/// How a policy turns text into tokens and back.
-#[derive(Debug, Clone)]
-enum Codec {
-    /// One token per ASCII byte; prompts left-padded with NUL; a completion ends with a newline.
-    Bytes,
-    /// A pretrained checkpoint's tokenizer; a completion ends with one of its end-of-text tokens.
-    Text { tokenizer: Arc<TextTokenizer>, checkpoint: Arc<Checkpoint> },
-}
-
 /// A policy: its model, the optimizer state, its text codec and the window it reads and writes in.
 #[derive(Debug)]
 pub struct Policy {
@@ -329,7 +317,7 @@ pub struct Policy {
     params: Params,
     optim: AdamW,
     device: Device,
-    codec: Codec,
+    codec: TextCodec,
 }
 
 impl Policy {
@@ -341,7 +329,8 @@ impl Policy {
         let model = Llama::new(&cfg.model, 1, device)?;
         let params = model.params();
         let optim = AdamW::new(cfg.optim.clone(), cfg.model.backend)?;
-        Ok(Self { cfg, model, params, optim, device: device.clone(), codec: Codec::Bytes })
+        let codec = TextCodec::bytes(cfg.prompt_width, cfg.max_new);
+        Ok(Self { cfg, model, params, optim, device: device.clone(), codec })
     }
 
     /// A policy of the pretrained `checkpoint` (its weights and tokenizer), reading prompts of up to
@@ -360,64 +349,42 @@ impl Policy {
             ));
         }
         cfg.optim.validate()?;
-        let tokenizer = checkpoint.tokenizer()?;
-        if tokenizer.eos().is_empty() {
-            return Err(Error::config("policy", "the checkpoint names no end-of-text token (eos_token_id)"));
-        }
+        let codec = TextCodec::tokenizer(checkpoint, cfg.prompt_width, cfg.max_new)?;
         let mut cfg = cfg.clone();
         cfg.model = checkpoint.model_config(cfg.model.backend, Some(window));
         let model = checkpoint.load(&cfg.model, 1, device)?;
         let params = model.params();
         let optim = AdamW::new(cfg.optim.clone(), cfg.model.backend)?;
-        let codec = Codec::Text { tokenizer: Arc::new(tokenizer), checkpoint: Arc::new(checkpoint.clone()) };
         Ok(Self { cfg, model, params, optim, device: device.clone(), codec })
     }
 
     /// Writes a pretrained policy's weights, configuration and tokenizer into `out` in Hugging Face
     /// layout; an error for a byte policy (it has no Hugging Face form).
     pub fn save_pretrained(&self, out: &std::path::Path) -> Result<()> {
-        match &self.codec {
-            Codec::Text { checkpoint, .. } => Ok(checkpoint.save(&self.model, out)?),
-            Codec::Bytes => Err(Error::config("policy", "a byte-level policy is not a Hugging Face checkpoint")),
+        match self.codec.checkpoint() {
+            Some(checkpoint) => Ok(checkpoint.save(&self.model, out)?),
+            None => Err(Error::config("policy", "a byte-level policy is not a Hugging Face checkpoint")),
         }
     }
 
-    /// Whether `token` ends a completion.
-    fn is_end(&self, token: u32) -> bool {
-        match &self.codec {
-            Codec::Bytes => token == END,
-            Codec::Text { tokenizer, .. } => tokenizer.eos().contains(&token),
-        }
+    /// Its text codec.
+    pub fn codec(&self) -> &TextCodec {
+        &self.codec
     }
 
-    /// The text of a completion's tokens (an end-of-text token written out).
-    fn decode(&self, tokens: &[u32]) -> Result<String> {
-        Ok(match &self.codec {
-            Codec::Bytes => tokens.iter().map(|&t| char::from(t as u8)).collect(),
-            Codec::Text { tokenizer, .. } => tokenizer.decode_all(tokens)?,
-        })
-    }
-
-    /// The tokens of a completion's text; an error if the policy cannot read it or it is too long.
-    fn encode_completion(&self, completion: &str) -> Result<Vec<u32>> {
-        let tokens = match &self.codec {
-            Codec::Bytes if completion.is_ascii() => completion.bytes().map(u32::from).collect(),
-            Codec::Bytes => Vec::new(),
-            Codec::Text { tokenizer, .. } => tokenizer.encode(completion, false)?,
-        };
-        if tokens.is_empty() || tokens.len() > self.cfg.max_new {
-            return Err(Error::Unreadable(format!("completion {completion:?} (1 to {} tokens)", self.cfg.max_new)));
+    /// Sets every weight to `weights` (a [`Policy::weights`] of a policy of the same model).
+    pub fn set_weights(&self, weights: &BTreeMap<String, Tensor>) -> Result<()> {
+        for (name, _) in self.params.iter() {
+            let w = weights.get(name).ok_or_else(|| Error::config("policy weights", format!("no {name}")))?;
+            self.params.set(name, &w.to_device(&self.device)?)?;
         }
-        Ok(tokens)
+        Ok(())
     }
 
     /// A policy with `weights` (a [`Policy::weights`] of the same configuration) and a fresh optimizer.
     pub fn from_weights(cfg: &PolicyConfig, weights: &BTreeMap<String, Tensor>, device: &Device) -> Result<Self> {
         let policy = Self::new(cfg, device)?;
-        for (name, _) in policy.params.iter() {
-            let w = weights.get(name).ok_or_else(|| Error::config("policy weights", format!("no {name}")))?;
-            policy.params.set(name, &w.to_device(device)?)?;
-        }
+        policy.set_weights(weights)?;
         Ok(policy)
     }
 
@@ -439,29 +406,12 @@ impl Policy {
     /// Tokens of `prompt` (a byte policy's left-padded to the window); an error if it does not fit or,
     /// for a byte policy, is not ASCII.
     pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
-        let width = self.cfg.prompt_width;
-        match &self.codec {
-            Codec::Bytes => {
-                if !prompt.is_ascii() || prompt.len() > width || prompt.is_empty() {
-                    return Err(Error::Unreadable(format!("prompt {prompt:?} (ASCII, 1 to {width} bytes)")));
-                }
-                let mut ids = vec![PAD; width - prompt.len()];
-                ids.extend(prompt.bytes().map(u32::from));
-                Ok(ids)
-            }
-            Codec::Text { tokenizer, .. } => {
-                let ids = tokenizer.encode(prompt, true)?;
-                if ids.is_empty() || ids.len() > width {
-                    return Err(Error::Unreadable(format!("prompt {prompt:?} (1 to {width} tokens)")));
-                }
-                Ok(ids)
-            }
-        }
+        self.codec.encode_prompt(prompt)
     }
 
     /// Whether the policy can read `prompt` and `completion` (for shared rollouts).
     pub fn can_read(&self, prompt: &str, completion: &str) -> bool {
-        self.encode_prompt(prompt).is_ok() && self.encode_completion(completion).is_ok()
+        self.codec.can_read(prompt, completion)
     }
 
     /// FLOPs of generating `per_prompt` completions of `max_new` tokens for each of `prompts` prompts,
@@ -561,7 +511,7 @@ impl Policy {
             active = going.iter().map(|&k| active[k]).collect();
             logits = decoder.next(self, &going, &active, &rows)?;
         }
-        let texts: Vec<String> = rows.iter().map(|r| self.decode(r)).collect::<Result<_>>()?;
+        let texts: Vec<String> = rows.iter().map(|r| self.codec.decode(r)).collect::<Result<_>>()?;
         Ok(texts.chunks(per_prompt).map(<[String]>::to_vec).collect())
     }
 
@@ -585,7 +535,7 @@ impl Policy {
             let unreadable = || Error::Unreadable(format!("{:?} → {:?}", e.prompt, e.completion));
             let mut seq = self.encode_prompt(e.prompt).map_err(|_| unreadable())?;
             let prompt = seq.len();
-            seq.extend(self.encode_completion(e.completion).map_err(|_| unreadable())?);
+            seq.extend(self.codec.encode_completion(e.completion).map_err(|_| unreadable())?);
             seqs.push((seq, prompt));
         }
         let longest = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(0);

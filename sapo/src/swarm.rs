@@ -28,6 +28,7 @@ use crate::agent::{Dropped, Mix, PolicyTrainer, QuestionStream, SwarmRewards, Tr
 use crate::error::{Error, Result};
 use crate::grpo::GrpoConfig;
 use crate::policy::{Example, Policy, PolicyConfig, Sampling};
+use pretrained::Checkpoint;
 
 /// The supervised warm start on the task format, shared by every agent of a policy size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +79,10 @@ pub struct SapoConfig {
     pub completions: usize,
     /// Policy size of each agent, by index, cycled: `tiny`, `small`.
     pub sizes: Vec<String>,
+    /// A pretrained checkpoint every honest agent starts from instead of a warm-started policy of
+    /// `sizes`: a folder in Hugging Face layout, or a model id found in the Hugging Face cache. Its
+    /// prompts have at most `policy.prompt_width` tokens and its completions `policy.max_new`.
+    pub model: Option<String>,
     /// The policy's window and optimizer (its model is replaced by each agent's size).
     pub policy: PolicyConfig,
     /// How completions are drawn.
@@ -113,6 +118,7 @@ impl Default for SapoConfig {
             mix: Mix { local: 4, external: 4 },
             completions: 8,
             sizes: vec!["tiny".into()],
+            model: None,
             policy: PolicyConfig::default(),
             sampling: Sampling::default(),
             grpo: GrpoConfig::default(),
@@ -168,11 +174,13 @@ impl SapoConfig {
                 format!("{} external groups, but the other agents share at most {shared} a round", self.mix.external),
             ));
         }
-        if self.sizes.is_empty() {
-            return Err(Error::config("sapo.sizes", "at least one policy size"));
-        }
-        for s in &self.sizes {
-            PolicyConfig::sized(s)?;
+        if self.model.is_none() {
+            if self.sizes.is_empty() {
+                return Err(Error::config("sapo.sizes", "at least one policy size"));
+            }
+            for s in &self.sizes {
+                PolicyConfig::sized(s)?;
+            }
         }
         if self.warm_start.batch == 0 {
             return Err(Error::config("sapo.warm_start.batch", "at least one question per step"));
@@ -185,7 +193,17 @@ impl SapoConfig {
         DeviceProfile::preset(&self.profile)?;
         self.sampling.validate()?;
         self.grpo.validate()?;
-        self.policy.validate()
+        match &self.model {
+            None => self.policy.validate(),
+            Some(model) => {
+                if model.is_empty() {
+                    return Err(Error::config("sapo.model", "an empty name"));
+                }
+                in_range("sapo.policy.prompt_width", self.policy.prompt_width as u64, 1..=1 << 16)?;
+                in_range("sapo.policy.max_new", self.policy.max_new as u64, 1..=1 << 16)?;
+                Ok(self.policy.optim.validate()?)
+            }
+        }
     }
 
     /// The policy configuration of a size.
@@ -193,11 +211,43 @@ impl SapoConfig {
         Ok(PolicyConfig { model: PolicyConfig::sized(size)?.model, ..self.policy.clone() })
     }
 
-    /// The size of agent `index`.
+    /// The size of agent `index` ([`PRETRAINED`] for every agent when a model is given).
     pub fn size_of(&self, index: usize) -> &str {
-        &self.sizes[index % self.sizes.len()]
+        if self.model.is_some() { PRETRAINED } else { &self.sizes[index % self.sizes.len()] }
+    }
+
+    /// The sizes the agents have, each once, sorted: each needs a [`warm_start`].
+    pub fn sizes_in_use(&self) -> Vec<String> {
+        if self.model.is_some() {
+            return vec![PRETRAINED.to_owned()];
+        }
+        let mut sizes = self.sizes.clone();
+        sizes.sort();
+        sizes.dedup();
+        sizes
+    }
+
+    /// A policy of agent size `size` with `weights` (its warm start) on `device`: the pretrained model's
+    /// or a byte policy of that size.
+    pub fn policy_with(
+        &self,
+        size: &str,
+        weights: &BTreeMap<String, Tensor>,
+        device: &candle_core::Device,
+    ) -> Result<Policy> {
+        match &self.model {
+            Some(model) if size == PRETRAINED => {
+                let policy = Policy::pretrained(&Checkpoint::open(model)?, &self.policy, device)?;
+                policy.set_weights(weights)?;
+                Ok(policy)
+            }
+            _ => Policy::from_weights(&self.policy_of(size)?, weights, device),
+        }
     }
 }
+
+/// The size of every agent of a swarm of a pretrained model.
+pub const PRETRAINED: &str = "pretrained";
 
 /// A warm-started policy of one size, and how well it does on the held-out questions.
 #[derive(Debug, Clone)]
@@ -216,6 +266,12 @@ pub struct WarmStart {
 /// starts from it.
 pub fn warm_start(cfg: &SapoConfig, size: &str) -> Result<WarmStart> {
     let tasks = TaskSet::new(&cfg.tasks)?;
+    if let (Some(model), PRETRAINED) = (&cfg.model, size) {
+        // A pretrained model starts as it is.
+        let p = Policy::pretrained(&Checkpoint::open(model)?, &cfg.policy, &cfg.device.resolve()?)?;
+        let eval = evaluate(&p, tasks.held_out())?;
+        return Ok(WarmStart { size: size.to_string(), weights: p.weights(), eval, loss: f64::NAN });
+    }
     let policy = cfg.policy_of(size)?;
     let mut p = Policy::new(&policy, &cfg.device.resolve()?)?;
     let ws = &cfg.warm_start;
@@ -244,7 +300,7 @@ pub fn evaluate(policy: &Policy, questions: &[Question]) -> Result<BTreeMap<Stri
         let prompts: Vec<&str> = chunk.iter().map(|q| q.prompt.as_str()).collect();
         let answers = policy.sample(&prompts, 1, Sampling::GREEDY, &mut rng)?;
         for (q, a) in chunk.iter().zip(answers) {
-            let right = a.first().is_some_and(|a| q.reward(a) > 0.0);
+            let right = a.first().is_some_and(|a| policy.codec().reward(q, a) > 0.0);
             for key in [q.family.name().to_string(), "all".to_string()] {
                 let e = hits.entry(key).or_default();
                 e.0 += usize::from(right);
@@ -472,10 +528,9 @@ async fn play<T: Transport, C: Clock>(
         .iter()
         .find(|w| w.size == size)
         .ok_or_else(|| genrl::Error::config("sapo.sizes", format!("no warm start of size {size:?}")))?;
-    let policy_cfg = cfg.policy_of(&size).map_err(role)?;
-    let policy = Policy::from_weights(&policy_cfg, &warm.weights, &shared.device).map_err(role)?;
+    let policy = cfg.policy_with(&size, &warm.weights, &shared.device).map_err(role)?;
     let reference = if cfg.grpo.beta > 0.0 {
-        Some(Policy::from_weights(&policy_cfg, &warm.weights, &shared.device).map_err(role)?)
+        Some(cfg.policy_with(&size, &warm.weights, &shared.device).map_err(role)?)
     } else {
         None
     };

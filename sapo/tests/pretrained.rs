@@ -101,3 +101,56 @@ fn a_pretrained_policy_learns_from_advantages_and_saves_in_hugging_face_layout()
     assert!(e.contains("128 positions"), "{e}");
     Ok(())
 }
+
+#[test]
+fn a_swarm_of_pretrained_policies_trains_and_shares() -> TestResult {
+    use genrl::env::{TaskSet, TaskSetConfig};
+    use sapo::{Mix, SapoConfig};
+    // A tiny checkpoint taught the answer format of one family (truth tables), saved, then a swarm of it.
+    let raw = tempfile::tempdir()?;
+    tiny::write(raw.path(), Architecture::Qwen2, 11)?;
+    let tasks =
+        TaskSetConfig { families: vec!["propositional_logic".into()], min_level: 1, max_level: 2, eval_per_level: 4 };
+    let mut cfg = SapoConfig {
+        agents: 3,
+        rounds: 8,
+        mix: Mix { local: 1, external: 1 },
+        tasks: tasks.clone(),
+        ..SapoConfig::default()
+    };
+    cfg.policy = PolicyConfig { prompt_width: 24, max_new: 6, ..PolicyConfig::default() };
+    cfg.policy.optim.lr = 3e-3;
+    cfg.policy.optim.min_lr = 3e-3;
+    cfg.latency_ms = 1.0;
+    let mut policy =
+        Policy::pretrained(&Checkpoint::open(&raw.path().display().to_string())?, &cfg.policy, &Device::Cpu)?;
+    let set = TaskSet::new(&tasks)?;
+    let mut optim = models::AdamW::new(cfg.policy.optim.clone(), models::Backend::Native)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    // Taught a little: right often enough to be rewarded, not always, so groups carry a signal.
+    for _ in 0..30 {
+        let questions = set.sample(16, &mut rng);
+        let answers: Vec<String> = questions.iter().map(|q| format!("{}{}", q.answer, tiny::EOS)).collect();
+        let examples: Vec<Example<'_>> = questions
+            .iter()
+            .zip(&answers)
+            .map(|(q, a)| Example { prompt: &q.prompt, completion: a, weight: 1.0 })
+            .collect();
+        policy.supervised_step(&examples, &mut optim)?;
+    }
+    let taught = tempfile::tempdir()?;
+    policy.save_pretrained(taught.path())?;
+
+    cfg.model = Some(taught.path().display().to_string());
+    cfg.validate()?;
+    assert_eq!(cfg.sizes_in_use(), vec![sapo::PRETRAINED.to_owned()]);
+    let warm = sapo::warm_start(&cfg, sapo::PRETRAINED)?;
+    assert!(warm.eval["all"] > 0.0, "the taught model answers some held-out questions: {:?}", warm.eval);
+    let run = sapo::run(&cfg, &[warm], |_| {})?;
+    assert_eq!(run.agents.len(), 3);
+    let rounds: Vec<_> = run.agents.iter().flat_map(|a| &a.rounds).collect();
+    assert!(run.cumulative_reward() > 0.0);
+    assert!(rounds.iter().any(|r| r.step.tokens > 0), "GRPO steps were taken: {rounds:?}");
+    assert!(rounds.iter().any(|r| r.external > 0), "shared groups were learned from");
+    Ok(())
+}
