@@ -23,32 +23,84 @@ pub const EOS: &str = "<|endoftext|>";
 /// Tokens: the three special ones, the newline and printable ASCII.
 pub const VOCAB: usize = 3 + 1 + 95;
 
+/// The shapes of a random checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// `vocab_size` (at least [`VOCAB`], the tokenizer's).
+    pub vocab: usize,
+    /// `hidden_size`.
+    pub hidden: usize,
+    /// `intermediate_size`.
+    pub intermediate: usize,
+    /// `num_hidden_layers`.
+    pub layers: usize,
+    /// `num_attention_heads`.
+    pub heads: usize,
+    /// `num_key_value_heads`.
+    pub kv_heads: usize,
+    /// Width of a head (Qwen3 writes it as `head_dim`).
+    pub head_dim: usize,
+    /// `max_position_embeddings`.
+    pub positions: usize,
+}
+
+impl Shape {
+    /// Two blocks 32 wide, four query heads sharing two key/value heads (Qwen3's 16 wide), 128 positions.
+    pub fn tiny(arch: Architecture) -> Self {
+        let head_dim = if arch == Architecture::Qwen3 { 16 } else { 8 };
+        Self { vocab: VOCAB, hidden: 32, intermediate: 48, layers: 2, heads: 4, kv_heads: 2, head_dim, positions: 128 }
+    }
+
+    /// The shapes of Qwen2.5-0.5B (494M parameters).
+    pub fn qwen2_5_0_5b() -> Self {
+        Self {
+            vocab: 151_936,
+            hidden: 896,
+            intermediate: 4864,
+            layers: 24,
+            heads: 14,
+            kv_heads: 2,
+            head_dim: 64,
+            positions: 32_768,
+        }
+    }
+}
+
 /// Writes a tiny random checkpoint of `arch` into the folder `dir` (created if needed): `config.json`,
 /// `model.safetensors`, `tokenizer.json` and `generation_config.json`. The weights follow from `seed`.
 pub fn write(dir: &Path, arch: Architecture, seed: u64) -> Result<()> {
+    write_shaped(dir, arch, Shape::tiny(arch), seed)
+}
+
+/// [`write`] with other shapes (the embedding tied to the head but for Llama).
+pub fn write_shaped(dir: &Path, arch: Architecture, shape: Shape, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    if shape.vocab < VOCAB {
+        return Err(Error::field(dir.join("config.json"), "vocab_size", format!("below the tokenizer's {VOCAB}")));
+    }
     let mut config = json!({
         "architectures": [match arch {
             Architecture::Llama => "LlamaForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
             Architecture::Qwen3 => "Qwen3ForCausalLM",
         }],
-        "model_type": arch.name(), "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 128, "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu",
-        "tie_word_embeddings": arch != Architecture::Llama, "bos_token_id": 1, "eos_token_id": 2,
-        "torch_dtype": "float32", "sliding_window": 128, "max_window_layers": 2, "use_sliding_window": false
+        "model_type": arch.name(), "vocab_size": shape.vocab, "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate, "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads, "num_key_value_heads": shape.kv_heads,
+        "max_position_embeddings": shape.positions, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
+        "hidden_act": "silu", "tie_word_embeddings": arch != Architecture::Llama, "bos_token_id": 1,
+        "eos_token_id": 2, "torch_dtype": "float32", "sliding_window": shape.positions,
+        "max_window_layers": shape.layers, "use_sliding_window": false
     });
-    let dh = if arch == Architecture::Qwen3 {
-        config["head_dim"] = json!(16);
+    if arch == Architecture::Qwen3 || shape.head_dim * shape.heads != shape.hidden {
+        config["head_dim"] = json!(shape.head_dim);
+    }
+    if arch == Architecture::Qwen3 {
         config["attention_bias"] = json!(false);
-        16
-    } else {
-        8
-    };
+    }
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::file(dir.join("config.json"), e))?;
     std::fs::write(dir.join("config.json"), text).map_err(|e| Error::file(dir.join("config.json"), e))?;
-    let (d, f, heads, kv) = (32, 48, 4, 2);
+    let Shape { vocab, hidden: d, intermediate: f, heads, kv_heads: kv, head_dim: dh, .. } = shape;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut weights = HashMap::new();
     let mut put = |name: String, shape: &[usize], scale: f32, offset: f32| -> Result<()> {
@@ -57,15 +109,17 @@ pub fn write(dir: &Path, arch: Architecture, seed: u64) -> Result<()> {
         weights.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
         Ok(())
     };
-    put("model.embed_tokens.weight".into(), &[VOCAB, d], 1.0, 0.0)?;
-    for l in 0..2 {
+    // Matrices scaled by 1/sqrt(fan-in) (0.3 at the tiny width), so activations stay of order 1.
+    let w = |fan_in: usize| 1.7 / (fan_in as f32).sqrt();
+    put("model.embed_tokens.weight".into(), &[vocab, d], 1.0, 0.0)?;
+    for l in 0..shape.layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
         put(p("input_layernorm.weight"), &[d], 0.1, 1.0)?;
         put(p("post_attention_layernorm.weight"), &[d], 0.1, 1.0)?;
-        put(p("self_attn.q_proj.weight"), &[heads * dh, d], 0.3, 0.0)?;
-        put(p("self_attn.k_proj.weight"), &[kv * dh, d], 0.3, 0.0)?;
-        put(p("self_attn.v_proj.weight"), &[kv * dh, d], 0.3, 0.0)?;
-        put(p("self_attn.o_proj.weight"), &[d, heads * dh], 0.3, 0.0)?;
+        put(p("self_attn.q_proj.weight"), &[heads * dh, d], w(d), 0.0)?;
+        put(p("self_attn.k_proj.weight"), &[kv * dh, d], w(d), 0.0)?;
+        put(p("self_attn.v_proj.weight"), &[kv * dh, d], w(d), 0.0)?;
+        put(p("self_attn.o_proj.weight"), &[d, heads * dh], w(heads * dh), 0.0)?;
         if arch == Architecture::Qwen2 {
             put(p("self_attn.q_proj.bias"), &[heads * dh], 0.3, 0.0)?;
             put(p("self_attn.k_proj.bias"), &[kv * dh], 0.3, 0.0)?;
@@ -75,17 +129,17 @@ pub fn write(dir: &Path, arch: Architecture, seed: u64) -> Result<()> {
             put(p("self_attn.q_norm.weight"), &[dh], 0.1, 1.0)?;
             put(p("self_attn.k_norm.weight"), &[dh], 0.1, 1.0)?;
         }
-        put(p("mlp.gate_proj.weight"), &[f, d], 0.3, 0.0)?;
-        put(p("mlp.up_proj.weight"), &[f, d], 0.3, 0.0)?;
-        put(p("mlp.down_proj.weight"), &[d, f], 0.3, 0.0)?;
+        put(p("mlp.gate_proj.weight"), &[f, d], w(d), 0.0)?;
+        put(p("mlp.up_proj.weight"), &[f, d], w(d), 0.0)?;
+        put(p("mlp.down_proj.weight"), &[d, f], w(f), 0.0)?;
     }
     put("model.norm.weight".into(), &[d], 0.1, 1.0)?;
     if arch == Architecture::Llama {
-        put("lm_head.weight".into(), &[VOCAB, d], 0.3, 0.0)?;
+        put("lm_head.weight".into(), &[vocab, d], w(d), 0.0)?;
     }
     let path = dir.join(crate::weights::SINGLE);
     candle_core::safetensors::save(&weights, &path).map_err(|e| Error::file(&path, e))?;
-    write_tokenizer(dir)
+    write_tokenizer(dir, vocab)
 }
 
 /// A standard normal draw (Box–Muller).
@@ -96,8 +150,9 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
 }
 
 /// One token per character: `<unk>`, `<s>`, `<|endoftext|>` (special), then the newline and printable
-/// ASCII; decoding concatenates.
-fn write_tokenizer(dir: &Path) -> Result<()> {
+/// ASCII; decoding concatenates. Ids from [`VOCAB`] up to `vocab` are placeholder tokens `<|tN|>`, so
+/// every id the model can draw has a text that reads back as it.
+fn write_tokenizer(dir: &Path, model_vocab: usize) -> Result<()> {
     use tokenizers::{AddedToken, Tokenizer, decoders::fuse::Fuse, models::wordlevel::WordLevel};
     let path = dir.join("tokenizer.json");
     let bad = |e: tokenizers::Error| Error::file(&path, e);
@@ -116,6 +171,7 @@ fn write_tokenizer(dir: &Path) -> Result<()> {
     tokenizer
         .add_special_tokens([AddedToken::from(UNK, true), AddedToken::from(BOS, true), AddedToken::from(EOS, true)])
         .map_err(bad)?;
+    tokenizer.add_tokens((VOCAB..model_vocab).map(|i| AddedToken::from(format!("<|t{i}|>"), false))).map_err(bad)?;
     tokenizer.save(&path, false).map_err(bad)?;
     let generation = dir.join("generation_config.json");
     std::fs::write(&generation, r#"{"bos_token_id": 1, "eos_token_id": [2]}"#).map_err(|e| Error::file(&generation, e))
