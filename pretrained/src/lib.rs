@@ -33,7 +33,7 @@ use models::{Backend, Llama, ModelConfig, Stage};
 
 pub use config::{Architecture, HfConfig};
 pub use error::{Error, Result};
-pub use tokenizer::TextTokenizer;
+pub use tokenizer::{Message, TextTokenizer};
 
 /// A checkpoint found and its configuration read (weights are read by [`Checkpoint::load`]).
 #[derive(Debug, Clone)]

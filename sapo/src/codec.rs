@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use genrl::env::Question;
-use pretrained::{Checkpoint, TextTokenizer};
+use pretrained::{Checkpoint, Message, TextTokenizer};
 
 use crate::error::{Error, Result};
 
@@ -33,7 +33,7 @@ pub struct TextCodec {
 #[derive(Debug, Clone)]
 enum Kind {
     Bytes,
-    Tokenizer { tokenizer: Arc<TextTokenizer>, checkpoint: Arc<Checkpoint> },
+    Tokenizer { tokenizer: Arc<TextTokenizer>, checkpoint: Arc<Checkpoint>, system: Option<String> },
 }
 
 impl TextCodec {
@@ -43,13 +43,19 @@ impl TextCodec {
     }
 
     /// Through `checkpoint`'s tokenizer, prompts of up to `prompt_width` tokens, completions of up to
-    /// `max_new`; an error if the checkpoint names no end-of-text token.
-    pub fn tokenizer(checkpoint: &Checkpoint, prompt_width: usize, max_new: usize) -> Result<Self> {
+    /// `max_new`; with a chat template, a prompt is the user's turn after the `system` turn (if any) and
+    /// the assistant's turn opened. An error if the checkpoint names no end-of-text token.
+    pub fn tokenizer(
+        checkpoint: &Checkpoint,
+        prompt_width: usize,
+        max_new: usize,
+        system: Option<String>,
+    ) -> Result<Self> {
         let tokenizer = checkpoint.tokenizer()?;
         if tokenizer.eos().is_empty() {
             return Err(Error::config("policy", "the checkpoint names no end-of-text token (eos_token_id)"));
         }
-        let kind = Kind::Tokenizer { tokenizer: Arc::new(tokenizer), checkpoint: Arc::new(checkpoint.clone()) };
+        let kind = Kind::Tokenizer { tokenizer: Arc::new(tokenizer), checkpoint: Arc::new(checkpoint.clone()), system };
         Ok(Self { kind, prompt_width, max_new })
     }
 
@@ -74,8 +80,14 @@ impl TextCodec {
                 ids.extend(prompt.bytes().map(u32::from));
                 Ok(ids)
             }
-            Kind::Tokenizer { tokenizer, .. } => {
-                let ids = tokenizer.encode(prompt, true)?;
+            Kind::Tokenizer { tokenizer, system, .. } => {
+                let mut chat: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
+                chat.push(Message::new("user", prompt));
+                // A rendered chat carries its own special tokens.
+                let ids = match tokenizer.apply_chat_template(&chat, true)? {
+                    Some(text) => tokenizer.encode(&text, false)?,
+                    None => tokenizer.encode(prompt, true)?,
+                };
                 if ids.is_empty() || ids.len() > width {
                     return Err(Error::Unreadable(format!("prompt {prompt:?} (1 to {width} tokens)")));
                 }

@@ -43,9 +43,15 @@ pub struct PolicyConfig {
     pub prompt_width: usize,
     /// Most tokens of an answer, its newline included.
     pub max_new: usize,
+    /// For a pretrained policy whose tokenizer has a chat template: the system turn before each
+    /// question, which is the user's turn (none when unset). Byte policies read the question alone.
+    pub system: Option<String>,
     /// AdamW for the GRPO steps.
     pub optim: OptimConfig,
 }
+
+/// The default system turn of a pretrained policy's chat: the answer format its reward reads.
+pub const DEFAULT_SYSTEM: &str = "Give the final result only, inside <answer></answer>.";
 
 /// The model of the default (`tiny`) policy.
 fn default_model() -> ModelConfig {
@@ -64,6 +70,7 @@ impl PolicyConfig {
             model,
             prompt_width: 16,
             max_new: 13,
+            system: Some(DEFAULT_SYSTEM.to_owned()),
             optim: OptimConfig {
                 lr: 3e-4,
                 min_lr: 3e-4,
@@ -349,7 +356,7 @@ impl Policy {
             ));
         }
         cfg.optim.validate()?;
-        let codec = TextCodec::tokenizer(checkpoint, cfg.prompt_width, cfg.max_new)?;
+        let codec = TextCodec::tokenizer(checkpoint, cfg.prompt_width, cfg.max_new, cfg.system.clone())?;
         let mut cfg = cfg.clone();
         cfg.model = checkpoint.model_config(cfg.model.backend, Some(window));
         let model = checkpoint.load(&cfg.model, 1, device)?;

@@ -154,3 +154,29 @@ fn a_swarm_of_pretrained_policies_trains_and_shares() -> TestResult {
     assert!(rounds.iter().any(|r| r.external > 0), "shared groups were learned from");
     Ok(())
 }
+
+#[test]
+fn a_chat_template_frames_each_question_as_the_users_turn() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    tiny::write(dir.path(), Architecture::Llama, 2)?;
+    let template = "{% for m in messages %}{{ bos_token }}{{ m.role }}: {{ m.content }}\n{% endfor %}\
+                    {% if add_generation_prompt %}{{ bos_token }}assistant: {% endif %}";
+    let config = serde_json::json!({ "chat_template": template, "bos_token": tiny::BOS });
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string())?;
+    let checkpoint = Checkpoint::open(&dir.path().display().to_string())?;
+    let cfg =
+        PolicyConfig { prompt_width: 64, max_new: 8, system: Some("Be brief.".into()), ..PolicyConfig::default() };
+    let policy = Policy::pretrained(&checkpoint, &cfg, &Device::Cpu)?;
+    let ids = policy.encode_prompt("37-52=")?;
+    let expected = checkpoint.tokenizer()?.encode("<s>system: Be brief.\n<s>user: 37-52=\n<s>assistant: ", false)?;
+    assert_eq!(ids, expected);
+    assert_eq!(ids.iter().filter(|&&id| id == 1).count(), 3, "each turn opens with the start token");
+    let groups =
+        policy.generate(&["37-52=", "Mon+3="], 2, &Generation::default(), &mut ChaCha8Rng::seed_from_u64(0))?;
+    assert_eq!(groups.len(), 2);
+    // The template counts against the window: a question that fits alone no longer fits framed.
+    assert!(policy.encode_prompt(&"1".repeat(40)).is_err());
+    let bare = Policy::pretrained(&checkpoint, &PolicyConfig { system: None, ..cfg }, &Device::Cpu)?;
+    assert_eq!(bare.encode_prompt("37-52=")?.len(), "<s>user: 37-52=\n<s>assistant: ".len() - 2 * 2);
+    Ok(())
+}
