@@ -369,6 +369,7 @@ mod tests {
             allow_large: false,
             seeds,
             resume: false,
+            model: None,
         }
     }
 

@@ -131,6 +131,10 @@ enum Command {
         /// asked for differently is replaced only with `--force`.
         #[arg(long)]
         resume: bool,
+        /// `sapo` only: a pretrained checkpoint every agent starts from (a folder in Hugging Face layout
+        /// or a model id in the Hugging Face cache); the arms are the four mixes.
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Verify one training run delegated to several trainers (Verde): each trains the same program on
     /// repops, some dishonestly; conflicting claims are disputed before a referee on the simulated network,
@@ -427,7 +431,20 @@ where
             cfg.device = device.unwrap_or(cfg.device);
             run::run(cfg, run::Output { out, force, allow_large }, quick).map(drop)
         }
-        Command::Reproduce { study, output: OutputArgs { out, force }, quick, scale, seeds, jobs, corpus, resume } => {
+        Command::Reproduce {
+            study,
+            output: OutputArgs { out, force },
+            quick,
+            scale,
+            seeds,
+            jobs,
+            corpus,
+            resume,
+            model,
+        } => {
+            if model.is_some() && study != "sapo" {
+                anyhow::bail!("--model is for `reproduce sapo` only, not {study}");
+            }
             let scale = if quick { studies::Scale::Smoke } else { scale };
             let seeds = seeds.map_or(if scale == studies::Scale::Smoke { 1 } else { 3 }, |s| s as usize);
             let jobs = jobs.map_or_else(crate::threads::default_jobs, |j| j as usize).min(seeds);
@@ -442,6 +459,7 @@ where
                 allow_large,
                 seeds,
                 resume,
+                model,
             };
             match study.as_str() {
                 "all" => all::reproduce_all(&how),
@@ -459,6 +477,7 @@ where
                 allow_large,
                 seeds: seeds as usize,
                 resume: false,
+                model: None,
             };
             studies::sweep::sweep_lr(&study, &lrs, &how).map(drop)
         }

@@ -519,6 +519,16 @@ fn sapo_runs_a_swarm_of_a_pretrained_checkpoint() -> Result<(), Box<dyn std::err
     let out = swarmlab().arg("sapo").arg(&config).args(["--rounds", "1", "--model"]).arg(&model).output()?;
     let stderr = String::from_utf8(out.stderr)?;
     assert!(!out.status.success() && stderr.contains("128 positions"), "{stderr}");
+    // The study: the four mixes, every agent from the checkpoint.
+    let study = dir.path().join("study");
+    let out =
+        swarmlab().args(["reproduce", "sapo", "--quick", "--model"]).arg(&model).arg("--out").arg(&study).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_to_string(study.join("report.md"))?;
+    assert!(report.contains("copy of the pretrained") && report.contains("| 2/6 |"), "{report}");
+    assert!(!report.contains("tiny+small"), "no size arms in a study of one model");
+    let out = swarmlab().args(["reproduce", "noloco", "--quick", "--model"]).arg(&model).output()?;
+    assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("`reproduce sapo` only"));
     Ok(())
 }
 

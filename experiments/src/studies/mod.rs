@@ -83,6 +83,8 @@ pub(crate) struct Reproduce {
     /// (see [`crate::all::reproduce_study`], which also sets `force` to replace what did not finish) or,
     /// in a seeded study, each finished seed.
     pub(crate) resume: bool,
+    /// A pretrained checkpoint for the studies that train policies (`--model`; only `sapo` takes one).
+    pub(crate) model: Option<String>,
 }
 
 impl Reproduce {
@@ -96,6 +98,9 @@ impl Reproduce {
         let mut flags = format!(" --scale {} --seeds {}", self.scale.name(), self.seeds);
         if let Some(corpus) = &self.corpus {
             flags.push_str(&format!(" --corpus {}", corpus.flag()));
+        }
+        if let Some(model) = &self.model {
+            flags.push_str(&format!(" --model {model}"));
         }
         flags
     }

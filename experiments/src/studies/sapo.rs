@@ -27,7 +27,7 @@ impl Study for SapoStudy {
 
     fn reproduce(&self, how: &Reproduce) -> Result<f64> {
         let began = Instant::now();
-        reproduce(how.out.clone(), how.force, how.quick(), how.device)?;
+        reproduce(how.out.clone(), how.force, how.quick(), how.device, how.model.clone())?;
         Ok(began.elapsed().as_secs_f64())
     }
 
@@ -73,36 +73,73 @@ struct Arm {
 struct SapoFindings {
     quick: bool,
     config: SapoConfig,
+    /// Parameters of the pretrained model, in a study of one.
+    #[serde(default)]
+    parameters: Option<usize>,
     warm: BTreeMap<String, BTreeMap<String, f64>>,
     arms: Vec<Arm>,
     seconds: f64,
 }
 
-/// `swarmlab reproduce sapo [--quick]`.
-fn reproduce(out: Option<PathBuf>, force: bool, quick: bool, device: models::DeviceSpec) -> Result<()> {
+/// `swarmlab reproduce sapo [--quick] [--model M]`.
+fn reproduce(
+    out: Option<PathBuf>,
+    force: bool,
+    quick: bool,
+    device: models::DeviceSpec,
+    model: Option<String>,
+) -> Result<()> {
+    let mut cfg = SapoConfig { device, ..base(quick) };
+    if let Some(model) = model {
+        // A pretrained model reads a chat-framed question and may reason before its answer: completions
+        // of up to 96 tokens (32 quick), prompts of up to 128, within the model's positions.
+        let positions = pretrained::Checkpoint::open(&model)?.config().model.max_seq;
+        cfg.policy.max_new = if quick { 32 } else { 96 };
+        cfg.policy.prompt_width = 128.min(positions.saturating_sub(cfg.policy.max_new));
+        if cfg.policy.prompt_width < 16 {
+            anyhow::bail!(
+                "{model} has {positions} positions: too few for prompts and {} completion tokens",
+                cfg.policy.max_new
+            );
+        }
+        cfg.model = Some(model);
+        cfg.validate()?;
+    }
     let out = fresh_out_dir(out, "sapo", force)?;
     let began = Instant::now();
-    let cfg = SapoConfig { device, ..base(quick) };
     eprintln!(
-        "swarmlab reproduce sapo{}: {} agents, {} rounds, mixes 8/0 6/2 4/4 2/6, then two policy sizes",
+        "swarmlab reproduce sapo{}: {} agents, {} rounds, mixes 8/0 6/2 4/4 2/6{}",
         if quick { " --quick" } else { "" },
         cfg.agents,
-        cfg.rounds
+        cfg.rounds,
+        match &cfg.model {
+            Some(m) => format!(", every agent from {m}"),
+            None => ", then two policy sizes".into(),
+        }
     );
-    let warm = warm_starts(&SapoConfig { sizes: vec!["tiny".into(), "small".into()], ..cfg.clone() })?;
-    let mut arms = Vec::new();
-    let mut plan: Vec<(String, Vec<String>, Mix)> =
-        MIXES.iter().map(|m| (m.to_string(), vec!["tiny".to_string()], *m)).collect();
-    for m in [MIXES[0], MIXES[2]] {
-        plan.push((format!("{m} tiny+small"), vec!["tiny".into(), "small".into()], m));
+    let (warm, mut plan): (_, Vec<(String, Vec<String>, Mix)>) = if cfg.model.is_some() {
+        let sizes = cfg.sizes_in_use();
+        (warm_starts(&cfg)?, MIXES.iter().map(|m| (m.to_string(), sizes.clone(), *m)).collect())
+    } else {
+        let warm = warm_starts(&SapoConfig { sizes: vec!["tiny".into(), "small".into()], ..cfg.clone() })?;
+        (warm, MIXES.iter().map(|m| (m.to_string(), vec!["tiny".to_string()], *m)).collect())
+    };
+    if cfg.model.is_none() {
+        for m in [MIXES[0], MIXES[2]] {
+            plan.push((format!("{m} tiny+small"), vec!["tiny".into(), "small".into()], m));
+        }
     }
+    let mut arms = Vec::new();
     for (name, sizes, mix) in plan {
         let (run, seconds) = run_arm(&name, &SapoConfig { mix, sizes: sizes.clone(), ..cfg.clone() }, &warm)?;
         arms.push(Arm { name, sizes, run, seconds });
     }
+    let parameters =
+        cfg.model.as_ref().and_then(|_| warm.first()).map(|w| w.weights.values().map(|t| t.elem_count()).sum());
     let study = SapoFindings {
         quick,
         config: cfg,
+        parameters,
         warm: warm.iter().map(|w| (w.size.clone(), w.eval.clone())).collect(),
         arms,
         seconds: began.elapsed().as_secs_f64(),
@@ -201,27 +238,52 @@ fn markdown(s: &SapoFindings) -> String {
     let n = cfg.rounds as usize;
     let tail = last_tenth(n);
     let mut m = String::from("# SAPO: sharing rollouts across a swarm\n\n");
-    let _ = writeln!(
-        m,
-        "{} agents, each its own policy (tiny: 2 blocks of width 64, {}k parameters; small: 3 of width 96, {}k), trained with GRPO \
+    if let Some(model) = &cfg.model {
+        let _ = writeln!(
+            m,
+            "{} agents, each its own copy of the pretrained `{model}` ({} parameters), trained with GRPO \
+             (G = {} completions, clip {}/{}, no KL) for {} rounds on {} procedural task families at levels {}–{}; \
+             prompts of up to {} tokens, completions of up to {}; each round one question per family, one GRPO \
+             step on I own and J shared question groups (I + J = 8), shared groups re-scored by the receiver and \
+             dropped without signal. No warm start: every agent starts from the checkpoint. Same seeds in every \
+             arm. Study time {:.0} s{}.\n",
+            cfg.agents,
+            s.parameters.unwrap_or(0),
+            cfg.completions,
+            cfg.grpo.eps_low,
+            cfg.grpo.eps_high,
+            cfg.rounds,
+            cfg.tasks.families.len(),
+            cfg.tasks.min_level,
+            cfg.tasks.max_level,
+            cfg.policy.prompt_width,
+            cfg.policy.max_new,
+            s.seconds,
+            if s.quick { " (--quick)" } else { "" }
+        );
+    } else {
+        let _ = writeln!(
+            m,
+            "{} agents, each its own policy (tiny: 2 blocks of width 64, {}k parameters; small: 3 of width 96, {}k), trained with GRPO \
          (G = {} completions, clip {}/{}, no KL) for {} rounds on {} procedural task families at levels {}–{}; \
          each round one question per family, one GRPO step on I own and J shared question groups (I + J = 8), \
          shared groups re-scored by the receiver and dropped without signal. All agents of a size start from \
          one supervised warm start ({} steps). Same seeds in every arm. Study time {:.0} s{}.\n",
-        cfg.agents,
-        params(cfg, "tiny") / 1000,
-        params(cfg, "small") / 1000,
-        cfg.completions,
-        cfg.grpo.eps_low,
-        cfg.grpo.eps_high,
-        cfg.rounds,
-        cfg.tasks.families.len(),
-        cfg.tasks.min_level,
-        cfg.tasks.max_level,
-        cfg.warm_start.steps,
-        s.seconds,
-        if s.quick { " (--quick)" } else { "" }
-    );
+            cfg.agents,
+            params(cfg, "tiny") / 1000,
+            params(cfg, "small") / 1000,
+            cfg.completions,
+            cfg.grpo.eps_low,
+            cfg.grpo.eps_high,
+            cfg.rounds,
+            cfg.tasks.families.len(),
+            cfg.tasks.min_level,
+            cfg.tasks.max_level,
+            cfg.warm_start.steps,
+            s.seconds,
+            if s.quick { " (--quick)" } else { "" }
+        );
+    }
     m += "## Claims\n\n| claim | paper | ours | holds? |\n|---|---|---|---|\n";
     let paper = |mix: &str| PAPER.iter().find(|p| p.0 == mix).map_or(f64::NAN, |p| p.1);
     let four = cumulative("4/4");
@@ -265,7 +327,7 @@ fn markdown(s: &SapoFindings) -> String {
     }
     let signal =
         |name: &str| s.arms.iter().find(|a| a.name == name).map_or(0.0, |a| per_step(&a.run, |r| r.informative));
-    if four < silo {
+    if four < silo && cfg.model.is_none() {
         let _ = write!(
             m,
             "\nAt this scale sharing did not pay. It did what it is meant to do — the groups with any learning signal per \

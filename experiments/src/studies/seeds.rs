@@ -248,6 +248,7 @@ mod tests {
             allow_large: false,
             seeds: 2,
             resume: false,
+            model: None,
         };
         reproduce(cfg.clone(), &how)?;
         let out = dir.path().join("study");

@@ -225,6 +225,7 @@ mod tests {
             allow_large: false,
             seeds: 1,
             resume: false,
+            model: None,
         };
         // A rate far too small to learn in a smoke run loses to a sensible one.
         let sweep = sweep_lr("checkfree", &[1e-6, 3e-3], &how)?;
