@@ -79,7 +79,19 @@ impl Checkpoint {
     /// The model with the checkpoint's weights, as `n_stages` pipeline stages of `cfg` (a
     /// [`model_config`](Self::model_config) of this checkpoint) on `device`.
     pub fn load(&self, cfg: &ModelConfig, n_stages: usize, device: &Device) -> Result<Llama> {
-        let weights = self.weights()?;
+        self.model_with(cfg, n_stages, &self.weights()?, device)
+    }
+
+    /// [`load`](Self::load) with `weights` already read (by swarmlab's names, as
+    /// [`weights`](Self::weights) gives them, or a model's trained ones): every weight `cfg` needs, of
+    /// its shape, and no other; errors name the weight by its Hugging Face name.
+    pub fn model_with(
+        &self,
+        cfg: &ModelConfig,
+        n_stages: usize,
+        weights: &BTreeMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Llama> {
         let whole = models::StageSpec { layers: 0..cfg.n_layers, first: true, last: true };
         let shapes: BTreeMap<String, Vec<usize>> = Stage::weight_shapes(cfg, &whole)?.into_iter().collect();
         let hf = |ours: &str| weights::hf_name(ours).unwrap_or_else(|| ours.to_owned());
@@ -96,7 +108,7 @@ impl Checkpoint {
         if let Some(extra) = weights.keys().find(|n| !shapes.contains_key(*n)) {
             return Err(Error::field(&self.dir, hf(extra), "a weight config.json has no place for"));
         }
-        Ok(Llama::from_weights(cfg, n_stages, &weights, device)?)
+        Ok(Llama::from_weights(cfg, n_stages, weights, device)?)
     }
 
     /// The tokenizer.

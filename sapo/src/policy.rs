@@ -344,6 +344,17 @@ impl Policy {
     /// `cfg.prompt_width` tokens and writing completions of up to `cfg.max_new`, with `cfg.optim` and
     /// the kernels of `cfg.model.backend`; the rest of `cfg.model` is the checkpoint's.
     pub fn pretrained(checkpoint: &Checkpoint, cfg: &PolicyConfig, device: &Device) -> Result<Self> {
+        Self::pretrained_with(checkpoint, cfg, &checkpoint.weights()?, device)
+    }
+
+    /// [`Policy::pretrained`] with `weights` instead of the checkpoint's own (a [`Policy::weights`] of a
+    /// policy of this checkpoint, e.g. the swarm's starting point, read from disk once for all agents).
+    pub fn pretrained_with(
+        checkpoint: &Checkpoint,
+        cfg: &PolicyConfig,
+        weights: &BTreeMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
         let window = cfg.prompt_width + cfg.max_new;
         let most = checkpoint.config().model.max_seq;
         if cfg.prompt_width == 0 || cfg.max_new == 0 || window > most {
@@ -359,7 +370,7 @@ impl Policy {
         let codec = TextCodec::tokenizer(checkpoint, cfg.prompt_width, cfg.max_new, cfg.system.clone())?;
         let mut cfg = cfg.clone();
         cfg.model = checkpoint.model_config(cfg.model.backend, Some(window));
-        let model = checkpoint.load(&cfg.model, 1, device)?;
+        let model = checkpoint.model_with(&cfg.model, 1, weights, device)?;
         let params = model.params();
         let optim = AdamW::new(cfg.optim.clone(), cfg.model.backend)?;
         Ok(Self { cfg, model, params, optim, device: device.clone(), codec })

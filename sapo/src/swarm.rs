@@ -237,9 +237,7 @@ impl SapoConfig {
     ) -> Result<Policy> {
         match &self.model {
             Some(model) if size == PRETRAINED => {
-                let policy = Policy::pretrained(&Checkpoint::open(model)?, &self.policy, device)?;
-                policy.set_weights(weights)?;
-                Ok(policy)
+                Policy::pretrained_with(&Checkpoint::open(model)?, &self.policy, weights, device)
             }
             _ => Policy::from_weights(&self.policy_of(size)?, weights, device),
         }
