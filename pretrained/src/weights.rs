@@ -14,74 +14,56 @@ pub const SINGLE: &str = "model.safetensors";
 /// The index of a sharded checkpoint.
 pub const INDEX: &str = "model.safetensors.index.json";
 
+/// A block's weights: swarmlab's name (after `layers.<l>.`) and Hugging Face's (after `model.layers.<l>.`).
+const BLOCK_NAMES: [(&str, &str); 14] = [
+    ("attn_norm", "input_layernorm.weight"),
+    ("mlp_norm", "post_attention_layernorm.weight"),
+    ("wq", "self_attn.q_proj.weight"),
+    ("wk", "self_attn.k_proj.weight"),
+    ("wv", "self_attn.v_proj.weight"),
+    ("wo", "self_attn.o_proj.weight"),
+    ("bq", "self_attn.q_proj.bias"),
+    ("bk", "self_attn.k_proj.bias"),
+    ("bv", "self_attn.v_proj.bias"),
+    ("q_norm", "self_attn.q_norm.weight"),
+    ("k_norm", "self_attn.k_norm.weight"),
+    ("w1", "mlp.gate_proj.weight"),
+    ("w3", "mlp.up_proj.weight"),
+    ("w2", "mlp.down_proj.weight"),
+];
+
+/// The weights outside the blocks: swarmlab's name and Hugging Face's.
+const MODEL_NAMES: [(&str, &str); 3] =
+    [("embed", "model.embed_tokens.weight"), ("final_norm", "model.norm.weight"), ("head", "lm_head.weight")];
+
 /// swarmlab's name of the Hugging Face tensor `hf`; `None` for a name that is not a weight of the
 /// architectures this crate reads.
 pub fn our_name(hf: &str) -> Option<String> {
-    if let Some(rest) = hf.strip_prefix("model.layers.") {
-        let (layer, part) = rest.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
-        let ours = match part {
-            "input_layernorm.weight" => "attn_norm",
-            "post_attention_layernorm.weight" => "mlp_norm",
-            "self_attn.q_proj.weight" => "wq",
-            "self_attn.k_proj.weight" => "wk",
-            "self_attn.v_proj.weight" => "wv",
-            "self_attn.o_proj.weight" => "wo",
-            "self_attn.q_proj.bias" => "bq",
-            "self_attn.k_proj.bias" => "bk",
-            "self_attn.v_proj.bias" => "bv",
-            "self_attn.q_norm.weight" => "q_norm",
-            "self_attn.k_norm.weight" => "k_norm",
-            "mlp.gate_proj.weight" => "w1",
-            "mlp.up_proj.weight" => "w3",
-            "mlp.down_proj.weight" => "w2",
-            _ => return None,
-        };
-        return Some(format!("layers.{layer}.{ours}"));
-    }
-    Some(
-        match hf {
-            "model.embed_tokens.weight" => "embed",
-            "model.norm.weight" => "final_norm",
-            "lm_head.weight" => "head",
-            _ => return None,
-        }
-        .to_owned(),
-    )
+    translate(hf, "model.layers.", "layers.", |(ours, theirs)| (theirs, ours))
 }
 
 /// The Hugging Face name of swarmlab's weight `ours` (the inverse of [`our_name`]).
 pub fn hf_name(ours: &str) -> Option<String> {
-    if let Some(rest) = ours.strip_prefix("layers.") {
+    translate(ours, "layers.", "model.layers.", |pair| pair)
+}
+
+/// `name` from one naming to the other: a block's weight `<from_prefix><l>.<part>` becomes
+/// `<to_prefix><l>.<part'>`; `orient` turns a `(swarmlab, Hugging Face)` pair into `(from, to)`.
+fn translate(
+    name: &str,
+    from_prefix: &str,
+    to_prefix: &str,
+    orient: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
+) -> Option<String> {
+    let lookup = |table: &[(&'static str, &'static str)], key: &str| {
+        table.iter().map(|&pair| orient(pair)).find(|(from, _)| *from == key).map(|(_, to)| to)
+    };
+    if let Some(rest) = name.strip_prefix(from_prefix) {
         let (layer, part) = rest.split_once('.')?;
-        let hf = match part {
-            "attn_norm" => "input_layernorm.weight",
-            "mlp_norm" => "post_attention_layernorm.weight",
-            "wq" => "self_attn.q_proj.weight",
-            "wk" => "self_attn.k_proj.weight",
-            "wv" => "self_attn.v_proj.weight",
-            "wo" => "self_attn.o_proj.weight",
-            "bq" => "self_attn.q_proj.bias",
-            "bk" => "self_attn.k_proj.bias",
-            "bv" => "self_attn.v_proj.bias",
-            "q_norm" => "self_attn.q_norm.weight",
-            "k_norm" => "self_attn.k_norm.weight",
-            "w1" => "mlp.gate_proj.weight",
-            "w3" => "mlp.up_proj.weight",
-            "w2" => "mlp.down_proj.weight",
-            _ => return None,
-        };
-        return Some(format!("model.layers.{layer}.{hf}"));
+        let layer: usize = layer.parse().ok()?;
+        return Some(format!("{to_prefix}{layer}.{}", lookup(&BLOCK_NAMES, part)?));
     }
-    Some(
-        match ours {
-            "embed" => "model.embed_tokens.weight",
-            "final_norm" => "model.norm.weight",
-            "head" => "lm_head.weight",
-            _ => return None,
-        }
-        .to_owned(),
-    )
+    lookup(&MODEL_NAMES, name).map(str::to_owned)
 }
 
 /// Tensors checkpoints carry that are not weights (rotary tables some exporters keep).
