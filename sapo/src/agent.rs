@@ -115,8 +115,11 @@ impl PolicyTrainer {
         let mut informative = 0;
         for (q, completions, rewards) in groups {
             informative += usize::from(grpo::informative(rewards));
+            if self.policy.encode_prompt(&q.prompt).is_err() {
+                continue;
+            }
             for (c, a) in completions.iter().zip(grpo::advantages(rewards)) {
-                if self.policy.can_read(&q.prompt, c) {
+                if self.policy.codec().encode_completion(c).is_ok() {
                     examples.push(Example { prompt: &q.prompt, completion: c, weight: a });
                 }
             }
@@ -224,7 +227,8 @@ impl SwarmRewards {
     fn readable(&self, e: &Entry<Question, String>) -> bool {
         !e.actions.is_empty()
             && e.actions.len() <= self.completions
-            && e.actions.iter().all(|a| self.codec.can_read(&e.item.prompt, a))
+            && self.codec.encode_prompt(&e.item.prompt).is_ok()
+            && e.actions.iter().all(|a| self.codec.encode_completion(a).is_ok())
     }
 
     /// Scores each completion of `e` by the question's verifier, on the completion's answer.

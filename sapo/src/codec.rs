@@ -33,7 +33,13 @@ pub struct TextCodec {
 #[derive(Debug, Clone)]
 enum Kind {
     Bytes,
-    Tokenizer { tokenizer: Arc<TextTokenizer>, checkpoint: Arc<Checkpoint>, system: Option<String> },
+    Tokenizer {
+        tokenizer: Arc<TextTokenizer>,
+        checkpoint: Arc<Checkpoint>,
+        system: Option<String>,
+        /// The text of each end-of-text token, as it ends a completion.
+        ends: Vec<String>,
+    },
 }
 
 impl TextCodec {
@@ -55,7 +61,9 @@ impl TextCodec {
         if tokenizer.eos().is_empty() {
             return Err(Error::config("policy", "the checkpoint names no end-of-text token (eos_token_id)"));
         }
-        let kind = Kind::Tokenizer { tokenizer: Arc::new(tokenizer), checkpoint: Arc::new(checkpoint.clone()), system };
+        let ends = tokenizer.eos().iter().filter_map(|&id| tokenizer.decode_all(&[id]).ok()).collect();
+        let kind =
+            Kind::Tokenizer { tokenizer: Arc::new(tokenizer), checkpoint: Arc::new(checkpoint.clone()), system, ends };
         Ok(Self { kind, prompt_width, max_new })
     }
 
@@ -136,12 +144,10 @@ impl TextCodec {
     pub fn answer<'a>(&self, completion: &'a str) -> Cow<'a, str> {
         match &self.kind {
             Kind::Bytes => Cow::Borrowed(completion),
-            Kind::Tokenizer { tokenizer, .. } => {
+            Kind::Tokenizer { ends, .. } => {
                 let mut text = completion;
-                for &id in tokenizer.eos() {
-                    if let Ok(end) = tokenizer.decode_all(&[id]) {
-                        text = text.strip_suffix(end.as_str()).unwrap_or(text);
-                    }
+                for end in ends {
+                    text = text.strip_suffix(end.as_str()).unwrap_or(text);
                 }
                 let answer = genrl::env::gym::extract_answer(text).unwrap_or_else(|| text.trim());
                 Cow::Owned(format!("{answer}\n"))
