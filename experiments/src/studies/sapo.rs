@@ -238,52 +238,42 @@ fn markdown(s: &SapoFindings) -> String {
     let n = cfg.rounds as usize;
     let tail = last_tenth(n);
     let mut m = String::from("# SAPO: sharing rollouts across a swarm\n\n");
-    if let Some(model) = &cfg.model {
-        let _ = writeln!(
-            m,
-            "{} agents, each its own copy of the pretrained `{model}` ({} parameters), trained with GRPO \
-             (G = {} completions, clip {}/{}, no KL) for {} rounds on {} procedural task families at levels {}–{}; \
-             prompts of up to {} tokens, completions of up to {}; each round one question per family, one GRPO \
-             step on I own and J shared question groups (I + J = 8), shared groups re-scored by the receiver and \
-             dropped without signal. No warm start: every agent starts from the checkpoint. Same seeds in every \
-             arm. Study time {:.0} s{}.\n",
-            cfg.agents,
-            s.parameters.unwrap_or(0),
-            cfg.completions,
-            cfg.grpo.eps_low,
-            cfg.grpo.eps_high,
-            cfg.rounds,
-            cfg.tasks.families.len(),
-            cfg.tasks.min_level,
-            cfg.tasks.max_level,
-            cfg.policy.prompt_width,
-            cfg.policy.max_new,
-            s.seconds,
-            if s.quick { " (--quick)" } else { "" }
-        );
-    } else {
-        let _ = writeln!(
-            m,
-            "{} agents, each its own policy (tiny: 2 blocks of width 64, {}k parameters; small: 3 of width 96, {}k), trained with GRPO \
-         (G = {} completions, clip {}/{}, no KL) for {} rounds on {} procedural task families at levels {}–{}; \
-         each round one question per family, one GRPO step on I own and J shared question groups (I + J = 8), \
-         shared groups re-scored by the receiver and dropped without signal. All agents of a size start from \
-         one supervised warm start ({} steps). Same seeds in every arm. Study time {:.0} s{}.\n",
-            cfg.agents,
-            params(cfg, "tiny") / 1000,
-            params(cfg, "small") / 1000,
-            cfg.completions,
-            cfg.grpo.eps_low,
-            cfg.grpo.eps_high,
-            cfg.rounds,
-            cfg.tasks.families.len(),
-            cfg.tasks.min_level,
-            cfg.tasks.max_level,
-            cfg.warm_start.steps,
-            s.seconds,
-            if s.quick { " (--quick)" } else { "" }
-        );
-    }
+    // Who the agents are and how they start; the training is the same either way.
+    let (policies, start) = match &cfg.model {
+        Some(model) => (
+            format!("each its own copy of the pretrained `{model}` ({} parameters)", s.parameters.unwrap_or(0)),
+            format!(
+                "Prompts of up to {} tokens, completions of up to {}; no warm start: every agent starts from the \
+                 checkpoint.",
+                cfg.policy.prompt_width, cfg.policy.max_new
+            ),
+        ),
+        None => (
+            format!(
+                "each its own policy (tiny: 2 blocks of width 64, {}k parameters; small: 3 of width 96, {}k)",
+                params(cfg, "tiny") / 1000,
+                params(cfg, "small") / 1000
+            ),
+            format!("All agents of a size start from one supervised warm start ({} steps).", cfg.warm_start.steps),
+        ),
+    };
+    let _ = writeln!(
+        m,
+        "{} agents, {policies}, trained with GRPO (G = {} completions, clip {}/{}, no KL) for {} rounds on {} \
+         procedural task families at levels {}–{}; each round one question per family, one GRPO step on I own and \
+         J shared question groups (I + J = 8), shared groups re-scored by the receiver and dropped without \
+         signal. {start} Same seeds in every arm. Study time {:.0} s{}.\n",
+        cfg.agents,
+        cfg.completions,
+        cfg.grpo.eps_low,
+        cfg.grpo.eps_high,
+        cfg.rounds,
+        cfg.tasks.families.len(),
+        cfg.tasks.min_level,
+        cfg.tasks.max_level,
+        s.seconds,
+        if s.quick { " (--quick)" } else { "" }
+    );
     m += "## Claims\n\n| claim | paper | ours | holds? |\n|---|---|---|---|\n";
     let paper = |mix: &str| PAPER.iter().find(|p| p.0 == mix).map_or(f64::NAN, |p| p.1);
     let four = cumulative("4/4");
