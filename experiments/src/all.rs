@@ -370,6 +370,7 @@ mod tests {
             seeds,
             resume: false,
             model: None,
+            tasks: None,
         }
     }
 

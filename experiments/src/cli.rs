@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::{EXAMPLE, RunConfig};
@@ -135,6 +135,10 @@ enum Command {
         /// or a model id in the Hugging Face cache); the arms are the four mixes.
         #[arg(long)]
         model: Option<String>,
+        /// `sapo` with `--model` only: a reasoning-gym export (JSON Lines; see the README) to deal tasks
+        /// from, one per dataset a round, instead of our eight task families.
+        #[arg(long, requires = "model")]
+        tasks: Option<PathBuf>,
     },
     /// Verify one training run delegated to several trainers (Verde): each trains the same program on
     /// repops, some dishonestly; conflicting claims are disputed before a referee on the simulated network,
@@ -216,6 +220,14 @@ enum Command {
         /// sizes: a folder in Hugging Face layout, or a model id in the Hugging Face cache (offline).
         #[arg(long)]
         model: Option<String>,
+        /// A reasoning-gym export (JSON Lines; see the README) to deal tasks from, one per dataset a
+        /// round, instead of our task families; needs a pretrained `--model` (overrides the
+        /// configuration's `tasks.file`).
+        #[arg(long)]
+        tasks: Option<PathBuf>,
+        /// The export's datasets to deal, e.g. `basic_arithmetic,arc_1d` [default: all of them].
+        #[arg(long, value_delimiter = ',')]
+        datasets: Option<Vec<String>>,
         /// Output folder [default: runs/sapo-<unix time>].
         #[arg(long)]
         out: Option<PathBuf>,
@@ -441,10 +453,12 @@ where
             corpus,
             resume,
             model,
+            tasks,
         } => {
             if model.is_some() && study != "sapo" {
                 anyhow::bail!("--model is for `reproduce sapo` only, not {study}");
             }
+            let tasks = tasks.as_deref().map(absolute).transpose()?;
             let scale = if quick { studies::Scale::Smoke } else { scale };
             let seeds = seeds.map_or(if scale == studies::Scale::Smoke { 1 } else { 3 }, |s| s as usize);
             let jobs = jobs.map_or_else(crate::threads::default_jobs, |j| j as usize).min(seeds);
@@ -460,6 +474,7 @@ where
                 seeds,
                 resume,
                 model,
+                tasks,
             };
             match study.as_str() {
                 "all" => all::reproduce_all(&how),
@@ -478,6 +493,7 @@ where
                 seeds: seeds as usize,
                 resume: false,
                 model: None,
+                tasks: None,
             };
             studies::sweep::sweep_lr(&study, &lrs, &how).map(drop)
         }
@@ -564,7 +580,7 @@ where
             }
             codezero_swarm::train(cfg, out)
         }
-        Command::Sapo { config, mix, rounds, agents, liars, sizes, model, out, print_config } => {
+        Command::Sapo { config, mix, rounds, agents, liars, sizes, model, tasks, datasets, out, print_config } => {
             if print_config {
                 print!("{}", toml::to_string(&sapo::SapoConfig::default())?);
                 return Ok(());
@@ -581,6 +597,10 @@ where
             cfg.liars = liars.unwrap_or(cfg.liars);
             cfg.sizes = sizes.unwrap_or(cfg.sizes);
             cfg.model = model.or(cfg.model);
+            if let Some(file) = tasks {
+                cfg.tasks.file = Some(absolute(&file)?);
+            }
+            cfg.tasks.datasets = datasets.unwrap_or(cfg.tasks.datasets);
             cfg.device = device.unwrap_or(cfg.device);
             if cfg.transport == genrl::TransportKind::Quic {
                 cfg.validate()?;
@@ -676,6 +696,13 @@ fn node_net(idle_timeout_s: f64, bind: Option<std::net::SocketAddr>) -> Result<n
 /// A swarm game's checked configuration (`config`, overrides applied) run as `nodes` node processes on
 /// this machine, each link emulated with the configuration's model: the configuration goes to every node
 /// as `<protocol>.toml` in the output folder.
+/// `path` made absolute (against the working directory), so that it names the same file wherever it
+/// is read: in a node process, or in the configuration a run writes.
+fn absolute(path: &Path) -> Result<String> {
+    let path = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    path.to_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", path.display()))
+}
+
 fn launch_swarm(protocol: &str, nodes: usize, config: &str, out: Option<PathBuf>) -> Result<()> {
     let out = out_dir(out, protocol)?;
     let path = out.join(format!("{protocol}.toml"));

@@ -31,6 +31,27 @@ pub(crate) fn parse_config(text: &str, source: &str) -> Result<SapoConfig> {
     Ok(cfg)
 }
 
+/// One line on the reasoning-gym export `cfg` deals from, if it does: its datasets and tasks, and what
+/// of it cannot be scored.
+pub(crate) fn describe_export(cfg: &SapoConfig) -> Result<Option<String>> {
+    let source = genrl::env::TaskSource::new(&cfg.tasks)?;
+    let (Some(file), genrl::env::Origin::Gym(set)) = (&cfg.tasks.file, source.origin()) else { return Ok(None) };
+    let mut line = format!(
+        "tasks: {file}: {} datasets ({}), {} tasks, {} a round",
+        set.datasets().len(),
+        set.datasets().join(", "),
+        set.len(),
+        source.per_round()
+    );
+    if !set.unscorable().is_empty() {
+        line += &format!("; left out, without oracle answers: {}", set.unscorable().join(", "));
+    }
+    if set.left_out() > 0 {
+        line += &format!("; {} tasks left out (no oracle answer, or a repeated question)", set.left_out());
+    }
+    Ok(Some(line))
+}
+
 /// Warm starts for every size `cfg` uses.
 pub(crate) fn warm_starts(cfg: &SapoConfig) -> Result<Vec<WarmStart>> {
     let mut warm = Vec::new();
@@ -83,6 +104,9 @@ pub(crate) fn train(cfg: SapoConfig, out: Option<PathBuf>) -> Result<()> {
         cfg.mix,
         cfg.rounds
     );
+    if let Some(line) = describe_export(&cfg)? {
+        eprintln!("  {line}");
+    }
     let warm = warm_starts(&cfg)?;
     let (run, _) = run_arm(&cfg.mix.to_string(), &cfg, &warm)?;
     let n = cfg.rounds as usize;

@@ -533,6 +533,68 @@ fn sapo_runs_a_swarm_of_a_pretrained_checkpoint() -> Result<(), Box<dyn std::err
 }
 
 #[test]
+fn sapo_deals_the_tasks_of_a_reasoning_gym_export() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("tiny-llama");
+    assert!(swarmlab().args(["tiny-checkpoint", "llama"]).arg(&model).status()?.success());
+    // An export in reasoning-gym's format: two datasets of sums, one of them ours in other words.
+    let mut lines = String::new();
+    for a in 0..12 {
+        let b = 11 - a;
+        let ours = serde_json::json!({ "question": format!("What is {a} + {b}?"), "answer": (a + b).to_string(),
+            "metadata": { "source_dataset": "basic_arithmetic", "expression": format!("{a} + {b}") } });
+        let other = serde_json::json!({ "question": format!("{a}+{b}+1="), "answer": (a + b + 1).to_string(),
+            "metadata": { "source_dataset": "chain_sum" } });
+        lines += &format!("{ours}\n{other}\n");
+    }
+    let tasks = dir.path().join("tasks.jsonl");
+    std::fs::write(&tasks, lines)?;
+    let config = dir.path().join("sapo.toml");
+    std::fs::write(&config, "agents = 2\nrounds = 2\ncompletions = 4\n[policy]\nprompt_width = 24\nmax_new = 8\n")?;
+    let run = |extra: &[&str]| -> std::io::Result<std::process::Output> {
+        swarmlab().arg("sapo").arg(&config).arg("--model").arg(&model).arg("--tasks").arg(&tasks).args(extra).output()
+    };
+    let out_dir = dir.path().join("run");
+    let out = run(&["--mix", "1/1", "--out", &out_dir.display().to_string()])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sapo_run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("sapo-run.json"))?)?;
+    let eval = &sapo_run["agents"][0]["eval"];
+    assert!(eval["basic_arithmetic"].is_number() && eval["chain_sum"].is_number(), "{eval}");
+    assert!(std::fs::read_to_string(out_dir.join("config.toml"))?.contains("tasks.jsonl"));
+    // One dataset; one that is not in the file; more own groups than tasks a round.
+    let out =
+        run(&["--datasets", "chain_sum", "--mix", "1/1", "--out", &dir.path().join("one").display().to_string()])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["--datasets", "chess"])?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success() && stderr.contains("tasks.datasets[0]") && stderr.contains("chain_sum"), "{stderr}");
+    let out = run(&["--mix", "3/1"])?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success() && stderr.contains("tasks.per_specialty"), "{stderr}");
+    // Questions wider than the window: named with the width they need.
+    std::fs::write(&config, "[policy]\nprompt_width = 8\nmax_new = 8\n")?;
+    let stderr = String::from_utf8(run(&["--rounds", "1", "--mix", "1/1"])?.stderr)?;
+    assert!(stderr.contains("prompt_width") && stderr.contains("raise it to"), "{stderr}");
+    // The study: eight tasks a round, four of each dataset.
+    let study = dir.path().join("study");
+    let out = swarmlab()
+        .args(["reproduce", "sapo", "--quick", "--model"])
+        .arg(&model)
+        .arg("--tasks")
+        .arg(&tasks)
+        .arg("--out")
+        .arg(&study)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_to_string(study.join("report.md"))?;
+    assert!(report.contains("(basic_arithmetic, chain_sum)") && report.contains("4 tasks per dataset"), "{report}");
+    assert!(report.contains("| arm | basic_arithmetic | chain_sum | all |"), "{report}");
+    let out = swarmlab().args(["reproduce", "sapo", "--quick", "--tasks"]).arg(&tasks).output()?;
+    assert!(!out.status.success() && String::from_utf8(out.stderr)?.contains("--model"));
+    Ok(())
+}
+
+#[test]
 fn the_device_is_chosen_by_name_and_a_missing_gpu_is_explained() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("tiny.toml");

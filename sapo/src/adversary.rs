@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use genrl::env::{Question, TaskSet};
+use genrl::env::{Task, TaskSource};
 use genrl::game::{DataManager, GameState, Trainer};
 
 use crate::agent::TrainReport;
@@ -14,11 +14,11 @@ fn forged(round: u64, i: usize) -> bool {
     (i as u64 + round).is_multiple_of(2)
 }
 
-/// The liar's questions: genuine ones, with the ground truth of every other one forged.
+/// The liar's tasks: genuine ones, with the ground truth of every other one forged.
 #[derive(Debug, Clone)]
 pub struct ForgedQuestions {
-    /// The task set.
-    pub tasks: Arc<TaskSet>,
+    /// Where the tasks come from.
+    pub tasks: Arc<TaskSource>,
     /// The liar's stream.
     pub seed: u64,
 }
@@ -33,16 +33,20 @@ fn wrong(answer: &str) -> String {
 }
 
 impl DataManager for ForgedQuestions {
-    type Item = Question;
+    type Item = Task;
 
-    fn round_data(&mut self, round: u64) -> Vec<Question> {
-        let mut questions = self.tasks.round(self.seed, round);
-        for (i, q) in questions.iter_mut().enumerate() {
-            if forged(round, i) {
-                q.answer = wrong(&q.answer);
-            }
-        }
-        questions
+    fn round_data(&mut self, round: u64) -> Vec<Task> {
+        let dealt = self.tasks.round(self.seed, round).into_iter().enumerate();
+        dealt
+            .map(|(i, t)| {
+                if forged(round, i) {
+                    let lie = wrong(t.answer());
+                    t.with_answer(lie)
+                } else {
+                    t
+                }
+            })
+            .collect()
     }
 }
 
@@ -54,7 +58,7 @@ pub struct Liar {
     pub completions: usize,
 }
 
-impl Trainer<Question> for Liar {
+impl Trainer<Task> for Liar {
     type Action = String;
     type Report = TrainReport;
 
@@ -62,8 +66,8 @@ impl Trainer<Question> for Liar {
         &mut self,
         round: u64,
         _stage: usize,
-        items: &[Question],
-        _state: &GameState<Question, String>,
+        items: &[Task],
+        _state: &GameState<Task, String>,
     ) -> genrl::Result<Vec<Vec<String>>> {
         let n = self.completions.max(1);
         Ok(items
@@ -71,10 +75,10 @@ impl Trainer<Question> for Liar {
             .enumerate()
             .map(|(i, q)| {
                 let text = if forged(round, i) {
-                    format!("{}\n", q.answer)
+                    format!("{}\n", q.answer())
                 } else {
                     match ((i as u64 + round) / 2) % 3 {
-                        0 => format!("{}\n", wrong(&q.answer)),
+                        0 => format!("{}\n", wrong(q.answer())),
                         1 => "\u{fffd}\u{0}garbage ✓\n".to_string(),
                         _ => "9".repeat(4096),
                     }
@@ -84,7 +88,7 @@ impl Trainer<Question> for Liar {
             .collect())
     }
 
-    fn train(&mut self, _state: &GameState<Question, String>, _rewards: &[Vec<f64>]) -> genrl::Result<TrainReport> {
+    fn train(&mut self, _state: &GameState<Task, String>, _rewards: &[Vec<f64>]) -> genrl::Result<TrainReport> {
         Ok(TrainReport::default())
     }
 }
@@ -96,12 +100,12 @@ mod tests {
 
     #[test]
     fn forged_questions_are_not_genuine_and_wrong_answers_score_zero() -> crate::Result<()> {
-        let tasks = Arc::new(TaskSet::new(&TaskSetConfig::default())?);
-        let mut data = ForgedQuestions { tasks, seed: 3 };
+        let tasks = Arc::new(TaskSource::new(&TaskSetConfig::default())?);
+        let mut data = ForgedQuestions { tasks: tasks.clone(), seed: 3 };
         let qs = data.round_data(0);
         for (i, q) in qs.iter().enumerate() {
-            assert_eq!(q.is_genuine(), !forged(0, i), "{q:?}");
-            assert_eq!(q.reward(&format!("{}\n", wrong(&q.answer))), 0.0);
+            assert_eq!(tasks.is_genuine(q), !forged(0, i), "{q:?}");
+            assert_eq!(tasks.reward(q, &format!("{}\n", wrong(q.answer()))), 0.0);
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! One SAPO agent as a genrl game: its question stream ([`QuestionStream`]), its policy as the trainer
+//! One SAPO agent as a genrl game: its task stream ([`TaskStream`]), its policy as the trainer
 //! ([`PolicyTrainer`]: generate → train on I local and J external groups) and its own verifier as the
 //! reward manager ([`SwarmRewards`]: re-scores everything, filters and samples what the swarm shared).
 //!
@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use genrl::env::{Question, TaskSet};
+use genrl::env::{Task, TaskSource};
 use genrl::game::{DataManager, Entry, GameState, RewardManager, Trainer};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -55,19 +55,19 @@ impl std::fmt::Display for Mix {
     }
 }
 
-/// The agent's questions: one per family each round, from its own seed.
+/// The agent's tasks: one per specialty (family or dataset) each round, from its own seed.
 #[derive(Debug, Clone)]
-pub struct QuestionStream {
-    /// The task set.
-    pub tasks: Arc<TaskSet>,
+pub struct TaskStream {
+    /// Where the tasks come from.
+    pub tasks: Arc<TaskSource>,
     /// The agent's stream.
     pub seed: u64,
 }
 
-impl DataManager for QuestionStream {
-    type Item = Question;
+impl DataManager for TaskStream {
+    type Item = Task;
 
-    fn round_data(&mut self, round: u64) -> Vec<Question> {
+    fn round_data(&mut self, round: u64) -> Vec<Task> {
         self.tasks.round(self.seed, round)
     }
 }
@@ -110,17 +110,17 @@ pub struct PolicyTrainer {
 
 impl PolicyTrainer {
     /// The GRPO step on `groups` (question, completions, rewards); no step when none carries a signal.
-    fn learn(&mut self, groups: &[(&Question, &[String], &[f64])]) -> Result<(usize, StepReport)> {
+    fn learn(&mut self, groups: &[(&Task, &[String], &[f64])]) -> Result<(usize, StepReport)> {
         let mut examples = Vec::new();
         let mut informative = 0;
         for (q, completions, rewards) in groups {
             informative += usize::from(grpo::informative(rewards));
-            if self.policy.encode_prompt(&q.prompt).is_err() {
+            if self.policy.encode_prompt(q.prompt()).is_err() {
                 continue;
             }
             for (c, a) in completions.iter().zip(grpo::advantages(rewards)) {
                 if self.policy.codec().encode_completion(c).is_ok() {
-                    examples.push(Example { prompt: &q.prompt, completion: c, weight: a });
+                    examples.push(Example { prompt: q.prompt(), completion: c, weight: a });
                 }
             }
         }
@@ -132,7 +132,7 @@ impl PolicyTrainer {
     }
 }
 
-impl Trainer<Question> for PolicyTrainer {
+impl Trainer<Task> for PolicyTrainer {
     type Action = String;
     type Report = TrainReport;
 
@@ -140,16 +140,16 @@ impl Trainer<Question> for PolicyTrainer {
         &mut self,
         _round: u64,
         _stage: usize,
-        items: &[Question],
-        _state: &GameState<Question, String>,
+        items: &[Task],
+        _state: &GameState<Task, String>,
     ) -> genrl::Result<Vec<Vec<String>>> {
-        let prompts: Vec<&str> = items.iter().map(|q| q.prompt.as_str()).collect();
+        let prompts: Vec<&str> = items.iter().map(Task::prompt).collect();
         self.policy
             .sample(&prompts, self.completions, self.sampling, &mut self.rng)
             .map_err(|e| genrl::Error::role("trainer", e))
     }
 
-    fn train(&mut self, state: &GameState<Question, String>, rewards: &[Vec<f64>]) -> genrl::Result<TrainReport> {
+    fn train(&mut self, state: &GameState<Task, String>, rewards: &[Vec<f64>]) -> genrl::Result<TrainReport> {
         let own: Vec<usize> = (0..state.entries.len()).filter(|&i| state.entries[i].source == state.local).collect();
         let external: Vec<usize> =
             (0..state.entries.len()).filter(|&i| state.entries[i].source != state.local).collect();
@@ -162,7 +162,7 @@ impl Trainer<Question> for PolicyTrainer {
         let ext_rewards: Vec<f64> = external.iter().flat_map(|&i| rewards[i].iter().copied()).collect();
         let local_count = chosen.len();
         chosen.extend(&external);
-        let groups: Vec<(&Question, &[String], &[f64])> = chosen
+        let groups: Vec<(&Task, &[String], &[f64])> = chosen
             .iter()
             .map(|&i| (&state.entries[i].item, state.entries[i].actions.as_slice(), rewards[i].as_slice()))
             .collect();
@@ -185,8 +185,8 @@ fn mean(xs: &[f64]) -> f64 {
 /// Why shared groups were dropped, counted over a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Dropped {
-    /// The question's stated answer is not the one its prompt has (a forged ground truth), or the prompt
-    /// is not one its family makes.
+    /// The task's stated answer is not the one its prompt has (a forged ground truth), or the task is not
+    /// one the agent's own source deals.
     pub forged: usize,
     /// Completions the policy cannot read (not ASCII, too long), or more completions than asked for.
     pub unreadable: usize,
@@ -206,6 +206,8 @@ pub struct SwarmRewards {
     pub completions: usize,
     /// How the agent's policy reads text (what it can read, and the answer in a completion).
     pub codec: TextCodec,
+    /// The agent's own task source, which judges every task and answer.
+    pub tasks: Arc<TaskSource>,
     /// Sampling randomness.
     pub rng: ChaCha8Rng,
     /// What was dropped so far.
@@ -213,27 +215,28 @@ pub struct SwarmRewards {
 }
 
 impl SwarmRewards {
-    /// The reward rules of an agent whose policy is `policy`.
-    pub fn new(policy: &Policy, external: usize, completions: usize, seed: u64) -> Self {
+    /// The reward rules of an agent whose policy is `policy` and whose tasks come from `tasks`.
+    pub fn new(policy: &Policy, tasks: Arc<TaskSource>, external: usize, completions: usize, seed: u64) -> Self {
         Self {
             external,
             completions,
             codec: policy.codec().clone(),
+            tasks,
             rng: ChaCha8Rng::seed_from_u64(seed),
             dropped: Dropped::default(),
         }
     }
 
-    fn readable(&self, e: &Entry<Question, String>) -> bool {
+    fn readable(&self, e: &Entry<Task, String>) -> bool {
         !e.actions.is_empty()
             && e.actions.len() <= self.completions
-            && self.codec.encode_prompt(&e.item.prompt).is_ok()
+            && self.codec.encode_prompt(e.item.prompt()).is_ok()
             && e.actions.iter().all(|a| self.codec.encode_completion(a).is_ok())
     }
 
-    /// Scores each completion of `e` by the question's verifier, on the completion's answer.
-    fn score(&self, e: &Entry<Question, String>) -> Vec<f64> {
-        e.actions.iter().map(|a| self.codec.reward(&e.item, a)).collect()
+    /// Scores each completion of `e` by the agent's own verifier, on the completion's answer.
+    fn score(&self, e: &Entry<Task, String>) -> Vec<f64> {
+        e.actions.iter().map(|a| self.codec.reward(&self.tasks, &e.item, a)).collect()
     }
 }
 
@@ -246,23 +249,23 @@ pub fn sample_groups<T>(mut usable: Vec<T>, j: usize, rng: &mut impl Rng) -> (Ve
     (usable, left_over)
 }
 
-impl RewardManager<Question, String> for SwarmRewards {
-    fn rewards(&mut self, state: &GameState<Question, String>) -> Vec<Vec<f64>> {
+impl RewardManager<Task, String> for SwarmRewards {
+    fn rewards(&mut self, state: &GameState<Task, String>) -> Vec<Vec<f64>> {
         state.entries.iter().map(|e| self.score(e)).collect()
     }
 
     fn select_external(
         &mut self,
         _round: u64,
-        _own: &[Entry<Question, String>],
-        external: Vec<Entry<Question, String>>,
-    ) -> Vec<Entry<Question, String>> {
+        _own: &[Entry<Task, String>],
+        external: Vec<Entry<Task, String>>,
+    ) -> Vec<Entry<Task, String>> {
         if self.external == 0 {
             return Vec::new();
         }
         let mut usable = Vec::new();
         for e in external {
-            if !e.item.is_genuine() {
+            if !self.tasks.is_genuine(&e.item) {
                 self.dropped.forged += 1;
             } else if !self.readable(&e) {
                 self.dropped.unreadable += 1;
@@ -284,7 +287,7 @@ impl RewardManager<Question, String> for SwarmRewards {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use genrl::env::{Family, Level};
+    use genrl::env::{Family, Level, TaskSetConfig};
     use transport::PeerId;
 
     #[test]
@@ -300,13 +303,12 @@ mod tests {
     #[test]
     fn shared_groups_are_rescored_filtered_and_sampled() -> Result<()> {
         let policy = Policy::new(&crate::policy::PolicyConfig::default(), &candle_core::Device::Cpu)?;
-        let mut rules = SwarmRewards::new(&policy, 2, 4, 0);
-        let q = Family::BasicArithmetic.generate(Level::EASY, &mut ChaCha8Rng::seed_from_u64(1));
-        let right = format!("{}\n", q.answer);
-        let entry =
-            |item: Question, actions: Vec<String>| Entry { source: PeerId::simulated(1), stage: 0, item, actions };
-        let mut forged = q.clone();
-        forged.answer = "99999".into();
+        let tasks = Arc::new(TaskSource::new(&TaskSetConfig::default())?);
+        let mut rules = SwarmRewards::new(&policy, tasks.clone(), 2, 4, 0);
+        let q = Task::Generated(Family::BasicArithmetic.generate(Level::EASY, &mut ChaCha8Rng::seed_from_u64(1)));
+        let right = format!("{}\n", q.answer());
+        let entry = |item: Task, actions: Vec<String>| Entry { source: PeerId::simulated(1), stage: 0, item, actions };
+        let forged = q.clone().with_answer("99999".into());
         let external = vec![
             entry(q.clone(), vec![right.clone(), "x\n".into()]),
             entry(q.clone(), vec!["x\n".into(), right.clone(), "y\n".into()]),
@@ -321,7 +323,7 @@ mod tests {
         ];
         let kept = rules.select_external(0, &[], external);
         assert_eq!(kept.len(), 2);
-        assert!(kept.iter().all(|e| e.item.is_genuine() && grpo::informative(&rules.score(e))));
+        assert!(kept.iter().all(|e| tasks.is_genuine(&e.item) && grpo::informative(&rules.score(e))));
         assert_eq!(rules.dropped, Dropped { forged: 1, unreadable: 3, no_signal: 1, unsampled: 1 });
         Ok(())
     }

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use genrl::env::Question;
+use genrl::env::{Task, TaskSource};
 use pretrained::{Checkpoint, Message, TextTokenizer};
 
 use crate::error::{Error, Result};
@@ -88,20 +88,36 @@ impl TextCodec {
                 ids.extend(prompt.bytes().map(u32::from));
                 Ok(ids)
             }
-            Kind::Tokenizer { tokenizer, system, .. } => {
-                let mut chat: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
-                chat.push(Message::new("user", prompt));
-                // A rendered chat carries its own special tokens.
-                let ids = match tokenizer.apply_chat_template(&chat, true)? {
-                    Some(text) => tokenizer.encode(&text, false)?,
-                    None => tokenizer.encode(prompt, true)?,
-                };
+            Kind::Tokenizer { .. } => {
+                let ids = self.prompt_tokens(prompt)?;
                 if ids.is_empty() || ids.len() > width {
                     return Err(Error::Unreadable(format!("prompt {prompt:?} (1 to {width} tokens)")));
                 }
                 Ok(ids)
             }
         }
+    }
+
+    /// Tokens of `prompt` as the policy would read it, whatever its window: with a chat template, the
+    /// `system` turn, the user's turn and the assistant's turn opened; a byte policy's bytes.
+    pub fn prompt_tokens(&self, prompt: &str) -> Result<Vec<u32>> {
+        match &self.kind {
+            Kind::Bytes => Ok(prompt.bytes().map(u32::from).collect()),
+            Kind::Tokenizer { tokenizer, system, .. } => {
+                let mut chat: Vec<Message> = system.iter().map(|s| Message::new("system", s)).collect();
+                chat.push(Message::new("user", prompt));
+                // A rendered chat carries its own special tokens.
+                Ok(match tokenizer.apply_chat_template(&chat, true)? {
+                    Some(text) => tokenizer.encode(&text, false)?,
+                    None => tokenizer.encode(prompt, true)?,
+                })
+            }
+        }
+    }
+
+    /// Most prompt tokens.
+    pub fn prompt_width(&self) -> usize {
+        self.prompt_width
     }
 
     /// Tokens of a completion's text; an error if it cannot be read or is too long.
@@ -155,8 +171,9 @@ impl TextCodec {
         }
     }
 
-    /// The reward of `completion` to `question`: its verifier on the completion's answer.
-    pub fn reward(&self, question: &Question, completion: &str) -> f64 {
-        question.reward(&self.answer(completion))
+    /// The reward of `completion` to `task`: the verifier of `tasks` (the agent's own source) on the
+    /// completion's answer.
+    pub fn reward(&self, tasks: &TaskSource, task: &Task, completion: &str) -> f64 {
+        tasks.reward(task, &self.answer(completion))
     }
 }

@@ -10,7 +10,7 @@
 //! | [`policy`] | [`Policy`]: a small decoder LM over ASCII, or a pretrained checkpoint; sampling (with a key/value cache), supervised and GRPO steps |
 //! | [`codec`] | [`TextCodec`]: a policy's tokens, where a completion ends, the answer a verifier judges |
 //! | [`grpo`] | group-relative advantages and the clipped loss (GenRL's GRPO) |
-//! | [`agent`] | one agent as a genrl game: [`QuestionStream`], [`PolicyTrainer`], [`SwarmRewards`], [`Mix`] |
+//! | [`agent`] | one agent as a genrl game: [`TaskStream`], [`PolicyTrainer`], [`SwarmRewards`], [`Mix`] |
 //! | [`adversary`] | a lying peer: forged ground truths, garbage and oversized text |
 //! | [`swarm`] | [`SapoConfig`] and [`run`]: a warm start, then a swarm on the simulated network |
 //!
@@ -30,7 +30,7 @@ pub mod grpo;
 pub mod policy;
 pub mod swarm;
 
-pub use agent::{Dropped, Mix, PolicyTrainer, QuestionStream, SwarmRewards, TrainReport};
+pub use agent::{Dropped, Mix, PolicyTrainer, SwarmRewards, TaskStream, TrainReport};
 pub use error::{Error, Result};
 pub use grpo::GrpoConfig;
 pub use codec::TextCodec;

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use genrl::comm::Inbox;
-use genrl::env::{Question, TaskSet, TaskSetConfig};
+use genrl::env::gym::GymSet;
+use genrl::env::{Origin, Task, TaskSetConfig, TaskSource};
 use genrl::game::Game;
 use genrl::{AgentCtx, Clock, DeviceProfile, SimSwarm, World, run_simulation};
 use models::{AdamW, DeviceSpec, OptimConfig};
@@ -24,7 +25,8 @@ use transport::Transport;
 use transport::sim::LinkSpec;
 
 use crate::adversary::{ForgedQuestions, Liar};
-use crate::agent::{Dropped, Mix, PolicyTrainer, QuestionStream, SwarmRewards, TrainReport};
+use crate::agent::{Dropped, Mix, PolicyTrainer, SwarmRewards, TaskStream, TrainReport};
+use crate::codec::TextCodec;
 use crate::error::{Error, Result};
 use crate::grpo::GrpoConfig;
 use crate::policy::{Example, Policy, PolicyConfig, Sampling};
@@ -91,7 +93,7 @@ pub struct SapoConfig {
     pub grpo: GrpoConfig,
     /// The warm start.
     pub warm_start: WarmStartConfig,
-    /// The questions.
+    /// The questions: our task families, or a reasoning-gym export (`tasks.file`, with a `model`).
     pub tasks: TaskSetConfig,
     /// The simulated profile of every agent, its compute speed in virtual time (a preset: `laptop`,
     /// `cpu32`, `a10`, `h100`).
@@ -149,22 +151,32 @@ impl SapoConfig {
         in_range("sapo.completions", self.completions as u64, 2..=256)?;
         in_range("sapo.warm_start.batch", self.warm_start.batch as u64, 1..=4096)?;
         in_range("sapo.warm_start.steps", self.warm_start.steps as u64, 0..=10_000_000)?;
-        // Each agent draws one question per task family a round: its own groups come from those, the
-        // external ones from what the others share.
+        // Each agent draws one task per specialty (task family, or dataset of an export) a round: its own
+        // groups come from those, the external ones from what the others share.
         in_range("sapo.tasks.eval_per_level", self.tasks.eval_per_level as u64, 0..=100_000)?;
         in_range("sapo.tasks.families", self.tasks.families.len() as u64, 1..=64)?;
-        TaskSet::new(&self.tasks)?;
-        let families = self.tasks.families.len();
         if let Some((i, name)) = self.tasks.families.iter().enumerate().find(|(i, n)| self.tasks.families[..*i].contains(n)) {
             return Err(Error::config(format!("sapo.tasks.families[{i}]"), format!("{name:?} is listed twice")));
         }
+        if self.tasks.file.is_some() && self.model.is_none() {
+            return Err(Error::config(
+                "sapo.tasks.file",
+                "reasoning-gym tasks need a pretrained policy (sapo.model): their questions are prose, longer than a byte policy's window",
+            ));
+        }
+        let source = TaskSource::new(&self.tasks)?;
+        in_range("sapo.tasks.datasets", source.specialties().len() as u64, 1..=64)?;
+        let families = source.per_round();
         if self.mix.local + self.mix.external == 0 {
             return Err(Error::config("sapo.mix", "a step needs at least one group"));
         }
         if self.mix.local > families {
             return Err(Error::config(
                 "sapo.mix",
-                format!("{} own groups, but an agent draws {families} questions a round (one per task family)", self.mix.local),
+                format!(
+                    "{} own groups, but an agent draws {families} tasks a round ({} per specialty: tasks.per_specialty)",
+                    self.mix.local, self.tasks.per_specialty
+                ),
             ));
         }
         let shared = (self.agents + self.liars - 1) * families;
@@ -254,7 +266,7 @@ pub struct WarmStart {
     pub size: String,
     /// Its weights.
     pub weights: BTreeMap<String, Tensor>,
-    /// Greedy accuracy on the held-out questions, by family.
+    /// Mean greedy reward (accuracy, where rewards are 0 or 1) on the held-out tasks, by specialty.
     pub eval: BTreeMap<String, f64>,
     /// Supervised loss of the last step.
     pub loss: f64,
@@ -263,11 +275,12 @@ pub struct WarmStart {
 /// Trains a fresh policy of `size` on correct answers (the task format), as every agent of that size
 /// starts from it.
 pub fn warm_start(cfg: &SapoConfig, size: &str) -> Result<WarmStart> {
-    let tasks = TaskSet::new(&cfg.tasks)?;
+    let tasks = TaskSource::new(&cfg.tasks)?;
     if let (Some(model), PRETRAINED) = (&cfg.model, size) {
         // A pretrained model starts as it is.
         let p = Policy::pretrained(&Checkpoint::open(model)?, &cfg.policy, &cfg.device.resolve()?)?;
-        let eval = evaluate(&p, tasks.held_out())?;
+        check_readable(&p, &tasks)?;
+        let eval = evaluate(&p, &tasks)?;
         return Ok(WarmStart { size: size.to_string(), weights: p.weights(), eval, loss: f64::NAN });
     }
     let policy = cfg.policy_of(size)?;
@@ -277,36 +290,80 @@ pub fn warm_start(cfg: &SapoConfig, size: &str) -> Result<WarmStart> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x3a7d_57a2);
     let mut loss = f64::NAN;
     for _ in 0..ws.steps {
-        let questions = tasks.sample(ws.batch, &mut rng);
-        let answers: Vec<String> = questions.iter().map(|q| format!("{}\n", q.answer)).collect();
+        let questions = tasks
+            .sample(ws.batch, &mut rng)
+            .ok_or_else(|| Error::config("sapo.tasks.file", "a byte policy warm-starts on our task families only"))?;
+        let answers: Vec<String> = questions.iter().map(|q| format!("{}\n", q.answer())).collect();
         let examples: Vec<Example<'_>> = questions
             .iter()
             .zip(&answers)
-            .map(|(q, a)| Example { prompt: &q.prompt, completion: a, weight: 1.0 })
+            .map(|(q, a)| Example { prompt: q.prompt(), completion: a, weight: 1.0 })
             .collect();
         loss = p.supervised_step(&examples, &mut optim)?;
     }
-    let eval = evaluate(&p, tasks.held_out())?;
+    let eval = evaluate(&p, &tasks)?;
     Ok(WarmStart { size: size.to_string(), weights: p.weights(), eval, loss })
 }
 
-/// Greedy accuracy of `policy` on `questions`, by family name (and `all`).
-pub fn evaluate(policy: &Policy, questions: &[Question]) -> Result<BTreeMap<String, f64>> {
-    let mut hits: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+/// Mean greedy reward of `policy` on the held-out tasks of `tasks`, by specialty (and `all`): the
+/// accuracy, where rewards are 0 or 1 (our families'; reasoning-gym's default rule gives partial credit).
+pub fn evaluate(policy: &Policy, tasks: &TaskSource) -> Result<BTreeMap<String, f64>> {
+    let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    for chunk in questions.chunks(64) {
-        let prompts: Vec<&str> = chunk.iter().map(|q| q.prompt.as_str()).collect();
+    for chunk in tasks.held_out().chunks(64) {
+        let prompts: Vec<&str> = chunk.iter().map(Task::prompt).collect();
         let answers = policy.sample(&prompts, 1, Sampling::GREEDY, &mut rng)?;
-        for (q, a) in chunk.iter().zip(answers) {
-            let right = a.first().is_some_and(|a| policy.codec().reward(q, a) > 0.0);
-            for key in [q.family.name().to_string(), "all".to_string()] {
-                let e = hits.entry(key).or_default();
-                e.0 += usize::from(right);
+        for (task, a) in chunk.iter().zip(answers) {
+            let reward = a.first().map_or(0.0, |a| policy.codec().reward(tasks, task, a));
+            for key in [task.specialty().to_string(), "all".to_string()] {
+                let e = sums.entry(key).or_default();
+                e.0 += reward;
                 e.1 += 1;
             }
         }
     }
-    Ok(hits.into_iter().map(|(k, (r, n))| (k, r as f64 / n as f64)).collect())
+    Ok(sums.into_iter().map(|(k, (r, n))| (k, r / n as f64)).collect())
+}
+
+/// The longest prompt of an export's tasks (`cfg.tasks.file`) as a policy of `cfg.model` reads it: its
+/// tokens (the chat template and system turn included) and its dataset. `None` for our families, whose
+/// prompts are a few characters, or without a model.
+pub fn longest_prompt(cfg: &SapoConfig) -> Result<Option<(usize, String)>> {
+    let source = TaskSource::new(&cfg.tasks)?;
+    let (Some(model), Origin::Gym(set)) = (&cfg.model, source.origin()) else {
+        return Ok(None);
+    };
+    let p = &cfg.policy;
+    let codec = TextCodec::tokenizer(&Checkpoint::open(model)?, p.prompt_width, p.max_new, p.system.clone())?;
+    Ok(longest(&codec, set)?.map(|(n, dataset)| (n, dataset.to_owned())))
+}
+
+fn longest<'a>(codec: &TextCodec, set: &'a GymSet) -> Result<Option<(usize, &'a str)>> {
+    let mut longest: Option<(usize, &str)> = None;
+    for task in set.tasks() {
+        let n = codec.prompt_tokens(&task.question)?.len();
+        if longest.is_none_or(|(m, _)| n > m) {
+            longest = Some((n, &task.dataset));
+        }
+    }
+    Ok(longest)
+}
+
+/// Checks that `policy` reads every task of an export, dealt or held out; the error names the dataset
+/// with the longest prompt and the width it needs.
+fn check_readable(policy: &Policy, tasks: &TaskSource) -> Result<()> {
+    let Origin::Gym(set) = tasks.origin() else { return Ok(()) };
+    let codec = policy.codec();
+    match longest(codec, set)? {
+        Some((n, dataset)) if n > codec.prompt_width() => Err(Error::config(
+            "sapo.policy.prompt_width",
+            format!(
+                "{} tokens, but a task of dataset {dataset:?} is {n} tokens long as the policy reads it; raise it to {n} or choose other datasets",
+                codec.prompt_width()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// One agent's run.
@@ -320,7 +377,7 @@ pub struct AgentRun {
     pub liar: bool,
     /// Each round's report.
     pub rounds: Vec<TrainReport>,
-    /// Greedy accuracy on the held-out questions at the end, by family (and `all`).
+    /// Mean greedy reward on the held-out tasks at the end, by specialty (and `all`).
     pub eval: BTreeMap<String, f64>,
     /// Shared groups it dropped, by reason.
     pub dropped: Dropped,
@@ -369,7 +426,7 @@ impl SapoRun {
         if per_agent.is_empty() { 0.0 } else { per_agent.iter().sum::<f64>() / per_agent.len() as f64 }
     }
 
-    /// Mean held-out accuracy of honest agents, by family (and `all`).
+    /// Mean held-out reward of honest agents, by specialty (and `all`).
     pub fn eval(&self) -> BTreeMap<String, f64> {
         let mut sum: BTreeMap<String, (f64, usize)> = BTreeMap::new();
         for a in self.honest() {
@@ -398,7 +455,7 @@ pub fn run_alone(cfg: &SapoConfig, warm: &[WarmStart], index: usize) -> Result<A
 
 struct Shared {
     cfg: SapoConfig,
-    tasks: Arc<TaskSet>,
+    tasks: Arc<TaskSource>,
     warm: Vec<WarmStart>,
     indices: Vec<usize>,
     /// Where the policies' tensors live (the real device every agent of this process shares).
@@ -422,7 +479,7 @@ pub async fn play_agent<T: Transport, C: Clock>(
     cfg.validate()?;
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
-        tasks: Arc::new(TaskSet::new(&cfg.tasks)?),
+        tasks: Arc::new(TaskSource::new(&cfg.tasks)?),
         warm: warm.to_vec(),
         indices: Vec::new(),
         device: cfg.device.resolve()?,
@@ -450,7 +507,7 @@ fn run_agents(
     let link = LinkSpec::mbit(cfg.latency_ms, cfg.bandwidth_mbit);
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
-        tasks: Arc::new(TaskSet::new(&cfg.tasks)?),
+        tasks: Arc::new(TaskSource::new(&cfg.tasks)?),
         warm: warm.to_vec(),
         indices: indices.to_vec(),
         device,
@@ -488,13 +545,13 @@ async fn play<T: Transport, C: Clock>(
     let liar = index >= cfg.agents;
     let comm = Inbox::new(ctx.transport.clone(), ctx.clock.clone(), ctx.peers.clone())
         .with_events(ctx.metrics.clone(), ctx.index);
-    let families = shared.tasks.families().len();
+    let families = shared.tasks.per_round();
     let [questions, sampling, choice] = seeds(cfg, index);
     if liar {
         let data = ForgedQuestions { tasks: shared.tasks.clone(), seed: questions };
         let trainer = Liar { completions: cfg.completions };
         let policy = Policy::new(&cfg.policy, &shared.device).map_err(|e| genrl::Error::role("liar", e))?;
-        let rewards = SwarmRewards::new(&policy, 0, cfg.completions, choice);
+        let rewards = SwarmRewards::new(&policy, shared.tasks.clone(), 0, cfg.completions, choice);
         // It keeps the pace of an honest agent of the default size, so its rollouts arrive as often.
         let flops = policy.generation_flops(families, cfg.completions)
             + policy.training_flops(cfg.completions * (cfg.mix.local + cfg.mix.external));
@@ -532,7 +589,7 @@ async fn play<T: Transport, C: Clock>(
     } else {
         None
     };
-    let rewards = SwarmRewards::new(&policy, cfg.mix.external, cfg.completions, choice);
+    let rewards = SwarmRewards::new(&policy, shared.tasks.clone(), cfg.mix.external, cfg.completions, choice);
     let trainer = PolicyTrainer {
         policy,
         reference,
@@ -542,7 +599,7 @@ async fn play<T: Transport, C: Clock>(
         local: cfg.mix.local,
         rng: ChaCha8Rng::seed_from_u64(sampling),
     };
-    let data = QuestionStream { tasks: shared.tasks.clone(), seed: questions };
+    let data = TaskStream { tasks: shared.tasks.clone(), seed: questions };
     let mut game = Game { data, trainer, rewards, comm, stages: 1, max_entries_per_peer: families };
     let mut rounds = Vec::with_capacity(cfg.rounds as usize);
     let mut rejected = 0;
@@ -563,7 +620,7 @@ async fn play<T: Transport, C: Clock>(
             (shared.progress)(round + 1);
         }
     }
-    let eval = evaluate(&game.trainer.policy, shared.tasks.held_out()).map_err(role)?;
+    let eval = evaluate(&game.trainer.policy, &shared.tasks).map_err(role)?;
     Ok(AgentRun {
         index,
         size,

@@ -3,11 +3,12 @@
 //! and save back in Hugging Face layout to reload bit for bit.
 
 use candle_core::Device;
+use genrl::env::{Family, Level, TaskSet, TaskSetConfig};
 use pretrained::{Architecture, Checkpoint, tiny};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sapo::policy::Example;
-use sapo::{Generation, GrpoConfig, Policy, PolicyConfig, Sampling};
+use sapo::{Generation, GrpoConfig, Mix, Policy, PolicyConfig, Sampling, SapoConfig};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -102,20 +103,22 @@ fn a_pretrained_policy_learns_from_advantages_and_saves_in_hugging_face_layout()
     Ok(())
 }
 
-#[test]
-fn a_swarm_of_pretrained_policies_trains_and_shares() -> TestResult {
-    use genrl::env::{TaskSet, TaskSetConfig};
-    use sapo::{Mix, SapoConfig};
-    // A tiny checkpoint taught the answer format of one family (truth tables), saved, then a swarm of it.
+/// The questions the tiny checkpoints of the swarm tests are taught: truth tables.
+fn logic() -> TaskSetConfig {
+    TaskSetConfig { families: vec!["propositional_logic".into()], eval_per_level: 4, ..TaskSetConfig::default() }
+}
+
+/// A swarm of three agents, and a tiny Qwen2 checkpoint taught the answer format of [`logic`] (right
+/// often enough to be rewarded, not always, so groups carry a signal), saved in the returned folder,
+/// which `cfg.model` names.
+fn taught_swarm() -> Result<(SapoConfig, tempfile::TempDir), Box<dyn std::error::Error>> {
     let raw = tempfile::tempdir()?;
     tiny::write(raw.path(), Architecture::Qwen2, 11)?;
-    let tasks =
-        TaskSetConfig { families: vec!["propositional_logic".into()], min_level: 1, max_level: 2, eval_per_level: 4 };
     let mut cfg = SapoConfig {
         agents: 3,
         rounds: 8,
         mix: Mix { local: 1, external: 1 },
-        tasks: tasks.clone(),
+        tasks: logic(),
         ..SapoConfig::default()
     };
     cfg.policy = PolicyConfig { prompt_width: 24, max_new: 6, ..PolicyConfig::default() };
@@ -124,10 +127,9 @@ fn a_swarm_of_pretrained_policies_trains_and_shares() -> TestResult {
     cfg.latency_ms = 1.0;
     let mut policy =
         Policy::pretrained(&Checkpoint::open(&raw.path().display().to_string())?, &cfg.policy, &Device::Cpu)?;
-    let set = TaskSet::new(&tasks)?;
+    let set = TaskSet::new(&logic())?;
     let mut optim = models::AdamW::new(cfg.policy.optim.clone(), models::Backend::Native)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    // Taught a little: right often enough to be rewarded, not always, so groups carry a signal.
     for _ in 0..30 {
         let questions = set.sample(16, &mut rng);
         let answers: Vec<String> = questions.iter().map(|q| format!("{}{}", q.answer, tiny::EOS)).collect();
@@ -140,8 +142,13 @@ fn a_swarm_of_pretrained_policies_trains_and_shares() -> TestResult {
     }
     let taught = tempfile::tempdir()?;
     policy.save_pretrained(taught.path())?;
-
     cfg.model = Some(taught.path().display().to_string());
+    Ok((cfg, taught))
+}
+
+#[test]
+fn a_swarm_of_pretrained_policies_trains_and_shares() -> TestResult {
+    let (cfg, _taught) = taught_swarm()?;
     cfg.validate()?;
     assert_eq!(cfg.sizes_in_use(), vec![sapo::PRETRAINED.to_owned()]);
     let warm = sapo::warm_start(&cfg, sapo::PRETRAINED)?;
@@ -152,6 +159,51 @@ fn a_swarm_of_pretrained_policies_trains_and_shares() -> TestResult {
     assert!(run.cumulative_reward() > 0.0);
     assert!(rounds.iter().any(|r| r.step.tokens > 0), "GRPO steps were taken: {rounds:?}");
     assert!(rounds.iter().any(|r| r.external > 0), "shared groups were learned from");
+    Ok(())
+}
+
+#[test]
+fn a_swarm_of_pretrained_policies_plays_a_reasoning_gym_export() -> TestResult {
+    let (mut cfg, _taught) = taught_swarm()?;
+    // An export in reasoning-gym's format of two datasets: easy and harder truth tables, worded as
+    // our prompts so that the tiny model can read them; scored by reasoning-gym's default rule.
+    let mut lines = String::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut seen = std::collections::BTreeSet::new();
+    for (dataset, level) in [("logic_easy", Level::EASY), ("logic_harder", Level::MEDIUM)] {
+        for _ in 0..200 {
+            let q = Family::PropositionalLogic.generate(level, &mut rng);
+            if seen.insert(q.prompt.clone()) {
+                let line = serde_json::json!({
+                    "question": q.prompt, "answer": q.answer, "metadata": { "source_dataset": dataset },
+                });
+                lines += &format!("{line}\n");
+            }
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tasks.jsonl");
+    std::fs::write(&file, lines)?;
+    cfg.tasks = TaskSetConfig { file: Some(file.display().to_string()), eval_per_level: 3, ..TaskSetConfig::default() };
+    cfg.mix = Mix { local: 2, external: 2 };
+    cfg.validate()?;
+
+    let warm = sapo::warm_start(&cfg, sapo::PRETRAINED)?;
+    let specialties: Vec<&str> = warm.eval.keys().map(String::as_str).collect();
+    assert_eq!(specialties, ["all", "logic_easy", "logic_harder"]);
+    let run = sapo::run(&cfg, &[warm], |_| {})?;
+    let rounds: Vec<_> = run.agents.iter().flat_map(|a| &a.rounds).collect();
+    assert!(run.cumulative_reward() > 0.0);
+    assert!(rounds.iter().any(|r| r.step.tokens > 0), "GRPO steps were taken: {rounds:?}");
+    assert!(rounds.iter().any(|r| r.external > 0), "shared tasks were learned from");
+    assert!(run.agents.iter().all(|a| a.dropped.forged == 0), "honest peers' tasks are genuine");
+
+    // A byte policy cannot read prose; a window too narrow for the export is named with what it needs.
+    let err = SapoConfig { model: None, ..cfg.clone() }.validate().expect_err("byte policy").to_string();
+    assert!(err.contains("sapo.tasks.file") && err.contains("sapo.model"), "{err}");
+    let narrow = SapoConfig { policy: PolicyConfig { prompt_width: 6, ..cfg.policy.clone() }, ..cfg };
+    let err = sapo::warm_start(&narrow, sapo::PRETRAINED).expect_err("too narrow").to_string();
+    assert!(err.contains("sapo.policy.prompt_width") && err.contains("raise it to"), "{err}");
     Ok(())
 }
 

@@ -14,8 +14,12 @@ use transport::{Identity, PeerBook};
 async fn a_swarm_shares_rollouts_over_quic() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg =
         SapoConfig { agents: 3, liars: 1, rounds: 12, mix: Mix { local: 1, external: 1 }, ..SapoConfig::default() };
-    cfg.tasks =
-        TaskSetConfig { families: vec!["propositional_logic".into()], min_level: 1, max_level: 1, eval_per_level: 1 };
+    cfg.tasks = TaskSetConfig {
+        families: vec!["propositional_logic".into()],
+        max_level: 1,
+        eval_per_level: 1,
+        ..Default::default()
+    };
     cfg.warm_start.steps = 30;
     let warm = vec![warm_start(&cfg, "tiny")?];
     let n = cfg.agents + cfg.liars;

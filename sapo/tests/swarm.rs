@@ -1,6 +1,7 @@
 //! A SAPO swarm end to end on the simulated network, at test scale.
 
-use genrl::env::{Family, Level, Question, TaskSetConfig};
+use genrl::env::gym::GymQuestion;
+use genrl::env::{Family, Level, Question, Task, TaskSetConfig};
 use genrl::game::Entry;
 use proptest::prelude::*;
 use sapo::swarm::run_alone;
@@ -11,8 +12,12 @@ use transport::{Codec, PeerId};
 fn tiny_swarm(agents: usize, rounds: u64, mix: Mix) -> SapoConfig {
     let mut cfg = SapoConfig { agents, rounds, mix, completions: 8, ..SapoConfig::default() };
     // Truth tables of one operator: few questions, so a tiny policy learns them in a few dozen rounds.
-    cfg.tasks =
-        TaskSetConfig { families: vec!["propositional_logic".into()], min_level: 1, max_level: 1, eval_per_level: 1 };
+    cfg.tasks = TaskSetConfig {
+        families: vec!["propositional_logic".into()],
+        max_level: 1,
+        eval_per_level: 1,
+        ..Default::default()
+    };
     cfg.policy.optim.lr = 1e-3;
     cfg.policy.optim.min_lr = 1e-3;
     cfg.warm_start.steps = 30;
@@ -71,31 +76,35 @@ fn a_swarm_with_a_lying_peer_drops_its_rollouts_and_still_improves() -> sapo::Re
     Ok(())
 }
 
-fn question() -> impl Strategy<Value = Question> {
-    (0..Family::ALL.len(), 1u8..=3, ".{0,30}", ".{0,20}").prop_map(|(f, l, prompt, answer)| Question {
-        family: Family::ALL[f],
-        level: Level::new(l).expect("level"),
-        prompt,
-        answer,
-    })
+fn task() -> impl Strategy<Value = Task> {
+    prop_oneof![
+        (0..Family::ALL.len(), 1u8..=3, ".{0,30}", ".{0,20}").prop_map(|(f, l, prompt, answer)| {
+            Task::Generated(Question { family: Family::ALL[f], level: Level::new(l).expect("level"), prompt, answer })
+        }),
+        (".{0,12}", ".{0,200}", ".{0,20}").prop_map(|(dataset, question, answer)| Task::Gym(GymQuestion {
+            dataset,
+            question,
+            answer
+        })),
+    ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn rollouts_survive_the_wire(items in prop::collection::vec((question(), prop::collection::vec(".{0,40}", 0..9)), 0..9), peer in any::<u64>()) {
-        let entries: Vec<Entry<Question, String>> = items
+    fn rollouts_survive_the_wire(items in prop::collection::vec((task(), prop::collection::vec(".{0,40}", 0..9)), 0..9), peer in any::<u64>()) {
+        let entries: Vec<Entry<Task, String>> = items
             .into_iter()
             .map(|(item, actions)| Entry { source: PeerId::simulated(peer), stage: 0, item, actions })
             .collect();
         let codec = Codec::default();
         let bytes = codec.encode(&entries).expect("encode");
-        let back: Vec<Entry<Question, String>> = codec.decode(&bytes).expect("decode");
+        let back: Vec<Entry<Task, String>> = codec.decode(&bytes).expect("decode");
         prop_assert_eq!(back, entries);
         // Cut short or corrupted: an error, never a panic.
         if bytes.len() > 1 {
-            prop_assert!(codec.decode::<Vec<Entry<Question, String>>>(&bytes.slice(..bytes.len() - 1)).is_err());
+            prop_assert!(codec.decode::<Vec<Entry<Task, String>>>(&bytes.slice(..bytes.len() - 1)).is_err());
         }
     }
 }

@@ -85,6 +85,9 @@ pub(crate) struct Reproduce {
     pub(crate) resume: bool,
     /// A pretrained checkpoint for the studies that train policies (`--model`; only `sapo` takes one).
     pub(crate) model: Option<String>,
+    /// A reasoning-gym export to deal tasks from instead of our task families (`--tasks`; `sapo`
+    /// with a `model` only), as an absolute path.
+    pub(crate) tasks: Option<String>,
 }
 
 impl Reproduce {

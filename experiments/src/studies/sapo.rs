@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use genrl::env::TaskSetConfig;
 use sapo::{Mix, SapoConfig, SapoRun};
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +28,7 @@ impl Study for SapoStudy {
 
     fn reproduce(&self, how: &Reproduce) -> Result<f64> {
         let began = Instant::now();
-        reproduce(how.out.clone(), how.force, how.quick(), how.device, how.model.clone())?;
+        reproduce(how.out.clone(), how.force, how.quick(), how.device, how.model.clone(), how.tasks.clone())?;
         Ok(began.elapsed().as_secs_f64())
     }
 
@@ -88,21 +89,44 @@ fn reproduce(
     quick: bool,
     device: models::DeviceSpec,
     model: Option<String>,
+    tasks: Option<String>,
 ) -> Result<()> {
     let mut cfg = SapoConfig { device, ..base(quick) };
+    if tasks.is_some() && model.is_none() {
+        anyhow::bail!("--tasks needs --model: reasoning-gym's questions are for a pretrained policy");
+    }
     if let Some(model) = model {
         // A pretrained model reads a chat-framed question and may reason before its answer: completions
         // of up to 96 tokens (32 quick), prompts of up to 128, within the model's positions.
         let positions = pretrained::Checkpoint::open(&model)?.config().model.max_seq;
         cfg.policy.max_new = if quick { 32 } else { 96 };
-        cfg.policy.prompt_width = 128.min(positions.saturating_sub(cfg.policy.max_new));
-        if cfg.policy.prompt_width < 16 {
+        let room = positions.saturating_sub(cfg.policy.max_new);
+        if room < 16 {
             anyhow::bail!(
                 "{model} has {positions} positions: too few for prompts and {} completion tokens",
                 cfg.policy.max_new
             );
         }
-        cfg.model = Some(model);
+        cfg.policy.prompt_width = 128.min(room);
+        cfg.model = Some(model.clone());
+        if let Some(file) = tasks {
+            cfg.tasks =
+                TaskSetConfig { file: Some(file), eval_per_level: cfg.tasks.eval_per_level, ..Default::default() };
+            // Eight tasks a round at least, as the paper's agents draw (and the 8/0 arm trains on).
+            let datasets = genrl::env::TaskSource::new(&cfg.tasks)?.specialties().len();
+            cfg.tasks.per_specialty = 8usize.div_ceil(datasets);
+            // An export's prompts are prose: as wide as its longest, if the model has the positions.
+            if let Some((longest, dataset)) = sapo::swarm::longest_prompt(&cfg)? {
+                if longest > room {
+                    anyhow::bail!(
+                        "a task of dataset {dataset:?} is {longest} tokens long; {model} has {positions} positions, \
+                         {room} after {} completion tokens",
+                        cfg.policy.max_new
+                    );
+                }
+                cfg.policy.prompt_width = longest;
+            }
+        }
         cfg.validate()?;
     }
     let out = fresh_out_dir(out, "sapo", force)?;
@@ -117,6 +141,9 @@ fn reproduce(
             None => ", then two policy sizes".into(),
         }
     );
+    if let Some(line) = crate::sapo_swarm::describe_export(&cfg)? {
+        eprintln!("  {line}");
+    }
     let (warm, mut plan): (_, Vec<(String, Vec<String>, Mix)>) = if cfg.model.is_some() {
         let sizes = cfg.sizes_in_use();
         (warm_starts(&cfg)?, MIXES.iter().map(|m| (m.to_string(), sizes.clone(), *m)).collect())
@@ -226,6 +253,18 @@ fn pct(a: f64, b: f64) -> String {
     if b.abs() < 1e-12 { "–".into() } else { format!("{:+.0}%", 100.0 * (a / b - 1.0)) }
 }
 
+/// The specialties of the study's agents: its task families, or the datasets of its export.
+fn specialties(s: &SapoFindings) -> Vec<String> {
+    match &s.config.tasks.file {
+        None => s.config.tasks.families.clone(),
+        // The held-out scores are by dataset: the datasets dealt, in order (every dataset holds some out).
+        Some(_) => match s.config.tasks.datasets.as_slice() {
+            [] => s.warm.values().flat_map(|eval| eval.keys()).filter(|k| *k != "all").cloned().collect(),
+            datasets => datasets.to_vec(),
+        },
+    }
+}
+
 fn markdown(s: &SapoFindings) -> String {
     let cfg = &s.config;
     let homogeneous: Vec<&Arm> = s.arms.iter().filter(|a| a.sizes.len() == 1).collect();
@@ -257,20 +296,33 @@ fn markdown(s: &SapoFindings) -> String {
             format!("All agents of a size start from one supervised warm start ({} steps).", cfg.warm_start.steps),
         ),
     };
+    let specialties = specialties(s);
+    let tasks = match &cfg.tasks.file {
+        None => format!(
+            "{} procedural task families at levels {}–{}; each round one question per family",
+            cfg.tasks.families.len(),
+            cfg.tasks.min_level,
+            cfg.tasks.max_level
+        ),
+        Some(file) => format!(
+            "the {} datasets of the reasoning-gym export `{file}` ({}), scored as reasoning-gym scores them \
+             (our verifier where a task is one of our families'); each round {} task{} per dataset",
+            specialties.len(),
+            specialties.join(", "),
+            cfg.tasks.per_specialty,
+            if cfg.tasks.per_specialty == 1 { "" } else { "s" }
+        ),
+    };
     let _ = writeln!(
         m,
-        "{} agents, {policies}, trained with GRPO (G = {} completions, clip {}/{}, no KL) for {} rounds on {} \
-         procedural task families at levels {}–{}; each round one question per family, one GRPO step on I own and \
-         J shared question groups (I + J = 8), shared groups re-scored by the receiver and dropped without \
-         signal. {start} Same seeds in every arm. Study time {:.0} s{}.\n",
+        "{} agents, {policies}, trained with GRPO (G = {} completions, clip {}/{}, no KL) for {} rounds on \
+         {tasks}, one GRPO step on I own and J shared question groups (I + J = 8), shared groups re-scored by the \
+         receiver and dropped without signal. {start} Same seeds in every arm. Study time {:.0} s{}.\n",
         cfg.agents,
         cfg.completions,
         cfg.grpo.eps_low,
         cfg.grpo.eps_high,
         cfg.rounds,
-        cfg.tasks.families.len(),
-        cfg.tasks.min_level,
-        cfg.tasks.max_level,
         s.seconds,
         if s.quick { " (--quick)" } else { "" }
     );
@@ -362,8 +414,16 @@ fn markdown(s: &SapoFindings) -> String {
         );
     }
     m += "\n![reward by round](reward_by_round.svg)\n\n";
-    m += "## Held-out accuracy by task family\n\nGreedy answers to the held-out questions (never dealt in training), mean over agents.\n\n";
-    let families: Vec<String> = cfg.tasks.families.clone();
+    m += match cfg.tasks.file {
+        None => {
+            "## Held-out accuracy by task family\n\nGreedy answers to the held-out questions (never dealt in training), mean over agents.\n\n"
+        }
+        Some(_) => {
+            "## Held-out score by dataset\n\nGreedy answers to the held-out tasks (never dealt in training), mean score over agents \
+                    (reasoning-gym's default rule gives partial credit).\n\n"
+        }
+    };
+    let families = specialties;
     let _ = writeln!(m, "| arm | {} | all |", families.join(" | "));
     let _ = writeln!(m, "|---|{}---|", "---|".repeat(families.len()));
     for (size, eval) in &s.warm {

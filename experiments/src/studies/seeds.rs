@@ -249,6 +249,7 @@ mod tests {
             seeds: 2,
             resume: false,
             model: None,
+            tasks: None,
         };
         reproduce(cfg.clone(), &how)?;
         let out = dir.path().join("study");

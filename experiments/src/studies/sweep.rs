@@ -226,6 +226,7 @@ mod tests {
             seeds: 1,
             resume: false,
             model: None,
+            tasks: None,
         };
         // A rate far too small to learn in a smoke run loses to a sensible one.
         let sweep = sweep_lr("checkfree", &[1e-6, 3e-3], &how)?;

@@ -15,10 +15,14 @@
 //! The translation is also a check of our verifiers: for each translated task, our family's answer must
 //! be the one reasoning-gym wrote ([`cross_check`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use serde::Deserialize;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Family, Level, Question, Verdict};
@@ -223,16 +227,7 @@ impl GymTask {
     /// The score of `completion`: our family's verifier on its answer where the task translates,
     /// reasoning-gym's default rule otherwise (0 for a task without an oracle answer).
     pub fn score(&self, completion: &str) -> f64 {
-        let given = extract_answer(completion).unwrap_or_else(|| completion.trim());
-        if let Some(t) = self.translate() {
-            let ours = match t.question.family {
-                Family::CalendarArithmetic => short_weekday(given),
-                Family::Arc1d => grid_answer(given),
-                _ => Some(given.to_owned()),
-            };
-            return ours.map_or(0.0, |a| t.question.reward(&format!("{a}\n")));
-        }
-        self.answer.as_deref().map_or(0.0, |a| default_score(Some(given), a))
+        score(self.translate().map(|t| t.question).as_ref(), self.answer.as_deref(), completion)
     }
 
     fn text(&self, key: &str) -> Option<&str> {
@@ -241,6 +236,207 @@ impl GymTask {
 
     fn int(&self, key: &str) -> Option<i64> {
         self.metadata.get(key)?.as_i64()
+    }
+}
+
+/// The score of `completion` to a task that translates into `ours` (our family's question) or, if it
+/// does not, has the oracle `answer`: see [`GymTask::score`].
+fn score(ours: Option<&Question>, answer: Option<&str>, completion: &str) -> f64 {
+    let given = extract_answer(completion).unwrap_or_else(|| completion.trim());
+    if let Some(question) = ours {
+        let in_our_grammar = match question.family {
+            Family::CalendarArithmetic => short_weekday(given),
+            Family::Arc1d => grid_answer(given),
+            _ => Some(given.to_owned()),
+        };
+        return in_our_grammar.map_or(0.0, |a| question.reward(&format!("{a}\n")));
+    }
+    answer.map_or(0.0, |a| default_score(Some(given), a))
+}
+
+/// A reasoning-gym task as agents deal and share it: its dataset, its question and the oracle answer.
+/// A receiver judges it by its own copy of the task set ([`GymSet::find`]), never by what a peer sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GymQuestion {
+    /// The reasoning-gym dataset (the agent's specialty it belongs to).
+    pub dataset: String,
+    /// The question as the policy reads it.
+    pub question: String,
+    /// The oracle answer as the file gives it.
+    pub answer: String,
+}
+
+/// One task of a [`GymSet`]: as shared, and as our family's question where it translates.
+#[derive(Debug, Clone)]
+struct SetTask {
+    shared: GymQuestion,
+    ours: Option<Question>,
+}
+
+/// Seed of a [`GymSet`]'s held-out choice: the same for every agent and every run.
+const GYM_HELD_OUT_SEED: u64 = 0x09ea_75e7;
+
+/// The tasks of an export that agents are dealt: grouped by dataset (one specialty each), a held-out
+/// evaluation set kept apart, every task scored as [`GymTask::score`] scores it (its translation worked
+/// out once). Tasks without an oracle answer cannot be scored and are left out, as are repeats of a
+/// question already in its dataset.
+#[derive(Debug, Clone)]
+pub struct GymSet {
+    tasks: Vec<SetTask>,
+    datasets: Vec<String>,
+    /// Datasets of the file without a task that has an oracle answer, left out.
+    unscorable: Vec<String>,
+    /// Per dataset, the tasks dealt in training.
+    dealt: Vec<Vec<usize>>,
+    held_out: Vec<usize>,
+    by_question: HashMap<(String, String), usize>,
+    left_out: usize,
+}
+
+impl GymSet {
+    /// The set of `tasks` restricted to `datasets` (when empty, every dataset of the file with a task
+    /// that can be scored, in file order), with `held_out_per_dataset` tasks of each held out. Errors name
+    /// a dataset the file lacks, one without an oracle answer, and one left with nothing to deal.
+    pub fn new(tasks: &GymTasks, datasets: &[String], held_out_per_dataset: usize) -> Result<Self> {
+        let mut names: Vec<String> = Vec::new();
+        for t in tasks.tasks() {
+            if !names.contains(&t.source_dataset) {
+                names.push(t.source_dataset.clone());
+            }
+        }
+        let scorable = |d: &str| tasks.tasks().iter().any(|t| t.source_dataset == d && t.answer.is_some());
+        let mut unscorable = Vec::new();
+        let datasets = if datasets.is_empty() {
+            let (kept, left): (Vec<String>, Vec<String>) = names.into_iter().partition(|d| scorable(d));
+            if kept.is_empty() {
+                return Err(Error::config("tasks.file", "no task has an oracle answer: none can be scored"));
+            }
+            unscorable = left;
+            kept
+        } else {
+            for (i, d) in datasets.iter().enumerate() {
+                let field = format!("tasks.datasets[{i}]");
+                if !names.contains(d) {
+                    return Err(Error::config(
+                        field,
+                        format!("{d:?} is not in the file, which has {}", names.join(", ")),
+                    ));
+                }
+                if datasets[..i].contains(d) {
+                    return Err(Error::config(field, format!("{d:?} is listed twice")));
+                }
+                if !scorable(d) {
+                    return Err(Error::config(
+                        field,
+                        format!(
+                            "{d:?} has no task with an oracle answer (reasoning-gym writes none for it): none can be scored"
+                        ),
+                    ));
+                }
+            }
+            datasets.to_vec()
+        };
+        let mut set = Self {
+            tasks: Vec::new(),
+            dealt: vec![Vec::new(); datasets.len()],
+            datasets,
+            unscorable,
+            held_out: Vec::new(),
+            by_question: HashMap::new(),
+            left_out: 0,
+        };
+        let mut of_dataset: Vec<Vec<usize>> = vec![Vec::new(); set.datasets.len()];
+        for t in tasks.tasks() {
+            let Some(d) = set.datasets.iter().position(|d| *d == t.source_dataset) else { continue };
+            let key = (t.source_dataset.clone(), t.question.clone());
+            let Some(answer) = t.answer.clone().filter(|_| !set.by_question.contains_key(&key)) else {
+                set.left_out += 1;
+                continue;
+            };
+            set.by_question.insert(key, set.tasks.len());
+            of_dataset[d].push(set.tasks.len());
+            let shared = GymQuestion { dataset: t.source_dataset.clone(), question: t.question.clone(), answer };
+            set.tasks.push(SetTask { shared, ours: t.translate().map(|t| t.question) });
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(GYM_HELD_OUT_SEED);
+        for (d, mut indices) in of_dataset.into_iter().enumerate() {
+            indices.shuffle(&mut rng);
+            let held = held_out_per_dataset.min(indices.len());
+            if held == indices.len() {
+                return Err(Error::config(
+                    "tasks.eval_per_level",
+                    format!(
+                        "dataset {:?} has {} scorable tasks, all held out: none is left to train on",
+                        set.datasets[d],
+                        indices.len()
+                    ),
+                ));
+            }
+            let mut held_out = indices.split_off(indices.len() - held);
+            held_out.sort_unstable();
+            indices.sort_unstable();
+            set.held_out.extend(held_out);
+            set.dealt[d] = indices;
+        }
+        Ok(set)
+    }
+
+    /// The datasets dealt, one specialty each.
+    pub fn datasets(&self) -> &[String] {
+        &self.datasets
+    }
+
+    /// Datasets of the file left out because none of their tasks has an oracle answer (when the datasets
+    /// were not chosen: a chosen one without is an error).
+    pub fn unscorable(&self) -> &[String] {
+        &self.unscorable
+    }
+
+    /// Tasks of the dealt datasets left out: without an oracle answer, or a repeat of a question.
+    pub fn left_out(&self) -> usize {
+        self.left_out
+    }
+
+    /// Tasks in the set (dealt and held out).
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether the set has no tasks (never, for a built one).
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Every task of the set, in file order.
+    pub fn tasks(&self) -> impl Iterator<Item = &GymQuestion> {
+        self.tasks.iter().map(|t| &t.shared)
+    }
+
+    /// The held-out evaluation tasks (the same for every seed).
+    pub fn held_out(&self) -> impl Iterator<Item = &GymQuestion> {
+        self.held_out.iter().map(|&i| &self.tasks[i].shared)
+    }
+
+    /// One task per dataset for `round` of the stream `seed`, drawn uniformly from the dataset's dealt
+    /// tasks; deterministic in both.
+    pub fn round(&self, seed: u64, round: u64) -> Vec<GymQuestion> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(round);
+        self.dealt.iter().map(|d| self.tasks[d[rng.random_range(0..d.len())]].shared.clone()).collect()
+    }
+
+    /// This set's copy of `task`, if the set has it with the same answer: a task a peer shares is
+    /// genuine when it is.
+    pub fn find(&self, task: &GymQuestion) -> Option<&GymQuestion> {
+        let i = *self.by_question.get(&(task.dataset.clone(), task.question.clone()))?;
+        Some(&self.tasks[i].shared).filter(|mine| mine.answer == task.answer)
+    }
+
+    /// The score of `completion` to `task` by this set's copy of it (0 for a task it lacks).
+    pub fn score(&self, task: &GymQuestion, completion: &str) -> f64 {
+        self.by_question
+            .get(&(task.dataset.clone(), task.question.clone()))
+            .map_or(0.0, |&i| score(self.tasks[i].ours.as_ref(), Some(&self.tasks[i].shared.answer), completion))
     }
 }
 

@@ -24,10 +24,13 @@
 //! them, with our families' verifiers where a task is one of theirs.
 //!
 //! [`TaskSet`] deals a round's questions from a seed and keeps a held-out evaluation set apart from them.
+//! [`TaskSource`] is what an agent is dealt from, our families or a reasoning-gym export, and
+//! [`Task`] what it deals and shares.
 
 pub mod code;
 pub mod gym;
 mod numbers;
+mod source;
 mod symbols;
 
 use std::collections::BTreeSet;
@@ -39,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub use source::{Origin, Task, TaskSource};
 pub use numbers::{BaseConversion, BasicArithmetic, DecimalArithmetic, FractionSimplification};
 pub use symbols::{Arc1d, CalendarArithmetic, ListOps, PropositionalLogic};
 
@@ -214,18 +218,25 @@ impl fmt::Display for Family {
     }
 }
 
-/// Which questions an agent trains and is evaluated on.
+/// Which questions an agent trains and is evaluated on: our families' (by default) or the tasks of a
+/// reasoning-gym export (`file`); see [`TaskSource`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskSetConfig {
-    /// Family names (all eight by default).
+    /// Family names (all eight by default); not for a `file`.
     pub families: Vec<String>,
-    /// Lowest level dealt.
+    /// Lowest level dealt; not for a `file`.
     pub min_level: u8,
-    /// Highest level dealt.
+    /// Highest level dealt; not for a `file`.
     pub max_level: u8,
-    /// Questions per family and level in the held-out evaluation set.
+    /// Questions per family and level in the held-out evaluation set (per dataset, for a `file`).
     pub eval_per_level: usize,
+    /// A reasoning-gym export (JSON Lines) to deal tasks from instead of our families.
+    pub file: Option<String>,
+    /// The file's datasets to deal (all of them when empty); only with a `file`.
+    pub datasets: Vec<String>,
+    /// Tasks dealt per specialty (family or dataset) each round.
+    pub per_specialty: usize,
 }
 
 impl Default for TaskSetConfig {
@@ -235,6 +246,9 @@ impl Default for TaskSetConfig {
             min_level: 1,
             max_level: 2,
             eval_per_level: 8,
+            file: None,
+            datasets: Vec::new(),
+            per_specialty: 1,
         }
     }
 }
