@@ -32,6 +32,8 @@ pub struct ModelConfig {
     pub max_seq: usize,
     /// Rotary base.
     pub rope_base: f32,
+    /// Llama 3.1's rescaling of the rotary frequencies for a longer window; `None`: plain.
+    pub rope_scaling: Option<RopeScaling>,
     /// RMSNorm epsilon.
     pub norm_eps: f32,
     /// Share the embedding matrix with the output head (single-stage models only).
@@ -62,6 +64,7 @@ impl ModelConfig {
             d_ff: 176,
             max_seq: 256,
             rope_base: 10_000.0,
+            rope_scaling: None,
             norm_eps: 1e-5,
             tie_embeddings: false,
             backend: Backend::Native,
@@ -172,6 +175,75 @@ impl ModelConfig {
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
             return Err(Error::config("model.norm_eps", format!("{} must be a small positive number", self.norm_eps)));
+        }
+        if let Some(scaling) = &self.rope_scaling {
+            scaling.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The rotary frequencies of a head, rescaled by [`Self::rope_scaling`] if set.
+    pub fn rope_frequencies(&self) -> Vec<f32> {
+        let plain = repops::kernels::rope::inv_freq(self.head_dim(), self.rope_base);
+        match &self.rope_scaling {
+            None => plain,
+            Some(scaling) => plain.into_iter().map(|f| scaling.rescale(f)).collect(),
+        }
+    }
+}
+
+/// Llama 3.1's rotary frequency rescaling (`rope_type = "llama3"`): frequencies whose wavelength is
+/// shorter than `original_max_seq / high_freq_factor` are kept, those longer than `original_max_seq /
+/// low_freq_factor` are divided by `factor`, and those between are interpolated smoothly, so a model
+/// trained on `original_max_seq` positions reads longer sequences.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RopeScaling {
+    /// How much longer the window is than the original.
+    pub factor: f32,
+    /// Wavelengths above `original_max_seq / low_freq_factor` are scaled fully.
+    pub low_freq_factor: f32,
+    /// Wavelengths below `original_max_seq / high_freq_factor` are kept.
+    pub high_freq_factor: f32,
+    /// The window the model was first trained on.
+    pub original_max_seq: usize,
+}
+
+impl RopeScaling {
+    /// The rescaled frequency of `freq`.
+    pub fn rescale(&self, freq: f32) -> f32 {
+        let original = self.original_max_seq as f32;
+        let wavelength = 2.0 * std::f32::consts::PI / freq;
+        if wavelength < original / self.high_freq_factor {
+            freq
+        } else if wavelength > original / self.low_freq_factor {
+            freq / self.factor
+        } else {
+            let smooth =
+                (original / wavelength - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor);
+            (1.0 - smooth) * freq / self.factor + smooth * freq
+        }
+    }
+
+    /// Checks the factors: finite, positive, `low_freq_factor < high_freq_factor`.
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("model.rope_scaling.factor", self.factor),
+            ("model.rope_scaling.low_freq_factor", self.low_freq_factor),
+            ("model.rope_scaling.high_freq_factor", self.high_freq_factor),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::config(field, format!("{v} must be a finite positive number")));
+            }
+        }
+        if self.low_freq_factor >= self.high_freq_factor {
+            return Err(Error::config(
+                "model.rope_scaling.low_freq_factor",
+                format!("{} must be below high_freq_factor {}", self.low_freq_factor, self.high_freq_factor),
+            ));
+        }
+        if self.original_max_seq == 0 {
+            return Err(Error::config("model.rope_scaling.original_max_seq", "must be at least 1"));
         }
         Ok(())
     }

@@ -39,7 +39,7 @@ pub mod llama;
 pub mod optim;
 
 pub use backend::Backend;
-pub use config::ModelConfig;
+pub use config::{ModelConfig, RopeScaling};
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;

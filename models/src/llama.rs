@@ -318,7 +318,7 @@ impl Stage {
     }
 
     fn with_params(cfg: &ModelConfig, spec: StageSpec, params: Params, device: &Device) -> Result<Self> {
-        let (cos, sin) = repops::kernels::rope::table(cfg.max_seq, cfg.head_dim(), cfg.rope_base);
+        let (cos, sin) = repops::kernels::rope::table_of(cfg.max_seq, &cfg.rope_frequencies());
         let half = cfg.head_dim() / 2;
         Ok(Self {
             cfg: cfg.clone(),

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use models::{Backend, ModelConfig};
+use models::{Backend, ModelConfig, RopeScaling};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// The architectures this crate loads, by `model_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
-    /// `llama` (Llama 2 and 3 without rope scaling, and models of its shape).
+    /// `llama` (Llama 2 and 3, Llama 3.1's rope scaling included, and models of its shape).
     Llama,
     /// `qwen2` (Qwen2, Qwen2.5): biases on the query, key and value projections.
     Qwen2,
@@ -59,9 +59,7 @@ impl HfConfig {
             "qwen3" => Architecture::Qwen3,
             other => return Err(f.bad("model_type", format!("{other:?} is not one of llama, qwen2, qwen3"))),
         };
-        if let Some(scaling) = raw.get("rope_scaling").filter(|v| !v.is_null()) {
-            return Err(f.bad("rope_scaling", format!("{scaling} is not supported (only plain rotary positions)")));
-        }
+        let rope_scaling = f.rope_scaling()?;
         for flag in ["mlp_bias", "use_sliding_window"] {
             if f.flag(flag, false)? {
                 return Err(f.bad(flag, "true is not supported"));
@@ -95,6 +93,7 @@ impl HfConfig {
             d_ff: f.count("intermediate_size")?,
             max_seq: f.count("max_position_embeddings")?,
             rope_base: f.number_or("rope_theta", 10_000.0)? as f32,
+            rope_scaling,
             norm_eps: f.number_or("rms_norm_eps", 1e-6)? as f32,
             tie_embeddings: f.flag("tie_word_embeddings", architecture != Architecture::Llama)?,
             backend: Backend::Native,
@@ -142,6 +141,41 @@ impl Fields<'_> {
             .filter(|&n| n > 0)
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| self.bad(field, format!("{v} is not a positive integer")))
+    }
+
+    /// `rope_scaling`: absent, null, a `default` type, or Llama 3.1's `llama3` with its four fields.
+    fn rope_scaling(&self) -> Result<Option<RopeScaling>> {
+        let Some(v) = self.raw.get("rope_scaling").filter(|v| !v.is_null()) else { return Ok(None) };
+        let Some(map) = v.as_object() else { return Err(self.bad("rope_scaling", format!("{v} is not an object"))) };
+        let inner = Fields { raw: map, path: self.path.clone() };
+        // Older configs name the type `type`, newer ones `rope_type`.
+        let kind = if map.contains_key("rope_type") { inner.string("rope_type") } else { inner.string("type") };
+        let field = |name: &str| format!("rope_scaling.{name}");
+        match kind.map_err(|_| self.bad("rope_scaling.rope_type", "missing"))? {
+            "default" => Ok(None),
+            "llama3" => {
+                let number = |name: &str| -> Result<f32> {
+                    let v = inner.get(name).map_err(|_| self.bad(&field(name), "missing"))?;
+                    v.as_f64()
+                        .filter(|x| x.is_finite() && *x > 0.0)
+                        .map(|x| x as f32)
+                        .ok_or_else(|| self.bad(&field(name), format!("{v} is not a positive number")))
+                };
+                let original = inner
+                    .count("original_max_position_embeddings")
+                    .map_err(|_| self.bad(&field("original_max_position_embeddings"), "not a positive integer"))?;
+                Ok(Some(RopeScaling {
+                    factor: number("factor")?,
+                    low_freq_factor: number("low_freq_factor")?,
+                    high_freq_factor: number("high_freq_factor")?,
+                    original_max_seq: original,
+                }))
+            }
+            other => Err(self.bad(
+                "rope_scaling.rope_type",
+                format!("{other:?} is not supported (only llama3, or default: plain rotary positions)"),
+            )),
+        }
     }
 
     fn string(&self, field: &str) -> Result<&str> {
@@ -207,6 +241,25 @@ mod tests {
     }
 
     #[test]
+    fn llama_3_1_rope_scaling_reads_and_a_default_type_is_plain() -> Result<()> {
+        let mut v = qwen2();
+        let scaling = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        v["rope_scaling"] = scaling;
+        let m = parse(&v)?.model;
+        let expected = RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_seq: 8192 };
+        assert_eq!(m.rope_scaling, Some(expected));
+        // Long wavelengths slow down by the factor, short ones are kept, those between blend.
+        let (plain, scaled) =
+            (ModelConfig { rope_scaling: None, ..m.clone() }.rope_frequencies(), m.rope_frequencies());
+        assert_eq!((scaled[0], scaled[31] * 8.0), (plain[0], plain[31]));
+        assert!(scaled.iter().zip(&plain).any(|(s, p)| s < p && s * 8.0 > *p), "a blended frequency");
+        v["rope_scaling"] = serde_json::json!({"type": "default"});
+        assert_eq!(parse(&v)?.model.rope_scaling, None);
+        Ok(())
+    }
+
+    #[test]
     fn bad_configs_name_the_file_and_field() {
         let err = |edit: &dyn Fn(&mut Map<String, Value>)| {
             let mut v = qwen2();
@@ -220,8 +273,24 @@ mod tests {
         );
         assert!(err(&|m| drop(m.insert("num_key_value_heads".into(), 3.into()))).contains("model.kv_heads"));
         assert!(
-            err(&|m| drop(m.insert("rope_scaling".into(), serde_json::json!({"type": "yarn"}))))
-                .contains("rope_scaling")
+            err(&|m| drop(m.insert("rope_scaling".into(), serde_json::json!({"type": "yarn", "factor": 4.0}))))
+                .contains("rope_scaling.rope_type: \"yarn\" is not supported")
+        );
+        let llama3 = |edit: &dyn Fn(&mut Map<String, Value>)| {
+            let mut scaling = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+            edit(scaling.as_object_mut().expect("object"));
+            err(&move |m| drop(m.insert("rope_scaling".into(), scaling.clone())))
+        };
+        assert!(llama3(&|s| drop(s.remove("factor"))).contains("rope_scaling.factor: missing"));
+        assert!(llama3(&|s| drop(s.insert("factor".into(), (-1.0).into()))).contains("rope_scaling.factor: -1"));
+        assert!(
+            llama3(&|s| drop(s.insert("low_freq_factor".into(), 5.0.into())))
+                .contains("model.rope_scaling.low_freq_factor")
+        );
+        assert!(
+            llama3(&|s| drop(s.insert("original_max_position_embeddings".into(), 0.into())))
+                .contains("rope_scaling.original_max_position_embeddings")
         );
         assert!(
             err(&|m| drop(m.insert("vocab_size".into(), "many".into())))

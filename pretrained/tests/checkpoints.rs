@@ -89,6 +89,34 @@ fn each_architecture_computes_the_logits_of_candle_transformers() -> TestResult 
     Ok(())
 }
 
+#[test]
+fn llama_3_1_rope_scaling_computes_the_logits_of_candle_transformers() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let w = write_checkpoint(dir.path(), Architecture::Llama)?;
+    // A 128-position window stretched from 32: the tiny head's four frequencies are one kept, one blended
+    // and two slowed by the factor.
+    let mut cfg = config(dir.path())?;
+    cfg["rope_scaling"] = json!({"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 32});
+    std::fs::write(dir.path().join("config.json"), cfg.to_string())?;
+    let ckpt = Checkpoint::open(&dir.path().display().to_string())?;
+    let text = "The quick brown fox jumps over the lazy dog; 37-52=-15, Mon+3=Thu.";
+    let ids = ckpt.tokenizer()?.encode(text, false)?;
+    let input = Tensor::new(&ids[..], &Device::Cpu)?.unsqueeze(0)?;
+    let theirs = reference_logits(Architecture::Llama, dir.path(), &w, &input)?;
+    for backend in [Backend::Native, Backend::RepOps] {
+        let model_cfg = ckpt.model_config(backend, None);
+        let ours = ckpt.load(&model_cfg, 1, &Device::Cpu)?.forward(&input)?.i((.., ids.len() - 1, ..))?;
+        let diff = max_diff(&ours, &theirs)?;
+        assert!(diff < 1e-4, "scaled rope on {backend}: logits differ by {diff}");
+        // The scaling matters here: without it the logits are another model's.
+        let plain = models::ModelConfig { rope_scaling: None, ..model_cfg };
+        let unscaled = ckpt.load(&plain, 1, &Device::Cpu)?.forward(&input)?.i((.., ids.len() - 1, ..))?;
+        assert!(max_diff(&unscaled, &theirs)? > 1e-3, "{backend}: the scaling changes nothing");
+    }
+    Ok(())
+}
+
 /// Greedy continuation of `prompt` for `steps` tokens, with the cache or re-reading the prefix.
 fn greedy(model: &Llama, prompt: &[u32], steps: usize, cached: bool) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
     let mut seq = prompt.to_vec();

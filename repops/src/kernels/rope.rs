@@ -11,9 +11,18 @@ use crate::simd::{self, SimdLevel};
 
 /// `(cos, sin)` tables, each `positions × d/2`.
 pub fn table(positions: usize, d: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
-    let half = d / 2;
+    table_of(positions, &inv_freq(d, base))
+}
+
+/// The rotary frequencies of a head `d` wide: `base^(−2i/d)` for `i < d/2`.
+pub fn inv_freq(d: usize, base: f32) -> Vec<f32> {
     let lb = ln(base);
-    let inv_freq: Vec<f32> = (0..half).map(|i| exp(-((2 * i) as f32 / d as f32) * lb)).collect();
+    (0..d / 2).map(|i| exp(-((2 * i) as f32 / d as f32) * lb)).collect()
+}
+
+/// `(cos, sin)` tables, each `positions × inv_freq.len()`, of the frequencies `inv_freq`.
+pub fn table_of(positions: usize, inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
     let mut cos = vec![0f32; positions * half];
     let mut sin = vec![0f32; positions * half];
     for t in 0..positions {
