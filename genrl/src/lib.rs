@@ -10,7 +10,7 @@
 //! | [`clock`] | [`Clock`]: the simulated network's virtual clock or real time; [`clock::timeout`] |
 //! | [`metrics`] | [`Metrics`]: scalar series per agent and step, and events |
 //! | [`comm`] | [`CommunicationBackend`] and [`comm::BroadcastGather`] (GenRL's `all_gather` with deadlines) and [`comm::Inbox`] (never waits) |
-//! | [`env`] | verifiable task families ([`env::TaskFamily`]): seeded generators, strict verifiers |
+//! | [`env`](mod@env) | verifiable task families ([`env::TaskFamily`]): seeded generators, strict verifiers |
 //! | [`game`] | GenRL's game loop: [`game::Game`] of rounds and stages; `DataManager`, `Trainer`, `RewardManager` |
 //! | [`roles`] | games of several [`roles::Role`]s (proposer, solver, evaluator…), a [`roles::Board`] between them, a [`roles::RoleSchedule`] |
 //! | [`world`] | [`World`]: who runs where — every agent's simulated profile, region and links, and when agents fail |

@@ -72,7 +72,7 @@ pub fn write(dir: &Path, arch: Architecture, seed: u64) -> Result<()> {
     write_shaped(dir, arch, Shape::tiny(arch), seed)
 }
 
-/// [`write`] with other shapes (the embedding tied to the head but for Llama).
+/// [`write()`] with other shapes (the embedding tied to the head but for Llama).
 pub fn write_shaped(dir: &Path, arch: Architecture, shape: Shape, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     if shape.vocab < VOCAB {
