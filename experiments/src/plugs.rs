@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use pipeline::{DataParallel, FixedRouter, Independent, OuterSync, PipelineSpec, Recovery, Router, StageRebuild};
@@ -126,6 +127,36 @@ fn typed<S: DeserializeOwned, T>(
     Arc::new(move |plug, ctx| build(plug.settings()?, ctx))
 }
 
+/// The settings of data parallelism (`all_reduce`, `tree_all_reduce`): elastic or not, and how long the
+/// group's leader waits for a member each step when it is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataParallelSettings {
+    /// Form the group each step from the replicas that are there ([`DataParallel`]'s `elastic`).
+    #[serde(default)]
+    pub elastic: bool,
+    /// The leader's wait for a member, in seconds (elastic only).
+    #[serde(default = "DataParallelSettings::default_quorum_timeout_s")]
+    pub quorum_timeout_s: f64,
+}
+
+impl DataParallelSettings {
+    fn default_quorum_timeout_s() -> f64 {
+        1.0
+    }
+
+    fn build(self, base: DataParallel) -> Result<Arc<dyn OuterSync>> {
+        let wait = self.quorum_timeout_s;
+        if !(wait.is_finite() && wait > 0.0 && wait <= 3600.0) {
+            bail!("sync.quorum_timeout_s: {wait} is not a wait in seconds (above 0, at most 3600)");
+        }
+        if !self.elastic && wait != Self::default_quorum_timeout_s() {
+            bail!("sync.quorum_timeout_s: only for an elastic group (elastic = true)");
+        }
+        Ok(Arc::new(DataParallel { elastic: self.elastic.then(|| Duration::from_secs_f64(wait)), ..base }))
+    }
+}
+
 /// The settings of a plug that has none: only an empty table is accepted.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,8 +207,8 @@ impl Registry {
     /// The protocols this project ships.
     fn builtin() -> Self {
         let mut r = Self::default();
-        r.sync("all_reduce", |_: NoSettings, _| Ok(Arc::new(DataParallel::RING)))
-            .sync("tree_all_reduce", |_: NoSettings, _| Ok(Arc::new(DataParallel::TREE)))
+        r.sync("all_reduce", |d: DataParallelSettings, _| d.build(DataParallel::RING))
+            .sync("tree_all_reduce", |d: DataParallelSettings, _| d.build(DataParallel::TREE))
             .sync("none", |_: NoSettings, _| Ok(Arc::new(Independent)))
             .sync("diloco", |d: noloco::DiLoCo, _| Ok(Arc::new(d)))
             .sync("noloco", |n: noloco::NoLoCo, ctx| Ok(Arc::new(noloco::NoLoCo { seed: n.seed ^ ctx.spec.seed, ..n })));

@@ -802,6 +802,39 @@ fn noloco_training_takes_a_late_joiner_and_outlives_a_killed_node() -> Result<()
     Ok(())
 }
 
+/// Elastic data parallelism across node processes: the replicas agree each step on who is there, so a
+/// late replica is let in (with the group's weights and optimizer moments) and a killed one — the
+/// group's leader here — is left out; every replica that finishes ends with the same weights.
+#[test]
+fn elastic_ddp_takes_a_late_joiner_and_outlives_its_killed_leader() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    for (kind, late, kill) in [("all_reduce", "3@3", "0@14"), ("tree_all_reduce", "2@5", "1@9")] {
+        let config = dir.path().join(format!("{kind}.toml"));
+        let sync = format!("sync = {{ kind = \"{kind}\", elastic = true, quorum_timeout_s = 0.5 }}");
+        std::fs::write(&config, node_run(30, "", &format!("label = \"DDP R=4\"\nstages = 1\nreplicas = 4\n{sync}\n")))?;
+        let run = dir.path().join(kind);
+        let out = swarmlab()
+            .args(["launch", "--local", "4", "--protocol", "pipeline", "--idle-timeout-s", "1"])
+            .args(["--late", late, "--kill", kill, "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&run)
+            .output()?;
+        assert!(out.status.success(), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
+        let killed: usize = kill[..1].parse()?;
+        let mut weights = Vec::new();
+        for i in (0..4).filter(|&i| i != killed) {
+            let result: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(run.join(format!("nodes/worker-{i}.json")))?)?;
+            weights.push(result["weights_blake3"].as_str().map(str::to_owned));
+        }
+        assert!(weights[0].is_some() && weights.iter().all(|w| *w == weights[0]), "{kind}: {weights:?}");
+        let report = std::fs::read_to_string(run.join("report.md"))?;
+        assert!(report.contains("joined the group") && report.contains("left the group"), "{kind}: {report}");
+    }
+    Ok(())
+}
+
 /// A node killed mid-run: the other three finish every round, notice it gone (an event in their logs),
 /// and the launcher's report says what happened.
 #[test]

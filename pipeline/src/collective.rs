@@ -46,6 +46,16 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
         &self.clock
     }
 
+    /// Keeps `msg` from `from` for a later [`take`](Self::take), first in line.
+    pub fn put_back(&mut self, from: PeerId, msg: Msg) {
+        self.waiting.push_front((from, msg));
+    }
+
+    /// Sets how long an awaited message may take from now on; returns the previous limit.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Duration {
+        std::mem::replace(&mut self.timeout, timeout)
+    }
+
     /// Sends `msg` to `to`.
     pub async fn send(&mut self, to: PeerId, msg: &Msg) -> Result<()> {
         let payload = self.transport.codec().encode(msg)?;
@@ -95,6 +105,11 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
     /// deadline already left out).
     pub fn discard_reduce_before(&mut self, step: u64) {
         self.waiting.retain(|(_, m)| !matches!(m, Msg::Reduce { step: s, .. } if *s < step));
+    }
+
+    /// Drops the waiting chunks of `step`'s all-reduce numbered before `round` (a failed attempt's).
+    pub fn discard_reduce_rounds_before(&mut self, step: u64, round: u32) {
+        self.waiting.retain(|(_, m)| !matches!(m, Msg::Reduce { step: s, round: r, .. } if *s == step && *r < round));
     }
 
     /// Sends `values` as round `round` of `step`'s collective.
@@ -352,6 +367,124 @@ pub async fn all_reduce_mean<T: Transport, C: Clock>(
 
 /// First round number of the per-step gradient all-reduce.
 pub const GRADIENT_TAG: u32 = 0;
+/// Round numbers each new attempt at an elastic step's all-reduce moves on by, so that chunks of a
+/// failed attempt never mix with the next one's.
+pub const ATTEMPT_STRIDE: u32 = 4096;
+/// The attempt number of the [`Msg::Members`] a replica sends with the weights a joiner starts from:
+/// its own view of the group.
+pub const JOIN_VIEW: u32 = u32::MAX;
+
+/// How long an elastic group waits: the leader for the members' [`Msg::Alive`], a member for the
+/// leader's [`Msg::Members`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuorumTimeouts {
+    /// The leader's wait for a member it expects (a member that misses it is left out of the step).
+    pub members: Duration,
+    /// A member's wait for the leader's answer (a leader that misses it is presumed gone), and for a
+    /// chunk of the all-reduce.
+    pub leader: Duration,
+}
+
+impl QuorumTimeouts {
+    /// How many times the leader's wait a member waits for the leader.
+    pub const LEADER_FACTOR: u32 = 4;
+
+    /// The waits of a group whose leader waits `wait` for a member: members wait
+    /// [`Self::LEADER_FACTOR`] times as long for the leader.
+    pub fn from_wait(wait: Duration) -> Self {
+        Self { members: wait, leader: wait * Self::LEADER_FACTOR }
+    }
+}
+
+/// Elastic data parallelism: agrees with the live replicas of a stage on who reduces `step`'s
+/// gradients. `row` holds the stage's replicas' peer ids, `me` is this worker's index in it, `view` the
+/// last group agreed on (for a joiner, its donor's), `joiners` the replicas that joined through this
+/// worker since; attempts are numbered from `first_attempt` (0, or one past a try whose all-reduce
+/// failed). The leader is the lowest replica of the view: it waits for every member of the view and
+/// every announced joiner — or for [`QuorumTimeouts::members`] — and sends the group to each member.
+/// A member that hears nothing from the leader within [`QuorumTimeouts::leader`] presumes it gone and
+/// tries again (`attempt + 1`) under the next one. Returns the group (increasing replica indices, this
+/// worker among them) and the attempt that settled it, or `None` when the leader answered that this
+/// worker came too late (it must join again). Asks from replicas still at earlier steps are answered
+/// with an empty group first, so that they join again.
+#[allow(clippy::too_many_arguments)]
+pub async fn quorum<T: Transport, C: Clock>(
+    mail: &mut Mailbox<T, C>,
+    row: &[PeerId],
+    me: usize,
+    view: &[usize],
+    joiners: &[usize],
+    (step, first_attempt): (u64, u32),
+    timeouts: QuorumTimeouts,
+) -> Result<Option<(Vec<usize>, u32)>> {
+    answer_stale(mail, row, step).await;
+    let index_of = |peer: &PeerId| row.iter().position(|p| p == peer);
+    let mut alive: Vec<usize> = view.to_vec();
+    let mut attempt = first_attempt;
+    loop {
+        let leader = alive.iter().copied().filter(|&q| q != me).chain([me]).min().unwrap_or(me);
+        if leader == me {
+            let mut expected: std::collections::BTreeSet<usize> =
+                alive.iter().chain(joiners).copied().filter(|&q| q != me && q < row.len()).collect();
+            let mut heard = std::collections::BTreeSet::from([me]);
+            let deadline = mail.clock.now() + timeouts.members;
+            while !expected.is_subset(&heard) {
+                let wanted = |from: &PeerId, m: &Msg| {
+                    index_of(from).is_some()
+                        && matches!(m, Msg::Alive { step: s, attempt: a, .. } if *s == step && *a == attempt)
+                };
+                let Some((from, Msg::Alive { joiners, .. })) = mail.take_until(deadline, wanted).await? else { break };
+                let Some(q) = index_of(&from) else { continue };
+                heard.insert(q);
+                expected.insert(q);
+                expected.extend(joiners.iter().map(|&j| j as usize).filter(|&j| j < row.len()));
+            }
+            let members: Vec<usize> = heard.into_iter().collect();
+            let listed: Vec<u32> = members.iter().map(|&q| q as u32).collect();
+            for &q in members.iter().filter(|&&q| q != me) {
+                let msg = Msg::Members { step, attempt, members: listed.clone() };
+                if let Err(e) = mail.send(row[q], &msg).await {
+                    // It will be missed in the all-reduce, and the group formed again without it.
+                    tracing::warn!(peer = %row[q].short(), error = %e, "group not delivered");
+                }
+            }
+            return Ok(Some((members, attempt)));
+        }
+        let alive_msg = Msg::Alive { step, attempt, joiners: joiners.iter().map(|&q| q as u32).collect() };
+        let answer = match mail.send(row[leader], &alive_msg).await {
+            Err(_) => None,
+            Ok(()) => {
+                let deadline = mail.clock.now() + timeouts.leader;
+                let wanted = |from: &PeerId, m: &Msg| {
+                    *from == row[leader]
+                        && matches!(m, Msg::Members { step: s, attempt: a, .. } if *s == step && *a == attempt)
+                };
+                mail.take_until(deadline, wanted).await?
+            }
+        };
+        match answer {
+            Some((_, Msg::Members { members, .. })) => {
+                let members: Vec<usize> = members.into_iter().map(|q| q as usize).collect();
+                return Ok(members.contains(&me).then_some((members, attempt)));
+            }
+            _ => {
+                tracing::warn!(leader, step, attempt, "the group's leader is silent: trying without it");
+                alive.retain(|&q| q != leader);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Answers every waiting [`Msg::Alive`] of a step before `step` with an empty group: its sender fell
+/// behind and must join again.
+async fn answer_stale<T: Transport, C: Clock>(mail: &mut Mailbox<T, C>, row: &[PeerId], step: u64) {
+    let now = mail.clock.now();
+    let stale = |from: &PeerId, m: &Msg| row.contains(from) && matches!(m, Msg::Alive { step: s, .. } if *s < step);
+    while let Ok(Some((from, Msg::Alive { step, attempt, .. }))) = mail.take_until(now, stale).await {
+        let _ = mail.send(from, &Msg::Members { step, attempt, members: Vec::new() }).await;
+    }
+}
 /// First round number of an outer round (kept apart from the gradient all-reduce's).
 pub const OUTER_TAG: u32 = 1 << 20;
 

@@ -54,6 +54,13 @@ pub trait OuterSync: Send + Sync + Debug {
         None
     }
 
+    /// If the gradient average is elastic — formed each step among the replicas that are there (a
+    /// [`quorum`](crate::collective::quorum)), so that a dead replica is dropped and a late one admitted
+    /// — how long the group's leader waits for a member.
+    fn gradient_quorum(&self) -> Option<Duration> {
+        None
+    }
+
     /// The round replica `replica` of `replicas` takes part in after its `steps_done`-th inner step, if
     /// any. Every member of a group must return the same group for the same step.
     fn round(&self, _steps_done: u64, _replica: usize, _replicas: usize) -> Option<OuterRound> {
@@ -99,18 +106,27 @@ pub fn check_finite(own: &[f32], peer: &[f32]) -> std::result::Result<(), String
 
 /// The data-parallel baseline: every step the replicas of a stage average their gradients with an
 /// all-reduce, then all take the same inner optimizer step.
+///
+/// Elastic (`elastic: Some(wait)`), the replicas first agree each step on who is there, as torchft's
+/// quorum does: the lowest live replica leads, waits up to `wait` for the others and names the group;
+/// the all-reduce runs among the group, so a replica that died is left out and a late one (which joins
+/// with a live replica's weights and optimizer moments) is let in between steps. With everyone there,
+/// the group is every replica and the all-reduce the same as without: the same bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataParallel {
     /// [`Collective::Ring`] (2·(R−1) messages of 1/R of the gradients per replica) or
     /// [`Collective::Tree`] (fewer rounds, whole-gradient messages, the root's links carry the most).
     pub collective: Collective,
+    /// The leader's wait for a member when the group is formed each step; `None`: every replica is
+    /// needed every step.
+    pub elastic: Option<Duration>,
 }
 
 impl DataParallel {
     /// DDP with a ring all-reduce.
-    pub const RING: Self = Self { collective: Collective::Ring };
+    pub const RING: Self = Self { collective: Collective::Ring, elastic: None };
     /// DDP with a binary-tree all-reduce.
-    pub const TREE: Self = Self { collective: Collective::Tree };
+    pub const TREE: Self = Self { collective: Collective::Tree, elastic: None };
 }
 
 impl Default for DataParallel {
@@ -122,10 +138,12 @@ impl Default for DataParallel {
 impl OuterSync for DataParallel {
     fn name(&self) -> String {
         match self.collective {
-            Collective::Ring => "ddp-ring".into(),
-            Collective::Tree => "ddp-tree".into(),
-            Collective::Gather => "ddp-gather".into(),
+            Collective::Ring => "ddp-ring",
+            Collective::Tree => "ddp-tree",
+            Collective::Gather => "ddp-gather",
         }
+        .to_owned()
+            + if self.elastic.is_some() { "-elastic" } else { "" }
     }
 
     fn validate(&self, _replicas: usize) -> Result<()> {
@@ -135,11 +153,20 @@ impl OuterSync for DataParallel {
                 "data parallelism needs every gradient: use the ring or tree all-reduce",
             ));
         }
+        if let Some(wait) = self.elastic
+            && wait.is_zero()
+        {
+            return Err(Error::config("sync.quorum_timeout_s", "an elastic group needs a wait above zero"));
+        }
         Ok(())
     }
 
     fn gradient_collective(&self) -> Option<Collective> {
         Some(self.collective)
+    }
+
+    fn gradient_quorum(&self) -> Option<Duration> {
+        self.elastic
     }
 }
 
@@ -172,7 +199,7 @@ mod tests {
     #[test]
     fn data_parallel_rejects_a_lossy_collective() {
         assert!(DataParallel::RING.validate(4).is_ok());
-        assert!(DataParallel { collective: Collective::Gather }.validate(4).is_err());
+        assert!(DataParallel { collective: Collective::Gather, elastic: None }.validate(4).is_err());
         assert_eq!(DataParallel::TREE.gradient_collective(), Some(Collective::Tree));
         assert_eq!(Independent.gradient_collective(), None);
     }

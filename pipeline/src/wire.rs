@@ -73,6 +73,28 @@ pub enum Msg {
         /// Sum of the squares of the stage's gradient.
         squared: f32,
     },
+    /// Elastic data parallelism: a replica is ready to reduce `step`'s gradients (attempt `attempt`),
+    /// sent to the group's leader, with the replicas it has handed weights to join with since its last
+    /// group ([`quorum`](crate::collective::quorum)).
+    Alive {
+        /// Training step.
+        step: u64,
+        /// The try at agreeing on this step's group (a new try after a leader or a member went silent).
+        attempt: u32,
+        /// Replicas that joined through the sender, which the leader then waits for.
+        joiners: Vec<u32>,
+    },
+    /// Elastic data parallelism: the replicas that reduce `step`'s gradients in attempt `attempt`, sent by
+    /// the leader to each of them (in increasing order); empty to a replica that asked too late, which
+    /// must join again.
+    Members {
+        /// Training step.
+        step: u64,
+        /// The try it settles.
+        attempt: u32,
+        /// The members, by replica index.
+        members: Vec<u32>,
+    },
     /// One chunk of a ring all-reduce among the replicas of a stage.
     Reduce {
         /// Training step.

@@ -17,7 +17,9 @@ use models::data::{Corpus, eval_batches, sample_batch};
 use models::{AdamW, Stage, StageInput, StageSpec};
 use transport::{PeerId, TensorBytes, Transport};
 
-use crate::collective::{GRADIENT_TAG, Mailbox, all_reduce_mean, run_outer_round};
+use crate::collective::{
+    ATTEMPT_STRIDE, GRADIENT_TAG, JOIN_VIEW, Mailbox, QuorumTimeouts, all_reduce_mean, quorum, run_outer_round,
+};
 use crate::error::{Error, Result};
 use crate::plug::{Hop, check_path};
 use crate::probe::WeightProbe;
@@ -135,7 +137,14 @@ pub async fn run_worker<T: Transport, C: Clock>(
         }
         let waited_before = w.mail.waited();
         let grads = w.train_step(step).await?;
-        let grads = w.sync_gradients(step, grads).await?;
+        let grads = match w.sync_gradients(step, grads).await? {
+            Synced::Mean(grads) => grads,
+            Synced::Rejoined(at) => {
+                // Left out of the group for being late: this worker now has the group's state of step `at`.
+                step = at;
+                continue;
+            }
+        };
         let stats = match spec.gradients {
             GradientScaling::PerStage => w.optim.step(&w.params, &grads)?,
             GradientScaling::WholeModel => {
@@ -166,6 +175,11 @@ pub async fn run_worker<T: Transport, C: Clock>(
         w.ctx.record("idle_time", step, (w.mail.waited() - waited_before).as_secs_f64());
         w.ctx.record("bytes_sent", step, w.mail.sent() as f64);
         step += 1;
+    }
+    if let Some(wait) = spec.sync.gradient_quorum()
+        && w.replicas > 1
+    {
+        w.linger(step, QuorumTimeouts::from_wait(wait)).await?;
     }
     Ok(WorkerResult { stage: s, replica: r, weights: w.params.snapshot() })
 }
@@ -202,6 +216,18 @@ struct Worker<T: Transport, C: Clock> {
     /// The copies of other stages' state this worker keeps ([`KeptCopy`]), by the stage copied.
     copies: BTreeMap<usize, Kept>,
     pending_failures: Vec<(u64, usize)>,
+    /// Elastic data parallelism: the replicas of the last group this worker agreed on (a joiner's
+    /// donor's), and those that joined through it since.
+    view: Vec<usize>,
+    announced: Vec<usize>,
+}
+
+/// What the gradient average gave a worker.
+enum Synced {
+    /// The group's mean gradients.
+    Mean(BTreeMap<String, Tensor>),
+    /// The worker came too late for its group and joined again: it goes on from this step.
+    Rejoined(u64),
 }
 
 /// A copy of another stage's state: the step after which it was sent and its tensors (stage-local
@@ -253,6 +279,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             checkpoint: None,
             last_grad_norm: 0.0,
             copies: BTreeMap::new(),
+            view: (0..replicas).collect(),
+            announced: Vec::new(),
             spec,
         };
         w.restart_outer()?;
@@ -483,9 +511,25 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             _ => 0,
         });
         let Some((from, Msg::Weights { step, tensors, .. })) = best else { return Err(unexpected()) };
-        self.install(&tensors)?;
-        self.optim.restore(step, &BTreeMap::new())?;
-        self.optim.restart_moments();
+        if self.spec.sync.gradient_quorum().is_some() {
+            // Elastic data parallelism: the same weights and optimizer moments as the group, and its view.
+            let (moments, weights): (Vec<_>, Vec<_>) =
+                tensors.into_iter().partition(|(n, _)| n.starts_with(MOMENT_PREFIX));
+            self.install(&weights)?;
+            let moments = self.moments_from_wire(&moments)?;
+            self.optim.restore(step, &moments)?;
+            let wanted = |f: &PeerId, m: &Msg| {
+                *f == from && matches!(m, Msg::Members { step: st, attempt: JOIN_VIEW, .. } if *st == step)
+            };
+            match self.mail.take("the group to join", wanted).await? {
+                (_, Msg::Members { members, .. }) => self.view = members.into_iter().map(|q| q as usize).collect(),
+                _ => return Err(unexpected()),
+            }
+        } else {
+            self.install(&tensors)?;
+            self.optim.restore(step, &BTreeMap::new())?;
+            self.optim.restart_moments();
+        }
         self.restart_outer()?;
         let now = self.ctx.clock.now();
         let detail = format!("stage {s} replica {r} joined before step {step} with the weights of {}", from.short());
@@ -498,14 +542,81 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let now = self.ctx.clock.now();
         let me = self.s as u32;
         let wanted = |_: &PeerId, m: &Msg| matches!(m, Msg::JoinRequest { stage } if *stage == me);
+        let elastic = self.spec.sync.gradient_quorum().is_some();
         while let Some((from, _)) = self.mail.take_until(now, wanted).await? {
-            let tensors = self.local_weights()?;
+            let mut tensors = self.local_weights()?;
+            if elastic {
+                tensors.extend(self.moments_to_wire()?);
+            }
             // A joiner gone again is not this worker's problem.
             if let Err(e) = self.send_weights(from, step, WeightsKind::Join, self.s, tensors).await {
                 tracing::warn!(peer = %from.short(), error = %e, "weights not delivered to a joining replica");
+                continue;
+            }
+            if elastic {
+                let members = self.view.iter().map(|&q| q as u32).collect();
+                let _ = self.mail.send(from, &Msg::Members { step, attempt: JOIN_VIEW, members }).await;
+                if let Some(q) = (0..self.replicas).find(|&q| self.peer(self.s, q) == from) {
+                    self.announced.push(q);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Elastic data parallelism: joins the group again (its members answer between their steps, or
+    /// while they linger after the last one), waiting twice as long as for a leader.
+    async fn rejoin(&mut self, timeouts: QuorumTimeouts) -> Result<u64> {
+        let usual = self.mail.set_timeout(2 * timeouts.leader);
+        let joined = self.join().await;
+        self.mail.set_timeout(usual);
+        joined
+    }
+
+    /// Elastic data parallelism, after the last step: for twice as long as a member waits for its
+    /// leader, answers replicas still behind — a late ask for a group with an empty one, a join request
+    /// with the final state — so that a replica the group left behind ends with the group's weights
+    /// rather than alone.
+    async fn linger(&mut self, step: u64, timeouts: QuorumTimeouts) -> Result<()> {
+        let deadline = self.ctx.clock.now() + 2 * timeouts.leader;
+        let (me, row): (u32, Vec<PeerId>) = (self.s as u32, (0..self.replicas).map(|q| self.peer(self.s, q)).collect());
+        loop {
+            let wanted = |from: &PeerId, m: &Msg| {
+                row.contains(from)
+                    && (matches!(m, Msg::JoinRequest { stage } if *stage == me) || matches!(m, Msg::Alive { .. }))
+            };
+            match self.mail.take_until(deadline, wanted).await? {
+                None => return Ok(()),
+                Some((from, Msg::Alive { step, attempt, .. })) => {
+                    let _ = self.mail.send(from, &Msg::Members { step, attempt, members: Vec::new() }).await;
+                }
+                Some((from, request)) => {
+                    // Put it back for the usual answer, which sends the state and the group.
+                    self.mail.put_back(from, request);
+                    self.serve_joiners(step).await?;
+                }
+            }
+        }
+    }
+
+    /// The optimizer's moments as wire tensors, under stage-local names behind [`MOMENT_PREFIX`].
+    fn moments_to_wire(&self) -> Result<Vec<(String, TensorBytes)>> {
+        let (_, moments) = self.optim.state();
+        moments
+            .iter()
+            .map(|(name, t)| Ok((format!("{MOMENT_PREFIX}{}", self.stage.spec().local_name(name)), to_wire(t)?)))
+            .collect()
+    }
+
+    /// Moments sent as [`Self::moments_to_wire`] writes them, under this worker's names.
+    fn moments_from_wire(&self, moments: &[(String, TensorBytes)]) -> Result<BTreeMap<String, Tensor>> {
+        moments
+            .iter()
+            .map(|(n, t)| {
+                let local = n.trim_start_matches(MOMENT_PREFIX);
+                Ok((self.stage.spec().global_name(local), from_wire(t, &self.device)?))
+            })
+            .collect()
     }
 
     async fn send_weights(
@@ -749,10 +860,11 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     }
 
     /// The data-parallel gradient average, if the protocol asks for one.
-    async fn sync_gradients(&mut self, step: u64, grads: BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+    async fn sync_gradients(&mut self, step: u64, grads: BTreeMap<String, Tensor>) -> Result<Synced> {
         let replicas = self.replicas;
-        match self.spec.sync.gradient_collective() {
-            Some(collective) if replicas > 1 => {
+        match (self.spec.sync.gradient_collective(), self.spec.sync.gradient_quorum()) {
+            (Some(collective), Some(wait)) if replicas > 1 => self.elastic_mean(step, grads, collective, wait).await,
+            (Some(collective), None) if replicas > 1 => {
                 let (t0, b0) = (self.ctx.clock.now(), self.mail.sent());
                 let group: Vec<PeerId> = (0..replicas).map(|q| self.peer(self.s, q)).collect();
                 let round = OuterRound { group: (0..replicas).collect(), collective, timeout: self.spec.peer_timeout };
@@ -760,10 +872,85 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 let mean = all_reduce_mean(&mut self.mail, &round, &group, self.r, step, GRADIENT_TAG, flat).await?;
                 self.ctx.record("sync_time", step, (self.ctx.clock.now() - t0).as_secs_f64());
                 self.ctx.record("sync_bytes", step, (self.mail.sent() - b0) as f64);
-                unflatten(&self.names, &mean, &self.shapes, &self.device)
+                Ok(Synced::Mean(unflatten(&self.names, &mean, &self.shapes, &self.device)?))
             }
-            _ => Ok(grads),
+            _ => Ok(Synced::Mean(grads)),
         }
+    }
+
+    /// Elastic data parallelism: the gradient mean over this step's group ([`quorum`]), formed again
+    /// without whoever goes silent during the all-reduce; a worker left out for being late joins again.
+    async fn elastic_mean(
+        &mut self,
+        step: u64,
+        grads: BTreeMap<String, Tensor>,
+        collective: crate::sync::Collective,
+        wait: Duration,
+    ) -> Result<Synced> {
+        let (t0, b0) = (self.ctx.clock.now(), self.mail.sent());
+        let row: Vec<PeerId> = (0..self.replicas).map(|q| self.peer(self.s, q)).collect();
+        let flat = flatten(&self.names, &grads, &self.shapes)?;
+        let timeouts = QuorumTimeouts::from_wait(wait);
+        let mut next_attempt = 0u32;
+        let mean = loop {
+            let joiners = std::mem::take(&mut self.announced);
+            let at = (step, next_attempt);
+            let Some((members, attempt)) =
+                quorum(&mut self.mail, &row, self.r, &self.view, &joiners, at, timeouts).await?
+            else {
+                let now = self.ctx.clock.now();
+                let detail =
+                    format!("s{}r{} came too late for the group of step {step}: joining again", self.s, self.r);
+                self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Failure, detail);
+                return Ok(Synced::Rejoined(self.rejoin(timeouts).await?));
+            };
+            if members == [self.r] && self.view.iter().any(|&q| q != self.r) {
+                // Nobody answered: the others may have gone on without this worker (its all-reduce failed
+                // where theirs did not). It joins them if any answers, and goes on alone only if none does.
+                match self.rejoin(timeouts).await {
+                    Ok(at) => return Ok(Synced::Rejoined(at)),
+                    Err(Error::Stalled { .. } | Error::Config { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let left: Vec<usize> = self.view.iter().copied().filter(|q| !members.contains(q)).collect();
+            let came: Vec<usize> = members.iter().copied().filter(|q| !self.view.contains(q)).collect();
+            let now = self.ctx.clock.now();
+            if !left.is_empty() {
+                let detail = format!("s{} step {step}: replicas {left:?} left the group, now {members:?}", self.s);
+                self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Failure, detail);
+            }
+            if !came.is_empty() {
+                let detail = format!("s{} step {step}: replicas {came:?} joined the group, now {members:?}", self.s);
+                self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Join, detail);
+            }
+            self.view = members.clone();
+            if members.len() == 1 {
+                break flat;
+            }
+            let me = members.iter().position(|&q| q == self.r).ok_or_else(unexpected)?;
+            let group: Vec<PeerId> = members.iter().map(|&q| row[q]).collect();
+            let round = OuterRound { group: members.clone(), collective, timeout: self.spec.peer_timeout };
+            // Each try numbers its chunks apart, so a failed try's never mix with the next one's.
+            let tag = GRADIENT_TAG + attempt * ATTEMPT_STRIDE;
+            self.mail.discard_reduce_rounds_before(step, tag);
+            // A member silent as long as a leader would be presumed gone is: the group forms again.
+            let usual = self.mail.set_timeout(timeouts.leader);
+            let reduced = all_reduce_mean(&mut self.mail, &round, &group, me, step, tag, flat.clone()).await;
+            self.mail.set_timeout(usual);
+            match reduced {
+                Ok(mean) => break mean,
+                Err(Error::Stalled { what, .. }) => {
+                    // A member went silent mid-reduce: form the group again; whoever is gone is left out.
+                    tracing::warn!(step, %what, "the all-reduce stalled: forming the group again");
+                    next_attempt = attempt + 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.ctx.record("sync_time", step, (self.ctx.clock.now() - t0).as_secs_f64());
+        self.ctx.record("sync_bytes", step, (self.mail.sent() - b0) as f64);
+        Ok(Synced::Mean(unflatten(&self.names, &mean, &self.shapes, &self.device)?))
     }
 }
 

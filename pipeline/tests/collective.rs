@@ -1,10 +1,13 @@
-//! The collectives on the simulated network: all-reduces agree with a plain sum, and a gather round
-//! neither stalls on a silent peer nor averages in a poisoned contribution.
+//! The collectives on the simulated network: all-reduces agree with a plain sum, a gather round
+//! neither stalls on a silent peer nor averages in a poisoned contribution, and an elastic group is who
+//! is there.
 
 use std::time::Duration;
 
 use genrl::{DeviceProfile, SimSwarm, World, run_simulation};
-use pipeline::collective::{GatherOutcome, Mailbox, gather_mean, ring_all_reduce, tree_all_reduce};
+use pipeline::collective::{
+    GatherOutcome, Mailbox, QuorumTimeouts, gather_mean, quorum, ring_all_reduce, tree_all_reduce,
+};
 use pipeline::sync::check_finite;
 use transport::sim::LinkSpec;
 
@@ -102,4 +105,65 @@ fn a_member_whose_root_is_silent_carries_on_alone() {
     let member = outcomes[1].as_ref().expect("agent").clone().expect("member");
     assert!(member.root_lost);
     assert_eq!(member.mean, values(1));
+}
+
+/// What one agent of [`quorum_round`] got (`None`: it was silent): its group and attempt (`None`: left
+/// out), and when.
+type QuorumOutcome = Option<(Option<(Vec<usize>, u32)>, Duration)>;
+
+/// Runs one elastic quorum for step 7 on a swarm of `n` where the agents in `silent` never show up and
+/// `joiners` were announced by agent 1; returns each agent's outcome (`None` for the silent ones) and
+/// the virtual time at which it had it.
+fn quorum_round(n: usize, silent: &'static [usize], joiners: &'static [usize]) -> Vec<QuorumOutcome> {
+    let timeouts = QuorumTimeouts::from_wait(Duration::from_secs(1));
+    run_simulation(async move {
+        swarm(n)
+            .run(move |ctx| async move {
+                let me = ctx.index as usize;
+                if silent.contains(&me) {
+                    return Ok(None);
+                }
+                let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), Duration::from_secs(600), "q");
+                // The last agent is the joiner when there is one: its donor's view leaves it out.
+                let view: Vec<usize> = (0..n).filter(|q| !joiners.contains(q)).collect();
+                let announced: &[usize] = if me == 1 { joiners } else { &[] };
+                let got = quorum(&mut mail, &ctx.peers, me, &view, announced, (7, 0), timeouts).await;
+                Ok(Some((got.expect("quorum"), ctx.clock.now())))
+            })
+            .await
+    })
+    .expect("runtime")
+    .into_iter()
+    .map(|r| r.expect("agent"))
+    .collect()
+}
+
+#[test]
+fn an_elastic_group_is_everyone_there_without_waiting() {
+    for (i, out) in quorum_round(4, &[], &[]).into_iter().enumerate() {
+        let (group, at) = out.expect("ran");
+        assert_eq!(group, Some((vec![0, 1, 2, 3], 0)), "agent {i}");
+        assert!(at < Duration::from_millis(200), "agent {i} waited {at:?}: nobody was missing");
+    }
+}
+
+#[test]
+fn an_elastic_group_leaves_out_a_silent_member_and_lets_in_an_announced_joiner() {
+    let out = quorum_round(5, &[2], &[4]);
+    for i in [0, 1, 3, 4] {
+        let (group, at) = out[i].clone().expect("ran");
+        assert_eq!(group, Some((vec![0, 1, 3, 4], 0)), "agent {i}");
+        assert!(at >= Duration::from_secs(1) && at < Duration::from_secs(2), "agent {i}: the leader waited {at:?}");
+    }
+}
+
+#[test]
+fn a_silent_leader_is_replaced_by_the_next_replica() {
+    let out = quorum_round(4, &[0], &[]);
+    for (i, got) in out.iter().enumerate().skip(1) {
+        let (group, at) = got.clone().expect("ran");
+        assert_eq!(group, Some((vec![1, 2, 3], 1)), "agent {i}: a second attempt under replica 1");
+        // Members give the leader four times the leader's wait, then the new leader waits for replica 0.
+        assert!(at >= Duration::from_secs(4), "agent {i} at {at:?}");
+    }
 }

@@ -117,6 +117,30 @@ fn tree_all_reduce_trains_like_the_ring_and_keeps_replicas_identical() -> Result
 }
 
 #[test]
+fn elastic_data_parallelism_with_everyone_there_is_the_same_bits_as_plain() -> Result<()> {
+    let corpus = corpus();
+    for (base, replicas) in [(DataParallel::RING, 3), (DataParallel::TREE, 4)] {
+        let mut plain = spec(1, replicas, 3);
+        plain.model.backend = models::Backend::RepOps;
+        plain.sync = Arc::new(base);
+        let elastic = PipelineSpec {
+            sync: Arc::new(DataParallel { elastic: Some(Duration::from_secs(1)), ..base }),
+            ..plain.clone()
+        };
+        let a = run_simulation(run_simulated(&plain, corpus.clone()))??;
+        let b = run_simulation(run_simulated(&elastic, corpus.clone()))??;
+        assert_eq!(pipeline_losses(&a), pipeline_losses(&b), "R={replicas}");
+        for (x, y) in a.replica_weights.iter().zip(&b.replica_weights) {
+            for (name, t) in x {
+                let (p, q) = (t.flatten_all()?.to_vec1::<f32>()?, y[name].flatten_all()?.to_vec1::<f32>()?);
+                assert!(p.iter().zip(&q).all(|(u, v)| u.to_bits() == v.to_bits()), "R={replicas}: {name} differs");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn a_2x2_grid_learns_and_is_deterministic() -> Result<()> {
     let corpus = corpus();
     let spec = PipelineSpec { eval_every: 10, ..spec(2, 2, 30) };
