@@ -802,16 +802,22 @@ fn noloco_training_takes_a_late_joiner_and_outlives_a_killed_node() -> Result<()
     Ok(())
 }
 
-/// Elastic data parallelism across node processes: the replicas agree each step on who is there, so a
-/// late replica is let in (with the group's weights and optimizer moments) and a killed one — the
-/// group's leader here — is left out; every replica that finishes ends with the same weights.
+/// Elastic groups across node processes: the replicas agree each step (DDP) or each outer round
+/// (DiLoCo) on who is there, so a late replica is let in (with the group's weights, optimizer moments and
+/// outer state) and a killed one — the group's leader, in the first case — is left out; every replica
+/// that finishes ends with the same weights.
 #[test]
-fn elastic_ddp_takes_a_late_joiner_and_outlives_its_killed_leader() -> Result<(), Box<dyn std::error::Error>> {
+fn elastic_ddp_and_diloco_take_a_late_joiner_and_outlive_a_killed_replica() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    for (kind, late, kill) in [("all_reduce", "3@3", "0@14"), ("tree_all_reduce", "2@5", "1@9")] {
+    let cases = [
+        ("all_reduce", "elastic = true, ", "3@3", "0@14"),
+        ("tree_all_reduce", "elastic = true, ", "2@5", "1@9"),
+        ("diloco", "every = 5, ", "1@4", "2@12"),
+    ];
+    for (kind, settings, late, kill) in cases {
         let config = dir.path().join(format!("{kind}.toml"));
-        let sync = format!("sync = {{ kind = \"{kind}\", elastic = true, quorum_timeout_s = 0.5 }}");
-        std::fs::write(&config, node_run(30, "", &format!("label = \"DDP R=4\"\nstages = 1\nreplicas = 4\n{sync}\n")))?;
+        let sync = format!("sync = {{ kind = \"{kind}\", {settings}quorum_timeout_s = 0.5 }}");
+        std::fs::write(&config, node_run(30, "", &format!("label = \"R=4\"\nstages = 1\nreplicas = 4\n{sync}\n")))?;
         let run = dir.path().join(kind);
         let out = swarmlab()
             .args(["launch", "--local", "4", "--protocol", "pipeline", "--idle-timeout-s", "1"])

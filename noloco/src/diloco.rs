@@ -33,12 +33,23 @@ pub struct DiLoCo {
     pub nesterov: bool,
     /// The all-reduce: [`Collective::Ring`] or [`Collective::Tree`].
     pub collective: Collective,
+    /// Elastic outer rounds: each round's group is formed from the replicas that are there, the leader
+    /// waiting this many seconds for a member ([`pipeline::DataParallel`] explains the group); `None`:
+    /// every replica is needed every round.
+    pub quorum_timeout_s: Option<f64>,
 }
 
 impl Default for DiLoCo {
     /// The paper's outer optimizer (η = 0.7, μ = 0.9) with `H = 100` and a ring all-reduce.
     fn default() -> Self {
-        Self { every: 100, outer_lr: 0.7, momentum: 0.9, nesterov: true, collective: Collective::Ring }
+        Self {
+            every: 100,
+            outer_lr: 0.7,
+            momentum: 0.9,
+            nesterov: true,
+            collective: Collective::Ring,
+            quorum_timeout_s: None,
+        }
     }
 }
 
@@ -67,7 +78,19 @@ impl OuterSync for DiLoCo {
         if self.collective == Collective::Gather {
             return Err(Error::config("diloco.collective", "DiLoCo all-reduces: use ring or tree"));
         }
+        if let Some(wait) = self.quorum_timeout_s
+            && !(wait.is_finite() && wait > 0.0 && wait <= 3600.0)
+        {
+            return Err(Error::config(
+                "diloco.quorum_timeout_s",
+                format!("{wait} is not a wait in seconds (0 to 3600]"),
+            ));
+        }
         Ok(())
+    }
+
+    fn elastic_wait(&self) -> Option<Duration> {
+        self.quorum_timeout_s.map(Duration::from_secs_f64)
     }
 
     fn round(&self, steps_done: u64, _replica: usize, replicas: usize) -> Option<OuterRound> {
@@ -118,11 +141,38 @@ impl OuterState for DiLoCoState {
     fn snapshot(&self) -> Box<dyn OuterState> {
         Box::new(self.clone())
     }
+
+    fn export(&self) -> Vec<Vec<f32>> {
+        vec![self.outer.clone(), self.velocity.clone()]
+    }
+
+    fn import(&mut self, parts: Vec<Vec<f32>>) -> Result<(), String> {
+        match <[Vec<f32>; 2]>::try_from(parts) {
+            Ok([outer, velocity]) if outer.len() == self.outer.len() && velocity.len() == self.outer.len() => {
+                (self.outer, self.velocity) = (outer, velocity);
+                Ok(())
+            }
+            _ => Err(format!("expected the outer weights and momentum, {} values each", self.outer.len())),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_joiner_takes_the_outer_state_a_replica_exports() {
+        let cfg = DiLoCo { outer_lr: 0.5, momentum: 0.9, ..DiLoCo::default() };
+        let mut donor = DiLoCoState::new(cfg, &[1.0, 2.0]);
+        let mut theta = vec![0.5, 1.0];
+        donor.finish(&mut theta, &[0.25, -0.5]);
+        let mut joiner = DiLoCoState::new(cfg, &[9.0, 9.0]);
+        joiner.import(donor.export()).expect("fits");
+        assert_eq!(joiner, donor);
+        assert!(joiner.import(vec![vec![1.0]]).unwrap_err().contains("2 values each"));
+        assert!(joiner.import(vec![vec![1.0; 2], vec![1.0; 3]]).is_err());
+    }
 
     #[test]
     fn with_lr_one_and_no_momentum_the_outer_step_is_the_average() {

@@ -115,3 +115,17 @@ fn a_group_size_that_does_not_divide_the_replicas_is_rejected_before_the_run() {
     let err = s.validate().unwrap_err().to_string();
     assert!(err.contains("noloco.group_size"), "{err}");
 }
+
+/// Elastic outer rounds with every replica there are the plain rounds: the same bits.
+#[test]
+fn elastic_diloco_with_everyone_there_is_the_same_bits_as_plain() {
+    let (replicas, steps) = (3, 6);
+    let plain = DiLoCo { every: 2, ..DiLoCo::default() };
+    let elastic = DiLoCo { quorum_timeout_s: Some(1.0), ..plain };
+    let a = run(&spec(1, replicas, steps, Arc::new(plain), Arc::new(FixedRouter)));
+    let b = run(&spec(1, replicas, steps, Arc::new(elastic), Arc::new(FixedRouter)));
+    for (x, y) in a.replica_weights.iter().zip(&b.replica_weights) {
+        let (x, y) = (flat(x), flat(y));
+        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "elastic DiLoCo differs");
+    }
+}

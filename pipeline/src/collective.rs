@@ -499,9 +499,25 @@ pub async fn run_outer_round<T: Transport, C: Clock>(
     state: &mut dyn OuterState,
     round: &OuterRound,
     row: &[PeerId],
+    at: (usize, usize),
+    step: u64,
+    theta: &mut [f32],
+) -> Result<()> {
+    run_outer_round_tagged(ctx, mail, state, round, row, at, step, theta, OUTER_TAG).await
+}
+
+/// [`run_outer_round`] with its rounds numbered from `tag` (an elastic round's retry moves it on).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_outer_round_tagged<T: Transport, C: Clock>(
+    ctx: &AgentCtx<T, C>,
+    mail: &mut Mailbox<T, C>,
+    state: &mut dyn OuterState,
+    round: &OuterRound,
+    row: &[PeerId],
     (s, r): (usize, usize),
     step: u64,
     theta: &mut [f32],
+    tag: u32,
 ) -> Result<()> {
     let me = round
         .group
@@ -516,8 +532,7 @@ pub async fn run_outer_round<T: Transport, C: Clock>(
     let mean = match round.collective {
         Collective::Gather => {
             let outcome =
-                gather_mean(mail, &group, me, step, OUTER_TAG, own, round.timeout, |a, b| state.admissible(a, b))
-                    .await?;
+                gather_mean(mail, &group, me, step, tag, own, round.timeout, |a, b| state.admissible(a, b)).await?;
             let now = ctx.clock.now();
             let at = format!("stage {s} replica {r}, step {step}");
             for peer in &outcome.missing {
@@ -535,7 +550,7 @@ pub async fn run_outer_round<T: Transport, C: Clock>(
             outcome.mean
         }
         _ => {
-            let mean = all_reduce_mean(mail, round, &group, me, step, OUTER_TAG, own.clone()).await?;
+            let mean = all_reduce_mean(mail, round, &group, me, step, tag, own.clone()).await?;
             check_finite(&own, &mean).map_err(|why| Error::config("sync", format!("all-reduce: {why}")))?;
             mean
         }

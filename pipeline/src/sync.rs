@@ -54,10 +54,11 @@ pub trait OuterSync: Send + Sync + Debug {
         None
     }
 
-    /// If the gradient average is elastic — formed each step among the replicas that are there (a
+    /// If the replicas' groups are elastic — formed each time (every step's gradient average, or every
+    /// outer round's all-reduce) among the replicas that are there (a
     /// [`quorum`](crate::collective::quorum)), so that a dead replica is dropped and a late one admitted
     /// — how long the group's leader waits for a member.
-    fn gradient_quorum(&self) -> Option<Duration> {
+    fn elastic_wait(&self) -> Option<Duration> {
         None
     }
 
@@ -91,6 +92,17 @@ pub trait OuterState: Send + Sync {
 
     /// A copy of the state (checkpoints save it beside the weights).
     fn snapshot(&self) -> Box<dyn OuterState>;
+
+    /// What a replica joining an elastic group needs of this state to take its place in the group, as
+    /// flat vectors (DiLoCo's outer weights and momentum); empty for a state a joiner can start afresh.
+    fn export(&self) -> Vec<Vec<f32>> {
+        Vec::new()
+    }
+
+    /// Takes the state another replica [`export`](Self::export)ed; the error says why it does not fit.
+    fn import(&mut self, parts: Vec<Vec<f32>>) -> std::result::Result<(), String> {
+        if parts.is_empty() { Ok(()) } else { Err(format!("{} parts for a state that keeps none", parts.len())) }
+    }
 }
 
 /// The check every contribution must pass: the right length and only finite values.
@@ -165,7 +177,7 @@ impl OuterSync for DataParallel {
         Some(self.collective)
     }
 
-    fn gradient_quorum(&self) -> Option<Duration> {
+    fn elastic_wait(&self) -> Option<Duration> {
         self.elastic
     }
 }

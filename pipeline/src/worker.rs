@@ -18,7 +18,8 @@ use models::{AdamW, Stage, StageInput, StageSpec};
 use transport::{PeerId, TensorBytes, Transport};
 
 use crate::collective::{
-    ATTEMPT_STRIDE, GRADIENT_TAG, JOIN_VIEW, Mailbox, QuorumTimeouts, all_reduce_mean, quorum, run_outer_round,
+    ATTEMPT_STRIDE, GRADIENT_TAG, JOIN_VIEW, Mailbox, OUTER_TAG, QuorumTimeouts, all_reduce_mean, quorum,
+    run_outer_round, run_outer_round_tagged,
 };
 use crate::error::{Error, Result};
 use crate::plug::{Hop, check_path};
@@ -162,12 +163,25 @@ pub async fn run_worker<T: Transport, C: Clock>(
             // Every worker reports (a real node runs only one); the count only rises.
             progress.fetch_max(step + 1, std::sync::atomic::Ordering::Relaxed);
         }
-        if let Some(state) = w.outer.as_mut()
+        if w.outer.is_some()
             && let Some(round) = spec.sync.round(step + 1, r, w.replicas)
         {
             let (t0, b0) = (w.ctx.clock.now(), w.mail.sent());
-            let at = (s, r, w.replicas);
-            outer_round(&w.ctx, &mut w.mail, state.as_mut(), &round, at, step, &w.params, &w.names, &w.shapes).await?;
+            match spec.sync.elastic_wait() {
+                Some(wait) if w.replicas > 1 => {
+                    if let Some(at) = w.elastic_outer_round(step, &round, wait).await? {
+                        // Left out for being late: this worker now has the group's state of step `at`.
+                        step = at;
+                        continue;
+                    }
+                }
+                _ => {
+                    let at = (s, r, w.replicas);
+                    let state = w.outer.as_mut().ok_or_else(unexpected)?;
+                    outer_round(&w.ctx, &mut w.mail, state.as_mut(), &round, at, step, &w.params, &w.names, &w.shapes)
+                        .await?;
+                }
+            }
             w.ctx.record("sync_time", step, (w.ctx.clock.now() - t0).as_secs_f64());
             w.ctx.record("sync_bytes", step, (w.mail.sent() - b0) as f64);
         }
@@ -176,7 +190,7 @@ pub async fn run_worker<T: Transport, C: Clock>(
         w.ctx.record("bytes_sent", step, w.mail.sent() as f64);
         step += 1;
     }
-    if let Some(wait) = spec.sync.gradient_quorum()
+    if let Some(wait) = spec.sync.elastic_wait()
         && w.replicas > 1
     {
         w.linger(step, QuorumTimeouts::from_wait(wait)).await?;
@@ -220,6 +234,14 @@ struct Worker<T: Transport, C: Clock> {
     /// donor's), and those that joined through it since.
     view: Vec<usize>,
     announced: Vec<usize>,
+}
+
+/// What forming an elastic group gave a worker.
+enum Group {
+    /// The group (increasing replica indices) and the try that settled it.
+    Members(Vec<usize>, u32),
+    /// The worker joined the group again instead: it goes on from this step.
+    Rejoined(u64),
 }
 
 /// What the gradient average gave a worker.
@@ -479,8 +501,9 @@ impl<T: Transport, C: Clock> Worker<T, C> {
 
     /// Joins a run under way: asks every other replica of this worker's stage for its weights, takes the
     /// answer of the one furthest on (among those answering within a second of the first), and returns
-    /// the step it was sent before — where this worker starts. The optimizer
-    /// starts there with fresh moments, the outer state from the received weights.
+    /// the step it was sent before — where this worker starts. The optimizer starts there with fresh
+    /// moments, the outer state from the received weights; in an elastic group, with the sender's
+    /// moments and outer state, so that it is one of the group's replicas again.
     async fn join(&mut self) -> Result<u64> {
         let (s, r) = (self.s, self.r);
         let others: Vec<PeerId> = (0..self.replicas).filter(|&q| q != r).map(|q| self.peer(s, q)).collect();
@@ -511,13 +534,27 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             _ => 0,
         });
         let Some((from, Msg::Weights { step, tensors, .. })) = best else { return Err(unexpected()) };
-        if self.spec.sync.gradient_quorum().is_some() {
-            // Elastic data parallelism: the same weights and optimizer moments as the group, and its view.
+        if self.spec.sync.elastic_wait().is_some() {
+            // An elastic group: the same weights, optimizer moments and outer state as it, and its view.
             let (moments, weights): (Vec<_>, Vec<_>) =
                 tensors.into_iter().partition(|(n, _)| n.starts_with(MOMENT_PREFIX));
+            let (outer, weights): (Vec<_>, Vec<_>) =
+                weights.into_iter().partition(|(n, _)| n.starts_with(OUTER_PREFIX));
             self.install(&weights)?;
             let moments = self.moments_from_wire(&moments)?;
             self.optim.restore(step, &moments)?;
+            // The group's outer state (DiLoCo's outer weights and momentum), in the order it was exported.
+            self.restart_outer()?;
+            let mut parts: Vec<(usize, Vec<f32>)> = outer
+                .iter()
+                .map(|(n, t)| Ok((n[OUTER_PREFIX.len()..].parse().map_err(|_| unexpected())?, t.to_f32_vec()?)))
+                .collect::<Result<_>>()?;
+            parts.sort_by_key(|(i, _)| *i);
+            if let Some(state) = self.outer.as_mut() {
+                state
+                    .import(parts.into_iter().map(|(_, v)| v).collect())
+                    .map_err(|why| Error::config("join", format!("the outer state: {why}")))?;
+            }
             let wanted = |f: &PeerId, m: &Msg| {
                 *f == from && matches!(m, Msg::Members { step: st, attempt: JOIN_VIEW, .. } if *st == step)
             };
@@ -529,8 +566,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             self.install(&tensors)?;
             self.optim.restore(step, &BTreeMap::new())?;
             self.optim.restart_moments();
+            self.restart_outer()?;
         }
-        self.restart_outer()?;
         let now = self.ctx.clock.now();
         let detail = format!("stage {s} replica {r} joined before step {step} with the weights of {}", from.short());
         self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Join, detail);
@@ -542,11 +579,14 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let now = self.ctx.clock.now();
         let me = self.s as u32;
         let wanted = |_: &PeerId, m: &Msg| matches!(m, Msg::JoinRequest { stage } if *stage == me);
-        let elastic = self.spec.sync.gradient_quorum().is_some();
+        let elastic = self.spec.sync.elastic_wait().is_some();
         while let Some((from, _)) = self.mail.take_until(now, wanted).await? {
             let mut tensors = self.local_weights()?;
             if elastic {
                 tensors.extend(self.moments_to_wire()?);
+                for (i, part) in self.outer.iter().flat_map(|o| o.export()).enumerate() {
+                    tensors.push((format!("{OUTER_PREFIX}{i}"), TensorBytes::from_f32(vec![part.len()], &part)?));
+                }
             }
             // A joiner gone again is not this worker's problem.
             if let Err(e) = self.send_weights(from, step, WeightsKind::Join, self.s, tensors).await {
@@ -862,7 +902,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     /// The data-parallel gradient average, if the protocol asks for one.
     async fn sync_gradients(&mut self, step: u64, grads: BTreeMap<String, Tensor>) -> Result<Synced> {
         let replicas = self.replicas;
-        match (self.spec.sync.gradient_collective(), self.spec.sync.gradient_quorum()) {
+        match (self.spec.sync.gradient_collective(), self.spec.sync.elastic_wait()) {
             (Some(collective), Some(wait)) if replicas > 1 => self.elastic_mean(step, grads, collective, wait).await,
             (Some(collective), None) if replicas > 1 => {
                 let (t0, b0) = (self.ctx.clock.now(), self.mail.sent());
@@ -878,8 +918,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         }
     }
 
-    /// Elastic data parallelism: the gradient mean over this step's group ([`quorum`]), formed again
-    /// without whoever goes silent during the all-reduce; a worker left out for being late joins again.
+    /// Elastic data parallelism: the gradient mean over this step's group ([`Self::settle_group`]),
+    /// formed again without whoever goes silent during the all-reduce.
     async fn elastic_mean(
         &mut self,
         step: u64,
@@ -888,49 +928,21 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         wait: Duration,
     ) -> Result<Synced> {
         let (t0, b0) = (self.ctx.clock.now(), self.mail.sent());
-        let row: Vec<PeerId> = (0..self.replicas).map(|q| self.peer(self.s, q)).collect();
+        let row = self.row();
         let flat = flatten(&self.names, &grads, &self.shapes)?;
         let timeouts = QuorumTimeouts::from_wait(wait);
         let mut next_attempt = 0u32;
         let mean = loop {
-            let joiners = std::mem::take(&mut self.announced);
-            let at = (step, next_attempt);
-            let Some((members, attempt)) =
-                quorum(&mut self.mail, &row, self.r, &self.view, &joiners, at, timeouts).await?
-            else {
-                let now = self.ctx.clock.now();
-                let detail =
-                    format!("s{}r{} came too late for the group of step {step}: joining again", self.s, self.r);
-                self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Failure, detail);
-                return Ok(Synced::Rejoined(self.rejoin(timeouts).await?));
+            let (members, attempt) = match self.settle_group(step, next_attempt, timeouts).await? {
+                Group::Rejoined(at) => return Ok(Synced::Rejoined(at)),
+                Group::Members(members, attempt) => (members, attempt),
             };
-            if members == [self.r] && self.view.iter().any(|&q| q != self.r) {
-                // Nobody answered: the others may have gone on without this worker (its all-reduce failed
-                // where theirs did not). It joins them if any answers, and goes on alone only if none does.
-                match self.rejoin(timeouts).await {
-                    Ok(at) => return Ok(Synced::Rejoined(at)),
-                    Err(Error::Stalled { .. } | Error::Config { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            let left: Vec<usize> = self.view.iter().copied().filter(|q| !members.contains(q)).collect();
-            let came: Vec<usize> = members.iter().copied().filter(|q| !self.view.contains(q)).collect();
-            let now = self.ctx.clock.now();
-            if !left.is_empty() {
-                let detail = format!("s{} step {step}: replicas {left:?} left the group, now {members:?}", self.s);
-                self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Failure, detail);
-            }
-            if !came.is_empty() {
-                let detail = format!("s{} step {step}: replicas {came:?} joined the group, now {members:?}", self.s);
-                self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Join, detail);
-            }
-            self.view = members.clone();
             if members.len() == 1 {
                 break flat;
             }
             let me = members.iter().position(|&q| q == self.r).ok_or_else(unexpected)?;
             let group: Vec<PeerId> = members.iter().map(|&q| row[q]).collect();
-            let round = OuterRound { group: members.clone(), collective, timeout: self.spec.peer_timeout };
+            let round = OuterRound { group: members, collective, timeout: self.spec.peer_timeout };
             // Each try numbers its chunks apart, so a failed try's never mix with the next one's.
             let tag = GRADIENT_TAG + attempt * ATTEMPT_STRIDE;
             self.mail.discard_reduce_rounds_before(step, tag);
@@ -941,7 +953,6 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             match reduced {
                 Ok(mean) => break mean,
                 Err(Error::Stalled { what, .. }) => {
-                    // A member went silent mid-reduce: form the group again; whoever is gone is left out.
                     tracing::warn!(step, %what, "the all-reduce stalled: forming the group again");
                     next_attempt = attempt + 1;
                 }
@@ -951,6 +962,97 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         self.ctx.record("sync_time", step, (self.ctx.clock.now() - t0).as_secs_f64());
         self.ctx.record("sync_bytes", step, (self.mail.sent() - b0) as f64);
         Ok(Synced::Mean(unflatten(&self.names, &mean, &self.shapes, &self.device)?))
+    }
+
+    /// An elastic outer round (DiLoCo's): its all-reduce among the round's group of replicas that are
+    /// there, formed again without whoever goes silent during it. Returns the step to go on from when
+    /// this worker joined the group again instead.
+    async fn elastic_outer_round(&mut self, step: u64, round: &OuterRound, wait: Duration) -> Result<Option<u64>> {
+        let row = self.row();
+        let timeouts = QuorumTimeouts::from_wait(wait);
+        let mut next_attempt = 0u32;
+        loop {
+            let (members, attempt) = match self.settle_group(step, next_attempt, timeouts).await? {
+                Group::Rejoined(at) => return Ok(Some(at)),
+                Group::Members(members, attempt) => (members, attempt),
+            };
+            let group = members.into_iter().filter(|q| round.group.contains(q)).collect();
+            let this_round = OuterRound { group, ..round.clone() };
+            let mut theta = flatten(&self.names, &self.params.snapshot(), &self.shapes)?;
+            let mut state = self.outer.take().ok_or_else(unexpected)?;
+            let tag = OUTER_TAG + attempt * ATTEMPT_STRIDE;
+            let usual = self.mail.set_timeout(timeouts.leader);
+            let at = (self.s, self.r);
+            let reduced = run_outer_round_tagged(
+                &self.ctx,
+                &mut self.mail,
+                state.as_mut(),
+                &this_round,
+                &row,
+                at,
+                step,
+                &mut theta,
+                tag,
+            )
+            .await;
+            self.mail.set_timeout(usual);
+            self.outer = Some(state);
+            match reduced {
+                Ok(()) => {
+                    for (name, t) in unflatten(&self.names, &theta, &self.shapes, &self.device)? {
+                        self.params.set(&name, &t)?;
+                    }
+                    return Ok(None);
+                }
+                Err(Error::Stalled { what, .. }) => {
+                    tracing::warn!(step, %what, "the outer all-reduce stalled: forming the group again");
+                    next_attempt = attempt + 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The peer ids of this worker's stage's replicas.
+    fn row(&self) -> Vec<PeerId> {
+        (0..self.replicas).map(|q| self.peer(self.s, q)).collect()
+    }
+
+    /// Agrees with the replicas that are there on the group of `step`'s try `next_attempt`
+    /// ([`quorum`]), logging who left and who came. A worker the leader found too late joins again; so
+    /// does one that heard from nobody although its last group had others (they may have gone on without
+    /// it), which goes on alone only if nobody answers.
+    async fn settle_group(&mut self, step: u64, next_attempt: u32, timeouts: QuorumTimeouts) -> Result<Group> {
+        let row = self.row();
+        let joiners = std::mem::take(&mut self.announced);
+        let at = (step, next_attempt);
+        let Some((members, attempt)) = quorum(&mut self.mail, &row, self.r, &self.view, &joiners, at, timeouts).await?
+        else {
+            let now = self.ctx.clock.now();
+            let detail = format!("s{}r{} came too late for the group of step {step}: joining again", self.s, self.r);
+            self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Failure, detail);
+            return Ok(Group::Rejoined(self.rejoin(timeouts).await?));
+        };
+        if members == [self.r] && self.view.iter().any(|&q| q != self.r) {
+            match self.rejoin(timeouts).await {
+                Ok(at) => return Ok(Group::Rejoined(at)),
+                Err(Error::Stalled { .. } | Error::Config { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let left: Vec<usize> = self.view.iter().copied().filter(|q| !members.contains(q)).collect();
+        let came: Vec<usize> = members.iter().copied().filter(|q| !self.view.contains(q)).collect();
+        let now = self.ctx.clock.now();
+        if !left.is_empty() {
+            let detail = format!("s{} step {step}: replicas {left:?} left the group, now {members:?}", self.s);
+            self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Failure, detail);
+        }
+        if !came.is_empty() {
+            let detail = format!("s{} step {step}: replicas {came:?} joined the group, now {members:?}", self.s);
+            self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Join, detail);
+        }
+        self.view = members.clone();
+        Ok(Group::Members(members, attempt))
     }
 }
 
@@ -1035,6 +1137,9 @@ pub const ROLLBACK: f64 = 2.0;
 
 /// Marks optimizer moments among a redundant copy's tensors.
 const MOMENT_PREFIX: &str = "adam:";
+
+/// Marks the parts of an outer state among the tensors a joiner of an elastic group is sent.
+const OUTER_PREFIX: &str = "outer:";
 
 /// What a micro-batch's backward pass needs: the stage's input variable, its output and who sent it.
 type Saved = (Option<Var>, Tensor, Option<PeerId>);

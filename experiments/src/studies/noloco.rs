@@ -48,7 +48,7 @@ impl TrainingStudy for NoLoCoStudy {
         let steps = 600;
         let (stages, replicas) = (2, 8);
         let noloco = NoLoCo { every: 10, group_size: 2, outer_lr: 0.7, momentum: 0.5, ..NoLoCo::default() };
-        let diloco = DiLoCo { every: 20, outer_lr: 0.7, momentum: 0.3, nesterov: false, collective: Collective::Ring };
+        let diloco = DiLoCo { every: 20, outer_lr: 0.7, momentum: 0.3, nesterov: false, collective: Collective::Ring, quorum_timeout_s: None };
         let arm = |label: &str, sync: Plug| ArmConfig { sync, ..ArmConfig::new(label, stages, replicas) };
         let random = Plug::named("random");
         RunConfig {
