@@ -422,7 +422,8 @@ pub async fn quorum<T: Transport, C: Clock>(
     let mut alive: Vec<usize> = view.to_vec();
     let mut attempt = first_attempt;
     loop {
-        let leader = alive.iter().copied().filter(|&q| q != me).chain([me]).min().unwrap_or(me);
+        // A joiner is not in its donor's view, so never leads it; alone, a worker leads itself.
+        let leader = alive.iter().copied().min().unwrap_or(me);
         if leader == me {
             let mut expected: std::collections::BTreeSet<usize> =
                 alive.iter().chain(joiners).copied().filter(|&q| q != me && q < row.len()).collect();

@@ -158,6 +158,29 @@ fn an_elastic_group_leaves_out_a_silent_member_and_lets_in_an_announced_joiner()
 }
 
 #[test]
+fn a_joiner_with_the_lowest_index_follows_the_groups_leader() {
+    let timeouts = QuorumTimeouts::from_wait(Duration::from_secs(1));
+    let out = run_simulation(async move {
+        swarm(4)
+            .run(move |ctx| async move {
+                let me = ctx.index as usize;
+                let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), Duration::from_secs(600), "q");
+                // Replica 0 joins through replica 1 (the group's leader), with the group's view.
+                let announced: &[usize] = if me == 1 { &[0] } else { &[] };
+                let got = quorum(&mut mail, &ctx.peers, me, &[1, 2, 3], announced, (3, 0), timeouts).await;
+                Ok((got.expect("quorum"), ctx.clock.now()))
+            })
+            .await
+    })
+    .expect("runtime");
+    for (i, got) in out.into_iter().enumerate() {
+        let (group, at) = got.expect("agent");
+        assert_eq!(group, Some((vec![0, 1, 2, 3], 0)), "agent {i}");
+        assert!(at < Duration::from_millis(500), "agent {i} waited {at:?}");
+    }
+}
+
+#[test]
 fn a_silent_leader_is_replaced_by_the_next_replica() {
     let out = quorum_round(4, &[0], &[]);
     for (i, got) in out.iter().enumerate().skip(1) {
