@@ -619,7 +619,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     /// rather than alone.
     async fn linger(&mut self, step: u64, timeouts: QuorumTimeouts) -> Result<()> {
         let deadline = self.ctx.clock.now() + 2 * timeouts.leader;
-        let (me, row): (u32, Vec<PeerId>) = (self.s as u32, (0..self.replicas).map(|q| self.peer(self.s, q)).collect());
+        let (me, row) = (self.s as u32, self.row());
         loop {
             let wanted = |from: &PeerId, m: &Msg| {
                 row.contains(from)
