@@ -174,8 +174,13 @@ impl SapoConfig {
             return Err(Error::config(
                 "sapo.mix",
                 format!(
-                    "{} own groups, but an agent draws {families} tasks a round ({} per specialty: tasks.per_specialty)",
-                    self.mix.local, self.tasks.per_specialty
+                    "{} own groups, but an agent draws {families} questions a round ({} per {}; more with tasks.per_specialty)",
+                    self.mix.local,
+                    match self.tasks.per_specialty {
+                        1 => "one".to_owned(),
+                        n => n.to_string(),
+                    },
+                    if self.tasks.file.is_some() { "dataset" } else { "task family" }
                 ),
             ));
         }
