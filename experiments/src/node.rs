@@ -73,6 +73,14 @@ impl Node {
         Ok(Self { identity, book, ids, index, addr, quic: net.endpoint(addr) })
     }
 
+    /// Lets frames of up to `bytes` through (never less than the default limit): a pipeline worker's
+    /// messages carry a stage's whole state to a joiner.
+    pub(crate) fn allow_frames_of(&mut self, bytes: usize) -> Result<()> {
+        let limit = bytes.clamp(transport::codec::DEFAULT_MAX_FRAME, transport::codec::MAX_FRAME_CEILING);
+        self.quic.codec = transport::Codec::new(limit)?;
+        Ok(())
+    }
+
     /// This node's key.
     pub(crate) fn identity(&self) -> &Identity {
         &self.identity
@@ -192,7 +200,10 @@ pub(crate) fn pipeline_node(
     spec.late_join = join;
     let workers = spec.stages * spec.replicas;
     let what = format!("the first arm has {} stages x {} replicas", spec.stages, spec.replicas);
-    let node = Node::load(key, peers, workers, &what, net)?;
+    let mut node = Node::load(key, peers, workers, &what, net)?;
+    // A joiner of an elastic group is sent a stage's weights, two optimizer moments and up to two outer
+    // vectors in one message: five f32 values per parameter (the whole model's count bounds a stage's).
+    node.allow_frames_of(spec.model.param_count().saturating_mul(5 * 4).saturating_add(1 << 20))?;
     let index = node.index;
     let out = out_dir(out, "node")?;
     eprintln!(
