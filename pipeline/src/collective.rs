@@ -456,9 +456,11 @@ pub async fn quorum<T: Transport, C: Clock>(
             Err(_) => None,
             Ok(()) => {
                 let deadline = mail.clock.now() + timeouts.leader;
+                // A group naming replicas the stage does not have is no answer.
                 let wanted = |from: &PeerId, m: &Msg| {
                     *from == row[leader]
-                        && matches!(m, Msg::Members { step: s, attempt: a, .. } if *s == step && *a == attempt)
+                        && matches!(m, Msg::Members { step: s, attempt: a, members }
+                            if *s == step && *a == attempt && is_group(members, row.len()))
                 };
                 mail.take_until(deadline, wanted).await?
             }
@@ -475,6 +477,12 @@ pub async fn quorum<T: Transport, C: Clock>(
             }
         }
     }
+}
+
+/// Whether `members` is a group of a stage of `replicas`: increasing replica indices below `replicas`
+/// (possibly none: the answer to a replica that came too late).
+pub fn is_group(members: &[u32], replicas: usize) -> bool {
+    members.windows(2).all(|w| w[0] < w[1]) && members.iter().all(|&q| (q as usize) < replicas)
 }
 
 /// Answers every waiting [`Msg::Alive`] of a step before `step` with an empty group: its sender fell

@@ -18,7 +18,7 @@ use models::{AdamW, Stage, StageInput, StageSpec};
 use transport::{PeerId, TensorBytes, Transport};
 
 use crate::collective::{
-    ATTEMPT_STRIDE, GRADIENT_TAG, JOIN_VIEW, Mailbox, OUTER_TAG, QuorumTimeouts, all_reduce_mean, quorum,
+    ATTEMPT_STRIDE, GRADIENT_TAG, JOIN_VIEW, Mailbox, OUTER_TAG, QuorumTimeouts, all_reduce_mean, is_group, quorum,
     run_outer_round, run_outer_round_tagged,
 };
 use crate::error::{Error, Result};
@@ -438,13 +438,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                     let (moments, weights): (Vec<_>, Vec<_>) =
                         got.2.into_iter().partition(|(n, _)| n.starts_with(MOMENT_PREFIX));
                     self.install(&weights)?;
-                    let moments: BTreeMap<String, Tensor> = moments
-                        .iter()
-                        .map(|(n, t)| {
-                            let local = n.trim_start_matches(MOMENT_PREFIX);
-                            Ok((self.stage.spec().global_name(local), from_wire(t, &self.device)?))
-                        })
-                        .collect::<Result<_>>()?;
+                    let moments = self.moments_from_wire(&moments)?;
                     self.optim.restore(self.optim.steps(), &moments)?;
                     format!("restored from stage {holder}'s redundant copy")
                 }
@@ -559,7 +553,15 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 *f == from && matches!(m, Msg::Members { step: st, attempt: JOIN_VIEW, .. } if *st == step)
             };
             match self.mail.take("the group to join", wanted).await? {
-                (_, Msg::Members { members, .. }) => self.view = members.into_iter().map(|q| q as usize).collect(),
+                (_, Msg::Members { members, .. }) if is_group(&members, self.replicas) => {
+                    self.view = members.into_iter().map(|q| q as usize).collect();
+                }
+                (_, Msg::Members { members, .. }) => {
+                    return Err(Error::config(
+                        "join",
+                        format!("{members:?} is not a group of {} replicas", self.replicas),
+                    ));
+                }
                 _ => return Err(unexpected()),
             }
         } else {
@@ -735,9 +737,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         for c in due.iter().filter(|c| c.of == me) {
             let mut tensors = self.local_weights()?;
             if c.moments {
-                for (name, t) in self.optim.state().1 {
-                    tensors.push((format!("{MOMENT_PREFIX}{}", self.stage.spec().local_name(&name)), to_wire(&t)?));
-                }
+                tensors.extend(self.moments_to_wire()?);
             }
             let kind = if c.wait { WeightsKind::EdgeCopy } else { WeightsKind::Shadow };
             self.send_weights(self.peer(c.at, self.r), step, kind, self.s, tensors).await?;

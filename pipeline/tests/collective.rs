@@ -190,3 +190,31 @@ fn a_silent_leader_is_replaced_by_the_next_replica() {
         assert!(at >= Duration::from_secs(4), "agent {i} at {at:?}");
     }
 }
+
+/// A leader whose group names a replica the stage does not have (or repeats one) is no answer: the
+/// member presumes it silent and goes on under the next replica (itself), without a panic.
+#[test]
+fn a_group_naming_replicas_the_stage_lacks_is_no_answer() {
+    use pipeline::wire::Msg;
+    let timeouts = QuorumTimeouts::from_wait(Duration::from_secs(1));
+    let out = run_simulation(async move {
+        swarm(2)
+            .run(move |ctx| async move {
+                let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), Duration::from_secs(600), "q");
+                if ctx.index == 0 {
+                    let (from, _) =
+                        mail.take("an ask", |_, m| matches!(m, Msg::Alive { .. })).await.expect("the member asks");
+                    for members in [vec![0, 1, 9], vec![1, 1]] {
+                        mail.send(from, &Msg::Members { step: 7, attempt: 0, members }).await.expect("sent");
+                    }
+                    return Ok(None);
+                }
+                let got = quorum(&mut mail, &ctx.peers, 1, &[0, 1], &[], (7, 0), timeouts).await;
+                Ok(Some(got.expect("quorum")))
+            })
+            .await
+    })
+    .expect("runtime");
+    let member = out.into_iter().nth(1).expect("two agents").expect("agent");
+    assert_eq!(member, Some(Some((vec![1], 1))));
+}
