@@ -24,7 +24,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use pipeline::{DataParallel, FixedRouter, Independent, OuterSync, PipelineSpec, Recovery, Router, StageRebuild};
@@ -135,25 +134,19 @@ pub struct DataParallelSettings {
     /// Form the group each step from the replicas that are there ([`DataParallel`]'s `elastic`).
     #[serde(default)]
     pub elastic: bool,
-    /// The leader's wait for a member, in seconds (elastic only).
-    #[serde(default = "DataParallelSettings::default_quorum_timeout_s")]
-    pub quorum_timeout_s: f64,
+    /// The leader's wait for a member, in seconds (elastic only; 1 by default).
+    #[serde(default)]
+    pub quorum_timeout_s: Option<f64>,
 }
 
 impl DataParallelSettings {
-    fn default_quorum_timeout_s() -> f64 {
-        1.0
-    }
-
     fn build(self, base: DataParallel) -> Result<Arc<dyn OuterSync>> {
-        let wait = self.quorum_timeout_s;
-        if !(wait.is_finite() && wait > 0.0 && wait <= 3600.0) {
-            bail!("sync.quorum_timeout_s: {wait} is not a wait in seconds (above 0, at most 3600)");
-        }
-        if !self.elastic && wait != Self::default_quorum_timeout_s() {
-            bail!("sync.quorum_timeout_s: only for an elastic group (elastic = true)");
-        }
-        Ok(Arc::new(DataParallel { elastic: self.elastic.then(|| Duration::from_secs_f64(wait)), ..base }))
+        let elastic = match (self.elastic, self.quorum_timeout_s) {
+            (false, Some(_)) => bail!("sync.quorum_timeout_s: only for an elastic group (elastic = true)"),
+            (false, None) => None,
+            (true, wait) => Some(pipeline::sync::quorum_wait("sync.quorum_timeout_s", wait.unwrap_or(1.0))?),
+        };
+        Ok(Arc::new(DataParallel { elastic, ..base }))
     }
 }
 
@@ -312,6 +305,18 @@ mod tests {
         let wrong = Plug { kind: "noloco".into(), settings: toml::from_str("outer_momentum = 0.9")? };
         let err = wrong.settings::<noloco::NoLoCo>().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("outer_momentum"), "a setting of another protocol is named: {err}");
+        Ok(())
+    }
+
+    #[test]
+    fn data_parallel_is_elastic_only_when_asked_and_its_wait_is_checked() -> Result<()> {
+        let settings = |text: &str| -> Result<DataParallelSettings> { Ok(toml::from_str(text)?) };
+        let sync = settings("elastic = true")?.build(DataParallel::RING)?;
+        assert_eq!(sync.elastic_wait(), Some(std::time::Duration::from_secs(1)));
+        assert_eq!(settings("")?.build(DataParallel::TREE)?.elastic_wait(), None);
+        let err = |text: &str| settings(text).and_then(|s| s.build(DataParallel::RING)).err().map(|e| e.to_string());
+        assert!(err("quorum_timeout_s = 1.0").is_some_and(|e| e.contains("only for an elastic group")));
+        assert!(err("elastic = true\nquorum_timeout_s = 0").is_some_and(|e| e.contains("sync.quorum_timeout_s")));
         Ok(())
     }
 }

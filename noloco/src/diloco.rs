@@ -78,19 +78,14 @@ impl OuterSync for DiLoCo {
         if self.collective == Collective::Gather {
             return Err(Error::config("diloco.collective", "DiLoCo all-reduces: use ring or tree"));
         }
-        if let Some(wait) = self.quorum_timeout_s
-            && !(wait.is_finite() && wait > 0.0 && wait <= 3600.0)
-        {
-            return Err(Error::config(
-                "diloco.quorum_timeout_s",
-                format!("{wait} is not a wait in seconds (0 to 3600]"),
-            ));
+        if let Some(wait) = self.quorum_timeout_s {
+            pipeline::sync::quorum_wait("diloco.quorum_timeout_s", wait)?;
         }
         Ok(())
     }
 
     fn elastic_wait(&self) -> Option<Duration> {
-        self.quorum_timeout_s.map(Duration::from_secs_f64)
+        self.quorum_timeout_s.and_then(|wait| pipeline::sync::quorum_wait("diloco.quorum_timeout_s", wait).ok())
     }
 
     fn round(&self, steps_done: u64, _replica: usize, replicas: usize) -> Option<OuterRound> {
@@ -215,6 +210,8 @@ mod tests {
         assert!(err(DiLoCo { every: 0, ..DiLoCo::default() }).contains("diloco.every"));
         assert!(err(DiLoCo { outer_lr: -0.7, ..DiLoCo::default() }).contains("diloco.outer_lr"));
         assert!(err(DiLoCo { momentum: 1.0, ..DiLoCo::default() }).contains("diloco.momentum"));
+        assert!(err(DiLoCo { quorum_timeout_s: Some(-1.0), ..DiLoCo::default() }).contains("diloco.quorum_timeout_s"));
+        assert_eq!(DiLoCo { quorum_timeout_s: Some(f64::NAN), ..DiLoCo::default() }.elastic_wait(), None);
         assert!(err(DiLoCo { collective: Collective::Gather, ..DiLoCo::default() }).contains("diloco.collective"));
     }
 }

@@ -105,6 +105,15 @@ pub trait OuterState: Send + Sync {
     }
 }
 
+/// The leader's wait of an elastic group, `seconds` as a configuration gives it (`field` names it in the
+/// error): above zero, at most an hour.
+pub fn quorum_wait(field: &str, seconds: f64) -> Result<Duration> {
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        return Err(Error::config(field, format!("{seconds} is not a wait in seconds (above 0, at most 3600)")));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 /// The check every contribution must pass: the right length and only finite values.
 pub fn check_finite(own: &[f32], peer: &[f32]) -> std::result::Result<(), String> {
     if peer.len() != own.len() {
@@ -206,6 +215,16 @@ mod tests {
         assert!(check_finite(&[1.0, 2.0], &[3.0]).unwrap_err().contains("expected 2"));
         assert!(check_finite(&[1.0, 2.0], &[3.0, f32::NAN]).unwrap_err().contains("index 1"));
         assert!(check_finite(&[1.0], &[f32::INFINITY]).is_err());
+    }
+
+    #[test]
+    fn an_elastic_wait_is_above_zero_and_at_most_an_hour() {
+        assert_eq!(quorum_wait("w", 0.5).ok(), Some(Duration::from_millis(500)));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 3601.0] {
+            assert!(
+                quorum_wait("sync.quorum_timeout_s", bad).unwrap_err().to_string().contains("sync.quorum_timeout_s")
+            );
+        }
     }
 
     #[test]

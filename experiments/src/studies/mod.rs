@@ -105,6 +105,9 @@ impl Reproduce {
         if let Some(model) = &self.model {
             flags.push_str(&format!(" --model {model}"));
         }
+        if let Some(tasks) = &self.tasks {
+            flags.push_str(&format!(" --tasks {tasks}"));
+        }
         flags
     }
 }
