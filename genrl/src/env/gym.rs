@@ -15,7 +15,7 @@
 //! The translation is also a check of our verifiers: for each translated task, our family's answer must
 //! be the one reasoning-gym wrote ([`cross_check`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use rand::seq::SliceRandom;
@@ -289,7 +289,8 @@ pub struct GymSet {
     /// Per dataset, the tasks dealt in training.
     dealt: Vec<Vec<usize>>,
     held_out: Vec<usize>,
-    by_question: HashMap<(String, String), usize>,
+    /// Each task by dataset, then question.
+    by_question: HashMap<String, HashMap<String, usize>>,
     left_out: usize,
 }
 
@@ -299,12 +300,16 @@ impl GymSet {
     /// a dataset the file lacks, one without an oracle answer, and one left with nothing to deal.
     pub fn new(tasks: &GymTasks, datasets: &[String], held_out_per_dataset: usize) -> Result<Self> {
         let mut names: Vec<String> = Vec::new();
+        let mut with_answers: HashSet<&str> = HashSet::new();
         for t in tasks.tasks() {
             if !names.contains(&t.source_dataset) {
                 names.push(t.source_dataset.clone());
             }
+            if t.answer.is_some() {
+                with_answers.insert(&t.source_dataset);
+            }
         }
-        let scorable = |d: &str| tasks.tasks().iter().any(|t| t.source_dataset == d && t.answer.is_some());
+        let scorable = |d: &str| with_answers.contains(d);
         let mut unscorable = Vec::new();
         let datasets = if datasets.is_empty() {
             let (kept, left): (Vec<String>, Vec<String>) = names.into_iter().partition(|d| scorable(d));
@@ -348,12 +353,12 @@ impl GymSet {
         let mut of_dataset: Vec<Vec<usize>> = vec![Vec::new(); set.datasets.len()];
         for t in tasks.tasks() {
             let Some(d) = set.datasets.iter().position(|d| *d == t.source_dataset) else { continue };
-            let key = (t.source_dataset.clone(), t.question.clone());
-            let Some(answer) = t.answer.clone().filter(|_| !set.by_question.contains_key(&key)) else {
+            let of_this = set.by_question.entry(t.source_dataset.clone()).or_default();
+            let Some(answer) = t.answer.clone().filter(|_| !of_this.contains_key(&t.question)) else {
                 set.left_out += 1;
                 continue;
             };
-            set.by_question.insert(key, set.tasks.len());
+            of_this.insert(t.question.clone(), set.tasks.len());
             of_dataset[d].push(set.tasks.len());
             let shared = GymQuestion { dataset: t.source_dataset.clone(), question: t.question.clone(), answer };
             set.tasks.push(SetTask { shared, ours: t.translate().map(|t| t.question) });
@@ -428,15 +433,18 @@ impl GymSet {
     /// This set's copy of `task`, if the set has it with the same answer: a task a peer shares is
     /// genuine when it is.
     pub fn find(&self, task: &GymQuestion) -> Option<&GymQuestion> {
-        let i = *self.by_question.get(&(task.dataset.clone(), task.question.clone()))?;
-        Some(&self.tasks[i].shared).filter(|mine| mine.answer == task.answer)
+        self.copy_of(task).map(|t| &t.shared).filter(|mine| mine.answer == task.answer)
     }
 
     /// The score of `completion` to `task` by this set's copy of it (0 for a task it lacks).
     pub fn score(&self, task: &GymQuestion, completion: &str) -> f64 {
-        self.by_question
-            .get(&(task.dataset.clone(), task.question.clone()))
-            .map_or(0.0, |&i| score(self.tasks[i].ours.as_ref(), Some(&self.tasks[i].shared.answer), completion))
+        self.copy_of(task).map_or(0.0, |t| score(t.ours.as_ref(), Some(&t.shared.answer), completion))
+    }
+
+    /// This set's task with `task`'s dataset and question, whatever answer `task` states.
+    fn copy_of(&self, task: &GymQuestion) -> Option<&SetTask> {
+        let i = *self.by_question.get(&task.dataset)?.get(&task.question)?;
+        Some(&self.tasks[i])
     }
 }
 
