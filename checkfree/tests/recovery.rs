@@ -119,7 +119,8 @@ fn adjacent_failures_cannot_use_each_other() {
 fn a_surviving_replica_is_copied_and_a_whole_stage_is_rebuilt() {
     // Worker 5 = stage 2, replica 1 (of 2): its replica 0 survives.
     let one = run(&spec(2, checkfree(Fallback::ReInit), vec![(3, 5)], Arc::new(FixedRouter)));
-    assert!(recoveries(&one)[0].contains("copied the weights of replica 0"), "{:?}", recoveries(&one));
+    let copied = &recoveries(&one)[0];
+    assert!(copied.contains("copied the weights and optimizer moments of replica 0"), "{copied}");
     // Both replicas of stage 2 (workers 4 and 5): each row's neighbours rebuild its replica.
     let both = run(&spec(2, checkfree(Fallback::ReInit), vec![(3, 4), (3, 5)], Arc::new(FixedRouter)));
     let got = recoveries(&both);

@@ -306,6 +306,12 @@ enum Command {
         /// replica of its stage and joins at the step it is at (a SAPO agent simply starts playing).
         #[arg(long)]
         join: bool,
+        /// This pipeline worker takes the place of a killed one (run it with that one's key): it halts
+        /// the other workers, has them all go back to the earliest step any of them was training, and
+        /// gets its stage back by the configuration's recovery strategy (CheckFree from its
+        /// neighbours, redundant computation from its predecessor's copy, a surviving replica).
+        #[arg(long, conflicts_with = "join")]
+        replace: bool,
         /// Listen on this address instead of the one the peers file gives (the peers file then names
         /// something that forwards to it, such as a link emulator).
         #[arg(long)]
@@ -340,6 +346,11 @@ enum Command {
         /// its stage).
         #[arg(long)]
         late: Option<launch::Kill>,
+        /// With --kill, start a successor in the killed node's place (its key and address) at once: a
+        /// pipeline worker that rebuilds its stage by the configuration's recovery strategy while the
+        /// others wait, after which the run goes on.
+        #[arg(long, requires = "kill")]
+        replace: bool,
         /// Put the configuration's link model (latency, bandwidth) between the nodes with a relay in
         /// front of each, and compare the time per step with the simulated network's prediction.
         #[arg(long)]
@@ -505,14 +516,26 @@ where
             println!("\n[[peer]]\nid = \"{}\"\naddr = \"{addr}\"", identity.peer_id());
             Ok(())
         }
-        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, join } if protocol == "pipeline" => {
+        Command::Node { protocol, replace: true, .. } if protocol != "pipeline" => {
+            bail!("--replace: only a pipeline worker takes a killed one's place ({protocol} nodes simply start again)")
+        }
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, join, replace }
+            if protocol == "pipeline" =>
+        {
             let mut cfg = match config {
                 Some(path) => RunConfig::load(&path)?,
                 None => RunConfig::default(),
             };
             cfg.device = device.unwrap_or(cfg.device);
             let corpus = std::sync::Arc::new(run::corpus(&cfg)?);
-            node::pipeline_node(&cfg, corpus, &key, &peers, out, node_net(idle_timeout_s, bind)?, join)
+            let start = if replace {
+                node::Start::Replacement
+            } else if join {
+                node::Start::Late
+            } else {
+                node::Start::Now
+            };
+            node::pipeline_node(&cfg, corpus, &key, &peers, out, node_net(idle_timeout_s, bind)?, start)
         }
         Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, .. } if protocol == "verify" => {
             let cfg = match config {
@@ -540,7 +563,7 @@ where
             cfg.device = device.unwrap_or(cfg.device);
             sapo_swarm::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
         }
-        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, late, emulate_link } => {
+        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, late, replace, emulate_link } => {
             launch::launch(launch::Launch {
                 nodes: local,
                 protocol,
@@ -549,6 +572,7 @@ where
                 net: node_net(idle_timeout_s, None)?,
                 kill,
                 late,
+                replace,
                 emulate_link,
             })
             .map(|_| ())
@@ -715,6 +739,7 @@ fn launch_swarm(protocol: &str, nodes: usize, config: &str, out: Option<PathBuf>
         net: node::NodeNet::default(),
         kill: None,
         late: None,
+        replace: false,
         emulate_link: true,
     };
     launch::launch(launch).map(|_| ())

@@ -186,7 +186,20 @@ where
     Ok(())
 }
 
-/// Runs worker `index` (its id's rank in the peers file) of the first arm of `cfg`.
+/// When a node starts, relative to the swarm's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// With the others.
+    Now,
+    /// Late, joining the run under way (`--join`).
+    Late,
+    /// In the place of a killed node, with its key (`--replace`).
+    Replacement,
+}
+
+/// Runs worker `index` (its id's rank in the peers file) of the first arm of `cfg`. Unless the run's
+/// replicas form elastic groups, a killed worker's successor may take its place
+/// ([`pipeline::Replacement`]).
 pub(crate) fn pipeline_node(
     cfg: &RunConfig,
     corpus: Arc<Corpus>,
@@ -194,10 +207,16 @@ pub(crate) fn pipeline_node(
     peers: &Path,
     out: Option<PathBuf>,
     net: NodeNet,
-    join: bool,
+    start: Start,
 ) -> Result<()> {
     let mut spec = cfg.spec(0)?;
-    spec.late_join = join;
+    spec.late_join = start == Start::Late;
+    spec.replacement = match start {
+        Start::Replacement => pipeline::Replacement::Replaces,
+        _ if spec.sync.elastic_wait().is_some() => pipeline::Replacement::Off,
+        _ => pipeline::Replacement::Ready,
+    };
+    spec.validate()?;
     let workers = spec.stages * spec.replicas;
     let what = format!("the first arm has {} stages x {} replicas", spec.stages, spec.replicas);
     let mut node = Node::load(key, peers, workers, &what, net)?;

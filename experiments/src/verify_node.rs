@@ -304,6 +304,7 @@ pub(crate) fn over_quic(cfg: &VerifyConfig) -> Result<()> {
         net: NodeNet::default(),
         kill: None,
         late: None,
+        replace: false,
         emulate_link: false,
     };
     crate::launch::launch(launch)?;

@@ -12,23 +12,63 @@ use transport::{PeerId, Transport, TransportExt};
 
 use crate::error::{Error, Result};
 use crate::sync::{Collective, OuterRound, OuterState, check_finite};
-use crate::wire::Msg;
+use crate::wire::{Incoming, Msg, Outgoing};
 
 /// Messages that arrived before anyone asked for them, and what this worker has sent and waited.
+///
+/// Every message travels with its sender's recovery epoch, which rises each time the swarm resumes after
+/// a worker was replaced ([`Msg::Resume`]): a message of an earlier epoch is void and dropped, one of a
+/// later epoch waits until this worker resumes too. The messages of a replacement itself
+/// ([`Msg::is_replacement`]) are heard in any epoch.
 pub struct Mailbox<T: Transport, C: Clock> {
     transport: T,
     clock: C,
-    waiting: VecDeque<(PeerId, Msg)>,
+    /// `(sender, its epoch, message)`.
+    waiting: VecDeque<(PeerId, u32, Msg)>,
     timeout: Duration,
     name: String,
     sent: u64,
     waited: Duration,
+    epoch: u32,
+    halts: bool,
 }
 
 impl<T: Transport, C: Clock> Mailbox<T, C> {
     /// A mailbox on `transport`, giving up on any awaited message after `timeout`; `name` labels errors.
     pub fn new(transport: T, clock: C, timeout: Duration, name: impl Into<String>) -> Self {
-        Self { transport, clock, waiting: VecDeque::new(), timeout, name: name.into(), sent: 0, waited: Duration::ZERO }
+        Self {
+            transport,
+            clock,
+            waiting: VecDeque::new(),
+            timeout,
+            name: name.into(),
+            sent: 0,
+            waited: Duration::ZERO,
+            epoch: 0,
+            halts: false,
+        }
+    }
+
+    /// Whether a [`Msg::Replace`] that arrives while this worker waits for something else ends the wait
+    /// with [`Error::Replaced`] (off unless set).
+    pub fn set_halts(&mut self, halts: bool) {
+        self.halts = halts;
+    }
+
+    /// The recovery epoch this worker is in.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Enters recovery epoch `epoch`: the waiting messages of earlier epochs are dropped.
+    pub fn set_epoch(&mut self, epoch: u32) {
+        self.epoch = epoch;
+        self.waiting.retain(|(_, e, m)| *e >= epoch || m.is_replacement());
+    }
+
+    /// Whether a message of `epoch` is for now: of this worker's epoch, or a replacement's.
+    fn current(&self, epoch: u32, msg: &Msg) -> bool {
+        epoch == self.epoch || msg.is_replacement()
     }
 
     /// Bytes sent so far (frames, headers included).
@@ -48,7 +88,7 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
 
     /// Keeps `msg` from `from` for a later [`take`](Self::take), first in line.
     pub fn put_back(&mut self, from: PeerId, msg: Msg) {
-        self.waiting.push_front((from, msg));
+        self.waiting.push_front((from, self.epoch, msg));
     }
 
     /// Sets how long an awaited message may take from now on; returns the previous limit.
@@ -58,13 +98,14 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
 
     /// Sends `msg` to `to`.
     pub async fn send(&mut self, to: PeerId, msg: &Msg) -> Result<()> {
-        let payload = self.transport.codec().encode(msg)?;
+        let payload = self.transport.codec().encode(&Outgoing { epoch: self.epoch, msg })?;
         self.sent += (payload.len() + transport::FRAME_HEADER_LEN) as u64;
         Ok(self.transport.send(to, payload).await?)
     }
 
     /// The first message (waiting or arriving) that `wanted` accepts; others are kept for later. Fails
-    /// with [`Error::Stalled`] after the mailbox's timeout.
+    /// with [`Error::Stalled`] after the mailbox's timeout, and with [`Error::Replaced`] when a
+    /// replacement asks this worker to halt (if [`set_halts`](Self::set_halts)).
     pub async fn take(&mut self, what: &str, wanted: impl Fn(&PeerId, &Msg) -> bool) -> Result<(PeerId, Msg)> {
         let deadline = self.clock.now() + self.timeout;
         self.take_until(deadline, &wanted).await?.ok_or_else(|| self.stalled(what))
@@ -77,19 +118,33 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
         deadline: Duration,
         wanted: impl Fn(&PeerId, &Msg) -> bool,
     ) -> Result<Option<(PeerId, Msg)>> {
-        if let Some(i) = self.waiting.iter().position(|(p, m)| wanted(p, m)) {
-            return Ok(self.waiting.remove(i));
+        if let Some(i) = self.waiting.iter().position(|(p, e, m)| self.current(*e, m) && wanted(p, m)) {
+            return Ok(self.waiting.remove(i).map(|(p, _, m)| (p, m)));
+        }
+        if self.halts
+            && let Some(i) = self.waiting.iter().position(|(_, _, m)| matches!(m, Msg::Replace))
+            && let Some((by, _, _)) = self.waiting.remove(i)
+        {
+            return Err(Error::Replaced { worker: self.name.clone(), by });
         }
         let started = self.clock.now();
         let out = loop {
             let left = deadline.saturating_sub(self.clock.now());
-            match genrl::clock::timeout(&self.clock, left, self.transport.recv_msg::<Msg>()).await {
+            match genrl::clock::timeout(&self.clock, left, self.transport.recv_msg::<Incoming>()).await {
                 Err(_) => break None,
-                Ok(Ok((from, msg))) => {
-                    if wanted(&from, &msg) {
+                Ok(Ok((from, Incoming { epoch, msg }))) => {
+                    if epoch < self.epoch && !msg.is_replacement() {
+                        // Sent before the swarm last resumed: void.
+                        continue;
+                    }
+                    if self.current(epoch, &msg) && wanted(&from, &msg) {
                         break Some((from, msg));
                     }
-                    self.waiting.push_back((from, msg));
+                    if self.halts && matches!(msg, Msg::Replace) {
+                        self.waited += self.clock.now().saturating_sub(started);
+                        return Err(Error::Replaced { worker: self.name.clone(), by: from });
+                    }
+                    self.waiting.push_back((from, epoch, msg));
                 }
                 Ok(Err(transport::TransportError::Decode { from, source })) => {
                     tracing::warn!(worker = %self.name, peer = %from.short(), %source, "undecodable message dropped");
@@ -104,12 +159,13 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
     /// Drops waiting collective messages of steps before `step` (late arrivals from peers that a
     /// deadline already left out).
     pub fn discard_reduce_before(&mut self, step: u64) {
-        self.waiting.retain(|(_, m)| !matches!(m, Msg::Reduce { step: s, .. } if *s < step));
+        self.waiting.retain(|(_, _, m)| !matches!(m, Msg::Reduce { step: s, .. } if *s < step));
     }
 
     /// Drops the waiting chunks of `step`'s all-reduce numbered before `round` (a failed attempt's).
     pub fn discard_reduce_rounds_before(&mut self, step: u64, round: u32) {
-        self.waiting.retain(|(_, m)| !matches!(m, Msg::Reduce { step: s, round: r, .. } if *s == step && *r < round));
+        self.waiting
+            .retain(|(_, _, m)| !matches!(m, Msg::Reduce { step: s, round: r, .. } if *s == step && *r < round));
     }
 
     /// Sends `values` as round `round` of `step`'s collective.

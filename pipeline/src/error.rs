@@ -19,6 +19,15 @@ pub enum Error {
         /// What it waited for.
         what: String,
     },
+    /// A node replacing a killed worker asked this worker to halt (see
+    /// [`Msg::Replace`](crate::wire::Msg::Replace)): whatever it was doing is abandoned.
+    #[error("worker {worker}: halted for the replacement of {by}")]
+    Replaced {
+        /// The halted worker, as `s<stage>r<replica>`.
+        worker: String,
+        /// The replacement.
+        by: transport::PeerId,
+    },
     /// A model error.
     #[error(transparent)]
     Model(#[from] models::Error),

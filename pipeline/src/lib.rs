@@ -11,13 +11,13 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`spec`] | [`PipelineSpec`]: grid, batches, model, optimizer, world |
+//! | [`spec`] | [`PipelineSpec`]: grid, batches, model, optimizer, world; [`Replacement`] of killed workers |
 //! | [`plug`] | [`Router`] (paths), [`FixedRouter`] |
 //! | [`recovery`] | [`Recovery`] (sans-IO), [`CheckpointRestart`], [`Redundant`], [`Rebuild`] with its [`Fallback`] |
 //! | [`rebuild`] | [`StageRebuild`]: rebuilding a lost stage from others (sans-IO) |
 //! | [`sync`] | [`OuterSync`] / [`OuterState`] (sans-IO), [`Collective`], [`DataParallel`], [`Independent`] |
 //! | [`collective`] | the mailbox; ring and tree all-reduce, gather-average-broadcast with deadlines |
-//! | [`worker`] | one worker's loop: forward, backward, gradient all-reduce, optimizer step, outer round |
+//! | [`worker`] | one worker's loop: forward, backward, gradient all-reduce, optimizer step, outer round; halting for a killed worker's successor |
 //! | [`partial`] | [`StagedModel`]: inference with some stages dropped |
 //! | [`probe`] | [`WeightProbe`]: across-replica weight variance during a run |
 //! | [`run`] | [`run_simulated`]: a whole grid on the simulated network |
@@ -44,5 +44,5 @@ pub use recovery::{CheckpointRestart, Fallback, KeptCopy, Layout, Rebuild, Recov
 pub use probe::WeightProbe;
 pub use rebuild::{Donor, DonorWeights, StageRebuild};
 pub use run::{RunReport, run_simulated};
-pub use spec::{GradientScaling, PipelineSpec};
+pub use spec::{GradientScaling, PipelineSpec, Replacement};
 pub use sync::{Collective, DataParallel, Independent, OuterRound, OuterState, OuterSync};

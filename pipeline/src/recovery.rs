@@ -21,7 +21,7 @@ use crate::rebuild::{Donor, DonorWeights, StageRebuild};
 /// Where a failed worker's state comes back from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// A surviving replica of its stage (that replica's index).
+    /// A surviving replica of its stage (that replica's index): its weights and optimizer moments.
     Replica(usize),
     /// The rebuild protocol's donors, in its replica row; [`Recovery::rebuild`] combines them.
     Donors(Vec<Donor>),

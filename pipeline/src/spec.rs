@@ -62,6 +62,8 @@ pub struct PipelineSpec {
     /// The worker starts after the others (a node that joins a run under way): it asks the other
     /// replicas of its stage for their weights and joins at the step the first to answer is at.
     pub late_join: bool,
+    /// Whether a killed worker's successor may take its place mid-run (real nodes).
+    pub replacement: Replacement,
     /// Put the embedding alone in the first stage and the head alone in the last, the transformer blocks
     /// in the stages between (CheckFree's layout); otherwise the blocks are spread over all stages.
     pub edge_stages: bool,
@@ -113,6 +115,7 @@ impl PipelineSpec {
             progress: None,
             peer_timeout: Duration::from_secs(600),
             late_join: false,
+            replacement: Replacement::Off,
             edge_stages: false,
             gradients: GradientScaling::PerStage,
         }
@@ -176,6 +179,15 @@ impl PipelineSpec {
             ));
         }
         self.sync.validate(self.replicas)?;
+        if self.replacement != Replacement::Off && self.sync.elastic_wait().is_some() {
+            return Err(Error::config(
+                "pipeline.replacement",
+                "an elastic group leaves a killed replica out and takes a new one as a joiner, not as a replacement",
+            ));
+        }
+        if self.late_join && self.replacement == Replacement::Replaces {
+            return Err(Error::config("pipeline.replacement", "a worker either joins late or replaces a killed one"));
+        }
         if self.peer_timeout.is_zero() {
             return Err(Error::config("pipeline.peer_timeout", "must be positive"));
         }
@@ -184,4 +196,19 @@ impl PipelineSpec {
         self.world.validate()?;
         Ok(())
     }
+}
+
+/// Whether pipeline workers can be replaced mid-run: a node killed for real (not a failure the world
+/// plans) is followed by a new node with its key and place, which halts the others, agrees with them on
+/// the step to train again from, and gets its state by the run's [`Recovery`] strategy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Replacement {
+    /// No (the simulated network, where failures are the world's planned ones).
+    #[default]
+    Off,
+    /// Every worker keeps its state as of the start of its last two steps and halts when a replacement
+    /// asks it to ([`Msg::Replace`](crate::wire::Msg::Replace)).
+    Ready,
+    /// As [`Ready`](Self::Ready), and this worker is the replacement of a killed one.
+    Replaces,
 }

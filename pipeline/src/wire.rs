@@ -95,6 +95,26 @@ pub enum Msg {
         /// The members, by replica index.
         members: Vec<u32>,
     },
+    /// A node that replaces a killed worker (it has the killed one's key and place) tells every other
+    /// worker to halt. Like [`Halted`](Msg::Halted) and [`Resume`](Msg::Resume), it is heard in any
+    /// recovery epoch.
+    Replace,
+    /// A worker's answer to [`Replace`](Msg::Replace): the step it was training (not yet completed) and
+    /// the recovery epoch it was in.
+    Halted {
+        /// The step it halted in.
+        step: u64,
+        /// Its recovery epoch.
+        epoch: u32,
+    },
+    /// The replacement's word to every worker: go back to the start of `step`, and from now on hear
+    /// only messages of recovery epoch `epoch` (what was sent before the halt is void).
+    Resume {
+        /// The step everyone trains again from.
+        step: u64,
+        /// The new recovery epoch.
+        epoch: u32,
+    },
     /// One chunk of a ring all-reduce among the replicas of a stage.
     Reduce {
         /// Training step.
@@ -104,6 +124,28 @@ pub enum Msg {
         /// The chunk's values.
         data: TensorBytes,
     },
+}
+
+impl Msg {
+    /// Whether the message belongs to the replacement of a worker, which every worker hears whatever
+    /// its recovery epoch.
+    pub fn is_replacement(&self) -> bool {
+        matches!(self, Self::Replace | Self::Halted { .. } | Self::Resume { .. })
+    }
+}
+
+/// A message as a mailbox sends it: with the sender's recovery epoch (see [`Msg::Resume`]).
+#[derive(Debug, Serialize)]
+pub(crate) struct Outgoing<'a> {
+    pub(crate) epoch: u32,
+    pub(crate) msg: &'a Msg,
+}
+
+/// A message as a mailbox receives it (an [`Outgoing`] on the wire).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Incoming {
+    pub(crate) epoch: u32,
+    pub(crate) msg: Msg,
 }
 
 /// Why a stage's weights are on the wire.

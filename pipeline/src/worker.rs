@@ -6,8 +6,16 @@
 //! then the gradient synchronisation, one optimizer step and the outer round, if any. Failures planned
 //! for a step are handled before it ([`Recovery`](crate::Recovery)). Compute time is charged to the agent's clock from
 //! the stage's FLOPs and the agent's device profile.
+//!
+//! On real nodes a worker can also be killed for real and followed by a successor with its key
+//! ([`Replacement`]): the successor sends every other worker [`Msg::Replace`], which ends whatever wait
+//! each is in; each answers with the step it was training, and the successor has everyone go back to
+//! the start of the earliest of them ([`Msg::Resume`], with a new recovery epoch so that nothing sent
+//! before counts). A worker keeps its state as of the start of its last two steps for that, since one
+//! may have finished a step that another had not. The successor then gets its state as a failed worker
+//! of the simulated network does, from the same [`Source`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +34,7 @@ use crate::plug::{Hop, check_path};
 use crate::probe::WeightProbe;
 use crate::rebuild::{Donor, DonorWeights};
 use crate::recovery::{KeptCopy, Source};
-use crate::spec::{GradientScaling, PipelineSpec};
+use crate::spec::{GradientScaling, PipelineSpec, Replacement};
 use crate::sync::{OuterRound, OuterState};
 use crate::wire::{Msg, WeightsKind, from_wire, to_wire};
 
@@ -101,94 +109,26 @@ pub async fn run_worker<T: Transport, C: Clock>(
     } else {
         Vec::new()
     };
-    let checkpoints = spec.recovery.checkpoints();
-    let mut step = if spec.late_join && w.replicas > 1 { w.join().await? } else { 0 };
+    let replaceable = spec.replacement != Replacement::Off;
+    w.mail.set_halts(replaceable);
+    let mut step = if spec.replacement == Replacement::Replaces {
+        w.replace().await?
+    } else if spec.late_join && w.replicas > 1 {
+        w.join().await?
+    } else {
+        0
+    };
+    let plan = StepPlan { eval_set, evaluates, probe };
     while step <= spec.steps {
-        if w.replicas > 1 {
-            w.serve_joiners(step).await?;
+        if replaceable {
+            w.remember(step);
         }
-        if let Some(rollback) = w.handle_failures(step).await? {
-            step = rollback;
-            continue;
+        match w.step(step, &plan).await {
+            Ok(Some(next)) => step = next,
+            Ok(None) => break,
+            Err(Error::Replaced { by, .. }) => step = w.halt(by, step).await?,
+            Err(e) => return Err(e),
         }
-        if let Some((every, bytes_per_s)) = checkpoints
-            && step.is_multiple_of(every)
-            && step < spec.steps
-        {
-            w.checkpoint = Some(Checkpoint {
-                step,
-                weights: w.params.snapshot(),
-                optim: w.optim.clone(),
-                outer: w.outer.as_ref().map(|o| o.snapshot()),
-            });
-            w.ctx.clock.sleep(w.state_io_time(bytes_per_s)).await;
-        }
-        let evaluating = spec.eval_every > 0 && (step.is_multiple_of(spec.eval_every) || step == spec.steps);
-        if evaluating && evaluates {
-            let next = (!w.last).then(|| w.peer(s + 1, r));
-            evaluate(&w.ctx, &w.stage, &mut w.mail, &eval_set, spec.eval_batches, step, w.fwd_flops, next).await?;
-        }
-        if let Some(probe) = &probe
-            && evaluating
-        {
-            probe.add(step, s, &flatten(&w.names, &w.params.snapshot(), &w.shapes)?);
-        }
-        if step == spec.steps {
-            break;
-        }
-        let waited_before = w.mail.waited();
-        let grads = w.train_step(step).await?;
-        let grads = match w.sync_gradients(step, grads).await? {
-            Synced::Mean(grads) => grads,
-            Synced::Rejoined(at) => {
-                // Left out of the group for being late: this worker now has the group's state of step `at`.
-                step = at;
-                continue;
-            }
-        };
-        let stats = match spec.gradients {
-            GradientScaling::PerStage => w.optim.step(&w.params, &grads)?,
-            GradientScaling::WholeModel => {
-                let norm = w.model_grad_norm(step, &grads).await?;
-                w.optim.step_with_norm(&w.params, &grads, norm)?
-            }
-        };
-        let clip = w.optim.config().grad_clip;
-        w.last_grad_norm = if clip > 0.0 { stats.grad_norm.min(clip) } else { stats.grad_norm };
-        if w.last && r == 0 {
-            w.ctx.record("lr", step, f64::from(stats.lr));
-            w.ctx.record("grad_norm", step, f64::from(stats.grad_norm));
-        }
-        if let Some(progress) = &spec.progress {
-            // Every worker reports (a real node runs only one); the count only rises.
-            progress.fetch_max(step + 1, std::sync::atomic::Ordering::Relaxed);
-        }
-        if w.outer.is_some()
-            && let Some(round) = spec.sync.round(step + 1, r, w.replicas)
-        {
-            let (t0, b0) = (w.ctx.clock.now(), w.mail.sent());
-            match spec.sync.elastic_wait() {
-                Some(wait) if w.replicas > 1 => {
-                    if let Some(at) = w.elastic_outer_round(step, &round, wait).await? {
-                        // Left out for being late: this worker now has the group's state of step `at`.
-                        step = at;
-                        continue;
-                    }
-                }
-                _ => {
-                    let at = (s, r, w.replicas);
-                    let state = w.outer.as_mut().ok_or_else(unexpected)?;
-                    outer_round(&w.ctx, &mut w.mail, state.as_mut(), &round, at, step, &w.params, &w.names, &w.shapes)
-                        .await?;
-                }
-            }
-            w.ctx.record("sync_time", step, (w.ctx.clock.now() - t0).as_secs_f64());
-            w.ctx.record("sync_bytes", step, (w.mail.sent() - b0) as f64);
-        }
-        w.keep_copies(step).await?;
-        w.ctx.record("idle_time", step, (w.mail.waited() - waited_before).as_secs_f64());
-        w.ctx.record("bytes_sent", step, w.mail.sent() as f64);
-        step += 1;
     }
     if let Some(wait) = spec.sync.elastic_wait()
         && w.replicas > 1
@@ -196,6 +136,14 @@ pub async fn run_worker<T: Transport, C: Clock>(
         w.linger(step, QuorumTimeouts::from_wait(wait)).await?;
     }
     Ok(WorkerResult { stage: s, replica: r, weights: w.params.snapshot() })
+}
+
+/// What every step of a worker uses: its validation batches (stage 0 of an evaluating row), whether its
+/// row evaluates, and the probe of the replicas' weights.
+struct StepPlan {
+    eval_set: Vec<(Tensor, Tensor)>,
+    evaluates: bool,
+    probe: Option<Arc<WeightProbe>>,
 }
 
 /// One worker's state between steps.
@@ -225,6 +173,8 @@ struct Worker<T: Transport, C: Clock> {
     kept: Vec<KeptCopy>,
     last: bool,
     checkpoint: Option<Checkpoint>,
+    /// A replaceable worker's state as of the start of its last two steps ([`Replacement::Ready`]).
+    undo: VecDeque<Checkpoint>,
     /// This stage's gradient norm after clipping, at the last step.
     last_grad_norm: f32,
     /// The copies of other stages' state this worker keeps ([`KeptCopy`]), by the stage copied.
@@ -254,6 +204,7 @@ enum Synced {
 
 /// A copy of another stage's state: the step after which it was sent and its tensors (stage-local
 /// names; optimizer moments under [`MOMENT_PREFIX`]).
+#[derive(Clone)]
 struct Kept {
     step: u64,
     tensors: Vec<(String, TensorBytes)>,
@@ -299,6 +250,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             mail,
             outer: None,
             checkpoint: None,
+            undo: VecDeque::new(),
             last_grad_norm: 0.0,
             copies: BTreeMap::new(),
             view: (0..replicas).collect(),
@@ -307,6 +259,245 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         };
         w.restart_outer()?;
         Ok(w)
+    }
+
+    /// Step `step` of the run: joiners served, planned failures handled, a checkpoint and an
+    /// evaluation when due, then the training step, the gradient average, the optimizer step, the outer
+    /// round and the kept copies. Returns the step to train next; `None` after the evaluation that
+    /// follows the last step.
+    async fn step(&mut self, step: u64, plan: &StepPlan) -> Result<Option<u64>> {
+        let spec = self.spec.clone();
+        let (s, r) = (self.s, self.r);
+        if self.replicas > 1 {
+            self.serve_joiners(step).await?;
+        }
+        if let Some(rollback) = self.handle_failures(step).await? {
+            return Ok(Some(rollback));
+        }
+        if let Some((every, bytes_per_s)) = spec.recovery.checkpoints()
+            && step.is_multiple_of(every)
+            && step < spec.steps
+        {
+            self.checkpoint = Some(self.state_at(step));
+            self.ctx.clock.sleep(self.state_io_time(bytes_per_s)).await;
+        }
+        let evaluating = spec.eval_every > 0 && (step.is_multiple_of(spec.eval_every) || step == spec.steps);
+        if evaluating && plan.evaluates {
+            let next = (!self.last).then(|| self.peer(s + 1, r));
+            let (ctx, stage, mail) = (&self.ctx, &self.stage, &mut self.mail);
+            evaluate(ctx, stage, mail, &plan.eval_set, spec.eval_batches, step, self.fwd_flops, next).await?;
+        }
+        if let Some(probe) = &plan.probe
+            && evaluating
+        {
+            probe.add(step, s, &flatten(&self.names, &self.params.snapshot(), &self.shapes)?);
+        }
+        if step == spec.steps {
+            return Ok(None);
+        }
+        let waited_before = self.mail.waited();
+        let grads = self.train_step(step).await?;
+        let grads = match self.sync_gradients(step, grads).await? {
+            Synced::Mean(grads) => grads,
+            // Left out of the group for being late: this worker now has the group's state of step `at`.
+            Synced::Rejoined(at) => return Ok(Some(at)),
+        };
+        let stats = match spec.gradients {
+            GradientScaling::PerStage => self.optim.step(&self.params, &grads)?,
+            GradientScaling::WholeModel => {
+                let norm = self.model_grad_norm(step, &grads).await?;
+                self.optim.step_with_norm(&self.params, &grads, norm)?
+            }
+        };
+        let clip = self.optim.config().grad_clip;
+        self.last_grad_norm = if clip > 0.0 { stats.grad_norm.min(clip) } else { stats.grad_norm };
+        if self.last && r == 0 {
+            self.ctx.record("lr", step, f64::from(stats.lr));
+            self.ctx.record("grad_norm", step, f64::from(stats.grad_norm));
+        }
+        if self.outer.is_some()
+            && let Some(round) = spec.sync.round(step + 1, r, self.replicas)
+        {
+            let (t0, b0) = (self.ctx.clock.now(), self.mail.sent());
+            match spec.sync.elastic_wait() {
+                Some(wait) if self.replicas > 1 => {
+                    if let Some(at) = self.elastic_outer_round(step, &round, wait).await? {
+                        // Left out for being late: this worker now has the group's state of step `at`.
+                        return Ok(Some(at));
+                    }
+                }
+                _ => {
+                    let at = (s, r, self.replicas);
+                    let state = self.outer.as_mut().ok_or_else(unexpected)?;
+                    let (ctx, mail) = (&self.ctx, &mut self.mail);
+                    outer_round(ctx, mail, state.as_mut(), &round, at, step, &self.params, &self.names, &self.shapes)
+                        .await?;
+                }
+            }
+            self.ctx.record("sync_time", step, (self.ctx.clock.now() - t0).as_secs_f64());
+            self.ctx.record("sync_bytes", step, (self.mail.sent() - b0) as f64);
+        }
+        self.keep_copies(step).await?;
+        self.ctx.record("idle_time", step, (self.mail.waited() - waited_before).as_secs_f64());
+        self.ctx.record("bytes_sent", step, self.mail.sent() as f64);
+        if let Some(progress) = &spec.progress {
+            // Once all of the step is done, what it sends included. Every worker reports (a real node
+            // runs only one); the count only rises.
+            progress.fetch_max(step + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(Some(step + 1))
+    }
+
+    /// This worker's state as of the start of `step`.
+    fn state_at(&self, step: u64) -> Checkpoint {
+        Checkpoint {
+            step,
+            weights: self.params.snapshot(),
+            optim: self.optim.clone(),
+            outer: self.outer.as_ref().map(|o| o.snapshot()),
+            last_grad_norm: self.last_grad_norm,
+            copies: self.copies.clone(),
+        }
+    }
+
+    /// Puts back a state [`state_at`](Self::state_at) took.
+    fn restore_state(&mut self, state: Checkpoint) -> Result<()> {
+        for (name, t) in &state.weights {
+            self.params.set(name, t)?;
+        }
+        self.optim = state.optim;
+        match state.outer {
+            Some(o) => self.outer = Some(o),
+            None => self.restart_outer()?,
+        }
+        self.last_grad_norm = state.last_grad_norm;
+        self.copies = state.copies;
+        Ok(())
+    }
+
+    /// A replaceable worker keeps its state as of the start of its last two steps: when a replacement
+    /// halts the swarm, a worker one step ahead of the others goes back one.
+    fn remember(&mut self, step: u64) {
+        self.undo.retain(|u| u.step < step);
+        let state = self.state_at(step);
+        self.undo.push_back(state);
+        while self.undo.len() > 2 {
+            self.undo.pop_front();
+        }
+    }
+
+    /// This node replaces a killed worker (it has the killed one's key and place): it tells every other
+    /// worker to halt, waits for each one's step, has everyone train again from the earliest of them
+    /// (in a new recovery epoch, so that nothing sent before counts), and gets its own state from the
+    /// recovery strategy's source as a failed worker of the simulated network does. Returns the step to
+    /// train next.
+    async fn replace(&mut self) -> Result<u64> {
+        let t0 = self.ctx.clock.now();
+        let me = self.ctx.transport.local_peer();
+        let others: Vec<PeerId> = self.ctx.peers.iter().copied().filter(|p| *p != me).collect();
+        for &peer in &others {
+            self.mail.send(peer, &Msg::Replace).await?;
+        }
+        let mut halted: BTreeMap<PeerId, (u64, u32)> = BTreeMap::new();
+        while halted.len() < others.len() {
+            let wanted = |f: &PeerId, m: &Msg| others.contains(f) && matches!(m, Msg::Halted { .. });
+            if let (from, Msg::Halted { step, epoch }) = self.mail.take("every other worker's halt", wanted).await? {
+                halted.insert(from, (step, epoch));
+            }
+        }
+        let steps = halted.values().map(|h| h.0);
+        let (resume, ahead) = (steps.clone().min().unwrap_or(0), steps.max().unwrap_or(0));
+        if ahead > resume + 1 {
+            return Err(Error::config(
+                "replacement",
+                format!(
+                    "the other workers halted at steps {resume} to {ahead}; a worker keeps one step to go back, \
+                     so a swarm whose workers drift apart by more (rows without a per-step gradient average) \
+                     cannot resume together"
+                ),
+            ));
+        }
+        let epoch = halted.values().map(|h| h.1).max().unwrap_or(0) + 1;
+        for &peer in &others {
+            self.mail.send(peer, &Msg::Resume { step: resume, epoch }).await?;
+        }
+        self.mail.set_epoch(epoch);
+        let (s, r) = (self.s, self.r);
+        let source = self.spec.recovery.source((s, r), &[(s, r)], self.spec.stages, self.replicas);
+        if source == Source::Checkpoint {
+            return Err(Error::config(
+                "replacement",
+                format!(
+                    "{} keeps its checkpoints in the workers' memory, so a killed worker's is gone",
+                    self.spec.recovery.name()
+                ),
+            ));
+        }
+        // The learning-rate schedule goes on from the step everyone resumes at.
+        self.optim.restore(resume, &BTreeMap::new())?;
+        self.recover(resume, &source).await?;
+        let took = (self.ctx.clock.now() - t0).as_secs_f64();
+        let detail = format!(
+            "s{s}r{r} replaced the killed worker: {} others halted at steps {resume} to {ahead}; everyone trains again from step {resume} (epoch {epoch}), {took:.3} s after this node started",
+            others.len()
+        );
+        self.ctx.metrics.event(self.ctx.clock.now(), Some(self.ctx.index), EventKind::Join, detail);
+        Ok(resume)
+    }
+
+    /// A replacement (`by`) asked this worker to halt while it trained `step`: tells it that step, waits
+    /// for the step everyone resumes from, goes back to its state at that step's start, enters the new
+    /// recovery epoch and sends the replacement what the recovery strategy has it send. Returns the step
+    /// to train next.
+    async fn halt(&mut self, by: PeerId, step: u64) -> Result<u64> {
+        let place = self
+            .ctx
+            .peers
+            .iter()
+            .position(|p| *p == by)
+            .ok_or_else(|| Error::config("replacement", format!("{} is not a worker of this swarm", by.short())))?;
+        let failed = (place / self.replicas, place % self.replicas);
+        self.mail.send(by, &Msg::Halted { step, epoch: self.mail.epoch() }).await?;
+        let wanted = |f: &PeerId, m: &Msg| *f == by && matches!(m, Msg::Resume { .. });
+        let (_, Msg::Resume { step: resume, epoch }) = self.mail.take("the step to resume from", wanted).await? else {
+            return Err(unexpected());
+        };
+        let kept: Vec<u64> = self.undo.iter().map(|u| u.step).collect();
+        let Some(i) = self.undo.iter().position(|u| u.step == resume) else {
+            return Err(Error::config(
+                "replacement",
+                format!(
+                    "s{}r{} halted at step {step} and kept its state of steps {kept:?}, not of step {resume}",
+                    self.s, self.r
+                ),
+            ));
+        };
+        let state = self.undo[i].clone();
+        self.restore_state(state)?;
+        // A copy kept without waiting: what arrived of it before the halt is all there will be (the
+        // killed worker may have sent it, or not).
+        let lazy: Vec<usize> = self.kept.iter().filter(|c| c.at == self.s && !c.wait).map(|c| c.of).collect();
+        if resume > 0 {
+            for of in lazy {
+                self.refresh_copy(of, resume - 1, false).await?;
+            }
+        }
+        self.mail.set_epoch(epoch);
+        let source = self.spec.recovery.source(failed, &[failed], self.spec.stages, self.replicas);
+        self.send_recovery(resume, failed, &source, false).await?;
+        let (s, r) = (self.s, self.r);
+        let mut detail = format!(
+            "s{s}r{r} halted at step {step} for the replacement of s{}r{}; trains again from step {resume} (epoch {epoch})",
+            failed.0, failed.1
+        );
+        if source == Source::CopyAt((s, r)) {
+            detail += &match self.copies.get(&failed.0) {
+                Some(c) => format!("; sent its copy of stage {}'s state after step {}", failed.0, c.step),
+                None => format!("; had no copy of stage {} to send", failed.0),
+            };
+        }
+        self.ctx.metrics.event(self.ctx.clock.now(), Some(self.ctx.index), EventKind::Recovery, detail);
+        Ok(resume)
     }
 
     /// Starts the outer protocol's state (anchor, momentum…) afresh from the current weights: at the
@@ -341,50 +532,65 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             return self.roll_back(step, &failed).await.map(Some);
         }
         // First send what others need from us, then (if we failed) rebuild from what arrives.
-        for (&(fs, fr), source) in failed.iter().zip(&sources) {
-            let to = self.peer(fs, fr);
-            match source {
-                Source::Replica(q) if (self.s, self.r) == (fs, *q) => {
-                    let tensors = self.local_weights()?;
-                    self.send_weights(to, step, WeightsKind::Donor, fs, tensors).await?;
-                }
-                Source::Donors(donors) if self.r == fr => {
-                    let me = self.s;
-                    for donor in donors.iter().filter(|d| d.stage() == me) {
-                        let tensors = match donor {
-                            Donor::Stage(_) => self.local_weights()?,
-                            Donor::CopyHeldBy(_) => self.copies.get(&fs).map(|c| c.tensors.clone()).unwrap_or_default(),
-                        };
-                        self.send_weights(to, step, WeightsKind::Donor, fs, tensors).await?;
-                    }
-                }
-                Source::CopyAt(holder) if (self.s, self.r) == *holder => {
-                    let tensors = self.copy_of(fs, step).await?;
-                    self.send_weights(to, step, WeightsKind::Shadow, fs, tensors).await?;
-                }
-                _ => {}
-            }
+        for (&hit, source) in failed.iter().zip(&sources) {
+            self.send_recovery(step, hit, source, true).await?;
         }
         let Some(i) = failed.iter().position(|&hit| hit == (self.s, self.r)) else { return Ok(None) };
         self.recover(step, &sources[i]).await?;
         Ok(None)
     }
 
+    /// Sends the failed worker `failed` what its recovery from `source` needs of this worker before
+    /// `step`, if anything. A kept copy is the one as of step `step − 1`, waited for if `wait_copy` and it
+    /// is still on its way; otherwise the one at hand.
+    async fn send_recovery(&mut self, step: u64, failed: Hop, source: &Source, wait_copy: bool) -> Result<()> {
+        let (fs, fr) = failed;
+        let to = self.peer(fs, fr);
+        match source {
+            Source::Replica(q) if (self.s, self.r) == (fs, *q) => {
+                let mut tensors = self.local_weights()?;
+                tensors.extend(self.moments_to_wire()?);
+                self.send_weights(to, step, WeightsKind::Donor, fs, tensors).await?;
+            }
+            Source::Donors(donors) if self.r == fr => {
+                let me = self.s;
+                for donor in donors.iter().filter(|d| d.stage() == me) {
+                    let tensors = match donor {
+                        Donor::Stage(_) => self.local_weights()?,
+                        Donor::CopyHeldBy(_) => self.copies.get(&fs).map(|c| c.tensors.clone()).unwrap_or_default(),
+                    };
+                    self.send_weights(to, step, WeightsKind::Donor, fs, tensors).await?;
+                }
+            }
+            Source::CopyAt(holder) if (self.s, self.r) == *holder => {
+                let tensors = if wait_copy {
+                    self.copy_of(fs, step).await?
+                } else {
+                    self.copies.get(&fs).map(|c| c.tensors.clone()).unwrap_or_default()
+                };
+                self.send_weights(to, step, WeightsKind::Shadow, fs, tensors).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Every worker restores its last checkpoint; returns the step to continue from.
     async fn roll_back(&mut self, step: u64, failed: &[(usize, usize)]) -> Result<u64> {
         let bytes_per_s = self.spec.recovery.checkpoints().map_or(f64::INFINITY, |c| c.1);
-        let (at, weights, optim, outer) = match &self.checkpoint {
-            Some(c) => (c.step, c.weights.clone(), c.optim.clone(), c.outer.as_ref().map(|o| o.snapshot())),
-            None => (0, self.fresh_weights()?, AdamW::new(self.spec.optim.clone(), self.spec.model.backend)?, None),
+        let state = match &self.checkpoint {
+            Some(c) => c.clone(),
+            None => Checkpoint {
+                step: 0,
+                weights: self.fresh_weights()?,
+                optim: AdamW::new(self.spec.optim.clone(), self.spec.model.backend)?,
+                outer: None,
+                last_grad_norm: 0.0,
+                copies: BTreeMap::new(),
+            },
         };
-        for (name, t) in &weights {
-            self.params.set(name, t)?;
-        }
-        self.optim = optim;
-        match outer {
-            Some(o) => self.outer = Some(o),
-            None => self.restart_outer()?,
-        }
+        let at = state.step;
+        self.restore_state(state)?;
         self.ctx.clock.sleep(self.state_io_time(bytes_per_s)).await;
         if self.ctx.index == 0 {
             let who: Vec<String> = failed.iter().map(|(s, r)| format!("s{s}r{r}")).collect();
@@ -411,8 +617,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let detail = match source {
             Source::Replica(q) => {
                 let got = self.take_weights(step, WeightsKind::Donor, self.peer(s, *q)).await?;
-                self.install(&got.2)?;
-                format!("copied the weights of replica {q}")
+                self.install_state(got.2)?;
+                format!("copied the weights and optimizer moments of replica {q}")
             }
             Source::Donors(donors) => {
                 let recovery = self.spec.recovery.clone();
@@ -435,11 +641,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 if got.2.is_empty() {
                     "no redundant copy yet: started from the initial weights".to_owned()
                 } else {
-                    let (moments, weights): (Vec<_>, Vec<_>) =
-                        got.2.into_iter().partition(|(n, _)| n.starts_with(MOMENT_PREFIX));
-                    self.install(&weights)?;
-                    let moments = self.moments_from_wire(&moments)?;
-                    self.optim.restore(self.optim.steps(), &moments)?;
+                    self.install_state(got.2)?;
                     format!("restored from stage {holder}'s redundant copy")
                 }
             }
@@ -475,6 +677,15 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     /// Sets this stage's weights from stage-local wire tensors.
     fn install(&self, tensors: &[(String, TensorBytes)]) -> Result<()> {
         self.install_tensors(&self.to_tensors(tensors)?)
+    }
+
+    /// Sets this stage's weights and optimizer moments from wire tensors (the moments under
+    /// [`MOMENT_PREFIX`]); the optimizer stays at its step.
+    fn install_state(&mut self, tensors: Vec<(String, TensorBytes)>) -> Result<()> {
+        let (moments, weights): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(n, _)| n.starts_with(MOMENT_PREFIX));
+        self.install(&weights)?;
+        let moments = self.moments_from_wire(&moments)?;
+        Ok(self.optim.restore(self.optim.steps(), &moments)?)
     }
 
     /// Sets this stage's weights from stage-local tensors; every parameter must be there, shaped right.
@@ -1100,11 +1311,27 @@ async fn evaluate<T: Transport, C: Clock>(
 }
 
 /// What a checkpoint holds: the step it was taken before, the stage's weights, optimizer and outer state.
+/// A worker's state as of the start of a step: a checkpoint, or a replaceable worker's way back.
 struct Checkpoint {
     step: u64,
     weights: BTreeMap<String, Tensor>,
     optim: AdamW,
     outer: Option<Box<dyn OuterState>>,
+    last_grad_norm: f32,
+    copies: BTreeMap<usize, Kept>,
+}
+
+impl Clone for Checkpoint {
+    fn clone(&self) -> Self {
+        Self {
+            step: self.step,
+            weights: self.weights.clone(),
+            optim: self.optim.clone(),
+            outer: self.outer.as_ref().map(|o| o.snapshot()),
+            last_grad_norm: self.last_grad_norm,
+            copies: self.copies.clone(),
+        }
+    }
 }
 
 /// One outer round of this worker after inner step `step`, on its stage's weights.

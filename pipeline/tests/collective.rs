@@ -218,3 +218,54 @@ fn a_group_naming_replicas_the_stage_lacks_is_no_answer() {
     let member = out.into_iter().nth(1).expect("two agents").expect("agent");
     assert_eq!(member, Some(Some((vec![1], 1))));
 }
+
+/// Recovery epochs: a message sent in an earlier epoch than the receiver's is void, one of a later
+/// epoch waits until the receiver gets there, and a replacement's `Replace` ends whatever wait a
+/// halting worker is in (and only then).
+#[test]
+fn a_mailbox_hears_its_own_epoch_and_halts_for_a_replacement() {
+    use pipeline::wire::Msg;
+    let norm = |step| Msg::GradNorm { step, stage: 0, squared: 1.0 };
+    let out = run_simulation(async move {
+        swarm(2)
+            .run(move |ctx| async move {
+                let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), Duration::from_secs(600), "e");
+                let other = ctx.peers[1 - ctx.index as usize];
+                if ctx.index == 1 {
+                    for (epoch, step) in [(0, 1), (2, 2), (1, 3)] {
+                        mail.set_epoch(epoch);
+                        mail.send(other, &norm(step)).await.expect("sent");
+                    }
+                    mail.send(other, &Msg::Replace).await.expect("sent");
+                    return Ok(Vec::new());
+                }
+                mail.set_epoch(1);
+                ctx.clock.sleep(Duration::from_secs(5)).await;
+                let mut heard = Vec::new();
+                let norms = |_: &transport::PeerId, m: &Msg| matches!(m, Msg::GradNorm { .. });
+                // Without halting, a Replace is only kept: the wait for a norm ends with the current one.
+                if let Ok((_, Msg::GradNorm { step, .. })) = mail.take("a norm", norms).await {
+                    heard.push(step);
+                }
+                mail.set_halts(true);
+                let never = |_: &transport::PeerId, m: &Msg| matches!(m, Msg::Members { .. });
+                match mail.take("a group", never).await {
+                    Err(pipeline::Error::Replaced { by, .. }) if by == other => heard.push(100),
+                    other => panic!("expected a halt, got {other:?}"),
+                }
+                // The future epoch's message is heard once this worker is in it; the past one never.
+                mail.set_epoch(2);
+                let now = ctx.clock.now();
+                while let Some((_, Msg::GradNorm { step, .. })) =
+                    mail.take_until(now + Duration::from_secs(1), norms).await.expect("mailbox")
+                {
+                    heard.push(step);
+                }
+                Ok(heard)
+            })
+            .await
+    })
+    .expect("runtime");
+    let receiver = out.into_iter().next().expect("two agents").expect("agent");
+    assert_eq!(receiver, vec![3, 100, 2]);
+}

@@ -18,7 +18,7 @@ use transport::sim::LinkSpec;
 use transport::{Identity, PeerBook};
 
 use crate::config::RunConfig;
-use crate::node::{NodeLog, NodeNet};
+use crate::node::{NodeLog, NodeNet, Start};
 use crate::files::{out_dir, write_atomic};
 
 mod report;
@@ -56,6 +56,9 @@ pub(crate) struct Launch {
     pub(crate) kill: Option<Kill>,
     /// A node to start late, once another reports a round (or step).
     pub(crate) late: Option<Kill>,
+    /// Start a successor in the killed node's place (its key and address) right after `kill`: a
+    /// pipeline worker that halts the others and gets its state back by the configured recovery.
+    pub(crate) replace: bool,
     /// Put the configuration's link model between the nodes (a relay in front of each).
     pub(crate) emulate_link: bool,
 }
@@ -77,6 +80,8 @@ struct Running {
     place: usize,
     round: u64,
     outcome: Option<Outcome>,
+    /// The round (or step) at which it was killed and a successor started in its place.
+    replaced_at: Option<u64>,
 }
 
 /// A progress line of a node (`round 12/40`, `step 3/100`): the number reached.
@@ -185,6 +190,9 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     if launch.nodes < 2 {
         bail!("--local {}: a swarm needs at least 2 nodes", launch.nodes);
     }
+    if launch.replace && (launch.kill.is_none() || launch.protocol != "pipeline") {
+        bail!("--replace starts a successor to the node that --kill kills: it needs --kill and --protocol pipeline");
+    }
     for (flag, at) in [("--kill", launch.kill), ("--late", launch.late)] {
         if let Some(k) = at
             && k.node >= launch.nodes
@@ -239,9 +247,13 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     let mut nodes = Vec::new();
     for (place, p) in places.iter().enumerate() {
         let late = launch.late.is_some_and(|l| l.node == place);
-        let child = if late { None } else { Some(spawner.start(place, p, false)?) };
-        nodes.push(Running { child, place, round: 0, outcome: None });
+        let child = if late { None } else { Some(spawner.start(place, p, Start::Now)?) };
+        nodes.push(Running { child, place, round: 0, outcome: None, replaced_at: None });
     }
+    let mut killed = false;
+    // After a kill: when it happened and the furthest any node had got, until every node running has
+    // got past that (the time a kill costs the swarm).
+    let mut since_kill: Option<(Instant, u64)> = None;
 
     let mut shown = 0;
     while nodes.iter().any(|n| n.outcome.is_none()) {
@@ -281,7 +293,7 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 && nodes[late.node].child.is_none()
                 && nodes[late.node].outcome.is_none()
             {
-                nodes[late.node].child = Some(spawner.start(late.node, &places[late.node], true)?);
+                nodes[late.node].child = Some(spawner.start(late.node, &places[late.node], Start::Late)?);
                 let event = format!(
                     "{:.1} s: started node {} late, as node {place} reached {} {}",
                     started.elapsed().as_secs_f64(),
@@ -292,9 +304,11 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 eprintln!("[launch] {event}");
                 journal.push(event);
             }
+            let nodes_max_round = nodes.iter().map(|n| n.round).max().unwrap_or(0);
             let node = &mut nodes[place];
             if let Some(k) = launch.kill
                 && k.node == place
+                && !killed
                 && node.outcome.is_none()
                 && node.round >= k.round
                 && let Some(child) = node.child.as_mut()
@@ -302,7 +316,9 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 let pid = child.id();
                 let _ = child.kill();
                 let _ = child.wait();
+                killed = true;
                 node.outcome = Some(Outcome::Killed { round: node.round });
+                since_kill = Some((Instant::now(), nodes_max_round));
                 let event = format!(
                     "{:.1} s: killed node {place} (pid {pid}) at {} {}",
                     started.elapsed().as_secs_f64(),
@@ -311,7 +327,31 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 );
                 eprintln!("[launch] {event}");
                 journal.push(event);
+                if launch.replace {
+                    node.child = Some(spawner.start(place, &places[place], Start::Replacement)?);
+                    node.replaced_at = Some(node.round);
+                    node.outcome = None;
+                    let event = format!(
+                        "{:.1} s: started a successor to node {place} with its key and address (--replace)",
+                        started.elapsed().as_secs_f64()
+                    );
+                    eprintln!("[launch] {event}");
+                    journal.push(event);
+                }
             }
+        }
+        if let Some((at, furthest)) = since_kill
+            && nodes.iter().filter(|n| n.outcome.is_none() && n.child.is_some()).all(|n| n.round > furthest)
+        {
+            since_kill = None;
+            let event = format!(
+                "{:.1} s: every node still running is past {} {furthest}, {:.2} s after the kill",
+                started.elapsed().as_secs_f64(),
+                unit(&launch.protocol),
+                at.elapsed().as_secs_f64()
+            );
+            eprintln!("[launch] {event}");
+            journal.push(event);
         }
         let slowest = nodes.iter().filter(|n| n.outcome.is_none()).map(|n| n.round).min().unwrap_or(0);
         if slowest > shown {
@@ -349,7 +389,7 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
         }
     }
     if let Some(k) = launch.kill
-        && !matches!(nodes[k.node].outcome, Some(Outcome::Killed { .. }))
+        && !killed
     {
         journal.push(format!("node {} never reached {} {}: not killed", k.node, unit(&launch.protocol), k.round));
     }
@@ -431,6 +471,7 @@ pub(crate) fn run_over_quic(cfg: &RunConfig, out: &Path) -> Result<()> {
             net: NodeNet::default(),
             kill: None,
             late: None,
+            replace: false,
             emulate_link: true,
         })
         .with_context(|| format!("arm {:?}", arm.label))?;
@@ -460,15 +501,21 @@ struct Spawner {
 }
 
 impl Spawner {
-    /// Starts the node at `place` (with `--join` when it starts late).
-    fn start(&self, place: usize, p: &Place, join: bool) -> Result<Child> {
+    /// Starts the node at `place` (a successor logs to `node-<i>-successor.log`).
+    fn start(&self, place: usize, p: &Place, start: Start) -> Result<Child> {
         let mut command = Command::new(&self.exe);
         command.arg("node").args(["--protocol", &self.launch.protocol]);
         if let Some(bind) = p.bind {
             command.arg("--bind").arg(bind.to_string());
         }
-        if join {
-            command.arg("--join");
+        match start {
+            Start::Now => {}
+            Start::Late => {
+                command.arg("--join");
+            }
+            Start::Replacement => {
+                command.arg("--replace");
+            }
         }
         let mut child = command
             .arg("--config")
@@ -485,7 +532,9 @@ impl Spawner {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start node {place}"))?;
-        let log = std::fs::File::create(self.out.join("logs").join(format!("node-{place}.log")))?;
+        let name =
+            if start == Start::Replacement { format!("node-{place}-successor.log") } else { format!("node-{place}.log") };
+        let log = std::fs::File::create(self.out.join("logs").join(name))?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(log));
         let streams: [Box<dyn std::io::Read + Send>; 2] = [
             Box::new(child.stdout.take().context("node stdout")?),

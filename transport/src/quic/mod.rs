@@ -413,14 +413,12 @@ async fn accept_loop(
                 return;
             }
             debug!(local = %shared.id.short(), peer = %peer.short(), %remote, "accepted");
-            // Reuse this connection for our own sends to the peer, unless one is live or being dialled.
+            // Our own sends to the peer take the newest connection it opened: a peer that dials again
+            // may have restarted (a killed node's successor, with its key), and the old connection then
+            // leads nowhere until it idles out. A dial of ours under way finishes first.
             if let Some(slots) = slots.upgrade() {
                 let slot = slots.lock().unwrap_or_else(|e| e.into_inner()).entry(peer).or_default().clone();
-                if let Ok(mut current) = slot.try_lock()
-                    && current.as_ref().is_none_or(|c| c.close_reason().is_some())
-                {
-                    *current = Some(conn.clone());
-                }
+                *slot.lock().await = Some(conn.clone());
             }
             serve_connection(conn, peer, shared).await;
         });
