@@ -216,15 +216,20 @@ pub(crate) fn pipeline_node(
         _ if spec.sync.elastic_wait().is_some() => pipeline::Replacement::Off,
         _ => pipeline::Replacement::Ready,
     };
-    spec.validate()?;
     let workers = spec.stages * spec.replicas;
     let what = format!("the first arm has {} stages x {} replicas", spec.stages, spec.replicas);
     let mut node = Node::load(key, peers, workers, &what, net)?;
+    let index = node.index;
+    let out = out_dir(out, "node")?;
+    if spec.replacement != pipeline::Replacement::Off && spec.recovery.checkpoints().is_some() {
+        // Checkpoint-restart on real nodes: the checkpoints also go to storage, where a killed worker's
+        // successor (started with the same output folder) reads its predecessor's.
+        spec.checkpoint_dir = Some(out.join("checkpoints"));
+    }
+    spec.validate()?;
     // A joiner of an elastic group is sent a stage's weights, two optimizer moments and up to two outer
     // vectors in one message: five f32 values per parameter (the whole model's count bounds a stage's).
     node.allow_frames_of(spec.model.param_count().saturating_mul(5 * 4).saturating_add(1 << 20))?;
-    let index = node.index;
-    let out = out_dir(out, "node")?;
     eprintln!(
         "swarmlab node {}: worker {index} of {workers} (stage {}, replica {}) of arm {:?}, listening on {}",
         node.id(),

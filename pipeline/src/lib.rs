@@ -15,6 +15,7 @@
 //! | [`plug`] | [`Router`] (paths), [`FixedRouter`] |
 //! | [`recovery`] | [`Recovery`] (sans-IO), [`CheckpointRestart`], [`Redundant`], [`Rebuild`] with its [`Fallback`] |
 //! | [`rebuild`] | [`StageRebuild`]: rebuilding a lost stage from others (sans-IO) |
+//! | [`storage`] | [`CheckpointStore`]: checkpoints in files, for a killed worker's successor |
 //! | [`sync`] | [`OuterSync`] / [`OuterState`] (sans-IO), [`Collective`], [`DataParallel`], [`Independent`] |
 //! | [`collective`] | the mailbox; ring and tree all-reduce, gather-average-broadcast with deadlines |
 //! | [`worker`] | one worker's loop: forward, backward, gradient all-reduce, optimizer step, outer round; halting for a killed worker's successor |
@@ -32,6 +33,7 @@ pub mod rebuild;
 pub mod recovery;
 pub mod run;
 pub mod spec;
+pub mod storage;
 pub mod sync;
 pub mod wire;
 pub mod worker;
@@ -45,4 +47,5 @@ pub use probe::WeightProbe;
 pub use rebuild::{Donor, DonorWeights, StageRebuild};
 pub use run::{RunReport, run_simulated};
 pub use spec::{GradientScaling, PipelineSpec, Replacement};
+pub use storage::{CheckpointStore, StoredState};
 pub use sync::{Collective, DataParallel, Independent, OuterRound, OuterState, OuterSync};

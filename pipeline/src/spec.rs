@@ -64,6 +64,10 @@ pub struct PipelineSpec {
     pub late_join: bool,
     /// Whether a killed worker's successor may take its place mid-run (real nodes).
     pub replacement: Replacement,
+    /// Where the workers also store their checkpoints, if anywhere (real nodes under
+    /// checkpoint-restart): a killed worker's successor reads its predecessor's there
+    /// ([`storage`](crate::storage)).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
     /// Put the embedding alone in the first stage and the head alone in the last, the transformer blocks
     /// in the stages between (CheckFree's layout); otherwise the blocks are spread over all stages.
     pub edge_stages: bool,
@@ -116,6 +120,7 @@ impl PipelineSpec {
             peer_timeout: Duration::from_secs(600),
             late_join: false,
             replacement: Replacement::Off,
+            checkpoint_dir: None,
             edge_stages: false,
             gradients: GradientScaling::PerStage,
         }

@@ -99,13 +99,15 @@ pub enum Msg {
     /// worker to halt. Like [`Halted`](Msg::Halted) and [`Resume`](Msg::Resume), it is heard in any
     /// recovery epoch.
     Replace,
-    /// A worker's answer to [`Replace`](Msg::Replace): the step it was training (not yet completed) and
-    /// the recovery epoch it was in.
+    /// A worker's answer to [`Replace`](Msg::Replace): the step it was training (not yet completed), the
+    /// recovery epoch it was in and the checkpoints it holds.
     Halted {
         /// The step it halted in.
         step: u64,
         /// Its recovery epoch.
         epoch: u32,
+        /// The steps of the checkpoints it holds (checkpoint-restart).
+        checkpoints: Vec<u64>,
     },
     /// The replacement's word to every worker: go back to the start of `step`, and from now on hear
     /// only messages of recovery epoch `epoch` (what was sent before the halt is void).
@@ -114,6 +116,9 @@ pub enum Msg {
         step: u64,
         /// The new recovery epoch.
         epoch: u32,
+        /// Whether everyone restores their checkpoint of `step` (checkpoint-restart), rather than the
+        /// state they kept of its start.
+        checkpoint: bool,
     },
     /// One chunk of a ring all-reduce among the replicas of a stage.
     Reduce {

@@ -35,6 +35,7 @@ use crate::probe::WeightProbe;
 use crate::rebuild::{Donor, DonorWeights};
 use crate::recovery::{KeptCopy, Source};
 use crate::spec::{GradientScaling, PipelineSpec, Replacement};
+use crate::storage::{CheckpointStore, StoredState};
 use crate::sync::{OuterRound, OuterState};
 use crate::wire::{Msg, WeightsKind, from_wire, to_wire};
 
@@ -172,7 +173,10 @@ struct Worker<T: Transport, C: Clock> {
     /// The copies of state the recovery strategy keeps that this stage sends or keeps.
     kept: Vec<KeptCopy>,
     last: bool,
-    checkpoint: Option<Checkpoint>,
+    /// Checkpoint-restart: the last two checkpoints (a worker may have taken one that another has not
+    /// yet), and where they are also stored on real nodes.
+    checkpoints: VecDeque<Checkpoint>,
+    store: Option<CheckpointStore>,
     /// A replaceable worker's state as of the start of its last two steps ([`Replacement::Ready`]).
     undo: VecDeque<Checkpoint>,
     /// This stage's gradient norm after clipping, at the last step.
@@ -229,6 +233,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let shapes = params.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
         let optim = AdamW::new(spec.optim.clone(), spec.model.backend)?;
         let mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), spec.peer_timeout, format!("s{s}r{r}"));
+        let store = spec.checkpoint_dir.as_ref().map(|dir| CheckpointStore::new(dir, ctx.index as usize));
         let mut w = Self {
             fwd_flops: stage.forward_flops(spec.micro_batch, spec.seq),
             shadow_flops,
@@ -249,7 +254,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             optim,
             mail,
             outer: None,
-            checkpoint: None,
+            checkpoints: VecDeque::new(),
+            store,
             undo: VecDeque::new(),
             last_grad_norm: 0.0,
             copies: BTreeMap::new(),
@@ -278,7 +284,15 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             && step.is_multiple_of(every)
             && step < spec.steps
         {
-            self.checkpoint = Some(self.state_at(step));
+            let state = self.state_at(step);
+            if let Some(store) = &self.store {
+                store.write(&StoredState { step, tensors: self.full_state()? })?;
+            }
+            self.checkpoints.retain(|c| c.step < step);
+            self.checkpoints.push_back(state);
+            while self.checkpoints.len() > 2 {
+                self.checkpoints.pop_front();
+            }
             self.ctx.clock.sleep(self.state_io_time(bytes_per_s)).await;
         }
         let evaluating = spec.eval_every > 0 && (step.is_multiple_of(spec.eval_every) || step == spec.steps);
@@ -393,52 +407,79 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     /// train next.
     async fn replace(&mut self) -> Result<u64> {
         let t0 = self.ctx.clock.now();
+        let (s, r) = (self.s, self.r);
+        let source = self.spec.recovery.source((s, r), &[(s, r)], self.spec.stages, self.replicas);
+        // Checkpoint-restart: the checkpoints the killed worker stored (the state before step 0, the
+        // seeded initial weights, is always at hand).
+        let stored = match (&source, &self.store) {
+            (Source::Checkpoint, Some(store)) => store.steps()?,
+            (Source::Checkpoint, None) => {
+                return Err(Error::config(
+                    "replacement",
+                    format!(
+                        "{} needs the killed worker's checkpoints in storage (checkpoint_dir)",
+                        self.spec.recovery.name()
+                    ),
+                ));
+            }
+            _ => Vec::new(),
+        };
         let me = self.ctx.transport.local_peer();
         let others: Vec<PeerId> = self.ctx.peers.iter().copied().filter(|p| *p != me).collect();
         for &peer in &others {
             self.mail.send(peer, &Msg::Replace).await?;
         }
-        let mut halted: BTreeMap<PeerId, (u64, u32)> = BTreeMap::new();
+        let mut halted: BTreeMap<PeerId, (u64, u32, Vec<u64>)> = BTreeMap::new();
         while halted.len() < others.len() {
             let wanted = |f: &PeerId, m: &Msg| others.contains(f) && matches!(m, Msg::Halted { .. });
-            if let (from, Msg::Halted { step, epoch }) = self.mail.take("every other worker's halt", wanted).await? {
-                halted.insert(from, (step, epoch));
+            if let (from, Msg::Halted { step, epoch, checkpoints }) =
+                self.mail.take("every other worker's halt", wanted).await?
+            {
+                halted.insert(from, (step, epoch, checkpoints));
             }
         }
         let steps = halted.values().map(|h| h.0);
-        let (resume, ahead) = (steps.clone().min().unwrap_or(0), steps.max().unwrap_or(0));
-        if ahead > resume + 1 {
+        let (earliest, ahead) = (steps.clone().min().unwrap_or(0), steps.max().unwrap_or(0));
+        let epoch = halted.values().map(|h| h.1).max().unwrap_or(0) + 1;
+        let checkpoint = source == Source::Checkpoint;
+        let resume = if checkpoint {
+            // The latest checkpoint every worker has, this one's predecessor included.
+            stored.iter().copied().filter(|c| halted.values().all(|h| h.2.contains(c))).max().unwrap_or(0)
+        } else if ahead > earliest + 1 {
             return Err(Error::config(
                 "replacement",
                 format!(
-                    "the other workers halted at steps {resume} to {ahead}; a worker keeps one step to go back, \
+                    "the other workers halted at steps {earliest} to {ahead}; a worker keeps one step to go back, \
                      so a swarm whose workers drift apart by more (rows without a per-step gradient average) \
                      cannot resume together"
                 ),
             ));
-        }
-        let epoch = halted.values().map(|h| h.1).max().unwrap_or(0) + 1;
+        } else {
+            earliest
+        };
         for &peer in &others {
-            self.mail.send(peer, &Msg::Resume { step: resume, epoch }).await?;
+            self.mail.send(peer, &Msg::Resume { step: resume, epoch, checkpoint }).await?;
         }
         self.mail.set_epoch(epoch);
-        let (s, r) = (self.s, self.r);
-        let source = self.spec.recovery.source((s, r), &[(s, r)], self.spec.stages, self.replicas);
-        if source == Source::Checkpoint {
-            return Err(Error::config(
-                "replacement",
-                format!(
-                    "{} keeps its checkpoints in the workers' memory, so a killed worker's is gone",
-                    self.spec.recovery.name()
-                ),
-            ));
+        if checkpoint {
+            if let Some(store) = self.store.clone().filter(|_| stored.contains(&resume)) {
+                self.install_full_state(resume, store.read(resume)?.tensors)?;
+            }
+            let now = self.ctx.clock.now();
+            let detail = format!("s{s}r{r} failed at step {earliest}");
+            self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Failure, detail);
+            let detail = format!(
+                "s{s}r{r}: read its predecessor's step-{resume} checkpoint from storage; everyone restored theirs"
+            );
+            self.ctx.metrics.event(now, Some(self.ctx.index), EventKind::Recovery, detail);
+        } else {
+            // The learning-rate schedule goes on from the step everyone resumes at.
+            self.optim.restore(resume, &BTreeMap::new())?;
+            self.recover(resume, &source).await?;
         }
-        // The learning-rate schedule goes on from the step everyone resumes at.
-        self.optim.restore(resume, &BTreeMap::new())?;
-        self.recover(resume, &source).await?;
         let took = (self.ctx.clock.now() - t0).as_secs_f64();
         let detail = format!(
-            "s{s}r{r} replaced the killed worker: {} others halted at steps {resume} to {ahead}; everyone trains again from step {resume} (epoch {epoch}), {took:.3} s after this node started",
+            "s{s}r{r} replaced the killed worker: {} others halted at steps {earliest} to {ahead}; everyone trains again from step {resume} (epoch {epoch}), {took:.3} s after this node started",
             others.len()
         );
         self.ctx.metrics.event(self.ctx.clock.now(), Some(self.ctx.index), EventKind::Join, detail);
@@ -457,22 +498,30 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             .position(|p| *p == by)
             .ok_or_else(|| Error::config("replacement", format!("{} is not a worker of this swarm", by.short())))?;
         let failed = (place / self.replicas, place % self.replicas);
-        self.mail.send(by, &Msg::Halted { step, epoch: self.mail.epoch() }).await?;
+        let checkpoints = self.checkpoints.iter().map(|c| c.step).collect();
+        self.mail.send(by, &Msg::Halted { step, epoch: self.mail.epoch(), checkpoints }).await?;
         let wanted = |f: &PeerId, m: &Msg| *f == by && matches!(m, Msg::Resume { .. });
-        let (_, Msg::Resume { step: resume, epoch }) = self.mail.take("the step to resume from", wanted).await? else {
+        let (_, Msg::Resume { step: resume, epoch, checkpoint }) =
+            self.mail.take("the step to resume from", wanted).await?
+        else {
             return Err(unexpected());
         };
-        let kept: Vec<u64> = self.undo.iter().map(|u| u.step).collect();
-        let Some(i) = self.undo.iter().position(|u| u.step == resume) else {
-            return Err(Error::config(
-                "replacement",
-                format!(
-                    "s{}r{} halted at step {step} and kept its state of steps {kept:?}, not of step {resume}",
-                    self.s, self.r
-                ),
-            ));
+        let (kept, what) = if checkpoint { (&self.checkpoints, "checkpoints") } else { (&self.undo, "states") };
+        let state = match kept.iter().find(|u| u.step == resume) {
+            Some(state) => state.clone(),
+            None if checkpoint && resume == 0 => self.initial_state()?,
+            None => {
+                let steps: Vec<u64> = kept.iter().map(|u| u.step).collect();
+                return Err(Error::config(
+                    "replacement",
+                    format!(
+                        "s{}r{} halted at step {step} with the {what} of steps {steps:?}, not of step {resume}",
+                        self.s, self.r
+                    ),
+                ));
+            }
         };
-        let state = self.undo[i].clone();
+        self.checkpoints.retain(|c| c.step <= resume);
         self.restore_state(state)?;
         // A copy kept without waiting: what arrived of it before the halt is all there will be (the
         // killed worker may have sent it, or not).
@@ -575,19 +624,25 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         Ok(())
     }
 
+    /// The state every worker starts the run with (its seeded initial weights): the checkpoint before
+    /// step 0, whether or not one was taken.
+    fn initial_state(&self) -> Result<Checkpoint> {
+        Ok(Checkpoint {
+            step: 0,
+            weights: self.fresh_weights()?,
+            optim: AdamW::new(self.spec.optim.clone(), self.spec.model.backend)?,
+            outer: None,
+            last_grad_norm: 0.0,
+            copies: BTreeMap::new(),
+        })
+    }
+
     /// Every worker restores its last checkpoint; returns the step to continue from.
     async fn roll_back(&mut self, step: u64, failed: &[(usize, usize)]) -> Result<u64> {
         let bytes_per_s = self.spec.recovery.checkpoints().map_or(f64::INFINITY, |c| c.1);
-        let state = match &self.checkpoint {
+        let state = match self.checkpoints.back() {
             Some(c) => c.clone(),
-            None => Checkpoint {
-                step: 0,
-                weights: self.fresh_weights()?,
-                optim: AdamW::new(self.spec.optim.clone(), self.spec.model.backend)?,
-                outer: None,
-                last_grad_norm: 0.0,
-                copies: BTreeMap::new(),
-            },
+            None => self.initial_state()?,
         };
         let at = state.step;
         self.restore_state(state)?;
@@ -679,6 +734,37 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         self.install_tensors(&self.to_tensors(tensors)?)
     }
 
+    /// This stage's whole state as wire tensors: its weights (stage-local names), optimizer moments
+    /// (behind [`MOMENT_PREFIX`]) and outer state (its exported parts, behind [`OUTER_PREFIX`]).
+    fn full_state(&self) -> Result<Vec<(String, TensorBytes)>> {
+        let mut tensors = self.local_weights()?;
+        tensors.extend(self.moments_to_wire()?);
+        for (i, part) in self.outer.iter().flat_map(|o| o.export()).enumerate() {
+            tensors.push((format!("{OUTER_PREFIX}{i}"), TensorBytes::from_f32(vec![part.len()], &part)?));
+        }
+        Ok(tensors)
+    }
+
+    /// Installs a state [`full_state`](Self::full_state) wrote, as of the start of `step`.
+    fn install_full_state(&mut self, step: u64, tensors: Vec<(String, TensorBytes)>) -> Result<()> {
+        let (outer, state): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(n, _)| n.starts_with(OUTER_PREFIX));
+        self.optim.restore(step, &BTreeMap::new())?;
+        self.install_state(state)?;
+        // The outer state (DiLoCo's outer weights and momentum), in the order it was exported.
+        self.restart_outer()?;
+        let mut parts: Vec<(usize, Vec<f32>)> = outer
+            .iter()
+            .map(|(n, t)| Ok((n[OUTER_PREFIX.len()..].parse().map_err(|_| unexpected())?, t.to_f32_vec()?)))
+            .collect::<Result<_>>()?;
+        parts.sort_by_key(|(i, _)| *i);
+        if let Some(state) = self.outer.as_mut() {
+            state
+                .import(parts.into_iter().map(|(_, v)| v).collect())
+                .map_err(|why| Error::config("state", format!("the outer state: {why}")))?;
+        }
+        Ok(())
+    }
+
     /// Sets this stage's weights and optimizer moments from wire tensors (the moments under
     /// [`MOMENT_PREFIX`]); the optimizer stays at its step.
     fn install_state(&mut self, tensors: Vec<(String, TensorBytes)>) -> Result<()> {
@@ -741,25 +827,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let Some((from, Msg::Weights { step, tensors, .. })) = best else { return Err(unexpected()) };
         if self.spec.sync.elastic_wait().is_some() {
             // An elastic group: the same weights, optimizer moments and outer state as it, and its view.
-            let (moments, weights): (Vec<_>, Vec<_>) =
-                tensors.into_iter().partition(|(n, _)| n.starts_with(MOMENT_PREFIX));
-            let (outer, weights): (Vec<_>, Vec<_>) =
-                weights.into_iter().partition(|(n, _)| n.starts_with(OUTER_PREFIX));
-            self.install(&weights)?;
-            let moments = self.moments_from_wire(&moments)?;
-            self.optim.restore(step, &moments)?;
-            // The group's outer state (DiLoCo's outer weights and momentum), in the order it was exported.
-            self.restart_outer()?;
-            let mut parts: Vec<(usize, Vec<f32>)> = outer
-                .iter()
-                .map(|(n, t)| Ok((n[OUTER_PREFIX.len()..].parse().map_err(|_| unexpected())?, t.to_f32_vec()?)))
-                .collect::<Result<_>>()?;
-            parts.sort_by_key(|(i, _)| *i);
-            if let Some(state) = self.outer.as_mut() {
-                state
-                    .import(parts.into_iter().map(|(_, v)| v).collect())
-                    .map_err(|why| Error::config("join", format!("the outer state: {why}")))?;
-            }
+            self.install_full_state(step, tensors)?;
             let wanted = |f: &PeerId, m: &Msg| {
                 *f == from && matches!(m, Msg::Members { step: st, attempt: JOIN_VIEW, .. } if *st == step)
             };
@@ -794,13 +862,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let wanted = |_: &PeerId, m: &Msg| matches!(m, Msg::JoinRequest { stage } if *stage == me);
         let elastic = self.spec.sync.elastic_wait().is_some();
         while let Some((from, _)) = self.mail.take_until(now, wanted).await? {
-            let mut tensors = self.local_weights()?;
-            if elastic {
-                tensors.extend(self.moments_to_wire()?);
-                for (i, part) in self.outer.iter().flat_map(|o| o.export()).enumerate() {
-                    tensors.push((format!("{OUTER_PREFIX}{i}"), TensorBytes::from_f32(vec![part.len()], &part)?));
-                }
-            }
+            let tensors = if elastic { self.full_state()? } else { self.local_weights()? };
             // A joiner gone again is not this worker's problem.
             if let Err(e) = self.send_weights(from, step, WeightsKind::Join, self.s, tensors).await {
                 tracing::warn!(peer = %from.short(), error = %e, "weights not delivered to a joining replica");
