@@ -279,7 +279,9 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
             journal.push(event);
             break;
         }
-        while let Ok((place, line)) = lines_rx.recv_timeout(Duration::from_millis(100)) {
+        // The lines of the next 100 ms (then the progress display and the nodes' exits are looked at).
+        let tick = Instant::now() + Duration::from_millis(100);
+        while let Ok((place, line)) = lines_rx.recv_timeout(tick.saturating_duration_since(Instant::now())) {
             if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
             }
@@ -287,6 +289,19 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
             match progress(&line) {
                 Some(round) => node.round = node.round.max(round),
                 None => eprintln!("[node {place}] {line}"),
+            }
+            if let Some((at, furthest)) = since_kill
+                && nodes.iter().filter(|n| n.outcome.is_none() && n.child.is_some()).all(|n| n.round > furthest)
+            {
+                since_kill = None;
+                let event = format!(
+                    "{:.1} s: every node still running is past {} {furthest}, {:.2} s after the kill",
+                    started.elapsed().as_secs_f64(),
+                    unit(&launch.protocol),
+                    at.elapsed().as_secs_f64()
+                );
+                eprintln!("[launch] {event}");
+                journal.push(event);
             }
             if let Some(late) = launch.late
                 && nodes[place].round >= late.round
@@ -339,19 +354,6 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                     journal.push(event);
                 }
             }
-        }
-        if let Some((at, furthest)) = since_kill
-            && nodes.iter().filter(|n| n.outcome.is_none() && n.child.is_some()).all(|n| n.round > furthest)
-        {
-            since_kill = None;
-            let event = format!(
-                "{:.1} s: every node still running is past {} {furthest}, {:.2} s after the kill",
-                started.elapsed().as_secs_f64(),
-                unit(&launch.protocol),
-                at.elapsed().as_secs_f64()
-            );
-            eprintln!("[launch] {event}");
-            journal.push(event);
         }
         let slowest = nodes.iter().filter(|n| n.outcome.is_none()).map(|n| n.round).min().unwrap_or(0);
         if slowest > shown {
