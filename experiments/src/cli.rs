@@ -338,9 +338,10 @@ enum Command {
         /// As for `swarmlab node`.
         #[arg(long, default_value_t = 30.0)]
         idle_timeout_s: f64,
-        /// Kill node NODE once it reports round ROUND (`NODE@ROUND`), to watch the others carry on.
+        /// Kill node NODE once it reports round ROUND (`NODE@ROUND`), to watch the others carry on;
+        /// may be given several times (the same node again: its successor, with --replace).
         #[arg(long)]
-        kill: Option<launch::Kill>,
+        kill: Vec<launch::Kill>,
         /// Start node NODE only once another node reports round (or step) ROUND (`NODE@ROUND`): it
         /// joins the run under way (a pipeline worker fetches the current weights from a replica of
         /// its stage).
@@ -737,7 +738,7 @@ fn launch_swarm(protocol: &str, nodes: usize, config: &str, out: Option<PathBuf>
         config: Some(path),
         out: Some(out),
         net: node::NodeNet::default(),
-        kill: None,
+        kill: Vec::new(),
         late: None,
         replace: false,
         emulate_link: true,

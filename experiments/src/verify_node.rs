@@ -302,7 +302,7 @@ pub(crate) fn over_quic(cfg: &VerifyConfig) -> Result<()> {
         config: Some(path),
         out: Some(out.clone()),
         net: NodeNet::default(),
-        kill: None,
+        kill: Vec::new(),
         late: None,
         replace: false,
         emulate_link: false,

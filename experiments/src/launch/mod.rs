@@ -53,7 +53,9 @@ pub(crate) struct Launch {
     pub(crate) config: Option<PathBuf>,
     pub(crate) out: Option<PathBuf>,
     pub(crate) net: NodeNet,
-    pub(crate) kill: Option<Kill>,
+    /// Nodes to kill, each once it reports its round (or step); a node may be killed more than once
+    /// (its successors too, with `replace`).
+    pub(crate) kill: Vec<Kill>,
     /// A node to start late, once another reports a round (or step).
     pub(crate) late: Option<Kill>,
     /// Start a successor in the killed node's place (its key and address) right after `kill`: a
@@ -80,8 +82,8 @@ struct Running {
     place: usize,
     round: u64,
     outcome: Option<Outcome>,
-    /// The round (or step) at which it was killed and a successor started in its place.
-    replaced_at: Option<u64>,
+    /// The rounds (or steps) at which it was killed and a successor started in its place.
+    replaced_at: Vec<u64>,
 }
 
 /// A progress line of a node (`round 12/40`, `step 3/100`): the number reached.
@@ -190,13 +192,12 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     if launch.nodes < 2 {
         bail!("--local {}: a swarm needs at least 2 nodes", launch.nodes);
     }
-    if launch.replace && (launch.kill.is_none() || launch.protocol != "pipeline") {
+    if launch.replace && (launch.kill.is_empty() || launch.protocol != "pipeline") {
         bail!("--replace starts a successor to the node that --kill kills: it needs --kill and --protocol pipeline");
     }
-    for (flag, at) in [("--kill", launch.kill), ("--late", launch.late)] {
-        if let Some(k) = at
-            && k.node >= launch.nodes
-        {
+    let kills = launch.kill.iter().map(|&k| ("--kill", k));
+    for (flag, k) in kills.chain(launch.late.map(|k| ("--late", k))) {
+        if k.node >= launch.nodes {
             bail!("{flag} {}@{}: there are only nodes 0 to {}", k.node, k.round, launch.nodes - 1);
         }
     }
@@ -247,10 +248,10 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     let mut nodes = Vec::new();
     for (place, p) in places.iter().enumerate() {
         let late = launch.late.is_some_and(|l| l.node == place);
-        let child = if late { None } else { Some(spawner.start(place, p, Start::Now)?) };
-        nodes.push(Running { child, place, round: 0, outcome: None, replaced_at: None });
+        let child = if late { None } else { Some(spawner.start(place, p, Start::Now, &format!("node-{place}.log"))?) };
+        nodes.push(Running { child, place, round: 0, outcome: None, replaced_at: Vec::new() });
     }
-    let mut killed = false;
+    let mut killed = vec![false; launch.kill.len()];
     // After a kill: when it happened and the furthest any node had got, until every node running has
     // got past that (the time a kill costs the swarm).
     let mut since_kill: Option<(Instant, u64)> = None;
@@ -308,7 +309,8 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 && nodes[late.node].child.is_none()
                 && nodes[late.node].outcome.is_none()
             {
-                nodes[late.node].child = Some(spawner.start(late.node, &places[late.node], Start::Late)?);
+                let log = format!("node-{}.log", late.node);
+                nodes[late.node].child = Some(spawner.start(late.node, &places[late.node], Start::Late, &log)?);
                 let event = format!(
                     "{:.1} s: started node {} late, as node {place} reached {} {}",
                     started.elapsed().as_secs_f64(),
@@ -321,17 +323,15 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
             }
             let nodes_max_round = nodes.iter().map(|n| n.round).max().unwrap_or(0);
             let node = &mut nodes[place];
-            if let Some(k) = launch.kill
-                && k.node == place
-                && !killed
+            if let Some(i) = launch.kill.iter().zip(&killed).position(|(k, done)| !done && k.node == place)
                 && node.outcome.is_none()
-                && node.round >= k.round
+                && node.round >= launch.kill[i].round
                 && let Some(child) = node.child.as_mut()
             {
                 let pid = child.id();
                 let _ = child.kill();
                 let _ = child.wait();
-                killed = true;
+                killed[i] = true;
                 node.outcome = Some(Outcome::Killed { round: node.round });
                 since_kill = Some((Instant::now(), nodes_max_round));
                 let event = format!(
@@ -343,8 +343,12 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 eprintln!("[launch] {event}");
                 journal.push(event);
                 if launch.replace {
-                    node.child = Some(spawner.start(place, &places[place], Start::Replacement)?);
-                    node.replaced_at = Some(node.round);
+                    node.replaced_at.push(node.round);
+                    let log = match node.replaced_at.len() {
+                        1 => format!("node-{place}-successor.log"),
+                        n => format!("node-{place}-successor-{n}.log"),
+                    };
+                    node.child = Some(spawner.start(place, &places[place], Start::Replacement, &log)?);
                     node.outcome = None;
                     let event = format!(
                         "{:.1} s: started a successor to node {place} with its key and address (--replace)",
@@ -390,9 +394,7 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
             eprintln!("[node {place}] {line}");
         }
     }
-    if let Some(k) = launch.kill
-        && !killed
-    {
+    for (k, _) in launch.kill.iter().zip(&killed).filter(|(_, done)| !**done) {
         journal.push(format!("node {} never reached {} {}: not killed", k.node, unit(&launch.protocol), k.round));
     }
     let wall_s = started.elapsed().as_secs_f64();
@@ -471,7 +473,7 @@ pub(crate) fn run_over_quic(cfg: &RunConfig, out: &Path) -> Result<()> {
             config: Some(path),
             out: Some(dir),
             net: NodeNet::default(),
-            kill: None,
+            kill: Vec::new(),
             late: None,
             replace: false,
             emulate_link: true,
@@ -503,8 +505,8 @@ struct Spawner {
 }
 
 impl Spawner {
-    /// Starts the node at `place` (a successor logs to `node-<i>-successor.log`).
-    fn start(&self, place: usize, p: &Place, start: Start) -> Result<Child> {
+    /// Starts the node at `place`, its output going to `logs/<log>`.
+    fn start(&self, place: usize, p: &Place, start: Start, log: &str) -> Result<Child> {
         let mut command = Command::new(&self.exe);
         command.arg("node").args(["--protocol", &self.launch.protocol]);
         if let Some(bind) = p.bind {
@@ -534,9 +536,7 @@ impl Spawner {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start node {place}"))?;
-        let name =
-            if start == Start::Replacement { format!("node-{place}-successor.log") } else { format!("node-{place}.log") };
-        let log = std::fs::File::create(self.out.join("logs").join(name))?;
+        let log = std::fs::File::create(self.out.join("logs").join(log))?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(log));
         let streams: [Box<dyn std::io::Read + Send>; 2] = [
             Box::new(child.stdout.take().context("node stdout")?),
