@@ -352,6 +352,11 @@ enum Command {
         /// others wait, after which the run goes on.
         #[arg(long, requires = "kill")]
         replace: bool,
+        /// Run every node in a network namespace of its own (its own address, its own IP stack), joined
+        /// by veth pairs to a bridge: hosts of their own on one machine. Needs root; the namespaces are
+        /// deleted when the launch ends.
+        #[arg(long, conflicts_with = "emulate_link")]
+        netns: bool,
         /// Put the configuration's link model (latency, bandwidth) between the nodes with a relay in
         /// front of each, and compare the time per step with the simulated network's prediction.
         #[arg(long)]
@@ -564,7 +569,7 @@ where
             cfg.device = device.unwrap_or(cfg.device);
             sapo_swarm::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
         }
-        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, late, replace, emulate_link } => {
+        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, late, replace, netns, emulate_link } => {
             launch::launch(launch::Launch {
                 nodes: local,
                 protocol,
@@ -574,6 +579,7 @@ where
                 kill,
                 late,
                 replace,
+                netns,
                 emulate_link,
             })
             .map(|_| ())
@@ -741,6 +747,7 @@ fn launch_swarm(protocol: &str, nodes: usize, config: &str, out: Option<PathBuf>
         kill: Vec::new(),
         late: None,
         replace: false,
+        netns: false,
         emulate_link: true,
     };
     launch::launch(launch).map(|_| ())

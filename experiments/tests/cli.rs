@@ -950,6 +950,68 @@ fn a_killed_pipeline_worker_is_replaced_and_rebuilt_by_its_recovery() -> Result<
     Ok(())
 }
 
+/// Nodes on hosts of their own, on one machine: every node in a network namespace, joined by veth pairs
+/// to a bridge (`launch --netns`). A pipeline whose worker is killed there and replaced (checkpoint-restart
+/// from storage) ends with the same bits as the same run on loopback without the kill. Where network
+/// namespaces are not permitted (not root), the test says so and skips.
+#[test]
+fn nodes_in_network_namespaces_train_the_same_bits_as_on_loopback() -> Result<(), Box<dyn std::error::Error>> {
+    let probe = format!("swl-probe-{}", std::process::id());
+    let permitted =
+        std::process::Command::new("ip").args(["netns", "add", &probe]).output().is_ok_and(|o| o.status.success());
+    if !permitted {
+        eprintln!("skipped: network namespaces are not permitted here (`ip netns add` needs root and iproute2)");
+        return Ok(());
+    }
+    let _ = std::process::Command::new("ip").args(["netns", "del", &probe]).output();
+    let namespaces = || -> std::io::Result<String> {
+        Ok(String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output()?.stdout)
+            .into_owned())
+    };
+    let before = namespaces()?;
+    let dir = tempfile::tempdir()?;
+    let arm = "label = \"S=4\"\nstages = 4\nreplicas = 1\nrecovery = \"checkpoint\"\n";
+    let text = node_run(30, "", arm)
+        .replace("backend = ", "layers = 4\nbackend = ")
+        .replace("[[arms]]", "[recovery]\ncheckpoint_every = 5\n[[arms]]");
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(&config, text)?;
+    let (loopback, spaces) = (dir.path().join("loopback"), dir.path().join("netns"));
+    let out = swarmlab()
+        .args(["launch", "--local", "4", "--protocol", "pipeline", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&loopback)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = swarmlab()
+        .args(["launch", "--local", "4", "--protocol", "pipeline", "--netns"])
+        .args(["--kill", "1@12", "--replace", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&spaces)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let peers = std::fs::read_to_string(spaces.join("peers.toml"))?;
+    assert!(peers.contains("addr = \"10.213.") && !peers.contains("127.0.0.1"), "{peers}");
+    let report = std::fs::read_to_string(spaces.join("report.md"))?;
+    assert!(
+        report.contains("network namespaces") && report.contains("read its predecessor's step-10 checkpoint"),
+        "{report}"
+    );
+    for i in 0..4 {
+        let hash = |run: &std::path::Path| -> Result<String, Box<dyn std::error::Error>> {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(run.join(format!("nodes/worker-{i}.json")))?)?;
+            Ok(v["weights_blake3"].as_str().ok_or("no hash")?.to_owned())
+        };
+        assert_eq!(hash(&spaces)?, hash(&loopback)?, "worker {i}");
+    }
+    // The namespaces are gone again.
+    assert_eq!(namespaces()?, before, "the launch left namespaces behind");
+    Ok(())
+}
+
 /// A node killed mid-run: the other three finish every round, notice it gone (an event in their logs),
 /// and the launcher's report says what happened.
 #[test]

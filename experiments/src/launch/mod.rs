@@ -21,7 +21,9 @@ use crate::config::RunConfig;
 use crate::node::{NodeLog, NodeNet, Start};
 use crate::files::{out_dir, write_atomic};
 
+mod netns;
 mod report;
+use netns::Namespaces;
 use report::{describe, link_fidelity, outcome, report, unit};
 
 /// A node and a round (or step): `NODE@ROUND`. `--kill` kills the node once it reports the round;
@@ -61,6 +63,8 @@ pub(crate) struct Launch {
     /// Start a successor in the killed node's place (its key and address) right after `kill`: a
     /// pipeline worker that halts the others and gets its state back by the configured recovery.
     pub(crate) replace: bool,
+    /// Run every node in a network namespace of its own, joined by veth pairs to a bridge (root only).
+    pub(crate) netns: bool,
     /// Put the configuration's link model between the nodes (a relay in front of each).
     pub(crate) emulate_link: bool,
 }
@@ -153,15 +157,19 @@ struct Place {
 
 /// Keys for `n` nodes in `dir/keys` and the peers file `dir/peers.toml`, in the order of the places the
 /// nodes get (a place is the id's rank in the peers file). With `behind_relays`, each node listens on an
-/// address of its own and the peers file names the relay in front of it.
-fn make_places(dir: &Path, n: usize, behind_relays: bool) -> Result<Vec<Place>> {
+/// address of its own and the peers file names the relay in front of it; with `spaces`, node `i` is at
+/// its namespace's address.
+fn make_places(dir: &Path, n: usize, behind_relays: bool, spaces: Option<&Namespaces>) -> Result<Vec<Place>> {
     let keys = dir.join("keys");
     std::fs::create_dir_all(&keys).with_context(|| format!("cannot create {}", keys.display()))?;
     // A node's place is its id's rank in the peers file, which lists ids in order: sort the ids first,
     // so that node i's key file, peers-file name and log all say i.
     let mut identities = (0..n).map(|_| Identity::generate()).collect::<std::result::Result<Vec<_>, _>>()?;
     identities.sort_by_key(Identity::peer_id);
-    let mut addrs = free_addrs(if behind_relays { 2 * n } else { n })?.into_iter();
+    let mut addrs = match spaces {
+        Some(spaces) => (0..n).map(|i| spaces.addr(i)).collect::<Vec<_>>().into_iter(),
+        None => free_addrs(if behind_relays { 2 * n } else { n })?.into_iter(),
+    };
     let mut book = PeerBook::new();
     let mut places = Vec::new();
     for (i, identity) in identities.iter().enumerate() {
@@ -210,11 +218,15 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
         });
     }
+    if launch.netns && launch.emulate_link {
+        bail!("--netns and --emulate-link: the link emulators listen on this machine's loopback, which the namespaces do not share");
+    }
     let (text, link) = prepare_config(&launch)?;
+    let spaces = if launch.netns { Some(Namespaces::create(launch.nodes)?) } else { None };
     let out = out_dir(launch.out.clone(), "launch")?;
     let config = out.join("config.toml");
     write_atomic(&config, text.as_bytes())?;
-    let places = make_places(&out, launch.nodes, launch.emulate_link)?;
+    let places = make_places(&out, launch.nodes, launch.emulate_link, spaces.as_ref())?;
     // The link emulators run on a runtime of their own for as long as the swarm does.
     let relay_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let relays: Vec<LinkRelay> = if launch.emulate_link {
@@ -233,7 +245,10 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let exe = std::env::current_exe().context("cannot find the swarmlab executable")?;
     let started = Instant::now();
-    let mut journal = vec![format!("launched {} {} nodes on loopback", launch.nodes, launch.protocol)];
+    let mut journal = vec![match &spaces {
+        Some(spaces) => format!("launched {} {} nodes: {}", launch.nodes, launch.protocol, spaces.describe()),
+        None => format!("launched {} {} nodes on loopback", launch.nodes, launch.protocol),
+    }];
     if launch.emulate_link {
         journal.push(format!(
             "every node behind a link emulator: {:.1} ms one way, {:.0} Mbit/s per link",
@@ -244,7 +259,9 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     eprintln!("swarmlab launch: {} {} nodes, run folder {}", launch.nodes, launch.protocol, out.display());
 
     let (lines_tx, lines_rx) = mpsc::channel::<(usize, String)>();
-    let spawner = Spawner { exe, config: config.clone(), out: out.clone(), launch: launch.clone(), lines: lines_tx };
+    let namespaces = spaces.as_ref().map(|s| (0..launch.nodes).map(|i| s.name(i)).collect());
+    let spawner =
+        Spawner { exe, config: config.clone(), out: out.clone(), launch: launch.clone(), lines: lines_tx, namespaces };
     let mut nodes = Vec::new();
     for (place, p) in places.iter().enumerate() {
         let late = launch.late.is_some_and(|l| l.node == place);
@@ -476,6 +493,7 @@ pub(crate) fn run_over_quic(cfg: &RunConfig, out: &Path) -> Result<()> {
             kill: Vec::new(),
             late: None,
             replace: false,
+            netns: false,
             emulate_link: true,
         })
         .with_context(|| format!("arm {:?}", arm.label))?;
@@ -502,12 +520,21 @@ struct Spawner {
     out: PathBuf,
     launch: Launch,
     lines: mpsc::Sender<(usize, String)>,
+    /// Each node's network namespace, with `--netns`.
+    namespaces: Option<Vec<String>>,
 }
 
 impl Spawner {
     /// Starts the node at `place`, its output going to `logs/<log>`.
     fn start(&self, place: usize, p: &Place, start: Start, log: &str) -> Result<Child> {
-        let mut command = Command::new(&self.exe);
+        let mut command = match &self.namespaces {
+            Some(names) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &names[place]]).arg(&self.exe);
+                command
+            }
+            None => Command::new(&self.exe),
+        };
         command.arg("node").args(["--protocol", &self.launch.protocol]);
         if let Some(bind) = p.bind {
             command.arg("--bind").arg(bind.to_string());

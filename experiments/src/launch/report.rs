@@ -122,9 +122,10 @@ pub(super) fn report(
 ) -> String {
     let results = out.join("nodes");
     let mut md = format!(
-        "# swarmlab launch: {} {} nodes on this machine\n\nEach node is its own `swarmlab node` process talking QUIC over loopback (idle timeout {:.1} s). Total wall time {wall_s:.1} s.\n\n| node | peer | outcome | wall s | result |\n|---|---|---|---|---|\n",
+        "# swarmlab launch: {} {} nodes on this machine\n\nEach node is its own `swarmlab node` process talking QUIC over {} (idle timeout {:.1} s). Total wall time {wall_s:.1} s.\n\n| node | peer | outcome | wall s | result |\n|---|---|---|---|---|\n",
         launch.nodes,
         launch.protocol,
+        if launch.netns { "veth pairs between network namespaces, one per node" } else { "loopback" },
         launch.net.idle_timeout.as_secs_f64()
     );
     for n in nodes {

@@ -5,7 +5,7 @@ use super::*;
 #[test]
 fn node_i_has_key_file_i_and_rank_i_in_the_peers_file() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let places = make_places(dir.path(), 5, false)?;
+    let places = make_places(dir.path(), 5, false, None)?;
     let book = PeerBook::load(dir.path().join("peers.toml"))?;
     for (i, (place, id)) in places.iter().zip(book.ids()).enumerate() {
         assert_eq!(place.key, dir.path().join("keys").join(format!("node{i}.key")));
