@@ -4,5 +4,7 @@
 fn main() -> anyhow::Result<()> {
     // SAFETY: the first statement of `main`; no other thread has started.
     unsafe { experiments::threads::one_per_operation_unless_set() };
+    // Each training step frees what the next allocates again: keep it rather than fault it back in.
+    models::memory::keep_freed_memory_unless_disabled();
     experiments::cli::main()
 }

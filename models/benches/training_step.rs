@@ -77,6 +77,8 @@ fn mean_ns(group: &str, bench: &str) -> Option<f64> {
 }
 
 fn main() {
+    // The allocator settings `swarmlab` runs with (`SWARMLAB_RETURN_FREED_MEMORY=1` measures without).
+    models::memory::keep_freed_memory_unless_disabled();
     let mut c = Criterion::default().configure_from_args();
     for preset in PRESETS {
         bench(&mut c, preset);

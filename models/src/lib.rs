@@ -13,6 +13,7 @@
 //! | [`data`] | byte tokenizer, the synthetic language with a known entropy rate, text corpora, batches |
 //! | [`checkpoint`] | safetensors checkpoints of weights and optimizer state |
 //! | [`device`] | [`DeviceSpec`]: `cpu`, `cuda`, `cuda:N` or `auto`, resolved with clear errors |
+//! | [`memory`] | [`memory::keep_freed_memory`]: freed tensor memory kept for the next step |
 //!
 //! ```
 //! use candle_core::Device;
@@ -36,6 +37,7 @@ pub mod device;
 pub mod error;
 pub mod kv_cache;
 pub mod llama;
+pub mod memory;
 pub mod optim;
 
 pub use backend::Backend;
