@@ -63,7 +63,14 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
     /// Enters recovery epoch `epoch`: the waiting messages of earlier epochs are dropped.
     pub fn set_epoch(&mut self, epoch: u32) {
         self.epoch = epoch;
-        self.waiting.retain(|(_, e, m)| *e >= epoch || m.is_replacement());
+        let waiting = std::mem::take(&mut self.waiting);
+        self.waiting = waiting.into_iter().filter(|(_, e, m)| !self.void(*e, m)).collect();
+    }
+
+    /// Whether a message of `epoch` was sent before this worker's epoch began, and so is void (a
+    /// replacement's own messages never are).
+    fn void(&self, epoch: u32, msg: &Msg) -> bool {
+        epoch < self.epoch && !msg.is_replacement()
     }
 
     /// Whether a message of `epoch` is for now: of this worker's epoch, or a replacement's.
@@ -133,8 +140,7 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
             match genrl::clock::timeout(&self.clock, left, self.transport.recv_msg::<Incoming>()).await {
                 Err(_) => break None,
                 Ok(Ok((from, Incoming { epoch, msg }))) => {
-                    if epoch < self.epoch && !msg.is_replacement() {
-                        // Sent before the swarm last resumed: void.
+                    if self.void(epoch, &msg) {
                         continue;
                     }
                     if self.current(epoch, &msg) && wanted(&from, &msg) {

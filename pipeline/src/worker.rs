@@ -284,15 +284,11 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             && step.is_multiple_of(every)
             && step < spec.steps
         {
-            let state = self.state_at(step);
             if let Some(store) = &self.store {
                 store.write(&StoredState { step, tensors: self.full_state()? })?;
             }
-            self.checkpoints.retain(|c| c.step < step);
-            self.checkpoints.push_back(state);
-            while self.checkpoints.len() > 2 {
-                self.checkpoints.pop_front();
-            }
+            let state = self.state_at(step);
+            keep_last_two(&mut self.checkpoints, state);
             self.ctx.clock.sleep(self.state_io_time(bytes_per_s)).await;
         }
         let evaluating = spec.eval_every > 0 && (step.is_multiple_of(spec.eval_every) || step == spec.steps);
@@ -392,12 +388,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     /// A replaceable worker keeps its state as of the start of its last two steps: when a replacement
     /// halts the swarm, a worker one step ahead of the others goes back one.
     fn remember(&mut self, step: u64) {
-        self.undo.retain(|u| u.step < step);
         let state = self.state_at(step);
-        self.undo.push_back(state);
-        while self.undo.len() > 2 {
-            self.undo.pop_front();
-        }
+        keep_last_two(&mut self.undo, state);
     }
 
     /// This node replaces a killed worker (it has the killed one's key and place): it tells every other
@@ -462,8 +454,12 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         }
         self.mail.set_epoch(epoch);
         if checkpoint {
-            if let Some(store) = self.store.clone().filter(|_| stored.contains(&resume)) {
-                self.install_full_state(resume, store.read(resume)?.tensors)?;
+            let read = match &self.store {
+                Some(store) if stored.contains(&resume) => Some(store.read(resume)?),
+                _ => None,
+            };
+            if let Some(state) = read {
+                self.install_full_state(resume, state.tensors)?;
             }
             let now = self.ctx.clock.now();
             let detail = format!("s{s}r{r} failed at step {earliest}");
@@ -1381,6 +1377,16 @@ struct Checkpoint {
     outer: Option<Box<dyn OuterState>>,
     last_grad_norm: f32,
     copies: BTreeMap<usize, Kept>,
+}
+
+/// Adds `state` to `states`, the states of steps before it, keeping the last two (a state of the same
+/// step or later, from before the swarm went back, is replaced).
+fn keep_last_two(states: &mut VecDeque<Checkpoint>, state: Checkpoint) {
+    states.retain(|s| s.step < state.step);
+    states.push_back(state);
+    while states.len() > 2 {
+        states.pop_front();
+    }
 }
 
 impl Clone for Checkpoint {

@@ -15,7 +15,6 @@ const PORT: u16 = 7400;
 /// The namespaces of one launch: a switch and one per node. Dropping it deletes them.
 pub(crate) struct Namespaces {
     tag: String,
-    subnet: u8,
     nodes: usize,
     created: Vec<String>,
 }
@@ -35,10 +34,7 @@ impl Namespaces {
         if nodes > 250 {
             bail!("--netns: {nodes} nodes do not fit one /24");
         }
-        let pid = std::process::id();
-        // One private /24 per launch, picked by the process id.
-        let mut spaces =
-            Self { tag: format!("swl{pid}"), subnet: (pid % 250) as u8 + 1, nodes, created: Vec::new() };
+        let mut spaces = Self { tag: format!("swl{}", std::process::id()), nodes, created: Vec::new() };
         spaces.build().context("--netns: could not set up network namespaces (this needs root and iproute2)")?;
         Ok(spaces)
     }
@@ -54,7 +50,7 @@ impl Namespaces {
 
     /// The address node `i` listens on.
     pub(crate) fn addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 213, self.subnet, i as u8 + 1)), PORT)
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 213, 0, i as u8 + 1)), PORT)
     }
 
     fn add(&mut self, name: String) -> Result<()> {
@@ -85,9 +81,8 @@ impl Namespaces {
     /// A line for the launch's journal.
     pub(crate) fn describe(&self) -> String {
         format!(
-            "every node in a network namespace of its own ({}-<i>), at 10.213.{}.<i+1>:{PORT}, joined by veth pairs to a bridge in {}",
+            "every node in a network namespace of its own ({}-<i>), at 10.213.0.<i+1>:{PORT}, joined by veth pairs to a bridge in {}",
             self.tag,
-            self.subnet,
             self.switch()
         )
     }
