@@ -10,6 +10,21 @@ use crate::files::{out_dir, write_atomic};
 use crate::studies::{self, Reproduce};
 use crate::{all, codezero_swarm, launch, node, report, run, sapo_swarm, verify, verify_node};
 
+/// What `swarmlab launch` does for a pipeline worker it killed, beside nothing.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct AfterKill {
+    /// With --kill, start a successor in the killed node's place (its key and address) at once: a
+    /// pipeline worker that rebuilds its stage by the configuration's recovery strategy while the
+    /// others wait, after which the run goes on.
+    #[arg(long, requires = "kill")]
+    replace: bool,
+    /// With --kill, announce with the killed node's key that it left the run for good (pipeline):
+    /// the others go back to the earliest step any of them was training and go on without it,
+    /// SkipPipe on paths scheduled again. `--late` naming that node then brings its place back.
+    #[arg(long, requires = "kill", conflicts_with = "replace")]
+    leave: bool,
+}
+
 /// swarmlab — decentralized-training protocols on simulated and real swarms.
 ///
 /// Start with `swarmlab run`: it trains the baseline study (one replica, four data-parallel replicas,
@@ -312,6 +327,12 @@ enum Command {
         /// neighbours, redundant computation from its predecessor's copy, a surviving replica).
         #[arg(long, conflicts_with = "join")]
         replace: bool,
+        /// Do not train: announce, with the key of a pipeline worker whose node is gone, that it has
+        /// left the run for good. The others halt, go back to the earliest step any of them was
+        /// training and go on without it (SkipPipe schedules its paths again, each worker by itself
+        /// from the new membership); `--replace` with the same key later brings the place back.
+        #[arg(long, conflicts_with_all = ["join", "replace"])]
+        leave: bool,
         /// Listen on this address instead of the one the peers file gives (the peers file then names
         /// something that forwards to it, such as a link emulator).
         #[arg(long)]
@@ -344,14 +365,11 @@ enum Command {
         kill: Vec<launch::Kill>,
         /// Start node NODE only once another node reports round (or step) ROUND (`NODE@ROUND`): it
         /// joins the run under way (a pipeline worker fetches the current weights from a replica of
-        /// its stage).
+        /// its stage). With --leave, the killed node that left comes back to its place instead.
         #[arg(long)]
         late: Option<launch::Kill>,
-        /// With --kill, start a successor in the killed node's place (its key and address) at once: a
-        /// pipeline worker that rebuilds its stage by the configuration's recovery strategy while the
-        /// others wait, after which the run goes on.
-        #[arg(long, requires = "kill")]
-        replace: bool,
+        #[command(flatten)]
+        after: AfterKill,
         /// Run every node in a network namespace of its own (its own address, its own IP stack), joined
         /// by veth pairs to a bridge: hosts of their own on one machine. Needs root; the namespaces are
         /// deleted when the launch ends.
@@ -525,7 +543,10 @@ where
         Command::Node { protocol, replace: true, .. } if protocol != "pipeline" => {
             bail!("--replace: only a pipeline worker takes a killed one's place ({protocol} nodes simply start again)")
         }
-        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, join, replace }
+        Command::Node { protocol, leave: true, .. } if protocol != "pipeline" => {
+            bail!("--leave: only a pipeline's workers halt for a leave ({protocol} nodes go on without a silent peer)")
+        }
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, join, replace, leave }
             if protocol == "pipeline" =>
         {
             let mut cfg = match config {
@@ -534,7 +555,9 @@ where
             };
             cfg.device = device.unwrap_or(cfg.device);
             let corpus = std::sync::Arc::new(run::corpus(&cfg)?);
-            let start = if replace {
+            let start = if leave {
+                node::Start::Leave
+            } else if replace {
                 node::Start::Replacement
             } else if join {
                 node::Start::Late
@@ -569,7 +592,7 @@ where
             cfg.device = device.unwrap_or(cfg.device);
             sapo_swarm::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
         }
-        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, late, replace, netns, emulate_link } => {
+        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, late, after, netns, emulate_link } => {
             launch::launch(launch::Launch {
                 nodes: local,
                 protocol,
@@ -578,7 +601,8 @@ where
                 net: node_net(idle_timeout_s, None)?,
                 kill,
                 late,
-                replace,
+                replace: after.replace,
+                leave: after.leave,
                 netns,
                 emulate_link,
             })
@@ -747,6 +771,7 @@ fn launch_swarm(protocol: &str, nodes: usize, config: &str, out: Option<PathBuf>
         kill: Vec::new(),
         late: None,
         replace: false,
+        leave: false,
         netns: false,
         emulate_link: true,
     };

@@ -193,8 +193,11 @@ pub(crate) enum Start {
     Now,
     /// Late, joining the run under way (`--join`).
     Late,
-    /// In the place of a killed node, with its key (`--replace`).
+    /// In the place of a killed node, with its key (`--replace`), or back in a place that left.
     Replacement,
+    /// Not to train: to announce, with a killed node's key, that its place has left the run for good
+    /// (`--leave`).
+    Leave,
 }
 
 /// Runs worker `index` (its id's rank in the peers file) of the first arm of `cfg`. Unless the run's
@@ -213,6 +216,9 @@ pub(crate) fn pipeline_node(
     spec.late_join = start == Start::Late;
     spec.replacement = match start {
         Start::Replacement => pipeline::Replacement::Replaces,
+        Start::Leave if spec.sync.elastic_wait().is_some() => {
+            bail!("--leave: an elastic group already goes on without a replica that is gone")
+        }
         _ if spec.sync.elastic_wait().is_some() => pipeline::Replacement::Off,
         _ => pipeline::Replacement::Ready,
     };
@@ -239,6 +245,9 @@ pub(crate) fn pipeline_node(
         node.addr
     );
     let started = std::time::Instant::now();
+    if start == Start::Leave {
+        return announce_leave(&node, spec, corpus, &out, started);
+    }
     // Progress lines (`step n/N`) for whoever watches, `swarmlab launch` included.
     let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
     spec.progress = Some(progress.clone());
@@ -289,6 +298,32 @@ pub(crate) fn pipeline_node(
         summary["weights_blake3"],
         file.display()
     );
+    Ok(())
+}
+
+/// Announces that worker `node.index` has left the run for good ([`pipeline::worker::leave_run`]) and
+/// writes the announcement's events to `node-<index>.h5` (the node itself, killed, wrote none).
+fn announce_leave(
+    node: &Node,
+    spec: pipeline::PipelineSpec,
+    corpus: Arc<Corpus>,
+    out: &Path,
+    started: std::time::Instant,
+) -> Result<()> {
+    let index = node.index;
+    let (resume, metrics) = node.run(
+        spec.world.profiles[index].clone(),
+        || Ok(()),
+        |ctx, ()| async move {
+            let metrics = ctx.metrics.clone();
+            let resume = pipeline::worker::leave_run(ctx, Arc::new(spec), corpus).await?;
+            anyhow::Ok((resume, metrics.snapshot()))
+        },
+    )?;
+    let wall_s = started.elapsed().as_secs_f64();
+    NodeLog { place: index, peer: node.id().to_string(), protocol: "pipeline".into(), wall_s, log: metrics }
+        .save(&out.join(format!("node-{index}.h5")))?;
+    println!("worker {index} left the run for good: the others train again from step {resume} without it");
     Ok(())
 }
 

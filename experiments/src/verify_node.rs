@@ -305,6 +305,7 @@ pub(crate) fn over_quic(cfg: &VerifyConfig) -> Result<()> {
         kill: Vec::new(),
         late: None,
         replace: false,
+        leave: false,
         netns: false,
         emulate_link: false,
     };

@@ -950,6 +950,88 @@ fn a_killed_pipeline_worker_is_replaced_and_rebuilt_by_its_recovery() -> Result<
     Ok(())
 }
 
+/// SkipPipe on real nodes when a node leaves for good: its key announces the leave (`launch --leave`),
+/// every worker schedules the paths again by itself from the new membership, and the run goes on without
+/// it (a dead worker on a path would stall it); the place can come back (`--late`), starting from a
+/// replica of its stage. A data replica can leave too (its micro-batches are no longer drawn and the next
+/// row evaluates). Paths that cannot leave a worker out (a fixed row) refuse the leave before anyone halts.
+#[test]
+fn a_skippipe_swarm_schedules_its_paths_again_when_a_node_leaves_and_comes_back()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let arm = "label = \"SkipPipe\"\nstages = 4\nreplicas = 2\nrouting = { kind = \"skippipe\", skip_ratio = 0.25, memory = 4 }\n";
+    let text = node_run(40, "", arm)
+        .replace("micro_batches = 1", "micro_batches = 2")
+        .replace("eval_every = 0", "eval_every = 10")
+        .replace("backend = ", "layers = 4\nbackend = ")
+        .replace("[[arms]]", "[geo]\n[[arms]]");
+    let config = dir.path().join("skippipe.toml");
+    std::fs::write(&config, &text)?;
+    let hash = |run: &std::path::Path, i: usize| -> Result<String, Box<dyn std::error::Error>> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join(format!("nodes/worker-{i}.json")))?)?;
+        Ok(v["weights_blake3"].as_str().ok_or("no hash")?.to_owned())
+    };
+    let launch = |name: &str, extra: &[&str]| -> Result<(std::path::PathBuf, String), Box<dyn std::error::Error>> {
+        let run = dir.path().join(name);
+        let out = swarmlab()
+            .args(["launch", "--local", "8", "--protocol", "pipeline", "--idle-timeout-s", "2", "--config"])
+            .arg(&config)
+            .args(extra)
+            .arg("--out")
+            .arg(&run)
+            .output()?;
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let report = std::fs::read_to_string(run.join("report.md"))?;
+        Ok((run, report))
+    };
+    // Stage 1's replica of row 0 leaves at step 8 (row 0, the evaluating one, then runs through replica
+    // 1 of stage 1) and comes back at step 20.
+    let (run, report) = launch("back", &["--kill", "2@8", "--leave", "--late", "2@20"])?;
+    assert_eq!(
+        report.matches(": s1r0 left the run for good; trains again").count(),
+        7,
+        "every other worker halted: {report}"
+    );
+    assert!(report.contains("paths scheduled without workers [2]"), "{report}");
+    assert!(report.contains("the others halted for node 2's leave and went on without it"), "{report}");
+    assert!(report.contains("killed at step 8, left the run; came back and finished"), "{report}");
+    assert!(report.contains("s1r0 came back to the run") && report.contains("for the return of s1r0"), "{report}");
+    assert!(report.contains("copied the weights and optimizer moments of replica 1"), "{report}");
+    assert_eq!(report.matches("| finished |").count(), 7, "{report}");
+    for s in 0..4 {
+        assert_eq!(hash(&run, 2 * s)?, hash(&run, 2 * s + 1)?, "stage {s}'s replicas average their gradients");
+    }
+    // The data replica of row 0 leaves for good.
+    let (run, report) = launch("origin", &["--kill", "0@8", "--leave"])?;
+    assert!(report.contains("killed at step 8; left the run for good"), "{report}");
+    assert!(report.contains("s0r0 left the run for good: 7 others halted"), "the leave's own events: {report}");
+    assert_eq!(report.matches(": s0r0 left the run for good; trains again").count(), 7, "{report}");
+    assert_eq!(report.matches("| finished |").count(), 7, "{report}");
+    assert!(!run.join("nodes/worker-0.json").exists() && run.join("nodes/worker-1.json").is_file());
+    // A fixed row cannot go on without one of its stages: the leave is refused before anyone halts.
+    let fixed = dir.path().join("fixed.toml");
+    std::fs::write(&fixed, node_run(4, "", "label = \"rows\"\nstages = 2\nreplicas = 1\n"))?;
+    let peers = node_keys(dir.path(), 2)?;
+    let out = swarmlab()
+        .args(["node", "--protocol", "pipeline", "--leave", "--config"])
+        .arg(&fixed)
+        .arg("--key")
+        .arg(dir.path().join("node1.key"))
+        .arg("--peers")
+        .arg(&peers)
+        .arg("--out")
+        .arg(dir.path().join("fixed"))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("cannot leave the run"), "{stderr}");
+    assert!(stderr.contains("SkipPipe's scheduled paths can"), "{stderr}");
+    // --leave follows a kill, in a pipeline, and is not a replacement.
+    let out = swarmlab().args(["launch", "--local", "2", "--protocol", "sapo", "--kill", "1@2", "--leave"]).output()?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--protocol pipeline"));
+    Ok(())
+}
+
 /// Nodes on hosts of their own, on one machine: every node in a network namespace, joined by veth pairs
 /// to a bridge (`launch --netns`). A pipeline whose worker is killed there and replaced (checkpoint-restart
 /// from storage) ends with the same bits as the same run on loopback without the kill. Where network

@@ -14,6 +14,18 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     /// twice; in between, stages may come in any order or be skipped. Its gradient flows back along the
     /// same hops. Every worker asks for every path, so the answer must depend only on the arguments.
     fn path(&self, step: u64, micro: u32, origin: usize, stages: usize, replicas: usize) -> Vec<Hop>;
+
+    /// The router for the steps after the workers `departed` (grid indices `stage × replicas + replica`)
+    /// left the run for good: paths that visit none of them, and none for the micro-batches of a departed
+    /// data replica. Every worker computes it by itself from the same membership, so it must depend on
+    /// nothing else. Routers whose paths cannot leave workers out (a fixed row needs every stage of it)
+    /// refuse, which is the default.
+    fn without(&self, departed: &[usize]) -> Result<std::sync::Arc<dyn Router>> {
+        Err(Error::config(
+            "router",
+            format!("these paths cannot leave out workers {departed:?} (SkipPipe's scheduled paths can)"),
+        ))
+    }
 }
 
 /// The baseline router: a micro-batch stays on its replica's row, stage after stage.

@@ -38,6 +38,8 @@ pub enum Msg {
     Eval {
         /// The step the evaluation belongs to.
         step: u64,
+        /// The data replica whose row evaluates (a worker may stand in for a departed one of another row).
+        row: u32,
         /// Validation batch.
         index: u32,
         /// Hidden states.
@@ -95,8 +97,9 @@ pub enum Msg {
         /// The members, by replica index.
         members: Vec<u32>,
     },
-    /// A node that replaces a killed worker (it has the killed one's key and place) tells every other
-    /// worker to halt. Like [`Halted`](Msg::Halted) and [`Resume`](Msg::Resume), it is heard in any
+    /// A node that takes a worker's place (it has that worker's key) tells every other worker to halt:
+    /// the successor of a killed worker, a node announcing that the worker left the run for good, or
+    /// the worker coming back to the place it left. Like [`Halted`](Msg::Halted) and [`Resume`](Msg::Resume), it is heard in any
     /// recovery epoch.
     Replace,
     /// A worker's answer to [`Replace`](Msg::Replace): the step it was training (not yet completed), the
@@ -108,6 +111,8 @@ pub enum Msg {
         epoch: u32,
         /// The steps of the checkpoints it holds (checkpoint-restart).
         checkpoints: Vec<u64>,
+        /// The workers (grid indices) that have left the run for good, as it knows them.
+        departed: Vec<u32>,
     },
     /// The replacement's word to every worker: go back to the start of `step`, and from now on hear
     /// only messages of recovery epoch `epoch` (what was sent before the halt is void).
@@ -119,6 +124,15 @@ pub enum Msg {
         /// Whether everyone restores their checkpoint of `step` (checkpoint-restart), rather than the
         /// state they kept of its start.
         checkpoint: bool,
+        /// The workers (grid indices) out of the run from now on: one more when the sender left for
+        /// good, one fewer when it came back (routers schedule their paths again for them).
+        departed: Vec<u32>,
+    },
+    /// Instead of [`Resume`](Msg::Resume): the workers that halted cannot train on together (the
+    /// reason says why), so each stops with an error rather than wait for a word that will not come.
+    NoResume {
+        /// Why, for the workers' errors.
+        reason: String,
     },
     /// One chunk of a ring all-reduce among the replicas of a stage.
     Reduce {
@@ -135,7 +149,7 @@ impl Msg {
     /// Whether the message belongs to the replacement of a worker, which every worker hears whatever
     /// its recovery epoch.
     pub fn is_replacement(&self) -> bool {
-        matches!(self, Self::Replace | Self::Halted { .. } | Self::Resume { .. })
+        matches!(self, Self::Replace | Self::Halted { .. } | Self::Resume { .. } | Self::NoResume { .. })
     }
 }
 

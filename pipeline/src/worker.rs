@@ -14,6 +14,12 @@
 //! before counts). A worker keeps its state as of the start of its last two steps for that, since one
 //! may have finished a step that another had not. The successor then gets its state as a failed worker
 //! of the simulated network does, from the same [`Source`].
+//!
+//! The same halt announces a worker gone for good ([`leave_run`]): the others resume without it, each
+//! scheduling the paths again by itself from the new membership ([`Router::without`]; SkipPipe's router
+//! can, a fixed row cannot), the stage's other replicas averaging gradients without it and standing in
+//! for it in its row (the gradient norm, the evaluation). A later node with its key brings the place
+//! back: it starts from a replica of its stage and the paths are scheduled with it again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -30,7 +36,7 @@ use crate::collective::{
     run_outer_round, run_outer_round_tagged,
 };
 use crate::error::{Error, Result};
-use crate::plug::{Hop, check_path};
+use crate::plug::{Hop, Router, check_path};
 use crate::probe::WeightProbe;
 use crate::rebuild::{Donor, DonorWeights};
 use crate::recovery::{KeptCopy, Source};
@@ -103,9 +109,9 @@ pub async fn run_worker<T: Transport, C: Clock>(
     let mut w = Worker::new(ctx, spec, corpus)?;
     let spec = w.spec.clone();
     let (s, r) = (w.s, w.r);
-    // The rows that evaluate: replica 0's, or every replica's.
-    let evaluates = r == 0 || spec.eval_all_replicas;
-    let eval_set = if spec.eval_every > 0 && evaluates && s == 0 {
+    // Every data replica holds the validation batches: the row that evaluates is replica 0's, or every
+    // replica's, and the next one's once a data replica left the run for good.
+    let eval_set = if spec.eval_every > 0 && s == 0 && (r == 0 || spec.eval_all_replicas || w.replicas > 1) {
         eval_batches(&w.corpus.val, spec.eval_batches, spec.micro_batch, spec.seq, &w.device)?
     } else {
         Vec::new()
@@ -119,7 +125,7 @@ pub async fn run_worker<T: Transport, C: Clock>(
     } else {
         0
     };
-    let plan = StepPlan { eval_set, evaluates, probe };
+    let plan = StepPlan { eval_set, probe };
     while step <= spec.steps {
         if replaceable {
             w.remember(step);
@@ -139,11 +145,22 @@ pub async fn run_worker<T: Transport, C: Clock>(
     Ok(WorkerResult { stage: s, replica: r, weights: w.params.snapshot() })
 }
 
-/// What every step of a worker uses: its validation batches (stage 0 of an evaluating row), whether its
-/// row evaluates, and the probe of the replicas' weights.
+/// Announces, with worker `ctx.index`'s key, that the worker has left the run for good (its node is
+/// gone): the other workers halt, go back to the earliest step any of them was training, and go on
+/// without it on paths their router schedules again (SkipPipe's; routers that cannot leave a worker out
+/// refuse, and the run goes on as it was). Returns the step they train again from.
+pub async fn leave_run<T: Transport, C: Clock>(
+    ctx: AgentCtx<T, C>,
+    spec: Arc<PipelineSpec>,
+    corpus: Arc<Corpus>,
+) -> Result<u64> {
+    Worker::new(ctx, spec, corpus)?.leave().await
+}
+
+/// What every step of a worker uses: its validation batches (a data replica's) and the probe of the
+/// replicas' weights.
 struct StepPlan {
     eval_set: Vec<(Tensor, Tensor)>,
-    evaluates: bool,
     probe: Option<Arc<WeightProbe>>,
 }
 
@@ -188,6 +205,10 @@ struct Worker<T: Transport, C: Clock> {
     /// donor's), and those that joined through it since.
     view: Vec<usize>,
     announced: Vec<usize>,
+    /// The workers (grid indices, increasing) that left the run for good, and the router that schedules
+    /// the paths without them (the spec's while nobody has left).
+    departed: Vec<usize>,
+    router: Arc<dyn Router>,
 }
 
 /// What forming an elastic group gave a worker.
@@ -261,6 +282,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             copies: BTreeMap::new(),
             view: (0..replicas).collect(),
             announced: Vec::new(),
+            departed: Vec::new(),
+            router: spec.router.clone(),
             spec,
         };
         w.restart_outer()?;
@@ -292,10 +315,18 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             self.ctx.clock.sleep(self.state_io_time(bytes_per_s)).await;
         }
         let evaluating = spec.eval_every > 0 && (step.is_multiple_of(spec.eval_every) || step == spec.steps);
-        if evaluating && plan.evaluates {
-            let next = (!self.last).then(|| self.peer(s + 1, r));
-            let (ctx, stage, mail) = (&self.ctx, &self.stage, &mut self.mail);
-            evaluate(ctx, stage, mail, &plan.eval_set, spec.eval_batches, step, self.fwd_flops, next).await?;
+        if evaluating {
+            // The evaluating rows this worker stands in (its own, and a departed worker's of its stage).
+            let rows: Vec<(u32, Option<PeerId>)> = self
+                .eval_rows()
+                .into_iter()
+                .filter(|&row| self.stand_in(s, row) == r)
+                .map(|row| (row as u32, (!self.last).then(|| self.peer(s + 1, self.stand_in(s + 1, row)))))
+                .collect();
+            if !rows.is_empty() {
+                let (ctx, stage, mail) = (&self.ctx, &self.stage, &mut self.mail);
+                evaluate(ctx, stage, mail, &plan.eval_set, spec.eval_batches, step, self.fwd_flops, &rows).await?;
+            }
         }
         if let Some(probe) = &plan.probe
             && evaluating
@@ -392,15 +423,20 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         keep_last_two(&mut self.undo, state);
     }
 
-    /// This node replaces a killed worker (it has the killed one's key and place): it tells every other
-    /// worker to halt, waits for each one's step, has everyone train again from the earliest of them
-    /// (in a new recovery epoch, so that nothing sent before counts), and gets its own state from the
-    /// recovery strategy's source as a failed worker of the simulated network does. Returns the step to
-    /// train next.
+    /// This node takes a place in the run (it has that place's key): a killed worker's, or one that left
+    /// the run for good. It tells every other worker to halt, waits for each one's step, has everyone
+    /// train again from the earliest of them (in a new recovery epoch, so that nothing sent before
+    /// counts), and gets its state: a killed worker's from the recovery strategy's source, as a failed
+    /// worker of the simulated network does; a departed one's from a replica of its stage, the paths
+    /// being scheduled again with it. Returns the step to train next.
     async fn replace(&mut self) -> Result<u64> {
         let t0 = self.ctx.clock.now();
         let (s, r) = (self.s, self.r);
-        let source = self.spec.recovery.source((s, r), &[(s, r)], self.spec.stages, self.replicas);
+        let halted = self.halt_everyone().await?;
+        let me = self.ctx.index as usize;
+        let back = halted.departed.contains(&me);
+        self.set_departed(halted.departed.iter().copied().filter(|&w| w != me).collect())?;
+        let source = self.source_for((s, r), back)?;
         // Checkpoint-restart: the checkpoints the killed worker stored (the state before step 0, the
         // seeded initial weights, is always at hand).
         let stored = match (&source, &self.store) {
@@ -416,43 +452,16 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             }
             _ => Vec::new(),
         };
-        let me = self.ctx.transport.local_peer();
-        let others: Vec<PeerId> = self.ctx.peers.iter().copied().filter(|p| *p != me).collect();
-        for &peer in &others {
-            self.mail.send(peer, &Msg::Replace).await?;
-        }
-        let mut halted: BTreeMap<PeerId, (u64, u32, Vec<u64>)> = BTreeMap::new();
-        while halted.len() < others.len() {
-            let wanted = |f: &PeerId, m: &Msg| others.contains(f) && matches!(m, Msg::Halted { .. });
-            if let (from, Msg::Halted { step, epoch, checkpoints }) =
-                self.mail.take("every other worker's halt", wanted).await?
-            {
-                halted.insert(from, (step, epoch, checkpoints));
-            }
-        }
-        let steps = halted.values().map(|h| h.0);
-        let (earliest, ahead) = (steps.clone().min().unwrap_or(0), steps.max().unwrap_or(0));
-        let epoch = halted.values().map(|h| h.1).max().unwrap_or(0) + 1;
+        let (earliest, ahead) = halted.steps();
         let checkpoint = source == Source::Checkpoint;
         let resume = if checkpoint {
             // The latest checkpoint every worker has, this one's predecessor included.
-            stored.iter().copied().filter(|c| halted.values().all(|h| h.2.contains(c))).max().unwrap_or(0)
-        } else if ahead > earliest + 1 {
-            return Err(Error::config(
-                "replacement",
-                format!(
-                    "the other workers halted at steps {earliest} to {ahead}; a worker keeps one step to go back, \
-                     so a swarm whose workers drift apart by more (rows without a per-step gradient average) \
-                     cannot resume together"
-                ),
-            ));
+            let held = |c: &u64| halted.answers.values().all(|h| h.checkpoints.contains(c));
+            stored.iter().copied().filter(held).max().unwrap_or(0)
         } else {
-            earliest
+            self.common_step_or_stop(&halted).await?
         };
-        for &peer in &others {
-            self.mail.send(peer, &Msg::Resume { step: resume, epoch, checkpoint }).await?;
-        }
-        self.mail.set_epoch(epoch);
+        let epoch = self.resume_everyone(&halted, resume, checkpoint).await?;
         if checkpoint {
             let read = match &self.store {
                 Some(store) if stored.contains(&resume) => Some(store.read(resume)?),
@@ -471,15 +480,145 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         } else {
             // The learning-rate schedule goes on from the step everyone resumes at.
             self.optim.restore(resume, &BTreeMap::new())?;
-            self.recover(resume, &source).await?;
+            self.recover(resume, &source, !back).await?;
         }
         let took = (self.ctx.clock.now() - t0).as_secs_f64();
+        let what = if back {
+            format!("s{s}r{r} came back to the run (paths scheduled again for it)")
+        } else {
+            format!("s{s}r{r} replaced the killed worker")
+        };
         let detail = format!(
-            "s{s}r{r} replaced the killed worker: {} others halted at steps {earliest} to {ahead}; everyone trains again from step {resume} (epoch {epoch}), {took:.3} s after this node started",
-            others.len()
+            "{what}: {} others halted at steps {earliest} to {ahead}; everyone trains again from step {resume} (epoch {epoch}), {took:.3} s after this node started",
+            halted.answers.len()
         );
         self.ctx.metrics.event(self.ctx.clock.now(), Some(self.ctx.index), EventKind::Join, detail);
         Ok(resume)
+    }
+
+    /// This node announces, with a worker's key, that the worker has left the run for good: it halts
+    /// the others, has them go back to the earliest step any of them was training, without it (the
+    /// router schedules the paths again for those left, each worker by itself), and is done. Returns
+    /// the step the others train again from. What cannot go on without the worker is refused before
+    /// anyone is halted; a router that finds no paths without it has everyone go on as they were.
+    async fn leave(&mut self) -> Result<u64> {
+        let (s, r) = (self.s, self.r);
+        let refuse = |why: String| Err(Error::config("leave", format!("s{s}r{r} cannot leave the run: {why}")));
+        if self.outer.is_some() {
+            return refuse("its stage's outer rounds count on every replica".into());
+        }
+        if !self.spec.recovery.copies(self.spec.stages).is_empty() {
+            return refuse(format!("{} keeps copies of each stage on its neighbours", self.spec.recovery.name()));
+        }
+        let me = self.ctx.index as usize;
+        if let Err(e) = self.spec.router.without(&[me]) {
+            return refuse(e.to_string());
+        }
+        let halted = self.halt_everyone().await?;
+        let mut departed = halted.departed.clone();
+        departed.push(me);
+        let (earliest, ahead) = halted.steps();
+        let resume = self.common_step_or_stop(&halted).await?;
+        let rerouted = self.set_departed(departed);
+        if rerouted.is_err() {
+            // Nobody goes on without this worker: everyone trains again as they were.
+            self.set_departed(halted.departed.clone())?;
+        }
+        let epoch = self.resume_everyone(&halted, resume, false).await?;
+        rerouted?;
+        let detail = format!(
+            "s{s}r{r} left the run for good: {} others halted at steps {earliest} to {ahead}; they train again from step {resume} (epoch {epoch}) without workers {:?}",
+            halted.answers.len(),
+            self.departed
+        );
+        self.ctx.metrics.event(self.ctx.clock.now(), Some(self.ctx.index), EventKind::Failure, detail);
+        Ok(resume)
+    }
+
+    /// Tells every other worker to halt ([`Msg::Replace`]) and waits for the answer of each one still
+    /// in the run. A worker that left does not answer (nor, if its node is gone, take the message).
+    async fn halt_everyone(&mut self) -> Result<Halts> {
+        let me = self.ctx.transport.local_peer();
+        let others: Vec<PeerId> = self.ctx.peers.iter().copied().filter(|p| *p != me).collect();
+        for &peer in &others {
+            if let Err(e) = self.mail.send(peer, &Msg::Replace).await {
+                tracing::warn!(peer = %peer.short(), error = %e, "no halt delivered (a worker that left?)");
+            }
+        }
+        let mut answers: BTreeMap<PeerId, Halt> = BTreeMap::new();
+        // Who left, as the first answer says (every answer must say the same).
+        let mut departed: Option<Vec<usize>> = None;
+        loop {
+            let gone = |p: &PeerId| {
+                let place = self.ctx.peers.iter().position(|q| q == p);
+                departed.as_ref().is_some_and(|d| place.is_some_and(|w| d.contains(&w)))
+            };
+            if departed.is_some() && others.iter().all(|p| gone(p) || answers.contains_key(p)) {
+                break;
+            }
+            let wanted = |f: &PeerId, m: &Msg| others.contains(f) && matches!(m, Msg::Halted { .. });
+            let (from, Msg::Halted { step, epoch, checkpoints, departed: theirs }) =
+                self.mail.take("every other worker's halt", wanted).await?
+            else {
+                return Err(unexpected());
+            };
+            let mut theirs: Vec<usize> = theirs.into_iter().map(|w| w as usize).collect();
+            theirs.sort_unstable();
+            match &departed {
+                Some(known) if *known != theirs => {
+                    return Err(Error::config(
+                        "replacement",
+                        format!("{} says workers {theirs:?} left the run, another said {known:?}", from.short()),
+                    ));
+                }
+                Some(_) => {}
+                None => departed = Some(theirs),
+            }
+            answers.insert(from, Halt { step, epoch, checkpoints });
+        }
+        Ok(Halts { answers, departed: departed.unwrap_or_default() })
+    }
+
+    /// The step every worker that halted can train again from ([`Halts::common_step`]); if there is none,
+    /// tells them so ([`Msg::NoResume`]), so that they stop at once with the reason, and fails with it.
+    async fn common_step_or_stop(&mut self, halted: &Halts) -> Result<u64> {
+        let why = match halted.common_step() {
+            Ok(step) => return Ok(step),
+            Err(why) => why,
+        };
+        for &peer in halted.answers.keys() {
+            let msg = Msg::NoResume { reason: why.to_string() };
+            if let Err(e) = self.mail.send(peer, &msg).await {
+                tracing::warn!(peer = %peer.short(), error = %e, "could not tell a halted worker that the run stops");
+            }
+        }
+        Err(why)
+    }
+
+    /// Tells every worker that halted to train again from `step` (restoring their checkpoint of it if
+    /// `checkpoint`) with the run's membership as this worker now has it, in a new recovery epoch, and
+    /// enters that epoch; returns it.
+    async fn resume_everyone(&mut self, halted: &Halts, step: u64, checkpoint: bool) -> Result<u32> {
+        let epoch = halted.answers.values().map(|h| h.epoch).max().unwrap_or(0) + 1;
+        let departed: Vec<u32> = self.departed.iter().map(|&w| w as u32).collect();
+        for &peer in halted.answers.keys() {
+            self.mail.send(peer, &Msg::Resume { step, epoch, checkpoint, departed: departed.clone() }).await?;
+        }
+        self.mail.set_epoch(epoch);
+        Ok(epoch)
+    }
+
+    /// Where worker `failed` gets its state when it takes its place again: the recovery strategy's
+    /// source for a killed worker; for one that left the run and comes `back`, its stage's first other
+    /// replica in the run (weights and optimizer moments, as a joiner).
+    fn source_for(&self, failed: Hop, back: bool) -> Result<Source> {
+        if !back {
+            return Ok(self.spec.recovery.source(failed, &[failed], self.spec.stages, self.replicas));
+        }
+        match self.live_replicas(failed.0).into_iter().find(|&q| q != failed.1) {
+            Some(q) => Ok(Source::Replica(q)),
+            None => Err(Error::config("replacement", format!("no other replica of stage {} is in the run", failed.0))),
+        }
     }
 
     /// A replacement (`by`) asked this worker to halt while it trained `step`: tells it that step, waits
@@ -495,13 +634,27 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             .ok_or_else(|| Error::config("replacement", format!("{} is not a worker of this swarm", by.short())))?;
         let failed = (place / self.replicas, place % self.replicas);
         let checkpoints = self.checkpoints.iter().map(|c| c.step).collect();
-        self.mail.send(by, &Msg::Halted { step, epoch: self.mail.epoch(), checkpoints }).await?;
-        let wanted = |f: &PeerId, m: &Msg| *f == by && matches!(m, Msg::Resume { .. });
-        let (_, Msg::Resume { step: resume, epoch, checkpoint }) =
-            self.mail.take("the step to resume from", wanted).await?
-        else {
-            return Err(unexpected());
+        let departed = self.departed.iter().map(|&w| w as u32).collect();
+        self.mail.send(by, &Msg::Halted { step, epoch: self.mail.epoch(), checkpoints, departed }).await?;
+        let wanted = |f: &PeerId, m: &Msg| *f == by && matches!(m, Msg::Resume { .. } | Msg::NoResume { .. });
+        let (resume, epoch, checkpoint, departed) = match self.mail.take("the step to resume from", wanted).await? {
+            (_, Msg::Resume { step, epoch, checkpoint, departed }) => (step, epoch, checkpoint, departed),
+            (_, Msg::NoResume { reason }) => {
+                return Err(Error::config(
+                    "replacement",
+                    format!(
+                        "s{}r{} halted at step {step}, and {} cannot resume the run: {reason}",
+                        self.s,
+                        self.r,
+                        by.short()
+                    ),
+                ));
+            }
+            _ => return Err(unexpected()),
         };
+        // `by` left the run for good, came back to it, or took a killed worker's place.
+        let departed: Vec<usize> = departed.into_iter().map(|w| w as usize).collect();
+        let (was_out, is_out) = (self.departed.contains(&place), departed.contains(&place));
         let (kept, what) = if checkpoint { (&self.checkpoints, "checkpoints") } else { (&self.undo, "states") };
         let state = match kept.iter().find(|u| u.step == resume) {
             Some(state) => state.clone(),
@@ -528,11 +681,21 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             }
         }
         self.mail.set_epoch(epoch);
-        let source = self.spec.recovery.source(failed, &[failed], self.spec.stages, self.replicas);
-        self.send_recovery(resume, failed, &source, false).await?;
+        self.set_departed(departed)?;
         let (s, r) = (self.s, self.r);
+        if is_out {
+            let detail = format!(
+                "s{s}r{r} halted at step {step}: s{}r{} left the run for good; trains again from step {resume} (epoch {epoch}) on paths scheduled without workers {:?}",
+                failed.0, failed.1, self.departed
+            );
+            self.ctx.metrics.event(self.ctx.clock.now(), Some(self.ctx.index), EventKind::Failure, detail);
+            return Ok(resume);
+        }
+        let source = self.source_for(failed, was_out)?;
+        self.send_recovery(resume, failed, &source, false).await?;
+        let why = if was_out { "the return" } else { "the replacement" };
         let mut detail = format!(
-            "s{s}r{r} halted at step {step} for the replacement of s{}r{}; trains again from step {resume} (epoch {epoch})",
+            "s{s}r{r} halted at step {step} for {why} of s{}r{}; trains again from step {resume} (epoch {epoch})",
             failed.0, failed.1
         );
         if source == Source::CopyAt((s, r)) {
@@ -554,6 +717,42 @@ impl<T: Transport, C: Clock> Worker<T, C> {
 
     fn peer(&self, stage: usize, replica: usize) -> PeerId {
         self.ctx.peers[stage * self.replicas + replica]
+    }
+
+    /// Whether worker `(stage, replica)` is still in the run (has not left it for good).
+    fn live(&self, stage: usize, replica: usize) -> bool {
+        self.departed.binary_search(&(stage * self.replicas + replica)).is_err()
+    }
+
+    /// The replicas of `stage` still in the run.
+    fn live_replicas(&self, stage: usize) -> Vec<usize> {
+        (0..self.replicas).filter(|&q| self.live(stage, q)).collect()
+    }
+
+    /// The replica of `stage` that stands in row `row`: its own, or once that one left the run, the
+    /// stage's first replica still in it.
+    fn stand_in(&self, stage: usize, row: usize) -> usize {
+        if self.live(stage, row) { row } else { self.live_replicas(stage).first().copied().unwrap_or(row) }
+    }
+
+    /// The rows that evaluate: every data replica's still in the run, or only the first of them.
+    fn eval_rows(&self) -> Vec<usize> {
+        let rows = self.live_replicas(0);
+        if self.spec.eval_all_replicas { rows } else { rows.into_iter().take(1).collect() }
+    }
+
+    /// The run goes on without the workers `departed` (grid indices): the paths are scheduled again for
+    /// those left (by this worker alone; every worker finds the same ones).
+    fn set_departed(&mut self, mut departed: Vec<usize>) -> Result<()> {
+        departed.sort_unstable();
+        departed.dedup();
+        if departed == self.departed {
+            return Ok(());
+        }
+        self.router =
+            if departed.is_empty() { self.spec.router.clone() } else { self.spec.router.without(&departed)? };
+        self.departed = departed;
+        Ok(())
     }
 
     /// Time to write or read this stage's weights and Adam moments at `bytes_per_s`.
@@ -581,7 +780,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             self.send_recovery(step, hit, source, true).await?;
         }
         let Some(i) = failed.iter().position(|&hit| hit == (self.s, self.r)) else { return Ok(None) };
-        self.recover(step, &sources[i]).await?;
+        self.recover(step, &sources[i], true).await?;
         Ok(None)
     }
 
@@ -655,9 +854,10 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         Ok(at)
     }
 
-    /// This worker failed at `step`: it loses its weights, optimizer and outer state and gets the weights
-    /// back from `source` (the outer state restarts from them).
-    async fn recover(&mut self, step: u64, source: &Source) -> Result<()> {
+    /// This worker failed at `step` (or, unless `failed`, comes back to the place it left): it loses its
+    /// weights, optimizer and outer state and gets the weights back from `source` (the outer state
+    /// restarts from them).
+    async fn recover(&mut self, step: u64, source: &Source, failed: bool) -> Result<()> {
         let t0 = self.ctx.clock.now();
         let fresh = self.fresh_weights()?;
         for (name, t) in &fresh {
@@ -704,7 +904,9 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         self.restart_outer()?;
         let now = self.ctx.clock.now();
         let index = Some(self.ctx.index);
-        self.ctx.metrics.event(now, index, EventKind::Failure, format!("s{s}r{r} failed at step {step}"));
+        if failed {
+            self.ctx.metrics.event(now, index, EventKind::Failure, format!("s{s}r{r} failed at step {step}"));
+        }
         let took = (now - t0).as_secs_f64();
         self.ctx.metrics.event(now, index, EventKind::Recovery, format!("s{s}r{r}: {detail} in {took:.3} s"));
         self.ctx.record("recovery", step, REBUILT);
@@ -1032,10 +1234,17 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let mut mine: BTreeMap<(u32, u32), (Vec<Hop>, usize)> = BTreeMap::new();
         // How many micro-batches visit this stage, over all its replicas.
         let mut stage_visits = 0usize;
-        for origin in 0..replicas {
+        // The micro-batches of the data replicas still in the run.
+        for origin in (0..replicas).filter(|&o| self.live(0, o)) {
             for micro in 0..m {
-                let path = spec.router.path(step, micro, origin, stages, replicas);
+                let path = self.router.path(step, micro, origin, stages, replicas);
                 check_path(&path, origin, stages, replicas)?;
+                if let Some((ds, dr)) = path.iter().find(|h| !self.live(h.0, h.1)) {
+                    return Err(Error::config(
+                        "router",
+                        format!("the path of micro-batch {origin}/{micro} visits s{ds}r{dr}, which left the run"),
+                    ));
+                }
                 stage_visits += usize::from(path.iter().any(|h| h.0 == s));
                 if let Some(hop) = path.iter().position(|&h| h == (s, r)) {
                     mine.insert((origin as u32, micro), (path, hop));
@@ -1132,11 +1341,12 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         if !losses.is_empty() {
             self.ctx.record("train_loss", step, losses.iter().sum::<f64>() / losses.len() as f64);
         }
-        // Each micro-batch contributed its gradient / m, so the replicas' mean is the mean over
-        // replicas × m micro-batches. A stage that some paths skip averages only over the micro-batches
-        // that visited it (SkipPipe): rescale by replicas × m / visits. With every path through every
-        // stage (any routing without skips) the factor is 1.
-        let expected = replicas * spec.micro_batches;
+        // Each micro-batch contributed its gradient / m, so the mean over the stage's replicas in the run
+        // (all of them, unless some left) is the mean over replicas × m micro-batches. A stage that some
+        // paths skip averages only over the micro-batches that visited it (SkipPipe): rescale by
+        // replicas × m / visits. With every path through every stage (any routing without skips) the
+        // factor is 1.
+        let expected = self.live_replicas(s).len() * spec.micro_batches;
         if spec.gradients == GradientScaling::PerStage && stage_visits > 0 && stage_visits != expected {
             let factor = expected as f64 / stage_visits as f64;
             for g in grads.values_mut() {
@@ -1147,13 +1357,17 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     }
 
     /// The norm of the whole model's gradient: this stage's squared norm sent to every other stage of its
-    /// row, theirs received and summed (the row's replica of each stage; after a data-parallel average
-    /// every row finds the same norm).
+    /// row, theirs received and summed (the row's replica of each stage, or the one standing in for it
+    /// once it left the run; after a data-parallel average every row finds the same norm).
     async fn model_grad_norm(&mut self, step: u64, grads: &BTreeMap<String, Tensor>) -> Result<f32> {
         let squared = self.optim.squared_norm(grads)?;
         let (s, r, stages) = (self.s, self.r, self.spec.stages);
         for other in (0..stages).filter(|&k| k != s) {
-            self.mail.send(self.peer(other, r), &Msg::GradNorm { step, stage: s as u32, squared }).await?;
+            let rows: Vec<usize> =
+                (0..self.replicas).filter(|&row| self.live(other, row) && self.stand_in(s, row) == r).collect();
+            for row in rows {
+                self.mail.send(self.peer(other, row), &Msg::GradNorm { step, stage: s as u32, squared }).await?;
+            }
         }
         let mut total = squared;
         for _ in 1..stages {
@@ -1173,12 +1387,15 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let replicas = self.replicas;
         match (self.spec.sync.gradient_collective(), self.spec.sync.elastic_wait()) {
             (Some(collective), Some(wait)) if replicas > 1 => self.elastic_mean(step, grads, collective, wait).await,
-            (Some(collective), None) if replicas > 1 => {
+            (Some(collective), None) if self.live_replicas(self.s).len() > 1 => {
                 let (t0, b0) = (self.ctx.clock.now(), self.mail.sent());
-                let group: Vec<PeerId> = (0..replicas).map(|q| self.peer(self.s, q)).collect();
-                let round = OuterRound { group: (0..replicas).collect(), collective, timeout: self.spec.peer_timeout };
+                // The stage's replicas still in the run (all of them, unless some left for good).
+                let members = self.live_replicas(self.s);
+                let me = members.iter().position(|&q| q == self.r).ok_or_else(unexpected)?;
+                let group: Vec<PeerId> = members.iter().map(|&q| self.peer(self.s, q)).collect();
+                let round = OuterRound { group: members, collective, timeout: self.spec.peer_timeout };
                 let flat = flatten(&self.names, &grads, &self.shapes)?;
-                let mean = all_reduce_mean(&mut self.mail, &round, &group, self.r, step, GRADIENT_TAG, flat).await?;
+                let mean = all_reduce_mean(&mut self.mail, &round, &group, me, step, GRADIENT_TAG, flat).await?;
                 self.ctx.record("sync_time", step, (self.ctx.clock.now() - t0).as_secs_f64());
                 self.ctx.record("sync_bytes", step, (self.mail.sent() - b0) as f64);
                 Ok(Synced::Mean(unflatten(&self.names, &mean, &self.shapes, &self.device)?))
@@ -1325,8 +1542,9 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     }
 }
 
-/// Runs the validation batches forward through one replica's row of stages (`next`: the next stage's
-/// worker of that row, if any); the last stage records `val_loss`, the mean over the batches, at `step`.
+/// Runs the validation batches forward through the evaluating rows this worker stands in (`rows`: each
+/// row with the next stage's worker in it, if any), one row after the other; the last stage records
+/// `val_loss`, the mean over the batches, at `step`.
 #[allow(clippy::too_many_arguments)]
 async fn evaluate<T: Transport, C: Clock>(
     ctx: &AgentCtx<T, C>,
@@ -1336,19 +1554,18 @@ async fn evaluate<T: Transport, C: Clock>(
     count: usize,
     step: u64,
     fwd_flops: f64,
-    next: Option<PeerId>,
+    rows: &[(u32, Option<PeerId>)],
 ) -> Result<()> {
     let device = stage.device().clone();
-    let mut losses = Vec::with_capacity(count);
-    for index in 0..count as u32 {
+    let mut losses = Vec::with_capacity(count * rows.len());
+    for (row, index, next) in rows.iter().flat_map(|&(row, next)| (0..count as u32).map(move |i| (row, i, next))) {
         let (out, targets) = if stage.spec().first {
             let (ids, targets) = eval_set
                 .get(index as usize)
                 .ok_or_else(|| Error::config("pipeline.eval_batches", "validation set too small"))?;
             (stage.forward(StageInput::Tokens(ids))?, targets.clone())
         } else {
-            let wanted =
-                |_: &PeerId, m: &Msg| matches!(m, Msg::Eval { step: st, index: i, .. } if *st == step && *i == index);
+            let wanted = |_: &PeerId, m: &Msg| matches!(m, Msg::Eval { step: st, row: w, index: i, .. } if (*st, *w, *i) == (step, row, index));
             let (_, msg) = mail.take("validation activations", wanted).await?;
             let Msg::Eval { hidden, targets, .. } = msg else { return Err(unexpected()) };
             (stage.forward(StageInput::Hidden(&from_wire(&hidden, &device)?))?, from_wire(&targets, &device)?)
@@ -1356,7 +1573,7 @@ async fn evaluate<T: Transport, C: Clock>(
         ctx.compute(fwd_flops).await;
         match next {
             Some(to) => {
-                let msg = Msg::Eval { step, index, hidden: to_wire(&out)?, targets: to_wire(&targets)? };
+                let msg = Msg::Eval { step, row, index, hidden: to_wire(&out)?, targets: to_wire(&targets)? };
                 mail.send(to, &msg).await?;
             }
             None => losses.push(f64::from(stage.loss(&out, &targets)?.to_vec0::<f32>()?)),
@@ -1366,6 +1583,44 @@ async fn evaluate<T: Transport, C: Clock>(
         ctx.record("val_loss", step, losses.iter().sum::<f64>() / losses.len() as f64);
     }
     Ok(())
+}
+
+/// A worker's answer to a halt ([`Msg::Halted`]).
+struct Halt {
+    step: u64,
+    epoch: u32,
+    checkpoints: Vec<u64>,
+}
+
+/// The answers of every worker in the run to a halt, and the workers that had left it.
+struct Halts {
+    answers: BTreeMap<PeerId, Halt>,
+    departed: Vec<usize>,
+}
+
+impl Halts {
+    /// The earliest and the latest step the workers halted in.
+    fn steps(&self) -> (u64, u64) {
+        let steps = self.answers.values().map(|h| h.step);
+        (steps.clone().min().unwrap_or(0), steps.max().unwrap_or(0))
+    }
+
+    /// The step everyone can train again from without checkpoints: the earliest, as long as none is
+    /// more than one step ahead of it (a worker keeps the start of its last two steps).
+    fn common_step(&self) -> Result<u64> {
+        let (earliest, ahead) = self.steps();
+        if ahead > earliest + 1 {
+            return Err(Error::config(
+                "replacement",
+                format!(
+                    "the other workers halted at steps {earliest} to {ahead}; a worker keeps one step to go back, \
+                     so a swarm whose workers drift apart by more (rows without a per-step gradient average) \
+                     cannot resume together"
+                ),
+            ));
+        }
+        Ok(earliest)
+    }
 }
 
 /// What a checkpoint holds: the step it was taken before, the stage's weights, optimizer and outer state.

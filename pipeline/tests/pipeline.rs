@@ -193,11 +193,10 @@ fn checkpoint_restart_puts_back_the_saved_state_and_costs_time() -> Result<()> {
         ..spec(2, 2, 8)
     };
     let clean = run_simulation(run_simulated(&clean_spec, corpus.clone()))??;
-    let failing_spec =
-        PipelineSpec {
-            world: genrl::World { failures: pipeline::FailurePlan { failures: vec![(5, 3)] }, ..clean_spec.world.clone() },
-            ..clean_spec.clone()
-        };
+    let failing_spec = PipelineSpec {
+        world: genrl::World { failures: pipeline::FailurePlan { failures: vec![(5, 3)] }, ..clean_spec.world.clone() },
+        ..clean_spec.clone()
+    };
     let failed = run_simulation(run_simulated(&failing_spec, corpus))??;
     // Restored weights and optimizer state, then the same steps on the same data: the same final bits.
     for (name, t) in &clean.weights {
@@ -271,7 +270,15 @@ fn a_skipped_stage_is_rescaled_by_its_visits_only_per_stage() -> Result<()> {
     let corpus = corpus();
     let run = |steps, gradients| {
         let spec = PipelineSpec {
-            optim: OptimConfig { lr: 1e4, min_lr: 1e4, eps: 1e3, warmup_steps: 0, weight_decay: 0.0, grad_clip: 0.0, ..spec(3, 1, 1).optim },
+            optim: OptimConfig {
+                lr: 1e4,
+                min_lr: 1e4,
+                eps: 1e3,
+                warmup_steps: 0,
+                weight_decay: 0.0,
+                grad_clip: 0.0,
+                ..spec(3, 1, 1).optim
+            },
             router: Arc::new(SkipsTheBlockOnce),
             edge_stages: true,
             gradients,
@@ -297,4 +304,52 @@ fn a_skipped_stage_is_rescaled_by_its_visits_only_per_stage() -> Result<()> {
     }
     assert!(seen.0 && seen.1, "names: {:?}", start.keys().collect::<Vec<_>>());
     Ok(())
+}
+
+/// A worker halted by a node that takes a place hears where the run goes on from, or that it cannot go
+/// on: a `NoResume` stops it at once with the reason (rather than leave it waiting for its peer
+/// timeout), and a `Resume` naming a step it kept no state for is an error naming the steps it has.
+#[test]
+fn a_halted_worker_stops_with_the_reason_when_the_run_cannot_resume() {
+    use pipeline::collective::Mailbox;
+    use pipeline::wire::Msg;
+    let answers = [
+        (Msg::NoResume { reason: "the rows drifted apart".into() }, "cannot resume the run: the rows drifted apart"),
+        (
+            Msg::Resume { step: 7, epoch: 1, checkpoint: false, departed: Vec::new() },
+            "states of steps [0], not of step 7",
+        ),
+    ];
+    for (answer, expected) in answers {
+        let spec = Arc::new(PipelineSpec { replacement: pipeline::Replacement::Ready, ..spec(1, 2, 20) });
+        let corpus = corpus();
+        let out = run_simulation(async move {
+            let swarm = genrl::SimSwarm::build(&spec.world, 3).expect("swarm");
+            swarm
+                .run(move |ctx| {
+                    let (spec, corpus, answer) = (spec.clone(), corpus.clone(), answer.clone());
+                    async move {
+                        if ctx.index == 0 {
+                            let trained = pipeline::worker::run_worker(ctx, spec, corpus, None).await;
+                            return Ok(trained.err().map(|e| e.to_string()));
+                        }
+                        // Replica 1 never trains: replica 0 waits for it in step 0's all-reduce when it
+                        // is told to halt.
+                        let mut mail =
+                            Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), Duration::from_secs(60), "r");
+                        let worker = ctx.peers[0];
+                        mail.send(worker, &Msg::Replace).await.expect("sent");
+                        let halted = |_: &transport::PeerId, m: &Msg| matches!(m, Msg::Halted { .. });
+                        let (_, msg) = mail.take("the halt", halted).await.expect("halted");
+                        assert!(matches!(msg, Msg::Halted { step: 0, epoch: 0, .. }), "{msg:?}");
+                        mail.send(worker, &answer).await.expect("sent");
+                        Ok(None)
+                    }
+                })
+                .await
+        })
+        .expect("runtime");
+        let error = out.into_iter().next().expect("two agents").expect("agent").expect("the worker stopped");
+        assert!(error.contains(expected), "{error}");
+    }
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use genrl::World;
 use pipeline::{Hop, PipelineSpec, Router};
 use serde::{Deserialize, Serialize};
 
@@ -68,11 +69,67 @@ impl SkipCount {
 /// Routes micro-batch `micro` of data replica `origin` along the path of agent
 /// `origin × micro_batches + micro` in the schedule for this step: with several schedules, step `t` uses
 /// schedule `t mod count` (one schedule: the same paths every step, as in the paper).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ScheduledRouter {
     /// Paths as `(stage, replica)` hops, by schedule, then agent.
     paths: Vec<Vec<Vec<Hop>>>,
     micro_batches: usize,
+    /// The data replica (stage-0 replica) of each run of `micro_batches` agents, in agent order.
+    origins: Vec<usize>,
+    /// What the paths were scheduled from, to schedule them again for the workers still in the run
+    /// (`None`: paths given as they are).
+    plan: Option<Arc<Replan>>,
+}
+
+impl PartialEq for ScheduledRouter {
+    /// The same paths for the same micro-batches.
+    fn eq(&self, other: &Self) -> bool {
+        (&self.paths, self.micro_batches, &self.origins) == (&other.paths, other.micro_batches, &other.origins)
+    }
+}
+
+/// Everything [`ScheduledRouter::for_pipeline`] schedules from, kept so that every worker can schedule
+/// the paths again, by itself and to the same result, when workers leave the run for good or come back
+/// ([`Router::without`]): the search is deterministic (its budget counts search nodes, not time), so
+/// the same membership gives every worker the same paths.
+#[derive(Debug)]
+struct Replan {
+    /// The grid's world (worker `stage × replicas + replica` is agent of that index).
+    world: World,
+    /// Grid workers in the numbering of the swarm they were placed from (the search's tie-break).
+    order: Vec<usize>,
+    stages: usize,
+    replicas: usize,
+    micro_batches: usize,
+    workload: Workload,
+    settings: Scheduling,
+    base: SkipBase,
+}
+
+impl Replan {
+    /// The router for the workers of the grid not in `departed` (grid indices, sorted).
+    fn route(self: &Arc<Self>, departed: &[usize]) -> Result<ScheduledRouter> {
+        let live: Vec<usize> = self.order.iter().copied().filter(|w| departed.binary_search(w).is_err()).collect();
+        let assignment = Assignment { stage_of: live.iter().map(|&w| w / self.replicas).collect() };
+        if let Some(k) = (0..self.stages).find(|&k| assignment.slots(k).is_empty()) {
+            return Err(Error::infeasible("membership", format!("no worker of stage {k} is left in the run")));
+        }
+        let world = self.world.permuted(&live).map_err(pipeline::Error::from)?;
+        let origins: Vec<usize> = assignment.slots(0).iter().map(|&n| live[n] % self.replicas).collect();
+        let agents = origins.len() * self.micro_batches;
+        let s = &self.settings;
+        let mut rules = PathRules::over(self.stages, self.base, agents, s.skip_ratio, s.load_slack)?;
+        rules.swap &= s.swap;
+        let inst = instance(&world, &assignment, &self.workload, rules)?;
+        let found = schedules(Arc::new(inst), Budget::default(), s.schedules)?;
+        // Node `n` of this search is grid worker `live[n]`.
+        let hop = |n: usize| (live[n] / self.replicas, live[n] % self.replicas);
+        let paths = found
+            .iter()
+            .map(|schedule| schedule.paths().iter().map(|p| p.iter().map(|&n| hop(n)).collect()).collect())
+            .collect();
+        Ok(ScheduledRouter { paths, micro_batches: self.micro_batches, origins, plan: Some(self.clone()) })
+    }
 }
 
 impl ScheduledRouter {
@@ -102,15 +159,17 @@ impl ScheduledRouter {
         // were placed from (worker w is node order[w]'s slot), so placing them does not change the paths.
         let mut order: Vec<usize> = (0..spec.world.len()).collect();
         order.sort_by_key(|&w| spec.world.node(w));
-        let world = spec.world.permuted(&order).map_err(pipeline::Error::from)?;
-        let assignment = Assignment { stage_of: order.iter().map(|&w| w / spec.replicas.max(1)).collect() };
-        let agents = spec.replicas * spec.micro_batches;
-        let base = settings.count.base(spec.stages, spec.edge_stages);
-        let mut rules = PathRules::over(spec.stages, base, agents, settings.skip_ratio, settings.load_slack)?;
-        rules.swap &= settings.swap;
-        let inst = instance(&world, &assignment, &workload, rules)?;
-        let found = schedules(Arc::new(inst), Budget::default(), settings.schedules)?;
-        Self::rotating(&found, &assignment, spec.micro_batches)
+        let plan = Replan {
+            world: spec.world.clone(),
+            order,
+            stages: spec.stages,
+            replicas: spec.replicas.max(1),
+            micro_batches: spec.micro_batches,
+            workload,
+            settings: *settings,
+            base: settings.count.base(spec.stages, spec.edge_stages),
+        };
+        Arc::new(plan).route(&[])
     }
 
     /// The router for `schedule` of a grid laid out by `assignment`, with `micro_batches` per replica.
@@ -140,7 +199,7 @@ impl ScheduledRouter {
             .iter()
             .map(|paths| paths.iter().map(|p| p.iter().map(|&n| assignment.hop(n)).collect()).collect())
             .collect();
-        Ok(Self { paths, micro_batches })
+        Ok(Self { paths, micro_batches, origins: (0..origins).collect(), plan: None })
     }
 
     /// The scheduled hops of every agent, by schedule.
@@ -157,8 +216,28 @@ impl Router for ScheduledRouter {
         if micro >= self.micro_batches {
             return Vec::new();
         }
+        let Some(rank) = self.origins.iter().position(|&o| o == origin) else { return Vec::new() };
         let schedule = &self.paths[(step % self.paths.len() as u64) as usize];
-        schedule.get(origin * self.micro_batches + micro).cloned().unwrap_or_default()
+        schedule.get(rank * self.micro_batches + micro).cloned().unwrap_or_default()
+    }
+
+    /// SkipPipe's paths scheduled again, by every worker alike, for the workers still in the run: the
+    /// same search on the grid without the departed workers (a stage keeps at least one; a departed
+    /// data replica's micro-batches are no longer drawn).
+    fn without(&self, departed: &[usize]) -> pipeline::Result<Arc<dyn Router>> {
+        let Some(plan) = &self.plan else {
+            return Err(pipeline::Error::config("router", "paths given as they are cannot be scheduled again"));
+        };
+        let mut departed = departed.to_vec();
+        departed.sort_unstable();
+        departed.dedup();
+        match plan.route(&departed) {
+            Ok(router) => Ok(Arc::new(router)),
+            Err(Error::Pipeline(e)) => Err(e),
+            Err(e) => {
+                Err(pipeline::Error::config("skippipe", format!("no schedule without workers {departed:?}: {e}")))
+            }
+        }
     }
 }
 

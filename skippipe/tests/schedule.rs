@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use genrl::World;
 use models::data::{Corpus, SyntheticConfig, SyntheticLanguage};
 use models::{ModelConfig, OptimConfig};
-use pipeline::{FixedRouter, PipelineSpec, run_simulated};
-use genrl::World;
+use pipeline::{FixedRouter, PipelineSpec, Router, run_simulated};
 use proptest::prelude::*;
 use skippipe::{
     Budget, Error, Instance, PathRules, ScheduledRouter, Scheduling, SkipBase, SkipCount, Workload,
@@ -157,6 +157,48 @@ fn the_ratio_counts_transformer_stages_and_the_first_one_always_runs() {
     // Skipping every skippable stage is refused by name under either rule.
     let err = PathRules::over(8, SkipBase::transformer(8), 6, 0.9, 1.5).unwrap_err();
     assert!(matches!(err, Error::Infeasible { constraint: "skip_ratio", .. }), "{err}");
+}
+
+#[test]
+fn every_worker_schedules_the_same_paths_again_without_the_workers_that_left() {
+    // Embedding, three transformer stages, head; three replicas each, on a geo-distributed swarm.
+    let (stages, replicas) = (5, 3);
+    let world = World::geo_distributed(stages * replicas, 2);
+    let spec = PipelineSpec { micro_batches: 2, world, ..spec(stages, replicas, 1) };
+    let settings = Scheduling { skip_ratio: 0.34, memory: 4, ..Scheduling::default() };
+    let router = ScheduledRouter::for_pipeline(&spec, &settings).expect("schedule");
+    let paths = |r: &dyn Router| -> Vec<Vec<pipeline::Hop>> {
+        (0..replicas)
+            .flat_map(|o| (0..2).map(move |m| (o, m)))
+            .map(|(o, m)| r.path(0, m, o, stages, replicas))
+            .collect()
+    };
+    // Stage 2's replica 1 (worker 7) and data replica 0 (worker 0) leave for good.
+    let again = router.without(&[7, 0]).expect("a schedule without them");
+    assert_eq!(
+        paths(again.as_ref()),
+        paths(router.without(&[0, 7, 7]).expect("again").as_ref()),
+        "the same on every worker"
+    );
+    for origin in 0..replicas {
+        for micro in 0..2 {
+            let path = again.path(0, micro, origin, stages, replicas);
+            if origin == 0 {
+                assert!(path.is_empty(), "a departed data replica's micro-batches are no longer drawn: {path:?}");
+                continue;
+            }
+            pipeline::check_path(&path, origin, stages, replicas).expect("a valid path");
+            assert!(!path.contains(&(2, 1)), "{path:?} visits a worker that left");
+            assert_eq!(path.len(), 4, "{path:?}: still one of the three transformer stages skipped");
+        }
+    }
+    assert_ne!(paths(again.as_ref()), paths(&router), "the schedule changed");
+    // Both come back: the paths the run started with.
+    assert_eq!(paths(again.without(&[]).expect("everyone").as_ref()), paths(&router));
+    // A stage with nobody left, and paths that cannot leave anyone out, are refused by name.
+    let err = router.without(&[6, 7, 8]).expect_err("stage 2 is gone").to_string();
+    assert!(err.contains("no worker of stage 2"), "{err}");
+    assert!(FixedRouter.without(&[1]).is_err());
 }
 
 #[test]

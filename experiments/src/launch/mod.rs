@@ -18,8 +18,8 @@ use transport::sim::LinkSpec;
 use transport::{Identity, PeerBook};
 
 use crate::config::RunConfig;
-use crate::node::{NodeLog, NodeNet, Start};
 use crate::files::{out_dir, write_atomic};
+use crate::node::{NodeLog, NodeNet, Start};
 
 mod netns;
 mod report;
@@ -63,6 +63,10 @@ pub(crate) struct Launch {
     /// Start a successor in the killed node's place (its key and address) right after `kill`: a
     /// pipeline worker that halts the others and gets its state back by the configured recovery.
     pub(crate) replace: bool,
+    /// After `kill`, announce with the killed node's key that its place left the run for good (a
+    /// pipeline's others go on without it; SkipPipe schedules its paths again). `late` then names a
+    /// place that comes back.
+    pub(crate) leave: bool,
     /// Run every node in a network namespace of its own, joined by veth pairs to a bridge (root only).
     pub(crate) netns: bool,
     /// Put the configuration's link model between the nodes (a relay in front of each).
@@ -73,9 +77,13 @@ pub(crate) struct Launch {
 #[derive(Debug, Clone, PartialEq)]
 enum Outcome {
     Finished,
-    Killed { round: u64 },
+    Killed {
+        round: u64,
+    },
     /// Stopped when the launch was interrupted (Ctrl-C).
-    Stopped { round: u64 },
+    Stopped {
+        round: u64,
+    },
     Failed(String),
     NeverStarted,
 }
@@ -88,6 +96,8 @@ struct Running {
     outcome: Option<Outcome>,
     /// The rounds (or steps) at which it was killed and a successor started in its place.
     replaced_at: Vec<u64>,
+    /// The step at which it was killed and its leave announced, and whether it came back since.
+    left_at: Option<(u64, bool)>,
 }
 
 /// A progress line of a node (`round 12/40`, `step 3/100`): the number reached.
@@ -100,19 +110,18 @@ fn progress(line: &str) -> Option<u64> {
 /// its simulated network. Nothing is written until it is known to fit the launch.
 fn prepare_config(launch: &Launch) -> Result<(String, LinkSpec)> {
     let (text, source) = match &launch.config {
-        Some(source) => (
-            crate::files::read_text(source, crate::files::MAX_CONFIG_BYTES)?,
-            source.display().to_string(),
-        ),
-        None if launch.protocol == "pipeline" => (crate::config::EXAMPLE.to_owned(), "the built-in configuration".into()),
-        None if launch.protocol == "verify" => (
-            toml::to_string(&crate::verify_node::VerifyConfig::default())?,
-            "the built-in configuration".into(),
-        ),
-        None if launch.protocol == "codezero" => (
-            toml::to_string(&codezero::CodeZeroConfig::default())?,
-            "the built-in configuration".into(),
-        ),
+        Some(source) => {
+            (crate::files::read_text(source, crate::files::MAX_CONFIG_BYTES)?, source.display().to_string())
+        }
+        None if launch.protocol == "pipeline" => {
+            (crate::config::EXAMPLE.to_owned(), "the built-in configuration".into())
+        }
+        None if launch.protocol == "verify" => {
+            (toml::to_string(&crate::verify_node::VerifyConfig::default())?, "the built-in configuration".into())
+        }
+        None if launch.protocol == "codezero" => {
+            (toml::to_string(&codezero::CodeZeroConfig::default())?, "the built-in configuration".into())
+        }
         None => (toml::to_string(&sapo::SapoConfig::default())?, "the built-in configuration".into()),
     };
     let (needed, what, link) = if launch.protocol == "verify" {
@@ -203,6 +212,11 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     if launch.replace && (launch.kill.is_empty() || launch.protocol != "pipeline") {
         bail!("--replace starts a successor to the node that --kill kills: it needs --kill and --protocol pipeline");
     }
+    if launch.leave && (launch.kill.is_empty() || launch.protocol != "pipeline" || launch.replace) {
+        bail!(
+            "--leave announces that the node --kill kills is gone for good: it needs --kill and --protocol pipeline, and not --replace"
+        );
+    }
     let kills = launch.kill.iter().map(|&k| ("--kill", k));
     for (flag, k) in kills.chain(launch.late.map(|k| ("--late", k))) {
         if k.node >= launch.nodes {
@@ -219,7 +233,9 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
         });
     }
     if launch.netns && launch.emulate_link {
-        bail!("--netns and --emulate-link: the link emulators listen on this machine's loopback, which the namespaces do not share");
+        bail!(
+            "--netns and --emulate-link: the link emulators listen on this machine's loopback, which the namespaces do not share"
+        );
     }
     let (text, link) = prepare_config(&launch)?;
     let spaces = if launch.netns { Some(Namespaces::create(launch.nodes)?) } else { None };
@@ -264,11 +280,16 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
         Spawner { exe, config: config.clone(), out: out.clone(), launch: launch.clone(), lines: lines_tx, namespaces };
     let mut nodes = Vec::new();
     for (place, p) in places.iter().enumerate() {
-        let late = launch.late.is_some_and(|l| l.node == place);
-        let child = if late { None } else { Some(spawner.start(place, p, Start::Now, &format!("node-{place}.log"))?) };
-        nodes.push(Running { child, place, round: 0, outcome: None, replaced_at: Vec::new() });
+        // A node that leaves and comes back (`--leave` with `--late`) starts with the others.
+        let comes_back = launch.leave && launch.kill.iter().any(|k| k.node == place);
+        let late = launch.late.is_some_and(|l| l.node == place) && !comes_back;
+        let child =
+            if late { None } else { Some(spawner.start(place, p, Start::Now, &format!("node-{place}.log"))?) };
+        nodes.push(Running { child, place, round: 0, outcome: None, replaced_at: Vec::new(), left_at: None });
     }
     let mut killed = vec![false; launch.kill.len()];
+    // The processes announcing a killed node's leave (`--leave`), by place.
+    let mut announcers: Vec<(usize, Child)> = Vec::new();
     // After a kill: when it happened and the furthest any node had got, until every node running has
     // got past that (the time a kill costs the swarm).
     let mut since_kill: Option<(Instant, u64)> = None;
@@ -322,21 +343,37 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 journal.push(event);
             }
             if let Some(late) = launch.late
+                && place != late.node
                 && nodes[place].round >= late.round
-                && nodes[late.node].child.is_none()
-                && nodes[late.node].outcome.is_none()
             {
-                let log = format!("node-{}.log", late.node);
-                nodes[late.node].child = Some(spawner.start(late.node, &places[late.node], Start::Late, &log)?);
-                let event = format!(
-                    "{:.1} s: started node {} late, as node {place} reached {} {}",
-                    started.elapsed().as_secs_f64(),
-                    late.node,
-                    unit(&launch.protocol),
-                    nodes[place].round
-                );
-                eprintln!("[launch] {event}");
-                journal.push(event);
+                let reached = nodes[place].round;
+                let target = &mut nodes[late.node];
+                let how = if target.child.is_none() && target.outcome.is_none() {
+                    let log = format!("node-{}.log", late.node);
+                    target.child = Some(spawner.start(late.node, &places[late.node], Start::Late, &log)?);
+                    Some("started node {} late")
+                } else if let Some((at, false)) = target.left_at
+                    && !announcers.iter().any(|(p, _)| *p == late.node)
+                {
+                    // A place that left the run for good comes back, with its key and address.
+                    let log = format!("node-{}-back.log", late.node);
+                    target.child = Some(spawner.start(late.node, &places[late.node], Start::Replacement, &log)?);
+                    target.left_at = Some((at, true));
+                    target.outcome = None;
+                    Some("node {} came back to the run")
+                } else {
+                    None
+                };
+                if let Some(how) = how {
+                    let event = format!(
+                        "{:.1} s: {}, as node {place} reached {} {reached}",
+                        started.elapsed().as_secs_f64(),
+                        how.replace("{}", &late.node.to_string()),
+                        unit(&launch.protocol),
+                    );
+                    eprintln!("[launch] {event}");
+                    journal.push(event);
+                }
             }
             let nodes_max_round = nodes.iter().map(|n| n.round).max().unwrap_or(0);
             let node = &mut nodes[place];
@@ -359,6 +396,17 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 );
                 eprintln!("[launch] {event}");
                 journal.push(event);
+                if launch.leave {
+                    node.left_at = Some((node.round, false));
+                    let log = format!("node-{place}-leave.log");
+                    announcers.push((place, spawner.start(place, &places[place], Start::Leave, &log)?));
+                    let event = format!(
+                        "{:.1} s: announcing with node {place}'s key that it left the run for good (--leave)",
+                        started.elapsed().as_secs_f64()
+                    );
+                    eprintln!("[launch] {event}");
+                    journal.push(event);
+                }
                 if launch.replace {
                     node.replaced_at.push(node.round);
                     let log = match node.replaced_at.len() {
@@ -393,6 +441,13 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 journal.push(format!("node {} was never started: the run ended first", node.place));
             }
         }
+        announcers.retain_mut(|(place, child)| match child.try_wait() {
+            Ok(Some(status)) => {
+                journal.push(announced(*place, status, started));
+                false
+            }
+            _ => true,
+        });
         for node in nodes.iter_mut().filter(|n| n.outcome.is_none()) {
             let Some(child) = node.child.as_mut() else { continue };
             if let Some(status) = child.try_wait()? {
@@ -405,6 +460,14 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 ));
             }
         }
+    }
+    for (place, mut child) in announcers {
+        // An announcer still waiting for halts once every node is done waits for nothing more.
+        if !matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+        }
+        let status = child.wait()?;
+        journal.push(announced(place, status, started));
     }
     while let Ok((place, line)) = lines_rx.try_recv() {
         if progress(&line).is_none() {
@@ -493,6 +556,7 @@ pub(crate) fn run_over_quic(cfg: &RunConfig, out: &Path) -> Result<()> {
             kill: Vec::new(),
             late: None,
             replace: false,
+            leave: false,
             netns: false,
             emulate_link: true,
         })
@@ -511,6 +575,18 @@ pub(crate) fn run_over_quic(cfg: &RunConfig, out: &Path) -> Result<()> {
     write_atomic(&out.join("report.md"), md.as_bytes())?;
     eprintln!("report: {}", out.join("report.md").display());
     Ok(())
+}
+
+/// The journal's line for the end of the process that announced node `place`'s leave.
+fn announced(place: usize, status: std::process::ExitStatus, started: Instant) -> String {
+    let when = started.elapsed().as_secs_f64();
+    if status.success() {
+        format!("{when:.1} s: the others halted for node {place}'s leave and went on without it")
+    } else {
+        format!(
+            "{when:.1} s: the announcement of node {place}'s leave failed ({status}); see logs/node-{place}-leave.log"
+        )
+    }
 }
 
 /// Starts node processes and streams their output, a line at a time, to the launcher and their logs.
@@ -546,6 +622,9 @@ impl Spawner {
             }
             Start::Replacement => {
                 command.arg("--replace");
+            }
+            Start::Leave => {
+                command.arg("--leave");
             }
         }
         let mut child = command

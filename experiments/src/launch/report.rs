@@ -135,13 +135,24 @@ pub(super) fn report(
             "| {} | {} | {} | {} | {} |",
             n.place,
             log.map_or("-".into(), |l| l.peer.chars().take(12).collect::<String>()),
-            if n.replaced_at.is_empty() {
+            if let Some((at, back)) = n.left_at {
+                let unit = unit(&launch.protocol);
+                if back {
+                    format!("killed at {unit} {at}, left the run; came back and {}", describe(n.outcome.as_ref(), unit))
+                } else {
+                    format!("killed at {unit} {at}; left the run for good")
+                }
+            } else if n.replaced_at.is_empty() {
                 describe(n.outcome.as_ref(), unit(&launch.protocol))
             } else {
                 let at: Vec<String> = n.replaced_at.iter().map(u64::to_string).collect();
                 let unit = unit(&launch.protocol);
                 let units = if at.len() > 1 { "s" } else { "" };
-                format!("killed at {unit}{units} {}; its successor {}", at.join(", "), describe(n.outcome.as_ref(), unit))
+                format!(
+                    "killed at {unit}{units} {}; its successor {}",
+                    at.join(", "),
+                    describe(n.outcome.as_ref(), unit)
+                )
             },
             log.map_or("-".into(), |l| format!("{:.1}", l.wall_s)),
             result_of(&results, &launch.protocol, n.place)
@@ -179,8 +190,7 @@ pub(super) fn report(
         }
     }
     md.push_str(
-        "\nFiles: `config.toml` (what every node ran), `peers.toml` and `keys/` (the swarm), `logs/node-<i>.log` (each node's output; `node-<i>-successor.log`, `-successor-2.log`, … for a killed node's successors), `nodes/` (each node's result and `node-<i>.h5`), `launch.h5` (every node's series and events, a group `nodes/<i>` each), `launch.log` (what the launcher did).\n",
+        "\nFiles: `config.toml` (what every node ran), `peers.toml` and `keys/` (the swarm), `logs/node-<i>.log` (each node's output; `node-<i>-successor.log`, `-successor-2.log`, … for a killed node's successors, `node-<i>-leave.log` for the announcement that it left, `node-<i>-back.log` for its return), `nodes/` (each node's result and `node-<i>.h5`), `launch.h5` (every node's series and events, a group `nodes/<i>` each), `launch.log` (what the launcher did).\n",
     );
     md
 }
-
