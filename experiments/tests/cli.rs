@@ -41,6 +41,41 @@ fn node_run(steps: u64, network: &str, arm: &str) -> String {
     )
 }
 
+/// The blake3 of the final weights each of `places` wrote in `launch` run folder `run`.
+fn worker_hashes(
+    run: &std::path::Path,
+    places: impl IntoIterator<Item = usize>,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    places
+        .into_iter()
+        .map(|i| {
+            let text = std::fs::read_to_string(run.join(format!("nodes/worker-{i}.json")))?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            Ok(v["weights_blake3"].as_str().ok_or("no hash")?.to_owned())
+        })
+        .collect()
+}
+
+/// `swarmlab launch` of `nodes` pipeline workers running `config` into `run`, with `extra` flags (2 s idle
+/// timeout); it must succeed. Returns its report.
+fn launch_pipeline(
+    config: &std::path::Path,
+    nodes: usize,
+    extra: &[&str],
+    run: &std::path::Path,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let out = swarmlab()
+        .args(["launch", "--local", &nodes.to_string(), "--protocol", "pipeline", "--idle-timeout-s", "2"])
+        .args(extra)
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(run)
+        .output()?;
+    assert!(out.status.success(), "{}: {}", run.display(), String::from_utf8_lossy(&out.stderr));
+    Ok(std::fs::read_to_string(run.join("report.md"))?)
+}
+
 /// A SAPO swarm small enough for node processes: one task family, a 10-step warm start; `top` goes first
 /// (top-level fields such as `transport`).
 fn node_swarm(agents: usize, rounds: u64, top: &str) -> String {
@@ -856,15 +891,7 @@ fn a_killed_pipeline_worker_is_replaced_and_rebuilt_by_its_recovery() -> Result<
             format!("label = \"{recovery}\"\nstages = {stages}\nreplicas = {replicas}\nrecovery = \"{recovery}\"\n");
         node_run(30, "", &arm).replace("backend = ", &format!("layers = {layers}\nedge_stages = {edges}\nbackend = "))
     };
-    let hashes = |run: &std::path::Path, n: usize| -> Result<Vec<String>, Box<dyn std::error::Error>> {
-        (0..n)
-            .map(|i| {
-                let text = std::fs::read_to_string(run.join(format!("nodes/worker-{i}.json")))?;
-                let v: serde_json::Value = serde_json::from_str(&text)?;
-                Ok(v["weights_blake3"].as_str().ok_or("no hash")?.to_owned())
-            })
-            .collect()
-    };
+    let hashes = |run: &std::path::Path, n: usize| worker_hashes(run, 0..n);
     let cases = [
         // Two kills, the second in epoch 2: stage 2 (rebuilt from stages 1 and 3), then stage 3.
         ("checkfree", grid(3, true, 5, 1, "checkfree"), 5, &["2@8", "3@16"][..], "from Stage(1) + Stage(3)"),
@@ -954,7 +981,7 @@ fn a_killed_pipeline_worker_is_replaced_and_rebuilt_by_its_recovery() -> Result<
 /// every worker schedules the paths again by itself from the new membership, and the run goes on without
 /// it (a dead worker on a path would stall it); the place can come back (`--late`), starting from a
 /// replica of its stage. A data replica can leave too (its micro-batches are no longer drawn and the next
-/// row evaluates). Paths that cannot leave a worker out (a fixed row) refuse the leave before anyone halts.
+/// row evaluates). A leave that would leave a stage without a worker is refused before anyone halts.
 #[test]
 fn a_skippipe_swarm_schedules_its_paths_again_when_a_node_leaves_and_comes_back()
 -> Result<(), Box<dyn std::error::Error>> {
@@ -967,22 +994,9 @@ fn a_skippipe_swarm_schedules_its_paths_again_when_a_node_leaves_and_comes_back(
         .replace("[[arms]]", "[geo]\n[[arms]]");
     let config = dir.path().join("skippipe.toml");
     std::fs::write(&config, &text)?;
-    let hash = |run: &std::path::Path, i: usize| -> Result<String, Box<dyn std::error::Error>> {
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join(format!("nodes/worker-{i}.json")))?)?;
-        Ok(v["weights_blake3"].as_str().ok_or("no hash")?.to_owned())
-    };
     let launch = |name: &str, extra: &[&str]| -> Result<(std::path::PathBuf, String), Box<dyn std::error::Error>> {
         let run = dir.path().join(name);
-        let out = swarmlab()
-            .args(["launch", "--local", "8", "--protocol", "pipeline", "--idle-timeout-s", "2", "--config"])
-            .arg(&config)
-            .args(extra)
-            .arg("--out")
-            .arg(&run)
-            .output()?;
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
-        let report = std::fs::read_to_string(run.join("report.md"))?;
+        let report = launch_pipeline(&config, 8, extra, &run)?;
         Ok((run, report))
     };
     // Stage 1's replica of row 0 leaves at step 8 (row 0, the evaluating one, then runs through replica
@@ -999,8 +1013,9 @@ fn a_skippipe_swarm_schedules_its_paths_again_when_a_node_leaves_and_comes_back(
     assert!(report.contains("s1r0 came back to the run") && report.contains("for the return of s1r0"), "{report}");
     assert!(report.contains("copied the weights and optimizer moments of replica 1"), "{report}");
     assert_eq!(report.matches("| finished |").count(), 7, "{report}");
+    let hashes = worker_hashes(&run, 0..8)?;
     for s in 0..4 {
-        assert_eq!(hash(&run, 2 * s)?, hash(&run, 2 * s + 1)?, "stage {s}'s replicas average their gradients");
+        assert_eq!(hashes[2 * s], hashes[2 * s + 1], "stage {s}'s replicas average their gradients");
     }
     // The data replica of row 0 leaves for good.
     let (run, report) = launch("origin", &["--kill", "0@8", "--leave"])?;
@@ -1009,7 +1024,7 @@ fn a_skippipe_swarm_schedules_its_paths_again_when_a_node_leaves_and_comes_back(
     assert_eq!(report.matches(": s0r0 left the run for good; trains again").count(), 7, "{report}");
     assert_eq!(report.matches("| finished |").count(), 7, "{report}");
     assert!(!run.join("nodes/worker-0.json").exists() && run.join("nodes/worker-1.json").is_file());
-    // A fixed row cannot go on without one of its stages: the leave is refused before anyone halts.
+    // A stage cannot go on without any worker: the leave is refused before anyone halts.
     let fixed = dir.path().join("fixed.toml");
     std::fs::write(&fixed, node_run(4, "", "label = \"rows\"\nstages = 2\nreplicas = 1\n"))?;
     let peers = node_keys(dir.path(), 2)?;
@@ -1025,10 +1040,33 @@ fn a_skippipe_swarm_schedules_its_paths_again_when_a_node_leaves_and_comes_back(
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("cannot leave the run"), "{stderr}");
-    assert!(stderr.contains("SkipPipe's scheduled paths can"), "{stderr}");
+    assert!(stderr.contains("no worker of stage") && stderr.contains("is left in the run"), "{stderr}");
     // --leave follows a kill, in a pipeline, and is not a replacement.
     let out = swarmlab().args(["launch", "--local", "2", "--protocol", "sapo", "--kill", "1@2", "--leave"]).output()?;
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--protocol pipeline"));
+    Ok(())
+}
+
+/// A data-parallel pipeline of several stages outlives a worker that leaves for good: its row goes on
+/// through the replica of its stage still in the run, which runs both rows' micro-batches. With one
+/// micro-batch per row that replica's gradient is the same sum the all-reduce would have made, so the
+/// run ends with the same bits as the run without the leave.
+#[test]
+fn a_ddp_pipeline_goes_on_without_a_worker_that_left_with_the_same_bits() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("ddp.toml");
+    std::fs::write(&config, node_run(30, "", "label = \"DDP\"\nstages = 2\nreplicas = 2\n"))?;
+    let run = |name: &str, extra: &[&str]| -> Result<(Vec<String>, String), Box<dyn std::error::Error>> {
+        let run = dir.path().join(name);
+        let report = launch_pipeline(&config, 4, extra, &run)?;
+        Ok((worker_hashes(&run, 0..3)?, report))
+    };
+    let (plain, _) = run("plain", &[])?;
+    // Stage 1's replica 1 leaves at step 8: stage 1's replica 0 stands in for it in row 1.
+    let (left, report) = run("leave", &["--kill", "3@8", "--leave"])?;
+    assert_eq!(report.matches(": s1r1 left the run for good; trains again").count(), 3, "{report}");
+    assert!(report.contains("killed at step 8; left the run for good"), "{report}");
+    assert_eq!(left, plain, "the same bits as without the leave: {report}");
     Ok(())
 }
 

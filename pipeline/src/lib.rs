@@ -39,12 +39,12 @@ pub mod wire;
 pub mod worker;
 
 pub use error::{Error, Result};
-pub use partial::{Evaluation, StagedModel};
 pub use genrl::FailurePlan;
-pub use plug::{FixedRouter, Hop, Router, check_path};
-pub use recovery::{CheckpointRestart, Fallback, KeptCopy, Layout, Rebuild, Recovery, Redundant, Source};
+pub use partial::{Evaluation, StagedModel};
+pub use plug::{FixedRouter, Hop, Router, RowsAround, check_membership, check_path, stand_in};
 pub use probe::WeightProbe;
 pub use rebuild::{Donor, DonorWeights, StageRebuild};
+pub use recovery::{CheckpointRestart, Fallback, KeptCopy, Layout, Rebuild, Recovery, Redundant, Source};
 pub use run::{RunReport, run_simulated};
 pub use spec::{GradientScaling, PipelineSpec, Replacement};
 pub use storage::{CheckpointStore, StoredState};

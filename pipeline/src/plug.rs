@@ -2,6 +2,8 @@
 //! agree is in [`crate::sync`], what happens when workers fail in [`crate::recovery`]. The default is the
 //! baseline every protocol is measured against: a fixed path through one row.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 
 /// One hop of a micro-batch's path: `(stage, replica)`.
@@ -15,16 +17,30 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     /// same hops. Every worker asks for every path, so the answer must depend only on the arguments.
     fn path(&self, step: u64, micro: u32, origin: usize, stages: usize, replicas: usize) -> Vec<Hop>;
 
-    /// The router for the steps after the workers `departed` (grid indices `stage × replicas + replica`)
-    /// left the run for good: paths that visit none of them, and none for the micro-batches of a departed
-    /// data replica. Every worker computes it by itself from the same membership, so it must depend on
-    /// nothing else. Routers whose paths cannot leave workers out (a fixed row needs every stage of it)
+    /// The router for the steps after the workers `departed` (grid indices `stage × replicas + replica`
+    /// of the `stages × replicas` grid) left the run for good: paths that visit none of them, and none for
+    /// the micro-batches of a departed data replica. Every worker computes it by itself from the same
+    /// membership, so it must depend on nothing else. Routers whose paths cannot leave workers out
     /// refuse, which is the default.
-    fn without(&self, departed: &[usize]) -> Result<std::sync::Arc<dyn Router>> {
-        Err(Error::config(
-            "router",
-            format!("these paths cannot leave out workers {departed:?} (SkipPipe's scheduled paths can)"),
-        ))
+    fn without(&self, departed: &[usize], stages: usize, replicas: usize) -> Result<Arc<dyn Router>> {
+        let _ = (stages, replicas);
+        Err(Error::config("router", format!("these paths cannot leave out workers {departed:?}")))
+    }
+}
+
+/// The replica of `stage` that stands in row `row` of a `replicas`-wide grid once the workers
+/// `departed` (grid indices, increasing) left the run: the row's own, or if it left, the stage's first
+/// replica still in the run (`row` itself if none is).
+pub fn stand_in(departed: &[usize], stage: usize, row: usize, replicas: usize) -> usize {
+    let live = |q: usize| departed.binary_search(&(stage * replicas + q)).is_err();
+    if live(row) { row } else { (0..replicas).find(|&q| live(q)).unwrap_or(row) }
+}
+
+/// Checks that every stage of a `stages × replicas` grid keeps a worker once `departed` left.
+pub fn check_membership(departed: &[usize], stages: usize, replicas: usize) -> Result<()> {
+    match (0..stages).find(|&s| (0..replicas).all(|q| departed.contains(&(s * replicas + q)))) {
+        Some(s) => Err(Error::config("membership", format!("no worker of stage {s} is left in the run"))),
+        None => Ok(()),
     }
 }
 
@@ -35,6 +51,38 @@ pub struct FixedRouter;
 impl Router for FixedRouter {
     fn path(&self, _step: u64, _micro: u32, origin: usize, stages: usize, _replicas: usize) -> Vec<Hop> {
         (0..stages).map(|s| (s, origin)).collect()
+    }
+
+    /// Rows around the workers that left: a row keeps its path, and where its worker of a stage left,
+    /// another replica of that stage ([`stand_in`]) runs the row's micro-batches too.
+    fn without(&self, departed: &[usize], stages: usize, replicas: usize) -> Result<Arc<dyn Router>> {
+        check_membership(departed, stages, replicas)?;
+        let mut departed = departed.to_vec();
+        departed.sort_unstable();
+        departed.dedup();
+        Ok(Arc::new(RowsAround { departed }))
+    }
+}
+
+/// The baseline's rows once some workers left the run for good ([`FixedRouter::without`]): each row's
+/// micro-batches visit every stage in order, a departed worker's stage through the replica standing in
+/// for it (which then runs two rows or more). A departed data replica's row is not drawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowsAround {
+    /// Grid indices, increasing.
+    departed: Vec<usize>,
+}
+
+impl Router for RowsAround {
+    fn path(&self, _step: u64, _micro: u32, origin: usize, stages: usize, replicas: usize) -> Vec<Hop> {
+        if self.departed.binary_search(&origin).is_ok() {
+            return Vec::new();
+        }
+        (0..stages).map(|s| (s, stand_in(&self.departed, s, origin, replicas))).collect()
+    }
+
+    fn without(&self, departed: &[usize], stages: usize, replicas: usize) -> Result<Arc<dyn Router>> {
+        FixedRouter.without(departed, stages, replicas)
     }
 }
 
@@ -92,5 +140,22 @@ mod tests {
         assert!(check_path(&[(0, 0), (1, 0)], 0, 4, 1).is_err());
         assert!(check_path(&[(0, 0), (1, 0), (1, 0), (3, 0)], 0, 4, 1).is_err());
         assert!(check_path(&[(0, 0), (1, 5), (3, 0)], 0, 4, 2).is_err());
+    }
+
+    #[test]
+    fn rows_go_around_the_workers_that_left() -> Result<()> {
+        // A 3 x 3 grid without s1r0 (worker 3) and s2r1 (worker 7), then without data replica 2 too.
+        let rows = FixedRouter.without(&[7, 3], 3, 3)?;
+        assert_eq!(rows.path(0, 0, 0, 3, 3), vec![(0, 0), (1, 1), (2, 0)]);
+        assert_eq!(rows.path(5, 1, 1, 3, 3), vec![(0, 1), (1, 1), (2, 0)]);
+        assert_eq!(rows.path(0, 0, 2, 3, 3), vec![(0, 2), (1, 2), (2, 2)]);
+        let fewer = rows.without(&[2, 3, 7], 3, 3)?;
+        assert!(fewer.path(0, 0, 2, 3, 3).is_empty(), "a departed data replica's row is not drawn");
+        assert_eq!(fewer.path(0, 0, 0, 3, 3), rows.path(0, 0, 0, 3, 3));
+        let gone = FixedRouter.without(&[3, 4, 5], 3, 3).expect_err("stage 1 is gone").to_string();
+        assert!(gone.contains("no worker of stage 1"), "{gone}");
+        assert_eq!(stand_in(&[3], 1, 0, 3), 1);
+        assert_eq!(stand_in(&[3], 2, 0, 3), 0);
+        Ok(())
     }
 }

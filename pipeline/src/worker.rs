@@ -511,7 +511,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             return refuse(format!("{} keeps copies of each stage on its neighbours", self.spec.recovery.name()));
         }
         let me = self.ctx.index as usize;
-        if let Err(e) = self.spec.router.without(&[me]) {
+        if let Err(e) = self.spec.router.without(&[me], self.spec.stages, self.replicas) {
             return refuse(e.to_string());
         }
         let halted = self.halt_everyone().await?;
@@ -729,10 +729,9 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         (0..self.replicas).filter(|&q| self.live(stage, q)).collect()
     }
 
-    /// The replica of `stage` that stands in row `row`: its own, or once that one left the run, the
-    /// stage's first replica still in it.
+    /// The replica of `stage` that stands in row `row` ([`crate::plug::stand_in`]).
     fn stand_in(&self, stage: usize, row: usize) -> usize {
-        if self.live(stage, row) { row } else { self.live_replicas(stage).first().copied().unwrap_or(row) }
+        crate::plug::stand_in(&self.departed, stage, row, self.replicas)
     }
 
     /// The rows that evaluate: every data replica's still in the run, or only the first of them.
@@ -749,8 +748,11 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         if departed == self.departed {
             return Ok(());
         }
-        self.router =
-            if departed.is_empty() { self.spec.router.clone() } else { self.spec.router.without(&departed)? };
+        self.router = if departed.is_empty() {
+            self.spec.router.clone()
+        } else {
+            self.spec.router.without(&departed, self.spec.stages, self.replicas)?
+        };
         self.departed = departed;
         Ok(())
     }
@@ -1346,9 +1348,18 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         // paths skip averages only over the micro-batches that visited it (SkipPipe): rescale by
         // replicas × m / visits. With every path through every stage (any routing without skips) the
         // factor is 1.
-        let expected = self.live_replicas(s).len() * spec.micro_batches;
-        if spec.gradients == GradientScaling::PerStage && stage_visits > 0 && stage_visits != expected {
-            let factor = expected as f64 / stage_visits as f64;
+        //
+        // As one model, the stage's gradient is the sum over the micro-batches that visited it, averaged
+        // over the data replicas; the mean over the stage's replicas gives that while every replica is in
+        // the run. Once some left, a stage's replicas and the data replicas may differ in number (a
+        // replica of the stage runs a departed one's row too): rescale by replicas / data replicas.
+        let live = self.live_replicas(s).len();
+        let factor = match spec.gradients {
+            GradientScaling::PerStage if stage_visits > 0 => (live * spec.micro_batches) as f64 / stage_visits as f64,
+            GradientScaling::WholeModel => live as f64 / self.live_replicas(0).len().max(1) as f64,
+            GradientScaling::PerStage => 1.0,
+        };
+        if factor != 1.0 {
             for g in grads.values_mut() {
                 *g = (&*g * factor)?;
             }

@@ -224,7 +224,7 @@ impl Router for ScheduledRouter {
     /// SkipPipe's paths scheduled again, by every worker alike, for the workers still in the run: the
     /// same search on the grid without the departed workers (a stage keeps at least one; a departed
     /// data replica's micro-batches are no longer drawn).
-    fn without(&self, departed: &[usize]) -> pipeline::Result<Arc<dyn Router>> {
+    fn without(&self, departed: &[usize], _stages: usize, _replicas: usize) -> pipeline::Result<Arc<dyn Router>> {
         let Some(plan) = &self.plan else {
             return Err(pipeline::Error::config("router", "paths given as they are cannot be scheduled again"));
         };
