@@ -986,10 +986,13 @@ fn a_killed_pipeline_worker_is_replaced_and_rebuilt_by_its_recovery() -> Result<
 fn a_skippipe_swarm_schedules_its_paths_again_when_a_node_leaves_and_comes_back()
 -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let arm = "label = \"SkipPipe\"\nstages = 4\nreplicas = 2\nrouting = { kind = \"skippipe\", skip_ratio = 0.25, memory = 4 }\n";
+    // The released trainer's rule (one clip of the whole model's norm, which the rows send each other)
+    // and every row evaluating: where a departed worker's replica stands in.
+    let arm = "label = \"SkipPipe\"\nstages = 4\nreplicas = 2\ngradients = \"whole_model\"\n\
+               routing = { kind = \"skippipe\", skip_ratio = 0.25, memory = 4 }\n";
     let text = node_run(40, "", arm)
         .replace("micro_batches = 1", "micro_batches = 2")
-        .replace("eval_every = 0", "eval_every = 10")
+        .replace("eval_every = 0", "eval_every = 10\neval_all_replicas = true")
         .replace("backend = ", "layers = 4\nbackend = ")
         .replace("[[arms]]", "[geo]\n[[arms]]");
     let config = dir.path().join("skippipe.toml");
@@ -1017,13 +1020,19 @@ fn a_skippipe_swarm_schedules_its_paths_again_when_a_node_leaves_and_comes_back(
     for s in 0..4 {
         assert_eq!(hashes[2 * s], hashes[2 * s + 1], "stage {s}'s replicas average their gradients");
     }
-    // The data replica of row 0 leaves for good.
-    let (run, report) = launch("origin", &["--kill", "0@8", "--leave"])?;
+    // The data replica of row 0 leaves for good, then stage 2's replica 1 (in a second epoch).
+    let (run, report) = launch("origin", &["--kill", "0@8", "--kill", "5@16", "--leave"])?;
     assert!(report.contains("killed at step 8; left the run for good"), "{report}");
     assert!(report.contains("s0r0 left the run for good: 7 others halted"), "the leave's own events: {report}");
-    assert_eq!(report.matches(": s0r0 left the run for good; trains again").count(), 7, "{report}");
-    assert_eq!(report.matches("| finished |").count(), 7, "{report}");
+    assert_eq!(report.matches(": s0r0 left the run for good; trains again").count(), 6, "{report}");
+    assert!(report.contains("s2r1 left the run for good: 6 others halted"), "{report}");
+    assert!(report.contains("(epoch 2) without workers [0, 5]"), "{report}");
+    assert_eq!(report.matches("| finished |").count(), 6, "{report}");
     assert!(!run.join("nodes/worker-0.json").exists() && run.join("nodes/worker-1.json").is_file());
+    // Every row finds the same whole-model norm (summed in stage order): the replicas stay together
+    // although their clip binds harder once one data replica carries the step.
+    let hashes = worker_hashes(&run, [2, 3, 6, 7])?;
+    assert!(hashes[0] == hashes[1] && hashes[2] == hashes[3], "{hashes:?}");
     // A stage cannot go on without any worker: the leave is refused before anyone halts.
     let fixed = dir.path().join("fixed.toml");
     std::fs::write(&fixed, node_run(4, "", "label = \"rows\"\nstages = 2\nreplicas = 1\n"))?;

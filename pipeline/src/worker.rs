@@ -1380,17 +1380,23 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 self.mail.send(self.peer(other, row), &Msg::GradNorm { step, stage: s as u32, squared }).await?;
             }
         }
-        let mut total = squared;
+        let mut by_stage = vec![None; stages];
+        by_stage[s] = Some(squared);
         for _ in 1..stages {
             let wanted = |_: &PeerId, msg: &Msg| matches!(msg, Msg::GradNorm { step: st, .. } if *st == step);
             let (_, msg) = self.mail.take("gradient norms", wanted).await?;
-            let Msg::GradNorm { squared, .. } = msg else { return Err(unexpected()) };
+            let Msg::GradNorm { stage, squared, .. } = msg else { return Err(unexpected()) };
             if !squared.is_finite() || squared < 0.0 {
                 return Err(Error::config("pipeline", format!("a stage sent a squared gradient norm of {squared}")));
             }
-            total += squared;
+            match by_stage.get_mut(stage as usize) {
+                Some(slot @ None) => *slot = Some(squared),
+                _ => return Err(Error::config("pipeline", format!("an unexpected gradient norm of stage {stage}"))),
+            }
         }
-        Ok(total.sqrt())
+        // Summed in stage order, not in the order they came: every row finds the same norm, bit for bit
+        // (a clip that binds would otherwise set the replicas of a stage apart).
+        Ok(by_stage.into_iter().flatten().sum::<f32>().sqrt())
     }
 
     /// The data-parallel gradient average, if the protocol asks for one.
