@@ -16,9 +16,10 @@
 //! of the simulated network does, from the same [`Source`].
 //!
 //! The same halt announces a worker gone for good ([`leave_run`]): the others resume without it, each
-//! scheduling the paths again by itself from the new membership ([`Router::without`]; SkipPipe's router
-//! can, a fixed row cannot), the stage's other replicas averaging gradients without it and standing in
-//! for it in its row (the gradient norm, the evaluation). A later node with its key brings the place
+//! scheduling the paths again by itself from the new membership ([`Router::without`]: SkipPipe's router
+//! searches its paths again, the baseline's rows go around it through another replica of its stage),
+//! the stage's other replicas averaging gradients without it and standing in for it in its row (the
+//! gradient norm, the evaluation). A later node with its key brings the place
 //! back: it starts from a replica of its stage and the paths are scheduled with it again.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -111,7 +112,7 @@ pub async fn run_worker<T: Transport, C: Clock>(
     let (s, r) = (w.s, w.r);
     // Every data replica holds the validation batches: the row that evaluates is replica 0's, or every
     // replica's, and the next one's once a data replica left the run for good.
-    let eval_set = if spec.eval_every > 0 && s == 0 && (r == 0 || spec.eval_all_replicas || w.replicas > 1) {
+    let eval_set = if spec.eval_every > 0 && s == 0 {
         eval_batches(&w.corpus.val, spec.eval_batches, spec.micro_batch, spec.seq, &w.device)?
     } else {
         Vec::new()
@@ -432,6 +433,16 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     async fn replace(&mut self) -> Result<u64> {
         let t0 = self.ctx.clock.now();
         let (s, r) = (self.s, self.r);
+        // Checked before anyone halts: checkpoint-restart needs the killed worker's stored checkpoints.
+        if self.spec.recovery.checkpoints().is_some() && self.store.is_none() {
+            return Err(Error::config(
+                "replacement",
+                format!(
+                    "{} needs the killed worker's checkpoints in storage (checkpoint_dir)",
+                    self.spec.recovery.name()
+                ),
+            ));
+        }
         let halted = self.halt_everyone().await?;
         let me = self.ctx.index as usize;
         let back = halted.departed.contains(&me);
@@ -441,15 +452,6 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         // seeded initial weights, is always at hand).
         let stored = match (&source, &self.store) {
             (Source::Checkpoint, Some(store)) => store.steps()?,
-            (Source::Checkpoint, None) => {
-                return Err(Error::config(
-                    "replacement",
-                    format!(
-                        "{} needs the killed worker's checkpoints in storage (checkpoint_dir)",
-                        self.spec.recovery.name()
-                    ),
-                ));
-            }
             _ => Vec::new(),
         };
         let (earliest, ahead) = halted.steps();
