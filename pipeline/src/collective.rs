@@ -110,6 +110,20 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
         Ok(self.transport.send(to, payload).await?)
     }
 
+    /// Sends `msg` to `to` without waiting for it to be handed to the network (a send to a peer that
+    /// is gone can take as long as connecting does); a send that fails is logged.
+    pub fn send_in_background(&mut self, to: PeerId, msg: &Msg) -> Result<()> {
+        let payload = self.transport.codec().encode(&Outgoing { epoch: self.epoch, msg })?;
+        self.sent += (payload.len() + transport::FRAME_HEADER_LEN) as u64;
+        let (transport, name) = (self.transport.clone(), self.name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = transport.send(to, payload).await {
+                tracing::warn!(worker = %name, peer = %to.short(), error = %e, "message not delivered");
+            }
+        });
+        Ok(())
+    }
+
     /// The first message (waiting or arriving) that `wanted` accepts; others are kept for later. Fails
     /// with [`Error::Stalled`] after the mailbox's timeout, and with [`Error::Replaced`] when a
     /// replacement asks this worker to halt (if [`set_halts`](Self::set_halts)).

@@ -538,14 +538,13 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     }
 
     /// Tells every other worker to halt ([`Msg::Replace`]) and waits for the answer of each one still
-    /// in the run. A worker that left does not answer (nor, if its node is gone, take the message).
+    /// in the run. A worker that left does not answer (nor, if its node is gone, take the message: the
+    /// halts go out side by side, so that one stuck connecting to it holds up no other).
     async fn halt_everyone(&mut self) -> Result<Halts> {
         let me = self.ctx.transport.local_peer();
         let others: Vec<PeerId> = self.ctx.peers.iter().copied().filter(|p| *p != me).collect();
         for &peer in &others {
-            if let Err(e) = self.mail.send(peer, &Msg::Replace).await {
-                tracing::warn!(peer = %peer.short(), error = %e, "no halt delivered (a worker that left?)");
-            }
+            self.mail.send_in_background(peer, &Msg::Replace)?;
         }
         let mut answers: BTreeMap<PeerId, Halt> = BTreeMap::new();
         // Who left, as the first answer says (every answer must say the same).
