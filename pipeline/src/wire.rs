@@ -99,8 +99,8 @@ pub enum Msg {
     },
     /// A node that takes a worker's place (it has that worker's key) tells every other worker to halt:
     /// the successor of a killed worker, a node announcing that the worker left the run for good, or
-    /// the worker coming back to the place it left. Like [`Halted`](Msg::Halted) and [`Resume`](Msg::Resume), it is heard in any
-    /// recovery epoch.
+    /// the worker coming back to the place it left. Like [`Halted`](Msg::Halted) and
+    /// [`Resume`](Msg::Resume), it is heard in any recovery epoch.
     Replace,
     /// A worker's answer to [`Replace`](Msg::Replace): the step it was training (not yet completed), the
     /// recovery epoch it was in and the checkpoints it holds.

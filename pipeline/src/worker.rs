@@ -610,11 +610,15 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     }
 
     /// Where worker `failed` gets its state when it takes its place again: the recovery strategy's
-    /// source for a killed worker; for one that left the run and comes `back`, its stage's first other
-    /// replica in the run (weights and optimizer moments, as a joiner).
+    /// source for a killed worker (never a worker that left the run); for one that left the run and
+    /// comes `back`, its stage's first other replica in the run (weights and optimizer moments, as a
+    /// joiner).
     fn source_for(&self, failed: Hop, back: bool) -> Result<Source> {
         if !back {
-            return Ok(self.spec.recovery.source(failed, &[failed], self.spec.stages, self.replicas));
+            // Workers that left are as good as failed: the strategy must not name one as a source.
+            let mut gone = vec![failed];
+            gone.extend(self.departed.iter().map(|&w| (w / self.replicas, w % self.replicas)));
+            return Ok(self.spec.recovery.source(failed, &gone, self.spec.stages, self.replicas));
         }
         match self.live_replicas(failed.0).into_iter().find(|&q| q != failed.1) {
             Some(q) => Ok(Source::Replica(q)),

@@ -353,3 +353,78 @@ fn a_halted_worker_stops_with_the_reason_when_the_run_cannot_resume() {
         assert!(error.contains(expected), "{error}");
     }
 }
+
+/// A killed worker's successor never takes its state from a worker that left the run for good: on the
+/// simulated network, stage 1's replica 0 of a 2 × 3 grid leaves after step 2 (its node stops and its
+/// key announces the leave), replica 2 is killed after step 5, and its successor copies replica 1 (the
+/// strategy's first choice, replica 0, being gone); every worker still in the run finishes.
+#[test]
+fn a_successor_does_not_recover_from_a_worker_that_left() {
+    /// The first replica of the failed worker's stage that did not fail (or re-initialise).
+    #[derive(Debug)]
+    struct FromReplica;
+    impl pipeline::Recovery for FromReplica {
+        fn name(&self) -> String {
+            "from a replica".into()
+        }
+        fn source(
+            &self,
+            (fs, _): pipeline::Hop,
+            failed: &[pipeline::Hop],
+            _: usize,
+            replicas: usize,
+        ) -> pipeline::Source {
+            (0..replicas)
+                .find(|&q| !failed.contains(&(fs, q)))
+                .map_or(pipeline::Source::ReInit, pipeline::Source::Replica)
+        }
+    }
+    let spec = PipelineSpec {
+        replacement: pipeline::Replacement::Ready,
+        recovery: Arc::new(FromReplica),
+        peer_timeout: Duration::from_secs(20),
+        ..spec(2, 3, 12)
+    };
+    let spec = Arc::new(spec);
+    let corpus = corpus();
+    let out = run_simulation(async move {
+        let swarm = genrl::SimSwarm::build(&spec.world, 3).expect("swarm");
+        swarm
+            .run(move |ctx| {
+                let (spec, corpus) = (spec.clone(), corpus.clone());
+                async move {
+                    let early = |steps| Arc::new(PipelineSpec { steps, ..(*spec).clone() });
+                    let run = |ctx, spec| pipeline::worker::run_worker(ctx, spec, corpus.clone(), None);
+                    let outcome = match ctx.index {
+                        // Trains two steps, then its node is gone and its key announces the leave.
+                        3 => match run(ctx.clone(), early(2)).await {
+                            Ok(_) => pipeline::worker::leave_run(ctx.clone(), spec, corpus.clone()).await.map(|_| None),
+                            Err(e) => Err(e),
+                        },
+                        // Trains five steps, then its node is gone and a successor takes its place.
+                        5 => match run(ctx.clone(), early(5)).await {
+                            Ok(_) => {
+                                let successor = Arc::new(PipelineSpec {
+                                    replacement: pipeline::Replacement::Replaces,
+                                    ..(*spec).clone()
+                                });
+                                let metrics = ctx.metrics.clone();
+                                run(ctx, successor).await.map(|_| Some(format!("{:?}", metrics.snapshot().events)))
+                            }
+                            Err(e) => Err(e),
+                        },
+                        _ => run(ctx, spec).await.map(|_| None),
+                    };
+                    Ok(outcome.map_err(|e| e.to_string()))
+                }
+            })
+            .await
+    })
+    .expect("runtime");
+    let outcomes: Vec<_> = out.into_iter().map(|o| o.expect("agent")).collect();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        assert!(outcome.is_ok(), "worker {i}: {outcome:?}");
+    }
+    let events = outcomes[5].as_ref().ok().cloned().flatten().expect("the successor's events");
+    assert!(events.contains("copied the weights and optimizer moments of replica 1"), "{events}");
+}
