@@ -41,7 +41,7 @@ pub mod worker;
 pub use error::{Error, Result};
 pub use genrl::FailurePlan;
 pub use partial::{Evaluation, StagedModel};
-pub use plug::{FixedRouter, Hop, Router, RowsAround, check_membership, check_path, stand_in};
+pub use plug::{FixedRouter, Hop, Router, RowsAround, check_membership, check_path, departed_set, in_run, stand_in};
 pub use probe::WeightProbe;
 pub use rebuild::{Donor, DonorWeights, StageRebuild};
 pub use recovery::{CheckpointRestart, Fallback, KeptCopy, Layout, Rebuild, Recovery, Redundant, Source};

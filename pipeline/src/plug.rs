@@ -28,11 +28,26 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The workers that left the run as [`Router::without`] and [`in_run`] take them: grid indices,
+/// increasing, each once.
+pub fn departed_set(departed: &[usize]) -> Vec<usize> {
+    let mut departed = departed.to_vec();
+    departed.sort_unstable();
+    departed.dedup();
+    departed
+}
+
+/// Whether worker `(stage, replica)` of a `replicas`-wide grid is still in the run once the workers
+/// `departed` ([`departed_set`]) left it.
+pub fn in_run(departed: &[usize], (stage, replica): Hop, replicas: usize) -> bool {
+    departed.binary_search(&(stage * replicas + replica)).is_err()
+}
+
 /// The replica of `stage` that stands in row `row` of a `replicas`-wide grid once the workers
-/// `departed` (grid indices, increasing) left the run: the row's own, or if it left, the stage's first
-/// replica still in the run (`row` itself if none is).
+/// `departed` ([`departed_set`]) left the run: the row's own, or if it left, the stage's first replica
+/// still in the run (`row` itself if none is).
 pub fn stand_in(departed: &[usize], stage: usize, row: usize, replicas: usize) -> usize {
-    let live = |q: usize| departed.binary_search(&(stage * replicas + q)).is_err();
+    let live = |q: usize| in_run(departed, (stage, q), replicas);
     if live(row) { row } else { (0..replicas).find(|&q| live(q)).unwrap_or(row) }
 }
 
@@ -57,10 +72,7 @@ impl Router for FixedRouter {
     /// another replica of that stage ([`stand_in`]) runs the row's micro-batches too.
     fn without(&self, departed: &[usize], stages: usize, replicas: usize) -> Result<Arc<dyn Router>> {
         check_membership(departed, stages, replicas)?;
-        let mut departed = departed.to_vec();
-        departed.sort_unstable();
-        departed.dedup();
-        Ok(Arc::new(RowsAround { departed }))
+        Ok(Arc::new(RowsAround { departed: departed_set(departed) }))
     }
 }
 
@@ -75,7 +87,7 @@ pub struct RowsAround {
 
 impl Router for RowsAround {
     fn path(&self, _step: u64, _micro: u32, origin: usize, stages: usize, replicas: usize) -> Vec<Hop> {
-        if self.departed.binary_search(&origin).is_ok() {
+        if !in_run(&self.departed, (0, origin), replicas) {
             return Vec::new();
         }
         (0..stages).map(|s| (s, stand_in(&self.departed, s, origin, replicas))).collect()

@@ -726,7 +726,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
 
     /// Whether worker `(stage, replica)` is still in the run (has not left it for good).
     fn live(&self, stage: usize, replica: usize) -> bool {
-        self.departed.binary_search(&(stage * self.replicas + replica)).is_err()
+        crate::plug::in_run(&self.departed, (stage, replica), self.replicas)
     }
 
     /// The replicas of `stage` still in the run.
@@ -747,9 +747,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
 
     /// The run goes on without the workers `departed` (grid indices): the paths are scheduled again for
     /// those left (by this worker alone; every worker finds the same ones).
-    fn set_departed(&mut self, mut departed: Vec<usize>) -> Result<()> {
-        departed.sort_unstable();
-        departed.dedup();
+    fn set_departed(&mut self, departed: Vec<usize>) -> Result<()> {
+        let departed = crate::plug::departed_set(&departed);
         if departed == self.departed {
             return Ok(());
         }

@@ -110,10 +110,8 @@ impl Replan {
     /// The router for the workers of the grid not in `departed` (grid indices, sorted).
     fn route(self: &Arc<Self>, departed: &[usize]) -> Result<ScheduledRouter> {
         let live: Vec<usize> = self.order.iter().copied().filter(|w| departed.binary_search(w).is_err()).collect();
+        pipeline::check_membership(departed, self.stages, self.replicas)?;
         let assignment = Assignment { stage_of: live.iter().map(|&w| w / self.replicas).collect() };
-        if let Some(k) = (0..self.stages).find(|&k| assignment.slots(k).is_empty()) {
-            return Err(Error::infeasible("membership", format!("no worker of stage {k} is left in the run")));
-        }
         let world = self.world.permuted(&live).map_err(pipeline::Error::from)?;
         let origins: Vec<usize> = assignment.slots(0).iter().map(|&n| live[n] % self.replicas).collect();
         let agents = origins.len() * self.micro_batches;
@@ -228,9 +226,7 @@ impl Router for ScheduledRouter {
         let Some(plan) = &self.plan else {
             return Err(pipeline::Error::config("router", "paths given as they are cannot be scheduled again"));
         };
-        let mut departed = departed.to_vec();
-        departed.sort_unstable();
-        departed.dedup();
+        let departed = pipeline::departed_set(departed);
         match plan.route(&departed) {
             Ok(router) => Ok(Arc::new(router)),
             Err(Error::Pipeline(e)) => Err(e),

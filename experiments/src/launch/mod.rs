@@ -351,7 +351,7 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                 let how = if target.child.is_none() && target.outcome.is_none() {
                     let log = format!("node-{}.log", late.node);
                     target.child = Some(spawner.start(late.node, &places[late.node], Start::Late, &log)?);
-                    Some("started node {} late")
+                    Some(format!("started node {} late", late.node))
                 } else if let Some((at, false)) = target.left_at
                     && !announcers.iter().any(|(p, _)| *p == late.node)
                 {
@@ -360,15 +360,14 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
                     target.child = Some(spawner.start(late.node, &places[late.node], Start::Replacement, &log)?);
                     target.left_at = Some((at, true));
                     target.outcome = None;
-                    Some("node {} came back to the run")
+                    Some(format!("node {} came back to the run", late.node))
                 } else {
                     None
                 };
                 if let Some(how) = how {
                     let event = format!(
-                        "{:.1} s: {}, as node {place} reached {} {reached}",
+                        "{:.1} s: {how}, as node {place} reached {} {reached}",
                         started.elapsed().as_secs_f64(),
-                        how.replace("{}", &late.node.to_string()),
                         unit(&launch.protocol),
                     );
                     eprintln!("[launch] {event}");
