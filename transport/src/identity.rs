@@ -133,7 +133,8 @@ impl Identity {
         let bytes = match crate::fsutil::read_bounded(path, MAX_KEY_FILE_BYTES) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                let bytes = std::fs::metadata(path).map_or(MAX_KEY_FILE_BYTES + 1, |m| m.len().max(MAX_KEY_FILE_BYTES + 1));
+                let bytes =
+                    std::fs::metadata(path).map_or(MAX_KEY_FILE_BYTES + 1, |m| m.len().max(MAX_KEY_FILE_BYTES + 1));
                 return Err(IdentityError::KeyFile {
                     path: path.to_owned(),
                     source: Box::new(IdentityError::TooLarge { bytes }),
@@ -194,6 +195,18 @@ impl Identity {
     /// The private key as PKCS#8 DER, for the TLS layer.
     pub(crate) fn pkcs8_der(&self) -> &[u8] {
         &self.pkcs8
+    }
+
+    /// The 32-byte ed25519 secret seed, for stacks that take the raw key (libp2p). Both PKCS#8 forms of
+    /// an ed25519 key (RFC 8410 v1, and v2 with the public key) hold it at the same place: after the
+    /// version, the algorithm (OID 1.3.101.112) and the `OCTET STRING { OCTET STRING (32) }` that wraps it.
+    pub(crate) fn ed25519_seed(&self) -> Result<[u8; 32], IdentityError> {
+        const BEFORE_SEED: [u8; 9] = [0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        let malformed = || IdentityError::NotEd25519 { reason: "no ed25519 seed where PKCS#8 puts it".into() };
+        if self.pkcs8.get(7..16) != Some(&BEFORE_SEED[..]) {
+            return Err(malformed());
+        }
+        self.pkcs8.get(16..48).and_then(|seed| seed.try_into().ok()).ok_or_else(malformed)
     }
 }
 

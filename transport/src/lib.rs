@@ -10,6 +10,7 @@
 //! | [`transport`](mod@transport) | the [`Transport`] trait and its typed extension [`TransportExt`] |
 //! | [`sim`] | [`sim::Network`]: all peers in one process, virtual time, seeded faults |
 //! | [`quic`] | [`quic::Endpoint`]: QUIC with mutual TLS bound to peer ids |
+//! | [`p2p`] | [`p2p::Endpoint`]: libp2p over QUIC — joining from one bootstrap relay, Kademlia lookups, hole punching |
 //! | [`peers`] | [`PeerBook`]: the peers file a real node bootstraps from |
 //! | [`fsutil`] | atomic file replacement (key files, peers files, run logs) |
 //!
@@ -40,11 +41,13 @@ pub mod fsutil;
 mod fxhash;
 pub mod hex;
 pub mod identity;
+pub mod p2p;
 pub mod peers;
 pub mod quic;
 pub mod relay;
 pub mod sim;
 pub mod tensor;
+mod traffic;
 pub mod transport;
 
 pub use codec::{Codec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN, FrameDecoder, RawBytes};

@@ -15,20 +15,21 @@
 
 mod tls;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::codec::{Codec, FRAME_HEADER_LEN};
 use crate::error::{CodecError, TransportError};
 use crate::identity::{Identity, PeerId};
 use crate::peers::PeerBook;
+use crate::traffic::Traffic;
+pub use crate::traffic::{EndpointStats, Fault, FaultKind};
 use crate::transport::{Envelope, Transport};
 
 use tls::Credentials;
@@ -41,9 +42,6 @@ pub const CODE_BAD_FRAME: u32 = 2;
 pub const CODE_STREAM_TIMEOUT: u32 = 3;
 /// Application error code: the endpoint is shutting down.
 pub const CODE_SHUTDOWN: u32 = 4;
-
-/// How many recent faults an endpoint remembers.
-const FAULT_HISTORY: usize = 1024;
 
 /// Who may connect to an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,66 +114,10 @@ impl EndpointConfig {
     }
 }
 
-/// Something that went wrong with incoming traffic and was dealt with (the endpoint kept serving).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fault {
-    /// The remote peer, when known (a refused handshake may not have proven one).
-    pub peer: Option<PeerId>,
-    /// What happened.
-    pub kind: FaultKind,
-}
-
-/// The kinds of [`Fault`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FaultKind {
-    /// An incoming frame was oversized, truncated or had trailing bytes; its stream was stopped.
-    BadFrame(CodecError),
-    /// An incoming stream did not finish within the stream timeout.
-    StreamTimeout,
-    /// The sender reset the stream or the connection broke mid-message.
-    StreamBroken(String),
-    /// An incoming connection failed its handshake (e.g. an unlisted or impersonating peer).
-    HandshakeRejected(String),
-}
-
-/// Traffic counters of an endpoint (payload bytes plus frame headers).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EndpointStats {
-    /// Messages sent.
-    pub sent_messages: u64,
-    /// Bytes sent.
-    pub sent_bytes: u64,
-    /// Messages received and delivered to `recv`.
-    pub received_messages: u64,
-    /// Bytes received and delivered.
-    pub received_bytes: u64,
-    /// Faults recorded since start.
-    pub faults: u64,
-}
-
 /// State shared by the endpoint's handles and its background tasks.
 struct Shared {
-    id: PeerId,
     config: EndpointConfig,
-    inbox: mpsc::Sender<Envelope>,
-    faults: Mutex<VecDeque<Fault>>,
-    fault_count: AtomicU64,
-    sent_messages: AtomicU64,
-    sent_bytes: AtomicU64,
-    received_messages: AtomicU64,
-    received_bytes: AtomicU64,
-}
-
-impl Shared {
-    fn fault(&self, peer: Option<PeerId>, kind: FaultKind) {
-        warn!(local = %self.id.short(), peer = ?peer.map(|p| p.short()), ?kind, "incoming traffic fault");
-        self.fault_count.fetch_add(1, Ordering::Relaxed);
-        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
-        if faults.len() == FAULT_HISTORY {
-            faults.pop_front();
-        }
-        faults.push_back(Fault { peer, kind });
-    }
+    traffic: Traffic,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
@@ -208,7 +150,7 @@ pub struct Endpoint {
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("quic::Endpoint")
-            .field("id", &self.inner.shared.id)
+            .field("id", &self.inner.shared.traffic.id())
             .field("addr", &self.local_addr().ok())
             .finish()
     }
@@ -234,18 +176,8 @@ impl Endpoint {
         let endpoint = quinn::Endpoint::server(server_config, config.bind)
             .map_err(|e| TransportError::Setup(format!("bind {}: {e}", config.bind)))?;
 
-        let (tx, rx) = mpsc::channel(config.inbox_capacity);
-        let shared = Arc::new(Shared {
-            id: identity.peer_id(),
-            config,
-            inbox: tx,
-            faults: Mutex::new(VecDeque::new()),
-            fault_count: AtomicU64::new(0),
-            sent_messages: AtomicU64::new(0),
-            sent_bytes: AtomicU64::new(0),
-            received_messages: AtomicU64::new(0),
-            received_bytes: AtomicU64::new(0),
-        });
+        let (traffic, rx) = Traffic::new(identity.peer_id(), config.inbox_capacity);
+        let shared = Arc::new(Shared { config, traffic });
         let slots: Arc<Mutex<HashMap<PeerId, Slot>>> = Arc::default();
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone(), Arc::downgrade(&slots)));
         let inner = Inner {
@@ -284,19 +216,12 @@ impl Endpoint {
 
     /// The most recent faults (up to 1024), oldest first.
     pub fn faults(&self) -> Vec<Fault> {
-        self.inner.shared.faults.lock().map(|f| f.iter().cloned().collect()).unwrap_or_default()
+        self.inner.shared.traffic.faults()
     }
 
     /// Traffic counters.
     pub fn stats(&self) -> EndpointStats {
-        let s = &self.inner.shared;
-        EndpointStats {
-            sent_messages: s.sent_messages.load(Ordering::Relaxed),
-            sent_bytes: s.sent_bytes.load(Ordering::Relaxed),
-            received_messages: s.received_messages.load(Ordering::Relaxed),
-            received_bytes: s.received_bytes.load(Ordering::Relaxed),
-            faults: s.fault_count.load(Ordering::Relaxed),
-        }
+        self.inner.shared.traffic.stats()
     }
 
     /// Closes every connection and waits (briefly) for the peers to be told.
@@ -356,7 +281,7 @@ impl Endpoint {
         let conn = tokio::time::timeout(timeout, establish)
             .await
             .map_err(|_| err(format!("no connection to {addr} within {timeout:?}")))??;
-        debug!(local = %self.inner.shared.id.short(), peer = %peer.short(), %addr, "connected");
+        debug!(local = %self.inner.shared.traffic.id().short(), peer = %peer.short(), %addr, "connected");
         Ok(conn)
     }
 }
@@ -389,7 +314,7 @@ async fn accept_loop(
             let conn = match incoming.await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    shared.fault(None, FaultKind::HandshakeRejected(format!("{remote}: {e}")));
+                    shared.traffic.fault(None, FaultKind::HandshakeRejected(format!("{remote}: {e}")));
                     return;
                 }
             };
@@ -397,7 +322,7 @@ async fn accept_loop(
                 Ok(peer) => peer,
                 Err(reason) => {
                     conn.close(CODE_BAD_FRAME.into(), b"no identity");
-                    shared.fault(None, FaultKind::HandshakeRejected(format!("{remote}: {reason}")));
+                    shared.traffic.fault(None, FaultKind::HandshakeRejected(format!("{remote}: {reason}")));
                     return;
                 }
             };
@@ -409,10 +334,10 @@ async fn accept_loop(
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
             };
             if let Err(e) = confirmed.await {
-                shared.fault(Some(peer), FaultKind::StreamBroken(format!("confirmation: {e}")));
+                shared.traffic.fault(Some(peer), FaultKind::StreamBroken(format!("confirmation: {e}")));
                 return;
             }
-            debug!(local = %shared.id.short(), peer = %peer.short(), %remote, "accepted");
+            debug!(local = %shared.traffic.id().short(), peer = %peer.short(), %remote, "accepted");
             // Our own sends to the peer take the newest connection it opened: a peer that dials again
             // may have restarted (a killed node's successor, with its key), and the old connection then
             // leads nowhere until it idles out. A dial of ours under way finishes first.
@@ -443,7 +368,7 @@ async fn serve_connection(conn: quinn::Connection, peer: PeerId, shared: Arc<Sha
                 tokio::spawn(read_stream(stream, peer, shared.clone()));
             }
             Err(e) => {
-                debug!(local = %shared.id.short(), peer = %peer.short(), "connection ended: {e}");
+                debug!(local = %shared.traffic.id().short(), peer = %peer.short(), "connection ended: {e}");
                 return;
             }
         }
@@ -485,22 +410,19 @@ async fn read_stream(mut stream: quinn::RecvStream, peer: PeerId, shared: Arc<Sh
     let codec = shared.config.codec;
     match tokio::time::timeout(shared.config.stream_timeout, read_frame(&mut stream, codec)).await {
         Ok(Ok(payload)) => {
-            let bytes = (payload.len() + FRAME_HEADER_LEN) as u64;
-            if shared.inbox.send(Envelope { from: peer, payload }).await.is_ok() {
-                shared.received_messages.fetch_add(1, Ordering::Relaxed);
-                shared.received_bytes.fetch_add(bytes, Ordering::Relaxed);
-            }
+            // An error here means the endpoint closed: the message has nowhere to go.
+            let _ = shared.traffic.deliver(peer, payload).await;
         }
         Ok(Err(ReadFailure::Frame(e))) => {
             let code =
                 if matches!(e, CodecError::FrameTooLarge { .. }) { CODE_FRAME_TOO_LARGE } else { CODE_BAD_FRAME };
             let _ = stream.stop(code.into());
-            shared.fault(Some(peer), FaultKind::BadFrame(e));
+            shared.traffic.fault(Some(peer), FaultKind::BadFrame(e));
         }
-        Ok(Err(ReadFailure::Broken(reason))) => shared.fault(Some(peer), FaultKind::StreamBroken(reason)),
+        Ok(Err(ReadFailure::Broken(reason))) => shared.traffic.fault(Some(peer), FaultKind::StreamBroken(reason)),
         Err(_) => {
             let _ = stream.stop(CODE_STREAM_TIMEOUT.into());
-            shared.fault(Some(peer), FaultKind::StreamTimeout);
+            shared.traffic.fault(Some(peer), FaultKind::StreamTimeout);
         }
     }
 }
@@ -515,7 +437,7 @@ async fn write_message(conn: &quinn::Connection, header: [u8; FRAME_HEADER_LEN],
 
 impl Transport for Endpoint {
     fn local_peer(&self) -> PeerId {
-        self.inner.shared.id
+        self.inner.shared.traffic.id()
     }
 
     fn codec(&self) -> Codec {
@@ -525,9 +447,9 @@ impl Transport for Endpoint {
     async fn send(&self, to: PeerId, payload: Bytes) -> Result<(), TransportError> {
         let shared = &self.inner.shared;
         let header = shared.config.codec.header(payload.len())?;
-        let bytes = (payload.len() + FRAME_HEADER_LEN) as u64;
-        if to == shared.id {
-            shared.inbox.send(Envelope { from: to, payload }).await.map_err(|_| TransportError::Closed)?;
+        let len = payload.len();
+        if to == shared.traffic.id() {
+            shared.traffic.deliver(to, payload).await?;
         } else {
             let mut attempt = 0;
             loop {
@@ -540,8 +462,7 @@ impl Transport for Endpoint {
                 }
             }
         }
-        shared.sent_messages.fetch_add(1, Ordering::Relaxed);
-        shared.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+        shared.traffic.sent(len);
         Ok(())
     }
 
