@@ -25,6 +25,29 @@ struct AfterKill {
     leave: bool,
 }
 
+/// How a node reaches the others when it cannot dial them by the peers file's addresses (NAT, no
+/// public address): through a relay, libp2p's discovery and hole punching.
+#[derive(Debug, Clone, Default, clap::Args)]
+struct P2pArgs {
+    /// Join through the relay at this address (`swarmlab relay` prints it:
+    /// `/ip4/ADDR/udp/PORT/quic-v1/p2p/ID`) instead of dialling the peers file's addresses: the node
+    /// reserves a relayed address there, publishes where it can be reached, and finds the others in the
+    /// swarm's Kademlia table; it connects directly where it can (hole punching through NAT) and through
+    /// the relay where it cannot. The peers file is then only the list of ids allowed in the swarm, and
+    /// the address it gives for this node is where it listens. May be given several times.
+    #[arg(long)]
+    bootstrap: Vec<transport::p2p::Multiaddr>,
+    /// With --bootstrap: every connection through the relay, none direct (to measure what it costs).
+    #[arg(long, requires = "bootstrap")]
+    relay_only: bool,
+}
+
+impl P2pArgs {
+    fn join(self) -> Option<node::P2pJoin> {
+        (!self.bootstrap.is_empty()).then_some(node::P2pJoin { bootstrap: self.bootstrap, relay_only: self.relay_only })
+    }
+}
+
 /// swarmlab — decentralized-training protocols on simulated and real swarms.
 ///
 /// Start with `swarmlab run`: it trains the baseline study (one replica, four data-parallel replicas,
@@ -337,6 +360,23 @@ enum Command {
         /// something that forwards to it, such as a link emulator).
         #[arg(long)]
         bind: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        p2p: P2pArgs,
+    },
+    /// Run a relay for swarms whose nodes cannot all reach each other (NAT, no public address): nodes
+    /// join with its address (`swarmlab node --bootstrap`), it keeps the swarm's table of who is where,
+    /// introduces nodes to each other for hole punching, and relays where that fails. Prints the
+    /// addresses to join with; runs until stopped (Ctrl-C). Any machine every node can reach will do.
+    Relay {
+        /// The relay's key file (made if missing): its id, and so its address, stay the same across restarts.
+        #[arg(long, default_value = "relay.key")]
+        key: PathBuf,
+        /// The UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:4001")]
+        listen: std::net::SocketAddr,
+        /// Also write the addresses to join with to this file, one per line (for scripts).
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
     },
     /// Run a whole swarm of real nodes on this machine: N `swarmlab node` processes on loopback, a key
     /// each and one peers file, in one run folder. Streams their progress, can kill one mid-run, and
@@ -379,6 +419,19 @@ enum Command {
         /// front of each, and compare the time per step with the simulated network's prediction.
         #[arg(long)]
         emulate_link: bool,
+        /// Start a relay (`swarmlab relay`) beside the nodes and have every node join through it
+        /// (`swarmlab node --bootstrap`) instead of dialling the peers file's addresses.
+        #[arg(long, conflicts_with = "emulate_link")]
+        p2p: bool,
+        /// With --netns: put these nodes (comma-separated) each behind a NAT of its own (a router
+        /// namespace that masquerades its traffic), so that no other node can dial it; implies --p2p.
+        /// The report says, for every pair of nodes, whether they talked directly (hole punched) or
+        /// through the relay.
+        #[arg(long, value_delimiter = ',', requires = "netns")]
+        behind_nat: Vec<usize>,
+        /// With --p2p: every connection through the relay, none direct.
+        #[arg(long)]
+        relay_only: bool,
     },
     /// Choose a training study's learning rate: run its baseline arm alone at each rate (everything else
     /// as the preset) and report the final validation loss of each; the best is the rate every arm of
@@ -546,7 +599,7 @@ where
         Command::Node { protocol, leave: true, .. } if protocol != "pipeline" => {
             bail!("--leave: only a pipeline's workers halt for a leave ({protocol} nodes go on without a silent peer)")
         }
-        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, join, replace, leave }
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, join, replace, leave, p2p }
             if protocol == "pipeline" =>
         {
             let mut cfg = match config {
@@ -564,9 +617,9 @@ where
             } else {
                 node::Start::Now
             };
-            node::pipeline_node(&cfg, corpus, &key, &peers, out, node_net(idle_timeout_s, bind)?, start)
+            node::pipeline_node(&cfg, corpus, &key, &peers, out, node_net(idle_timeout_s, bind, p2p)?, start)
         }
-        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, .. } if protocol == "verify" => {
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, p2p, .. } if protocol == "verify" => {
             let cfg = match config {
                 Some(path) => verify_node::VerifyConfig::parse(
                     &crate::files::read_text(&path, crate::files::MAX_CONFIG_BYTES)?,
@@ -574,40 +627,58 @@ where
                 )?,
                 None => verify_node::VerifyConfig::default(),
             };
-            verify_node::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
+            verify_node::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind, p2p)?)
         }
-        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, .. } if protocol == "codezero" => {
+        Command::Node { protocol, config, key, peers, out, idle_timeout_s, bind, p2p, .. }
+            if protocol == "codezero" =>
+        {
             let mut cfg = match config {
                 Some(path) => codezero_swarm::load_config(&path)?,
                 None => codezero::CodeZeroConfig::default(),
             };
             cfg.device = device.unwrap_or(cfg.device);
-            codezero_swarm::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
+            codezero_swarm::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind, p2p)?)
         }
-        Command::Node { config, key, peers, out, idle_timeout_s, bind, .. } => {
+        Command::Node { config, key, peers, out, idle_timeout_s, bind, p2p, .. } => {
             let mut cfg = match config {
                 Some(path) => sapo_swarm::load_config(&path)?,
                 None => sapo::SapoConfig::default(),
             };
             cfg.device = device.unwrap_or(cfg.device);
-            sapo_swarm::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind)?)
+            sapo_swarm::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind, p2p)?)
         }
-        Command::Launch { local, protocol, config, out, idle_timeout_s, kill, late, after, netns, emulate_link } => {
-            launch::launch(launch::Launch {
-                nodes: local,
-                protocol,
-                config,
-                out,
-                net: node_net(idle_timeout_s, None)?,
-                kill,
-                late,
-                replace: after.replace,
-                leave: after.leave,
-                netns,
-                emulate_link,
-            })
-            .map(|_| ())
-        }
+        Command::Relay { key, listen, addr_file } => node::relay(&key, listen, addr_file.as_deref()),
+        Command::Launch {
+            local,
+            protocol,
+            config,
+            out,
+            idle_timeout_s,
+            kill,
+            late,
+            after,
+            netns,
+            emulate_link,
+            p2p,
+            behind_nat,
+            relay_only,
+        } => launch::launch(launch::Launch {
+            nodes: local,
+            protocol,
+            config,
+            out,
+            net: node_net(idle_timeout_s, None, P2pArgs::default())?,
+            kill,
+            late,
+            replace: after.replace,
+            leave: after.leave,
+            netns,
+            emulate_link,
+            p2p: p2p || !behind_nat.is_empty() || relay_only,
+            behind_nat,
+            relay_only,
+        })
+        .map(|_| ()),
         Command::Codezero { config, agents, liars, rounds, roles, out, print_config } => {
             if print_config {
                 print!("{}", toml::to_string(&codezero::CodeZeroConfig::default())?);
@@ -740,12 +811,12 @@ fn init(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `--idle-timeout-s` and `--bind` as a [`node::NodeNet`].
-fn node_net(idle_timeout_s: f64, bind: Option<std::net::SocketAddr>) -> Result<node::NodeNet> {
+/// `--idle-timeout-s`, `--bind` and `--bootstrap` as a [`node::NodeNet`].
+fn node_net(idle_timeout_s: f64, bind: Option<std::net::SocketAddr>, p2p: P2pArgs) -> Result<node::NodeNet> {
     if !(idle_timeout_s.is_finite() && (0.1..=3600.0).contains(&idle_timeout_s)) {
         bail!("--idle-timeout-s {idle_timeout_s}: give seconds between 0.1 and 3600");
     }
-    Ok(node::NodeNet { idle_timeout: std::time::Duration::from_secs_f64(idle_timeout_s), bind })
+    Ok(node::NodeNet { idle_timeout: std::time::Duration::from_secs_f64(idle_timeout_s), bind, p2p: p2p.join() })
 }
 
 /// A swarm game's checked configuration (`config`, overrides applied) run as `nodes` node processes on
@@ -762,19 +833,7 @@ fn launch_swarm(protocol: &str, nodes: usize, config: &str, out: Option<PathBuf>
     let out = out_dir(out, protocol)?;
     let path = out.join(format!("{protocol}.toml"));
     write_atomic(&path, config.as_bytes())?;
-    let launch = launch::Launch {
-        nodes,
-        protocol: protocol.into(),
-        config: Some(path),
-        out: Some(out),
-        net: node::NodeNet::default(),
-        kill: Vec::new(),
-        late: None,
-        replace: false,
-        leave: false,
-        netns: false,
-        emulate_link: true,
-    };
+    let launch = launch::Launch { emulate_link: true, ..launch::Launch::plain(nodes, protocol, Some(path), Some(out)) };
     launch::launch(launch).map(|_| ())
 }
 

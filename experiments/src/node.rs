@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use genrl::{AgentCtx, DeviceProfile, Event, EventKind, MetricsLog, Sample, WallClock};
 use models::data::Corpus;
 use transport::quic::{Endpoint, EndpointConfig};
-use transport::{Identity, PeerBook, PeerId};
+use transport::{Codec, Envelope, Identity, PeerBook, PeerId, Transport, TransportError, p2p};
 
 use crate::config::RunConfig;
 use crate::files::{event_line, h5_attr_text, h5_write_text, out_dir, parse_event_line, write_atomic};
@@ -25,26 +26,54 @@ pub(crate) struct Node {
     pub(crate) index: usize,
     pub(crate) addr: SocketAddr,
     quic: EndpointConfig,
+    /// Set when the node joins through a relay instead of dialling the peers file's addresses.
+    p2p: Option<p2p::Config>,
+}
+
+/// How a node joins a swarm whose members it cannot all reach by address: through relays, by their
+/// bootstrap addresses (`swarmlab relay` prints them), finding the others in the swarm's table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct P2pJoin {
+    /// The relays' addresses, `/ip4/…/udp/…/quic-v1/p2p/<id>`.
+    pub(crate) bootstrap: Vec<p2p::Multiaddr>,
+    /// Every connection through the relay, none direct (to measure the relay).
+    pub(crate) relay_only: bool,
 }
 
 /// How a node uses the network: where it listens (its address in the peers file, unless `bind` says
 /// otherwise — behind a link emulator, say) and how quickly it gives up on a silent peer: a connection
 /// with no traffic for `idle_timeout` is dead (a killed peer is noticed then), and a connection attempt
 /// waits as long (10 s at most).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NodeNet {
     pub(crate) idle_timeout: Duration,
     pub(crate) bind: Option<SocketAddr>,
+    /// Join through relays (libp2p) instead of dialling the peers file's addresses.
+    pub(crate) p2p: Option<P2pJoin>,
 }
 
 impl Default for NodeNet {
     fn default() -> Self {
-        Self { idle_timeout: EndpointConfig::default().idle_timeout, bind: None }
+        Self { idle_timeout: EndpointConfig::default().idle_timeout, bind: None, p2p: None }
     }
 }
 
 impl NodeNet {
-    fn endpoint(self, bind: SocketAddr) -> EndpointConfig {
+    fn p2p(&self, bind: SocketAddr) -> Option<p2p::Config> {
+        let join = self.p2p.as_ref()?;
+        Some(p2p::Config {
+            bind,
+            bootstrap: join.bootstrap.clone(),
+            relay_only: join.relay_only,
+            idle_timeout: self.idle_timeout,
+            // Joining (a reservation and a record) and reaching a peer (a lookup, a dial and perhaps a
+            // hole punch) take a few round trips more than a direct dial.
+            connect_timeout: self.idle_timeout.clamp(Duration::from_secs(10), Duration::from_secs(30)),
+            ..p2p::Config::default()
+        })
+    }
+
+    fn endpoint(&self, bind: SocketAddr) -> EndpointConfig {
         let idle_timeout = self.idle_timeout;
         EndpointConfig {
             bind,
@@ -70,7 +99,7 @@ impl Node {
         }
         let listed = book.get(&me).map(|e| e.addr).context("own address")?;
         let addr = net.bind.unwrap_or(listed);
-        Ok(Self { identity, book, ids, index, addr, quic: net.endpoint(addr) })
+        Ok(Self { identity, book, ids, index, addr, quic: net.endpoint(addr), p2p: net.p2p(addr) })
     }
 
     /// Lets frames of up to `bytes` through (never less than the default limit): a pipeline worker's
@@ -78,6 +107,9 @@ impl Node {
     pub(crate) fn allow_frames_of(&mut self, bytes: usize) -> Result<()> {
         let limit = bytes.clamp(transport::codec::DEFAULT_MAX_FRAME, transport::codec::MAX_FRAME_CEILING);
         self.quic.codec = transport::Codec::new(limit)?;
+        if let Some(p2p) = self.p2p.as_mut() {
+            p2p.codec = self.quic.codec;
+        }
         Ok(())
     }
 
@@ -98,15 +130,24 @@ impl Node {
         &self,
         profile: DeviceProfile,
         prepare: impl FnOnce() -> Result<P>,
-        agent: impl FnOnce(AgentCtx<Endpoint, WallClock>, P) -> Fut,
+        agent: impl FnOnce(AgentCtx<NodeEndpoint, WallClock>, P) -> Fut,
     ) -> Result<R>
     where
         Fut: Future<Output = Result<R>>,
     {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        let endpoint = {
-            let _inside = runtime.enter();
-            Endpoint::bind(&self.identity, self.book.clone(), self.quic.clone())?
+        let endpoint = match &self.p2p {
+            None => {
+                let _inside = runtime.enter();
+                NodeEndpoint::Quic(Endpoint::bind(&self.identity, self.book.clone(), self.quic.clone())?)
+            }
+            Some(config) => {
+                let endpoint =
+                    runtime.block_on(p2p::Endpoint::start(&self.identity, self.book.clone(), config.clone()))?;
+                let addrs: Vec<String> = endpoint.listen_addrs().iter().map(ToString::to_string).collect();
+                eprintln!("joined the swarm through its relay; reachable at {}", addrs.join(", "));
+                NodeEndpoint::P2p(endpoint)
+            }
         };
         let prepared = prepare()?;
         runtime.block_on(async {
@@ -120,9 +161,73 @@ impl Node {
             };
             let result = agent(ctx, prepared).await;
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if let NodeEndpoint::P2p(endpoint) = &endpoint {
+                self.print_paths(endpoint);
+            }
             endpoint.close().await;
             result
         })
+    }
+}
+
+impl Node {
+    /// One line per peer this node exchanged messages with over libp2p: how they travelled
+    /// (`p2p path to node 2: direct (hole punched …)`), for whoever reads the log (`swarmlab launch`
+    /// puts them in its report).
+    fn print_paths(&self, endpoint: &p2p::Endpoint) {
+        for (peer, path) in endpoint.paths() {
+            if let Some(place) = self.ids.iter().position(|id| *id == peer) {
+                eprintln!("p2p path to node {place}: {path}");
+            }
+        }
+    }
+}
+
+/// A node's endpoint: QUIC to the peers file's addresses, or libp2p through relays.
+#[derive(Debug, Clone)]
+pub(crate) enum NodeEndpoint {
+    /// Dials the peers file's addresses.
+    Quic(Endpoint),
+    /// Joins through relays and finds the others (`--bootstrap`).
+    P2p(p2p::Endpoint),
+}
+
+impl NodeEndpoint {
+    async fn close(&self) {
+        match self {
+            Self::Quic(e) => e.close().await,
+            Self::P2p(e) => e.close().await,
+        }
+    }
+}
+
+impl Transport for NodeEndpoint {
+    fn local_peer(&self) -> PeerId {
+        match self {
+            Self::Quic(e) => e.local_peer(),
+            Self::P2p(e) => e.local_peer(),
+        }
+    }
+
+    fn codec(&self) -> Codec {
+        match self {
+            Self::Quic(e) => e.codec(),
+            Self::P2p(e) => e.codec(),
+        }
+    }
+
+    async fn send(&self, to: PeerId, payload: Bytes) -> Result<(), TransportError> {
+        match self {
+            Self::Quic(e) => e.send(to, payload).await,
+            Self::P2p(e) => e.send(to, payload).await,
+        }
+    }
+
+    async fn recv(&self) -> Result<Envelope, TransportError> {
+        match self {
+            Self::Quic(e) => e.recv().await,
+            Self::P2p(e) => e.recv().await,
+        }
     }
 }
 
@@ -153,7 +258,7 @@ pub(crate) struct AgentNode<'a> {
 pub(crate) fn agent_node<P, R, Fut>(
     node: AgentNode<'_>,
     prepare: impl FnOnce() -> Result<P>,
-    agent: impl FnOnce(AgentCtx<Endpoint, WallClock>, P, usize) -> Fut,
+    agent: impl FnOnce(AgentCtx<NodeEndpoint, WallClock>, P, usize) -> Fut,
     describe: impl FnOnce(&R) -> String,
 ) -> Result<()>
 where
@@ -463,6 +568,36 @@ impl NodeLog {
         })
         .with_context(|| format!("cannot write {}", path.display()))
     }
+}
+
+/// `swarmlab relay`: a relay and bootstrap for swarms that join through one ([`p2p::Role::Relay`]).
+/// Prints the addresses to join with (and writes them to `addr_file`, one per line, written aside and
+/// renamed), then serves until Ctrl-C.
+pub(crate) fn relay(key: &Path, listen: SocketAddr, addr_file: Option<&Path>) -> Result<()> {
+    let identity = Identity::load_or_generate(key)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let config =
+        p2p::Config { bind: listen, role: p2p::Role::Relay, accept: p2p::AcceptPolicy::Any, ..p2p::Config::default() };
+    let endpoint = runtime
+        .block_on(p2p::Endpoint::start(&identity, PeerBook::new(), config))
+        .with_context(|| format!("cannot start a relay on {listen}"))?;
+    let addrs: Vec<String> = endpoint.listen_addrs().iter().map(ToString::to_string).collect();
+    eprintln!("swarmlab relay {} (libp2p id {}): nodes join with", identity.peer_id(), endpoint.libp2p_id());
+    for addr in &addrs {
+        println!("--bootstrap {addr}");
+    }
+    if let Some(file) = addr_file {
+        write_atomic(file, (addrs.join("\n") + "\n").as_bytes())?;
+    }
+    let (stop, stopped) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop.send(());
+    })
+    .context("cannot catch Ctrl-C")?;
+    let _ = stopped.recv();
+    eprintln!("swarmlab relay: stopped");
+    runtime.block_on(endpoint.close());
+    Ok(())
 }
 
 #[cfg(test)]

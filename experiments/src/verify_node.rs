@@ -296,19 +296,7 @@ pub(crate) fn over_quic(cfg: &VerifyConfig) -> Result<()> {
     let out = out_dir(None, "verify")?;
     let path = out.join("verify.toml");
     write_atomic(&path, toml::to_string(cfg)?.as_bytes())?;
-    let launch = crate::launch::Launch {
-        nodes: cfg.nodes(),
-        protocol: "verify".into(),
-        config: Some(path),
-        out: Some(out.clone()),
-        net: NodeNet::default(),
-        kill: Vec::new(),
-        late: None,
-        replace: false,
-        leave: false,
-        netns: false,
-        emulate_link: false,
-    };
+    let launch = crate::launch::Launch::plain(cfg.nodes(), "verify", Some(path), Some(out.clone()));
     crate::launch::launch(launch)?;
     let referee: RefereeResult = serde_json::from_str(
         &std::fs::read_to_string(out.join("nodes/referee.json")).context("the referee node wrote no result")?,

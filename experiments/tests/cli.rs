@@ -1141,6 +1141,83 @@ fn nodes_in_network_namespaces_train_the_same_bits_as_on_loopback() -> Result<()
     Ok(())
 }
 
+/// Nodes that know only a relay's address (`launch --p2p`: each joins through the relay and finds the
+/// others in the swarm's Kademlia table) train a DDP pipeline to the same bits as nodes that dial the
+/// peers file's addresses; on loopback, with nothing in between, every pair talks directly.
+#[test]
+fn nodes_that_join_through_a_relay_train_the_same_bits_as_nodes_that_dial_each_other()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("ddp.toml");
+    std::fs::write(&config, node_run(6, "", "label = \"DDP R=3\"\nstages = 1\nreplicas = 3\n"))?;
+    let (dialled, joined) = (dir.path().join("quic"), dir.path().join("p2p"));
+    launch_pipeline(&config, 3, &[], &dialled)?;
+    let report = launch_pipeline(&config, 3, &["--p2p"], &joined)?;
+    assert_eq!(worker_hashes(&joined, 0..3)?, worker_hashes(&dialled, 0..3)?);
+    assert!(report.contains("every node joins through the relay at /ip4/127.0.0.1/udp/"), "{report}");
+    let journal = std::fs::read_to_string(joined.join("launch.log"))?;
+    for i in 0..3 {
+        for j in (0..3).filter(|&j| j != i) {
+            assert!(journal.contains(&format!("node {i}: p2p path to node {j}: direct")), "{i} -> {j}: {journal}");
+        }
+    }
+    Ok(())
+}
+
+/// Two home routers and a public node: nodes 1 and 2 each sit behind a NAT namespace of their own
+/// (nftables masquerade; nobody can dial them), node 0 and the relay on the shared bridge. Each node is
+/// given only the relay's address. The SAPO swarm plays every round, every pair exchanges messages, and
+/// the test says for each pair whether it went direct (hole punched through both NATs) or through the
+/// relay. Where network namespaces or nftables are not available, it says so and skips.
+#[test]
+fn nodes_behind_nat_join_from_one_bootstrap_address_and_punch_through() -> Result<(), Box<dyn std::error::Error>> {
+    let probe = format!("swl-nat-probe-{}", std::process::id());
+    let permitted =
+        std::process::Command::new("ip").args(["netns", "add", &probe]).output().is_ok_and(|o| o.status.success());
+    if !permitted {
+        eprintln!("skipped: network namespaces are not permitted here (`ip netns add` needs root and iproute2)");
+        return Ok(());
+    }
+    let nft = std::process::Command::new("ip").args(["netns", "exec", &probe, "nft", "list", "tables"]).output();
+    let _ = std::process::Command::new("ip").args(["netns", "del", &probe]).output();
+    if !nft.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: no nftables here (`nft`), which the NAT namespaces masquerade with");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sapo.toml");
+    std::fs::write(&config, node_swarm(3, 20, ""))?;
+    let run = dir.path().join("nat");
+    let out = swarmlab()
+        .args(["launch", "--local", "3", "--netns", "--behind-nat", "1,2", "--idle-timeout-s", "5", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..3 {
+        let agent: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join(format!("nodes/agent-{i}.json")))?)?;
+        assert_eq!(agent["rounds"].as_array().map(Vec::len), Some(20), "agent {i} finished");
+    }
+    let peers = std::fs::read_to_string(run.join("peers.toml"))?;
+    assert!(peers.contains("addr = \"10.214.2.2:") && peers.contains("addr = \"10.214.3.2:"), "{peers}");
+    let journal = std::fs::read_to_string(run.join("launch.log"))?;
+    assert!(journal.contains("each behind a NAT router of its own"), "{journal}");
+    let path = |i: usize, j: usize| {
+        let line = format!("node {i}: p2p path to node {j}: ");
+        journal.lines().find_map(|l| l.strip_prefix(&line)).map(str::to_owned)
+    };
+    // A node behind NAT reaches the public node's own address through its router: no relay needed.
+    assert!(path(1, 0).is_some_and(|p| p.starts_with("direct")), "{journal}");
+    for (i, j) in [(0, 1), (0, 2), (1, 2), (2, 1)] {
+        let how = path(i, j).ok_or_else(|| format!("node {i} never talked to node {j}: {journal}"))?;
+        assert!(how.starts_with("direct") || how == "through the relay", "{i} -> {j}: {how}");
+        eprintln!("node {i} -> node {j}: {how}");
+    }
+    Ok(())
+}
+
 /// A node killed mid-run: the other three finish every round, notice it gone (an event in their logs),
 /// and the launcher's report says what happened.
 #[test]

@@ -71,6 +71,34 @@ pub(crate) struct Launch {
     pub(crate) netns: bool,
     /// Put the configuration's link model between the nodes (a relay in front of each).
     pub(crate) emulate_link: bool,
+    /// Start a libp2p relay and have every node join through it (`swarmlab node --bootstrap`).
+    pub(crate) p2p: bool,
+    /// With `netns`: nodes each behind a NAT router of their own.
+    pub(crate) behind_nat: Vec<usize>,
+    /// With `p2p`: every connection through the relay.
+    pub(crate) relay_only: bool,
+}
+
+impl Launch {
+    /// A launch of `nodes` nodes running `protocol` on `config`, on loopback, with nothing else asked.
+    pub(crate) fn plain(nodes: usize, protocol: &str, config: Option<PathBuf>, out: Option<PathBuf>) -> Self {
+        Self {
+            nodes,
+            protocol: protocol.into(),
+            config,
+            out,
+            net: NodeNet::default(),
+            kill: Vec::new(),
+            late: None,
+            replace: false,
+            leave: false,
+            netns: false,
+            emulate_link: false,
+            p2p: false,
+            behind_nat: Vec::new(),
+            relay_only: false,
+        }
+    }
 }
 
 /// How a node's process ended.
@@ -237,8 +265,19 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
             "--netns and --emulate-link: the link emulators listen on this machine's loopback, which the namespaces do not share"
         );
     }
+    if !launch.behind_nat.is_empty() && (!launch.netns || !launch.p2p) {
+        bail!(
+            "--behind-nat puts nodes behind NAT routers in network namespaces: it needs --netns (and joins with --p2p)"
+        );
+    }
+    if launch.p2p && launch.emulate_link {
+        bail!(
+            "--p2p and --emulate-link: the link emulators stand at the peers file's addresses, which --p2p does not dial"
+        );
+    }
     let (text, link) = prepare_config(&launch)?;
-    let spaces = if launch.netns { Some(Namespaces::create(launch.nodes)?) } else { None };
+    let spaces =
+        if launch.netns { Some(Namespaces::create(launch.nodes, &launch.behind_nat, launch.p2p)?) } else { None };
     let out = out_dir(launch.out.clone(), "launch")?;
     let config = out.join("config.toml");
     write_atomic(&config, text.as_bytes())?;
@@ -260,6 +299,7 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     let (logs, results) = (out.join("logs"), out.join("nodes"));
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let exe = std::env::current_exe().context("cannot find the swarmlab executable")?;
+    let mut relay = if launch.p2p { Some(Relay::start(&exe, &out, spaces.as_ref())?) } else { None };
     let started = Instant::now();
     let mut journal = vec![match &spaces {
         Some(spaces) => format!("launched {} {} nodes: {}", launch.nodes, launch.protocol, spaces.describe()),
@@ -272,12 +312,29 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
             link.bandwidth * 8.0 / 1e6
         ));
     }
+    if let Some(relay) = &relay {
+        let line = format!(
+            "every node joins through the relay at {}{}",
+            relay.bootstrap,
+            if launch.relay_only { ", every connection through it (--relay-only)" } else { "" }
+        );
+        eprintln!("[launch] {line}");
+        journal.push(line);
+    }
     eprintln!("swarmlab launch: {} {} nodes, run folder {}", launch.nodes, launch.protocol, out.display());
 
     let (lines_tx, lines_rx) = mpsc::channel::<(usize, String)>();
     let namespaces = spaces.as_ref().map(|s| (0..launch.nodes).map(|i| s.name(i)).collect());
-    let spawner =
-        Spawner { exe, config: config.clone(), out: out.clone(), launch: launch.clone(), lines: lines_tx, namespaces };
+    let bootstrap = relay.as_ref().map(|r| r.bootstrap.clone());
+    let spawner = Spawner {
+        exe,
+        config: config.clone(),
+        out: out.clone(),
+        launch: launch.clone(),
+        lines: lines_tx,
+        namespaces,
+        bootstrap,
+    };
     let mut nodes = Vec::new();
     for (place, p) in places.iter().enumerate() {
         // A node that leaves and comes back (`--leave` with `--late`) starts with the others.
@@ -328,6 +385,9 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
             match progress(&line) {
                 Some(round) => node.round = node.round.max(round),
                 None => eprintln!("[node {place}] {line}"),
+            }
+            if line.starts_with("p2p path to ") {
+                journal.push(format!("node {place}: {line}"));
             }
             if let Some((at, furthest)) = since_kill
                 && nodes.iter().filter(|n| n.outcome.is_none() && n.child.is_some()).all(|n| n.round > furthest)
@@ -472,6 +532,12 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
         if progress(&line).is_none() {
             eprintln!("[node {place}] {line}");
         }
+        if line.starts_with("p2p path to ") {
+            journal.push(format!("node {place}: {line}"));
+        }
+    }
+    if let Some(relay) = relay.take() {
+        journal.push(relay.stop());
     }
     for (k, _) in launch.kill.iter().zip(&killed).filter(|(_, done)| !**done) {
         journal.push(format!("node {} never reached {} {}: not killed", k.node, unit(&launch.protocol), k.round));
@@ -546,20 +612,8 @@ pub(crate) fn run_over_quic(cfg: &RunConfig, out: &Path) -> Result<()> {
         let path = dir.join("arm.toml");
         write_atomic(&path, toml::to_string(&one)?.as_bytes())?;
         eprintln!("[{}/{}] {}: {nodes} node processes", i + 1, cfg.arms.len(), arm.label);
-        let summary = launch(Launch {
-            nodes,
-            protocol: "pipeline".into(),
-            config: Some(path),
-            out: Some(dir),
-            net: NodeNet::default(),
-            kill: Vec::new(),
-            late: None,
-            replace: false,
-            leave: false,
-            netns: false,
-            emulate_link: true,
-        })
-        .with_context(|| format!("arm {:?}", arm.label))?;
+        let summary = launch(Launch { emulate_link: true, ..Launch::plain(nodes, "pipeline", Some(path), Some(dir)) })
+            .with_context(|| format!("arm {:?}", arm.label))?;
         let (q, s) = summary
             .fidelity
             .map_or(("-".into(), "-".into()), |(q, s)| (format!("{:.1}", q * 1e3), format!("{:.1}", s * 1e3)));
@@ -597,6 +651,67 @@ struct Spawner {
     lines: mpsc::Sender<(usize, String)>,
     /// Each node's network namespace, with `--netns`.
     namespaces: Option<Vec<String>>,
+    /// The relay every node joins through, with `--p2p`.
+    bootstrap: Option<String>,
+}
+
+/// The relay of a `--p2p` launch: a `swarmlab relay` process (in a namespace of its own with
+/// `--netns`), and the address the nodes join with.
+struct Relay {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Relay {
+    /// Starts the relay, its output in `logs/relay.log`, and waits (10 s at most) for its address.
+    fn start(exe: &Path, out: &Path, spaces: Option<&Namespaces>) -> Result<Self> {
+        let (namespace, listen) = match spaces.and_then(Namespaces::relay) {
+            Some((ns, addr)) => (Some(ns), addr),
+            None => (None, free_addrs(1)?[0]),
+        };
+        let mut command = match &namespace {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let addr_file = out.join("relay.addr");
+        let log = std::fs::File::create(out.join("logs").join("relay.log"))?;
+        let child = command
+            .arg("relay")
+            .arg("--key")
+            .arg(out.join("keys").join("relay.key"))
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the relay")?;
+        let mut relay = Self { child, bootstrap: String::new() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while relay.bootstrap.is_empty() {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                relay.bootstrap = text.lines().next().unwrap_or_default().to_owned();
+            } else if Instant::now() > deadline || relay.child.try_wait()?.is_some() {
+                let _ = relay.stop();
+                bail!("the relay did not start within 10 s (see logs/relay.log)");
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(relay)
+    }
+
+    /// Stops the relay; the journal's line for it.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        format!("stopped the relay at {}", self.bootstrap)
+    }
 }
 
 impl Spawner {
@@ -613,6 +728,12 @@ impl Spawner {
         command.arg("node").args(["--protocol", &self.launch.protocol]);
         if let Some(bind) = p.bind {
             command.arg("--bind").arg(bind.to_string());
+        }
+        if let Some(bootstrap) = &self.bootstrap {
+            command.arg("--bootstrap").arg(bootstrap);
+            if self.launch.relay_only {
+                command.arg("--relay-only");
+            }
         }
         match start {
             Start::Now => {}

@@ -59,6 +59,10 @@ const KADEMLIA: StreamProtocol = StreamProtocol::new("/swarmlab/kad/1");
 /// How long a node waits, after a relayed connection, for hole punching to settle before it sends
 /// through the relay anyway (DCUtR makes up to three attempts, each a round trip or two).
 const PUNCH_WAIT: Duration = Duration::from_secs(10);
+/// How long a connection with no stream open stays up. QUIC's keep-alives and idle timeout find dead
+/// peers; the swarm's own timeout would otherwise close a connection between two of a run's messages
+/// (and, behind NAT, the hole punched for it).
+const CONNECTION_LINGER: Duration = Duration::from_secs(3600);
 /// How often pending lookups and punches are looked at again.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -164,9 +168,9 @@ pub struct PeerPath {
 impl std::fmt::Display for PeerPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match (self.direct, self.relayed, self.hole_punched) {
-            (true, _, true) => "direct (hole punched through the relay's introduction)",
+            (true, _, true) => "direct (hole punched after the relay's introduction)",
             (true, false, false) => "direct",
-            (true, true, false) => "direct (after a relayed connection)",
+            (true, true, false) => "direct (upgraded from a relayed connection)",
             (false, true, _) => "through the relay",
             (false, false, _) => "not connected",
         })
@@ -437,7 +441,7 @@ fn build_swarm(keypair: libp2p::identity::Keypair, config: &Config) -> Result<Sw
             }
         })
         .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(CONNECTION_LINGER))
         .build();
     Ok(swarm)
 }
