@@ -142,10 +142,15 @@ impl Node {
                 NodeEndpoint::Quic(Endpoint::bind(&self.identity, self.book.clone(), self.quic.clone())?)
             }
             Some(config) => {
+                let started = std::time::Instant::now();
                 let endpoint =
                     runtime.block_on(p2p::Endpoint::start(&self.identity, self.book.clone(), config.clone()))?;
                 let addrs: Vec<String> = endpoint.listen_addrs().iter().map(ToString::to_string).collect();
-                eprintln!("joined the swarm through its relay; reachable at {}", addrs.join(", "));
+                eprintln!(
+                    "joined the swarm through its relay in {:.0} ms; reachable at {}",
+                    started.elapsed().as_secs_f64() * 1e3,
+                    addrs.join(", ")
+                );
                 NodeEndpoint::P2p(endpoint)
             }
         };
