@@ -378,6 +378,20 @@ enum Command {
         #[arg(long)]
         addr_file: Option<PathBuf>,
     },
+    /// Link emulators for `swarmlab launch --netns --emulate-link`, run inside the namespaces' switch:
+    /// each `--link LISTEN=FORWARD` relays datagrams to a node through the link model, and the relays'
+    /// counters are written to `--stats` (atomically, every 200 ms and at Ctrl-C).
+    #[command(hide = true)]
+    LinkEmulator {
+        #[arg(long = "link", required = true)]
+        links: Vec<String>,
+        #[arg(long)]
+        latency_ms: f64,
+        #[arg(long)]
+        mbit_per_s: f64,
+        #[arg(long)]
+        stats: PathBuf,
+    },
     /// Run a whole swarm of real nodes on this machine: N `swarmlab node` processes on loopback, a key
     /// each and one peers file, in one run folder. Streams their progress, can kill one mid-run, and
     /// gathers their results and HDF5 logs into launch.h5 and report.md.
@@ -413,10 +427,11 @@ enum Command {
         /// Run every node in a network namespace of its own (its own address, its own IP stack), joined
         /// by veth pairs to a bridge: hosts of their own on one machine. Needs root; the namespaces are
         /// deleted when the launch ends.
-        #[arg(long, conflicts_with = "emulate_link")]
+        #[arg(long)]
         netns: bool,
         /// Put the configuration's link model (latency, bandwidth) between the nodes with a relay in
-        /// front of each, and compare the time per step with the simulated network's prediction.
+        /// front of each, and compare the time per step with the simulated network's prediction (with
+        /// --netns the relays run in the namespaces' switch).
         #[arg(long)]
         emulate_link: bool,
         /// Start a relay (`swarmlab relay`) beside the nodes and have every node join through it
@@ -648,6 +663,9 @@ where
             sapo_swarm::node(cfg, &key, &peers, out, node_net(idle_timeout_s, bind, p2p)?)
         }
         Command::Relay { key, listen, addr_file } => node::relay(&key, listen, addr_file.as_deref()),
+        Command::LinkEmulator { links, latency_ms, mbit_per_s, stats } => {
+            launch::emulate_links(&links, transport::sim::LinkSpec::mbit(latency_ms, mbit_per_s), &stats)
+        }
         Command::Launch {
             local,
             protocol,

@@ -1164,6 +1164,40 @@ fn nodes_that_join_through_a_relay_train_the_same_bits_as_nodes_that_dial_each_o
     Ok(())
 }
 
+/// Link emulation between hosts of their own: with `--netns --emulate-link`, the emulators run in the
+/// switch's namespace, one in front of each node; a DDP run through them ends with the same bits as on
+/// loopback without them, and the report sets its time per step beside the simulated network's.
+#[test]
+fn emulated_links_between_network_namespaces_keep_the_bits() -> Result<(), Box<dyn std::error::Error>> {
+    let probe = format!("swl-emu-probe-{}", std::process::id());
+    let permitted =
+        std::process::Command::new("ip").args(["netns", "add", &probe]).output().is_ok_and(|o| o.status.success());
+    if !permitted {
+        eprintln!("skipped: network namespaces are not permitted here (`ip netns add` needs root and iproute2)");
+        return Ok(());
+    }
+    let _ = std::process::Command::new("ip").args(["netns", "del", &probe]).output();
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("ddp.toml");
+    let arm = "label = \"DDP R=2\"\nstages = 1\nreplicas = 2\n";
+    std::fs::write(&config, node_run(4, "latency_ms = 5\nmbit_per_s = 100\n", arm))?;
+    let (loopback, emulated) = (dir.path().join("loopback"), dir.path().join("emulated"));
+    launch_pipeline(&config, 2, &[], &loopback)?;
+    let report = launch_pipeline(&config, 2, &["--netns", "--emulate-link"], &emulated)?;
+    assert_eq!(worker_hashes(&emulated, 0..2)?, worker_hashes(&loopback, 0..2)?);
+    assert!(report.contains("a link emulator in front of each node"), "{report}");
+    let journal = std::fs::read_to_string(emulated.join("launch.log"))?;
+    let moved = journal
+        .lines()
+        .find_map(|l| l.strip_prefix("link emulators: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| format!("no emulator counters: {journal}"))?;
+    assert!(moved > 100, "{journal}");
+    assert!(journal.contains("predicted by the simulated network"), "{journal}");
+    Ok(())
+}
+
 /// Two home routers and a public node: nodes 1 and 2 each sit behind a NAT namespace of their own
 /// (nftables masquerade; nobody can dial them), node 0 and the relay on the shared bridge. Each node is
 /// given only the relay's address. The SAPO swarm plays every round, every pair exchanges messages, and

@@ -211,9 +211,15 @@ impl Drop for LinkRelay {
 }
 
 /// A socket of the relay's own, connected to the node: the node sees each sender as this socket.
+/// A socket of its own towards the node (a loopback one for a node on loopback; else on whatever interface
+/// routes to it, as in network namespaces).
 async fn open_upstream(target: SocketAddr) -> std::io::Result<UdpSocket> {
-    let any: SocketAddr =
-        if target.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { (std::net::Ipv6Addr::LOCALHOST, 0).into() };
+    let any: SocketAddr = match (target.is_ipv4(), target.ip().is_loopback()) {
+        (true, true) => ([127, 0, 0, 1], 0).into(),
+        (true, false) => ([0, 0, 0, 0], 0).into(),
+        (false, true) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
+        (false, false) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
     let socket = UdpSocket::bind(any).await?;
     socket.connect(target).await?;
     Ok(socket)

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use transport::relay::LinkRelay;
+use transport::relay::{LinkRelay, RelayStats};
 use transport::sim::LinkSpec;
 use transport::{Identity, PeerBook};
 
@@ -195,7 +195,7 @@ struct Place {
 /// Keys for `n` nodes in `dir/keys` and the peers file `dir/peers.toml`, in the order of the places the
 /// nodes get (a place is the id's rank in the peers file). With `behind_relays`, each node listens on an
 /// address of its own and the peers file names the relay in front of it; with `spaces`, node `i` is at
-/// its namespace's address.
+/// its namespace's address (and its relay, if any, at an address of the switch's).
 fn make_places(dir: &Path, n: usize, behind_relays: bool, spaces: Option<&Namespaces>) -> Result<Vec<Place>> {
     let keys = dir.join("keys");
     std::fs::create_dir_all(&keys).with_context(|| format!("cannot create {}", keys.display()))?;
@@ -204,6 +204,9 @@ fn make_places(dir: &Path, n: usize, behind_relays: bool, spaces: Option<&Namesp
     let mut identities = (0..n).map(|_| Identity::generate()).collect::<std::result::Result<Vec<_>, _>>()?;
     identities.sort_by_key(Identity::peer_id);
     let mut addrs = match spaces {
+        Some(spaces) if behind_relays => {
+            (0..n).flat_map(|i| [spaces.emulator_addr(i), spaces.addr(i)]).collect::<Vec<_>>().into_iter()
+        }
         Some(spaces) => (0..n).map(|i| spaces.addr(i)).collect::<Vec<_>>().into_iter(),
         None => free_addrs(if behind_relays { 2 * n } else { n })?.into_iter(),
     };
@@ -260,11 +263,6 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
         });
     }
-    if launch.netns && launch.emulate_link {
-        bail!(
-            "--netns and --emulate-link: the link emulators listen on this machine's loopback, which the namespaces do not share"
-        );
-    }
     if !launch.behind_nat.is_empty() && (!launch.netns || !launch.p2p) {
         bail!(
             "--behind-nat puts nodes behind NAT routers in network namespaces: it needs --netns (and joins with --p2p)"
@@ -276,15 +274,25 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
         );
     }
     let (text, link) = prepare_config(&launch)?;
-    let spaces =
-        if launch.netns { Some(Namespaces::create(launch.nodes, &launch.behind_nat, launch.p2p)?) } else { None };
+    let spaces = if launch.netns {
+        Some(Namespaces::create(launch.nodes, &launch.behind_nat, launch.p2p, launch.emulate_link)?)
+    } else {
+        None
+    };
     let out = out_dir(launch.out.clone(), "launch")?;
     let config = out.join("config.toml");
     write_atomic(&config, text.as_bytes())?;
     let places = make_places(&out, launch.nodes, launch.emulate_link, spaces.as_ref())?;
     // The link emulators run on a runtime of their own for as long as the swarm does.
     let relay_runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let relays: Vec<LinkRelay> = if launch.emulate_link {
+    let (logs, results) = (out.join("logs"), out.join("nodes"));
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    // In network namespaces the emulators run in the switch's namespace, as a process of their own.
+    let mut emulator = match &spaces {
+        Some(spaces) if launch.emulate_link => Some(NamespacedLinks::start(&out, spaces, &places, link)?),
+        _ => None,
+    };
+    let relays: Vec<LinkRelay> = if launch.emulate_link && emulator.is_none() {
         relay_runtime.block_on(async {
             let mut relays = Vec::new();
             for (i, p) in places.iter().enumerate() {
@@ -296,8 +304,6 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     } else {
         Vec::new()
     };
-    let (logs, results) = (out.join("logs"), out.join("nodes"));
-    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let exe = std::env::current_exe().context("cannot find the swarmlab executable")?;
     let mut relay = if launch.p2p { Some(Relay::start(&exe, &out, spaces.as_ref())?) } else { None };
     let started = Instant::now();
@@ -548,10 +554,11 @@ pub(crate) fn launch(launch: Launch) -> Result<Summary> {
     NodeLog::gather(&gathered, &out.join("launch.h5"))?;
     let mut fidelity = None;
     if launch.emulate_link {
-        let moved = relays
-            .iter()
-            .map(LinkRelay::stats)
-            .fold((0, 0, 0), |a, s| (a.0 + s.delivered, a.1 + s.bytes, a.2 + s.dropped));
+        let moved = match emulator.take() {
+            Some(emulator) => emulator.stop()?,
+            None => total(&relays),
+        };
+        let moved = (moved.delivered, moved.bytes, moved.dropped);
         journal
             .push(format!("link emulators: {} datagrams ({} bytes) delivered, {} dropped", moved.0, moved.1, moved.2));
         if launch.protocol == "pipeline" {
@@ -653,6 +660,107 @@ struct Spawner {
     namespaces: Option<Vec<String>>,
     /// The relay every node joins through, with `--p2p`.
     bootstrap: Option<String>,
+}
+
+/// `--netns --emulate-link`: the link emulators, a `swarmlab link-emulator` process in the switch's
+/// namespace, each listening at an address of the switch's and forwarding to its node's.
+struct NamespacedLinks {
+    child: Child,
+    stats: PathBuf,
+}
+
+impl NamespacedLinks {
+    fn start(out: &Path, spaces: &Namespaces, places: &[Place], link: LinkSpec) -> Result<Self> {
+        let stats = out.join("link-stats.json");
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &spaces.switch()]).arg(std::env::current_exe()?).arg("link-emulator");
+        for p in places {
+            let real = p.bind.context("a node behind a link emulator has its own address")?;
+            command.arg("--link").arg(format!("{}={real}", p.listed));
+        }
+        let log = std::fs::File::create(out.join("logs").join("link-emulator.log"))?;
+        let child = command
+            .arg("--latency-ms")
+            .arg((link.latency.as_secs_f64() * 1e3).to_string())
+            .arg("--mbit-per-s")
+            .arg((link.bandwidth * 8.0 / 1e6).to_string())
+            .arg("--stats")
+            .arg(&stats)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the link emulators")?;
+        let mut links = Self { child, stats };
+        // Up once it has written its first counters.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !links.stats.is_file() {
+            if Instant::now() > deadline || links.child.try_wait()?.is_some() {
+                let _ = links.child.kill();
+                bail!("the link emulators did not start within 10 s (see logs/link-emulator.log)");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(links)
+    }
+
+    /// Stops the emulators (Ctrl-C, so that they write their last counters) and reads the counters.
+    fn stop(mut self) -> Result<RelayStats> {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.child.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.stats).with_context(|| format!("{}", self.stats.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let count = |k: &str| v[k].as_u64().unwrap_or(0);
+        Ok(RelayStats { delivered: count("delivered"), bytes: count("bytes"), dropped: count("dropped") })
+    }
+}
+
+/// What a launch's link emulators moved, summed.
+fn total(relays: &[LinkRelay]) -> RelayStats {
+    relays.iter().map(LinkRelay::stats).fold(RelayStats::default(), |a, s| RelayStats {
+        delivered: a.delivered + s.delivered,
+        bytes: a.bytes + s.bytes,
+        dropped: a.dropped + s.dropped,
+    })
+}
+
+/// `swarmlab link-emulator`: a link emulator per `LISTEN=FORWARD` pair, with link model `link`, until
+/// Ctrl-C; their summed counters go to `stats` every 200 ms and at the end.
+pub(crate) fn emulate_links(links: &[String], link: LinkSpec, stats: &Path) -> Result<()> {
+    let pairs = links
+        .iter()
+        .map(|l| {
+            let (listen, forward) =
+                l.split_once('=').with_context(|| format!("--link {l}: expected LISTEN=FORWARD"))?;
+            Ok((listen.parse::<SocketAddr>()?, forward.parse::<SocketAddr>()?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let relays = runtime.block_on(async {
+        let mut relays = Vec::new();
+        for (i, (listen, forward)) in pairs.into_iter().enumerate() {
+            relays.push(LinkRelay::start(listen, forward, link, 0x5eed + i as u64).await?);
+        }
+        anyhow::Ok(relays)
+    })?;
+    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stopped = stopped.clone();
+        ctrlc::set_handler(move || stopped.store(true, std::sync::atomic::Ordering::SeqCst))?;
+    }
+    loop {
+        let t = total(&relays);
+        let json = serde_json::json!({ "delivered": t.delivered, "bytes": t.bytes, "dropped": t.dropped });
+        write_atomic(stats, json.to_string().as_bytes())?;
+        if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The relay of a `--p2p` launch: a `swarmlab relay` process (in a namespace of its own with

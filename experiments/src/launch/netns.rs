@@ -26,6 +26,8 @@ pub(crate) struct Namespaces {
     behind_nat: Vec<usize>,
     /// Whether a namespace holds a relay.
     relay: bool,
+    /// Whether the switch holds an address per node for its link emulator.
+    emulated: bool,
     created: Vec<String>,
 }
 
@@ -75,10 +77,13 @@ table ip filter {
 
 impl Namespaces {
     /// Namespaces for `nodes` nodes, named after this process (so that concurrent launches never meet).
-    /// `behind_nat` nodes each get a NAT router of their own; `relay` adds a namespace for a relay.
-    pub(crate) fn create(nodes: usize, behind_nat: &[usize], relay: bool) -> Result<Self> {
-        if nodes > 250 {
-            bail!("--netns: {nodes} nodes do not fit one /24");
+    /// `behind_nat` nodes each get a NAT router of their own; `relay` adds a namespace for a relay;
+    /// `emulated` gives the switch an address per node for the link emulator in front of it.
+    pub(crate) fn create(nodes: usize, behind_nat: &[usize], relay: bool, emulated: bool) -> Result<Self> {
+        if nodes > 250 || (emulated && nodes > 100) {
+            bail!(
+                "--netns: {nodes} nodes do not fit one /24 (100 with --emulate-link: each has an emulator's address too)"
+            );
         }
         if let Some(i) = behind_nat.iter().find(|&&i| i >= nodes) {
             bail!("--behind-nat {i}: there are only nodes 0 to {}", nodes - 1);
@@ -88,13 +93,15 @@ impl Namespaces {
             nodes,
             behind_nat: behind_nat.to_vec(),
             relay,
+            emulated,
             created: Vec::new(),
         };
         spaces.build().context("--netns: could not set up network namespaces (this needs root and iproute2)")?;
         Ok(spaces)
     }
 
-    fn switch(&self) -> String {
+    /// The namespace of the bridge that joins the others.
+    pub(crate) fn switch(&self) -> String {
         format!("{}-sw", self.tag)
     }
 
@@ -111,6 +118,11 @@ impl Namespaces {
             Ipv4Addr::new(10, 213, 0, i as u8 + 1)
         };
         SocketAddr::new(IpAddr::V4(ip), PORT)
+    }
+
+    /// Where the link emulator in front of node `i` listens (an address of the switch's).
+    pub(crate) fn emulator_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 213, 0, i as u8 + 101)), PORT)
     }
 
     /// The relay's namespace and address, if there is one.
@@ -174,6 +186,11 @@ impl Namespaces {
                 self.plug(&ns, &format!("n{i}"), Ipv4Addr::new(10, 213, 0, i as u8 + 1))?;
             }
         }
+        if self.emulated {
+            for i in 0..self.nodes {
+                ip(&["-n", &switch, "addr", "add", &format!("{}/24", self.emulator_addr(i).ip()), "dev", "br0"])?;
+            }
+        }
         if let Some((ns, addr)) = self.relay() {
             self.add(ns.clone())?;
             let IpAddr::V4(ip) = addr.ip() else { bail!("the relay's address is IPv4") };
@@ -199,6 +216,9 @@ impl Namespaces {
         }
         if let Some((ns, addr)) = self.relay() {
             text += &format!("; the relay in {ns} at {addr}");
+        }
+        if self.emulated {
+            text += "; a link emulator in front of each node, in the switch's namespace at 10.213.0.<i+101>";
         }
         text
     }
