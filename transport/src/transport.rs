@@ -21,10 +21,12 @@ pub struct Envelope {
 
 /// Moves framed messages between peers.
 ///
-/// Implementations: [`sim::SimEndpoint`](crate::sim::SimEndpoint) (in-process, virtual time) and
-/// [`quic::Endpoint`](crate::quic::Endpoint) (real network). Both are cheap to clone and can be used from
-/// many tasks at once. Delivery is at most once and, per pair of peers, in order on the simulated network
-/// (QUIC sends each message on its own stream, so messages may overtake each other).
+/// Implementations: [`sim::SimEndpoint`](crate::sim::SimEndpoint) (in-process, virtual time),
+/// [`quic::Endpoint`](crate::quic::Endpoint) (real network, peers dialled at known addresses) and
+/// [`p2p::Endpoint`](crate::p2p::Endpoint) (real network, peers found through a relay, NAT traversed). All
+/// are cheap to clone and can be used from many tasks at once. Delivery is at most once and, per pair of
+/// peers, in order on the simulated network (both real ones send each message on its own stream, so
+/// messages may overtake each other).
 ///
 /// `recv` is cancellation-safe: if its future is dropped before completing, no message is lost.
 pub trait Transport: Clone + Send + Sync + 'static {

@@ -695,7 +695,6 @@ impl NamespacedLinks {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !links.stats.is_file() {
             if Instant::now() > deadline || links.child.try_wait()?.is_some() {
-                let _ = links.child.kill();
                 bail!("the link emulators did not start within 10 s (see logs/link-emulator.log)");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -710,8 +709,6 @@ impl NamespacedLinks {
         while self.child.try_wait()?.is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let text = std::fs::read_to_string(&self.stats).with_context(|| format!("{}", self.stats.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text)?;
         let count = |k: &str| v[k].as_u64().unwrap_or(0);
@@ -726,6 +723,14 @@ fn total(relays: &[LinkRelay]) -> RelayStats {
         bytes: a.bytes + s.bytes,
         dropped: a.dropped + s.dropped,
     })
+}
+
+impl Drop for NamespacedLinks {
+    /// However the launch ends, the emulators do not outlive it.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `swarmlab link-emulator`: a link emulator per `LISTEN=FORWARD` pair, with link model `link`, until
@@ -805,7 +810,6 @@ impl Relay {
             if let Ok(text) = std::fs::read_to_string(&addr_file) {
                 relay.bootstrap = text.lines().next().unwrap_or_default().to_owned();
             } else if Instant::now() > deadline || relay.child.try_wait()?.is_some() {
-                let _ = relay.stop();
                 bail!("the relay did not start within 10 s (see logs/relay.log)");
             } else {
                 std::thread::sleep(Duration::from_millis(20));
@@ -815,10 +819,16 @@ impl Relay {
     }
 
     /// Stops the relay; the journal's line for it.
-    fn stop(mut self) -> String {
+    fn stop(self) -> String {
+        format!("stopped the relay at {}", self.bootstrap)
+    }
+}
+
+impl Drop for Relay {
+    /// However the launch ends, the relay does not outlive it.
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        format!("stopped the relay at {}", self.bootstrap)
     }
 }
 

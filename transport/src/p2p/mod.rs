@@ -63,6 +63,8 @@ const PUNCH_WAIT: Duration = Duration::from_secs(10);
 /// peers; the swarm's own timeout would otherwise close a connection between two of a run's messages
 /// (and, behind NAT, the hole punched for it).
 const CONNECTION_LINGER: Duration = Duration::from_secs(3600);
+/// How often a node publishes its record again.
+const REPUBLISH: Duration = Duration::from_secs(60);
 /// How often pending lookups and punches are looked at again.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -424,7 +426,13 @@ fn build_swarm(keypair: libp2p::identity::Keypair, config: &Config) -> Result<Sw
         .with_behaviour(|key, relay_client| {
             let id = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(KADEMLIA);
-            kad_config.set_record_ttl(None).set_query_timeout(handshake);
+            // Records never expire, and each node publishes its own again every minute: a relay that
+            // restarted (and lost its table) knows everyone again a minute later.
+            kad_config
+                .set_record_ttl(None)
+                .set_publication_interval(Some(REPUBLISH))
+                .set_replication_interval(Some(REPUBLISH))
+                .set_query_timeout(handshake);
             let mut kademlia = kad::Behaviour::with_config(id, kad::store::MemoryStore::new(id), kad_config);
             kademlia.set_mode(Some(if role == Role::Relay { kad::Mode::Server } else { kad::Mode::Client }));
             let relay_server = (role == Role::Relay).then(|| relay::Behaviour::new(id, swarm_relay_config()));
@@ -782,8 +790,10 @@ impl Driver {
                     if let Some(mut query) = self.swarm.behaviour_mut().kademlia.query_mut(&id) {
                         query.finish();
                     }
-                    if let Err(reason) = outcome {
-                        self.lookup_failed(peer, reason);
+                    match outcome {
+                        // Already connected: the sends waiting on it may go now.
+                        Ok(()) => self.answer_pending(),
+                        Err(reason) => self.lookup_failed(peer, reason),
                     }
                 }
                 QueryResult::PutRecord(put) if self.publish == Some(id) => match put {
