@@ -1376,9 +1376,19 @@ fn a_codezero_swarm_of_four_nodes_outlives_a_killed_one() -> Result<(), Box<dyn 
     Ok(())
 }
 
+/// A process stopped when the test ends, however it ends.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The Slurm recipe's task script, run as three tasks of one job on this machine: the tasks meet in the
-/// output folder, make one peers file, and play a SAPO swarm to the end; a task whose peers never come
-/// gives up by name.
+/// output folder, make one peers file, join through a relay (`SWARM_BOOTSTRAP`) and play a SAPO swarm to
+/// the end; a task whose peers never come gives up by name.
 #[test]
 fn the_slurm_task_script_forms_a_swarm_from_its_tasks() -> Result<(), Box<dyn std::error::Error>> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm/swarm-task.sh");
@@ -1394,6 +1404,26 @@ fn the_slurm_task_script_forms_a_swarm_from_its_tasks() -> Result<(), Box<dyn st
         }
     };
     let out = dir.path().join("job");
+    // A relay the tasks join through, as nodes behind NAT would.
+    let addr_file = dir.path().join("relay.addr");
+    let _relay = Stopped(
+        swarmlab()
+            .args(["relay", "--listen", "127.0.0.1:0", "--key"])
+            .arg(dir.path().join("relay.key"))
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let started = std::time::Instant::now();
+    let bootstrap = loop {
+        if let Ok(text) = std::fs::read_to_string(&addr_file) {
+            break text.lines().next().unwrap_or_default().to_owned();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the relay never wrote its address");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let task = |rank: usize, tasks: usize, out: &std::path::Path, wait_s: u32| {
         Command::new("bash")
             .arg(&script)
@@ -1406,6 +1436,7 @@ fn the_slurm_task_script_forms_a_swarm_from_its_tasks() -> Result<(), Box<dyn st
             .env("SWARM_HOST", "127.0.0.1")
             .env("SWARM_PORT_BASE", base.to_string())
             .env("SWARM_WAIT_S", wait_s.to_string())
+            .env("SWARM_BOOTSTRAP", &bootstrap)
             .env("SWARMLAB", env!("CARGO_BIN_EXE_swarmlab"))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -1415,7 +1446,11 @@ fn the_slurm_task_script_forms_a_swarm_from_its_tasks() -> Result<(), Box<dyn st
     let mut places = Vec::new();
     for (rank, child) in children.into_iter().enumerate() {
         let done = child.wait_with_output()?;
-        assert!(done.status.success(), "task {rank}: {}", String::from_utf8_lossy(&done.stderr));
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert!(
+            done.status.success() && stderr.contains("joined the swarm through its relay"),
+            "task {rank}: {stderr}"
+        );
         let task_dir = out.join(format!("task-{rank}"));
         let peers = std::fs::read_to_string(task_dir.join("peers.toml"))?;
         assert_eq!(peers.matches("[[peer]]").count(), 3, "task {rank}'s peers file lists every task");

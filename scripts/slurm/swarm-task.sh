@@ -4,6 +4,8 @@
 # with the peers file they make together. Reads SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID; the
 # node listens on its host's first address (override with SWARM_HOST) at port SWARM_PORT_BASE (default
 # 4100) + SLURM_LOCALID. Waits at most SWARM_WAIT_S seconds (default 300) for the other tasks.
+# With SWARM_BOOTSTRAP set to a relay's address (`swarmlab relay` prints it), the nodes join through that
+# relay instead of dialling each other (machines behind NAT, e.g. across sites).
 set -euo pipefail
 protocol=${1:?usage: swarm-task.sh PROTOCOL CONFIG OUT}
 config=${2:?usage: swarm-task.sh PROTOCOL CONFIG OUT}
@@ -38,5 +40,7 @@ for i in $(seq 0 $((tasks - 1))); do
     echo
 done > "$dir/peers.toml"
 
+join=()
+if [ -n "${SWARM_BOOTSTRAP:-}" ]; then join=(--bootstrap "$SWARM_BOOTSTRAP"); fi
 exec "$swarmlab" node --protocol "$protocol" --config "$config" --key "$dir/node.key" \
-    --peers "$dir/peers.toml" --out "$dir"
+    --peers "$dir/peers.toml" --out "$dir" "${join[@]}"
