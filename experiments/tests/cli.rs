@@ -1202,7 +1202,8 @@ fn emulated_links_between_network_namespaces_keep_the_bits() -> Result<(), Box<d
 /// (nftables masquerade; nobody can dial them), node 0 and the relay on the shared bridge. Each node is
 /// given only the relay's address. The SAPO swarm plays every round, every pair exchanges messages, and
 /// the test says for each pair whether it went direct (hole punched through both NATs) or through the
-/// relay. Where network namespaces or nftables are not available, it says so and skips.
+/// relay. Then a DDP pipeline with two of its three workers behind NAT ends with the bits of the same run
+/// on loopback. Where network namespaces or nftables are not available, it says so and skips.
 #[test]
 fn nodes_behind_nat_join_from_one_bootstrap_address_and_punch_through() -> Result<(), Box<dyn std::error::Error>> {
     let probe = format!("swl-nat-probe-{}", std::process::id());
@@ -1249,6 +1250,15 @@ fn nodes_behind_nat_join_from_one_bootstrap_address_and_punch_through() -> Resul
         assert!(how.starts_with("direct") || how == "through the relay", "{i} -> {j}: {how}");
         eprintln!("node {i} -> node {j}: {how}");
     }
+    let report = std::fs::read_to_string(run.join("report.md"))?;
+    assert!(report.contains("## How the nodes talked"), "{report}");
+    // Training through the NATs: a DDP pipeline ends with the bits of the same run on loopback.
+    let config = dir.path().join("ddp.toml");
+    std::fs::write(&config, node_run(4, "", "label = \"DDP R=3\"\nstages = 1\nreplicas = 3\n"))?;
+    let (loopback, behind) = (dir.path().join("ddp-loopback"), dir.path().join("ddp-nat"));
+    launch_pipeline(&config, 3, &[], &loopback)?;
+    launch_pipeline(&config, 3, &["--netns", "--behind-nat", "0,2"], &behind)?;
+    assert_eq!(worker_hashes(&behind, 0..3)?, worker_hashes(&loopback, 0..3)?);
     Ok(())
 }
 

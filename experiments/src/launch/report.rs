@@ -168,6 +168,9 @@ pub(super) fn report(
             md.push_str("\nEvery node ended with the same weights, bit for bit.\n");
         }
     }
+    if launch.p2p {
+        md.push_str(&paths_table(launch.nodes, journal));
+    }
     if let Some(f) = fidelity {
         let _ = write!(
             md,
@@ -192,5 +195,29 @@ pub(super) fn report(
     md.push_str(
         "\nFiles: `config.toml` (what every node ran), `peers.toml` and `keys/` (the swarm), `logs/node-<i>.log` (each node's output; `node-<i>-successor.log`, `-successor-2.log`, … for a killed node's successors, `node-<i>-leave.log` for the announcement that it left, `node-<i>-back.log` for its return), `nodes/` (each node's result and `node-<i>.h5`), `launch.h5` (every node's series and events, a group `nodes/<i>` each), `launch.log` (what the launcher did).\n",
     );
+    md
+}
+
+/// With `--p2p`: how each node's messages to each other node travelled, as the nodes reported at their
+/// end (`p2p path to node j: …` lines, which the launcher keeps in its journal as `node i: …`).
+pub(super) fn paths_table(nodes: usize, journal: &[String]) -> String {
+    let mut md = String::from(
+        "\n## How the nodes talked\n\nEach node joined through the relay and reported, at its end, how its messages to each other node travelled (row: the sender).\n\n| from \\ to |",
+    );
+    for j in 0..nodes {
+        let _ = write!(md, " {j} |");
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(nodes));
+    md.push('\n');
+    for i in 0..nodes {
+        let _ = write!(md, "| {i} |");
+        for j in 0..nodes {
+            let prefix = format!("node {i}: p2p path to node {j}: ");
+            let cell = if i == j { "" } else { journal.iter().find_map(|l| l.strip_prefix(&prefix)).unwrap_or("-") };
+            let _ = write!(md, " {cell} |");
+        }
+        md.push('\n');
+    }
     md
 }

@@ -24,3 +24,21 @@ fn kills_and_progress_lines_parse() {
     assert_eq!(progress("step 3/100"), Some(3));
     assert_eq!(progress("agent 0: reward"), None);
 }
+
+#[test]
+fn the_paths_table_puts_each_reported_path_in_its_row_and_column() {
+    let journal: Vec<String> = [
+        "launched 3 sapo nodes",
+        "node 1: p2p path to node 2: direct (hole punched after the relay's introduction)",
+        "node 2: p2p path to node 1: through the relay",
+        "node 0: p2p path to node 1: direct",
+    ]
+    .map(String::from)
+    .to_vec();
+    let table = report::paths_table(3, &journal);
+    let row = |i: usize| table.lines().find(|l| l.starts_with(&format!("| {i} |"))).unwrap_or_default().to_owned();
+    assert_eq!(row(0), "| 0 |  | direct | - |");
+    assert_eq!(row(1), "| 1 | - |  | direct (hole punched after the relay's introduction) |");
+    assert_eq!(row(2), "| 2 | - | through the relay |  |");
+    assert!(table.contains("| from \\ to | 0 | 1 | 2 |"), "{table}");
+}
