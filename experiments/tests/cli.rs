@@ -1143,7 +1143,8 @@ fn nodes_in_network_namespaces_train_the_same_bits_as_on_loopback() -> Result<()
 
 /// Nodes that know only a relay's address (`launch --p2p`: each joins through the relay and finds the
 /// others in the swarm's Kademlia table) train a DDP pipeline to the same bits as nodes that dial the
-/// peers file's addresses; on loopback, with nothing in between, every pair talks directly.
+/// peers file's addresses — even with a worker killed and replaced by a successor with its key (the
+/// others drop their connections to its previous process); on loopback every pair talks directly.
 #[test]
 fn nodes_that_join_through_a_relay_train_the_same_bits_as_nodes_that_dial_each_other()
 -> Result<(), Box<dyn std::error::Error>> {
@@ -1152,8 +1153,9 @@ fn nodes_that_join_through_a_relay_train_the_same_bits_as_nodes_that_dial_each_o
     std::fs::write(&config, node_run(6, "", "label = \"DDP R=3\"\nstages = 1\nreplicas = 3\n"))?;
     let (dialled, joined) = (dir.path().join("quic"), dir.path().join("p2p"));
     launch_pipeline(&config, 3, &[], &dialled)?;
-    let report = launch_pipeline(&config, 3, &["--p2p"], &joined)?;
+    let report = launch_pipeline(&config, 3, &["--p2p", "--kill", "1@3", "--replace"], &joined)?;
     assert_eq!(worker_hashes(&joined, 0..3)?, worker_hashes(&dialled, 0..3)?);
+    assert!(report.contains("its successor finished"), "{report}");
     assert!(report.contains("every node joins through the relay at /ip4/127.0.0.1/udp/"), "{report}");
     let journal = std::fs::read_to_string(joined.join("launch.log"))?;
     for i in 0..3 {

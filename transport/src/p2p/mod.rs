@@ -34,7 +34,7 @@ use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum, Record, Recor
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{StreamProtocol, Swarm, dcutr, identify, noise, relay, yamux};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -63,8 +63,13 @@ const PUNCH_WAIT: Duration = Duration::from_secs(10);
 /// peers; the swarm's own timeout would otherwise close a connection between two of a run's messages
 /// (and, behind NAT, the hole punched for it).
 const CONNECTION_LINGER: Duration = Duration::from_secs(3600);
+/// How long sends wait for a new connection's other end to say which incarnation of its process it is
+/// (identify, one round trip) before going anyway.
+const IDENTIFY_WAIT: Duration = Duration::from_secs(2);
 /// How often a node publishes its record again.
 const REPUBLISH: Duration = Duration::from_secs(60);
+/// How long a send waits on a lookup or dial that has not answered before trying again.
+const RETRY_SILENT: Duration = Duration::from_secs(1);
 /// How often pending lookups and punches are looked at again.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -392,16 +397,24 @@ impl Endpoint {
         }
     }
 
+    /// Writes one message on a stream of its own. A stream that could not be opened sent nothing.
     async fn write_message(
         &self,
         peer: libp2p::PeerId,
         header: [u8; FRAME_HEADER_LEN],
         payload: &[u8],
-    ) -> Result<(), String> {
-        let mut stream = self.inner.control.clone().open_stream(peer, MESSAGES).await.map_err(|e| e.to_string())?;
-        stream.write_all(&header).await.map_err(|e| e.to_string())?;
-        stream.write_all(payload).await.map_err(|e| e.to_string())?;
-        stream.close().await.map_err(|e| e.to_string())
+    ) -> Result<(), WriteFailure> {
+        let mut stream = self
+            .inner
+            .control
+            .clone()
+            .open_stream(peer, MESSAGES)
+            .await
+            .map_err(|e| WriteFailure::NotOpened(e.to_string()))?;
+        let broken = |e: std::io::Error| WriteFailure::Broken(e.to_string());
+        stream.write_all(&header).await.map_err(broken)?;
+        stream.write_all(payload).await.map_err(broken)?;
+        stream.close().await.map_err(broken)
     }
 }
 
@@ -410,6 +423,8 @@ fn build_swarm(keypair: libp2p::identity::Keypair, config: &Config) -> Result<Sw
     let idle = config.idle_timeout;
     let handshake = config.connect_timeout;
     let (role, relay_only) = (config.role, config.relay_only);
+    // Told to every peer (identify's agent version): a restarted process is a new incarnation.
+    let incarnation: u64 = rand::random();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_quic_config(|mut quic| {
@@ -442,7 +457,7 @@ fn build_swarm(keypair: libp2p::identity::Keypair, config: &Config) -> Result<Sw
                 dcutr: (!relay_only).then(|| dcutr::Behaviour::new(id)).into(),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/swarmlab/1".into(), key.public())
-                        .with_agent_version(format!("swarmlab/{}", env!("CARGO_PKG_VERSION"))),
+                        .with_agent_version(format!("swarmlab/{} {incarnation:016x}", env!("CARGO_PKG_VERSION"))),
                 ),
                 kademlia,
                 messages: libp2p_stream::Behaviour::new(),
@@ -470,23 +485,45 @@ fn swarm_relay_config() -> relay::Config {
     }
 }
 
-/// Connections to one libp2p peer, by kind.
+/// One connection to a peer.
+struct Link {
+    relayed: bool,
+    /// When it was made.
+    at: Instant,
+    /// The incarnation of the peer's process at the other end, once identify has told it.
+    incarnation: Option<String>,
+}
+
+/// Connections to one libp2p peer.
 #[derive(Default)]
 struct Links {
-    direct: HashSet<ConnectionId>,
-    relayed: HashSet<ConnectionId>,
+    links: HashMap<ConnectionId, Link>,
     /// Hole punching may still upgrade a relayed connection until then.
     punch_until: Option<Instant>,
 }
 
 impl Links {
-    /// Whether sends may go: a direct connection, or a relayed one punching will not replace.
+    /// Whether sends may go: every connection's other end is known (or took too long to say), and there
+    /// is a direct connection, or a relayed one punching will not replace.
     fn settled(&self, now: Instant) -> bool {
-        !self.direct.is_empty() || (!self.relayed.is_empty() && self.punch_until.is_none_or(|t| t <= now))
+        let known = self.links.values().all(|l| l.incarnation.is_some() || now >= l.at + IDENTIFY_WAIT);
+        let relayed = self.links.values().any(|l| l.relayed);
+        known && (self.has_direct() || (relayed && self.punch_until.is_none_or(|t| t <= now)))
     }
 
     fn any(&self) -> bool {
-        !self.direct.is_empty() || !self.relayed.is_empty()
+        !self.links.is_empty()
+    }
+
+    fn has_direct(&self) -> bool {
+        self.links.values().any(|l| !l.relayed)
+    }
+
+    /// Takes out the connections `keep` says no to.
+    fn take_unless(&mut self, keep: impl Fn(&Link) -> bool) -> Vec<ConnectionId> {
+        let gone: Vec<ConnectionId> = self.links.iter().filter(|(_, l)| !keep(l)).map(|(id, _)| *id).collect();
+        self.links.retain(|_, l| keep(l));
+        gone
     }
 }
 
@@ -495,8 +532,9 @@ struct Pending {
     deadline: Instant,
     waiters: Vec<Reply>,
     libp2p: Option<libp2p::PeerId>,
-    /// No lookup or dial under way: try again then.
-    retry_at: Option<Instant>,
+    /// Look the peer up (and dial) again then, unless connected by then: soon after a failure, a while
+    /// after a lookup or dial that has not answered (a lost query must not stall the send).
+    next_try: Instant,
     last_error: String,
 }
 
@@ -621,7 +659,8 @@ impl Driver {
         }
         let deadline = now + self.shared.config.connect_timeout;
         let libp2p = self.known.get(&peer).copied();
-        let pending = Pending { deadline, waiters: vec![reply], libp2p, retry_at: None, last_error: String::new() };
+        let next_try = now + RETRY_SILENT;
+        let pending = Pending { deadline, waiters: vec![reply], libp2p, next_try, last_error: String::new() };
         self.pending.insert(peer, pending);
         if libp2p.is_none_or(|id| !self.links.get(&id).is_some_and(Links::any)) {
             self.look_up(peer);
@@ -664,13 +703,33 @@ impl Driver {
         debug!(local = %self.shared.traffic.id().short(), peer = %peer.short(), ?addrs, "dialling");
         let opts =
             DialOpts::peer_id(libp2p).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
-        self.swarm.dial(opts).map_err(|e| format!("dial: {e}"))
+        match self.swarm.dial(opts) {
+            // A dial (or a connection) is already under way: it will answer.
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => Ok(()),
+            Err(e) => Err(format!("dial: {e}")),
+        }
+    }
+
+    /// Connection `id` to `peer` leads to the process `incarnation`. A peer that restarted (a killed
+    /// node's successor, with its key) is a new incarnation: its old connections lead nowhere until they
+    /// idle out, and no message may go down them, so they are closed. (Both sides dialling at once make
+    /// two connections to the same incarnation, and both stay.)
+    fn identified(&mut self, peer: libp2p::PeerId, id: ConnectionId, incarnation: String) {
+        let Some(links) = self.links.get_mut(&peer) else { return };
+        let Some(link) = links.links.get_mut(&id) else { return };
+        link.incarnation = Some(incarnation.clone());
+        let stale = links.take_unless(|l| l.incarnation.as_ref().is_none_or(|i| *i == incarnation));
+        for old in stale {
+            debug!(%peer, "closing a connection to the peer's previous incarnation");
+            self.swarm.close_connection(old);
+        }
+        self.answer_pending();
     }
 
     fn lookup_failed(&mut self, peer: PeerId, reason: String) {
         if let Some(pending) = self.pending.get_mut(&peer) {
             pending.last_error = reason;
-            pending.retry_at = Some(Instant::now() + TICK);
+            pending.next_try = Instant::now() + TICK;
         }
     }
 
@@ -698,12 +757,13 @@ impl Driver {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        let links = &self.links;
         let retry: Vec<PeerId> = self
             .pending
             .iter_mut()
-            .filter(|(_, p)| p.retry_at.is_some_and(|t| t <= now))
+            .filter(|(_, p)| p.next_try <= now && !p.libp2p.and_then(|id| links.get(&id)).is_some_and(Links::any))
             .map(|(peer, p)| {
-                p.retry_at = None;
+                p.next_try = now + RETRY_SILENT;
                 *peer
             })
             .collect();
@@ -737,16 +797,15 @@ impl Driver {
                 let now = Instant::now();
                 let punching = relayed && !self.shared.config.relay_only;
                 let links = self.links.entry(peer_id).or_default();
+                links.links.insert(connection_id, Link { relayed, at: now, incarnation: None });
                 if relayed {
-                    links.relayed.insert(connection_id);
-                    if punching && links.direct.is_empty() {
+                    if punching && !links.has_direct() {
                         links.punch_until = Some(now + PUNCH_WAIT);
                     }
                 } else {
-                    links.direct.insert(connection_id);
                     links.punch_until = None;
-                    // Sends waited for this: no stream uses the relayed connections, which may now go.
-                    for relayed in links.relayed.clone() {
+                    // Sends waited for a direct connection: no stream uses the relayed ones, which may go.
+                    for relayed in links.take_unless(|l| !l.relayed) {
                         self.swarm.close_connection(relayed);
                     }
                 }
@@ -763,8 +822,7 @@ impl Driver {
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
                 if let Some(links) = self.links.get_mut(&peer_id) {
-                    links.direct.remove(&connection_id);
-                    links.relayed.remove(&connection_id);
+                    links.links.remove(&connection_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer_id), error, .. } => {
@@ -824,15 +882,24 @@ impl Driver {
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted { relay_peer_id, .. }) => {
                 debug!(relay = %relay_peer_id, "reservation accepted");
             }
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
-                if self.bootstrap.contains(&peer_id) =>
-            {
-                // What a relay we joined through sees of us: the address hole punching will try.
-                debug!(observed = %info.observed_addr, "observed by the relay");
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, connection_id }) => {
+                if self.bootstrap.contains(&peer_id) {
+                    // What a relay we joined through sees of us: the address hole punching will try.
+                    debug!(observed = %info.observed_addr, "observed by the relay");
+                }
+                self.identified(peer_id, connection_id, info.agent_version);
             }
             _ => {}
         }
     }
+}
+
+/// Why a message was not written.
+enum WriteFailure {
+    /// No stream could be opened: nothing was sent.
+    NotOpened(String),
+    /// The stream broke while the message was being written.
+    Broken(String),
 }
 
 /// Serves every incoming message stream.
@@ -912,15 +979,22 @@ impl Transport for Endpoint {
         if to == shared.traffic.id() {
             shared.traffic.deliver(to, payload).await?;
         } else {
-            let mut attempt = 0;
+            let deadline = Instant::now() + shared.config.connect_timeout;
+            let mut broken_once = false;
             loop {
                 let id = self.connect(to).await?;
                 match self.write_message(id, header, &payload).await {
                     Ok(()) => break,
-                    // The connection died between the check and the stream (the peer restarted, or
-                    // idled out): make another once.
-                    Err(_) if attempt == 0 => attempt += 1,
-                    Err(reason) => return Err(TransportError::Connection { peer: to, reason }),
+                    // The stream went to a connection that had just closed (one to the peer's previous
+                    // process, say) and sent nothing: try again until a live one takes it.
+                    Err(WriteFailure::NotOpened(_)) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    // The connection broke mid-message (the peer restarted, or idled out): once more.
+                    Err(WriteFailure::Broken(_)) if !broken_once => broken_once = true,
+                    Err(WriteFailure::NotOpened(reason) | WriteFailure::Broken(reason)) => {
+                        return Err(TransportError::Connection { peer: to, reason });
+                    }
                 }
             }
         }
