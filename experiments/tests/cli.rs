@@ -1079,20 +1079,29 @@ fn a_ddp_pipeline_goes_on_without_a_worker_that_left_with_the_same_bits() -> Res
     Ok(())
 }
 
+/// Why the namespace tests cannot run here, if they cannot: making a network namespace needs root and
+/// iproute2, and `needs` is a command (and what its failing means) that must also run inside one.
+fn namespaces_unavailable(needs: Option<(&[&str], &'static str)>) -> Option<&'static str> {
+    let probe = format!("swl-probe-{}", std::process::id());
+    let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output().is_ok_and(|o| o.status.success());
+    if !ip(&["netns", "add", &probe]) {
+        return Some("network namespaces are not permitted here (`ip netns add` needs root and iproute2)");
+    }
+    let missing = needs.filter(|(command, _)| !ip(&[&["netns", "exec", &probe][..], command].concat()));
+    ip(&["netns", "del", &probe]);
+    missing.map(|(_, why)| why)
+}
+
 /// Nodes on hosts of their own, on one machine: every node in a network namespace, joined by veth pairs
 /// to a bridge (`launch --netns`). A pipeline whose worker is killed there and replaced (checkpoint-restart
 /// from storage) ends with the same bits as the same run on loopback without the kill. Where network
 /// namespaces are not permitted (not root), the test says so and skips.
 #[test]
 fn nodes_in_network_namespaces_train_the_same_bits_as_on_loopback() -> Result<(), Box<dyn std::error::Error>> {
-    let probe = format!("swl-probe-{}", std::process::id());
-    let permitted =
-        std::process::Command::new("ip").args(["netns", "add", &probe]).output().is_ok_and(|o| o.status.success());
-    if !permitted {
-        eprintln!("skipped: network namespaces are not permitted here (`ip netns add` needs root and iproute2)");
+    if let Some(why) = namespaces_unavailable(None) {
+        eprintln!("skipped: {why}");
         return Ok(());
     }
-    let _ = std::process::Command::new("ip").args(["netns", "del", &probe]).output();
     let namespaces = || -> std::io::Result<String> {
         Ok(String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output()?.stdout)
             .into_owned())
@@ -1171,14 +1180,10 @@ fn nodes_that_join_through_a_relay_train_the_same_bits_as_nodes_that_dial_each_o
 /// loopback without them, and the report sets its time per step beside the simulated network's.
 #[test]
 fn emulated_links_between_network_namespaces_keep_the_bits() -> Result<(), Box<dyn std::error::Error>> {
-    let probe = format!("swl-emu-probe-{}", std::process::id());
-    let permitted =
-        std::process::Command::new("ip").args(["netns", "add", &probe]).output().is_ok_and(|o| o.status.success());
-    if !permitted {
-        eprintln!("skipped: network namespaces are not permitted here (`ip netns add` needs root and iproute2)");
+    if let Some(why) = namespaces_unavailable(None) {
+        eprintln!("skipped: {why}");
         return Ok(());
     }
-    let _ = std::process::Command::new("ip").args(["netns", "del", &probe]).output();
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("ddp.toml");
     let arm = "label = \"DDP R=2\"\nstages = 1\nreplicas = 2\n";
@@ -1208,17 +1213,9 @@ fn emulated_links_between_network_namespaces_keep_the_bits() -> Result<(), Box<d
 /// on loopback. Where network namespaces or nftables are not available, it says so and skips.
 #[test]
 fn nodes_behind_nat_join_from_one_bootstrap_address_and_punch_through() -> Result<(), Box<dyn std::error::Error>> {
-    let probe = format!("swl-nat-probe-{}", std::process::id());
-    let permitted =
-        std::process::Command::new("ip").args(["netns", "add", &probe]).output().is_ok_and(|o| o.status.success());
-    if !permitted {
-        eprintln!("skipped: network namespaces are not permitted here (`ip netns add` needs root and iproute2)");
-        return Ok(());
-    }
-    let nft = std::process::Command::new("ip").args(["netns", "exec", &probe, "nft", "list", "tables"]).output();
-    let _ = std::process::Command::new("ip").args(["netns", "del", &probe]).output();
-    if !nft.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: no nftables here (`nft`), which the NAT namespaces masquerade with");
+    let nft = (&["nft", "list", "tables"][..], "no nftables here (`nft`), which the NAT namespaces masquerade with");
+    if let Some(why) = namespaces_unavailable(Some(nft)) {
+        eprintln!("skipped: {why}");
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -1417,25 +1414,18 @@ fn the_slurm_task_script_forms_a_swarm_from_its_tasks() -> Result<(), Box<dyn st
     };
     let out = dir.path().join("job");
     // A relay the tasks join through, as nodes behind NAT would.
-    let addr_file = dir.path().join("relay.addr");
-    let _relay = Stopped(
-        swarmlab()
-            .args(["relay", "--listen", "127.0.0.1:0", "--key"])
-            .arg(dir.path().join("relay.key"))
-            .arg("--addr-file")
-            .arg(&addr_file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    );
-    let started = std::time::Instant::now();
-    let bootstrap = loop {
-        if let Ok(text) = std::fs::read_to_string(&addr_file) {
-            break text.lines().next().unwrap_or_default().to_owned();
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the relay never wrote its address");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let mut relay = swarmlab()
+        .args(["relay", "--listen", "127.0.0.1:0", "--key"])
+        .arg(dir.path().join("relay.key"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Its first line names the address to join with, once it listens.
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(relay.stdout.take().ok_or("relay stdout")?), &mut first)?;
+    let _relay = Stopped(relay);
+    let bootstrap =
+        first.trim().strip_prefix("--bootstrap ").ok_or_else(|| format!("relay said {first:?}"))?.to_owned();
     let task = |rank: usize, tasks: usize, out: &std::path::Path, wait_s: u32| {
         Command::new("bash")
             .arg(&script)

@@ -32,6 +32,16 @@ async fn member(
     Endpoint::start(identity, book, Config { bootstrap, relay_only, ..quick() }).await
 }
 
+/// A relay and two members that know only its address (and list each other).
+async fn relay_and_two_members(relay_only: bool) -> Result<(Endpoint, Endpoint, Endpoint), TransportError> {
+    let ids = identities(3);
+    let relay = relay(&ids[0]).await?;
+    let listed = book(&[&ids[1], &ids[2]]);
+    let a = member(&ids[1], listed.clone(), &relay, relay_only).await?;
+    let b = member(&ids[2], listed, &relay, relay_only).await?;
+    Ok((relay, a, b))
+}
+
 async fn recv_within(ep: &Endpoint, d: Duration) -> Option<Envelope> {
     tokio::time::timeout(d, ep.recv()).await.ok().and_then(Result::ok)
 }
@@ -78,11 +88,7 @@ async fn a_member_whose_relay_is_unreachable_says_it_could_not_join() -> Result<
 /// messages both ways, and (on loopback, with nothing in between) end up connected directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_find_each_other_from_one_bootstrap_address_and_connect_directly() -> Result<(), TransportError> {
-    let ids = identities(3);
-    let relay = relay(&ids[0]).await?;
-    let listed = book(&[&ids[1], &ids[2]]);
-    let a = member(&ids[1], listed.clone(), &relay, false).await?;
-    let b = member(&ids[2], listed, &relay, false).await?;
+    let (_relay, a, b) = relay_and_two_members(false).await?;
     a.send_msg(b.local_peer(), &"hello".to_string()).await?;
     let got = recv_within(&b, Duration::from_secs(5)).await.expect("a's message");
     assert_eq!(got.from, a.local_peer());
@@ -101,11 +107,7 @@ async fn members_find_each_other_from_one_bootstrap_address_and_connect_directly
 /// With `relay_only`, every byte goes through the relay, and large messages arrive whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_members_exchange_large_messages_through_the_relay() -> Result<(), TransportError> {
-    let ids = identities(3);
-    let relay = relay(&ids[0]).await?;
-    let listed = book(&[&ids[1], &ids[2]]);
-    let a = member(&ids[1], listed.clone(), &relay, true).await?;
-    let b = member(&ids[2], listed, &relay, true).await?;
+    let (_relay, a, b) = relay_and_two_members(true).await?;
     let big = Bytes::from((0..3 << 20).map(|i: u32| (i % 251) as u8).collect::<Vec<u8>>());
     for _ in 0..3 {
         a.send(b.local_peer(), big.clone()).await?;
