@@ -3,9 +3,11 @@
 //! messages in the same run. On loopback a link costs nothing, so the relayed figure is what the relay
 //! itself costs: a second hop through its process, and noise and yamux over the circuit.
 
+#[path = "support/batches.rs"]
+mod batches;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
@@ -13,34 +15,6 @@ use transport::{Codec, Identity, PeerBook, Transport, p2p, quic};
 
 const MESSAGE: usize = 4 << 20;
 const BATCH: usize = 8;
-
-/// Sends `BATCH` messages from `a` to `b` per iteration and waits until `b` has them all.
-fn bench_pair<T: Transport>(rt: &tokio::runtime::Runtime, a: &T, b: &T) -> impl FnMut(u64) -> Duration {
-    let payload = Bytes::from(vec![0x5au8; MESSAGE]);
-    let (a, b) = (a.clone(), b.clone());
-    move |iters| {
-        rt.block_on(async {
-            let to = b.local_peer();
-            let start = Instant::now();
-            for _ in 0..iters {
-                let receiver = {
-                    let b = b.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..BATCH {
-                            let m = b.recv().await.expect("recv");
-                            assert_eq!(m.payload.len(), MESSAGE);
-                        }
-                    })
-                };
-                for _ in 0..BATCH {
-                    a.send(to, payload.clone()).await.expect("send");
-                }
-                receiver.await.expect("receiver");
-            }
-            start.elapsed()
-        })
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -89,9 +63,11 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("p2p_4MiB");
     group.throughput(Throughput::Bytes((MESSAGE * BATCH) as u64)).sample_size(10);
     group.measurement_time(Duration::from_secs(8));
-    group.bench_function("quic", |b| b.iter_custom(bench_pair(&rt, &plain.0, &plain.1)));
-    group.bench_function("direct", |b| b.iter_custom(bench_pair(&rt, &direct.0, &direct.1)));
-    group.bench_function("relayed", |b| b.iter_custom(bench_pair(&rt, &relayed.0, &relayed.1)));
+    group.bench_function("quic", |b| b.iter_custom(batches::send_batches(&rt, &plain.0, &plain.1, MESSAGE, BATCH)));
+    group.bench_function("direct", |b| b.iter_custom(batches::send_batches(&rt, &direct.0, &direct.1, MESSAGE, BATCH)));
+    group.bench_function("relayed", |b| {
+        b.iter_custom(batches::send_batches(&rt, &relayed.0, &relayed.1, MESSAGE, BATCH))
+    });
     group.finish();
 }
 

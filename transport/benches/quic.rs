@@ -1,6 +1,8 @@
 //! QUIC loopback bulk throughput with 4 MiB messages, against a plain TCP loopback stream carrying the
 //! same bytes in the same run.
 
+#[path = "support/batches.rs"]
+mod batches;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -74,30 +76,7 @@ fn bench(c: &mut Criterion) {
         b.recv().await.expect("recv");
         (a, b)
     });
-    let to = b.local_peer();
-    group.bench_function("quic", |bench| {
-        bench.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let receiver = {
-                        let b = b.clone();
-                        tokio::spawn(async move {
-                            for _ in 0..BATCH {
-                                let m = b.recv().await.expect("recv");
-                                assert_eq!(m.payload.len(), MESSAGE);
-                            }
-                        })
-                    };
-                    for _ in 0..BATCH {
-                        a.send(to, payload.clone()).await.expect("send");
-                    }
-                    receiver.await.expect("receiver");
-                }
-                start.elapsed()
-            })
-        })
-    });
+    group.bench_function("quic", |bench| bench.iter_custom(batches::send_batches(&rt, &a, &b, MESSAGE, BATCH)));
     group.finish();
 }
 

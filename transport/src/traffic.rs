@@ -3,6 +3,7 @@
 //! and [`p2p::Endpoint`](crate::p2p::Endpoint).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::codec::FRAME_HEADER_LEN;
+use crate::codec::{Codec, FRAME_HEADER_LEN};
 use crate::error::{CodecError, TransportError};
 
 use crate::identity::PeerId;
@@ -70,8 +71,9 @@ pub(crate) struct Traffic {
 
 impl Traffic {
     /// The traffic of endpoint `id`, and the receiving end of its inbox (`capacity` messages before
-    /// senders are slowed down).
-    pub(crate) fn new(id: PeerId, capacity: usize) -> (Self, mpsc::Receiver<Envelope>) {
+    /// senders are slowed down). The inbox belongs to the endpoint's handles, not to its background tasks:
+    /// once the endpoint is dropped, what they still deliver fails instead of waiting for room.
+    pub(crate) fn new(id: PeerId, capacity: usize) -> (Self, Inbox) {
         let (inbox, rx) = mpsc::channel(capacity);
         let traffic = Self {
             id,
@@ -83,7 +85,7 @@ impl Traffic {
             received_messages: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
         };
-        (traffic, rx)
+        (traffic, Inbox(tokio::sync::Mutex::new(rx)))
     }
 
     /// The endpoint's own id.
@@ -111,10 +113,28 @@ impl Traffic {
         Ok(())
     }
 
-    /// Counts a message of `payload_len` bytes sent.
-    pub(crate) fn sent(&self, payload_len: usize) {
+    /// Sends `payload` to `to` as one frame of `codec`: into this endpoint's own inbox if `to` is this
+    /// endpoint, else by `remote` (given the frame's header and the payload); counts it once sent.
+    pub(crate) async fn send<Fut>(
+        &self,
+        to: PeerId,
+        payload: Bytes,
+        codec: Codec,
+        remote: impl FnOnce([u8; FRAME_HEADER_LEN], Bytes) -> Fut,
+    ) -> Result<(), TransportError>
+    where
+        Fut: Future<Output = Result<(), TransportError>>,
+    {
+        let header = codec.header(payload.len())?;
+        let bytes = (payload.len() + FRAME_HEADER_LEN) as u64;
+        if to == self.id {
+            self.deliver(to, payload).await?;
+        } else {
+            remote(header, payload).await?;
+        }
         self.sent_messages.fetch_add(1, Ordering::Relaxed);
-        self.sent_bytes.fetch_add((payload_len + FRAME_HEADER_LEN) as u64, Ordering::Relaxed);
+        self.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The most recent faults, oldest first.
@@ -131,5 +151,15 @@ impl Traffic {
             received_bytes: self.received_bytes.load(Ordering::Relaxed),
             faults: self.fault_count.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// The receiving end of an endpoint's inbox: what `recv` reads.
+pub(crate) struct Inbox(tokio::sync::Mutex<mpsc::Receiver<Envelope>>);
+
+impl Inbox {
+    /// The next message, waiting until one arrives. Cancellation-safe: a dropped call loses nothing.
+    pub(crate) async fn recv(&self) -> Result<Envelope, TransportError> {
+        self.0.lock().await.recv().await.ok_or(TransportError::Closed)
     }
 }

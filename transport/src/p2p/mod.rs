@@ -48,8 +48,8 @@ use crate::error::{CodecError, TransportError};
 use crate::identity::{Identity, PeerId};
 use crate::peers::PeerBook;
 pub use crate::quic::AcceptPolicy;
-use crate::traffic::Traffic;
 pub use crate::traffic::{EndpointStats, Fault, FaultKind};
+use crate::traffic::{Inbox, Traffic};
 use crate::transport::{Envelope, Transport};
 
 /// The protocol swarmlab's messages travel on.
@@ -260,7 +260,7 @@ struct Inner {
     listen: Vec<Multiaddr>,
     commands: mpsc::UnboundedSender<Command>,
     control: libp2p_stream::Control,
-    inbox: tokio::sync::Mutex<mpsc::Receiver<Envelope>>,
+    inbox: Inbox,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -298,7 +298,7 @@ impl Endpoint {
     pub async fn start(identity: &Identity, book: PeerBook, config: Config) -> Result<Self, TransportError> {
         let bootstrap = config.validate()?;
         let keypair = keypair(identity)?;
-        let local = keypair.public().to_peer_id();
+        let (local, public_key) = (keypair.public().to_peer_id(), keypair.public().encode_protobuf());
         let mut swarm = build_swarm(keypair, &config)?;
         let listen = Multiaddr::from(config.bind.ip()).with(Protocol::Udp(config.bind.port())).with(Protocol::QuicV1);
         swarm.listen_on(listen.clone()).map_err(|e| TransportError::Setup(format!("listen on {listen}: {e}")))?;
@@ -324,7 +324,7 @@ impl Endpoint {
         let (commands, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let connect_timeout = shared.config.connect_timeout;
-        let driver = Driver::new(swarm, shared.clone(), identity, bootstrap, ready_tx)?;
+        let driver = Driver::new(swarm, shared.clone(), public_key, bootstrap, ready_tx);
         let mut tasks = vec![tokio::spawn(driver.run(rx))];
         let incoming = control.clone().accept(MESSAGES).map_err(|e| TransportError::Setup(e.to_string()))?;
         tasks.push(tokio::spawn(accept_streams(incoming, shared.clone())));
@@ -343,7 +343,7 @@ impl Endpoint {
                 )));
             }
         };
-        let inner = Inner { shared, local, listen, commands, control, inbox: tokio::sync::Mutex::new(inbox), tasks };
+        let inner = Inner { shared, local, listen, commands, control, inbox, tasks };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -394,6 +394,33 @@ impl Endpoint {
             Ok(Ok(id)) => Ok(id),
             Ok(Err(reason)) => Err(TransportError::Connection { peer, reason }),
             Err(_) => Err(TransportError::Closed),
+        }
+    }
+
+    /// Sends one frame to another peer: over a settled connection, on a stream of its own.
+    async fn send_to_peer(
+        &self,
+        to: PeerId,
+        header: [u8; FRAME_HEADER_LEN],
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let deadline = Instant::now() + self.inner.shared.config.connect_timeout;
+        let mut broken_once = false;
+        loop {
+            let id = self.connect(to).await?;
+            match self.write_message(id, header, &payload).await {
+                Ok(()) => return Ok(()),
+                // The stream went to a connection that had just closed (one to the peer's previous
+                // process, say) and sent nothing: try again until a live one takes it.
+                Err(WriteFailure::NotOpened(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // The connection broke mid-message (the peer restarted, or idled out): once more.
+                Err(WriteFailure::Broken(_)) if !broken_once => broken_once = true,
+                Err(WriteFailure::NotOpened(reason) | WriteFailure::Broken(reason)) => {
+                    return Err(TransportError::Connection { peer: to, reason });
+                }
+            }
         }
     }
 
@@ -561,12 +588,11 @@ impl Driver {
     fn new(
         swarm: Swarm<Behaviour>,
         shared: Arc<Shared>,
-        identity: &Identity,
+        public_key: Vec<u8>,
         bootstrap: Vec<(libp2p::PeerId, Multiaddr)>,
         ready: oneshot::Sender<Result<Vec<Multiaddr>, String>>,
-    ) -> Result<Self, TransportError> {
-        let public_key = keypair(identity)?.public().encode_protobuf();
-        Ok(Self {
+    ) -> Self {
+        Self {
             swarm,
             shared,
             public_key,
@@ -580,7 +606,7 @@ impl Driver {
             pending: HashMap::new(),
             links: HashMap::new(),
             known: HashMap::new(),
-        })
+        }
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
@@ -974,36 +1000,13 @@ impl Transport for Endpoint {
 
     async fn send(&self, to: PeerId, payload: Bytes) -> Result<(), TransportError> {
         let shared = &self.inner.shared;
-        let header = shared.config.codec.header(payload.len())?;
-        let len = payload.len();
-        if to == shared.traffic.id() {
-            shared.traffic.deliver(to, payload).await?;
-        } else {
-            let deadline = Instant::now() + shared.config.connect_timeout;
-            let mut broken_once = false;
-            loop {
-                let id = self.connect(to).await?;
-                match self.write_message(id, header, &payload).await {
-                    Ok(()) => break,
-                    // The stream went to a connection that had just closed (one to the peer's previous
-                    // process, say) and sent nothing: try again until a live one takes it.
-                    Err(WriteFailure::NotOpened(_)) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    // The connection broke mid-message (the peer restarted, or idled out): once more.
-                    Err(WriteFailure::Broken(_)) if !broken_once => broken_once = true,
-                    Err(WriteFailure::NotOpened(reason) | WriteFailure::Broken(reason)) => {
-                        return Err(TransportError::Connection { peer: to, reason });
-                    }
-                }
-            }
-        }
-        shared.traffic.sent(len);
-        Ok(())
+        shared
+            .traffic
+            .send(to, payload, shared.config.codec, |header, payload| self.send_to_peer(to, header, payload))
+            .await
     }
 
     async fn recv(&self) -> Result<Envelope, TransportError> {
-        let mut inbox = self.inner.inbox.lock().await;
-        inbox.recv().await.ok_or(TransportError::Closed)
+        self.inner.inbox.recv().await
     }
 }

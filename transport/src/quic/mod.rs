@@ -21,15 +21,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::codec::{Codec, FRAME_HEADER_LEN};
 use crate::error::{CodecError, TransportError};
 use crate::identity::{Identity, PeerId};
 use crate::peers::PeerBook;
-use crate::traffic::Traffic;
 pub use crate::traffic::{EndpointStats, Fault, FaultKind};
+use crate::traffic::{Inbox, Traffic};
 use crate::transport::{Envelope, Transport};
 
 use tls::Credentials;
@@ -129,7 +128,7 @@ struct Inner {
     book: RwLock<PeerBook>,
     allowed: Arc<RwLock<HashSet<PeerId>>>,
     slots: Arc<Mutex<HashMap<PeerId, Slot>>>,
-    inbox: tokio::sync::Mutex<mpsc::Receiver<Envelope>>,
+    inbox: Inbox,
     transport_config: Arc<quinn::TransportConfig>,
     accept_task: tokio::task::JoinHandle<()>,
 }
@@ -187,7 +186,7 @@ impl Endpoint {
             book: RwLock::new(book),
             allowed,
             slots,
-            inbox: tokio::sync::Mutex::new(rx),
+            inbox: rx,
             transport_config,
             accept_task,
         };
@@ -248,6 +247,25 @@ impl Endpoint {
         *guard = Some(conn.clone());
         tokio::spawn(serve_connection(conn.clone(), peer, self.inner.shared.clone()));
         Ok(conn)
+    }
+
+    /// Sends one frame to another peer, over its connection (made if need be), on a stream of its own.
+    async fn send_to_peer(
+        &self,
+        to: PeerId,
+        header: [u8; FRAME_HEADER_LEN],
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let mut attempt = 0;
+        loop {
+            let conn = self.connection(to).await?;
+            match write_message(&conn, header, payload.clone()).await {
+                Ok(()) => return Ok(()),
+                // The cached connection died (the peer restarted, or idled out): redial once.
+                Err(_) if attempt == 0 && conn.close_reason().is_some() => attempt += 1,
+                Err(reason) => return Err(TransportError::Connection { peer: to, reason }),
+            }
+        }
     }
 
     async fn dial(&self, peer: PeerId) -> Result<quinn::Connection, TransportError> {
@@ -446,29 +464,14 @@ impl Transport for Endpoint {
 
     async fn send(&self, to: PeerId, payload: Bytes) -> Result<(), TransportError> {
         let shared = &self.inner.shared;
-        let header = shared.config.codec.header(payload.len())?;
-        let len = payload.len();
-        if to == shared.traffic.id() {
-            shared.traffic.deliver(to, payload).await?;
-        } else {
-            let mut attempt = 0;
-            loop {
-                let conn = self.connection(to).await?;
-                match write_message(&conn, header, payload.clone()).await {
-                    Ok(()) => break,
-                    // The cached connection died (the peer restarted, or idled out): redial once.
-                    Err(_) if attempt == 0 && conn.close_reason().is_some() => attempt += 1,
-                    Err(reason) => return Err(TransportError::Connection { peer: to, reason }),
-                }
-            }
-        }
-        shared.traffic.sent(len);
-        Ok(())
+        shared
+            .traffic
+            .send(to, payload, shared.config.codec, |header, payload| self.send_to_peer(to, header, payload))
+            .await
     }
 
     async fn recv(&self) -> Result<Envelope, TransportError> {
-        let mut inbox = self.inner.inbox.lock().await;
-        inbox.recv().await.ok_or(TransportError::Closed)
+        self.inner.inbox.recv().await
     }
 }
 
