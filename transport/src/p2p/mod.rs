@@ -193,6 +193,33 @@ struct PeerRecord {
     addrs: Vec<Vec<u8>>,
 }
 
+impl PeerRecord {
+    /// The record `value` found under `peer`'s id, checked: the libp2p id its key gives (which must hash
+    /// to `peer`) and the addresses to dial (only relayed ones if `relay_only`; at least one).
+    fn read(
+        peer: PeerId,
+        value: &[u8],
+        codec: Codec,
+        relay_only: bool,
+    ) -> Result<(libp2p::PeerId, Vec<Multiaddr>), String> {
+        let found: Self = codec.decode(&Bytes::copy_from_slice(value)).map_err(|e| format!("malformed record: {e}"))?;
+        let key = libp2p::identity::PublicKey::try_decode_protobuf(&found.public_key)
+            .map_err(|e| format!("record's key: {e}"))?;
+        let libp2p = key.to_peer_id();
+        if swarmlab_id(&libp2p) != Some(peer) {
+            return Err("the record's key does not prove this id".into());
+        }
+        let mut addrs: Vec<Multiaddr> = found.addrs.into_iter().filter_map(|a| Multiaddr::try_from(a).ok()).collect();
+        if relay_only {
+            addrs.retain(|a| a.iter().any(|p| matches!(p, Protocol::P2pCircuit)));
+        }
+        if addrs.is_empty() {
+            return Err("the record names no address this node may dial".into());
+        }
+        Ok((libp2p, addrs))
+    }
+}
+
 fn record_key(peer: PeerId) -> RecordKey {
     let mut key = b"/swarmlab/peer/".to_vec();
     key.extend_from_slice(peer.as_bytes());
@@ -700,25 +727,8 @@ impl Driver {
 
     /// A record found for `peer`: check it, then dial every address in it.
     fn on_record(&mut self, peer: PeerId, record: &Record) -> Result<(), String> {
-        let found: PeerRecord = self
-            .shared
-            .config
-            .codec
-            .decode(&Bytes::copy_from_slice(&record.value))
-            .map_err(|e| format!("malformed record: {e}"))?;
-        let key = libp2p::identity::PublicKey::try_decode_protobuf(&found.public_key)
-            .map_err(|e| format!("record's key: {e}"))?;
-        let libp2p = key.to_peer_id();
-        if swarmlab_id(&libp2p) != Some(peer) {
-            return Err("the record's key does not prove this id".into());
-        }
-        let mut addrs: Vec<Multiaddr> = found.addrs.into_iter().filter_map(|a| Multiaddr::try_from(a).ok()).collect();
-        if self.shared.config.relay_only {
-            addrs.retain(|a| a.iter().any(|p| matches!(p, Protocol::P2pCircuit)));
-        }
-        if addrs.is_empty() {
-            return Err("the record names no address this node may dial".into());
-        }
+        let config = &self.shared.config;
+        let (libp2p, addrs) = PeerRecord::read(peer, &record.value, config.codec, config.relay_only)?;
         self.known.insert(peer, libp2p);
         if let Some(pending) = self.pending.get_mut(&peer) {
             pending.libp2p = Some(libp2p);

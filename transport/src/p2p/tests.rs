@@ -58,6 +58,38 @@ fn the_libp2p_id_of_a_key_leads_back_to_its_swarmlab_id() -> Result<(), Transpor
     Ok(())
 }
 
+/// A record found in the table is believed only if its key proves the id it was found under, and names
+/// an address this node may dial; anything else is refused by name.
+#[test]
+fn a_record_is_checked_before_its_addresses_are_dialled() -> Result<(), TransportError> {
+    let ids = identities(2);
+    let (owner, other) = (ids[0].peer_id(), ids[1].peer_id());
+    let codec = Codec::default();
+    let direct: Multiaddr = "/ip4/10.0.0.1/udp/4000/quic-v1".parse().expect("multiaddr");
+    let relayed: Multiaddr =
+        format!("/ip4/10.0.0.9/udp/4001/quic-v1/p2p/{}/p2p-circuit", keypair(&ids[1])?.public().to_peer_id())
+            .parse()
+            .expect("multiaddr");
+    let value = |addrs: &[&Multiaddr]| -> Result<Vec<u8>, TransportError> {
+        let public_key = keypair(&ids[0])?.public().encode_protobuf();
+        let record = PeerRecord { public_key, addrs: addrs.iter().map(|a| a.to_vec()).collect() };
+        Ok(codec.encode(&record)?.to_vec())
+    };
+    let both = value(&[&direct, &relayed])?;
+    let (libp2p, addrs) = PeerRecord::read(owner, &both, codec, false).map_err(TransportError::Setup)?;
+    assert_eq!((libp2p, addrs), (keypair(&ids[0])?.public().to_peer_id(), vec![direct.clone(), relayed.clone()]));
+    let (_, addrs) = PeerRecord::read(owner, &both, codec, true).map_err(TransportError::Setup)?;
+    assert_eq!(addrs, vec![relayed]);
+    let refused =
+        |peer, value: &[u8], relay_only| PeerRecord::read(peer, value, codec, relay_only).expect_err("refused");
+    assert!(refused(other, &both, false).contains("does not prove this id"));
+    assert!(refused(owner, &value(&[&direct])?, true).contains("no address this node may dial"));
+    assert!(refused(owner, b"\x01\x02", false).contains("malformed record"));
+    let garbled_key = codec.encode(&PeerRecord { public_key: vec![7; 36], addrs: Vec::new() })?.to_vec();
+    assert!(refused(owner, &garbled_key, false).contains("record's key"));
+    Ok(())
+}
+
 #[test]
 fn a_member_without_a_bootstrap_or_with_a_malformed_one_is_refused_by_name() {
     let identity = Identity::generate().expect("random source");
