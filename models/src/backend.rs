@@ -4,6 +4,10 @@
 //! bitwise reproducible across thread counts, SIMD levels and machines (and records them on a
 //! [`repops::Tape`] when one is active). Both compute the same functions; their results agree to
 //! floating-point tolerance, not bit for bit.
+//!
+//! On the CPU, `Native` runs its row-wise and element-wise ops as fused ops (one kernel for the forward
+//! pass and one for the backward pass, see `fused`) and its linear layers as one matrix product over all
+//! leading dimensions; on other devices it composes candle's ops.
 
 use candle_core::{D, DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -35,7 +39,18 @@ impl Backend {
     /// `x [.., in] · wᵀ` for `w [out, in]`.
     pub fn linear(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::Native => x.broadcast_matmul(&w.t()?)?,
+            Self::Native if x.device().is_cpu() => crate::fused::linear(x, w)?,
+            Self::Native => {
+                // One [rows, in] · [in, out] product (its backward pass too) instead of one per leading index.
+                let dims = x.dims();
+                let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+                let k = x.dim(candle_core::D::Minus1)?;
+                let mut out = dims.to_vec();
+                if let Some(last) = out.last_mut() {
+                    *last = w.dim(0)?;
+                }
+                x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out)?
+            }
             Self::RepOps => repops::tensor::linear(x, w)?,
         })
     }
@@ -83,6 +98,7 @@ impl Backend {
     /// RMSNorm over the last dimension.
     pub fn rms_norm(self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
         Ok(match self {
+            Self::Native if x.device().is_cpu() => crate::fused::rms_norm(x, w, eps)?,
             Self::Native => {
                 let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
                 x.broadcast_div(&(ms + f64::from(eps))?.sqrt()?)?.broadcast_mul(w)?
@@ -102,6 +118,7 @@ impl Backend {
     /// SwiGLU gate `silu(a) · b`.
     pub fn swiglu(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok(match self {
+            Self::Native if a.device().is_cpu() => crate::fused::swiglu(a, b)?,
             Self::Native => (a.silu()? * b)?,
             Self::RepOps => repops::tensor::swiglu(a, b)?,
         })
@@ -121,6 +138,32 @@ impl Backend {
         })
     }
 
+    /// Whether a forward pass without a key/value cache on `device` runs attention as one fused op
+    /// ([`Backend::causal_attention`]) instead of scores, mask, softmax and products.
+    pub fn fuses_attention(self, device: &candle_core::Device) -> bool {
+        self == Self::Native && device.is_cpu()
+    }
+
+    /// Causal self-attention with rotary positions `0..T`, as one op, over projections `q [B, T, heads ·
+    /// dh]` and `k`, `v [B, T, kv_heads · dh]`, returning `[B, T, heads · dh]`; `cos`, `sin` are `[T, dh/2]`.
+    /// Only where [`Backend::fuses_attention`] says so.
+    #[allow(clippy::too_many_arguments)]
+    pub fn causal_attention(
+        self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        heads: usize,
+        kv_heads: usize,
+    ) -> Result<Tensor> {
+        if !self.fuses_attention(q.device()) {
+            return Err(crate::Error::Input(format!("{self} has no fused attention on {:?}", q.device())));
+        }
+        crate::fused::causal_attention(q, k, v, cos, sin, heads, kv_heads)
+    }
+
     /// Rows of `table` for `ids` (u32).
     pub fn embedding(self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         Ok(match self {
@@ -138,6 +181,7 @@ impl Backend {
     /// Mean cross-entropy of `logits [N, V]` against `targets [N]` (u32).
     pub fn cross_entropy(self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         Ok(match self {
+            Self::Native if logits.device().is_cpu() => crate::fused::cross_entropy(logits, targets)?,
             Self::Native => candle_nn::loss::cross_entropy(logits, targets)?,
             Self::RepOps => repops::tensor::cross_entropy(logits, targets)?,
         })
@@ -146,6 +190,7 @@ impl Backend {
     /// Sum of squares of every element, as an f32 on the host (for gradient norms).
     pub fn sum_sq(self, x: &Tensor) -> Result<f32> {
         Ok(match self {
+            Self::Native if x.device().is_cpu() => crate::fused::sum_sq(x)?,
             Self::Native => x.sqr()?.sum_all()?.to_dtype(DType::F32)?.to_vec0::<f32>()?,
             Self::RepOps => {
                 let flat = x.flatten_all()?.unsqueeze(0)?;

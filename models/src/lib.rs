@@ -35,6 +35,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+mod fused;
 pub mod kv_cache;
 pub mod llama;
 pub mod memory;

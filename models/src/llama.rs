@@ -405,8 +405,9 @@ impl Stage {
         {
             return Err(Error::Input(format!("{b} sequences for a cache of {} rows", c.rows())));
         }
-        // A single new position attends to every cached one: no mask.
-        let mask = if t > 1 { Some(causal_mask(b, self.cfg.n_heads, past, t, x.device())?) } else { None };
+        // A single new position attends to every cached one: no mask. Fused attention masks itself.
+        let fused = cache.is_none() && be.fuses_attention(x.device());
+        let mask = if t > 1 && !fused { Some(causal_mask(b, self.cfg.n_heads, past, t, x.device())?) } else { None };
         let (cos, sin) = (self.cos.narrow(0, past, t)?, self.sin.narrow(0, past, t)?);
         for l in self.spec.layers.clone() {
             x = self.block(l, &x, mask.as_ref(), &cos, &sin, cache.as_deref_mut())?;
@@ -437,9 +438,49 @@ impl Stage {
         let cfg = &self.cfg;
         let (nh, kvh, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.head_dim());
         let h = be.rms_norm(x, p("attn_norm")?, cfg.norm_eps)?;
+        let ctx = if cache.is_none() && be.fuses_attention(x.device()) {
+            // Projections stay `[B, T, n · dh]`: the fused op reads heads in place and applies the rotary
+            // positions itself.
+            let project = |w: &str, bias: &str, norm: Option<&str>, n: usize| -> Result<Tensor> {
+                let mut y = be.linear(&h, p(w)?)?;
+                if cfg.qkv_bias {
+                    y = be.add_bias(&y, p(bias)?)?;
+                }
+                if let Some(norm) = norm.filter(|_| cfg.qk_norm) {
+                    y = be.rms_norm(&y.reshape((b, t, n, dh))?, p(norm)?, cfg.norm_eps)?.reshape((b, t, n * dh))?;
+                }
+                Ok(y)
+            };
+            let (q, k) = (project("wq", "bq", Some("q_norm"), nh)?, project("wk", "bk", Some("k_norm"), kvh)?);
+            be.causal_attention(&q, &k, &project("wv", "bv", None, kvh)?, cos, sin, nh, kvh)?
+        } else {
+            self.attention(l, &h, mask, cos, sin, cache)?
+        };
+        let x = be.add(x, &be.linear(&ctx, p("wo")?)?)?;
+        let h = be.rms_norm(&x, p("mlp_norm")?, self.cfg.norm_eps)?;
+        let gate = be.swiglu(&be.linear(&h, p("w1")?)?, &be.linear(&h, p("w3")?)?)?;
+        be.add(&x, &be.linear(&gate, p("w2")?)?)
+    }
+
+    /// Attention from its composed ops (heads transposed to `[B, n, T, dh]`, rotary positions, scores,
+    /// mask, softmax), reading and extending `cache` where there is one: `[B, T, heads · dh]`.
+    fn attention(
+        &self,
+        l: usize,
+        h: &Tensor,
+        mask: Option<&Tensor>,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let be = self.cfg.backend;
+        let p = |n: &str| self.params.get(&format!("layers.{l}.{n}"));
+        let (b, t, _) = h.dims3()?;
+        let cfg = &self.cfg;
+        let (nh, kvh, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.head_dim());
         // A projection split into `n` heads `[B, n, T, dh]`, with its bias and norm where the model has them.
         let project = |w: &str, bias: &str, norm: Option<&str>, n: usize| -> Result<Tensor> {
-            let mut y = be.linear(&h, p(w)?)?;
+            let mut y = be.linear(h, p(w)?)?;
             if cfg.qkv_bias {
                 y = be.add_bias(&y, p(bias)?)?;
             }
@@ -463,11 +504,7 @@ impl Stage {
             None => scores,
         };
         let att = be.softmax_last_dim(&scores)?;
-        let ctx = be.matmul(&att, &v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * dh))?;
-        let x = be.add(x, &be.linear(&ctx, p("wo")?)?)?;
-        let h = be.rms_norm(&x, p("mlp_norm")?, self.cfg.norm_eps)?;
-        let gate = be.swiglu(&be.linear(&h, p("w1")?)?, &be.linear(&h, p("w3")?)?)?;
-        be.add(&x, &be.linear(&gate, p("w2")?)?)
+        Ok(be.matmul(&att, &v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * dh))?)
     }
 
     /// Mean next-token cross-entropy of `logits [B, T, V]` against `targets [B, T]`, in nats.

@@ -97,23 +97,68 @@ fn cached_decoding_gives_the_logits_of_the_full_forward_pass() -> Result<()> {
     Ok(())
 }
 
+/// The native backend's fused CPU ops (linear layers, attention with its rotary positions, norms, the
+/// gate, the loss) against repops' composed ones, on every attention variant the model has.
 #[test]
 fn native_and_repops_backends_agree_within_tolerance() -> Result<()> {
     let dev = Device::Cpu;
     let corpus = small_lang()?.corpus();
     let (ids, targets) = sample_batch(&corpus.train, 2, 16, 1, 0, 0, &dev)?;
-    let native = Llama::new(&cfg(Backend::Native), 2, &dev)?;
-    let repops = Llama::new(&cfg(Backend::RepOps), 2, &dev)?;
-    let (ln, lr) = (native.forward(&ids)?, repops.forward(&ids)?);
-    let diff = (ln - lr)?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
-    assert!(diff < 1e-4, "logits differ by {diff}");
-    let gn = native.params().grads(&native.loss(&ids, &targets)?.backward()?);
-    let gr = repops.params().grads(&repops.loss(&ids, &targets)?.backward()?);
-    for (name, g) in &gn {
-        let scale = g.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?.max(1e-6);
-        let d = (g - &gr[name])?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
-        assert!(d <= 1e-3 * scale + 1e-6, "{name}: gradients differ by {d} (scale {scale})");
+    let variants = [
+        cfg(Backend::Native),
+        // Grouped-query heads (two query heads per key/value head), Qwen3's head norms, Qwen2's biases.
+        ModelConfig { n_heads: 4, kv_heads: Some(2), qk_norm: true, qkv_bias: true, ..cfg(Backend::Native) },
+        // One key/value head for all, a head width apart from d_model / heads.
+        ModelConfig { n_heads: 4, kv_heads: Some(1), head_width: Some(12), ..cfg(Backend::Native) },
+    ];
+    for variant in variants {
+        let native = Llama::new(&variant, 2, &dev)?;
+        let repops = Llama::new(&ModelConfig { backend: Backend::RepOps, ..variant.clone() }, 2, &dev)?;
+        let (ln, lr) = (native.forward(&ids)?, repops.forward(&ids)?);
+        let diff = (ln - lr)?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
+        assert!(diff < 1e-4, "{variant:?}: logits differ by {diff}");
+        let gn = native.params().grads(&native.loss(&ids, &targets)?.backward()?);
+        let gr = repops.params().grads(&repops.loss(&ids, &targets)?.backward()?);
+        assert_eq!(gn.len(), native.params().len(), "every parameter has a gradient");
+        for (name, g) in &gn {
+            let scale = g.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?.max(1e-6);
+            let d = (g - &gr[name])?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
+            assert!(d <= 1e-3 * scale + 1e-6, "{variant:?} {name}: gradients differ by {d} (scale {scale})");
+        }
     }
+    Ok(())
+}
+
+/// AdamW updates the native backend's CPU parameters and moments in place; the repops backend computes
+/// new tensors. Both follow the same update, clipping included, and a saved state stays as it was.
+#[test]
+fn in_place_adamw_follows_the_update_and_leaves_saved_states_alone() -> Result<()> {
+    let dev = Device::Cpu;
+    let corpus = small_lang()?.corpus();
+    let optim = OptimConfig { grad_clip: 0.05, warmup_steps: 2, ..OptimConfig::default() };
+    let native = Llama::new(&cfg(Backend::Native), 1, &dev)?;
+    let repops = Llama::new(&cfg(Backend::RepOps), 1, &dev)?;
+    let (mut on, mut or) = (AdamW::new(optim.clone(), Backend::Native)?, AdamW::new(optim, Backend::RepOps)?);
+    let mut saved = None;
+    for step in 0..4 {
+        let (ids, targets) = sample_batch(&corpus.train, 2, 16, 1, step, 0, &dev)?;
+        // The same gradients for both: the repops model's.
+        let grads = repops.params().grads(&repops.loss(&ids, &targets)?.backward()?);
+        let (sn, sr) = (on.step(&native.params(), &grads)?, or.step(&repops.params(), &grads)?);
+        assert!(sn.grad_norm > 0.05, "the test must clip");
+        assert!((sn.grad_norm - sr.grad_norm).abs() <= 1e-5 * sr.grad_norm, "{sn:?} vs {sr:?}");
+        if step == 1 {
+            saved = Some(on.state().1);
+        }
+    }
+    for (name, var) in native.params().iter() {
+        let d = (var.as_tensor() - repops.params().get(name)?)?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
+        assert!(d < 1e-5, "{name}: parameters differ by {d}");
+    }
+    let saved = saved.ok_or_else(|| models::Error::Input("no state saved".into()))?;
+    let now = on.state().1;
+    let moved = saved.iter().filter(|(k, m)| bits(m).ok() != bits(&now[*k]).ok()).count();
+    assert_eq!(moved, saved.len(), "every saved moment keeps its step-2 value while the live ones move on");
     Ok(())
 }
 

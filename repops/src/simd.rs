@@ -63,12 +63,12 @@ pub fn force(level: Option<SimdLevel>) -> Result<(), crate::Error> {
     Ok(())
 }
 
-/// Runs `f` compiled for `level`: at `Avx2Fma`, inside a function with AVX2 and FMA enabled, so that
+/// Runs `f` compiled for `level` (for any kernel built from repops' scalar code): at `Avx2Fma`, inside a function with AVX2 and FMA enabled, so that
 /// the scalar code `f` inlines (fused multiply-adds, rounding) becomes single instructions instead of
 /// library calls. The operations, and so the results, are the same either way.
 #[inline(always)]
 #[allow(unsafe_code)] // calls an AVX2 function after checking the CPU supports it
-pub(crate) fn dispatch<R>(level: SimdLevel, f: impl FnOnce() -> R) -> R {
+pub fn dispatch<R>(level: SimdLevel, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if level == SimdLevel::Avx2Fma {
         #[target_feature(enable = "avx2,fma")]

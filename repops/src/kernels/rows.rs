@@ -8,8 +8,14 @@ use super::math::{exp, ln, rsqrt};
 use super::reduce::{dot, max, sum, sum_sq};
 use crate::simd::{self, SimdLevel};
 
-/// Rows per parallel task.
-const ROWS_PER_TASK: usize = 16;
+/// Rows per parallel task: at least 16, and enough for about this many elements (a task handed to another
+/// thread costs microseconds; short rows are not worth it one by one). Rows are independent, so the split
+/// changes no result.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+fn rows_per_task(n: usize) -> usize {
+    (ELEMENTS_PER_TASK / n.max(1)).max(16)
+}
 
 fn par_rows<F>(out: &mut [f32], n: usize, level: SimdLevel, f: F)
 where
@@ -18,10 +24,11 @@ where
     if n == 0 {
         return;
     }
-    out.par_chunks_mut(n * ROWS_PER_TASK).enumerate().for_each(|(t, block)| {
+    let per_task = rows_per_task(n);
+    out.par_chunks_mut(n * per_task).enumerate().for_each(|(t, block)| {
         simd::dispatch(level, || {
             for (r, row) in block.chunks_exact_mut(n).enumerate() {
-                f(t * ROWS_PER_TASK + r, row);
+                f(t * per_task + r, row);
             }
         })
     });
@@ -84,11 +91,12 @@ pub fn log_softmax_backward(y: &[f32], dy: &[f32], dx: &mut [f32], n: usize, lev
 pub fn cross_entropy(logits: &[f32], targets: &[u32], n: usize, level: SimdLevel) -> f32 {
     let rows = targets.len();
     let mut losses = vec![0f32; rows];
-    losses.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, block)| {
+    let per_task = rows_per_task(n);
+    losses.par_chunks_mut(per_task).enumerate().for_each(|(t, block)| {
         let mut e = vec![0f32; n];
         simd::dispatch(level, || {
             for (i, loss) in block.iter_mut().enumerate() {
-                let r = t * ROWS_PER_TASK + i;
+                let r = t * per_task + i;
                 let xr = &logits[r * n..(r + 1) * n];
                 let m = max(xr);
                 for (o, &v) in e.iter_mut().zip(xr) {

@@ -1,0 +1,899 @@
+//! Fused CPU ops of the native backend: each a candle custom op whose forward pass and backward pass are
+//! one kernel each, where the composed candle ops would take one pass over memory (and one allocation)
+//! per elementary operation.
+//!
+//! The row kernels are repops' ([`repops::kernels::rows`]), run at the CPU's best SIMD level; causal
+//! attention has its own kernel here. Results agree with the composed ops to floating-point tolerance (the
+//! tests check values and gradients against them); they are not meant to be the same bits. Only CPU
+//! tensors take these ops: the backend keeps the composed ops on other devices.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, InplaceOp2, InplaceOp3, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+use repops::kernels::math::{exp, sigmoid};
+use repops::kernels::reduce::max;
+use repops::kernels::rows;
+use repops::simd::{self, SimdLevel};
+
+use crate::error::{Error, Result};
+
+/// `$call` (of an `#[inline(always)]` kernel) compiled with AVX2 and FMA when `$level` says the CPU has
+/// them: a function with those features enabled around the call, so the kernel is certain to be inlined
+/// into it (a closure handed to [`simd::dispatch`] is not, when it is large).
+macro_rules! at_level {
+    ($level:expr, $call:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if $level == SimdLevel::Avx2Fma {
+                // SAFETY: the level is Avx2Fma only on a CPU with AVX2 and FMA (`repops::simd::detected`).
+                #[allow(unsafe_code)]
+                unsafe {
+                    with_avx2(
+                        #[inline(always)]
+                        || $call,
+                    )
+                }
+            } else {
+                $call
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = $level;
+            $call
+        }
+    }};
+}
+
+/// Elements per parallel task of the element-wise kernels (smaller tensors stay on the calling thread).
+const ELEMENTS_PER_TASK: usize = 1 << 16;
+
+fn wrap(op: &'static str, what: impl Into<String>) -> candle_core::Error {
+    candle_core::Error::wrap(Error::Input(format!("{op}: {}", what.into())))
+}
+
+/// The contiguous f32 elements of a CPU storage under `layout`.
+fn f32s<'a>(op: &'static str, s: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| wrap(op, "input is not contiguous"))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&v[start..end]),
+        other => Err(wrap(op, format!("expected f32, got {:?}", candle_core::backend::BackendStorage::dtype(other)))),
+    }
+}
+
+/// Runs `f` on the contiguous f32 elements of each CPU tensor of `ts` (made contiguous first if needed).
+fn with_host<const N: usize, R>(
+    op: &'static str,
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let ts: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<candle_core::Result<_>>()?;
+    let guards: Vec<_> = ts.iter().map(Tensor::storage_and_layout).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(N);
+    for (guard, layout) in &guards {
+        match &**guard {
+            Storage::Cpu(s) => slices.push(f32s(op, s, layout)?),
+            _ => return Err(wrap(op, "a fused op runs on CPU tensors only")),
+        }
+    }
+    let slices: [&[f32]; N] = slices.try_into().map_err(|_| wrap(op, "tensor count"))?;
+    f(slices)
+}
+
+fn host_tensor(data: Vec<f32>, shape: &Shape) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(data, shape.clone(), &Device::Cpu)
+}
+
+/// `y = f(a, b)` element by element, in parallel blocks at `level`.
+fn zip_map(a: &[f32], b: &[f32], level: SimdLevel, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; a.len()];
+    y.par_chunks_mut(ELEMENTS_PER_TASK).enumerate().for_each(|(t, block)| {
+        let at = t * ELEMENTS_PER_TASK;
+        simd::dispatch(level, || {
+            for ((o, &ai), &bi) in block.iter_mut().zip(&a[at..]).zip(&b[at..]) {
+                *o = f(ai, bi);
+            }
+        })
+    });
+    y
+}
+
+/// RMSNorm over the last dimension, `y = x · rsqrt(mean(x²) + eps) · w`.
+#[derive(Debug, Clone, Copy)]
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (f32s(self.name(), s1, l1)?, f32s(self.name(), s2, l2)?);
+        let n = w.len();
+        if n == 0 || l1.dims().last() != Some(&n) {
+            return Err(wrap(self.name(), format!("weight of {n} for input {:?}", l1.dims())));
+        }
+        let mut y = vec![0f32; x.len()];
+        rows::rms_norm(x, w, &mut y, n, self.eps, simd::current());
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        with_host(self.name(), [x, w, g], |[xs, ws, gs]| {
+            let (n, level) = (ws.len(), simd::current());
+            let mut dx = vec![0f32; xs.len()];
+            let mut dw = vec![0f32; n];
+            rows::rms_norm_backward_x(xs, ws, gs, &mut dx, n, self.eps, level);
+            rows::rms_norm_backward_w(xs, gs, &mut dw, n, self.eps, level);
+            Ok((Some(host_tensor(dx, x.shape())?), Some(host_tensor(dw, w.shape())?)))
+        })
+    }
+}
+
+/// The SwiGLU gate `silu(a) · b`.
+#[derive(Debug, Clone, Copy)]
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = (f32s(self.name(), s1, l1)?, f32s(self.name(), s2, l2)?);
+        if l1.dims() != l2.dims() {
+            return Err(wrap(self.name(), format!("shapes {:?} and {:?}", l1.dims(), l2.dims())));
+        }
+        let y = zip_map(a, b, simd::current(), |a, b| a * sigmoid(a) * b);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        with_host(self.name(), [a, b, g], |[a_s, b_s, gs]| {
+            let level = simd::current();
+            // d/da silu(a)·b = b · s · (1 + a · (1 − s)) with s = sigmoid(a); d/db = silu(a).
+            let gb: Vec<f32> = zip_map(gs, b_s, level, |g, b| g * b);
+            let da = zip_map(a_s, &gb, level, |a, gb| {
+                let s = sigmoid(a);
+                gb * s * (1.0 + a * (1.0 - s))
+            });
+            let db = zip_map(a_s, gs, level, |a, g| g * a * sigmoid(a));
+            Ok((Some(host_tensor(da, a.shape())?), Some(host_tensor(db, b.shape())?)))
+        })
+    }
+}
+
+/// Mean cross-entropy of `logits [N, V]` against `targets [N]` (u32).
+#[derive(Debug, Clone, Copy)]
+struct CrossEntropy;
+
+fn targets<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout, classes: usize) -> candle_core::Result<&'a [u32]> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| wrap(op, "targets are not contiguous"))?;
+    let CpuStorage::U32(v) = s else { return Err(wrap(op, "targets must be u32")) };
+    let t = &v[start..end];
+    if let Some(bad) = t.iter().find(|&&t| t as usize >= classes) {
+        return Err(wrap(op, format!("target {bad} is not below the {classes} classes")));
+    }
+    Ok(t)
+}
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let logits = f32s(self.name(), s1, l1)?;
+        let &[n, v] = l1.dims() else { return Err(wrap(self.name(), format!("logits {:?}", l1.dims()))) };
+        let t = targets(self.name(), s2, l2, v)?;
+        if t.len() != n || n == 0 {
+            return Err(wrap(self.name(), format!("{} targets for {n} rows", t.len())));
+        }
+        let loss = rows::cross_entropy(logits, t, v, simd::current());
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        t: &Tensor,
+        _loss: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dloss = g.to_scalar::<f32>()?;
+        let v = logits.dim(1)?;
+        let t = t.contiguous()?;
+        let (guard, layout) = t.storage_and_layout();
+        let Storage::Cpu(ts) = &*guard else { return Err(wrap(self.name(), "targets must be on the CPU")) };
+        let ts = targets(self.name(), ts, layout, v)?;
+        let dx = with_host(self.name(), [logits], |[ls]| {
+            let mut dx = vec![0f32; ls.len()];
+            rows::cross_entropy_backward(ls, ts, dloss, &mut dx, v, simd::current());
+            Ok(dx)
+        })?;
+        Ok((Some(host_tensor(dx, logits.shape())?), None))
+    }
+}
+
+/// Causal self-attention with rotary positions, over projections in their `[B, T, heads · dh]` layout
+/// (no transposes): `softmax(rope(q) · rope(k)ᵀ / √dh + causal mask) · v`, with grouped-query heads
+/// (query head `h` reads key/value head `h / (heads / kv_heads)`). The backward pass recomputes the
+/// attention weights instead of keeping them (FlashAttention's trade: `[B, H, T, T]` is never stored).
+#[derive(Debug, Clone)]
+struct CausalAttention {
+    heads: usize,
+    kv_heads: usize,
+    /// Rotary tables `[T, dh/2]` for positions `0..T`.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Shapes of one attention call.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    heads: usize,
+    kv_heads: usize,
+    dh: usize,
+}
+
+impl Dims {
+    fn rep(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    /// Row `i` of head `h` of sequence `b` in a `[B, T, n · dh]` tensor of `n` heads.
+    fn row<'a>(&self, x: &'a [f32], n: usize, b: usize, i: usize, h: usize) -> &'a [f32] {
+        let at = ((b * self.t + i) * n + h) * self.dh;
+        &x[at..at + self.dh]
+    }
+}
+
+/// `y = rope(x)` at one position: `y₁ = x₁·cos − x₂·sin`, `y₂ = x₁·sin + x₂·cos` (rotate-half layout).
+#[inline(always)]
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], y: &mut [f32]) {
+    let half = cos.len();
+    let (y1, y2) = y.split_at_mut(half);
+    for d in 0..half {
+        let (a, b) = (x[d], x[d + half]);
+        y1[d] = a * cos[d] - b * sin[d];
+        y2[d] = a * sin[d] + b * cos[d];
+    }
+}
+
+/// The transpose of [`rotate`] (rotation by the opposite angle), for gradients.
+#[inline(always)]
+fn rotate_back(dy: &[f32], cos: &[f32], sin: &[f32], dx: &mut [f32]) {
+    let half = cos.len();
+    let (dx1, dx2) = dx.split_at_mut(half);
+    for d in 0..half {
+        let (a, b) = (dy[d], dy[d + half]);
+        dx1[d] = a * cos[d] + b * sin[d];
+        dx2[d] = b * cos[d] - a * sin[d];
+    }
+}
+
+/// `y += a · x`.
+#[inline(always)]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o += a * v;
+    }
+}
+
+/// `a · b` over eight lanes (inlined into the caller's SIMD level; head rows are short).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, ta) = a.as_chunks::<8>();
+    let (cb, tb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ta.iter().zip(tb).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The rotated rows `[T, dh]` of head `h` of sequence `b` of a `[B, T, n · dh]` tensor.
+#[inline(always)]
+fn rotated_head(x: &[f32], dims: Dims, n: usize, b: usize, h: usize, tables: Tables<'_>) -> Vec<f32> {
+    let mut out = vec![0f32; dims.t * dims.dh];
+    for (i, row) in out.chunks_exact_mut(dims.dh).enumerate() {
+        let (c, s) = tables.at(i);
+        rotate(dims.row(x, n, b, i, h), c, s, row);
+    }
+    out
+}
+
+/// The attention weights of query row `qi` over keys `0..=i` (`kr` rotated, `[T, dh]`), into `p`.
+#[inline(always)]
+fn weights(qi: &[f32], kr: &[f32], i: usize, scale: f32, p: &mut [f32]) {
+    let dh = qi.len();
+    for (j, s) in p[..=i].iter_mut().enumerate() {
+        *s = dot(qi, &kr[j * dh..(j + 1) * dh]) * scale;
+    }
+    let m = max(&p[..=i]);
+    let mut l = 0f32;
+    for s in &mut p[..=i] {
+        *s = exp(*s - m);
+        l += *s;
+    }
+    let inv = 1.0 / l;
+    for s in &mut p[..=i] {
+        *s *= inv;
+    }
+}
+
+impl CausalAttention {
+    fn dims(&self, q: &[usize], k: &[usize], v: &[usize]) -> candle_core::Result<Dims> {
+        let name = "fused-attention";
+        let (&[b, t, qw], &[kb, kt, kw]) = (q, k) else {
+            return Err(wrap(name, format!("q {q:?} and k {k:?} must be [B, T, width]")));
+        };
+        let dh = qw / self.heads.max(1);
+        let ok = self.heads > 0
+            && self.kv_heads > 0
+            && self.heads.is_multiple_of(self.kv_heads)
+            && dh * self.heads == qw
+            && dh.is_multiple_of(2)
+            && (kb, kt, kw) == (b, t, self.kv_heads * dh)
+            && v == k
+            && self.cos.dims() == [t, dh / 2]
+            && self.sin.dims() == [t, dh / 2];
+        if !ok {
+            return Err(wrap(
+                name,
+                format!("q {q:?}, k {k:?}, v {v:?} for {} heads, {} kv heads", self.heads, self.kv_heads),
+            ));
+        }
+        Ok(Dims { b, t, heads: self.heads, kv_heads: self.kv_heads, dh })
+    }
+
+    fn forward(&self, q: &[f32], k: &[f32], v: &[f32], dims: Dims) -> candle_core::Result<Vec<f32>> {
+        let Dims { b: batch, t, heads, kv_heads, dh } = dims;
+        let level = simd::current();
+        let blocks: Vec<Vec<f32>> = with_host(self.name(), [&self.cos, &self.sin], |[cos, sin]| {
+            let tables = Tables { cos, sin, half: dh / 2 };
+            Ok((0..batch * kv_heads)
+                .into_par_iter()
+                .map(|job| at_level!(level, forward_job(q, k, v, dims, tables, job)))
+                .collect())
+        })?;
+        let mut y = vec![0f32; batch * t * heads * dh];
+        for (job, block) in blocks.iter().enumerate() {
+            let (b, kh) = (job / kv_heads, job % kv_heads);
+            for r in 0..dims.rep() {
+                for i in 0..t {
+                    let at = ((b * t + i) * heads + kh * dims.rep() + r) * dh;
+                    y[at..at + dh].copy_from_slice(&block[(r * t + i) * dh..(r * t + i + 1) * dh]);
+                }
+            }
+        }
+        Ok(y)
+    }
+
+    /// Gradients of `q`, `k` and `v` from the output `o` and its gradient `g`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        o: &[f32],
+        g: &[f32],
+        dims: Dims,
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let Dims { b: batch, t, heads, kv_heads, dh } = dims;
+        let (rep, level) = (dims.rep(), simd::current());
+        let blocks: Vec<Grads> = with_host(self.name(), [&self.cos, &self.sin], |[cos, sin]| {
+            let tables = Tables { cos, sin, half: dh / 2 };
+            Ok((0..batch * kv_heads)
+                .into_par_iter()
+                .map(|job| at_level!(level, backward_job(q, k, v, o, g, dims, tables, job)))
+                .collect())
+        })?;
+        let mut dq = vec![0f32; batch * t * heads * dh];
+        let mut dk = vec![0f32; batch * t * kv_heads * dh];
+        let mut dv = vec![0f32; batch * t * kv_heads * dh];
+        for (job, grads) in blocks.iter().enumerate() {
+            let (b, kh) = (job / kv_heads, job % kv_heads);
+            for i in 0..t {
+                for r in 0..rep {
+                    let at = ((b * t + i) * heads + kh * rep + r) * dh;
+                    dq[at..at + dh].copy_from_slice(&grads.dq[(r * t + i) * dh..(r * t + i + 1) * dh]);
+                }
+                let at = ((b * t + i) * kv_heads + kh) * dh;
+                dk[at..at + dh].copy_from_slice(&grads.dk[i * dh..(i + 1) * dh]);
+                dv[at..at + dh].copy_from_slice(&grads.dv[i * dh..(i + 1) * dh]);
+            }
+        }
+        Ok((dq, dk, dv))
+    }
+}
+
+/// The rotary tables `[T, dh/2]` of one call.
+#[derive(Debug, Clone, Copy)]
+struct Tables<'a> {
+    cos: &'a [f32],
+    sin: &'a [f32],
+    half: usize,
+}
+
+impl Tables<'_> {
+    /// `cos` and `sin` at position `i`.
+    #[inline(always)]
+    fn at(&self, i: usize) -> (&[f32], &[f32]) {
+        (&self.cos[i * self.half..(i + 1) * self.half], &self.sin[i * self.half..(i + 1) * self.half])
+    }
+}
+
+/// The gradients one job (a sequence and a key/value head) computes: `dq` of its query heads
+/// `[rep, T, dh]`, `dk` and `dv` `[T, dh]`.
+struct Grads {
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+/// The output rows `[rep, T, dh]` of the query heads that read key/value head `job % kv_heads` of
+/// sequence `job / kv_heads`. Inlined into the caller's SIMD level.
+#[inline(always)]
+fn forward_job(q: &[f32], k: &[f32], v: &[f32], dims: Dims, tables: Tables<'_>, job: usize) -> Vec<f32> {
+    let Dims { t, heads, kv_heads, dh, .. } = dims;
+    let (b, kh, rep) = (job / kv_heads, job % kv_heads, dims.rep());
+    let scale = 1.0 / (dh as f32).sqrt();
+    let kr = rotated_head(k, dims, kv_heads, b, kh, tables);
+    let mut out = vec![0f32; rep * t * dh];
+    let (mut qi, mut p) = (vec![0f32; dh], vec![0f32; t]);
+    for r in 0..rep {
+        let h = kh * rep + r;
+        for i in 0..t {
+            let (c, s) = tables.at(i);
+            rotate(dims.row(q, heads, b, i, h), c, s, &mut qi);
+            weights(&qi, &kr, i, scale, &mut p);
+            let o = &mut out[(r * t + i) * dh..(r * t + i + 1) * dh];
+            for (j, &pj) in p[..=i].iter().enumerate() {
+                axpy(pj, dims.row(v, kv_heads, b, j, kh), o);
+            }
+        }
+    }
+    out
+}
+
+/// The gradients of one job of [`forward_job`] from the output `o` and its gradient `g`:
+/// `dS_ij = P_ij · (dO_i · v_j − dO_i · O_i)`, `dq_i = Σ_j dS_ij k_j`, `dk_j = Σ_i dS_ij q_i` (both
+/// scaled, and rotated back), `dv_j = Σ_i P_ij dO_i`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backward_job(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    g: &[f32],
+    dims: Dims,
+    tables: Tables<'_>,
+    job: usize,
+) -> Grads {
+    let Dims { t, heads, kv_heads, dh, .. } = dims;
+    let (b, kh, rep) = (job / kv_heads, job % kv_heads, dims.rep());
+    let scale = 1.0 / (dh as f32).sqrt();
+    let kr = rotated_head(k, dims, kv_heads, b, kh, tables);
+    let (mut dq, mut dkr, mut dv) = (vec![0f32; rep * t * dh], vec![0f32; t * dh], vec![0f32; t * dh]);
+    let (mut qi, mut p, mut dqr) = (vec![0f32; dh], vec![0f32; t], vec![0f32; dh]);
+    for r in 0..rep {
+        let h = kh * rep + r;
+        for i in 0..t {
+            let (c, s) = tables.at(i);
+            rotate(dims.row(q, heads, b, i, h), c, s, &mut qi);
+            weights(&qi, &kr, i, scale, &mut p);
+            let (gi, oi) = (dims.row(g, heads, b, i, h), dims.row(o, heads, b, i, h));
+            let d = dot(gi, oi);
+            dqr.fill(0.0);
+            for (j, &pj) in p[..=i].iter().enumerate() {
+                let ds = pj * (dot(gi, dims.row(v, kv_heads, b, j, kh)) - d) * scale;
+                axpy(ds, &kr[j * dh..(j + 1) * dh], &mut dqr);
+                axpy(ds, &qi, &mut dkr[j * dh..(j + 1) * dh]);
+                axpy(pj, gi, &mut dv[j * dh..(j + 1) * dh]);
+            }
+            rotate_back(&dqr, c, s, &mut dq[(r * t + i) * dh..(r * t + i + 1) * dh]);
+        }
+    }
+    let mut dk = vec![0f32; t * dh];
+    for (j, row) in dk.chunks_exact_mut(dh).enumerate() {
+        let (c, s) = tables.at(j);
+        rotate_back(&dkr[j * dh..(j + 1) * dh], c, s, row);
+    }
+    Grads { dq, dk, dv }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = self.dims(l1.dims(), l2.dims(), l3.dims())?;
+        let (q, k, v) = (f32s(self.name(), s1, l1)?, f32s(self.name(), s2, l2)?, f32s(self.name(), s3, l3)?);
+        Ok((CpuStorage::F32(self.forward(q, k, v, dims)?), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = self.dims(q.dims(), k.dims(), v.dims())?;
+        let (dq, dk, dv) =
+            with_host(self.name(), [q, k, v, o, g], |[q, k, v, o, g]| self.backward(q, k, v, o, g, dims))?;
+        Ok((Some(host_tensor(dq, q.shape())?), Some(host_tensor(dk, k.shape())?), Some(host_tensor(dv, v.shape())?)))
+    }
+}
+
+/// RMSNorm of `x [.., n]` with weight `w [n]` (see [`crate::Backend::rms_norm`]).
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })?)
+}
+
+/// `silu(a) · b` (see [`crate::Backend::swiglu`]).
+pub(crate) fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, SwiGlu)?)
+}
+
+/// Mean cross-entropy of `logits [N, V]` against `targets [N]` (see [`crate::Backend::cross_entropy`]).
+pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy)?)
+}
+
+/// Causal attention with rotary positions `0..T` over `q [B, T, heads · dh]` and `k`, `v
+/// [B, T, kv_heads · dh]`, returning `[B, T, heads · dh]`; `cos` and `sin` are the tables `[T, dh/2]`.
+pub(crate) fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+) -> Result<Tensor> {
+    let op = CausalAttention { heads, kv_heads, cos: cos.contiguous()?, sin: sin.contiguous()? };
+    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+}
+
+/// AdamW's moment update in place, on the gradient scaled by the clipping factor `clip`: the first
+/// moment `m = β·m + (1−β)·(c·g)`, or with `squared` the second `v = β·v + (1−β)·(c·g)²`.
+#[derive(Debug, Clone, Copy)]
+struct MomentUpdate {
+    beta: f32,
+    clip: f32,
+    squared: bool,
+}
+
+fn f32s_mut<'a>(op: &'static str, s: &'a mut CpuStorage, layout: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| wrap(op, "output is not contiguous"))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[start..end]),
+        _ => Err(wrap(op, "expected f32")),
+    }
+}
+
+impl InplaceOp2 for MomentUpdate {
+    fn name(&self) -> &'static str {
+        "fused-adamw-moment"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
+        let (m, g) = (f32s_mut(self.name(), dst, dst_l)?, f32s(self.name(), g, gl)?);
+        if m.len() != g.len() {
+            return Err(wrap(self.name(), format!("{} moments for {} gradients", m.len(), g.len())));
+        }
+        let Self { beta, clip, squared } = *self;
+        let level = simd::current();
+        m.par_chunks_mut(ELEMENTS_PER_TASK).zip(g.par_chunks(ELEMENTS_PER_TASK)).for_each(|(m, g)| {
+            simd::dispatch(level, || {
+                for (mi, &gi) in m.iter_mut().zip(g) {
+                    let gi = clip * gi;
+                    *mi = beta * *mi + (1.0 - beta) * if squared { gi * gi } else { gi };
+                }
+            })
+        });
+        Ok(())
+    }
+}
+
+/// AdamW's parameter update in place from moments already updated (repops' `apply_update`).
+#[derive(Debug, Clone, Copy)]
+struct ParamUpdate {
+    step: u64,
+    hyper: repops::AdamW,
+}
+
+impl InplaceOp3 for ParamUpdate {
+    fn name(&self) -> &'static str {
+        "fused-adamw-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<()> {
+        let p = f32s_mut(self.name(), dst, dst_l)?;
+        let (m, v) = (f32s(self.name(), m, ml)?, f32s(self.name(), v, vl)?);
+        if m.len() != p.len() || v.len() != p.len() {
+            return Err(wrap(
+                self.name(),
+                format!("moments of {} and {} for {} parameters", m.len(), v.len(), p.len()),
+            ));
+        }
+        let level = simd::current();
+        p.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(m.par_chunks(ELEMENTS_PER_TASK).zip(v.par_chunks(ELEMENTS_PER_TASK)))
+            .for_each(|(p, (m, v))| {
+                simd::dispatch(level, || repops::kernels::adamw::apply_update(p, m, v, self.step, self.hyper))
+            });
+        Ok(())
+    }
+}
+
+/// One AdamW step (1-based `step`) of the parameter `p` from its gradient `g` scaled by `clip`, with the
+/// moments `m` and `v`: all three updated in place, nothing allocated.
+pub(crate) fn adamw_in_place(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    clip: f32,
+    step: u64,
+    hyper: repops::AdamW,
+) -> Result<()> {
+    let g = g.contiguous()?;
+    m.inplace_op2(&g, &MomentUpdate { beta: hyper.beta1, clip, squared: false })?;
+    v.inplace_op2(&g, &MomentUpdate { beta: hyper.beta2, clip, squared: true })?;
+    p.inplace_op3(m, v, &ParamUpdate { step, hyper })?;
+    Ok(())
+}
+
+/// The sum of the squares of every element of a CPU tensor, without a temporary: block sums in parallel,
+/// added in block order (the same result on every run, whatever thread took which block).
+pub(crate) fn sum_sq(x: &Tensor) -> Result<f32> {
+    Ok(with_host("fused-sum-sq", [x], |[xs]| {
+        let level = simd::current();
+        let blocks: Vec<f32> =
+            xs.par_chunks(ELEMENTS_PER_TASK).map(|c| repops::kernels::reduce::sum_sq(c, level)).collect();
+        Ok(blocks.iter().sum::<f32>())
+    })?)
+}
+
+/// A matrix operand of [`gemm`]: its elements, and the distance between rows and between columns.
+#[derive(Debug, Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// A row-major matrix with rows of `width` elements.
+    fn rows(data: &'a [f32], width: usize) -> Self {
+        Self { data, row_stride: width, col_stride: 1 }
+    }
+
+    /// The transpose of a row-major matrix with rows of `width` elements.
+    fn columns(data: &'a [f32], width: usize) -> Self {
+        Self { data, row_stride: 1, col_stride: width }
+    }
+
+    /// Whether a `rows × cols` matrix read with these strides stays within `data`.
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `a · b` for `a` m×k and `b` k×n (any strides), row-major m×n: the `gemm` crate's kernels (the ones
+/// candle's own matrix product runs), on rayon's pool when the product is large enough to share. The
+/// result is written straight into fresh memory (no zero-filling first).
+#[allow(unsafe_code)] // one call into `gemm` with pointers whose extents are checked first
+fn gemm((m, k, n): (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Vec<f32> {
+    assert!(a.covers(m, k) && b.covers(k, n), "gemm operands too small");
+    let mut c = Vec::<f32>::with_capacity(m * n);
+    if m == 0 || n == 0 {
+        return c;
+    }
+    if k == 0 {
+        c.resize(m * n, 0.0);
+        return c;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism =
+        if threads > 1 && m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let stride = |s: usize| s as isize;
+    // SAFETY: `c` has room for m×n elements, written at (i·n + j) through the pointer (never read: `read_dst`
+    // is false); `a` and `b` are read only at the offsets their strides give for indices below (m, k) and
+    // (k, n), which `covers` checked are inside their slices. With k > 0, gemm writes every element of the
+    // m×n destination, so all m·n are initialised when it returns.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            stride(n),
+            false,
+            a.data.as_ptr(),
+            stride(a.col_stride),
+            stride(a.row_stride),
+            b.data.as_ptr(),
+            stride(b.col_stride),
+            stride(b.row_stride),
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// `y = x · wᵀ` for `x [.., in]` and `w [out, in]`, over all leading dimensions at once, with repops'
+/// matrix kernel: one node of the graph (a reshape, a transpose and a product would be four, and the
+/// backward pass pays a zero-filled buffer and a sum for each).
+#[derive(Debug, Clone, Copy)]
+struct Linear;
+
+impl Linear {
+    fn dims(x: &[usize], w: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
+        match (x.split_last(), w) {
+            (Some((&k, lead)), &[n, wk]) if k == wk => Ok((lead.iter().product(), k, n)),
+            _ => Err(wrap("fused-linear", format!("input {x:?} and weight {w:?} (need [.., in] and [out, in])"))),
+        }
+    }
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k, n) = Self::dims(l1.dims(), l2.dims())?;
+        let (x, w) = (f32s(self.name(), s1, l1)?, f32s(self.name(), s2, l2)?);
+        let y = gemm((m, k, n), Operand::rows(x, k), Operand::columns(w, k));
+        let mut shape = l1.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (m, k, n) = Self::dims(x.dims(), w.dims())?;
+        let (dx, dw) = with_host(self.name(), [x, w, g], |[xs, ws, gs]| {
+            // dx = g · w (m×n · n×k), dw = gᵀ · x (n×m · m×k).
+            let dx = gemm((m, n, k), Operand::rows(gs, n), Operand::rows(ws, k));
+            let dw = gemm((n, m, k), Operand::columns(gs, n), Operand::rows(xs, k));
+            Ok((dx, dw))
+        })?;
+        Ok((Some(host_tensor(dx, x.shape())?), Some(host_tensor(dw, w.shape())?)))
+    }
+}
+
+/// `x [.., in] · wᵀ` for `w [out, in]` (see [`crate::Backend::linear`]).
+pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_inputs_are_named_errors_not_panics() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::zeros((3, 5), candle_core::DType::F32, &dev)?;
+        let targets = Tensor::from_vec(vec![0u32, 5, 1], 3, &dev)?;
+        let e = cross_entropy(&logits, &targets).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("target 5 is not below the 5 classes"), "{e}");
+        let x = Tensor::zeros((2, 3, 4), candle_core::DType::F32, &dev)?;
+        let e = linear(&x, &Tensor::zeros((6, 5), candle_core::DType::F32, &dev)?).err().map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains("fused-linear"));
+        let (cos, sin) = (
+            Tensor::zeros((3, 1), candle_core::DType::F32, &dev)?,
+            Tensor::zeros((3, 1), candle_core::DType::F32, &dev)?,
+        );
+        // Three query heads cannot share two key/value heads.
+        let e = causal_attention(&x, &x, &x, &cos, &sin, 3, 2).err().map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains("fused-attention"));
+        assert!(rms_norm(&x, &Tensor::ones(3, candle_core::DType::F32, &dev)?, 1e-5).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn linear_and_its_gradients_match_candles_matrix_product() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 5), &dev)?;
+        let w = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5), &dev)?)?;
+        let xv = candle_core::Var::from_tensor(&x)?;
+        let fused = linear(xv.as_tensor(), w.as_tensor())?;
+        let plain = xv.as_tensor().broadcast_matmul(&w.as_tensor().t()?)?;
+        let close = |a: &Tensor, b: &Tensor| -> Result<f32> { Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_vec0()?) };
+        assert!(close(&fused, &plain)? < 1e-5);
+        let (gf, gp) = (fused.sqr()?.sum_all()?.backward()?, plain.sqr()?.sum_all()?.backward()?);
+        for v in [&xv, &w] {
+            let (a, b) =
+                (gf.get(v).ok_or(Error::Input("no grad".into()))?, gp.get(v).ok_or(Error::Input("no grad".into()))?);
+            assert!(close(a, b)? < 1e-4, "{}", close(a, b)?);
+        }
+        Ok(())
+    }
+}
