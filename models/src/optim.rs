@@ -106,6 +106,10 @@ impl OptimConfig {
     }
 }
 
+/// Whether the native backend's CPU step updates in place (`fused::adamw_in_place`). Off: a pipeline test
+/// (checkpoint-restart must give the clean run's bits) failed with it, and the cause is not yet found.
+const IN_PLACE: bool = false;
+
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
@@ -198,7 +202,7 @@ impl AdamW {
                 Some(mv) => mv.clone(),
                 None => (var.zeros_like()?, var.zeros_like()?),
             };
-            if be == Backend::Native && var.device().is_cpu() {
+            if be == Backend::Native && var.device().is_cpu() && IN_PLACE {
                 // In place: no temporaries, one pass per moment and one for the parameter.
                 crate::fused::adamw_in_place(var.as_tensor(), g, &m, &v, clip, self.moment_steps, h)?;
                 self.moments.insert(name.clone(), (m, v));
