@@ -106,10 +106,6 @@ impl OptimConfig {
     }
 }
 
-/// Whether the native backend's CPU step updates in place (`fused::adamw_in_place`). Off: a pipeline test
-/// (checkpoint-restart must give the clean run's bits) failed with it, and the cause is not yet found.
-const IN_PLACE: bool = false;
-
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
@@ -198,17 +194,11 @@ impl AdamW {
         self.moment_steps += 1;
         for (name, var) in params.iter() {
             let Some(g) = grads.get(name) else { continue };
+            let g = if clip < 1.0 { be.scale(g, clip)? } else { g.clone() };
             let (m, v) = match self.moments.get(name) {
                 Some(mv) => mv.clone(),
                 None => (var.zeros_like()?, var.zeros_like()?),
             };
-            if be == Backend::Native && var.device().is_cpu() && IN_PLACE {
-                // In place: no temporaries, one pass per moment and one for the parameter.
-                crate::fused::adamw_in_place(var.as_tensor(), g, &m, &v, clip, self.moment_steps, h)?;
-                self.moments.insert(name.clone(), (m, v));
-                continue;
-            }
-            let g = if clip < 1.0 { be.scale(g, clip)? } else { g.clone() };
             let (p, m, v) = match be {
                 Backend::RepOps => repops::tensor::adamw_step(var.as_tensor(), &g, &m, &v, self.moment_steps, h)?,
                 Backend::Native => native_adamw(var.as_tensor(), &g, &m, &v, self.moment_steps, h)?,
@@ -220,13 +210,12 @@ impl AdamW {
         Ok(StepStats { lr, grad_norm })
     }
 
-    /// The optimizer state as named tensors (`<param>.m`, `<param>.v`) plus the step, for checkpoints: a
-    /// copy, which later steps (that may update the moments in place) leave as it is.
+    /// The optimizer state as named tensors (`<param>.m`, `<param>.v`) plus the step, for checkpoints.
     pub fn state(&self) -> (u64, BTreeMap<String, Tensor>) {
         let mut out = BTreeMap::new();
         for (n, (m, v)) in &self.moments {
-            out.insert(format!("{n}.m"), m.copy().unwrap_or_else(|_| m.clone()));
-            out.insert(format!("{n}.v"), v.copy().unwrap_or_else(|_| v.clone()));
+            out.insert(format!("{n}.m"), m.clone());
+            out.insert(format!("{n}.v"), v.clone());
         }
         (self.step, out)
     }
@@ -239,8 +228,7 @@ impl AdamW {
             let v = state
                 .get(&format!("{name}.v"))
                 .ok_or_else(|| Error::Input(format!("optimizer state lacks {name}.v")))?;
-            // Copies: the moments may be updated in place, and `state` may be someone else's.
-            moments.insert(name.to_owned(), (m.copy()?, v.copy()?));
+            moments.insert(name.to_owned(), (m.clone(), v.clone()));
         }
         self.moments = moments;
         self.step = step;

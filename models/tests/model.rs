@@ -129,10 +129,10 @@ fn native_and_repops_backends_agree_within_tolerance() -> Result<()> {
     Ok(())
 }
 
-/// AdamW updates the native backend's CPU parameters and moments in place; the repops backend computes
-/// new tensors. Both follow the same update, clipping included, and a saved state stays as it was.
+/// The native backend's AdamW (candle's ops, with the fused gradient norm) and repops' follow the same
+/// update, clipping included, and a saved state stays as it was while training goes on.
 #[test]
-fn in_place_adamw_follows_the_update_and_leaves_saved_states_alone() -> Result<()> {
+fn native_adamw_follows_repops_update_and_leaves_saved_states_alone() -> Result<()> {
     let dev = Device::Cpu;
     let corpus = small_lang()?.corpus();
     let optim = OptimConfig { grad_clip: 0.05, warmup_steps: 2, ..OptimConfig::default() };
