@@ -1,21 +1,23 @@
 //! Training steps as runs take them — forward, backward and AdamW, one after another on changing batches
 //! of the synthetic language — on candle's native kernels, on repops, and on repops while recording the
-//! op tape, all in the same run, for the `tiny`, `small` and `medium` presets at 8 × 64 tokens. Prints
-//! tokens per second, the repops slowdown and the tape's overhead; with `SWARMLAB_TORCH_PYTHON` set to a
-//! Python that has PyTorch, also runs `reference/torch_training_step.py` (the same model and optimizer in
-//! PyTorch eager) on the same machine right after, and prints each backend's ratio to it.
+//! op tape, for the `tiny`, `small` and `medium` presets at 8 × 64 tokens. With `SWARMLAB_TORCH_PYTHON`
+//! set to a Python that has PyTorch, the same model and optimizer in PyTorch eager
+//! (`reference/torch_training_step.py --serve`) take their steps in the same rounds.
+//!
+//! The contenders take turns: in each round every one takes a few steps, then the next. A ratio is
+//! between medians over the same rounds, so a machine that slows down for a while slows every contender,
+//! not only the one that happened to run then; the spread of the rounds' own ratios is printed beside it.
 //!
 //! ```sh
 //! cargo bench -p models --bench training_step
 //! SWARMLAB_TORCH_PYTHON=/path/to/venv/bin/python cargo bench -p models --bench training_step
 //! ```
 
-use std::collections::BTreeMap;
-use std::hint::black_box;
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
 
 use candle_core::Device;
-use criterion::Criterion;
 use models::data::{SyntheticConfig, SyntheticLanguage, sample_batch};
 use models::{AdamW, Backend, Llama, ModelConfig, OptimConfig};
 
@@ -29,10 +31,12 @@ struct Run {
     opt: AdamW,
     corpus: Vec<u32>,
     step: u64,
+    /// Whether every step is recorded on the op tape.
+    tape: bool,
 }
 
 impl Run {
-    fn new(preset: &str, backend: Backend) -> Self {
+    fn new(preset: &str, backend: Backend, tape: bool) -> Self {
         let cfg = ModelConfig { backend, ..ModelConfig::preset(preset).expect("preset") };
         let lang =
             SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 16, val_tokens: 1024, ..Default::default() })
@@ -42,6 +46,7 @@ impl Run {
             opt: AdamW::new(OptimConfig::default(), backend).expect("optim"),
             corpus: lang.corpus().train.clone(),
             step: 0,
+            tape,
         }
     }
 
@@ -52,78 +57,189 @@ impl Run {
         let params = self.model.params();
         let loss = self.model.loss(&ids, &targets).expect("loss");
         let grads = params.grads(&loss.backward().expect("backward"));
-        black_box(self.opt.step(&params, &grads).expect("step"));
+        std::hint::black_box(self.opt.step(&params, &grads).expect("step"));
     }
-}
 
-fn bench(c: &mut Criterion, preset: &str) {
-    let mut group = c.benchmark_group(format!("training_step_{preset}"));
-    let seconds = match preset {
-        "tiny" => 4,
-        "small" => 8,
-        _ => 25,
-    };
-    group.sample_size(10).measurement_time(Duration::from_secs(seconds)).warm_up_time(Duration::from_secs(2));
-    for (name, backend, tape) in [
-        ("native", Backend::Native, false),
-        ("repops", Backend::RepOps, false),
-        ("repops_with_tape", Backend::RepOps, true),
-    ] {
-        let mut run = Run::new(preset, backend);
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                if tape {
-                    let ((), tape) = repops::tape::record(false, || run.step());
-                    black_box(tape.len());
+    /// The wall time of each of the next `n` steps, in seconds.
+    fn timed_steps(&mut self, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|_| {
+                let start = Instant::now();
+                if self.tape {
+                    let ((), tape) = repops::tape::record(false, || self.step());
+                    std::hint::black_box(tape.len());
                 } else {
-                    run.step();
+                    self.step();
                 }
+                start.elapsed().as_secs_f64()
             })
-        });
+            .collect()
     }
-    group.finish();
 }
 
-fn mean_ns(group: &str, bench: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let text =
-        std::fs::read_to_string(dir.join("criterion").join(group).join(bench).join("new/estimates.json")).ok()?;
-    let at = text.find("\"mean\"")?;
-    let rest = &text[at..];
-    let p = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    rest[p..].split([',', '}']).next()?.trim().parse().ok()
+/// PyTorch eager running the reference script with `--serve`: it takes a preset's steps when asked.
+struct PyTorch {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
 }
 
-/// PyTorch eager's milliseconds per step by preset, from the reference script run by `python`.
-fn pytorch(python: &str) -> BTreeMap<String, f64> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference/torch_training_step.py");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
-    let out = match std::process::Command::new(python)
-        .args([script, "--threads", &threads, "--presets", &PRESETS.join(","), "--batch", "8", "--seq", "64"])
-        .output()
-    {
-        Ok(out) if out.status.success() => out,
-        Ok(out) => {
-            eprintln!("the PyTorch reference failed: {}", String::from_utf8_lossy(&out.stderr));
-            return BTreeMap::new();
+impl PyTorch {
+    fn start(python: &str) -> Result<Self, String> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/reference/torch_training_step.py");
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+        let (batch, seq) = (BATCH.to_string(), SEQ.to_string());
+        let args = [script, "--serve", "--threads", &threads, "--presets", &PRESETS.join(","), "--batch", &batch];
+        let mut child = Command::new(python)
+            .args(args)
+            .args(["--seq", &seq])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("could not run {python}: {e}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("no pipes to the PyTorch reference".into());
+        };
+        let mut torch = Self { child, stdin, stdout: BufReader::new(stdout) };
+        let ready = torch.line()?;
+        if !ready.starts_with("READY") {
+            return Err(format!("the PyTorch reference said {ready:?} instead of READY"));
         }
-        Err(e) => {
-            eprintln!("could not run {python}: {e}");
-            return BTreeMap::new();
+        println!("PyTorch reference: {}", ready.trim_start_matches("READY").trim());
+        Ok(torch)
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) => Err("the PyTorch reference ended".into()),
+            Ok(_) => Ok(line.trim_end().to_owned()),
+            Err(e) => Err(format!("reading from the PyTorch reference: {e}")),
         }
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    print!("{text}");
-    // "PYTORCH <preset> eager, … : <ms> ms per step, …"
-    text.lines()
-        .filter_map(|line| {
-            let preset = line.strip_prefix("PYTORCH ")?.split_whitespace().next()?;
-            let ms = line.split(": ").nth(1)?.split(" ms per step").next()?.trim().parse().ok()?;
-            Some((preset.to_owned(), ms))
-        })
-        .collect()
+    }
+
+    /// The wall time of each of `preset`'s next `n` steps, in seconds.
+    fn timed_steps(&mut self, preset: &str, n: usize) -> Result<Vec<f64>, String> {
+        writeln!(self.stdin, "STEP {preset} {n}").map_err(|e| format!("writing to the PyTorch reference: {e}"))?;
+        let answer = self.line()?;
+        let times = answer
+            .strip_prefix("TIMES ")
+            .and_then(|rest| rest.strip_prefix(preset))
+            .ok_or_else(|| format!("the PyTorch reference answered {answer:?}"))?;
+        let times: Vec<f64> = times.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+        if times.len() == n { Ok(times) } else { Err(format!("asked for {n} step times, got {answer:?}")) }
+    }
+}
+
+impl Drop for PyTorch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One contender's step times, by round.
+struct Timings {
+    name: &'static str,
+    rounds: Vec<Vec<f64>>,
+}
+
+impl Timings {
+    fn all(&self) -> Vec<f64> {
+        self.rounds.concat()
+    }
+
+    fn median(&self) -> f64 {
+        quantile(&self.all(), 0.5)
+    }
+}
+
+fn quantile(xs: &[f64], q: f64) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    xs.get(((xs.len().saturating_sub(1)) as f64 * q).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
+/// `slower`'s median step time over `faster`'s, and the least and greatest of the rounds' own ratios.
+fn ratio(slower: &Timings, faster: &Timings) -> (f64, f64, f64) {
+    let per_round: Vec<f64> =
+        slower.rounds.iter().zip(&faster.rounds).map(|(s, f)| quantile(s, 0.5) / quantile(f, 0.5)).collect();
+    let (lo, hi) = per_round.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    (slower.median() / faster.median(), lo, hi)
+}
+
+/// Rounds, and steps per turn, so that each preset's contenders take a few seconds each.
+fn schedule(preset: &str) -> (usize, usize) {
+    match preset {
+        "tiny" => (12, 8),
+        "small" => (12, 3),
+        _ => (10, 1),
+    }
+}
+
+fn bench(preset: &str, torch: &mut Option<PyTorch>) {
+    let (rounds, per_turn) = schedule(preset);
+    let mut runs = [
+        ("native", Run::new(preset, Backend::Native, false)),
+        ("repops", Run::new(preset, Backend::RepOps, false)),
+        ("repops + tape", Run::new(preset, Backend::RepOps, true)),
+    ];
+    let mut timings: Vec<Timings> = runs.iter().map(|(name, _)| Timings { name, rounds: Vec::new() }).collect();
+    let mut torch_timings = Timings { name: "PyTorch eager", rounds: Vec::new() };
+    // Warm-up: two turns each, not counted.
+    for round in 0..rounds + 2 {
+        for ((_, run), t) in runs.iter_mut().zip(&mut timings) {
+            let times = run.timed_steps(per_turn);
+            if round >= 2 {
+                t.rounds.push(times);
+            }
+        }
+        if let Some(py) = torch.as_mut() {
+            match py.timed_steps(preset, per_turn) {
+                Ok(times) if round >= 2 => torch_timings.rounds.push(times),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("{e}; going on without PyTorch");
+                    *torch = None;
+                    torch_timings.rounds.clear();
+                }
+            }
+        }
+    }
+    println!("training_step {preset}: {BATCH} x {SEQ} tokens, {rounds} rounds of {per_turn} steps each in turn");
+    let with_torch = !torch_timings.rounds.is_empty();
+    for t in timings.iter().chain(with_torch.then_some(&torch_timings)) {
+        let all = t.all();
+        println!(
+            "  {:<14} {:8.2} ms per step (quartiles {:.2}–{:.2}), {:>8.0} tokens/s",
+            t.name,
+            t.median() * 1e3,
+            quantile(&all, 0.25) * 1e3,
+            quantile(&all, 0.75) * 1e3,
+            (BATCH * SEQ) as f64 / t.median()
+        );
+    }
+    let [native, repops, taped] = &timings[..] else { unreachable!("three runs") };
+    let (r, lo, hi) = ratio(repops, native);
+    println!("RATIO {preset} repops: {r:.2}x native's step time (rounds {lo:.2}–{hi:.2}x)");
+    let (r, lo, hi) = ratio(taped, repops);
+    let pct = |x: f64| (x - 1.0) * 100.0;
+    println!(
+        "RATIO {preset} tape recording: {:+.1}% of the repops step time (rounds {:+.1}% to {:+.1}%; target < 10%)",
+        pct(r),
+        pct(lo),
+        pct(hi)
+    );
+    if with_torch {
+        for contender in [native, repops] {
+            // Tokens per second over PyTorch's: its step time over ours.
+            let (r, lo, hi) = ratio(&torch_timings, contender);
+            println!(
+                "RATIO {preset} {} vs PyTorch eager: {r:.2}x its tokens/s (rounds {lo:.2}–{hi:.2}x)",
+                contender.name
+            );
+        }
+    }
 }
 
 #[allow(unsafe_code)] // sets the element-wise pool's size before any thread starts
@@ -136,38 +252,19 @@ fn main() {
     }
     // The allocator settings `swarmlab` runs with (`SWARMLAB_RETURN_FREED_MEMORY=1` measures without).
     models::memory::keep_freed_memory_unless_disabled();
-    let mut c = Criterion::default().configure_from_args();
-    for preset in PRESETS {
-        bench(&mut c, preset);
+    // As `swarmlab` runs: this thread works for the pool that runs its ops' parallel loops.
+    if std::env::var_os("SWARMLAB_BENCH_OUTSIDE_POOL").is_none() {
+        repops::threads::work_on_this_thread(0);
     }
-    c.final_summary();
-    let torch = std::env::var("SWARMLAB_TORCH_PYTHON").map(|python| pytorch(&python)).unwrap_or_default();
+    // `cargo bench` passes `--bench`; a filter argument picks presets.
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let mut torch = match std::env::var("SWARMLAB_TORCH_PYTHON") {
+        Ok(python) => PyTorch::start(&python).map_err(|e| eprintln!("{e}; going on without PyTorch")).ok(),
+        Err(_) => None,
+    };
     for preset in PRESETS {
-        let g = format!("training_step_{preset}");
-        let (Some(n), Some(r), Some(t)) =
-            (mean_ns(&g, "native"), mean_ns(&g, "repops"), mean_ns(&g, "repops_with_tape"))
-        else {
-            continue;
-        };
-        let tokens = |ns: f64| (BATCH * SEQ) as f64 / (ns / 1e9);
-        println!(
-            "RATIO {preset} training step: native {:.1} ms ({:.0} tokens/s), repops {:.1} ms ({:.2}x native's time)",
-            n / 1e6,
-            tokens(n),
-            r / 1e6,
-            r / n
-        );
-        println!(
-            "RATIO {preset} tape recording: +{:.1}% of the repops step time (target < 10%)",
-            (t / r - 1.0) * 100.0
-        );
-        if let Some(ms) = torch.get(preset) {
-            let ms_ns = ms * 1e6;
-            println!(
-                "RATIO {preset} vs PyTorch eager ({ms:.1} ms): native {:.2}x its tokens/s, repops {:.2}x",
-                ms_ns / n,
-                ms_ns / r
-            );
+        if filter.is_empty() || filter.iter().any(|f| preset.contains(f.as_str())) {
+            bench(preset, &mut torch);
         }
     }
 }

@@ -7,7 +7,7 @@
 //! tests check values and gradients against them); they are not meant to be the same bits. Only CPU
 //! tensors take these ops: the backend keeps the composed ops on other devices.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, InplaceOp2, InplaceOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 use repops::kernels::math::{exp, sigmoid};
 use repops::kernels::reduce::max;
@@ -608,6 +608,104 @@ pub(crate) fn causal_attention(
 ) -> Result<Tensor> {
     let op = CausalAttention { heads, kv_heads, cos: cos.contiguous()?, sin: sin.contiguous()? };
     Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+}
+
+/// AdamW's moment update in place, on the gradient scaled by the clipping factor `clip`: the first
+/// moment `m = β·m + (1−β)·(c·g)`, or with `squared` the second `v = β·v + (1−β)·(c·g)²`.
+#[derive(Debug, Clone, Copy)]
+struct MomentUpdate {
+    beta: f32,
+    clip: f32,
+    squared: bool,
+}
+
+fn f32s_mut<'a>(op: &'static str, s: &'a mut CpuStorage, layout: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let (start, end) = layout.contiguous_offsets().ok_or_else(|| wrap(op, "output is not contiguous"))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[start..end]),
+        _ => Err(wrap(op, "expected f32")),
+    }
+}
+
+impl InplaceOp2 for MomentUpdate {
+    fn name(&self) -> &'static str {
+        "fused-adamw-moment"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
+        let (m, g) = (f32s_mut(self.name(), dst, dst_l)?, f32s(self.name(), g, gl)?);
+        if m.len() != g.len() {
+            return Err(wrap(self.name(), format!("{} moments for {} gradients", m.len(), g.len())));
+        }
+        let Self { beta, clip, squared } = *self;
+        let level = simd::current();
+        m.par_chunks_mut(ELEMENTS_PER_TASK).zip(g.par_chunks(ELEMENTS_PER_TASK)).for_each(|(m, g)| {
+            simd::dispatch(level, || {
+                for (mi, &gi) in m.iter_mut().zip(g) {
+                    let gi = clip * gi;
+                    *mi = beta * *mi + (1.0 - beta) * if squared { gi * gi } else { gi };
+                }
+            })
+        });
+        Ok(())
+    }
+}
+
+/// AdamW's parameter update in place from moments already updated (repops' `apply_update`).
+#[derive(Debug, Clone, Copy)]
+struct ParamUpdate {
+    step: u64,
+    hyper: repops::AdamW,
+}
+
+impl InplaceOp3 for ParamUpdate {
+    fn name(&self) -> &'static str {
+        "fused-adamw-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<()> {
+        let p = f32s_mut(self.name(), dst, dst_l)?;
+        let (m, v) = (f32s(self.name(), m, ml)?, f32s(self.name(), v, vl)?);
+        if m.len() != p.len() || v.len() != p.len() {
+            return Err(wrap(
+                self.name(),
+                format!("moments of {} and {} for {} parameters", m.len(), v.len(), p.len()),
+            ));
+        }
+        let level = simd::current();
+        p.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(m.par_chunks(ELEMENTS_PER_TASK).zip(v.par_chunks(ELEMENTS_PER_TASK)))
+            .for_each(|(p, (m, v))| {
+                simd::dispatch(level, || repops::kernels::adamw::apply_update(p, m, v, self.step, self.hyper))
+            });
+        Ok(())
+    }
+}
+
+/// One AdamW step (1-based `step`) of the parameter `p` from its gradient `g` scaled by `clip`, with the
+/// moments `m` and `v`: all three updated in place, nothing allocated.
+pub(crate) fn adamw_in_place(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    clip: f32,
+    step: u64,
+    hyper: repops::AdamW,
+) -> Result<()> {
+    let g = g.contiguous()?;
+    m.inplace_op2(&g, &MomentUpdate { beta: hyper.beta1, clip, squared: false })?;
+    v.inplace_op2(&g, &MomentUpdate { beta: hyper.beta2, clip, squared: true })?;
+    p.inplace_op3(m, v, &ParamUpdate { step, hyper })?;
+    Ok(())
 }
 
 /// The sum of the squares of every element of a CPU tensor, without a temporary: block sums in parallel,

@@ -5,6 +5,7 @@
 //! is the same bits on every platform.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -116,7 +117,11 @@ pub struct StepStats {
 }
 
 /// AdamW over a set of named parameters, with its moments.
-#[derive(Debug, Clone)]
+///
+/// On the native backend on the CPU a step updates the moments and parameters in place. Clones, saved
+/// states and restored states share their moment tensors with this optimizer until its next step, which
+/// then first copies them (copy on write): a clone kept as a checkpoint never moves with later steps.
+#[derive(Debug)]
 pub struct AdamW {
     cfg: OptimConfig,
     backend: Backend,
@@ -126,13 +131,39 @@ pub struct AdamW {
     moments: BTreeMap<String, (Tensor, Tensor)>,
     /// Factor on the scheduled learning rate (1 unless set by [`AdamW::set_lr_factor`]).
     lr_factor: f32,
+    /// Whether `moments` may be held elsewhere too (by a clone, a saved or a restored state), so that
+    /// an in-place step must copy them first.
+    moments_shared: AtomicBool,
+}
+
+impl Clone for AdamW {
+    fn clone(&self) -> Self {
+        self.moments_shared.store(true, Ordering::Relaxed);
+        Self {
+            cfg: self.cfg.clone(),
+            backend: self.backend,
+            step: self.step,
+            moment_steps: self.moment_steps,
+            moments: self.moments.clone(),
+            lr_factor: self.lr_factor,
+            moments_shared: AtomicBool::new(true),
+        }
+    }
 }
 
 impl AdamW {
     /// A fresh optimizer (zero moments, step 0).
     pub fn new(cfg: OptimConfig, backend: Backend) -> Result<Self> {
         cfg.validate()?;
-        Ok(Self { cfg, backend, step: 0, moment_steps: 0, moments: BTreeMap::new(), lr_factor: 1.0 })
+        Ok(Self {
+            cfg,
+            backend,
+            step: 0,
+            moment_steps: 0,
+            moments: BTreeMap::new(),
+            lr_factor: 1.0,
+            moments_shared: AtomicBool::new(false),
+        })
     }
 
     /// Steps taken so far.
@@ -192,13 +223,29 @@ impl AdamW {
         let lr = h.lr;
         self.step += 1;
         self.moment_steps += 1;
+        // In place on the native backend on the CPU: one pass per moment and one for the parameter,
+        // nothing allocated once the moments are this optimizer's own.
+        let in_place = be == Backend::Native && params.iter().next().is_some_and(|(_, v)| v.device().is_cpu());
+        if in_place && self.moments_shared.load(Ordering::Relaxed) {
+            let mut own = BTreeMap::new();
+            for (name, (m, v)) in &self.moments {
+                own.insert(name.clone(), (m.force_contiguous()?, v.force_contiguous()?));
+            }
+            self.moments = own;
+            self.moments_shared.store(false, Ordering::Relaxed);
+        }
         for (name, var) in params.iter() {
             let Some(g) = grads.get(name) else { continue };
-            let g = if clip < 1.0 { be.scale(g, clip)? } else { g.clone() };
             let (m, v) = match self.moments.get(name) {
                 Some(mv) => mv.clone(),
                 None => (var.zeros_like()?, var.zeros_like()?),
             };
+            if in_place {
+                crate::fused::adamw_in_place(var.as_tensor(), g, &m, &v, clip, self.moment_steps, h)?;
+                self.moments.insert(name.clone(), (m, v));
+                continue;
+            }
+            let g = if clip < 1.0 { be.scale(g, clip)? } else { g.clone() };
             let (p, m, v) = match be {
                 Backend::RepOps => repops::tensor::adamw_step(var.as_tensor(), &g, &m, &v, self.moment_steps, h)?,
                 Backend::Native => native_adamw(var.as_tensor(), &g, &m, &v, self.moment_steps, h)?,
@@ -211,7 +258,9 @@ impl AdamW {
     }
 
     /// The optimizer state as named tensors (`<param>.m`, `<param>.v`) plus the step, for checkpoints.
+    /// Later steps leave it as it is.
     pub fn state(&self) -> (u64, BTreeMap<String, Tensor>) {
+        self.moments_shared.store(true, Ordering::Relaxed);
         let mut out = BTreeMap::new();
         for (n, (m, v)) in &self.moments {
             out.insert(format!("{n}.m"), m.clone());
@@ -231,6 +280,8 @@ impl AdamW {
             moments.insert(name.to_owned(), (m.clone(), v.clone()));
         }
         self.moments = moments;
+        // The caller still holds `state`.
+        self.moments_shared.store(true, Ordering::Relaxed);
         self.step = step;
         self.moment_steps = step;
         Ok(())

@@ -44,6 +44,7 @@ pub mod op;
 pub mod simd;
 pub mod tape;
 pub mod tensor;
+pub mod threads;
 
 pub use error::{Error, Result};
 pub use kernels::adamw::AdamW;

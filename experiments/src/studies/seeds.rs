@@ -59,7 +59,11 @@ pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<f64> {
     let narrow_width = match how.scale {
         Scale::Cpu => {
             let (narrow, width) = narrower(&cfg)?;
-            series.push(Series { cfg: narrow, out: out.join(format!("width-{width}")), label: format!(" at width {width}") });
+            series.push(Series {
+                cfg: narrow,
+                out: out.join(format!("width-{width}")),
+                label: format!(" at width {width}"),
+            });
             Some(width)
         }
         _ => None,
@@ -72,7 +76,11 @@ pub(crate) fn reproduce(cfg: RunConfig, how: &Reproduce) -> Result<f64> {
         seeds: main.seeds.clone(),
         wall_s: main.wall_s.clone(),
         claims: &main.claims,
-        narrower: narrow.as_ref().map(|(width, runs)| Narrower { width: *width, wall_s: runs.wall_s.clone(), claims: &runs.claims }),
+        narrower: narrow.as_ref().map(|(width, runs)| Narrower {
+            width: *width,
+            wall_s: runs.wall_s.clone(),
+            claims: &runs.claims,
+        }),
     };
     write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     let ran = if how.quick() { cfg.clone().quick() } else { cfg.clone() };
@@ -125,6 +133,8 @@ fn run_seeds(series: &[Series], how: &Reproduce) -> Result<Vec<SeedRuns>> {
     std::thread::scope(|scope| {
         for _ in 0..how.jobs.clamp(1, total.max(1)) {
             scope.spawn(|| {
+                // Each job runs its seeds' ops on its own thread (and its pool's helpers, if any).
+                repops::threads::work_on_this_thread(0);
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= total {
@@ -192,7 +202,9 @@ fn markdown(s: &SeededSummary<'_>, how: &Reproduce, cfg: &RunConfig) -> String {
         how.flags(),
         s.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
         s.wall_s.iter().sum::<f64>(),
-        s.narrower.as_ref().map_or(String::new(), |n| format!(" ({:.0} s more at half the width)", n.wall_s.iter().sum::<f64>()))
+        s.narrower
+            .as_ref()
+            .map_or(String::new(), |n| format!(" ({:.0} s more at half the width)", n.wall_s.iter().sum::<f64>()))
     );
     md.push_str(&crate::studies::setup_section(cfg));
     md.push_str("\n## Claims\n\n");

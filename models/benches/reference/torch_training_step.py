@@ -7,11 +7,17 @@ tokens per second per preset in the bench's format, so the two can be read side 
 
     python3 torch_training_step.py [--threads 2] [--presets tiny,small,medium] [--batch 8] [--steps 40]
 
+With --serve it builds every preset's model and optimizer, prints READY, then answers each line
+`STEP <preset> <n>` on its standard input with `TIMES <preset> <seconds> ...`: the time of each of the next
+n steps of that preset. The bench uses it to take PyTorch's steps in turn with its own, in rounds, so
+that both see the same machine.
+
 Only for comparison: PyTorch is not a dependency of the project. Install it in a throw-away environment.
 """
 
 import argparse
 import math
+import sys
 import time
 
 import torch
@@ -88,29 +94,55 @@ def lr_at(step, lr=3e-3, min_lr=3e-4, warmup=20, total=1000):
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def run(preset, batch, seq, steps, warmup_steps):
-    torch.manual_seed(0)
-    model = Llama(*PRESETS[preset])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
-    corpus = torch.randint(0, VOCAB, (1 << 16,))
-    times = []
-    for step in range(warmup_steps + steps):
+class Trainer:
+    """One preset's model and optimizer, taking steps one after another on changing batches."""
+
+    def __init__(self, preset, batch, seq):
+        torch.manual_seed(0)
+        self.model = Llama(*PRESETS[preset])
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01
+        )
+        self.corpus = torch.randint(0, VOCAB, (1 << 16,))
+        self.batch, self.seq, self.steps = batch, seq, 0
+
+    def step(self):
+        """One training step on the next batch; returns its wall time in seconds."""
         start = time.perf_counter()
-        starts = torch.randint(0, corpus.numel() - seq - 1, (batch,))
-        window = torch.stack([corpus[s : s + seq + 1] for s in starts.tolist()])
+        seq = self.seq
+        starts = torch.randint(0, self.corpus.numel() - seq - 1, (self.batch,))
+        window = torch.stack([self.corpus[s : s + seq + 1] for s in starts.tolist()])
         ids, targets = window[:, :-1], window[:, 1:]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        loss = F.cross_entropy(model(ids).reshape(-1, VOCAB), targets.reshape(-1))
-        opt.zero_grad(set_to_none=True)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.steps)
+        loss = F.cross_entropy(self.model(ids).reshape(-1, VOCAB), targets.reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step >= warmup_steps:
-            times.append(time.perf_counter() - start)
-    times.sort()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.steps += 1
+        return time.perf_counter() - start
+
+
+def run(preset, batch, seq, steps, warmup_steps):
+    trainer = Trainer(preset, batch, seq)
+    for _ in range(warmup_steps):
+        trainer.step()
+    times = sorted(trainer.step() for _ in range(steps))
     median = times[len(times) // 2]
     return median, batch * seq / median
+
+
+def serve(presets, batch, seq):
+    trainers = {preset: Trainer(preset, batch, seq) for preset in presets}
+    print(f"READY torch {torch.__version__}", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if len(words) != 3 or words[0] != "STEP" or words[1] not in trainers or not words[2].isdigit():
+            print(f"ERROR expected `STEP <preset> <n>` with a preset of {sorted(trainers)}, got {line!r}", flush=True)
+            continue
+        times = [trainers[words[1]].step() for _ in range(int(words[2]))]
+        print("TIMES " + words[1] + "".join(f" {t:.6f}" for t in times), flush=True)
 
 
 def main():
@@ -121,8 +153,12 @@ def main():
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--serve", action="store_true", help="take steps when asked on standard input")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.serve:
+        serve(args.presets.split(","), args.batch, args.seq)
+        return
     for preset in args.presets.split(","):
         median, tokens = run(preset, args.batch, args.seq, args.steps, args.warmup)
         print(f"PYTORCH {preset} eager, {args.threads} threads, {args.batch} x {args.seq}: "
