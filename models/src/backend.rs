@@ -39,7 +39,7 @@ impl Backend {
     /// `x [.., in] · wᵀ` for `w [out, in]`.
     pub fn linear(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::Native if x.device().is_cpu() => crate::fused::linear(x, w)?,
+            Self::Native if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 => crate::fused::linear(x, w)?,
             Self::Native => {
                 // One [rows, in] · [in, out] product (its backward pass too) instead of one per leading index.
                 let dims = x.dims();

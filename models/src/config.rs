@@ -40,6 +40,8 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     /// Which kernels run the model: `native` (candle) or `repops` (bitwise reproducible).
     pub backend: Backend,
+    /// The precision of the matrix products: `f32`, or `bf16` mixed precision (native backend only).
+    pub precision: Precision,
     /// Seed of the weight initialisation.
     pub init_seed: u64,
 }
@@ -68,6 +70,7 @@ impl ModelConfig {
             norm_eps: 1e-5,
             tie_embeddings: false,
             backend: Backend::Native,
+            precision: Precision::F32,
             init_seed: 0,
         }
     }
@@ -179,6 +182,12 @@ impl ModelConfig {
         if let Some(scaling) = &self.rope_scaling {
             scaling.validate()?;
         }
+        if self.precision == Precision::Bf16 && self.backend != Backend::Native {
+            return Err(Error::config(
+                "model.precision",
+                format!("bf16 is for the native backend; {} computes in f32 to stay bit-defined", self.backend),
+            ));
+        }
         Ok(())
     }
 
@@ -188,6 +197,38 @@ impl ModelConfig {
         match &self.rope_scaling {
             None => plain,
             Some(scaling) => plain.into_iter().map(|f| scaling.rescale(f)).collect(),
+        }
+    }
+}
+
+/// The precision a model's matrix products run at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Every op in f32.
+    #[default]
+    F32,
+    /// Mixed precision as PyTorch's bf16 autocast trains: the matrix products (the linear layers, and
+    /// attention's two products where they are separate ops) read bf16 copies of their operands and
+    /// round their result to bf16, which is widened back to f32; the weights, their gradients, the
+    /// residual stream, norms, softmax, the loss and the optimizer's state stay f32. On the CPU the
+    /// fused attention kernel keeps its products in f32. Native backend only.
+    Bf16,
+}
+
+impl Precision {
+    /// The product `f(a, b)` at this precision: as it is in f32; with bf16, on bf16 copies of `a` and `b`,
+    /// its result widened back to f32. The gradients reaching `a` and `b` are f32 either way.
+    pub fn product(
+        self,
+        a: &candle_core::Tensor,
+        b: &candle_core::Tensor,
+        f: impl FnOnce(&candle_core::Tensor, &candle_core::Tensor) -> Result<candle_core::Tensor>,
+    ) -> Result<candle_core::Tensor> {
+        use candle_core::DType;
+        match self {
+            Self::F32 => f(a, b),
+            Self::Bf16 => Ok(f(&a.to_dtype(DType::BF16)?, &b.to_dtype(DType::BF16)?)?.to_dtype(DType::F32)?),
         }
     }
 }

@@ -42,7 +42,7 @@ pub mod memory;
 pub mod optim;
 
 pub use backend::Backend;
-pub use config::{ModelConfig, RopeScaling};
+pub use config::{ModelConfig, Precision, RopeScaling};
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;

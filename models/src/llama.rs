@@ -418,9 +418,15 @@ impl Stage {
             }
             let h = be.rms_norm(&x, self.params.get("final_norm")?, self.cfg.norm_eps)?;
             let head = if self.cfg.tie_embeddings { self.params.get("embed")? } else { self.params.get("head")? };
-            return be.linear(&h, head);
+            return self.linear(&h, head);
         }
         Ok(x)
+    }
+
+    /// `x [.., in] · wᵀ` at the model's [`Precision`](crate::Precision).
+    fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let be = self.cfg.backend;
+        self.cfg.precision.product(x, w, |x, w| be.linear(x, w))
     }
 
     fn block(
@@ -442,7 +448,7 @@ impl Stage {
             // Projections stay `[B, T, n · dh]`: the fused op reads heads in place and applies the rotary
             // positions itself.
             let project = |w: &str, bias: &str, norm: Option<&str>, n: usize| -> Result<Tensor> {
-                let mut y = be.linear(&h, p(w)?)?;
+                let mut y = self.linear(&h, p(w)?)?;
                 if cfg.qkv_bias {
                     y = be.add_bias(&y, p(bias)?)?;
                 }
@@ -456,10 +462,10 @@ impl Stage {
         } else {
             self.attention(l, &h, mask, cos, sin, cache)?
         };
-        let x = be.add(x, &be.linear(&ctx, p("wo")?)?)?;
+        let x = be.add(x, &self.linear(&ctx, p("wo")?)?)?;
         let h = be.rms_norm(&x, p("mlp_norm")?, self.cfg.norm_eps)?;
-        let gate = be.swiglu(&be.linear(&h, p("w1")?)?, &be.linear(&h, p("w3")?)?)?;
-        be.add(&x, &be.linear(&gate, p("w2")?)?)
+        let gate = be.swiglu(&self.linear(&h, p("w1")?)?, &self.linear(&h, p("w3")?)?)?;
+        be.add(&x, &self.linear(&gate, p("w2")?)?)
     }
 
     /// Attention from its composed ops (heads transposed to `[B, n, T, dh]`, rotary positions, scores,
@@ -480,7 +486,7 @@ impl Stage {
         let (nh, kvh, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.head_dim());
         // A projection split into `n` heads `[B, n, T, dh]`, with its bias and norm where the model has them.
         let project = |w: &str, bias: &str, norm: Option<&str>, n: usize| -> Result<Tensor> {
-            let mut y = be.linear(h, p(w)?)?;
+            let mut y = self.linear(h, p(w)?)?;
             if cfg.qkv_bias {
                 y = be.add_bias(&y, p(bias)?)?;
             }
@@ -498,13 +504,16 @@ impl Stage {
             None => (k, v),
         };
         let (k, v) = (repeat_kv(&k, nh / kvh)?, repeat_kv(&v, nh / kvh)?);
-        let scores = be.scale(&be.matmul_bt(&q, &k)?, 1.0 / (dh as f32).sqrt())?;
+        let products = self.cfg.precision;
+        let scores = products.product(&q, &k, |q, k| be.matmul_bt(q, k))?;
+        let scores = be.scale(&scores, 1.0 / (dh as f32).sqrt())?;
         let scores = match mask {
             Some(m) => be.add(&scores, m)?,
             None => scores,
         };
         let att = be.softmax_last_dim(&scores)?;
-        Ok(be.matmul(&att, &v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * dh))?)
+        let ctx = products.product(&att, &v, |att, v| be.matmul(att, v))?;
+        Ok(ctx.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * dh))?)
     }
 
     /// Mean next-token cross-entropy of `logits [B, T, V]` against `targets [B, T]`, in nats.

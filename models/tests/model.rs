@@ -192,6 +192,68 @@ fn a_cloned_optimizer_is_a_checkpoint_that_later_steps_leave_alone() -> Result<(
     Ok(())
 }
 
+/// bf16 mixed precision: products on bf16 copies, everything kept in f32. The logits and gradients stay
+/// near f32's (bf16 keeps 8 significant bits), training follows f32's, the weights and their gradients
+/// stay f32, cached decoding (the composed attention, whose products are bf16 too) gives the full pass's
+/// logits, and repops refuses it.
+#[test]
+fn bf16_mixed_precision_stays_near_f32_and_keeps_f32_state() -> Result<()> {
+    use candle_core::DType;
+    use models::Precision;
+    let dev = Device::Cpu;
+    let corpus = small_lang()?.corpus();
+    let mixed = ModelConfig { precision: Precision::Bf16, ..cfg(Backend::Native) };
+    let (full, half) = (Llama::new(&cfg(Backend::Native), 1, &dev)?, Llama::new(&mixed, 1, &dev)?);
+    let (ids, targets) = sample_batch(&corpus.train, 2, 16, 7, 0, 0, &dev)?;
+    let (a, b) = (full.forward(&ids)?, half.forward(&ids)?);
+    assert_eq!(b.dtype(), DType::F32);
+    let scale = a.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
+    let gap = (&a - &b)?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
+    assert!(gap > 0.0 && gap < 0.05 * scale, "bf16 logits {gap} away at a scale of {scale}");
+    let gf = full.params().grads(&full.loss(&ids, &targets)?.backward()?);
+    let gh = half.params().grads(&half.loss(&ids, &targets)?.backward()?);
+    for (name, g) in &gh {
+        assert_eq!(g.dtype(), DType::F32, "{name}'s gradient");
+        let (x, y) = (g.flatten_all()?.to_vec1::<f32>()?, gf[name].flatten_all()?.to_vec1::<f32>()?);
+        let dot: f32 = x.iter().zip(&y).map(|(p, q)| p * q).sum();
+        let norm = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
+        let cosine = dot / (norm(&x) * norm(&y)).max(f32::MIN_POSITIVE);
+        assert!(cosine > 0.99, "{name}: gradients at a cosine of {cosine}");
+    }
+    // Cached decoding, one position at a time, against the full pass (fused attention on the CPU).
+    let mut cache = KvCache::new();
+    for i in 0..4 {
+        let step = half.forward_cached(&ids.narrow(1, i, 1)?, &mut cache)?;
+        let want = half.forward(&ids.narrow(1, 0, i + 1)?)?.narrow(1, i, 1)?;
+        let gap = (&step - &want)?.abs()?.flatten_all()?.max(0)?.to_vec0::<f32>()?;
+        assert!(gap < 0.05 * scale, "cached position {i}: {gap} away");
+    }
+    // Training: the same steps on both; the losses follow each other.
+    let optim = OptimConfig { lr: 1e-2, min_lr: 1e-3, warmup_steps: 5, total_steps: 40, ..OptimConfig::default() };
+    let mut losses = Vec::new();
+    for model in [&full, &half] {
+        let mut opt = AdamW::new(optim.clone(), Backend::Native)?;
+        let mut last = 0.0;
+        for step in 0..40 {
+            let (ids, targets) = sample_batch(&corpus.train, 8, 32, 3, step, 0, &dev)?;
+            let loss = model.loss(&ids, &targets)?;
+            last = loss.to_vec0::<f32>()?;
+            opt.step(&model.params(), &model.params().grads(&loss.backward()?))?;
+        }
+        assert!(model.params().iter().all(|(_, v)| v.dtype() == DType::F32), "master weights stay f32");
+        losses.push(last);
+    }
+    println!(
+        "bf16 logits {gap:.4} from f32's (scale {scale:.3}); last training loss f32 {:.4}, bf16 {:.4}",
+        losses[0], losses[1]
+    );
+    assert!(losses[1] < 4.5, "bf16 training got to {}", losses[1]);
+    assert!((losses[0] - losses[1]).abs() < 0.05 * losses[0], "f32 ends at {}, bf16 at {}", losses[0], losses[1]);
+    let refused = ModelConfig { precision: Precision::Bf16, ..cfg(Backend::RepOps) }.validate().unwrap_err();
+    assert!(refused.to_string().contains("model.precision"), "{refused}");
+    Ok(())
+}
+
 /// Trains `steps` AdamW steps; returns (first loss, last validation loss, final weights).
 fn train(backend: Backend, steps: u64, seed: u64) -> Result<(f32, f32, BTreeMap<String, Tensor>)> {
     train_on(&Device::Cpu, backend, steps, seed)

@@ -97,6 +97,7 @@ impl HfConfig {
             norm_eps: f.number_or("rms_norm_eps", 1e-6)? as f32,
             tie_embeddings: f.flag("tie_word_embeddings", architecture != Architecture::Llama)?,
             backend: Backend::Native,
+            precision: models::Precision::F32,
             init_seed: 0,
         };
         if architecture == Architecture::Qwen3 && attention_bias {

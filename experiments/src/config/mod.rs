@@ -4,17 +4,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use genrl::DeviceProfile;
-use models::data::SyntheticConfig;
-use models::{Backend, DeviceSpec, ModelConfig, OptimConfig};
 use genrl::{FailurePlan, World};
+use models::data::SyntheticConfig;
+use models::{Backend, DeviceSpec, ModelConfig, OptimConfig, Precision};
 use pipeline::{Fallback, GradientScaling, PipelineSpec};
 use serde::{Deserialize, Serialize};
 use transport::sim::LinkSpec;
 
 use crate::plugs::{Plug, PlugContext};
-pub(crate) use crate::world::GeoConfig;
 use crate::studies::noloco::ScaleConfig;
 use crate::studies::skippipe::SkipPipeConfig;
+pub(crate) use crate::world::GeoConfig;
 
 /// Where the training text comes from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -114,7 +114,11 @@ mod limits {
 }
 
 /// Checks that `value` of `field` lies in `range`; the error states the range.
-pub(crate) fn in_range<T: PartialOrd + std::fmt::Display>(field: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<()> {
+pub(crate) fn in_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<()> {
     if !range.contains(&value) {
         bail!("invalid {field}: {value} is outside [{}, {}]", range.start(), range.end());
     }
@@ -287,6 +291,9 @@ pub(crate) struct RunConfig {
     pub(crate) edge_stages: bool,
     /// `native` or `repops` kernels.
     pub(crate) backend: Backend,
+    /// The precision of the matrix products: `f32`, or `bf16` mixed precision (the native backend only).
+    #[serde(skip_serializing_if = "is_default")]
+    pub(crate) precision: Precision,
     /// The optimizer.
     pub(crate) optim: OptimConfig,
     /// The data.
@@ -331,6 +338,7 @@ impl Default for RunConfig {
             ffn: None,
             edge_stages: false,
             backend: Backend::Native,
+            precision: Precision::F32,
             optim: OptimConfig { lr: 3e-3, min_lr: 3e-4, warmup_steps: 20, total_steps: 300, ..OptimConfig::default() },
             corpus: CorpusConfig::default(),
             network: NetworkConfig::default(),
@@ -404,7 +412,11 @@ impl RunConfig {
                 bail!("invalid arms[{i}].routing ({:?}): \"skippipe\" needs a [geo] swarm to schedule on", arm.label);
             }
         }
-        LinkSpec::try_mbit(self.network.latency_ms, self.network.mbit_per_s, ("network.latency_ms", "network.mbit_per_s"))?;
+        LinkSpec::try_mbit(
+            self.network.latency_ms,
+            self.network.mbit_per_s,
+            ("network.latency_ms", "network.mbit_per_s"),
+        )?;
         self.fallback()?;
         if let Some(study) = &self.skippipe {
             study.validate()?;
@@ -417,6 +429,12 @@ impl RunConfig {
         }
         DeviceProfile::preset(&self.profile)?;
         ModelConfig::preset(&self.model_preset)?;
+        if self.precision == Precision::Bf16 && self.backend != Backend::Native {
+            bail!(
+                "invalid precision: bf16 is for backend = \"native\"; {} computes in f32 to stay bit-defined",
+                self.backend
+            );
+        }
         for i in 0..self.arms.len() {
             self.spec(i)?.validate().with_context(|| format!("arms[{i}] ({})", self.arms[i].label))?;
         }
@@ -460,7 +478,10 @@ impl RunConfig {
         in_range("recovery.storage_mb_per_s", rc.storage_mb_per_s, limits::STORAGE_MB_PER_S)?;
         let fewest_stages = self.arms.iter().map(|a| a.stages).min().unwrap_or(1);
         if let Some(&s) = rc.protect.iter().find(|&&s| s >= fewest_stages) {
-            bail!("invalid recovery.protect: stage {s} does not exist (an arm has {fewest_stages} stages, 0 to {})", fewest_stages.saturating_sub(1));
+            bail!(
+                "invalid recovery.protect: stage {s} does not exist (an arm has {fewest_stages} stages, 0 to {})",
+                fewest_stages.saturating_sub(1)
+            );
         }
         for (i, arm) in self.arms.iter().enumerate() {
             in_range(&format!("arms[{i}].stages"), arm.stages, limits::STAGES)?;
@@ -512,6 +533,7 @@ impl RunConfig {
         }
         Ok(ModelConfig {
             backend: self.backend,
+            precision: self.precision,
             max_seq: self.seq.max(1),
             n_layers: self.layers.unwrap_or(preset.n_layers),
             d_model,

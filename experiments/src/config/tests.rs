@@ -23,11 +23,11 @@ fn bad_configs_name_the_field() {
     assert!(err("[[arms]]\nlabel = \"x\"\nstages = 1\nreplicas = 1\nsync = \"gossip\"").contains("arms[0].sync"));
     assert!(err("[optim]\nbeta1 = 2.0").contains("optim.beta1"));
     assert!(err("backend = \"fast\"").contains("backend"));
+    assert!(err("backend = \"repops\"\nprecision = \"bf16\"").contains("invalid precision"));
+    assert!(err("precision = \"f16\"").contains("precision"));
     let arm = "[[arms]]\nlabel = \"x\"\nstages = 1\nreplicas = 3\n";
     assert!(err(&format!("{arm}sync = \"noloco\"")).contains("noloco.group_size"));
-    assert!(
-        err(&format!("{arm}sync = {{ kind = \"noloco\", group_size = 3, every = 0 }}")).contains("noloco.every")
-    );
+    assert!(err(&format!("{arm}sync = {{ kind = \"noloco\", group_size = 3, every = 0 }}")).contains("noloco.every"));
     assert!(err(&format!("{arm}sync = {{ kind = \"diloco\", outer_lr = -1.0 }}")).contains("diloco.outer_lr"));
     // A setting of another protocol is a parse error that names it.
     let wrong = err(&format!("{arm}sync = {{ kind = \"diloco\", group_size = 3 }}"));
