@@ -239,12 +239,13 @@ struct Known {
     _alive: candle_core::Tensor,
 }
 
-/// Per-thread recording state: the tape, and the hashes of the outputs that recorded ops produced, so
-/// that an output is hashed once however many ops read it, through whatever views. An op's output is
-/// never written again (repops writes no tensor in place; `slice_set` into one during a recording would
-/// defeat this), so its hash stays valid. Variables, which `Var::set` changes in place, are never op
-/// outputs: they and every other input not produced by a recorded op are hashed afresh on every use.
-/// A recording keeps the outputs it knows alive until it ends.
+/// Per-thread recording state: the tape, and the hashes of the tensors recorded ops produced or read, so
+/// that a tensor is hashed once however many ops read it, through whatever views: an op's output, and
+/// an input no recorded op produced (candle's own gradient sums, which the backward pass hands to two
+/// ops for each product) once its first reader hashed it. Neither is written again (repops writes no
+/// tensor in place; `slice_set` into one during a recording would defeat this), so the hash stays valid.
+/// Variables, which `Var::set` changes in place, are hashed afresh on every use. A recording keeps the
+/// tensors it knows alive until it ends.
 struct Recording {
     tape: Tape,
     known: HashMap<StorageKey, Known>,
@@ -252,6 +253,8 @@ struct Recording {
     touched: HashSet<StorageKey>,
     /// The content hashes known for the running op's inputs.
     pending: Vec<Option<Hash>>,
+    /// The running op's inputs to learn the hashes of: those neither known nor variables.
+    unknown: Vec<Option<(StorageKey, candle_core::Tensor)>>,
     /// The content hash of the output of the op just run.
     last_output: Option<Hash>,
 }
@@ -266,7 +269,7 @@ thread_local! {
 
 fn recording(tape: Tape) -> Recording {
     let known = CARRY.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    Recording { tape, known, touched: HashSet::new(), pending: Vec::new(), last_output: None }
+    Recording { tape, known, touched: HashSet::new(), pending: Vec::new(), unknown: Vec::new(), last_output: None }
 }
 
 /// Runs `f`, recording every repops op this thread runs meanwhile (forward and backward alike).
@@ -315,13 +318,19 @@ pub(crate) fn before_op(inputs: &[&candle_core::Tensor]) {
     CURRENT.with(|c| {
         if let Some(r) = c.borrow_mut().as_mut() {
             r.last_output = None;
+            r.unknown.clear();
             r.pending = inputs
                 .iter()
                 .map(|t| {
                     let key = if t.is_variable() { None } else { StorageKey::of(t) };
                     let known = key.as_ref().and_then(|k| r.known.get(k)).map(|k| k.hash);
-                    if let (Some(key), Some(_)) = (key, known) {
-                        r.touched.insert(key);
+                    match (key, known) {
+                        (Some(key), Some(_)) => {
+                            r.touched.insert(key);
+                            r.unknown.push(None);
+                        }
+                        (Some(key), None) => r.unknown.push(Some((key, (*t).clone()))),
+                        (None, _) => r.unknown.push(None),
                     }
                     known
                 })
@@ -335,6 +344,7 @@ pub(crate) fn after_op(output: &candle_core::Tensor) {
     CURRENT.with(|c| {
         if let Some(r) = c.borrow_mut().as_mut() {
             r.pending.clear();
+            r.unknown.clear();
             if let (Some(hash), Some(key)) = (r.last_output.take(), StorageKey::of(output)) {
                 r.known.insert(key, Known { hash, _alive: output.clone() });
                 r.touched.insert(key);
@@ -446,6 +456,18 @@ pub(crate) fn commit(next: NextOp, op: &OpKind, inputs: &[HostView<'_>], output:
             })
             .collect();
         r.last_output = contents.last().copied();
+        // The inputs hashed for the first time are known from now on (not a mislaid copy's hash).
+        let mislaid = match next.fault {
+            Some(Fault::MislaidInput { input, .. }) => Some(input),
+            _ => None,
+        };
+        let learned = std::mem::take(&mut r.unknown);
+        for (i, (unknown, content)) in learned.into_iter().zip(&contents).enumerate() {
+            if let Some((key, tensor)) = unknown.filter(|_| mislaid != Some(i)) {
+                r.known.insert(key, Known { hash: *content, _alive: tensor });
+                r.touched.insert(key);
+            }
+        }
         r.tape.entries.push(TapeEntry { index: next.index, op: *op, inputs, output });
     });
 }
@@ -481,6 +503,43 @@ mod tests {
             sizes.push(CARRY.with(|c| c.borrow().len()));
         }
         assert!(sizes.windows(2).all(|w| w[1] <= w[0].max(3)), "carried hashes grow: {sizes:?}");
+    }
+
+    /// A tensor no recorded op produced (here candle's own sum) is hashed by its first reader and then
+    /// known: a later reader records the same hash, the true one, even when the first read was mislaid.
+    #[test]
+    fn an_input_from_outside_the_tape_is_learned_once_and_truly() {
+        let dev = Device::Cpu;
+        let a = Tensor::from_vec((0..12).map(|i| i as f32).collect::<Vec<_>>(), (3, 4), &dev).expect("a");
+        let run = |fault| {
+            // A fresh sum each time: no earlier recording knows it.
+            let outside = (&a + &a).expect("candle's add");
+            let (out, tape) = record_with(RecordOptions { keep: Keep::All, fault }, || -> crate::Result<()> {
+                crate::tensor::scale(&outside, 2.0)?;
+                crate::tensor::scale(&outside.reshape(12)?, 3.0)?;
+                Ok(())
+            });
+            out.expect("ops");
+            tape
+        };
+        let clean = run(None);
+        let e = clean.entries();
+        for entry in e {
+            entry.verify(crate::simd::current()).expect("recorded hashes are those of the inputs");
+        }
+        assert_eq!(
+            content_of(&e[0].inputs[0]),
+            content_of(&e[1].inputs[0]),
+            "the same elements, read through another view"
+        );
+        let mislaid = run(Some(Fault::MislaidInput { op: 0, input: 0 }));
+        let m = mislaid.entries();
+        assert_ne!(m[0].inputs[0].hash, e[0].inputs[0].hash, "the first read was mislaid");
+        assert_eq!(m[1].inputs[0].hash, e[1].inputs[0].hash, "the second reader records the true elements");
+    }
+
+    fn content_of(record: &TensorRecord) -> Hash {
+        content_hash(record.data.as_ref().expect("kept").view().data)
     }
 
     /// A hash the tape reuses is the hash of what the op really read: through a reshaped view or a
