@@ -8,8 +8,13 @@
 //! between medians over the same rounds, so a machine that slows down for a while slows every contender,
 //! not only the one that happened to run then; the spread of the rounds' own ratios is printed beside it.
 //!
+//! The steps run on the bench's main thread, made a worker of its own thread pool as `swarmlab` makes
+//! its simulation threads (`repops::threads`); `SWARMLAB_BENCH_OUTSIDE_POOL=1` leaves it outside, so that
+//! every parallel loop is handed to rayon's global pool and waited for (how steps ran before).
+//!
 //! ```sh
-//! cargo bench -p models --bench training_step
+//! cargo bench -p models --bench training_step                 # all three presets
+//! cargo bench -p models --bench training_step -- small        # one preset
 //! SWARMLAB_TORCH_PYTHON=/path/to/venv/bin/python cargo bench -p models --bench training_step
 //! ```
 
@@ -171,9 +176,9 @@ fn ratio(slower: &Timings, faster: &Timings) -> (f64, f64, f64) {
 /// Rounds, and steps per turn, so that each preset's contenders take a few seconds each.
 fn schedule(preset: &str) -> (usize, usize) {
     match preset {
-        "tiny" => (12, 8),
-        "small" => (12, 3),
-        _ => (10, 1),
+        "tiny" => (30, 8),
+        "small" => (30, 3),
+        _ => (20, 1),
     }
 }
 
