@@ -31,6 +31,8 @@ pub struct Mailbox<T: Transport, C: Clock> {
     waited: Duration,
     epoch: u32,
     halts: bool,
+    /// Whether [`activation`](Self::activation) leaves tensors resident where the transport allows.
+    resident: bool,
 }
 
 impl<T: Transport, C: Clock> Mailbox<T, C> {
@@ -46,6 +48,23 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
             waited: Duration::ZERO,
             epoch: 0,
             halts: false,
+            resident: false,
+        }
+    }
+
+    /// Whether activations and their gradients go to peers as resident tensors where the transport
+    /// carries them ([`PipelineSpec::resident_tensors`](crate::PipelineSpec::resident_tensors)).
+    pub fn set_resident_tensors(&mut self, resident: bool) {
+        self.resident = resident;
+    }
+
+    /// An activation (or its gradient, or targets) for a peer: resident if this mailbox may leave it so
+    /// and the transport carries resident tensors, else as bytes.
+    pub fn activation(&self, t: &candle_core::Tensor) -> Result<transport::TensorBytes> {
+        if self.resident && self.transport.carries_attachments() {
+            crate::wire::to_resident(t)
+        } else {
+            crate::wire::to_wire(t)
         }
     }
 
@@ -103,21 +122,34 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
         std::mem::replace(&mut self.timeout, timeout)
     }
 
+    /// Whether messages may carry resident tensors to their peers (see [`transport::resident`]).
+    pub fn carries_attachments(&self) -> bool {
+        self.transport.carries_attachments()
+    }
+
+    /// `msg` encoded, with the resident tensors it refers to; counted as sent.
+    fn encode(&mut self, msg: &Msg) -> Result<(bytes::Bytes, Vec<transport::resident::Attachment>)> {
+        let outgoing = Outgoing { epoch: self.epoch, msg };
+        let (payload, attachments) = transport::resident::collect(|| self.transport.codec().encode(&outgoing));
+        let payload = payload?;
+        self.sent +=
+            (payload.len() + transport::FRAME_HEADER_LEN) as u64 + transport::resident::wire_bytes(&attachments);
+        Ok((payload, attachments))
+    }
+
     /// Sends `msg` to `to`.
     pub async fn send(&mut self, to: PeerId, msg: &Msg) -> Result<()> {
-        let payload = self.transport.codec().encode(&Outgoing { epoch: self.epoch, msg })?;
-        self.sent += (payload.len() + transport::FRAME_HEADER_LEN) as u64;
-        Ok(self.transport.send(to, payload).await?)
+        let (payload, attachments) = self.encode(msg)?;
+        Ok(self.transport.send_with(to, payload, attachments).await?)
     }
 
     /// Sends `msg` to `to` without waiting for it to be handed to the network (a send to a peer that
     /// is gone can take as long as connecting does); a send that fails is logged.
     pub fn send_in_background(&mut self, to: PeerId, msg: &Msg) -> Result<()> {
-        let payload = self.transport.codec().encode(&Outgoing { epoch: self.epoch, msg })?;
-        self.sent += (payload.len() + transport::FRAME_HEADER_LEN) as u64;
+        let (payload, attachments) = self.encode(msg)?;
         let (transport, name) = (self.transport.clone(), self.name.clone());
         tokio::spawn(async move {
-            if let Err(e) = transport.send(to, payload).await {
+            if let Err(e) = transport.send_with(to, payload, attachments).await {
                 tracing::warn!(worker = %name, peer = %to.short(), error = %e, "message not delivered");
             }
         });

@@ -73,6 +73,11 @@ pub struct PipelineSpec {
     pub edge_stages: bool,
     /// How a step's gradients are scaled and clipped.
     pub gradients: GradientScaling,
+    /// On a network whose workers share this process (the simulated one), activations and their
+    /// gradients reach the next worker as the tensors themselves, on their device, not as bytes copied
+    /// through host memory; the links count the bytes all the same (see [`transport::resident`]).
+    /// Results are the same bits either way.
+    pub resident_tensors: bool,
 }
 
 /// How a step's gradients are scaled and clipped (they are the same when every path visits every
@@ -123,6 +128,7 @@ impl PipelineSpec {
             checkpoint_dir: None,
             edge_stages: false,
             gradients: GradientScaling::PerStage,
+            resident_tensors: true,
         }
     }
 
@@ -180,7 +186,12 @@ impl PipelineSpec {
         if self.world.len() != workers {
             return Err(Error::config(
                 "pipeline.world",
-                format!("{} agents for {} stages x {} replicas = {workers} workers", self.world.len(), self.stages, self.replicas),
+                format!(
+                    "{} agents for {} stages x {} replicas = {workers} workers",
+                    self.world.len(),
+                    self.stages,
+                    self.replicas
+                ),
             ));
         }
         self.sync.validate(self.replicas)?;

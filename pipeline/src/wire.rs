@@ -1,8 +1,11 @@
 //! What pipeline workers say to each other, and tensors to and from the wire.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use candle_core::{DType as CDType, Device, Tensor};
 use serde::{Deserialize, Serialize};
+use transport::resident::Resident;
 use transport::{DType, TensorBytes};
 
 use crate::error::{Error, Result};
@@ -197,8 +200,25 @@ pub fn to_wire(t: &Tensor) -> Result<TensorBytes> {
     })
 }
 
+/// A tensor for a worker in this process: its elements stay where they are (on its device), and the
+/// link counts the bytes [`to_wire`] would send (see [`transport::resident`]).
+pub fn to_resident(t: &Tensor) -> Result<TensorBytes> {
+    // What `to_wire` sends: u32 as it is, anything else as f32.
+    let (t, dtype) = match t.dtype() {
+        CDType::U32 => (t.detach(), DType::U32),
+        _ => (t.to_dtype(CDType::F32)?.detach(), DType::F32),
+    };
+    let shape = t.dims().to_vec();
+    Ok(TensorBytes::resident(dtype, shape, Resident::new(Arc::new(t)))?)
+}
+
 /// Wire bytes back to a tensor on `device`.
 pub fn from_wire(t: &TensorBytes, device: &Device) -> Result<Tensor> {
+    if let Some(resident) = t.resident_elements() {
+        let tensor = resident.handle().downcast_ref::<Tensor>().filter(|x| x.dims() == t.shape());
+        let tensor = tensor.ok_or_else(|| Error::config("wire", "a resident tensor that is not the one announced"))?;
+        return Ok(tensor.to_device(device)?);
+    }
     Ok(match t.dtype() {
         DType::F32 => Tensor::from_vec(t.to_f32_vec()?, t.shape(), device)?,
         DType::U32 => {

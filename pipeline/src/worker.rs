@@ -254,7 +254,8 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
         let shapes = params.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
         let optim = AdamW::new(spec.optim.clone(), spec.model.backend)?;
-        let mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), spec.peer_timeout, format!("s{s}r{r}"));
+        let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), spec.peer_timeout, format!("s{s}r{r}"));
+        mail.set_resident_tensors(spec.resident_tensors);
         let store = spec.checkpoint_dir.as_ref().map(|dir| CheckpointStore::new(dir, ctx.index as usize));
         let mut w = Self {
             fwd_flops: stage.forward_flops(spec.micro_batch, spec.seq),
@@ -1316,11 +1317,14 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                     let g = store
                         .get(h.as_tensor())
                         .ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
-                    self.mail.send(from, &Msg::Backward { step, origin, micro, grad: to_wire(g)? }).await?;
+                    self.mail
+                        .send(from, &Msg::Backward { step, origin, micro, grad: self.mail.activation(g)? })
+                        .await?;
                 }
             } else {
                 let (ns, nr) = path[hop + 1];
-                let msg = Msg::Forward { step, origin, micro, hidden: to_wire(&out)?, targets: to_wire(&targets)? };
+                let (hidden, targets_out) = (self.mail.activation(&out)?, self.mail.activation(&targets)?);
+                let msg = Msg::Forward { step, origin, micro, hidden, targets: targets_out };
                 self.mail.send(self.peer(ns, nr), &msg).await?;
                 saved.insert((origin, micro), (input_var, out, sender));
             }
@@ -1341,7 +1345,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 let gh = store
                     .get(h.as_tensor())
                     .ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
-                self.mail.send(from, &Msg::Backward { step, origin, micro, grad: to_wire(gh)? }).await?;
+                self.mail.send(from, &Msg::Backward { step, origin, micro, grad: self.mail.activation(gh)? }).await?;
             }
         }
         if !losses.is_empty() {
@@ -1594,7 +1598,8 @@ async fn evaluate<T: Transport, C: Clock>(
         ctx.compute(fwd_flops).await;
         match next {
             Some(to) => {
-                let msg = Msg::Eval { step, row, index, hidden: to_wire(&out)?, targets: to_wire(&targets)? };
+                let msg =
+                    Msg::Eval { step, row, index, hidden: mail.activation(&out)?, targets: mail.activation(&targets)? };
                 mail.send(to, &msg).await?;
             }
             None => losses.push(f64::from(stage.loss(&out, &targets)?.to_vec0::<f32>()?)),

@@ -428,3 +428,25 @@ fn a_successor_does_not_recover_from_a_worker_that_left() {
     let events = outcomes[5].as_ref().ok().cloned().flatten().expect("the successor's events");
     assert!(events.contains("copied the weights and optimizer moments of replica 1"), "{events}");
 }
+
+/// Activations and gradients handed on as resident tensors (the default on the simulated network) train
+/// the same bits as when they travel as bytes, in the same virtual time, with the same bytes counted.
+#[test]
+fn resident_activations_train_as_bytes_do() -> Result<()> {
+    let corpus = corpus();
+    let run = |resident_tensors: bool| {
+        let s = PipelineSpec { resident_tensors, eval_every: 2, ..spec(2, 2, 4) };
+        run_simulation(run_simulated(&s, corpus.clone()))
+    };
+    let (resident, bytes) = (run(true)??, run(false)??);
+    for (name, t) in &bytes.weights {
+        let (a, b) = (t.flatten_all()?.to_vec1::<f32>()?, resident.weights[name].flatten_all()?.to_vec1::<f32>()?);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs");
+    }
+    assert_eq!(resident.virtual_time, bytes.virtual_time);
+    assert_eq!(resident.bytes_sent, bytes.bytes_sent);
+    assert!(bytes.bytes_sent > 0);
+    assert_eq!(resident.metrics.series("val_loss").len(), bytes.metrics.series("val_loss").len());
+    assert!(!resident.metrics.series("val_loss").is_empty(), "evaluation ran, so its messages went too");
+    Ok(())
+}

@@ -32,6 +32,17 @@ fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// The bytes the encoding of a blob of `len` bytes takes: its length prefix and the blob.
+pub(crate) fn blob_len(len: u64) -> u64 {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    // Writing a `u64` to a size counter cannot fail; 9 bytes is the longest prefix there is.
+    let prefix = match bincode::serde::encode_into_writer(len, &mut size, bincode_config()) {
+        Ok(()) => size.bytes_written as u64,
+        Err(_) => 9,
+    };
+    prefix + len
+}
+
 /// Encodes and decodes messages and frames under one frame-size limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Codec {
@@ -80,6 +91,7 @@ impl Codec {
         let encode_err = |e: bincode::error::EncodeError| CodecError::Encode { reason: e.to_string() };
         // Two passes: measure, then write into a buffer of exactly the right size (one copy of any blob).
         let mut size = bincode::enc::write::SizeWriter::default();
+        crate::resident::begin_pass();
         bincode::serde::encode_into_writer(message, &mut size, bincode_config()).map_err(encode_err)?;
         let len = size.bytes_written;
         self.check_len(len as u64)?;
@@ -89,6 +101,7 @@ impl Codec {
             out.put_u32_le(len as u32);
         }
         let mut writer = BytesMutWriter(&mut out);
+        crate::resident::begin_pass();
         bincode::serde::encode_into_writer(message, &mut writer, bincode_config()).map_err(encode_err)?;
         debug_assert_eq!(out.len(), header + len);
         Ok(out.freeze())

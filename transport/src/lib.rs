@@ -7,6 +7,7 @@
 //! | [`identity`] | [`PeerId`] (SHA-256 of an ed25519 public key) and [`Identity`] key files |
 //! | [`codec`] | length-prefixed frames of bincode-2 messages with a hard size limit; [`RawBytes`] blobs |
 //! | [`tensor`] | [`TensorBytes`]: dtype + shape header and raw little-endian data |
+//! | [`resident`] | tensors handed to a peer in the same process as they are (a device buffer), counted as bytes |
 //! | [`transport`](mod@transport) | the [`Transport`] trait and its typed extension [`TransportExt`] |
 //! | [`sim`] | [`sim::Network`]: all peers in one process, virtual time, seeded faults |
 //! | [`quic`] | [`quic::Endpoint`]: QUIC with mutual TLS bound to peer ids |
@@ -45,6 +46,7 @@ pub mod p2p;
 pub mod peers;
 pub mod quic;
 pub mod relay;
+pub mod resident;
 pub mod sim;
 pub mod tensor;
 mod traffic;

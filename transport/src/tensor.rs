@@ -6,8 +6,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::RawBytes;
+use crate::codec::{RawBytes, blob_len};
 use crate::error::CodecError;
+use crate::resident::{self, Attachment, Resident};
 
 /// Element types a [`TensorBytes`] can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -40,17 +41,21 @@ impl DType {
     }
 }
 
-/// A dense, row-major tensor as bytes: dtype, shape and little-endian element data.
+/// A dense, row-major tensor as bytes: dtype, shape and little-endian element data — or, for a peer in
+/// this process, a handle to elements that stay where they are (see [`crate::resident`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct TensorBytes {
     dtype: DType,
     shape: Vec<usize>,
+    /// The elements (empty when they are resident).
     data: Bytes,
+    resident: Option<Resident>,
 }
 
 impl std::fmt::Debug for TensorBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TensorBytes({:?}, {:?})", self.dtype, self.shape)
+        let at = if self.resident.is_some() { ", resident" } else { "" };
+        write!(f, "TensorBytes({:?}, {:?}{at})", self.dtype, self.shape)
     }
 }
 
@@ -62,11 +67,27 @@ impl TensorBytes {
     /// A tensor from raw little-endian bytes; the length must match `shape` and `dtype`.
     pub fn new(dtype: DType, shape: Vec<usize>, data: Bytes) -> Result<Self, CodecError> {
         match byte_len(dtype, &shape) {
-            Some(n) if n == data.len() => Ok(Self { dtype, shape, data }),
+            Some(n) if n == data.len() => Ok(Self { dtype, shape, data, resident: None }),
             _ => Err(CodecError::Malformed {
                 reason: format!("{:?} tensor of shape {shape:?} cannot hold {} bytes", dtype, data.len()),
             }),
         }
+    }
+
+    /// A tensor whose elements stay in this process, behind `handle` (a device tensor, say): it encodes
+    /// as its header alone, its elements travelling beside the payload, and only to a peer in this
+    /// process (see [`crate::resident`]). An empty tensor has nothing to leave behind: it is plain bytes.
+    pub fn resident(dtype: DType, shape: Vec<usize>, handle: Resident) -> Result<Self, CodecError> {
+        match byte_len(dtype, &shape) {
+            Some(0) => Self::new(dtype, shape, Bytes::new()),
+            Some(_) => Ok(Self { dtype, shape, data: Bytes::new(), resident: Some(handle) }),
+            None => Err(CodecError::Malformed { reason: format!("{dtype:?} tensor of shape {shape:?} is too large") }),
+        }
+    }
+
+    /// The handle to the elements, if they are resident (then [`Self::data`] is empty).
+    pub fn resident_elements(&self) -> Option<&Resident> {
+        self.resident.as_ref()
     }
 
     /// An f32 tensor copied from `values`; `shape` must have `values.len()` elements.
@@ -83,6 +104,9 @@ impl TensorBytes {
     pub fn to_f32_vec(&self) -> Result<Vec<f32>, CodecError> {
         if self.dtype != DType::F32 {
             return Err(CodecError::Malformed { reason: format!("expected an F32 tensor, got {:?}", self.dtype) });
+        }
+        if self.resident.is_some() {
+            return Err(CodecError::Malformed { reason: "the elements are resident, not bytes".into() });
         }
         let mut out = vec![0f32; self.numel()];
         if cfg!(target_endian = "little") {
@@ -110,7 +134,7 @@ impl TensorBytes {
         self.shape.iter().product()
     }
 
-    /// The raw little-endian element bytes.
+    /// The raw little-endian element bytes (empty if the elements are [resident](Self::resident_elements)).
     pub fn data(&self) -> &Bytes {
         &self.data
     }
@@ -132,6 +156,14 @@ struct Wire {
 
 impl Serialize for TensorBytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some(resident) = &self.resident {
+            // The header with no elements; the elements go beside the payload, counted as if inside it.
+            let len = byte_len(self.dtype, &self.shape).unwrap_or(0) as u64;
+            let wire_bytes = blob_len(len) - blob_len(0);
+            if !resident::attach(Attachment { resident: resident.clone(), wire_bytes }) {
+                return Err(serde::ser::Error::custom("a resident tensor cannot be encoded for another process"));
+            }
+        }
         // `RawBytes` is a cheap clone of the `Bytes` handle, not of the data.
         let data = RawBytes(self.data.clone());
         WireRef { dtype: self.dtype, shape: &self.shape, data: &data }.serialize(s)
@@ -141,6 +173,19 @@ impl Serialize for TensorBytes {
 impl<'de> Deserialize<'de> for TensorBytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let wire = Wire::deserialize(d)?;
+        let len = byte_len(wire.dtype, &wire.shape);
+        // No elements where some are due: they came beside the payload, if it was sent with attachments.
+        if wire.data.0.is_empty() && len.is_some_and(|n| n > 0) {
+            let n = len.unwrap_or(0) as u64;
+            if let Some(a) = resident::take().filter(|a| a.wire_bytes == blob_len(n) - blob_len(0)) {
+                return Ok(Self {
+                    dtype: wire.dtype,
+                    shape: wire.shape,
+                    data: Bytes::new(),
+                    resident: Some(a.resident),
+                });
+            }
+        }
         Self::new(wire.dtype, wire.shape, wire.data.0).map_err(serde::de::Error::custom)
     }
 }

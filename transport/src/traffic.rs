@@ -107,7 +107,7 @@ impl Traffic {
     /// Hands a received message to `recv` (waiting while the inbox is full) and counts it.
     pub(crate) async fn deliver(&self, from: PeerId, payload: Bytes) -> Result<(), TransportError> {
         let bytes = (payload.len() + FRAME_HEADER_LEN) as u64;
-        self.inbox.send(Envelope { from, payload }).await.map_err(|_| TransportError::Closed)?;
+        self.inbox.send(Envelope::new(from, payload)).await.map_err(|_| TransportError::Closed)?;
         self.received_messages.fetch_add(1, Ordering::Relaxed);
         self.received_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())

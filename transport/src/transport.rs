@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::codec::Codec;
 use crate::error::TransportError;
 use crate::identity::PeerId;
+use crate::resident::{self, Attachment};
 
 /// One received message and who sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +18,16 @@ pub struct Envelope {
     pub from: PeerId,
     /// The message payload (a frame's contents, without its header).
     pub payload: Bytes,
+    /// The resident tensors the payload refers to (only from a peer in this process; see
+    /// [`crate::resident`]). Decode the payload inside [`resident::provide`] with them.
+    pub attachments: Vec<Attachment>,
+}
+
+impl Envelope {
+    /// A message with no attachments.
+    pub fn new(from: PeerId, payload: Bytes) -> Self {
+        Self { from, payload, attachments: Vec::new() }
+    }
 }
 
 /// Moves framed messages between peers.
@@ -38,6 +49,32 @@ pub trait Transport: Clone + Send + Sync + 'static {
 
     /// Sends `payload` to `to`. Returns once the message is handed to the network, not when it arrives.
     fn send(&self, to: PeerId, payload: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Whether this transport's peers share this process, so that [`send_with`](Self::send_with) can
+    /// hand them resident tensors (see [`crate::resident`]). Only the simulated network's do.
+    fn carries_attachments(&self) -> bool {
+        false
+    }
+
+    /// Sends `payload` with the resident tensors it refers to. A transport that does not
+    /// [carry attachments](Self::carries_attachments) sends a payload without any, and refuses one with some.
+    fn send_with(
+        &self,
+        to: PeerId,
+        payload: Bytes,
+        attachments: Vec<Attachment>,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        async move {
+            if attachments.is_empty() {
+                self.send(to, payload).await
+            } else {
+                Err(TransportError::config(
+                    "tensors",
+                    "resident tensors only reach peers in this process; send their bytes instead",
+                ))
+            }
+        }
+    }
 
     /// The next message for this endpoint, waiting until one arrives.
     fn recv(&self) -> impl Future<Output = Result<Envelope, TransportError>> + Send;
@@ -62,8 +99,8 @@ pub trait TransportExt: Transport {
         to: PeerId,
         message: &M,
     ) -> impl Future<Output = Result<(), TransportError>> + Send {
-        let payload = self.codec().encode(message);
-        async move { self.send(to, payload?).await }
+        let (payload, attachments) = resident::collect(|| self.codec().encode(message));
+        async move { self.send_with(to, payload?, attachments).await }
     }
 
     /// Encodes once and sends to every peer in `to`.
@@ -72,8 +109,17 @@ pub trait TransportExt: Transport {
         to: &[PeerId],
         message: &M,
     ) -> impl Future<Output = Result<(), TransportError>> + Send {
-        let payload = self.codec().encode(message);
-        async move { self.broadcast(to, payload?).await }
+        let (payload, attachments) = resident::collect(|| self.codec().encode(message));
+        async move {
+            if attachments.is_empty() {
+                return self.broadcast(to, payload?).await;
+            }
+            let payload = payload?;
+            for &peer in to {
+                self.send_with(peer, payload.clone(), attachments.clone()).await?;
+            }
+            Ok(())
+        }
     }
 
     /// Receives the next message and decodes it as an `M`. A message that does not decode is returned as
@@ -81,9 +127,7 @@ pub trait TransportExt: Transport {
     fn recv_msg<M: DeserializeOwned>(&self) -> impl Future<Output = Result<(PeerId, M), TransportError>> + Send {
         async move {
             let envelope = self.recv().await?;
-            let message = self
-                .codec()
-                .decode(&envelope.payload)
+            let message = resident::provide(envelope.attachments, || self.codec().decode(&envelope.payload))
                 .map_err(|source| TransportError::Decode { from: envelope.from, source })?;
             Ok((envelope.from, message))
         }

@@ -43,6 +43,7 @@ use crate::codec::{Codec, FRAME_HEADER_LEN};
 use crate::error::TransportError;
 use crate::fxhash::FastMap;
 use crate::identity::PeerId;
+use crate::resident::{self, Attachment};
 use crate::transport::{Envelope, Transport};
 
 /// Counters for one direction of one link. Bytes include the frame header.
@@ -250,6 +251,14 @@ struct Message {
     to: usize,
     epoch: u64,
     payload: Bytes,
+    attachments: Vec<Attachment>,
+}
+
+impl Message {
+    /// The bytes the link carries: the frame, resident tensors counted as if encoded in it.
+    fn wire_bytes(&self) -> u64 {
+        (self.payload.len() + FRAME_HEADER_LEN) as u64 + resident::wire_bytes(&self.attachments)
+    }
 }
 
 enum EventKind {
@@ -349,13 +358,13 @@ impl Inner {
 
     fn deliver(&mut self, at: Duration, seq: u64, m: Message) {
         self.in_flight -= 1;
-        let bytes = (m.payload.len() + FRAME_HEADER_LEN) as u64;
+        let bytes = m.wire_bytes();
         let (from, to) = (m.from, m.to);
         let from_id = self.peers[from].id;
         let slot = &mut self.peers[to];
         let delivered = slot.alive && slot.epoch == m.epoch;
         if delivered {
-            slot.inbox.push_back(Envelope { from: from_id, payload: m.payload });
+            slot.inbox.push_back(Envelope { from: from_id, payload: m.payload, attachments: m.attachments });
             slot.notify.notify_waiters();
         }
         let to_id = slot.id;
@@ -693,10 +702,12 @@ impl SimEndpoint {
         SimClock { shared: self.shared.clone() }
     }
 
-    /// Queues `payload` on the link to `to`: see the module docs for the timing and fault rules.
-    fn enqueue(&self, to: PeerId, payload: Bytes) -> Result<(), TransportError> {
-        self.shared.codec.check_len(payload.len() as u64)?;
-        let bytes = payload.len() + FRAME_HEADER_LEN;
+    /// Queues `payload` (with the resident tensors it refers to) on the link to `to`: see the module docs
+    /// for the timing and fault rules. Resident tensors count as the bytes they would add to the payload.
+    fn enqueue(&self, to: PeerId, payload: Bytes, attachments: Vec<Attachment>) -> Result<(), TransportError> {
+        let extra = resident::wire_bytes(&attachments);
+        self.shared.codec.check_len(payload.len() as u64 + extra)?;
+        let bytes = payload.len() + FRAME_HEADER_LEN + extra as usize;
         let mut guard = self.shared.lock();
         let inner = &mut *guard;
         let (from, from_epoch) = (self.slot, self.epoch);
@@ -735,7 +746,7 @@ impl SimEndpoint {
             let arrival = (done + spec.latency + jitter).max(link.last_arrival);
             link.last_arrival = arrival;
             inner.in_flight += 1;
-            let message = Message { from, to: to_slot, epoch: to_epoch, payload };
+            let message = Message { from, to: to_slot, epoch: to_epoch, payload, attachments };
             self.shared.schedule(inner, arrival, EventKind::Deliver(message));
         }
         if egress.is_some() {
@@ -767,7 +778,15 @@ impl Transport for SimEndpoint {
     }
 
     async fn send(&self, to: PeerId, payload: Bytes) -> Result<(), TransportError> {
-        self.enqueue(to, payload)
+        self.enqueue(to, payload, Vec::new())
+    }
+
+    fn carries_attachments(&self) -> bool {
+        true
+    }
+
+    async fn send_with(&self, to: PeerId, payload: Bytes, attachments: Vec<Attachment>) -> Result<(), TransportError> {
+        self.enqueue(to, payload, attachments)
     }
 
     async fn recv(&self) -> Result<Envelope, TransportError> {

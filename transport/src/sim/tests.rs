@@ -209,3 +209,81 @@ async fn typed_messages_and_decode_errors() -> Result<(), TransportError> {
 fn building_outside_a_runtime_is_an_error() {
     assert!(matches!(Network::builder(0).build(), Err(TransportError::Setup(_))));
 }
+
+/// A resident tensor reaches a peer of the simulated network as the same handle, and the link counts
+/// the bytes its elements would have taken: the same arrival time and traffic as the encoded tensor.
+#[tokio::test(start_paused = true)]
+async fn a_resident_tensor_arrives_as_its_handle_at_the_time_of_its_bytes() -> Result<(), TransportError> {
+    use crate::TensorBytes;
+    use crate::resident::Resident;
+    use std::sync::Arc;
+    let values = vec![0.5f32; 30_000];
+    let arrival = |resident: bool| {
+        let values = values.clone();
+        async move {
+            let net = Network::builder(1).default_link(LinkSpec::mbit(5.0, 8.0)).build()?;
+            let p = ids(2);
+            let (a, b) = (net.add_peer(p[0])?, net.add_peer(p[1])?);
+            let handle: Arc<dyn std::any::Any + Send + Sync> = Arc::new(values.clone());
+            let tensor = if resident {
+                TensorBytes::resident(crate::DType::F32, vec![100, 300], Resident::new(handle.clone()))?
+            } else {
+                TensorBytes::from_f32(vec![100, 300], &values)?
+            };
+            a.send_msg(p[1], &(7u32, tensor)).await?;
+            let (from, (tag, got)): (PeerId, (u32, TensorBytes)) = b.recv_msg().await?;
+            assert_eq!((from, tag, got.shape()), (p[0], 7, &[100usize, 300][..]));
+            match got.resident_elements() {
+                Some(r) => assert!(resident && Arc::ptr_eq(r.handle(), &handle), "the sender's own handle"),
+                None => assert!(!resident && got.to_f32_vec()? == values),
+            }
+            Ok::<_, TransportError>((net.now(), net.link_stats(p[0], p[1])))
+        }
+    };
+    let (bytes_at, bytes_stats) = arrival(false).await?;
+    let (resident_at, resident_stats) = arrival(true).await?;
+    assert_eq!(resident_at, bytes_at);
+    assert_eq!(resident_stats, bytes_stats);
+    assert!(bytes_stats.delivered_bytes > 120_000, "{bytes_stats:?}");
+    Ok(())
+}
+
+/// Resident tensors stay in the process: encoding one outside a collecting send fails, a payload that
+/// names elements that did not come with it does not decode, and a transport whose peers are elsewhere
+/// refuses attachments.
+#[tokio::test(start_paused = true)]
+async fn resident_tensors_do_not_leave_the_process() -> Result<(), TransportError> {
+    use crate::TensorBytes;
+    use crate::resident::{self, Resident};
+    let tensor = TensorBytes::resident(crate::DType::F32, vec![4], Resident::new(std::sync::Arc::new(0u8)))?;
+    let codec = Codec::default();
+    assert!(codec.encode(&tensor).is_err(), "no encoding without somewhere to put the elements");
+    let (payload, attachments) = resident::collect(|| codec.encode(&tensor));
+    let payload = payload?;
+    assert_eq!(attachments.len(), 1, "one attachment, though the codec encodes twice");
+    assert!(codec.decode::<TensorBytes>(&payload).is_err(), "the elements are missing");
+    let back: TensorBytes = resident::provide(attachments.clone(), || codec.decode(&payload))?;
+    assert_eq!(back, tensor);
+
+    /// A transport to peers in other processes: it keeps the trait's defaults.
+    #[derive(Clone)]
+    struct Remote;
+    impl Transport for Remote {
+        fn local_peer(&self) -> PeerId {
+            PeerId::simulated(0)
+        }
+        fn codec(&self) -> Codec {
+            Codec::default()
+        }
+        async fn send(&self, _: PeerId, _: Bytes) -> Result<(), TransportError> {
+            Ok(())
+        }
+        async fn recv(&self) -> Result<Envelope, TransportError> {
+            Err(TransportError::Closed)
+        }
+    }
+    assert!(!Remote.carries_attachments());
+    let refused = Remote.send_msg(PeerId::simulated(1), &tensor).await.unwrap_err();
+    assert!(refused.to_string().contains("resident tensors"), "{refused}");
+    Ok(())
+}
