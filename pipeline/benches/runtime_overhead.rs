@@ -31,6 +31,8 @@ fn spec() -> PipelineSpec {
 }
 
 fn main() {
+    // As `swarmlab` runs: this thread runs the ops' parallel loops itself.
+    repops::threads::work_on_this_thread(0);
     let lang =
         SyntheticLanguage::new(&SyntheticConfig { train_tokens: 1 << 16, val_tokens: 1024, ..Default::default() })
             .expect("language");
@@ -73,7 +75,8 @@ fn main() {
     println!("RATIO pipeline runtime overhead: {:+.1}% (target < 10%)", (pb / pa - 1.0) * 100.0);
 
     // A wide swarm: 64 data-parallel agents of the ~0.9M-parameter model, ring all-reduce every step.
-    let wide = PipelineSpec { replicas: 64, steps: 3, micro_batch: 2, seq: 32, ..spec.clone() };
+    let world = genrl::World::uniform(64, genrl::DeviceProfile::a10(), LinkSpec::default());
+    let wide = PipelineSpec { replicas: 64, steps: 3, micro_batch: 2, seq: 32, world, ..spec.clone() };
     let start = Instant::now();
     let report = run_simulation(run_simulated(&wide, corpus.clone())).expect("runtime").expect("run");
     let wall = start.elapsed().as_secs_f64() / wide.steps as f64;

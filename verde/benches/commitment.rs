@@ -53,6 +53,8 @@ fn median(runs: usize, mut f: impl FnMut(&mut Trainer)) -> Duration {
 }
 
 fn main() {
+    // As `swarmlab` runs: this thread runs the ops' parallel loops itself.
+    repops::threads::work_on_this_thread(0);
     let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("verde_commitment_small");
     group.sample_size(10).measurement_time(Duration::from_secs(6));
