@@ -429,6 +429,29 @@ impl Stage {
         self.cfg.precision.product(x, w, |x, w| be.linear(x, w))
     }
 
+    /// Projection `w` of block `l` from `h [B, T, d]` split into `n` heads, `[B, T, n, dh]`, with its bias
+    /// `bias` and the per-head norm `norm` where the model has them.
+    fn project_heads(
+        &self,
+        l: usize,
+        h: &Tensor,
+        (w, bias, norm): (&str, &str, Option<&str>),
+        n: usize,
+    ) -> Result<Tensor> {
+        let (be, cfg) = (self.cfg.backend, &self.cfg);
+        let p = |name: &str| self.params.get(&format!("layers.{l}.{name}"));
+        let (b, t, _) = h.dims3()?;
+        let mut y = self.linear(h, p(w)?)?;
+        if cfg.qkv_bias {
+            y = be.add_bias(&y, p(bias)?)?;
+        }
+        let mut y = y.reshape((b, t, n, cfg.head_dim()))?;
+        if let Some(norm) = norm.filter(|_| cfg.qk_norm) {
+            y = be.rms_norm(&y, p(norm)?, cfg.norm_eps)?;
+        }
+        Ok(y)
+    }
+
     fn block(
         &self,
         l: usize,
@@ -447,18 +470,11 @@ impl Stage {
         let ctx = if cache.is_none() && be.fuses_attention(x.device()) {
             // Projections stay `[B, T, n · dh]`: the fused op reads heads in place and applies the rotary
             // positions itself.
-            let project = |w: &str, bias: &str, norm: Option<&str>, n: usize| -> Result<Tensor> {
-                let mut y = self.linear(&h, p(w)?)?;
-                if cfg.qkv_bias {
-                    y = be.add_bias(&y, p(bias)?)?;
-                }
-                if let Some(norm) = norm.filter(|_| cfg.qk_norm) {
-                    y = be.rms_norm(&y.reshape((b, t, n, dh))?, p(norm)?, cfg.norm_eps)?.reshape((b, t, n * dh))?;
-                }
-                Ok(y)
+            let project = |names, n: usize| -> Result<Tensor> {
+                Ok(self.project_heads(l, &h, names, n)?.reshape((b, t, n * dh))?)
             };
-            let (q, k) = (project("wq", "bq", Some("q_norm"), nh)?, project("wk", "bk", Some("k_norm"), kvh)?);
-            be.causal_attention(&q, &k, &project("wv", "bv", None, kvh)?, cos, sin, nh, kvh)?
+            let (q, k) = (project(("wq", "bq", Some("q_norm")), nh)?, project(("wk", "bk", Some("k_norm")), kvh)?);
+            be.causal_attention(&q, &k, &project(("wv", "bv", None), kvh)?, cos, sin, nh, kvh)?
         } else {
             self.attention(l, &h, mask, cos, sin, cache)?
         };
@@ -480,25 +496,16 @@ impl Stage {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let be = self.cfg.backend;
-        let p = |n: &str| self.params.get(&format!("layers.{l}.{n}"));
         let (b, t, _) = h.dims3()?;
         let cfg = &self.cfg;
         let (nh, kvh, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.head_dim());
-        // A projection split into `n` heads `[B, n, T, dh]`, with its bias and norm where the model has them.
-        let project = |w: &str, bias: &str, norm: Option<&str>, n: usize| -> Result<Tensor> {
-            let mut y = self.linear(h, p(w)?)?;
-            if cfg.qkv_bias {
-                y = be.add_bias(&y, p(bias)?)?;
-            }
-            let mut y = y.reshape((b, t, n, dh))?.transpose(1, 2)?.contiguous()?;
-            if let Some(norm) = norm.filter(|_| cfg.qk_norm) {
-                y = be.rms_norm(&y, p(norm)?, cfg.norm_eps)?;
-            }
-            Ok(y)
+        // Heads transposed to `[B, n, T, dh]`.
+        let project = |names, n: usize| -> Result<Tensor> {
+            Ok(self.project_heads(l, h, names, n)?.transpose(1, 2)?.contiguous()?)
         };
-        let q = be.rope(&project("wq", "bq", Some("q_norm"), nh)?, cos, sin)?;
-        let k = be.rope(&project("wk", "bk", Some("k_norm"), kvh)?, cos, sin)?;
-        let v = project("wv", "bv", None, kvh)?;
+        let q = be.rope(&project(("wq", "bq", Some("q_norm")), nh)?, cos, sin)?;
+        let k = be.rope(&project(("wk", "bk", Some("k_norm")), kvh)?, cos, sin)?;
+        let v = project(("wv", "bv", None), kvh)?;
         let (k, v) = match cache {
             Some(c) => c.append(l, &k, &v)?,
             None => (k, v),
