@@ -154,12 +154,17 @@ struct Wire {
     data: RawBytes,
 }
 
+/// The bytes `len` bytes of elements add to a tensor's encoding: their blob, length prefix included,
+/// beyond an empty one's. What a resident tensor's link counts.
+fn elements_wire_bytes(len: usize) -> u64 {
+    blob_len(len as u64) - blob_len(0)
+}
+
 impl Serialize for TensorBytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if let Some(resident) = &self.resident {
             // The header with no elements; the elements go beside the payload, counted as if inside it.
-            let len = byte_len(self.dtype, &self.shape).unwrap_or(0) as u64;
-            let wire_bytes = blob_len(len) - blob_len(0);
+            let wire_bytes = elements_wire_bytes(byte_len(self.dtype, &self.shape).unwrap_or(0));
             if !resident::attach(Attachment { resident: resident.clone(), wire_bytes }) {
                 return Err(serde::ser::Error::custom("a resident tensor cannot be encoded for another process"));
             }
@@ -173,11 +178,12 @@ impl Serialize for TensorBytes {
 impl<'de> Deserialize<'de> for TensorBytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let wire = Wire::deserialize(d)?;
-        let len = byte_len(wire.dtype, &wire.shape);
         // No elements where some are due: they came beside the payload, if it was sent with attachments.
-        if wire.data.0.is_empty() && len.is_some_and(|n| n > 0) {
-            let n = len.unwrap_or(0) as u64;
-            if let Some(a) = resident::take().filter(|a| a.wire_bytes == blob_len(n) - blob_len(0)) {
+        if let Some(n) = byte_len(wire.dtype, &wire.shape).filter(|&n| n > 0)
+            && wire.data.0.is_empty()
+        {
+            let wire_bytes = elements_wire_bytes(n);
+            if let Some(a) = resident::take().filter(|a| a.wire_bytes == wire_bytes) {
                 return Ok(Self {
                     dtype: wire.dtype,
                     shape: wire.shape,
