@@ -3,14 +3,14 @@
 //! per elementary operation.
 //!
 //! The row kernels are repops' ([`repops::kernels::rows`]), run at the CPU's best SIMD level; causal
-//! attention has its own kernel here. Results agree with the composed ops to floating-point tolerance (the
-//! tests check values and gradients against them); they are not meant to be the same bits. Only CPU
-//! tensors take these ops: the backend keeps the composed ops on other devices.
+//! attention has its own blocked kernel ([`attention`]). Results agree with the composed ops to
+//! floating-point tolerance (the tests check values and gradients against them); they are not meant to
+//! be the same bits. Only CPU tensors take these ops: the backend keeps the composed ops on other
+//! devices.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, InplaceOp2, InplaceOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Device, InplaceOp2, InplaceOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
-use repops::kernels::math::{exp, sigmoid};
-use repops::kernels::reduce::max;
+use repops::kernels::math::sigmoid;
 use repops::kernels::rows;
 use repops::simd::{self, SimdLevel};
 
@@ -51,6 +51,9 @@ macro_rules! at_level {
 
 /// Elements per parallel task of the element-wise kernels (smaller tensors stay on the calling thread).
 const ELEMENTS_PER_TASK: usize = 1 << 16;
+
+mod attention;
+pub(crate) use attention::causal_attention;
 
 fn wrap(op: &'static str, what: impl Into<String>) -> candle_core::Error {
     candle_core::Error::wrap(Error::Input(format!("{op}: {}", what.into())))
@@ -251,335 +254,6 @@ impl CustomOp2 for CrossEntropy {
     }
 }
 
-/// Causal self-attention with rotary positions, over projections in their `[B, T, heads · dh]` layout
-/// (no transposes): `softmax(rope(q) · rope(k)ᵀ / √dh + causal mask) · v`, with grouped-query heads
-/// (query head `h` reads key/value head `h / (heads / kv_heads)`). The backward pass recomputes the
-/// attention weights instead of keeping them (FlashAttention's trade: `[B, H, T, T]` is never stored).
-#[derive(Debug, Clone)]
-struct CausalAttention {
-    heads: usize,
-    kv_heads: usize,
-    /// Rotary tables `[T, dh/2]` for positions `0..T`.
-    cos: Tensor,
-    sin: Tensor,
-}
-
-/// Shapes of one attention call.
-#[derive(Debug, Clone, Copy)]
-struct Dims {
-    b: usize,
-    t: usize,
-    heads: usize,
-    kv_heads: usize,
-    dh: usize,
-}
-
-impl Dims {
-    fn rep(&self) -> usize {
-        self.heads / self.kv_heads
-    }
-
-    /// Row `i` of head `h` of sequence `b` in a `[B, T, n · dh]` tensor of `n` heads.
-    fn row<'a>(&self, x: &'a [f32], n: usize, b: usize, i: usize, h: usize) -> &'a [f32] {
-        let at = ((b * self.t + i) * n + h) * self.dh;
-        &x[at..at + self.dh]
-    }
-}
-
-/// `y = rope(x)` at one position: `y₁ = x₁·cos − x₂·sin`, `y₂ = x₁·sin + x₂·cos` (rotate-half layout).
-#[inline(always)]
-fn rotate(x: &[f32], cos: &[f32], sin: &[f32], y: &mut [f32]) {
-    let half = cos.len();
-    let (y1, y2) = y.split_at_mut(half);
-    for d in 0..half {
-        let (a, b) = (x[d], x[d + half]);
-        y1[d] = a * cos[d] - b * sin[d];
-        y2[d] = a * sin[d] + b * cos[d];
-    }
-}
-
-/// The transpose of [`rotate`] (rotation by the opposite angle), for gradients.
-#[inline(always)]
-fn rotate_back(dy: &[f32], cos: &[f32], sin: &[f32], dx: &mut [f32]) {
-    let half = cos.len();
-    let (dx1, dx2) = dx.split_at_mut(half);
-    for d in 0..half {
-        let (a, b) = (dy[d], dy[d + half]);
-        dx1[d] = a * cos[d] + b * sin[d];
-        dx2[d] = b * cos[d] - a * sin[d];
-    }
-}
-
-/// `y += a · x`.
-#[inline(always)]
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o += a * v;
-    }
-}
-
-/// `a · b` over eight lanes (inlined into the caller's SIMD level; head rows are short).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ca, ta) = a.as_chunks::<8>();
-    let (cb, tb) = b.as_chunks::<8>();
-    for (x, y) in ca.iter().zip(cb) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ta.iter().zip(tb).map(|(x, y)| x * y).sum();
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// The rotated rows `[T, dh]` of head `h` of sequence `b` of a `[B, T, n · dh]` tensor.
-#[inline(always)]
-fn rotated_head(x: &[f32], dims: Dims, n: usize, b: usize, h: usize, tables: Tables<'_>) -> Vec<f32> {
-    let mut out = vec![0f32; dims.t * dims.dh];
-    for (i, row) in out.chunks_exact_mut(dims.dh).enumerate() {
-        let (c, s) = tables.at(i);
-        rotate(dims.row(x, n, b, i, h), c, s, row);
-    }
-    out
-}
-
-/// The attention weights of query row `qi` over keys `0..=i` (`kr` rotated, `[T, dh]`), into `p`.
-#[inline(always)]
-fn weights(qi: &[f32], kr: &[f32], i: usize, scale: f32, p: &mut [f32]) {
-    let dh = qi.len();
-    for (j, s) in p[..=i].iter_mut().enumerate() {
-        *s = dot(qi, &kr[j * dh..(j + 1) * dh]) * scale;
-    }
-    let m = max(&p[..=i]);
-    let mut l = 0f32;
-    for s in &mut p[..=i] {
-        *s = exp(*s - m);
-        l += *s;
-    }
-    let inv = 1.0 / l;
-    for s in &mut p[..=i] {
-        *s *= inv;
-    }
-}
-
-impl CausalAttention {
-    fn dims(&self, q: &[usize], k: &[usize], v: &[usize]) -> candle_core::Result<Dims> {
-        let name = "fused-attention";
-        let (&[b, t, qw], &[kb, kt, kw]) = (q, k) else {
-            return Err(wrap(name, format!("q {q:?} and k {k:?} must be [B, T, width]")));
-        };
-        let dh = qw / self.heads.max(1);
-        let ok = self.heads > 0
-            && self.kv_heads > 0
-            && self.heads.is_multiple_of(self.kv_heads)
-            && dh * self.heads == qw
-            && dh.is_multiple_of(2)
-            && (kb, kt, kw) == (b, t, self.kv_heads * dh)
-            && v == k
-            && self.cos.dims() == [t, dh / 2]
-            && self.sin.dims() == [t, dh / 2];
-        if !ok {
-            return Err(wrap(
-                name,
-                format!("q {q:?}, k {k:?}, v {v:?} for {} heads, {} kv heads", self.heads, self.kv_heads),
-            ));
-        }
-        Ok(Dims { b, t, heads: self.heads, kv_heads: self.kv_heads, dh })
-    }
-
-    fn forward(&self, q: &[f32], k: &[f32], v: &[f32], dims: Dims) -> candle_core::Result<Vec<f32>> {
-        let Dims { b: batch, t, heads, kv_heads, dh } = dims;
-        let level = simd::current();
-        let blocks: Vec<Vec<f32>> = with_host(self.name(), [&self.cos, &self.sin], |[cos, sin]| {
-            let tables = Tables { cos, sin, half: dh / 2 };
-            Ok((0..batch * kv_heads)
-                .into_par_iter()
-                .map(|job| at_level!(level, forward_job(q, k, v, dims, tables, job)))
-                .collect())
-        })?;
-        let mut y = vec![0f32; batch * t * heads * dh];
-        for (job, block) in blocks.iter().enumerate() {
-            let (b, kh) = (job / kv_heads, job % kv_heads);
-            for r in 0..dims.rep() {
-                for i in 0..t {
-                    let at = ((b * t + i) * heads + kh * dims.rep() + r) * dh;
-                    y[at..at + dh].copy_from_slice(&block[(r * t + i) * dh..(r * t + i + 1) * dh]);
-                }
-            }
-        }
-        Ok(y)
-    }
-
-    /// Gradients of `q`, `k` and `v` from the output `o` and its gradient `g`.
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        o: &[f32],
-        g: &[f32],
-        dims: Dims,
-    ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let Dims { b: batch, t, heads, kv_heads, dh } = dims;
-        let (rep, level) = (dims.rep(), simd::current());
-        let blocks: Vec<Grads> = with_host(self.name(), [&self.cos, &self.sin], |[cos, sin]| {
-            let tables = Tables { cos, sin, half: dh / 2 };
-            Ok((0..batch * kv_heads)
-                .into_par_iter()
-                .map(|job| at_level!(level, backward_job(q, k, v, o, g, dims, tables, job)))
-                .collect())
-        })?;
-        let mut dq = vec![0f32; batch * t * heads * dh];
-        let mut dk = vec![0f32; batch * t * kv_heads * dh];
-        let mut dv = vec![0f32; batch * t * kv_heads * dh];
-        for (job, grads) in blocks.iter().enumerate() {
-            let (b, kh) = (job / kv_heads, job % kv_heads);
-            for i in 0..t {
-                for r in 0..rep {
-                    let at = ((b * t + i) * heads + kh * rep + r) * dh;
-                    dq[at..at + dh].copy_from_slice(&grads.dq[(r * t + i) * dh..(r * t + i + 1) * dh]);
-                }
-                let at = ((b * t + i) * kv_heads + kh) * dh;
-                dk[at..at + dh].copy_from_slice(&grads.dk[i * dh..(i + 1) * dh]);
-                dv[at..at + dh].copy_from_slice(&grads.dv[i * dh..(i + 1) * dh]);
-            }
-        }
-        Ok((dq, dk, dv))
-    }
-}
-
-/// The rotary tables `[T, dh/2]` of one call.
-#[derive(Debug, Clone, Copy)]
-struct Tables<'a> {
-    cos: &'a [f32],
-    sin: &'a [f32],
-    half: usize,
-}
-
-impl Tables<'_> {
-    /// `cos` and `sin` at position `i`.
-    #[inline(always)]
-    fn at(&self, i: usize) -> (&[f32], &[f32]) {
-        (&self.cos[i * self.half..(i + 1) * self.half], &self.sin[i * self.half..(i + 1) * self.half])
-    }
-}
-
-/// The gradients one job (a sequence and a key/value head) computes: `dq` of its query heads
-/// `[rep, T, dh]`, `dk` and `dv` `[T, dh]`.
-struct Grads {
-    dq: Vec<f32>,
-    dk: Vec<f32>,
-    dv: Vec<f32>,
-}
-
-/// The output rows `[rep, T, dh]` of the query heads that read key/value head `job % kv_heads` of
-/// sequence `job / kv_heads`. Inlined into the caller's SIMD level.
-#[inline(always)]
-fn forward_job(q: &[f32], k: &[f32], v: &[f32], dims: Dims, tables: Tables<'_>, job: usize) -> Vec<f32> {
-    let Dims { t, heads, kv_heads, dh, .. } = dims;
-    let (b, kh, rep) = (job / kv_heads, job % kv_heads, dims.rep());
-    let scale = 1.0 / (dh as f32).sqrt();
-    let kr = rotated_head(k, dims, kv_heads, b, kh, tables);
-    let mut out = vec![0f32; rep * t * dh];
-    let (mut qi, mut p) = (vec![0f32; dh], vec![0f32; t]);
-    for r in 0..rep {
-        let h = kh * rep + r;
-        for i in 0..t {
-            let (c, s) = tables.at(i);
-            rotate(dims.row(q, heads, b, i, h), c, s, &mut qi);
-            weights(&qi, &kr, i, scale, &mut p);
-            let o = &mut out[(r * t + i) * dh..(r * t + i + 1) * dh];
-            for (j, &pj) in p[..=i].iter().enumerate() {
-                axpy(pj, dims.row(v, kv_heads, b, j, kh), o);
-            }
-        }
-    }
-    out
-}
-
-/// The gradients of one job of [`forward_job`] from the output `o` and its gradient `g`:
-/// `dS_ij = P_ij · (dO_i · v_j − dO_i · O_i)`, `dq_i = Σ_j dS_ij k_j`, `dk_j = Σ_i dS_ij q_i` (both
-/// scaled, and rotated back), `dv_j = Σ_i P_ij dO_i`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn backward_job(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    o: &[f32],
-    g: &[f32],
-    dims: Dims,
-    tables: Tables<'_>,
-    job: usize,
-) -> Grads {
-    let Dims { t, heads, kv_heads, dh, .. } = dims;
-    let (b, kh, rep) = (job / kv_heads, job % kv_heads, dims.rep());
-    let scale = 1.0 / (dh as f32).sqrt();
-    let kr = rotated_head(k, dims, kv_heads, b, kh, tables);
-    let (mut dq, mut dkr, mut dv) = (vec![0f32; rep * t * dh], vec![0f32; t * dh], vec![0f32; t * dh]);
-    let (mut qi, mut p, mut dqr) = (vec![0f32; dh], vec![0f32; t], vec![0f32; dh]);
-    for r in 0..rep {
-        let h = kh * rep + r;
-        for i in 0..t {
-            let (c, s) = tables.at(i);
-            rotate(dims.row(q, heads, b, i, h), c, s, &mut qi);
-            weights(&qi, &kr, i, scale, &mut p);
-            let (gi, oi) = (dims.row(g, heads, b, i, h), dims.row(o, heads, b, i, h));
-            let d = dot(gi, oi);
-            dqr.fill(0.0);
-            for (j, &pj) in p[..=i].iter().enumerate() {
-                let ds = pj * (dot(gi, dims.row(v, kv_heads, b, j, kh)) - d) * scale;
-                axpy(ds, &kr[j * dh..(j + 1) * dh], &mut dqr);
-                axpy(ds, &qi, &mut dkr[j * dh..(j + 1) * dh]);
-                axpy(pj, gi, &mut dv[j * dh..(j + 1) * dh]);
-            }
-            rotate_back(&dqr, c, s, &mut dq[(r * t + i) * dh..(r * t + i + 1) * dh]);
-        }
-    }
-    let mut dk = vec![0f32; t * dh];
-    for (j, row) in dk.chunks_exact_mut(dh).enumerate() {
-        let (c, s) = tables.at(j);
-        rotate_back(&dkr[j * dh..(j + 1) * dh], c, s, row);
-    }
-    Grads { dq, dk, dv }
-}
-
-impl CustomOp3 for CausalAttention {
-    fn name(&self) -> &'static str {
-        "fused-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = self.dims(l1.dims(), l2.dims(), l3.dims())?;
-        let (q, k, v) = (f32s(self.name(), s1, l1)?, f32s(self.name(), s2, l2)?, f32s(self.name(), s3, l3)?);
-        Ok((CpuStorage::F32(self.forward(q, k, v, dims)?), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        o: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dims = self.dims(q.dims(), k.dims(), v.dims())?;
-        let (dq, dk, dv) =
-            with_host(self.name(), [q, k, v, o, g], |[q, k, v, o, g]| self.backward(q, k, v, o, g, dims))?;
-        Ok((Some(host_tensor(dq, q.shape())?), Some(host_tensor(dk, k.shape())?), Some(host_tensor(dv, v.shape())?)))
-    }
-}
-
 /// RMSNorm of `x [.., n]` with weight `w [n]` (see [`crate::Backend::rms_norm`]).
 pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })?)
@@ -593,21 +267,6 @@ pub(crate) fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// Mean cross-entropy of `logits [N, V]` against `targets [N]` (see [`crate::Backend::cross_entropy`]).
 pub(crate) fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy)?)
-}
-
-/// Causal attention with rotary positions `0..T` over `q [B, T, heads · dh]` and `k`, `v
-/// [B, T, kv_heads · dh]`, returning `[B, T, heads · dh]`; `cos` and `sin` are the tables `[T, dh/2]`.
-pub(crate) fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    heads: usize,
-    kv_heads: usize,
-) -> Result<Tensor> {
-    let op = CausalAttention { heads, kv_heads, cos: cos.contiguous()?, sin: sin.contiguous()? };
-    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 
 /// AdamW's moment update in place, on the gradient scaled by the clipping factor `clip`: the first
