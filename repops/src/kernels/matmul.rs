@@ -5,7 +5,7 @@
 //! one fused multiply-add per term, in increasing `k`, starting from +0. Every path computes exactly that.
 //! The AVX2 path is a register-blocked kernel (6 rows × 16 columns of accumulators, `B` packed into
 //! 16-column panels, `k` split into cache-sized blocks whose partial sums are stored and reloaded — which
-//! continues the same sequence); threads split the rows, never a sum. So the bits do not depend on the
+//! continues the same sequence; a transposed `A` read in place); threads split the rows, never a sum. So the bits do not depend on the
 //! thread count, the tiling or the instruction set.
 
 use std::borrow::Cow;
@@ -52,21 +52,25 @@ pub fn product(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel
         c.fill(0.0);
         return;
     }
-    // `A` is read row by row: a transposed `A` is turned first (an exact copy, kept off the tape).
-    let a: Cow<'_, [f32]> = if transpose_a { Cow::Owned(transpose(&a[..k * m], k, m)) } else { Cow::Borrowed(a) };
     #[cfg(target_arch = "x86_64")]
     if level == SimdLevel::Avx2Fma {
-        // Packing reads `B` either way round at the same cost.
+        // Packing reads `B` either way round at the same cost, and the kernel reads `A` where it is
+        // stored: element (i, p) at `i·rows + p·columns`.
         let packed = if transpose_b { avx2::pack_b_transposed(b, k, n) } else { avx2::pack_b(b, k, n) };
+        let strides =
+            if transpose_a { avx2::Strides { rows: 1, columns: m } } else { avx2::Strides { rows: k, columns: 1 } };
+        let a = &a[..m * k];
         c.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, c_rows)| {
             let row0 = t * ROWS_PER_TASK;
             let rows = c_rows.len() / n;
-            // SAFETY: the level is only Avx2Fma when the CPU has AVX2 and FMA; the slices cover the rows.
-            unsafe { avx2::rows(&a[row0 * k..(row0 + rows) * k], &packed, c_rows, rows, k, n) };
+            // SAFETY: the level is only Avx2Fma when the CPU has AVX2 and FMA; `a` holds every row.
+            unsafe { avx2::rows(&a[row0 * strides.rows..], strides, &packed, c_rows, rows, k, n) };
         });
         return;
     }
     let _ = level;
+    // The scalar path reads `A` row by row: a transposed `A` is turned first (an exact copy).
+    let a: Cow<'_, [f32]> = if transpose_a { Cow::Owned(transpose(&a[..k * m], k, m)) } else { Cow::Borrowed(a) };
     let b: Cow<'_, [f32]> = if transpose_b { Cow::Owned(transpose(&b[..n * k], n, k)) } else { Cow::Borrowed(b) };
     c.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, c_rows)| {
         let row0 = t * ROWS_PER_TASK;
@@ -137,15 +141,30 @@ mod avx2 {
     /// Depth of one cache block of `k`.
     const KC: usize = 256;
 
+    /// Where `A`'s elements are: element (i, p) at `i·rows + p·columns` (`(k, 1)` for a row-major
+    /// m×k `A`, `(1, m)` for one stored transposed).
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Strides {
+        pub(super) rows: usize,
+        pub(super) columns: usize,
+    }
+
     /// `B` (k×n) as ceil(n/16) panels, each k rows of 16 columns, zero-padded on the right.
     pub(super) fn pack_b(b: &[f32], k: usize, n: usize) -> Vec<f32> {
         let panels = n.div_ceil(NR);
-        let mut packed = vec![0f32; panels * k * NR];
-        for (jp, panel) in packed.chunks_exact_mut(k * NR).enumerate() {
-            let j0 = jp * NR;
+        // Written once, in order (no zero fill first): only the last panel's padding is zeros.
+        let mut packed = Vec::with_capacity(panels * k * NR);
+        for j0 in (0..n).step_by(NR) {
             let w = NR.min(n - j0);
             for p in 0..k {
-                panel[p * NR..p * NR + w].copy_from_slice(&b[p * n + j0..p * n + j0 + w]);
+                let row = &b[p * n + j0..p * n + j0 + w];
+                if let Ok(full) = <&[f32; NR]>::try_from(row) {
+                    // A copy of a known 16 floats is two vector moves, not a call to memcpy.
+                    packed.extend_from_slice(full);
+                } else {
+                    packed.extend_from_slice(row);
+                    packed.resize(packed.len() + NR - w, 0.0);
+                }
             }
         }
         packed
@@ -167,9 +186,17 @@ mod avx2 {
         packed
     }
 
-    /// Rows `a` (rows×k) times packed `B`, into `c` (rows×n).
+    /// Rows `a` (rows×k, laid out as `strides` say) times packed `B`, into `c` (rows×n).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows(a: &[f32], packed: &[f32], c: &mut [f32], rows: usize, k: usize, n: usize) {
+    pub(super) unsafe fn rows(
+        a: &[f32],
+        strides: Strides,
+        packed: &[f32],
+        c: &mut [f32],
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) {
         let panels = n.div_ceil(NR);
         let mut p0 = 0;
         while p0 < k {
@@ -181,19 +208,19 @@ mod avx2 {
                 let mut r0 = 0;
                 while r0 < rows {
                     let mr = MR.min(rows - r0);
-                    let a_block = &a[r0 * k + p0..];
+                    let a_block = &a[r0 * strides.rows + p0 * strides.columns..];
                     let c_block = &mut c[r0 * n + j0..];
                     let first = p0 == 0;
                     // SAFETY: CPU features as for this function; the kernels stay within the slices
-                    // (mr rows of a with stride k from p0, kc packed rows, mr rows of c with stride n).
+                    // (mr rows and kc columns of a from p0, kc packed rows, mr rows of c with stride n).
                     unsafe {
                         match mr {
-                            6 => kernel::<6>(a_block, k, panel, kc, c_block, n, cols, first),
-                            5 => kernel::<5>(a_block, k, panel, kc, c_block, n, cols, first),
-                            4 => kernel::<4>(a_block, k, panel, kc, c_block, n, cols, first),
-                            3 => kernel::<3>(a_block, k, panel, kc, c_block, n, cols, first),
-                            2 => kernel::<2>(a_block, k, panel, kc, c_block, n, cols, first),
-                            _ => kernel::<1>(a_block, k, panel, kc, c_block, n, cols, first),
+                            6 => kernel::<6>(a_block, strides, panel, kc, c_block, n, cols, first),
+                            5 => kernel::<5>(a_block, strides, panel, kc, c_block, n, cols, first),
+                            4 => kernel::<4>(a_block, strides, panel, kc, c_block, n, cols, first),
+                            3 => kernel::<3>(a_block, strides, panel, kc, c_block, n, cols, first),
+                            2 => kernel::<2>(a_block, strides, panel, kc, c_block, n, cols, first),
+                            _ => kernel::<1>(a_block, strides, panel, kc, c_block, n, cols, first),
                         }
                     }
                     r0 += mr;
@@ -208,7 +235,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn kernel<const R: usize>(
         a: &[f32],
-        lda: usize,
+        strides: Strides,
         panel: &[f32],
         kc: usize,
         c: &mut [f32],
@@ -229,7 +256,8 @@ mod avx2 {
                 }
             }
         }
-        assert!(panel.len() >= kc * NR && a.len() > (R - 1) * lda + kc - 1);
+        let Strides { rows: rs, columns: cs } = strides;
+        assert!(panel.len() >= kc * NR && a.len() > (R - 1) * rs + (kc - 1) * cs);
         let (pp, ap) = (panel.as_ptr(), a.as_ptr());
         for p in 0..kc {
             // SAFETY: p < kc, and the assert above bounds both reads.
@@ -237,7 +265,7 @@ mod avx2 {
                 let b0 = _mm256_loadu_ps(pp.add(p * NR));
                 let b1 = _mm256_loadu_ps(pp.add(p * NR + 8));
                 for r in 0..R {
-                    let av = _mm256_broadcast_ss(&*ap.add(r * lda + p));
+                    let av = _mm256_broadcast_ss(&*ap.add(r * rs + p * cs));
                     lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
                     hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
                 }
@@ -298,6 +326,21 @@ mod tests {
                     pool.install(|| matmul(&a, &b, &mut c, m, k, n, level));
                     let same = c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
                     assert!(same, "{m}x{k}x{n} {level:?} {threads} threads");
+                }
+            }
+            // Operands stored transposed give the same bits.
+            let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
+            for level in simd::available() {
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+                    for (transpose_a, transpose_b) in [(true, false), (false, true), (true, true)] {
+                        let form = Form { m, k, n, transpose_a, transpose_b };
+                        let (a, b) = (if transpose_a { &at } else { &a }, if transpose_b { &bt } else { &b });
+                        let mut c = vec![f32::NAN; m * n];
+                        pool.install(|| product(a, b, &mut c, form, level));
+                        let same = c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{form:?} {level:?} {threads} threads");
+                    }
                 }
             }
             // And it is a matrix product: close to the f64 result.
