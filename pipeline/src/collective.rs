@@ -3,9 +3,14 @@
 //!
 //! Every collective is keyed by `(step, round)`, so rounds of different steps never mix, and a message
 //! that arrives before it is wanted waits in the mailbox.
+//!
+//! The all-reduces sum any [`Summand`]: values on the host, or a tensor left on its device.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::time::Duration;
+
+use candle_core::{Device, Tensor};
 
 use genrl::{AgentCtx, Clock, EventKind};
 use transport::{PeerId, Transport, TransportExt};
@@ -220,44 +225,50 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
             .retain(|(_, _, m)| !matches!(m, Msg::Reduce { step: s, round: r, .. } if *s == step && *r < round));
     }
 
-    /// Sends `values` as round `round` of `step`'s collective.
-    pub async fn send_values(&mut self, to: PeerId, step: u64, round: u32, values: &[f32]) -> Result<()> {
-        let data = transport::TensorBytes::from_f32(vec![values.len()], values)?;
+    /// Sends `part` as round `round` of `step`'s collective (a tensor resident where
+    /// [`activation`](Self::activation) would leave one).
+    pub async fn send_values<S: Summand>(&mut self, to: PeerId, step: u64, round: u32, part: &S) -> Result<()> {
+        let data = part.to_message(self.resident && self.transport.carries_attachments())?;
         self.send(to, &Msg::Reduce { step, round, data }).await
     }
 
-    /// Takes round `round` of `step`'s collective from `from`: exactly `expected` values, or an error.
-    pub async fn take_values(
+    /// Takes round `round` of `step`'s collective from `from`: exactly `expected` values, like `like`
+    /// (on its device), or an error.
+    pub async fn take_values<S: Summand>(
         &mut self,
         what: &str,
         from: PeerId,
         step: u64,
         round: u32,
         expected: usize,
-    ) -> Result<Vec<f32>> {
+        like: &S,
+    ) -> Result<S> {
         let deadline = self.clock.now() + self.timeout;
-        self.take_values_until(deadline, from, step, round).await?.ok_or_else(|| self.stalled(what)).and_then(|v| {
-            if v.len() == expected {
-                Ok(v)
-            } else {
-                Err(Error::config("collective", format!("{what} of {} values, expected {expected}", v.len())))
-            }
-        })
+        self.take_values_until(deadline, from, step, round, like).await?.ok_or_else(|| self.stalled(what)).and_then(
+            |v| {
+                if v.len() == expected {
+                    Ok(v)
+                } else {
+                    Err(Error::config("collective", format!("{what} of {} values, expected {expected}", v.len())))
+                }
+            },
+        )
     }
 
     /// Round `round` of `step` from `from` if it arrives before `deadline` (any length: the caller checks).
-    async fn take_values_until(
+    async fn take_values_until<S: Summand>(
         &mut self,
         deadline: Duration,
         from: PeerId,
         step: u64,
         round: u32,
-    ) -> Result<Option<Vec<f32>>> {
+        like: &S,
+    ) -> Result<Option<S>> {
         let wanted = |f: &PeerId, m: &Msg| {
             *f == from && matches!(m, Msg::Reduce { step: st, round: rd, .. } if *st == step && *rd == round)
         };
         match self.take_until(deadline, wanted).await? {
-            Some((_, Msg::Reduce { data, .. })) => Ok(Some(data.to_f32_vec()?)),
+            Some((_, Msg::Reduce { data, .. })) => Ok(Some(S::from_message(&data, like)?)),
             Some(_) => Err(Error::config("message", "unexpected message kind")),
             None => Ok(None),
         }
@@ -268,21 +279,119 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
     }
 }
 
+/// What the all-reduces sum: values on the host (`Vec<f32>`), or a flat f32 tensor that stays on its
+/// device — its chunks go to peers as resident tensors where the transport carries them, so a GPU's
+/// gradients never pass through host memory between simulated workers. Both add one IEEE f32 sum per
+/// element, in the same order, and scale by one product: the same bits either way.
+pub trait Summand: Sized {
+    /// Its number of values.
+    fn len(&self) -> usize;
+    /// Whether it holds no values.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The values in `range`.
+    fn slice(&self, range: Range<usize>) -> Result<Self>;
+    /// The parts one after another.
+    fn concat(parts: Vec<Self>) -> Result<Self>;
+    /// Adds `other` (of the same length) element by element.
+    fn accumulate(&mut self, other: &Self) -> Result<()>;
+    /// Multiplies every value by `factor`.
+    fn scale(self, factor: f32) -> Result<Self>;
+    /// The values as a message's tensor: resident if `resident` (where that makes sense), else bytes.
+    fn to_message(&self, resident: bool) -> Result<transport::TensorBytes>;
+    /// The values a message carries, placed like `like`.
+    fn from_message(data: &transport::TensorBytes, like: &Self) -> Result<Self>;
+}
+
+impl Summand for Vec<f32> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn slice(&self, range: Range<usize>) -> Result<Self> {
+        Ok(self[range].to_vec())
+    }
+
+    fn concat(parts: Vec<Self>) -> Result<Self> {
+        Ok(parts.concat())
+    }
+
+    fn accumulate(&mut self, other: &Self) -> Result<()> {
+        for (d, x) in self.iter_mut().zip(other) {
+            *d += x;
+        }
+        Ok(())
+    }
+
+    fn scale(mut self, factor: f32) -> Result<Self> {
+        self.iter_mut().for_each(|x| *x *= factor);
+        Ok(self)
+    }
+
+    fn to_message(&self, _resident: bool) -> Result<transport::TensorBytes> {
+        Ok(transport::TensorBytes::from_f32(vec![self.len()], self)?)
+    }
+
+    fn from_message(data: &transport::TensorBytes, _like: &Self) -> Result<Self> {
+        if data.resident_elements().is_some() {
+            return Ok(crate::wire::from_wire(data, &Device::Cpu)?.flatten_all()?.to_vec1()?);
+        }
+        Ok(data.to_f32_vec()?)
+    }
+}
+
+/// A flat (one-dimensional) f32 tensor on its device.
+impl Summand for Tensor {
+    fn len(&self) -> usize {
+        self.elem_count()
+    }
+
+    fn slice(&self, range: Range<usize>) -> Result<Self> {
+        Ok(self.narrow(0, range.start, range.len())?)
+    }
+
+    fn concat(parts: Vec<Self>) -> Result<Self> {
+        Ok(Self::cat(&parts, 0)?)
+    }
+
+    fn accumulate(&mut self, other: &Self) -> Result<()> {
+        *self = (&*self + other)?;
+        Ok(())
+    }
+
+    fn scale(self, factor: f32) -> Result<Self> {
+        // A product with a scalar tensor, as the host's `x * factor` (candle's affine adds a zero,
+        // which turns −0 into +0).
+        Ok(self.broadcast_mul(&Self::new(factor, self.device())?)?)
+    }
+
+    fn to_message(&self, resident: bool) -> Result<transport::TensorBytes> {
+        if resident { crate::wire::to_resident(self) } else { crate::wire::to_wire(self) }
+    }
+
+    fn from_message(data: &transport::TensorBytes, like: &Self) -> Result<Self> {
+        Ok(crate::wire::from_wire(data, like.device())?.flatten_all()?)
+    }
+}
+
 /// Ring all-reduce (sum) of `data` among `ring`, this worker at `me`: R−1 reduce-scatter rounds, then
 /// R−1 all-gather rounds, each sending one chunk of about `len / R` values to the next member. Every
 /// member ends with the same bits (the all-gather copies the reduced chunks). Rounds are numbered from
 /// `tag`.
-pub async fn ring_all_reduce<T: Transport, C: Clock>(
+pub async fn ring_all_reduce<T: Transport, C: Clock, S: Summand>(
     mail: &mut Mailbox<T, C>,
     ring: &[PeerId],
     me: usize,
     step: u64,
     tag: u32,
-    mut data: Vec<f32>,
-) -> Result<Vec<f32>> {
+    data: S,
+) -> Result<S> {
     let n = ring.len();
     let len = data.len();
     let chunk = |i: usize| (i * len / n)..((i + 1) * len / n);
+    let mut chunks = (0..n).map(|i| data.slice(chunk(i))).collect::<Result<Vec<S>>>()?;
+    drop(data);
     let (next, prev) = (ring[(me + 1) % n], ring[(me + n - 1) % n]);
     for round in 0..2 * (n - 1) {
         let (send_idx, recv_idx) = if round < n - 1 {
@@ -292,31 +401,29 @@ pub async fn ring_all_reduce<T: Transport, C: Clock>(
             ((me + 1 + n - k) % n, (me + n - k) % n)
         };
         let tagged = tag + round as u32;
-        mail.send_values(next, step, tagged, &data[chunk(send_idx)]).await?;
-        let range = chunk(recv_idx);
-        let incoming = mail.take_values("ring chunk", prev, step, tagged, range.len()).await?;
+        mail.send_values(next, step, tagged, &chunks[send_idx]).await?;
+        let expected = chunk(recv_idx).len();
+        let incoming = mail.take_values("ring chunk", prev, step, tagged, expected, &chunks[recv_idx]).await?;
         if round < n - 1 {
-            for (d, x) in data[range].iter_mut().zip(incoming) {
-                *d += x;
-            }
+            chunks[recv_idx].accumulate(&incoming)?;
         } else {
-            data[range].copy_from_slice(&incoming);
+            chunks[recv_idx] = incoming;
         }
     }
-    Ok(data)
+    S::concat(chunks)
 }
 
 /// Binary-tree all-reduce (sum) of `data` among `group`, this worker at `me`: at level `d = 1, 2, 4…`
 /// rank `k·2d + d` sends its partial sum to rank `k·2d`, which adds it; then the total goes back down the
 /// same edges. Every member ends with the root's bits. Rounds are numbered from `tag`.
-pub async fn tree_all_reduce<T: Transport, C: Clock>(
+pub async fn tree_all_reduce<T: Transport, C: Clock, S: Summand>(
     mail: &mut Mailbox<T, C>,
     group: &[PeerId],
     me: usize,
     step: u64,
     tag: u32,
-    mut data: Vec<f32>,
-) -> Result<Vec<f32>> {
+    mut data: S,
+) -> Result<S> {
     let n = group.len();
     let mut levels = Vec::new();
     let mut d = 1;
@@ -333,10 +440,8 @@ pub async fn tree_all_reduce<T: Transport, C: Clock>(
             break;
         }
         if me.is_multiple_of(2 * d) && me + d < n {
-            let incoming = mail.take_values("tree partial sum", group[me + d], step, round, data.len()).await?;
-            for (x, y) in data.iter_mut().zip(incoming) {
-                *x += y;
-            }
+            let incoming = mail.take_values("tree partial sum", group[me + d], step, round, data.len(), &data).await?;
+            data.accumulate(&incoming)?;
         }
     }
     // Down: the total travels back along the same edges, highest level first.
@@ -345,7 +450,7 @@ pub async fn tree_all_reduce<T: Transport, C: Clock>(
         if me.is_multiple_of(2 * d) && me + d < n {
             mail.send_values(group[me + d], step, round, &data).await?;
         } else if me % (2 * d) == d {
-            data = mail.take_values("tree total", group[me - d], step, round, data.len()).await?;
+            data = mail.take_values("tree total", group[me - d], step, round, data.len(), &data).await?;
         }
     }
     Ok(data)
@@ -410,7 +515,7 @@ pub async fn gather_mean<T: Transport, C: Clock>(
             return Ok(outcome);
         }
         let deadline = mail.clock.now() + 2 * timeout;
-        match mail.take_values_until(deadline, group[0], step, down).await? {
+        match mail.take_values_until(deadline, group[0], step, down, &own).await? {
             Some(mean) if check_finite(&own, &mean).is_ok() => {
                 outcome.mean = mean;
                 outcome.members = group.len();
@@ -425,7 +530,7 @@ pub async fn gather_mean<T: Transport, C: Clock>(
     let deadline = mail.clock.now() + timeout;
     let mut arrived: Vec<Option<Vec<f32>>> = vec![None; group.len()];
     for (i, &peer) in group.iter().enumerate().skip(1) {
-        arrived[i] = mail.take_values_until(deadline, peer, step, up).await?;
+        arrived[i] = mail.take_values_until(deadline, peer, step, up, &own).await?;
     }
     let mut admitted: Vec<&[f32]> = Vec::new();
     let mut heard = Vec::new();
@@ -455,22 +560,20 @@ pub async fn gather_mean<T: Transport, C: Clock>(
 
 /// The mean of `data` over `round`'s group through an all-reduce (ring or tree) that needs every
 /// member; `group` are the members' peer ids, this worker at `me`.
-pub async fn all_reduce_mean<T: Transport, C: Clock>(
+pub async fn all_reduce_mean<T: Transport, C: Clock, S: Summand>(
     mail: &mut Mailbox<T, C>,
     round: &OuterRound,
     group: &[PeerId],
     me: usize,
     step: u64,
     tag: u32,
-    data: Vec<f32>,
-) -> Result<Vec<f32>> {
-    let mut sum = match round.collective {
+    data: S,
+) -> Result<S> {
+    let sum = match round.collective {
         Collective::Tree => tree_all_reduce(mail, group, me, step, tag, data).await?,
         _ => ring_all_reduce(mail, group, me, step, tag, data).await?,
     };
-    let scale = 1.0 / group.len() as f32;
-    sum.iter_mut().for_each(|x| *x *= scale);
-    Ok(sum)
+    sum.scale(1.0 / group.len() as f32)
 }
 
 /// First round number of the per-step gradient all-reduce.

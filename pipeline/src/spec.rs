@@ -75,8 +75,9 @@ pub struct PipelineSpec {
     pub gradients: GradientScaling,
     /// On a network whose workers share this process (the simulated one), activations and their
     /// gradients reach the next worker as the tensors themselves, on their device, not as bytes copied
-    /// through host memory; the links count the bytes all the same (see [`transport::resident`]).
-    /// Results are the same bits either way.
+    /// through host memory, and the data-parallel all-reduce sums the gradients where they are (see
+    /// [`Summand`](crate::collective::Summand)); the links count the bytes all the same (see
+    /// [`transport::resident`]). Results are the same bits either way.
     pub resident_tensors: bool,
 }
 

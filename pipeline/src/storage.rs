@@ -50,7 +50,7 @@ impl CheckpointStore {
         Error::config("checkpoint", format!("{}: {e}", path.display()))
     }
 
-    /// Writes `state` and removes this worker's checkpoints older than the last [`KEPT`].
+    /// Writes `state` and removes this worker's checkpoints older than the last two (`KEPT`).
     pub fn write(&self, state: &StoredState) -> Result<()> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Self::io(&self.dir, e))?;
         let path = self.path(state.step);

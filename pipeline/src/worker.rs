@@ -1,6 +1,6 @@
 //! One pipeline worker: stage `s` of replica `r`, as a genrl agent.
 //!
-//! Per step, GPipe-style: every micro-batch whose path (from the [`Router`](crate::Router)) visits this
+//! Per step, GPipe-style: every micro-batch whose path (from the [`Router`]) visits this
 //! worker goes forward as its activations arrive (sent on to the next hop; the last hop computes the loss
 //! and starts the backward pass at once), then the backward passes run as their gradients come back;
 //! then the gradient synchronisation, one optimizer step and the outer round, if any. Failures planned
@@ -33,8 +33,8 @@ use models::{AdamW, Stage, StageInput, StageSpec};
 use transport::{PeerId, TensorBytes, Transport};
 
 use crate::collective::{
-    ATTEMPT_STRIDE, GRADIENT_TAG, JOIN_VIEW, Mailbox, OUTER_TAG, QuorumTimeouts, all_reduce_mean, is_group, quorum,
-    run_outer_round, run_outer_round_tagged,
+    ATTEMPT_STRIDE, GRADIENT_TAG, JOIN_VIEW, Mailbox, OUTER_TAG, QuorumTimeouts, Summand, all_reduce_mean, is_group,
+    quorum, run_outer_round, run_outer_round_tagged,
 };
 use crate::error::{Error, Result};
 use crate::plug::{Hop, Router, check_path};
@@ -87,6 +87,123 @@ fn unflatten(
         at += len;
     }
     Ok(out)
+}
+
+/// A stage's gradients flattened in parameter-name order for the data-parallel all-reduce: on the host,
+/// or as one tensor that stays on the workers' device when messages between them can carry it resident
+/// (the simulated network). Either way the mean has the same bits ([`Summand`]).
+#[derive(Debug, Clone)]
+enum FlatGradients {
+    Host(Vec<f32>),
+    Device(Tensor),
+}
+
+impl FlatGradients {
+    /// `grads` flattened (zeros for a parameter without a gradient); on their device if `on_device`.
+    fn new(
+        names: &[String],
+        grads: &BTreeMap<String, Tensor>,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        device: &Device,
+        on_device: bool,
+    ) -> Result<Self> {
+        if !on_device {
+            return Ok(Self::Host(flatten(names, grads, shapes)?));
+        }
+        let parts = names
+            .iter()
+            .map(|n| match grads.get(n) {
+                Some(g) => Ok(g.flatten_all()?),
+                None => Ok(Tensor::zeros(shapes[n].iter().product::<usize>(), candle_core::DType::F32, device)?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::Device(Tensor::cat(&parts, 0)?))
+    }
+
+    /// The gradients by name again, on `device`.
+    fn unflatten(
+        &self,
+        names: &[String],
+        shapes: &BTreeMap<String, Vec<usize>>,
+        device: &Device,
+    ) -> Result<BTreeMap<String, Tensor>> {
+        let flat = match self {
+            Self::Host(values) => return unflatten(names, values, shapes, device),
+            Self::Device(flat) => flat,
+        };
+        let mut at = 0;
+        let mut out = BTreeMap::new();
+        for n in names {
+            let len: usize = shapes[n].iter().product();
+            out.insert(n.clone(), flat.narrow(0, at, len)?.reshape(shapes[n].as_slice())?);
+            at += len;
+        }
+        Ok(out)
+    }
+}
+
+fn mixed_gradients() -> Error {
+    Error::config("collective", "host values and a device tensor in one all-reduce")
+}
+
+impl Summand for FlatGradients {
+    fn len(&self) -> usize {
+        match self {
+            Self::Host(values) => Summand::len(values),
+            Self::Device(flat) => Summand::len(flat),
+        }
+    }
+
+    fn slice(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        Ok(match self {
+            Self::Host(values) => Self::Host(values.slice(range)?),
+            Self::Device(flat) => Self::Device(flat.slice(range)?),
+        })
+    }
+
+    fn concat(parts: Vec<Self>) -> Result<Self> {
+        let (mut host, mut device) = (Vec::new(), Vec::new());
+        for part in parts {
+            match part {
+                Self::Host(values) => host.push(values),
+                Self::Device(flat) => device.push(flat),
+            }
+        }
+        match (host.is_empty(), device.is_empty()) {
+            (_, true) => Ok(Self::Host(Summand::concat(host)?)),
+            (true, false) => Ok(Self::Device(Summand::concat(device)?)),
+            (false, false) => Err(mixed_gradients()),
+        }
+    }
+
+    fn accumulate(&mut self, other: &Self) -> Result<()> {
+        match (self, other) {
+            (Self::Host(a), Self::Host(b)) => a.accumulate(b),
+            (Self::Device(a), Self::Device(b)) => a.accumulate(b),
+            _ => Err(mixed_gradients()),
+        }
+    }
+
+    fn scale(self, factor: f32) -> Result<Self> {
+        Ok(match self {
+            Self::Host(values) => Self::Host(values.scale(factor)?),
+            Self::Device(flat) => Self::Device(flat.scale(factor)?),
+        })
+    }
+
+    fn to_message(&self, resident: bool) -> Result<transport::TensorBytes> {
+        match self {
+            Self::Host(values) => values.to_message(resident),
+            Self::Device(flat) => flat.to_message(resident),
+        }
+    }
+
+    fn from_message(data: &transport::TensorBytes, like: &Self) -> Result<Self> {
+        Ok(match like {
+            Self::Host(values) => Self::Host(Summand::from_message(data, values)?),
+            Self::Device(flat) => Self::Device(Summand::from_message(data, flat)?),
+        })
+    }
 }
 
 fn accumulate(into: &mut BTreeMap<String, Tensor>, from: BTreeMap<String, Tensor>) -> Result<()> {
@@ -1419,11 +1536,11 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 let me = members.iter().position(|&q| q == self.r).ok_or_else(unexpected)?;
                 let group: Vec<PeerId> = members.iter().map(|&q| self.peer(self.s, q)).collect();
                 let round = OuterRound { group: members, collective, timeout: self.spec.peer_timeout };
-                let flat = flatten(&self.names, &grads, &self.shapes)?;
+                let flat = self.flat_gradients(&grads)?;
                 let mean = all_reduce_mean(&mut self.mail, &round, &group, me, step, GRADIENT_TAG, flat).await?;
                 self.ctx.record("sync_time", step, (self.ctx.clock.now() - t0).as_secs_f64());
                 self.ctx.record("sync_bytes", step, (self.mail.sent() - b0) as f64);
-                Ok(Synced::Mean(unflatten(&self.names, &mean, &self.shapes, &self.device)?))
+                Ok(Synced::Mean(mean.unflatten(&self.names, &self.shapes, &self.device)?))
             }
             _ => Ok(Synced::Mean(grads)),
         }
@@ -1440,7 +1557,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     ) -> Result<Synced> {
         let (t0, b0) = (self.ctx.clock.now(), self.mail.sent());
         let row = self.row();
-        let flat = flatten(&self.names, &grads, &self.shapes)?;
+        let flat = self.flat_gradients(&grads)?;
         let timeouts = QuorumTimeouts::from_wait(wait);
         let mut next_attempt = 0u32;
         let mean = loop {
@@ -1472,7 +1589,15 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         };
         self.ctx.record("sync_time", step, (self.ctx.clock.now() - t0).as_secs_f64());
         self.ctx.record("sync_bytes", step, (self.mail.sent() - b0) as f64);
-        Ok(Synced::Mean(unflatten(&self.names, &mean, &self.shapes, &self.device)?))
+        Ok(Synced::Mean(mean.unflatten(&self.names, &self.shapes, &self.device)?))
+    }
+
+    /// This stage's gradients flattened for the all-reduce: left on the device when messages between
+    /// workers carry resident tensors ([`PipelineSpec::resident_tensors`] on a transport that carries
+    /// them), else on the host.
+    fn flat_gradients(&self, grads: &BTreeMap<String, Tensor>) -> Result<FlatGradients> {
+        let on_device = self.spec.resident_tensors && self.mail.carries_attachments();
+        FlatGradients::new(&self.names, grads, &self.shapes, &self.device, on_device)
     }
 
     /// An elastic outer round (DiLoCo's): its all-reduce among the round's group of replicas that are

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use candle_core::{Device, Tensor};
 use genrl::{DeviceProfile, SimSwarm, World, run_simulation};
 use pipeline::collective::{
-    GatherOutcome, Mailbox, QuorumTimeouts, gather_mean, quorum, ring_all_reduce, tree_all_reduce,
+    GatherOutcome, Mailbox, QuorumTimeouts, Summand, gather_mean, quorum, ring_all_reduce, tree_all_reduce,
 };
 use pipeline::sync::check_finite;
 use transport::sim::LinkSpec;
@@ -41,6 +42,52 @@ fn ring_and_tree_all_reduce_sum_every_members_values() {
             for ((r, t), w) in ring.iter().zip(&tree).zip(&want) {
                 assert!((r - w).abs() < 1e-3 && (t - w).abs() < 1e-3, "n={n}: ring {r}, tree {t}, want {w}");
             }
+        }
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A tensor that stays on its device, its chunks sent resident, sums to the host values' bits, and each
+/// member sends the bytes it would have sent as values (the simulated link charges them the same).
+#[test]
+fn device_tensors_reduce_to_the_host_values_bits_and_cost_the_same_bytes() {
+    // Values whose sums round differently in another order.
+    let values =
+        |agent: usize| -> Vec<f32> { (0..23).map(|i| ((agent * 37 + i * 11) % 17) as f32 / 7.0 - 1.1).collect() };
+    for n in [2, 3, 5] {
+        let out = run_simulation(async move {
+            let swarm = swarm(n);
+            swarm
+                .run(move |ctx| async move {
+                    let mut mail = Mailbox::new(ctx.transport.clone(), ctx.clock, Duration::from_secs(30), "t");
+                    mail.set_resident_tensors(true);
+                    let me = ctx.index as usize;
+                    let tensor = Tensor::new(values(me).as_slice(), &Device::Cpu).expect("tensor");
+                    let message = tensor.to_message(mail.carries_attachments()).expect("message");
+                    assert!(message.resident_elements().is_some(), "a chunk goes resident on the simulated network");
+                    let sent = mail.sent();
+                    let host = (
+                        ring_all_reduce(&mut mail, &ctx.peers, me, 1, 0, values(me)).await.expect("ring"),
+                        tree_all_reduce(&mut mail, &ctx.peers, me, 1, 100, values(me)).await.expect("tree"),
+                    );
+                    let host_bytes = mail.sent() - sent;
+                    let sent = mail.sent();
+                    let ring = ring_all_reduce(&mut mail, &ctx.peers, me, 2, 0, tensor.clone()).await.expect("ring");
+                    let tree = tree_all_reduce(&mut mail, &ctx.peers, me, 2, 100, tensor).await.expect("tree");
+                    let device = (ring.to_vec1::<f32>().expect("ring"), tree.to_vec1::<f32>().expect("tree"));
+                    Ok((host, device, host_bytes, mail.sent() - sent))
+                })
+                .await
+        })
+        .expect("runtime");
+        for result in out {
+            let ((ring, tree), (dring, dtree), host_bytes, device_bytes) = result.expect("agent");
+            assert_eq!(bits(&ring), bits(&dring), "n={n}: ring");
+            assert_eq!(bits(&tree), bits(&dtree), "n={n}: tree");
+            assert_eq!(host_bytes, device_bytes, "n={n}: bytes sent");
         }
     }
 }
