@@ -6,6 +6,11 @@ gradient-norm clipping, warm-up then cosine), one step after another on changing
 tokens per second per preset in the bench's format, so the two can be read side by side.
 
     python3 torch_training_step.py [--threads 2] [--presets tiny,small,medium] [--batch 8] [--steps 40]
+    python3 torch_training_step.py --device cuda [--bf16] --presets paper --batch 2 --seq 1024
+
+`paper` is NoLoCo's smallest model (width 768, 12 blocks of 12 heads, feed-forward 3,072; ~113M parameters
+with the byte vocabulary). On a GPU, `--bf16` trains under bf16 autocast (fp32 weights and optimizer state),
+as swarmlab's `precision = "bf16"` does; TF32 stays off, as in swarmlab's fp32.
 
 With --serve it builds every preset's model and optimizer, prints READY, then answers each line
 `STEP <preset> <n>` on its standard input with `TIMES <preset> <seconds> ...`: the time of each of the next
@@ -27,8 +32,10 @@ PRESETS = {  # d_model, n_layers, n_heads, d_ff (models::ModelConfig::preset)
     "tiny": (64, 2, 4, 176),
     "small": (128, 4, 4, 352),
     "medium": (384, 6, 6, 1024),
+    "large": (640, 10, 10, 1728),
+    "paper": (768, 12, 12, 3072),
 }
-VOCAB, MAX_SEQ, EPS = 256, 256, 1e-5
+VOCAB, EPS = 256, 1e-5
 
 
 class Block(torch.nn.Module):
@@ -63,7 +70,7 @@ def rope(x, cos, sin):
 
 
 class Llama(torch.nn.Module):
-    def __init__(self, d, n_layers, h, f):
+    def __init__(self, d, n_layers, h, f, max_seq):
         super().__init__()
         self.embed = torch.nn.Embedding(VOCAB, d)
         self.blocks = torch.nn.ModuleList(Block(d, h, f) for _ in range(n_layers))
@@ -71,7 +78,7 @@ class Llama(torch.nn.Module):
         self.head = torch.nn.Linear(d, VOCAB, bias=False)
         dh = d // h
         freqs = 1.0 / (10000.0 ** (torch.arange(0, dh, 2).float() / dh))
-        angles = torch.outer(torch.arange(MAX_SEQ).float(), freqs)
+        angles = torch.outer(torch.arange(max_seq).float(), freqs)
         self.register_buffer("cos", angles.cos())
         self.register_buffer("sin", angles.sin())
         for p in self.parameters():
@@ -97,14 +104,15 @@ def lr_at(step, lr=3e-3, min_lr=3e-4, warmup=20, total=1000):
 class Trainer:
     """One preset's model and optimizer, taking steps one after another on changing batches."""
 
-    def __init__(self, preset, batch, seq):
+    def __init__(self, preset, batch, seq, device="cpu", bf16=False):
         torch.manual_seed(0)
-        self.model = Llama(*PRESETS[preset])
+        self.device = torch.device(device)
+        self.model = Llama(*PRESETS[preset], max(seq, 256)).to(self.device)
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01
         )
-        self.corpus = torch.randint(0, VOCAB, (1 << 16,))
-        self.batch, self.seq, self.steps = batch, seq, 0
+        self.corpus = torch.randint(0, VOCAB, (max(1 << 16, 64 * seq),))
+        self.batch, self.seq, self.steps, self.bf16 = batch, seq, 0, bf16
 
     def step(self):
         """One training step on the next batch; returns its wall time in seconds."""
@@ -112,20 +120,24 @@ class Trainer:
         seq = self.seq
         starts = torch.randint(0, self.corpus.numel() - seq - 1, (self.batch,))
         window = torch.stack([self.corpus[s : s + seq + 1] for s in starts.tolist()])
-        ids, targets = window[:, :-1], window[:, 1:]
+        ids, targets = window[:, :-1].to(self.device), window[:, 1:].to(self.device)
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.steps)
-        loss = F.cross_entropy(self.model(ids).reshape(-1, VOCAB), targets.reshape(-1))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(ids)
+        loss = F.cross_entropy(logits.float().reshape(-1, VOCAB), targets.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
         self.steps += 1
         return time.perf_counter() - start
 
 
-def run(preset, batch, seq, steps, warmup_steps):
-    trainer = Trainer(preset, batch, seq)
+def run(preset, batch, seq, steps, warmup_steps, device, bf16):
+    trainer = Trainer(preset, batch, seq, device, bf16)
     for _ in range(warmup_steps):
         trainer.step()
     times = sorted(trainer.step() for _ in range(steps))
@@ -133,8 +145,8 @@ def run(preset, batch, seq, steps, warmup_steps):
     return median, batch * seq / median
 
 
-def serve(presets, batch, seq):
-    trainers = {preset: Trainer(preset, batch, seq) for preset in presets}
+def serve(presets, batch, seq, device, bf16):
+    trainers = {preset: Trainer(preset, batch, seq, device, bf16) for preset in presets}
     print(f"READY torch {torch.__version__}", flush=True)
     for line in sys.stdin:
         words = line.split()
@@ -154,14 +166,19 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--serve", action="store_true", help="take steps when asked on standard input")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights and optimizer state)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     if args.serve:
-        serve(args.presets.split(","), args.batch, args.seq)
+        serve(args.presets.split(","), args.batch, args.seq, args.device, args.bf16)
         return
+    where = f"{args.device}, {'bf16 autocast' if args.bf16 else 'fp32'}"
     for preset in args.presets.split(","):
-        median, tokens = run(preset, args.batch, args.seq, args.steps, args.warmup)
-        print(f"PYTORCH {preset} eager, {args.threads} threads, {args.batch} x {args.seq}: "
+        median, tokens = run(preset, args.batch, args.seq, args.steps, args.warmup, args.device, args.bf16)
+        print(f"PYTORCH {preset} eager, {where}, {args.threads} threads, {args.batch} x {args.seq}: "
               f"{median * 1e3:.2f} ms per step, {tokens:,.0f} tokens/s (torch {torch.__version__})")
 
 
