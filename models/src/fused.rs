@@ -533,6 +533,14 @@ mod tests {
         // Three query heads cannot share two key/value heads.
         let e = causal_attention(&x, &x, &x, &cos, &sin, 3, 2).err().map(|e| e.to_string());
         assert!(e.unwrap_or_default().contains("fused-attention"));
+        // Heads of width zero.
+        let empty = Tensor::zeros((2, 3, 0), candle_core::DType::F32, &dev)?;
+        let (cos, sin) = (
+            Tensor::zeros((3, 0), candle_core::DType::F32, &dev)?,
+            Tensor::zeros((3, 0), candle_core::DType::F32, &dev)?,
+        );
+        let e = causal_attention(&empty, &empty, &empty, &cos, &sin, 2, 2).err().map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains("fused-attention"));
         assert!(rms_norm(&x, &Tensor::ones(3, candle_core::DType::F32, &dev)?, 1e-5).is_err());
         Ok(())
     }

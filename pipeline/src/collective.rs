@@ -63,14 +63,16 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
         self.resident = resident;
     }
 
-    /// An activation (or its gradient, or targets) for a peer: resident if this mailbox may leave it so
-    /// and the transport carries resident tensors, else as bytes.
+    /// Whether tensors this mailbox sends stay where they are: it may leave them so
+    /// ([`set_resident_tensors`](Self::set_resident_tensors)) and the transport carries resident tensors.
+    pub fn leaves_tensors_resident(&self) -> bool {
+        self.resident && self.transport.carries_attachments()
+    }
+
+    /// An activation (or its gradient, or targets) for a peer: resident if
+    /// [`leaves_tensors_resident`](Self::leaves_tensors_resident), else as bytes.
     pub fn activation(&self, t: &candle_core::Tensor) -> Result<transport::TensorBytes> {
-        if self.resident && self.transport.carries_attachments() {
-            crate::wire::to_resident(t)
-        } else {
-            crate::wire::to_wire(t)
-        }
+        if self.leaves_tensors_resident() { crate::wire::to_resident(t) } else { crate::wire::to_wire(t) }
     }
 
     /// Whether a [`Msg::Replace`] that arrives while this worker waits for something else ends the wait
@@ -228,7 +230,7 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
     /// Sends `part` as round `round` of `step`'s collective (a tensor resident where
     /// [`activation`](Self::activation) would leave one).
     pub async fn send_values<S: Summand>(&mut self, to: PeerId, step: u64, round: u32, part: &S) -> Result<()> {
-        let data = part.to_message(self.resident && self.transport.carries_attachments())?;
+        let data = part.to_message(self.leaves_tensors_resident())?;
         self.send(to, &Msg::Reduce { step, round, data }).await
     }
 

@@ -1592,11 +1592,11 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         Ok(Synced::Mean(mean.unflatten(&self.names, &self.shapes, &self.device)?))
     }
 
-    /// This stage's gradients flattened for the all-reduce: left on the device when messages between
-    /// workers carry resident tensors ([`PipelineSpec::resident_tensors`] on a transport that carries
-    /// them), else on the host.
+    /// This stage's gradients flattened for the all-reduce: left on the device when the mailbox leaves
+    /// tensors resident ([`PipelineSpec::resident_tensors`] on a transport that carries them), else on
+    /// the host.
     fn flat_gradients(&self, grads: &BTreeMap<String, Tensor>) -> Result<FlatGradients> {
-        let on_device = self.spec.resident_tensors && self.mail.carries_attachments();
+        let on_device = self.mail.leaves_tensors_resident();
         FlatGradients::new(&self.names, grads, &self.shapes, &self.device, on_device)
     }
 

@@ -66,7 +66,7 @@ fn device_tensors_reduce_to_the_host_values_bits_and_cost_the_same_bytes() {
                     mail.set_resident_tensors(true);
                     let me = ctx.index as usize;
                     let tensor = Tensor::new(values(me).as_slice(), &Device::Cpu).expect("tensor");
-                    let message = tensor.to_message(mail.carries_attachments()).expect("message");
+                    let message = tensor.to_message(mail.leaves_tensors_resident()).expect("message");
                     assert!(message.resident_elements().is_some(), "a chunk goes resident on the simulated network");
                     let sent = mail.sent();
                     let host = (

@@ -5,8 +5,8 @@
 //! one fused multiply-add per term, in increasing `k`, starting from +0. Every path computes exactly that.
 //! The AVX2 path is a register-blocked kernel (6 rows × 16 columns of accumulators, `B` packed into
 //! 16-column panels, `k` split into cache-sized blocks whose partial sums are stored and reloaded — which
-//! continues the same sequence; a transposed `A` read in place); threads split the rows, never a sum. So the bits do not depend on the
-//! thread count, the tiling or the instruction set.
+//! continues the same sequence; a transposed `A` read where it is stored); threads split the rows, never
+//! a sum. So the bits do not depend on the thread count, the tiling or the instruction set.
 
 use std::borrow::Cow;
 
