@@ -278,47 +278,33 @@ fn transpose(rows: &[f32], dims: Dims) -> Vec<f32> {
     out
 }
 
-/// `out[r][j] = a[r] · bt[·][j]` for `R` rows of `a` (`w` wide) and the columns `j < n` (a multiple of
-/// [`LANES`]) of `bt [w, keys]`; `out` has rows of `keys`.
+/// `out[r][c] = Σ_{k<depth} a[r][k] · b[k][c]` for `R` rows of `a` and the columns `c < cols` (a
+/// multiple of [`LANES`]) of `b`: a small matrix product that keeps each output vector's sum in a register
+/// over the whole depth. Rows of `a` are `a_stride` apart, rows of `b` and of `out` `b_stride`. It computes
+/// the scores (queries times transposed keys) and the weighted sums (weights times values).
 #[inline(always)]
-fn products<const R: usize>(a: &[f32], w: usize, bt: &[f32], keys: usize, n: usize, out: &mut [f32]) {
-    for j0 in (0..n).step_by(LANES) {
+fn block_product<const R: usize>(
+    a: &[f32],
+    a_stride: usize,
+    depth: usize,
+    b: &[f32],
+    b_stride: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
+    for c0 in (0..cols).step_by(LANES) {
         let mut acc = [[0f32; LANES]; R];
-        for d in 0..w {
-            let b = &bt[d * keys + j0..d * keys + j0 + LANES];
+        for k in 0..depth {
+            let row = &b[k * b_stride + c0..k * b_stride + c0 + LANES];
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = a[r * w + d];
+                let x = a[r * a_stride + k];
                 for l in 0..LANES {
-                    acc[l] = x.mul_add(b[l], acc[l]);
+                    acc[l] = x.mul_add(row[l], acc[l]);
                 }
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            out[r * keys + j0..r * keys + j0 + LANES].copy_from_slice(acc);
-        }
-    }
-}
-
-/// `out[r] += Σ_{j<n} c[r][j] · src[j]` for `R` rows of coefficients `c` (rows of `keys`) and rows of
-/// `src` and `out` `w` wide.
-#[inline(always)]
-fn combine<const R: usize>(c: &[f32], keys: usize, n: usize, src: &[f32], w: usize, out: &mut [f32]) {
-    for d0 in (0..w).step_by(LANES) {
-        let mut acc = [[0f32; LANES]; R];
-        for (r, acc) in acc.iter_mut().enumerate() {
-            acc.copy_from_slice(&out[r * w + d0..r * w + d0 + LANES]);
-        }
-        for j in 0..n {
-            let s = &src[j * w + d0..j * w + d0 + LANES];
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = c[r * keys + j];
-                for l in 0..LANES {
-                    acc[l] = x.mul_add(s[l], acc[l]);
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            out[r * w + d0..r * w + d0 + LANES].copy_from_slice(acc);
+            out[r * b_stride + c0..r * b_stride + c0 + LANES].copy_from_slice(acc);
         }
     }
 }
@@ -425,7 +411,7 @@ impl KeyValues {
 fn weights<const R: usize>(queries: &[f32], kv: &KeyValues, dims: Dims, i0: usize, p: &mut [f32]) -> usize {
     let (w, keys) = (dims.width(), dims.keys());
     let n = i0 + R;
-    products::<R>(&queries[i0 * w..], w, &kv.keys_t, keys, n.next_multiple_of(LANES), p);
+    block_product::<R>(&queries[i0 * w..], w, w, &kv.keys_t, keys, n.next_multiple_of(LANES), p);
     for (r, row) in p.chunks_exact_mut(keys).take(R).enumerate() {
         softmax(row, i0 + r + 1);
     }
@@ -444,7 +430,7 @@ fn forward_block<const R: usize>(
 ) {
     let w = dims.width();
     let n = weights::<R>(queries, kv, dims, i0, p);
-    combine::<R>(p, dims.keys(), n, &kv.values, w, &mut out[i0 * w..]);
+    block_product::<R>(p, dims.keys(), n, &kv.values, w, w, &mut out[i0 * w..]);
 }
 
 /// The output rows `[rep, T, dh]` of the query heads that read key/value head `job % kv_heads` of
@@ -459,7 +445,6 @@ fn forward_job(q: &[f32], k: &[f32], v: &[f32], dims: Dims, tables: Tables<'_>, 
     let (mut p, mut rows) = (vec![0f32; ROWS * dims.keys()], vec![0f32; t * w]);
     for r in 0..rep {
         let queries = gather(q, dims, heads, b, kh * rep + r, Some((tables, scale)));
-        rows.fill(0.0);
         let full = t - t % ROWS;
         for i0 in (0..full).step_by(ROWS) {
             forward_block::<ROWS>(&queries, &kv, dims, i0, &mut p, &mut rows);
@@ -501,7 +486,7 @@ fn backward_block<const R: usize>(
     let (w, keys) = (dims.width(), dims.keys());
     let n = weights::<R>(&head.queries, kv, dims, i0, &mut head.p);
     let grad = &head.grad[i0 * w..];
-    products::<R>(grad, w, &kv.values_t, keys, n.next_multiple_of(LANES), &mut head.dp);
+    block_product::<R>(grad, w, w, &kv.values_t, keys, n.next_multiple_of(LANES), &mut head.dp);
     for r in 0..R {
         let (g, o) = (&grad[r * w..(r + 1) * w], &head.out[(i0 + r) * w..(i0 + r + 1) * w]);
         let d: f32 = g.iter().zip(o).map(|(a, b)| a * b).sum();
@@ -510,7 +495,7 @@ fn backward_block<const R: usize>(
             *ds = pj * (*ds - d);
         }
     }
-    combine::<R>(&head.dp, keys, n, &kv.keys, w, &mut head.dq[i0 * w..]);
+    block_product::<R>(&head.dp, keys, n, &kv.keys, w, w, &mut head.dq[i0 * w..]);
     spread::<R>(&head.dp, keys, n, &head.queries[i0 * w..], w, dk);
     spread::<R>(&head.p, keys, n, grad, w, dv);
 }
