@@ -1,4 +1,5 @@
-//! How the process's allocator treats the memory of freed tensors.
+//! How the process's allocator treats the memory of freed tensors, and how much of it was resident at
+//! most ([`peak_resident_gib`]).
 //!
 //! Training allocates and frees the same large buffers every step (activations, gradients, optimizer
 //! temporaries). glibc's allocator hands the top of its heap back to the kernel whenever more than a
@@ -50,8 +51,25 @@ pub fn keep_freed_memory() -> bool {
     }
 }
 
+/// The peak resident memory of this process so far (`VmHWM` in `/proc/self/status`), in GiB; `None`
+/// where that is not known (outside Linux).
+pub fn peak_resident_gib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / (1024.0 * 1024.0))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_peak_resident_size_is_read_on_linux() {
+        let peak = super::peak_resident_gib();
+        if cfg!(target_os = "linux") {
+            assert!(peak.is_some_and(|gib| gib > 0.0), "{peak:?}");
+        }
+    }
+
     #[test]
     fn glibc_takes_every_setting() {
         let tuned = super::keep_freed_memory();

@@ -85,16 +85,6 @@ fn main() {
         wide.model.param_count(),
         wall,
         report.virtual_time.as_secs_f64() / wide.steps as f64,
-        peak_rss_gib()
+        models::memory::peak_resident_gib().unwrap_or(f64::NAN)
     );
-}
-
-/// Peak resident memory of this process (Linux), in GiB.
-fn peak_rss_gib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / (1024.0 * 1024.0))
 }

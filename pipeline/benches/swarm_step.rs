@@ -136,16 +136,6 @@ fn main() {
     );
     println!("RATIO swarm step wall / workers' compute: {:.2}x (target <= 1.2x)", per_step / compute);
     if device.is_cpu() {
-        println!("  peak memory (RSS): {:.2} GiB", peak_rss_gib());
+        println!("  peak memory (RSS): {:.2} GiB", models::memory::peak_resident_gib().unwrap_or(f64::NAN));
     }
-}
-
-/// Peak resident memory of this process (Linux), in GiB.
-fn peak_rss_gib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / (1024.0 * 1024.0))
 }

@@ -15,14 +15,6 @@ use rand_chacha::ChaCha8Rng;
 use sapo::policy::Example;
 use sapo::{GrpoConfig, Policy, PolicyConfig, Sampling};
 
-/// The peak resident memory of this process, from `/proc/self/status` (Linux), in GiB.
-fn peak_gib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / (1024.0 * 1024.0))
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let t = Instant::now();
@@ -67,7 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.tokens as f64 / grpo,
         grpo / supervised
     );
-    if let Some(gib) = peak_gib() {
+    if let Some(gib) = models::memory::peak_resident_gib() {
         println!("peak memory: {gib:.1} GiB");
     }
     Ok(())
