@@ -73,10 +73,10 @@ pub struct PipelineSpec {
     pub edge_stages: bool,
     /// How a step's gradients are scaled and clipped.
     pub gradients: GradientScaling,
-    /// On a network whose workers share this process (the simulated one), activations and their
-    /// gradients reach the next worker as the tensors themselves, on their device, not as bytes copied
-    /// through host memory, and the data-parallel all-reduce sums the gradients where they are (see
-    /// [`Summand`](crate::collective::Summand)); the links count the bytes all the same (see
+    /// On a network whose workers share this process (the simulated one), activations, their gradients
+    /// and the chunks of the data-parallel all-reduce (which sums gradients on their device either way;
+    /// see [`Summand`](crate::collective::Summand)) reach the next worker as the tensors themselves, on
+    /// their device, not as bytes copied through host memory; the links count the bytes all the same (see
     /// [`transport::resident`]). Results are the same bits either way.
     pub resident_tensors: bool,
 }

@@ -26,15 +26,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use genrl::{AgentCtx, Clock, EventKind};
 use models::data::{Corpus, eval_batches, sample_batch};
 use models::{AdamW, Stage, StageInput, StageSpec};
 use transport::{PeerId, TensorBytes, Transport};
 
 use crate::collective::{
-    ATTEMPT_STRIDE, GRADIENT_TAG, JOIN_VIEW, Mailbox, OUTER_TAG, QuorumTimeouts, Summand, all_reduce_mean, is_group,
-    quorum, run_outer_round, run_outer_round_tagged,
+    ATTEMPT_STRIDE, GRADIENT_TAG, JOIN_VIEW, Mailbox, OUTER_TAG, QuorumTimeouts, all_reduce_mean, is_group, quorum,
+    run_outer_round, run_outer_round_tagged,
 };
 use crate::error::{Error, Result};
 use crate::plug::{Hop, Router, check_path};
@@ -87,123 +87,6 @@ fn unflatten(
         at += len;
     }
     Ok(out)
-}
-
-/// A stage's gradients flattened in parameter-name order for the data-parallel all-reduce: on the host,
-/// or as one tensor that stays on the workers' device when messages between them can carry it resident
-/// (the simulated network). Either way the mean has the same bits ([`Summand`]).
-#[derive(Debug, Clone)]
-enum FlatGradients {
-    Host(Vec<f32>),
-    Device(Tensor),
-}
-
-impl FlatGradients {
-    /// `grads` flattened (zeros for a parameter without a gradient); on their device if `on_device`.
-    fn new(
-        names: &[String],
-        grads: &BTreeMap<String, Tensor>,
-        shapes: &BTreeMap<String, Vec<usize>>,
-        device: &Device,
-        on_device: bool,
-    ) -> Result<Self> {
-        if !on_device {
-            return Ok(Self::Host(flatten(names, grads, shapes)?));
-        }
-        let parts = names
-            .iter()
-            .map(|n| match grads.get(n) {
-                Some(g) => Ok(g.flatten_all()?),
-                None => Ok(Tensor::zeros(shapes[n].iter().product::<usize>(), candle_core::DType::F32, device)?),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self::Device(Tensor::cat(&parts, 0)?))
-    }
-
-    /// The gradients by name again, on `device`.
-    fn unflatten(
-        &self,
-        names: &[String],
-        shapes: &BTreeMap<String, Vec<usize>>,
-        device: &Device,
-    ) -> Result<BTreeMap<String, Tensor>> {
-        let flat = match self {
-            Self::Host(values) => return unflatten(names, values, shapes, device),
-            Self::Device(flat) => flat,
-        };
-        let mut at = 0;
-        let mut out = BTreeMap::new();
-        for n in names {
-            let len: usize = shapes[n].iter().product();
-            out.insert(n.clone(), flat.narrow(0, at, len)?.reshape(shapes[n].as_slice())?);
-            at += len;
-        }
-        Ok(out)
-    }
-}
-
-fn mixed_gradients() -> Error {
-    Error::config("collective", "host values and a device tensor in one all-reduce")
-}
-
-impl Summand for FlatGradients {
-    fn len(&self) -> usize {
-        match self {
-            Self::Host(values) => Summand::len(values),
-            Self::Device(flat) => Summand::len(flat),
-        }
-    }
-
-    fn slice(&self, range: std::ops::Range<usize>) -> Result<Self> {
-        Ok(match self {
-            Self::Host(values) => Self::Host(values.slice(range)?),
-            Self::Device(flat) => Self::Device(flat.slice(range)?),
-        })
-    }
-
-    fn concat(parts: Vec<Self>) -> Result<Self> {
-        let (mut host, mut device) = (Vec::new(), Vec::new());
-        for part in parts {
-            match part {
-                Self::Host(values) => host.push(values),
-                Self::Device(flat) => device.push(flat),
-            }
-        }
-        match (host.is_empty(), device.is_empty()) {
-            (_, true) => Ok(Self::Host(Summand::concat(host)?)),
-            (true, false) => Ok(Self::Device(Summand::concat(device)?)),
-            (false, false) => Err(mixed_gradients()),
-        }
-    }
-
-    fn accumulate(&mut self, other: &Self) -> Result<()> {
-        match (self, other) {
-            (Self::Host(a), Self::Host(b)) => a.accumulate(b),
-            (Self::Device(a), Self::Device(b)) => a.accumulate(b),
-            _ => Err(mixed_gradients()),
-        }
-    }
-
-    fn scale(self, factor: f32) -> Result<Self> {
-        Ok(match self {
-            Self::Host(values) => Self::Host(values.scale(factor)?),
-            Self::Device(flat) => Self::Device(flat.scale(factor)?),
-        })
-    }
-
-    fn to_message(&self, resident: bool) -> Result<transport::TensorBytes> {
-        match self {
-            Self::Host(values) => values.to_message(resident),
-            Self::Device(flat) => flat.to_message(resident),
-        }
-    }
-
-    fn from_message(data: &transport::TensorBytes, like: &Self) -> Result<Self> {
-        Ok(match like {
-            Self::Host(values) => Self::Host(Summand::from_message(data, values)?),
-            Self::Device(flat) => Self::Device(Summand::from_message(data, flat)?),
-        })
-    }
 }
 
 fn accumulate(into: &mut BTreeMap<String, Tensor>, from: BTreeMap<String, Tensor>) -> Result<()> {
@@ -1540,7 +1423,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 let mean = all_reduce_mean(&mut self.mail, &round, &group, me, step, GRADIENT_TAG, flat).await?;
                 self.ctx.record("sync_time", step, (self.ctx.clock.now() - t0).as_secs_f64());
                 self.ctx.record("sync_bytes", step, (self.mail.sent() - b0) as f64);
-                Ok(Synced::Mean(mean.unflatten(&self.names, &self.shapes, &self.device)?))
+                Ok(Synced::Mean(self.unflatten_gradients(&mean)?))
             }
             _ => Ok(Synced::Mean(grads)),
         }
@@ -1589,15 +1472,34 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         };
         self.ctx.record("sync_time", step, (self.ctx.clock.now() - t0).as_secs_f64());
         self.ctx.record("sync_bytes", step, (self.mail.sent() - b0) as f64);
-        Ok(Synced::Mean(mean.unflatten(&self.names, &self.shapes, &self.device)?))
+        Ok(Synced::Mean(self.unflatten_gradients(&mean)?))
     }
 
-    /// This stage's gradients flattened for the all-reduce: left on the device when the mailbox leaves
-    /// tensors resident ([`PipelineSpec::resident_tensors`] on a transport that carries them), else on
-    /// the host.
-    fn flat_gradients(&self, grads: &BTreeMap<String, Tensor>) -> Result<FlatGradients> {
-        let on_device = self.mail.leaves_tensors_resident();
-        FlatGradients::new(&self.names, grads, &self.shapes, &self.device, on_device)
+    /// This stage's gradients flattened in parameter-name order into one tensor on the worker's device
+    /// (zeros for a parameter without one), for the all-reduce: they stay there, and its chunks go to
+    /// peers resident or as bytes, as the mailbox sends tensors ([`Mailbox::leaves_tensors_resident`]).
+    fn flat_gradients(&self, grads: &BTreeMap<String, Tensor>) -> Result<Tensor> {
+        let parts = self
+            .names
+            .iter()
+            .map(|n| match grads.get(n) {
+                Some(g) => Ok(g.flatten_all()?),
+                None => Ok(Tensor::zeros(self.shapes[n].iter().product::<usize>(), DType::F32, &self.device)?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// The gradients by name again from [`flat_gradients`](Self::flat_gradients)' layout.
+    fn unflatten_gradients(&self, flat: &Tensor) -> Result<BTreeMap<String, Tensor>> {
+        let mut at = 0;
+        let mut out = BTreeMap::new();
+        for n in &self.names {
+            let len: usize = self.shapes[n].iter().product();
+            out.insert(n.clone(), flat.narrow(0, at, len)?.reshape(self.shapes[n].as_slice())?);
+            at += len;
+        }
+        Ok(out)
     }
 
     /// An elastic outer round (DiLoCo's): its all-reduce among the round's group of replicas that are
