@@ -5,17 +5,26 @@
 //! one fused multiply-add per term, in increasing `k`, starting from +0. Every path computes exactly that.
 //! The AVX2 path is a register-blocked kernel (6 rows × 16 columns of accumulators, `B` packed into
 //! 16-column panels, `k` split into cache-sized blocks whose partial sums are stored and reloaded — which
-//! continues the same sequence; a transposed `A` read where it is stored); threads split the rows, never
-//! a sum. So the bits do not depend on the thread count, the tiling or the instruction set.
+//! continues the same sequence; a transposed `A` read where it is stored); threads split the rows (or,
+//! in a batch, the products), never a sum. So the bits do not depend on the thread count, the tiling or
+//! the instruction set.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use rayon::prelude::*;
 
 use crate::simd::SimdLevel;
 
-/// Rows of `C` per parallel task (a multiple of the kernel's 6 rows).
-const ROWS_PER_TASK: usize = 48;
+/// Rows of `C` in one block of the split between threads: the AVX2 kernel's rows.
+const ROW_BLOCK: usize = 6;
+
+/// Tasks per thread when a product's rows are split: equal tasks of whole row blocks, a few per thread
+/// so that a helper that starts late still takes its share.
+const TASKS_PER_THREAD: usize = 2;
+
+/// Multiply-adds below which a task is not worth handing to another thread (a few microseconds).
+const MIN_TASK_WORK: usize = 1 << 17;
 
 /// One product `C = op(A) · op(B)`: `C` is m×n, the inner dimension k; `op` transposes an operand
 /// stored the other way round (`A` as k×m, `B` as n×k). Each element of `C` is the defining fma chain
@@ -39,9 +48,14 @@ pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize,
     product(a, b, c, Form { m, k, n, transpose_a: false, transpose_b: false }, level);
 }
 
-/// `c = op(a) · op(b)` as `form` says, `c` row-major m×n.
-#[allow(unsafe_code)] // calls the AVX2 kernels after checking the CPU supports them
+/// `c = op(a) · op(b)` as `form` says, `c` row-major m×n, on the current rayon pool.
 pub fn product(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel) {
+    product_on(a, b, c, form, level, rayon::current_num_threads());
+}
+
+/// [`product`] split among `threads` threads (1: on this thread alone).
+#[allow(unsafe_code)] // calls the AVX2 kernels after checking the CPU supports them
+fn product_on(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel, threads: usize) {
     let Form { m, k, n, transpose_a, transpose_b } = form;
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "matmul buffer too small");
     let c = &mut c[..m * n];
@@ -56,15 +70,16 @@ pub fn product(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel
     if level == SimdLevel::Avx2Fma {
         // Packing reads `B` either way round at the same cost, and the kernel reads `A` where it is
         // stored: element (i, p) at `i·rows + p·columns`.
-        let packed = if transpose_b { avx2::pack_b_transposed(b, k, n) } else { avx2::pack_b(b, k, n) };
         let strides =
             if transpose_a { avx2::Strides { rows: 1, columns: m } } else { avx2::Strides { rows: k, columns: 1 } };
         let a = &a[..m * k];
-        c.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, c_rows)| {
-            let row0 = t * ROWS_PER_TASK;
-            let rows = c_rows.len() / n;
-            // SAFETY: the level is only Avx2Fma when the CPU has AVX2 and FMA; `a` holds every row.
-            unsafe { avx2::rows(&a[row0 * strides.rows..], strides, &packed, c_rows, rows, k, n) };
+        with_scratch(|scratch| {
+            let packed = avx2::pack_b(b, k, n, transpose_b, scratch, threads);
+            for_row_tasks(c, m, k, n, threads, |row0, c_rows| {
+                let rows = c_rows.len() / n;
+                // SAFETY: the level is only Avx2Fma when the CPU has AVX2 and FMA; `a` holds every row.
+                unsafe { avx2::rows(&a[row0 * strides.rows..], strides, packed, c_rows, rows, k, n) };
+            });
         });
         return;
     }
@@ -72,12 +87,46 @@ pub fn product(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel
     // The scalar path reads `A` row by row: a transposed `A` is turned first (an exact copy).
     let a: Cow<'_, [f32]> = if transpose_a { Cow::Owned(transpose(&a[..k * m], k, m)) } else { Cow::Borrowed(a) };
     let b: Cow<'_, [f32]> = if transpose_b { Cow::Owned(transpose(&b[..n * k], n, k)) } else { Cow::Borrowed(b) };
-    c.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, c_rows)| {
-        let row0 = t * ROWS_PER_TASK;
+    for_row_tasks(c, m, k, n, threads, |row0, c_rows| {
         for (r, c_row) in c_rows.chunks_exact_mut(n).enumerate() {
             scalar_row(&a[(row0 + r) * k..(row0 + r + 1) * k], &b, c_row, n);
         }
     });
+}
+
+/// Runs `f(first_row, rows_of_c)` over `c`'s m rows (of n columns, each k multiply-adds) split into
+/// equal tasks of whole [`ROW_BLOCK`]s — about [`TASKS_PER_THREAD`] per thread, sizes differing by at
+/// most one block, none under [`MIN_TASK_WORK`] — in parallel when there is more than one.
+fn for_row_tasks(c: &mut [f32], m: usize, k: usize, n: usize, threads: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let blocks = m.div_ceil(ROW_BLOCK);
+    let by_work = (m * k * n / MIN_TASK_WORK).max(1);
+    let tasks = (threads * TASKS_PER_THREAD).min(blocks).min(by_work);
+    if tasks <= 1 {
+        f(0, c);
+        return;
+    }
+    let mut pieces = Vec::with_capacity(tasks);
+    let (mut rest, mut row0) = (c, 0);
+    for t in 1..=tasks {
+        let end = (t * blocks / tasks * ROW_BLOCK).min(m);
+        let (piece, tail) = rest.split_at_mut((end - row0) * n);
+        pieces.push((row0, piece));
+        (rest, row0) = (tail, end);
+    }
+    pieces.into_par_iter().for_each(|(row0, piece)| f(row0, piece));
+}
+
+thread_local! {
+    /// Each thread's buffer for packed operands, kept between products (it grows to the largest).
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer (a fresh one if it is in use further up the stack).
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    let mut scratch = SCRATCH.take();
+    let out = f(&mut scratch);
+    SCRATCH.set(scratch);
+    out
 }
 
 /// One row of `C` by the defining formula; the inner loop walks `B` row by row for locality, which
@@ -101,15 +150,23 @@ pub fn batched_matmul(a: &[f32], b: &[f32], c: &mut [f32], batch: usize, form: F
         product(a, b, c, Form { m: batch * m, ..form }, level);
         return;
     }
+    if m * n == 0 {
+        return;
+    }
     let b_stride = if shared_b { 0 } else { k * n };
-    for i in 0..batch {
-        product(
-            &a[i * m * k..(i + 1) * m * k],
-            &b[i * b_stride..i * b_stride + k * n],
-            &mut c[i * m * n..(i + 1) * m * n],
-            form,
-            level,
-        );
+    let threads = rayon::current_num_threads();
+    let one = |i: usize, c: &mut [f32], threads: usize| {
+        let (a, b) = (&a[i * m * k..(i + 1) * m * k], &b[i * b_stride..i * b_stride + k * n]);
+        product_on(a, b, c, form, level, threads);
+    };
+    let c = &mut c[..batch * m * n];
+    if batch >= threads * TASKS_PER_THREAD && batch * m * k * n >= 2 * MIN_TASK_WORK {
+        // Enough products, and work, to share them out whole: each runs on one thread.
+        c.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| one(i, c, 1));
+    } else {
+        for (i, c) in c.chunks_mut(m * n).enumerate() {
+            one(i, c, threads);
+        }
     }
 }
 
@@ -134,6 +191,8 @@ pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use rayon::prelude::*;
+
     /// Columns per packed panel (two 8-lane registers).
     pub(super) const NR: usize = 16;
     /// Rows per kernel call.
@@ -149,41 +208,68 @@ mod avx2 {
         pub(super) columns: usize,
     }
 
-    /// `B` (k×n) as ceil(n/16) panels, each k rows of 16 columns, zero-padded on the right.
-    pub(super) fn pack_b(b: &[f32], k: usize, n: usize) -> Vec<f32> {
-        let panels = n.div_ceil(NR);
-        // Written once, in order (no zero fill first): only the last panel's padding is zeros.
-        let mut packed = Vec::with_capacity(panels * k * NR);
-        for j0 in (0..n).step_by(NR) {
-            let w = NR.min(n - j0);
-            for p in 0..k {
-                let row = &b[p * n + j0..p * n + j0 + w];
-                if let Ok(full) = <&[f32; NR]>::try_from(row) {
-                    // A copy of a known 16 floats is two vector moves, not a call to memcpy.
-                    packed.extend_from_slice(full);
-                } else {
-                    packed.extend_from_slice(row);
-                    packed.resize(packed.len() + NR - w, 0.0);
-                }
-            }
+    /// Floats of `B` below which packing stays on one thread.
+    const PARALLEL_PACK: usize = 1 << 16;
+
+    /// `B` (k×n, or n×k stored `transposed`) as ceil(n/16) panels, each k rows of 16 columns,
+    /// zero-padded on the right; in `scratch`, whose first elements it returns. Panels are packed on
+    /// up to `threads` threads.
+    pub(super) fn pack_b<'s>(
+        b: &[f32],
+        k: usize,
+        n: usize,
+        transposed: bool,
+        scratch: &'s mut Vec<f32>,
+        threads: usize,
+    ) -> &'s [f32] {
+        let len = n.div_ceil(NR) * k * NR;
+        if scratch.len() < len {
+            scratch.resize(len, 0.0);
+        }
+        let packed = &mut scratch[..len];
+        let panel = |(jp, panel): (usize, &mut [f32])| {
+            if transposed { pack_panel_transposed(b, k, jp * NR, panel) } else { pack_panel(b, k, n, jp * NR, panel) }
+        };
+        if threads > 1 && k * n >= PARALLEL_PACK {
+            packed.par_chunks_mut(k * NR).enumerate().for_each(panel);
+        } else {
+            packed.chunks_mut(k * NR).enumerate().for_each(panel);
         }
         packed
     }
 
-    /// `B` stored transposed (n×k) packed as [`pack_b`] packs the k×n matrix it stands for.
-    pub(super) fn pack_b_transposed(bt: &[f32], k: usize, n: usize) -> Vec<f32> {
-        let panels = n.div_ceil(NR);
-        let mut packed = vec![0f32; panels * k * NR];
-        for (jp, panel) in packed.chunks_exact_mut(k * NR).enumerate() {
-            let j0 = jp * NR;
-            for jj in 0..NR.min(n - j0) {
-                let column = &bt[(j0 + jj) * k..(j0 + jj + 1) * k];
-                for (p, &x) in column.iter().enumerate() {
-                    panel[p * NR + jj] = x;
-                }
+    /// Columns `j0..j0 + 16` of a k×n `B` (zeros past n) into `panel`, row by row.
+    fn pack_panel(b: &[f32], k: usize, n: usize, j0: usize, panel: &mut [f32]) {
+        let w = NR.min(n - j0);
+        for (p, out) in panel.chunks_exact_mut(NR).enumerate().take(k) {
+            let row = &b[p * n + j0..p * n + j0 + w];
+            if let (Ok(out), Ok(row)) = (<&mut [f32; NR]>::try_from(&mut *out), <&[f32; NR]>::try_from(row)) {
+                // A copy of a known 16 floats is two vector moves, not a call to memcpy.
+                *out = *row;
+            } else {
+                out[..w].copy_from_slice(row);
+                out[w..].fill(0.0);
             }
         }
-        packed
+    }
+
+    /// [`pack_panel`] for `B` stored transposed (n×k): panel row p is element p of rows `j0..j0 + 16`.
+    /// Taken in squares of 16 × 16, which stay in the L1 cache while they are turned.
+    fn pack_panel_transposed(bt: &[f32], k: usize, j0: usize, panel: &mut [f32]) {
+        let w = NR.min(bt.len() / k - j0);
+        for p0 in (0..k).step_by(NR) {
+            let depth = NR.min(k - p0);
+            let square = &mut panel[p0 * NR..(p0 + depth) * NR];
+            for jj in 0..w {
+                let column = &bt[(j0 + jj) * k + p0..(j0 + jj) * k + p0 + depth];
+                for (p, &x) in column.iter().enumerate() {
+                    square[p * NR + jj] = x;
+                }
+            }
+            if w < NR {
+                square.chunks_exact_mut(NR).for_each(|row| row[w..].fill(0.0));
+            }
+        }
     }
 
     /// Rows `a` (rows×k, laid out as `strides` say) times packed `B`, into `c` (rows×n).
@@ -245,7 +331,17 @@ mod avx2 {
     ) {
         let mut lo = [_mm256_setzero_ps(); R];
         let mut hi = [_mm256_setzero_ps(); R];
-        if !first {
+        let full = cols == NR;
+        assert!(c.len() >= (R - 1) * ldc + cols);
+        if !first && full {
+            for r in 0..R {
+                // SAFETY: row r's 16 elements are inside `c` (the assert above).
+                unsafe {
+                    lo[r] = _mm256_loadu_ps(c.as_ptr().add(r * ldc));
+                    hi[r] = _mm256_loadu_ps(c.as_ptr().add(r * ldc + 8));
+                }
+            }
+        } else if !first {
             for r in 0..R {
                 let mut tile = [0f32; NR];
                 tile[..cols].copy_from_slice(&c[r * ldc..r * ldc + cols]);
@@ -272,6 +368,14 @@ mod avx2 {
             }
         }
         for r in 0..R {
+            if full {
+                // SAFETY: as for the loads.
+                unsafe {
+                    _mm256_storeu_ps(c.as_mut_ptr().add(r * ldc), lo[r]);
+                    _mm256_storeu_ps(c.as_mut_ptr().add(r * ldc + 8), hi[r]);
+                }
+                continue;
+            }
             let mut tile = [0f32; NR];
             // SAFETY: `tile` holds 16 f32s.
             unsafe {
@@ -316,7 +420,9 @@ mod tests {
 
     #[test]
     fn every_path_and_thread_count_matches_the_definition() {
-        for &(m, k, n) in &[(1, 1, 1), (7, 300, 33), (13, 5, 17), (50, 513, 40), (6, 256, 16), (97, 64, 3)] {
+        // The last two are split into row tasks, the last packed on several threads (k·n ≥ 2^16).
+        let shapes = [(1, 1, 1), (7, 300, 33), (13, 5, 17), (6, 256, 16), (97, 64, 3), (50, 513, 40), (31, 300, 230)];
+        for &(m, k, n) in &shapes {
             let (a, b) = (data(m * k, 1), data(k * n, 2));
             let want = reference(&a, &b, m, k, n);
             for level in simd::available() {
@@ -348,6 +454,38 @@ mod tests {
                 for j in 0..n {
                     let exact: f64 = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum();
                     assert!((want[i * n + j] as f64 - exact).abs() <= 1e-5 * k as f64);
+                }
+            }
+        }
+    }
+
+    /// A batch of products, each the defining chains whichever way the operands are stored: shared out
+    /// whole among threads (9 products on up to 3 threads) or one after another, each split (8 threads).
+    #[test]
+    fn a_batch_is_each_product_on_any_thread_count() {
+        let (batch, m, k, n) = (9, 13, 64, 45);
+        let (a, b) = (data(batch * m * k, 4), data(batch * k * n, 5));
+        let item = |x: &[f32], i: usize, len: usize| x[i * len..(i + 1) * len].to_vec();
+        let want: Vec<f32> =
+            (0..batch).flat_map(|i| reference(&item(&a, i, m * k), &item(&b, i, k * n), m, k, n)).collect();
+        let shared: Vec<f32> =
+            (0..batch).flat_map(|i| reference(&item(&a, i, m * k), &item(&b, 0, k * n), m, k, n)).collect();
+        let turned = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+            (0..batch).flat_map(|i| transpose(&item(x, i, rows * cols), rows, cols)).collect()
+        };
+        let (at, bt) = (turned(&a, m, k), turned(&b, k, n));
+        for level in simd::available() {
+            for threads in [1, 2, 3, 8] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+                for (transpose_a, transpose_b) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let form = Form { m, k, n, transpose_a, transpose_b };
+                    let (a, b) = (if transpose_a { &at } else { &a }, if transpose_b { &bt } else { &b });
+                    for (shared_b, want) in [(false, &want), (true, &shared)] {
+                        let mut c = vec![f32::NAN; batch * m * n];
+                        pool.install(|| batched_matmul(a, b, &mut c, batch, form, shared_b, level));
+                        let same = c.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{form:?} shared {shared_b} {level:?} {threads} threads");
+                    }
                 }
             }
         }
