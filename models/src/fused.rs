@@ -452,9 +452,9 @@ fn gemm((m, k, n): (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Vec
     c
 }
 
-/// `y = x · wᵀ` for `x [.., in]` and `w [out, in]`, over all leading dimensions at once, with repops'
-/// matrix kernel: one node of the graph (a reshape, a transpose and a product would be four, and the
-/// backward pass pays a zero-filled buffer and a sum for each).
+/// `y = x · wᵀ` for `x [.., in]` and `w [out, in]`, over all leading dimensions at once, with the kernels
+/// candle's own product runs ([`gemm`]): one node of the graph (a reshape, a transpose and a product
+/// would be four, and the backward pass pays a zero-filled buffer and a sum for each).
 #[derive(Debug, Clone, Copy)]
 struct Linear;
 
