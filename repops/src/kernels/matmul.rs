@@ -116,8 +116,13 @@ fn for_row_tasks(c: &mut [f32], m: usize, k: usize, n: usize, threads: usize, f:
     pieces.into_par_iter().for_each(|(row0, piece)| f(row0, piece));
 }
 
+/// Floats of packing buffer a thread keeps between products (4 MiB): a larger one, for a product long
+/// enough that allocating it costs little beside the product, is freed after it, so that many threads
+/// do not each hold one.
+const KEPT_SCRATCH: usize = 1 << 20;
+
 thread_local! {
-    /// Each thread's buffer for packed operands, kept between products (it grows to the largest).
+    /// Each thread's buffer for packed operands, kept between products up to [`KEPT_SCRATCH`].
     static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
@@ -125,7 +130,9 @@ thread_local! {
 fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     let mut scratch = SCRATCH.take();
     let out = f(&mut scratch);
-    SCRATCH.set(scratch);
+    if scratch.capacity() <= KEPT_SCRATCH {
+        SCRATCH.set(scratch);
+    }
     out
 }
 
@@ -489,6 +496,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A thread keeps a packing buffer for the next product, but not one over [`KEPT_SCRATCH`].
+    #[test]
+    fn a_thread_keeps_only_a_small_packing_buffer() {
+        let kept = || {
+            SCRATCH.with(|s| {
+                let v = s.take();
+                let cap = v.capacity();
+                s.set(v);
+                cap
+            })
+        };
+        let level = simd::available().into_iter().last().expect("a level");
+        // Each product runs on the one thread of a new pool, which then reports what it kept.
+        let product_with_b = |k: usize, n: usize| {
+            let (a, b) = (data(3 * k, 1), data(k * n, 2));
+            let mut c = vec![0f32; 3 * n];
+            let form = Form { m: 3, k, n, transpose_a: false, transpose_b: true };
+            rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool").install(|| {
+                product(&a, &b, &mut c, form, level);
+                kept()
+            })
+        };
+        if level == SimdLevel::Avx2Fma {
+            assert!(product_with_b(64, 64) >= 64 * 64, "a small buffer is kept");
+        }
+        assert!(product_with_b(1024, 1040) == 0, "a buffer over 4 MiB is freed");
     }
 
     #[test]
