@@ -235,7 +235,11 @@ mod avx2 {
         }
         let packed = &mut scratch[..len];
         let panel = |(jp, panel): (usize, &mut [f32])| {
-            if transposed { pack_panel_transposed(b, k, jp * NR, panel) } else { pack_panel(b, k, n, jp * NR, panel) }
+            if transposed {
+                pack_panel_transposed(b, k, n, jp * NR, panel)
+            } else {
+                pack_panel(b, k, n, jp * NR, panel)
+            }
         };
         if threads > 1 && k * n >= PARALLEL_PACK {
             packed.par_chunks_mut(k * NR).enumerate().for_each(panel);
@@ -262,8 +266,8 @@ mod avx2 {
 
     /// [`pack_panel`] for `B` stored transposed (n×k): panel row p is element p of rows `j0..j0 + 16`.
     /// Taken in squares of 16 × 16, which stay in the L1 cache while they are turned.
-    fn pack_panel_transposed(bt: &[f32], k: usize, j0: usize, panel: &mut [f32]) {
-        let w = NR.min(bt.len() / k - j0);
+    fn pack_panel_transposed(bt: &[f32], k: usize, n: usize, j0: usize, panel: &mut [f32]) {
+        let w = NR.min(n - j0);
         for p0 in (0..k).step_by(NR) {
             let depth = NR.min(k - p0);
             let square = &mut panel[p0 * NR..(p0 + depth) * NR];
