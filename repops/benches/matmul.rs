@@ -46,10 +46,13 @@ fn median(reps: usize, mut f: impl FnMut()) -> f64 {
     t[reps / 2]
 }
 
+/// A product of a training step: a name, how often a step runs it, then batch, m, k, n, and whether `A`
+/// and `B` are read transposed. A batch of 1 has one right-hand side (the layers fold the batch into m).
+type StepProduct = (&'static str, usize, usize, usize, usize, usize, bool, bool);
+
 /// The products of a `medium` training step (width 384, 6 blocks, feed-forward 1,024, a 256-byte head,
-/// 6 heads of 64, 8 × 64 tokens): how often a step runs each, then batch, m, k, n, and whether `A` and
-/// `B` are read transposed. A batch of 1 has one right-hand side (the layers fold the batch into m).
-const MEDIUM_STEP: [(&str, usize, usize, usize, usize, usize, bool, bool); 15] = [
+/// 6 heads of 64, 8 × 64 tokens).
+const MEDIUM_STEP: [StepProduct; 15] = [
     ("x·wᵀ 384→384", 24, 1, 512, 384, 384, false, true),
     ("dy·w 384→384", 24, 1, 512, 384, 384, false, false),
     ("xᵀ·dy 384→384", 24, 1, 384, 512, 384, true, false),
