@@ -57,36 +57,58 @@ pub struct WorkerResult {
     pub weights: BTreeMap<String, Tensor>,
 }
 
-/// Flattens gradients in parameter-name order.
-fn flatten(
+/// A stage's tensors by name (weights or gradients) as one flat tensor on `device`, in parameter-name
+/// order, zeros for a name without one: the layout of every flat vector a stage exchanges.
+fn flatten_tensor(
     names: &[String],
-    grads: &BTreeMap<String, Tensor>,
+    tensors: &BTreeMap<String, Tensor>,
     shapes: &BTreeMap<String, Vec<usize>>,
-) -> Result<Vec<f32>> {
-    let mut out = Vec::new();
+    device: &Device,
+) -> Result<Tensor> {
+    let parts = names
+        .iter()
+        .map(|n| match tensors.get(n) {
+            Some(t) => Ok(t.flatten_all()?),
+            None => Ok(Tensor::zeros(shapes[n].iter().product::<usize>(), DType::F32, device)?),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// The tensors by name again from [`flatten_tensor`]'s layout (views of `flat`).
+fn unflatten_tensor(
+    names: &[String],
+    flat: &Tensor,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<BTreeMap<String, Tensor>> {
+    let mut at = 0;
+    let mut out = BTreeMap::new();
     for n in names {
-        match grads.get(n) {
-            Some(g) => out.extend(g.flatten_all()?.to_vec1::<f32>()?),
-            None => out.extend(std::iter::repeat_n(0f32, shapes[n].iter().product())),
-        }
+        let len: usize = shapes[n].iter().product();
+        out.insert(n.clone(), flat.narrow(0, at, len)?.reshape(shapes[n].as_slice())?);
+        at += len;
     }
     Ok(out)
 }
 
+/// [`flatten_tensor`] on the host, for the outer protocols' vectors.
+fn flatten(
+    names: &[String],
+    tensors: &BTreeMap<String, Tensor>,
+    shapes: &BTreeMap<String, Vec<usize>>,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    Ok(flatten_tensor(names, tensors, shapes, device)?.to_vec1::<f32>()?)
+}
+
+/// [`unflatten_tensor`] of host values, onto `device`.
 fn unflatten(
     names: &[String],
     flat: &[f32],
     shapes: &BTreeMap<String, Vec<usize>>,
     device: &Device,
 ) -> Result<BTreeMap<String, Tensor>> {
-    let mut out = BTreeMap::new();
-    let mut at = 0;
-    for n in names {
-        let len: usize = shapes[n].iter().product();
-        out.insert(n.clone(), Tensor::from_vec(flat[at..at + len].to_vec(), shapes[n].as_slice(), device)?);
-        at += len;
-    }
-    Ok(out)
+    unflatten_tensor(names, &Tensor::from_slice(flat, flat.len(), device)?, shapes)
 }
 
 fn accumulate(into: &mut BTreeMap<String, Tensor>, from: BTreeMap<String, Tensor>) -> Result<()> {
@@ -333,7 +355,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         if let Some(probe) = &plan.probe
             && evaluating
         {
-            probe.add(step, s, &flatten(&self.names, &self.params.snapshot(), &self.shapes)?);
+            probe.add(step, s, &flatten(&self.names, &self.params.snapshot(), &self.shapes, &self.device)?);
         }
         if step == spec.steps {
             return Ok(None);
@@ -717,7 +739,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     /// Starts the outer protocol's state (anchor, momentum…) afresh from the current weights: at the
     /// start, and whenever the weights came from elsewhere (a recovery, a join).
     fn restart_outer(&mut self) -> Result<()> {
-        self.outer = self.spec.sync.start(&flatten(&self.names, &self.params.snapshot(), &self.shapes)?);
+        self.outer = self.spec.sync.start(&flatten(&self.names, &self.params.snapshot(), &self.shapes, &self.device)?);
         Ok(())
     }
 
@@ -1475,31 +1497,16 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         Ok(Synced::Mean(self.unflatten_gradients(&mean)?))
     }
 
-    /// This stage's gradients flattened in parameter-name order into one tensor on the worker's device
-    /// (zeros for a parameter without one), for the all-reduce: they stay there, and its chunks go to
-    /// peers resident or as bytes, as the mailbox sends tensors ([`Mailbox::leaves_tensors_resident`]).
+    /// This stage's gradients as one tensor on the worker's device ([`flatten_tensor`]), for the
+    /// all-reduce: they stay there, and its chunks go to peers resident or as bytes, as the mailbox sends
+    /// tensors ([`Mailbox::leaves_tensors_resident`]).
     fn flat_gradients(&self, grads: &BTreeMap<String, Tensor>) -> Result<Tensor> {
-        let parts = self
-            .names
-            .iter()
-            .map(|n| match grads.get(n) {
-                Some(g) => Ok(g.flatten_all()?),
-                None => Ok(Tensor::zeros(self.shapes[n].iter().product::<usize>(), DType::F32, &self.device)?),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&parts, 0)?)
+        flatten_tensor(&self.names, grads, &self.shapes, &self.device)
     }
 
     /// The gradients by name again from [`flat_gradients`](Self::flat_gradients)' layout.
     fn unflatten_gradients(&self, flat: &Tensor) -> Result<BTreeMap<String, Tensor>> {
-        let mut at = 0;
-        let mut out = BTreeMap::new();
-        for n in &self.names {
-            let len: usize = self.shapes[n].iter().product();
-            out.insert(n.clone(), flat.narrow(0, at, len)?.reshape(self.shapes[n].as_slice())?);
-            at += len;
-        }
-        Ok(out)
+        unflatten_tensor(&self.names, flat, &self.shapes)
     }
 
     /// An elastic outer round (DiLoCo's): its all-reduce among the round's group of replicas that are
@@ -1516,7 +1523,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             };
             let group = members.into_iter().filter(|q| round.group.contains(q)).collect();
             let this_round = OuterRound { group, ..round.clone() };
-            let mut theta = flatten(&self.names, &self.params.snapshot(), &self.shapes)?;
+            let mut theta = flatten(&self.names, &self.params.snapshot(), &self.shapes, &self.device)?;
             let mut state = self.outer.take().ok_or_else(unexpected)?;
             let tag = OUTER_TAG + attempt * ATTEMPT_STRIDE;
             let usual = self.mail.set_timeout(timeouts.leader);
@@ -1723,10 +1730,10 @@ async fn outer_round<T: Transport, C: Clock>(
     names: &[String],
     shapes: &BTreeMap<String, Vec<usize>>,
 ) -> Result<()> {
-    let mut theta = flatten(names, &params.snapshot(), shapes)?;
+    let device = params.iter().next().map_or(Device::Cpu, |(_, v)| v.device().clone());
+    let mut theta = flatten(names, &params.snapshot(), shapes, &device)?;
     let row: Vec<PeerId> = (0..replicas).map(|q| ctx.peers[s * replicas + q]).collect();
     run_outer_round(ctx, mail, state, round, &row, (s, r), step, &mut theta).await?;
-    let device = params.iter().next().map_or(Device::Cpu, |(_, v)| v.device().clone());
     for (name, t) in unflatten(names, &theta, shapes, &device)? {
         params.set(&name, &t)?;
     }
