@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use candle_core::Tensor;
 use pipeline::sync::{Collective, OuterRound, OuterState, OuterSync};
 use serde::Deserialize;
 
@@ -54,8 +55,8 @@ impl OuterSync for PeriodicAverage {
         })
     }
 
-    fn start(&self, _initial: &[f32]) -> Option<Box<dyn OuterState>> {
-        Some(Box::new(Averaging))
+    fn start(&self, _initial: &Tensor) -> pipeline::Result<Option<Box<dyn OuterState>>> {
+        Ok(Some(Box::new(Averaging)))
     }
 }
 
@@ -64,12 +65,12 @@ impl OuterSync for PeriodicAverage {
 struct Averaging;
 
 impl OuterState for Averaging {
-    fn contribution(&self, theta: &[f32]) -> Vec<f32> {
-        theta.to_vec()
+    fn contribution(&self, theta: &Tensor) -> pipeline::Result<Tensor> {
+        Ok(theta.clone())
     }
 
-    fn finish(&mut self, theta: &mut [f32], mean: &[f32]) {
-        theta.copy_from_slice(mean);
+    fn finish(&mut self, _theta: &Tensor, mean: &Tensor) -> pipeline::Result<Tensor> {
+        Ok(mean.clone())
     }
 
     fn snapshot(&self) -> Box<dyn OuterState> {
@@ -153,7 +154,9 @@ sync = "none"
         register();
         let dir = tempfile::tempdir()?;
         // A setting it does not have is refused when the plug is built; a bad value by its own validation.
-        for (settings, named) in [("every = 4, outer_lr = 0.7", "arms[0].sync"), ("every = 0", "periodic_average.every")] {
+        for (settings, named) in
+            [("every = 4, outer_lr = 0.7", "arms[0].sync"), ("every = 0", "periodic_average.every")]
+        {
             let config = dir.path().join("bad.toml");
             let text = CONFIG.replace("every = 4", settings);
             std::fs::write(&config, text)?;

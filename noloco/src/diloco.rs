@@ -11,12 +11,17 @@
 //! With `nesterov = false` the step is the heavy-ball form of Gensyn's pipeline DiLoCo
 //! (`pipeline_diloco_optimizer.py`), the baseline of the NoLoCo paper: `v ← μ·v + Δ`, `φ ← φ − η·v`.
 //! Either way, `μ = 0, η = 1` is exact averaging of the replicas' weights (FedAvg).
+//!
+//! The state's vectors are flat f32 tensors on the worker's device; the step is one [`Formula`], the
+//! equations above in the order written (see [`crate::update`]).
 
 use std::time::Duration;
 
+use candle_core::Tensor;
 use pipeline::sync::{Collective, OuterRound, OuterState, OuterSync};
 use serde::{Deserialize, Serialize};
 
+use crate::update::{Formula, Path, Value, apply};
 use pipeline::Error;
 
 /// DiLoCo's outer synchronisation.
@@ -96,112 +101,176 @@ impl OuterSync for DiLoCo {
         })
     }
 
-    fn start(&self, initial: &[f32]) -> Option<Box<dyn OuterState>> {
-        Some(Box::new(DiLoCoState::new(*self, initial)))
+    fn start(&self, initial: &Tensor) -> pipeline::Result<Option<Box<dyn OuterState>>> {
+        Ok(Some(Box::new(DiLoCoState::new(*self, initial)?)))
     }
 }
 
-/// One replica's DiLoCo state: the outer weights `φ` and the momentum `v`.
-#[derive(Debug, Clone, PartialEq)]
+/// `v ← μ·v + Δ`, `φ ← φ − η·(Δ + μ·v)` (heavy-ball: `φ ← φ − η·v`), from `[v, Δ, φ]` to `[v, φ]`.
+impl Formula<3, 2> for DiLoCo {
+    #[inline(always)] // into the fused pass over the elements, which it lets the compiler vectorise
+    fn eval<V: Value>(&self, [v, delta, phi]: [&V; 3]) -> Result<[V; 2], V::Error> {
+        let (lr, mu) = (self.outer_lr, self.momentum);
+        let v = v.times(mu)?.plus(delta)?;
+        let step = if self.nesterov { delta.plus(&v.times(mu)?)?.times(lr)? } else { v.times(lr)? };
+        let phi = phi.minus(&step)?;
+        Ok([v, phi])
+    }
+}
+
+/// One replica's DiLoCo state: the outer weights `φ` and the momentum `v`, flat f32 tensors on the
+/// worker's device.
+#[derive(Debug, Clone)]
 pub struct DiLoCoState {
     config: DiLoCo,
     /// `φ`: the outer weights (the same on every replica).
-    pub outer: Vec<f32>,
+    pub outer: Tensor,
     /// `v`: the outer momentum.
-    pub velocity: Vec<f32>,
+    pub velocity: Tensor,
 }
 
 impl DiLoCoState {
-    /// The state of a replica starting from `initial` weights.
-    pub fn new(config: DiLoCo, initial: &[f32]) -> Self {
-        Self { config, outer: initial.to_vec(), velocity: vec![0.0; initial.len()] }
+    /// The state of a replica starting from `initial` weights (a flat f32 tensor, which it keeps).
+    pub fn new(config: DiLoCo, initial: &Tensor) -> pipeline::Result<Self> {
+        Ok(Self { config, outer: initial.clone(), velocity: initial.zeros_like()? })
     }
 }
 
 impl OuterState for DiLoCoState {
     /// The pseudo-gradient `φ − θ`.
-    fn contribution(&self, theta: &[f32]) -> Vec<f32> {
-        self.outer.iter().zip(theta).map(|(p, t)| p - t).collect()
+    fn contribution(&self, theta: &Tensor) -> pipeline::Result<Tensor> {
+        Ok((&self.outer - theta)?)
     }
 
-    fn finish(&mut self, theta: &mut [f32], mean: &[f32]) {
-        let (lr, mu, nesterov) = (self.config.outer_lr, self.config.momentum, self.config.nesterov);
-        for (((phi, v), t), &delta) in self.outer.iter_mut().zip(&mut self.velocity).zip(theta.iter_mut()).zip(mean) {
-            *v = mu * *v + delta;
-            *phi -= lr * if nesterov { delta + mu * *v } else { *v };
-            *t = *phi;
-        }
+    /// The outer step with the group's mean pseudo-gradient; the weights to train on are the new `φ`.
+    fn finish(&mut self, _theta: &Tensor, mean: &Tensor) -> pipeline::Result<Tensor> {
+        [self.velocity, self.outer] = apply(&self.config, [&self.velocity, mean, &self.outer], Path::Auto)?;
+        Ok(self.outer.clone())
     }
 
     fn snapshot(&self) -> Box<dyn OuterState> {
         Box::new(self.clone())
     }
 
-    fn export(&self) -> Vec<Vec<f32>> {
+    fn export(&self) -> Vec<Tensor> {
         vec![self.outer.clone(), self.velocity.clone()]
     }
 
-    fn import(&mut self, parts: Vec<Vec<f32>>) -> Result<(), String> {
-        match <[Vec<f32>; 2]>::try_from(parts) {
-            Ok([outer, velocity]) if outer.len() == self.outer.len() && velocity.len() == self.outer.len() => {
-                (self.outer, self.velocity) = (outer, velocity);
+    fn import(&mut self, parts: Vec<Tensor>) -> Result<(), String> {
+        let n = self.outer.elem_count();
+        match <[Tensor; 2]>::try_from(parts) {
+            Ok([outer, velocity]) if outer.dims() == [n] && velocity.dims() == [n] => {
+                let device = self.outer.device();
+                let placed = |t: Tensor| t.to_dtype(candle_core::DType::F32)?.to_device(device);
+                (self.outer, self.velocity) =
+                    (placed(outer).map_err(|e| e.to_string())?, placed(velocity).map_err(|e| e.to_string())?);
                 Ok(())
             }
-            _ => Err(format!("expected the outer weights and momentum, {} values each", self.outer.len())),
+            _ => Err(format!("expected the outer weights and momentum, {n} values each")),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use candle_core::Device;
+
+    /// A flat tensor on the CPU.
+    pub(crate) fn t(values: &[f32]) -> Tensor {
+        Tensor::new(values, &Device::Cpu).expect("tensor")
+    }
+
+    /// Its values.
+    pub(crate) fn v(t: &Tensor) -> Vec<f32> {
+        t.to_vec1().expect("values")
+    }
+
+    /// Values that exercise rounding: signs, zeros of both signs, magnitudes far apart.
+    pub(crate) fn awkward(n: usize, seed: u32) -> Vec<f32> {
+        let magnitudes = [1e-6f32, 1e-3, 0.1, 1.0, 30.0];
+        (0..n as u32)
+            .map(|i| match (i + seed) % 7 {
+                0 => 0.0,
+                1 => -0.0,
+                k => {
+                    let digits = (i.wrapping_mul(2_654_435_761).wrapping_add(seed) % 10_007) as f32 / 10_007.0;
+                    let sign = if k % 2 == 0 { 1.0 } else { -1.0 };
+                    sign * digits * magnitudes[(i as usize + k as usize) % magnitudes.len()] / k as f32
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_tensor_step_is_the_host_equation_bit_for_bit() {
+        for nesterov in [true, false] {
+            let cfg = DiLoCo { outer_lr: 0.7, momentum: 0.9, nesterov, ..DiLoCo::default() };
+            let (phi0, theta) = (awkward(500, 1), awkward(500, 2));
+            let mut state = DiLoCoState::new(cfg, &t(&phi0)).expect("state");
+            let (mut phi, mut vel) = (phi0.clone(), vec![0f32; 500]);
+            for round in 0..3 {
+                let delta = v(&state.contribution(&t(&theta)).expect("contribution"));
+                let before = [state.velocity.clone(), t(&delta), state.outer.clone()];
+                let next = v(&state.finish(&t(&theta), &t(&delta)).expect("finish"));
+                // What a device runs: the same formula as tensor ops.
+                let [ops_v, ops_phi] = apply(&cfg, before.each_ref(), Path::TensorOps).expect("ops");
+                // The equation, one scalar operation at a time.
+                for i in 0..500 {
+                    assert_eq!(delta[i].to_bits(), (phi[i] - theta[i]).to_bits(), "round {round}, Δ[{i}]");
+                    vel[i] = 0.9 * vel[i] + delta[i];
+                    phi[i] -= 0.7 * if nesterov { delta[i] + 0.9 * vel[i] } else { vel[i] };
+                }
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&next), bits(&phi), "nesterov {nesterov}, round {round}: φ");
+                assert_eq!(bits(&v(&state.velocity)), bits(&vel), "nesterov {nesterov}, round {round}: v");
+                assert_eq!((bits(&v(&ops_phi)), bits(&v(&ops_v))), (bits(&phi), bits(&vel)), "tensor ops");
+            }
+        }
+    }
 
     #[test]
     fn a_joiner_takes_the_outer_state_a_replica_exports() {
         let cfg = DiLoCo { outer_lr: 0.5, momentum: 0.9, ..DiLoCo::default() };
-        let mut donor = DiLoCoState::new(cfg, &[1.0, 2.0]);
-        let mut theta = vec![0.5, 1.0];
-        donor.finish(&mut theta, &[0.25, -0.5]);
-        let mut joiner = DiLoCoState::new(cfg, &[9.0, 9.0]);
+        let mut donor = DiLoCoState::new(cfg, &t(&[1.0, 2.0])).expect("state");
+        donor.finish(&t(&[0.5, 1.0]), &t(&[0.25, -0.5])).expect("finish");
+        let mut joiner = DiLoCoState::new(cfg, &t(&[9.0, 9.0])).expect("state");
         joiner.import(donor.export()).expect("fits");
-        assert_eq!(joiner, donor);
-        assert!(joiner.import(vec![vec![1.0]]).unwrap_err().contains("2 values each"));
-        assert!(joiner.import(vec![vec![1.0; 2], vec![1.0; 3]]).is_err());
+        assert_eq!((v(&joiner.outer), v(&joiner.velocity)), (v(&donor.outer), v(&donor.velocity)));
+        assert!(joiner.import(vec![t(&[1.0])]).unwrap_err().contains("2 values each"));
+        assert!(joiner.import(vec![t(&[1.0; 2]), t(&[1.0; 3])]).is_err());
     }
 
     #[test]
     fn with_lr_one_and_no_momentum_the_outer_step_is_the_average() {
         let cfg = DiLoCo { outer_lr: 1.0, momentum: 0.0, ..DiLoCo::default() };
-        let phi = [1.0f32, 2.0, 3.0];
-        let thetas = [[2.0f32, 2.0, 5.0], [0.0, 4.0, 3.0]];
-        let mut state = DiLoCoState::new(cfg, &phi);
-        let contribs: Vec<Vec<f32>> = thetas.iter().map(|t| state.contribution(t)).collect();
+        let phi = t(&[1.0, 2.0, 3.0]);
+        let thetas = [t(&[2.0, 2.0, 5.0]), t(&[0.0, 4.0, 3.0])];
+        let mut state = DiLoCoState::new(cfg, &phi).expect("state");
+        let contribs: Vec<Vec<f32>> = thetas.iter().map(|th| v(&state.contribution(th).expect("c"))).collect();
         let mean: Vec<f32> = (0..3).map(|i| (contribs[0][i] + contribs[1][i]) / 2.0).collect();
-        let mut theta = thetas[0];
-        state.finish(&mut theta, &mean);
-        assert_eq!(theta, [1.0, 3.0, 4.0]);
-        assert_eq!(state.outer, theta.to_vec());
+        let theta = state.finish(&thetas[0], &t(&mean)).expect("finish");
+        assert_eq!(v(&theta), [1.0, 3.0, 4.0]);
+        assert_eq!(v(&state.outer), v(&theta));
     }
 
     #[test]
     fn nesterov_follows_the_pytorch_convention() {
         let cfg = DiLoCo { outer_lr: 0.5, momentum: 0.9, ..DiLoCo::default() };
-        let mut state = DiLoCoState::new(cfg, &[0.0]);
-        let mut theta = [0.0];
-        state.finish(&mut theta, &[1.0]); // v = 1, φ = −0.5·(1 + 0.9) = −0.95
-        assert!((theta[0] + 0.95).abs() < 1e-6);
-        state.finish(&mut theta, &[1.0]); // v = 1.9, φ = −0.95 − 0.5·(1 + 1.71) = −2.305
-        assert!((theta[0] + 2.305).abs() < 1e-5, "{}", theta[0]);
+        let mut state = DiLoCoState::new(cfg, &t(&[0.0])).expect("state");
+        let theta = state.finish(&t(&[0.0]), &t(&[1.0])).expect("finish"); // v = 1, φ = −0.5·(1 + 0.9) = −0.95
+        assert!((v(&theta)[0] + 0.95).abs() < 1e-6);
+        let theta = state.finish(&theta, &t(&[1.0])).expect("finish"); // v = 1.9, φ = −0.95 − 0.5·(1 + 1.71) = −2.305
+        assert!((v(&theta)[0] + 2.305).abs() < 1e-5, "{theta}");
     }
 
     #[test]
     fn heavy_ball_follows_the_released_pipeline_code() {
         let cfg = DiLoCo { outer_lr: 0.5, momentum: 0.5, nesterov: false, ..DiLoCo::default() };
-        let mut state = DiLoCoState::new(cfg, &[0.0]);
-        let mut theta = [0.0];
-        state.finish(&mut theta, &[1.0]); // v = 1, φ = −0.5
-        state.finish(&mut theta, &[1.0]); // v = 1.5, φ = −0.5 − 0.75
-        assert!((theta[0] + 1.25).abs() < 1e-6, "{}", theta[0]);
+        let mut state = DiLoCoState::new(cfg, &t(&[0.0])).expect("state");
+        let theta = state.finish(&t(&[0.0]), &t(&[1.0])).expect("finish"); // v = 1, φ = −0.5
+        let theta = state.finish(&theta, &t(&[1.0])).expect("finish"); // v = 1.5, φ = −0.5 − 0.75
+        assert!((v(&theta)[0] + 1.25).abs() < 1e-6, "{theta}");
     }
 
     #[test]

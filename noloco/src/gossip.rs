@@ -13,14 +13,19 @@
 //! With `β = 0, α = 1` and one group of all replicas, `φ_r ← φ̄ + δ̄ = mean θ`: exact global averaging.
 //! Each replica sends its group's root `[φ_r, θ_r − φ_r]` (two shard-sized vectors) and gets the means
 //! back; with `n = 2` that is a single exchange with one random peer.
+//!
+//! The state's vectors are flat f32 tensors on the worker's device; the step is one [`Formula`], the
+//! equations above in the order written (see [`crate::update`]).
 
 use std::time::Duration;
 
+use candle_core::Tensor;
 use pipeline::sync::{Collective, OuterRound, OuterState, OuterSync, check_finite};
 use serde::{Deserialize, Serialize};
 
 use crate::diloco::validate_outer;
 use crate::groups::group_of;
+use crate::update::{Formula, Path, Value, apply, norm};
 use pipeline::Error;
 
 /// The longest a group's root may be told to wait, in seconds (a million: eleven days).
@@ -104,52 +109,68 @@ impl OuterSync for NoLoCo {
         Some(OuterRound { group, collective: Collective::Gather, timeout: Duration::from_secs_f64(self.timeout_s) })
     }
 
-    fn start(&self, initial: &[f32]) -> Option<Box<dyn OuterState>> {
-        Some(Box::new(NoLoCoState::new(*self, initial)))
+    fn start(&self, initial: &Tensor) -> pipeline::Result<Option<Box<dyn OuterState>>> {
+        Ok(Some(Box::new(NoLoCoState::new(*self, initial)?)))
     }
 }
 
-/// One replica's NoLoCo state: its outer weights `φ_r` and momentum `m_r`.
-#[derive(Debug, Clone, PartialEq)]
+/// `m_r ← β·m_r + α·δ̄ + α·(φ̄ − φ_r)` (without the pull: `β·m_r + α·δ̄`), `φ_r ← φ_r + m_r`, from
+/// `[m_r, δ̄, φ̄, φ_r]` to `[m_r, φ_r]`.
+impl Formula<4, 2> for NoLoCo {
+    #[inline(always)] // into the fused pass over the elements, which it lets the compiler vectorise
+    fn eval<V: Value>(&self, [m, delta_bar, phi_bar, phi]: [&V; 4]) -> Result<[V; 2], V::Error> {
+        let (alpha, beta) = (self.outer_lr, self.momentum);
+        let mut m = m.times(beta)?.plus(&delta_bar.times(alpha)?)?;
+        if self.pull {
+            m = m.plus(&phi_bar.minus(phi)?.times(alpha)?)?;
+        }
+        let phi = phi.plus(&m)?;
+        Ok([m, phi])
+    }
+}
+
+/// One replica's NoLoCo state: its outer weights `φ_r` and momentum `m_r`, flat f32 tensors on the
+/// worker's device.
+#[derive(Debug, Clone)]
 pub struct NoLoCoState {
     config: NoLoCo,
     /// `φ_r`: this replica's outer weights (they differ between replicas).
-    pub outer: Vec<f32>,
+    pub outer: Tensor,
     /// `m_r`: the outer momentum.
-    pub momentum: Vec<f32>,
+    pub momentum: Tensor,
 }
 
 impl NoLoCoState {
-    /// The state of a replica starting from `initial` weights.
-    pub fn new(config: NoLoCo, initial: &[f32]) -> Self {
-        Self { config, outer: initial.to_vec(), momentum: vec![0.0; initial.len()] }
+    /// The state of a replica starting from `initial` weights (a flat f32 tensor, which it keeps).
+    pub fn new(config: NoLoCo, initial: &Tensor) -> pipeline::Result<Self> {
+        Ok(Self { config, outer: initial.clone(), momentum: initial.zeros_like()? })
     }
 
     /// The `θ − φ` part of a contribution.
-    fn update_part<'a>(&self, contribution: &'a [f32]) -> &'a [f32] {
-        if self.config.pull { &contribution[self.outer.len().min(contribution.len())..] } else { contribution }
+    fn update_part(&self, contribution: &Tensor) -> candle_core::Result<Tensor> {
+        let len = contribution.elem_count();
+        let skip = if self.config.pull { self.outer.elem_count().min(len) } else { 0 };
+        contribution.flatten_all()?.narrow(0, skip, len - skip)
     }
-}
 
-fn norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
+    /// The Euclidean norm of the `θ − φ` part of a contribution.
+    fn update_norm(&self, contribution: &Tensor) -> Result<f64, String> {
+        let part = self.update_part(contribution).map_err(|e| e.to_string());
+        part.and_then(|p| norm(&p).map_err(|e| e.to_string())).map_err(|e| format!("its norm could not be taken: {e}"))
+    }
 }
 
 impl OuterState for NoLoCoState {
     /// `[φ_r, θ_r − φ_r]` (only `θ_r − φ_r` without the pull term).
-    fn contribution(&self, theta: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(2 * theta.len());
-        if self.config.pull {
-            out.extend_from_slice(&self.outer);
-        }
-        out.extend(theta.iter().zip(&self.outer).map(|(t, p)| t - p));
-        out
+    fn contribution(&self, theta: &Tensor) -> pipeline::Result<Tensor> {
+        let update = (theta - &self.outer)?;
+        Ok(if self.config.pull { Tensor::cat(&[&self.outer, &update], 0)? } else { update })
     }
 
     /// Finite, the right length, and an update no more than `max_update_ratio` times the size of ours.
-    fn admissible(&self, own: &[f32], peer: &[f32]) -> Result<(), String> {
+    fn admissible(&self, own: &Tensor, peer: &Tensor) -> Result<(), String> {
         check_finite(own, peer)?;
-        let (mine, theirs) = (norm(self.update_part(own)), norm(self.update_part(peer)));
+        let (mine, theirs) = (self.update_norm(own)?, self.update_norm(peer)?);
         let limit = f64::from(self.config.max_update_ratio) * mine.max(1e-12);
         if theirs > limit {
             return Err(format!(
@@ -160,24 +181,18 @@ impl OuterState for NoLoCoState {
         Ok(())
     }
 
-    fn finish(&mut self, theta: &mut [f32], mean: &[f32]) {
-        let p = self.outer.len();
-        let (alpha, beta) = (self.config.outer_lr, self.config.momentum);
-        let state = self.outer.iter_mut().zip(self.momentum.iter_mut()).zip(theta.iter_mut());
-        if self.config.pull {
-            let (phi_bar, delta_bar) = mean.split_at(p);
-            for (((phi, m), t), (&pb, &d)) in state.zip(phi_bar.iter().zip(delta_bar)) {
-                *m = beta * *m + alpha * d + alpha * (pb - *phi);
-                *phi += *m;
-                *t = *phi;
-            }
+    /// The modified Nesterov step with the group's means; the weights to train on are the new `φ_r`.
+    fn finish(&mut self, _theta: &Tensor, mean: &Tensor) -> pipeline::Result<Tensor> {
+        let p = self.outer.elem_count();
+        // Without the pull term the mean is `δ̄` alone, and `φ̄` is not read.
+        let (phi_bar, delta_bar) = if self.config.pull {
+            (mean.narrow(0, 0, p)?, mean.narrow(0, p, p)?)
         } else {
-            for (((phi, m), t), &d) in state.zip(mean) {
-                *m = beta * *m + alpha * d;
-                *phi += *m;
-                *t = *phi;
-            }
-        }
+            (self.outer.clone(), mean.clone())
+        };
+        let inputs = [&self.momentum, &delta_bar, &phi_bar, &self.outer];
+        [self.momentum, self.outer] = apply(&self.config, inputs, Path::Auto)?;
+        Ok(self.outer.clone())
     }
 
     fn snapshot(&self) -> Box<dyn OuterState> {
@@ -188,23 +203,61 @@ impl OuterState for NoLoCoState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diloco::tests::{awkward, t, v};
 
     fn mean(vs: &[Vec<f32>]) -> Vec<f32> {
         (0..vs[0].len()).map(|i| vs.iter().map(|v| v[i]).sum::<f32>() / vs.len() as f32).collect()
     }
 
     #[test]
+    fn the_tensor_step_is_the_host_equation_bit_for_bit() {
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for pull in [true, false] {
+            let cfg = NoLoCo { outer_lr: 0.7, momentum: 0.5, pull, ..NoLoCo::default() };
+            let (phi0, theta) = (awkward(300, 3), awkward(300, 4));
+            let mut state = NoLoCoState::new(cfg, &t(&phi0)).expect("state");
+            let (mut phi, mut m) = (phi0.clone(), vec![0f32; 300]);
+            for round in 0..3 {
+                let own = v(&state.contribution(&t(&theta)).expect("contribution"));
+                let want: Vec<f32> = if pull { phi.clone() } else { Vec::new() }
+                    .into_iter()
+                    .chain(theta.iter().zip(&phi).map(|(t, p)| t - p))
+                    .collect();
+                assert_eq!(bits(&own), bits(&want), "pull {pull}, round {round}: the contribution");
+                // A peer's contribution, averaged with ours as the gather does.
+                let peer: Vec<f32> = awkward(own.len(), 10 + round);
+                let group: Vec<f32> = own.iter().zip(&peer).map(|(a, b)| (a + b) / 2.0).collect();
+                let p = if pull { t(&group[..300]) } else { state.outer.clone() };
+                let d = t(&group[group.len() - 300..]);
+                let before = [state.momentum.clone(), d, p, state.outer.clone()];
+                let next = v(&state.finish(&t(&theta), &t(&group)).expect("finish"));
+                // What a device runs: the same formula as tensor ops.
+                let [ops_m, ops_phi] = apply(&cfg, before.each_ref(), Path::TensorOps).expect("ops");
+                for i in 0..300 {
+                    let (pb, d) = if pull { (group[i], group[300 + i]) } else { (0.0, group[i]) };
+                    m[i] = if pull { 0.5 * m[i] + 0.7 * d + 0.7 * (pb - phi[i]) } else { 0.5 * m[i] + 0.7 * d };
+                    phi[i] += m[i];
+                }
+                assert_eq!(bits(&next), bits(&phi), "pull {pull}, round {round}: φ");
+                assert_eq!(bits(&v(&state.momentum)), bits(&m), "pull {pull}, round {round}: m");
+                assert_eq!((bits(&v(&ops_phi)), bits(&v(&ops_m))), (bits(&phi), bits(&m)), "tensor ops");
+            }
+        }
+    }
+
+    #[test]
     fn with_lr_one_no_momentum_and_everyone_in_the_group_it_is_exact_averaging() {
         let cfg = NoLoCo { outer_lr: 1.0, momentum: 0.0, ..NoLoCo::default() };
         // Replicas whose outer weights already differ (as after earlier rounds).
-        let phis = [vec![1.0f32, 0.0], vec![3.0, 2.0], vec![2.0, 1.0]];
+        let phis = [[1.0f32, 0.0], [3.0, 2.0], [2.0, 1.0]];
         let thetas = [vec![1.5f32, 0.5], vec![2.0, 2.0], vec![4.0, -1.0]];
-        let states: Vec<NoLoCoState> = phis.iter().map(|p| NoLoCoState::new(cfg, p)).collect();
-        let m = mean(&states.iter().zip(&thetas).map(|(s, t)| s.contribution(t)).collect::<Vec<_>>());
+        let states: Vec<NoLoCoState> = phis.iter().map(|p| NoLoCoState::new(cfg, &t(p)).expect("state")).collect();
+        let contributions: Vec<Vec<f32>> =
+            states.iter().zip(&thetas).map(|(s, th)| v(&s.contribution(&t(th)).expect("c"))).collect();
+        let m = t(&mean(&contributions));
         let want = mean(&thetas);
-        for (mut s, t) in states.into_iter().zip(&thetas) {
-            let mut theta = t.clone();
-            s.finish(&mut theta, &m);
+        for (mut s, th) in states.into_iter().zip(&thetas) {
+            let theta = v(&s.finish(&t(th), &m).expect("finish"));
             for (a, b) in theta.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-6, "{theta:?} vs {want:?}");
             }
@@ -216,24 +269,25 @@ mod tests {
         let with = NoLoCo { outer_lr: 0.5, momentum: 0.0, ..NoLoCo::default() };
         let without = NoLoCo { pull: false, ..with };
         // No local progress; the group's outer weights average to 2, ours are 0.
-        let (mut a, mut b) = (NoLoCoState::new(with, &[0.0]), NoLoCoState::new(without, &[0.0]));
-        let mut theta = [0.0];
-        a.finish(&mut theta, &[2.0, 0.0]);
-        assert_eq!(theta, [1.0], "α·(φ̄ − φ) = 0.5·2");
-        b.finish(&mut theta, &[0.0]);
-        assert_eq!(b.outer, vec![0.0], "without the pull nothing moves");
+        let mut a = NoLoCoState::new(with, &t(&[0.0])).expect("state");
+        let mut b = NoLoCoState::new(without, &t(&[0.0])).expect("state");
+        let theta = a.finish(&t(&[0.0]), &t(&[2.0, 0.0])).expect("finish");
+        assert_eq!(v(&theta), [1.0], "α·(φ̄ − φ) = 0.5·2");
+        b.finish(&theta, &t(&[0.0])).expect("finish");
+        assert_eq!(v(&b.outer), [0.0], "without the pull nothing moves");
     }
 
     #[test]
     fn absurd_or_non_finite_updates_are_rejected() {
-        let state = NoLoCoState::new(NoLoCo::default(), &[1.0, 1.0]);
-        let own = state.contribution(&[1.1, 0.9]);
-        assert!(state.admissible(&own, &state.contribution(&[0.8, 1.2])).is_ok());
-        let huge = state.contribution(&[1e6, 1.0]);
+        let state = NoLoCoState::new(NoLoCo::default(), &t(&[1.0, 1.0])).expect("state");
+        let contribution = |theta: &[f32]| state.contribution(&t(theta)).expect("contribution");
+        let own = contribution(&[1.1, 0.9]);
+        assert!(state.admissible(&own, &contribution(&[0.8, 1.2])).is_ok());
+        let huge = contribution(&[1e6, 1.0]);
         assert!(state.admissible(&own, &huge).unwrap_err().contains("update norm"));
-        let nan = state.contribution(&[f32::NAN, 1.0]);
+        let nan = contribution(&[f32::NAN, 1.0]);
         assert!(state.admissible(&own, &nan).unwrap_err().contains("non-finite"));
-        assert!(state.admissible(&own, &own[..3]).is_err(), "wrong length");
+        assert!(state.admissible(&own, &own.narrow(0, 0, 3).expect("part")).is_err(), "wrong length");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use candle_core::{Device, Tensor};
 use genrl::{DeviceProfile, SimSwarm, World};
 use pipeline::collective::{Mailbox, run_outer_round};
 use pipeline::sync::{Collective, OuterSync};
@@ -125,7 +126,8 @@ impl ScaleSpec {
         let (l0, l1) = self.links.latency_ms;
         let (b0, b1) = self.links.mbit_per_s;
         // Both ends of each range are configured link numbers: finite and within the links' ranges.
-        let links_ok = [l0, l1].iter().all(|l| LATENCY_MS.contains(l)) && [b0, b1].iter().all(|b| MBIT_PER_S.contains(b));
+        let links_ok =
+            [l0, l1].iter().all(|l| LATENCY_MS.contains(l)) && [b0, b1].iter().all(|b| MBIT_PER_S.contains(b));
         if !(links_ok && l1 >= l0 && b1 >= b0) {
             return Err(Error::config(
                 "scale.links",
@@ -254,13 +256,17 @@ pub async fn measure(spec: &ScaleSpec) -> Result<ScalePoint> {
                 let t0 = ctx.clock.now();
                 let mut mail =
                     Mailbox::new(ctx.transport.clone(), ctx.clock.clone(), Duration::from_secs(24 * 3600), "scale");
+                let failed = |e: pipeline::Error| genrl::Error::config("scale", e.to_string());
                 let phi: Vec<f32> = (0..values).map(|i| ((i * 7 + r) % 13) as f32 * 1e-3).collect();
-                let mut theta: Vec<f32> = phi.iter().map(|p| p + 1e-4 * (r % 3) as f32).collect();
+                let theta: Vec<f32> = phi.iter().map(|p| p + 1e-4 * (r % 3) as f32).collect();
+                let on_host = |v: Vec<f32>| Tensor::from_vec(v, values, &Device::Cpu).map_err(|e| failed(e.into()));
+                let (phi, theta) = (on_host(phi)?, on_host(theta)?);
                 let round = sync.round(1, r, n).ok_or_else(|| genrl::Error::config("scale", "no round"))?;
-                let mut state = sync.start(&phi).ok_or_else(|| genrl::Error::config("scale", "no outer state"))?;
-                run_outer_round(&ctx, &mut mail, state.as_mut(), &round, &ctx.peers, (0, r), 0, &mut theta)
+                let mut state =
+                    sync.start(&phi).map_err(failed)?.ok_or_else(|| genrl::Error::config("scale", "no outer state"))?;
+                run_outer_round(&ctx, &mut mail, state.as_mut(), &round, &ctx.peers, (0, r), 0, &theta)
                     .await
-                    .map_err(|e| genrl::Error::config("scale", e.to_string()))?;
+                    .map_err(failed)?;
                 Ok(Some(((ctx.clock.now() - t0).as_secs_f64(), mail.sent())))
             }
         })

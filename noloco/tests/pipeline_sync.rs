@@ -129,3 +129,29 @@ fn elastic_diloco_with_everyone_there_is_the_same_bits_as_plain() {
         assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "elastic DiLoCo differs");
     }
 }
+
+/// The outer rounds' vectors stay on the worker's device between simulated workers (resident tensors,
+/// the default) and give the same bits, virtual time and bytes as when they travel as bytes: NoLoCo's
+/// gather within groups of two, DiLoCo's ring and tree all-reduce. One stage, so nothing but the outer
+/// rounds sends tensors.
+#[test]
+fn outer_rounds_stay_on_the_device_and_train_as_bytes_do() {
+    let syncs: [(&str, Arc<dyn OuterSync>); 3] = [
+        ("noloco", Arc::new(NoLoCo { every: 2, ..NoLoCo::default() })),
+        ("diloco ring", Arc::new(DiLoCo { every: 2, ..DiLoCo::default() })),
+        ("diloco tree", Arc::new(DiLoCo { every: 2, collective: pipeline::Collective::Tree, ..DiLoCo::default() })),
+    ];
+    for (name, sync) in syncs {
+        let base = spec(1, 4, 6, sync, Arc::new(FixedRouter));
+        let resident = run(&PipelineSpec { resident_tensors: true, ..base.clone() });
+        let bytes = run(&PipelineSpec { resident_tensors: false, ..base });
+        for (r, (x, y)) in resident.replica_weights.iter().zip(&bytes.replica_weights).enumerate() {
+            let (x, y) = (flat(x), flat(y));
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name}: replica {r} differs");
+        }
+        assert_eq!(resident.virtual_time, bytes.virtual_time, "{name}");
+        assert_eq!(resident.bytes_sent, bytes.bytes_sent, "{name}");
+        assert!(resident.resident_bytes > resident.bytes_sent / 2, "{name}: the vectors stayed on the device");
+        assert_eq!(bytes.resident_bytes, 0, "{name}");
+    }
+}

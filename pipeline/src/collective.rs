@@ -4,7 +4,7 @@
 //! Every collective is keyed by `(step, round)`, so rounds of different steps never mix, and a message
 //! that arrives before it is wanted waits in the mailbox.
 //!
-//! The all-reduces sum any [`Summand`]: values on the host, or a tensor left on its device.
+//! Every collective works on any [`Summand`]: values on the host, or a tensor left on its device.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -36,7 +36,7 @@ pub struct Mailbox<T: Transport, C: Clock> {
     waited: Duration,
     epoch: u32,
     halts: bool,
-    /// Whether [`activation`](Self::activation) leaves tensors resident where the transport allows.
+    /// Whether [`for_peer`](Self::for_peer) leaves tensors resident where the transport allows.
     resident: bool,
 }
 
@@ -69,9 +69,9 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
         self.resident && self.transport.carries_attachments()
     }
 
-    /// An activation (or its gradient, or targets) for a peer: resident if
-    /// [`leaves_tensors_resident`](Self::leaves_tensors_resident), else as bytes.
-    pub fn activation(&self, t: &candle_core::Tensor) -> Result<transport::TensorBytes> {
+    /// A tensor for a peer (an activation, its gradient, targets, weights, optimizer moments, an outer
+    /// state's part): resident if [`leaves_tensors_resident`](Self::leaves_tensors_resident), else as bytes.
+    pub fn for_peer(&self, t: &candle_core::Tensor) -> Result<transport::TensorBytes> {
         if self.leaves_tensors_resident() { crate::wire::to_resident(t) } else { crate::wire::to_wire(t) }
     }
 
@@ -228,7 +228,7 @@ impl<T: Transport, C: Clock> Mailbox<T, C> {
     }
 
     /// Sends `part` as round `round` of `step`'s collective (a tensor resident where
-    /// [`activation`](Self::activation) would leave one).
+    /// [`for_peer`](Self::for_peer) would leave one).
     pub async fn send_values<S: Summand>(&mut self, to: PeerId, step: u64, round: u32, part: &S) -> Result<()> {
         let data = part.to_message(self.leaves_tensors_resident())?;
         self.send(to, &Msg::Reduce { step, round, data }).await
@@ -300,6 +300,10 @@ pub trait Summand: Sized {
     fn accumulate(&mut self, other: &Self) -> Result<()>;
     /// Multiplies every value by `factor`.
     fn scale(self, factor: f32) -> Result<Self>;
+    /// Divides every value by `divisor`.
+    fn divide(self, divisor: f32) -> Result<Self>;
+    /// The index and value of the first value that is infinite or NaN, if any.
+    fn first_non_finite(&self) -> Result<Option<(usize, f32)>>;
     /// The values as a message's tensor: resident if `resident` (where that makes sense), else bytes.
     fn to_message(&self, resident: bool) -> Result<transport::TensorBytes>;
     /// The values a message carries, placed like `like`.
@@ -329,6 +333,15 @@ impl Summand for Vec<f32> {
     fn scale(mut self, factor: f32) -> Result<Self> {
         self.iter_mut().for_each(|x| *x *= factor);
         Ok(self)
+    }
+
+    fn divide(mut self, divisor: f32) -> Result<Self> {
+        self.iter_mut().for_each(|x| *x /= divisor);
+        Ok(self)
+    }
+
+    fn first_non_finite(&self) -> Result<Option<(usize, f32)>> {
+        Ok(self.iter().position(|x| !x.is_finite()).map(|i| (i, self[i])))
     }
 
     fn to_message(&self, _resident: bool) -> Result<transport::TensorBytes> {
@@ -366,6 +379,20 @@ impl Summand for Tensor {
         // A product with a scalar tensor, as the host's `x * factor` (candle's affine adds a zero,
         // which turns −0 into +0).
         Ok(self.broadcast_mul(&Self::new(factor, self.device())?)?)
+    }
+
+    fn divide(self, divisor: f32) -> Result<Self> {
+        Ok(self.broadcast_div(&Self::new(divisor, self.device())?)?)
+    }
+
+    fn first_non_finite(&self) -> Result<Option<(usize, f32)>> {
+        // x·0 is ±0 for a finite x and NaN otherwise, so the sum is NaN exactly when a value is not
+        // finite: one pass on the device, and the values come to the host only to name the culprit.
+        let poisoned = self.broadcast_mul(&Self::new(0f32, self.device())?)?.sum_all()?.to_scalar::<f32>()?;
+        if !poisoned.is_nan() {
+            return Ok(None);
+        }
+        self.flatten_all()?.to_vec1::<f32>()?.first_non_finite()
     }
 
     fn to_message(&self, resident: bool) -> Result<transport::TensorBytes> {
@@ -458,25 +485,22 @@ pub async fn tree_all_reduce<T: Transport, C: Clock, S: Summand>(
     Ok(data)
 }
 
-/// The element-wise mean of `first` and `others` (all of one length), summed in the order given and
-/// computed in `first`'s buffer: the same inputs in the same order give the same bits on every machine.
-pub fn mean_in_order(first: Vec<f32>, others: &[&[f32]]) -> Vec<f32> {
+/// The element-wise mean of `first` and `others` (all of one length), summed in the order given, then
+/// divided by their count: the same inputs in the same order give the same bits on every machine, on
+/// the host or on a device.
+pub fn mean_in_order<S: Summand>(first: S, others: &[&S]) -> Result<S> {
     let mut sum = first;
     for v in others {
-        for (s, x) in sum.iter_mut().zip(v.iter()) {
-            *s += x;
-        }
+        sum.accumulate(v)?;
     }
-    let count = (others.len() + 1) as f32;
-    sum.iter_mut().for_each(|s| *s /= count);
-    sum
+    sum.divide((others.len() + 1) as f32)
 }
 
 /// What a [`gather_mean`] produced, and who was left out of it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GatherOutcome {
+pub struct GatherOutcome<S = Vec<f32>> {
     /// The mean of the admitted contributions (this worker's own alone if its root went silent).
-    pub mean: Vec<f32>,
+    pub mean: S,
     /// How many contributions the mean averages.
     pub members: usize,
     /// (Root only) members whose contribution did not arrive before the deadline.
@@ -495,69 +519,59 @@ pub struct GatherOutcome {
 /// contribution. A send that fails is a peer gone: a member carries on alone, the root leaves it out. A
 /// missing, unreachable or misbehaving peer therefore never stalls the group.
 #[allow(clippy::too_many_arguments)]
-pub async fn gather_mean<T: Transport, C: Clock>(
+pub async fn gather_mean<T: Transport, C: Clock, S: Summand>(
     mail: &mut Mailbox<T, C>,
     group: &[PeerId],
     me: usize,
     step: u64,
     tag: u32,
-    own: Vec<f32>,
+    own: S,
     timeout: Duration,
-    admissible: impl Fn(&[f32], &[f32]) -> std::result::Result<(), String>,
-) -> Result<GatherOutcome> {
+    admissible: impl Fn(&S, &S) -> std::result::Result<(), String>,
+) -> Result<GatherOutcome<S>> {
     let (up, down) = (tag, tag + 1);
-    let mut outcome =
-        GatherOutcome { mean: Vec::new(), members: 1, missing: Vec::new(), rejected: Vec::new(), root_lost: false };
+    let alone =
+        |own, root_lost| GatherOutcome { mean: own, members: 1, missing: Vec::new(), rejected: Vec::new(), root_lost };
     if me != 0 {
         // A root that cannot be reached (gone) is one that sends no mean: carry on alone.
         if let Err(e) = mail.send_values(group[0], step, up, &own).await {
             tracing::warn!(root = %group[0].short(), error = %e, "contribution not delivered to the group root");
-            outcome.mean = own;
-            outcome.root_lost = true;
-            return Ok(outcome);
+            return Ok(alone(own, true));
         }
         let deadline = mail.clock.now() + 2 * timeout;
-        match mail.take_values_until(deadline, group[0], step, down, &own).await? {
+        return Ok(match mail.take_values_until(deadline, group[0], step, down, &own).await? {
             Some(mean) if check_finite(&own, &mean).is_ok() => {
-                outcome.mean = mean;
-                outcome.members = group.len();
+                GatherOutcome { members: group.len(), ..alone(mean, false) }
             }
-            _ => {
-                outcome.mean = own;
-                outcome.root_lost = true;
-            }
-        }
-        return Ok(outcome);
+            _ => alone(own, true),
+        });
     }
     let deadline = mail.clock.now() + timeout;
-    let mut arrived: Vec<Option<Vec<f32>>> = vec![None; group.len()];
-    for (i, &peer) in group.iter().enumerate().skip(1) {
-        arrived[i] = mail.take_values_until(deadline, peer, step, up, &own).await?;
+    let mut arrived: Vec<Option<S>> = Vec::with_capacity(group.len());
+    for &peer in &group[1..] {
+        arrived.push(mail.take_values_until(deadline, peer, step, up, &own).await?);
     }
-    let mut admitted: Vec<&[f32]> = Vec::new();
-    let mut heard = Vec::new();
-    for (i, contribution) in arrived.iter().enumerate().skip(1) {
-        let peer = group[i];
+    let (mut admitted, mut heard, mut missing, mut rejected) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (&peer, contribution) in group[1..].iter().zip(&arrived) {
         let Some(values) = contribution else {
-            outcome.missing.push(peer);
+            missing.push(peer);
             continue;
         };
         heard.push(peer);
         match admissible(&own, values) {
             Ok(()) => admitted.push(values),
-            Err(why) => outcome.rejected.push((peer, why)),
+            Err(why) => rejected.push((peer, why)),
         }
     }
-    outcome.members = admitted.len() + 1;
-    let sum = mean_in_order(own, &admitted);
+    let members = admitted.len() + 1;
+    let mean = mean_in_order(own, &admitted)?;
     for peer in heard {
         // A member gone since it contributed waits for nothing; the others still get the mean.
-        if let Err(e) = mail.send_values(peer, step, down, &sum).await {
+        if let Err(e) = mail.send_values(peer, step, down, &mean).await {
             tracing::warn!(member = %peer.short(), error = %e, "mean not delivered to a group member");
         }
     }
-    outcome.mean = sum;
-    Ok(outcome)
+    Ok(GatherOutcome { mean, members, missing, rejected, root_lost: false })
 }
 
 /// The mean of `data` over `round`'s group through an all-reduce (ring or tree) that needs every
@@ -710,10 +724,12 @@ async fn answer_stale<T: Transport, C: Clock>(mail: &mut Mailbox<T, C>, row: &[P
 /// First round number of an outer round (kept apart from the gradient all-reduce's).
 pub const OUTER_TAG: u32 = 1 << 20;
 
-/// One outer round on flat weights `theta` (this worker is replica `r` of stage `s`; `row` holds the
-/// peer ids of the stage's replicas): contribute, reach the group's mean through the round's
-/// collective, let the protocol update its state and `theta`. Peers left out of a gather round are
-/// logged as events; an all-reduce that yields non-finite values is an error.
+/// One outer round on flat weights `theta` (one f32 tensor on the worker's device; this worker is
+/// replica `r` of stage `s`; `row` holds the peer ids of the stage's replicas): contribute, reach the
+/// group's mean through the round's collective (on the device, its messages resident tensors where the
+/// mailbox leaves them so), let the protocol update its state; returns the weights to train on next.
+/// Peers left out of a gather round are logged as events; an all-reduce that yields non-finite values
+/// is an error.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_outer_round<T: Transport, C: Clock>(
     ctx: &AgentCtx<T, C>,
@@ -723,8 +739,8 @@ pub async fn run_outer_round<T: Transport, C: Clock>(
     row: &[PeerId],
     at: (usize, usize),
     step: u64,
-    theta: &mut [f32],
-) -> Result<()> {
+    theta: &Tensor,
+) -> Result<Tensor> {
     run_outer_round_tagged(ctx, mail, state, round, row, at, step, theta, OUTER_TAG).await
 }
 
@@ -738,9 +754,9 @@ pub async fn run_outer_round_tagged<T: Transport, C: Clock>(
     row: &[PeerId],
     (s, r): (usize, usize),
     step: u64,
-    theta: &mut [f32],
+    theta: &Tensor,
     tag: u32,
-) -> Result<()> {
+) -> Result<Tensor> {
     let me = round
         .group
         .iter()
@@ -749,7 +765,7 @@ pub async fn run_outer_round_tagged<T: Transport, C: Clock>(
     let group = round.group.iter().map(|&q| row.get(q).copied()).collect::<Option<Vec<PeerId>>>().ok_or_else(|| {
         Error::config("sync", format!("group {:?} names a replica beyond {}", round.group, row.len()))
     })?;
-    let own = state.contribution(theta);
+    let own = state.contribution(theta)?;
     mail.discard_reduce_before(step);
     let mean = match round.collective {
         Collective::Gather => {
@@ -777,6 +793,5 @@ pub async fn run_outer_round_tagged<T: Transport, C: Clock>(
             mean
         }
     };
-    state.finish(theta, &mean);
-    Ok(())
+    state.finish(theta, &mean)
 }

@@ -25,6 +25,9 @@ pub struct RunReport {
     pub virtual_time: std::time::Duration,
     /// Bytes sent over the network in all.
     pub bytes_sent: u64,
+    /// Of `bytes_sent`, those of tensors handed to the receiving worker on their device, never copied
+    /// through host memory ([`PipelineSpec::resident_tensors`](crate::PipelineSpec::resident_tensors)).
+    pub resident_bytes: u64,
 }
 
 /// Trains `spec` on `corpus` on a simulated network (inside a paused tokio runtime; see
@@ -59,11 +62,13 @@ pub async fn run_simulated(spec: &PipelineSpec, corpus: Arc<Corpus>) -> Result<R
         });
     }
     let weights = replica_weights.first().cloned().ok_or_else(|| Error::config("pipeline", "no replicas"))?;
+    let total = swarm.network().total();
     Ok(RunReport {
         metrics,
         weights,
         replica_weights,
         virtual_time: swarm.network().now(),
-        bytes_sent: swarm.network().total().sent_bytes,
+        bytes_sent: total.sent_bytes,
+        resident_bytes: total.resident_bytes,
     })
 }

@@ -73,11 +73,12 @@ pub struct PipelineSpec {
     pub edge_stages: bool,
     /// How a step's gradients are scaled and clipped.
     pub gradients: GradientScaling,
-    /// On a network whose workers share this process (the simulated one), activations, their gradients
-    /// and the chunks of the data-parallel all-reduce (which sums gradients on their device either way;
-    /// see [`Summand`](crate::collective::Summand)) reach the next worker as the tensors themselves, on
+    /// On a network whose workers share this process (the simulated one), activations, their gradients,
+    /// the chunks of the data-parallel all-reduce and the vectors of outer rounds (which are summed on
+    /// their device either way; see [`Summand`](crate::collective::Summand)), and the weights, moments and
+    /// outer state sent for a recovery or a join reach the other worker as the tensors themselves, on
     /// their device, not as bytes copied through host memory; the links count the bytes all the same (see
-    /// [`transport::resident`]). Results are the same bits either way.
+    /// [`transport::resident`]). Results are the same bits either way. Checkpoint files hold bytes.
     pub resident_tensors: bool,
 }
 

@@ -6,10 +6,17 @@
 //! *what it does with the group's mean* ([`OuterState::finish`]). The runtime moves the bytes (over the
 //! simulated network or QUIC), enforces deadlines, and drops contributions the protocol finds
 //! inadmissible ([`OuterState::admissible`]).
+//!
+//! An outer state works on its stage's weights as one flat f32 tensor (parameter-name order) on the
+//! worker's device, and keeps its own vectors there: a GPU's outer rounds never pass through host
+//! memory between simulated workers of one process.
 
 use std::fmt::Debug;
 use std::time::Duration;
 
+use candle_core::Tensor;
+
+use crate::collective::Summand;
 use crate::error::{Error, Result};
 
 /// How a group turns its members' contributions into their mean.
@@ -68,39 +75,42 @@ pub trait OuterSync: Send + Sync + Debug {
         None
     }
 
-    /// A worker's outer state, from its stage's initial weights (flattened in parameter-name order);
-    /// `None` if the protocol has no outer rounds.
-    fn start(&self, _initial: &[f32]) -> Option<Box<dyn OuterState>> {
-        None
+    /// A worker's outer state, from its stage's initial weights (one flat f32 tensor in parameter-name
+    /// order, on the worker's device); `None` if the protocol has no outer rounds.
+    fn start(&self, _initial: &Tensor) -> Result<Option<Box<dyn OuterState>>> {
+        Ok(None)
     }
 }
 
-/// One worker's side of an outer protocol between rounds (outer weights, momentum…).
+/// One worker's side of an outer protocol between rounds (outer weights, momentum…), kept as flat f32
+/// tensors on the worker's device. Tensors are values: a state never changes one it was given or handed
+/// out in place, so a contribution sent to a peer of the same process without a copy stays what it was.
 pub trait OuterState: Send + Sync {
     /// What this worker puts into its group's mean, given its current (inner, "fast") weights `theta`.
-    fn contribution(&self, theta: &[f32]) -> Vec<f32>;
+    fn contribution(&self, theta: &Tensor) -> Result<Tensor>;
 
     /// Whether a peer's contribution may be averaged in, judged against this worker's own; the error
     /// says why not. The default accepts any finite vector of the right length.
-    fn admissible(&self, own: &[f32], peer: &[f32]) -> std::result::Result<(), String> {
+    fn admissible(&self, own: &Tensor, peer: &Tensor) -> std::result::Result<(), String> {
         check_finite(own, peer)
     }
 
-    /// Applies the group's `mean` contribution: updates the outer state and overwrites `theta` with the
-    /// weights to train on next.
-    fn finish(&mut self, theta: &mut [f32], mean: &[f32]);
+    /// Applies the group's `mean` contribution to the state and returns the weights to train on next
+    /// (`theta` is the worker's current weights).
+    fn finish(&mut self, theta: &Tensor, mean: &Tensor) -> Result<Tensor>;
 
     /// A copy of the state (checkpoints save it beside the weights).
     fn snapshot(&self) -> Box<dyn OuterState>;
 
     /// What a replica joining an elastic group needs of this state to take its place in the group, as
-    /// flat vectors (DiLoCo's outer weights and momentum); empty for a state a joiner can start afresh.
-    fn export(&self) -> Vec<Vec<f32>> {
+    /// flat tensors (DiLoCo's outer weights and momentum); empty for a state a joiner can start afresh.
+    fn export(&self) -> Vec<Tensor> {
         Vec::new()
     }
 
-    /// Takes the state another replica [`export`](Self::export)ed; the error says why it does not fit.
-    fn import(&mut self, parts: Vec<Vec<f32>>) -> std::result::Result<(), String> {
+    /// Takes the state another replica [`export`](Self::export)ed (on this state's device); the error
+    /// says why it does not fit.
+    fn import(&mut self, parts: Vec<Tensor>) -> std::result::Result<(), String> {
         if parts.is_empty() { Ok(()) } else { Err(format!("{} parts for a state that keeps none", parts.len())) }
     }
 }
@@ -114,14 +124,16 @@ pub fn quorum_wait(field: &str, seconds: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// The check every contribution must pass: the right length and only finite values.
-pub fn check_finite(own: &[f32], peer: &[f32]) -> std::result::Result<(), String> {
+/// The check every contribution must pass: the right length and only finite values (host values or a
+/// flat tensor, checked where it lies).
+pub fn check_finite<S: Summand>(own: &S, peer: &S) -> std::result::Result<(), String> {
     if peer.len() != own.len() {
         return Err(format!("{} values, expected {}", peer.len(), own.len()));
     }
-    match peer.iter().position(|x| !x.is_finite()) {
-        Some(i) => Err(format!("non-finite value {} at index {i}", peer[i])),
-        None => Ok(()),
+    match peer.first_non_finite() {
+        Ok(Some((i, x))) => Err(format!("non-finite value {x} at index {i}")),
+        Ok(None) => Ok(()),
+        Err(e) => Err(format!("its values could not be read: {e}")),
     }
 }
 
@@ -211,10 +223,18 @@ mod tests {
 
     #[test]
     fn contributions_must_be_finite_and_the_right_length() {
-        assert!(check_finite(&[1.0, 2.0], &[3.0, 4.0]).is_ok());
-        assert!(check_finite(&[1.0, 2.0], &[3.0]).unwrap_err().contains("expected 2"));
-        assert!(check_finite(&[1.0, 2.0], &[3.0, f32::NAN]).unwrap_err().contains("index 1"));
-        assert!(check_finite(&[1.0], &[f32::INFINITY]).is_err());
+        let own = vec![1.0f32, 2.0];
+        assert!(check_finite(&own, &vec![3.0, 4.0]).is_ok());
+        assert!(check_finite(&own, &vec![3.0]).unwrap_err().contains("expected 2"));
+        assert!(check_finite(&own, &vec![3.0, f32::NAN]).unwrap_err().contains("index 1"));
+        assert!(check_finite(&vec![1.0], &vec![f32::INFINITY]).is_err());
+        // The same judgement on a tensor, where it lies.
+        let t = |v: &[f32]| Tensor::new(v, &candle_core::Device::Cpu).expect("tensor");
+        assert!(check_finite(&t(&[1.0, 2.0]), &t(&[-0.0, 4.0])).is_ok());
+        assert!(check_finite(&t(&[1.0, 2.0]), &t(&[3.0])).unwrap_err().contains("expected 2"));
+        let err = check_finite(&t(&[1.0, 2.0, 3.0]), &t(&[3.0, 1.0, f32::NEG_INFINITY])).unwrap_err();
+        assert!(err.contains("non-finite value -inf at index 2"), "{err}");
+        assert!(check_finite(&t(&[1.0]), &t(&[f32::NAN])).unwrap_err().contains("index 0"));
     }
 
     #[test]

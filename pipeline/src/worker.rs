@@ -91,7 +91,7 @@ fn unflatten_tensor(
     Ok(out)
 }
 
-/// [`flatten_tensor`] on the host, for the outer protocols' vectors.
+/// [`flatten_tensor`] on the host, for the weight probe.
 fn flatten(
     names: &[String],
     tensors: &BTreeMap<String, Tensor>,
@@ -101,14 +101,28 @@ fn flatten(
     Ok(flatten_tensor(names, tensors, shapes, device)?.to_vec1::<f32>()?)
 }
 
-/// [`unflatten_tensor`] of host values, onto `device`.
-fn unflatten(
+/// The stage's weights as one flat tensor on `device` ([`flatten_tensor`]'s layout): a copy, which
+/// later updates of the weights leave as it is.
+fn flat_weights(
     names: &[String],
-    flat: &[f32],
+    params: &models::Params,
     shapes: &BTreeMap<String, Vec<usize>>,
     device: &Device,
-) -> Result<BTreeMap<String, Tensor>> {
-    unflatten_tensor(names, &Tensor::from_slice(flat, flat.len(), device)?, shapes)
+) -> Result<Tensor> {
+    flatten_tensor(names, &params.snapshot(), shapes, device)
+}
+
+/// Sets the stage's weights from one flat tensor in [`flatten_tensor`]'s layout.
+fn set_flat_weights(
+    names: &[String],
+    params: &models::Params,
+    flat: &Tensor,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<()> {
+    for (name, t) in unflatten_tensor(names, flat, shapes)? {
+        params.set(&name, &t)?;
+    }
+    Ok(())
 }
 
 fn accumulate(into: &mut BTreeMap<String, Tensor>, from: BTreeMap<String, Tensor>) -> Result<()> {
@@ -332,7 +346,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             && step < spec.steps
         {
             if let Some(store) = &self.store {
-                store.write(&StoredState { step, tensors: self.full_state()? })?;
+                store.write(&StoredState { step, tensors: self.full_state(Bound::Storage)? })?;
             }
             let state = self.state_at(step);
             keep_last_two(&mut self.checkpoints, state);
@@ -739,7 +753,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
     /// Starts the outer protocol's state (anchor, momentum…) afresh from the current weights: at the
     /// start, and whenever the weights came from elsewhere (a recovery, a join).
     fn restart_outer(&mut self) -> Result<()> {
-        self.outer = self.spec.sync.start(&flatten(&self.names, &self.params.snapshot(), &self.shapes, &self.device)?);
+        self.outer = self.spec.sync.start(&flat_weights(&self.names, &self.params, &self.shapes, &self.device)?)?;
         Ok(())
     }
 
@@ -821,15 +835,15 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let to = self.peer(fs, fr);
         match source {
             Source::Replica(q) if (self.s, self.r) == (fs, *q) => {
-                let mut tensors = self.local_weights()?;
-                tensors.extend(self.moments_to_wire()?);
+                let mut tensors = self.local_weights(Bound::Peer)?;
+                tensors.extend(self.moments(Bound::Peer)?);
                 self.send_weights(to, step, WeightsKind::Donor, fs, tensors).await?;
             }
             Source::Donors(donors) if self.r == fr => {
                 let me = self.s;
                 for donor in donors.iter().filter(|d| d.stage() == me) {
                     let tensors = match donor {
-                        Donor::Stage(_) => self.local_weights()?,
+                        Donor::Stage(_) => self.local_weights(Bound::Peer)?,
                         Donor::CopyHeldBy(_) => self.copies.get(&fs).map(|c| c.tensors.clone()).unwrap_or_default(),
                     };
                     self.send_weights(to, step, WeightsKind::Donor, fs, tensors).await?;
@@ -947,9 +961,18 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         Ok(Stage::new(&self.spec.model, self.specs[self.s].clone(), &self.device)?.params().snapshot())
     }
 
-    /// This stage's weights under stage-local names, as wire tensors.
-    fn local_weights(&self) -> Result<Vec<(String, TensorBytes)>> {
-        self.params.snapshot().iter().map(|(n, t)| Ok((self.stage.spec().local_name(n), to_wire(t)?))).collect()
+    /// `t` as a wire tensor bound for `to`: a peer gets it resident where the mailbox leaves tensors so
+    /// ([`Mailbox::for_peer`]), storage always as bytes.
+    fn pack(&self, t: &Tensor, to: Bound) -> Result<TensorBytes> {
+        match to {
+            Bound::Peer => self.mail.for_peer(t),
+            Bound::Storage => to_wire(t),
+        }
+    }
+
+    /// This stage's weights under stage-local names, as wire tensors bound for `to`.
+    fn local_weights(&self, to: Bound) -> Result<Vec<(String, TensorBytes)>> {
+        self.params.snapshot().iter().map(|(n, t)| Ok((self.stage.spec().local_name(n), self.pack(t, to)?))).collect()
     }
 
     fn to_tensors(&self, tensors: &[(String, TensorBytes)]) -> Result<BTreeMap<String, Tensor>> {
@@ -961,13 +984,14 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         self.install_tensors(&self.to_tensors(tensors)?)
     }
 
-    /// This stage's whole state as wire tensors: its weights (stage-local names), optimizer moments
-    /// (behind [`MOMENT_PREFIX`]) and outer state (its exported parts, behind [`OUTER_PREFIX`]).
-    fn full_state(&self) -> Result<Vec<(String, TensorBytes)>> {
-        let mut tensors = self.local_weights()?;
-        tensors.extend(self.moments_to_wire()?);
+    /// This stage's whole state as wire tensors bound for `to`: its weights (stage-local names),
+    /// optimizer moments (behind [`MOMENT_PREFIX`]) and outer state (its exported parts, behind
+    /// [`OUTER_PREFIX`]).
+    fn full_state(&self, to: Bound) -> Result<Vec<(String, TensorBytes)>> {
+        let mut tensors = self.local_weights(to)?;
+        tensors.extend(self.moments(to)?);
         for (i, part) in self.outer.iter().flat_map(|o| o.export()).enumerate() {
-            tensors.push((format!("{OUTER_PREFIX}{i}"), TensorBytes::from_f32(vec![part.len()], &part)?));
+            tensors.push((format!("{OUTER_PREFIX}{i}"), self.pack(&part, to)?));
         }
         Ok(tensors)
     }
@@ -979,9 +1003,12 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         self.install_state(state)?;
         // The outer state (DiLoCo's outer weights and momentum), in the order it was exported.
         self.restart_outer()?;
-        let mut parts: Vec<(usize, Vec<f32>)> = outer
+        let mut parts: Vec<(usize, Tensor)> = outer
             .iter()
-            .map(|(n, t)| Ok((n[OUTER_PREFIX.len()..].parse().map_err(|_| unexpected())?, t.to_f32_vec()?)))
+            .map(|(n, t)| {
+                let index = n[OUTER_PREFIX.len()..].parse().map_err(|_| unexpected())?;
+                Ok((index, from_wire(t, &self.device)?.flatten_all()?))
+            })
             .collect::<Result<_>>()?;
         parts.sort_by_key(|(i, _)| *i);
         if let Some(state) = self.outer.as_mut() {
@@ -1089,7 +1116,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let wanted = |_: &PeerId, m: &Msg| matches!(m, Msg::JoinRequest { stage } if *stage == me);
         let elastic = self.spec.sync.elastic_wait().is_some();
         while let Some((from, _)) = self.mail.take_until(now, wanted).await? {
-            let tensors = if elastic { self.full_state()? } else { self.local_weights()? };
+            let tensors = if elastic { self.full_state(Bound::Peer)? } else { self.local_weights(Bound::Peer)? };
             // A joiner gone again is not this worker's problem.
             if let Err(e) = self.send_weights(from, step, WeightsKind::Join, self.s, tensors).await {
                 tracing::warn!(peer = %from.short(), error = %e, "weights not delivered to a joining replica");
@@ -1141,16 +1168,17 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         }
     }
 
-    /// The optimizer's moments as wire tensors, under stage-local names behind [`MOMENT_PREFIX`].
-    fn moments_to_wire(&self) -> Result<Vec<(String, TensorBytes)>> {
+    /// The optimizer's moments as wire tensors bound for `to`, under stage-local names behind
+    /// [`MOMENT_PREFIX`].
+    fn moments(&self, to: Bound) -> Result<Vec<(String, TensorBytes)>> {
         let (_, moments) = self.optim.state();
         moments
             .iter()
-            .map(|(name, t)| Ok((format!("{MOMENT_PREFIX}{}", self.stage.spec().local_name(name)), to_wire(t)?)))
+            .map(|(name, t)| Ok((format!("{MOMENT_PREFIX}{}", self.stage.spec().local_name(name)), self.pack(t, to)?)))
             .collect()
     }
 
-    /// Moments sent as [`Self::moments_to_wire`] writes them, under this worker's names.
+    /// Moments sent as [`Self::moments`] writes them, under this worker's names.
     fn moments_from_wire(&self, moments: &[(String, TensorBytes)]) -> Result<BTreeMap<String, Tensor>> {
         moments
             .iter()
@@ -1235,9 +1263,9 @@ impl<T: Transport, C: Clock> Worker<T, C> {
         let due: Vec<KeptCopy> = self.kept.iter().copied().filter(|c| (step + 1).is_multiple_of(c.every)).collect();
         let me = self.s;
         for c in due.iter().filter(|c| c.of == me) {
-            let mut tensors = self.local_weights()?;
+            let mut tensors = self.local_weights(Bound::Peer)?;
             if c.moments {
-                tensors.extend(self.moments_to_wire()?);
+                tensors.extend(self.moments(Bound::Peer)?);
             }
             let kind = if c.wait { WeightsKind::EdgeCopy } else { WeightsKind::Shadow };
             self.send_weights(self.peer(c.at, self.r), step, kind, self.s, tensors).await?;
@@ -1339,13 +1367,11 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                     let g = store
                         .get(h.as_tensor())
                         .ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
-                    self.mail
-                        .send(from, &Msg::Backward { step, origin, micro, grad: self.mail.activation(g)? })
-                        .await?;
+                    self.mail.send(from, &Msg::Backward { step, origin, micro, grad: self.mail.for_peer(g)? }).await?;
                 }
             } else {
                 let (ns, nr) = path[hop + 1];
-                let (hidden, targets_out) = (self.mail.activation(&out)?, self.mail.activation(&targets)?);
+                let (hidden, targets_out) = (self.mail.for_peer(&out)?, self.mail.for_peer(&targets)?);
                 let msg = Msg::Forward { step, origin, micro, hidden, targets: targets_out };
                 self.mail.send(self.peer(ns, nr), &msg).await?;
                 saved.insert((origin, micro), (input_var, out, sender));
@@ -1367,7 +1393,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 let gh = store
                     .get(h.as_tensor())
                     .ok_or_else(|| Error::config("pipeline", "no gradient for the stage input"))?;
-                self.mail.send(from, &Msg::Backward { step, origin, micro, grad: self.mail.activation(gh)? }).await?;
+                self.mail.send(from, &Msg::Backward { step, origin, micro, grad: self.mail.for_peer(gh)? }).await?;
             }
         }
         if !losses.is_empty() {
@@ -1523,7 +1549,7 @@ impl<T: Transport, C: Clock> Worker<T, C> {
             };
             let group = members.into_iter().filter(|q| round.group.contains(q)).collect();
             let this_round = OuterRound { group, ..round.clone() };
-            let mut theta = flatten(&self.names, &self.params.snapshot(), &self.shapes, &self.device)?;
+            let theta = flat_weights(&self.names, &self.params, &self.shapes, &self.device)?;
             let mut state = self.outer.take().ok_or_else(unexpected)?;
             let tag = OUTER_TAG + attempt * ATTEMPT_STRIDE;
             let usual = self.mail.set_timeout(timeouts.leader);
@@ -1536,17 +1562,15 @@ impl<T: Transport, C: Clock> Worker<T, C> {
                 &row,
                 at,
                 step,
-                &mut theta,
+                &theta,
                 tag,
             )
             .await;
             self.mail.set_timeout(usual);
             self.outer = Some(state);
             match reduced {
-                Ok(()) => {
-                    for (name, t) in unflatten(&self.names, &theta, &self.shapes, &self.device)? {
-                        self.params.set(&name, &t)?;
-                    }
+                Ok(theta) => {
+                    set_flat_weights(&self.names, &self.params, &theta, &self.shapes)?;
                     return Ok(None);
                 }
                 Err(Error::Stalled { what, .. }) => {
@@ -1633,7 +1657,7 @@ async fn evaluate<T: Transport, C: Clock>(
         match next {
             Some(to) => {
                 let msg =
-                    Msg::Eval { step, row, index, hidden: mail.activation(&out)?, targets: mail.activation(&targets)? };
+                    Msg::Eval { step, row, index, hidden: mail.for_peer(&out)?, targets: mail.for_peer(&targets)? };
                 mail.send(to, &msg).await?;
             }
             None => losses.push(f64::from(stage.loss(&out, &targets)?.to_vec0::<f32>()?)),
@@ -1731,19 +1755,25 @@ async fn outer_round<T: Transport, C: Clock>(
     shapes: &BTreeMap<String, Vec<usize>>,
 ) -> Result<()> {
     let device = params.iter().next().map_or(Device::Cpu, |(_, v)| v.device().clone());
-    let mut theta = flatten(names, &params.snapshot(), shapes, &device)?;
+    let theta = flat_weights(names, params, shapes, &device)?;
     let row: Vec<PeerId> = (0..replicas).map(|q| ctx.peers[s * replicas + q]).collect();
-    run_outer_round(ctx, mail, state, round, &row, (s, r), step, &mut theta).await?;
-    for (name, t) in unflatten(names, &theta, shapes, &device)? {
-        params.set(&name, &t)?;
-    }
-    Ok(())
+    let theta = run_outer_round(ctx, mail, state, round, &row, (s, r), step, &theta).await?;
+    set_flat_weights(names, params, &theta, shapes)
 }
 
 /// Values of the `recovery` metric: a failed worker was brought back in place, or everyone rolled back.
 pub const REBUILT: f64 = 1.0;
 /// See [`REBUILT`].
 pub const ROLLBACK: f64 = 2.0;
+
+/// Where a stage's state goes as wire tensors ([`Worker::pack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    /// To a worker: resident tensors where the mailbox leaves them so.
+    Peer,
+    /// To a checkpoint file: bytes.
+    Storage,
+}
 
 /// Marks optimizer moments among a redundant copy's tensors.
 const MOMENT_PREFIX: &str = "adam:";

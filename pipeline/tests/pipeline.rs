@@ -429,24 +429,57 @@ fn a_successor_does_not_recover_from_a_worker_that_left() {
     assert!(events.contains("copied the weights and optimizer moments of replica 1"), "{events}");
 }
 
-/// Activations and gradients handed on as resident tensors (the default on the simulated network) train
-/// the same bits as when they travel as bytes, in the same virtual time, with the same bytes counted.
-#[test]
-fn resident_activations_train_as_bytes_do() -> Result<()> {
+/// Trains `spec` with tensors handed on resident and as bytes, and checks the two runs end on the same
+/// bits, in the same virtual time, with the same bytes counted; returns them (resident first).
+fn resident_and_bytes(spec: &PipelineSpec) -> Result<(pipeline::RunReport, pipeline::RunReport)> {
     let corpus = corpus();
     let run = |resident_tensors: bool| {
-        let s = PipelineSpec { resident_tensors, eval_every: 2, ..spec(2, 2, 4) };
+        let s = PipelineSpec { resident_tensors, ..spec.clone() };
         run_simulation(run_simulated(&s, corpus.clone()))
     };
     let (resident, bytes) = (run(true)??, run(false)??);
-    for (name, t) in &bytes.weights {
-        let (a, b) = (t.flatten_all()?.to_vec1::<f32>()?, resident.weights[name].flatten_all()?.to_vec1::<f32>()?);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} differs");
+    for (r, weights) in bytes.replica_weights.iter().enumerate() {
+        for (name, t) in weights {
+            let a = t.flatten_all()?.to_vec1::<f32>()?;
+            let b = resident.replica_weights[r][name].flatten_all()?.to_vec1::<f32>()?;
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "replica {r}: {name} differs");
+        }
     }
     assert_eq!(resident.virtual_time, bytes.virtual_time);
     assert_eq!(resident.bytes_sent, bytes.bytes_sent);
     assert!(bytes.bytes_sent > 0);
+    assert_eq!(bytes.resident_bytes, 0, "nothing stays on the device when tensors travel as bytes");
+    Ok((resident, bytes))
+}
+
+/// Activations and gradients handed on as resident tensors (the default on the simulated network) train
+/// the same bits as when they travel as bytes, in the same virtual time, with the same bytes counted.
+#[test]
+fn resident_activations_train_as_bytes_do() -> Result<()> {
+    let (resident, bytes) = resident_and_bytes(&PipelineSpec { eval_every: 2, ..spec(2, 2, 4) })?;
+    assert!(resident.resident_bytes > resident.bytes_sent / 2, "most bytes are tensors left on their device");
     assert_eq!(resident.metrics.series("val_loss").len(), bytes.metrics.series("val_loss").len());
     assert!(!resident.metrics.series("val_loss").is_empty(), "evaluation ran, so its messages went too");
+    Ok(())
+}
+
+/// A failed worker's state, sent by the worker that keeps a copy of it (weights and optimizer moments
+/// after every step), arrives resident too, and the recovery is the same bits as with bytes.
+#[test]
+fn recovery_copies_travel_resident_and_recover_as_bytes_do() -> Result<()> {
+    let base = PipelineSpec { recovery: std::sync::Arc::new(pipeline::Redundant), ..spec(2, 2, 6) };
+    let failing = PipelineSpec {
+        world: genrl::World { failures: pipeline::FailurePlan { failures: vec![(3, 2)] }, ..base.world.clone() },
+        ..base
+    };
+    let (resident, _) = resident_and_bytes(&failing)?;
+    let events = &resident.metrics.events;
+    assert!(events.iter().any(|e| e.kind == genrl::EventKind::Recovery && e.detail.contains("redundant copy")));
+    // What the copies add to the traffic is almost all elements left on their device (the rest: names,
+    // shapes and headers).
+    let plain = run_simulation(run_simulated(&spec(2, 2, 6), corpus()))??;
+    let (added, added_resident) =
+        (resident.bytes_sent - plain.bytes_sent, resident.resident_bytes - plain.resident_bytes);
+    assert!(added_resident as f64 > 0.95 * added as f64, "{added_resident} of {added}");
     Ok(())
 }

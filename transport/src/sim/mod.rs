@@ -53,6 +53,9 @@ pub struct LinkStats {
     pub sent_messages: u64,
     /// Bytes handed to the link.
     pub sent_bytes: u64,
+    /// Of `sent_bytes`, those of resident tensors: counted as if encoded, but handed over on their
+    /// device (see [`crate::resident`]).
+    pub resident_bytes: u64,
     /// Messages that reached the receiver's inbox.
     pub delivered_messages: u64,
     /// Bytes that reached the receiver's inbox.
@@ -69,6 +72,7 @@ impl LinkStats {
     fn add(&mut self, other: &Self) {
         self.sent_messages += other.sent_messages;
         self.sent_bytes += other.sent_bytes;
+        self.resident_bytes += other.resident_bytes;
         self.delivered_messages += other.delivered_messages;
         self.delivered_bytes += other.delivered_bytes;
         self.lost_messages += other.lost_messages;
@@ -728,6 +732,7 @@ impl SimEndpoint {
         let link = inner.links.entry((from, to_slot)).or_default();
         link.stats.sent_messages += 1;
         link.stats.sent_bytes += bytes as u64;
+        link.stats.resident_bytes += extra;
         if partitioned {
             link.stats.partitioned_messages += 1;
             return Ok(());
