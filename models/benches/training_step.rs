@@ -17,6 +17,14 @@
 //! cargo bench -p models --bench training_step -- small        # one preset
 //! SWARMLAB_TORCH_PYTHON=/path/to/venv/bin/python cargo bench -p models --bench training_step
 //! ```
+//!
+//! `--profile PRESET native|repops|tape [STEPS]` takes one contender's steps alone (200 by default, after
+//! three to warm up) and prints their median: a workload for a sampling profiler, e.g.
+//!
+//! ```sh
+//! cargo bench -p models --bench training_step --no-run      # prints the binary's path
+//! perf record -g -- target/release/deps/training_step-<hash> --profile small repops 300
+//! ```
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -247,6 +255,28 @@ fn bench(preset: &str, torch: &mut Option<PyTorch>) {
     }
 }
 
+/// One contender's steps alone, for a profiler: `[preset, native|repops|tape, steps?]`.
+fn profile(args: &[&str]) -> Result<(), String> {
+    let preset = *args.first().ok_or("no preset")?;
+    ModelConfig::preset(preset).map_err(|e| e.to_string())?;
+    let contender = args.get(1).copied().unwrap_or_default();
+    let (backend, tape) = match contender {
+        "native" => (Backend::Native, false),
+        "repops" => (Backend::RepOps, false),
+        "tape" => (Backend::RepOps, true),
+        other => return Err(format!("{other:?} is not a contender (native, repops or tape)")),
+    };
+    let steps = match args.get(2) {
+        Some(n) => n.parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("{n:?} is not a number of steps"))?,
+        None => 200,
+    };
+    let mut run = Run::new(preset, backend, tape);
+    run.timed_steps(3);
+    let times = run.timed_steps(steps);
+    println!("{preset} {contender}: {steps} steps, median {:.2} ms", quantile(&times, 0.5) * 1e3);
+    Ok(())
+}
+
 #[allow(unsafe_code)] // sets the element-wise pool's size before any thread starts
 fn main() {
     // As `swarmlab` runs: candle's element-wise ops on the calling thread (its own pool would spin beside
@@ -261,8 +291,17 @@ fn main() {
     if std::env::var_os("SWARMLAB_BENCH_OUTSIDE_POOL").is_none() {
         repops::threads::work_on_this_thread(0);
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|a| a == "--profile") {
+        let rest: Vec<&str> = args[at + 1..].iter().map(String::as_str).filter(|a| !a.starts_with("--")).collect();
+        if let Err(e) = profile(&rest) {
+            eprintln!("{e}\nusage: training_step --profile PRESET native|repops|tape [STEPS]");
+            std::process::exit(2);
+        }
+        return;
+    }
     // `cargo bench` passes `--bench`; a filter argument picks presets.
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let filter: Vec<String> = args.into_iter().filter(|a| !a.starts_with("--")).collect();
     let mut torch = match std::env::var("SWARMLAB_TORCH_PYTHON") {
         Ok(python) => PyTorch::start(&python).map_err(|e| eprintln!("{e}; going on without PyTorch")).ok(),
         Err(_) => None,
