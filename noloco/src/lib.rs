@@ -20,14 +20,14 @@
 //! | [`groups`] | [`gossip_groups`]: the shared-seed partition of the replicas into groups |
 //! | [`routing`] | [`RandomRouter`]: random pipeline routing |
 //! | [`scale`] | synchronisation latency and bytes vs swarm size on internet-like links |
-//! | `update` | the outer steps' element-wise updates: one fused pass on the CPU, tensor ops on a device |
+//! | [`update`] | the outer steps' element-wise updates: one fused pass on the CPU, tensor ops on a device |
 
 pub mod diloco;
 pub mod gossip;
 pub mod groups;
 pub mod routing;
 pub mod scale;
-mod update;
+pub mod update;
 
 pub use diloco::DiLoCo;
 pub use gossip::NoLoCo;

@@ -2,7 +2,8 @@
 //! where the state lies: on CPU tensors as one fused pass over the elements (each value read once, each
 //! result written once), on any other device as one tensor op per term, the state never leaving it.
 //! Both evaluate the same IEEE operations in the same order, so they give the same bits (a test checks
-//! it on the CPU).
+//! it on the CPU). A new outer protocol writes its step the same way: a [`Formula`] from its state and
+//! the group's mean to the new state, run by [`apply`].
 
 use candle_core::{DType, Device, Storage, Tensor};
 use pipeline::collective::Summand;
@@ -10,7 +11,7 @@ use pipeline::{Error, Result};
 
 /// What a formula computes with: one f32 (which cannot fail), or a flat f32 tensor (one op per term,
 /// element by element).
-pub(crate) trait Value: Sized {
+pub trait Value: Sized {
     /// Why an operation failed.
     type Error;
     /// `self + other`.
@@ -58,14 +59,14 @@ impl Value for Tensor {
 }
 
 /// An element-wise update from `I` input vectors to `O` output vectors.
-pub(crate) trait Formula<const I: usize, const O: usize> {
+pub trait Formula<const I: usize, const O: usize> {
     /// The outputs from the inputs, for one element or for whole tensors alike.
     fn eval<V: Value>(&self, inputs: [&V; I]) -> std::result::Result<[V; O], V::Error>;
 }
 
 /// Where [`apply`] evaluates a formula.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Path {
+pub enum Path {
     /// One fused pass over host elements when the tensors are on the CPU, tensor ops elsewhere.
     Auto,
     /// Tensor ops wherever the tensors are (what every device other than the CPU runs).
@@ -74,7 +75,7 @@ pub(crate) enum Path {
 
 /// `formula` applied to `inputs` (flat f32 tensors of one length, on one device); the outputs are new
 /// tensors there.
-pub(crate) fn apply<const I: usize, const O: usize>(
+pub fn apply<const I: usize, const O: usize>(
     formula: &impl Formula<I, O>,
     inputs: [&Tensor; I],
     path: Path,
@@ -112,7 +113,7 @@ pub(crate) fn apply<const I: usize, const O: usize>(
 
 /// The Euclidean norm of a flat f32 tensor, its squares summed in f64: in order on the host for a CPU
 /// tensor, by the device's reduction elsewhere.
-pub(crate) fn norm(t: &Tensor) -> Result<f64> {
+pub fn norm(t: &Tensor) -> Result<f64> {
     let sum = if t.device().is_cpu() {
         with_host([t], |[x]| x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>())?
     } else {
