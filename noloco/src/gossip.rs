@@ -155,8 +155,8 @@ impl NoLoCoState {
 
     /// The Euclidean norm of the `θ − φ` part of a contribution.
     fn update_norm(&self, contribution: &Tensor) -> Result<f64, String> {
-        let part = self.update_part(contribution).map_err(|e| e.to_string());
-        part.and_then(|p| norm(&p).map_err(|e| e.to_string())).map_err(|e| format!("its norm could not be taken: {e}"))
+        let norm = self.update_part(contribution).map_err(pipeline::Error::from).and_then(|part| norm(&part));
+        norm.map_err(|e| format!("its norm could not be taken: {e}"))
     }
 }
 
