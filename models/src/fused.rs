@@ -68,8 +68,9 @@ fn f32s<'a>(op: &'static str, s: &'a CpuStorage, layout: &Layout) -> candle_core
     }
 }
 
-/// Runs `f` on the contiguous f32 elements of each CPU tensor of `ts` (made contiguous first if needed).
-fn with_host<const N: usize, R>(
+/// Runs `f` on the contiguous f32 elements of each CPU tensor of `ts` (made contiguous first if needed);
+/// `op` names the caller in errors (a tensor of another dtype, or not on the CPU).
+pub fn with_host<const N: usize, R>(
     op: &'static str,
     ts: [&Tensor; N],
     f: impl FnOnce([&[f32]; N]) -> candle_core::Result<R>,
@@ -80,7 +81,7 @@ fn with_host<const N: usize, R>(
     for (guard, layout) in &guards {
         match &**guard {
             Storage::Cpu(s) => slices.push(f32s(op, s, layout)?),
-            _ => return Err(wrap(op, "a fused op runs on CPU tensors only")),
+            _ => return Err(wrap(op, "runs on CPU tensors only")),
         }
     }
     let slices: [&[f32]; N] = slices.try_into().map_err(|_| wrap(op, "tensor count"))?;

@@ -45,6 +45,7 @@ pub use backend::Backend;
 pub use config::{ModelConfig, Precision, RopeScaling};
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
+pub use fused::with_host;
 pub use kv_cache::KvCache;
 pub use llama::{Llama, Params, Stage, StageInput, StageSpec, split_layers, split_layers_with_edges};
 pub use optim::{AdamW, OptimConfig, StepStats};

@@ -186,6 +186,11 @@ pub(crate) mod tests {
         t.to_vec1().expect("values")
     }
 
+    /// The bit patterns of `values`, to compare exactly (−0 and +0 apart).
+    pub(crate) fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|f| f.to_bits()).collect()
+    }
+
     /// Values that exercise rounding: signs, zeros of both signs, magnitudes far apart.
     pub(crate) fn awkward(n: usize, seed: u32) -> Vec<f32> {
         let magnitudes = [1e-6f32, 1e-3, 0.1, 1.0, 30.0];
@@ -221,7 +226,6 @@ pub(crate) mod tests {
                     vel[i] = 0.9 * vel[i] + delta[i];
                     phi[i] -= 0.7 * if nesterov { delta[i] + 0.9 * vel[i] } else { vel[i] };
                 }
-                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&next), bits(&phi), "nesterov {nesterov}, round {round}: φ");
                 assert_eq!(bits(&v(&state.velocity)), bits(&vel), "nesterov {nesterov}, round {round}: v");
                 assert_eq!((bits(&v(&ops_phi)), bits(&v(&ops_v))), (bits(&phi), bits(&vel)), "tensor ops");

@@ -203,7 +203,7 @@ impl OuterState for NoLoCoState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diloco::tests::{awkward, t, v};
+    use crate::diloco::tests::{awkward, bits, t, v};
 
     fn mean(vs: &[Vec<f32>]) -> Vec<f32> {
         (0..vs[0].len()).map(|i| vs.iter().map(|v| v[i]).sum::<f32>() / vs.len() as f32).collect()
@@ -211,7 +211,6 @@ mod tests {
 
     #[test]
     fn the_tensor_step_is_the_host_equation_bit_for_bit() {
-        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         for pull in [true, false] {
             let cfg = NoLoCo { outer_lr: 0.7, momentum: 0.5, pull, ..NoLoCo::default() };
             let (phi0, theta) = (awkward(300, 3), awkward(300, 4));

@@ -5,7 +5,8 @@
 //! it on the CPU). A new outer protocol writes its step the same way: a [`Formula`] from its state and
 //! the group's mean to the new state, run by [`apply`].
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
+use models::with_host;
 use pipeline::collective::Summand;
 use pipeline::{Error, Result};
 
@@ -92,7 +93,7 @@ pub fn apply<const I: usize, const O: usize>(
     if path == Path::TensorOps || !inputs.iter().all(|t| t.device().is_cpu()) {
         return formula.eval(inputs);
     }
-    let outputs = with_host(inputs, |slices| {
+    let outputs = with_host("outer state", inputs, |slices| {
         let slices: [&[f32]; I] = std::array::from_fn(|k| &slices[k][..n]);
         let mut outputs: [Vec<f32>; O] = std::array::from_fn(|_| vec![0f32; n]);
         for i in 0..n {
@@ -102,7 +103,7 @@ pub fn apply<const I: usize, const O: usize>(
                 out[i] = y;
             }
         }
-        outputs
+        Ok(outputs)
     })?;
     let mut tensors = Vec::with_capacity(O);
     for values in outputs {
@@ -115,32 +116,17 @@ pub fn apply<const I: usize, const O: usize>(
 /// tensor, by the device's reduction elsewhere.
 pub fn norm(t: &Tensor) -> Result<f64> {
     let sum = if t.device().is_cpu() {
-        with_host([t], |[x]| x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>())?
+        with_host("outer state norm", [t], |[x]| Ok(x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>()))?
     } else {
         t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
     };
     Ok(sum.sqrt())
 }
 
-/// `f` of the contiguous host elements of CPU tensors (made contiguous first if need be).
-fn with_host<const I: usize, R>(inputs: [&Tensor; I], f: impl FnOnce([&[f32]; I]) -> R) -> Result<R> {
-    let contiguous: Vec<Tensor> = inputs.iter().map(|t| t.contiguous()).collect::<candle_core::Result<_>>()?;
-    let guards: Vec<_> = contiguous.iter().map(Tensor::storage_and_layout).collect();
-    let mut slices: Vec<&[f32]> = Vec::with_capacity(I);
-    for (guard, layout) in &guards {
-        let (Storage::Cpu(storage), Some((start, end))) = (&**guard, layout.contiguous_offsets()) else {
-            return Err(Error::config("outer state", "a CPU tensor without contiguous host elements"));
-        };
-        slices.push(&storage.as_slice::<f32>()?[start..end]);
-    }
-    let slices: [&[f32]; I] = slices.try_into().map_err(|_| Error::config("outer state", "input count"))?;
-    Ok(f(slices))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diloco::tests::{awkward, t, v};
+    use crate::diloco::tests::{awkward, bits, t, v};
 
     /// `y = 0.3·a − (b + a)`, `z = 2·b` (every operation of [`Value`]).
     struct Mixed;
@@ -157,8 +143,7 @@ mod tests {
         let fused = apply(&Mixed, [&a, &b], Path::Auto).expect("fused");
         let ops = apply(&Mixed, [&a, &b], Path::TensorOps).expect("ops");
         for (x, y) in fused.iter().zip(&ops) {
-            let bits = |t: &Tensor| v(t).iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(x), bits(y));
+            assert_eq!(bits(&v(x)), bits(&v(y)));
         }
         let (av, bv) = (v(&a), v(&b));
         assert_eq!(v(&fused[0])[7].to_bits(), (0.3 * av[7] - (bv[7] + av[7])).to_bits());
