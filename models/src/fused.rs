@@ -28,8 +28,8 @@ macro_rules! at_level {
             fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            if $level == SimdLevel::Avx2Fma {
-                // SAFETY: the level is Avx2Fma only on a CPU with AVX2 and FMA (`repops::simd::detected`).
+            if $level.has_avx2_fma() {
+                // SAFETY: a level above Scalar is only in use on a CPU with AVX2 and FMA (`repops::simd::detected`).
                 #[allow(unsafe_code)]
                 unsafe {
                     with_avx2(
@@ -404,12 +404,54 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// `a · b` for `a` m×k and `b` k×n (any strides), row-major m×n: the `gemm` crate's kernels (the ones
-/// candle's own matrix product runs), on rayon's pool when the product is large enough to share. The
-/// result is written straight into fresh memory (no zero-filling first).
-#[allow(unsafe_code)] // one call into `gemm` with pointers whose extents are checked first
-fn gemm((m, k, n): (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Vec<f32> {
+impl Operand<'_> {
+    /// For a `rows × cols` matrix stored densely, row-major or transposed (its transpose row-major):
+    /// whether it is transposed. `None` for any other layout.
+    fn transposed(&self, rows: usize, cols: usize) -> Option<bool> {
+        match (self.row_stride, self.col_stride) {
+            (r, 1) if r == cols => Some(false),
+            (1, c) if c == rows => Some(true),
+            _ => None,
+        }
+    }
+}
+
+/// `a · b` for `a` m×k and `b` k×n (any strides), row-major m×n, on rayon's pool when the product is
+/// large enough to share.
+///
+/// On a CPU with AVX-512, and dense operands, repops' product kernel runs it
+/// ([`repops::kernels::matmul::product`]): sixteen lanes wide, it is faster there than the `gemm`
+/// crate's kernels, whose AVX-512 paths need a nightly compiler. Elsewhere, the `gemm` crate's kernels
+/// (the ones candle's own matrix product runs), writing straight into fresh memory (no zero-filling
+/// first).
+fn gemm(dims @ (m, k, n): (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Vec<f32> {
     assert!(a.covers(m, k) && b.covers(k, n), "gemm operands too small");
+    let level = simd::current();
+    if level == SimdLevel::Avx512
+        && let Some(c) = repops_product(dims, a, b, level)
+    {
+        return c;
+    }
+    gemm_crate(dims, a, b)
+}
+
+/// [`gemm`] by repops' product kernel at `level`, if both operands are dense (row-major or transposed).
+fn repops_product(
+    (m, k, n): (usize, usize, usize),
+    a: Operand<'_>,
+    b: Operand<'_>,
+    level: SimdLevel,
+) -> Option<Vec<f32>> {
+    let (transpose_a, transpose_b) = (a.transposed(m, k)?, b.transposed(k, n)?);
+    let mut c = vec![0f32; m * n];
+    let form = repops::kernels::matmul::Form { m, k, n, transpose_a, transpose_b };
+    repops::kernels::matmul::product(a.data, b.data, &mut c, form, level);
+    Some(c)
+}
+
+/// [`gemm`] by the `gemm` crate.
+#[allow(unsafe_code)] // one call into `gemm` with pointers whose extents are checked first
+fn gemm_crate((m, k, n): (usize, usize, usize), a: Operand<'_>, b: Operand<'_>) -> Vec<f32> {
     let mut c = Vec::<f32>::with_capacity(m * n);
     if m == 0 || n == 0 {
         return c;
@@ -544,6 +586,36 @@ mod tests {
         assert!(e.unwrap_or_default().contains("fused-attention"));
         assert!(rms_norm(&x, &Tensor::ones(3, candle_core::DType::F32, &dev)?, 1e-5).is_err());
         Ok(())
+    }
+
+    /// Both routes of the linear layers' product (repops' kernel, the `gemm` crate's) agree on every
+    /// layout the layers use, at the best level this CPU has; strided operands are left to `gemm`.
+    #[test]
+    fn the_product_routes_agree_on_every_dense_layout() {
+        let level = simd::current();
+        for (m, k, n) in [(1, 1, 1), (7, 5, 3), (37, 70, 45), (13, 0, 4)] {
+            let data = |len: usize, seed: usize| -> Vec<f32> {
+                (0..len).map(|i| ((i * 7919 + seed * 104_729) % 1999) as f32 / 999.0 - 1.0).collect()
+            };
+            let (a, b) = (data(m * k, 1), data(k * n, 2));
+            for (a_op, b_op) in [
+                (Operand::rows(&a, k), Operand::rows(&b, n)),
+                (Operand::columns(&a, m), Operand::rows(&b, n)),
+                (Operand::rows(&a, k), Operand::columns(&b, k)),
+                (Operand::columns(&a, m), Operand::columns(&b, k)),
+            ] {
+                let by_gemm = gemm_crate((m, k, n), a_op, b_op);
+                let by_repops = repops_product((m, k, n), a_op, b_op, level).expect("dense operands");
+                assert_eq!(by_gemm.len(), m * n);
+                let worst = by_gemm.iter().zip(&by_repops).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                assert!(worst <= 1e-5 * (k as f32 + 1.0), "{m}x{k}x{n}: {worst}");
+                assert_eq!(gemm((m, k, n), a_op, b_op), if level == SimdLevel::Avx512 { by_repops } else { by_gemm });
+            }
+        }
+        // Every other row of a 4 × 3 matrix: not dense.
+        let tall = vec![1f32; 8 * 3];
+        let strided = Operand { data: &tall, row_stride: 6, col_stride: 1 };
+        assert!(repops_product((4, 3, 2), strided, Operand::rows(&tall, 2), level).is_none());
     }
 
     #[test]

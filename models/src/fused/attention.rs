@@ -12,7 +12,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
-use repops::simd::{self, SimdLevel};
+use repops::simd;
 
 use super::{f32s, host_tensor, with_host, wrap};
 use crate::error::Result;

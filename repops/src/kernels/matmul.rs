@@ -3,11 +3,11 @@
 //! `C = A · B` with `A` m×k, `B` k×n, all row-major and contiguous, is *defined* as
 //! `C[i][j] = fma(A[i][k-1], B[k-1][j], … fma(A[i][1], B[1][j], fma(A[i][0], B[0][j], 0.0)))`:
 //! one fused multiply-add per term, in increasing `k`, starting from +0. Every path computes exactly that.
-//! The AVX2 path is a register-blocked kernel (6 rows × 16 columns of accumulators, `B` packed into
-//! 16-column panels, `k` split into cache-sized blocks whose partial sums are stored and reloaded — which
-//! continues the same sequence; a transposed `A` read where it is stored); threads split the rows (or,
-//! in a batch, the products), never a sum. So the bits do not depend on the thread count, the tiling or
-//! the instruction set.
+//! The AVX2 and AVX-512 paths are register-blocked kernels (tiles of 6 rows × 16 columns and 12 rows × 32
+//! columns of accumulators, `B` packed into panels as wide as a tile, `k` split into cache-sized blocks
+//! whose partial sums are stored and reloaded — which continues the same sequence; a transposed `A` read
+//! where it is stored); threads split the rows (or, in a batch, the products), never a sum. So the bits
+//! do not depend on the thread count, the tiling or the instruction set.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::simd::SimdLevel;
 
-/// Rows of `C` in one block of the split between threads: the AVX2 kernel's rows.
+/// Rows of `C` in one block of the split between threads where no kernel's tile sets it.
 const ROW_BLOCK: usize = 6;
 
 /// Tasks per thread when a product's rows are split: equal tasks of whole row blocks, a few per thread
@@ -54,7 +54,7 @@ pub fn product(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel
 }
 
 /// [`product`] split among `threads` threads (1: on this thread alone).
-#[allow(unsafe_code)] // calls the AVX2 kernels after checking the CPU supports them
+#[allow(unsafe_code)] // calls the AVX2 and AVX-512 kernels after checking the CPU supports them
 fn product_on(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel, threads: usize) {
     let Form { m, k, n, transpose_a, transpose_b } = form;
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "matmul buffer too small");
@@ -67,19 +67,29 @@ fn product_on(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel,
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx2Fma {
+    if level.has_avx2_fma() {
+        use x86::{Strides, avx2, avx512};
         // Packing reads `B` either way round at the same cost, and the kernel reads `A` where it is
         // stored: element (i, p) at `i·rows + p·columns`.
-        let strides =
-            if transpose_a { avx2::Strides { rows: 1, columns: m } } else { avx2::Strides { rows: k, columns: 1 } };
+        let strides = if transpose_a { Strides { rows: 1, columns: m } } else { Strides { rows: k, columns: 1 } };
         let a = &a[..m * k];
         with_scratch(|scratch| {
-            let packed = avx2::pack_b(b, k, n, transpose_b, scratch, threads);
-            for_row_tasks(c, m, k, n, threads, |row0, c_rows| {
-                let rows = c_rows.len() / n;
-                // SAFETY: the level is only Avx2Fma when the CPU has AVX2 and FMA; `a` holds every row.
-                unsafe { avx2::rows(&a[row0 * strides.rows..], strides, packed, c_rows, rows, k, n) };
-            });
+            if level == SimdLevel::Avx512 {
+                let packed = x86::pack_b::<{ avx512::NR }>(b, k, n, transpose_b, scratch, threads);
+                for_row_tasks(c, (m, k, n), avx512::MR, threads, |row0, c_rows| {
+                    let rows = c_rows.len() / n;
+                    // SAFETY: the level is only Avx512 when the CPU has AVX-512F; `a` holds every row.
+                    unsafe { avx512::rows(&a[row0 * strides.rows..], strides, packed, c_rows, rows, k, n) };
+                });
+            } else {
+                let packed = x86::pack_b::<{ avx2::NR }>(b, k, n, transpose_b, scratch, threads);
+                for_row_tasks(c, (m, k, n), avx2::MR, threads, |row0, c_rows| {
+                    let rows = c_rows.len() / n;
+                    // SAFETY: a level above Scalar is only in use when the CPU has AVX2 and FMA; `a`
+                    // holds every row.
+                    unsafe { avx2::rows(&a[row0 * strides.rows..], strides, packed, c_rows, rows, k, n) };
+                });
+            }
         });
         return;
     }
@@ -87,7 +97,7 @@ fn product_on(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel,
     // The scalar path reads `A` row by row: a transposed `A` is turned first (an exact copy).
     let a: Cow<'_, [f32]> = if transpose_a { Cow::Owned(transpose(&a[..k * m], k, m)) } else { Cow::Borrowed(a) };
     let b: Cow<'_, [f32]> = if transpose_b { Cow::Owned(transpose(&b[..n * k], n, k)) } else { Cow::Borrowed(b) };
-    for_row_tasks(c, m, k, n, threads, |row0, c_rows| {
+    for_row_tasks(c, (m, k, n), ROW_BLOCK, threads, |row0, c_rows| {
         for (r, c_row) in c_rows.chunks_exact_mut(n).enumerate() {
             scalar_row(&a[(row0 + r) * k..(row0 + r + 1) * k], &b, c_row, n);
         }
@@ -95,10 +105,17 @@ fn product_on(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel,
 }
 
 /// Runs `f(first_row, rows_of_c)` over `c`'s m rows (of n columns, each k multiply-adds) split into
-/// equal tasks of whole [`ROW_BLOCK`]s — about [`TASKS_PER_THREAD`] per thread, sizes differing by at
-/// most one block, none under [`MIN_TASK_WORK`] — in parallel when there is more than one.
-fn for_row_tasks(c: &mut [f32], m: usize, k: usize, n: usize, threads: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let blocks = m.div_ceil(ROW_BLOCK);
+/// equal tasks of whole blocks of `block` rows (a kernel's tile) — about [`TASKS_PER_THREAD`] per
+/// thread, sizes differing by at most one block, none under [`MIN_TASK_WORK`] — in parallel when there
+/// is more than one.
+fn for_row_tasks(
+    c: &mut [f32],
+    (m, k, n): (usize, usize, usize),
+    block: usize,
+    threads: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let blocks = m.div_ceil(block);
     let by_work = (m * k * n / MIN_TASK_WORK).max(1);
     let tasks = (threads * TASKS_PER_THREAD).min(blocks).min(by_work);
     if tasks <= 1 {
@@ -108,7 +125,7 @@ fn for_row_tasks(c: &mut [f32], m: usize, k: usize, n: usize, threads: usize, f:
     let mut pieces = Vec::with_capacity(tasks);
     let (mut rest, mut row0) = (c, 0);
     for t in 1..=tasks {
-        let end = (t * blocks / tasks * ROW_BLOCK).min(m);
+        let end = (t * blocks / tasks * block).min(m);
         let (piece, tail) = rest.split_at_mut((end - row0) * n);
         pieces.push((row0, piece));
         (rest, row0) = (tail, end);
@@ -195,17 +212,18 @@ pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-mod avx2 {
-    use std::arch::x86_64::*;
+mod x86 {
+    //! Register-blocked kernels: `B` packed into panels of `NR` columns, `C` computed in tiles of up to
+    //! `MR` rows × `NR` columns held in registers, `k` split into blocks of [`KC`] whose partial sums are
+    //! stored and reloaded (which continues each element's chain of multiply-adds where it stopped).
 
     use rayon::prelude::*;
 
-    /// Columns per packed panel (two 8-lane registers).
-    pub(super) const NR: usize = 16;
-    /// Rows per kernel call.
-    const MR: usize = 6;
     /// Depth of one cache block of `k`.
     const KC: usize = 256;
+
+    /// Floats of `B` below which packing stays on one thread.
+    const PARALLEL_PACK: usize = 1 << 16;
 
     /// Where `A`'s elements are: element (i, p) at `i·rows + p·columns` (`(k, 1)` for a row-major
     /// m×k `A`, `(1, m)` for one stored transposed).
@@ -215,13 +233,10 @@ mod avx2 {
         pub(super) columns: usize,
     }
 
-    /// Floats of `B` below which packing stays on one thread.
-    const PARALLEL_PACK: usize = 1 << 16;
-
-    /// `B` (k×n, or n×k stored `transposed`) as ceil(n/16) panels, each k rows of 16 columns,
+    /// `B` (k×n, or n×k stored `transposed`) as ceil(n/NR) panels, each k rows of `NR` columns,
     /// zero-padded on the right; in `scratch`, whose first elements it returns. Panels are packed on
     /// up to `threads` threads.
-    pub(super) fn pack_b<'s>(
+    pub(super) fn pack_b<'s, const NR: usize>(
         b: &[f32],
         k: usize,
         n: usize,
@@ -236,9 +251,9 @@ mod avx2 {
         let packed = &mut scratch[..len];
         let panel = |(jp, panel): (usize, &mut [f32])| {
             if transposed {
-                pack_panel_transposed(b, k, n, jp * NR, panel)
+                pack_panel_transposed::<NR>(b, k, n, jp * NR, panel)
             } else {
-                pack_panel(b, k, n, jp * NR, panel)
+                pack_panel::<NR>(b, k, n, jp * NR, panel)
             }
         };
         if threads > 1 && k * n >= PARALLEL_PACK {
@@ -249,13 +264,13 @@ mod avx2 {
         packed
     }
 
-    /// Columns `j0..j0 + 16` of a k×n `B` (zeros past n) into `panel`, row by row.
-    fn pack_panel(b: &[f32], k: usize, n: usize, j0: usize, panel: &mut [f32]) {
+    /// Columns `j0..j0 + NR` of a k×n `B` (zeros past n) into `panel`, row by row.
+    fn pack_panel<const NR: usize>(b: &[f32], k: usize, n: usize, j0: usize, panel: &mut [f32]) {
         let w = NR.min(n - j0);
         for (p, out) in panel.chunks_exact_mut(NR).enumerate().take(k) {
             let row = &b[p * n + j0..p * n + j0 + w];
             if let (Ok(out), Ok(row)) = (<&mut [f32; NR]>::try_from(&mut *out), <&[f32; NR]>::try_from(row)) {
-                // A copy of a known 16 floats is two vector moves, not a call to memcpy.
+                // A copy of a known number of floats is a few vector moves, not a call to memcpy.
                 *out = *row;
             } else {
                 out[..w].copy_from_slice(row);
@@ -264,9 +279,9 @@ mod avx2 {
         }
     }
 
-    /// [`pack_panel`] for `B` stored transposed (n×k): panel row p is element p of rows `j0..j0 + 16`.
-    /// Taken in squares of 16 × 16, which stay in the L1 cache while they are turned.
-    fn pack_panel_transposed(bt: &[f32], k: usize, n: usize, j0: usize, panel: &mut [f32]) {
+    /// [`pack_panel`] for `B` stored transposed (n×k): panel row p is element p of rows `j0..j0 + NR`.
+    /// Taken in squares of NR × NR, which stay in the L1 cache while they are turned.
+    fn pack_panel_transposed<const NR: usize>(bt: &[f32], k: usize, n: usize, j0: usize, panel: &mut [f32]) {
         let w = NR.min(n - j0);
         for p0 in (0..k).step_by(NR) {
             let depth = NR.min(k - p0);
@@ -283,9 +298,26 @@ mod avx2 {
         }
     }
 
-    /// Rows `a` (rows×k, laid out as `strides` say) times packed `B`, into `c` (rows×n).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows(
+    /// One tile's work, as a kernel is called for it: up to `MR` rows of `A` from the tile's first row
+    /// and the block's first `p`, the panel's rows of the block, the block's depth, `C` from the tile's
+    /// first element, `C`'s row stride, the tile's columns, and whether the block is the first (the sums
+    /// start at +0 rather than from `C`).
+    struct Tile<'a> {
+        a: &'a [f32],
+        panel: &'a [f32],
+        kc: usize,
+        c: &'a mut [f32],
+        ldc: usize,
+        cols: usize,
+        first: bool,
+    }
+
+    /// Rows `a` (rows×k, laid out as `strides` say) times packed `B` (panels of `NR`), into `c` (rows×n),
+    /// calling `tile(rows_in_tile, …)` for each tile of up to `MR` rows: for each block of `k`, for each
+    /// panel, down the rows.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn sweep<const NR: usize, const MR: usize>(
         a: &[f32],
         strides: Strides,
         packed: &[f32],
@@ -293,6 +325,7 @@ mod avx2 {
         rows: usize,
         k: usize,
         n: usize,
+        mut tile: impl FnMut(usize, Strides, Tile<'_>),
     ) {
         let panels = n.div_ceil(NR);
         let mut p0 = 0;
@@ -300,26 +333,20 @@ mod avx2 {
             let kc = KC.min(k - p0);
             for jp in 0..panels {
                 let j0 = jp * NR;
-                let cols = NR.min(n - j0);
                 let panel = &packed[jp * k * NR + p0 * NR..jp * k * NR + (p0 + kc) * NR];
                 let mut r0 = 0;
                 while r0 < rows {
                     let mr = MR.min(rows - r0);
-                    let a_block = &a[r0 * strides.rows + p0 * strides.columns..];
-                    let c_block = &mut c[r0 * n + j0..];
-                    let first = p0 == 0;
-                    // SAFETY: CPU features as for this function; the kernels stay within the slices
-                    // (mr rows and kc columns of a from p0, kc packed rows, mr rows of c with stride n).
-                    unsafe {
-                        match mr {
-                            6 => kernel::<6>(a_block, strides, panel, kc, c_block, n, cols, first),
-                            5 => kernel::<5>(a_block, strides, panel, kc, c_block, n, cols, first),
-                            4 => kernel::<4>(a_block, strides, panel, kc, c_block, n, cols, first),
-                            3 => kernel::<3>(a_block, strides, panel, kc, c_block, n, cols, first),
-                            2 => kernel::<2>(a_block, strides, panel, kc, c_block, n, cols, first),
-                            _ => kernel::<1>(a_block, strides, panel, kc, c_block, n, cols, first),
-                        }
-                    }
+                    let t = Tile {
+                        a: &a[r0 * strides.rows + p0 * strides.columns..],
+                        panel,
+                        kc,
+                        c: &mut c[r0 * n + j0..],
+                        ldc: n,
+                        cols: NR.min(n - j0),
+                        first: p0 == 0,
+                    };
+                    tile(mr, strides, t);
                     r0 += mr;
                 }
             }
@@ -327,73 +354,192 @@ mod avx2 {
         }
     }
 
-    /// `R` rows × 16 columns of C, continuing their sums over `kc` more terms (or starting them).
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn kernel<const R: usize>(
-        a: &[f32],
-        strides: Strides,
-        panel: &[f32],
-        kc: usize,
-        c: &mut [f32],
-        ldc: usize,
-        cols: usize,
-        first: bool,
-    ) {
-        let mut lo = [_mm256_setzero_ps(); R];
-        let mut hi = [_mm256_setzero_ps(); R];
-        let full = cols == NR;
-        assert!(c.len() >= (R - 1) * ldc + cols);
-        if !first && full {
-            for r in 0..R {
-                // SAFETY: row r's 16 elements are inside `c` (the assert above).
-                unsafe {
-                    lo[r] = _mm256_loadu_ps(c.as_ptr().add(r * ldc));
-                    hi[r] = _mm256_loadu_ps(c.as_ptr().add(r * ldc + 8));
+    /// Calls `$kernel::<R>($strides, $tile)` for `R = $rows`, one of the listed counts (the last listed
+    /// also takes any other).
+    macro_rules! with_rows {
+        ($kernel:ident, $rows:expr, $strides:expr, $tile:expr; $($r:literal),+; $last:literal) => {
+            match $rows {
+                $($r => $kernel::<$r>($strides, $tile),)+
+                _ => $kernel::<$last>($strides, $tile),
+            }
+        };
+    }
+
+    /// Eight-lane kernels: tiles of 6 rows × 16 columns (12 accumulators).
+    pub(super) mod avx2 {
+        use std::arch::x86_64::*;
+
+        use super::{Strides, Tile};
+
+        /// Columns per packed panel (two 8-lane registers).
+        pub(in super::super) const NR: usize = 16;
+        /// Rows per tile.
+        pub(in super::super) const MR: usize = 6;
+
+        /// Rows `a` times `packed` (panels of [`NR`]) into `c`: see [`super::sweep`].
+        #[target_feature(enable = "avx2,fma")]
+        pub(in super::super) unsafe fn rows(
+            a: &[f32],
+            strides: Strides,
+            packed: &[f32],
+            c: &mut [f32],
+            rows: usize,
+            k: usize,
+            n: usize,
+        ) {
+            super::sweep::<NR, MR>(a, strides, packed, c, rows, k, n, |mr, strides, tile| {
+                // SAFETY: this function's CPU features; `sweep` hands each tile slices that hold its
+                // rows of `A` and `C` and its panel rows.
+                unsafe { with_rows!(kernel, mr, strides, tile; 6, 5, 4, 3, 2; 1) }
+            });
+        }
+
+        /// `R` rows × 16 columns of C, continuing their sums over `kc` more terms (or starting them).
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn kernel<const R: usize>(strides: Strides, t: Tile<'_>) {
+            let Tile { a, panel, kc, c, ldc, cols, first } = t;
+            let mut lo = [_mm256_setzero_ps(); R];
+            let mut hi = [_mm256_setzero_ps(); R];
+            let full = cols == NR;
+            assert!(c.len() >= (R - 1) * ldc + cols);
+            if !first && full {
+                for r in 0..R {
+                    // SAFETY: row r's 16 elements are inside `c` (the assert above).
+                    unsafe {
+                        lo[r] = _mm256_loadu_ps(c.as_ptr().add(r * ldc));
+                        hi[r] = _mm256_loadu_ps(c.as_ptr().add(r * ldc + 8));
+                    }
+                }
+            } else if !first {
+                for r in 0..R {
+                    let mut tile = [0f32; NR];
+                    tile[..cols].copy_from_slice(&c[r * ldc..r * ldc + cols]);
+                    // SAFETY: `tile` holds 16 f32s.
+                    unsafe {
+                        lo[r] = _mm256_loadu_ps(tile.as_ptr());
+                        hi[r] = _mm256_loadu_ps(tile.as_ptr().add(8));
+                    }
                 }
             }
-        } else if !first {
+            let Strides { rows: rs, columns: cs } = strides;
+            assert!(panel.len() >= kc * NR && a.len() > (R - 1) * rs + (kc - 1) * cs);
+            let (pp, ap) = (panel.as_ptr(), a.as_ptr());
+            for p in 0..kc {
+                // SAFETY: p < kc, and the assert above bounds both reads.
+                unsafe {
+                    let b0 = _mm256_loadu_ps(pp.add(p * NR));
+                    let b1 = _mm256_loadu_ps(pp.add(p * NR + 8));
+                    for r in 0..R {
+                        let av = _mm256_broadcast_ss(&*ap.add(r * rs + p * cs));
+                        lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
+                        hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+                    }
+                }
+            }
             for r in 0..R {
+                if full {
+                    // SAFETY: as for the loads.
+                    unsafe {
+                        _mm256_storeu_ps(c.as_mut_ptr().add(r * ldc), lo[r]);
+                        _mm256_storeu_ps(c.as_mut_ptr().add(r * ldc + 8), hi[r]);
+                    }
+                    continue;
+                }
                 let mut tile = [0f32; NR];
-                tile[..cols].copy_from_slice(&c[r * ldc..r * ldc + cols]);
                 // SAFETY: `tile` holds 16 f32s.
                 unsafe {
-                    lo[r] = _mm256_loadu_ps(tile.as_ptr());
-                    hi[r] = _mm256_loadu_ps(tile.as_ptr().add(8));
+                    _mm256_storeu_ps(tile.as_mut_ptr(), lo[r]);
+                    _mm256_storeu_ps(tile.as_mut_ptr().add(8), hi[r]);
                 }
+                c[r * ldc..r * ldc + cols].copy_from_slice(&tile[..cols]);
             }
         }
-        let Strides { rows: rs, columns: cs } = strides;
-        assert!(panel.len() >= kc * NR && a.len() > (R - 1) * rs + (kc - 1) * cs);
-        let (pp, ap) = (panel.as_ptr(), a.as_ptr());
-        for p in 0..kc {
-            // SAFETY: p < kc, and the assert above bounds both reads.
-            unsafe {
-                let b0 = _mm256_loadu_ps(pp.add(p * NR));
-                let b1 = _mm256_loadu_ps(pp.add(p * NR + 8));
+    }
+
+    /// Sixteen-lane kernels: tiles of 12 rows × 32 columns (24 of the 32 vector registers accumulate).
+    /// Each lane runs the same fused multiply-add chain as an AVX2 lane or the scalar definition.
+    pub(super) mod avx512 {
+        use std::arch::x86_64::*;
+
+        use super::{Strides, Tile};
+
+        /// Columns per packed panel (two 16-lane registers).
+        pub(in super::super) const NR: usize = 32;
+        /// Rows per tile.
+        pub(in super::super) const MR: usize = 12;
+
+        /// Rows `a` times `packed` (panels of [`NR`]) into `c`: see [`super::sweep`].
+        #[target_feature(enable = "avx512f")]
+        pub(in super::super) unsafe fn rows(
+            a: &[f32],
+            strides: Strides,
+            packed: &[f32],
+            c: &mut [f32],
+            rows: usize,
+            k: usize,
+            n: usize,
+        ) {
+            super::sweep::<NR, MR>(a, strides, packed, c, rows, k, n, |mr, strides, tile| {
+                // SAFETY: this function's CPU features; `sweep` hands each tile slices that hold its
+                // rows of `A` and `C` and its panel rows.
+                unsafe { with_rows!(kernel, mr, strides, tile; 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2; 1) }
+            });
+        }
+
+        /// The lanes of a 16-lane half of a tile row that hold columns of `C`, of `cols` from the row's
+        /// first column `from`.
+        fn lanes(cols: usize, from: usize) -> __mmask16 {
+            let live = cols.saturating_sub(from).min(16);
+            ((1u32 << live) - 1) as __mmask16
+        }
+
+        /// `R` rows × 32 columns of C, continuing their sums over `kc` more terms (or starting them).
+        /// Columns past `cols` are neither read nor written (masked loads and stores).
+        #[target_feature(enable = "avx512f")]
+        unsafe fn kernel<const R: usize>(strides: Strides, t: Tile<'_>) {
+            let Tile { a, panel, kc, c, ldc, cols, first } = t;
+            let mut lo = [_mm512_setzero_ps(); R];
+            let mut hi = [_mm512_setzero_ps(); R];
+            let (lo_lanes, hi_lanes) = (lanes(cols, 0), lanes(cols, 16));
+            // Whether the tile reaches into the second half (else that half is padding, never touched).
+            let two = cols > 16;
+            assert!(c.len() >= (R - 1) * ldc + cols);
+            if !first {
                 for r in 0..R {
-                    let av = _mm256_broadcast_ss(&*ap.add(r * rs + p * cs));
-                    lo[r] = _mm256_fmadd_ps(av, b0, lo[r]);
-                    hi[r] = _mm256_fmadd_ps(av, b1, hi[r]);
+                    // SAFETY: the masks enable only the row's `cols` elements, which are inside `c`
+                    // (the assert above); the second half's pointer is formed only when it has some.
+                    unsafe {
+                        lo[r] = _mm512_maskz_loadu_ps(lo_lanes, c.as_ptr().add(r * ldc));
+                        if two {
+                            hi[r] = _mm512_maskz_loadu_ps(hi_lanes, c.as_ptr().add(r * ldc + 16));
+                        }
+                    }
                 }
             }
-        }
-        for r in 0..R {
-            if full {
+            let Strides { rows: rs, columns: cs } = strides;
+            assert!(panel.len() >= kc * NR && a.len() > (R - 1) * rs + (kc - 1) * cs);
+            let (pp, ap) = (panel.as_ptr(), a.as_ptr());
+            for p in 0..kc {
+                // SAFETY: p < kc, and the assert above bounds both reads.
+                unsafe {
+                    let b0 = _mm512_loadu_ps(pp.add(p * NR));
+                    let b1 = _mm512_loadu_ps(pp.add(p * NR + 16));
+                    for r in 0..R {
+                        let av = _mm512_set1_ps(*ap.add(r * rs + p * cs));
+                        lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+                        hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+                    }
+                }
+            }
+            for r in 0..R {
                 // SAFETY: as for the loads.
                 unsafe {
-                    _mm256_storeu_ps(c.as_mut_ptr().add(r * ldc), lo[r]);
-                    _mm256_storeu_ps(c.as_mut_ptr().add(r * ldc + 8), hi[r]);
+                    _mm512_mask_storeu_ps(c.as_mut_ptr().add(r * ldc), lo_lanes, lo[r]);
+                    if two {
+                        _mm512_mask_storeu_ps(c.as_mut_ptr().add(r * ldc + 16), hi_lanes, hi[r]);
+                    }
                 }
-                continue;
             }
-            let mut tile = [0f32; NR];
-            // SAFETY: `tile` holds 16 f32s.
-            unsafe {
-                _mm256_storeu_ps(tile.as_mut_ptr(), lo[r]);
-                _mm256_storeu_ps(tile.as_mut_ptr().add(8), hi[r]);
-            }
-            c[r * ldc..r * ldc + cols].copy_from_slice(&tile[..cols]);
         }
     }
 }
@@ -431,8 +577,19 @@ mod tests {
 
     #[test]
     fn every_path_and_thread_count_matches_the_definition() {
-        // The last two are split into row tasks, the last packed on several threads (k·n ≥ 2^16).
-        let shapes = [(1, 1, 1), (7, 300, 33), (13, 5, 17), (6, 256, 16), (97, 64, 3), (50, 513, 40), (31, 300, 230)];
+        // 50×513×40 and 31×300×230 are split into row tasks, the latter packed on several threads
+        // (k·n ≥ 2^16); the others end in partial tiles of both kernels' widths.
+        let shapes = [
+            (1, 1, 1),
+            (7, 300, 33),
+            (13, 5, 17),
+            (6, 256, 16),
+            (12, 256, 32),
+            (97, 64, 3),
+            (50, 513, 40),
+            (31, 300, 230),
+            (25, 70, 48),
+        ];
         for &(m, k, n) in &shapes {
             let (a, b) = (data(m * k, 1), data(k * n, 2));
             let want = reference(&a, &b, m, k, n);
@@ -524,7 +681,7 @@ mod tests {
                 kept()
             })
         };
-        if level == SimdLevel::Avx2Fma {
+        if level.has_avx2_fma() {
             assert!(product_with_b(64, 64) >= 64 * 64, "a small buffer is kept");
         }
         assert!(product_with_b(1024, 1040) == 0, "a buffer over 4 MiB is freed");

@@ -20,8 +20,8 @@ fn combine(l: [f32; LANES]) -> f32 {
 #[allow(unsafe_code)] // calls the AVX2 kernels after checking the CPU supports them
 pub fn sum(xs: &[f32], level: SimdLevel) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx2Fma {
-        // SAFETY: the level is only Avx2Fma when the CPU has AVX2 and FMA (see `simd`).
+    if level.has_avx2_fma() {
+        // SAFETY: a level above Scalar is only in use when the CPU has AVX2 and FMA (see `simd`).
         return unsafe { avx2::sum(xs) };
     }
     let _ = level;
@@ -41,7 +41,7 @@ pub fn sum(xs: &[f32], level: SimdLevel) -> f32 {
 pub fn dot(a: &[f32], b: &[f32], level: SimdLevel) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
-    if level == SimdLevel::Avx2Fma {
+    if level.has_avx2_fma() {
         // SAFETY: as in `sum`.
         return unsafe { avx2::dot(a, b) };
     }
