@@ -46,11 +46,20 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
 }
 
 /// A progress bar for arm `i` of `n`, fed from the workers' step counter until `done`.
-fn progress_bar(i: usize, n: usize, label: &str, steps: u64, progress: Arc<AtomicU64>, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn progress_bar(
+    i: usize,
+    n: usize,
+    label: &str,
+    steps: u64,
+    progress: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     let bar = indicatif::ProgressBar::new(steps).with_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ~{eta} left")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ~{eta} left",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_prefix(format!("[{}/{n}] {label:<20}", i + 1));
     std::thread::spawn(move || {
@@ -125,7 +134,11 @@ pub(crate) fn run(mut cfg: RunConfig, output: Output, quick: bool) -> Result<Vec
         let t = Instant::now();
         let done = Arc::new(AtomicBool::new(false));
         let ticker = progress_bar(i, cfg.arms.len(), &arm.label, spec.steps, progress, done.clone());
-        let outcome = genrl::run_simulation(pipeline::run_simulated(&spec, corpus.clone()));
+        // With more than one thread per operation, the pool's other threads wait for the simulation's
+        // parallel loops awake (with one, as by default, this changes nothing).
+        let outcome = repops::threads::with_helpers_spinning(|| {
+            genrl::run_simulation(pipeline::run_simulated(&spec, corpus.clone()))
+        });
         done.store(true, Ordering::Relaxed);
         let _ = ticker.join();
         let report = outcome?.with_context(|| format!("arm {:?}", arm.label))?;

@@ -10,7 +10,10 @@
 //!
 //! The steps run on the bench's main thread, made a worker of its own thread pool as `swarmlab` makes
 //! its simulation threads (`repops::threads`); `SWARMLAB_BENCH_OUTSIDE_POOL=1` leaves it outside, so that
-//! every parallel loop is handed to rayon's global pool and waited for (how steps ran before).
+//! every parallel loop is handed to rayon's global pool and waited for (how steps ran before). While a
+//! contender takes its steps, the pool's other threads wait for work awake
+//! (`repops::threads::with_helpers_spinning`), as PyTorch's OpenMP threads do between parallel regions;
+//! `SWARMLAB_BENCH_SLEEPING_HELPERS=1` lets them sleep whenever they find no work, as they did before.
 //!
 //! ```sh
 //! cargo bench -p models --bench training_step                 # all three presets
@@ -75,6 +78,16 @@ impl Run {
 
     /// The wall time of each of the next `n` steps, in seconds.
     fn timed_steps(&mut self, n: usize) -> Vec<f64> {
+        // The pool's other threads wait for the steps' parallel loops awake, as PyTorch's OpenMP threads
+        // do between parallel regions (`SWARMLAB_BENCH_SLEEPING_HELPERS=1` lets them sleep instead).
+        if std::env::var_os("SWARMLAB_BENCH_SLEEPING_HELPERS").is_some() {
+            return self.steps_timed_one_by_one(n);
+        }
+        repops::threads::with_helpers_spinning(|| self.steps_timed_one_by_one(n))
+    }
+
+    /// [`Run::timed_steps`] as they run.
+    fn steps_timed_one_by_one(&mut self, n: usize) -> Vec<f64> {
         (0..n)
             .map(|_| {
                 let start = Instant::now();
