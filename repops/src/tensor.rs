@@ -1,5 +1,5 @@
 //! repops on candle tensors: every op as a candle `CustomOp` with a CPU forward pass that calls
-//! [`execute`](crate::execute) and a backward pass built from repops ops, so a whole training step —
+//! [`execute`] and a backward pass built from repops ops, so a whole training step —
 //! forward, backward and optimizer — runs on reproducible kernels (and is recorded on the tape).
 //!
 //! The functions here make their inputs contiguous first (an exact copy) and check shapes, so callers

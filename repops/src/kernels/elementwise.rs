@@ -1,4 +1,4 @@
-//! Element-wise kernels: one correctly rounded operation (or one of the [`math`](super::math)
+//! Element-wise kernels: one correctly rounded operation (or one of the [`math`]
 //! functions) per element, so any split across threads gives the same bits.
 
 use rayon::prelude::*;
