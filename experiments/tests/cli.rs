@@ -190,6 +190,34 @@ fn run_writes_the_report_files() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Two threads per operation (the pool's helper spinning while the simulation runs) train the same
+/// bits as one: the final validation losses of both arms, on repops, are equal.
+#[test]
+fn two_threads_per_operation_train_the_same_bits_as_one() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, format!("backend = \"repops\"\n{TINY}"))?;
+    let losses = |threads: &str| -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+        let out = dir.path().join(format!("run-{threads}"));
+        let status = swarmlab()
+            .arg("run")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .env("RAYON_NUM_THREADS", threads)
+            .env("CANDLE_NUM_THREADS", "1")
+            .status()?;
+        assert!(status.success(), "{threads} threads");
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+        let arms = summary["arms"].as_array().ok_or("no arms")?;
+        Ok(arms.iter().filter_map(|a| a["final_val_loss"].as_f64()).collect())
+    };
+    let (one, two) = (losses("1")?, losses("2")?);
+    assert_eq!(one.len(), 2);
+    assert_eq!(one, two);
+    Ok(())
+}
+
 #[test]
 fn bad_config_and_init_behave() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
