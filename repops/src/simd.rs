@@ -27,12 +27,11 @@ impl SimdLevel {
     }
 }
 
-const AUTO: u8 = 0;
-const SCALAR: u8 = 1;
-const AVX2: u8 = 2;
-const AVX512: u8 = 3;
+/// Every level, lowest first: each one's CPU can run those before it.
+const LEVELS: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::Avx2Fma, SimdLevel::Avx512];
 
-static FORCED: AtomicU8 = AtomicU8::new(AUTO);
+/// The forced level: 0 for none (the detected one), else its place in [`LEVELS`] plus one.
+static FORCED: AtomicU8 = AtomicU8::new(0);
 
 /// The best level this CPU supports.
 pub fn detected() -> SimdLevel {
@@ -50,18 +49,15 @@ pub fn detected() -> SimdLevel {
 
 /// Every level this CPU can run, lowest first (always includes `Scalar`).
 pub fn available() -> Vec<SimdLevel> {
-    let levels = [SimdLevel::Scalar, SimdLevel::Avx2Fma, SimdLevel::Avx512];
     let best = detected();
-    levels.into_iter().take_while(|&l| l != best).chain([best]).collect()
+    LEVELS.into_iter().take_while(|&l| l != best).chain([best]).collect()
 }
 
 /// The level kernels use now: the detected one, unless [`force`] chose another.
 pub fn current() -> SimdLevel {
     match FORCED.load(Ordering::Relaxed) {
-        SCALAR => SimdLevel::Scalar,
-        AVX2 => SimdLevel::Avx2Fma,
-        AVX512 => SimdLevel::Avx512,
-        _ => detected(),
+        0 => detected(),
+        code => LEVELS.get(usize::from(code) - 1).copied().unwrap_or_else(detected),
     }
 }
 
@@ -69,13 +65,12 @@ pub fn current() -> SimdLevel {
 /// that is the point — only speed. Asking for a level the CPU lacks is refused.
 pub fn force(level: Option<SimdLevel>) -> Result<(), crate::Error> {
     let code = match level {
-        None => AUTO,
-        Some(SimdLevel::Scalar) => SCALAR,
-        Some(l) if !available().contains(&l) => {
-            return Err(crate::Error::Unsupported { op: "simd", what: format!("{l:?} on this CPU") });
-        }
-        Some(SimdLevel::Avx2Fma) => AVX2,
-        Some(SimdLevel::Avx512) => AVX512,
+        None => 0,
+        Some(l) => match available().iter().position(|&a| a == l) {
+            // The available levels are the first of `LEVELS`, in its order.
+            Some(place) => place as u8 + 1,
+            None => return Err(crate::Error::Unsupported { op: "simd", what: format!("{l:?} on this CPU") }),
+        },
     };
     FORCED.store(code, Ordering::Relaxed);
     Ok(())
@@ -83,7 +78,8 @@ pub fn force(level: Option<SimdLevel>) -> Result<(), crate::Error> {
 
 /// Runs `f` compiled for `level` (for any kernel built from repops' scalar code): at `Avx2Fma` and above,
 /// inside a function with AVX2 and FMA enabled, so that the scalar code `f` inlines (fused multiply-adds,
-/// rounding) becomes single instructions instead of library calls. The operations, and so the results, are the same either way.
+/// rounding) becomes single instructions instead of library calls. The operations, and so the results,
+/// are the same either way.
 #[inline(always)]
 #[allow(unsafe_code)] // calls an AVX2 function after checking the CPU supports it
 pub fn dispatch<R>(level: SimdLevel, f: impl FnOnce() -> R) -> R {
@@ -109,8 +105,7 @@ mod tests {
         let levels = available();
         assert_eq!(levels.first(), Some(&SimdLevel::Scalar));
         assert_eq!(levels.last(), Some(&detected()));
-        let rank =
-            |l: &SimdLevel| [SimdLevel::Scalar, SimdLevel::Avx2Fma, SimdLevel::Avx512].iter().position(|x| x == l);
+        let rank = |l: &SimdLevel| LEVELS.iter().position(|x| x == l);
         assert!(levels.windows(2).all(|w| rank(&w[0]) < rank(&w[1])), "{levels:?}");
         assert!(levels[1..].iter().all(|l| l.has_avx2_fma()));
         assert!(!SimdLevel::Scalar.has_avx2_fma());

@@ -68,29 +68,16 @@ fn product_on(a: &[f32], b: &[f32], c: &mut [f32], form: Form, level: SimdLevel,
     }
     #[cfg(target_arch = "x86_64")]
     if level.has_avx2_fma() {
-        use x86::{Strides, avx2, avx512};
-        // Packing reads `B` either way round at the same cost, and the kernel reads `A` where it is
-        // stored: element (i, p) at `i·rows + p·columns`.
-        let strides = if transpose_a { Strides { rows: 1, columns: m } } else { Strides { rows: k, columns: 1 } };
-        let a = &a[..m * k];
-        with_scratch(|scratch| {
+        use x86::{avx2, avx512};
+        // SAFETY: the level is Avx512 only when the CPU has AVX-512F, and any level above Scalar only
+        // when it has AVX2 and FMA (see `simd::detected`).
+        unsafe {
             if level == SimdLevel::Avx512 {
-                let packed = x86::pack_b::<{ avx512::NR }>(b, k, n, transpose_b, scratch, threads);
-                for_row_tasks(c, (m, k, n), avx512::MR, threads, |row0, c_rows| {
-                    let rows = c_rows.len() / n;
-                    // SAFETY: the level is only Avx512 when the CPU has AVX-512F; `a` holds every row.
-                    unsafe { avx512::rows(&a[row0 * strides.rows..], strides, packed, c_rows, rows, k, n) };
-                });
+                x86::product::<{ avx512::NR }>(avx512::MR, avx512::rows, a, b, c, form, threads);
             } else {
-                let packed = x86::pack_b::<{ avx2::NR }>(b, k, n, transpose_b, scratch, threads);
-                for_row_tasks(c, (m, k, n), avx2::MR, threads, |row0, c_rows| {
-                    let rows = c_rows.len() / n;
-                    // SAFETY: a level above Scalar is only in use when the CPU has AVX2 and FMA; `a`
-                    // holds every row.
-                    unsafe { avx2::rows(&a[row0 * strides.rows..], strides, packed, c_rows, rows, k, n) };
-                });
+                x86::product::<{ avx2::NR }>(avx2::MR, avx2::rows, a, b, c, form, threads);
             }
-        });
+        }
         return;
     }
     let _ = level;
@@ -225,6 +212,41 @@ mod x86 {
     /// Floats of `B` below which packing stays on one thread.
     const PARALLEL_PACK: usize = 1 << 16;
 
+    /// A kernel's entry: rows of `A` (laid out as the strides say) times packed `B` into rows of `C`, given
+    /// the rows, `k` and `n` (see [`sweep`]).
+    pub(super) type Rows = unsafe fn(&[f32], Strides, &[f32], &mut [f32], usize, usize, usize);
+
+    /// `c = op(a) · op(b)` as `form` says, `c` the m×n product (k, m, n > 0): `B` packed in panels of
+    /// `NR` columns, then the kernel `rows`, whose tiles are `mr` rows high, on tasks of whole tiles
+    /// split among `threads`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has the features `rows` is compiled for.
+    pub(super) unsafe fn product<const NR: usize>(
+        mr: usize,
+        rows: Rows,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        form: super::Form,
+        threads: usize,
+    ) {
+        let super::Form { m, k, n, transpose_a, transpose_b } = form;
+        // Packing reads `B` either way round at the same cost, and the kernel reads `A` where it is
+        // stored: element (i, p) at `i·rows + p·columns`.
+        let strides = if transpose_a { Strides { rows: 1, columns: m } } else { Strides { rows: k, columns: 1 } };
+        let a = &a[..m * k];
+        super::with_scratch(|scratch| {
+            let packed = pack_b::<NR>(b, k, n, transpose_b, scratch, threads);
+            super::for_row_tasks(c, (m, k, n), mr, threads, |row0, c_rows| {
+                let count = c_rows.len() / n;
+                // SAFETY: the caller vouches for the CPU's features; `a` holds every row.
+                unsafe { rows(&a[row0 * strides.rows..], strides, packed, c_rows, count, k, n) };
+            });
+        });
+    }
+
     /// Where `A`'s elements are: element (i, p) at `i·rows + p·columns` (`(k, 1)` for a row-major
     /// m×k `A`, `(1, m)` for one stored transposed).
     #[derive(Debug, Clone, Copy)]
@@ -354,13 +376,32 @@ mod x86 {
         }
     }
 
-    /// Calls `$kernel::<R>($strides, $tile)` for `R = $rows`, one of the listed counts (the last listed
-    /// also takes any other).
-    macro_rules! with_rows {
-        ($kernel:ident, $rows:expr, $strides:expr, $tile:expr; $($r:literal),+; $last:literal) => {
-            match $rows {
-                $($r => $kernel::<$r>($strides, $tile),)+
-                _ => $kernel::<$last>($strides, $tile),
+    /// Defines a kernel module's entry, `rows` (a [`Rows`]), compiled with the CPU features `$features`:
+    /// [`sweep`] over the module's `NR`-column panels and `MR`-row tiles, each tile handed to the
+    /// module's `kernel::<R>` for its row count `R`, one of those listed (the last also takes any other).
+    macro_rules! rows_entry {
+        ($features:literal; $($r:literal),+; $last:literal) => {
+            /// Rows `a` times `packed` (panels of [`NR`]) into `c`: see [`super::sweep`].
+            #[target_feature(enable = $features)]
+            pub(in super::super) unsafe fn rows(
+                a: &[f32],
+                strides: Strides,
+                packed: &[f32],
+                c: &mut [f32],
+                rows: usize,
+                k: usize,
+                n: usize,
+            ) {
+                super::sweep::<NR, MR>(a, strides, packed, c, rows, k, n, |mr, strides, tile| {
+                    // SAFETY: this function's CPU features; `sweep` hands each tile slices that hold
+                    // its rows of `A` and `C` and its panel rows.
+                    unsafe {
+                        match mr {
+                            $($r => kernel::<$r>(strides, tile),)+
+                            _ => kernel::<$last>(strides, tile),
+                        }
+                    }
+                });
             }
         };
     }
@@ -376,23 +417,7 @@ mod x86 {
         /// Rows per tile.
         pub(in super::super) const MR: usize = 6;
 
-        /// Rows `a` times `packed` (panels of [`NR`]) into `c`: see [`super::sweep`].
-        #[target_feature(enable = "avx2,fma")]
-        pub(in super::super) unsafe fn rows(
-            a: &[f32],
-            strides: Strides,
-            packed: &[f32],
-            c: &mut [f32],
-            rows: usize,
-            k: usize,
-            n: usize,
-        ) {
-            super::sweep::<NR, MR>(a, strides, packed, c, rows, k, n, |mr, strides, tile| {
-                // SAFETY: this function's CPU features; `sweep` hands each tile slices that hold its
-                // rows of `A` and `C` and its panel rows.
-                unsafe { with_rows!(kernel, mr, strides, tile; 6, 5, 4, 3, 2; 1) }
-            });
-        }
+        rows_entry!("avx2,fma"; 6, 5, 4, 3, 2; 1);
 
         /// `R` rows × 16 columns of C, continuing their sums over `kc` more terms (or starting them).
         #[target_feature(enable = "avx2,fma")]
@@ -468,23 +493,7 @@ mod x86 {
         /// Rows per tile.
         pub(in super::super) const MR: usize = 12;
 
-        /// Rows `a` times `packed` (panels of [`NR`]) into `c`: see [`super::sweep`].
-        #[target_feature(enable = "avx512f")]
-        pub(in super::super) unsafe fn rows(
-            a: &[f32],
-            strides: Strides,
-            packed: &[f32],
-            c: &mut [f32],
-            rows: usize,
-            k: usize,
-            n: usize,
-        ) {
-            super::sweep::<NR, MR>(a, strides, packed, c, rows, k, n, |mr, strides, tile| {
-                // SAFETY: this function's CPU features; `sweep` hands each tile slices that hold its
-                // rows of `A` and `C` and its panel rows.
-                unsafe { with_rows!(kernel, mr, strides, tile; 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2; 1) }
-            });
-        }
+        rows_entry!("avx512f"; 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2; 1);
 
         /// The lanes of a 16-lane half of a tile row that hold columns of `C`, of `cols` from the row's
         /// first column `from`.
