@@ -105,8 +105,11 @@ mod tests {
                     .into_par_iter()
                     .map(|i| (0..10u64).into_par_iter().map(|j| i + j).sum::<u64>())
                     .sum();
-                let slow = (0..64).into_par_iter().filter(|_| {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
+                // Items long enough (a few hundred thousand steps of arithmetic each) that the awake
+                // helpers take some of them.
+                let slow = (0..64u64).into_par_iter().filter(|&i| {
+                    let work = (0..300_000u64).fold(i, |acc, x| std::hint::black_box(acc ^ x.wrapping_mul(31)));
+                    std::hint::black_box(work);
                     std::thread::current().id() != me
                 });
                 (sum, slow.count())
